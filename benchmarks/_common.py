@@ -1,0 +1,70 @@
+"""Helpers shared by the benchmark scripts: where the data is, what machine ran, saving JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+WORK = REPO / "benchmarks" / "work"
+
+
+def shared_data() -> Path:
+    """The project's real datasets (``../shared/data`` beside the repo, or $TINYTAMER_DATA)."""
+    root = Path(os.environ.get("TINYTAMER_DATA", REPO.parent / "shared" / "data"))
+    if not root.is_dir():
+        sys.exit(f"benchmark data folder not found: {root} (set TINYTAMER_DATA)")
+    return root
+
+
+def machine() -> dict[str, Any]:
+    """Describe the machine a result was measured on."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                         capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "git": git or None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically, with the machine described."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine(), "command": " ".join(sys.argv), **result}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out.relative_to(REPO)}")
+    return out
