@@ -1,0 +1,55 @@
+"""The foundation's stages: ``train`` and ``evaluate``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from torch import nn
+
+from tinytamer.recipe import Context, StageParams, register_stage
+from tinytamer.train import SolverConfig
+
+
+class TrainParams(SolverConfig):
+    """The Solver's settings (Caffe names); ``solver`` reads them from a solver.prototxt instead."""
+
+    solver: str | None = None
+    batch_size: int | None = None
+
+
+def latest_snapshot(folder: Path) -> Path | None:
+    """The newest ``iter_<N>.pt`` snapshot in ``folder`` (to resume an interrupted stage)."""
+    snaps = sorted(folder.glob("iter_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    return snaps[-1] if snaps else None
+
+
+@register_stage("train", TrainParams, help="train with the Caffe-style Solver")
+def train_stage(model: nn.Module, ctx: Context, p: TrainParams) -> nn.Module:
+    if p.solver:
+        from tinytamer.train import read_prototxt
+
+        config = read_prototxt(p.solver)
+    else:
+        given = p.model_dump(exclude={"solver", "batch_size"}, exclude_unset=True)
+        config = SolverConfig.model_validate({"seed": ctx.seed, **given})
+    solver = ctx.make_solver(model, config, batch_size=p.batch_size)
+    solver.solve(resume=latest_snapshot(ctx.stage_dir / "snapshots"))
+    ctx.log(ctx.model_record(model))
+    return model
+
+
+class EvaluateParams(StageParams):
+    split: str = "test"
+
+
+@register_stage("evaluate", EvaluateParams, help="evaluate the model on a split")
+def evaluate_stage(model: nn.Module, ctx: Context, p: EvaluateParams) -> nn.Module:
+    if p.split not in ("train", "val", "test"):
+        from tinytamer.errors import RecipeError
+
+        raise RecipeError(f"evaluate.split must be train, val or test (got '{p.split}')")
+    metrics = ctx.evaluate(model, p.split)
+    ctx.log({**ctx.model_record(model, accuracy=metrics["accuracy"]), "split": p.split,
+             "loss": metrics["loss"]})
+    return model
