@@ -170,5 +170,6 @@ def _build(desc: dict[str, Any], allow: tuple[str, ...], path: str) -> nn.Module
 def build(desc: dict[str, Any], allow: Iterable[str] = ()) -> nn.Module:
     """Rebuild the module tree ``describe`` recorded; parameters are uninitialized (load them next)."""
     if not isinstance(desc, dict) or desc.get("format") != FORMAT or "root" not in desc:
-        raise CodecError(f"architecture description has format {desc.get('format') if isinstance(desc, dict) else None!r}; expected {FORMAT}")
+        found = desc.get("format") if isinstance(desc, dict) else None
+        raise CodecError(f"architecture description has format {found!r}; this tinytamer reads format {FORMAT}")
     return _build(desc["root"], tuple(DEFAULT_ALLOW) + tuple(allow), "")

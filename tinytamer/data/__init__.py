@@ -1,0 +1,27 @@
+"""Datasets: a registry of loaders returning train/val/test splits with their meta.
+
+Built in: ``digits`` (scikit-learn, offline; the default), ``mnist`` and ``fashion-mnist``
+(idx files), ``cifar10`` (python batches, image tree or .tar.gz) and ``imagefolder``.
+Other kinds of data add themselves with :func:`register_dataset`.
+"""
+
+from tinytamer.data import cifar, digits, idx, imagefolder  # noqa: F401  (register loaders)
+from tinytamer.data.arrays import ArrayDataset
+from tinytamer.data.loader import make_loader
+from tinytamer.data.registry import (
+    DatasetBundle,
+    DatasetMeta,
+    get_dataset,
+    list_datasets,
+    register_dataset,
+)
+
+__all__ = [
+    "ArrayDataset",
+    "DatasetBundle",
+    "DatasetMeta",
+    "get_dataset",
+    "list_datasets",
+    "make_loader",
+    "register_dataset",
+]

@@ -78,12 +78,14 @@ def write_report(run: RunDir) -> Path:
         for p in ([plot] if plot else []) + sorted(run.path.glob("stages/*/*.png"))
     )
     recipe = html.escape(run.recipe_path.read_text())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tinytamer run {html.escape(run.path.name)}</title>
+    title = html.escape(run.path.name)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tinytamer run {title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 th{{background:#f3f3f3}}pre{{background:#f7f7f7;padding:1em;font-size:12px}}</style></head><body>
-<h1>tinytamer run: {html.escape(run.path.name)}</h1>
-<p>Every figure below is read from <code>metrics.jsonl</code>; sizes are bytes on disk, costs are measured on the target.</p>
+<h1>tinytamer run: {title}</h1>
+<p>Every figure below is read from <code>metrics.jsonl</code>; sizes are bytes on disk,
+costs are measured on the target.</p>
 <h2>Stages</h2><table><tr><th>#</th><th>stage</th>{head}<th>size ratio</th><th>note</th></tr>{''.join(rows)}</table>
 <h2>Plots</h2>{images or '<p>no plots</p>'}
 <h2>Recipe</h2><pre>{recipe}</pre></body></html>"""
