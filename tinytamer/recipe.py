@@ -256,7 +256,9 @@ class Context:
 
         cfg = config if isinstance(config, SolverConfig) else SolverConfig.model_validate(
             {"seed": self.seed, **(config or {})})
-        return Solver(model, cfg, self.train_loader(batch_size), self.val_loader(),
+        # Caffe tests on the held-out split during training; with no validation split, on test.
+        monitor = self.val_loader() if len(self.data.val) else self.test_loader()
+        return Solver(model, cfg, self.train_loader(batch_size), monitor,
                       snapshot_dir=self.stage_dir / name, log=self.log_training,
                       after_step=after_step, progress=self.progress)
 
