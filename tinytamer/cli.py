@@ -229,3 +229,7 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: resume with `tamer run --resume runs/<name>`")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
