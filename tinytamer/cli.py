@@ -216,7 +216,7 @@ def list_cmd(what: Annotated[str, typer.Argument(help="models, datasets, stages 
     else:
         raise TamerError(f"cannot list '{what}': choose models, datasets, stages or targets")
     for item in items:
-        console.print(item)
+        typer.echo(item)
 
 
 def main() -> None:
