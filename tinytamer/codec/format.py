@@ -1,0 +1,178 @@
+"""The compressed model file: a checked header, a JSON manifest, the coded tensor bytes.
+
+Layout (little endian)::
+
+    magic  8 bytes   b"\\x89TTM\\r\\n\\x1a\\n"   (PNG-style: catches text-mode mangling)
+    uint16 version
+    uint32 manifest length (bytes, compressed)
+    uint32 manifest CRC-32
+    manifest         zlib-compressed JSON: architecture, one entry per tensor
+                     (name, shape, dtype, encoding, parameters, part lengths,
+                     offset, CRC-32), total payload length, free-form metadata
+    payload          each tensor's coded parts, back to back
+
+Reading never executes anything from the file: the manifest is JSON validated
+by a schema, tensors are numbers.  Every defect a file can have (wrong magic or
+version, truncation, trailing bytes, bad checksum, malformed manifest) raises
+:class:`~tinytamer.errors.CodecError` naming the file and, where it applies,
+the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tinytamer.codec.encodings import DTYPES
+from tinytamer.errors import CodecError
+
+MAGIC = b"\x89TTM\r\n\x1a\n"
+VERSION = 1
+_HEADER = struct.Struct("<8sHII")
+MAX_MANIFEST = 64 << 20  # decompressed; a bound against zlib bombs
+
+DTypeName = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
+
+
+class TensorEntry(BaseModel):
+    """One tensor of the file: where its bytes are and how they are coded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int] = Field(default_factory=list)
+    dtype: DTypeName
+    encoding: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    parts: list[int] = Field(default_factory=list)  # byte length of each coded part
+    offset: int = Field(default=0, ge=0)  # into the payload
+    crc32: int = Field(default=0, ge=0, lt=2**32)
+    alias: str | None = None  # the same tensor as an earlier entry (tied weights)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.parts)
+
+
+class Manifest(BaseModel):
+    """Everything in the file except the tensor bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: dict[str, Any]
+    tensors: list[TensorEntry]
+    payload_bytes: int = Field(ge=0)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+def write(path: str | Path, manifest: Manifest, parts: list[list[bytes]]) -> int:
+    """Write the file atomically; fills offsets, lengths and checksums; returns its size."""
+    path = Path(path)
+    offset = 0
+    for entry, coded in zip(manifest.tensors, parts, strict=True):
+        entry.parts = [len(p) for p in coded]
+        entry.offset = offset
+        crc = 0
+        for p in coded:
+            crc = zlib.crc32(p, crc)
+        entry.crc32 = crc
+        offset += entry.nbytes
+    manifest.payload_bytes = offset
+    body = zlib.compress(manifest.model_dump_json().encode(), 9)
+    header = _HEADER.pack(MAGIC, VERSION, len(body), zlib.crc32(body))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(body)
+            for coded in parts:
+                for p in coded:
+                    f.write(p)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.stat().st_size
+
+
+def _truncated(path: Path, expected: int, found: int, at_least: bool = False) -> CodecError:
+    return CodecError(
+        f"{path} is truncated: expected {'at least ' if at_least else ''}{expected} bytes, found {found}"
+    )
+
+
+def read(path: str | Path) -> tuple[Manifest, memoryview]:
+    """Read and check a file: header, manifest, sizes and every tensor's checksum."""
+    path = Path(path)
+    try:
+        data = memoryview(path.read_bytes())
+    except FileNotFoundError:
+        raise CodecError(f"compressed model file not found: {path}") from None
+    except OSError as exc:
+        raise CodecError(f"cannot read compressed model file {path}: {exc}") from None
+    if len(data) < _HEADER.size:
+        if bytes(data[:len(MAGIC)]) == MAGIC[:len(data)]:
+            raise _truncated(path, _HEADER.size, len(data), at_least=True)
+    if bytes(data[:len(MAGIC)]) != MAGIC:
+        raise CodecError(f"{path} is not a tinytamer compressed model file (wrong magic bytes)")
+    _, version, body_len, body_crc = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise CodecError(
+            f"file {path} was written by format version {version}; this tinytamer reads version {VERSION}"
+        )
+    start = _HEADER.size + body_len
+    if len(data) < start:
+        raise _truncated(path, start, len(data), at_least=True)
+    body = data[_HEADER.size:start]
+    if zlib.crc32(body) != body_crc:
+        raise CodecError(f"manifest of {path}: checksum mismatch (the file is corrupt)")
+    manifest = _parse_manifest(path, body)
+    expected = start + manifest.payload_bytes
+    if len(data) != expected:
+        if len(data) < expected:
+            raise _truncated(path, expected, len(data))
+        raise CodecError(f"{path} has {len(data) - expected} unexpected bytes after its payload")
+    payload = data[start:]
+    for entry in manifest.tensors:
+        if entry.offset + entry.nbytes > manifest.payload_bytes:
+            raise CodecError(f"tensor '{entry.name}' in {path}: its bytes run past the payload")
+        if zlib.crc32(payload[entry.offset:entry.offset + entry.nbytes]) != entry.crc32:
+            raise CodecError(f"tensor '{entry.name}' in {path}: checksum mismatch")
+    return manifest, payload
+
+
+def _parse_manifest(path: Path, body: memoryview) -> Manifest:
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(body, MAX_MANIFEST)
+        if inflater.unconsumed_tail:
+            raise CodecError(f"manifest of {path} is larger than {MAX_MANIFEST} bytes")
+    except zlib.error as exc:
+        raise CodecError(f"manifest of {path} cannot be decompressed: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CodecError(f"manifest of {path} is not valid JSON: {exc}") from None
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise CodecError(f"manifest of {path} is malformed: {problems}") from None
+
+
+def tensor_parts(entry: TensorEntry, payload: memoryview) -> list[memoryview]:
+    """The coded parts of one tensor (checksums were verified by :func:`read`)."""
+    parts, at = [], entry.offset
+    for n in entry.parts:
+        parts.append(payload[at:at + n])
+        at += n
+    return parts
