@@ -74,12 +74,18 @@ def _summary(rundir: Any) -> None:
     stages = [r for r in rundir.records() if r.get("kind") == "stage"]
     for r in stages:
         parts = [f"{r['index']}:{r['stage']}"]
-        if r.get("accuracy") is not None:
+        if r.get("device_accuracy") is not None:
+            parts.append(f"accuracy on device {r['device_accuracy']:.2%} ({r.get('device_accuracy_samples')} samples)")
+        elif r.get("accuracy") is not None:
             parts.append(f"accuracy {r['accuracy']:.2%}")
-        for key in ("params", "nonzero_params", "macs", "bytes"):
+        for key in ("nonzero_params", "macs", "bytes", "instructions", "est_cycles", "flash_bytes", "sram_bytes"):
             if r.get(key) is not None:
                 parts.append(f"{key} {r[key]:,}")
-        console.print("  " + "  ".join(parts))
+        if r.get("bytes") and r.get("dense_bytes") and r.get("file", "").endswith(".tt"):
+            parts.append(f"({r['dense_bytes'] / r['bytes']:.1f}x smaller than float32)")
+        if r.get("latency_ms") is not None:
+            parts.append(f"latency {r['latency_ms']:.3f} ms")
+        console.print("  " + "  ".join(parts), soft_wrap=True)
     console.print(f"run folder: [bold]{rundir.path}[/]")
     console.print(f"report:     [bold]{rundir.path / 'report.html'}[/]")
 
@@ -183,6 +189,14 @@ def deploy(target: Annotated[str, typer.Option(help="target name: see `tamer tar
     params = {"target": target, "precision": precision, **_parse_sets(sets)}
     _one_stage("deploy", params, name=name, runs=runs, model=model, weights=weights, data=data,
                root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet)
+
+
+@app.command()
+def inspect(file: Annotated[Path, typer.Argument(help="a compressed model file (.tt)")]) -> None:
+    """Show a compressed file's manifest: per-tensor encoding and bytes on disk."""
+    from tinytamer import codec
+
+    typer.echo(codec.format_info(codec.info(file)))
 
 
 @app.command()
