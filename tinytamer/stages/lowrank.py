@@ -59,7 +59,7 @@ def lowrank_stage(model: nn.Module, ctx: Context, p: LowRankParams) -> nn.Module
         config = SolverConfig.model_validate({"seed": ctx.seed, **p.finetune.model_dump(exclude_unset=True)})
         solver = ctx.make_solver(approx, config, batch_size=p.batch_size)
         solver.solve(resume=latest_snapshot(ctx.stage_dir / "snapshots"))
-    path = ctx.stage_dir / "model.ttm"
+    path = ctx.stage_dir / "model.tt"
     codec.save(approx, path)
     ctx.log({**ctx.model_record(approx, file=path), "physical": True, **result.summary(), **extra})
     return approx

@@ -1,0 +1,156 @@
+"""Cortex-M builds: QEMU whole-program runs and the unicorn Session (needs the ARM toolchain)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinytamer.errors import ModelError
+from tinytamer.micro import codegen, reference, toolchain
+from tinytamer.micro.builder import random_graph
+from tinytamer.micro.cost import CYCLE_TABLES, BlockCoster
+from tinytamer.micro.session import Session
+
+arm = pytest.mark.skipif(not toolchain.arm_available(),
+                         reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
+qemu = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
+                          reason="ARM toolchain or QEMU missing: run "
+                                 "scripts/install-micro-toolchain.sh")
+
+
+def _case(seed: int = 0, n: int = 5):
+    g = random_graph(seed, size=8, channels=4)
+    rng = np.random.default_rng(seed)
+    xs = rng.integers(-128, 128, (n, *g.tensors[g.input].shape)).astype(np.int8)
+    return g, xs, np.stack([reference.run(g, x) for x in xs])
+
+
+@qemu
+@pytest.mark.parametrize("cpu", ["cortex-m4", "cortex-m7"])
+def test_qemu_run_is_bit_exact(tmp_path, cpu):
+    g, xs, want = _case()
+    cm = codegen.generate(g, dsp=True)
+    build = toolchain.arm_build(cm, tmp_path, cpu, inputs=xs.reshape(len(xs), -1))
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
+    # Flash and SRAM come from the linked sections.
+    assert build.flash_bytes >= build.sections[".text"] > 0
+    assert build.sram_bytes >= build.sections[".bss"] >= cm.plan.arena_size
+
+
+@arm
+@pytest.mark.parametrize("lazy", [False, True])
+def test_session_strict_and_lazy(tmp_path, lazy):
+    g, xs, want = _case(1, n=3)
+    cm = codegen.generate(g, dsp=True)
+    with Session("cortex-m4", cm, workdir=tmp_path, lazy=lazy) as sess:
+        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
+        results = []
+        for x, w in zip(xs, want, strict=True):
+            sess.write(t_in, x.reshape(-1))
+            r = sess.call("tt_model_run", t_in, t_out)
+            assert r.done is not lazy  # a lazy call waits for the read
+            np.testing.assert_array_equal(sess.read(t_out), w)
+            assert r.done and r.returned == 0
+            results.append(r)
+        # Exact counts repeat run to run for the same input.
+        sess.write(t_in, xs[0].reshape(-1))
+        again = sess.call("tt_model_run", t_in, t_out)
+        sess.flush()
+        assert again.instructions == results[0].instructions > 1000
+        assert again.est_cycles == results[0].est_cycles >= again.instructions
+        # Per-layer calls add up to the whole inference, minus its own call overhead.
+        layers = [sess.call(fn, t_in, t_out) for fn, _ in cm.layers]
+        sess.flush()
+        total = sum(r.instructions for r in layers)
+        assert 0 < again.instructions - total < 20 * len(layers) + 50
+
+
+@arm
+def test_session_errors(tmp_path):
+    g, _, _ = _case()
+    cm = codegen.generate(g)
+    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
+        with pytest.raises(ModelError, match="no function 'nope'"):
+            sess.call("nope")
+        with pytest.raises(ModelError, match="SRAM is full"):
+            sess.alloc(8 << 20)
+    with pytest.raises(ModelError, match="unknown device"):
+        Session("cortex-m0", cm)
+
+
+def test_cycle_table_classes():
+    """Known Thumb-2 encodings get the TRM cycles: ALU 1, load 2 then 1 pipelined, SMLAD 1,
+    push of 2 registers 1 + 2."""
+    coster = BlockCoster(CYCLE_TABLES["cortex-m4"])
+    adds = bytes.fromhex("0844")  # add r0, r1
+    ldr2 = bytes.fromhex("0868" "4968")  # ldr r0, [r1]; ldr r1, [r1, #4]
+    smlad = bytes.fromhex("20fb0101")  # smlad r1, r0, r1, r0
+    push = bytes.fromhex("10b5")  # push {r4, lr}
+    assert coster.cost(adds, 0).cycles == 1
+    assert coster.cost(ldr2, 0x10).cycles == 3 and coster.cost(ldr2, 0x10).instructions == 2
+    assert coster.cost(smlad, 0x20).cycles == 1
+    assert coster.cost(push, 0x30).cycles == 3
+
+
+@qemu
+@pytest.mark.parametrize("sched", [
+    {"kernel": "direct"},
+    {"kernel": "im2col", "cols": 1, "pack": "channel"},
+    {"kernel": "im2col", "cols": 2, "pack": "flat"},
+])
+def test_every_conv_schedule_is_bit_exact(tmp_path, sched):
+    from tinytamer.micro.ir import Add, Conv2D, Dense
+
+    g, xs, want = _case(3, n=3)
+    for op in g.ops:
+        if isinstance(op, Conv2D) and not op.depthwise:
+            op.schedule = dict(sched)
+        elif isinstance(op, (Conv2D, Dense, Add)):
+            op.schedule = {"kernel": "direct"}
+    cm = codegen.generate(g, dsp=True)
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
+
+
+@arm
+def test_tuner_measures_once_and_reuses_its_log(tmp_path):
+    from tinytamer.micro.builder import GraphBuilder
+    from tinytamer.micro.tuning import TuningLog, tune
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder((6, 6, 1), 0.02, 3)
+    x = b.conv(b.input, rng.integers(-127, 128, (8, 1, 3, 3)), np.full(8, 0.01), None, 0.05, -5,
+               padding=(1, 1), relu="relu", name="stem")
+    g = b.graph(x)
+    log = tmp_path / "tune.jsonl"
+    first = tune(g, "cortex-m4", log=log, workdir=tmp_path / "w")
+    assert first["stem"]["measured"] >= 3
+    # A 1-channel input: the flat packing wastes less than rounding every position to 4.
+    assert first["stem"]["schedule"] == {"kernel": "im2col", "cols": 2, "pack": "flat"} \
+        or first["stem"]["est_cycles"] <= first["stem"]["default_est_cycles"]
+    assert g.ops[0].schedule == first["stem"]["schedule"]
+    again = tune(g, "cortex-m4", log=TuningLog(log))
+    assert again["stem"]["measured"] == 0 and again["stem"]["schedule"] == first["stem"]["schedule"]
+
+
+def test_coordinate_descent_beats_exhaustive_count():
+    from tinytamer.micro.tuning import coordinate_descent
+
+    knobs = {"a": list(range(6)), "b": list(range(6)), "c": list(range(6))}
+    best, evaluations = coordinate_descent(
+        knobs, lambda s: (s["a"] - 4) ** 2 + (s["b"] - 1) ** 2 + abs(s["c"] - 5))
+    assert best == {"a": 4, "b": 1, "c": 5}
+    assert evaluations < 6 ** 3 / 4
+
+
+@qemu
+def test_odd_channel_counts_on_device(tmp_path):
+    """5 channels: depthwise falls back to the portable kernel, conv pairs leave an odd
+    channel, im2col pads 5 -> 8 channels; still bit-exact on the device."""
+    g = random_graph(4, size=7, channels=5)
+    rng = np.random.default_rng(4)
+    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, x) for x in xs])
+    cm = codegen.generate(g, dsp=True)
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)

@@ -1,0 +1,151 @@
+"""A compiled micro program: integer graph + generated C + a build for one device.
+
+``build_program(gm, example_input, device, workdir)`` lowers a converted int8
+GraphModule, generates the C sources and builds them for ``device``
+("cortex-m4", "cortex-m7" or "host").  The program quantizes float N x C x H x W
+inputs exactly as the model's input FakeQuantAct does (float32 divide, round
+half to even, clamp), runs them through the reference, the host build, QEMU or
+a unicorn :class:`~tinytamer.micro.session.Session`, and dequantizes the outputs
+back to the PyTorch layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx
+
+from tinytamer.errors import ModelError
+from tinytamer.micro import codegen, reference, toolchain
+from tinytamer.micro.codegen import CModel
+from tinytamer.micro.ir import Graph
+from tinytamer.micro.lower import lower
+from tinytamer.micro.session import Session
+
+DEVICES = ("cortex-m4", "cortex-m7", "host")
+
+
+@dataclass
+class MicroProgram:
+    graph: Graph
+    cmodel: CModel
+    device: str
+    workdir: Path
+    arm: toolchain.ArmBuild | None = None
+    host_exe: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ data layout
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Float [N, C, H, W] or [N, F] -> int8 [N, input_size] in the device layout."""
+        t = self.graph.tensors[self.graph.input]
+        x = np.asarray(x, dtype=np.float32)
+        q = np.round(x / np.float32(t.scale)) + t.zero_point
+        q = np.clip(q, -128, 127).astype(np.int8)
+        if q.ndim == 4:
+            q = q.transpose(0, 2, 3, 1)
+        expect = (len(q), *t.shape)
+        if q.shape != expect:
+            raise ModelError(f"micro program: input of shape {x.shape} does not match the "
+                             f"model's {t.shape} (HWC)")
+        return np.ascontiguousarray(q.reshape(len(q), -1))
+
+    def dequantize_output(self, q: np.ndarray) -> np.ndarray:
+        """int8 [N, output_size] -> float in PyTorch's layout (maps back to C x H x W)."""
+        t = self.graph.tensors[self.graph.output]
+        y = (q.astype(np.float32) - t.zero_point) * np.float32(t.scale)
+        y = y.reshape(len(q), *t.shape)
+        return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+    # ------------------------------------------------------------------ runners
+    def run_reference(self, q: np.ndarray) -> np.ndarray:
+        shape = self.graph.tensors[self.graph.input].shape
+        return np.stack([reference.run(self.graph, r.reshape(shape)).reshape(-1) for r in q])
+
+    def run_device(self, q: np.ndarray) -> np.ndarray:
+        """Run int8 inputs on the built program (host executable or QEMU is not used here:
+        Cortex-M programs run in an uncounted unicorn session, one call per input)."""
+        if self.device == "host":
+            return toolchain.host_run(self.host_exe, q, self.cmodel.output_size)
+        with self.session(count=False) as sess:
+            return self.run_in_session(sess, q)
+
+    def session(self, *, count: bool = True, lazy: bool = False) -> Session:
+        if self.arm is None:
+            raise ModelError(f"micro program for '{self.device}' has no Cortex-M build")
+        return Session(self.device, elf=self.arm.elf, count=count, lazy=lazy)
+
+    def run_in_session(self, sess: Session, q: np.ndarray) -> np.ndarray:
+        t_in = sess.alloc(self.cmodel.input_size)
+        t_out = sess.alloc(self.cmodel.output_size)
+        outs = []
+        for row in q:
+            sess.write(t_in, row)
+            sess.call("tt_model_run", t_in, t_out)
+            outs.append(sess.read(t_out))
+        return np.stack(outs) if outs else np.zeros((0, self.cmodel.output_size), np.int8)
+
+    def run_qemu(self, q: np.ndarray) -> np.ndarray:
+        """Whole-program run on the QEMU board (inputs embedded in a fresh build)."""
+        build = toolchain.arm_build(self.cmodel, self.workdir / "qemu", self.device, inputs=q)
+        return toolchain.qemu_run(build, self.cmodel.output_size)
+
+    def profile(self, q_row: np.ndarray, *, per_layer: bool = True) -> dict:
+        """Exact instructions and estimated cycles per inference and per layer, and the
+        inference's measured stack depth."""
+        with self.session(count=True) as sess:
+            t_in = sess.alloc(self.cmodel.input_size)
+            t_out = sess.alloc(self.cmodel.output_size)
+            sess.write(t_in, q_row)
+            total = sess.call("tt_model_run", t_in, t_out)
+            layers = []
+            for fn, name in self.cmodel.layers if per_layer else []:
+                r = sess.call(fn, t_in, t_out)
+                layers.append({"layer": name, "instructions": r.instructions,
+                               "est_cycles": r.est_cycles})
+        return {"instructions": total.instructions, "est_cycles": total.est_cycles,
+                "stack_bytes": total.stack_bytes, "layers": layers}
+
+
+SCHEDULES = ("default", "portable", "tuned")
+
+
+def build_program(gm: fx.GraphModule, example_input: torch.Tensor, device: str,
+                  workdir: str | Path, *, graph: Graph | None = None,
+                  schedules: str = "default", tuning_log: str | Path | None = None
+                  ) -> MicroProgram:
+    """Lower (unless ``graph`` is given), schedule, generate C and build it for ``device``.
+
+    ``schedules``: "default" (the DSP kernels where the device has them), "portable" (the
+    portable C kernels everywhere: the untuned baseline) or "tuned" (measured per layer on
+    the emulated device, :mod:`tinytamer.micro.tuning`, reusing ``tuning_log``).
+    """
+    if device not in DEVICES:
+        raise ModelError(f"micro: unknown device '{device}'; choose one of {DEVICES}")
+    if schedules not in SCHEDULES:
+        raise ModelError(f"micro: schedules must be one of {SCHEDULES}, got '{schedules}'")
+    g = graph if graph is not None else lower(gm, example_input)
+    tuning_report = None
+    if schedules == "portable":
+        for op in g.ops:
+            op.schedule = {"kernel": "direct"}
+    elif schedules == "tuned" and device != "host":
+        from tinytamer.micro.tuning import tune
+
+        tuning_report = tune(g, device, log=tuning_log)
+    cm = codegen.generate(g, dsp=device != "host")
+    d = Path(workdir)
+    cm.write(d / "src")
+    prog = MicroProgram(g, cm, device, d)
+    if device == "host":
+        prog.host_exe = toolchain.host_build(cm, d / "host")
+    else:
+        prog.arm = toolchain.arm_build(cm, d / device, device)
+    prog.info["memory_plan"] = cm.plan.report(g)
+    prog.info["schedules"] = schedules
+    if tuning_report is not None:
+        prog.info["tuning"] = tuning_report
+    return prog

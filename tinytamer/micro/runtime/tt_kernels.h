@@ -1,0 +1,79 @@
+/* tinytamer micro runtime: int8 kernels for the generated model code.
+ *
+ * Activations are int8, HWC; weights int8 OHWI (dense: [out][in]); biases and
+ * accumulators int32; requantization by a Q31 multiplier and shift with
+ * round-to-nearest and saturation, as gemmlowp / TensorFlow Lite do it.  No
+ * floating point, no allocation.  tt_kernels.c is portable C99;
+ * tt_kernels_dsp.c holds the Cortex-M4/M7 variants (SMLAD / SXTB16).
+ */
+#ifndef TT_KERNELS_H
+#define TT_KERNELS_H
+
+#include <stdint.h>
+
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w, groups;
+    int32_t in_zp, out_zp, act_min, act_max;
+    const struct tt_residual *res; /* a residual add fused into the output, or 0 */
+} tt_conv_params;
+
+typedef struct {
+    int32_t in_h, in_w, c;
+    int32_t out_h, out_w;
+    int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w;
+    int32_t in_zp, out_zp, multiplier, shift, act_min, act_max;
+} tt_pool_params;
+
+typedef struct {
+    int32_t size, left_shift;
+    int32_t in1_zp, in1_multiplier, in1_shift;
+    int32_t in2_zp, in2_multiplier, in2_shift;
+    int32_t out_zp, out_multiplier, out_shift, act_min, act_max;
+} tt_add_params;
+
+typedef struct {
+    int32_t in_n, out_n, in_zp, out_zp, act_min, act_max;
+} tt_dense_params;
+
+/* A residual add fused into a convolution: the conv's int8 result and the other input
+ * (read from the output buffer, which the add overwrites in place) are rescaled through
+ * 256-entry tables and summed exactly as tt_add_s8_lut does. */
+typedef struct tt_residual {
+    const tt_add_params *add;
+    const int32_t *t_conv;
+    const int32_t *t_other;
+} tt_residual;
+
+/* MultiplyByQuantizedMultiplier: acc * multiplier * 2^(shift - 31), rounded. */
+int32_t tt_requant(int32_t acc, int32_t multiplier, int32_t shift);
+
+/* Portable kernels. */
+void tt_conv2d_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
+                  const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *out);
+void tt_depthwise_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
+                     const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                     int8_t *out);
+void tt_dense_s8(const tt_dense_params *p, const int8_t *in, const int8_t *w,
+                 const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *out);
+void tt_maxpool_s8(const tt_pool_params *p, const int8_t *in, int8_t *out);
+void tt_avgpool_s8(const tt_pool_params *p, const int8_t *in, int8_t *out);
+void tt_add_s8(const tt_add_params *p, const int8_t *a, const int8_t *b, int8_t *out);
+void tt_add_s8_lut(const tt_add_params *p, const int8_t *a, const int8_t *b, int8_t *out,
+                   const int32_t *ta, const int32_t *tb);
+
+
+/* Cortex-M4/M7 DSP variants (tt_kernels_dsp.c; built only where __ARM_FEATURE_DSP is set).
+ * Weights are padded to a multiple of 4 input channels; `scratch` is arena memory. */
+void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                      const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                      int8_t *out, int16_t *scratch, int32_t cols, int32_t flat);
+void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
+                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                         int8_t *out);
+void tt_dense_s8_dsp(const tt_dense_params *p, const int8_t *in, const int8_t *w,
+                     const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                     int8_t *out, int16_t *scratch);
+
+#endif

@@ -1,0 +1,263 @@
+"""A host-driven device session on an emulated Cortex-M (in the manner of microTVM's).
+
+``with Session("cortex-m4", module) as sess:`` cross-compiles the device
+runtime (kernels, start-up code) and the module (a generated model) into one
+ELF, loads its segments into a unicorn emulator (flash at 0x0, SRAM at
+0x20000000, as in runtime/cortexm.ld), and then lets the host allocate tensors
+in device SRAM (a heap above the stack), write them, call a device function by
+name and read results back.  Calls are strict (run at once) or lazy (queued
+until a result is read or :meth:`Session.flush`).
+
+Calls follow the AAPCS: arguments in r0-r3 (more on the stack), SP at the top
+of the linked stack, LR pointing at an ordinary Thumb address in flash where
+the run stops (not an 0xFFFFFFxx value: on M-profile that is an exception
+return).  Before each call the free stack is painted, so the call's deepest stack use
+is measured too.  With ``count=True`` every executed block is counted by a block hook,
+its instructions disassembled once with capstone (so instructions of an IT
+block whose condition fails are counted, unlike unicorn's per-instruction
+hook) and its estimated cycles taken from :mod:`tinytamer.micro.cost`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinytamer.errors import BackendMissing, ModelError
+from tinytamer.micro import toolchain
+from tinytamer.micro.codegen import CModel
+from tinytamer.micro.cost import CYCLE_TABLES, BlockCoster
+
+FLASH_BASE, FLASH_SIZE = 0x00000000, 4 << 20
+RAM_BASE, RAM_SIZE = 0x20000000, 4 << 20
+# The last word of flash is never linked (the script would have to fill 4 MB): calls return here.
+RETURN_ADDR = FLASH_BASE + FLASH_SIZE - 0x100
+_PAINT = b"\xa5" * 8
+
+
+@dataclass
+class DeviceTensor:
+    address: int
+    nbytes: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass
+class CallResult:
+    """One device call: its return value (r0) and, when counting, its exact cost."""
+
+    function: str
+    returned: int | None = None
+    instructions: int = 0
+    est_cycles: int = 0
+    stack_bytes: int = 0
+    done: bool = False
+
+
+@dataclass
+class _Counter:
+    """Per-call block execution counts; costs are summed once the call returns."""
+
+    blocks: dict = field(default_factory=dict)
+    jumps: int = 0
+    prev_end: int = -1
+
+
+def _unicorn():
+    try:
+        import unicorn
+        from unicorn import arm_const
+    except ImportError as e:  # pragma: no cover - unicorn is a core dependency
+        raise BackendMissing("unicorn", "pip install unicorn capstone") from e
+    return unicorn, arm_const
+
+
+class Session:
+    """An emulated Cortex-M running a compiled module; see the module docstring."""
+
+    def __init__(self, cpu: str = "cortex-m4", module: CModel | None = None, *,
+                 elf: str | Path | None = None, workdir: str | Path | None = None,
+                 lazy: bool = False, count: bool = True, max_instructions: int = 0) -> None:
+        if cpu not in CYCLE_TABLES:
+            raise ModelError(f"Session: unknown device '{cpu}'; choose one of "
+                             f"{sorted(CYCLE_TABLES)}")
+        if (module is None) == (elf is None):
+            raise ModelError("Session: give exactly one of a generated module or an ELF file")
+        self.cpu = cpu
+        self.module = module
+        self.elf = Path(elf) if elf is not None else None
+        self.workdir = workdir
+        self.lazy = lazy
+        self.count = count
+        self.max_instructions = max_instructions
+        self.build: toolchain.ArmBuild | None = None
+        self.symbols: dict[str, int] = {}
+        self.history: list[CallResult] = []
+        self._queue: list[tuple[CallResult, list]] = []
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._uc = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        unicorn, arm_const = _unicorn()
+        if self.elf is None:
+            if self.workdir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="tamer-micro-")
+                self.workdir = self._tmp.name
+            self.build = toolchain.arm_build(self.module, self.workdir, self.cpu)
+            self.elf = self.build.elf
+        uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
+        model = {"cortex-m4": arm_const.UC_CPU_ARM_CORTEX_M4,
+                 "cortex-m7": arm_const.UC_CPU_ARM_CORTEX_M7}[self.cpu]
+        uc.ctl_set_cpu_model(model)
+        uc.mem_map(FLASH_BASE, FLASH_SIZE, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC)
+        uc.mem_map(RAM_BASE, RAM_SIZE, unicorn.UC_PROT_ALL)
+        self._load_elf(uc)
+        self._uc = uc
+        self._heap = self.symbols["_tt_heap_start"]
+        self._heap_end = self.symbols["_tt_heap_end"]
+        self._counter = _Counter()
+        self._coster = BlockCoster(CYCLE_TABLES[self.cpu])
+        self._hook = None
+        if self.count:
+            self._hook = uc.hook_add(unicorn.UC_HOOK_BLOCK, _on_block, self._counter)
+            # New hooks only apply to translation blocks translated after a flush.
+            uc.ctl_flush_tb()
+
+    def close(self) -> None:
+        if self._uc is not None:
+            self.flush()
+        self._uc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _load_elf(self, uc) -> None:
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
+
+        with open(self.elf, "rb") as f:
+            elf = ELFFile(f)
+            for seg in elf.iter_segments():
+                if seg["p_type"] != "PT_LOAD" or seg["p_filesz"] == 0:
+                    continue
+                # Initialised data is written at its run address: the session is the loader.
+                uc.mem_write(seg["p_vaddr"], seg.data())
+            for sec in elf.iter_sections():
+                if isinstance(sec, SymbolTableSection):
+                    for sym in sec.iter_symbols():
+                        if sym.name:
+                            self.symbols[sym.name] = sym["st_value"]
+
+    # ------------------------------------------------------------------ tensors
+    def alloc(self, shape: tuple[int, ...] | int, dtype=np.int8) -> DeviceTensor:
+        """Reserve device SRAM for a tensor (8-byte aligned; freed when the session ends)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dt = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dt.itemsize
+        addr = (self._heap + 7) & ~7
+        if addr + nbytes > self._heap_end:
+            raise ModelError(f"Session: device SRAM is full ({nbytes} bytes requested, "
+                             f"{self._heap_end - addr} left)")
+        self._heap = addr + nbytes
+        return DeviceTensor(addr, nbytes, dt, shape)
+
+    def write(self, t: DeviceTensor, array: np.ndarray) -> None:
+        a = np.ascontiguousarray(array, dtype=t.dtype)
+        if a.size * a.itemsize != t.nbytes:
+            raise ModelError(f"Session.write: {a.nbytes} bytes into a {t.nbytes}-byte tensor")
+        self.flush()
+        self._uc.mem_write(t.address, a.tobytes())
+
+    def read(self, t: DeviceTensor) -> np.ndarray:
+        self.flush()
+        data = bytes(self._uc.mem_read(t.address, t.nbytes))
+        return np.frombuffer(data, dtype=t.dtype).reshape(t.shape).copy()
+
+    def read_bytes(self, address: int, nbytes: int) -> bytes:
+        """Raw device memory (e.g. at a symbol's address), after running queued calls."""
+        self.flush()
+        return bytes(self._uc.mem_read(address, nbytes))
+
+    # ------------------------------------------------------------------ calls
+    def call(self, function: str, *args: DeviceTensor | int) -> CallResult:
+        """Call a device function by name; strict sessions run it now, lazy ones queue it."""
+        if function not in self.symbols:
+            raise ModelError(f"Session: the device module has no function '{function}'")
+        result = CallResult(function)
+        self._queue.append((result, list(args)))
+        self.history.append(result)
+        if not self.lazy:
+            self.flush()
+        return result
+
+    def flush(self) -> None:
+        """Run every queued call in order."""
+        queue, self._queue = self._queue, []
+        for result, args in queue:
+            self._run(result, args)
+
+    def _run(self, result: CallResult, args: list) -> None:
+        _, arm_const = _unicorn()
+        uc, c = self._uc, self._counter
+        entry = self.symbols[result.function] | 1
+        values = [a.address if isinstance(a, DeviceTensor) else int(a) & 0xFFFFFFFF
+                  for a in args]
+        sp = self.symbols["_estack"]
+        stacked = values[4:]
+        if stacked:
+            sp -= 4 * len(stacked)
+            sp &= ~7
+            uc.mem_write(sp, b"".join(v.to_bytes(4, "little") for v in stacked))
+        for reg, v in zip((arm_const.UC_ARM_REG_R0, arm_const.UC_ARM_REG_R1,
+                           arm_const.UC_ARM_REG_R2, arm_const.UC_ARM_REG_R3), values, strict=False):
+            uc.reg_write(reg, v)
+        uc.reg_write(arm_const.UC_ARM_REG_SP, sp)
+        uc.reg_write(arm_const.UC_ARM_REG_LR, RETURN_ADDR | 1)
+        c.blocks, c.jumps, c.prev_end = {}, 0, entry & ~1
+        # Paint the free stack so the call's deepest stack use can be read back after it.
+        bottom = self.symbols["_sstack"]
+        uc.mem_write(bottom, _PAINT * ((sp - bottom) // len(_PAINT)))
+        try:
+            uc.emu_start(entry, RETURN_ADDR, count=self.max_instructions)
+        except Exception as e:  # unicorn raises UcError for faults
+            pc = uc.reg_read(arm_const.UC_ARM_REG_PC)
+            raise ModelError(f"Session: device call '{result.function}' faulted at pc "
+                             f"0x{pc:08x}: {e}") from e
+        pc = uc.reg_read(arm_const.UC_ARM_REG_PC)
+        if pc != RETURN_ADDR:
+            raise ModelError(f"Session: device call '{result.function}' stopped at 0x{pc:08x} "
+                             f"before returning (instruction limit {self.max_instructions})")
+        if self.count:
+            # A block that does not start where the previous one ended was reached by a
+            # taken branch (the entry itself is not); the final return is one more.
+            table = CYCLE_TABLES[self.cpu]
+            for (address, size), n in c.blocks.items():
+                bc = self._coster.cost(bytes(uc.mem_read(address, size)), address)
+                result.instructions += n * bc.instructions
+                result.est_cycles += n * bc.cycles
+            result.est_cycles += (c.jumps + 1) * table.branch_refill
+        painted = bytes(uc.mem_read(bottom, sp - bottom))
+        untouched = len(painted) - len(painted.lstrip(_PAINT[:1]))
+        result.stack_bytes = (sp - bottom) - untouched
+        result.returned = uc.reg_read(arm_const.UC_ARM_REG_R0)
+        result.done = True
+
+
+def _on_block(uc, address: int, size: int, c: _Counter) -> None:
+    key = (address, size)
+    c.blocks[key] = c.blocks.get(key, 0) + 1
+    if address != c.prev_end:
+        c.jumps += 1
+    c.prev_end = address + size

@@ -1,0 +1,225 @@
+"""Recipe stages for pruning: ``sensitivity``, ``prune`` (magnitude) and ``channel_prune``.
+
+::
+
+    stages:
+      - sensitivity: {sparsities: [0.2, 0.4, 0.6, 0.8, 0.9], max_drop: 0.01}
+      - prune:
+          sparsity: sensitivity          # or 0.9, or {fc1: 0.92, fc2: 0.9}
+          schedule: {type: agp, start: 0, end: 2000, frequency: 100}
+          finetune: {base_lr: 0.01, max_iter: 3000, weight_decay: 1e-4, regularization_type: L2}
+      - channel_prune: {ratio: 0.5, round_to: 8, finetune: {base_lr: 0.01, epochs: 5}}
+
+Every stage logs one record: accuracy, parameters, non-zeros, MACs, the bytes
+of the model written by the codec, and ``physical``: true when layers really
+got smaller (channel pruning), false when the pruned weights are zeros inside
+dense tensors (magnitude pruning; the codec file stores them sparse).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+from torch import nn
+
+from tinytamer import codec
+from tinytamer.compress import channel, prune, sensitivity
+from tinytamer.compress.selector import Selector
+from tinytamer.errors import RecipeError
+from tinytamer.recipe import Context, StageParams, register_stage
+from tinytamer.stages.core import latest_snapshot
+from tinytamer.train import SolverConfig
+from tinytamer.train import evaluate as evaluate_model
+
+
+def _solver_config(ctx: Context, finetune: SolverConfig) -> SolverConfig:
+    """The stage's fine-tuning config with the recipe's seed unless the recipe set one."""
+    return SolverConfig.model_validate({"seed": ctx.seed,
+                                        **finetune.model_dump(exclude_unset=True)})
+
+
+def _finetune(ctx: Context, model: nn.Module, finetune: SolverConfig, *, name: str = "snapshots",
+              after_step: tuple = (), batch_size: int | None = None) -> dict[str, Any]:
+    """Train with the Solver, resuming from this stage's snapshots after an interruption."""
+    solver = ctx.make_solver(model, _solver_config(ctx, finetune), after_step=after_step,
+                             batch_size=batch_size, name=name)
+    return solver.solve(resume=latest_snapshot(ctx.stage_dir / name))
+
+
+def _save(ctx: Context, model: nn.Module) -> Path:
+    path = ctx.stage_dir / "model.tt"
+    codec.save(model, path)
+    return path
+
+
+# -- sensitivity ------------------------------------------------------------------------------
+
+
+class SensitivityParams(StageParams):
+    sparsities: list[float] = Field(default_factory=lambda: list(sensitivity.DEFAULT_SPARSITIES),
+                                    description="sparsity levels each layer is pruned to, alone")
+    select: Selector | None = None
+    max_drop: float = Field(0.01, ge=0, description="accuracy drop allowed per layer (0.01 = 1 pt)")
+    split: Literal["train", "val", "test"] = Field(
+        "val", description="split to measure on (val: keep test for the final report)")
+    max_batches: int | None = Field(None, ge=1, description="batches per evaluation (None: all)")
+
+
+@register_stage("sensitivity", SensitivityParams,
+                help="prune each layer alone at a sweep of sparsities; plot and choose per-layer sparsity")
+def sensitivity_stage(model: nn.Module, ctx: Context, p: SensitivityParams) -> nn.Module:
+    if len(getattr(ctx.data, p.split)) == 0:
+        raise RecipeError(f"sensitivity.split '{p.split}' is empty; set data.val_fraction > 0 "
+                          "or choose another split")
+    loader = {"train": ctx.train_loader, "val": ctx.val_loader, "test": ctx.test_loader}[p.split]()
+
+    def score(m: nn.Module) -> float:
+        return float(evaluate_model(m, loader, max_batches=p.max_batches)["accuracy"])
+
+    result = sensitivity.analyze(model, score, select=p.select, sparsities=p.sparsities,
+                                 progress=ctx.progress)
+    chosen = sensitivity.choose_sparsities(result, p.max_drop)
+    result.save(ctx.stage_dir / "sensitivity.json")
+    plot = sensitivity.plot(result, ctx.stage_dir / "sensitivity.png")
+    ctx.log({**ctx.model_record(model), "physical": False, "split": p.split,
+             "baseline": result.baseline, "chosen": chosen, "max_drop": p.max_drop,
+             "plot": str(plot.relative_to(ctx.rundir.path))})
+    return model
+
+
+# -- magnitude pruning ------------------------------------------------------------------------
+
+
+class OneShot(StageParams):
+    """Prune once, then fine-tune (if ``finetune`` is given) with the masks held."""
+
+    type: Literal["oneshot"] = "oneshot"
+
+
+class Iterative(StageParams):
+    """Han et al. 2015 Sec. 3.3: ``rounds`` x (prune a step further, fine-tune)."""
+
+    type: Literal["iterative"]
+    rounds: int = Field(3, ge=1)
+
+
+class AGP(StageParams):
+    """Zhu & Gupta 2017: sparsity ramps up during fine-tuning (Distiller's start/end/frequency)."""
+
+    type: Literal["agp"]
+    initial: float = Field(0.0, ge=0, lt=1)
+    start: int = Field(0, ge=0, description="first pruning iteration of the fine-tuning")
+    end: int = Field(..., ge=0, description="iteration where the final sparsity is reached")
+    frequency: int = Field(100, ge=1, description="iterations between pruning steps")
+
+
+class PruneParams(StageParams):
+    sparsity: float | dict[str, float] | Literal["sensitivity"] = Field(
+        0.8, description="fraction of weights removed: one value, per layer, or 'sensitivity' "
+                         "(the per-layer choice of the last sensitivity stage)")
+    threshold_mode: Literal["sparsity", "std"] = "sparsity"
+    quality: float | dict[str, float] | None = Field(
+        None, description="std mode: threshold = quality x std of the layer's weights")
+    select: Selector | None = None
+    schedule: OneShot | Iterative | AGP = Field(default_factory=OneShot, discriminator="type")
+    finetune: SolverConfig | None = Field(None, description="Solver settings for retraining")
+    batch_size: int | None = Field(None, gt=0)
+
+
+def _sensitivity_choice(ctx: Context) -> dict[str, float]:
+    for record in reversed(ctx.rundir.records()):
+        if record.get("kind") == "stage" and record.get("stage") == "sensitivity" \
+                and record.get("index", -1) < ctx.stage_index:
+            chosen = {k: v for k, v in record["chosen"].items() if v > 0}
+            if not chosen:
+                raise RecipeError(f"prune.sparsity 'sensitivity': the sensitivity stage allowed no "
+                                  f"pruning within max_drop={record.get('max_drop')}")
+            return chosen
+    raise RecipeError("prune.sparsity is 'sensitivity' but no sensitivity stage ran before it")
+
+
+@register_stage("prune", PruneParams,
+                help="magnitude pruning (Han et al. 2015): one-shot, iterative or AGP, with retraining")
+def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
+    sparsity = _sensitivity_choice(ctx) if p.sparsity == "sensitivity" else p.sparsity
+    kind = p.schedule.type
+    if kind != "oneshot" and p.finetune is None:
+        raise RecipeError(f"prune.schedule '{kind}' retrains between pruning steps: give finetune")
+    if kind == "agp" and p.threshold_mode != "sparsity":
+        raise RecipeError("prune.schedule 'agp' sets sparsities; it takes threshold_mode 'sparsity'")
+    extra: dict[str, Any] = {}
+    if kind == "oneshot":
+        prune.magnitude(model, sparsity, select=p.select, threshold_mode=p.threshold_mode,
+                        quality=p.quality)
+        if p.finetune is not None:
+            extra["accuracy_before_finetune"] = ctx.evaluate(model)["accuracy"]
+            _finetune(ctx, model, p.finetune, batch_size=p.batch_size)
+    elif kind == "iterative":
+        rounds = iter(range(1, p.schedule.rounds + 1))
+        prune.iterative(
+            model,
+            lambda m: _finetune(ctx, m, p.finetune, name=f"round{next(rounds)}",
+                                batch_size=p.batch_size),
+            sparsity, rounds=p.schedule.rounds, select=p.select,
+            threshold_mode=p.threshold_mode, quality=p.quality)
+    else:
+        s = p.schedule
+        finals = sparsity.values() if isinstance(sparsity, dict) else [sparsity]
+        schedule = prune.AGPSchedule(initial=min(s.initial, max(finals)), final=max(finals),
+                                     start=s.start, end=s.end, frequency=s.frequency)
+        hook = prune.GradualPruner(model, schedule, sparsity, select=p.select)
+        _finetune(ctx, model, p.finetune, after_step=(hook,), batch_size=p.batch_size)
+        if hook.last_step is None or hook.last_step < s.end:
+            # Training ended before the schedule did: reach the target anyway, and say so.
+            hook.finish(model)
+            extra["warning"] = (f"fine-tuning stopped before schedule.end={s.end}; the final "
+                                "sparsity was applied without retraining")
+    result = prune.layer_sparsity(model, p.select)
+    prune.remove_masks(model)
+    path = _save(ctx, model)
+    ctx.log({**ctx.model_record(model, file=path), "physical": False,
+             "note": "pruned weights are zeros in dense tensors; bytes is the codec file",
+             "method": "magnitude", "schedule": kind, "sparsity": result.sparsity,
+             "layers": {n: s.sparsity for n, s in result.layers.items()}, **extra})
+    return model
+
+
+# -- channel pruning --------------------------------------------------------------------------
+
+
+class ChannelPruneParams(StageParams):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    ratio: float | dict[str, float] = Field(0.5, description="fraction of channels removed")
+    global_pruning: bool = Field(False, alias="global",
+                                 description="rank channels across layers with one ratio")
+    round_to: int | None = Field(8, ge=1, description="kept channels are a multiple of this")
+    importance: Literal["l1", "l2", "bn_scale"] = "l1"
+    select: Selector | None = None
+    ignore: list[str] | None = Field(
+        None, description="layers whose output channels stay (default: the classifier)")
+    max_ratio: float = Field(0.9, gt=0, lt=1, description="global: most any layer may lose")
+    finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning")
+    batch_size: int | None = Field(None, gt=0)
+
+
+@register_stage("channel_prune", ChannelPruneParams,
+                help="remove whole channels (Torch-Pruning dependency graph), then fine-tune")
+def channel_prune_stage(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> nn.Module:
+    before = channel.channel_counts(model, p.select)
+    pruned = channel.prune_channels(
+        model, ctx.example_input(batch=1), ratio=p.ratio, global_pruning=p.global_pruning,
+        round_to=p.round_to, importance=p.importance, select=p.select, ignore=p.ignore,
+        max_ratio=p.max_ratio)
+    extra: dict[str, Any] = {}
+    if p.finetune is not None:
+        extra["accuracy_before_finetune"] = ctx.evaluate(pruned)["accuracy"]
+        _finetune(ctx, pruned, p.finetune, batch_size=p.batch_size)
+    after = channel.channel_counts(pruned, p.select)
+    path = _save(ctx, pruned)
+    ctx.log({**ctx.model_record(pruned, file=path), "physical": True, "method": "channel",
+             "channels": {n: [before[n], after[n]] for n in before if before[n] != after[n]},
+             **extra})
+    return pruned

@@ -1,0 +1,179 @@
+"""The bare-metal ``micro`` targets: generated C on an emulated Cortex-M4 / M7, or the host.
+
+``compile`` quantizes the model to int8 (or takes the converted model given as
+``qparams`` / as the model itself), lowers it to the integer graph, generates C
+and builds it; it then checks that the device output equals the numpy integer
+reference bit for bit (the host build for ``micro-host``; a unicorn session and
+a whole-program QEMU run for Cortex-M) and that it agrees with PyTorch within
+the int8 tolerance.  ``measure`` counts the exact instructions of one inference
+(and of each layer), estimates cycles from the TRM-based table of
+:mod:`tinytamer.micro.cost`, and reads flash and SRAM from the linked ELF.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from tinytamer.errors import TamerError
+from tinytamer.micro import toolchain
+from tinytamer.micro.cost import CYCLE_TABLES
+from tinytamer.micro.program import MicroProgram, build_program
+from tinytamer.targets._torchutil import Batch, as_inputs, parity_inputs, verify
+from tinytamer.targets.base import Cost, Deployed, ParityError, register_target
+
+# Clocks used only to turn estimated cycles into an estimated latency: the MLPerf Tiny
+# reference board (STM32L4R5, Cortex-M4, 120 MHz) and an STM32F767 (Cortex-M7, 216 MHz).
+CLOCK_HZ = {"cortex-m4": 120e6, "cortex-m7": 216e6}
+
+
+class BudgetExceeded(TamerError):
+    """The model does not fit the stated flash or SRAM budget."""
+
+
+class MicroDeployed(Deployed):
+    def __init__(self, program: MicroProgram, example: np.ndarray, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.program = program
+        self.example = example  # the input measure() runs (costs barely depend on values)
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        q = self.program.quantize_input(arrays[0])
+        return [self.program.dequantize_output(self.program.run_device(q))]
+
+    def measure(self, batch: int = 1, threads: int | None = None, repeats: int = 1,
+                warmup: int = 0, isolate: bool = False, timeout_s: float = 600.0) -> Cost:
+        """Exact instruction count, estimated cycles, flash and SRAM of one inference."""
+        p = self.program
+        q = p.quantize_input(self.example)
+        cost = Cost(target=self.target, precision="int8", batch=1, threads=1,
+                    repeats=repeats, artifact_bytes=self.artifact_bytes)
+        cost.extra["arena_bytes"] = p.cmodel.plan.arena_size
+        cost.extra["memory_plan"] = p.cmodel.plan.report(p.graph)
+        cost.extra["macs"] = p.graph.macs()
+        if p.device == "host":
+            cost.sram_bytes = p.cmodel.plan.arena_size
+            cost.extra["measured_in"] = "host build (no instruction counts)"
+            return cost
+        prof = p.profile(q[0])
+        cost.instructions = prof["instructions"]
+        cost.est_cycles = prof["est_cycles"]
+        cost.flash_bytes = p.arm.flash_bytes
+        # Static data + arena from the linked ELF, plus the stack depth measured in the run.
+        static = p.arm.sections.get(".data", 0) + p.arm.sections.get(".bss", 0)
+        cost.sram_bytes = static + prof["stack_bytes"]
+        clock = CLOCK_HZ[p.device]
+        cost.latency_ms_median = cost.est_cycles / clock * 1e3
+        cost.extra.update({
+            "per_layer": prof["layers"],
+            "sections": p.arm.sections,
+            "cycle_table": CYCLE_TABLES[p.device].source,
+            "latency_source": f"est_cycles at {clock / 1e6:.0f} MHz (estimate, not timed)",
+            "stack_bytes": prof["stack_bytes"],
+            "stack_reserved": p.arm.sections.get(".stack", 0),
+            "sram_note": "linked .data + .bss (activation arena) + measured peak stack",
+            "measured_in": "unicorn emulator, block hooks + capstone",
+        })
+        return cost
+
+
+class MicroTarget:
+    """Generated C for one device: ``cortex-m4``, ``cortex-m7`` or ``micro-host``."""
+
+    precisions = ("int8",)
+    install_hint = toolchain.INSTALL_HINT
+
+    def __init__(self, name: str, device: str) -> None:
+        self.name = name
+        self.device = device
+
+    def available(self) -> bool:
+        if self.device == "host":
+            return shutil.which("gcc") is not None
+        return toolchain.arm_available() and toolchain.qemu_available()
+
+    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                workdir: str | Path, *, precision: str = "int8",
+                calib: Sequence[Batch] | None = None, qparams: Any = None, threads: int = 1,
+                flash_budget: int | None = None, sram_budget: int | None = None,
+                calib_method: str = "minmax", schedules: str = "default",
+                tuning_log: str | Path | None = None) -> MicroDeployed:
+        if precision != "int8":
+            raise TamerError(f"target '{self.name}' runs int8 only (asked for '{precision}')")
+        if len(example_inputs) != 1:
+            raise TamerError(f"target '{self.name}' supports one model input, "
+                             f"got {len(example_inputs)}")
+        if self.device != "host" and not self.available():
+            toolchain.require("arm-none-eabi-gcc")
+            toolchain.require("qemu-system-arm")
+        workdir = Path(workdir)
+        gm = _quantized(model, example_inputs, calib, qparams, calib_method)
+        program = build_program(gm, example_inputs[0][:1], self.device, workdir,
+                                schedules=schedules, tuning_log=tuning_log)
+        _check_budget(self.name, program, flash_budget, sram_budget)
+
+        inputs = parity_inputs(example_inputs, calib)
+        q = program.quantize_input(inputs[0].detach().numpy())
+        want = program.run_reference(q)
+        got = program.run_device(q)
+        info: dict[str, Any] = {"bit_exact_inputs": len(q), "memory_plan": program.info}
+        if not np.array_equal(want, got):
+            raise ParityError(f"target '{self.name}': the device output differs from the "
+                              "integer reference (bit-exact check)")
+        if self.device != "host":
+            few = q[:4]
+            if not np.array_equal(program.run_qemu(few), want[:4]):
+                raise ParityError(f"target '{self.name}': the QEMU whole-program run differs "
+                                  "from the integer reference")
+            info["qemu_bit_exact_inputs"] = len(few)
+        artifacts = [program.workdir / "src" / "model.c", program.workdir / "src" / "model.h"]
+        if program.arm is not None:
+            artifacts.append(program.arm.elf)
+        deployed = MicroDeployed(
+            program, example_inputs[0][:1].detach().numpy().astype(np.float32),
+            target=self.name, precision="int8", artifacts=artifacts,
+            input_shapes=[tuple(example_inputs[0].shape[1:])], input_dtypes=["float32"],
+            threads=1)
+        deployed.info.update(info)
+        verify(deployed, gm, inputs, f"target '{self.name}'")
+        return deployed
+
+
+def _quantized(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+               calib: Sequence[Batch] | None, qparams: Any, method: str) -> fx.GraphModule:
+    """The converted int8 GraphModule: given, the model itself, or PTQ on ``calib``."""
+    if isinstance(qparams, fx.GraphModule):
+        return qparams
+    if isinstance(model, fx.GraphModule) and any(type(m).__name__ == "FakeQuantAct"
+                                                 for m in model.modules()):
+        return model
+    from tinytamer.compress.int8 import quantize_ptq
+
+    batches = [as_inputs(b)[0] for b in calib] if calib else [example_inputs[0]]
+    return quantize_ptq(copy.deepcopy(model).eval(), batches, method=method)
+
+
+def _check_budget(name: str, program: MicroProgram, flash: int | None, sram: int | None) -> None:
+    if program.arm is None:
+        used_flash, used_sram = None, program.cmodel.plan.arena_size
+    else:
+        used_flash, used_sram = program.arm.flash_bytes, program.arm.sram_bytes
+    plan = program.cmodel.plan.report(program.graph)
+    if flash is not None and used_flash is not None and used_flash > flash:
+        raise BudgetExceeded(f"target '{name}': the model needs {used_flash} bytes of flash, "
+                             f"over the budget of {flash}")
+    if sram is not None and used_sram > sram:
+        raise BudgetExceeded(f"target '{name}': the model needs {used_sram} bytes of SRAM, "
+                             f"over the budget of {sram} ({plan})")
+
+
+register_target(MicroTarget("cortex-m4", "cortex-m4"))
+register_target(MicroTarget("cortex-m7", "cortex-m7"))
+register_target(MicroTarget("micro-host", "host"))
