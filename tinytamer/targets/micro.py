@@ -149,13 +149,15 @@ class MicroTarget:
 def _quantized(model: nn.Module, example_inputs: Sequence[torch.Tensor],
                calib: Sequence[Batch] | None, qparams: Any, method: str) -> fx.GraphModule:
     """The converted int8 GraphModule: given, the model itself, or PTQ on ``calib``."""
+    from tinytamer.compress.int8 import QuantizedGraph, as_graph_module, quantize_ptq
+
     if isinstance(qparams, fx.GraphModule):
         return qparams
+    if isinstance(model, QuantizedGraph):  # what a `quantize` stage leaves: deploy it as evaluated
+        return as_graph_module(model)
     if isinstance(model, fx.GraphModule) and any(type(m).__name__ == "FakeQuantAct"
                                                  for m in model.modules()):
         return model
-    from tinytamer.compress.int8 import quantize_ptq
-
     batches = [as_inputs(b)[0] for b in calib] if calib else [example_inputs[0]]
     return quantize_ptq(copy.deepcopy(model).eval(), batches, method=method)
 
