@@ -46,7 +46,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
 def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Path, model: str,
                weights: str | None, data: str, root: str | None, size: int | None,
                from_run: Path | None, overwrite: bool, quiet: bool,
-               extra_stages: list[dict[str, Any]] | None = None) -> None:
+               extra_stages: list[dict[str, Any]] | None = None) -> Any:
     from tinytamer.recipe import parse_recipe, run
 
     if from_run is not None:
@@ -68,6 +68,7 @@ def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Pa
     rundir = run(recipe, runs / recipe.name, overwrite=overwrite, progress=not quiet,
                  echo=console.print)
     _summary(rundir)
+    return rundir
 
 
 def _summary(rundir: Any) -> None:
@@ -189,6 +190,25 @@ def deploy(target: Annotated[str, typer.Option(help="target name: see `tamer tar
     params = {"target": target, "precision": precision, **_parse_sets(sets)}
     _one_stage("deploy", params, name=name, runs=runs, model=model, weights=weights, data=data,
                root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet)
+
+
+@app.command()
+def bench(targets: Annotated[list[str] | None, typer.Option("--target", help="targets (default: all)")] = None,
+          precisions: Annotated[list[str] | None, typer.Option("--precision", help="fp32, fp16, int8")] = None,
+          max_acc_drop: Annotated[float | None, typer.Option(help="pick the fastest within this accuracy drop")] = None,
+          model: ModelOpt = "democnn", weights: WeightsOpt = None, data: DataOpt = "digits",
+          root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
+          sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
+          overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+    """Run one model on every target and precision: latency ratio to PyTorch fp32, memory, size, accuracy."""
+    params: dict[str, Any] = _parse_sets(sets)
+    for key, value in (("targets", targets), ("precisions", precisions), ("max_acc_drop", max_acc_drop)):
+        if value:
+            params[key] = value
+    rundir = _one_stage("bench", params, name=name, runs=runs, model=model, weights=weights, data=data,
+                        root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet)
+    for table in sorted(rundir.path.glob("stages/*_bench/bench.md")):
+        typer.echo(table.read_text())
 
 
 @app.command()
