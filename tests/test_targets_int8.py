@@ -1,0 +1,86 @@
+"""ONNX Runtime int8 on a model trained in the test: ORT's calibration, and our qparams."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from test_targets_helpers import DigitNet
+from torch import nn
+
+from tinytamer.errors import TamerError
+from tinytamer.targets import get_target
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """DigitNet trained on sklearn digits (8x8) for 150 steps; test accuracy > 0.8."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(digits.target)
+    torch.manual_seed(0)
+    model = DigitNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(150):
+        idx = torch.randint(0, 1400, (64,), generator=torch.Generator().manual_seed(step))
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    acc = (model(x[1400:]).argmax(1) == y[1400:]).float().mean().item()
+    assert acc > 0.8
+    return model, x, y, acc
+
+
+def test_ort_calibrated_int8_keeps_accuracy(trained, tmp_path):
+    model, x, y, acc_fp32 = trained
+    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
+                                          calib=calib)
+    assert d.artifacts[0].name == "model.int8.onnx" and d.info["calib_samples"] == 200
+    assert d.parity["outputs"][0]["top1_agree"] >= 0.9 and d.parity["inputs"] == 64
+    out = d(x[1400:].numpy())[0]
+    acc_int8 = float((out.argmax(1) == y[1400:].numpy()).mean())
+    assert abs(acc_int8 - acc_fp32) < 0.03
+    # The int8 file is smaller than the float export next to it.
+    assert d.artifact_bytes < (tmp_path / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("weight_bits,exact", [(8, True), (7, False)])
+def test_ort_int8_with_our_qparams_matches_the_evaluated_model(trained, tmp_path, weight_bits,
+                                                               exact):
+    from tinytamer.compress.int8 import quantize_ptq
+
+    model, x, y, _ = trained
+    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    gm = quantize_ptq(model, calib, weight_bits=weight_bits)
+    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
+                                          calib=calib, qparams=gm, exact_int8=exact)
+    assert d.info["int8_params"].startswith("ours")
+    proto = onnx.load(str(d.artifacts[0]))
+    kinds = [n.op_type for n in proto.graph.node]
+    assert kinds.count("QuantizeLinear") >= 5 and kinds.count("DequantizeLinear") >= 8
+    # Weights are stored as integers, not floats.
+    w = {i.name: i for i in proto.graph.initializer}["conv.w_int"]
+    assert w.data_type == (onnx.TensorProto.UINT8 if exact else onnx.TensorProto.INT8)
+    test_x = x[1400:]
+    out = d(test_x.numpy())[0]
+    ref = gm(test_x).detach().numpy()
+    agree = float((out.argmax(1) == ref.argmax(1)).mean())
+    assert d.parity["outputs"][0]["top1_agree"] >= 0.9 and agree >= 0.95
+    # uint8 weights, or 7-bit int8 ones, cannot saturate ORT's 16-bit sums: the outputs
+    # equal ours up to rounding at a few points.
+    step = float(gm.get_submodule("aq_fc").scale)
+    assert np.abs(out - ref).max() <= 4 * step + 1e-6
+
+
+def test_qparams_need_int8(trained, tmp_path):
+    model, x, _, _ = trained
+    with pytest.raises(TamerError, match="precision 'int8'"):
+        get_target("onnxruntime").compile(model, [x[:1]], tmp_path, qparams=object())

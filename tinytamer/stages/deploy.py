@@ -1,0 +1,115 @@
+"""Recipe stages ``deploy`` (one target) and ``bench`` (every target), measured."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from torch import nn
+
+from tinytamer.deploy import bench, calib_from_loader, deploy
+from tinytamer.recipe import Context, StageParams, register_stage
+
+
+def _known_target(name: str) -> str:
+    from tinytamer.errors import TamerError
+    from tinytamer.targets import get_target
+
+    try:
+        get_target(name)
+    except TamerError as exc:
+        # pydantic reports ValueErrors with the recipe key; the message lists the targets.
+        raise ValueError(str(exc)) from None
+    return name
+
+
+class DeployParams(StageParams):
+    target: str = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    threads: int = Field(2, ge=1)
+    batch: int = Field(1, ge=1, description="batch size the latency is measured at")
+    repeats: int = Field(30, ge=0, description="timed runs (0: do not measure latency)")
+    calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on")
+    calib_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    eval_limit: int | None = Field(None, ge=1, description="test samples scored through the "
+                                   "runtime (default: all)")
+    isolate: bool = Field(True, description="measure in a child process (peak memory)")
+    use_qparams: bool = Field(True, description="int8 on onnxruntime of a model from the "
+                              "quantize stage keeps its scales / zero points (else ORT "
+                              "calibrates its own)")
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, v: str) -> str:
+        return _known_target(v)
+
+
+@register_stage("deploy", DeployParams,
+                help="deploy to a target: parity check, cost, accuracy through the runtime")
+def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
+    from tinytamer.compress.int8 import QuantizedGraph
+
+    options: dict[str, Any] = {}
+    if p.target == "onnxruntime" and p.precision == "int8":
+        if p.use_qparams and isinstance(model, QuantizedGraph):
+            options["qparams"] = model
+        else:
+            options["calib_method"] = p.calib_method
+    # A compressed file saved earlier in this run: its size is kept beside the runtime's.
+    saved = [r for r in ctx.rundir.records()
+             if r.get("kind") == "stage" and r.get("stage") == "save_compressed" and r.get("file")]
+    source = ctx.rundir.path / saved[-1]["file"] if saved else None
+    folder = ctx.stage_dir / f"{p.target}-{p.precision}"
+    _, rep = deploy(model, p.target, folder,
+                    example_input=ctx.example_input(), precision=p.precision,
+                    calib=calib_from_loader(ctx.train_loader(), p.calib_batches),
+                    test_loader=ctx.test_loader(), eval_limit=p.eval_limit, threads=p.threads,
+                    batch=p.batch, repeats=p.repeats, isolate=p.isolate, source_file=source,
+                    **options)
+    cost = rep.cost or {}
+    ctx.log({**ctx.model_record(model, accuracy=rep.accuracy),
+             "accuracy_torch": rep.accuracy_torch, "eval_samples": rep.eval_samples,
+             "target": p.target, "precision": p.precision, "bytes": rep.artifact_bytes,
+             "compressed_bytes": rep.source_bytes,
+             "artifacts": [str((folder / a).relative_to(ctx.rundir.path)) for a in rep.artifacts],
+             "latency_ms": cost.get("latency_ms_median"), "peak_rss_mb": cost.get("peak_rss_mb"),
+             "int8_params": rep.info.get("int8_params"), "cost": cost, "parity": rep.parity})
+    return model
+
+
+class BenchParams(StageParams):
+    targets: list[str] | None = Field(None, description="default: every installed target")
+    precisions: list[Literal["fp32", "fp16", "int8"]] | None = None
+    batches: list[int] = [1]
+    threads: int = Field(2, ge=1)
+    repeats: int = Field(30, ge=1)
+    calib_batches: int = Field(8, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
+    max_acc_drop: float | None = Field(None, ge=0, description="accuracy a pick may lose (0.01 "
+                                       "= one point)")
+    isolate: bool = True
+    rounds: int = Field(1, ge=1, description="measure each model this many times round-robin, "
+                        "keep the best round")
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else [_known_target(t) for t in v]
+
+
+@register_stage("bench", BenchParams,
+                help="every target and precision vs PyTorch fp32: latency, memory, size, accuracy")
+def bench_stage(model: nn.Module, ctx: Context, p: BenchParams) -> nn.Module:
+    report = bench(model, ctx.stage_dir, example_input=ctx.example_input(),
+                   calib=calib_from_loader(ctx.train_loader(), p.calib_batches),
+                   test_loader=ctx.test_loader(), targets=p.targets, precisions=p.precisions,
+                   batches=p.batches, threads=p.threads, repeats=p.repeats,
+                   eval_limit=p.eval_limit, isolate=p.isolate, rounds=p.rounds)
+    best = report.best(p.max_acc_drop, batch=p.batches[0])
+    ctx.log({**ctx.model_record(model), "bench": report.to_dict()["rows"],
+             "best": None if best is None else {"target": best.target,
+                                                "precision": best.precision,
+                                                "speedup": best.speedup,
+                                                "acc_delta": best.acc_delta},
+             "max_acc_drop": p.max_acc_drop})
+    return model

@@ -1,0 +1,50 @@
+"""Child process that loads one deployed model, times it and reports its peak memory.
+
+Run as ``python -m tinytamer.targets._probe job.json``; prints one JSON line.  The job
+names a loader ``"module:function"`` that takes ``(threads, **args)`` and returns a
+callable ``run(list[np.ndarray]) -> list[np.ndarray]``.  Only that loader's imports are
+paid for, so ONNX Runtime's numbers do not include torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import sys
+from pathlib import Path
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB.
+
+    VmHWM is per address space, so it starts afresh at exec; ``ru_maxrss`` would keep
+    the parent's RSS, copied at fork, as a floor.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    # Not Linux: ru_maxrss (KiB on Linux, bytes on macOS), possibly inflated as above.
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def main(job_file: str) -> None:
+    job = json.loads(Path(job_file).read_text())
+    module_name, func_name = job["loader"].split(":")
+    loader = getattr(importlib.import_module(module_name), func_name)
+    from tinytamer.targets.base import random_inputs, time_calls
+
+    inputs = random_inputs(job["shapes"], job["dtypes"])
+    baseline = _peak_rss_mb()
+    run = loader(job["threads"], **job.get("args", {}))
+    times = time_calls(lambda: run(inputs), job["repeats"], job["warmup"])
+    print(json.dumps({"times_s": times, "peak_rss_mb": _peak_rss_mb(),
+                      "baseline_rss_mb": baseline}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,318 @@
+"""The Target protocol: compile a model for a backend, run it, measure what it costs.
+
+A ``Target`` turns an ``nn.Module`` into a ``Deployed`` model (files on disk plus a
+loaded runtime).  ``Deployed(*arrays)`` runs it on numpy arrays; ``Deployed.measure()``
+returns a ``Cost`` holding only what the backend really measured.  Search methods ask
+any target for cost this way, so none of them hard-codes hardware numbers.
+
+This module imports only the standard library and numpy: the memory probe child
+process (``tinytamer.targets._probe``) imports it, and a child that runs ONNX Runtime
+must not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tinytamer.errors import TamerError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ParityError(TamerError):
+    """The deployed model's outputs disagree with PyTorch beyond the stated tolerance."""
+
+
+@dataclass
+class Cost:
+    """What one target measured for one deployed model.
+
+    Latency is wall-clock per call at ``batch`` over ``repeats`` timed runs after
+    warm-up: the median and spread, and the minimum (the run least disturbed by other
+    processes, the better estimate on a loaded machine).  ``peak_rss_mb`` is the peak
+    resident memory of a fresh child process that imported the runtime, loaded the model
+    and ran it (interpreter + runtime library + model + inference buffers);
+    ``baseline_rss_mb`` is that child's peak
+    before it loaded the model, so the difference is what the model itself added.
+    The micro fields are filled by targets that count them (bare-metal C).
+    """
+
+    target: str
+    precision: str
+    batch: int
+    threads: int
+    latency_ms_median: float | None = None
+    latency_ms_p10: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_min: float | None = None
+    repeats: int = 0
+    peak_rss_mb: float | None = None
+    baseline_rss_mb: float | None = None
+    artifact_bytes: int | None = None
+    instructions: int | None = None
+    est_cycles: int | None = None
+    flash_bytes: int | None = None
+    sram_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_stats(times_s: Sequence[float]) -> dict[str, float]:
+    """Median, 10th/90th percentiles and minimum, in ms, of per-call times in seconds."""
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    return {
+        "latency_ms_median": float(statistics.median(ms.tolist())),
+        "latency_ms_p10": float(np.percentile(ms, 10)),
+        "latency_ms_p90": float(np.percentile(ms, 90)),
+        "latency_ms_min": float(ms.min()),
+    }
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    """Run ``fn`` ``warmup`` times untimed, then return ``repeats`` per-call times (s)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def random_inputs(shapes: Sequence[Sequence[int]], dtypes: Sequence[str], seed: int = 0
+                  ) -> list[np.ndarray]:
+    """Seeded standard-normal inputs (latency does not depend on the values for these ops)."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(tuple(s)).astype(d) for s, d in zip(shapes, dtypes, strict=True)]
+
+
+class Deployed(ABC):
+    """A model compiled for one target: its files, a loaded runtime, and its parity check.
+
+    Subclasses implement ``run`` and, when a fresh process can reload the model from
+    its files, ``probe_spec`` (used to measure memory and latency in isolation).
+    """
+
+    def __init__(self, target: str, precision: str, artifacts: list[Path],
+                 input_shapes: list[tuple[int, ...]], input_dtypes: list[str],
+                 threads: int) -> None:
+        self.target = target
+        self.precision = precision
+        self.artifacts = artifacts
+        # Shapes of one sample (no batch dimension); the batch is chosen per call.
+        self.input_shapes = input_shapes
+        self.input_dtypes = input_dtypes
+        self.threads = threads
+        self.parity: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
+
+    @abstractmethod
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the deployed model in this process."""
+
+    def probe_spec(self) -> dict[str, Any] | None:
+        """``{"loader": "module:function", "args": {...}}`` for the child process, or None."""
+        return None
+
+    def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        return self.run([np.ascontiguousarray(a, dtype=d)
+                         for a, d in zip(arrays, self.input_dtypes, strict=True)])
+
+    @property
+    def artifact_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.artifacts if p.exists())
+
+    def measure(self, batch: int = 1, threads: int | None = None, repeats: int = 30,
+                warmup: int = 5, isolate: bool = True, timeout_s: float = 600.0) -> Cost:
+        """Measure latency (and, isolated, peak memory) at ``batch`` and ``threads``.
+
+        ``isolate=True`` runs a fresh child process that loads the artifact, so one
+        backend's memory and thread pools do not pollute another's; when the model
+        cannot be reloaded from files, or ``isolate=False``, latency is measured here
+        and ``peak_rss_mb`` stays None.
+        """
+        threads = self.threads if threads is None else threads
+        shapes = [(batch, *s) for s in self.input_shapes]
+        cost = Cost(target=self.target, precision=self.precision, batch=batch,
+                    threads=threads, repeats=repeats, artifact_bytes=self.artifact_bytes)
+        spec = self.probe_spec() if isolate else None
+        if spec is not None:
+            result = run_probe(spec, shapes, self.input_dtypes, threads, repeats, warmup,
+                               timeout_s=timeout_s)
+            cost.peak_rss_mb = result["peak_rss_mb"]
+            cost.baseline_rss_mb = result["baseline_rss_mb"]
+            cost.extra["measured_in"] = "child process"
+            times = result["times_s"]
+        else:
+            inputs = random_inputs(shapes, self.input_dtypes)
+            times = self._timed_here(inputs, threads, repeats, warmup)
+            cost.extra["measured_in"] = "this process (peak memory not isolated)"
+        for key, value in latency_stats(times).items():
+            setattr(cost, key, value)
+        return cost
+
+    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int,
+                    warmup: int) -> list[float]:
+        """Time in this process; targets whose thread count is per process override it."""
+        return time_calls(lambda: self.run(inputs), repeats, warmup)
+
+
+def run_probe(spec: dict[str, Any], shapes: list[tuple[int, ...]], dtypes: list[str],
+              threads: int, repeats: int, warmup: int, timeout_s: float = 600.0
+              ) -> dict[str, Any]:
+    """Run ``python -m tinytamer.targets._probe`` on ``spec``; return its JSON result."""
+    job = {**spec, "shapes": [list(s) for s in shapes], "dtypes": list(dtypes),
+           "threads": threads, "repeats": repeats, "warmup": warmup}
+    with tempfile.TemporaryDirectory(prefix="tamer-probe-") as tmp:
+        job_file = Path(tmp) / "job.json"
+        job_file.write_text(json.dumps(job))
+        env = dict(os.environ)
+        # The child must find this package even when it is not installed (tests, checkouts),
+        # and whatever modules this process can import (a user's model classes).
+        root = str(Path(__file__).resolve().parents[2])
+        # The interpreter's own paths (stdlib, site-packages) come by themselves.
+        own = (sys.prefix, sys.base_prefix, sys.exec_prefix)
+        paths = [root, *(p for p in sys.path
+                         if p and Path(p).is_dir() and not p.startswith(own))]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+        proc = subprocess.run([sys.executable, "-m", "tinytamer.targets._probe", str(job_file)],
+                              capture_output=True, text=True, env=env, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise TamerError(f"measuring '{spec['loader']}' in a child process failed "
+                         f"(exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Parity tolerances.  Float: max |deployed - torch| relative to max |torch|.  Reduced
+# precision: top-1 agreement on real inputs (for [N, classes] outputs) and the error
+# stated; fp16 must also keep the relative error small.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"max_rel_err": 1e-3},
+    "fp16": {"max_rel_err": 5e-2, "min_top1_agree": 0.95},
+    "int8": {"min_top1_agree": 0.9, "max_rel_err": 0.5},
+}
+
+
+def check_parity(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], *,
+                 precision: str, where: str,
+                 tolerances: dict[str, float] | None = None) -> dict[str, Any]:
+    """Compare deployed outputs with PyTorch's; raise ParityError if beyond tolerance.
+
+    Returns the measured numbers (kept in ``Deployed.parity`` and reports).
+    """
+    tol = dict(TOLERANCES[precision], **(tolerances or {}))
+    if len(reference) != len(outputs):
+        raise ParityError(f"{where}: the deployed model returns {len(outputs)} outputs, "
+                          f"PyTorch returns {len(reference)}")
+    result: dict[str, Any] = {"precision": precision, "tolerance": tol, "outputs": []}
+    failures = []
+    for i, (ref, out) in enumerate(zip(reference, outputs, strict=True)):
+        ref = np.asarray(ref, dtype=np.float64)
+        out = np.asarray(out, dtype=np.float64)
+        if ref.shape != out.shape:
+            raise ParityError(f"{where}: output {i} has shape {out.shape}, PyTorch gives "
+                              f"{ref.shape}")
+        scale = max(float(np.abs(ref).max(initial=0.0)), 1e-12)
+        abs_err = float(np.abs(out - ref).max(initial=0.0))
+        rec: dict[str, Any] = {"max_abs_err": abs_err, "max_rel_err": abs_err / scale,
+                               "mean_abs_err": float(np.abs(out - ref).mean()) if ref.size else 0.0,
+                               "n": int(ref.shape[0]) if ref.ndim else 1}
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            rec["top1_agree"] = float((ref.argmax(1) == out.argmax(1)).mean())
+        if not np.isfinite(out).all():
+            failures.append(f"output {i} has non-finite values")
+        if rec["max_rel_err"] > tol["max_rel_err"]:
+            failures.append(f"output {i} max relative error {rec['max_rel_err']:.3g} "
+                            f"> {tol['max_rel_err']:.3g} (max abs error {abs_err:.3g})")
+        if "min_top1_agree" in tol and "top1_agree" in rec \
+                and rec["top1_agree"] < tol["min_top1_agree"]:
+            failures.append(f"output {i} top-1 agreement {rec['top1_agree']:.3f} "
+                            f"< {tol['min_top1_agree']:.3f} over {rec['n']} inputs")
+        result["outputs"].append(rec)
+    result["ok"] = not failures
+    if failures:
+        raise ParityError(f"{where}: parity with PyTorch failed: " + "; ".join(failures)
+                          + ". The artifact was not accepted.")
+    return result
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A deployment backend.  ``compile`` checks parity with PyTorch before returning.
+
+    ``calib`` holds batches of real inputs (a Tensor, or a tuple of Tensors for a model
+    with several inputs): int8 targets calibrate on them and every target checks parity
+    on them.  ``qparams`` is a converted ``tinytamer.compress.int8`` model whose
+    quantization parameters an int8 target uses instead of its own calibration.
+    """
+
+    name: str
+    precisions: tuple[str, ...]
+    install_hint: str
+
+    def available(self) -> bool: ...
+
+    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                workdir: str | Path, *, precision: str = "fp32",
+                calib: Sequence[Any] | None = None, qparams: Any = None,
+                threads: int = 2) -> Deployed: ...
+
+
+_REGISTRY: dict[str, Target] = {}
+
+
+def register_target(target: Target) -> Target:
+    """Add a target to the registry (replacing one of the same name)."""
+    _REGISTRY[target.name] = target
+    return target
+
+
+def _load_builtins() -> None:
+    # Imported on first use so that ``import tinytamer.targets`` stays light.
+    import importlib
+
+    for module in ("pytorch", "onnxrt", "ncnn", "micro"):
+        try:
+            importlib.import_module(f"tinytamer.targets.{module}")
+        except ModuleNotFoundError as exc:
+            # The bare-metal target lives in its own module, which may not be present.
+            if exc.name != f"tinytamer.targets.{module}":
+                raise
+
+
+def get_target(name: str) -> Target:
+    """The registered target called ``name``; an unknown name lists the known ones."""
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TamerError(f"unknown target '{name}'; known targets: "
+                         f"{', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_targets(available_only: bool = False) -> list[str]:
+    """Names of registered targets (only those whose backend is installed, if asked)."""
+    _load_builtins()
+    return sorted(n for n, t in _REGISTRY.items() if not available_only or t.available())

@@ -1,0 +1,220 @@
+"""The ``onnxruntime`` target: ONNX export + onnxslim, run by ONNX Runtime on the CPU.
+
+fp32 runs the simplified export.  int8 is ONNX Runtime static quantization in QDQ
+format with symmetric per-channel int8 weights and activations calibrated on real
+samples of the task (``calib``).  With ``qparams`` (a converted
+``tinytamer.compress.int8`` model) the QDQ file carries our own scales and zero points
+instead (``tinytamer.export.qdq``), so the int8 model deployed is the one evaluated.
+
+On x86 CPUs without VNNI, ORT's u8 x s8 kernels can saturate 16-bit intermediate
+sums with full-range 8-bit weights; the parity check measures the resulting error
+(7-bit weights, ORT's ``reduce_range``, or - with our qparams - ``exact_int8``, which
+stores the weights as uint8, avoid it).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tinytamer.errors import TamerError
+from tinytamer.targets.base import Deployed, register_target
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# ORT calibration methods by our names (the int8 contract's vocabulary).
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+
+
+def make_session(path: str | Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def load_runtime(threads: int, path: str) -> Any:
+    """Open the ONNX file in a fresh process (memory probe)."""
+    session = make_session(path, threads)
+    names = [i.name for i in session.get_inputs()]
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, arrays, strict=True)))
+
+    return run
+
+
+class OrtDeployed(Deployed):
+    def __init__(self, path: Path, **kw: Any) -> None:
+        super().__init__(artifacts=[path], **kw)
+        self.path = path
+        self.session = make_session(path, self.threads)
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.names, arrays, strict=True)))
+
+    def probe_spec(self) -> dict[str, Any]:
+        return {"loader": "tinytamer.targets.onnxrt:load_runtime",
+                "args": {"path": str(self.path)}}
+
+    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int,
+                    warmup: int) -> list[float]:
+        from tinytamer.targets.base import time_calls
+
+        session = self.session if threads == self.threads else make_session(self.path, threads)
+        feed = dict(zip(self.names, inputs, strict=True))
+        return time_calls(lambda: session.run(None, feed), repeats, warmup)
+
+
+class _CalibReader:
+    """ONNX Runtime's CalibrationDataReader protocol over our calibration batches."""
+
+    def __init__(self, names: list[str], batches: Sequence[Any]) -> None:
+        from tinytamer.targets._torchutil import as_inputs
+
+        self._feeds = [dict(zip(names, [x.detach().numpy() for x in as_inputs(b)], strict=True))
+                       for b in batches]
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calib: Sequence[Any], *,
+                  method: str = "minmax", per_channel: bool = True) -> Path:
+    """ORT static quantization (QDQ, per-channel symmetric int8 weights) of an ONNX file."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise TamerError(f"unknown int8 calibration method '{method}' for target "
+                         f"'onnxruntime' (choose from {', '.join(CALIB_METHODS)})")
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    # Shape inference + graph cleanup first, as ORT's quantization tool recommends.
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    names = [i.name for i in make_session(pre, 1).get_inputs()]
+    quantize_static(str(pre), str(tmp), _CalibReader(names, calib),
+                    quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    # u8 activations x s8 weights is ORT's fast path on x86 (AVX2/VNNI).
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=methods[method],
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    pre.unlink(missing_ok=True)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+class OrtTarget:
+    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+    install_hint = "pip install onnxruntime onnxslim onnxscript"
+
+    def available(self) -> bool:
+        import importlib.util
+
+        return all(importlib.util.find_spec(m) is not None
+                   for m in ("onnxruntime", "onnxslim", "onnxscript"))
+
+    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                workdir: str | Path, *, precision: str = "fp32",
+                calib: Sequence[Any] | None = None, qparams: Any = None,
+                threads: int = 2, calib_method: str = "minmax",
+                exact_int8: bool = True) -> OrtDeployed:
+        from tinytamer.errors import BackendMissing
+        from tinytamer.export.onnx import export_onnx
+        from tinytamer.targets._torchutil import as_inputs, parity_inputs, verify
+
+        if not self.available():
+            raise BackendMissing(self.name, self.install_hint)
+        if precision not in self.precisions:
+            raise TamerError(f"target 'onnxruntime' does not support precision '{precision}' "
+                             f"(supported: {', '.join(self.precisions)})")
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        model = copy.deepcopy(model).eval()
+        info: dict[str, Any] = {}
+        if qparams is not None:
+            if precision != "int8":
+                raise TamerError("target 'onnxruntime': qparams (our int8 parameters) need "
+                                 f"precision 'int8', not '{precision}'")
+            return self._compile_ours(model, qparams, example_inputs, workdir, calib, threads,
+                                      exact_int8)
+        if precision == "int8" and not calib:
+            raise TamerError("target 'onnxruntime' int8 needs calibration batches of "
+                             "real inputs (calib=...)")
+        path = workdir / "model.onnx"
+        info["export"] = export_onnx(model, example_inputs, path)
+        if precision == "int8":
+            path = quantize_int8(path, workdir / "model.int8.onnx", calib, method=calib_method)
+            info["int8_params"] = f"onnxruntime static calibration ({calib_method})"
+            info["calib_samples"] = sum(as_inputs(b)[0].shape[0] for b in calib)
+        deployed = OrtDeployed(
+            path, target=self.name, precision=precision,
+            input_shapes=[tuple(x.shape[1:]) for x in example_inputs],
+            input_dtypes=[str(x.detach().numpy().dtype) for x in example_inputs],
+            threads=threads)
+        deployed.info.update(info)
+        verify(deployed, model, parity_inputs(example_inputs, calib),
+               f"target 'onnxruntime' ({precision}, {path.name})")
+        return deployed
+
+    def _compile_ours(self, model: nn.Module, qparams: Any,
+                      example_inputs: Sequence[torch.Tensor], workdir: Path,
+                      calib: Sequence[Any] | None, threads: int, exact: bool) -> OrtDeployed:
+        """int8 with the scales / zero points of a converted tinytamer.compress.int8 model.
+
+        Parity is checked against that fake-quantized model (the one that was
+        evaluated); agreement with the float model is stated beside it.  ``exact``
+        stores the weights as uint8 (zero point 128), which ORT runs with kernels that
+        cannot saturate, so the outputs match ours on any x86 CPU; without it the
+        (faster without VNNI) u8 x s8 kernels may not.
+        """
+        from tinytamer.export.qdq import export_qdq
+        from tinytamer.targets._torchutil import parity_inputs, torch_outputs, verify
+
+        path = workdir / "model.int8.onnx"
+        info = {"export": export_qdq(qparams, example_inputs, path, unsigned_weights=exact),
+                "int8_params": "ours (tinytamer.compress.int8)"}
+        deployed = OrtDeployed(
+            path, target=self.name, precision="int8",
+            input_shapes=[tuple(x.shape[1:]) for x in example_inputs],
+            input_dtypes=[str(x.detach().numpy().dtype) for x in example_inputs],
+            threads=threads)
+        deployed.info.update(info)
+        inputs = parity_inputs(example_inputs, calib)
+        verify(deployed, qparams, inputs, f"target 'onnxruntime' (int8, our qparams, {path.name})")
+        if model is qparams:  # deployed straight from the quantized model: no float one
+            return deployed
+        ref = torch_outputs(model, inputs)[0]
+        out = deployed(*[x.detach().numpy() for x in inputs])[0]
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            deployed.parity["float_top1_agree"] = float((ref.argmax(1) == out.argmax(1)).mean())
+        return deployed
+
+
+register_target(OrtTarget())
