@@ -44,3 +44,20 @@ def test_user_errors_are_one_clear_line(tmp_path):
 def test_list_models_and_stages():
     assert "resnet8" in runner.invoke(app, ["list", "models"]).output
     assert "train" in runner.invoke(app, ["list", "stages"]).output
+
+
+def test_compress_command_writes_a_compressed_file(tmp_path):
+    out = runner.invoke(app, ["compress", "--method", "prune", "--model", "democnn", "--data", "digits",
+                              "--size", "16", "--set", "sparsity=0.5", "--runs", str(tmp_path),
+                              "--name", "c", "--quiet"])
+    assert out.exit_code == 0, out.output
+    files = list((tmp_path / "c").glob("stages/*_save_compressed/model.tt"))
+    assert len(files) == 1
+    inspected = runner.invoke(app, ["inspect", str(files[0])])
+    assert inspected.exit_code == 0 and "encoding" in inspected.output
+
+
+def test_unknown_method_names_the_known_stages(tmp_path):
+    out = runner.invoke(app, ["compress", "--method", "kmeans", "--runs", str(tmp_path), "--quiet"])
+    assert out.exit_code != 0
+    assert "unknown stage 'kmeans'" in str(out.exception)
