@@ -33,7 +33,8 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> Path | None:
                 pts = [(r["iter"], r[key]) for r in rs if r.get(key) is not None]
                 if pts:
                     xs, ys = zip(*pts, strict=True)
-                    ax.plot(xs, ys, style, label=f"{label} {key.split('_')[0]}", markersize=3)
+                    split = "train batches" if key.startswith("train") else "held-out"
+                    ax.plot(xs, ys, style, label=f"{label} ({split})", markersize=3)
     ax_loss.set(xlabel="iteration", ylabel="loss", title="loss")
     ax_acc.set(xlabel="iteration", ylabel="top-1 accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
