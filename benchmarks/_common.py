@@ -68,3 +68,31 @@ def save(name: str, result: dict[str, Any]) -> Path:
     tmp.replace(out)
     print(f"wrote {out.relative_to(REPO)}")
     return out
+
+
+def time_round_robin(variants: dict[str, Any], x: Any, repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Median, spread and minimum (ms) of each model's forward time on ``x``, timed round-robin.
+
+    Round-robin (every variant once per round) so that load from other processes hits all
+    variants alike; the ratios between them are the figures to report.
+    """
+    import statistics
+
+    import torch
+
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for m in variants.values():
+                m(x)
+        for _ in range(repeats):
+            for k, m in variants.items():
+                start = time.perf_counter()
+                m(x)
+                times[k].append(time.perf_counter() - start)
+    out = {}
+    for k, v in times.items():
+        s = sorted(v)
+        out[k] = {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * s[0],
+                  "p10_ms": 1e3 * s[len(s) // 10], "p90_ms": 1e3 * s[(9 * len(s)) // 10]}
+    return out

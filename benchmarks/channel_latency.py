@@ -17,9 +17,7 @@ Weights are untrained: latency does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,32 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._common import save  # noqa: E402
+from benchmarks._common import save, time_round_robin  # noqa: E402
 from tinytamer.compress.channel import prune_channels  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
 
 SHAPE = (3, 32, 32)
 
 
-def timed(model: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
-
-
 def measure(variants: dict[str, nn.Module], batch: int, repeats: int, warmup: int) -> dict:
     """Median and spread (ms) of each variant's forward time, timed round-robin."""
     x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in variants.values():
-                m(x)
-        for _ in range(repeats):
-            for k, m in variants.items():
-                times[k].append(timed(m, x))
-    return {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v),
-                "p90_ms": 1e3 * sorted(v)[(9 * len(v)) // 10]} for k, v in times.items()}
+    return time_round_robin(variants, x, repeats, warmup)
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ round-robin, so load on a shared machine hits all of them alike.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from itertools import islice
@@ -39,7 +38,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from benchmarks._common import WORK, save, shared_data  # noqa: E402
+from benchmarks._common import WORK, save, shared_data, time_round_robin  # noqa: E402
 from tinytamer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from tinytamer.compress import lowrank  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
@@ -51,25 +50,10 @@ BASELINE = WORK / "baselines" / "resnet8.safetensors"
 BRIEF = WORK / "lowrank" / "resnet8_brief.safetensors"
 
 
-def timed(model: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
-
-
 def measure(variants: dict[str, nn.Module], batch: int, repeats: int, warmup: int) -> dict:
     """Median and spread (ms) of each variant's forward time, timed round-robin."""
     x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in variants.values():
-                m(x)
-        for _ in range(repeats):
-            for k, m in variants.items():
-                times[k].append(timed(m, x))
-    return {k: {"median_ms": 1e3 * statistics.median(v), "p10_ms": 1e3 * sorted(v)[len(v) // 10],
-                "p90_ms": 1e3 * sorted(v)[(9 * len(v)) // 10]} for k, v in times.items()}
+    return time_round_robin(variants, x, repeats, warmup)
 
 
 def resnet8(data, iters: int) -> tuple[nn.Module, str]:
