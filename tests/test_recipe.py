@@ -88,3 +88,12 @@ def test_crashed_run_resumes_after_last_finished_stage(tmp_path):
     assert stage_records == ["train", "test_flaky"]  # train was not run again
     state = json.loads((rundir.path / "state.json").read_text())
     assert [c["stage"] for c in state["completed"]] == ["train", "test_flaky"]
+
+
+def test_bad_model_leaves_no_run_folder_behind(tmp_path):
+    from tinytamer.errors import ModelError
+
+    with pytest.raises(ModelError, match="unknown model"):
+        run(parse_recipe({**TINY, "model": {"name": "nosuch"}}), tmp_path / "x", progress=False,
+            echo=lambda s: None)
+    assert not (tmp_path / "x").exists()

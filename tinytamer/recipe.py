@@ -318,17 +318,23 @@ def build_model(spec: ModelSpec, meta: Any) -> nn.Module:
 def run(recipe: Recipe, path: str | Path, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True, echo: Callable[[str], None] = print) -> RunDir:
     """Run (or resume) ``recipe`` in the folder ``path``; returns the run directory."""
-    if resume:
-        rundir = RunDir.open(path)
-    else:
-        rundir = RunDir.create(path, dump_recipe(recipe), overwrite=overwrite)
+    if not resume:
+        RunDir.check_free(path, overwrite=overwrite)
     seed_everything(recipe.seed)
+    # Data and model are loaded before the run folder is created, so that a bad path or
+    # model name leaves nothing behind to block the corrected run.
     data = load_data(recipe.data, recipe.seed)
     allow = user_module_prefixes(recipe.model)
-    start, model = rundir.last_model(allow) if resume else (0, None)
+    if resume:
+        rundir = RunDir.open(path)
+        start, model = rundir.last_model(allow)
+    else:
+        start, model = 0, None
     if model is None:
         model = build_model(recipe.model, data.meta)
-    else:
+    if not resume:
+        rundir = RunDir.create(path, dump_recipe(recipe), overwrite=overwrite)
+    elif start:
         echo(f"resuming {rundir.path} after stage {start - 1} ({recipe.stages[start - 1][0]})")
     registry = stages()
     ctx = Context(recipe=recipe, rundir=rundir, data=data, progress=progress)

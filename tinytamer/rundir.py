@@ -47,18 +47,24 @@ class RunDir:
     def create(cls, path: str | Path, recipe_text: str, *, overwrite: bool = False) -> RunDir:
         """Start a fresh run folder; refuses to clobber an existing run unless ``overwrite``."""
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
-            if not overwrite:
-                raise TamerError(
-                    f"run folder {path} already exists: resume it with `tamer run --resume {path}`, "
-                    "or choose another name (or pass --overwrite)"
-                )
+        cls.check_free(path, overwrite=overwrite)
+        if path.exists():
             shutil.rmtree(path)
         run = cls(path)
         path.mkdir(parents=True, exist_ok=True)
         write_atomic(run.recipe_path, recipe_text)
         write_atomic(run.state_path, json.dumps({"completed": [], "created": time.time()}, indent=2))
         return run
+
+    @staticmethod
+    def check_free(path: str | Path, *, overwrite: bool = False) -> None:
+        """Refuse to start a run in a folder that holds another run (unless ``overwrite``)."""
+        path = Path(path)
+        if not overwrite and path.exists() and any(path.iterdir()):
+            raise TamerError(
+                f"run folder {path} already exists: resume it with `tamer run --resume {path}`, "
+                "or choose another name (or pass --overwrite)"
+            )
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
