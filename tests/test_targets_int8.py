@@ -84,3 +84,57 @@ def test_qparams_need_int8(trained, tmp_path):
     model, x, _, _ = trained
     with pytest.raises(TamerError, match="precision 'int8'"):
         get_target("onnxruntime").compile(model, [x[:1]], tmp_path, qparams=object())
+
+
+def test_ort_int8_kernels_checked_against_their_qdq_model(trained, tmp_path):
+    model, x, _, _ = trained
+    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
+                                          calib=calib, reduce_range=True)
+    assert d.info["weight_bits"] == 7
+    kernels = d.parity["kernels_vs_qdq"]
+    assert kernels["ok"] and kernels["outputs"][0]["top1_agree"] >= 0.98
+
+
+def test_ort_int8_full_range_weights_pass_or_are_refused_with_the_cause(trained, tmp_path):
+    """8-bit weights: fine on VNNI / ARM; on x86 without VNNI this model saturates."""
+    from tinytamer.targets.base import ParityError
+
+    model, x, _, _ = trained
+    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    try:
+        d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
+                                              calib=calib, reduce_range=False)
+    except ParityError as exc:
+        assert "unoptimised QDQ model" in str(exc) and "reduce_range=True" in str(exc)
+    else:
+        assert d.info["weight_bits"] == 8 and d.parity["kernels_vs_qdq"]["ok"]
+
+
+def test_ort_int8_default_reduce_range_follows_the_cpu(monkeypatch):
+    from tinytamer.targets import onnxrt
+
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(onnxrt, "host_has_vnni", lambda: False)
+    assert onnxrt.default_reduce_range()
+    monkeypatch.setattr(onnxrt, "host_has_vnni", lambda: True)
+    assert not onnxrt.default_reduce_range()
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert not onnxrt.default_reduce_range()
+
+
+def test_saturating_int8_kernels_stop_the_deployment(trained, tmp_path, monkeypatch):
+    """Kernels that disagree with the QDQ model (as saturating u8 x s8 ones do) are refused."""
+    from tinytamer.targets import onnxrt
+    from tinytamer.targets.base import ParityError
+
+    model, x, _, _ = trained
+    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    real_run = onnxrt.OrtDeployed.run
+
+    def clipped(self, arrays):  # what saturation does: large logits cut off
+        return [np.clip(o, -0.5, 0.5) for o in real_run(self, arrays)]
+
+    monkeypatch.setattr(onnxrt.OrtDeployed, "run", clipped)
+    with pytest.raises(ParityError, match="fused int8 kernels disagree.*reduce_range=True"):
+        get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8", calib=calib)

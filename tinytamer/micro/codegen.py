@@ -69,15 +69,18 @@ def _add_params(g: Graph, op: Add, i: int) -> str:
     return _struct("tt_add_params", f"p{i}", fields)
 
 
-def _residual(g: Graph, conv: Conv2D, a: int) -> str:
+def _residual(g: Graph, conv: Conv2D, a: int, dsp: bool) -> str:
     """Tables and parameters of the add fused into ``conv`` (op ``a``)."""
     add = g.ops[a]
     ta, tb = sched.add_tables(add, g)
     conv_first = add.inputs[0] == conv.output
+    rq = sched.add_fast_requant(add, g) if sched.resolve(conv, dsp)["kernel"] == "mm" else None
+    rq_ref = "0" if rq is None else f"(const tt_rq *)(const void *)qa{a}"
     return (_array(f"ta{a}", "int32_t", ta) + _array(f"tb{a}", "int32_t", tb)
+            + ("" if rq is None else _array(f"qa{a}", "int32_t", rq))
             + _add_params(g, add, a)
             + f"static const tt_residual r{a} = {{&p{a}, "
-            + (f"ta{a}, tb{a}" if conv_first else f"tb{a}, ta{a}") + "};\n")
+            + (f"ta{a}, tb{a}" if conv_first else f"tb{a}, ta{a}") + f", {rq_ref}}};\n")
 
 
 def generate(g: Graph, *, dsp: bool = False, fuse: bool = True) -> CModel:
@@ -107,9 +110,14 @@ def generate(g: Graph, *, dsp: bool = False, fuse: bool = True) -> CModel:
         if isinstance(op, (Conv2D, Dense)):
             wa = sched.weight_array(op, dsp)
             data.append(_array(f"w{i}", "int32_t" if wa.dtype == np.int32 else "int8_t", wa))
-            data.append(_array(f"b{i}", "int32_t", op.bias))
-            data.append(_array(f"m{i}", "int32_t", op.multiplier))
-            data.append(_array(f"s{i}", "int32_t", op.shift))
+            if sched.resolve(op, dsp)["kernel"] == "mm":
+                # tt_rq records: bias and the single-multiply requantization per channel.
+                rq = sched.fast_requant(op, t_out.zero_point)
+                data.append(_array(f"q{i}", "int32_t", rq))
+            else:
+                data.append(_array(f"b{i}", "int32_t", op.bias))
+                data.append(_array(f"m{i}", "int32_t", op.multiplier))
+                data.append(_array(f"s{i}", "int32_t", op.shift))
         if isinstance(op, Conv2D):
             (h, w, c), (oh, ow, oc) = t_in[0].shape, t_out.shape
             fields = dict(in_h=h, in_w=w, in_c=c, out_h=oh, out_w=ow, out_c=oc,
@@ -119,7 +127,7 @@ def generate(g: Graph, *, dsp: bool = False, fuse: bool = True) -> CModel:
                           in_zp=t_in[0].zero_point, out_zp=t_out.zero_point,
                           act_min=op.act_min, act_max=op.act_max)
             if i in fused:
-                data.append(_residual(g, op, fused[i]))
+                data.append(_residual(g, op, fused[i], dsp))
                 fields["res"] = f"&r{fused[i]}"
             data.append(_struct("tt_conv_params", f"p{i}", fields))
         elif isinstance(op, Dense):

@@ -96,9 +96,7 @@ def _distinct(op: Op, dsp: bool, knobs: dict[str, list]) -> list[dict]:
     for values in itertools.product(*knobs.values()):
         probe = copy.copy(op)
         probe.schedule = dict(zip(knobs, values, strict=True))
-        s = schedule.resolve(probe, dsp)
-        if s.get("kernel") == "direct":
-            s = {"kernel": "direct"}  # the other knobs do not apply to it
+        s = schedule.resolve(probe, dsp)  # drops the knobs the chosen kernel does not read
         if _sched_id(s) not in seen:
             seen.add(_sched_id(s))
             out.append(s)
@@ -194,6 +192,7 @@ def tune(g: Graph, cpu: str = "cortex-m4", *, log: TuningLog | str | Path | None
             grid = int(np.prod([len(v) for v in knobs.values()]))
             if missing and grid > EXHAUSTIVE_LIMIT:
                 def cost(s, _op=op, _i=i, _key=key):
+                    s = _distinct(_op, True, {k: [v] for k, v in s.items()})[0]
                     hit = tlog.get(_key, s)
                     if hit is None:
                         (c, n), = _measure(g, _op, cpu, [s], base / f"l{_i}")

@@ -31,6 +31,9 @@ class DeployParams(StageParams):
     repeats: int = Field(30, ge=0, description="timed runs (0: do not measure latency)")
     calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on")
     calib_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    reduce_range: bool | None = Field(None, description="7-bit weights for ORT's own int8 "
+                                      "calibration (default: on x86 CPUs without VNNI, whose "
+                                      "u8 x s8 kernels saturate with 8-bit weights)")
     eval_limit: int | None = Field(None, ge=1, description="test samples scored through the "
                                    "runtime (default: all)")
     isolate: bool = Field(True, description="measure in a child process (peak memory)")
@@ -55,6 +58,7 @@ def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
             options["qparams"] = model
         else:
             options["calib_method"] = p.calib_method
+            options["reduce_range"] = p.reduce_range
     # A compressed file saved earlier in this run: its size is kept beside the runtime's.
     saved = [r for r in ctx.rundir.records()
              if r.get("kind") == "stage" and r.get("stage") == "save_compressed" and r.get("file")]

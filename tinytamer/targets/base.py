@@ -217,7 +217,8 @@ TOLERANCES: dict[str, dict[str, float]] = {
 
 def check_parity(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], *,
                  precision: str, where: str,
-                 tolerances: dict[str, float] | None = None) -> dict[str, Any]:
+                 tolerances: dict[str, float] | None = None,
+                 against: str = "PyTorch") -> dict[str, Any]:
     """Compare deployed outputs with PyTorch's; raise ParityError if beyond tolerance.
 
     Returns the measured numbers (kept in ``Deployed.parity`` and reports).
@@ -253,7 +254,7 @@ def check_parity(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
         result["outputs"].append(rec)
     result["ok"] = not failures
     if failures:
-        raise ParityError(f"{where}: parity with PyTorch failed: " + "; ".join(failures)
+        raise ParityError(f"{where}: parity with {against} failed: " + "; ".join(failures)
                           + ". The artifact was not accepted.")
     return result
 

@@ -37,13 +37,24 @@ typedef struct {
     int32_t in_n, out_n, in_zp, out_zp, act_min, act_max;
 } tt_dense_params;
 
+/* One output channel's constants for the "mm" kernels: the int32 bias and the
+ * requantization in single-multiply form (valid when the generator's bounds hold, see
+ * tinytamer/micro/schedule.py fast_requant): v = (t + offset + (t >> 31)) >> rshift with
+ * t = SMMULR(2 * acc, mult), where offset = 2^(rshift - 1) + out_zp * 2^rshift. */
+typedef struct {
+    int32_t bias, mult, rshift, offset;
+} tt_rq;
+
 /* A residual add fused into a convolution: the conv's int8 result and the other input
  * (read from the output buffer, which the add overwrites in place) are rescaled through
- * 256-entry tables and summed exactly as tt_add_s8_lut does. */
+ * 256-entry tables and summed exactly as tt_add_s8_lut does.  `rq`, where the generator
+ * proved the single-multiply form exact for the sum's requantization, is that form (the
+ * "mm" kernel uses it), else 0. */
 typedef struct tt_residual {
     const tt_add_params *add;
     const int32_t *t_conv;
     const int32_t *t_other;
+    const tt_rq *rq;
 } tt_residual;
 
 /* MultiplyByQuantizedMultiplier: acc * multiplier * 2^(shift - 31), rounded. */
@@ -69,6 +80,12 @@ void tt_add_s8_lut(const tt_add_params *p, const int8_t *a, const int8_t *b, int
 void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                       const int32_t *bias, const int32_t *mult, const int32_t *shift,
                       int8_t *out, int16_t *scratch, int32_t cols, int32_t flat);
+/* im2col + a 2 x 2 (output channels x pixels) SMLAD micro-kernel in inline assembly with
+ * the input dimension unrolled `unroll` (2 or 4) times; requantization from `rq`; `wexp`:
+ * the weights are stored pre-expanded to int16 pairs (tinytamer/micro/schedule.py). */
+void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll, int32_t wexp);
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out);

@@ -233,7 +233,7 @@ void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *
     }
     for (; pix < n_pix; ++pix) {
         if (flat) {
-            tt_im2col_flat(p, in, pix, col, 2);
+            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 2);
         } else {
             tt_im2col(p, in, pix, icp, col, 2);
         }
@@ -354,6 +354,385 @@ void tt_dense_s8_dsp(const tt_dense_params *p, const int8_t *in, const int8_t *w
         }
         out[o] = tt_clamp(tt_requant_inline(a0, mult[o], shift[o]) + p->out_zp, p->act_min,
                           p->act_max);
+    }
+}
+
+/* ------------------------------------------------------------------ the "mm" convolution
+ * The same im2col layout and weight packing as tt_conv2d_s8_dsp; what differs is the inner
+ * product (hand-scheduled below) and the requantization (tt_rq_apply). */
+
+static inline int32_t tt_smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+/* SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and the zero point in four
+ * instructions.  SMMULR(2 acc, m) = floor((2 acc m + 2^31) / 2^32) = floor((acc m + 2^30) /
+ * 2^31), SRDHM's value, when 2 acc fits in int32 (the generator bounds |acc| < 2^30);
+ * (t + 2^(e-1) - [t < 0]) >> e rounds half away from zero for e >= 1 (the generator
+ * requires e >= 1); adding out_zp * 2^e before the shift adds out_zp after it. */
+static inline int32_t tt_rq_apply(int32_t acc, const tt_rq *r)
+{
+    const int32_t t = tt_smmulr((int32_t)((uint32_t)acc << 1), r->mult);
+    return (t + r->offset + (t >> 31)) >> r->rshift;
+}
+
+/* Unpack `n` words of int8 (minus the zero point) into the pixel-pair column layout (two
+ * words per group, groups 4 words apart), four words per pass: the loads, the SXTAB16s and
+ * the stores each run back to back (27 cycles per 4 words by the TRM). */
+static inline int32_t *tt_unpack_run(const int8_t *ip, int32_t n, int32_t off, int32_t *col)
+{
+    const int8_t *const end4 = ip + 4 * (n & ~3);
+    if (ip != end4) {
+        int32_t v0, v1, v2, v3, e0, e1, e2, e3;
+        __asm__ volatile("1:\n\t"
+                         "ldr %[v0], [%[ip]], #4\n\t"
+                         "ldr %[v1], [%[ip]], #4\n\t"
+                         "ldr %[v2], [%[ip]], #4\n\t"
+                         "ldr %[v3], [%[ip]], #4\n\t"
+                         "sxtab16 %[e0], %[off], %[v0]\n\t"
+                         "sxtab16 %[v0], %[off], %[v0], ror #8\n\t"
+                         "sxtab16 %[e1], %[off], %[v1]\n\t"
+                         "sxtab16 %[v1], %[off], %[v1], ror #8\n\t"
+                         "sxtab16 %[e2], %[off], %[v2]\n\t"
+                         "sxtab16 %[v2], %[off], %[v2], ror #8\n\t"
+                         "sxtab16 %[e3], %[off], %[v3]\n\t"
+                         "sxtab16 %[v3], %[off], %[v3], ror #8\n\t"
+                         "str %[e0], [%[col]]\n\t"
+                         "str %[v0], [%[col], #4]\n\t"
+                         "str %[e1], [%[col], #16]\n\t"
+                         "str %[v1], [%[col], #20]\n\t"
+                         "str %[e2], [%[col], #32]\n\t"
+                         "str %[v2], [%[col], #36]\n\t"
+                         "str %[e3], [%[col], #48]\n\t"
+                         "str %[v3], [%[col], #52]\n\t"
+                         "add %[col], %[col], #64\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "bne 1b\n\t"
+                         : [ip] "+r"(ip), [col] "+r"(col), [v0] "=&r"(v0), [v1] "=&r"(v1),
+                           [v2] "=&r"(v2), [v3] "=&r"(v3), [e0] "=&r"(e0), [e1] "=&r"(e1),
+                           [e2] "=&r"(e2), [e3] "=&r"(e3)
+                         : [off] "r"(off), [end] "r"(end4)
+                         : "cc", "memory");
+    }
+    for (int32_t i = n & 3; i > 0; --i) {
+        const int32_t v = tt_word(ip);
+        ip += 4;
+        col[0] = __sxtab16(off, v);
+        col[1] = tt_sxtab16_ror8(off, v);
+        col += 4;
+    }
+    return col;
+}
+
+static inline int32_t *tt_zero_run(int32_t n, int32_t *col)
+{
+    for (int32_t i = 0; i < n; ++i) {
+        col[0] = 0;
+        col[1] = 0;
+        col += 4;
+    }
+    return col;
+}
+
+/* tt_im2col for in_c a multiple of 4 and the pixel-pair layout: the in-range kx positions
+ * of a kernel row are one contiguous run of HWC memory, unpacked without a bounds test per
+ * position. */
+static void tt_im2col_rows(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox,
+                           int32_t *col)
+{
+    const int32_t off = tt_pack_offset(p->in_zp);
+    const int32_t c4 = p->in_c >> 2;
+    const int32_t x0 = ox * p->stride_w - p->pad_w;
+    const int32_t kx0 = x0 < 0 ? -x0 : 0;
+    int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+    kx1 = kx1 < kx0 ? kx0 : kx1;
+    const int32_t before = kx0 * c4, run = (kx1 - kx0) * c4, row = p->k_w * c4;
+    const int32_t after = row - before - run;
+    const int32_t row_bytes = p->in_w * p->in_c;
+    int32_t iy = oy * p->stride_h - p->pad_h;
+    const int8_t *ip = in + (iy * p->in_w + x0 + kx0) * p->in_c;
+    for (int32_t ky = 0; ky < p->k_h; ++ky, ++iy, ip += row_bytes) {
+        if (iy < 0 || iy >= p->in_h) {
+            col = tt_zero_run(row, col);
+            continue;
+        }
+        col = tt_zero_run(before, col);
+        col = tt_unpack_run(ip, run, off, col);
+        col = tt_zero_run(after, col);
+    }
+}
+
+/* The "flat" packing for the mm kernel: the receptive field in (ky, kx, c) order as int16
+ * in natural order, zero padded to 4 * k4 values in `tmp`, then copied two words per group
+ * into the column buffer (groups `step` words apart).  The generator orders the weights to
+ * match ([w0 w2 w1 w3] bytes per int8 word, so SXTB16 gives [w0|w1] and ROR 8 [w2|w3]). */
+static void tt_im2col_flat_nat(const tt_conv_params *p, const int8_t *in, int32_t oy,
+                               int32_t ox, int32_t k4, int16_t *tmp, int32_t *col, int32_t step)
+{
+    const int32_t c_n = p->in_c, zp = p->in_zp;
+    const int32_t x0 = ox * p->stride_w - p->pad_w;
+    const int32_t kx0 = x0 < 0 ? -x0 : 0;
+    int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+    kx1 = kx1 < kx0 ? kx0 : kx1;
+    const int32_t before = kx0 * c_n, run = (kx1 - kx0) * c_n, row = p->k_w * c_n;
+    const int32_t after = row - before - run;
+    int16_t *t = tmp;
+    int32_t iy = oy * p->stride_h - p->pad_h;
+    for (int32_t ky = 0; ky < p->k_h; ++ky, ++iy) {
+        if (iy < 0 || iy >= p->in_h) {
+            for (int32_t i = 0; i < row; ++i) {
+                *t++ = 0;
+            }
+            continue;
+        }
+        for (int32_t i = 0; i < before; ++i) {
+            *t++ = 0;
+        }
+        const int8_t *ip = in + (iy * p->in_w + x0 + kx0) * c_n;
+        for (int32_t i = 0; i < run; ++i) {
+            *t++ = (int16_t)(ip[i] - zp);
+        }
+        for (int32_t i = 0; i < after; ++i) {
+            *t++ = 0;
+        }
+    }
+    while (t < tmp + 4 * k4) {
+        *t++ = 0;
+    }
+    const int32_t *src = (const int32_t *)(const void *)tmp;
+    for (int32_t g = 0; g < k4; ++g) {
+        col[0] = src[0];
+        col[1] = src[1];
+        src += 2;
+        col += step;
+    }
+}
+
+/* One group of 4 inputs for 2 channels x 2 pixels (16 MACs): the two weight words and the
+ * first pixel's two column words are loaded back to back (the TRM pipelines consecutive
+ * loads), each weight word is unpacked once and used for both pixels.  20 cycles by the
+ * Cortex-M4 TRM, against 25 for the compiler's schedule of the same C. */
+#define TT_MM_STEP                                  \
+    "ldr %[va], [%[wp]], #4\n\t"                    \
+    "ldr %[vb], [%[wp]], #4\n\t"                    \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "sxtb16 %[ae], %[va]\n\t"                       \
+    "sxtb16 %[va], %[va], ror #8\n\t"               \
+    "sxtb16 %[be], %[vb]\n\t"                       \
+    "sxtb16 %[vb], %[vb], ror #8\n\t"               \
+    "smlad %[a00], %[x0], %[ae], %[a00]\n\t"        \
+    "smlad %[a00], %[x1], %[va], %[a00]\n\t"        \
+    "smlad %[a10], %[x0], %[be], %[a10]\n\t"        \
+    "smlad %[a10], %[x1], %[vb], %[a10]\n\t"        \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "smlad %[a01], %[x0], %[ae], %[a01]\n\t"        \
+    "smlad %[a01], %[x1], %[va], %[a01]\n\t"        \
+    "smlad %[a11], %[x0], %[be], %[a11]\n\t"        \
+    "smlad %[a11], %[x1], %[vb], %[a11]\n\t"
+
+/* The same with the weights pre-expanded to int16 pairs in flash ([A even | A odd | B even |
+ * B odd] per group): no SXTB16, two more words in the first load run; 18 cycles. */
+#define TT_MM_STEP_X                                \
+    "ldr %[ae], [%[wp]], #4\n\t"                    \
+    "ldr %[va], [%[wp]], #4\n\t"                    \
+    "ldr %[be], [%[wp]], #4\n\t"                    \
+    "ldr %[vb], [%[wp]], #4\n\t"                    \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "smlad %[a00], %[x0], %[ae], %[a00]\n\t"        \
+    "smlad %[a00], %[x1], %[va], %[a00]\n\t"        \
+    "smlad %[a10], %[x0], %[be], %[a10]\n\t"        \
+    "smlad %[a10], %[x1], %[vb], %[a10]\n\t"        \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "smlad %[a01], %[x0], %[ae], %[a01]\n\t"        \
+    "smlad %[a01], %[x1], %[va], %[a01]\n\t"        \
+    "smlad %[a11], %[x0], %[be], %[a11]\n\t"        \
+    "smlad %[a11], %[x1], %[vb], %[a11]\n\t"
+
+#define TT_MM_OPERANDS                                                                    \
+    [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [cp] "+r"(c),    \
+    [wp] "+r"(wp), [va] "=&r"(va), [vb] "=&r"(vb), [ae] "=&r"(ae), [be] "=&r"(be),       \
+    [x0] "=&r"(x0), [x1] "=&r"(x1)
+
+static inline int8_t tt_rq_out(int32_t acc, const tt_rq *r, int32_t lo, int32_t hi)
+{
+    return tt_clamp(tt_rq_apply(acc, r), lo, hi);
+}
+
+/* Store one output; with a fused residual add, rescale and add the other input (read from
+ * the same place) through the tables, the sum requantized in single-multiply form too. */
+static inline __attribute__((always_inline)) void
+tt_mm_put(int8_t *o, int32_t acc, const tt_rq *r, int32_t lo, int32_t hi,
+          const tt_residual *res, int32_t fused)
+{
+    const int8_t v = tt_rq_out(acc, r, lo, hi);
+    if (!fused) {
+        *o = v;
+    } else if (res->rq != 0) {
+        const tt_add_params *a = res->add;
+        *o = tt_rq_out(res->t_conv[v + 128] + res->t_other[*o + 128], res->rq, a->act_min,
+                       a->act_max);
+    } else {
+        *o = tt_fuse(res, *o, v);
+    }
+}
+
+/* All output channels of one pixel pair whose im2col columns are in `col`.  Inlined twice,
+ * with and without a fused residual add, so the test is made once per layer. */
+static inline __attribute__((always_inline)) void
+tt_mm_pair(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o0,
+           const int32_t *col, const int32_t *col_end, int32_t head, int32_t unroll,
+           int32_t wexp, int32_t fused)
+{
+    const int32_t lo = p->act_min, hi = p->act_max, out_c = p->out_c;
+    const tt_residual *res = p->res;
+    int8_t *o1 = o0 + out_c;
+    const int32_t *wp = w;
+    int32_t oc = 0;
+    for (; oc + 1 < out_c; oc += 2) {
+        const tt_rq *r0 = rq + oc, *r1 = r0 + 1;
+        int32_t a00 = r0->bias, a01 = a00, a10 = r1->bias, a11 = a10;
+        int32_t va, vb, ae, be, x0, x1;
+        const int32_t *c = col;
+        if (wexp) {
+            for (int32_t h = 0; h < head; ++h) {
+                __asm__ volatile(TT_MM_STEP_X : TT_MM_OPERANDS : : "memory");
+            }
+            if (c != col_end && unroll == 4) {
+                __asm__ volatile("1:\n\t" TT_MM_STEP_X TT_MM_STEP_X TT_MM_STEP_X TT_MM_STEP_X
+                                 "cmp %[cp], %[end]\n\t"
+                                 "bne 1b\n\t"
+                                 : TT_MM_OPERANDS : [end] "r"(col_end) : "cc", "memory");
+            } else if (c != col_end) {
+                __asm__ volatile("1:\n\t" TT_MM_STEP_X TT_MM_STEP_X
+                                 "cmp %[cp], %[end]\n\t"
+                                 "bne 1b\n\t"
+                                 : TT_MM_OPERANDS : [end] "r"(col_end) : "cc", "memory");
+            }
+        } else {
+            for (int32_t h = 0; h < head; ++h) {
+                __asm__ volatile(TT_MM_STEP : TT_MM_OPERANDS : : "memory");
+            }
+            if (c != col_end && unroll == 4) {
+                __asm__ volatile("1:\n\t" TT_MM_STEP TT_MM_STEP TT_MM_STEP TT_MM_STEP
+                                 "cmp %[cp], %[end]\n\t"
+                                 "bne 1b\n\t"
+                                 : TT_MM_OPERANDS : [end] "r"(col_end) : "cc", "memory");
+            } else if (c != col_end) {
+                __asm__ volatile("1:\n\t" TT_MM_STEP TT_MM_STEP
+                                 "cmp %[cp], %[end]\n\t"
+                                 "bne 1b\n\t"
+                                 : TT_MM_OPERANDS : [end] "r"(col_end) : "cc", "memory");
+            }
+        }
+        tt_mm_put(o0 + oc, a00, r0, lo, hi, res, fused);
+        tt_mm_put(o1 + oc, a01, r0, lo, hi, res, fused);
+        tt_mm_put(o0 + oc + 1, a10, r1, lo, hi, res, fused);
+        tt_mm_put(o1 + oc + 1, a11, r1, lo, hi, res, fused);
+    }
+    if (oc < out_c) { /* an odd last channel: its weights follow plain */
+        int32_t a0 = rq[oc].bias, a1 = a0;
+        for (const int32_t *c = col; c < col_end; c += 4) {
+            int32_t we, wo;
+            if (wexp) {
+                we = wp[0];
+                wo = wp[1];
+                wp += 2;
+            } else {
+                const int32_t v = *wp++;
+                we = __sxtb16(v);
+                wo = tt_sxtb16_ror8(v);
+            }
+            a0 = __smlad(c[1], wo, __smlad(c[0], we, a0));
+            a1 = __smlad(c[3], wo, __smlad(c[2], we, a1));
+        }
+        tt_mm_put(o0 + oc, a0, rq + oc, lo, hi, res, fused);
+        tt_mm_put(o1 + oc, a1, rq + oc, lo, hi, res, fused);
+    }
+}
+
+void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll, int32_t wexp)
+{
+    const int32_t icp = (p->in_c + 3) & ~3;
+    const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
+    const int32_t head = unroll == 4 ? (k4 & 3) : (k4 & 1);
+    const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
+    int32_t *col = (int32_t *)(void *)scratch;
+    const int32_t *const col_end = col + 4 * k4;
+    int16_t *tmp = (int16_t *)(void *)(col + 4 * k4); /* flat: the natural-order field */
+    int32_t pix = 0, oy = 0, ox = 0; /* (oy, ox) of pixel `pix`, kept without division */
+    for (; pix + 1 < n_pix; pix += 2) {
+        int32_t oy1 = oy, ox1 = ox + 1;
+        if (ox1 == p->out_w) {
+            ox1 = 0;
+            ++oy1;
+        }
+        if (flat) {
+            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 4);
+            tt_im2col_flat_nat(p, in, oy1, ox1, k4, tmp, col + 2, 4);
+        } else if ((p->in_c & 3) == 0) {
+            tt_im2col_rows(p, in, oy, ox, col);
+            tt_im2col_rows(p, in, oy1, ox1, col + 2);
+        } else {
+            tt_im2col(p, in, pix, icp, col, 4);
+            tt_im2col(p, in, pix + 1, icp, col + 2, 4);
+        }
+        oy = oy1;
+        ox = ox1 + 1;
+        if (ox == p->out_w) {
+            ox = 0;
+            ++oy;
+        }
+        if (p->res != 0) {
+            tt_mm_pair(p, w, rq, out + pix * out_c, col, col_end, head, unroll, wexp, 1);
+        } else {
+            tt_mm_pair(p, w, rq, out + pix * out_c, col, col_end, head, unroll, wexp, 0);
+        }
+    }
+    if (pix < n_pix) { /* an odd last pixel */
+        const tt_residual *res = p->res;
+        const int32_t lo = p->act_min, hi = p->act_max;
+        if (flat) {
+            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 2);
+        } else {
+            tt_im2col(p, in, pix, icp, col, 2);
+        }
+        const int32_t *const end = col + 2 * k4;
+        int8_t *o0 = out + pix * out_c;
+        const int32_t step = wexp ? 2 : 1; /* words per channel and group of 4 inputs */
+        int32_t oc = 0;
+        for (; oc < out_c; ++oc) {
+            /* Weights of channel pair (oc & ~1) interleave per group; an odd last one is plain. */
+            const int32_t pair = oc + 1 < out_c || (oc & 1);
+            const int32_t *wc = w + (oc & ~1) * k4 * step + ((oc & 1) ? step : 0);
+            const int32_t stride = pair ? 2 * step : step;
+            int32_t a0 = rq[oc].bias;
+            for (const int32_t *c = col; c < end; c += 2) {
+                int32_t we, wo;
+                if (wexp) {
+                    we = wc[0];
+                    wo = wc[1];
+                } else {
+                    we = __sxtb16(wc[0]);
+                    wo = tt_sxtb16_ror8(wc[0]);
+                }
+                a0 = __smlad(c[1], wo, __smlad(c[0], we, a0));
+                wc += stride;
+            }
+            if (res != 0) {
+                tt_mm_put(o0 + oc, a0, rq + oc, lo, hi, res, 1);
+            } else {
+                tt_mm_put(o0 + oc, a0, rq + oc, lo, hi, res, 0);
+            }
+        }
     }
 }
 
