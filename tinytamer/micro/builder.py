@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinytamer.errors import ModelError
 from tinytamer.micro.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
 from tinytamer.micro.ir import (
     Add,
@@ -20,6 +21,7 @@ from tinytamer.micro.ir import (
     Graph,
     MaxPool,
     Reshape,
+    Softmax,
     TensorInfo,
 )
 
@@ -137,6 +139,23 @@ class GraphBuilder:
         mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale))
         lo, hi = self.clamp(out_scale, out_zp, relu, *qrange)
         self.ops.append(Add(name, [a, b], o, ADD_LEFT_SHIFT, m1, s1, m2, s2, mo, so, lo, hi))
+        return o
+
+    def softmax(self, x: str, out_scale: float, out_zp: int, *,
+                qrange: tuple[int, int] = (-128, 127), name: str = "softmax",
+                out: str | None = None) -> str:
+        """Softmax over the vector ``x`` (see :class:`~tinytamer.micro.ir.Softmax`)."""
+        t = self.tensors[x]
+        if len(t.shape) != 1:
+            raise ModelError(f"softmax '{name}': input of shape {t.shape}; only a vector "
+                             "(softmax over the classes) is supported")
+        multiplier = int(round(65536.0 / out_scale)) if out_scale > 0 else 0
+        if not 0 < multiplier < 2**31:
+            raise ModelError(f"softmax '{name}': output scale {out_scale} is outside "
+                             "(2^-15, 2^16]")
+        table = np.round(np.exp(-t.scale * np.arange(256, dtype=np.float64)) * 2.0**30)
+        o = self._new(t.shape, out_scale, out_zp, out)
+        self.ops.append(Softmax(name, [x], o, table.astype(np.int64), multiplier, *qrange))
         return o
 
     def reshape(self, x: str, shape: tuple[int, ...], *, name: str = "flatten",

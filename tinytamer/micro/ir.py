@@ -115,6 +115,20 @@ class Add(Op):
 
 
 @dataclass
+class Softmax(Op):
+    """Softmax over a vector, TensorFlow Lite's int8 lookup-table form (its optimized
+    ``SoftmaxInt8LUT``): ``table[d]`` = round(2^30 exp(-in_scale d)) is exp of the difference
+    d = max - x in input steps, computed once when the graph is built; the output
+    round(table[d] * multiplier / (sum * 2^16)) + zero point uses ``multiplier`` =
+    round(2^16 / out_scale).  Integer arithmetic only on the device."""
+
+    table: np.ndarray  # int64 [256]
+    multiplier: int
+    act_min: int
+    act_max: int
+
+
+@dataclass
 class Reshape(Op):
     """Flatten/reshape: the output aliases the input's buffer (no code, no copy)."""
 

@@ -4,9 +4,9 @@ The converted model spells out every quantization point (the int8 contract):
 QuantConv2d / QuantLinear layers with per-channel integer weights, and a
 FakeQuantAct after the input, after every conv / linear / add (after its ReLU
 or ReLU6 when one follows) and after every average pool.  Walking the graph in
-order, a producer (conv, linear, add, average pool, mean) stays *pending* until
-its FakeQuantAct gives the output's (scale, zero point); a ReLU/ReLU6 between
-them becomes the producer's clamp.  Max pool, flatten/reshape/view, dropout and
+order, a producer (conv, linear, add, average pool, mean, softmax over a vector)
+stays *pending* until its FakeQuantAct gives the output's (scale, zero point); a
+ReLU/ReLU6 between them becomes the producer's clamp.  Max pool, flatten/reshape/view, dropout and
 identity keep their input's quantization.  Anything else - an op, a layer left
 in float, a pattern such as a ReLU that follows nothing it can fuse into -
 fails with an error that names the op and the graph node, never a silent wrong
@@ -45,7 +45,7 @@ _SCALAR_METHODS = {"size", "dim"}
 class _Pending:
     """A float result waiting for its FakeQuantAct (and maybe a fused ReLU)."""
 
-    kind: str  # conv | linear | add | avgpool
+    kind: str  # input | conv | linear | add | avgpool | softmax
     node: fx.Node
     inputs: list[str]
     module: nn.Module | None = None
@@ -101,7 +101,8 @@ class _Lowerer:
                                          if node.op == "call_module" else "")
         return ModelError(f"micro lowering: {what} at {where}; supported: conv2d (incl. "
                           "depthwise/grouped), linear, max/avg pool, global average pool, "
-                          "residual add, ReLU/ReLU6 fused into its producer, flatten/reshape"
+                          "residual add, ReLU/ReLU6 fused into its producer, flatten/reshape, "
+                          "softmax over the classes of a vector"
                           + (f"\n{src}" if src else ""))
 
     def quant(self, node: fx.Node, arg) -> str:
@@ -187,6 +188,8 @@ class _Lowerer:
             return self.adaptive(node, m.output_size)
         if isinstance(m, nn.Flatten):
             return self.reshape(node)
+        if isinstance(m, nn.Softmax):
+            return self.softmax(node, m.dim)
         if isinstance(m, _PASS_MODULES):
             return self.quant(node, arg)
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -222,6 +225,9 @@ class _Lowerer:
             return self.adaptive(node, node.kwargs.get("output_size", node.args[1]))
         if f is torch.mean:
             return self.mean(node)
+        if f in (F.softmax, torch.softmax):
+            return self.softmax(node, node.kwargs.get("dim", node.args[1] if len(node.args) > 1
+                                                      else None))
         if f in _RESHAPE_FUNCS:
             return self.reshape(node)
         if f in _PASS_FUNCS:
@@ -242,6 +248,9 @@ class _Lowerer:
             return self.fuse_relu(node, "relu")
         if m == "mean":
             return self.mean(node)
+        if m == "softmax":
+            return self.softmax(node, node.kwargs.get("dim", node.args[1] if len(node.args) > 1
+                                                      else None))
         if m in _RESHAPE_METHODS:
             return self.reshape(node)
         if m in _PASS_METHODS:
@@ -259,8 +268,8 @@ class _Lowerer:
 
     def fuse_relu(self, node: fx.Node, kind: str) -> _Pending:
         src = self.env.get(node.args[0])
-        if not isinstance(src, _Pending) or src.kind == "input" or src.relu is not None \
-                or len(node.args[0].users) != 1:
+        if not isinstance(src, _Pending) or src.kind in ("input", "softmax") \
+                or src.relu is not None or len(node.args[0].users) != 1:
             raise self.fail(node, f"a {kind.upper()} that does not directly follow a conv, "
                                   "linear or add it can fuse into")
         src.relu = kind
@@ -295,6 +304,15 @@ class _Lowerer:
             raise self.fail(node, f"a mean over dims {dims} (only the spatial dims 2, 3)")
         h, w, _ = self.b.tensors[x].shape
         return _Pending("avgpool", node, [x], kernel=(h, w), stride=(h, w))
+
+    def softmax(self, node: fx.Node, dim) -> _Pending:
+        x = self.quant(node, node.args[0])
+        if len(self.b.tensors[x].shape) != 1 or dim not in (1, -1):
+            raise self.fail(node, f"a softmax over dim {dim} of a {_shape(node)} tensor (only "
+                                  "over the classes of an N x F vector)")
+        if node.kwargs.get("dtype") is not None:
+            raise self.fail(node, "a softmax with a dtype argument")
+        return _Pending("softmax", node, [x])
 
     def reshape(self, node: fx.Node) -> str:
         x = self.quant(node, node.args[0])
@@ -344,6 +362,8 @@ class _Lowerer:
                 raise self.fail(src.node, f"an add of shapes {b.tensors[a].shape} and "
                                           f"{b.tensors[c].shape} (broadcasting)")
             return b.add(a, c, scale, zp, relu=relu, qrange=qrange, name=name)
+        if src.kind == "softmax":
+            return b.softmax(src.inputs[0], scale, zp, qrange=qrange, name=name)
         out = b.avgpool(src.inputs[0], src.kernel, src.stride, scale, zp, relu=relu,
                         qrange=qrange, name=name)
         want = _ir_shape(_shape(src.node), src.node)

@@ -12,7 +12,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from tinytamer.errors import ModelError
 from tinytamer.micro.fixedpoint import requantize
-from tinytamer.micro.ir import Add, AvgPool, Conv2D, Dense, Graph, MaxPool, Op, Reshape
+from tinytamer.micro.ir import Add, AvgPool, Conv2D, Dense, Graph, MaxPool, Op, Reshape, Softmax
 
 
 def _finish(acc: np.ndarray, mult, shift, zp: int, lo: int, hi: int) -> np.ndarray:
@@ -72,6 +72,15 @@ def _add(g: Graph, op: Add, a: np.ndarray, b: np.ndarray) -> np.ndarray:
                    op.act_min, op.act_max)
 
 
+def _softmax(g: Graph, op: Softmax, x: np.ndarray) -> np.ndarray:
+    v = x.reshape(-1).astype(np.int64)
+    e = op.table[v.max() - v]  # exp(in_scale * (x - max)) in Q30
+    den = int(e.sum()) << 16
+    q = (e * op.multiplier + (den >> 1)) // den  # round half up; every term is >= 0
+    out = q + g.tensors[op.output].zero_point
+    return np.clip(out, op.act_min, op.act_max).astype(np.int8)
+
+
 def run_op(g: Graph, op: Op, args: list[np.ndarray]) -> np.ndarray:
     if isinstance(op, Conv2D):
         return _conv(g, op, args[0])
@@ -83,6 +92,8 @@ def run_op(g: Graph, op: Op, args: list[np.ndarray]) -> np.ndarray:
         return _avgpool(g, op, args[0])
     if isinstance(op, Add):
         return _add(g, op, args[0], args[1])
+    if isinstance(op, Softmax):
+        return _softmax(g, op, args[0])
     if isinstance(op, Reshape):
         return args[0].reshape(g.tensors[op.output].shape)
     raise ModelError(f"integer reference: no implementation for op '{type(op).__name__}' "

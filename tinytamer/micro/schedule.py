@@ -18,7 +18,8 @@ searches over:
   receptive field rounded up to 4 once; scalar unpacking - less padding for 1- or
   3-channel inputs);
 - depthwise: ``kernel`` "direct" or "simd" (tt_depthwise_s8_dsp: 4 channels per
-  SXTB16/SMLABB step; needs a multiple of 4 channels);
+  SXTB16/SMLABB step; needs a multiple of 4 channels; single-multiply requantization
+  where :func:`fast_requant` allows);
 - dense: ``kernel`` "direct" or "simd" (tt_dense_s8_dsp: input unpacked once, 2 rows
   per SMLAD pass);
 - residual add: ``kernel`` "lut" (each input's rescaling read from a 256-entry table in
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinytamer.micro.ir import Add, AvgPool, Conv2D, Dense, Graph, MaxPool, Op
+from tinytamer.micro.ir import Add, AvgPool, Conv2D, Dense, Graph, MaxPool, Op, Softmax
 
 
 def _round4(n: int) -> int:
@@ -188,7 +189,8 @@ def kernel_call(op: Op, i: int, args: list[str], out: str, scratch: str, dsp: bo
             return (f"tt_conv2d_s8_dsp(&p{i}, {args[0]}, {consts}, {out}, "
                     f"(int16_t *)(void *){scratch}, {s['cols']}, {int(s['pack'] == 'flat')})")
         if s["kernel"] == "simd":
-            return f"tt_depthwise_s8_dsp(&p{i}, {args[0]}, {consts}, {out})"
+            rq = f"(const tt_rq *)(const void *)q{i}" if fast_requant(op) is not None else "0"
+            return f"tt_depthwise_s8_dsp(&p{i}, {args[0]}, {consts}, {out}, {rq})"
         kernel = "tt_depthwise_s8" if op.depthwise else "tt_conv2d_s8"
         return f"{kernel}(&p{i}, {args[0]}, {consts}, {out})"
     if isinstance(op, Dense):
@@ -200,6 +202,8 @@ def kernel_call(op: Op, i: int, args: list[str], out: str, scratch: str, dsp: bo
         return f"tt_maxpool_s8(&p{i}, {args[0]}, {out})"
     if isinstance(op, AvgPool):
         return f"tt_avgpool_s8(&p{i}, {args[0]}, {out})"
+    if isinstance(op, Softmax):
+        return f"tt_softmax_s8(&p{i}, {args[0]}, {out}, sm{i})"
     if isinstance(op, Add):
         if s["kernel"] == "lut":
             return f"tt_add_s8_lut(&p{i}, {args[0]}, {args[1]}, {out}, ta{i}, tb{i})"

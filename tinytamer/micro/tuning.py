@@ -104,8 +104,12 @@ def _distinct(op: Op, dsp: bool, knobs: dict[str, list]) -> list[dict]:
 
 
 def coordinate_descent(knobs: dict[str, list], cost: Callable[[dict], float],
-                       start: dict | None = None, max_sweeps: int = 4) -> tuple[dict, int]:
-    """Minimise ``cost`` over the knob grid one knob at a time; returns (best, evaluations)."""
+                       start: dict | None = None, max_sweeps: int = 4,
+                       prepare: Callable[[list[dict]], None] | None = None) -> tuple[dict, int]:
+    """Minimise ``cost`` over the knob grid one knob at a time; returns (best, evaluations).
+
+    ``prepare``, if given, sees each sweep's trial points before they are costed (the tuner
+    measures them together, in one device module)."""
     best = dict(start or {k: v[0] for k, v in knobs.items()})
     cache: dict[str, float] = {}
 
@@ -119,6 +123,8 @@ def coordinate_descent(knobs: dict[str, list], cost: Callable[[dict], float],
     for _ in range(max_sweeps):
         improved = False
         for name, values in knobs.items():
+            if prepare is not None:
+                prepare([{**best, name: v} for v in values])
             for v in values:
                 trial = {**best, name: v}
                 c = f(trial)
@@ -191,15 +197,26 @@ def tune(g: Graph, cpu: str = "cortex-m4", *, log: TuningLog | str | Path | None
             missing = [s for s in cands if tlog.get(key, s) is None]
             grid = int(np.prod([len(v) for v in knobs.values()]))
             if missing and grid > EXHAUSTIVE_LIMIT:
-                def cost(s, _op=op, _i=i, _key=key):
-                    s = _distinct(_op, True, {k: [v] for k, v in s.items()})[0]
-                    hit = tlog.get(_key, s)
-                    if hit is None:
-                        (c, n), = _measure(g, _op, cpu, [s], base / f"l{_i}")
-                        tlog.add(_key, s, c, n)
-                        hit = tlog.get(_key, s)
-                    return hit["est_cycles"]
-                _, measured = coordinate_descent(knobs, cost)
+                def canon(t, _op=op):
+                    return _distinct(_op, True, {k: [v] for k, v in t.items()})[0]
+
+                def prepare(trials, _op=op, _i=i, _key=key):
+                    todo = []
+                    for s in map(canon, trials):
+                        if tlog.get(_key, s) is None and s not in todo:
+                            todo.append(s)
+                    if todo:
+                        for s, (c, n) in zip(todo, _measure(g, _op, cpu, todo, base / f"l{_i}"),
+                                             strict=True):
+                            tlog.add(_key, s, c, n)
+
+                def cost(t, _key=key):
+                    s = canon(t)
+                    prepare([s])
+                    return tlog.get(_key, s)["est_cycles"]
+
+                coordinate_descent(knobs, cost, prepare=prepare)
+                measured = sum(1 for s in missing if tlog.get(key, s) is not None)
             elif missing:
                 for s, (c, n) in zip(missing, _measure(g, op, cpu, missing, base / f"l{i}"),
                                      strict=True):

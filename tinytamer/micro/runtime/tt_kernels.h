@@ -37,6 +37,10 @@ typedef struct {
     int32_t in_n, out_n, in_zp, out_zp, act_min, act_max;
 } tt_dense_params;
 
+typedef struct {
+    int32_t n, out_zp, multiplier, act_min, act_max;
+} tt_softmax_params;
+
 /* One output channel's constants for the "mm" kernels: the int32 bias and the
  * requantization in single-multiply form (valid when the generator's bounds hold, see
  * tinytamer/micro/schedule.py fast_requant): v = (t + offset + (t >> 31)) >> rshift with
@@ -71,6 +75,10 @@ void tt_dense_s8(const tt_dense_params *p, const int8_t *in, const int8_t *w,
 void tt_maxpool_s8(const tt_pool_params *p, const int8_t *in, int8_t *out);
 void tt_avgpool_s8(const tt_pool_params *p, const int8_t *in, int8_t *out);
 void tt_add_s8(const tt_add_params *p, const int8_t *a, const int8_t *b, int8_t *out);
+/* Softmax over n values with the exp table of the difference to the max (TFLite's int8
+ * lookup-table softmax); 64-bit integer division, no floating point. */
+void tt_softmax_s8(const tt_softmax_params *p, const int8_t *in, int8_t *out,
+                   const int32_t *table);
 void tt_add_s8_lut(const tt_add_params *p, const int8_t *a, const int8_t *b, int8_t *out,
                    const int32_t *ta, const int32_t *tb);
 
@@ -88,7 +96,7 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      int32_t unroll, int32_t wexp);
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                         int8_t *out);
+                         int8_t *out, const tt_rq *rq);
 void tt_dense_s8_dsp(const tt_dense_params *p, const int8_t *in, const int8_t *w,
                      const int32_t *bias, const int32_t *mult, const int32_t *shift,
                      int8_t *out, int16_t *scratch);

@@ -6,7 +6,13 @@
  * the word rotated by 8 [v1|v3].  Activations (minus their zero point, by SXTAB16) and
  * weights are both unpacked that way, so SMLAD([x0|x2],[w0|w2]) + SMLAD([x1|x3],[w1|w3])
  * is the 4-term dot product with no re-ordering.  Channels are rounded up to a multiple
- * of 4 with zeros (the generator pads the weights the same way). */
+ * of 4 with zeros (the generator pads the weights the same way).
+ *
+ * tt_conv2d_s8_mm (the default convolution where its requantization is provably exact) is
+ * the CMSIS-NN arm_nn_mat_mult_kernel_s8_s16 idea - 2 output channels x 2 pixels per pass,
+ * each unpacked value used twice - with the inner loop scheduled by hand for the Cortex-M4
+ * TRM's timings (consecutive loads pipeline), optionally int16 weights pre-expanded in
+ * flash, and SRDHM + RoundingDivideByPOT folded into one SMMULR and three ALU operations. */
 #include "tt_kernels.h"
 #include "tt_fixedpoint.h"
 
@@ -34,6 +40,29 @@ static inline int32_t tt_sxtab16_ror8(int32_t a, int32_t x)
     int32_t r;
     __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
     return r;
+}
+
+static inline int32_t tt_smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+/* SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and the zero point in four
+ * instructions.  SMMULR(2 acc, m) = floor((2 acc m + 2^31) / 2^32) = floor((acc m + 2^30) /
+ * 2^31), SRDHM's value, when 2 acc fits in int32 (the generator bounds |acc| < 2^30);
+ * (t + 2^(e-1) - [t < 0]) >> e rounds half away from zero for e >= 1 (the generator
+ * requires e >= 1); adding out_zp * 2^e before the shift adds out_zp after it. */
+static inline int32_t tt_rq_apply(int32_t acc, const tt_rq *r)
+{
+    const int32_t t = tt_smmulr((int32_t)((uint32_t)acc << 1), r->mult);
+    return (t + r->offset + (t >> 31)) >> r->rshift;
+}
+
+static inline int8_t tt_rq_out(int32_t acc, const tt_rq *r, int32_t lo, int32_t hi)
+{
+    return tt_clamp(tt_rq_apply(acc, r), lo, hi);
 }
 
 static inline int32_t tt_pack_offset(int32_t zp)
@@ -233,7 +262,7 @@ void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *
     }
     for (; pix < n_pix; ++pix) {
         if (flat) {
-            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 2);
+            tt_im2col_flat(p, in, pix, col, 2);
         } else {
             tt_im2col(p, in, pix, icp, col, 2);
         }
@@ -267,8 +296,11 @@ void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *
 
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                         int8_t *out)
+                         int8_t *out, const tt_rq *rq)
 {
+    /* rq: the single-multiply requantization where the generator proved it exact, else 0;
+     * with the whole int8 range as the clamp, one SSAT clamps. */
+    const int32_t full = p->act_min == -128 && p->act_max == 127;
     /* w is [k_h][k_w][C]; C is a multiple of 4; four channels accumulate in registers. */
     const int32_t c_n = p->in_c;
     const int32_t off = tt_pack_offset(p->in_zp);
@@ -308,10 +340,22 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                     ip_row += row_in;
                     wp_row += row_w;
                 }
-                o[c] = tt_out(a0, mult, shift, c, p);
-                o[c + 1] = tt_out(a1, mult, shift, c + 1, p);
-                o[c + 2] = tt_out(a2, mult, shift, c + 2, p);
-                o[c + 3] = tt_out(a3, mult, shift, c + 3, p);
+                if (rq != 0 && full) {
+                    o[c] = (int8_t)__ssat(tt_rq_apply(a0, rq + c), 8);
+                    o[c + 1] = (int8_t)__ssat(tt_rq_apply(a1, rq + c + 1), 8);
+                    o[c + 2] = (int8_t)__ssat(tt_rq_apply(a2, rq + c + 2), 8);
+                    o[c + 3] = (int8_t)__ssat(tt_rq_apply(a3, rq + c + 3), 8);
+                } else if (rq != 0) {
+                    o[c] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
+                    o[c + 1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
+                    o[c + 2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
+                    o[c + 3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
+                } else {
+                    o[c] = tt_out(a0, mult, shift, c, p);
+                    o[c + 1] = tt_out(a1, mult, shift, c + 1, p);
+                    o[c + 2] = tt_out(a2, mult, shift, c + 2, p);
+                    o[c + 3] = tt_out(a3, mult, shift, c + 3, p);
+                }
             }
         }
     }
@@ -360,24 +404,6 @@ void tt_dense_s8_dsp(const tt_dense_params *p, const int8_t *in, const int8_t *w
 /* ------------------------------------------------------------------ the "mm" convolution
  * The same im2col layout and weight packing as tt_conv2d_s8_dsp; what differs is the inner
  * product (hand-scheduled below) and the requantization (tt_rq_apply). */
-
-static inline int32_t tt_smmulr(int32_t a, int32_t b)
-{
-    int32_t r;
-    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-
-/* SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and the zero point in four
- * instructions.  SMMULR(2 acc, m) = floor((2 acc m + 2^31) / 2^32) = floor((acc m + 2^30) /
- * 2^31), SRDHM's value, when 2 acc fits in int32 (the generator bounds |acc| < 2^30);
- * (t + 2^(e-1) - [t < 0]) >> e rounds half away from zero for e >= 1 (the generator
- * requires e >= 1); adding out_zp * 2^e before the shift adds out_zp after it. */
-static inline int32_t tt_rq_apply(int32_t acc, const tt_rq *r)
-{
-    const int32_t t = tt_smmulr((int32_t)((uint32_t)acc << 1), r->mult);
-    return (t + r->offset + (t >> 31)) >> r->rshift;
-}
 
 /* Unpack `n` words of int8 (minus the zero point) into the pixel-pair column layout (two
  * words per group, groups 4 words apart), four words per pass: the loads, the SXTAB16s and
@@ -560,44 +586,118 @@ static void tt_im2col_flat_nat(const tt_conv_params *p, const int8_t *in, int32_
     [wp] "+r"(wp), [va] "=&r"(va), [vb] "=&r"(vb), [ae] "=&r"(ae), [be] "=&r"(be),       \
     [x0] "=&r"(x0), [x1] "=&r"(x1)
 
-static inline int8_t tt_rq_out(int32_t acc, const tt_rq *r, int32_t lo, int32_t hi)
+
+/* Requantize, clamp and store the 2 x 2 block of outputs of channels r[0], r[1].  `mode`
+ * (fixed per layer by tt_mm_mode): 0 the clamp is the whole int8 range (one SSAT); 1 a
+ * narrower activation range; 2 a fused residual add whose sum is requantized in
+ * single-multiply form too, both clamps the whole int8 range; 3 the same with narrower
+ * clamps; 4 a fused add in the general form.  Each channel's constants are loaded once
+ * for its two pixels. */
+static inline __attribute__((always_inline)) void
+tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, int8_t *o1,
+           int32_t a00, int32_t a01, int32_t a10, int32_t a11)
 {
-    return tt_clamp(tt_rq_apply(acc, r), lo, hi);
+    const int32_t m0 = r[0].mult, e0 = r[0].rshift, f0 = r[0].offset;
+    const int32_t m1 = r[1].mult, e1 = r[1].rshift, f1 = r[1].offset;
+    int32_t t;
+    t = tt_smmulr((int32_t)((uint32_t)a00 << 1), m0);
+    a00 = (t + f0 + (t >> 31)) >> e0;
+    t = tt_smmulr((int32_t)((uint32_t)a01 << 1), m0);
+    a01 = (t + f0 + (t >> 31)) >> e0;
+    t = tt_smmulr((int32_t)((uint32_t)a10 << 1), m1);
+    a10 = (t + f1 + (t >> 31)) >> e1;
+    t = tt_smmulr((int32_t)((uint32_t)a11 << 1), m1);
+    a11 = (t + f1 + (t >> 31)) >> e1;
+    if (mode == 0 || mode == 2) {
+        a00 = __ssat(a00, 8);
+        a01 = __ssat(a01, 8);
+        a10 = __ssat(a10, 8);
+        a11 = __ssat(a11, 8);
+    } else {
+        const int32_t lo = p->act_min, hi = p->act_max;
+        a00 = tt_clamp(a00, lo, hi);
+        a01 = tt_clamp(a01, lo, hi);
+        a10 = tt_clamp(a10, lo, hi);
+        a11 = tt_clamp(a11, lo, hi);
+    }
+    if (mode < 2) {
+        o0[0] = (int8_t)a00;
+        o1[0] = (int8_t)a01;
+        o0[1] = (int8_t)a10;
+        o1[1] = (int8_t)a11;
+        return;
+    }
+    const tt_residual *res = p->res;
+    if (mode == 4) {
+        o0[0] = tt_fuse(res, o0[0], (int8_t)a00);
+        o1[0] = tt_fuse(res, o1[0], (int8_t)a01);
+        o0[1] = tt_fuse(res, o0[1], (int8_t)a10);
+        o1[1] = tt_fuse(res, o1[1], (int8_t)a11);
+        return;
+    }
+    const tt_rq *q = res->rq;
+    const int32_t *tc = res->t_conv + 128, *to = res->t_other + 128;
+    a00 = tt_rq_apply(tc[a00] + to[o0[0]], q);
+    a01 = tt_rq_apply(tc[a01] + to[o1[0]], q);
+    a10 = tt_rq_apply(tc[a10] + to[o0[1]], q);
+    a11 = tt_rq_apply(tc[a11] + to[o1[1]], q);
+    if (mode == 2) {
+        o0[0] = (int8_t)__ssat(a00, 8);
+        o1[0] = (int8_t)__ssat(a01, 8);
+        o0[1] = (int8_t)__ssat(a10, 8);
+        o1[1] = (int8_t)__ssat(a11, 8);
+    } else {
+        const int32_t lo = res->add->act_min, hi = res->add->act_max;
+        o0[0] = tt_clamp(a00, lo, hi);
+        o1[0] = tt_clamp(a01, lo, hi);
+        o0[1] = tt_clamp(a10, lo, hi);
+        o1[1] = tt_clamp(a11, lo, hi);
+    }
 }
 
-/* Store one output; with a fused residual add, rescale and add the other input (read from
- * the same place) through the tables, the sum requantized in single-multiply form too. */
-static inline __attribute__((always_inline)) void
-tt_mm_put(int8_t *o, int32_t acc, const tt_rq *r, int32_t lo, int32_t hi,
-          const tt_residual *res, int32_t fused)
+static int32_t tt_mm_mode(const tt_conv_params *p)
 {
-    const int8_t v = tt_rq_out(acc, r, lo, hi);
-    if (!fused) {
+    const int32_t full = p->act_min == -128 && p->act_max == 127;
+    const tt_residual *res = p->res;
+    if (res == 0) {
+        return full ? 0 : 1;
+    }
+    if (res->rq == 0) {
+        return 4;
+    }
+    return full && res->add->act_min == -128 && res->add->act_max == 127 ? 2 : 3;
+}
+
+/* One output through the same modes (the odd channel and odd pixel paths). */
+static void tt_mm_out1(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o,
+                       int32_t acc)
+{
+    const int8_t v = tt_rq_out(acc, r, p->act_min, p->act_max);
+    const tt_residual *res = p->res;
+    if (mode < 2) {
         *o = v;
-    } else if (res->rq != 0) {
-        const tt_add_params *a = res->add;
-        *o = tt_rq_out(res->t_conv[v + 128] + res->t_other[*o + 128], res->rq, a->act_min,
-                       a->act_max);
+    } else if (mode < 4) {
+        *o = tt_rq_out(res->t_conv[v + 128] + res->t_other[*o + 128], res->rq,
+                       res->add->act_min, res->add->act_max);
     } else {
         *o = tt_fuse(res, *o, v);
     }
 }
 
-/* All output channels of one pixel pair whose im2col columns are in `col`.  Inlined twice,
- * with and without a fused residual add, so the test is made once per layer. */
+/* All output channels of one pixel pair whose im2col columns are in `col`; `mode` as for
+ * tt_mm_out4. */
 static inline __attribute__((always_inline)) void
 tt_mm_pair(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o0,
            const int32_t *col, const int32_t *col_end, int32_t head, int32_t unroll,
-           int32_t wexp, int32_t fused)
+           int32_t wexp, int32_t mode)
 {
-    const int32_t lo = p->act_min, hi = p->act_max, out_c = p->out_c;
-    const tt_residual *res = p->res;
+    const int32_t out_c = p->out_c;
     int8_t *o1 = o0 + out_c;
     const int32_t *wp = w;
     int32_t oc = 0;
     for (; oc + 1 < out_c; oc += 2) {
-        const tt_rq *r0 = rq + oc, *r1 = r0 + 1;
-        int32_t a00 = r0->bias, a01 = a00, a10 = r1->bias, a11 = a10;
+        const tt_rq *r0 = rq + oc;
+        int32_t a00 = r0[0].bias, a01 = a00, a10 = r0[1].bias, a11 = a10;
         int32_t va, vb, ae, be, x0, x1;
         const int32_t *c = col;
         if (wexp) {
@@ -631,10 +731,7 @@ tt_mm_pair(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o
                                  : TT_MM_OPERANDS : [end] "r"(col_end) : "cc", "memory");
             }
         }
-        tt_mm_put(o0 + oc, a00, r0, lo, hi, res, fused);
-        tt_mm_put(o1 + oc, a01, r0, lo, hi, res, fused);
-        tt_mm_put(o0 + oc + 1, a10, r1, lo, hi, res, fused);
-        tt_mm_put(o1 + oc + 1, a11, r1, lo, hi, res, fused);
+        tt_mm_out4(mode, p, r0, o0 + oc, o1 + oc, a00, a01, a10, a11);
     }
     if (oc < out_c) { /* an odd last channel: its weights follow plain */
         int32_t a0 = rq[oc].bias, a1 = a0;
@@ -652,8 +749,8 @@ tt_mm_pair(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o
             a0 = __smlad(c[1], wo, __smlad(c[0], we, a0));
             a1 = __smlad(c[3], wo, __smlad(c[2], we, a1));
         }
-        tt_mm_put(o0 + oc, a0, rq + oc, lo, hi, res, fused);
-        tt_mm_put(o1 + oc, a1, rq + oc, lo, hi, res, fused);
+        tt_mm_out1(mode, p, rq + oc, o0 + oc, a0);
+        tt_mm_out1(mode, p, rq + oc, o1 + oc, a1);
     }
 }
 
@@ -668,6 +765,7 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 4 * k4;
     int16_t *tmp = (int16_t *)(void *)(col + 4 * k4); /* flat: the natural-order field */
+    const int32_t mode = tt_mm_mode(p);
     int32_t pix = 0, oy = 0, ox = 0; /* (oy, ox) of pixel `pix`, kept without division */
     for (; pix + 1 < n_pix; pix += 2) {
         int32_t oy1 = oy, ox1 = ox + 1;
@@ -691,15 +789,26 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
             ox = 0;
             ++oy;
         }
-        if (p->res != 0) {
-            tt_mm_pair(p, w, rq, out + pix * out_c, col, col_end, head, unroll, wexp, 1);
-        } else {
-            tt_mm_pair(p, w, rq, out + pix * out_c, col, col_end, head, unroll, wexp, 0);
+        int8_t *o = out + pix * out_c;
+        switch (mode) { /* one instance per mode: the output code has no tests in it */
+        case 0:
+            tt_mm_pair(p, w, rq, o, col, col_end, head, unroll, wexp, 0);
+            break;
+        case 1:
+            tt_mm_pair(p, w, rq, o, col, col_end, head, unroll, wexp, 1);
+            break;
+        case 2:
+            tt_mm_pair(p, w, rq, o, col, col_end, head, unroll, wexp, 2);
+            break;
+        case 3:
+            tt_mm_pair(p, w, rq, o, col, col_end, head, unroll, wexp, 3);
+            break;
+        default:
+            tt_mm_pair(p, w, rq, o, col, col_end, head, unroll, wexp, 4);
+            break;
         }
     }
     if (pix < n_pix) { /* an odd last pixel */
-        const tt_residual *res = p->res;
-        const int32_t lo = p->act_min, hi = p->act_max;
         if (flat) {
             tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 2);
         } else {
@@ -727,11 +836,7 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
                 a0 = __smlad(c[1], wo, __smlad(c[0], we, a0));
                 wc += stride;
             }
-            if (res != 0) {
-                tt_mm_put(o0 + oc, a0, rq + oc, lo, hi, res, 1);
-            } else {
-                tt_mm_put(o0 + oc, a0, rq + oc, lo, hi, res, 0);
-            }
+            tt_mm_out1(mode, p, rq + oc, o0 + oc, a0);
         }
     }
 }
