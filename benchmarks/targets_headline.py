@@ -5,7 +5,7 @@
     python benchmarks/targets_headline.py --ratio 0.25 --finetune-epochs 4 --control
 
 The dense model is the trained baseline (``benchmarks/work/baselines/resnet8.safetensors``).
-It is channel-pruned (L1, per-layer ``--ratio``, multiples of 8, classifier kept) and
+It is channel-pruned (L1, per-layer ``--ratio``, multiples of ``--round-to``, classifier kept) and
 fine-tuned with the Solver (SGD, momentum 0.9, poly lr from 0.01, ``--finetune-epochs``
 on the CIFAR-10 training split, augmented); then deployed to every installed target and
 precision (int8: ONNX Runtime static QDQ calibrated on 256 real training images).  Every
@@ -26,6 +26,7 @@ import copy
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._common import WORK, save, shared_data  # noqa: E402
-from tinytamer.checkpoint import load_checkpoint  # noqa: E402
+from tinytamer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from tinytamer.compress.channel import prune_channels  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
 from tinytamer.deploy import calib_from_loader, runtime_accuracy  # noqa: E402
@@ -44,9 +45,23 @@ from tinytamer.zoo import count  # noqa: E402
 BASELINE = WORK / "baselines" / "resnet8.safetensors"
 
 
+def finetuned(path: Path, config: SolverConfig, loader, make: Callable[[], torch.nn.Module]
+              ) -> torch.nn.Module:
+    """``make()`` fine-tuned with ``config`` on ``loader``, or the copy saved at ``path``."""
+    if path.is_file():
+        print(f"reusing {path.name}")
+        return load_checkpoint(path).eval()
+    model = make()
+    Solver(model, config, loader, progress=False).solve()
+    save_checkpoint(model.eval(), path)
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--round-to", type=int, default=8,
+                    help="kept channels are a multiple of this (8 halves ResNet-8's 16-channel layers at 25%%)")
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20)
@@ -65,26 +80,34 @@ def main() -> None:
     test = make_loader(data.test, 256, shuffle=False)
     dense = load_checkpoint(BASELINE)
     example = data.test[0][0].unsqueeze(0)
-    t0 = time.time()
-    pruned = prune_channels(dense, example, ratio=args.ratio, round_to=8)
+    work = WORK / "targets" / "headline"
     config = SolverConfig(base_lr=0.01, momentum=0.9, weight_decay=5e-4, lr_policy="poly",
                           power=1.0, epochs=args.finetune_epochs, display=100)
-    Solver(pruned, config, train, progress=False).solve()
-    pruned.eval()
+    # Fine-tuned models are kept (gitignored) so a rerun of the timing needs no retraining.
+    tag = f"r{args.ratio:g}-rt{args.round_to}-e{args.finetune_epochs:g}"
+    t0 = time.time()
+    pruned = finetuned(work / f"pruned-{tag}.safetensors", config, train,
+                       lambda: prune_channels(dense, example, ratio=args.ratio, round_to=args.round_to))
     finetune_s = time.time() - t0
     control_acc = None
     if args.control:
-        control = copy.deepcopy(dense)
-        Solver(control, config, make_loader(data.train, 128, shuffle=True, seed=0),
-               progress=False).solve()
+        control = finetuned(work / f"control-e{args.finetune_epochs:g}.safetensors", config,
+                            make_loader(data.train, 128, shuffle=True, seed=0),
+                            lambda: copy.deepcopy(dense))
         control_acc = runtime_accuracy(get_target("torch").compile(
-            control.eval(), [example], WORK / "targets" / "headline" / "control-torch"),
-            control, test)["accuracy"]
+            control, [example], work / "control-torch"), control, test)["accuracy"]
     calib = calib_from_loader(make_loader(data.train, 64, shuffle=True, seed=1), 4)
-    work = WORK / "targets" / "headline"
     candidates = {("torch", "fp32", "dense"): get_target("torch").compile(
         dense, [example], work / "dense-torch", calib=calib, threads=args.threads)}
     failures = {}
+    # The runtime alone, for reference: the dense model on ONNX Runtime.
+    for prec in ("fp32", "int8"):
+        try:
+            candidates[("onnxruntime", prec, "dense")] = get_target("onnxruntime").compile(
+                dense, [example], work / f"dense-onnxruntime-{prec}", precision=prec, calib=calib,
+                threads=args.threads)
+        except Exception as exc:  # noqa: BLE001 - a failing target is reported, not fatal
+            failures[f"dense-onnxruntime-{prec}"] = str(exc)
     for name in [t for t in list_targets(available_only=True) if t in ("torch", "onnxruntime",
                                                                          "ncnn")]:
         tgt = get_target(name)
@@ -127,6 +150,7 @@ def main() -> None:
     print("pick (batch 1):", pick)
     save("targets_headline", {
         "baseline": str(BASELINE.relative_to(WORK.parents[1])), "ratio": args.ratio,
+        "round_to": args.round_to,
         "finetune_epochs": args.finetune_epochs, "finetune_seconds": round(finetune_s, 1),
         "macs_dense": count(dense, (3, 32, 32)).macs, "macs_pruned": count(pruned, (3, 32, 32)).macs,
         "threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
