@@ -138,6 +138,9 @@ class BenchRow:
     accuracy: float | None = None
     acc_delta: float | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    # How the target built this model when it matters to read the row (TVM: "tuned, 32
+    # trials/task" or "untuned"), shown beside the target's name.
+    variant: str = ""
 
 
 @dataclass
@@ -174,11 +177,12 @@ class BenchReport:
                 lines.append(f"| {r.target} | {r.precision} | {r.batch} | {r.status} "
                              "| - | - | - | - | - | - | - |")
                 continue
+            name = f"{r.target} ({r.variant})" if r.variant else r.target
             lat = f(r.latency_ms, ".3f")
             if r.latency_ms_p10 is not None and r.latency_ms_p90 is not None:
                 lat += f" ({r.latency_ms_p10:.3f}-{r.latency_ms_p90:.3f})"
             size = None if r.artifact_bytes is None else r.artifact_bytes / 1024
-            lines.append(f"| {r.target} | {r.precision} | {r.batch} | {lat} "
+            lines.append(f"| {name} | {r.precision} | {r.batch} | {lat} "
                          f"| {f(r.speedup, '.2f')}x | {f(r.latency_ms_min, '.3f')} "
                          f"| {f(r.speedup_min, '.2f')}x | {f(r.peak_rss_mb, '.0f')} "
                          f"| {f(size, '.1f')} | {f(r.accuracy, '.4f')} "
@@ -193,7 +197,8 @@ class BenchReport:
         import matplotlib.pyplot as plt
 
         rows = [r for r in self.rows if r.speedup is not None]
-        labels = [f"{r.target}\n{r.precision} b{r.batch}" for r in rows]
+        labels = [f"{r.target}\n{r.precision} b{r.batch}" + (f"\n{r.variant}" if r.variant else "")
+                  for r in rows]
         fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows)), 3.5))
         bars = ax.bar(range(len(rows)), [r.speedup for r in rows], color="tab:blue")
         ax.bar_label(bars, labels=[f"{r.speedup:.2f}x" for r in rows], fontsize=8)
@@ -214,14 +219,17 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
           calib: Sequence[torch.Tensor] | None = None, test_loader: Iterable[Any] | None = None,
           targets: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
           batches: Sequence[int] = (1,), threads: int = 2, repeats: int = 30, warmup: int = 5,
-          eval_limit: int | None = None, isolate: bool = True, rounds: int = 1) -> BenchReport:
+          eval_limit: int | None = None, isolate: bool = True, rounds: int = 1,
+          target_options: dict[str, dict[str, Any]] | None = None) -> BenchReport:
     """Deploy ``model`` on every (available) target and precision and compare them.
 
     Speed-ups are against PyTorch fp32 measured in this same run.  With ``rounds`` > 1
     every model is measured that many times, round-robin, and its round with the lowest
     median is kept, so that load from other processes on a shared machine hits every
     target alike.  A target that fails (export, parity) is kept as a row with its error,
-    and the others go on.  Writes ``bench.json``, ``bench.md`` and ``bench.png``.
+    and the others go on.  ``target_options`` maps a target name to extra keyword
+    arguments of its ``compile`` (e.g. ``{"tvm": {"trials": 64}}``).  Writes
+    ``bench.json``, ``bench.md`` and ``bench.png``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,7 +245,8 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
                      or (name, p) == ("torch", "fp32")]:
             try:
                 d = tgt.compile(model, [example_input], folder / f"{name}-{prec}",
-                                precision=prec, calib=calib, threads=threads)
+                                precision=prec, calib=calib, threads=threads,
+                                **(target_options or {}).get(name, {}))
             except TamerError as exc:
                 rows.extend(BenchRow(name, prec, b, status=f"failed: {exc}") for b in batches)
                 continue
@@ -265,7 +274,8 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
                                  latency_ms_p90=cost.latency_ms_p90,
                                  latency_ms_min=cost.latency_ms_min,
                                  peak_rss_mb=cost.peak_rss_mb, artifact_bytes=cost.artifact_bytes,
-                                 accuracy=acc.get("accuracy"), parity=d.parity))
+                                 accuracy=acc.get("accuracy"), parity=d.parity,
+                                 variant=str(cost.extra.get("variant", ""))))
     base_acc = accs.get(("torch", "fp32"), {}).get("accuracy")
     for r in rows:
         base = next((x for x in rows if (x.target, x.precision, x.batch) == ("torch", "fp32", r.batch)

@@ -9,6 +9,7 @@ from torch import nn
 
 from tinytamer.deploy import bench, calib_from_loader, deploy
 from tinytamer.recipe import Context, StageParams, register_stage
+from tinytamer.targets.tvm import DEFAULT_TRIALS
 
 
 def _known_target(name: str) -> str:
@@ -40,6 +41,8 @@ class DeployParams(StageParams):
     use_qparams: bool = Field(True, description="int8 on onnxruntime of a model from the "
                               "quantize stage keeps its scales / zero points (else ORT "
                               "calibrates its own)")
+    trials: int = Field(DEFAULT_TRIALS, ge=0, description="target tvm: MetaSchedule trials per tuning task "
+                        "(0: untuned, labelled so)")
 
     @field_validator("target")
     @classmethod
@@ -53,6 +56,8 @@ def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
     from tinytamer.compress.int8 import QuantizedGraph
 
     options: dict[str, Any] = {}
+    if p.target == "tvm":
+        options["trials"] = p.trials
     if p.target == "onnxruntime" and p.precision == "int8":
         if p.use_qparams and isinstance(model, QuantizedGraph):
             options["qparams"] = model
@@ -94,6 +99,8 @@ class BenchParams(StageParams):
     isolate: bool = True
     rounds: int = Field(1, ge=1, description="measure each model this many times round-robin, "
                         "keep the best round")
+    trials: int = Field(DEFAULT_TRIALS, ge=0, description="target tvm: MetaSchedule trials per tuning task "
+                        "(0: untuned, labelled so)")
 
     @field_validator("targets")
     @classmethod
@@ -108,7 +115,8 @@ def bench_stage(model: nn.Module, ctx: Context, p: BenchParams) -> nn.Module:
                    calib=calib_from_loader(ctx.train_loader(), p.calib_batches),
                    test_loader=ctx.test_loader(), targets=p.targets, precisions=p.precisions,
                    batches=p.batches, threads=p.threads, repeats=p.repeats,
-                   eval_limit=p.eval_limit, isolate=p.isolate, rounds=p.rounds)
+                   eval_limit=p.eval_limit, isolate=p.isolate, rounds=p.rounds,
+                   target_options={"tvm": {"trials": p.trials}})
     best = report.best(p.max_acc_drop, batch=p.batches[0])
     ctx.log({**ctx.model_record(model), "bench": report.to_dict()["rows"],
              "best": None if best is None else {"target": best.target,

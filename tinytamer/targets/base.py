@@ -294,7 +294,7 @@ def _load_builtins() -> None:
     # Imported on first use so that ``import tinytamer.targets`` stays light.
     import importlib
 
-    for module in ("pytorch", "onnxrt", "ncnn", "micro"):
+    for module in ("pytorch", "onnxrt", "ncnn", "tvm", "micro"):
         try:
             importlib.import_module(f"tinytamer.targets.{module}")
         except ModuleNotFoundError as exc:
