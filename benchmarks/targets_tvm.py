@@ -38,6 +38,7 @@ from benchmarks.targets_bench import cifar, set_bn_stats  # noqa: E402
 from tinytamer.data import make_loader  # noqa: E402
 from tinytamer.deploy import calib_from_loader, write_json  # noqa: E402
 from tinytamer.targets import Cost, get_target  # noqa: E402
+from tinytamer.targets.base import better_round  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
 
 TUNING_LOG = WORK / "tvm" / "tuning.json"
@@ -80,13 +81,8 @@ def _measure_round_robin(deployed: dict[str, Any], batch: int, args: argparse.Na
         for key, d in deployed.items():
             if key == "tvm fp32 untuned" and batch not in args.untuned_batches:
                 continue
-            cost = d.measure(batch=batch, threads=args.threads, repeats=args.repeats, warmup=5)
-            if key in best:
-                cost.latency_ms_min = min(cost.latency_ms_min, best[key].latency_ms_min)
-                if cost.latency_ms_median >= best[key].latency_ms_median:
-                    best[key].latency_ms_min = cost.latency_ms_min
-                    continue
-            best[key] = cost
+            best[key] = better_round(best.get(key), d.measure(
+                batch=batch, threads=args.threads, repeats=args.repeats, warmup=5))
     return best
 
 

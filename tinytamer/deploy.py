@@ -23,6 +23,7 @@ from torch import nn
 
 from tinytamer.errors import TamerError
 from tinytamer.targets import Cost, Deployed, get_target, list_targets
+from tinytamer.targets.base import better_round
 
 
 def write_json(path: Path, payload: Any) -> Path:
@@ -257,15 +258,8 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
         best: dict[int, Cost] = {}
         for _ in range(rounds):
             for i, (_n, _p, d) in enumerate(deployed_all):
-                cost = d.measure(batch=b, threads=threads, repeats=repeats, warmup=warmup,
-                                 isolate=isolate)
-                if i in best:
-                    # The fastest single run over all rounds; the round with the best median.
-                    cost.latency_ms_min = min(cost.latency_ms_min, best[i].latency_ms_min)
-                    if cost.latency_ms_median >= best[i].latency_ms_median:
-                        best[i].latency_ms_min = cost.latency_ms_min
-                        continue
-                best[i] = cost
+                best[i] = better_round(best.get(i), d.measure(
+                    batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate))
         for i, (name, prec, d) in enumerate(deployed_all):
             cost = best[i]
             acc = accs.get((name, prec), {})

@@ -76,6 +76,16 @@ class Cost:
         return asdict(self)
 
 
+def better_round(prev: Cost | None, cost: Cost) -> Cost:
+    """Of two rounds' measurements, the one with the lower median latency, carrying the
+    fastest single run of both (round-robin timing on a shared machine keeps these)."""
+    if prev is None:
+        return cost
+    best = prev if prev.latency_ms_median <= cost.latency_ms_median else cost
+    best.latency_ms_min = min(prev.latency_ms_min, cost.latency_ms_min)
+    return best
+
+
 def latency_stats(times_s: Sequence[float]) -> dict[str, float]:
     """Median, 10th/90th percentiles and minimum, in ms, of per-call times in seconds."""
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
