@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import os
 import sys
 import time
@@ -83,15 +84,17 @@ def main() -> None:
     work = WORK / "targets" / "headline"
     config = SolverConfig(base_lr=0.01, momentum=0.9, weight_decay=5e-4, lr_policy="poly",
                           power=1.0, epochs=args.finetune_epochs, display=100)
-    # Fine-tuned models are kept (gitignored) so a rerun of the timing needs no retraining.
-    tag = f"r{args.ratio:g}-rt{args.round_to}-e{args.finetune_epochs:g}"
+    # Fine-tuned models are kept (gitignored) so a rerun of the timing needs no retraining;
+    # the baseline's digest is in the name so a retrained baseline is never paired with them.
+    base_id = hashlib.sha256(BASELINE.read_bytes()).hexdigest()[:10]
+    tag = f"{base_id}-r{args.ratio:g}-rt{args.round_to}-e{args.finetune_epochs:g}"
     t0 = time.time()
     pruned = finetuned(work / f"pruned-{tag}.safetensors", config, train,
                        lambda: prune_channels(dense, example, ratio=args.ratio, round_to=args.round_to))
     finetune_s = time.time() - t0
     control_acc = None
     if args.control:
-        control = finetuned(work / f"control-e{args.finetune_epochs:g}.safetensors", config,
+        control = finetuned(work / f"control-{base_id}-e{args.finetune_epochs:g}.safetensors", config,
                             make_loader(data.train, 128, shuffle=True, seed=0),
                             lambda: copy.deepcopy(dense))
         control_acc = runtime_accuracy(get_target("torch").compile(
@@ -149,7 +152,8 @@ def main() -> None:
         print(f"dense fine-tuned the same way (control): acc {control_acc:.4f}")
     print("pick (batch 1):", pick)
     save("targets_headline", {
-        "baseline": str(BASELINE.relative_to(WORK.parents[1])), "ratio": args.ratio,
+        "baseline": str(BASELINE.relative_to(WORK.parents[1])), "baseline_sha256_10": base_id,
+        "baseline_accuracy": acc[("torch", "fp32", "dense")], "ratio": args.ratio,
         "round_to": args.round_to,
         "finetune_epochs": args.finetune_epochs, "finetune_seconds": round(finetune_s, 1),
         "macs_dense": count(dense, (3, 32, 32)).macs, "macs_pruned": count(pruned, (3, 32, 32)).macs,

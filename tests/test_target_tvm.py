@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -45,8 +46,11 @@ def test_missing_backend_says_how_to_install(monkeypatch, tmp_path):
 def test_untuned_compile_matches_torch_and_measures_the_library(tvm, tmp_path):
     model = small_cnn()
     calib = [torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8)]
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     d = get_target("tvm").compile(model, [torch.randn(1, 1, 8, 8)], tmp_path, trials=0,
                                   calib=calib)
+    # TVM pins the thread that runs it; every child started later would inherit one core.
+    assert cpus is None or os.sched_getaffinity(0) == cpus
     assert d.parity["ok"] and d.parity["inputs"] == 10
     assert d.parity["outputs"][0]["max_rel_err"] < 1e-4
     lib = tmp_path / "model.b1.so"
@@ -60,6 +64,7 @@ def test_untuned_compile_matches_torch_and_measures_the_library(tvm, tmp_path):
     assert cost.extra["measured_in"] == "child process" and cost.peak_rss_mb > cost.baseline_rss_mb
     assert cost.latency_ms_median > 0 and cost.artifact_bytes == lib.stat().st_size
     assert cost.extra["tuned"] is False and cost.extra["variant"] == "untuned"
+    assert cpus is None or cost.extra["cpus_available"] == len(cpus)
     # Measuring another batch size builds a library for it first.
     cost4 = d.measure(batch=4, repeats=2, warmup=1, isolate=False)
     assert (tmp_path / "model.b4.so").is_file() and cost4.batch == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 from tinytamer.errors import BackendMissing, TamerError
 from tinytamer.export.onnx import ExportError
 from tinytamer.targets import Cost, ParityError, get_target, list_targets
-from tinytamer.targets.base import check_parity
+from tinytamer.targets.base import available_cpus, check_parity
 
 torch.set_num_threads(1)
 
@@ -160,3 +161,17 @@ def test_better_round_keeps_the_lower_median_and_the_fastest_run():
     c = Cost("t", "fp32", 1, 1, latency_ms_median=3.0, latency_ms_min=0.5)
     best = better_round(best, c)
     assert best is b and best.latency_ms_min == 0.5
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or available_cpus() < 2,
+                    reason="needs CPU affinity control and two CPUs")
+def test_measure_says_when_the_process_has_fewer_cpus_than_threads(ort_fp32):
+    keep = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(keep)})
+    try:
+        with pytest.warns(UserWarning, match=r"2 threads but this process may run on 1 CPU"):
+            cost = ort_fp32.measure(batch=1, threads=2, repeats=2, warmup=1)
+    finally:
+        os.sched_setaffinity(0, keep)
+    assert cost.extra["cpus_available"] == 1
+    assert ort_fp32.measure(batch=1, threads=2, repeats=2, warmup=1).extra["cpus_available"] >= 2

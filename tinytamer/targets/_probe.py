@@ -36,14 +36,15 @@ def main(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     module_name, func_name = job["loader"].split(":")
     loader = getattr(importlib.import_module(module_name), func_name)
-    from tinytamer.targets.base import random_inputs, time_calls
+    from tinytamer.targets.base import available_cpus, random_inputs, time_calls
 
     inputs = random_inputs(job["shapes"], job["dtypes"])
+    cpus = available_cpus()  # before the backend loads: what this process was given
     baseline = _peak_rss_mb()
     run = loader(job["threads"], **job.get("args", {}))
     times = time_calls(lambda: run(inputs), job["repeats"], job["warmup"])
     print(json.dumps({"times_s": times, "peak_rss_mb": _peak_rss_mb(),
-                      "baseline_rss_mb": baseline}))
+                      "baseline_rss_mb": baseline, "cpus": cpus}))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -172,11 +173,19 @@ class Deployed(ABC):
             cost.peak_rss_mb = result["peak_rss_mb"]
             cost.baseline_rss_mb = result["baseline_rss_mb"]
             cost.extra["measured_in"] = "child process"
+            cpus = result["cpus"]
             times = result["times_s"]
         else:
             inputs = random_inputs(shapes, self.input_dtypes)
+            cpus = available_cpus()
             times = self._timed_here(inputs, threads, repeats, warmup)
             cost.extra["measured_in"] = "this process (peak memory not isolated)"
+        cost.extra["cpus_available"] = cpus
+        if threads > cpus:
+            # Still a true measurement, but not of ``threads`` cores: say so where it is read.
+            warnings.warn(f"{self.target} {self.precision}: timed with {threads} threads but "
+                          f"this process may run on {cpus} CPU(s) only (its CPU affinity); "
+                          "the latency is that of the smaller machine", stacklevel=2)
         for key, value in latency_stats(times).items():
             setattr(cost, key, value)
         return cost
@@ -185,6 +194,13 @@ class Deployed(ABC):
                     warmup: int) -> list[float]:
         """Time in this process; targets whose thread count is per process override it."""
         return time_calls(lambda: self.run(inputs), repeats, warmup)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), not just how many the machine has."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def run_probe(spec: dict[str, Any], shapes: list[tuple[int, ...]], dtypes: list[str],

@@ -83,22 +83,34 @@ def target_key(target: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
 
 
-def set_threads(threads: int) -> None:
-    """Size TVM's (process-wide) worker pool: ``threads`` workers, no affinity pinning."""
+def set_threads(threads: int, pin: bool = False) -> None:
+    """Size TVM's (process-wide) worker pool to ``threads`` workers.
+
+    TVM pins its workers, the calling thread included, to one core each.  Processes
+    started later from a pinned thread inherit its single core: measured, every child
+    that timed a model after a TVM compile in this process ran on one core.  So the
+    calling thread's affinity is given back unless ``pin`` (the measuring child, which
+    runs TVM as it ships).
+    """
     import tvm
 
+    keep = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+    if keep is not None and not pin:
+        os.sched_setaffinity(0, keep)
 
 
-def load_runtime(threads: int, path: str) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def load_runtime(threads: int, path: str, pin: bool = False
+                 ) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """Load a compiled library into a Relax VM; return ``run(arrays) -> arrays``.
 
-    Used by the measuring child process (``tinytamer.targets._probe``) and by this one.
+    Used by the measuring child process (``tinytamer.targets._probe``, ``pin=True``) and
+    by this one.
     """
     import tvm
     from tvm import relax
 
-    set_threads(threads)
+    set_threads(threads, pin=pin)
     vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
     main = vm["main"]
 
@@ -394,7 +406,7 @@ class TvmDeployed(Deployed):
 
     def probe_spec(self) -> dict[str, Any]:
         return {"loader": "tinytamer.targets.tvm:load_runtime",
-                "args": {"path": str(self.libs[self._measure_batch])}}
+                "args": {"path": str(self.libs[self._measure_batch]), "pin": True}}
 
     def measure(self, batch: int = 1, threads: int | None = None, repeats: int = 30,
                 warmup: int = 5, isolate: bool = True, timeout_s: float = 600.0) -> Cost:
