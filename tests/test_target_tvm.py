@@ -60,6 +60,7 @@ def test_untuned_compile_matches_torch_and_measures_the_library(tvm, tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(d(x.numpy())[0], ref, rtol=1e-4, atol=1e-5)
+    assert cpus is None or os.sched_getaffinity(0) == cpus
     cost = d.measure(batch=1, repeats=3, warmup=1)
     assert cost.extra["measured_in"] == "child process" and cost.peak_rss_mb > cost.baseline_rss_mb
     assert cost.latency_ms_median > 0 and cost.artifact_bytes == lib.stat().st_size
