@@ -94,10 +94,19 @@ def set_threads(threads: int, pin: bool = False) -> None:
     """
     import tvm
 
+    with contextlib.nullcontext() if pin else keeping_cpus():
+        tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+
+
+@contextlib.contextmanager
+def keeping_cpus() -> Iterator[None]:
+    """Give the calling thread back the CPUs it had, whatever TVM pinned it to meanwhile."""
     keep = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
-    if keep is not None and not pin:
-        os.sched_setaffinity(0, keep)
+    try:
+        yield
+    finally:
+        if keep is not None:
+            os.sched_setaffinity(0, keep)
 
 
 def load_runtime(threads: int, path: str, pin: bool = False
@@ -471,8 +480,10 @@ class TvmTarget:
         echo = _echo if progress else None
 
         def build(batch: int) -> tuple[Path, dict[str, Any]]:
-            return _build_library(model, batch, input_shapes, input_dtypes, target, trials,
-                                  db_dir, workdir, seed, echo)
+            # Tuning and compiling may run TVM code here (constant folding, cost model).
+            with keeping_cpus():
+                return _build_library(model, batch, input_shapes, input_dtypes, target, trials,
+                                      db_dir, workdir, seed, echo)
 
         deployed = TvmDeployed(build, int(example_inputs[0].shape[0]), target=self.name,
                                precision=precision, input_shapes=input_shapes,
