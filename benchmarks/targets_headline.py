@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--control", action="store_true",
                     help="fine-tune the dense model the same way and judge against the better")
+    ap.add_argument("--result", default="targets_headline",
+                    help="name of the JSON written under benchmarks/results/")
     args = ap.parse_args()
     if not BASELINE.is_file():
         sys.exit(f"trained baseline not found: {BASELINE} (run: python benchmarks/baselines.py "
@@ -151,7 +153,7 @@ def main() -> None:
     if control_acc is not None:
         print(f"dense fine-tuned the same way (control): acc {control_acc:.4f}")
     print("pick (batch 1):", pick)
-    save("targets_headline", {
+    save(args.result, {
         "baseline": str(BASELINE.relative_to(WORK.parents[1])), "baseline_sha256_10": base_id,
         "baseline_accuracy": acc[("torch", "fp32", "dense")], "ratio": args.ratio,
         "round_to": args.round_to,
