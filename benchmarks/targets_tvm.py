@@ -123,6 +123,7 @@ def time_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
                              "speedup_vs_torch": base.latency_ms_median / c.latency_ms_median,
                              "speedup_min_vs_torch": base.latency_ms_min / c.latency_ms_min,
                              "peak_rss_mb": c.peak_rss_mb, "artifact_bytes": c.artifact_bytes,
+                             "cpus_available": c.extra.get("cpus_available"),
                              "max_rel_err": deployed[key].parity["outputs"][0]["max_rel_err"],
                              **({"tvm": tvm_info} if tvm_info else {})})
                 print(f"{name} b{b} {key:18s} {c.latency_ms_median:9.3f} ms  "

@@ -51,6 +51,7 @@ def test_bench_compares_against_torch_in_the_same_run(tmp_path):
     assert all(r.speedup == pytest.approx(1.0) and r.acc_delta == 0.0 for r in base)
     for r in report.rows:
         assert r.status == "ok" and r.latency_ms > 0 and r.accuracy is not None
+        assert r.cpus_available is not None and r.cpus_available >= 1
     assert (tmp_path / "bench.png").stat().st_size > 0
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert len(saved["rows"]) == 6 and "| onnxruntime | int8 |" in (tmp_path / "bench.md").read_text()

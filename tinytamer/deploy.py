@@ -142,6 +142,8 @@ class BenchRow:
     # How the target built this model when it matters to read the row (TVM: "tuned, 32
     # trials/task" or "untuned"), shown beside the target's name.
     variant: str = ""
+    # CPUs the timing process could run on: fewer than ``threads`` means a smaller machine.
+    cpus_available: int | None = None
 
 
 @dataclass
@@ -269,7 +271,8 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
                                  latency_ms_min=cost.latency_ms_min,
                                  peak_rss_mb=cost.peak_rss_mb, artifact_bytes=cost.artifact_bytes,
                                  accuracy=acc.get("accuracy"), parity=d.parity,
-                                 variant=str(cost.extra.get("variant", ""))))
+                                 variant=str(cost.extra.get("variant", "")),
+                                 cpus_available=cost.extra.get("cpus_available")))
     base_acc = accs.get(("torch", "fp32"), {}).get("accuracy")
     for r in rows:
         base = next((x for x in rows if (x.target, x.precision, x.batch) == ("torch", "fp32", r.batch)
