@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -106,6 +107,19 @@ def test_tuning_fills_a_database_that_the_next_compile_reuses(tvm, tmp_path, cap
     assert second.parity["ok"]
     cost = second.measure(batch=1, repeats=2, warmup=1, isolate=False)
     assert cost.extra["variant"] == "tuned, 4 trials/task" and cost.extra["trials_per_task"] == 4
+
+    # A larger budget tunes the recorded tasks further instead of reusing them as they are.
+    third = get_target("tvm").compile(model, [x], tmp_path / "c", trials=8, database=db,
+                                      progress=False)
+    more = third.tuning[1]
+    assert more["tasks_tuned_now"] == more["tasks_tuned_further"] == info["tasks"]
+    assert more["trials_measured_now"] >= 1 and more["variant"] == "tuned, 8 trials/task"
+    budgets = json.loads((db / "budgets.json").read_text())
+    assert len(budgets) == info["tasks"] and set(budgets.values()) == {8}
+    assert third.parity["ok"]
+    (db / "budgets.json").write_text("[1, 2]")
+    with pytest.raises(TamerError, match="budgets.json is not a JSON object"):
+        get_target("tvm").compile(model, [x], tmp_path / "d", trials=8, database=db)
 
 
 def test_bad_requests_are_named(tvm, tmp_path):

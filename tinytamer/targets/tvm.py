@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import json
 import math
 import os
 import platform
@@ -250,63 +251,107 @@ def _database(folder: Path) -> Any:
                                     allow_missing=True)
 
 
-def _has_records(db: Any, mod: Any) -> bool:
-    return bool(db.has_workload(mod) and db.get_top_k(db.commit_workload(mod), 1))
+def _records(db: Any, mod: Any) -> int:
+    """How many measured candidates ``db`` holds for one task."""
+    if not db.has_workload(mod):
+        return 0
+    return len(db.get_top_k(db.commit_workload(mod), 1 << 20))
+
+
+BUDGETS = "budgets.json"  # per task (structural hash): the trials it has been tuned with
+
+
+def _budgets(database: Path) -> dict[str, int]:
+    path = database / BUDGETS
+    if not path.is_file():
+        return {}
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError) as exc:
+        raise TamerError(f"tvm tuning database {database}: {BUDGETS} is not a JSON object of "
+                         f"trial counts ({exc}); delete it to count budgets from the records") from exc
 
 
 def tune(mod: Any, target: dict[str, Any], database: Path, trials: int, logs: Path, *,
          seed: int = 0, echo: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
-    """Tune the tasks of a Relax module that the database lacks; return it and what was done.
+    """Tune the tasks of a Relax module up to ``trials`` each; return the database and what was done.
 
-    Each task (fused operator at one shape) without a record in ``database`` gets
-    ``trials`` measured candidates; tasks with records (from any earlier model) are
-    reused as they are.  MetaSchedule's gradient task scheduler first gives every task
-    one round, so with ``trials`` per round every task is tuned once.
+    The database remembers each task's (fused operator at one shape) budget so far, for any
+    model that had it.  A task tuned with at least ``trials`` is reused as it is; one tuned
+    with fewer gets the difference, searched from its best records so far; a new task gets
+    ``trials``.  A task recorded without a budget (older databases) counts its records.
+    MetaSchedule's gradient task scheduler first gives every task one round, so with
+    ``trials`` per round every task is tuned once.
     """
+    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.target import Target
 
+    from tinytamer.rundir import write_atomic  # here: the measuring child must not import torch
+
     tvm_target = Target(target)
     db = _database(database)
+    budgets = _budgets(database)
     tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
-    todo = [t for t in tasks if not _has_records(db, t.dispatched[0])]
+    keys = [str(tvm_ffi.structural_hash(t.dispatched[0])) for t in tasks]
+    have = [budgets.get(k, _records(db, t.dispatched[0])) for k, t in zip(keys, tasks, strict=True)]
+    todo = [i for i, h in enumerate(have) if h < trials]
     info: dict[str, Any] = {"tasks": len(tasks), "tasks_from_database": len(tasks) - len(todo),
-                            "tasks_tuned_now": len(todo), "trials_per_task": trials,
-                            "trials_measured_now": 0, "database": str(database)}
+                            "tasks_tuned_now": len(todo),
+                            "tasks_tuned_further": sum(1 for i in todo if have[i] > 0),
+                            "trials_per_task": trials, "trials_measured_now": 0,
+                            "database": str(database)}
     t0 = time.perf_counter()
+    before = {i: _records(db, tasks[i].dispatched[0]) for i in todo}
     if todo:
         if echo:
-            echo(f"tvm tuning: {len(todo)} of {len(tasks)} tasks, {trials} trials each "
+            echo(f"tvm tuning: {len(todo)} of {len(tasks)} tasks up to {trials} trials each "
                  f"({len(tasks) - len(todo)} reused from {database})")
-        per_iter = min(trials, 32)
-        strategy = ms.search_strategy.EvolutionarySearch(population_size=256,
-                                                         init_min_unmeasured=min(50, trials))
-        with _without_tensor_intrin(target), _quiet_meta_schedule_console():
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                todo, work_dir=str(logs), space="post-order-apply", strategy=strategy,
-                num_threads=int(target["num-cores"]), seed=seed)
-            callbacks = [*ms.measure_callback.MeasureCallback.create("default")]
-            builder = ms.builder.LocalBuilder(f_build=build_in_worker, timeout_sec=120.0)
-            if echo:
-                callbacks.append(_progress_callback(len(contexts), [c.task_name for c in contexts],
-                                                    echo))
-                builder = _echo_builder(builder, len(contexts), echo)
-            ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(logs),
-                max_trials_global=trials * len(contexts), max_trials_per_task=trials,
-                num_trials_per_iter=per_iter,
-                builder=builder,
-                runner=ms.runner.LocalRunner(timeout_sec=60.0),
-                database=db, cost_model="xgb", measure_callbacks=callbacks,
-                task_scheduler="gradient")
-        info["trials_measured_now"] = sum(len(db.get_top_k(db.commit_workload(t.dispatched[0]),
-                                                            1 << 20)) for t in todo)
+        # Tasks short by the same number of trials are tuned together.
+        groups: dict[int, list[int]] = {}
+        for i in todo:
+            groups.setdefault(trials - have[i], []).append(i)
+        for more, ids in sorted(groups.items()):
+            _tune_tasks([tasks[i] for i in ids], target, db, more, logs, seed, echo)
+            for i in ids:
+                budgets[keys[i]] = trials
+            write_atomic(database / BUDGETS, json.dumps(budgets, indent=1, sort_keys=True))
+        info["trials_measured_now"] = sum(_records(db, tasks[i].dispatched[0]) - before[i]
+                                          for i in todo)
     info["tuning_s"] = round(time.perf_counter() - t0, 2)
-    missing = [t.task_name for t in tasks if not _has_records(db, t.dispatched[0])]
+    missing = [t.task_name for t in tasks if not _records(db, t.dispatched[0])]
     # A task whose every candidate failed keeps TVM's default schedule: say so.
     info["tasks_untuned"] = missing
     info["tuned"] = not missing
     return db, info
+
+
+def _tune_tasks(tasks: list[Any], target: dict[str, Any], db: Any, trials: int, logs: Path,
+                seed: int, echo: Callable[[str], None] | None) -> None:
+    """``trials`` more measured candidates for each of ``tasks``, recorded in ``db``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    per_iter = min(trials, 32)
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=256,
+                                                     init_min_unmeasured=min(50, trials))
+    with _without_tensor_intrin(target), _quiet_meta_schedule_console():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir=str(logs), space="post-order-apply", strategy=strategy,
+            num_threads=int(target["num-cores"]), seed=seed)
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default")]
+        builder = ms.builder.LocalBuilder(f_build=build_in_worker, timeout_sec=120.0)
+        if echo:
+            callbacks.append(_progress_callback(len(contexts), [c.task_name for c in contexts],
+                                                echo))
+            builder = _echo_builder(builder, len(contexts), echo)
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(logs),
+            max_trials_global=trials * len(contexts), max_trials_per_task=trials,
+            num_trials_per_iter=per_iter,
+            builder=builder,
+            runner=ms.runner.LocalRunner(timeout_sec=60.0),
+            database=db, cost_model="xgb", measure_callbacks=callbacks,
+            task_scheduler="gradient")
 
 
 @contextlib.contextmanager
