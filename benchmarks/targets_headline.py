@@ -1,8 +1,9 @@
 """Headline: trained ResNet-8 on CIFAR-10, channel-pruned + int8 on the best target, vs dense fp32.
 
-    python benchmarks/baselines.py resnet8            # first: the trained baseline
+    python benchmarks/baselines.py resnet8 --epochs 30   # first: the trained baseline
     python benchmarks/targets_headline.py             # prune 50 %, fine-tune, int8, compare
-    python benchmarks/targets_headline.py --ratio 0.25 --finetune-epochs 4 --control
+    python benchmarks/targets_headline.py --ratio 0.125 --round-to 2 --finetune-epochs 6 \
+        --control --result targets_headline_r0.125     # the run in RESULTS.md
 
 The dense model is the trained baseline (``benchmarks/work/baselines/resnet8.safetensors``).
 It is channel-pruned (L1, per-layer ``--ratio``, multiples of ``--round-to``, classifier kept) and
