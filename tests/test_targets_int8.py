@@ -137,4 +137,38 @@ def test_saturating_int8_kernels_stop_the_deployment(trained, tmp_path, monkeypa
 
     monkeypatch.setattr(onnxrt.OrtDeployed, "run", clipped)
     with pytest.raises(ParityError, match="fused int8 kernels disagree.*reduce_range=True"):
-        get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8", calib=calib)
+        get_target("onnxruntime").compile(model, [x[:1]], tmp_path / "8", precision="int8",
+                                          calib=calib, reduce_range=False)
+    # 7-bit weights cannot saturate: a large error is named as a kernel problem instead.
+    with pytest.raises(ParityError, match=r"7-bit, which rules out saturation.*relative"):
+        get_target("onnxruntime").compile(model, [x[:1]], tmp_path / "7", precision="int8",
+                                          calib=calib, reduce_range=True)
+
+
+@pytest.mark.parametrize("bits, rel_err, cause", [
+    (7, 1e-3, r"7-bit and the error is small \(relative 0.001\).*rounding"),
+    (7, 0.6, r"7-bit, which rules out saturation.*relative 0.6.*kernel problem"),
+    (8, 1e-3, r"saturate with 8-bit weights.*reduce_range=True"),
+])
+def test_int8_kernel_disagreement_names_its_likely_cause(monkeypatch, bits, rel_err, cause):
+    """Top-1 flips on near-tied outputs: rounding (7-bit), a kernel fault, or saturation (8-bit)."""
+    from tinytamer.targets import onnxrt
+    from tinytamer.targets.base import ParityError
+
+    ref = np.tile(np.array([[1.0, 1.0 - 1e-4, 0.0]], dtype=np.float32), (64, 1))
+    out = ref.copy()
+    out[:, 0], out[:, 1] = 1.0 - rel_err, 1.0  # top-1 flips on every input
+
+    class Session:  # the unoptimised QDQ reference
+        def run(self, _names, _feed):
+            return [ref]
+
+    class Deployed:
+        path, names, info = "model.int8.onnx", ["x"], {"weight_bits": bits}
+
+        def __call__(self, *arrays):
+            return [out]
+
+    monkeypatch.setattr(onnxrt, "make_session", lambda *a, **k: Session())
+    with pytest.raises(ParityError, match=cause):
+        onnxrt.check_int8_kernels(Deployed(), [torch.zeros(64, 3)], "test model")
