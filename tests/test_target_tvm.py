@@ -179,3 +179,12 @@ def test_deploy_stage_passes_the_trial_budget_and_records_it(tvm, tmp_path):
     assert dep["target"] == "tvm" and dep["parity"]["ok"] and dep["eval_samples"] == 32
     assert dep["cost"]["extra"]["tuned"] is False and dep["cost"]["extra"]["variant"] == "untuned"
     assert dep["accuracy"] == pytest.approx(dep["accuracy_torch"])
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"a": null}', '{"a": "many"}', "{not json"])
+def test_a_damaged_budget_ledger_is_named(tmp_path, text):
+    (tmp_path / "budgets.json").write_text(text)
+    with pytest.raises(TamerError, match=r"budgets.json is not a JSON object of trial counts"):
+        tvm_target._budgets(tmp_path)
+    (tmp_path / "budgets.json").write_text('{"123": 8}')
+    assert tvm_target._budgets(tmp_path) == {"123": 8}

@@ -267,7 +267,7 @@ def _budgets(database: Path) -> dict[str, int]:
         return {}
     try:
         return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, TypeError) as exc:
         raise TamerError(f"tvm tuning database {database}: {BUDGETS} is not a JSON object of "
                          f"trial counts ({exc}); delete it to count budgets from the records") from exc
 
