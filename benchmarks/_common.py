@@ -45,6 +45,11 @@ def machine() -> dict[str, Any]:
         pass
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                          capture_output=True, text=True).stdout.strip()
+    # Any change but the benchmarks' own outputs (results/, RESULTS.md) makes the tree dirty.
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
+                            capture_output=True, text=True).stdout
+    changed = [ln[3:] for ln in status.splitlines()
+               if not ln[3:].startswith(("benchmarks/results/", "benchmarks/RESULTS.md"))]
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -54,6 +59,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "git": git or None,
+        "git_dirty": bool(changed) if git else None,
+        "git_changed": changed[:20],
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
 
