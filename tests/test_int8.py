@@ -11,6 +11,7 @@ from torch import nn
 from tinytamer.compress import int8
 from tinytamer.compress.int8 import FakeQuantAct, QuantConv2d, QuantLinear
 from tinytamer.errors import ModelError, RecipeError
+from tinytamer.qgraph import QuantizedGraph, as_graph_module
 
 torch.set_num_threads(1)
 
@@ -332,13 +333,13 @@ def test_quantized_graph_saves_and_rebuilds(trained: nn.Module, digits: tuple, t
 
     x, _ = digits
     gm = int8.quantize_ptq(trained, [x[:100]], select={"overrides": {"fc": {"bits": 4}}})
-    saved = int8.QuantizedGraph(gm)
+    saved = QuantizedGraph(gm)
     loaded = load_checkpoint(save_checkpoint(saved, tmp_path / "q.safetensors"))
     with torch.no_grad():
         assert torch.equal(loaded(x[:50]), gm(x[:50]))
-    back = int8.as_graph_module(loaded)
+    back = as_graph_module(loaded)
     assert isinstance(back, torch.fx.GraphModule)
     assert int8.quant_params(back) == int8.quant_params(gm)
     assert [n.op for n in back.graph.nodes] == [n.op for n in gm.graph.nodes]
     with pytest.raises(ModelError, match="not a quantized graph"):
-        int8.as_graph_module(trained)
+        as_graph_module(trained)

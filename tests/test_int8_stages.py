@@ -12,6 +12,7 @@ from tinytamer.checkpoint import load_checkpoint
 from tinytamer.compress import int8
 from tinytamer.compress.fixedpoint import FixedPointConv2d
 from tinytamer.errors import RecipeError
+from tinytamer.qgraph import as_graph_module
 from tinytamer.recipe import parse_recipe, run
 
 torch.set_num_threads(1)
@@ -45,7 +46,7 @@ def test_quantize_ptq_and_qat_stages(tmp_path) -> None:
     # The run folder's checkpoint rebuilds the quantized graph exactly.
     ckpt = rundir.path / rundir.completed()[-1]["checkpoint"]
     model = load_checkpoint(ckpt)
-    gm = int8.as_graph_module(model)
+    gm = as_graph_module(model)
     assert int8.quant_params(gm) == params
 
     recs, _ = _run(tmp_path / "qat", [

@@ -2,93 +2,199 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from tinytamer.errors import TamerError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Group(TyperGroup):
+    """Prints a user error as one line (exit 2) and an interruption with how to resume (130).
+
+    Done here rather than around ``app()`` so that typer's CliRunner sees what a user sees.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TamerError as exc:
+            # The message holds file paths and install hints like 'tinytamer[tvm]': not markup.
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: resume with `tamer run --resume runs/<name>`")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="tinytamer: train, compress, deploy and measure a PyTorch model for a small device.")
 console = Console()
 
 NameOpt = Annotated[str | None, typer.Option(help="run name (folder runs/<name>)")]
 RunsOpt = Annotated[Path, typer.Option(help="folder that holds the runs")]
-ModelOpt = Annotated[str, typer.Option(help="zoo model name or package.module:factory")]
-WeightsOpt = Annotated[str | None, typer.Option(help="checkpoint (.safetensors) to start from")]
-DataOpt = Annotated[str, typer.Option(help="dataset name (digits, mnist, fashion-mnist, cifar10, imagefolder)")]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="zoo model name or package.module:factory (default: democnn)")]
+WeightsOpt = Annotated[str | None, typer.Option(help="checkpoint (.safetensors) or compressed "
+                                                     "file (.tt) to start from")]
+DataOpt = Annotated[str | None, typer.Option(
+    help="dataset name, see `tamer list datasets` (default: digits; with --run: the run's)")]
 RootOpt = Annotated[str | None, typer.Option(help="dataset folder or archive")]
 SizeOpt = Annotated[int | None, typer.Option(help="resize images to SIZE x SIZE")]
 FromRunOpt = Annotated[Path | None, typer.Option("--run", help="start from this run's last model and data")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="stage parameter KEY=VALUE (YAML value; dots nest)")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="stage parameter KEY=VALUE (YAML value; dots nest; see `tamer list stages NAME`); "
+                  "data.KEY=VALUE and model.KEY=VALUE set the recipe's data and model "
+                  "(see `tamer list recipe`)")]
 OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing run folder of the same name")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress bars")]
 
 
+def _echo(text: str) -> None:
+    """Print plain text (paths, names, messages): never read as rich markup."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    from tinytamer.recipe import load_yaml
+
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise TamerError(f"--set expects KEY=VALUE, got '{item}'")
+        if not sep or not key or "" in key.split("."):
+            raise TamerError(f"--set expects KEY=VALUE with KEY like 'sparsity' or 'data.augment', "
+                             f"got '{item}'")
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise TamerError(f"--set {key}: '{part}' was already given a value")
+        node[leaf] = load_yaml(value, f"--set {key}")
     return out
 
 
-def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Path, model: str,
-               weights: str | None, data: str, root: str | None, size: int | None,
-               from_run: Path | None, overwrite: bool, quiet: bool,
-               extra_stages: list[dict[str, Any]] | None = None) -> Any:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Path,
+               model: str | None, weights: str | None, data: str | None, root: str | None,
+               size: int | None, from_run: Path | None, overwrite: bool, quiet: bool,
+               extra_stages: list[dict[str, Any]] | None = None, what: str = "") -> Any:
+    """Run ``stage`` (then ``extra_stages``) as a recipe; ``params`` may hold ``data`` and
+    ``model`` mappings from ``--set data.KEY=...`` (no stage has keys of those names)."""
     from tinytamer.recipe import parse_recipe, run
 
+    overrides = {key: params.pop(key) for key in ("data", "model") if key in params}
+    for key, value in overrides.items():
+        if not isinstance(value, dict):
+            raise TamerError(f"--set {key}=...: set one {key} option at a time, "
+                             f"as --set {key}.KEY=VALUE (see `tamer list recipe`)")
     if from_run is not None:
         from tinytamer.rundir import RunDir
 
+        if weights is not None or model is not None:
+            raise TamerError("--run starts from that run's last model: give --run, or "
+                             "--model/--weights, not both")
         src = RunDir.open(from_run)
-        base = yaml.safe_load(src.recipe_path.read_text())
+        base = parse_recipe(src.recipe_path)
         done = sorted(src.completed(), key=lambda c: c["index"])
         if not done:
             raise TamerError(f"run {from_run} has no finished stage to start from")
-        raw = {"data": base["data"], "seed": base.get("seed", 0),
-               "model": {**base["model"], "weights": str(from_run / done[-1]["checkpoint"])}}
+        raw_model = {**base.model.model_dump(mode="json"),
+                     "weights": str(from_run / done[-1]["checkpoint"])}
+        # Another dataset replaces the run's; --root / --size alone adjust the run's.
+        raw_data = {} if data is not None else base.data.model_dump(mode="json")
+        seed = base.seed
     else:
-        raw = {"data": {"name": data, "root": root, "size": size},
-               "model": {"name": model, "weights": weights}}
-    raw["name"] = name or f"{stage}-{raw['model']['name'].split(':')[-1]}"
-    raw["stages"] = [{stage: params}, *(extra_stages or [])]
+        raw_model, raw_data, seed = {"name": model or "democnn", "weights": weights}, {}, 0
+    given = {"name": data, "root": root, "size": size}
+    raw_data = _merge(raw_data, {k: v for k, v in given.items() if v is not None})
+    raw_data = _merge(raw_data, overrides.get("data", {}))
+    raw_model = _merge(raw_model, overrides.get("model", {}))
+    model_name = str(raw_model.get("name", "democnn"))
+    raw = {"name": name or f"{stage}-{model_name.split(':')[-1]}", "seed": seed,
+           "data": raw_data, "model": raw_model,
+           "stages": [{stage: params}, *(extra_stages or [])]}
     recipe = parse_recipe(raw, source=f"tamer {stage}")
-    rundir = run(recipe, runs / recipe.name, overwrite=overwrite, progress=not quiet,
-                 echo=console.print)
+    # A checkpoint or .tt holds its architecture: then the weights file is what says the model.
+    start = f"weights {recipe.model.weights}" if recipe.model.weights else \
+        f"model {recipe.model.name} (untrained)"
+    # Say what is about to run before any slow work (data decoding, compiling, tuning).
+    _echo(f"tamer {stage}: {start}, data {recipe.data.name}"
+          f"{', ' + what if what else ''} -> {runs / recipe.name}")
+    rundir = run(recipe, runs / recipe.name, overwrite=overwrite, progress=not quiet, echo=_echo)
     _summary(rundir)
     return rundir
 
 
+def _parity_text(record: dict[str, Any]) -> str:
+    parity = record.get("parity")
+    if not isinstance(parity, dict) or "ok" not in parity:
+        return "parity not checked"
+    outputs = parity.get("outputs", [])
+    errs = [o["max_abs_err"] for o in outputs if "max_abs_err" in o]
+    details = [f"max |d| {max(errs):.3g}"] if errs else []
+    agree = [o["top1_agree"] for o in outputs if "top1_agree" in o]
+    if agree and min(agree) < 1:  # reduced precision is judged by its top-1 agreement
+        details.append(f"top-1 agreement {min(agree):.1%}")
+    if record.get("bit_exact_inputs"):
+        details.append(f"bit-exact vs the C reference on {record['bit_exact_inputs']} inputs")
+    return f"parity {'ok' if parity['ok'] else 'FAILED'}" + (f" ({'; '.join(details)})" if details else "")
+
+
+def _samples(n: Any, total: Any) -> str:
+    """``1,000 of 10,000`` where a score used part of the test set, else ``360``."""
+    if not isinstance(n, int) or not n:
+        return ""
+    return f"{n:,} of {total:,}" if isinstance(total, int) and total > n else f"{n:,}"
+
+
+def _record_line(r: dict[str, Any]) -> str:
+    parts = [f"{r['index']}:{r['stage']}".ljust(18)]
+    if r.get("target"):
+        # Where it ran, at which precision, and whether it matched PyTorch.
+        parts.append(" ".join(str(x) for x in (r["target"], r.get("precision")) if x))
+        parts.append(_parity_text(r))
+    if r.get("device_accuracy") is not None:
+        n = _samples(r.get("device_accuracy_samples"), r.get("device_accuracy_total"))
+        parts.append(f"accuracy on device {r['device_accuracy']:.2%} ({n} samples)")
+    elif r.get("accuracy") is not None:
+        where = r["target"] if r.get("target") else "PyTorch"
+        n = _samples(r.get("eval_samples"), r.get("eval_total"))
+        parts.append(f"accuracy {r['accuracy']:.2%}" + (f" ({n} samples, {where})" if n else ""))
+    for key in ("nonzero_params", "macs", "bytes", "instructions", "est_cycles", "flash_bytes", "sram_bytes"):
+        if r.get(key) is not None:
+            parts.append(f"{key} {r[key]:,}")
+    if r.get("bytes") and r.get("dense_bytes") and r.get("file", "").endswith(".tt"):
+        parts.append(f"({r['dense_bytes'] / r['bytes']:.1f}x smaller than float32)")
+    if r.get("latency_ms") is not None:
+        parts.append(f"latency {r['latency_ms']:.3f} ms")
+    best = r.get("best")
+    if isinstance(best, dict) and best.get("speedup") is not None:
+        parts.append(f"fastest: {best['target']} {best['precision']} {best['speedup']:.2f}x")
+    return "  " + "  ".join(parts)
+
+
 def _summary(rundir: Any) -> None:
-    stages = [r for r in rundir.records() if r.get("kind") == "stage"]
-    for r in stages:
-        parts = [f"{r['index']}:{r['stage']}"]
-        if r.get("device_accuracy") is not None:
-            parts.append(f"accuracy on device {r['device_accuracy']:.2%} ({r.get('device_accuracy_samples')} samples)")
-        elif r.get("accuracy") is not None:
-            parts.append(f"accuracy {r['accuracy']:.2%}")
-        for key in ("nonzero_params", "macs", "bytes", "instructions", "est_cycles", "flash_bytes", "sram_bytes"):
-            if r.get(key) is not None:
-                parts.append(f"{key} {r[key]:,}")
-        if r.get("bytes") and r.get("dense_bytes") and r.get("file", "").endswith(".tt"):
-            parts.append(f"({r['dense_bytes'] / r['bytes']:.1f}x smaller than float32)")
-        if r.get("latency_ms") is not None:
-            parts.append(f"latency {r['latency_ms']:.3f} ms")
-        console.print("  " + "  ".join(parts), soft_wrap=True)
-    console.print(f"run folder: [bold]{rundir.path}[/]")
-    console.print(f"report:     [bold]{rundir.path / 'report.html'}[/]")
+    for r in rundir.records():
+        if r.get("kind") == "stage":
+            _echo(_record_line(r))
+    _echo(f"run folder: {rundir.path}")
+    _echo(f"report:     {rundir.path / 'report.html'}")
 
 
 @app.command()
@@ -100,10 +206,10 @@ def demo(runs: RunsOpt = Path("runs"), quiet: QuietOpt = False) -> None:
 
     text = files("tinytamer").joinpath("recipes/demo.yaml").read_text()
     recipe = parse_recipe(text, source="built-in demo recipe")
-    rundir = run(recipe, runs / recipe.name, overwrite=True, progress=not quiet, echo=console.print)
+    rundir = run(recipe, runs / recipe.name, overwrite=True, progress=not quiet, echo=_echo)
     _summary(rundir)
     for png in sorted(rundir.path.glob("*.png")):
-        console.print(f"plot:       [bold]{png}[/]")
+        _echo(f"plot:       {png}")
 
 
 @app.command(name="run")
@@ -119,16 +225,16 @@ def run_cmd(recipe: Annotated[Path, typer.Argument(help="recipe YAML, or a run f
 
         folder = RunDir.open(recipe).path
         parsed = parse_recipe(folder / "recipe.yaml")
-        rundir = run(parsed, folder, resume=True, progress=not quiet, echo=console.print)
+        rundir = run(parsed, folder, resume=True, progress=not quiet, echo=_echo)
     else:
         parsed = parse_recipe(recipe)
         rundir = run(parsed, runs / parsed.name, overwrite=overwrite, progress=not quiet,
-                     echo=console.print)
+                     echo=_echo)
     _summary(rundir)
 
 
 @app.command()
-def train(model: ModelOpt = "democnn", data: DataOpt = "digits", root: RootOpt = None,
+def train(model: ModelOpt = None, data: DataOpt = None, root: RootOpt = None,
           size: SizeOpt = None, weights: WeightsOpt = None,
           solver: Annotated[Path | None, typer.Option(help="Caffe solver.prototxt")] = None,
           max_iter: Annotated[int | None, typer.Option(help="iterations")] = None,
@@ -153,23 +259,32 @@ def train(model: ModelOpt = "democnn", data: DataOpt = "digits", root: RootOpt =
 
 
 @app.command()
-def compress(method: Annotated[str, typer.Option(help="a compression stage: see `tamer stages`")],
-             model: ModelOpt = "democnn", weights: WeightsOpt = None, data: DataOpt = "digits",
+def compress(method: Annotated[str, typer.Option(
+                 help="a compression stage, e.g. prune, channel_prune, kmeans_share, quantize, "
+                      "lowrank, ttq: see `tamer list stages` and `tamer list stages NAME`")],
+             model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
              root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
              sets: SetOpt = None, save: Annotated[bool, typer.Option(help="also write the compressed file")] = True,
              name: NameOpt = None, runs: RunsOpt = Path("runs"), overwrite: OverwriteOpt = False,
              quiet: QuietOpt = False) -> None:
-    """Compress a model with one method (a one-stage recipe), then save the compressed file."""
+    """Compress a model with one method (a one-stage recipe), then save the compressed file.
+
+    The method's parameters and their defaults (the demo's: prune spares the first layer)
+    are listed by `tamer list stages METHOD`; change them with --set KEY=VALUE.
+    """
     from tinytamer.recipe import stages
 
-    extra = [{"save_compressed": {}}] if save and "save_compressed" in stages() else []
+    registry = stages()
+    if method not in registry:  # before the run name is made from it
+        raise TamerError(f"unknown stage '{method}' (known: {', '.join(sorted(registry))})")
+    extra = [{"save_compressed": {}}] if save and "save_compressed" in registry else []
     _one_stage(method, _parse_sets(sets), name=name, runs=runs, model=model, weights=weights,
                data=data, root=root, size=size, from_run=from_run, overwrite=overwrite,
                quiet=quiet, extra_stages=extra)
 
 
 @app.command()
-def sensitivity(model: ModelOpt = "democnn", weights: WeightsOpt = None, data: DataOpt = "digits",
+def sensitivity(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
                 root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
                 sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
                 overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
@@ -180,35 +295,97 @@ def sensitivity(model: ModelOpt = "democnn", weights: WeightsOpt = None, data: D
 
 
 @app.command()
-def deploy(target: Annotated[str, typer.Option(help="target name: see `tamer targets`")],
-           precision: Annotated[str, typer.Option(help="fp32, fp16 or int8")] = "fp32",
-           model: ModelOpt = "democnn", weights: WeightsOpt = None, data: DataOpt = "digits",
+def deploy(target: Annotated[str, typer.Option(
+               help="target name: see `tamer list targets` and `tamer list targets NAME`")],
+           precision: Annotated[str | None, typer.Option(
+               help="fp32, fp16 or int8 (default: fp32, or what the target runs)")] = None,
+           model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
            root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
            sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
            overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
     """Deploy to a target: export, check parity, measure cost and accuracy through the runtime."""
+    precision = precision or _default_precision(target)
     params = {"target": target, "precision": precision, **_parse_sets(sets)}
     _one_stage("deploy", params, name=name, runs=runs, model=model, weights=weights, data=data,
-               root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet)
+               root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
+               what=f"target {target} {precision}")
+
+
+def _default_precision(target: str) -> str:
+    """fp32, or the target's own precision where it runs no fp32 (the micro targets: int8)."""
+    from tinytamer.targets import get_target
+
+    precisions = get_target(target).precisions
+    return "fp32" if "fp32" in precisions else precisions[0]
 
 
 @app.command()
-def bench(targets: Annotated[list[str] | None, typer.Option("--target", help="targets (default: all)")] = None,
+def bench(targets: Annotated[list[str] | None, typer.Option(
+              "--target", help="targets (default: every installed one)")] = None,
           precisions: Annotated[list[str] | None, typer.Option("--precision", help="fp32, fp16, int8")] = None,
           max_acc_drop: Annotated[float | None, typer.Option(help="pick the fastest within this accuracy drop")] = None,
-          model: ModelOpt = "democnn", weights: WeightsOpt = None, data: DataOpt = "digits",
+          model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
           root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
           sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
           overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
     """Run one model on every target and precision: latency ratio to PyTorch fp32, memory, size, accuracy."""
+    from tinytamer.targets import list_targets
+
     params: dict[str, Any] = _parse_sets(sets)
     for key, value in (("targets", targets), ("precisions", precisions), ("max_acc_drop", max_acc_drop)):
         if value:
             params[key] = value
+    names = params.get("targets") or list_targets(available_only=True)
+    what = f"targets {', '.join(map(str, names))}"
+    if params.get("precisions"):
+        what += f" at {', '.join(map(str, params['precisions']))}"
     rundir = _one_stage("bench", params, name=name, runs=runs, model=model, weights=weights, data=data,
-                        root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet)
+                        root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
+                        what=what)
     for table in sorted(rundir.path.glob("stages/*_bench/bench.md")):
-        typer.echo(table.read_text())
+        _echo(table.read_text())
+
+
+@app.command()
+def evaluate(weights: WeightsOpt = None,
+             from_run: Annotated[Path | None, typer.Option("--run", help="score this run's last model")] = None,
+             data: Annotated[str | None, typer.Option(
+                 help="dataset to score on (default: the run's with --run, else digits)")] = None,
+             root: RootOpt = None, size: SizeOpt = None,
+             limit: Annotated[int | None, typer.Option(help="score the first N samples of the split")] = None,
+             target: Annotated[str | None, typer.Option(
+                 help="score through this deployed runtime: the deploy stage's export, parity check "
+                      "and accuracy, untimed (default: PyTorch)")] = None,
+             precision: Annotated[str | None, typer.Option(
+                 help="with --target: fp32, fp16 or int8 (default: fp32, or what the target runs)")] = None,
+             model: ModelOpt = None, sets: SetOpt = None, name: NameOpt = None,
+             runs: RunsOpt = Path("runs"), overwrite: OverwriteOpt = False,
+             quiet: QuietOpt = False) -> None:
+    """Score a trained model (--weights FILE or --run DIR) on a dataset: accuracy and sample count.
+
+    In PyTorch by default (--set split=val for another split); with --target, through that
+    runtime.  The model must take the dataset's input shape (--size resizes images).
+    """
+    if (weights is None) == (from_run is None):
+        raise TamerError("tamer evaluate scores a trained model: give --weights FILE or --run DIR "
+                         "(one of them)")
+    if precision is not None and target is None:
+        raise TamerError("evaluate --precision goes with --target (PyTorch scores the model as it is)")
+    params = _parse_sets(sets)
+    if limit is not None:
+        params = _merge(params, {"data": {"limit": limit}})
+    if target is None:
+        stage, what = "evaluate", "in PyTorch"
+    else:
+        precision = precision or _default_precision(target)
+        stage, what = "deploy", f"through {target} {precision}"
+        split = params.pop("split", "test")
+        if split != "test":
+            raise TamerError(f"evaluate --target scores the test split (got split={split})")
+        params = {"target": target, "precision": precision, "repeats": 0, **params}
+    _one_stage(stage, params, name=name, runs=runs, model=model, weights=weights, data=data,
+               root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
+               what=what)
 
 
 @app.command()
@@ -216,7 +393,7 @@ def inspect(file: Annotated[Path, typer.Argument(help="a compressed model file (
     """Show a compressed file's manifest: per-tensor encoding and bytes on disk."""
     from tinytamer import codec
 
-    typer.echo(codec.format_info(codec.info(file)))
+    _echo(codec.format_info(codec.info(file)))
 
 
 @app.command()
@@ -225,12 +402,91 @@ def report(run_folder: Annotated[Path, typer.Argument(help="a run folder")]) -> 
     from tinytamer.rundir import RunDir
     from tinytamer.viz.report import write_report
 
-    console.print(f"report: [bold]{write_report(RunDir.open(run_folder))}[/]")
+    _echo(f"report: {write_report(RunDir.open(run_folder))}")
+
+
+def _doc_line(obj: Any) -> str:
+    return (obj.__doc__ or "").strip().split("\n")[0]
+
+
+def _print_params(model: Any, indent: str, target: str | None = None,
+                  skip: tuple[str, ...] = ()) -> None:
+    """Each key of a parameter model: type, default and meaning, from its pydantic schema."""
+    from tinytamer.recipe import param_docs
+
+    for doc in param_docs(model):
+        if doc.key in skip or (target is not None and doc.targets and target not in doc.targets):
+            continue
+        scope = f"  (target {', '.join(doc.targets)} only)" if doc.targets and target is None else ""
+        _echo(f"{indent}{doc.key}: {doc.type} = {doc.default}{scope}")
+        if doc.description:
+            _echo(f"{indent}    {doc.description}")
+
+
+def _print_model(model: Any, seen: set[Any], target: str | None = None,
+                 skip: tuple[str, ...] = (), indent: str = "  ") -> None:
+    """``model``'s keys, then each parameter group inside it (a group already shown: named)."""
+    from tinytamer.recipe import nested_models
+
+    _print_params(model, indent, target, skip)
+    for path, sub in nested_models(model):
+        if sub in seen:
+            _echo(f"{indent}{path} ({sub.__name__}): keys listed above")
+            continue
+        seen.add(sub)
+        _echo(f"{indent}{path} ({sub.__name__}): {_doc_line(sub)}")
+        _print_params(sub, indent + "  ")
+
+
+def _list_stages(name: str | None, verbose: bool) -> None:
+    from tinytamer.recipe import stages
+
+    registry = stages()
+    if name is not None and name not in registry:
+        raise TamerError(f"unknown stage '{name}' (known: {', '.join(sorted(registry))})")
+    chosen = [registry[name]] if name else [registry[n] for n in sorted(registry)]
+    seen: set[Any] = set()
+    for d in chosen:
+        if name is None and not verbose:
+            _echo(f"{d.name:16s} {d.help}")
+            continue
+        _echo(f"{d.name}: {d.help}")
+        _print_model(d.params, seen)
+    if name is None and not verbose:
+        _echo("`tamer list stages NAME` (or -v) shows each key: type, default and meaning")
+
+
+def _list_targets(name: str | None, verbose: bool) -> None:
+    from tinytamer.recipe import accepts, stages
+    from tinytamer.targets import get_target, list_targets
+
+    names = [get_target(name).name] if name else list_targets()
+    for n in names:
+        t = get_target(n)
+        installed = "installed" if t.available() else f"not installed: {t.install_hint}"
+        if name is None and not verbose:
+            _echo(f"{n:12s} {', '.join(t.precisions):16s} {installed}")
+            continue
+        _echo(f"{n}: {_doc_line(type(t)) or 'deployment target'}")
+        _echo(f"  precisions: {', '.join(t.precisions)}; {installed}")
+        for stage in sorted(stages().values(), key=lambda s: s.name):
+            fields = {k: f for k, f in stage.params.model_fields.items() if k in ("target", "targets")}
+            if any(accepts(f.annotation, n) for f in fields.values()):
+                _echo(f"  stage {stage.name} ({stage.help}), keys for {n}:")
+                _print_model(stage.params, set(), target=n, skip=tuple(fields), indent="    ")
+    if name is None and not verbose:
+        _echo("`tamer list targets NAME` (or -v) shows the keys each stage takes for a target")
 
 
 @app.command(name="list")
-def list_cmd(what: Annotated[str, typer.Argument(help="models, datasets, stages or targets")]) -> None:
-    """List what is available: models, datasets, recipe stages or deployment targets."""
+def list_cmd(what: Annotated[str, typer.Argument(help="models, datasets, stages, targets or recipe")],
+             name: Annotated[str | None, typer.Argument(help="a stage or target: show its parameters")] = None,
+             verbose: Annotated[bool, typer.Option("-v", "--verbose",
+                                                   help="stages / targets: every parameter")] = False) -> None:
+    """List what is available: models, datasets, recipe stages (and their parameters),
+    deployment targets, or the recipe's own keys."""
+    if name is not None and what not in ("stages", "targets"):
+        raise TamerError(f"`tamer list {what}` takes no name (a name goes with stages or targets)")
     if what == "models":
         from tinytamer.zoo import list_models
 
@@ -240,29 +496,24 @@ def list_cmd(what: Annotated[str, typer.Argument(help="models, datasets, stages 
 
         items = list_datasets()
     elif what == "stages":
-        from tinytamer.recipe import stages
-
-        items = [f"{n:16s} {d.help}" for n, d in sorted(stages().items())]
+        return _list_stages(name, verbose)
     elif what == "targets":
-        from tinytamer.targets import list_targets
+        return _list_targets(name, verbose)
+    elif what == "recipe":
+        from tinytamer.recipe import Recipe
 
-        items = list_targets()
+        _echo(f"recipe: {_doc_line(Recipe)}")
+        return _print_model(Recipe, set())
     else:
-        raise TamerError(f"cannot list '{what}': choose models, datasets, stages or targets")
+        raise TamerError(f"cannot list '{what}': choose models, datasets, stages, targets or recipe")
     for item in items:
-        typer.echo(item)
+        _echo(item)
+    return None
 
 
 def main() -> None:
     """Entry point of the ``tamer`` command: user errors print one clear line, no traceback."""
-    try:
-        app()
-    except TamerError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: resume with `tamer run --resume runs/<name>`")
-        sys.exit(130)
+    app()
 
 
 if __name__ == "__main__":

@@ -6,13 +6,18 @@ metric *through the deployed runtime* on the test set, and writes the artifacts 
 run and reports latency as a speed-up over PyTorch fp32 measured in the same run,
 peak memory, size and the accuracy change; ``BenchReport.best`` picks the fastest
 under an accuracy constraint.  These are the bodies of ``tamer deploy`` / ``tamer bench``.
+
+Both speak while they work: scoring shows a progress bar, and ``bench`` says when each
+target starts and ends and rewrites its table after each one, so an interrupted bench
+leaves the rows it finished.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +27,12 @@ import torch
 from torch import nn
 
 from tinytamer.errors import TamerError
-from tinytamer.targets import Cost, Deployed, get_target, list_targets
-from tinytamer.targets.base import better_round
+from tinytamer.targets import Cost, Deployed, Target, get_target, list_targets
+from tinytamer.targets.base import better_round, unavailable_reason
+
+# Samples per runtime call while scoring, so that the progress bar moves on slow runtimes
+# (an emulated Cortex-M scores about 40 images a second).
+EVAL_CHUNK = 64
 
 
 def write_json(path: Path, payload: Any) -> Path:
@@ -46,26 +55,80 @@ def calib_from_loader(loader: Iterable[Any], batches: int) -> list[torch.Tensor]
     return out
 
 
+def eval_limit_for(target: Target, eval_limit: int | str | None) -> int | None:
+    """How many test samples to score through ``target`` (None: all of them).
+
+    ``eval_limit`` None takes the target's default (``default_eval_limit``: 1,000 on an
+    emulated device, else all), ``"all"`` every sample, a number that many.
+    """
+    if not valid_eval_limit(eval_limit):
+        raise TamerError(f"eval_limit must be a whole number >= 1 or 'all', got {eval_limit!r}")
+    if eval_limit is None:
+        return getattr(target, "default_eval_limit", None)
+    return None if eval_limit == "all" else int(eval_limit)
+
+
+def valid_eval_limit(value: Any) -> bool:
+    """None, "all" or a whole number >= 1 (not a bool, which Python counts as an int)."""
+    return value is None or value == "all" or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def _dataset_size(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # not a map-style DataLoader: size unknown
+        return None
+
+
 def runtime_accuracy(deployed: Deployed, model: nn.Module, loader: Iterable[Any],
-                     limit: int | None = None) -> dict[str, float | int]:
-    """Top-1 accuracy through the deployed runtime and, on the same samples, in PyTorch."""
+                     limit: int | None = None, progress: bool = False
+                     ) -> dict[str, float | int | None]:
+    """Top-1 accuracy through the deployed runtime and, on the same samples, in PyTorch.
+
+    Scores the first ``limit`` samples (all if None); ``n`` is how many were scored and
+    ``total`` how many the loader holds (None if it cannot say).  ``progress`` shows a bar.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     model = model.eval()
+    total = _dataset_size(loader)
+    want = total if limit is None else limit if total is None else min(limit, total)
     hits_rt = hits_pt = n = 0
-    for x, y in loader:
-        if limit is not None and n >= limit:
-            break
-        if limit is not None:
-            x, y = x[:limit - n], y[:limit - n]
-        out = deployed(x.numpy())[0]
-        with torch.no_grad():
-            ref = model(x)
-        labels = y.numpy()
-        hits_rt += int((np.asarray(out).argmax(1) == labels).sum())
-        hits_pt += int((ref.argmax(1).numpy() == labels).sum())
-        n += len(labels)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task(f"scoring on {deployed.target} {deployed.precision}", total=want)
+        for x, y in loader:
+            if limit is not None and n >= limit:
+                break
+            if limit is not None:
+                x, y = x[:limit - n], y[:limit - n]
+            for i in range(0, len(y), EVAL_CHUNK):
+                xs, labels = x[i:i + EVAL_CHUNK], y[i:i + EVAL_CHUNK].numpy()
+                out = deployed(xs.numpy())[0]
+                with torch.no_grad():
+                    ref = model(xs)
+                hits_rt += int((np.asarray(out).argmax(1) == labels).sum())
+                hits_pt += int((ref.argmax(1).numpy() == labels).sum())
+                n += len(labels)
+                bar.advance(task, len(labels))
     if n == 0:
         raise TamerError("no test samples to evaluate the deployed model on")
-    return {"accuracy": hits_rt / n, "accuracy_torch": hits_pt / n, "n": n}
+    return {"accuracy": hits_rt / n, "accuracy_torch": hits_pt / n, "n": n, "total": total}
+
+
+def accuracy_line(accuracy: float, n: int, total: int | None) -> str:
+    """``accuracy 98.10% on 1000 of 10000 test samples``: what was scored, said with it."""
+    of = f" of {total}" if total is not None and total != n else ""
+    return f"accuracy {accuracy:.2%} on {n}{of} test samples"
 
 
 @dataclass
@@ -80,6 +143,8 @@ class DeployReport:
     accuracy: float | None = None
     accuracy_torch: float | None = None
     eval_samples: int = 0
+    # Test samples the loader holds: eval_samples below it means a limited evaluation.
+    eval_total: int | None = None
     source_bytes: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -90,19 +155,23 @@ class DeployReport:
 def deploy(model: nn.Module, target: str, folder: str | Path, *,
            example_input: torch.Tensor, precision: str = "fp32",
            calib: Sequence[torch.Tensor] | None = None, test_loader: Iterable[Any] | None = None,
-           eval_limit: int | None = None, threads: int = 2, batch: int = 1, repeats: int = 30,
-           warmup: int = 5, isolate: bool = True, source_file: str | Path | None = None,
+           eval_limit: int | str | None = None, threads: int = 2, batch: int = 1,
+           repeats: int = 30, warmup: int = 5, isolate: bool = True,
+           source_file: str | Path | None = None, progress: bool = False,
            **target_options: Any) -> tuple[Deployed, DeployReport]:
     """Compile ``model`` for ``target``, measure it, score it through the runtime.
 
     ``calib``: batches of real inputs (int8 calibration and the parity check).
+    ``eval_limit``: test samples scored (see :func:`eval_limit_for`).
     ``source_file``: the compressed model file it came from, whose size is kept beside
     the runtime's.  Writes the artifacts and ``summary.json`` into ``folder``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    deployed = get_target(target).compile(model, [example_input], folder, precision=precision,
-                                          calib=calib, threads=threads, **target_options)
+    tgt = get_target(target)
+    limit = eval_limit_for(tgt, eval_limit)  # a bad value fails before the compile
+    deployed = tgt.compile(model, [example_input], folder, precision=precision,
+                           calib=calib, threads=threads, **target_options)
     report = DeployReport(target=target, precision=precision, folder=str(folder),
                           artifacts=[p.name for p in deployed.artifacts],
                           artifact_bytes=deployed.artifact_bytes, parity=deployed.parity,
@@ -114,10 +183,11 @@ def deploy(model: nn.Module, target: str, folder: str | Path, *,
                                 isolate=isolate)
         report.cost = cost.to_dict()
     if test_loader is not None:
-        acc = runtime_accuracy(deployed, model, test_loader, eval_limit)
+        acc = runtime_accuracy(deployed, model, test_loader, limit, progress=progress)
         report.accuracy = float(acc["accuracy"])
         report.accuracy_torch = float(acc["accuracy_torch"])
         report.eval_samples = int(acc["n"])
+        report.eval_total = acc["total"]
     write_json(folder / "summary.json", report.to_dict())
     return deployed, report
 
@@ -137,8 +207,12 @@ class BenchRow:
     peak_rss_mb: float | None = None
     artifact_bytes: int | None = None
     accuracy: float | None = None
+    # Accuracy change against the model in PyTorch on the same test samples.
     acc_delta: float | None = None
+    eval_samples: int | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    # Seconds this target took in the bench: compile (and tuning), scoring, measuring.
+    seconds: float | None = None
     # How the target built this model when it matters to read the row (TVM: "tuned, 32
     # trials/task" or "untuned"), shown beside the target's name.
     variant: str = ""
@@ -152,7 +226,11 @@ class BenchReport:
     threads: int
     baseline: str = "torch fp32"
     eval_samples: int = 0
+    eval_total: int | None = None
     rounds: int = 1
+    # "target precision" of the jobs not run yet: a table written mid-bench, or left by
+    # an interrupted one, says what it lacks.
+    pending: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +252,11 @@ class BenchReport:
         def f(v: float | None, fmt: str) -> str:
             return "-" if v is None else format(v, fmt)
 
+        def acc(r: BenchRow) -> str:
+            if r.eval_samples is not None and r.eval_samples != self.eval_samples:
+                return f"{f(r.accuracy, '.4f')} (n={r.eval_samples})"
+            return f(r.accuracy, ".4f")
+
         lines = []
         for r in self.rows:
             if r.status != "ok":
@@ -188,7 +271,7 @@ class BenchReport:
             lines.append(f"| {name} | {r.precision} | {r.batch} | {lat} "
                          f"| {f(r.speedup, '.2f')}x | {f(r.latency_ms_min, '.3f')} "
                          f"| {f(r.speedup_min, '.2f')}x | {f(r.peak_rss_mb, '.0f')} "
-                         f"| {f(size, '.1f')} | {f(r.accuracy, '.4f')} "
+                         f"| {f(size, '.1f')} | {acc(r)} "
                          f"| {f(None if r.acc_delta is None else 100 * r.acc_delta, '+.2f')} |")
         return head + "\n".join(lines) + "\n"
 
@@ -218,62 +301,46 @@ class BenchReport:
         return path
 
 
-def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
-          calib: Sequence[torch.Tensor] | None = None, test_loader: Iterable[Any] | None = None,
-          targets: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
-          batches: Sequence[int] = (1,), threads: int = 2, repeats: int = 30, warmup: int = 5,
-          eval_limit: int | None = None, isolate: bool = True, rounds: int = 1,
-          target_options: dict[str, dict[str, Any]] | None = None) -> BenchReport:
-    """Deploy ``model`` on every (available) target and precision and compare them.
+def console_echo(line: str) -> None:
+    """Print a status line to stderr (stdout keeps the tables), as plain text: target
+    errors hold brackets such as ``tinytamer[tvm]`` that rich would read as markup."""
+    from rich.console import Console
 
-    Speed-ups are against PyTorch fp32 measured in this same run.  With ``rounds`` > 1
-    every model is measured that many times, round-robin, and its round with the lowest
-    median is kept, so that load from other processes on a shared machine hits every
-    target alike.  A target that fails (export, parity) is kept as a row with its error,
-    and the others go on.  ``target_options`` maps a target name to extra keyword
-    arguments of its ``compile`` (e.g. ``{"tvm": {"trials": 64}}``).  Writes
-    ``bench.json``, ``bench.md`` and ``bench.png``.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = list(targets) if targets else list_targets(available_only=True)
-    if "torch" not in names:
-        names.insert(0, "torch")  # the baseline is always measured
-    rows: list[BenchRow] = []
-    accs: dict[tuple[str, str], dict[str, float | int]] = {}
-    deployed_all: list[tuple[str, str, Deployed]] = []
-    for name in names:
-        tgt = get_target(name)
-        for prec in [p for p in tgt.precisions if precisions is None or p in precisions
-                     or (name, p) == ("torch", "fp32")]:
-            try:
-                d = tgt.compile(model, [example_input], folder / f"{name}-{prec}",
-                                precision=prec, calib=calib, threads=threads,
-                                **(target_options or {}).get(name, {}))
-            except TamerError as exc:
-                rows.extend(BenchRow(name, prec, b, status=f"failed: {exc}") for b in batches)
-                continue
-            deployed_all.append((name, prec, d))
-            if test_loader is not None:
-                accs[(name, prec)] = runtime_accuracy(d, model, test_loader, eval_limit)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
+
+
+@dataclass
+class _Job:
+    """One target and precision of a bench, as far as it got."""
+
+    target: str
+    precision: str
+    deployed: Deployed | None = None
+    acc: dict[str, Any] = field(default_factory=dict)
+    costs: dict[int, Cost] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def _rows(jobs: Sequence[_Job], batches: Sequence[int]) -> list[BenchRow]:
+    """The table rows of the jobs run so far, speed-ups against torch fp32 at each batch."""
+    rows = []
     for b in batches:
-        best: dict[int, Cost] = {}
-        for _ in range(rounds):
-            for i, (_n, _p, d) in enumerate(deployed_all):
-                best[i] = better_round(best.get(i), d.measure(
-                    batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate))
-        for i, (name, prec, d) in enumerate(deployed_all):
-            cost = best[i]
-            acc = accs.get((name, prec), {})
-            rows.append(BenchRow(name, prec, b, latency_ms=cost.latency_ms_median,
-                                 latency_ms_p10=cost.latency_ms_p10,
-                                 latency_ms_p90=cost.latency_ms_p90,
-                                 latency_ms_min=cost.latency_ms_min,
-                                 peak_rss_mb=cost.peak_rss_mb, artifact_bytes=cost.artifact_bytes,
-                                 accuracy=acc.get("accuracy"), parity=d.parity,
-                                 variant=str(cost.extra.get("variant", "")),
-                                 cpus_available=cost.extra.get("cpus_available")))
-    base_acc = accs.get(("torch", "fp32"), {}).get("accuracy")
+        for job in jobs:
+            if job.error is not None:
+                rows.append(BenchRow(job.target, job.precision, b, status=f"failed: {job.error}",
+                                     seconds=job.seconds))
+                continue
+            cost, acc = job.costs[b], job.acc
+            rows.append(BenchRow(
+                job.target, job.precision, b, latency_ms=cost.latency_ms_median,
+                latency_ms_p10=cost.latency_ms_p10, latency_ms_p90=cost.latency_ms_p90,
+                latency_ms_min=cost.latency_ms_min, peak_rss_mb=cost.peak_rss_mb,
+                artifact_bytes=cost.artifact_bytes, accuracy=acc.get("accuracy"),
+                acc_delta=(acc["accuracy"] - acc["accuracy_torch"]) if acc else None,
+                eval_samples=acc.get("n"), parity=job.deployed.parity, seconds=job.seconds,
+                variant=str(cost.extra.get("variant", "")),
+                cpus_available=cost.extra.get("cpus_available")))
     for r in rows:
         base = next((x for x in rows if (x.target, x.precision, x.batch) == ("torch", "fp32", r.batch)
                      and x.latency_ms), None)
@@ -281,13 +348,116 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
             r.speedup = base.latency_ms / r.latency_ms
             if r.latency_ms_min and base.latency_ms_min:
                 r.speedup_min = base.latency_ms_min / r.latency_ms_min
-        if r.accuracy is not None and base_acc is not None:
-            r.acc_delta = r.accuracy - base_acc
-    n_eval = int(next(iter(accs.values()))["n"]) if accs else 0
-    report = BenchReport(rows=rows, threads=threads, eval_samples=n_eval, rounds=rounds)
+    return rows
+
+
+def _job_line(job: _Job, row: BenchRow | None) -> str:
+    """How one bench job ended, in one line."""
+    if job.error is not None:
+        return f"failed after {job.seconds:.1f} s: {job.error}"
+    parts = [f"done in {job.seconds:.1f} s"]
+    if row is not None and row.latency_ms is not None:
+        speed = f" ({row.speedup:.2f}x torch fp32)" if row.speedup is not None else ""
+        parts.append(f"{row.latency_ms:.3f} ms at batch {row.batch}{speed}")
+    if job.acc:
+        parts.append(accuracy_line(job.acc["accuracy"], job.acc["n"], job.acc["total"]))
+    extra = next(iter(job.costs.values())).extra
+    if extra.get("variant"):
+        parts.append(str(extra["variant"]))
+    if "tasks_from_database" in extra:  # TVM: tuning reused from an earlier run, or not
+        parts.append(f"{extra['tasks_from_database']} of {extra['tasks']} tuning tasks from "
+                     f"{extra['database']}")
+    return ", ".join(parts)
+
+
+def _write_tables(folder: Path, report: BenchReport) -> None:
+    """bench.json and bench.md, replaced atomically (also mid-bench, with what is done)."""
     write_json(folder / "bench.json", report.to_dict())
+    note = (f"Partial: {len(report.pending)} still to run ({', '.join(report.pending)}).\n\n"
+            if report.pending else "")
     md = folder / "bench.md"
-    md.with_name("bench.md.tmp").write_text(report.table())
+    md.with_name("bench.md.tmp").write_text(note + report.table())
     os.replace(md.with_name("bench.md.tmp"), md)
-    report.plot(folder / "bench.png")
-    return report
+
+
+def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
+          calib: Sequence[torch.Tensor] | None = None, test_loader: Iterable[Any] | None = None,
+          targets: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
+          batches: Sequence[int] = (1,), threads: int = 2, repeats: int = 30, warmup: int = 5,
+          eval_limit: int | str | None = None, isolate: bool = True, rounds: int = 1,
+          target_options: dict[str, dict[str, Any]] | None = None, progress: bool = False,
+          echo: Callable[[str], None] | None = None) -> BenchReport:
+    """Deploy ``model`` on every (available) target and precision and compare them.
+
+    Speed-ups are against PyTorch fp32 measured in this same run (always run first).
+    With ``rounds`` > 1 every model is measured that many times, round-robin, and its
+    round with the lowest median is kept, so that load from other processes on a shared
+    machine hits every target alike.  A target that fails (export, parity, measuring) is
+    kept as a row with its error, and the others go on.  ``target_options`` maps a target
+    name to extra keyword arguments of its ``compile`` (e.g. ``{"tvm": {"trials": 64}}``).
+    ``eval_limit`` is resolved per target (:func:`eval_limit_for`).  ``echo`` gets one
+    line as each target starts and ends (and for each target skipped as unavailable);
+    ``progress`` shows a bar while scoring.  Writes ``bench.json`` and ``bench.md`` after
+    every target (an interrupted bench leaves the finished rows) and ``bench.png`` at the end.
+    """
+    say = echo or (lambda _line: None)
+    if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
+        raise TamerError(f"bench: batches must list whole numbers >= 1, got {list(batches)!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if targets:
+        names = list(dict.fromkeys(targets))
+    else:
+        names = []
+        for name in list_targets():
+            reason = unavailable_reason(get_target(name))
+            if reason is None:
+                names.append(name)
+            else:
+                say(f"bench: skipping {name}: {reason}")
+    names = ["torch", *(n for n in names if n != "torch")]  # the baseline, measured first
+    limits = {n: eval_limit_for(get_target(n), eval_limit) for n in names}
+    todo = [(n, p) for n in names for p in get_target(n).precisions
+            if precisions is None or p in precisions or (n, p) == ("torch", "fp32")]
+    jobs: list[_Job] = []
+
+    def report(pending: Sequence[tuple[str, str]]) -> BenchReport:
+        rows = _rows(jobs, batches)
+        base = next((j.acc for j in jobs if (j.target, j.precision) == ("torch", "fp32")), {})
+        return BenchReport(rows=rows, threads=threads, eval_samples=int(base.get("n", 0)),
+                           eval_total=base.get("total"), rounds=rounds,
+                           pending=[f"{n} {p}" for n, p in pending])
+
+    for k, (name, prec) in enumerate(todo, 1):
+        label = f"bench [{k}/{len(todo)}] {name} {prec}"
+        say(f"{label}: started")
+        job = _Job(name, prec)
+        t0 = time.perf_counter()
+        try:
+            job.deployed = get_target(name).compile(
+                model, [example_input], folder / f"{name}-{prec}", precision=prec, calib=calib,
+                threads=threads, **(target_options or {}).get(name, {}))
+            if test_loader is not None:
+                job.acc = runtime_accuracy(job.deployed, model, test_loader, limits[name],
+                                           progress=progress)
+            for b in batches:
+                job.costs[b] = job.deployed.measure(batch=b, threads=threads, repeats=repeats,
+                                                    warmup=warmup, isolate=isolate)
+        except TamerError as exc:
+            job.error, job.deployed, job.costs = str(exc), None, {}
+        job.seconds = round(time.perf_counter() - t0, 2)
+        jobs.append(job)
+        partial = report(todo[k:])
+        _write_tables(folder, partial)
+        row = next((r for r in partial.rows if (r.target, r.precision) == (name, prec)), None)
+        say(f"{label}: {_job_line(job, row)}")
+    for r in range(1, rounds):
+        say(f"bench: measuring round {r + 1}/{rounds}")
+        for job in jobs:
+            for b, cost in job.costs.items():
+                job.costs[b] = better_round(cost, job.deployed.measure(
+                    batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate))
+    final = report([])
+    _write_tables(folder, final)
+    final.plot(folder / "bench.png")
+    return final

@@ -33,5 +33,24 @@ class BackendMissing(TamerError):
         self.install = install
 
 
+class BackendBroken(TamerError):
+    """An optional backend is installed but fails to import; the message names the error."""
+
+    def __init__(self, backend: str, install: str, error: str) -> None:
+        super().__init__(f"backend '{backend}' is installed but fails to import ({error}); "
+                         f"reinstall it: {install}")
+        self.backend = backend
+        self.install = install
+        self.error = error
+
+
 class CodecError(TamerError):
     """A compressed model file is corrupt, truncated or of an unknown version."""
+
+
+class CorruptFileError(TamerError):
+    """A file tinytamer wrote earlier (run state, metrics log, tuning log) is truncated or damaged."""
+
+
+class TrainError(TamerError):
+    """Training cannot go on (the loss diverged); the message says at which iteration and lr."""

@@ -18,21 +18,25 @@ registered by ``tinytamer.stages.*`` with :func:`register_stage`; each is
 
 from __future__ import annotations
 
+import copy
+import difflib
 import importlib
 import random
+import reprlib
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from tinytamer.errors import RecipeError
-from tinytamer.rundir import RunDir
+from tinytamer.errors import ModelError, RecipeError
+from tinytamer.rundir import RunDir, run_name_problem
 
 # -- stage registry ---------------------------------------------------------------------------
 
@@ -82,59 +86,241 @@ class DataSpec(BaseModel):
     """Which dataset, and how to load it."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "digits"
-    root: str | None = None
-    size: int | None = None
-    augment: bool = False
-    batch_size: int = Field(64, gt=0)
-    test_batch_size: int = Field(256, gt=0)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    limit: int | None = Field(None, gt=0)
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("digits", description="dataset name (see `tamer list datasets`)")
+    root: str | None = Field(None, description="dataset folder or archive (built-in digits: none)")
+    size: int | None = Field(None, description="resize images to size x size (None: as stored)")
+    augment: bool = Field(False, description="the dataset's standard training augmentation "
+                          "(train split only)")
+    batch_size: int = Field(64, gt=0, description="training mini-batch size")
+    test_batch_size: int = Field(256, gt=0, description="batch size of evaluation")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of train held out as val "
+                                "(unless the data has its own val split)")
+    limit: int | None = Field(None, gt=0, description="keep the first N items of each split")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="loader-specific options of the dataset")
 
 
 class ModelSpec(BaseModel):
     """Which model: a zoo name or ``package.module:factory``, optional weights to start from."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "democnn"
-    weights: str | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("democnn", description="zoo model (see `tamer list models`) or "
+                      "package.module:factory (imported: a recipe is trusted like a script)")
+    weights: str | None = Field(None, description="checkpoint (.safetensors) or compressed model (.tt) to start from")
+    kwargs: dict[str, Any] = Field(default_factory=dict,
+                                   description="keyword arguments of the model factory")
+
+
+def _run_name(name: str) -> str:
+    # The run folder is <runs>/<name>: '..', '.', or a '/' would reach outside it.
+    problem = run_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
 
 
 class Recipe(BaseModel):
     """A whole recipe; ``stages`` holds ``(stage name, validated params)`` pairs."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    name: str
-    seed: int = 0
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    stages: list[tuple[str, Any]] = Field(default_factory=list)
+    name: Annotated[str, AfterValidator(_run_name)] = Field(description="run folder name")
+    seed: int = Field(0, description="seeds every random number generator (stage i: seed + i)")
+    data: DataSpec = Field(default_factory=DataSpec, description="the dataset")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="the model")
+    stages: list[tuple[str, Any]] = Field(default_factory=list, description="the stages, in "
+                                          "order, as '- NAME: {KEY: VALUE}' (see `tamer list stages`)")
+
+
+# -- YAML and error messages ------------------------------------------------------------------
+
+# Nodes a recipe may expand to once aliases are followed: a large hand-written recipe has a few
+# thousand; a 1 KB "billion laughs" document has billions, which would hang validation.
+MAX_YAML_NODES = 100_000
+# Characters of a value or message an error shows; the rest is elided.
+MAX_SHOWN = 200
+# Validation problems an error lists before "... and N more".
+MAX_PROBLEMS = 5
+
+
+class _ExpansionError(yaml.YAMLError):
+    pass
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes in the document once every alias is expanded; raises past MAX_YAML_NODES."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:  # an alias: the same node object again, counted again
+            return sizes[key]
+        if key in open_nodes:
+            raise _ExpansionError("an alias refers to a node that contains it (a recursive structure)")
+        open_nodes.add(key)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        open_nodes.discard(key)
+        if n > MAX_YAML_NODES:
+            raise _ExpansionError(f"its aliases expand to more than {MAX_YAML_NODES:,} values "
+                                  "(a YAML bomb?); write the values out or use fewer aliases")
+        sizes[key] = n
+        return n
+
+    return size(root)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that sizes the document, aliases expanded, before building it."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_size(node)
+        return super().construct_document(node)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML as data (safe tags only); aliases may not expand past MAX_YAML_NODES nodes."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except _ExpansionError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source} is not valid YAML: {clip(str(exc), 2 * MAX_SHOWN)}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: YAML nested too deeply") from None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN // 2
+_REPR.maxlevel = 3
+
+
+def clip(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, marked when cut."""
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} chars)"
+
+
+def short_repr(value: Any) -> str:
+    """A repr that stays short however large or deep ``value`` is (it is never walked whole)."""
+    return clip(_REPR.repr(value))
+
+
+def _unwrap(ann: Any) -> Any:
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    return ann
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _is_union(ann: Any) -> bool:
+    return get_origin(ann) in (Union, types.UnionType)
+
+
+def _members(ann: Any) -> list[Any]:
+    """The non-None members of a union (``ann`` itself if it is not one)."""
+    ann = _unwrap(ann)
+    if not _is_union(ann):
+        return [ann]
+    return [_unwrap(a) for a in get_args(ann) if a is not type(None)]
+
+
+def _field_named(model: type[BaseModel], key: Any) -> Any:
+    for name, f in model.model_fields.items():
+        if key in (name, f.alias):
+            return f
+    return None
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a recipe writes for ``model`` (aliases where a field has one)."""
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _tag_matches(member: Any, tag: Any) -> bool:
+    """Whether ``tag`` is pydantic's name of union member ``member`` in an error location:
+    a model's class name or discriminator value, else the type's name (``dict[str,float]``)."""
+    if not isinstance(tag, str):
+        return False
+    if _is_model(member):
+        return tag == member.__name__ or any(
+            get_origin(f.annotation) is Literal and tag in get_args(f.annotation)
+            for f in member.model_fields.values())
+    origin = get_origin(member) or member
+    name = getattr(origin, "__name__", None) or getattr(origin, "_name", "")
+    return tag.split("[", 1)[0].lower() == str(name).lower()
+
+
+def _walk(ann: Any, loc: Sequence[Any]) -> tuple[list[Any], list[type[BaseModel]]]:
+    """Follow a pydantic error location through the annotation ``ann``.
+
+    Returns the location as a recipe writes it (the union member names pydantic inserts are
+    dropped) and the models whose keys are allowed where it ends.
+    """
+    members = _members(ann)
+    if len(members) > 1:
+        if not loc:
+            return [], [m for m in members if _is_model(m)]
+        # Past a union of several types, pydantic names the member the error came from.
+        member = next((m for m in members if _tag_matches(m, loc[0])), None)
+        return _walk(member, loc[1:]) if member is not None else (list(loc[1:]), [])
+    ann = members[0]
+    if not loc:
+        return [], [ann] if _is_model(ann) else []
+    head, rest = loc[0], loc[1:]
+    if _is_model(ann):
+        f = _field_named(ann, head)
+        if f is None:
+            return list(loc), []
+        path, models = _walk(f.annotation, rest)
+        return [head, *path], models
+    origin, args = get_origin(ann), get_args(ann)
+    if origin in (list, set, frozenset, Sequence) and args:
+        item = args[0]
+    elif origin is tuple and args:
+        variadic = args[-1] is Ellipsis
+        item = args[0] if variadic or not isinstance(head, int) or head >= len(args) else args[head]
+    elif origin is dict and len(args) == 2:
+        item = args[1]
+    else:
+        return list(loc), []
+    path, models = _walk(item, rest)
+    return [head, *path], models
+
+
+def _join(prefix: str, path: Sequence[Any]) -> str:
+    out = prefix
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _problem(err: Any, prefix: str, model: type[BaseModel]) -> str:
+    loc = list(err["loc"])
+    path, _ = _walk(model, loc)
+    where = _join(prefix, path) or prefix or "(recipe)"
+    if err["type"] != "extra_forbidden":
+        msg = err["msg"].removeprefix("Value error, ")
+        return f"{where}: {clip(msg)} (got {short_repr(err.get('input'))})"
+    _, parents = _walk(model, loc[:-1])
+    allowed = list(dict.fromkeys(k for m in parents for k in _keys(m)))
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f" - did you mean '{close[0]}'?" if close else ""
+    return f"{where}: unknown key (allowed: {', '.join(allowed) or 'none'}){hint}"
 
 
 def _format_errors(exc: ValidationError, prefix: str, model: type[BaseModel]) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"{prefix}.{loc}" if prefix else loc
-        if err["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed(model, err["loc"][:-1])) or "none"
-            lines.append(f"{where}: unknown key (allowed: {allowed})")
-        else:
-            lines.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    """Each problem with its recipe key; unknown keys list the keys allowed at their level."""
+    errors = exc.errors()
+    lines = [_problem(err, prefix, model) for err in errors[:MAX_PROBLEMS]]
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"... and {len(errors) - MAX_PROBLEMS} more")
     return "; ".join(lines)
-
-
-def _allowed(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    for part in loc:
-        f = model.model_fields.get(str(part))
-        ann = getattr(f, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
-            return []
-    return list(model.model_fields)
 
 
 def parse_recipe(raw: dict[str, Any] | str | Path, source: str = "recipe") -> Recipe:
@@ -145,10 +331,7 @@ def parse_recipe(raw: dict[str, Any] | str | Path, source: str = "recipe") -> Re
             raise RecipeError(f"recipe file not found: {path}")
         source, raw = str(path), path.read_text()
     if isinstance(raw, str):
-        try:
-            raw = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{source} is not valid YAML: {exc}") from None
+        raw = load_yaml(raw, source)
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with keys name, seed, data, model, stages")
     raw = dict(raw)
@@ -165,12 +348,12 @@ def parse_recipe(raw: dict[str, Any] | str | Path, source: str = "recipe") -> Re
         if isinstance(item, str):
             item = {item: {}}
         if not isinstance(item, dict) or len(item) != 1:
-            raise RecipeError(f"{source}: stages[{i}] must be one mapping like '- train: {{...}}', got {item!r}")
+            raise RecipeError(f"{source}: stages[{i}] must be one mapping like '- train: {{...}}', "
+                              f"got {short_repr(item)}")
         (name, params), = item.items()
         if name not in registry:
-            raise RecipeError(
-                f"{source}: stages[{i}]: unknown stage '{name}' (known: {', '.join(sorted(registry))})"
-            )
+            raise RecipeError(f"{source}: stages[{i}]: unknown stage {short_repr(name)} "
+                              f"(known: {', '.join(sorted(registry))})")
         model = registry[name].params
         try:
             parsed.append((name, model.model_validate(params or {})))
@@ -185,6 +368,105 @@ def dump_recipe(recipe: Recipe) -> str:
     body = recipe.model_dump(exclude={"stages"}, mode="json")
     body["stages"] = [{n: p.model_dump(mode="json")} for n, p in recipe.stages]
     return yaml.safe_dump(body, sort_keys=False)
+
+
+# -- parameter documentation (``tamer list stages NAME``) --------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamDoc:
+    """One key of a parameter model, described from its pydantic field."""
+
+    key: str
+    type: str
+    default: str
+    description: str
+    # Targets the key applies to (Field(json_schema_extra={"targets": [...]})); empty: all.
+    targets: tuple[str, ...] = ()
+
+
+def type_text(ann: Any) -> str:
+    """An annotation as a reader writes it: ``float | dict[str, float] | 'sensitivity'``."""
+    if get_origin(ann) is Annotated:
+        base, *meta = get_args(ann)
+        # Bounds given inside the type (Annotated[int, Field(ge=1)]) belong to that member.
+        found = [m for x in meta for m in getattr(x, "metadata", [x])]
+        return type_text(base) + _bounds_text(found)
+    if ann is type(None):
+        return "None"
+    if ann is Any:
+        return "any"
+    if _is_union(ann):
+        return " | ".join(type_text(a) for a in get_args(ann))
+    if get_origin(ann) is Literal:
+        return " | ".join(repr(a) for a in get_args(ann))
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else type_text(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return getattr(ann, "__name__", str(ann))
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _bounds_text(metadata: Sequence[Any]) -> str:
+    found = [f"{sign} {getattr(m, attr)}" for m in metadata for attr, sign in _BOUNDS
+             if getattr(m, attr, None) is not None]
+    return f" ({', '.join(found)})" if found else ""
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_unset=True) or value.model_dump(mode="json")
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
+    return text.removesuffix("...").strip()
+
+
+def param_docs(model: type[BaseModel]) -> list[ParamDoc]:
+    """Every key of ``model``: type (with bounds), default and description, from the schema."""
+    out = []
+    for name, f in model.model_fields.items():
+        default = "required" if f.is_required() else _value_text(
+            f.get_default(call_default_factory=True))
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        out.append(ParamDoc(f.alias or name, type_text(f.annotation) + _bounds_text(f.metadata), default,
+                            f.description or "", tuple(extra.get("targets", ()))))
+    return out
+
+
+def nested_models(model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """``(key path, model)`` of every parameter model inside ``model``'s fields, each once."""
+    found: dict[type[BaseModel], str] = {}
+
+    def models_in(ann: Any) -> list[type[BaseModel]]:
+        ann = _unwrap(ann)
+        if _is_model(ann):
+            return [ann]
+        return [m for a in get_args(ann) for m in models_in(a)]
+
+    def visit(m: type[BaseModel], prefix: str) -> None:
+        for name, f in m.model_fields.items():
+            path = f"{prefix}{f.alias or name}"
+            for sub in models_in(f.annotation):
+                if sub not in found:
+                    found[sub] = path
+                    visit(sub, f"{path}.")
+
+    visit(model, "")
+    return [(path, m) for m, path in found.items()]
+
+
+def accepts(ann: Any, value: str) -> bool:
+    """Whether a field of type ``ann`` can hold the string ``value`` (or a list of it)."""
+    ann = _unwrap(ann)
+    if _is_union(ann):
+        return any(accepts(a, value) for a in get_args(ann))
+    if get_origin(ann) is Literal:
+        return value in get_args(ann)
+    if get_origin(ann) in (list, tuple, set):
+        return any(accepts(a, value) for a in get_args(ann))
+    return ann is str
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -302,10 +584,11 @@ def user_module_prefixes(spec: ModelSpec) -> tuple[str, ...]:
 
 def build_model(spec: ModelSpec, meta: Any) -> nn.Module:
     """Create the recipe's model for the data's shape; load starting weights if given."""
-    from tinytamer.checkpoint import ARCH_KEY, load_checkpoint, load_weights, read_metadata
+    from tinytamer.checkpoint import has_architecture, load_checkpoint, load_weights
     from tinytamer.zoo import create
 
-    if spec.weights and ARCH_KEY in read_metadata(spec.weights):
+    # A .tt or a tinytamer checkpoint holds its architecture (told apart by magic bytes).
+    if spec.weights and has_architecture(spec.weights):
         return load_checkpoint(spec.weights, allow=user_module_prefixes(spec)).train()
     c, h, _ = meta.input_shape
     kwargs = {"num_classes": meta.num_classes, "in_channels": c, "input_size": h, **spec.kwargs}
@@ -313,6 +596,24 @@ def build_model(spec: ModelSpec, meta: Any) -> nn.Module:
     if spec.weights:
         load_weights(model, spec.weights)
     return model
+
+
+def check_takes_input(model: nn.Module, data: Any, spec: ModelSpec) -> None:
+    """One test sample through ``model``, so that a model made for another input shape (a
+    checkpoint scored on another dataset) fails now, naming both, not inside a stage."""
+    if not len(data.test):
+        return
+    x = data.test[0][0].unsqueeze(0)
+    try:
+        # On a copy: a forward may update state (observers, lazy modules) the stages own.
+        with torch.no_grad():
+            copy.deepcopy(model).eval()(x)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        source = f"from {spec.weights}" if spec.weights else f"'{spec.name}'"
+        raise ModelError(f"the model {source} does not take this data's input of shape "
+                         f"{tuple(x.shape[1:])} (data '{data.meta.name}'; --size / data.size "
+                         f"resizes images): {clip(str(exc).splitlines()[0] if str(exc) else repr(exc))}"
+                         ) from None
 
 
 def run(recipe: Recipe, path: str | Path, *, resume: bool = False, overwrite: bool = False,
@@ -323,6 +624,8 @@ def run(recipe: Recipe, path: str | Path, *, resume: bool = False, overwrite: bo
     seed_everything(recipe.seed)
     # Data and model are loaded before the run folder is created, so that a bad path or
     # model name leaves nothing behind to block the corrected run.
+    # A first decode of a large dataset takes a while: say what is being loaded.
+    echo(f"loading data '{recipe.data.name}'" + (f" from {recipe.data.root}" if recipe.data.root else ""))
     data = load_data(recipe.data, recipe.seed)
     allow = user_module_prefixes(recipe.model)
     if resume:
@@ -332,6 +635,7 @@ def run(recipe: Recipe, path: str | Path, *, resume: bool = False, overwrite: bo
         start, model = 0, None
     if model is None:
         model = build_model(recipe.model, data.meta)
+        check_takes_input(model, data, recipe.model)
     if not resume:
         rundir = RunDir.create(path, dump_recipe(recipe), overwrite=overwrite)
     elif start:

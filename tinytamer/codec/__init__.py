@@ -15,6 +15,7 @@ pruning masks folded in; the model passed in is not modified.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,12 @@ from tinytamer.errors import CodecError
 __all__ = ["ENCODINGS", "SaveReport", "TensorReport", "format_info", "info", "load", "save"]
 
 ENCODINGS = tuple(coding.ENCODINGS)
+# What a file may decode to, checked on the declared shapes before anything is allocated.
+# Only the sparse forms can expand without bound (an all-zero tensor is stored in 0 bytes);
+# real compressed models decode to < 100x their file (Deep Compression: 35-49x), so 1024x
+# with a floor for small files is generous for them and stops a 14 KB file asking for 4 GB.
+MAX_EXPANSION = 1024
+MIN_DECODED_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -157,19 +164,31 @@ def save(model: nn.Module, path: str | Path, *, encodings: Mapping[str, str] | N
     return SaveReport(Path(path), size, reports)
 
 
-def load(path: str | Path, *, allow_modules: Iterable[str] = ()) -> nn.Module:
+def load(path: str | Path, *, allow_modules: Iterable[str] = (), max_bytes: int | None = None) -> nn.Module:
     """Rebuild the model saved at ``path``; its tensors equal the saved ones.
 
     Module classes are imported only from ``torch.nn``, ``tinytamer`` and the
     module prefixes in ``allow_modules`` (e.g. ``["mypackage."]`` for a user's model).
+    The declared tensors may hold at most ``max_bytes`` (default: :data:`MAX_EXPANSION`
+    times the file's size, at least :data:`MIN_DECODED_BYTES`); raise it for a file you trust.
     """
     manifest, payload = format.read(path)
-    model = arch.build(manifest.architecture, allow=allow_modules)
+    size = Path(path).stat().st_size
+    limit = max(MIN_DECODED_BYTES, MAX_EXPANSION * size) if max_bytes is None else max_bytes
+    declared = sum(math.prod(e.shape) * coding.DTYPES[e.dtype].itemsize
+                   for e in manifest.tensors if e.alias is None)
+    if declared > limit:
+        raise CodecError(f"{path} declares {declared} bytes of tensors, more than the {limit} a "
+                         f"{size}-byte file may decode to; if you trust it, pass a larger "
+                         "max_bytes to codec.load")
+    specs = {e.name: (e.shape, coding.DTYPES[e.dtype]) for e in manifest.tensors}
+    try:
+        model = arch.build(manifest.architecture, allow=allow_modules, tensors=specs)
+    except CodecError as exc:
+        raise CodecError(f"{path}: {exc}") from None
     state: dict[str, Tensor] = {}
     for entry in manifest.tensors:
-        if entry.alias is not None:
-            if entry.alias not in state:
-                raise CodecError(f"tensor '{entry.name}' in {path} aliases unknown '{entry.alias}'")
+        if entry.alias is not None:  # format.read checked it names an earlier stored tensor
             state[entry.name] = state[entry.alias]
             continue
         try:
@@ -180,8 +199,11 @@ def load(path: str | Path, *, allow_modules: Iterable[str] = ()) -> nn.Module:
             raise CodecError(f"tensor '{entry.name}' in {path}: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CodecError(f"the tensors in {path} do not fit its architecture: {exc}") from None
+    except (RuntimeError, AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        # Module classes' own loading code runs on the file's data here (a class swapped for
+        # another fails inside it): any failure is a defect of the file.
+        raise CodecError(f"the tensors in {path} do not fit its architecture: "
+                         f"{type(exc).__name__}: {str(exc)[:300]}") from None
     return model
 
 

@@ -98,6 +98,14 @@ def _floats(t: Tensor) -> np.ndarray:
     return t.detach().reshape(-1).to(torch.float64).numpy() + 0.0
 
 
+def _int(params: dict, key: str, lo: int, hi: int) -> int:
+    """A parameter read from a file: an integer (not a bool, float or string) in ``[lo, hi]``."""
+    value = params.get(key)
+    if type(value) is not int or not lo <= value <= hi:
+        raise CodecError(f"parameter '{key}' is {str(value)[:40]}; an integer in [{lo}, {hi}] expected")
+    return value
+
+
 def _parts(parts: list[memoryview], n: int) -> list[memoryview]:
     if len(parts) != n:
         raise CodecError(f"expected {n} parts, found {len(parts)}")
@@ -144,8 +152,9 @@ def _sparse_encode(t: Tensor, limit: int | None = None) -> Encoded:
 
 def _sparse_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
     pos_part, val_part = _parts(parts, 2)
-    entries = int(params["entries"])
-    slots = sparse.decode(bitpack.unpack(pos_part, int(params["index_bits"]), entries))
+    # Each entry is a distinct slot of the tensor: no more entries than elements.
+    entries = _int(params, "entries", 0, numel)
+    slots = sparse.decode(bitpack.unpack(pos_part, _int(params, "index_bits", 1, MAX_INDEX_BITS), entries))
     sparse.check_slots(slots, numel, "sparse tensor")
     out = torch.zeros(numel, dtype=dtype)
     out[torch.from_numpy(slots)] = _from_raw(val_part, dtype, entries)
@@ -229,22 +238,25 @@ def _book_decode(book: Tensor, slots: np.ndarray | None, index: np.ndarray, nume
 
 def _codebook_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
     book_part, pos_part, idx_part = _parts(parts, 3)
-    book = _from_raw(book_part, dtype, int(params["k"]))
-    bits, index_bits = int(params["bits"]), int(params["index_bits"])
+    book = _from_raw(book_part, dtype, _int(params, "k", 1, MAX_CODEBOOK))
+    bits = _int(params, "bits", 1, math.ceil(math.log2(MAX_CODEBOOK)))
+    index_bits = _int(params, "index_bits", 0, MAX_INDEX_BITS)
     if not index_bits:
         return _book_decode(book, None, bitpack.unpack(idx_part, bits, numel), numel)
-    entries = int(params["entries"])
+    entries = _int(params, "entries", 0, numel)
     slots = sparse.decode(bitpack.unpack(pos_part, index_bits, entries))
     return _book_decode(book, slots, bitpack.unpack(idx_part, bits, entries), numel)
 
 
 def _huffman_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
     book_part, pos_part, idx_part = _parts(parts, 3)
-    book = _from_raw(book_part, dtype, int(params["k"]))
-    index = huffman.decode(idx_part)
-    if not int(params["index_bits"]):
+    book = _from_raw(book_part, dtype, _int(params, "k", 1, MAX_CODEBOOK))
+    index_bits = _int(params, "index_bits", 0, MAX_INDEX_BITS)
+    # A stream's symbol count is held to the tensor's size before anything is decoded.
+    index = huffman.decode(idx_part, max_count=numel)
+    if not index_bits:
         return _book_decode(book, None, index, numel)
-    slots = sparse.decode(huffman.decode(pos_part))
+    slots = sparse.decode(huffman.decode(pos_part, max_count=numel))
     if slots.size != index.size:
         raise CodecError(f"{slots.size} positions but {index.size} indices")
     return _book_decode(book, slots, index, numel)
@@ -318,9 +330,8 @@ def _fixedpoint_encode(t: Tensor, limit: int | None = None) -> Encoded:
 
 
 def _fixedpoint_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
-    bits, fl = int(params["bits"]), int(params["fl"])
-    if not 1 <= bits <= MAX_FIXED_BITS or abs(fl) > 2000:
-        raise CodecError(f"fixed-point parameters out of range: bits={bits}, fl={fl}")
+    # Exact float64 values need fractional lengths in [-971, 1074]: 2000 is a generous bound.
+    bits, fl = _int(params, "bits", 1, MAX_FIXED_BITS), _int(params, "fl", -2000, 2000)
     stored = bitpack.unpack(_parts(parts, 1)[0], bits, numel).astype(np.int64) - (1 << (bits - 1))
     return torch.from_numpy(np.ldexp(stored.astype(np.float64), -fl)).to(dtype)
 
@@ -356,6 +367,10 @@ def decode(encoding: str, params: dict[str, Any], parts: list[memoryview],
     """Rebuild a tensor from its coded parts; malformed input raises :class:`CodecError`."""
     if encoding not in ENCODINGS:
         raise CodecError(f"unknown encoding '{encoding}' (known: {', '.join(ENCODINGS)})")
+    if not all(type(s) is int and s >= 0 for s in shape):
+        raise CodecError(f"shape {shape} is not a list of non-negative integers")
+    if not isinstance(params, dict):
+        raise CodecError(f"parameters of '{encoding}' are a {type(params).__name__}, not an object")
     numel = math.prod(shape)
     try:
         flat = ENCODINGS[encoding][1](params, parts, numel, dtype)

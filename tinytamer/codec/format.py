@@ -21,23 +21,30 @@ the tensor.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tinytamer.codec.encodings import DTYPES
+from tinytamer.codec.arch import MAX_DIMS
+from tinytamer.codec.encodings import DTYPES, ENCODINGS
 from tinytamer.errors import CodecError
+from tinytamer.fileio import atomic_open
 
 MAGIC = b"\x89TTM\r\n\x1a\n"
 VERSION = 1
 _HEADER = struct.Struct("<8sHII")
-MAX_MANIFEST = 64 << 20  # decompressed; a bound against zlib bombs
+# Decompressed; a bound against zlib bombs.  Parsed JSON takes up to ~8x its text as Python
+# objects (a list of floats), so a doctored manifest stays near 130 MB; real ones are < 200 KB
+# (ResNet-56: 130 KB).
+MAX_MANIFEST = 16 << 20
 
 DTypeName = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
+EncodingName = Literal[tuple(ENCODINGS)]  # type: ignore[valid-type]
+# Sizes, offsets and dimensions: JSON integers only (no `true`, no 2.0), never negative.
+Count = Annotated[int, Field(strict=True, ge=0)]
 
 
 class TensorEntry(BaseModel):
@@ -45,14 +52,14 @@ class TensorEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    shape: list[int] = Field(default_factory=list)
+    name: str = Field(min_length=1)
+    shape: list[Count] = Field(default_factory=list, max_length=MAX_DIMS)
     dtype: DTypeName
-    encoding: str
+    encoding: EncodingName
     params: dict[str, Any] = Field(default_factory=dict)
-    parts: list[int] = Field(default_factory=list)  # byte length of each coded part
-    offset: int = Field(default=0, ge=0)  # into the payload
-    crc32: int = Field(default=0, ge=0, lt=2**32)
+    parts: list[Count] = Field(default_factory=list, max_length=8)  # byte length of each coded part
+    offset: Count = 0  # into the payload
+    crc32: int = Field(default=0, strict=True, ge=0, lt=2**32)
     alias: str | None = None  # the same tensor as an earlier entry (tied weights)
 
     @property
@@ -67,7 +74,7 @@ class Manifest(BaseModel):
 
     architecture: dict[str, Any]
     tensors: list[TensorEntry]
-    payload_bytes: int = Field(ge=0)
+    payload_bytes: Count
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -86,19 +93,13 @@ def write(path: str | Path, manifest: Manifest, parts: list[list[bytes]]) -> int
     manifest.payload_bytes = offset
     body = zlib.compress(manifest.model_dump_json().encode(), 9)
     header = _HEADER.pack(MAGIC, VERSION, len(body), zlib.crc32(body))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(body)
-            for coded in parts:
-                for p in coded:
-                    f.write(p)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # fsynced and renamed into place; temp files of killed earlier saves are removed
+    with atomic_open(path) as f:
+        f.write(header)
+        f.write(body)
+        for coded in parts:
+            for p in coded:
+                f.write(p)
     return path.stat().st_size
 
 
@@ -134,6 +135,7 @@ def read(path: str | Path) -> tuple[Manifest, memoryview]:
     if zlib.crc32(body) != body_crc:
         raise CodecError(f"manifest of {path}: checksum mismatch (the file is corrupt)")
     manifest = _parse_manifest(path, body)
+    _check_entries(path, manifest)
     expected = start + manifest.payload_bytes
     if len(data) != expected:
         if len(data) < expected:
@@ -158,8 +160,8 @@ def _parse_manifest(path: Path, body: memoryview) -> Manifest:
         raise CodecError(f"manifest of {path} cannot be decompressed: {exc}") from None
     try:
         raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CodecError(f"manifest of {path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # also: undecodable text, ints past 4300 digits
+        raise CodecError(f"manifest of {path} is not valid JSON: {str(exc)[:200]}") from None
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -167,6 +169,27 @@ def _parse_manifest(path: Path, body: memoryview) -> Manifest:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
         )
         raise CodecError(f"manifest of {path} is malformed: {problems}") from None
+
+
+def _check_entries(path: Path, manifest: Manifest) -> None:
+    """Names unique; an alias names an earlier stored tensor of the same shape and dtype."""
+    stored: dict[str, TensorEntry] = {}
+    seen: set[str] = set()
+    for entry in manifest.tensors:
+        if entry.name in seen:
+            raise CodecError(f"manifest of {path} lists tensor '{entry.name}' twice")
+        seen.add(entry.name)
+        if entry.alias is None:
+            stored[entry.name] = entry
+            continue
+        target = stored.get(entry.alias)
+        if target is None:
+            raise CodecError(f"tensor '{entry.name}' in {path} aliases '{entry.alias}', "
+                             "which is not a tensor stored before it")
+        if (target.shape, target.dtype) != (entry.shape, entry.dtype) or entry.parts:
+            raise CodecError(f"tensor '{entry.name}' in {path} aliases '{entry.alias}' but declares "
+                             f"{entry.dtype} {entry.shape} (and {len(entry.parts)} parts) for "
+                             f"its {target.dtype} {target.shape}")
 
 
 def tensor_parts(entry: TensorEntry, payload: memoryview) -> list[memoryview]:

@@ -116,8 +116,12 @@ def encode(symbols: np.ndarray, alphabet: int) -> bytes:
     return header + np.packbits(np.concatenate(pieces)).tobytes()
 
 
-def decode(data: bytes | memoryview) -> np.ndarray:
-    """Decode a stream written by :func:`encode` into its symbols (int64)."""
+def decode(data: bytes | memoryview, max_count: int | None = None) -> np.ndarray:
+    """Decode a stream written by :func:`encode` into its symbols (int64).
+
+    A stream that says it holds more than ``max_count`` symbols, or more than it has bits,
+    is refused before any work: decoding takes memory in proportion to the stream's length.
+    """
     data = memoryview(data)
     if len(data) < _HEADER.size:
         raise CodecError(f"Huffman stream of {len(data)} bytes is shorter than its header")
@@ -125,6 +129,11 @@ def decode(data: bytes | memoryview) -> np.ndarray:
     start = _HEADER.size + bitpack.packed_size(alphabet, 4)
     if len(data) < start:
         raise CodecError("Huffman stream ends inside its code-length table")
+    if max_count is not None and count > max_count:
+        raise CodecError(f"Huffman stream holds {count} symbols; at most {max_count} expected")
+    if count > 8 * (len(data) - start):  # every symbol takes at least one bit
+        raise CodecError(f"Huffman stream is corrupt: {count} symbols cannot fit in "
+                         f"{8 * (len(data) - start)} bits")
     lengths = bitpack.unpack(data[_HEADER.size:start], 4, alphabet).astype(np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
@@ -143,8 +152,6 @@ def decode(data: bytes | memoryview) -> np.ndarray:
 
     stream = np.unpackbits(np.frombuffer(data[start:], dtype=np.uint8))
     nbits = stream.size
-    if count > nbits:  # every symbol takes at least one bit
-        raise CodecError(f"Huffman stream is corrupt: {count} symbols cannot fit in {nbits} bits")
     padded = np.concatenate([stream, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
     window = np.zeros(nbits, dtype=np.int64)
     for j in range(width):

@@ -24,12 +24,13 @@ The result is a ``torch.fx.GraphModule`` in float32 whose every quantization
 point is explicit, so an integer runtime can read its parameters directly:
 
 - every quantized conv / linear is a :class:`QuantConv2d` / :class:`QuantLinear`
-  with buffer ``w_scale`` (per output channel) and ``w_bits``; its weight is
-  ``clamp(round(w / s), -(2^(b-1)-1), 2^(b-1)-1) * s`` (narrow range);
-- every activation quantization point is a :class:`FakeQuantAct` module with
-  ``scale``, ``zero_point``, ``bits``, ``qmin``, ``qmax``; one follows the graph
-  input, every conv / linear (after its ReLU / ReLU6 when one directly
-  follows), every residual add (likewise), every average pool and every other
+  (a :class:`tinytamer.qgraph.QuantWeight`) with buffer ``w_scale`` (per output
+  channel) and ``w_bits``; its weight is ``clamp(round(w / s), -(2^(b-1)-1),
+  2^(b-1)-1) * s`` (narrow range);
+- every activation quantization point is a :class:`FakeQuantAct` module (a
+  :class:`tinytamer.qgraph.ActQuant`) with ``scale``, ``zero_point``, ``bits``,
+  ``qmin``, ``qmax``; one follows the graph input, every conv / linear (after its
+  ReLU / ReLU6 when one directly follows), every residual add (likewise), every average pool and every other
   op that makes new values; none follows the ops that keep their input's values
   (max-pool, flatten, reshape, view, contiguous, dropout, identity).
 
@@ -39,9 +40,10 @@ that the layer produces (the FakeQuantAct that follows it).  The activation
 after a non-layer op (add, pool, ...) takes overrides keyed by its graph node
 name (e.g. ``add_1``).
 
-:class:`QuantizedGraph` holds a converted graph in a form the checkpoint format
-saves as plain data (the run directory's checkpoints cannot hold a GraphModule);
-:func:`as_graph_module` gives the GraphModule back.
+``tinytamer.qgraph.QuantizedGraph(convert(gm))`` holds a converted graph in the form
+checkpoints and ``.tt`` files save: plain data over a closed table of operations
+(the run directory's checkpoints cannot hold a GraphModule);
+``tinytamer.qgraph.as_graph_module`` gives the GraphModule back.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from tinytamer.compress.selector import Selector, layer_params, parse, select
 from tinytamer.errors import ModelError, RecipeError
+from tinytamer.qgraph import ActQuant, QuantWeight, fake_quant
 
 CalibMethod = Literal["minmax", "percentile", "mse"]
 CALIB_METHODS = ("minmax", "percentile", "mse")
@@ -73,23 +76,6 @@ _MSE_CANDIDATES = 100
 _EMA = 0.01
 
 
-def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-    """``(clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale``, with a clipped STE gradient.
-
-    ``scale`` / ``zero_point`` broadcast against ``x`` (a scalar, or one per channel).  The
-    gradient is the straight-through estimator: 1 where ``x`` falls inside the clamp range,
-    0 outside.  Plain tensor ops only, so the graph exports with torch.export / ONNX.
-    """
-    zp = zero_point.to(x.dtype)
-    q = torch.round(x / scale) + zp
-    out = (q.clamp(qmin, qmax) - zp) * scale
-    if torch.is_grad_enabled() and x.requires_grad:
-        # Adds exactly 0 to the value; only carries the gradient.
-        inside = ((q >= qmin) & (q <= qmax)).to(x.dtype)
-        out = out.detach() + (x - x.detach()) * inside
-    return out
-
-
 def _check_bits(bits: Any, where: str) -> int:
     if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
         raise RecipeError(f"{where}: bit width must be an integer from {MIN_BITS} to {MAX_BITS}, "
@@ -97,53 +83,7 @@ def _check_bits(bits: Any, where: str) -> int:
     return bits
 
 
-def weight_scale(w: Tensor, bits: int) -> Tensor:
-    """Symmetric per-output-channel scale ``max|w_c| / (2^(bits-1) - 1)`` (all-zero channels: 1)."""
-    amax = w.detach().abs().flatten(1).amax(dim=1)
-    scale = amax / (2 ** (bits - 1) - 1)
-    return torch.where(amax > 0, scale, torch.ones_like(scale)).float()
-
-
-class _QuantWeight:
-    """Per-channel symmetric fake-quantized weight shared by QuantConv2d and QuantLinear.
-
-    In training mode (QAT) the scale follows the weight at every step; in eval
-    mode the frozen ``w_scale`` buffer is used, so the exported numbers are the
-    ones the module computes with.
-    """
-
-    weight: nn.Parameter
-    w_scale: Tensor
-    w_bits: int
-    training: bool
-
-    def _init_quant(self, bits: int) -> None:
-        self.w_bits = bits
-        self.register_buffer("w_scale", weight_scale(self.weight, bits))  # type: ignore[attr-defined]
-
-    @property
-    def w_qmax(self) -> int:
-        return 2 ** (self.w_bits - 1) - 1
-
-    def refresh_scale(self) -> None:
-        """Set ``w_scale`` from the current weights."""
-        self.w_scale.copy_(weight_scale(self.weight, self.w_bits))
-
-    def quant_weight(self) -> Tensor:
-        if self.training:
-            self.refresh_scale()
-        shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        scale = self.w_scale.view(shape)
-        return fake_quant(self.weight, scale, torch.zeros_like(scale), -self.w_qmax, self.w_qmax)
-
-    def int_weight(self) -> Tensor:
-        """The integer weights ``clamp(round(w / s), -qmax, qmax)`` as an int8 tensor."""
-        shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        q = torch.round(self.weight.detach() / self.w_scale.view(shape))
-        return q.clamp(-self.w_qmax, self.w_qmax).to(torch.int8)
-
-
-def _copy_params(q: _QuantWeight, layer: nn.Module) -> None:
+def _copy_params(q: QuantWeight, layer: nn.Module) -> None:
     with torch.no_grad():
         q.weight.copy_(layer.weight)
         if layer.bias is not None:
@@ -152,7 +92,7 @@ def _copy_params(q: _QuantWeight, layer: nn.Module) -> None:
     q.train(layer.training)  # type: ignore[attr-defined]
 
 
-class QuantConv2d(_QuantWeight, nn.Conv2d):
+class QuantConv2d(QuantWeight, nn.Conv2d):
     """A Conv2d whose forward uses per-channel symmetric fake-quantized weights and a float bias."""
 
     def __init__(self, *args: Any, w_bits: int = 8, **kwargs: Any) -> None:
@@ -174,7 +114,7 @@ class QuantConv2d(_QuantWeight, nn.Conv2d):
         return f"{super().extra_repr()}, w_bits={self.w_bits}"
 
 
-class QuantLinear(_QuantWeight, nn.Linear):
+class QuantLinear(QuantWeight, nn.Linear):
     """A Linear whose forward uses per-channel symmetric fake-quantized weights and a float bias."""
 
     def __init__(self, *args: Any, w_bits: int = 8, **kwargs: Any) -> None:
@@ -211,7 +151,7 @@ def _fq_mse(x: Tensor, lo: float, hi: float, qmin: int, qmax: int) -> float:
     return float(((q - zp) * scale - x).square().mean())
 
 
-class FakeQuantAct(nn.Module):
+class FakeQuantAct(ActQuant):
     """Per-tensor asymmetric activation fake quantization point.
 
     Modes: ``observe`` records statistics and passes values through (PTQ
@@ -576,7 +516,7 @@ def convert(gm: fx.GraphModule) -> fx.GraphModule:
             fq.compute_qparams("minmax")
         fq.mode = "quant"
     for m in out.modules():
-        if isinstance(m, _QuantWeight):
+        if isinstance(m, QuantWeight):
             m.refresh_scale()
     return out.eval()
 
@@ -638,152 +578,10 @@ def quant_params(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
                 "scale": float(mod.scale), "zero_point": int(mod.zero_point),
                 "bits": mod.bits, "qmin": mod.qmin, "qmax": mod.qmax,
             }
-        elif isinstance(mod, _QuantWeight):
+        elif isinstance(mod, QuantWeight):
             out[node.name] = {
                 "kind": "conv" if isinstance(mod, nn.Conv2d) else "linear",
                 "module": node.target, "w_bits": mod.w_bits,
                 "w_scale": [float(s) for s in mod.w_scale], "has_bias": mod.bias is not None,
             }
     return out
-
-
-# ----------------------------------------------------------------------------- saving
-
-# Functions a saved graph may call: looked up by module and name, never unpickled.
-_FN_MODULES = ("_operator", "torch", "torch.nn.functional", "math")
-_SAFE_BUILTINS = {"getattr": getattr}
-
-
-def _fn_path(fn: Any, where: str) -> str:
-    mod, name = getattr(fn, "__module__", None), getattr(fn, "__name__", None)
-    if mod == "builtins" and name in _SAFE_BUILTINS:
-        return f"builtins:{name}"
-    if mod in _FN_MODULES and name and _resolve_fn(f"{mod}:{name}", where) is fn:
-        return f"{mod}:{name}"
-    raise ModelError(f"{where}: cannot save a graph that calls {fn!r} (only operator, torch, "
-                     "torch.nn.functional and math functions)")
-
-
-def _resolve_fn(path: str, where: str) -> Any:
-    import importlib
-
-    mod, _, name = path.partition(":")
-    if mod == "builtins" and name in _SAFE_BUILTINS:
-        return _SAFE_BUILTINS[name]
-    if mod not in _FN_MODULES:
-        raise ModelError(f"{where}: saved graph names function '{path}', outside {_FN_MODULES}")
-    fn = getattr(importlib.import_module(mod), name, None)
-    if fn is None:
-        raise ModelError(f"{where}: saved graph names unknown function '{path}'")
-    return fn
-
-
-def _encode_arg(a: Any, where: str) -> Any:
-    if isinstance(a, fx.Node):
-        return {"node": a.name}
-    if isinstance(a, tuple):
-        return tuple(_encode_arg(v, where) for v in a)
-    if isinstance(a, list):
-        return [_encode_arg(v, where) for v in a]
-    if isinstance(a, dict):
-        return {"dict": {str(k): _encode_arg(v, where) for k, v in a.items()}}
-    if isinstance(a, slice):
-        return {"slice": [_encode_arg(v, where) for v in (a.start, a.stop, a.step)]}
-    if a is Ellipsis:
-        return {"ellipsis": True}
-    if isinstance(a, torch.dtype):
-        return {"dtype": str(a).removeprefix("torch.")}
-    if a is None or isinstance(a, bool | int | float | str):
-        return a
-    raise ModelError(f"{where}: cannot save a graph argument of type {type(a).__name__}")
-
-
-def _decode_arg(a: Any, env: dict[str, Any]) -> Any:
-    if isinstance(a, tuple):
-        return tuple(_decode_arg(v, env) for v in a)
-    if isinstance(a, list):
-        return [_decode_arg(v, env) for v in a]
-    if isinstance(a, dict):
-        if "node" in a:
-            return env[a["node"]]
-        if "dict" in a:
-            return {k: _decode_arg(v, env) for k, v in a["dict"].items()}
-        if "slice" in a:
-            return slice(*(_decode_arg(v, env) for v in a["slice"]))
-        if "ellipsis" in a:
-            return Ellipsis
-        if "dtype" in a:
-            return getattr(torch, a["dtype"])
-    return a
-
-
-class QuantizedGraph(nn.Module):
-    """A converted quantized GraphModule in a form that saves as plain architecture data.
-
-    Its submodules are the GraphModule's (QuantConv2d, FakeQuantAct, ...) and
-    its graph is a list of plain records, so a checkpoint records it without
-    pickle and rebuilds it exactly.  :meth:`graph_module` (or
-    :func:`as_graph_module`) gives the ``torch.fx.GraphModule`` back, sharing
-    the modules, for consumers that walk the graph.
-    """
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__()
-        for name, child in gm.named_children():
-            self.add_module(name, child)
-        self.nodes = [self._record(n) for n in gm.graph.nodes]
-
-    @staticmethod
-    def _record(node: fx.Node) -> dict[str, Any]:
-        where = f"graph node '{node.name}'"
-        target: Any = node.target
-        if node.op == "call_function":
-            target = _fn_path(node.target, where)
-        return {"op": node.op, "name": node.name, "target": target,
-                "args": _encode_arg(node.args, where), "kwargs": _encode_arg(node.kwargs, where)}
-
-    def graph_module(self) -> fx.GraphModule:
-        graph = fx.Graph()
-        env: dict[str, fx.Node] = {}
-        for rec in self.nodes:
-            args, kwargs = _decode_arg(rec["args"], env), _decode_arg(rec["kwargs"], env)
-            target = rec["target"]
-            if rec["op"] == "call_function":
-                target = _resolve_fn(target, f"graph node '{rec['name']}'")
-            if rec["op"] == "output":
-                graph.output(args[0])
-                continue
-            node = graph.create_node(rec["op"], target, args, kwargs, name=rec["name"])
-            env[rec["name"]] = node
-        return fx.GraphModule(self, graph)
-
-    def forward(self, *inputs: Any) -> Any:
-        env: dict[str, Any] = {}
-        feed = iter(inputs)
-        for rec in self.nodes:
-            op, target = rec["op"], rec["target"]
-            args = _decode_arg(rec["args"], env)
-            kwargs = _decode_arg(rec["kwargs"], env)
-            if op == "placeholder":
-                env[rec["name"]] = next(feed)
-            elif op == "call_module":
-                env[rec["name"]] = self.get_submodule(target)(*args, **kwargs)
-            elif op == "call_function":
-                env[rec["name"]] = _resolve_fn(target, rec["name"])(*args, **kwargs)
-            elif op == "call_method":
-                env[rec["name"]] = getattr(args[0], target)(*args[1:], **kwargs)
-            elif op == "get_attr":
-                owner, leaf = _parent(self, target)
-                env[rec["name"]] = getattr(owner, leaf)
-            else:  # output
-                return args[0]
-        raise ModelError("quantized graph has no output node")
-
-
-def as_graph_module(model: nn.Module) -> fx.GraphModule:
-    """The quantized model as a ``torch.fx.GraphModule`` (from :class:`QuantizedGraph` too)."""
-    if isinstance(model, fx.GraphModule):
-        return model
-    if isinstance(model, QuantizedGraph):
-        return model.graph_module()
-    raise ModelError(f"{type(model).__name__} is not a quantized graph: run int8 quantization first")

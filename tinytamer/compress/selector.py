@@ -29,13 +29,15 @@ class Selector(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    types: list[str] = Field(default_factory=lambda: ["Conv2d", "Linear"])
-    names: list[str] = Field(default_factory=list)
-    regex: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
-    exclude_first: bool = False
-    exclude_last: bool = False
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    types: list[str] = Field(default_factory=lambda: ["Conv2d", "Linear"],
+                             description="module class names (subclasses match by their bases)")
+    names: list[str] = Field(default_factory=list, description="only these qualified layer names")
+    regex: list[str] = Field(default_factory=list, description="only names matching a regex")
+    exclude: list[str] = Field(default_factory=list, description="names or regexes to leave out")
+    exclude_first: bool = Field(False, description="leave out the first selected layer")
+    exclude_last: bool = Field(False, description="leave out the last selected layer")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name or regex -> the method's parameters for it")
 
 
 def parse(selector: Selector | dict | None) -> Selector:

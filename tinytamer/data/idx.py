@@ -7,6 +7,8 @@ count, for images the rows and columns, then one unsigned byte per pixel or labe
 from __future__ import annotations
 
 import gzip
+import math
+import struct
 import zlib
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from tinytamer.errors import DataError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
+# Declared (decompressed) size over gzip'd size above which an idx file is refused unread.
+# Deflate tops out near 1032:1 on constant data; real image and label files compress 2-10:1.
+MAX_GZIP_RATIO = 256
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -41,38 +46,55 @@ def find_idx_file(root: Path, stem: str) -> Path:
     raise DataError(f"{root}: missing {stem}[.gz]; an idx dataset folder holds {expected}")
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse one idx file: ``uint8 N x rows x cols`` for images (2051), ``uint8 N`` for labels.
+
+    The header is read first and bounds everything after it: a raw file must be exactly as
+    long as it declares; a gzip'd one may not declare more than MAX_GZIP_RATIO times its
+    compressed size, and is inflated only up to the declared size (plus one byte, to tell
+    an oversized file), so a gzip bomb costs neither the memory nor the time it asks for.
+    """
+    ndim = 3 if magic == IMAGES_MAGIC else 1
+    header_len = 4 * (1 + ndim)
+    gzipped = path.suffix == ".gz"
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        on_disk = path.stat().st_size
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            header = f.read(header_len)
+            if len(header) < header_len:
+                raise DataError(f"{path}: truncated idx file: expected at least a {header_len}-byte "
+                                f"header, found {len(header)} bytes")
+            found, *dims = struct.unpack(f">{1 + ndim}i", header)
+            if found != magic:
+                raise DataError(f"{path}: wrong idx magic number: found {found}, expected {magic} "
+                                f"({'images' if magic == IMAGES_MAGIC else 'labels'})")
+            if min(dims) < 0 or (ndim == 3 and min(dims[1:]) == 0):
+                raise DataError(f"{path}: invalid idx dimensions {tuple(dims)}")
+            size = math.prod(dims)
+            if gzipped and size > MAX_GZIP_RATIO * on_disk:
+                raise DataError(
+                    f"{path}: the idx header declares {tuple(dims)} = {size:,} bytes, over "
+                    f"{MAX_GZIP_RATIO}x the {on_disk:,}-byte gzip file: no real image data "
+                    "compresses that well (a corrupt header or a gzip bomb); if it is genuine, "
+                    "gunzip it and point root at the raw file")
+            if not gzipped and on_disk != header_len + size:
+                raise _size_error(path, dims, header_len + size, on_disk)
+            payload = f.read(size + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
+    if len(payload) != size:
+        raise _size_error(path, dims, header_len + size, header_len + len(payload))
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse one idx file: ``uint8 N x rows x cols`` for images (2051), ``uint8 N`` for labels."""
-    data = _read_bytes(path)
-    ndim = 3 if magic == IMAGES_MAGIC else 1
-    header = 4 * (1 + ndim)
-    if len(data) < header:
-        raise DataError(f"{path}: truncated idx file: expected at least a {header}-byte header, "
-                        f"found {len(data)} bytes")
-    fields = np.frombuffer(data, dtype=">i4", count=1 + ndim)
-    found = int(fields[0])
-    if found != magic:
-        raise DataError(f"{path}: wrong idx magic number: found {found}, expected {magic} "
-                        f"({'images' if magic == IMAGES_MAGIC else 'labels'})")
-    dims = tuple(int(d) for d in fields[1:])
-    if min(dims) < 0 or (ndim == 3 and min(dims[1:]) == 0):
-        raise DataError(f"{path}: invalid idx dimensions {dims}")
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "oversized"
-        raise DataError(f"{path}: {what} idx file: header says {dims}, so expected "
-                        f"{expected} bytes, found {len(data)}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+def _size_error(path: Path, dims: list[int], expected: int, found: int) -> DataError:
+    # A gzip'd file is read only up to one byte past the declared size.
+    if found < expected:
+        what, seen = "truncated", f"{found}" + (" decompressed" if path.suffix == ".gz" else "")
+    else:
+        what, seen = "oversized", f"{found}" if path.suffix != ".gz" else "more (reading stopped there)"
+    return DataError(f"{path}: {what} idx file: header says {tuple(dims)}, so expected "
+                     f"{expected} bytes, found {seen}")
 
 
 def read_idx_split(root: Path, split: str) -> ImageSplit:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from tinytamer.data.arrays import interleave_by_class
 from tinytamer.data.cache import cache_root, digest, load_arrays, save_arrays
@@ -90,6 +94,18 @@ def organize(found: Found, where: str) -> tuple[list[str], dict[str, list[tuple[
         order = interleave_by_class(np.array(labels))
         splits[split] = [(names[i], labels[i]) for i in order]
     return class_names, splits
+
+
+@contextmanager
+def _decoding(intro: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Say on stderr that a long first decode starts (one line, also in a log), then draw a
+    progress bar on a terminal while the caller reports how much of ``total`` is done."""
+    console = Console(stderr=True)
+    console.print(intro, markup=False, highlight=False, soft_wrap=True)
+    columns = [TextColumn("decoding"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("decode", total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def decode_image(source: Path | IO[bytes], mode: str | None, size: int | None,
@@ -192,8 +208,16 @@ def load_tree(
     cache_file = cache_root(cache_dir) / f"imagefolder-{tree.name}-{key}.npz"
     arrays = load_arrays(cache_file)
     if arrays is None:
-        decoded = {s: [decode_image(Path(p), mode, size) for p, _ in items]
-                   for s, items in files.items()}
+        count = sum(len(items) for items in files.values())
+        with _decoding(f"decoding {count} images from {tree} (first time; cached after)",
+                       total=count) as report:
+            decoded: dict[str, list[np.ndarray]] = {s: [] for s in files}
+            done = 0
+            for s, items in files.items():
+                for p, _ in items:
+                    decoded[s].append(decode_image(Path(p), mode, size))
+                    done += 1
+                    report(done)
         every = _uniform_mode(mode, [a for s in decoded for a in decoded[s]])
         images, at = {}, 0
         for s, items in files.items():
@@ -218,9 +242,14 @@ def decode_archive(archive: Path, mode: str | None, size: int | None
     found: Found = {}
     decoded: dict[str, np.ndarray] = {}
     prefixes: set[str] = set()
+    total = archive.stat().st_size
+    intro = f"decoding the images in {archive} ({total / 1e6:.0f} MB; first time; cached after)"
     try:
-        with tarfile.open(archive, "r|*") as tar:  # streaming: no seeks back in the gzip
+        # streaming: no seeks back in the gzip; progress is the compressed bytes read so far
+        with (_decoding(intro, total=total) as report, open(archive, "rb") as raw,
+              tarfile.open(fileobj=raw, mode="r|*") as tar):
             for member in tar:
+                report(raw.tell())
                 if member.isdir():
                     place = _member_place(member.name + "/x")
                     if place:

@@ -1,15 +1,16 @@
-"""A converted ``tinytamer.compress.int8`` model -> ONNX in QDQ form, with *our* qparams.
+"""A converted int8 model (a ``tinytamer.qgraph`` quantized graph) -> ONNX in QDQ form, with *our* qparams.
 
 ONNX Runtime runs a QDQ model (QuantizeLinear/DequantizeLinear pairs around float ops)
 with integer kernels.  Writing our own scales and zero points into those pairs, instead
 of letting ORT calibrate, makes the deployed int8 model the one that was evaluated:
 
-- every ``FakeQuantAct`` becomes QuantizeLinear -> DequantizeLinear with its scale and
-  zero point (int8; a narrower bit width is first clamped to its range);
-- every ``QuantConv2d`` / ``QuantLinear`` gets its integer weights as an int8
-  initializer behind a per-channel DequantizeLinear (axis 0, zero point 0), and its
-  bias as int32 with scale ``in_scale * w_scale[c]`` (the scale of the activation
-  quantizer feeding it), as integer runtimes require.
+- every activation quantizer (a ``tinytamer.qgraph.ActQuant``) becomes QuantizeLinear ->
+  DequantizeLinear with its scale and zero point (int8; a narrower bit width is first
+  clamped to its range);
+- every quantized conv / linear (a ``tinytamer.qgraph.QuantWeight``) gets its integer
+  weights as an int8 initializer behind a per-channel DequantizeLinear (axis 0, zero
+  point 0), and its bias as int32 with scale ``in_scale * w_scale[c]`` (the scale of the
+  activation quantizer feeding it), as integer runtimes require.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch.nn import functional as F
 
 from tinytamer.errors import ModelError
 from tinytamer.export.onnx import ExportError, capture, input_names
+from tinytamer.qgraph import ActQuant, QuantWeight, as_graph_module
 
 _qd = torch.ops.quantized_decomposed
 _I32 = (-(2**31), 2**31 - 1)
@@ -100,14 +102,12 @@ class QDQLayer(nn.Module):
 
 def _input_scale(gm: fx.GraphModule, node: fx.Node) -> float | None:
     """Scale of the activation quantizer feeding ``node`` (through scale-keeping ops)."""
-    from tinytamer.compress.int8 import FakeQuantAct
-
     cur = node.args[0] if node.args else None
     for _ in range(16):
         if not isinstance(cur, fx.Node):
             return None
         mod = gm.get_submodule(cur.target) if cur.op == "call_module" else None
-        if isinstance(mod, (FakeQuantAct, QDQAct)):  # QDQAct: already replaced
+        if isinstance(mod, (ActQuant, QDQAct)):  # QDQAct: already replaced
             return float(mod.scale)
         if cur.op == "placeholder" or not cur.args:
             return None
@@ -117,8 +117,6 @@ def _input_scale(gm: fx.GraphModule, node: fx.Node) -> float | None:
 
 def qdq_module(model: nn.Module, unsigned_weights: bool = False) -> fx.GraphModule:
     """A copy of the converted model (GraphModule or QuantizedGraph) with explicit Q/DQ ops."""
-    from tinytamer.compress.int8 import FakeQuantAct, QuantConv2d, QuantLinear, as_graph_module
-
     out = copy.deepcopy(as_graph_module(model)).eval()
     acts = layers = 0
     for node in out.graph.nodes:
@@ -127,14 +125,14 @@ def qdq_module(model: nn.Module, unsigned_weights: bool = False) -> fx.GraphModu
         mod = out.get_submodule(node.target)
         parent_name, _, attr = node.target.rpartition(".")
         parent = out.get_submodule(parent_name) if parent_name else out
-        if isinstance(mod, FakeQuantAct):
+        if isinstance(mod, ActQuant):
             if mod.mode != "quant":
                 raise ModelError(f"quantizer '{node.target}' is not converted: call "
                                  "tinytamer.compress.int8.convert first")
             setattr(parent, attr, QDQAct(float(mod.scale), int(mod.zero_point), mod.qmin,
                                          mod.qmax))
             acts += 1
-        elif isinstance(mod, (QuantConv2d, QuantLinear)):
+        elif isinstance(mod, QuantWeight):
             setattr(parent, attr, QDQLayer(mod, _input_scale(out, node), unsigned_weights))
             layers += 1
     if acts == 0:

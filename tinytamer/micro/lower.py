@@ -30,6 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from tinytamer.errors import ModelError
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Graph
+from tinytamer.qgraph import ActQuant, QuantWeight
 
 _ADD = {operator.add, operator.iadd, torch.add}
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu6}
@@ -39,6 +40,13 @@ _PASS_METHODS = {"contiguous"}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape}
 _SCALAR_METHODS = {"size", "dim"}
+# Module types the device graph has a rule for (float Conv2d / Linear are refused as such
+# when visited); any other module in the graph is refused up front, by its name.
+_LAYER_MODULES = (nn.Conv2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d,
+                  nn.AdaptiveAvgPool2d, nn.Flatten, nn.Softmax, *_PASS_MODULES)
+SUPPORTED_OPS = ("conv2d (incl. depthwise/grouped), linear, max/avg pool, global average pool, "
+                 "residual add, ReLU/ReLU6 fused into its producer, flatten/reshape, softmax "
+                 "over the classes of a vector")
 
 
 @dataclass
@@ -78,13 +86,11 @@ def _ir_shape(shape: tuple[int, ...], node: fx.Node) -> tuple[int, ...]:
 
 
 def _is_fake_quant(m: nn.Module) -> bool:
-    # Duck-typed on the int8 contract, so micro does not depend on the compress package.
-    return all(hasattr(m, a) for a in ("scale", "zero_point", "qmin", "qmax", "bits")) \
-        and type(m).__name__ == "FakeQuantAct"
+    return isinstance(m, ActQuant)
 
 
 def _is_quant_layer(m: nn.Module, base: type) -> bool:
-    return isinstance(m, base) and hasattr(m, "int_weight") and hasattr(m, "w_scale")
+    return isinstance(m, base) and isinstance(m, QuantWeight)
 
 
 class _Lowerer:
@@ -95,15 +101,36 @@ class _Lowerer:
         # 1-D tensors flattened from an H x W x C buffer: their PyTorch (C, H, W) order.
         self.torch_order: dict[str, np.ndarray] = {}
 
+    def layer(self, node: fx.Node) -> tuple[str, str] | None:
+        """The layer (name, class) a node comes from: the module it calls, or the module
+        whose forward() it was traced in (fx's ``nn_module_stack``)."""
+        if node.op == "call_module":
+            return str(node.target), type(self.mod(node)).__name__
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            return None
+        path, cls = list(stack.values())[-1]
+        # A class, or its qualified name (as torch.export records it).
+        return str(path), cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1]
+
     def fail(self, node: fx.Node, what: str) -> ModelError:
         src = node.meta.get("stack_trace") or ""
-        where = f"node '{node.name}'" + (f" (module '{node.target}')"
-                                         if node.op == "call_module" else "")
-        return ModelError(f"micro lowering: {what} at {where}; supported: conv2d (incl. "
-                          "depthwise/grouped), linear, max/avg pool, global average pool, "
-                          "residual add, ReLU/ReLU6 fused into its producer, flatten/reshape, "
-                          "softmax over the classes of a vector"
+        layer = self.layer(node)
+        where = f"node '{node.name}'" + (f" of layer '{layer[0]}' ({layer[1]})" if layer else "")
+        return ModelError(f"micro lowering: {what} at {where}; supported: {SUPPORTED_OPS}"
                           + (f"\n{src}" if src else ""))
+
+    def check_layers(self) -> None:
+        """Refuse a layer type the device has no rule for before lowering anything, so the
+        error names it rather than the plumbing around it (a tuple unpack, a 3-D reshape)."""
+        for node in self.gm.graph.nodes:
+            if node.op != "call_module":
+                continue
+            m = self.mod(node)
+            if not (_is_fake_quant(m) or isinstance(m, _LAYER_MODULES)):
+                raise ModelError(f"micro lowering: layer '{node.target}' ({type(m).__name__}) "
+                                 "is not supported by the micro path; supported ops: "
+                                 f"{SUPPORTED_OPS}")
 
     def quant(self, node: fx.Node, arg) -> str:
         value = self.env.get(arg) if isinstance(arg, fx.Node) else None
@@ -124,6 +151,7 @@ class _Lowerer:
         return self.gm.get_submodule(node.target)
 
     def run(self, example_input: torch.Tensor) -> Graph:
+        self.check_layers()
         with torch.no_grad():
             ShapeProp(self.gm).propagate(example_input)
         out_name = None
@@ -192,9 +220,8 @@ class _Lowerer:
             return self.softmax(node, m.dim)
         if isinstance(m, _PASS_MODULES):
             return self.quant(node, arg)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            raise self.fail(node, f"a {type(m).__name__} left in float (not quantized)")
-        raise self.fail(node, f"module {type(m).__name__}")
+        # check_layers() let only these through.
+        raise self.fail(node, f"a {type(m).__name__} left in float (not quantized)")
 
     def visit_function(self, node: fx.Node):
         f = node.target

@@ -89,7 +89,7 @@ class Session:
             raise ModelError("Session: give exactly one of a generated module or an ELF file")
         self.cpu = cpu
         self.module = module
-        self.elf = Path(elf) if elf is not None else None
+        self.elf = Path(elf).resolve() if elf is not None else None
         self.workdir = workdir
         self.lazy = lazy
         self.count = count

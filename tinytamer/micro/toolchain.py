@@ -1,5 +1,8 @@
 """Toolchains: host gcc and arm-none-eabi-gcc builds of a generated model, and QEMU runs.
 
+Every path handed to a tool is absolute: a relative one would be read against the tool's
+working directory, and one that starts with '-' as an option.
+
 - host: ``gcc -std=c99 -O2`` (optionally ``-fsanitize=address,undefined``), a program
   that maps stdin inputs to stdout outputs;
 - cortex-m4 / cortex-m7: ``arm-none-eabi-gcc -mcpu=... -mthumb -mfloat-abi=hard`` with
@@ -92,7 +95,7 @@ def _sources(cm: CModel, d: Path, main: str) -> list[str]:
 def host_build(cm: CModel, workdir: str | Path, *, sanitize: bool = False) -> Path:
     """Build the host program (stdin inputs -> stdout outputs); returns the executable."""
     gcc = require("gcc")
-    d = Path(workdir)
+    d = Path(workdir).resolve()
     exe = d / ("model_host_san" if sanitize else "model_host")
     flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
              "-fno-strict-aliasing"]
@@ -109,7 +112,8 @@ def host_run(exe: Path, inputs: np.ndarray, output_size: int) -> np.ndarray:
     x = np.ascontiguousarray(inputs, dtype=np.int8)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    proc = _run([str(exe)], "host model run", input=x.tobytes(), env=env, timeout=600)
+    proc = _run([str(Path(exe).resolve())], "host model run", input=x.tobytes(), env=env,
+                timeout=600)
     if proc.stderr:
         raise ModelError(f"host model run reported errors:\n{proc.stderr.decode()[-4000:]}")
     return np.frombuffer(proc.stdout, dtype=np.int8).reshape(len(x), output_size)
@@ -140,7 +144,7 @@ def arm_build(cm: CModel, workdir: str | Path, cpu_name: str = "cortex-m4", *,
     """Cross-compile the model with start-up code, semihosting and embedded test inputs."""
     c = cpu(cpu_name)
     gcc = require("arm-none-eabi-gcc")
-    d = Path(workdir)
+    d = Path(workdir).resolve()
     x = np.zeros((0, cm.input_size), np.int8) if inputs is None else np.asarray(inputs, np.int8)
     tmp = d / ".inputs.c.tmp"
     d.mkdir(parents=True, exist_ok=True)
@@ -168,7 +172,7 @@ def qemu_run(build: ArmBuild, output_size: int, *, timeout: float = 300) -> np.n
     qemu = require("qemu-system-arm")
     cmd = [qemu, "-M", build.cpu.qemu_machine, "-nographic", "-monitor", "none",
            "-serial", "none", "-semihosting-config", "enable=on,target=native",
-           "-kernel", str(build.elf)]
+           "-kernel", str(build.elf.resolve())]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:

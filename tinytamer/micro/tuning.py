@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinytamer.errors import CorruptFileError
+from tinytamer.fileio import append_jsonl, read_jsonl
 from tinytamer.micro import codegen, reference, schedule
 from tinytamer.micro.ir import Conv2D, Dense, Graph, Op
 from tinytamer.micro.session import Session
@@ -71,11 +73,15 @@ class TuningLog:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_log()
         self.records: dict[tuple[str, str], dict] = {}
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    r = json.loads(line)
-                    self.records[(r["key"], _sched_id(r["schedule"]))] = r
+        # A torn last line (a tuner killed mid-append) is skipped with a warning; a bad line
+        # elsewhere is an error naming the file and line.
+        for i, r in enumerate(read_jsonl(self.path)):
+            if not (isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("schedule"), dict)
+                    and all(isinstance(r.get(k), int) for k in ("est_cycles", "instructions"))):
+                raise CorruptFileError(f"micro tuning log {self.path}: record {i + 1} is not a "
+                                       "{key, schedule, est_cycles, instructions} object; the log is "
+                                       "damaged: delete it to measure again")
+            self.records[(r["key"], _sched_id(r["schedule"]))] = r
 
     def get(self, key: str, sched: dict) -> dict | None:
         return self.records.get((key, _sched_id(sched)))
@@ -84,10 +90,8 @@ class TuningLog:
         rec = {"key": key, "schedule": sched, "est_cycles": est_cycles,
                "instructions": instructions}
         self.records[(key, _sched_id(sched))] = rec
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One short line per append: concurrent tuners interleave whole lines.
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        # Locked, whole-line, fsynced appends: concurrent tuners interleave whole lines.
+        append_jsonl(self.path, rec)
 
 
 def _distinct(op: Op, dsp: bool, knobs: dict[str, list]) -> list[dict]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
+from pydantic import Field
 from torch import nn
 
 from tinytamer.recipe import Context, StageParams, register_stage
@@ -14,8 +16,10 @@ from tinytamer.train import SolverConfig
 class TrainParams(SolverConfig):
     """The Solver's settings (Caffe names); ``solver`` reads them from a solver.prototxt instead."""
 
-    solver: str | None = None
-    batch_size: int | None = None
+    solver: str | None = Field(None, description="Caffe solver.prototxt to read the settings from "
+                               "(instead of the keys above)")
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
+                                   "(default: data.batch_size)")
 
 
 def latest_snapshot(folder: Path) -> Path | None:
@@ -40,16 +44,17 @@ def train_stage(model: nn.Module, ctx: Context, p: TrainParams) -> nn.Module:
 
 
 class EvaluateParams(StageParams):
-    split: str = "test"
+    split: Literal["train", "val", "test"] = Field("test", description="split to score")
 
 
 @register_stage("evaluate", EvaluateParams, help="evaluate the model on a split")
 def evaluate_stage(model: nn.Module, ctx: Context, p: EvaluateParams) -> nn.Module:
-    if p.split not in ("train", "val", "test"):
+    samples = len(getattr(ctx.data, p.split))
+    if samples == 0:
         from tinytamer.errors import RecipeError
 
-        raise RecipeError(f"evaluate.split must be train, val or test (got '{p.split}')")
+        raise RecipeError(f"evaluate.split '{p.split}' of dataset '{ctx.recipe.data.name}' is empty")
     metrics = ctx.evaluate(model, p.split)
     ctx.log({**ctx.model_record(model, accuracy=metrics["accuracy"]), "split": p.split,
-             "loss": metrics["loss"]})
+             "loss": metrics["loss"], "eval_samples": samples})
     return model

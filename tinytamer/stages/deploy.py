@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from torch import nn
 
-from tinytamer.deploy import bench, calib_from_loader, deploy
+from tinytamer.deploy import bench, calib_from_loader, console_echo, deploy, valid_eval_limit
 from tinytamer.recipe import Context, StageParams, register_stage
 from tinytamer.targets.tvm import DEFAULT_TRIALS
+
+
+def _eval_limit(value: Any) -> Any:
+    if not valid_eval_limit(value):
+        raise ValueError("a whole number >= 1 or 'all'")
+    return value
+
+
+# A number of test samples, or "all"; unset: the target's default (deploy.eval_limit_for).
+EvalLimit = Annotated[int | Literal["all"] | None, BeforeValidator(_eval_limit)]
 
 
 def _known_target(name: str) -> str:
@@ -25,24 +35,29 @@ def _known_target(name: str) -> str:
 
 
 class DeployParams(StageParams):
-    target: str = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    threads: int = Field(2, ge=1)
+    target: str = Field("onnxruntime", description="where to deploy (see `tamer list targets`)")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="numeric precision on the target (`tamer list targets NAME`: which)")
+    threads: int = Field(2, ge=1, description="CPU threads the runtime may use")
     batch: int = Field(1, ge=1, description="batch size the latency is measured at")
     repeats: int = Field(30, ge=0, description="timed runs (0: do not measure latency)")
     calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on")
-    calib_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    calib_method: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="how ORT's own int8 calibration sets activation ranges",
+        json_schema_extra={"targets": ["onnxruntime"]})
     reduce_range: bool | None = Field(None, description="7-bit weights for ORT's own int8 "
                                       "calibration (default: on x86 CPUs without VNNI, whose "
-                                      "u8 x s8 kernels saturate with 8-bit weights)")
-    eval_limit: int | None = Field(None, ge=1, description="test samples scored through the "
-                                   "runtime (default: all)")
+                                      "u8 x s8 kernels saturate with 8-bit weights)",
+                                      json_schema_extra={"targets": ["onnxruntime"]})
+    eval_limit: EvalLimit = Field(None, description="test samples scored through the runtime, "
+                                  "or 'all' (default: 1000 on the emulated Cortex-M targets, "
+                                  "all elsewhere)")
     isolate: bool = Field(True, description="measure in a child process (peak memory)")
     use_qparams: bool = Field(True, description="int8 on onnxruntime of a model from the "
                               "quantize stage keeps its scales / zero points (else ORT "
-                              "calibrates its own)")
+                              "calibrates its own)", json_schema_extra={"targets": ["onnxruntime"]})
     trials: int = Field(DEFAULT_TRIALS, ge=0, description="target tvm: MetaSchedule trials per tuning task "
-                        "(0: untuned, labelled so)")
+                        "(0: untuned, labelled so)", json_schema_extra={"targets": ["tvm"]})
 
     @field_validator("target")
     @classmethod
@@ -53,7 +68,7 @@ class DeployParams(StageParams):
 @register_stage("deploy", DeployParams,
                 help="deploy to a target: parity check, cost, accuracy through the runtime")
 def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
-    from tinytamer.compress.int8 import QuantizedGraph
+    from tinytamer.qgraph import QuantizedGraph
 
     options: dict[str, Any] = {}
     if p.target == "tvm":
@@ -74,10 +89,11 @@ def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
                     calib=calib_from_loader(ctx.train_loader(), p.calib_batches),
                     test_loader=ctx.test_loader(), eval_limit=p.eval_limit, threads=p.threads,
                     batch=p.batch, repeats=p.repeats, isolate=p.isolate, source_file=source,
-                    **options)
+                    progress=ctx.progress, **options)
     cost = rep.cost or {}
     ctx.log({**ctx.model_record(model, accuracy=rep.accuracy),
              "accuracy_torch": rep.accuracy_torch, "eval_samples": rep.eval_samples,
+             "eval_total": rep.eval_total,
              "target": p.target, "precision": p.precision, "bytes": rep.artifact_bytes,
              "compressed_bytes": rep.source_bytes,
              "artifacts": [str((folder / a).relative_to(ctx.rundir.path)) for a in rep.artifacts],
@@ -88,19 +104,23 @@ def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
 
 class BenchParams(StageParams):
     targets: list[str] | None = Field(None, description="default: every installed target")
-    precisions: list[Literal["fp32", "fp16", "int8"]] | None = None
-    batches: list[int] = [1]
-    threads: int = Field(2, ge=1)
-    repeats: int = Field(30, ge=1)
-    calib_batches: int = Field(8, ge=1)
-    eval_limit: int | None = Field(None, ge=1)
+    precisions: list[Literal["fp32", "fp16", "int8"]] | None = Field(
+        None, description="default: every precision each target runs")
+    batches: list[int] = Field([1], description="batch sizes the latency is measured at")
+    threads: int = Field(2, ge=1, description="CPU threads each runtime may use")
+    repeats: int = Field(30, ge=1, description="timed runs per model and batch size")
+    calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on "
+                               "(and check parity on)")
+    eval_limit: EvalLimit = Field(None, description="test samples scored through each "
+                                  "runtime, or 'all' (default: 1000 on the emulated Cortex-M "
+                                  "targets, all elsewhere)")
     max_acc_drop: float | None = Field(None, ge=0, description="accuracy a pick may lose (0.01 "
                                        "= one point)")
-    isolate: bool = True
+    isolate: bool = Field(True, description="measure in a child process (peak memory)")
     rounds: int = Field(1, ge=1, description="measure each model this many times round-robin, "
                         "keep the best round")
     trials: int = Field(DEFAULT_TRIALS, ge=0, description="target tvm: MetaSchedule trials per tuning task "
-                        "(0: untuned, labelled so)")
+                        "(0: untuned, labelled so)", json_schema_extra={"targets": ["tvm"]})
 
     @field_validator("targets")
     @classmethod
@@ -116,7 +136,8 @@ def bench_stage(model: nn.Module, ctx: Context, p: BenchParams) -> nn.Module:
                    test_loader=ctx.test_loader(), targets=p.targets, precisions=p.precisions,
                    batches=p.batches, threads=p.threads, repeats=p.repeats,
                    eval_limit=p.eval_limit, isolate=p.isolate, rounds=p.rounds,
-                   target_options={"tvm": {"trials": p.trials}})
+                   target_options={"tvm": {"trials": p.trials}}, progress=ctx.progress,
+                   echo=console_echo)
     best = report.best(p.max_acc_drop, batch=p.batches[0])
     ctx.log({**ctx.model_record(model), "bench": report.to_dict()["rows"],
              "best": None if best is None else {"target": best.target,

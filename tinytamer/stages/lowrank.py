@@ -36,13 +36,18 @@ class LowRankParams(StageParams):
     speedup: float | None = Field(
         None, gt=1, description="whole-model MAC reduction (default 2.0 unless ranks are given)")
     ranks: dict[str, int] | None = Field(None, description="fixed ranks for named layers")
-    method: lowrank.Method = "nonlinear-asymmetric"
-    select: Selector | None = None
+    method: lowrank.Method = Field(
+        "nonlinear-asymmetric", description="Zhang et al. 2015 Sec. 3: linear (PCA of "
+        "responses), nonlinear (through the ReLU), nonlinear-asymmetric (inputs from the "
+        "approximated layers before), or svd of the weights")
+    select: Selector | None = Field(None, description="layers to approximate (default: every conv "
+                                    "/ linear)")
     calib_batches: int = Field(8, ge=1, description="training batches used as calibration data")
     samples_per_batch: int = Field(512, ge=1, description="response positions sampled per batch")
     iters: int = Field(10, ge=0, description="alternating iterations of the nonlinear solver")
     finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning")
-    batch_size: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
+                                   "(default: data.batch_size)")
 
 
 @register_stage("lowrank", LowRankParams,

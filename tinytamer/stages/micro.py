@@ -17,57 +17,54 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-import torch
+from pydantic import Field
 from torch import nn
 
 from tinytamer.recipe import Context, StageParams, register_stage
 
 
 class MicroParams(StageParams):
-    target: Literal["cortex-m4", "cortex-m7", "micro-host"] = "cortex-m4"
-    calib_batches: int = 4
-    calib_method: Literal["minmax", "percentile", "mse"] = "minmax"
-    eval_samples: int = 200
-    flash_budget: int | None = None
-    sram_budget: int | None = None
-    schedules: Literal["default", "portable", "tuned"] = "default"
-
-
-def device_accuracy(deployed, dataset, n: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """Top-1 accuracy of the first ``n`` samples run through the device; also returns
-    the inputs and labels used."""
-    n = min(n, len(dataset))
-    xs = torch.stack([dataset[i][0] for i in range(n)]).numpy()
-    ys = np.array([int(dataset[i][1]) for i in range(n)])
-    logits = deployed(xs)[0]
-    return float((logits.argmax(1) == ys).mean()), xs, ys
+    target: Literal["cortex-m4", "cortex-m7", "micro-host"] = Field(
+        "cortex-m4", description="device: an emulated Cortex-M, or C compiled for this host")
+    calib_batches: int = Field(4, ge=1, description="training batches the int8 ranges are "
+                               "calibrated on")
+    calib_method: Literal["minmax", "percentile", "mse"] = Field(
+        "minmax", description="how the int8 activation ranges are chosen")
+    eval_samples: int = Field(200, ge=1, description="test samples scored on the device")
+    flash_budget: int | None = Field(None, description="refuse a program larger than this many "
+                                     "bytes of flash")
+    sram_budget: int | None = Field(None, description="refuse a program needing more than this "
+                                    "many bytes of SRAM")
+    schedules: Literal["default", "portable", "tuned"] = Field(
+        "default", description="kernels: default (DSP where the device has it), portable (plain "
+        "C), tuned (measured per layer on the device)")
 
 
 @register_stage("micro", MicroParams,
                 help="deploy as generated C on an emulated Cortex-M (or the host) and measure")
 def micro_stage(model: nn.Module, ctx: Context, p: MicroParams) -> nn.Module:
+    from tinytamer.deploy import calib_from_loader, runtime_accuracy
     from tinytamer.targets.base import get_target
 
     target = get_target(p.target)
-    calib = []
-    for i, batch in enumerate(ctx.train_loader()):
-        if i >= p.calib_batches:
-            break
-        calib.append(batch[0])
+    calib = calib_from_loader(ctx.train_loader(), p.calib_batches)
     deployed = target.compile(model, [ctx.example_input(1)], ctx.stage_dir / "deploy",
                               calib=calib, calib_method=p.calib_method,
                               flash_budget=p.flash_budget, sram_budget=p.sram_budget,
                               schedules=p.schedules)
-    acc, xs, ys = device_accuracy(deployed, ctx.data.test, p.eval_samples)
+    # The first eval_samples test samples, through the device (a bar: the emulator is slow).
+    acc = runtime_accuracy(deployed, model, ctx.test_loader(), p.eval_samples,
+                           progress=ctx.progress)
     cost = deployed.measure()
     elf = deployed.program.arm.elf if deployed.program.arm is not None else None
     record = ctx.model_record(model, file=elf, accuracy=ctx.evaluate(model)["accuracy"])
     record.update({
         "target": p.target,
+        "precision": deployed.precision,
         "schedules": p.schedules,
-        "device_accuracy": acc,
-        "device_accuracy_samples": len(ys),
+        "device_accuracy": acc["accuracy"],
+        "device_accuracy_samples": acc["n"],
+        "device_accuracy_total": acc["total"],
         "parity": deployed.parity,
         "bit_exact_inputs": deployed.info.get("bit_exact_inputs"),
         "instructions": cost.instructions,

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from tinytamer.compress import fixedpoint, int8, ttq
 from tinytamer.compress.selector import Selector
+from tinytamer.qgraph import QuantizedGraph, as_graph_module
 from tinytamer.recipe import Context, StageParams, register_stage
 from tinytamer.train import SolverConfig
 
@@ -38,13 +39,19 @@ def _write_json(path: Path, payload: Any) -> Path:
 
 
 class QuantizeParams(StageParams):
-    method: Literal["ptq", "qat"] = "ptq"
-    calibration: Literal["minmax", "percentile", "mse"] = "minmax"
-    percentile: float = Field(99.99, gt=50, le=100)
-    weight_bits: int = Field(8, ge=2, le=8)
-    act_bits: int = Field(8, ge=2, le=8)
-    select: Selector | None = None
-    calib_batches: int = Field(8, ge=1)
+    method: Literal["ptq", "qat"] = Field(
+        "ptq", description="ptq: calibrate only; qat: then train with fake quantization")
+    calibration: Literal["minmax", "percentile", "mse"] = Field(
+        "minmax", description="how activation ranges are chosen from the calibration batches")
+    percentile: float = Field(99.99, gt=50, le=100, description="percentile calibration: the "
+                              "range's percentile of |activation|")
+    weight_bits: int = Field(8, ge=2, le=8, description="weight bits (per layer: select.overrides "
+                             "{bits: n})")
+    act_bits: int = Field(8, ge=2, le=8, description="activation bits (per layer: "
+                          "select.overrides {act_bits: n})")
+    select: Selector | None = Field(None, description="layers to quantize (default: every conv / "
+                                    "linear)")
+    calib_batches: int = Field(8, ge=1, description="training batches to calibrate on")
     finetune: SolverConfig | None = Field(
         None, description="QAT training (Solver settings); default 1 epoch of SGD at lr 1e-3")
 
@@ -65,8 +72,8 @@ def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Modu
         gm = int8.prepare(model, calib[0][:1], **kw)
         int8.calibrate(gm, calib, p.calibration, p.percentile)
         _finetune(gm, ctx, p.finetune)
-    qmodel = int8.QuantizedGraph(int8.convert(gm))
-    params = int8.quant_params(int8.as_graph_module(qmodel))
+    qmodel = QuantizedGraph(int8.convert(gm))
+    params = int8.quant_params(as_graph_module(qmodel))
     path = _write_json(ctx.stage_dir / "quant_params.json", params)
     ctx.log({**ctx.model_record(qmodel), "method": p.method, "calibration": p.calibration,
              "quant_params": str(path.relative_to(ctx.rundir.path)),
@@ -76,11 +83,14 @@ def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Modu
 
 
 class FixedPointParams(StageParams):
-    bits: int = Field(8, ge=2, le=16)
-    mode: Literal["dynamic", "static"] = "dynamic"
-    select: Selector | None = None
-    calib_batches: int = Field(8, ge=1)
-    finetune: SolverConfig | None = None
+    bits: int = Field(8, ge=2, le=16, description="word length of weights and activations")
+    mode: Literal["dynamic", "static"] = Field(
+        "dynamic", description="dynamic: a fixed-point format per layer; static: one for the model")
+    select: Selector | None = Field(None, description="layers to quantize (default: every conv / "
+                                    "linear)")
+    calib_batches: int = Field(8, ge=1, description="training batches the formats are chosen on")
+    finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning "
+                                          "(weights snap back to the grid after)")
 
 
 @register_stage("fixed_point", FixedPointParams,
@@ -98,11 +108,13 @@ def fixed_point_stage(model: nn.Module, ctx: Context, p: FixedPointParams) -> nn
 
 
 class TTQParams(StageParams):
-    t: float = Field(0.05, ge=0, lt=1)
+    t: float = Field(0.05, ge=0, lt=1, description="threshold factor: |w| <= t x max|w| "
+                     "becomes 0 (Zhu et al. eq. 9)")
     select: Selector | None = Field(
         None, description="default: every conv / linear except the first and the last")
     finetune: SolverConfig = Field(
-        default_factory=lambda: SolverConfig(epochs=1, base_lr=1e-3, optimizer="adam"))
+        default_factory=lambda: SolverConfig(epochs=1, base_lr=1e-3, optimizer="adam"),
+        description="Solver settings for training the ternary weights and scales")
 
 
 @register_stage("ttq", TTQParams, help="trained ternary quantization, Zhu et al. 2017")

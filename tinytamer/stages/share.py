@@ -32,9 +32,11 @@ class KmeansShareParams(StageParams):
     conv_bits: int = Field(8, ge=1, le=16, description="codebook bits of convolutions")
     linear_bits: int = Field(5, ge=1, le=16, description="codebook bits of fully connected layers")
     init: share.Init = Field("linear", description="centroid initialization: linear, density, random")
-    select: Selector | None = None
+    select: Selector | None = Field(None, description="layers to share (default: every conv / "
+                                    "linear); per layer: overrides {bits: n}")
     finetune: SolverConfig | None = Field(None, description="Solver settings for training the centroids")
-    batch_size: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
+                                   "(default: data.batch_size)")
 
 
 @register_stage("kmeans_share", KmeansShareParams,

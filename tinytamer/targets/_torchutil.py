@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinytamer.errors import TamerError
 from tinytamer.targets.base import Deployed, check_parity
 
 Batch = torch.Tensor | Sequence[torch.Tensor]
@@ -28,6 +29,29 @@ def torch_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.n
     """PyTorch's outputs for ``inputs`` (eval mode, no grad): the parity reference."""
     with torch.no_grad():
         return to_numpy(model.eval()(*inputs))
+
+
+def require_calib(target: str, calib: Sequence[Batch] | None) -> list[Batch]:
+    """The calibration batches of an int8 compile, refused when there is no real sample.
+
+    Without this check an empty or missing ``calib`` would calibrate on whatever example
+    input was at hand (one sample), silently.
+    """
+    batches = list(calib) if calib is not None else []
+    for i, batch in enumerate(batches):
+        inputs = [batch] if isinstance(batch, torch.Tensor) else \
+            list(batch) if isinstance(batch, (tuple, list)) else []
+        if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+            raise TamerError(f"target '{target}': calibration batch {i} is a "
+                             f"{type(batch).__name__}, not a tensor or a tuple of tensors "
+                             "(calib=...)")
+        if inputs[0].ndim == 0 or inputs[0].shape[0] == 0:
+            raise TamerError(f"target '{target}': calibration batch {i} holds no sample "
+                             f"(shape {tuple(inputs[0].shape)}; calib=...)")
+    if not batches:
+        raise TamerError(f"target '{target}' int8 needs calibration batches of real inputs "
+                         f"(calib=...), got {'none' if calib is None else 'an empty list'}")
+    return batches
 
 
 def parity_inputs(example_inputs: Sequence[torch.Tensor], calib: Sequence[Batch] | None,

@@ -12,6 +12,9 @@ must not pay for importing torch.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tinytamer.errors import TamerError
+from tinytamer.errors import BackendBroken, BackendMissing, TamerError
 
 if TYPE_CHECKING:
     import torch
@@ -307,6 +310,51 @@ class Target(Protocol):
                 threads: int = 2) -> Deployed: ...
 
 
+@functools.cache
+def import_failure(module: str) -> str | None:
+    """Why importing ``module`` fails, in one line, or None when it imports (cached).
+
+    A package can be installed and still not import (a missing shared library, a
+    mismatched dependency); that must read as one line naming the backend, not a
+    traceback from deep inside the first compile.
+    """
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - a broken install raises any type (OSError, ...)
+        text = " ".join(str(exc).split())
+        return f"{module}: {type(exc).__name__}: {text[:300]}"
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The Python modules an optional target needs, and the command that installs them."""
+
+    target: str
+    modules: tuple[str, ...]
+    install: str
+
+    def problem(self) -> TamerError | None:
+        """BackendMissing if a module is not installed, BackendBroken if one fails to import."""
+        for module in self.modules:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a half-imported module left behind
+                found = True  # importing it says what is wrong
+            if not found:
+                return BackendMissing(self.target, self.install)
+        for module in self.modules:
+            failure = import_failure(module)
+            if failure is not None:
+                return BackendBroken(self.target, self.install, failure)
+        return None
+
+    def require(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            raise problem
+
+
 _REGISTRY: dict[str, Target] = {}
 
 
@@ -337,6 +385,15 @@ def get_target(name: str) -> Target:
     except KeyError:
         raise TamerError(f"unknown target '{name}'; known targets: "
                          f"{', '.join(sorted(_REGISTRY))}") from None
+
+
+def unavailable_reason(target: Target) -> str | None:
+    """Why ``target`` cannot run here, in one line, or None when it can."""
+    if target.available():
+        return None
+    problem = getattr(target, "problem", None)  # optional: targets with a Backend have it
+    found = problem() if callable(problem) else None
+    return str(found) if found is not None else f"not installed: {target.install_hint}"
 
 
 def list_targets(available_only: bool = False) -> list[str]:

@@ -26,12 +26,16 @@ from tinytamer.errors import TamerError
 from tinytamer.micro import toolchain
 from tinytamer.micro.cost import CYCLE_TABLES
 from tinytamer.micro.program import MicroProgram, build_program
-from tinytamer.targets._torchutil import Batch, as_inputs, parity_inputs, verify
+from tinytamer.qgraph import as_graph_module, is_quantized
+from tinytamer.targets._torchutil import Batch, as_inputs, parity_inputs, require_calib, verify
 from tinytamer.targets.base import Cost, Deployed, ParityError, register_target
 
 # Clocks used only to turn estimated cycles into an estimated latency: the MLPerf Tiny
 # reference board (STM32L4R5, Cortex-M4, 120 MHz) and an STM32F767 (Cortex-M7, 216 MHz).
 CLOCK_HZ = {"cortex-m4": 120e6, "cortex-m7": 216e6}
+# Test samples scored by default through an emulated device: about 24 ms each, so 1,000
+# take half a minute where a whole 10,000-image test set took four minutes in silence.
+EMULATED_EVAL_LIMIT = 1000
 
 
 class BudgetExceeded(TamerError):
@@ -93,6 +97,8 @@ class MicroTarget:
     def __init__(self, name: str, device: str) -> None:
         self.name = name
         self.device = device
+        # Read by deploy/bench: the host build runs at native speed, the emulator does not.
+        self.default_eval_limit = None if device == "host" else EMULATED_EVAL_LIMIT
 
     def available(self) -> bool:
         if self.device == "host":
@@ -113,8 +119,10 @@ class MicroTarget:
         if self.device != "host" and not self.available():
             toolchain.require("arm-none-eabi-gcc")
             toolchain.require("qemu-system-arm")
-        workdir = Path(workdir)
-        gm = _quantized(model, example_inputs, calib, qparams, calib_method)
+        # gcc, QEMU and the emulator get absolute paths: a relative one is read against
+        # their working directory, and one starting with '-' would read as an option.
+        workdir = Path(workdir).resolve()
+        gm = _quantized(self.name, model, calib, qparams, calib_method)
         program = build_program(gm, example_inputs[0][:1], self.device, workdir,
                                 schedules=schedules, tuning_log=tuning_log)
         _check_budget(self.name, program, flash_budget, sram_budget)
@@ -146,19 +154,16 @@ class MicroTarget:
         return deployed
 
 
-def _quantized(model: nn.Module, example_inputs: Sequence[torch.Tensor],
-               calib: Sequence[Batch] | None, qparams: Any, method: str) -> fx.GraphModule:
+def _quantized(name: str, model: nn.Module, calib: Sequence[Batch] | None, qparams: Any,
+               method: str) -> fx.GraphModule:
     """The converted int8 GraphModule: given, the model itself, or PTQ on ``calib``."""
-    from tinytamer.compress.int8 import QuantizedGraph, as_graph_module, quantize_ptq
-
     if isinstance(qparams, fx.GraphModule):
         return qparams
-    if isinstance(model, QuantizedGraph):  # what a `quantize` stage leaves: deploy it as evaluated
+    if is_quantized(model):  # what a `quantize` stage leaves: deploy it as evaluated
         return as_graph_module(model)
-    if isinstance(model, fx.GraphModule) and any(type(m).__name__ == "FakeQuantAct"
-                                                 for m in model.modules()):
-        return model
-    batches = [as_inputs(b)[0] for b in calib] if calib else [example_inputs[0]]
+    from tinytamer.compress.int8 import quantize_ptq  # a float model is quantized here
+
+    batches = [as_inputs(b)[0] for b in require_calib(name, calib)]
     return quantize_ptq(copy.deepcopy(model).eval(), batches, method=method)
 
 

@@ -10,7 +10,6 @@ of N is N extractions; outputs are restacked to PyTorch's shapes.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,14 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinytamer.errors import BackendMissing, TamerError
-from tinytamer.targets.base import Deployed, register_target
+from tinytamer.errors import TamerError
+from tinytamer.targets.base import Backend, Deployed, register_target
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 INSTALL = "pip install 'tinytamer[ncnn]'"
+BACKEND = Backend("ncnn", ("ncnn", "pnnx"), INSTALL)
 
 
 def _make_net(param: str, weights: str, threads: int, fp16: bool) -> Any:
@@ -134,7 +134,10 @@ class NcnnTarget:
     install_hint = INSTALL
 
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in ("ncnn", "pnnx"))
+        return BACKEND.problem() is None
+
+    def problem(self) -> TamerError | None:
+        return BACKEND.problem()
 
     def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
                 workdir: str | Path, *, precision: str = "fp32",
@@ -142,12 +145,12 @@ class NcnnTarget:
                 threads: int = 2) -> NcnnDeployed:
         from tinytamer.targets._torchutil import parity_inputs, torch_outputs, verify
 
-        if not self.available():
-            raise BackendMissing(self.name, INSTALL)
+        BACKEND.require()
         if precision not in self.precisions:
             raise TamerError(f"target 'ncnn' does not support precision '{precision}' "
                              f"(supported: {', '.join(self.precisions)})")
-        workdir = Path(workdir)
+        # pnnx runs in a scratch folder: every path handed to it must be absolute.
+        workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
         param, weights = _pnnx_convert(model, example_inputs, workdir, precision == "fp16")

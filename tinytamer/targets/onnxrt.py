@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinytamer.errors import TamerError
-from tinytamer.targets.base import Deployed, register_target
+from tinytamer.targets.base import Backend, Deployed, register_target
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 # ORT calibration methods by our names (the int8 contract's vocabulary).
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 
+
+BACKEND = Backend("onnxruntime", ("onnxruntime", "onnxslim", "onnxscript"),
+                  "pip install onnxruntime onnxslim onnxscript")
 
 # Fused int8 kernels must agree with the QDQ graph they implement on this many top-1s.
 MIN_KERNEL_TOP1_AGREE = 0.98
@@ -205,29 +208,27 @@ def check_int8_kernels(deployed: OrtDeployed, inputs: Sequence[torch.Tensor], wh
 class OrtTarget:
     name = "onnxruntime"
     precisions = ("fp32", "int8")
-    install_hint = "pip install onnxruntime onnxslim onnxscript"
+    install_hint = BACKEND.install
 
     def available(self) -> bool:
-        import importlib.util
+        return BACKEND.problem() is None
 
-        return all(importlib.util.find_spec(m) is not None
-                   for m in ("onnxruntime", "onnxslim", "onnxscript"))
+    def problem(self) -> TamerError | None:
+        return BACKEND.problem()
 
     def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
                 workdir: str | Path, *, precision: str = "fp32",
                 calib: Sequence[Any] | None = None, qparams: Any = None,
                 threads: int = 2, calib_method: str = "minmax",
                 exact_int8: bool = True, reduce_range: bool | None = None) -> OrtDeployed:
-        from tinytamer.errors import BackendMissing
         from tinytamer.export.onnx import export_onnx
-        from tinytamer.targets._torchutil import as_inputs, parity_inputs, verify
+        from tinytamer.targets._torchutil import as_inputs, parity_inputs, require_calib, verify
 
-        if not self.available():
-            raise BackendMissing(self.name, self.install_hint)
+        BACKEND.require()
         if precision not in self.precisions:
             raise TamerError(f"target 'onnxruntime' does not support precision '{precision}' "
                              f"(supported: {', '.join(self.precisions)})")
-        workdir = Path(workdir)
+        workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
         info: dict[str, Any] = {}
@@ -237,9 +238,8 @@ class OrtTarget:
                                  f"precision 'int8', not '{precision}'")
             return self._compile_ours(model, qparams, example_inputs, workdir, calib, threads,
                                       exact_int8)
-        if precision == "int8" and not calib:
-            raise TamerError("target 'onnxruntime' int8 needs calibration batches of "
-                             "real inputs (calib=...)")
+        if precision == "int8":
+            calib = require_calib("onnxruntime", calib)
         path = workdir / "model.onnx"
         info["export"] = export_onnx(model, example_inputs, path)
         if precision == "int8":

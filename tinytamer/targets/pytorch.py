@@ -123,7 +123,7 @@ class TorchTarget:
         if precision not in self.precisions:
             raise TamerError(f"target 'torch' does not support precision '{precision}' "
                              f"(supported: {', '.join(self.precisions)})")
-        workdir = Path(workdir)
+        workdir = Path(workdir).resolve()  # the timing child loads the checkpoint by path
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
         deployed = TorchDeployed(

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -47,14 +46,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinytamer.errors import BackendMissing, TamerError
-from tinytamer.targets.base import Cost, Deployed, register_target, time_calls
+from tinytamer.errors import TamerError
+from tinytamer.targets.base import Backend, Cost, Deployed, register_target, time_calls
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 INSTALL = "pip install 'tinytamer[tvm]'"
+BACKEND = Backend("tvm", ("tvm", "tvm_ffi"), INSTALL)
 # Candidate schedules measured per tuning task; 0 compiles untuned.  32 per task tunes a
 # CIFAR ResNet-8 (12 tasks) in about 12 minutes on a busy 2-core machine.
 DEFAULT_TRIALS = 32
@@ -287,7 +287,7 @@ def tune(mod: Any, target: dict[str, Any], database: Path, trials: int, logs: Pa
     from tvm.s_tir import meta_schedule as ms
     from tvm.target import Target
 
-    from tinytamer.rundir import write_atomic  # here: the measuring child must not import torch
+    from tinytamer.fileio import write_atomic  # imports no torch: the measuring child must not load it
 
     tvm_target = Target(target)
     db = _database(database)
@@ -489,7 +489,10 @@ class TvmTarget:
     install_hint = INSTALL
 
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in ("tvm", "tvm_ffi"))
+        return BACKEND.problem() is None
+
+    def problem(self) -> TamerError | None:
+        return BACKEND.problem()
 
     def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
                 workdir: str | Path, *, precision: str = "fp32",
@@ -504,8 +507,7 @@ class TvmTarget:
         """
         from tinytamer.targets._torchutil import parity_inputs, verify
 
-        if not self.available():
-            raise BackendMissing(self.name, INSTALL)
+        BACKEND.require()
         if precision not in self.precisions:
             raise TamerError(f"target 'tvm' does not support precision '{precision}' "
                              f"(supported: {', '.join(self.precisions)})")
@@ -515,11 +517,13 @@ class TvmTarget:
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
             raise TamerError(f"target 'tvm': trials must be a whole number >= 0 (0 = untuned), "
                              f"got {trials!r}")
-        workdir = Path(workdir)
+        # Absolute: the libraries are loaded by path here and in the timing child.
+        workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
         target = host_target(threads)
-        db_dir = Path(database) if database is not None else cache_root() / target_key(target)
+        db_dir = (Path(database) if database is not None
+                  else cache_root() / target_key(target)).resolve()
         input_shapes = [tuple(x.shape[1:]) for x in example_inputs]
         input_dtypes = [str(x.detach().numpy().dtype) for x in example_inputs]
         echo = _echo if progress else None

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
-from tinytamer.errors import DataError, ModelError, RecipeError
+from tinytamer.errors import DataError, ModelError, RecipeError, TrainError
 from tinytamer.train import distributed, snapshot
 from tinytamer.train.config import SolverConfig
 from tinytamer.train.lr import learning_rate
@@ -35,6 +37,9 @@ from tinytamer.train.optim import build_optimizer, regularize
 from tinytamer.train.stream import BatchStream, loader_length
 
 logger = logging.getLogger(__name__)
+
+# A training loss this many times the first one means the run is diverging (warned once).
+DIVERGENCE_FACTOR = 1000.0
 
 
 def _split(batch: Any, where: str) -> tuple[Any, Any]:
@@ -163,6 +168,8 @@ class Solver:
         self.swa_model = AveragedModel(self.model) if self.cfg.swa else None
         self.swa_scheduler: SWALR | None = None
         self.iter = 0
+        self._first_loss: tuple[int, float] | None = None  # (iteration, loss) to compare with
+        self._warned_growth = False
 
     # -- learning rate -------------------------------------------------------------
     def _set_lr(self, it: int) -> None:
@@ -213,6 +220,12 @@ class Solver:
             scored = scored and c is not None
             hits += c or 0
             n += _count(x)
+        if not math.isfinite(loss_sum):
+            # Stop before the step writes inf/NaN into the weights (and into a snapshot).
+            raise TrainError(
+                f"training diverged: the loss is {loss_sum} at iteration {self.iter + 1} "
+                f"(learning rate {self.current_lr():.3g}); lower base_lr, or set clip_gradients"
+            )
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if cfg.clip_gradients is not None:
             nn.utils.clip_grad_norm_(params, cfg.clip_gradients)
@@ -292,6 +305,19 @@ class Solver:
             fn(self.model, self.iter)
         return lr, stats
 
+    def _watch_growth(self, loss: float, lr: float) -> None:
+        """Warn once when the loss has grown by orders of magnitude since the first update."""
+        if self._first_loss is None:
+            self._first_loss = (self.iter, loss)
+            return
+        first_iter, first = self._first_loss
+        if self._warned_growth or first == 0 or abs(loss) <= DIVERGENCE_FACTOR * abs(first):
+            return
+        self._warned_growth = True
+        warnings.warn(f"training loss grew from {first:.3g} (iteration {first_iter}) to {loss:.3g} "
+                      f"at iteration {self.iter} (learning rate {lr:.3g}): the run is probably "
+                      "diverging; consider a lower base_lr", RuntimeWarning, stacklevel=3)
+
     def _checkpoint(self, lr: float, train: dict) -> bool:
         """Test / display / snapshot as due after an update; True when a record went out."""
         cfg = self.cfg
@@ -331,6 +357,7 @@ class Solver:
             task = bar.add_task("train", total=cfg.max_iter, completed=self.iter, info="")
             while self.iter < cfg.max_iter:
                 lr, (loss, hits, n) = self._iterate()
+                self._watch_growth(loss, lr)
                 window.add(loss, hits, n)
                 train = window.summary(self.dist.world_size)
                 acc = "" if train["train_acc"] is None else f" acc {train['train_acc']:.3f}"
