@@ -36,8 +36,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks._common import RESULTS, WORK, save, shared_data  # noqa: E402
+from tinytamer.calib import Calibration  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
-from tinytamer.deploy import bench, calib_from_loader  # noqa: E402
+from tinytamer.deploy import bench  # noqa: E402
 from tinytamer.targets import onnxrt  # noqa: E402
 from tinytamer.targets.base import TOLERANCES  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
@@ -78,7 +79,7 @@ def main() -> None:
     torch.manual_seed(0)
     data = cifar()
     train = make_loader(data.train, 32, shuffle=True, seed=0)
-    calib = calib_from_loader(train, 4)
+    calib = Calibration(train, limit=4)
     example = torch.stack([data.test[i][0] for i in range(1)])
     # Models measured by earlier runs with the same thread count are kept beside new ones.
     previous = RESULTS / f"targets_bench_t{args.threads}.json"

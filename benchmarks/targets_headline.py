@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._common import WORK, save, shared_data  # noqa: E402
+from tinytamer.calib import Calibration  # noqa: E402
 from tinytamer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from tinytamer.compress.channel import prune_channels  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
-from tinytamer.deploy import calib_from_loader, runtime_accuracy  # noqa: E402
+from tinytamer.deploy import runtime_accuracy  # noqa: E402
 from tinytamer.targets import get_target, list_targets  # noqa: E402
 from tinytamer.train import Solver, SolverConfig  # noqa: E402
 from tinytamer.zoo import count  # noqa: E402
@@ -102,7 +103,7 @@ def main() -> None:
                             lambda: copy.deepcopy(dense))
         control_acc = runtime_accuracy(get_target("torch").compile(
             control, [example], work / "control-torch"), control, test)["accuracy"]
-    calib = calib_from_loader(make_loader(data.train, 64, shuffle=True, seed=1), 4)
+    calib = Calibration(make_loader(data.train, 64, shuffle=True, seed=1), limit=4)
     candidates = {("torch", "fp32", "dense"): get_target("torch").compile(
         dense, [example], work / "dense-torch", calib=calib, threads=args.threads)}
     failures = {}

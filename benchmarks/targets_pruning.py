@@ -32,9 +32,9 @@ import torch  # noqa: E402
 
 from benchmarks._common import save  # noqa: E402
 from benchmarks.targets_bench import cifar, set_bn_stats  # noqa: E402
+from tinytamer.calib import Calibration  # noqa: E402
 from tinytamer.compress.channel import prune_channels  # noqa: E402
 from tinytamer.data import make_loader  # noqa: E402
-from tinytamer.deploy import calib_from_loader  # noqa: E402
 from tinytamer.targets import get_target  # noqa: E402
 from tinytamer.targets.base import TOLERANCES  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
     torch.manual_seed(0)
     data = cifar()
     train = make_loader(data.train, 32, shuffle=True, seed=0)
-    calib = calib_from_loader(train, 4)
+    calib = Calibration(train, limit=4)
     example = data.test[0][0].unsqueeze(0)
     dense = set_bn_stats(create(args.model, num_classes=10, in_channels=3, input_size=32), train)
     # Variants are keyed (ratio, round_to); the dense model is (0.0, 0).

@@ -35,8 +35,9 @@ import torch  # noqa: E402
 
 from benchmarks._common import RESULTS, WORK, save  # noqa: E402
 from benchmarks.targets_bench import cifar, set_bn_stats  # noqa: E402
+from tinytamer.calib import Calibration  # noqa: E402
 from tinytamer.data import make_loader  # noqa: E402
-from tinytamer.deploy import calib_from_loader, write_json  # noqa: E402
+from tinytamer.deploy import write_json  # noqa: E402
 from tinytamer.targets import Cost, get_target  # noqa: E402
 from tinytamer.targets.base import better_round  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
@@ -53,7 +54,7 @@ def _model(name: str, train: Any) -> torch.nn.Module:
 def tune_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
     """Tune every model at every batch size; keep what the tuning cost."""
     log = json.loads(TUNING_LOG.read_text()) if TUNING_LOG.is_file() else {}
-    calib = calib_from_loader(train, 2)
+    calib = Calibration(train, limit=2)
     for name in args.models:
         model = _model(name, train)
         for b in args.batches:
@@ -88,7 +89,7 @@ def _measure_round_robin(deployed: dict[str, Any], batch: int, args: argparse.Na
 
 def time_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
     tuning = json.loads(TUNING_LOG.read_text()) if TUNING_LOG.is_file() else {}
-    calib = calib_from_loader(train, 2)
+    calib = Calibration(train, limit=2)
     example = torch.stack([data.test[0][0]])
     out = RESULTS_FILE.read_text() if RESULTS_FILE.is_file() else None
     results: dict[str, Any] = json.loads(out)["models"] if out else {}

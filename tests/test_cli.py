@@ -2,18 +2,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
 from tinytamer.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
 
 
 def test_help_lists_commands():
@@ -227,22 +221,30 @@ def test_deploy_and_bench_say_what_they_start(trained, tmp_path):
 
 def test_summary_names_target_precision_and_parity():
     from tinytamer.cli import _record_line
+    from tinytamer.records import stage_record
 
-    deploy = {"index": 5, "stage": "deploy", "target": "onnxruntime", "precision": "int8",
-              "parity": {"ok": True, "outputs": [{"max_abs_err": 0.0, "top1_agree": 1.0},
-                                                 {"max_abs_err": 0.25, "top1_agree": 0.96875}]},
-              "accuracy": 0.975, "eval_samples": 360}
+    def out(err, agree=None):
+        return {"max_abs_err": err, "max_rel_err": err, "mean_abs_err": err, "n": 32,
+                "top1_agree": agree}
+
+    parity = {"ok": True, "precision": "int8", "tolerance": {"max_rel_err": 0.5}}
+    deploy = stage_record({"index": 5, "stage": "deploy", "target": "onnxruntime", "precision": "int8",
+                           "parity": {**parity, "outputs": [out(0.0, 1.0), out(0.25, 0.96875)]},
+                           "accuracy": 0.975, "accuracy_runtime": "onnxruntime",
+                           "eval_samples": 360, "artifacts": []})
     line = _record_line(deploy)
     assert "5:deploy" in line
     assert "onnxruntime int8  parity ok (max |d| 0.25; top-1 agreement 96.9%)" in line
     assert "accuracy 97.50% (360 samples, onnxruntime)" in line
-    micro = {"index": 6, "stage": "micro", "target": "cortex-m4", "precision": "int8",
-             "parity": {"ok": True, "outputs": [{"max_abs_err": 0.0}]}, "bit_exact_inputs": 8,
-             "device_accuracy": 0.96, "device_accuracy_samples": 100, "device_accuracy_total": 360}
+    micro = stage_record({"index": 6, "stage": "micro", "target": "cortex-m4", "precision": "int8",
+                          "parity": {**parity, "outputs": [out(0.0)]}, "bit_exact_inputs": 8,
+                          "device_accuracy": 0.96, "device_accuracy_samples": 100,
+                          "device_accuracy_total": 360, "schedules": "default", "arena_bytes": 1024,
+                          "memory_plan": "arena 1024 B"})
     line = _record_line(micro)
     assert "cortex-m4 int8  parity ok (max |d| 0; bit-exact vs the C reference on 8 inputs)" in line
     assert "accuracy on device 96.00% (100 of 360 samples)" in line
-    assert "parity" not in _record_line({"index": 0, "stage": "train", "accuracy": 0.5})
+    assert "parity" not in _record_line(stage_record({"index": 0, "stage": "train", "accuracy": 0.5}))
 
 
 def test_evaluate_on_data_of_another_shape_is_one_clear_error(trained, tmp_path):

@@ -15,8 +15,6 @@ from tinytamer import codec
 from tinytamer.codec import encodings, format
 from tinytamer.errors import CodecError
 
-torch.set_num_threads(1)
-
 
 class ResidualNet(nn.Module):
     """A small CNN with a residual add, BN, and a classifier."""

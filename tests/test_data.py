@@ -20,8 +20,6 @@ from tinytamer.data import imagefolder as imagefolder_mod
 from tinytamer.data.arrays import interleave_by_class, split_indices
 from tinytamer.errors import DataError
 
-torch.set_num_threads(1)
-
 SHARED_DATA = Path(os.environ.get("TINYTAMER_DATA", Path(__file__).resolve().parents[2] / "shared"
                                   / "data"))
 

@@ -13,8 +13,6 @@ from tinytamer.data.transforms import (
     Resize,
 )
 
-torch.set_num_threads(1)
-
 
 def test_random_crop_pads_with_zeros_and_covers_all_offsets():
     x = torch.ones(2, 4, 4)

@@ -9,9 +9,8 @@ import torch
 from test_targets_helpers import calib_batches, residual_model
 from torch.utils.data import DataLoader, TensorDataset
 
-from tinytamer.deploy import BenchReport, BenchRow, bench, calib_from_loader, deploy
-
-torch.set_num_threads(1)
+from tinytamer.calib import Calibration
+from tinytamer.deploy import BenchReport, BenchRow, bench, deploy
 
 
 def _loader(n: int = 40) -> DataLoader:
@@ -26,7 +25,7 @@ def _loader(n: int = 40) -> DataLoader:
 def test_deploy_writes_summary_and_scores_through_the_runtime(tmp_path):
     loader = _loader()
     deployed, rep = deploy(residual_model(), "onnxruntime", tmp_path, example_input=
-                           torch.randn(1, 1, 8, 8), calib=calib_from_loader(loader, 2),
+                           torch.randn(1, 1, 8, 8), calib=Calibration(loader, limit=2),
                            test_loader=loader, eval_limit=35, repeats=3, warmup=1,
                            isolate=False)
     summary = json.loads((tmp_path / "summary.json").read_text())

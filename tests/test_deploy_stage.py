@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tinytamer.errors import RecipeError
-from tinytamer.recipe import parse_recipe, run
-
-torch.set_num_threads(1)
-
-BASE = {
-    "name": "deploy-test",
-    "seed": 0,
-    "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": 400},
-    "model": {"name": "democnn"},
-}
+from tinytamer.recipe import parse_recipe
 
 
 @pytest.mark.slow  # trains, prunes, deploys and benches: ~40 s on a busy 2-core machine
-def test_pruned_model_deploys_int8_and_benches(tmp_path) -> None:
-    recipe = parse_recipe({**BASE, "stages": [
+def test_pruned_model_deploys_int8_and_benches(digits_recipe, run_stages) -> None:
+    recs, rundir = run_stages(digits_recipe("deploy-test", [
         {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}},
         {"channel_prune": {"ratio": 0.5, "round_to": 4}},
         {"save_compressed": {}},
@@ -28,9 +18,7 @@ def test_pruned_model_deploys_int8_and_benches(tmp_path) -> None:
                     "calib_batches": 2, "isolate": False}},
         {"bench": {"targets": ["onnxruntime"], "precisions": ["fp32"], "repeats": 2,
                    "isolate": False, "max_acc_drop": 0.01}},
-    ]})
-    rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
-    recs = {r["stage"]: r for r in rundir.records() if r.get("kind") == "stage"}
+    ], limit=400))
     dep, pruned = recs["deploy"], recs["channel_prune"]
     assert dep["target"] == "onnxruntime" and dep["precision"] == "int8"
     assert dep["macs"] == pruned["macs"]  # the pruned model, deployed unchanged
@@ -48,15 +36,13 @@ def test_pruned_model_deploys_int8_and_benches(tmp_path) -> None:
 
 
 @pytest.mark.slow  # trains, quantizes and deploys: ~30 s on a busy 2-core machine
-def test_quantized_model_deploys_with_its_own_qparams(tmp_path) -> None:
-    recipe = parse_recipe({**BASE, "stages": [
+def test_quantized_model_deploys_with_its_own_qparams(digits_recipe, run_stages) -> None:
+    recs, rundir = run_stages(digits_recipe("deploy-test", [
         {"train": {"base_lr": 0.05, "max_iter": 60, "display": 0}},
         {"quantize": {"calib_batches": 2}},
         {"deploy": {"target": "onnxruntime", "precision": "int8", "repeats": 0,
                     "calib_batches": 2}},
-    ]})
-    rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
-    recs = {r["stage"]: r for r in rundir.records() if r.get("kind") == "stage"}
+    ], limit=400))
     dep = recs["deploy"]
     assert dep["int8_params"].startswith("ours") and dep["parity"]["ok"]
     # What ORT scores is what the quantize stage measured, up to a few samples.
@@ -64,6 +50,6 @@ def test_quantized_model_deploys_with_its_own_qparams(tmp_path) -> None:
     assert dep["latency_ms"] is None  # repeats: 0
 
 
-def test_unknown_target_fails_when_the_recipe_is_read() -> None:
+def test_unknown_target_fails_when_the_recipe_is_read(digits_recipe) -> None:
     with pytest.raises(RecipeError, match="unknown target 'tpu'"):
-        parse_recipe({**BASE, "stages": [{"deploy": {"target": "tpu"}}]})
+        parse_recipe(digits_recipe("deploy-test", [{"deploy": {"target": "tpu"}}], limit=400))

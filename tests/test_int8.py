@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 from tinytamer.compress import int8
 from tinytamer.compress.int8 import FakeQuantAct, QuantConv2d, QuantLinear
 from tinytamer.errors import ModelError, RecipeError
 from tinytamer.qgraph import QuantizedGraph, as_graph_module
-
-torch.set_num_threads(1)
 
 
 class ResCNN(nn.Module):
@@ -49,10 +46,9 @@ def _randomize_bn(model: nn.Module) -> None:
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    return (x - 0.3) / 0.4, torch.tensor(d.target)
+def digits(digits_data: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits_data
+    return (x - 0.3) / 0.4, y
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from tinytamer.compress import lowrank
 from tinytamer.errors import ModelError, RecipeError
 from tinytamer.zoo import count
 
-torch.set_num_threads(1)
 SHAPE = (3, 16, 16)
 
 

@@ -9,8 +9,6 @@ import torch
 from tinytamer.compress import lowrank
 from tinytamer.zoo import create
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def approx() -> torch.nn.Module:

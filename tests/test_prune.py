@@ -9,8 +9,6 @@ from torch import nn
 from tinytamer.compress import masks, prune
 from tinytamer.errors import ModelError, RecipeError
 
-torch.set_num_threads(1)
-
 
 def mlp() -> nn.Sequential:
     torch.manual_seed(0)

@@ -9,8 +9,6 @@ from torch import nn
 from tinytamer.compress import prune, sensitivity
 from tinytamer.errors import DataError, RecipeError
 
-torch.set_num_threads(1)
-
 
 def trained_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)

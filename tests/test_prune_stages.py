@@ -7,25 +7,13 @@ import torch
 
 from tinytamer import codec
 from tinytamer.errors import RecipeError
-from tinytamer.recipe import parse_recipe, run
+from tinytamer.recipe import parse_recipe
 
-torch.set_num_threads(1)
-
-BASE = {
-    "name": "prune-test",
-    "seed": 0,
-    "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": 600},
-    "model": {"name": "democnn"},
-}
 TRAIN = {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}}
 
 
-def stage_records(rundir) -> dict[str, dict]:
-    return {r["stage"]: r for r in rundir.records() if r.get("kind") == "stage"}
-
-
-def test_sensitivity_then_agp_prune_then_channel_prune(tmp_path) -> None:
-    recipe = parse_recipe({**BASE, "stages": [
+def test_sensitivity_then_agp_prune_then_channel_prune(digits_recipe, run_stages) -> None:
+    recs, rundir = run_stages(digits_recipe("prune-test", [
         TRAIN,
         {"sensitivity": {"sparsities": [0.3, 0.6, 0.9], "max_drop": 0.05}},
         {"prune": {"sparsity": "sensitivity",
@@ -33,9 +21,7 @@ def test_sensitivity_then_agp_prune_then_channel_prune(tmp_path) -> None:
                    "finetune": {"base_lr": 0.01, "max_iter": 30, "display": 0}}},
         {"channel_prune": {"ratio": 0.5, "round_to": 4,
                            "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0}}},
-    ]})
-    rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
-    recs = stage_records(rundir)
+    ]))
 
     sens = recs["sensitivity"]
     assert (rundir.path / sens["plot"]).read_bytes()[:4] == b"\x89PNG"
@@ -61,8 +47,8 @@ def test_sensitivity_then_agp_prune_then_channel_prune(tmp_path) -> None:
     assert model(torch.randn(1, 1, 16, 16)).shape == (1, 10)
 
 
-def test_oneshot_and_iterative_prune(tmp_path) -> None:
-    recipe = parse_recipe({**BASE, "stages": [
+def test_oneshot_and_iterative_prune(digits_recipe, run_stages) -> None:
+    _, rundir = run_stages(digits_recipe("prune-test", [
         TRAIN,
         {"prune": {"sparsity": 0.5, "select": {"types": ["Conv2d"]},
                    "finetune": {"base_lr": 0.01, "max_iter": 10, "display": 0,
@@ -70,8 +56,7 @@ def test_oneshot_and_iterative_prune(tmp_path) -> None:
         {"prune": {"sparsity": 0.75, "threshold_mode": "sparsity",
                    "schedule": {"type": "iterative", "rounds": 2},
                    "finetune": {"base_lr": 0.01, "max_iter": 10, "display": 0}}},
-    ]})
-    rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
+    ]))
     oneshot, iterative = [r for r in rundir.records()
                           if r.get("stage") == "prune" and r["kind"] == "stage"]
     assert set(oneshot["layers"]) == {"features.0", "features.3"}
@@ -81,12 +66,13 @@ def test_oneshot_and_iterative_prune(tmp_path) -> None:
     assert (rundir.path / "stages" / "02_prune" / "round2").is_dir()
 
 
-def test_recipe_errors() -> None:
+def test_recipe_errors(digits_recipe) -> None:
     with pytest.raises(RecipeError, match="end"):
-        parse_recipe({**BASE, "stages": [{"prune": {"schedule": {"type": "agp"}}}]})
+        parse_recipe(digits_recipe("prune-test", [{"prune": {"schedule": {"type": "agp"}}}]))
     with pytest.raises(RecipeError, match="spasity"):
-        parse_recipe({**BASE, "stages": [{"prune": {"spasity": 0.5}}]})
+        parse_recipe(digits_recipe("prune-test", [{"prune": {"spasity": 0.5}}]))
     with pytest.raises(RecipeError, match="importance"):
-        parse_recipe({**BASE, "stages": [{"channel_prune": {"importance": "l3"}}]})
-    recipe = parse_recipe({**BASE, "stages": [{"channel_prune": {"global": True, "ratio": 0.3}}]})
+        parse_recipe(digits_recipe("prune-test", [{"channel_prune": {"importance": "l3"}}]))
+    recipe = parse_recipe(digits_recipe("prune-test",
+                                        [{"channel_prune": {"global": True, "ratio": 0.3}}]))
     assert recipe.stages[0][1].global_pruning is True

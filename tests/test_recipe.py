@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from tinytamer.errors import RecipeError, TamerError
 from tinytamer.recipe import StageParams, parse_recipe, register_stage, run
@@ -14,11 +13,6 @@ TINY = {
     "stages": [{"train": {"base_lr": 0.05, "max_iter": 20, "test_interval": 10, "display": 5}},
                {"evaluate": {}}],
 }
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
 
 
 def test_unknown_keys_fail_naming_key_and_allowed():

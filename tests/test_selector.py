@@ -2,7 +2,7 @@ import pytest
 from torch import nn
 
 from tinytamer.compress.selector import layer_params, parse, select
-from tinytamer.errors import ModelError, RecipeError
+from tinytamer.errors import CompressError, ModelError
 
 
 def net() -> nn.Module:
@@ -44,7 +44,7 @@ def test_unknown_name_is_named_with_suggestions():
 def test_nothing_selected_and_bad_keys():
     with pytest.raises(ModelError, match="picked no layer"):
         select(net(), {"types": ["LSTM"]})
-    with pytest.raises(RecipeError, match="select.typs"):
+    with pytest.raises(CompressError, match="select.typs"):
         parse({"typs": ["Conv2d"]})
-    with pytest.raises(RecipeError, match="not a valid regex"):
+    with pytest.raises(CompressError, match="not a valid regex"):
         select(net(), {"regex": ["("]})

@@ -13,8 +13,6 @@ from torch.nn.utils import prune as torch_prune
 from tinytamer import codec
 from tinytamer.compress import share
 
-torch.set_num_threads(1)
-
 
 def small_net(prune_fraction: float = 0.6) -> nn.Sequential:
     torch.manual_seed(0)

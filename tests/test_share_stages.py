@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tinytamer import codec
 from tinytamer.data import get_dataset, make_loader
 from tinytamer.errors import RecipeError
-from tinytamer.recipe import parse_recipe, run
+from tinytamer.recipe import parse_recipe
 from tinytamer.train import evaluate
 
-torch.set_num_threads(1)
 
-BASE = {
-    "name": "share-test",
-    "seed": 0,
-    "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": 600},
-    "model": {"name": "democnn"},
-}
-
-
-def test_prune_share_save(tmp_path) -> None:
-    recipe = parse_recipe({**BASE, "stages": [
+def test_prune_share_save(digits_recipe, run_stages) -> None:
+    recs, rundir = run_stages(digits_recipe("share-test", [
         {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}},
         {"prune": {"sparsity": 0.6}},
         {"kmeans_share": {"conv_bits": 4, "linear_bits": 3,
                           "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0}}},
         {"save_compressed": {"file": "final.tt"}},
-    ]})
-    rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
-    recs = {r["stage"]: r for r in rundir.records() if r.get("kind") == "stage"}
+    ]))
     shared, saved = recs["kmeans_share"], recs["save_compressed"]
     assert set(shared["centroids_used"]) == {"features.0", "features.3", "classifier.1"}
     assert shared["centroids_used"]["features.3"] <= 16
@@ -49,10 +37,10 @@ def test_prune_share_save(tmp_path) -> None:
         saved["accuracy"])
 
 
-def test_save_compressed_validates_up_front() -> None:
+def test_save_compressed_validates_up_front(digits_recipe) -> None:
     with pytest.raises(RecipeError, match="unknown encoding"):
-        parse_recipe({**BASE, "stages": [{"save_compressed": {"allow": ["zip"]}}]})
+        parse_recipe(digits_recipe("share-test", [{"save_compressed": {"allow": ["zip"]}}]))
     with pytest.raises(RecipeError, match="plain file name"):
-        parse_recipe({**BASE, "stages": [{"save_compressed": {"file": "../x.tt"}}]})
+        parse_recipe(digits_recipe("share-test", [{"save_compressed": {"file": "../x.tt"}}]))
     with pytest.raises(RecipeError):
-        parse_recipe({**BASE, "stages": [{"kmeans_share": {"bitz": 4}}]})
+        parse_recipe(digits_recipe("share-test", [{"kmeans_share": {"bitz": 4}}]))

@@ -16,8 +16,6 @@ from tinytamer.export.onnx import ExportError
 from tinytamer.targets import Cost, ParityError, get_target, list_targets
 from tinytamer.targets.base import available_cpus, check_parity
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def ort_fp32(tmp_path_factory):

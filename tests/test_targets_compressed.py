@@ -10,8 +10,6 @@ import torch
 from tinytamer.targets import get_target, list_targets
 from tinytamer.zoo import create
 
-torch.set_num_threads(1)
-
 
 def _calib() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)

@@ -12,17 +12,11 @@ from torch import nn
 from tinytamer.errors import TamerError
 from tinytamer.targets import get_target
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(digits_data):
     """DigitNet trained on sklearn digits (8x8) for 150 steps; test accuracy > 0.8."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(digits.target)
+    x, y = digits_data
     torch.manual_seed(0)
     model = DigitNet()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

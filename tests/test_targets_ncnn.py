@@ -11,8 +11,6 @@ from test_targets_helpers import calib_batches, residual_model
 
 from tinytamer.targets import get_target
 
-torch.set_num_threads(1)
-
 
 @pytest.mark.skipif(importlib.util.find_spec("ncnn") is None
                     or importlib.util.find_spec("pnnx") is None,

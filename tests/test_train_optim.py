@@ -12,8 +12,6 @@ from tinytamer.train.lookahead import Lookahead
 from tinytamer.train.optim import CaffeSGD, build_optimizer, regularize
 from tinytamer.train.yellowfin import YellowFin, single_step_sqrt_mu
 
-torch.set_num_threads(1)
-
 
 def _step(opt, p, grad):
     p.grad = torch.tensor(grad, dtype=torch.float64)

@@ -10,8 +10,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from tinytamer.errors import DataError, RecipeError, TamerError
 from tinytamer.train import Solver, SolverConfig, evaluate
 
-torch.set_num_threads(1)
-
 
 def _data(n=48, d=6, classes=3, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -33,7 +32,6 @@ def _recipe(tmp_path, what: str):
 
 
 def test_install_hint_keeps_its_brackets(tmp_path):
-    torch.set_num_threads(1)
     out = runner.invoke(app, ["run", str(_recipe(tmp_path, "backend")), "--runs", str(tmp_path / "runs"),
                               "--quiet"])
     assert out.exit_code == 2, out.output
@@ -41,7 +39,6 @@ def test_install_hint_keeps_its_brackets(tmp_path):
 
 
 def test_interrupt_says_how_to_resume(tmp_path):
-    torch.set_num_threads(1)
     out = runner.invoke(app, ["run", str(_recipe(tmp_path, "interrupt")), "--runs", str(tmp_path / "runs"),
                               "--quiet"])
     assert out.exit_code == 130
@@ -59,7 +56,6 @@ def test_a_path_that_looks_like_markup_is_printed_as_is(tmp_path):
 
 
 def test_summary_prints_a_run_folder_with_brackets(tmp_path):
-    torch.set_num_threads(1)
     runs = tmp_path / "[/runs]"
     out = runner.invoke(app, ["train", "--size", "8", "--max-iter", "1", "--set", "data.limit=30",
                               "--runs", str(runs), "--name", "t", "--quiet"])

@@ -40,7 +40,6 @@ from tinytamer.codec import arch, format, huffman
 from tinytamer.errors import CodecError, ModelError, TamerError
 from tinytamer.recipe import ModelSpec, build_model
 
-torch.set_num_threads(1)
 BOUND = 200 << 20  # no file here may make the loader allocate more than this at once
 
 

@@ -22,8 +22,6 @@ from tinytamer.compress.int8 import quantize_ptq
 from tinytamer.errors import CodecError, ModelError
 from tinytamer.qgraph import _KINDS, OPS, QuantizedGraph, as_graph_module, is_quantized
 
-torch.set_num_threads(1)
-
 
 class Net(nn.Module):
     """conv-relu, residual add, max pool, x.view(x.size(0), -1), linear."""

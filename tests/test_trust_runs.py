@@ -33,8 +33,6 @@ from tinytamer.recipe import parse_recipe, run
 from tinytamer.rundir import RunDir, run_name_problem
 from tinytamer.train import Solver, SolverConfig
 
-torch.set_num_threads(1)
-
 
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -28,7 +28,6 @@ from tinytamer.micro.lower import lower
 from tinytamer.targets import base, get_target, list_targets
 from tinytamer.targets.base import unavailable_reason
 
-torch.set_num_threads(1)
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
 needs_ncnn = pytest.mark.skipif(
     importlib.util.find_spec("ncnn") is None or importlib.util.find_spec("pnnx") is None,

@@ -11,8 +11,6 @@ from tinytamer.compress import ttq
 from tinytamer.compress.ttq import TernaryConv2d, TernaryLinear
 from tinytamer.errors import ModelError, RecipeError
 
-torch.set_num_threads(1)
-
 
 def _net() -> nn.Sequential:
     torch.manual_seed(0)

@@ -14,8 +14,6 @@ from tinytamer.errors import ModelError
 from tinytamer.zoo import count, create, list_models, model_info, register_model
 from tinytamer.zoo.registry import _REGISTRY
 
-torch.set_num_threads(1)
-
 ALL = ["democnn", "dscnn", "lenet300", "lenet5", "mobilenetv2", "resnet18", "resnet20",
        "resnet32", "resnet56", "resnet8", "shufflenetv2"]
 
@@ -277,14 +275,10 @@ def test_count_rejects_bad_shapes() -> None:
         count(create("lenet300", in_channels=1, input_size=28), (1, 16, 16))
 
 
-def test_democnn_learns_sklearn_digits() -> None:
-    from sklearn.datasets import load_digits
-
+def test_democnn_learns_sklearn_digits(digits_data: tuple[torch.Tensor, torch.Tensor]) -> None:
     torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x, y = digits_data
     x = torch.nn.functional.interpolate(x, size=16, mode="bilinear", align_corners=False)
-    y = torch.tensor(digits.target)
     perm = torch.randperm(len(y))
     train, test = perm[:1400], perm[1400:]
     model = create("democnn", in_channels=1, input_size=16)

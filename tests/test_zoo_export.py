@@ -7,8 +7,6 @@ import torch
 
 from tinytamer.zoo import create, list_models, model_info
 
-torch.set_num_threads(1)
-
 
 def _small(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The model at its natural input, or at 32x32 for the ImageNet-sized ones (fast)."""

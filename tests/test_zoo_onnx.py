@@ -8,8 +8,6 @@ import torch
 
 from tinytamer.zoo import create
 
-torch.set_num_threads(1)
-
 
 @pytest.mark.parametrize(("name", "kwargs"), [
     pytest.param("shufflenetv2", {"width_mult": 0.5, "input_size": 32},  # shuffle, chunk

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,6 +11,10 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from tinytamer.errors import TamerError
+
+if TYPE_CHECKING:  # imported where used: `tamer --help` stays quick
+    from tinytamer.records import StageRecord, TargetRecord
+    from tinytamer.rundir import RunDir
 
 
 class _Group(TyperGroup):
@@ -141,58 +145,62 @@ def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Pa
     return rundir
 
 
-def _parity_text(record: dict[str, Any]) -> str:
-    parity = record.get("parity")
-    if not isinstance(parity, dict) or "ok" not in parity:
-        return "parity not checked"
-    outputs = parity.get("outputs", [])
-    errs = [o["max_abs_err"] for o in outputs if "max_abs_err" in o]
-    details = [f"max |d| {max(errs):.3g}"] if errs else []
-    agree = [o["top1_agree"] for o in outputs if "top1_agree" in o]
+def _parity_text(r: TargetRecord) -> str:
+    from tinytamer.records import MicroRecord
+
+    outputs = r.parity.outputs
+    details = [f"max |d| {max(o.max_abs_err for o in outputs):.3g}"] if outputs else []
+    agree = [o.top1_agree for o in outputs if o.top1_agree is not None]
     if agree and min(agree) < 1:  # reduced precision is judged by its top-1 agreement
         details.append(f"top-1 agreement {min(agree):.1%}")
-    if record.get("bit_exact_inputs"):
-        details.append(f"bit-exact vs the C reference on {record['bit_exact_inputs']} inputs")
-    return f"parity {'ok' if parity['ok'] else 'FAILED'}" + (f" ({'; '.join(details)})" if details else "")
+    if isinstance(r, MicroRecord) and r.bit_exact_inputs:
+        details.append(f"bit-exact vs the C reference on {r.bit_exact_inputs} inputs")
+    return f"parity {'ok' if r.parity.ok else 'FAILED'}" + (f" ({'; '.join(details)})" if details else "")
 
 
-def _samples(n: Any, total: Any) -> str:
+def _samples(n: int | None, total: int | None) -> str:
     """``1,000 of 10,000`` where a score used part of the test set, else ``360``."""
-    if not isinstance(n, int) or not n:
+    if not n:
         return ""
-    return f"{n:,} of {total:,}" if isinstance(total, int) and total > n else f"{n:,}"
+    return f"{n:,} of {total:,}" if total is not None and total > n else f"{n:,}"
 
 
-def _record_line(r: dict[str, Any]) -> str:
-    parts = [f"{r['index']}:{r['stage']}".ljust(18)]
-    if r.get("target"):
+def _record_line(r: StageRecord) -> str:
+    from tinytamer.records import BenchRecord, DeployRecord, MicroRecord, TargetRecord
+
+    parts = [f"{r.index}:{r.stage}".ljust(18)]
+    if isinstance(r, TargetRecord):
         # Where it ran, at which precision, and whether it matched PyTorch.
-        parts.append(" ".join(str(x) for x in (r["target"], r.get("precision")) if x))
+        parts.append(" ".join(x for x in (r.target, r.precision) if x))
         parts.append(_parity_text(r))
-    if r.get("device_accuracy") is not None:
-        n = _samples(r.get("device_accuracy_samples"), r.get("device_accuracy_total"))
-        parts.append(f"accuracy on device {r['device_accuracy']:.2%} ({n} samples)")
-    elif r.get("accuracy") is not None:
-        where = r["target"] if r.get("target") else "PyTorch"
-        n = _samples(r.get("eval_samples"), r.get("eval_total"))
-        parts.append(f"accuracy {r['accuracy']:.2%}" + (f" ({n} samples, {where})" if n else ""))
-    for key in ("nonzero_params", "macs", "bytes", "instructions", "est_cycles", "flash_bytes", "sram_bytes"):
-        if r.get(key) is not None:
-            parts.append(f"{key} {r[key]:,}")
-    if r.get("bytes") and r.get("dense_bytes") and r.get("file", "").endswith(".tt"):
-        parts.append(f"({r['dense_bytes'] / r['bytes']:.1f}x smaller than float32)")
-    if r.get("latency_ms") is not None:
-        parts.append(f"latency {r['latency_ms']:.3f} ms")
-    best = r.get("best")
-    if isinstance(best, dict) and best.get("speedup") is not None:
-        parts.append(f"fastest: {best['target']} {best['precision']} {best['speedup']:.2f}x")
+    if isinstance(r, MicroRecord):
+        n = _samples(r.device_accuracy_samples, r.device_accuracy_total)
+        parts.append(f"accuracy on device {r.device_accuracy:.2%} ({n} samples)")
+    elif r.accuracy is not None:
+        n = _samples(r.eval_samples, r.eval_total)
+        where = r.accuracy_runtime or "PyTorch"
+        parts.append(f"accuracy {r.accuracy:.2%}" + (f" ({n} samples, {where})" if n else ""))
+    figures = {"nonzero_params": r.nonzero_params, "macs": r.macs, "bytes": r.bytes}
+    if isinstance(r, MicroRecord):
+        figures |= {"instructions": r.instructions, "est_cycles": r.est_cycles,
+                    "flash_bytes": r.flash_bytes, "sram_bytes": r.sram_bytes}
+    parts += [f"{key} {value:,}" for key, value in figures.items() if value is not None]
+    if r.bytes and r.dense_bytes and (r.file or "").endswith(".tt"):
+        parts.append(f"({r.dense_bytes / r.bytes:.1f}x smaller than float32)")
+    if isinstance(r, DeployRecord) and r.latency_ms is not None:
+        parts.append(f"latency {r.latency_ms:.3f} ms")
+    if isinstance(r, BenchRecord) and r.best is not None and r.best.speedup is not None:
+        best = r.best
+        parts.append(f"fastest: {best.target} {best.precision} {best.speedup:.2f}x")
     return "  " + "  ".join(parts)
 
 
-def _summary(rundir: Any) -> None:
-    for r in rundir.records():
-        if r.get("kind") == "stage":
-            _echo(_record_line(r))
+def _summary(rundir: RunDir) -> None:
+    """One line per finished stage, from its typed record (the demo's closing table)."""
+    from tinytamer.records import StageRecord, read_records
+
+    for r in read_records(rundir, StageRecord):
+        _echo(_record_line(r))
     _echo(f"run folder: {rundir.path}")
     _echo(f"report:     {rundir.path / 'report.html'}")
 

@@ -15,7 +15,6 @@ leaves the rows it finished.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,8 @@ import torch
 from torch import nn
 
 from tinytamer.errors import TamerError
+from tinytamer.fileio import atomic_path, write_atomic
+from tinytamer.scoring import top1_hits
 from tinytamer.targets import Cost, Deployed, Target, get_target, list_targets
 from tinytamer.targets.base import better_round, unavailable_reason
 
@@ -37,22 +38,8 @@ EVAL_CHUNK = 64
 
 def write_json(path: Path, payload: Any) -> Path:
     """Write ``payload`` as JSON atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
     return path
-
-
-def calib_from_loader(loader: Iterable[Any], batches: int) -> list[torch.Tensor]:
-    """The inputs of the first ``batches`` batches of a ``(x, y)`` loader (real samples)."""
-    out = []
-    for i, (x, _y) in enumerate(loader):
-        if i >= batches:
-            break
-        out.append(x)
-    if not out:
-        raise TamerError("no calibration samples: the data loader is empty")
-    return out
 
 
 def eval_limit_for(target: Target, eval_limit: int | str | None) -> int | None:
@@ -116,8 +103,8 @@ def runtime_accuracy(deployed: Deployed, model: nn.Module, loader: Iterable[Any]
                 out = deployed(xs.numpy())[0]
                 with torch.no_grad():
                     ref = model(xs)
-                hits_rt += int((np.asarray(out).argmax(1) == labels).sum())
-                hits_pt += int((ref.argmax(1).numpy() == labels).sum())
+                hits_rt += top1_hits(np.asarray(out), labels)
+                hits_pt += top1_hits(ref, y[i:i + EVAL_CHUNK])
                 n += len(labels)
                 bar.advance(task, len(labels))
     if n == 0:
@@ -161,7 +148,8 @@ def deploy(model: nn.Module, target: str, folder: str | Path, *,
            **target_options: Any) -> tuple[Deployed, DeployReport]:
     """Compile ``model`` for ``target``, measure it, score it through the runtime.
 
-    ``calib``: batches of real inputs (int8 calibration and the parity check).
+    ``calib``: batches of real inputs, e.g. a ``tinytamer.calib.Calibration`` (int8
+    calibration and the parity check).
     ``eval_limit``: test samples scored (see :func:`eval_limit_for`).
     ``source_file``: the compressed model file it came from, whose size is kept beside
     the runtime's.  Writes the artifacts and ``summary.json`` into ``folder``.
@@ -294,10 +282,9 @@ class BenchReport:
         ax.set_title(f"latency speed-up ({self.threads} threads)")
         fig.tight_layout()
         path = Path(path)
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)  # the temporary name does not say png
         plt.close(fig)
-        os.replace(tmp, path)
         return path
 
 
@@ -376,8 +363,7 @@ def _write_tables(folder: Path, report: BenchReport) -> None:
     note = (f"Partial: {len(report.pending)} still to run ({', '.join(report.pending)}).\n\n"
             if report.pending else "")
     md = folder / "bench.md"
-    md.with_name("bench.md.tmp").write_text(note + report.table())
-    os.replace(md.with_name("bench.md.tmp"), md)
+    write_atomic(md, note + report.table())
 
 
 def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,

@@ -24,6 +24,12 @@ class ModelError(TamerError):
     """A model name, import path or architecture is invalid."""
 
 
+class CompressError(TamerError):
+    """A compression method was given a setting it cannot take (a ratio, bit width, mode
+    or layer selector); the message names the setting.  Raised by ``compress`` whether it
+    is called from a recipe or from Python (a recipe's keys are checked by ``RecipeError``)."""
+
+
 class BackendMissing(TamerError):
     """An optional backend is not installed; the message says how to install it."""
 

@@ -187,6 +187,12 @@ def read_jsonl(path: str | Path) -> list[Any]:
     A torn last line (no newline: a writer killed mid-append) is skipped with a warning; a
     bad line anywhere else raises :class:`CorruptFileError` naming the file and line.
     """
+    return [record for _, record in read_jsonl_lines(path)]
+
+
+def read_jsonl_lines(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, record) for each record of a JSON-lines file, as :func:`read_jsonl`
+    reads them: so that a reader who finds a record wrong can say on which line it is."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -200,7 +206,7 @@ def read_jsonl(path: str | Path) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append((number, json.loads(line)))
         except (ValueError, RecursionError) as exc:
             if number == len(lines):  # the unterminated tail
                 warnings.warn(f"{path}: skipped a torn last line (line {number}, {len(line)} bytes, "

@@ -27,7 +27,7 @@ import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import numpy as np
 import torch
@@ -36,6 +36,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from torch import nn
 
 from tinytamer.errors import ModelError, RecipeError
+from tinytamer.records import (
+    Record,
+    StageRecord,
+    TrainRecord,
+    last_record,
+    log_record,
+    read_records,
+    stage_record,
+)
 from tinytamer.rundir import RunDir, run_name_problem
 
 # -- stage registry ---------------------------------------------------------------------------
@@ -48,6 +57,8 @@ class StageParams(BaseModel):
 
 
 StageFn = Callable[[nn.Module, "Context", Any], nn.Module]
+R = TypeVar("R", bound=Record)
+S = TypeVar("S", bound=StageRecord)
 
 
 @dataclass(frozen=True)
@@ -531,7 +542,25 @@ class Context:
 
         return evaluate(model, self._eval_loader(split))
 
-    def make_solver(self, model: nn.Module, config: Any, *, after_step: Sequence[Callable] = (),
+    def finetune(self, model: nn.Module, config: Any, *, hooks: Sequence[Any] = (),
+                 batch_size: int | None = None, name: str = "snapshots") -> dict[str, Any]:
+        """Train ``model`` in place with the Solver; every stage that trains calls this.
+
+        ``config``: a SolverConfig or its dict; the recipe's seed applies unless it sets
+        one.  Snapshots go to this stage's folder ``name`` (one per training of the stage),
+        and training resumes from the newest there after an interruption.  ``hooks`` are
+        the method's ``tinytamer.train.solver.TrainHook`` objects.  Returns the Solver's
+        final record.
+        """
+        from tinytamer.train import SolverConfig
+        from tinytamer.train.solver import latest_snapshot
+
+        given = config.model_dump(exclude_unset=True) if isinstance(config, SolverConfig) else config
+        cfg = SolverConfig.model_validate({"seed": self.seed, **given})
+        solver = self.make_solver(model, cfg, hooks=hooks, batch_size=batch_size, name=name)
+        return solver.solve(resume=latest_snapshot(self.stage_dir / name))
+
+    def make_solver(self, model: nn.Module, config: Any, *, hooks: Sequence[Any] = (),
                     batch_size: int | None = None, name: str = "snapshots") -> Any:
         """A Solver whose snapshots live in this stage's folder and whose records go to the log."""
         from tinytamer.train import Solver, SolverConfig
@@ -542,24 +571,46 @@ class Context:
         monitor = self.val_loader() if len(self.data.val) else self.test_loader()
         return Solver(model, cfg, self.train_loader(batch_size), monitor,
                       snapshot_dir=self.stage_dir / name, log=self.log_training,
-                      after_step=after_step, progress=self.progress)
+                      hooks=hooks, progress=self.progress)
 
     def log_training(self, record: dict[str, Any]) -> None:
-        self.rundir.log({"kind": "train", "stage": self.stage_name, "index": self.stage_index, **record})
+        """Append one interval the Solver reported, as this stage's TrainRecord."""
+        log_record(self.rundir, TrainRecord(stage=self.stage_name, index=self.stage_index, **record))
 
-    def log(self, record: dict[str, Any]) -> None:
-        """Append this stage's summary record to metrics.jsonl."""
-        self.rundir.log({"kind": "stage", "stage": self.stage_name, "index": self.stage_index, **record})
+    def log(self, record: StageRecord | dict[str, Any]) -> None:
+        """Append this stage's record to metrics.jsonl (see :meth:`record`); a dict is read
+        as this stage's record type, so its keys are checked all the same."""
+        if isinstance(record, dict):
+            record = stage_record({"stage": self.stage_name, "index": self.stage_index, **record})
+        log_record(self.rundir, record)
+
+    def record(self, of: type[S], model: nn.Module, *, file: str | Path | None = None,
+               accuracy: float | None = None, **fields: Any) -> S:
+        """This stage's record of type ``of``: :meth:`model_record` of ``model`` and
+        ``fields``, which win where both give a key (deploy: bytes of its artifact)."""
+        return of(stage=self.stage_name, index=self.stage_index,
+                  **{**self.model_record(model, file=file, accuracy=accuracy), **fields})
+
+    def records(self, of: type[R]) -> list[R]:
+        """The records of type ``of`` that the stages before this one wrote, oldest first
+        (e.g. ``ctx.records(StageRecord)``: every stage's summary)."""
+        return [r for r in read_records(self.rundir, of) if r.index < self.stage_index]
+
+    def last_record(self, of: type[R], *, with_accuracy: bool = False) -> R | None:
+        """The newest of :meth:`records` (with a measured accuracy, if asked), or None."""
+        return last_record(self.records(of), with_accuracy=with_accuracy)
 
     def model_record(self, model: nn.Module, *, file: str | Path | None = None,
                      accuracy: float | None = None) -> dict[str, Any]:
-        """Accuracy on test, parameters, non-zeros, MACs and bytes of ``file`` on disk."""
+        """The figures of a StageRecord: accuracy (on test, in PyTorch, unless given),
+        parameters, non-zeros, MACs and bytes of ``file`` on disk."""
         from tinytamer.zoo import count
 
         counts = count(model, self.input_shape)
         if accuracy is None:
             accuracy = self.evaluate(model)["accuracy"]
-        rec: dict[str, Any] = {"accuracy": accuracy, "params": counts.params,
+        rec: dict[str, Any] = {"accuracy": accuracy, "accuracy_runtime": "PyTorch",
+                               "params": counts.params,
                                "nonzero_params": counts.nonzero_params, "macs": counts.macs,
                                "dense_bytes": 4 * counts.params}
         if file is not None:

@@ -139,11 +139,15 @@ class RunDir:
 
     # -- metrics ---------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        """Append one metrics record (a JSON line, fsynced; a torn line a kill left is repaired first)."""
+        """Append one metrics line (JSON, fsynced; a torn line a kill left is repaired first).
+
+        The storage under :mod:`tinytamer.records`, which writes the typed records through it
+        (``log_record``) and reads them back (``read_records``): use that, not this."""
         append_jsonl(self.metrics_path, {"time": round(time.time(), 3), **record}, default=_jsonable)
 
     def records(self) -> list[dict[str, Any]]:
-        """All metrics records; a torn last line (crash mid-write) is skipped with a warning."""
+        """All metrics lines as JSON objects (untyped: :func:`tinytamer.records.read_records`
+        gives the typed records); a torn last line (crash mid-write) is skipped with a warning."""
         records = read_jsonl(self.metrics_path)
         for i, r in enumerate(records):
             if not isinstance(r, dict):

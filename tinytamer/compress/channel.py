@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from tinytamer.compress.selector import Selector, layer_params
 from tinytamer.compress.selector import parse as parse_selector
 from tinytamer.compress.selector import select as select_layers
-from tinytamer.errors import ModelError, RecipeError
+from tinytamer.errors import CompressError, ModelError
 
 Importance = Literal["l1", "l2", "bn_scale"]
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -47,7 +47,7 @@ def _importance(name: str) -> tp.importance.Importance:
         return tp.importance.GroupMagnitudeImportance(p=2)
     if name == "bn_scale":
         return tp.importance.BNScaleImportance()
-    raise RecipeError(f"channel_prune: unknown importance '{name}' (l1, l2 or bn_scale)")
+    raise CompressError(f"channel_prune: unknown importance '{name}' (l1, l2 or bn_scale)")
 
 
 def _out_channels(module: nn.Module) -> int:
@@ -120,9 +120,9 @@ def prune_channels(
     through a residual add) are kept.
     """
     if not isinstance(ratio, Mapping) and not 0.0 <= ratio < 1.0:
-        raise RecipeError(f"channel_prune: ratio must be in [0, 1), got {ratio}")
+        raise CompressError(f"channel_prune: ratio must be in [0, 1), got {ratio}")
     if round_to is not None and round_to < 1:
-        raise RecipeError(f"channel_prune: round_to must be >= 1, got {round_to}")
+        raise CompressError(f"channel_prune: round_to must be >= 1, got {round_to}")
     example_inputs = _as_tuple(example_inputs)
     was_training = model.training
     # Torch-Pruning edits modules in place: work on a copy so a failure leaves the
@@ -147,7 +147,7 @@ def prune_channels(
                              global_pruning=global_pruning, round_to=round_to,
                              importance=importance, select=select, max_ratio=max_ratio)
             pruner.step()
-        except (RecipeError, ModelError):
+        except (CompressError, ModelError):
             raise
         except Exception as exc:  # the tracer fails in many untyped ways
             raise ModelError(
@@ -177,7 +177,7 @@ def _pruner(
               "example_inputs": example_inputs}
     if global_pruning:
         if isinstance(ratio, Mapping) or any("ratio" in v for v in _overrides(select)):
-            raise RecipeError("channel_prune: global pruning takes one float ratio, "
+            raise CompressError("channel_prune: global pruning takes one float ratio, "
                               "not per-layer ratios")
         return tp.pruner.MetaPruner(model, global_pruning=True, pruning_ratio=ratio,
                                     max_pruning_ratio=max_ratio, round_to=round_to, **common)
@@ -191,7 +191,7 @@ def _pruner(
         default = ratio.get(name, 0.0) if isinstance(ratio, Mapping) else ratio
         r = float(layer_params(select, name, {"ratio": default})["ratio"])
         if not 0.0 <= r < 1.0:
-            raise RecipeError(f"channel_prune: ratio of layer '{name}' must be in [0, 1), got {r}")
+            raise CompressError(f"channel_prune: ratio of layer '{name}' must be in [0, 1), got {r}")
         n = _out_channels(module)
         keep = kept_channels(n, r, round_to)
         if keep == n:

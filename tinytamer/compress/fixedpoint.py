@@ -38,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinytamer.compress.int8 import fake_quant
-from tinytamer.compress.selector import Selector, layer_params, parse, select
-from tinytamer.errors import ModelError, RecipeError
+from tinytamer.calib import Calibration, as_calibration
+from tinytamer.compress.selector import Selector, layer_params, parse, select_plain
+from tinytamer.errors import CompressError
+from tinytamer.qgraph import fake_quant
+from tinytamer.train.solver import TrainHook
 
 Mode = Literal["dynamic", "static"]
 MIN_BITS, MAX_BITS = 2, 16
@@ -158,14 +160,6 @@ def _fixed_layer(layer: nn.Module, bits: int, w_fl: int) -> _FixedPoint:
     return q  # type: ignore[return-value]
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    *path, leaf = name.split(".")
-    parent = model
-    for p in path:
-        parent = getattr(parent, p)
-    setattr(parent, leaf, module)
-
-
 def _layer_inputs(model: nn.Module, names: list[str], batches: list[Tensor]) -> dict[str, list[Tensor]]:
     """The tensors entering each named layer, one per calibration batch."""
     seen: dict[str, list[Tensor]] = {n: [] for n in names}
@@ -186,14 +180,14 @@ def _layer_inputs(model: nn.Module, names: list[str], batches: list[Tensor]) -> 
 
 def _check_bits(bits: Any, where: str) -> int:
     if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise RecipeError(f"{where}: fixed-point bit width must be an integer from {MIN_BITS} to "
+        raise CompressError(f"{where}: fixed-point bit width must be an integer from {MIN_BITS} to "
                           f"{MAX_BITS}, got {bits!r}")
     return bits
 
 
 def quantize(
     model: nn.Module,
-    calib_batches: Iterable[Any],
+    calib_batches: Calibration | Iterable[Any],
     bits: int = 8,
     mode: Mode = "dynamic",
     select: Selector | dict | None = None,
@@ -203,18 +197,17 @@ def quantize(
 
     ``mode="dynamic"``: per-layer weight and data formats (Qiu et al. eqs. 2-3,
     greedy); ``"static"``: one weight format and one data format for the whole
-    network.  ``calib_batches`` are tensors or ``(x, y)`` tuples.
+    network.  ``calib_batches``: a Calibration, or tensors or ``(x, y)`` tuples (the first
+    ``num_batches`` when given).
     """
     if mode not in ("dynamic", "static"):
-        raise RecipeError(f"fixed-point mode must be 'dynamic' or 'static', got '{mode}'")
+        raise CompressError(f"fixed-point mode must be 'dynamic' or 'static', got '{mode}'")
     _check_bits(bits, "bits")
     sel = parse(select)
-    batches = [b[0] if isinstance(b, list | tuple) else b
-               for i, b in enumerate(calib_batches) if num_batches is None or i < num_batches]
-    if not batches:
-        raise ModelError("fixed-point quantization needs at least one calibration batch")
+    batches = list(as_calibration(calib_batches, num_batches, what="fixed-point quantization").batches())
     qmodel = copy.deepcopy(model).eval()
-    layers = [(n, m) for n, m in _select_plain(qmodel, sel)]
+    layers = select_plain(qmodel, sel, "fixed-point quantization",
+                          "already quantized layers are not quantized again")
     names = [n for n, _ in layers]
     widths = {n: _check_bits(layer_params(sel, n, {"bits": bits})["bits"], f"layer '{n}' bits")
               for n in names}
@@ -227,12 +220,12 @@ def quantize(
         for name, layer in layers:
             q = _fixed_layer(layer, widths[name], w_fl)
             q.a_fl = a_fl
-            _set_module(qmodel, name, q)  # type: ignore[arg-type]
+            qmodel.set_submodule(name, q)
     else:
         for name, layer in layers:
             w = layer.weight.detach()
             q = _fixed_layer(layer, widths[name], best_fl([w], [w], widths[name]))
-            _set_module(qmodel, name, q)  # type: ignore[arg-type]
+            qmodel.set_submodule(name, q)
             # Greedy: the data entering this layer with every earlier layer already fixed.
             got = _layer_inputs(qmodel, [name], batches)[name]
             q.a_fl = best_fl(refs[name], got, widths[name])
@@ -242,6 +235,16 @@ def quantize(
     return qmodel.train(model.training)
 
 
+class SnapToGrid(TrainHook):
+    """Puts every fixed-point layer's weights back on its grid when fine-tuning ends (the
+    optimizer's last steps move them off it; the forward pass rounds only the data)."""
+
+    def after_train(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, _FixedPoint):
+                m.snap()
+
+
 def _shared_fl(tensors: list[Tensor], widths: list[int]) -> int:
     """One fl for all ``tensors`` (each at its own width) minimising the summed error."""
     amax = max(float(t.abs().max()) for t in tensors)
@@ -249,14 +252,6 @@ def _shared_fl(tensors: list[Tensor], widths: list[int]) -> int:
     errs = {fl: sum(fixed_error(t, t, b, fl) for t, b in zip(tensors, widths, strict=True))
             for fl in range(cands.start, cands.stop + max(widths) - min(widths))}
     return min(errs, key=lambda fl: (errs[fl], -fl))
-
-
-def _select_plain(model: nn.Module, sel: Selector) -> list[tuple[str, nn.Module]]:
-    chosen = [(n, m) for n, m in select(model, sel) if type(m) in (nn.Conv2d, nn.Linear)]
-    if not chosen:
-        raise ModelError("fixed-point quantization: the selector picked no plain Conv2d / Linear "
-                         "layer (already quantized layers are not quantized again)")
-    return chosen
 
 
 def formats(model: nn.Module) -> dict[str, dict[str, int | None]]:

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinytamer.calib import Calibration, as_calibration
 from tinytamer.compress.selector import Selector, layer_params
 from tinytamer.compress.selector import select as select_layers
 from tinytamer.errors import DataError, ModelError, RecipeError
@@ -368,16 +369,12 @@ class _Stop(Exception):
     """Ends a calibration forward pass once the layer of interest has run."""
 
 
-def _batches(calib: Iterable[Any]) -> list[Tensor]:
-    out = []
-    for item in calib:
-        x = item[0] if isinstance(item, list | tuple) else item
+def _batches(calib: Calibration | Iterable[Any]) -> list[Tensor]:
+    out = list(as_calibration(calib, what="low-rank").batches())
+    for x in out:
         if not isinstance(x, Tensor):
             raise DataError(f"low-rank: calibration batches must be tensors or (input, label) pairs, "
                             f"got {type(x).__name__}")
-        out.append(x)
-    if not out:
-        raise DataError("low-rank: no calibration batches were given")
     return out
 
 
@@ -488,11 +485,6 @@ def _linear_pair(linear: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(head, tail).to(**like)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
-
-
 # -- the method -------------------------------------------------------------------------------
 
 
@@ -550,13 +542,13 @@ def _override_ranks(select: Selector | dict | None) -> bool:
     return any("rank" in v for v in overrides.values())
 
 
-def approximate(model: nn.Module, calib_batches: Iterable[Any], *, speedup: float | None = None,
+def approximate(model: nn.Module, calib_batches: Calibration | Iterable[Any], *, speedup: float | None = None,
                 ranks: Mapping[str, int] | None = None, method: Method = "nonlinear-asymmetric",
                 select: Selector | dict | None = None, samples_per_batch: int = 512, iters: int = 10,
                 seed: int = 0) -> LowRankResult:
     """Replace the selected conv / linear layers of a copy of ``model`` by low-rank pairs.
 
-    ``calib_batches``: input tensors or ``(input, label)`` pairs (kept in memory; the
+    ``calib_batches``: a Calibration, or input tensors or ``(input, label)`` pairs (kept in memory; the
     data-driven methods pass over them once per layer).  ``speedup``: the whole-model MAC
     reduction the ranks are chosen for (Sec. 3.4; 2.0 when neither it nor a rank is
     given).  ``ranks`` (or a selector override ``{"rank": r}``) fixes a layer's rank; with
@@ -621,11 +613,11 @@ def approximate(model: nn.Module, calib_batches: Iterable[Any], *, speedup: floa
             continue
         layer, rank, rep = layers[name], chosen[name], reports[name]
         if layer.kind == "linear":
-            _replace(work, name, _linear_pair(layer.module, rank))
+            work.set_submodule(name, _linear_pair(layer.module, rank))
         else:
-            _replace(work, name, _decompose_conv(work, layer, rank, method, batches, iters, rep))
+            work.set_submodule(name, _decompose_conv(work, layer, rank, method, batches, iters, rep))
             if layer.bn is not None:
-                _replace(work, layer.bn, nn.Identity())
+                work.set_submodule(layer.bn, nn.Identity())
         rep.rank, rep.macs_after = rank, rank * layer.per_rank
         layer.y.clear()
     for rep in reports.values():
@@ -670,7 +662,7 @@ def _decompose_conv(model: nn.Module, layer: _Layer, rank: int, method: str, bat
     return _conv_pair(layer.module, f.Qt @ flat, f.P, f.P @ (f.Qt @ b) + f.b)
 
 
-def decompose(model: nn.Module, calib_batches: Iterable[Any], *, speedup: float | None = None,
+def decompose(model: nn.Module, calib_batches: Calibration | Iterable[Any], *, speedup: float | None = None,
               ranks: Mapping[str, int] | None = None, method: Method = "nonlinear-asymmetric",
               select: Selector | dict | None = None, samples_per_batch: int = 512, iters: int = 10,
               seed: int = 0) -> nn.Module:

@@ -42,6 +42,7 @@ from tinytamer.compress.selector import Selector, layer_params
 from tinytamer.compress.selector import parse as parse_selector
 from tinytamer.compress.selector import select as select_layers
 from tinytamer.errors import ModelError, RecipeError
+from tinytamer.train.solver import TrainHook
 
 ThresholdMode = Literal["sparsity", "std"]
 remove_masks = masks.remove_masks
@@ -272,14 +273,15 @@ class AGPSchedule(pydantic.BaseModel, extra="forbid"):
         return s_f + (s_i - s_f) * (1.0 - progress) ** 3
 
 
-class GradualPruner:
-    """A Solver ``after_step`` hook that prunes the selected layers on an AGP schedule.
+class GradualPruner(TrainHook):
+    """A Solver hook that prunes the selected layers on an AGP schedule.
 
     ``sparsity`` (float or ``{layer: final}``) gives each layer's final target;
-    selector overrides may set ``sparsity`` per layer too.  Call it as
-    ``hook(model, iteration)`` after each update; :meth:`finish` applies the final
-    targets if training stopped before ``schedule.end``.  It attaches
-    (all-ones) masks to the layers at once.
+    selector overrides may set ``sparsity`` per layer too.  The Solver calls
+    :meth:`after_step` after each update (a plain training loop may call
+    ``hook(model, iteration)``); :meth:`finish` applies the final targets if
+    training stopped before ``schedule.end``.  It attaches (all-ones) masks to the
+    layers at once.
     """
 
     def __init__(
@@ -300,9 +302,11 @@ class GradualPruner:
         for module, _ in targets.values():
             masks.set_mask(module, torch.ones_like(masks.effective_weight(module)))
 
-    def __call__(self, model: nn.Module, iteration: int) -> None:
+    def after_step(self, model: nn.Module, iteration: int) -> None:
         if self.schedule.is_pruning_step(iteration):
             self._apply(model, iteration)
+
+    __call__ = after_step
 
     def finish(self, model: nn.Module) -> PruneResult:
         """Bring every layer to its final sparsity (no-op when the schedule already ended)."""

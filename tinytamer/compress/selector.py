@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from tinytamer.errors import ModelError, RecipeError
+from tinytamer.errors import CompressError, ModelError
 
 
 class Selector(BaseModel):
@@ -53,7 +53,7 @@ def parse(selector: Selector | dict | None) -> Selector:
         problems = "; ".join(
             f"select.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        raise RecipeError(f"invalid layer selector: {problems} (allowed keys: {allowed})") from None
+        raise CompressError(f"invalid layer selector: {problems} (allowed keys: {allowed})") from None
 
 
 def _type_names(module: nn.Module) -> set[str]:
@@ -77,7 +77,7 @@ def select(model: nn.Module, selector: Selector | dict | None = None) -> list[tu
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise RecipeError(f"layer selector pattern '{pattern}' is not a valid regex: {exc}") from None
+            raise CompressError(f"layer selector pattern '{pattern}' is not a valid regex: {exc}") from None
 
     chosen = [
         (name, mod)
@@ -99,6 +99,22 @@ def select(model: nn.Module, selector: Selector | dict | None = None) -> list[tu
             + ", ".join(f"{n} ({type(m).__name__})" for n, m in list(modules.items())[1:20])
         )
     return chosen
+
+
+def select_plain(model: nn.Module, selector: Selector | dict | None, method: str,
+                 why_none: str | None = None) -> list[tuple[str, nn.Module]]:
+    """The picked layers that are exactly ``nn.Conv2d`` or ``nn.Linear``.
+
+    Subclasses are left out: they are layers a method has already replaced (fake-quantized,
+    ternary), which are not replaced again.  With none left, a ModelError names ``method``
+    and says ``why_none`` (by default, what was picked instead).
+    """
+    chosen = select(model, selector)
+    plain = [(n, m) for n, m in chosen if type(m) in (nn.Conv2d, nn.Linear)]
+    if not plain:
+        why = why_none or ", ".join(f"{n}: {type(m).__name__}" for n, m in chosen[:10])
+        raise ModelError(f"{method}: the selector picked no plain Conv2d / Linear layer ({why})")
+    return plain
 
 
 def layer_params(selector: Selector | dict | None, name: str, defaults: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ within a budget), then used by :func:`tinytamer.compress.prune.magnitude`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from tinytamer.compress import masks
 from tinytamer.compress.selector import Selector
 from tinytamer.compress.selector import select as select_layers
 from tinytamer.errors import DataError, RecipeError
+from tinytamer.fileio import atomic_path, read_json, write_atomic
 
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -51,19 +51,13 @@ class SensitivityResult:
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON, atomically."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SensitivityResult:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"cannot read sensitivity result {path}: {exc}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path, "sensitivity result"), str(path))
 
 
 @torch.no_grad()
@@ -144,8 +138,7 @@ def plot(result: SensitivityResult, path: str | Path, *, title: str = "Pruning s
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2 if len(result.curves) > 8 else 1)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

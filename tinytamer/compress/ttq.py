@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tinytamer.compress.selector import Selector, layer_params, parse, select
-from tinytamer.errors import ModelError, RecipeError
+from tinytamer.compress.selector import Selector, layer_params, parse, select_plain
+from tinytamer.errors import RecipeError
 
 
 class _Ternarize(torch.autograd.Function):
@@ -105,14 +105,6 @@ class TernaryLinear(_Ternary, nn.Linear):
         return f"{super().extra_repr()}, t={self.t}"
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    *path, leaf = name.split(".")
-    parent = model
-    for p in path:
-        parent = getattr(parent, p)
-    setattr(parent, leaf, module)
-
-
 def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """A new ``cls`` module with ``layer``'s hyper-parameters and tensors."""
     w = layer.weight
@@ -138,7 +130,8 @@ def ternarize(model: nn.Module, t: float = 0.05, select: Selector | dict | None 
     the Solver (``wp`` / ``wn`` are parameters), then call :func:`finalize`.
     """
     sel = parse(select if select is not None else {"exclude_first": True, "exclude_last": True})
-    chosen = [(n, m) for n, m in _select(model, sel)]
+    chosen = select_plain(model, sel, "ttq",
+                          "with the default selector a model needs at least three such layers")
     for name, layer in chosen:
         lt = layer_params(sel, name, {"t": t})["t"]
         if not isinstance(lt, int | float) or not 0 <= lt < 1:
@@ -146,16 +139,8 @@ def ternarize(model: nn.Module, t: float = 0.05, select: Selector | dict | None 
         cls = TernaryConv2d if isinstance(layer, nn.Conv2d) else TernaryLinear
         new = _swap(layer, cls)
         new._init_ternary(float(lt))  # type: ignore[attr-defined]
-        _set_module(model, name, new)
+        model.set_submodule(name, new)
     return model
-
-
-def _select(model: nn.Module, sel: Selector) -> list[tuple[str, nn.Module]]:
-    chosen = [(n, m) for n, m in select(model, sel) if type(m) in (nn.Conv2d, nn.Linear)]
-    if not chosen:
-        raise ModelError("ttq: the selector picked no plain Conv2d / Linear layer (with the "
-                         "default selector a model needs at least three such layers)")
-    return chosen
 
 
 def finalize(model: nn.Module) -> nn.Module:
@@ -165,7 +150,7 @@ def finalize(model: nn.Module) -> nn.Module:
             plain = _swap(layer, nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear)
             with torch.no_grad():
                 plain.weight.copy_(layer.ternary_weight())
-            _set_module(model, name, plain)
+            model.set_submodule(name, plain)
     return model
 
 

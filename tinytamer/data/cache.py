@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from tinytamer.errors import DataError
+from tinytamer.fileio import atomic_open
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -42,14 +42,8 @@ def digest(*parts: object) -> str:
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` (.npz, uncompressed: loads fast) atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray] | None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tinytamer.errors import ModelError
+from tinytamer.fileio import atomic_path
 
 # Targets that run the eager module and so do not need a graph export.
 EAGER_TARGETS = ("torch",)
@@ -118,7 +119,6 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     path = Path(path)
     ep, dynamic = capture(model, example_inputs, dynamic_batch=dynamic_batch)
     names = input_names(len(example_inputs))
-    tmp = path.with_name(path.name + ".tmp")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -138,7 +138,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         proto = onnxslim.slim(proto)
         simplified = True
     onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
     return {"path": str(path), "dynamic_batch": dynamic, "simplified": simplified,
             "opset": opset}

@@ -16,7 +16,6 @@ of letting ORT calibrate, makes the deployed int8 model the one that was evaluat
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch.nn import functional as F
 
 from tinytamer.errors import ModelError
 from tinytamer.export.onnx import ExportError, capture, input_names
+from tinytamer.fileio import atomic_path
 from tinytamer.qgraph import ActQuant, QuantWeight, as_graph_module
 
 _qd = torch.ops.quantized_decomposed
@@ -123,17 +123,16 @@ def qdq_module(model: nn.Module, unsigned_weights: bool = False) -> fx.GraphModu
         if node.op != "call_module":
             continue
         mod = out.get_submodule(node.target)
-        parent_name, _, attr = node.target.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
         if isinstance(mod, ActQuant):
             if mod.mode != "quant":
                 raise ModelError(f"quantizer '{node.target}' is not converted: call "
                                  "tinytamer.compress.int8.convert first")
-            setattr(parent, attr, QDQAct(float(mod.scale), int(mod.zero_point), mod.qmin,
-                                         mod.qmax))
+            out.set_submodule(node.target, QDQAct(float(mod.scale), int(mod.zero_point),
+                                                  mod.qmin, mod.qmax))
             acts += 1
         elif isinstance(mod, QuantWeight):
-            setattr(parent, attr, QDQLayer(mod, _input_scale(out, node), unsigned_weights))
+            out.set_submodule(node.target, QDQLayer(mod, _input_scale(out, node),
+                                                    unsigned_weights))
             layers += 1
     if acts == 0:
         raise ModelError("qparams model has no activation quantizers: pass a model converted "
@@ -152,7 +151,6 @@ def export_qdq(gm: nn.Module, example_inputs: Sequence[torch.Tensor],
     path = Path(path)
     qdq = qdq_module(gm, unsigned_weights)
     ep, dynamic = capture(qdq, example_inputs)
-    tmp = path.with_name(path.name + ".tmp")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -164,8 +162,8 @@ def export_qdq(gm: nn.Module, example_inputs: Sequence[torch.Tensor],
     except Exception as exc:  # noqa: BLE001 - translation failures are described to the user
         raise ExportError(f"int8 model does not translate to ONNX QDQ: {exc}") from exc
     onnx.checker.check_model(program.model_proto)
-    onnx.save_model(program.model_proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(program.model_proto, str(tmp))
     kinds = [n.op_type for n in program.model_proto.graph.node]
     return {"path": str(path), "dynamic_batch": dynamic, "opset": opset,
             "weights": "uint8 (zero point 128)" if unsigned_weights else "int8",

@@ -13,17 +13,8 @@ import numpy as np
 
 from tinytamer.errors import ModelError
 from tinytamer.micro.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier
-from tinytamer.micro.ir import (
-    Add,
-    AvgPool,
-    Conv2D,
-    Dense,
-    Graph,
-    MaxPool,
-    Reshape,
-    Softmax,
-    TensorInfo,
-)
+from tinytamer.micro.ir import Graph, TensorInfo
+from tinytamer.micro.ops import Add, AvgPool, Conv2D, Dense, MaxPool, Reshape, Softmax
 
 ADD_LEFT_SHIFT = 20
 

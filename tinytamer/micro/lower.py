@@ -18,9 +18,6 @@ map keeps the HWC buffer and permutes the next linear layer's columns instead.
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,74 +27,35 @@ from torch.fx.passes.shape_prop import ShapeProp
 from tinytamer.errors import ModelError
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Graph
-from tinytamer.qgraph import ActQuant, QuantWeight
+from tinytamer.micro.ops import OPS, DeviceOp, op_def
+from tinytamer.micro.ops.base import Pending, Quant, ir_shape, node_shape
+from tinytamer.qgraph import ActQuant
 
-_ADD = {operator.add, operator.iadd, torch.add}
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu6}
-_PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
-_PASS_FUNCS = {F.dropout}
-_PASS_METHODS = {"contiguous"}
-_RESHAPE_METHODS = {"view", "reshape", "flatten"}
-_RESHAPE_FUNCS = {torch.flatten, torch.reshape}
-_SCALAR_METHODS = {"size", "dim"}
-# Module types the device graph has a rule for (float Conv2d / Linear are refused as such
-# when visited); any other module in the graph is refused up front, by its name.
-_LAYER_MODULES = (nn.Conv2d, nn.Linear, nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d,
-                  nn.AdaptiveAvgPool2d, nn.Flatten, nn.Softmax, *_PASS_MODULES)
+# The convert map (TVM's create_convert_map): every pattern an op of the table lowers from
+# (a module type, a function, or a method name) -> that op.
+CONVERT: dict[object, DeviceOp] = {p: d for d in OPS.values() for p in d.lowers_from}
+# Lowering plumbing that is no device op: ReLUs fuse into their producer, the rest keeps
+# its input's quantization, and scalar queries produce no tensor.
+_RELU = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
+         torch.relu_: "relu", F.relu6: "relu6", "relu": "relu", "relu_": "relu"}
+_PASS = {nn.Dropout, nn.Dropout2d, nn.Identity, F.dropout, "contiguous"}
+_SCALAR = {getattr, "size", "dim"}
 SUPPORTED_OPS = ("conv2d (incl. depthwise/grouped), linear, max/avg pool, global average pool, "
                  "residual add, ReLU/ReLU6 fused into its producer, flatten/reshape, softmax "
                  "over the classes of a vector")
 
 
-@dataclass
-class _Pending:
-    """A float result waiting for its FakeQuantAct (and maybe a fused ReLU)."""
-
-    kind: str  # input | conv | linear | add | avgpool | softmax
-    node: fx.Node
-    inputs: list[str]
-    module: nn.Module | None = None
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    relu: str | None = None
+def _module_pattern(m: nn.Module, table) -> type | None:
+    """The most specific module type of ``m`` that ``table`` has an entry for (a
+    QuantConv2d lowers by the nn.Conv2d entry)."""
+    return next((t for t in type(m).__mro__ if t in table), None)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _shape(node: fx.Node) -> tuple[int, ...]:
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        raise ModelError(f"micro lowering: node '{node.name}' does not produce one tensor")
-    return tuple(meta.shape)
-
-
-def _ir_shape(shape: tuple[int, ...], node: fx.Node) -> tuple[int, ...]:
-    if shape[0] != 1:
-        raise ModelError(f"micro lowering: node '{node.name}' has batch {shape[0]}; the device "
-                         "graph is lowered at batch 1")
-    if len(shape) == 4:
-        return (shape[2], shape[3], shape[1])
-    if len(shape) == 2:
-        return (shape[1],)
-    raise ModelError(f"micro lowering: node '{node.name}' has a {len(shape)}-D tensor {shape}; "
-                     "only N x C x H x W maps and N x F vectors are supported")
-
-
-def _is_fake_quant(m: nn.Module) -> bool:
-    return isinstance(m, ActQuant)
-
-
-def _is_quant_layer(m: nn.Module, base: type) -> bool:
-    return isinstance(m, base) and isinstance(m, QuantWeight)
-
-
-class _Lowerer:
+class Lowerer:
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
         self.b: GraphBuilder | None = None
-        self.env: dict[fx.Node, str | _Pending | None] = {}
+        self.env: dict[fx.Node, str | Pending | None] = {}
         # 1-D tensors flattened from an H x W x C buffer: their PyTorch (C, H, W) order.
         self.torch_order: dict[str, np.ndarray] = {}
 
@@ -127,25 +85,23 @@ class _Lowerer:
             if node.op != "call_module":
                 continue
             m = self.mod(node)
-            if not (_is_fake_quant(m) or isinstance(m, _LAYER_MODULES)):
+            known = isinstance(m, ActQuant) or _module_pattern(m, CONVERT) is not None \
+                or _module_pattern(m, _RELU) is not None or _module_pattern(m, _PASS) is not None
+            if not known:
                 raise ModelError(f"micro lowering: layer '{node.target}' ({type(m).__name__}) "
                                  "is not supported by the micro path; supported ops: "
                                  f"{SUPPORTED_OPS}")
 
-    def quant(self, node: fx.Node, arg) -> str:
+    def quant(self, node: fx.Node, arg, *, flattened_ok: bool = False) -> str:
+        """The int8 tensor ``node`` reads as ``arg``; ``flattened_ok`` for the one reader
+        (a linear layer) that can take a flattened C x H x W map in HWC order."""
         value = self.env.get(arg) if isinstance(arg, fx.Node) else None
         if not isinstance(value, str):
             raise self.fail(node, f"input '{getattr(arg, 'name', arg)}' is not an int8 tensor "
                                   "(a layer left in float, or a value without a FakeQuantAct)")
-        self._check_order_use(node, value)
-        return value
-
-    def _check_order_use(self, node: fx.Node, t: str) -> None:
-        if t in self.torch_order and not self._is_linear(node):
+        if value in self.torch_order and not flattened_ok:
             raise self.fail(node, "a flattened C x H x W feature map may only feed a linear layer")
-
-    def _is_linear(self, node: fx.Node) -> bool:
-        return node.op == "call_module" and _is_quant_layer(self.mod(node), nn.Linear)
+        return value
 
     def mod(self, node: fx.Node) -> nn.Module:
         return self.gm.get_submodule(node.target)
@@ -184,217 +140,60 @@ class _Lowerer:
         if node.op == "placeholder":
             if self.b is not None:
                 raise self.fail(node, "a second model input")
-            return _Pending("input", node, [])
+            return Pending(None, node, [])
         if node.op == "get_attr":
             raise self.fail(node, f"a constant tensor '{node.target}' used in the graph")
         if node.op == "call_module":
-            return self.visit_module(node, self.mod(node))
+            m = self.mod(node)
+            if isinstance(m, ActQuant):
+                return self.finish(node, m)
+            return self.convert(node, _module_pattern(m, CONVERT) or _module_pattern(m, _RELU)
+                                or _module_pattern(m, _PASS), f"a {type(m).__name__}")
         if node.op == "call_function":
-            return self.visit_function(node)
+            f = node.target
+            if f is F.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0):
+                return self.fuse_relu(node, "relu6")
+            return self.convert(node, f, f"function '{getattr(f, '__name__', f)}'")
         if node.op == "call_method":
-            return self.visit_method(node)
+            return self.convert(node, node.target, f"method '.{node.target}()'")
         raise self.fail(node, f"graph op '{node.op}'")
 
-    def visit_module(self, node: fx.Node, m: nn.Module):
-        arg = node.args[0]
-        if _is_fake_quant(m):
-            return self.finish(node, m)
-        if _is_quant_layer(m, nn.Conv2d):
-            return self.conv_pending(node, m)
-        if _is_quant_layer(m, nn.Linear):
-            return _Pending("linear", node, [self.quant(node, arg)], m)
-        if isinstance(m, (nn.ReLU, nn.ReLU6)):
-            return self.fuse_relu(node, "relu6" if isinstance(m, nn.ReLU6) else "relu")
-        if isinstance(m, nn.MaxPool2d):
-            return self.maxpool(node, m.kernel_size, m.stride, m.padding, m.dilation,
-                                m.ceil_mode)
-        if isinstance(m, nn.AvgPool2d):
-            if _pair(m.padding) != (0, 0) or m.ceil_mode:
-                raise self.fail(node, "an average pool with padding or ceil_mode")
-            return self.avgpool(node, _pair(m.kernel_size), _pair(m.stride or m.kernel_size))
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            return self.adaptive(node, m.output_size)
-        if isinstance(m, nn.Flatten):
-            return self.reshape(node)
-        if isinstance(m, nn.Softmax):
-            return self.softmax(node, m.dim)
-        if isinstance(m, _PASS_MODULES):
-            return self.quant(node, arg)
-        # check_layers() let only these through.
-        raise self.fail(node, f"a {type(m).__name__} left in float (not quantized)")
-
-    def visit_function(self, node: fx.Node):
-        f = node.target
-        if f in _ADD:
-            a, b = node.args[:2]
-            if len(node.args) > 2 or node.kwargs:
-                raise self.fail(node, "an add with alpha or extra arguments")
-            return _Pending("add", node, [self.quant(node, a), self.quant(node, b)])
-        if f in _RELU_FUNCS:
-            return self.fuse_relu(node, "relu6" if f is F.relu6 else "relu")
-        if f is F.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0):
-            return self.fuse_relu(node, "relu6")
-        if f in (F.max_pool2d,):
-            a = list(node.args) + [None] * 6
-            kw = node.kwargs
-            k = kw.get("kernel_size", a[1])
-            s = kw.get("stride", a[2]) or k
-            return self.maxpool(node, k, s, kw.get("padding", a[3] or 0),
-                                kw.get("dilation", a[4] or 1), kw.get("ceil_mode", a[5] or False))
-        if f is F.avg_pool2d:
-            a = list(node.args) + [None] * 6
-            k = _pair(node.kwargs.get("kernel_size", a[1]))
-            s = node.kwargs.get("stride", a[2]) or k
-            if _pair(node.kwargs.get("padding", a[3] or 0)) != (0, 0):
-                raise self.fail(node, "an average pool with padding")
-            return self.avgpool(node, k, _pair(s))
-        if f is F.adaptive_avg_pool2d:
-            return self.adaptive(node, node.kwargs.get("output_size", node.args[1]))
-        if f is torch.mean:
-            return self.mean(node)
-        if f in (F.softmax, torch.softmax):
-            return self.softmax(node, node.kwargs.get("dim", node.args[1] if len(node.args) > 1
-                                                      else None))
-        if f in _RESHAPE_FUNCS:
-            return self.reshape(node)
-        if f in _PASS_FUNCS:
+    def convert(self, node: fx.Node, pattern, what: str):
+        """Lower ``node`` by the table entry for ``pattern`` (or the plumbing's)."""
+        if pattern in CONVERT:
+            return CONVERT[pattern].lower(self, node, pattern)
+        if pattern in _RELU:
+            return self.fuse_relu(node, _RELU[pattern])
+        if pattern in _PASS:
             return self.quant(node, node.args[0])
-        if f is getattr:
+        if pattern in _SCALAR:
             return None
-        raise self.fail(node, f"function '{getattr(f, '__name__', f)}'")
+        raise self.fail(node, what)
 
-    def visit_method(self, node: fx.Node):
-        m = node.target
-        if m in _SCALAR_METHODS:
-            return None
-        if m in ("add", "add_"):
-            if len(node.args) != 2 or node.kwargs:
-                raise self.fail(node, "an add with alpha or extra arguments")
-            return _Pending("add", node, [self.quant(node, a) for a in node.args])
-        if m in ("relu", "relu_"):
-            return self.fuse_relu(node, "relu")
-        if m == "mean":
-            return self.mean(node)
-        if m == "softmax":
-            return self.softmax(node, node.kwargs.get("dim", node.args[1] if len(node.args) > 1
-                                                      else None))
-        if m in _RESHAPE_METHODS:
-            return self.reshape(node)
-        if m in _PASS_METHODS:
-            return self.quant(node, node.args[0])
-        raise self.fail(node, f"method '.{m}()'")
-
-    # ------------------------------------------------------------------ ops
-    def conv_pending(self, node: fx.Node, m: nn.Conv2d) -> _Pending:
-        x = self.quant(node, node.args[0])
-        if _pair(m.dilation) != (1, 1):
-            raise self.fail(node, f"a dilated convolution (dilation {m.dilation})")
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            raise self.fail(node, f"convolution padding '{m.padding}' / mode '{m.padding_mode}'")
-        return _Pending("conv", node, [x], m)
-
-    def fuse_relu(self, node: fx.Node, kind: str) -> _Pending:
+    def fuse_relu(self, node: fx.Node, kind: str) -> Pending:
         src = self.env.get(node.args[0])
-        if not isinstance(src, _Pending) or src.kind in ("input", "softmax") \
+        if not isinstance(src, Pending) or src.op is None or not src.op.fuses_relu \
                 or src.relu is not None or len(node.args[0].users) != 1:
             raise self.fail(node, f"a {kind.upper()} that does not directly follow a conv, "
                                   "linear or add it can fuse into")
         src.relu = kind
         return src
 
-    def maxpool(self, node: fx.Node, k, s, p, dilation, ceil_mode) -> str:
-        if _pair(dilation) != (1, 1) or ceil_mode:
-            raise self.fail(node, "a max pool with dilation or ceil_mode")
-        x = self.quant(node, node.args[0])
-        return self.b.maxpool(x, _pair(k), _pair(s if s else k), _pair(p), name=node.name)
-
-    def avgpool(self, node: fx.Node, k, s) -> _Pending:
-        return _Pending("avgpool", node, [self.quant(node, node.args[0])], kernel=k, stride=s)
-
-    def adaptive(self, node: fx.Node, output_size) -> _Pending:
-        x = self.quant(node, node.args[0])
-        h, w, _ = self.b.tensors[x].shape
-        oh, ow = _pair(output_size) if output_size is not None else (h, w)
-        oh, ow = oh or h, ow or w
-        if h % oh or w % ow:
-            raise self.fail(node, f"an adaptive average pool {h}x{w} -> {oh}x{ow} with "
-                                  "uneven windows")
-        return _Pending("avgpool", node, [x], kernel=(h // oh, w // ow),
-                        stride=(h // oh, w // ow))
-
-    def mean(self, node: fx.Node) -> _Pending:
-        x = self.quant(node, node.args[0])
-        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        dims = {int(d) % 4 for d in (dims if isinstance(dims, (tuple, list)) else [dims])} \
-            if dims is not None else None
-        if dims != {2, 3}:
-            raise self.fail(node, f"a mean over dims {dims} (only the spatial dims 2, 3)")
-        h, w, _ = self.b.tensors[x].shape
-        return _Pending("avgpool", node, [x], kernel=(h, w), stride=(h, w))
-
-    def softmax(self, node: fx.Node, dim) -> _Pending:
-        x = self.quant(node, node.args[0])
-        if len(self.b.tensors[x].shape) != 1 or dim not in (1, -1):
-            raise self.fail(node, f"a softmax over dim {dim} of a {_shape(node)} tensor (only "
-                                  "over the classes of an N x F vector)")
-        if node.kwargs.get("dtype") is not None:
-            raise self.fail(node, "a softmax with a dtype argument")
-        return _Pending("softmax", node, [x])
-
-    def reshape(self, node: fx.Node) -> str:
-        x = self.quant(node, node.args[0])
-        src = self.b.tensors[x].shape
-        dst = _ir_shape(_shape(node), node)
-        if dst == src:
-            return x
-        if len(dst) != 1:
-            raise self.fail(node, f"a reshape {src} -> {dst} (only flatten to N x F)")
-        out = self.b.reshape(x, dst, name=node.name)
-        if len(src) == 3 and src[0] * src[1] > 1:
-            h, w, c = src
-            self.torch_order[out] = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
-        return out
-
     def finish(self, node: fx.Node, fq: nn.Module) -> str:
+        """A FakeQuantAct: the pending op before it becomes an integer op."""
         src = self.env.get(node.args[0])
-        scale, zp = float(fq.scale), int(fq.zero_point)
-        qrange = (int(fq.qmin), int(fq.qmax))
-        if qrange[0] < -128 or qrange[1] > 127:
+        q = Quant(float(fq.scale), int(fq.zero_point), (int(fq.qmin), int(fq.qmax)))
+        if q.qrange[0] < -128 or q.qrange[1] > 127:
             raise self.fail(node, f"an activation with {fq.bits} bits (at most 8)")
-        if not isinstance(src, _Pending):
+        if not isinstance(src, Pending):
             raise self.fail(node, "a FakeQuantAct after an op the device cannot run")
-        b, name, relu = self.b, src.node.name, src.relu
-        if src.kind == "input":
-            if b is not None:
-                raise self.fail(node, "a second input quantizer")
-            shape = _ir_shape(_shape(src.node), src.node)
-            self.b = GraphBuilder(shape, scale, zp, name="input")
-            return "input"
-        if src.kind == "conv":
-            m = src.module
-            return b.conv(src.inputs[0], m.int_weight().numpy(), m.w_scale.numpy(),
-                          None if m.bias is None else m.bias.detach().numpy(), scale, zp,
-                          stride=_pair(m.stride), padding=_pair(m.padding), groups=m.groups,
-                          relu=relu, qrange=qrange, name=str(src.node.target))
-        if src.kind == "linear":
-            m = src.module
-            x = src.inputs[0]
-            return b.dense(x, m.int_weight().numpy(), m.w_scale.numpy(),
-                           None if m.bias is None else m.bias.detach().numpy(), scale, zp,
-                           relu=relu, qrange=qrange, column_order=self.torch_order.get(x),
-                           name=str(src.node.target))
-        if src.kind == "add":
-            a, c = src.inputs
-            if b.tensors[a].shape != b.tensors[c].shape:
-                raise self.fail(src.node, f"an add of shapes {b.tensors[a].shape} and "
-                                          f"{b.tensors[c].shape} (broadcasting)")
-            return b.add(a, c, scale, zp, relu=relu, qrange=qrange, name=name)
-        if src.kind == "softmax":
-            return b.softmax(src.inputs[0], scale, zp, qrange=qrange, name=name)
-        out = b.avgpool(src.inputs[0], src.kernel, src.stride, scale, zp, relu=relu,
-                        qrange=qrange, name=name)
-        want = _ir_shape(_shape(src.node), src.node)
-        return out if want == b.tensors[out].shape else b.reshape(out, want, name=name + "_flat")
+        if src.op is not None:
+            return src.op.finish(self, src, q)
+        if self.b is not None:
+            raise self.fail(node, "a second input quantizer")
+        self.b = GraphBuilder(ir_shape(node_shape(src.node), src.node), q.scale, q.zero_point,
+                              name="input")
+        return "input"
 
 
 def lower(gm: fx.GraphModule, example_input: torch.Tensor) -> Graph:
@@ -404,7 +203,7 @@ def lower(gm: fx.GraphModule, example_input: torch.Tensor) -> Graph:
                          "tinytamer.compress.int8 (quantize_ptq / convert), got "
                          f"{type(gm).__name__}")
     x = example_input[:1]
-    return _Lowerer(gm.eval()).run(x)
+    return Lowerer(gm.eval()).run(x)
 
 
 def op_agreement(gm: fx.GraphModule, g: Graph, x: torch.Tensor) -> dict[str, int]:
@@ -446,7 +245,7 @@ def op_agreement(gm: fx.GraphModule, g: Graph, x: torch.Tensor) -> dict[str, int
 
     result: dict[str, int] = {}
     for op in g.ops:
-        if type(op).__name__ == "Reshape" or op.output not in g.meta["fx_nodes"]:
+        if op_def(op).aliases_input or op.output not in g.meta["fx_nodes"]:
             continue
         got = reference.run_op(g, op, [device_input(t) for t in op.inputs])
         result[op.name] = int(np.abs(got.astype(np.int64) - as_int(op.output)).max())

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinytamer.micro.ir import Add, Conv2D, Graph, Reshape
+from tinytamer.micro.ir import Graph
+from tinytamer.micro.ops import op_def
 
 ALIGN = 8
 
@@ -56,7 +57,7 @@ def base_of(g: Graph) -> dict[str, str]:
     """Tensor -> the tensor whose memory it uses (reshapes alias their input)."""
     base = {g.input: g.input}
     for op in g.ops:
-        base[op.output] = base[op.inputs[0]] if isinstance(op, Reshape) else op.output
+        base[op.output] = base[op.inputs[0]] if op_def(op).aliases_input else op.output
     return base
 
 
@@ -80,7 +81,7 @@ def find_fusions(g: Graph) -> dict[int, int]:
     fused: dict[int, int] = {}
     for k in range(len(g.ops) - 1):
         conv, add = g.ops[k], g.ops[k + 1]
-        if not (isinstance(conv, Conv2D) and not conv.depthwise and isinstance(add, Add)):
+        if not (op_def(conv).fuses_following_add(conv) and op_def(add).residual):
             continue
         if conv.output not in add.inputs or add.inputs[0] == add.inputs[1]:
             continue
@@ -104,7 +105,7 @@ def plan(g: Graph, scratch_sizes: dict[int, int] | None = None,
     last_use = _last_uses(g, base)
     first_def: dict[str, int] = {}
     for i, op in enumerate(g.ops):
-        if not isinstance(op, Reshape):
+        if not op_def(op).aliases_input:
             first_def.setdefault(op.output, i)
 
     owner: dict[str, str] = {}
@@ -116,7 +117,7 @@ def plan(g: Graph, scratch_sizes: dict[int, int] | None = None,
         virtual[conv_out] = add.output
     # In-place adds: the output takes over an input's buffer when that input dies here.
     for i, op in enumerate(g.ops):
-        if isinstance(op, Add) and op.output not in caller and op.output not in owner:
+        if op_def(op).in_place and op.output not in caller and op.output not in owner:
             for t in op.inputs:
                 b = owner.get(base[t], base[t])
                 if b not in caller and last_use.get(base[t]) == i:

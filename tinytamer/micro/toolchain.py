@@ -24,6 +24,7 @@ import numpy as np
 
 from tinytamer.errors import BackendMissing, ModelError
 from tinytamer.micro.codegen import RUNTIME_DIR, CModel
+from tinytamer.micro.ops import kernel_files
 
 INSTALL_HINT = "run scripts/install-micro-toolchain.sh (Debian: gcc-arm-none-eabi, " \
                "libnewlib-arm-none-eabi, qemu-system-arm)"
@@ -43,7 +44,7 @@ CPUS = {
     "cortex-m7": Cpu("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard",
                                    "-mfpu=fpv5-d16"), "mps2-an500", True),
 }
-KERNEL_SOURCES = ("tt_kernels.c", "tt_kernels_dsp.c")
+KERNEL_SOURCES = ("tt_kernels.c", *kernel_files())
 
 
 @dataclass

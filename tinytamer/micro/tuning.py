@@ -32,7 +32,8 @@ import numpy as np
 from tinytamer.errors import CorruptFileError
 from tinytamer.fileio import append_jsonl, read_jsonl
 from tinytamer.micro import codegen, reference, schedule
-from tinytamer.micro.ir import Conv2D, Dense, Graph, Op
+from tinytamer.micro.ir import Graph, Op
+from tinytamer.micro.ops import op_def
 from tinytamer.micro.session import Session
 
 EXHAUSTIVE_LIMIT = 8
@@ -55,12 +56,7 @@ def runtime_version() -> str:
 def layer_key(g: Graph, op: Op, cpu: str) -> str:
     """Kernel version + device + op kind + every shape and parameter the cost depends on."""
     shapes = [g.tensors[t].shape for t in op.inputs] + [g.tensors[op.output].shape]
-    extra = ""
-    if isinstance(op, Conv2D):
-        extra = f"w{op.weight.shape}s{op.stride}p{op.padding}g{op.groups}"
-    elif isinstance(op, Dense):
-        extra = f"w{op.weight.shape}"
-    return f"{runtime_version()}|{cpu}|{type(op).__name__}|{shapes}|{extra}"
+    return f"{runtime_version()}|{cpu}|{type(op).__name__}|{shapes}|{op_def(op).layer_key(op)}"
 
 
 def _sched_id(s: dict) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from torch import nn
 
 from tinytamer.recipe import Context, StageParams, register_stage
+from tinytamer.records import StageRecord
 from tinytamer.train import SolverConfig
 
 
@@ -22,24 +21,18 @@ class TrainParams(SolverConfig):
                                    "(default: data.batch_size)")
 
 
-def latest_snapshot(folder: Path) -> Path | None:
-    """The newest ``iter_<N>.pt`` snapshot in ``folder`` (to resume an interrupted stage)."""
-    snaps = sorted(folder.glob("iter_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-    return snaps[-1] if snaps else None
-
-
 @register_stage("train", TrainParams, help="train with the Caffe-style Solver")
 def train_stage(model: nn.Module, ctx: Context, p: TrainParams) -> nn.Module:
     if p.solver:
         from tinytamer.train import read_prototxt
 
-        config = read_prototxt(p.solver)
+        solver_file = read_prototxt(p.solver)
+        # A solver file keeps its own seed (Caffe's random_seed; unset: the Solver's default).
+        config = {**solver_file.model_dump(exclude_unset=True), "seed": solver_file.seed}
     else:
-        given = p.model_dump(exclude={"solver", "batch_size"}, exclude_unset=True)
-        config = SolverConfig.model_validate({"seed": ctx.seed, **given})
-    solver = ctx.make_solver(model, config, batch_size=p.batch_size)
-    solver.solve(resume=latest_snapshot(ctx.stage_dir / "snapshots"))
-    ctx.log(ctx.model_record(model))
+        config = p.model_dump(exclude={"solver", "batch_size"}, exclude_unset=True)
+    ctx.finetune(model, config, batch_size=p.batch_size)
+    ctx.log(ctx.record(StageRecord, model))
     return model
 
 
@@ -55,6 +48,6 @@ def evaluate_stage(model: nn.Module, ctx: Context, p: EvaluateParams) -> nn.Modu
 
         raise RecipeError(f"evaluate.split '{p.split}' of dataset '{ctx.recipe.data.name}' is empty")
     metrics = ctx.evaluate(model, p.split)
-    ctx.log({**ctx.model_record(model, accuracy=metrics["accuracy"]), "split": p.split,
-             "loss": metrics["loss"], "eval_samples": samples})
+    ctx.log(ctx.record(StageRecord, model, accuracy=metrics["accuracy"], split=p.split,
+                       loss=metrics["loss"], eval_samples=samples))
     return model

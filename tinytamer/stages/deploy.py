@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator
 from torch import nn
 
-from tinytamer.deploy import bench, calib_from_loader, console_echo, deploy, valid_eval_limit
+from tinytamer.calib import Calibration
+from tinytamer.deploy import bench, console_echo, deploy, valid_eval_limit
 from tinytamer.recipe import Context, StageParams, register_stage
+from tinytamer.records import BenchRecord, DeployRecord, SaveCompressedRecord
 from tinytamer.targets.tvm import DEFAULT_TRIALS
 
 
@@ -80,25 +82,25 @@ def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
             options["calib_method"] = p.calib_method
             options["reduce_range"] = p.reduce_range
     # A compressed file saved earlier in this run: its size is kept beside the runtime's.
-    saved = [r for r in ctx.rundir.records()
-             if r.get("kind") == "stage" and r.get("stage") == "save_compressed" and r.get("file")]
-    source = ctx.rundir.path / saved[-1]["file"] if saved else None
+    saved = ctx.last_record(SaveCompressedRecord)
+    source = ctx.rundir.path / saved.file if saved is not None and saved.file else None
     folder = ctx.stage_dir / f"{p.target}-{p.precision}"
     _, rep = deploy(model, p.target, folder,
                     example_input=ctx.example_input(), precision=p.precision,
-                    calib=calib_from_loader(ctx.train_loader(), p.calib_batches),
+                    calib=Calibration(ctx.train_loader(), limit=p.calib_batches),
                     test_loader=ctx.test_loader(), eval_limit=p.eval_limit, threads=p.threads,
                     batch=p.batch, repeats=p.repeats, isolate=p.isolate, source_file=source,
                     progress=ctx.progress, **options)
     cost = rep.cost or {}
-    ctx.log({**ctx.model_record(model, accuracy=rep.accuracy),
-             "accuracy_torch": rep.accuracy_torch, "eval_samples": rep.eval_samples,
-             "eval_total": rep.eval_total,
-             "target": p.target, "precision": p.precision, "bytes": rep.artifact_bytes,
-             "compressed_bytes": rep.source_bytes,
-             "artifacts": [str((folder / a).relative_to(ctx.rundir.path)) for a in rep.artifacts],
-             "latency_ms": cost.get("latency_ms_median"), "peak_rss_mb": cost.get("peak_rss_mb"),
-             "int8_params": rep.info.get("int8_params"), "cost": cost, "parity": rep.parity})
+    ctx.log(ctx.record(
+        DeployRecord, model, accuracy=rep.accuracy, accuracy_runtime=p.target,
+        accuracy_torch=rep.accuracy_torch, eval_samples=rep.eval_samples,
+        eval_total=rep.eval_total,
+        target=p.target, precision=p.precision, bytes=rep.artifact_bytes,
+        compressed_bytes=rep.source_bytes,
+        artifacts=[str((folder / a).relative_to(ctx.rundir.path)) for a in rep.artifacts],
+        latency_ms=cost.get("latency_ms_median"), peak_rss_mb=cost.get("peak_rss_mb"),
+        int8_params=rep.info.get("int8_params"), cost=rep.cost, parity=rep.parity))
     return model
 
 
@@ -132,17 +134,17 @@ class BenchParams(StageParams):
                 help="every target and precision vs PyTorch fp32: latency, memory, size, accuracy")
 def bench_stage(model: nn.Module, ctx: Context, p: BenchParams) -> nn.Module:
     report = bench(model, ctx.stage_dir, example_input=ctx.example_input(),
-                   calib=calib_from_loader(ctx.train_loader(), p.calib_batches),
+                   calib=Calibration(ctx.train_loader(), limit=p.calib_batches),
                    test_loader=ctx.test_loader(), targets=p.targets, precisions=p.precisions,
                    batches=p.batches, threads=p.threads, repeats=p.repeats,
                    eval_limit=p.eval_limit, isolate=p.isolate, rounds=p.rounds,
                    target_options={"tvm": {"trials": p.trials}}, progress=ctx.progress,
                    echo=console_echo)
     best = report.best(p.max_acc_drop, batch=p.batches[0])
-    ctx.log({**ctx.model_record(model), "bench": report.to_dict()["rows"],
-             "best": None if best is None else {"target": best.target,
-                                                "precision": best.precision,
-                                                "speedup": best.speedup,
-                                                "acc_delta": best.acc_delta},
-             "max_acc_drop": p.max_acc_drop})
+    ctx.log(ctx.record(BenchRecord, model, bench=report.to_dict()["rows"],
+                       best=None if best is None else {"target": best.target,
+                                                       "precision": best.precision,
+                                                       "speedup": best.speedup,
+                                                       "acc_delta": best.acc_delta},
+                       max_acc_drop=p.max_acc_drop))
     return model

@@ -18,17 +18,17 @@ speed-up, each layer's rank, response error and why a layer was skipped.
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any
 
 from pydantic import Field
 from torch import nn
 
 from tinytamer import codec
+from tinytamer.calib import Calibration
 from tinytamer.compress import lowrank
 from tinytamer.compress.selector import Selector
 from tinytamer.recipe import Context, StageParams, register_stage
-from tinytamer.stages.core import latest_snapshot
+from tinytamer.records import LowRankRecord
 from tinytamer.train import SolverConfig
 
 
@@ -53,7 +53,7 @@ class LowRankParams(StageParams):
 @register_stage("lowrank", LowRankParams,
                 help="low-rank approximation of conv/FC layers (Zhang et al. 2015), then fine-tune")
 def lowrank_stage(model: nn.Module, ctx: Context, p: LowRankParams) -> nn.Module:
-    calib = list(islice(iter(ctx.train_loader(p.batch_size)), p.calib_batches))
+    calib = Calibration(ctx.train_loader(p.batch_size), limit=p.calib_batches)
     result = lowrank.approximate(model, calib, speedup=p.speedup, ranks=p.ranks, method=p.method,
                                  select=p.select, samples_per_batch=p.samples_per_batch, iters=p.iters,
                                  seed=ctx.seed)
@@ -61,10 +61,8 @@ def lowrank_stage(model: nn.Module, ctx: Context, p: LowRankParams) -> nn.Module
     extra: dict[str, Any] = {}
     if p.finetune is not None:
         extra["accuracy_before_finetune"] = ctx.evaluate(approx)["accuracy"]
-        config = SolverConfig.model_validate({"seed": ctx.seed, **p.finetune.model_dump(exclude_unset=True)})
-        solver = ctx.make_solver(approx, config, batch_size=p.batch_size)
-        solver.solve(resume=latest_snapshot(ctx.stage_dir / "snapshots"))
+        ctx.finetune(approx, p.finetune, batch_size=p.batch_size)
     path = ctx.stage_dir / "model.tt"
     codec.save(approx, path)
-    ctx.log({**ctx.model_record(approx, file=path), "physical": True, **result.summary(), **extra})
+    ctx.log(ctx.record(LowRankRecord, approx, file=path, physical=True, **result.summary(), **extra))
     return approx

@@ -21,6 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from tinytamer.recipe import Context, StageParams, register_stage
+from tinytamer.records import MicroRecord
 
 
 class MicroParams(StageParams):
@@ -43,11 +44,12 @@ class MicroParams(StageParams):
 @register_stage("micro", MicroParams,
                 help="deploy as generated C on an emulated Cortex-M (or the host) and measure")
 def micro_stage(model: nn.Module, ctx: Context, p: MicroParams) -> nn.Module:
-    from tinytamer.deploy import calib_from_loader, runtime_accuracy
+    from tinytamer.calib import Calibration
+    from tinytamer.deploy import runtime_accuracy
     from tinytamer.targets.base import get_target
 
     target = get_target(p.target)
-    calib = calib_from_loader(ctx.train_loader(), p.calib_batches)
+    calib = Calibration(ctx.train_loader(), limit=p.calib_batches)
     deployed = target.compile(model, [ctx.example_input(1)], ctx.stage_dir / "deploy",
                               calib=calib, calib_method=p.calib_method,
                               flash_budget=p.flash_budget, sram_budget=p.sram_budget,
@@ -57,24 +59,23 @@ def micro_stage(model: nn.Module, ctx: Context, p: MicroParams) -> nn.Module:
                            progress=ctx.progress)
     cost = deployed.measure()
     elf = deployed.program.arm.elf if deployed.program.arm is not None else None
-    record = ctx.model_record(model, file=elf, accuracy=ctx.evaluate(model)["accuracy"])
-    record.update({
-        "target": p.target,
-        "precision": deployed.precision,
-        "schedules": p.schedules,
-        "device_accuracy": acc["accuracy"],
-        "device_accuracy_samples": acc["n"],
-        "device_accuracy_total": acc["total"],
-        "parity": deployed.parity,
-        "bit_exact_inputs": deployed.info.get("bit_exact_inputs"),
-        "instructions": cost.instructions,
-        "est_cycles": cost.est_cycles,
-        "flash_bytes": cost.flash_bytes,
-        "sram_bytes": cost.sram_bytes,
-        "arena_bytes": cost.extra["arena_bytes"],
-        "memory_plan": cost.extra["memory_plan"],
-        "per_layer": cost.extra.get("per_layer"),
-        "cycle_table": cost.extra.get("cycle_table"),
-    })
-    ctx.log(record)
+    ctx.log(ctx.record(
+        MicroRecord, model, file=elf, accuracy=ctx.evaluate(model)["accuracy"],
+        target=p.target,
+        precision=deployed.precision,
+        schedules=p.schedules,
+        device_accuracy=acc["accuracy"],
+        device_accuracy_samples=acc["n"],
+        device_accuracy_total=acc["total"],
+        parity=deployed.parity,
+        bit_exact_inputs=deployed.info.get("bit_exact_inputs"),
+        instructions=cost.instructions,
+        est_cycles=cost.est_cycles,
+        flash_bytes=cost.flash_bytes,
+        sram_bytes=cost.sram_bytes,
+        arena_bytes=cost.extra["arena_bytes"],
+        memory_plan=cost.extra["memory_plan"],
+        per_layer=cost.extra.get("per_layer"),
+        cycle_table=cost.extra.get("cycle_table"),
+    ))
     return model

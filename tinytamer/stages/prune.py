@@ -29,23 +29,9 @@ from tinytamer.compress import channel, prune, sensitivity
 from tinytamer.compress.selector import Selector
 from tinytamer.errors import RecipeError
 from tinytamer.recipe import Context, StageParams, register_stage
-from tinytamer.stages.core import latest_snapshot
+from tinytamer.records import ChannelPruneRecord, PruneRecord, SensitivityRecord
 from tinytamer.train import SolverConfig
 from tinytamer.train import evaluate as evaluate_model
-
-
-def _solver_config(ctx: Context, finetune: SolverConfig) -> SolverConfig:
-    """The stage's fine-tuning config with the recipe's seed unless the recipe set one."""
-    return SolverConfig.model_validate({"seed": ctx.seed,
-                                        **finetune.model_dump(exclude_unset=True)})
-
-
-def _finetune(ctx: Context, model: nn.Module, finetune: SolverConfig, *, name: str = "snapshots",
-              after_step: tuple = (), batch_size: int | None = None) -> dict[str, Any]:
-    """Train with the Solver, resuming from this stage's snapshots after an interruption."""
-    solver = ctx.make_solver(model, _solver_config(ctx, finetune), after_step=after_step,
-                             batch_size=batch_size, name=name)
-    return solver.solve(resume=latest_snapshot(ctx.stage_dir / name))
 
 
 def _save(ctx: Context, model: nn.Module) -> Path:
@@ -84,9 +70,9 @@ def sensitivity_stage(model: nn.Module, ctx: Context, p: SensitivityParams) -> n
     chosen = sensitivity.choose_sparsities(result, p.max_drop)
     result.save(ctx.stage_dir / "sensitivity.json")
     plot = sensitivity.plot(result, ctx.stage_dir / "sensitivity.png")
-    ctx.log({**ctx.model_record(model), "physical": False, "split": p.split,
-             "baseline": result.baseline, "chosen": chosen, "max_drop": p.max_drop,
-             "plot": str(plot.relative_to(ctx.rundir.path))})
+    ctx.log(ctx.record(SensitivityRecord, model, physical=False, split=p.split,
+                       baseline=result.baseline, chosen=chosen, max_drop=p.max_drop,
+                       plot=str(plot.relative_to(ctx.rundir.path))))
     return model
 
 
@@ -137,15 +123,14 @@ class PruneParams(StageParams):
 
 
 def _sensitivity_choice(ctx: Context) -> dict[str, float]:
-    for record in reversed(ctx.rundir.records()):
-        if record.get("kind") == "stage" and record.get("stage") == "sensitivity" \
-                and record.get("index", -1) < ctx.stage_index:
-            chosen = {k: v for k, v in record["chosen"].items() if v > 0}
-            if not chosen:
-                raise RecipeError(f"prune.sparsity 'sensitivity': the sensitivity stage allowed no "
-                                  f"pruning within max_drop={record.get('max_drop')}")
-            return chosen
-    raise RecipeError("prune.sparsity is 'sensitivity' but no sensitivity stage ran before it")
+    record = ctx.last_record(SensitivityRecord)
+    if record is None:
+        raise RecipeError("prune.sparsity is 'sensitivity' but no sensitivity stage ran before it")
+    chosen = {k: v for k, v in record.chosen.items() if v > 0}
+    if not chosen:
+        raise RecipeError(f"prune.sparsity 'sensitivity': the sensitivity stage allowed no "
+                          f"pruning within max_drop={record.max_drop}")
+    return chosen
 
 
 def _default_select(p: PruneParams, sparsity: float | dict[str, float]) -> Selector | None:
@@ -172,13 +157,13 @@ def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
                         quality=p.quality)
         if p.finetune is not None:
             extra["accuracy_before_finetune"] = ctx.evaluate(model)["accuracy"]
-            _finetune(ctx, model, p.finetune, batch_size=p.batch_size)
+            ctx.finetune(model, p.finetune, batch_size=p.batch_size)
     elif kind == "iterative":
         rounds = iter(range(1, p.schedule.rounds + 1))
         prune.iterative(
             model,
-            lambda m: _finetune(ctx, m, p.finetune, name=f"round{next(rounds)}",
-                                batch_size=p.batch_size),
+            lambda m: ctx.finetune(m, p.finetune, name=f"round{next(rounds)}",
+                                   batch_size=p.batch_size),
             sparsity, rounds=p.schedule.rounds, select=select,
             threshold_mode=p.threshold_mode, quality=p.quality)
     else:
@@ -187,7 +172,7 @@ def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
         schedule = prune.AGPSchedule(initial=min(s.initial, max(finals)), final=max(finals),
                                      start=s.start, end=s.end, frequency=s.frequency)
         hook = prune.GradualPruner(model, schedule, sparsity, select=select)
-        _finetune(ctx, model, p.finetune, after_step=(hook,), batch_size=p.batch_size)
+        ctx.finetune(model, p.finetune, hooks=[hook], batch_size=p.batch_size)
         if hook.last_step is None or hook.last_step < s.end:
             # Training ended before the schedule did: reach the target anyway, and say so.
             hook.finish(model)
@@ -196,10 +181,10 @@ def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
     result = prune.layer_sparsity(model, select)
     prune.remove_masks(model)
     path = _save(ctx, model)
-    ctx.log({**ctx.model_record(model, file=path), "physical": False,
-             "note": "pruned weights are zeros in dense tensors; bytes is the codec file",
-             "method": "magnitude", "schedule": kind, "sparsity": result.sparsity,
-             "layers": {n: s.sparsity for n, s in result.layers.items()}, **extra})
+    ctx.log(ctx.record(PruneRecord, model, file=path, physical=False,
+                       note="pruned weights are zeros in dense tensors; bytes is the codec file",
+                       method="magnitude", schedule=kind, sparsity=result.sparsity,
+                       layers={n: s.sparsity for n, s in result.layers.items()}, **extra))
     return model
 
 
@@ -236,10 +221,10 @@ def channel_prune_stage(model: nn.Module, ctx: Context, p: ChannelPruneParams) -
     extra: dict[str, Any] = {}
     if p.finetune is not None:
         extra["accuracy_before_finetune"] = ctx.evaluate(pruned)["accuracy"]
-        _finetune(ctx, pruned, p.finetune, batch_size=p.batch_size)
+        ctx.finetune(pruned, p.finetune, batch_size=p.batch_size)
     after = channel.channel_counts(pruned, p.select)
     path = _save(ctx, pruned)
-    ctx.log({**ctx.model_record(pruned, file=path), "physical": True, "method": "channel",
-             "channels": {n: [before[n], after[n]] for n in before if before[n] != after[n]},
-             **extra})
+    ctx.log(ctx.record(ChannelPruneRecord, pruned, file=path, physical=True, method="channel",
+                       channels={n: (before[n], after[n]) for n in before if before[n] != after[n]},
+                       **extra))
     return pruned

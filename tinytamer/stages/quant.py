@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
+from tinytamer.calib import Calibration
 from tinytamer.compress import fixedpoint, int8, ttq
 from tinytamer.compress.selector import Selector
+from tinytamer.fileio import write_atomic
 from tinytamer.qgraph import QuantizedGraph, as_graph_module
 from tinytamer.recipe import Context, StageParams, register_stage
+from tinytamer.records import FixedPointRecord, QuantizeRecord, TTQRecord
 from tinytamer.train import SolverConfig
 
 
-def _calib(ctx: Context, n: int) -> Iterator[Tensor]:
-    for i, (x, _) in enumerate(ctx.train_loader()):
-        if i >= n:
-            return
-        yield x
-
-
-def _finetune(model: nn.Module, ctx: Context, config: SolverConfig | None) -> None:
-    if config is not None:
-        ctx.make_solver(model, config.model_dump(exclude_unset=True)).solve()
-
-
 def _write_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=1) + "\n")
     return path
 
 
@@ -59,26 +45,19 @@ class QuantizeParams(StageParams):
 @register_stage("quantize", QuantizeParams,
                 help="int8 / mixed-precision quantization: post-training (ptq) or QAT")
 def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Module:
-    calib = list(_calib(ctx, p.calib_batches))
-    kw: dict[str, Any] = {"select": p.select, "weight_bits": p.weight_bits,
-                          "act_bits": p.act_bits}
-    if p.method == "qat":
-        gm = int8.prepare_qat(model, calib[0][:1], **kw)
-        int8.calibrate(gm, calib, p.calibration, p.percentile)
-        config = p.finetune or SolverConfig(epochs=1, base_lr=1e-3)
-        gm.train()
-        _finetune(gm, ctx, config)
-    else:
-        gm = int8.prepare(model, calib[0][:1], **kw)
-        int8.calibrate(gm, calib, p.calibration, p.percentile)
-        _finetune(gm, ctx, p.finetune)
-    qmodel = QuantizedGraph(int8.convert(gm))
+    config = p.finetune or (SolverConfig(epochs=1, base_lr=1e-3) if p.method == "qat" else None)
+    qmodel = QuantizedGraph(int8.quantize(
+        model, Calibration(ctx.train_loader(), limit=p.calib_batches), select=p.select,
+        method=p.method, calibration=p.calibration, percentile=p.percentile,
+        weight_bits=p.weight_bits, act_bits=p.act_bits,
+        train=None if config is None else lambda gm: ctx.finetune(gm, config)))
     params = int8.quant_params(as_graph_module(qmodel))
     path = _write_json(ctx.stage_dir / "quant_params.json", params)
-    ctx.log({**ctx.model_record(qmodel), "method": p.method, "calibration": p.calibration,
-             "quant_params": str(path.relative_to(ctx.rundir.path)),
-             "weight_bits": {v["module"]: v["w_bits"] for v in params.values() if v["kind"] != "act"},
-             "act_points": sum(v["kind"] == "act" for v in params.values())})
+    ctx.log(ctx.record(
+        QuantizeRecord, qmodel, method=p.method, calibration=p.calibration,
+        quant_params=str(path.relative_to(ctx.rundir.path)),
+        weight_bits={v["module"]: v["w_bits"] for v in params.values() if v["kind"] != "act"},
+        act_points=sum(v["kind"] == "act" for v in params.values())))
     return qmodel
 
 
@@ -96,14 +75,12 @@ class FixedPointParams(StageParams):
 @register_stage("fixed_point", FixedPointParams,
                 help="dynamic (per-layer) or static fixed point, Qiu et al. 2016")
 def fixed_point_stage(model: nn.Module, ctx: Context, p: FixedPointParams) -> nn.Module:
-    qmodel = fixedpoint.quantize(model, list(_calib(ctx, p.calib_batches)), bits=p.bits,
-                                 mode=p.mode, select=p.select)
-    _finetune(qmodel, ctx, p.finetune)
-    for m in qmodel.modules():
-        if isinstance(m, fixedpoint.FixedPointConv2d | fixedpoint.FixedPointLinear):
-            m.snap()  # back on the grid after fine-tuning
-    ctx.log({**ctx.model_record(qmodel), "bits": p.bits, "mode": p.mode,
-             "formats": fixedpoint.formats(qmodel)})
+    qmodel = fixedpoint.quantize(model, Calibration(ctx.train_loader(), limit=p.calib_batches),
+                                 bits=p.bits, mode=p.mode, select=p.select)
+    if p.finetune is not None:
+        ctx.finetune(qmodel, p.finetune, hooks=[fixedpoint.SnapToGrid()])
+    ctx.log(ctx.record(FixedPointRecord, qmodel, bits=p.bits, mode=p.mode,
+                       formats=fixedpoint.formats(qmodel)))
     return qmodel
 
 
@@ -120,8 +97,8 @@ class TTQParams(StageParams):
 @register_stage("ttq", TTQParams, help="trained ternary quantization, Zhu et al. 2017")
 def ttq_stage(model: nn.Module, ctx: Context, p: TTQParams) -> nn.Module:
     ttq.ternarize(model, t=p.t, select=p.select)
-    _finetune(model, ctx, p.finetune)
+    ctx.finetune(model, p.finetune)
     layers = ttq.ternary_layers(model)
     ttq.finalize(model)
-    ctx.log({**ctx.model_record(model), "t": p.t, "ternary_layers": layers})
+    ctx.log(ctx.record(TTQRecord, model, t=p.t, ternary_layers=layers))
     return model

@@ -22,7 +22,7 @@ from tinytamer import codec
 from tinytamer.compress import share
 from tinytamer.compress.selector import Selector
 from tinytamer.recipe import Context, StageParams, register_stage
-from tinytamer.stages.core import latest_snapshot
+from tinytamer.records import SaveCompressedRecord, ShareRecord
 from tinytamer.train import SolverConfig
 
 
@@ -47,17 +47,14 @@ def kmeans_share_stage(model: nn.Module, ctx: Context, p: KmeansShareParams) -> 
     shared = share.shared_layers(model)
     before = ctx.evaluate(model)["accuracy"]
     if p.finetune is not None:
-        config = SolverConfig.model_validate({"seed": ctx.seed,
-                                              **p.finetune.model_dump(exclude_unset=True)})
-        solver = ctx.make_solver(model, config, batch_size=p.batch_size)
-        solver.solve(resume=latest_snapshot(ctx.stage_dir / "snapshots"))
+        ctx.finetune(model, p.finetune, batch_size=p.batch_size)
     share.finalize(model)
     # Distinct non-zero values per layer: at most 2**bits (fewer when clusters emptied).
     used = {name: int(m.weight.detach()[m.weight != 0].unique().numel()) for name, m in shared.items()}
     path = ctx.stage_dir / "model.tt"
     report = codec.save(model, path)
-    ctx.log({**ctx.model_record(model, file=path), "accuracy_before_finetune": before,
-             "centroids_used": used, "ratio": report.ratio, "by_encoding": report.by_encoding()})
+    ctx.log(ctx.record(ShareRecord, model, file=path, accuracy_before_finetune=before,
+                       centroids_used=used, ratio=report.ratio, by_encoding=report.by_encoding()))
     return model
 
 
@@ -89,6 +86,6 @@ class SaveCompressedParams(StageParams):
 def save_compressed_stage(model: nn.Module, ctx: Context, p: SaveCompressedParams) -> nn.Module:
     path = ctx.stage_dir / p.file
     report = codec.save(model, path, encodings=p.encodings, allow=p.allow)
-    ctx.log({**ctx.model_record(model, file=path), "ratio": report.ratio,
-             "tensor_bytes": report.dense_bytes, "by_encoding": report.by_encoding()})
+    ctx.log(ctx.record(SaveCompressedRecord, model, file=path, ratio=report.ratio,
+                       tensor_bytes=report.dense_bytes, by_encoding=report.by_encoding()))
     return model

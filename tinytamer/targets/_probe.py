@@ -14,6 +14,8 @@ import resource
 import sys
 from pathlib import Path
 
+from tinytamer.fileio import read_json
+
 
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process, in MiB.
@@ -33,7 +35,7 @@ def _peak_rss_mb() -> float:
 
 
 def main(job_file: str) -> None:
-    job = json.loads(Path(job_file).read_text())
+    job = read_json(job_file, "probe job")
     module_name, func_name = job["loader"].split(":")
     loader = getattr(importlib.import_module(module_name), func_name)
     from tinytamer.targets.base import available_cpus, random_inputs, time_calls

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from tinytamer.errors import BackendBroken, BackendMissing, TamerError
+from tinytamer.scoring import top1_agreement
 
 if TYPE_CHECKING:
     import torch
@@ -270,7 +271,7 @@ def check_parity(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
                                "mean_abs_err": float(np.abs(out - ref).mean()) if ref.size else 0.0,
                                "n": int(ref.shape[0]) if ref.ndim else 1}
         if ref.ndim == 2 and ref.shape[1] > 1:
-            rec["top1_agree"] = float((ref.argmax(1) == out.argmax(1)).mean())
+            rec["top1_agree"] = top1_agreement(ref, out)
         if not np.isfinite(out).all():
             failures.append(f"output {i} has non-finite values")
         if rec["max_rel_err"] > tol["max_rel_err"]:

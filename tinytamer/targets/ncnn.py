@@ -10,7 +10,6 @@ of N is N extractions; outputs are restacked to PyTorch's shapes.
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinytamer.errors import TamerError
+from tinytamer.fileio import atomic_path
 from tinytamer.targets.base import Backend, Deployed, register_target
 
 if TYPE_CHECKING:
@@ -121,10 +121,9 @@ def _pnnx_convert(model: nn.Module, example_inputs: Sequence[torch.Tensor], work
         if unsupported:
             raise TamerError(f"target 'ncnn': ops without an ncnn layer: "
                              f"{', '.join(sorted(set(unsupported)))}")
-        shutil.copyfile(made_param, str(param) + ".tmp")
-        shutil.copyfile(made_bin, str(weights) + ".tmp")
-    os.replace(str(param) + ".tmp", param)
-    os.replace(str(weights) + ".tmp", weights)
+        with atomic_path(param) as tmp_param, atomic_path(weights) as tmp_weights:
+            shutil.copyfile(made_param, tmp_param)
+            shutil.copyfile(made_bin, tmp_weights)
     return param, weights
 
 

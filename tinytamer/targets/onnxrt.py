@@ -19,7 +19,6 @@ a disagreement stops the deployment and names the cause.  With our qparams,
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinytamer.errors import TamerError
+from tinytamer.fileio import atomic_path
+from tinytamer.scoring import top1_agreement
 from tinytamer.targets.base import Backend, Deployed, register_target
 
 if TYPE_CHECKING:
@@ -149,18 +150,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: Sequence[Any], *,
         raise TamerError(f"unknown int8 calibration method '{method}' for target "
                          f"'onnxruntime' (choose from {', '.join(CALIB_METHODS)})")
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
-    tmp = out_path.with_name(out_path.name + ".tmp")
     # Shape inference + graph cleanup first, as ORT's quantization tool recommends.
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     names = [i.name for i in make_session(pre, 1).get_inputs()]
-    quantize_static(str(pre), str(tmp), _CalibReader(names, calib),
-                    quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    # u8 activations x s8 weights is ORT's fast path on x86 (AVX2/VNNI).
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[method], reduce_range=reduce_range,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    with atomic_path(out_path) as tmp:
+        quantize_static(str(pre), str(tmp), _CalibReader(names, calib),
+                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        # u8 activations x s8 weights is ORT's fast path on x86 (AVX2/VNNI).
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], reduce_range=reduce_range,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     pre.unlink(missing_ok=True)
-    os.replace(tmp, out_path)
     return out_path
 
 
@@ -296,7 +296,7 @@ class OrtTarget:
         ref = torch_outputs(model, inputs)[0]
         out = deployed(*[x.detach().numpy() for x in inputs])[0]
         if ref.ndim == 2 and ref.shape[1] > 1:
-            deployed.parity["float_top1_agree"] = float((ref.argmax(1) == out.argmax(1)).mean())
+            deployed.parity["float_top1_agree"] = top1_agreement(ref, out)
         return deployed
 
 

@@ -10,7 +10,6 @@ does not export either still deploys, and is then measured in this process.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from tinytamer.checkpoint import load_checkpoint, save_checkpoint
 from tinytamer.errors import ModelError, TamerError
 from tinytamer.export.onnx import ExportError, capture
+from tinytamer.fileio import atomic_open, atomic_path
 from tinytamer.targets._torchutil import Batch, parity_inputs, to_numpy, verify
 from tinytamer.targets.base import Deployed, register_target, time_calls
 
@@ -41,11 +41,10 @@ class TorchDeployed(Deployed):
             self.loader_args = {"path": str(path), "allow": allow}
         except ModelError as exc:
             self.info["checkpoint_error"] = str(exc)
-            tmp = workdir / "model.tmp.safetensors"
             # clone(): safetensors refuses tensors that share storage.
-            save_file({k: v.detach().clone().contiguous()
-                       for k, v in model.state_dict().items()}, str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({k: v.detach().clone().contiguous()
+                           for k, v in model.state_dict().items()}, str(tmp))
         self.artifacts.append(path)
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -64,9 +63,9 @@ class TorchDeployed(Deployed):
         except ExportError as exc:
             self.info["export_error"] = str(exc)
             return None
-        tmp = self.workdir / "model.tmp.pt2"
-        torch.export.save(ep, tmp)
-        os.replace(tmp, path)
+        # A file object: torch.export.save warns about a file name not ending in .pt2.
+        with atomic_open(path) as f:
+            torch.export.save(ep, f)
         return path
 
     def probe_spec(self) -> dict[str, Any] | None:

@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tinytamer.errors import TamerError
+from tinytamer.errors import CorruptFileError, TamerError
+from tinytamer.fileio import atomic_path, read_json, write_atomic
 from tinytamer.targets.base import Backend, Cost, Deployed, register_target, time_calls
 
 if TYPE_CHECKING:
@@ -266,8 +267,8 @@ def _budgets(database: Path) -> dict[str, int]:
     if not path.is_file():
         return {}
     try:
-        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
-    except (ValueError, AttributeError, TypeError) as exc:
+        return {str(k): int(v) for k, v in read_json(path, "tvm tuning budgets").items()}
+    except (CorruptFileError, ValueError, AttributeError, TypeError) as exc:
         raise TamerError(f"tvm tuning database {database}: {BUDGETS} is not a JSON object of "
                          f"trial counts ({exc}); delete it to count budgets from the records") from exc
 
@@ -286,8 +287,6 @@ def tune(mod: Any, target: dict[str, Any], database: Path, trials: int, logs: Pa
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.target import Target
-
-    from tinytamer.fileio import write_atomic  # imports no torch: the measuring child must not load it
 
     tvm_target = Target(target)
     db = _database(database)
@@ -403,14 +402,15 @@ def relax_module(model: nn.Module, batch: int, input_shapes: Sequence[tuple[int,
 
 
 def _export(executable: Any, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.so")
-    try:
-        executable.export_library(str(tmp))
-    except Exception as exc:  # noqa: BLE001 - linking needs a host C++ compiler
-        raise TamerError(f"target 'tvm': linking {path.name} failed (TVM links the compiled "
-                         f"model with the system C++ compiler, g++): {str(exc).strip()[-500:]}"
-                         ) from exc
-    os.replace(tmp, path)
+    # export_library links a shared library for any name but *.tar / *.wasm, so the
+    # temporary name (no .so) makes the same file.
+    with atomic_path(path) as tmp:
+        try:
+            executable.export_library(str(tmp))
+        except Exception as exc:  # noqa: BLE001 - linking needs a host C++ compiler
+            raise TamerError(f"target 'tvm': linking {path.name} failed (TVM links the compiled "
+                             f"model with the system C++ compiler, g++): "
+                             f"{str(exc).strip()[-500:]}") from exc
     return path
 
 

@@ -3,7 +3,6 @@ read back with ``torch.load(weights_only=True)`` (no arbitrary unpickling)."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from tinytamer.errors import TamerError
+from tinytamer.fileio import atomic_path
 
 
 def rng_state() -> dict[str, Any]:
@@ -40,13 +40,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file next to ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path) -> dict[str, Any]:

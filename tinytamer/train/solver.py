@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from tinytamer.errors import DataError, ModelError, RecipeError, TrainError
+from tinytamer.scoring import top1_hits
 from tinytamer.train import distributed, snapshot
 from tinytamer.train.config import SolverConfig
 from tinytamer.train.lr import learning_rate
@@ -60,7 +62,7 @@ def _correct(out: Any, y: Any) -> int | None:
     """Top-1 hits when ``out`` are class scores (N, C) and ``y`` class indices (N,)."""
     if (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor) and out.dim() == 2
             and y.dim() == 1 and not y.is_floating_point() and len(out) == len(y)):
-        return int((out.argmax(1) == y).sum())
+        return top1_hits(out, y)
     return None
 
 
@@ -125,19 +127,44 @@ class _Window:
                 "images_per_s": self.n * world / dt}
 
 
+def latest_snapshot(folder: Path) -> Path | None:
+    """The newest ``iter_<N>.pt`` snapshot a Solver wrote in ``folder`` (to resume from)."""
+    snaps = sorted(folder.glob("iter_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    return snaps[-1] if snaps else None
+
+
+class TrainHook:
+    """A compression method's training-time behaviour, plugged into the Solver.
+
+    The way Distiller's policies and Torch-Pruning's schedulers plug in: the method
+    keeps its own state and the Solver calls it at fixed points; override what is
+    needed, the defaults do nothing.  What lives inside the modules (pruning masks as
+    forward pre-hooks, shared codebooks as parametrizations, TTQ's scales in their
+    autograd function) trains in any loop and needs no hook.
+    """
+
+    def after_step(self, model: nn.Module, iteration: int) -> None:
+        """After every update; ``iteration`` counts the updates done (e.g. a pruning schedule)."""
+
+    def after_train(self, model: nn.Module) -> None:
+        """Once, when ``solve`` has reached max_iter (also after a resume), after its last
+        record and snapshot (e.g. put weights back on a quantization grid)."""
+
+
 class Solver:
     """Trains ``model`` with ``config`` on ``train_loader``; see the module doc for semantics.
 
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel,
     the train loader is sharded with a DistributedSampler, and only rank 0 logs and
     writes snapshots.  ``after_step`` callbacks get (model, iterations done) after
-    every update (e.g. to re-apply pruning masks).
+    every update; ``hooks`` are a method's :class:`TrainHook` objects.
     """
 
     def __init__(self, model: nn.Module, config: SolverConfig, train_loader: Iterable,
                  test_loader: Iterable | None = None, *, snapshot_dir: Path | None = None,
                  log: Callable[[dict], None] | None = None,
                  after_step: Sequence[Callable[[nn.Module, int], None]] = (),
+                 hooks: Sequence[TrainHook] = (),
                  progress: bool = True, loss_fn: Callable | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
@@ -157,7 +184,8 @@ class Solver:
             )
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self.log = log
-        self.after_step = list(after_step)
+        self.hooks = list(hooks)
+        self.after_step = [*after_step, *(h.after_step for h in self.hooks)]
         self.progress = progress
         self.loss_fn = loss_fn or F.cross_entropy
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -373,6 +401,8 @@ class Solver:
                  **train, "test_loss": t["loss"], "test_acc": t["accuracy"]}
         self._emit(final)
         path = self._snapshot()
+        for hook in self.hooks:
+            hook.after_train(self.model)
         loss, acc = (t["loss"], t["accuracy"]) if self.test_loader is not None else \
             (train["train_loss"], train["train_acc"])
         return {**final, "loss": loss, "accuracy": acc, "snapshot": str(path) if path else None}

@@ -1,22 +1,31 @@
-"""The run report: a training-curve plot and a one-page HTML summary, drawn only from metrics.jsonl."""
+"""The run report: a training-curve plot and a one-page HTML summary, drawn only from the
+run's typed records (:mod:`tinytamer.records`)."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tinytamer.rundir import RunDir, write_atomic
+from tinytamer.fileio import atomic_path, write_atomic
+from tinytamer.records import DeployRecord, MicroRecord, StageRecord, TrainRecord, read_records
+from tinytamer.rundir import RunDir
 
-_COLUMNS = [("accuracy", "accuracy", "{:.2%}"), ("params", "params", "{:,}"),
-            ("nonzero_params", "non-zeros", "{:,}"), ("macs", "MACs", "{:,}"),
-            ("bytes", "bytes on disk", "{:,}"), ("latency_ms", "latency ms", "{:.3f}"),
-            ("est_cycles", "est. cycles", "{:,}")]
+# (heading, format, the value in a stage's record; None: an empty cell)
+_COLUMNS: list[tuple[str, str, Callable[[StageRecord], Any]]] = [
+    ("accuracy", "{:.2%}", lambda r: r.accuracy),
+    ("params", "{:,}", lambda r: r.params),
+    ("non-zeros", "{:,}", lambda r: r.nonzero_params),
+    ("MACs", "{:,}", lambda r: r.macs),
+    ("bytes on disk", "{:,}", lambda r: r.bytes),
+    ("latency ms", "{:.3f}", lambda r: r.latency_ms if isinstance(r, DeployRecord) else None),
+    ("est. cycles", "{:,}", lambda r: r.est_cycles if isinstance(r, MicroRecord) else None),
+]
 
 
-def plot_training(records: list[dict[str, Any]], path: Path) -> Path | None:
+def plot_training(train: list[TrainRecord], path: Path) -> Path | None:
     """Loss and accuracy against iteration for every training stage; None if nothing trained."""
-    train = [r for r in records if r.get("kind") == "train" and "iter" in r]
     if not train:
         return None
     import matplotlib
@@ -25,12 +34,12 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for stage in dict.fromkeys((r["index"], r["stage"]) for r in train):
-        rs = [r for r in train if (r["index"], r["stage"]) == stage]
+    for stage in dict.fromkeys((r.index, r.stage) for r in train):
+        rs = [r for r in train if (r.index, r.stage) == stage]
         label = f"{stage[0]}: {stage[1]}"
         for ax, keys in ((ax_loss, ("train_loss", "test_loss")), (ax_acc, ("train_acc", "test_acc"))):
             for key, style in zip(keys, ("-", "o--"), strict=True):
-                pts = [(r["iter"], r[key]) for r in rs if r.get(key) is not None]
+                pts = [(r.iter, getattr(r, key)) for r in rs if getattr(r, key) is not None]
                 if pts:
                     xs, ys = zip(*pts, strict=True)
                     split = "train batches" if key.startswith("train") else "held-out"
@@ -41,10 +50,9 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)  # the temporary name does not say png
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -59,19 +67,18 @@ def _cell(value: Any, fmt: str) -> str:
 
 def write_report(run: RunDir) -> Path:
     """Write ``training.png`` and ``report.html`` into the run folder; returns the HTML path."""
-    records = run.records()
-    plot = plot_training(records, run.path / "training.png")
-    stages = [r for r in records if r.get("kind") == "stage"]
-    base = next((r for r in stages if r.get("dense_bytes")), None)
-    head = "".join(f"<th>{h}</th>" for _, h, _ in _COLUMNS)
+    plot = plot_training(read_records(run, TrainRecord), run.path / "training.png")
+    stages = read_records(run, StageRecord)
+    base = next((r for r in stages if r.dense_bytes), None)
+    head = "".join(f"<th>{h}</th>" for h, _, _ in _COLUMNS)
     rows = []
     for r in stages:
-        cells = "".join(f"<td>{_cell(r.get(k), f)}</td>" for k, _, f in _COLUMNS)
+        cells = "".join(f"<td>{_cell(value(r), f)}</td>" for _, f, value in _COLUMNS)
         ratio = ""
-        if base and r.get("bytes"):
-            ratio = f"{base['dense_bytes'] / r['bytes']:.1f}x"
-        note = html.escape(str(r.get("note", "")))
-        rows.append(f"<tr><td>{r['index']}</td><td>{html.escape(r['stage'])}</td>{cells}"
+        if base and r.bytes:
+            ratio = f"{base.dense_bytes / r.bytes:.1f}x"
+        note = html.escape(r.note or "")
+        rows.append(f"<tr><td>{r.index}</td><td>{html.escape(r.stage)}</td>{cells}"
                     f"<td>{ratio}</td><td>{note}</td></tr>")
     images = "".join(
         f'<figure><img src="{html.escape(str(p.relative_to(run.path)))}" style="max-width:100%">'

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tinytamer.errors import ModelError
 from tinytamer.zoo._init import kaiming_init
 from tinytamer.zoo.registry import register_model
+from tinytamer.zoo.resnet import BasicBlock, projection_b
 
 
 class ZeroPadShortcut(nn.Module):
@@ -45,34 +46,25 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
-class CifarBlock(nn.Module):
-    """Basic block (He et al. 2016 Fig. 2) with an option A / B / EEMBC shortcut."""
+def _eembc_projection(in_planes: int, planes: int, stride: int) -> nn.Module:
+    """The MLPerf Tiny ResNet-8 projection: a biased 1x1 conv without BN."""
+    return nn.Conv2d(in_planes, planes, 1, stride, bias=True)
+
+
+_PROJECTIONS = {"A": ZeroPadShortcut, "B": projection_b, "eembc": _eembc_projection}
+
+
+class CifarBlock(BasicBlock):
+    """Basic block (He et al. 2016 Fig. 2) with an option A / B / EEMBC shortcut.
+
+    A class of its own so that saved architectures, which name their classes, still load.
+    """
 
     def __init__(
         self, in_planes: int, planes: int, stride: int, shortcut: str, conv_bias: bool
     ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=conv_bias)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=conv_bias)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            if shortcut == "A":
-                self.shortcut = ZeroPadShortcut(in_planes, planes, stride)
-            elif shortcut == "B":
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-                )
-            else:  # "eembc": the MLPerf Tiny ResNet-8 projection, a biased 1x1 conv without BN
-                self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=True)
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        super().__init__(in_planes, planes, stride, conv_bias=conv_bias,
+                         projection=_PROJECTIONS[shortcut])
 
 
 class CifarResNet(nn.Module):

@@ -12,6 +12,7 @@ adaptation for 32x32 inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from torch import Tensor, nn
@@ -21,21 +22,38 @@ from tinytamer.zoo._init import kaiming_init
 from tinytamer.zoo.registry import register_model
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a residual add (He et al. 2016, Fig. 2)."""
+def projection_b(in_planes: int, planes: int, stride: int) -> nn.Module:
+    """Option B shortcut, where the shape changes: a 1x1 conv + BN projection."""
+    return nn.Sequential(
+        nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+    )
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual add (He et al. 2016, Fig. 2).
+
+    Where the shape changes the shortcut is ``projection(in_planes, planes, stride)``.
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        conv_bias: bool = False,
+        projection: Callable[[int, int, int], nn.Module] = projection_b,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=conv_bias)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=conv_bias)
         self.bn2 = nn.BatchNorm2d(planes)
+        # Made after the convs: the order of layers (and of seeded initial weights) is the paper's.
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = projection(in_planes, planes, stride)
         self.relu2 = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:

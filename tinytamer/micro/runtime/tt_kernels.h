@@ -3,8 +3,9 @@
  * Activations are int8, HWC; weights int8 OHWI (dense: [out][in]); biases and
  * accumulators int32; requantization by a Q31 multiplier and shift with
  * round-to-nearest and saturation, as gemmlowp / TensorFlow Lite do it.  No
- * floating point, no allocation.  tt_kernels.c is portable C99;
- * tt_kernels_dsp.c holds the Cortex-M4/M7 variants (SMLAD / SXTB16).
+ * floating point, no allocation.  One file per op (tt_conv.c, tt_depthwise.c,
+ * tt_dense.c, tt_pool.c, tt_add.c, tt_softmax.c), each with its portable C99 kernels and,
+ * where the op has them, its Cortex-M4/M7 variants (SMLAD / SXTB16) beside them.
  */
 #ifndef TT_KERNELS_H
 #define TT_KERNELS_H
@@ -83,7 +84,7 @@ void tt_add_s8_lut(const tt_add_params *p, const int8_t *a, const int8_t *b, int
                    const int32_t *ta, const int32_t *tb);
 
 
-/* Cortex-M4/M7 DSP variants (tt_kernels_dsp.c; built only where __ARM_FEATURE_DSP is set).
+/* Cortex-M4/M7 DSP variants (built only where __ARM_FEATURE_DSP is set).
  * Weights are padded to a multiple of 4 input channels; `scratch` is arena memory. */
 void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                       const int32_t *bias, const int32_t *mult, const int32_t *shift,

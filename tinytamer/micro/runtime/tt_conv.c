@@ -1,102 +1,53 @@
-/* Cortex-M4/M7 int8 kernels with the DSP extension (SXTB16, SXTAB16, SMLAD, SMLABB/SMLATT),
- * through GCC's arm_acle.h.  The arithmetic equals the portable kernels': int32
- * accumulators, (x - zero point) * w products, the same inlined requantization.
- *
- * Lane order: SXTB16 of the int8 word [v0 v1 v2 v3] gives the int16 pair [v0|v2] and of
- * the word rotated by 8 [v1|v3].  Activations (minus their zero point, by SXTAB16) and
- * weights are both unpacked that way, so SMLAD([x0|x2],[w0|w2]) + SMLAD([x1|x3],[w1|w3])
- * is the 4-term dot product with no re-ordering.  Channels are rounded up to a multiple
- * of 4 with zeros (the generator pads the weights the same way).
+/* Convolution (groups 1 or grouped): the portable tt_conv2d_s8 and, on Cortex-M with the
+ * DSP extension, tt_conv2d_s8_dsp (im2col + compiler-scheduled SMLAD) and tt_conv2d_s8_mm.
  *
  * tt_conv2d_s8_mm (the default convolution where its requantization is provably exact) is
  * the CMSIS-NN arm_nn_mat_mult_kernel_s8_s16 idea - 2 output channels x 2 pixels per pass,
  * each unpacked value used twice - with the inner loop scheduled by hand for the Cortex-M4
  * TRM's timings (consecutive loads pipeline), optionally int16 weights pre-expanded in
- * flash, and SRDHM + RoundingDivideByPOT folded into one SMMULR and three ALU operations. */
+ * flash, and SRDHM + RoundingDivideByPOT folded into one SMMULR and three ALU operations.
+ * Both DSP variants share one im2col, so they stay in this one file. */
 #include "tt_kernels.h"
 #include "tt_fixedpoint.h"
 
-#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
-#include <arm_acle.h>
-#include <string.h>
-
-static inline int32_t tt_word(const int8_t *p)
+void tt_conv2d_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
+                  const int32_t *bias, const int32_t *mult, const int32_t *shift, int8_t *out)
 {
-    int32_t v;
-    memcpy(&v, p, 4); /* one LDR: the Cortex-M4/M7 allow unaligned word loads */
-    return v;
-}
-
-/* SXTB16 / SXTAB16 with the operand rotated by 8 (one instruction, as the ISA allows). */
-static inline int32_t tt_sxtb16_ror8(int32_t x)
-{
-    int32_t r;
-    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
-    return r;
-}
-
-static inline int32_t tt_sxtab16_ror8(int32_t a, int32_t x)
-{
-    int32_t r;
-    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
-    return r;
-}
-
-static inline int32_t tt_smmulr(int32_t a, int32_t b)
-{
-    int32_t r;
-    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-
-/* SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and the zero point in four
- * instructions.  SMMULR(2 acc, m) = floor((2 acc m + 2^31) / 2^32) = floor((acc m + 2^30) /
- * 2^31), SRDHM's value, when 2 acc fits in int32 (the generator bounds |acc| < 2^30);
- * (t + 2^(e-1) - [t < 0]) >> e rounds half away from zero for e >= 1 (the generator
- * requires e >= 1); adding out_zp * 2^e before the shift adds out_zp after it. */
-static inline int32_t tt_rq_apply(int32_t acc, const tt_rq *r)
-{
-    const int32_t t = tt_smmulr((int32_t)((uint32_t)acc << 1), r->mult);
-    return (t + r->offset + (t >> 31)) >> r->rshift;
-}
-
-static inline int8_t tt_rq_out(int32_t acc, const tt_rq *r, int32_t lo, int32_t hi)
-{
-    return tt_clamp(tt_rq_apply(acc, r), lo, hi);
-}
-
-static inline int32_t tt_pack_offset(int32_t zp)
-{
-    return (int32_t)(((uint32_t)(-zp) & 0xFFFFu) | ((uint32_t)(-zp) << 16));
-}
-
-/* Unpack `n4` groups of 4 int8 (minus the zero point) into int16 pairs [v0|v2], [v1|v3]. */
-static inline int32_t *tt_unpack(const int8_t *src, int32_t n4, int32_t off, int32_t *dst)
-{
-    for (int32_t i = 0; i < n4; ++i) {
-        const int32_t v = tt_word(src + 4 * i);
-        dst[0] = __sxtab16(off, v);
-        dst[1] = tt_sxtab16_ror8(off, v);
-        dst += 2;
-    }
-    return dst;
-}
-
-/* The same for a run of `n` (< 4 remaining or unaligned) values padded with zeros to `np`. */
-static int32_t *tt_unpack_tail(const int8_t *src, int32_t n, int32_t np, int32_t zp,
-                               int32_t *dst)
-{
-    for (int32_t c = 0; c < np; c += 4) {
-        int32_t v[4];
-        for (int32_t j = 0; j < 4; ++j) {
-            v[j] = c + j < n ? (int32_t)src[c + j] - zp : 0;
+    const int32_t icg = p->in_c / p->groups;
+    const int32_t ocg = p->out_c / p->groups;
+    for (int32_t oy = 0; oy < p->out_h; ++oy) {
+        for (int32_t ox = 0; ox < p->out_w; ++ox) {
+            for (int32_t oc = 0; oc < p->out_c; ++oc) {
+                const int32_t g = oc / ocg;
+                const int8_t *wo = w + oc * p->k_h * p->k_w * icg;
+                int32_t acc = bias[oc];
+                for (int32_t ky = 0; ky < p->k_h; ++ky) {
+                    const int32_t iy = oy * p->stride_h - p->pad_h + ky;
+                    if (iy < 0 || iy >= p->in_h) {
+                        continue; /* padding holds the zero point: contributes 0 */
+                    }
+                    for (int32_t kx = 0; kx < p->k_w; ++kx) {
+                        const int32_t ix = ox * p->stride_w - p->pad_w + kx;
+                        if (ix < 0 || ix >= p->in_w) {
+                            continue;
+                        }
+                        const int8_t *ip = in + (iy * p->in_w + ix) * p->in_c + g * icg;
+                        const int8_t *wk = wo + (ky * p->k_w + kx) * icg;
+                        for (int32_t ic = 0; ic < icg; ++ic) {
+                            acc += ((int32_t)ip[ic] - p->in_zp) * (int32_t)wk[ic];
+                        }
+                    }
+                }
+                acc = tt_requant_inline(acc, mult[oc], shift[oc]) + p->out_zp;
+                int8_t *o = out + (oy * p->out_w + ox) * p->out_c + oc;
+                *o = tt_fuse(p->res, *o, tt_clamp(acc, p->act_min, p->act_max));
+            }
         }
-        dst[0] = (int32_t)(((uint32_t)v[0] & 0xFFFFu) | ((uint32_t)v[2] << 16));
-        dst[1] = (int32_t)(((uint32_t)v[1] & 0xFFFFu) | ((uint32_t)v[3] << 16));
-        dst += 2;
     }
-    return dst;
 }
+
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
+#include "tt_dsp.h"
 
 /* One output pixel's receptive field as kh * kw * icp int16 values (zeros for padding),
  * two words per group of 4 channels; consecutive groups are `step` words apart, so two
@@ -172,13 +123,6 @@ static void tt_im2col_flat(const tt_conv_params *p, const int8_t *in, int32_t pi
         col[0] = (int32_t)(((uint32_t)v[0] & 0xFFFFu) | ((uint32_t)v[2] << 16));
         col[1] = (int32_t)(((uint32_t)v[1] & 0xFFFFu) | ((uint32_t)v[3] << 16));
     }
-}
-
-static inline int8_t tt_out(int32_t acc, const int32_t *mult, const int32_t *shift, int32_t oc,
-                            const tt_conv_params *p)
-{
-    return tt_clamp(tt_requant_inline(acc, mult[oc], shift[oc]) + p->out_zp, p->act_min,
-                    p->act_max);
 }
 
 /* One step of the 2 x 2 (channels x pixels) inner product: 16 MACs.  The empty asm with a
@@ -291,113 +235,6 @@ void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *
             }
             o0[oc] = tt_fuse(p->res, o0[oc], tt_out(a0, mult, shift, oc, p));
         }
-    }
-}
-
-void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
-                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                         int8_t *out, const tt_rq *rq)
-{
-    /* rq: the single-multiply requantization where the generator proved it exact, else 0;
-     * with the whole int8 range as the clamp, one SSAT clamps. */
-    const int32_t full = p->act_min == -128 && p->act_max == 127;
-    /* w is [k_h][k_w][C]; C is a multiple of 4; four channels accumulate in registers. */
-    const int32_t c_n = p->in_c;
-    const int32_t off = tt_pack_offset(p->in_zp);
-    for (int32_t oy = 0; oy < p->out_h; ++oy) {
-        const int32_t y0 = oy * p->stride_h - p->pad_h;
-        const int32_t ky0 = y0 < 0 ? -y0 : 0;
-        const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
-        for (int32_t ox = 0; ox < p->out_w; ++ox) {
-            const int32_t x0 = ox * p->stride_w - p->pad_w;
-            const int32_t kx0 = x0 < 0 ? -x0 : 0;
-            const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
-            int8_t *o = out + (oy * p->out_w + ox) * c_n;
-            /* The clipped window, walked with pointer steps (no index arithmetic inside). */
-            const int8_t *win_in = in + ((y0 + ky0) * p->in_w + x0 + kx0) * c_n;
-            const int8_t *win_w = w + (ky0 * p->k_w + kx0) * c_n;
-            const int32_t row_in = p->in_w * c_n, row_w = p->k_w * c_n;
-            const int32_t nky = ky1 - ky0, nkx = kx1 - kx0;
-            for (int32_t c = 0; c < c_n; c += 4) {
-                int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
-                const int8_t *ip_row = win_in + c;
-                const int8_t *wp_row = win_w + c;
-                for (int32_t ky = 0; ky < nky; ++ky) {
-                    const int8_t *ip = ip_row;
-                    const int8_t *wp = wp_row;
-                    for (int32_t kx = 0; kx < nkx; ++kx) {
-                        const int32_t x = tt_word(ip);
-                        const int32_t v = tt_word(wp);
-                        const int32_t xe = __sxtab16(off, x), xo = tt_sxtab16_ror8(off, x);
-                        const int32_t we = __sxtb16(v), wo = tt_sxtb16_ror8(v);
-                        a0 = __smlabb(xe, we, a0);
-                        a2 = __smlatt(xe, we, a2);
-                        a1 = __smlabb(xo, wo, a1);
-                        a3 = __smlatt(xo, wo, a3);
-                        ip += c_n;
-                        wp += c_n;
-                    }
-                    ip_row += row_in;
-                    wp_row += row_w;
-                }
-                if (rq != 0 && full) {
-                    o[c] = (int8_t)__ssat(tt_rq_apply(a0, rq + c), 8);
-                    o[c + 1] = (int8_t)__ssat(tt_rq_apply(a1, rq + c + 1), 8);
-                    o[c + 2] = (int8_t)__ssat(tt_rq_apply(a2, rq + c + 2), 8);
-                    o[c + 3] = (int8_t)__ssat(tt_rq_apply(a3, rq + c + 3), 8);
-                } else if (rq != 0) {
-                    o[c] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
-                    o[c + 1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
-                    o[c + 2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
-                    o[c + 3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
-                } else {
-                    o[c] = tt_out(a0, mult, shift, c, p);
-                    o[c + 1] = tt_out(a1, mult, shift, c + 1, p);
-                    o[c + 2] = tt_out(a2, mult, shift, c + 2, p);
-                    o[c + 3] = tt_out(a3, mult, shift, c + 3, p);
-                }
-            }
-        }
-    }
-}
-
-void tt_dense_s8_dsp(const tt_dense_params *p, const int8_t *in, const int8_t *w,
-                     const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                     int8_t *out, int16_t *scratch)
-{
-    /* w is [out_n][inp], rows padded with zeros to inp = in_n rounded up to 4. */
-    const int32_t inp = (p->in_n + 3) & ~3;
-    const int32_t k4 = inp / 4;
-    int32_t *x = (int32_t *)(void *)scratch;
-    const int32_t head = p->in_n & ~3;
-    int32_t *end = tt_unpack(in, head / 4, tt_pack_offset(p->in_zp), x);
-    tt_unpack_tail(in + head, p->in_n - head, inp - head, p->in_zp, end);
-    int32_t o = 0;
-    for (; o + 1 < p->out_n; o += 2) {
-        const int8_t *wa = w + o * inp;
-        const int8_t *wb = wa + inp;
-        int32_t a0 = bias[o], a1 = bias[o + 1];
-        for (int32_t k = 0; k < k4; ++k) {
-            const int32_t xe = x[2 * k], xo = x[2 * k + 1];
-            int32_t v = tt_word(wa + 4 * k);
-            a0 = __smlad(xo, tt_sxtb16_ror8(v), __smlad(xe, __sxtb16(v), a0));
-            v = tt_word(wb + 4 * k);
-            a1 = __smlad(xo, tt_sxtb16_ror8(v), __smlad(xe, __sxtb16(v), a1));
-        }
-        out[o] = tt_clamp(tt_requant_inline(a0, mult[o], shift[o]) + p->out_zp, p->act_min,
-                          p->act_max);
-        out[o + 1] = tt_clamp(tt_requant_inline(a1, mult[o + 1], shift[o + 1]) + p->out_zp,
-                              p->act_min, p->act_max);
-    }
-    for (; o < p->out_n; ++o) {
-        const int8_t *wa = w + o * inp;
-        int32_t a0 = bias[o];
-        for (int32_t k = 0; k < k4; ++k) {
-            const int32_t v = tt_word(wa + 4 * k);
-            a0 = __smlad(x[2 * k + 1], tt_sxtb16_ror8(v), __smlad(x[2 * k], __sxtb16(v), a0));
-        }
-        out[o] = tt_clamp(tt_requant_inline(a0, mult[o], shift[o]) + p->out_zp, p->act_min,
-                          p->act_max);
     }
 }
 

@@ -1,0 +1,266 @@
+"""Convolution: groups == 1, grouped, or depthwise (groups == in == out channels).
+
+Kernels and knobs (the op's ``schedule``; an empty one means the build's default):
+
+- groups 1: ``kernel`` "mm" (tt_conv2d_s8_mm, runtime/tt_conv.c: im2col to int16, then a
+  2 x 2 output-channel x pixel micro-kernel in hand-scheduled SMLAD assembly, with
+  single-multiply requantization; offered where :func:`fast_requant` proves it exact),
+  "im2col" (tt_conv2d_s8_dsp, runtime/tt_conv.c: the same im2col with compiler-scheduled C
+  and the general requantization) or "direct" (tt_conv2d_s8, portable loops, no scratch);
+  ``unroll`` 2 or 4 (mm: groups of 4 inputs per inner-loop pass), ``weights`` "int8" (mm:
+  int8 in flash, unpacked by SXTB16 in the loop) or "int16" (pre-expanded to the int16
+  pairs SMLAD reads: twice the flash, no unpacking), ``cols`` 1 or 2 (im2col: output pixels
+  per im2col batch), ``pack`` "channel" (input channels rounded up to 4 at every kernel
+  position; vector unpacking) or "flat" (the whole receptive field rounded up to 4 once;
+  scalar unpacking - less padding for 1- or 3-channel inputs);
+- depthwise: ``kernel`` "direct" (tt_depthwise_s8) or "simd" (tt_depthwise_s8_dsp,
+  runtime/tt_depthwise.c: 4 channels per SXTB16/SMLABB step; needs a multiple of 4
+  channels; single-multiply requantization where :func:`fast_requant` allows).
+
+A convolution whose only consumer is the residual add after it can run with the add fused
+into its output (:mod:`tinytamer.micro.planner`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import fx, nn
+
+from tinytamer.micro.ir import Graph, Op
+from tinytamer.micro.ops.add import add_fast_requant, add_params, add_tables
+from tinytamer.micro.ops.base import (
+    RQ_MAX_RSHIFT,
+    CallSite,
+    DeviceOp,
+    Pending,
+    Quant,
+    c_array,
+    c_requant,
+    c_struct,
+    c_weights,
+    pair,
+    requant_clamp,
+    round4,
+    windows,
+)
+from tinytamer.qgraph import QuantWeight
+
+
+@dataclass
+class Conv2D(Op):
+    """Convolution (groups == 1, grouped, or depthwise when groups == in == out channels)."""
+
+    weight: np.ndarray  # int8 [OC, KH, KW, IC/groups]
+    bias: np.ndarray  # int32 [OC]
+    multiplier: np.ndarray  # int32 [OC]
+    shift: np.ndarray  # int32 [OC]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    act_min: int
+    act_max: int
+    schedule: dict = field(default_factory=dict)  # kernel knobs chosen by the tuner
+
+    @property
+    def depthwise(self) -> bool:
+        oc, _, _, icg = self.weight.shape
+        return self.groups > 1 and icg == 1 and oc == self.groups
+
+
+# Knobs that a conv kernel reads; the others do not change what runs.
+_CONV_KNOBS = {"mm": ("kernel", "unroll", "weights", "pack"), "im2col": ("kernel", "cols", "pack"),
+               "direct": ("kernel",)}
+
+
+def fast_requant(op: Op, out_zp: int = 0) -> np.ndarray | None:
+    """Per output channel (bias, mult, rshift, offset) for tt_rq_apply, or None when that
+    form is not provably equal to the reference's requantization.
+
+    tt_rq_apply computes SRDHM(acc, m) as SMMULR(2 acc, m), exact while 2 acc fits in int32:
+    checked through the worst case |bias| + 255 * sum|w| of each channel (|x - zp| <= 255).
+    RoundingDivideByPOT by e becomes (t + 2^(e-1) - [t < 0]) >> e, which needs e >= 1 (a real
+    multiplier below 0.5, as in every convolution we have met); a left shift is not handled.
+    """
+    w = op.weight.reshape(op.weight.shape[0], -1).astype(np.int64)
+    bound = np.abs(op.bias.astype(np.int64)) + 255 * np.abs(w).sum(axis=1)
+    if np.any(bound >= 1 << 30):
+        return None
+    mult = op.multiplier.astype(np.int64)
+    e = np.where(mult == 0, 1, -op.shift.astype(np.int64))
+    if np.any((e < 1) | (e > RQ_MAX_RSHIFT)):
+        return None
+    offset = (np.int64(1) << (e - 1)) + (np.int64(out_zp) << e)
+    return np.stack([op.bias.astype(np.int64), mult, e, offset], axis=1).astype(np.int32)
+
+
+class ConvOp(DeviceOp):
+    ir = Conv2D
+    kernel_files = ("tt_conv.c", "tt_depthwise.c")
+    lowers_from = {nn.Conv2d: "from_module"}
+
+    # ------------------------------------------------------------------ lowering
+    def from_module(self, lw, node: fx.Node, _) -> Pending:
+        m = lw.mod(node)
+        if not isinstance(m, QuantWeight):
+            raise lw.fail(node, f"a {type(m).__name__} left in float (not quantized)")
+        x = lw.quant(node, node.args[0])
+        if pair(m.dilation) != (1, 1):
+            raise lw.fail(node, f"a dilated convolution (dilation {m.dilation})")
+        if isinstance(m.padding, str) or m.padding_mode != "zeros":
+            raise lw.fail(node, f"convolution padding '{m.padding}' / mode '{m.padding_mode}'")
+        return Pending(self, node, [x], m)
+
+    def finish(self, lw, p: Pending, q: Quant) -> str:
+        m = p.module
+        return lw.b.conv(p.inputs[0], m.int_weight().numpy(), m.w_scale.numpy(),
+                         None if m.bias is None else m.bias.detach().numpy(), q.scale,
+                         q.zero_point, stride=pair(m.stride), padding=pair(m.padding),
+                         groups=m.groups, relu=p.relu, qrange=q.qrange,
+                         name=str(p.node.target))
+
+    # ------------------------------------------------------------------ semantics
+    def reference(self, g: Graph, op: Conv2D, args: list[np.ndarray]) -> np.ndarray:
+        zin = g.tensors[op.inputs[0]].zero_point
+        out_t = g.tensors[op.output]
+        oc, kh, kw, icg = op.weight.shape
+        # Padding holds the input zero point, i.e. 0 once the zero point is subtracted.
+        win = windows(args[0].astype(np.int64) - zin, (kh, kw), op.stride, op.padding, 0)
+        oh, ow, _ = win.shape[:3]
+        cols = win.reshape(oh, ow, op.groups, icg, kh, kw)
+        w = op.weight.astype(np.int64).reshape(op.groups, oc // op.groups, kh, kw, icg)
+        acc = np.einsum("hwgcij,goijc->hwgo", cols, w).reshape(oh, ow, oc) + op.bias
+        return requant_clamp(acc, op.multiplier, op.shift, out_t.zero_point, op.act_min,
+                             op.act_max)
+
+    def cost(self, g: Graph, op: Conv2D) -> int:
+        oh, ow, _ = g.tensors[op.output].shape
+        return oh * ow * int(np.prod(op.weight.shape))
+
+    def layer_key(self, op: Conv2D) -> str:
+        return f"w{op.weight.shape}s{op.stride}p{op.padding}g{op.groups}"
+
+    # ------------------------------------------------------------------ schedules
+    def space(self, op: Conv2D, dsp: bool) -> dict[str, list]:
+        if op.depthwise:
+            simd = dsp and op.weight.shape[0] % 4 == 0
+            return {"kernel": ["simd", "direct"] if simd else ["direct"]}
+        if dsp and op.groups == 1:
+            flat_first = op.weight.shape[3] % 4 != 0
+            kernels = ["mm", "im2col", "direct"] if fast_requant(op) is not None \
+                else ["im2col", "direct"]
+            return {"kernel": kernels, "unroll": [2, 4], "weights": ["int8", "int16"],
+                    "cols": [2, 1],
+                    "pack": ["flat", "channel"] if flat_first else ["channel", "flat"]}
+        return {"kernel": ["direct"]}
+
+    def resolve(self, op: Conv2D, dsp: bool) -> dict:
+        chosen = super().resolve(op, dsp)
+        if not op.depthwise and op.groups == 1:
+            chosen = {k: v for k, v in chosen.items() if k in _CONV_KNOBS[chosen["kernel"]]}
+        return chosen
+
+    def weight_array(self, op: Conv2D, dsp: bool) -> np.ndarray:
+        """The weights in the layout the chosen kernel reads."""
+        s = self.resolve(op, dsp)
+        if s["kernel"] == "simd":
+            return np.ascontiguousarray(op.weight[..., 0].transpose(1, 2, 0))  # [KH][KW][C]
+        if s["kernel"] not in ("im2col", "mm"):
+            return op.weight
+        # int8 packed in little-endian words, channel pairs interleaved word by word.
+        oc, kh, kw, ic = op.weight.shape
+        if s["pack"] == "flat":
+            flat = op.weight.reshape(oc, -1)
+            padded = np.pad(flat, ((0, 0), (0, round4(flat.shape[1]) - flat.shape[1])))
+        else:
+            padded = np.pad(op.weight, ((0, 0), (0, 0), (0, 0), (0, round4(ic) - ic)))
+        groups = np.ascontiguousarray(padded).reshape(oc, -1, 4)
+        # The column lanes per group of 4 inputs: [v0|v2][v1|v3] (SXTAB16 unpacking) or, for
+        # the mm kernel's flat packing, [v0|v1][v2|v3] (natural int16 order).
+        natural = s["kernel"] == "mm" and s["pack"] == "flat"
+        if s.get("weights") == "int16":
+            # int16 words in the column's lane order; they interleave per channel pair below.
+            b = groups.astype(np.int16)[:, :, [0, 1, 2, 3] if natural else [0, 2, 1, 3]]
+            words = np.ascontiguousarray(b).view("<i4").reshape(oc, -1, 2)
+            pairs = oc // 2 * 2
+            inter = words[:pairs].reshape(pairs // 2, 2, -1, 2).transpose(0, 2, 1, 3).reshape(-1)
+            return np.concatenate([inter, words[pairs:].reshape(-1)]).astype(np.int32)
+        # int8 words whose SXTB16 / SXTB16 ROR 8 give the column's lanes.
+        words = np.ascontiguousarray(groups[:, :, [0, 2, 1, 3]] if natural else groups)
+        words = words.reshape(oc, -1).view("<i4")
+        pairs = oc // 2 * 2
+        inter = words[:pairs].reshape(pairs // 2, 2, -1).transpose(0, 2, 1).reshape(-1)
+        return np.concatenate([inter, words[pairs:].reshape(-1)]).astype(np.int32)
+
+    def scratch_bytes(self, g: Graph, op: Conv2D, dsp: bool) -> int:
+        s = self.resolve(op, dsp)
+        if s.get("kernel") not in ("im2col", "mm"):
+            return 0
+        _, kh, kw, ic = op.weight.shape
+        k = round4(kh * kw * ic) if s["pack"] == "flat" else kh * kw * round4(ic)
+        # int16 columns for 1 or 2 pixels; mm's flat packing also gathers one field in order.
+        natural = s["kernel"] == "mm" and s["pack"] == "flat"
+        return 2 * s.get("cols", 2) * k + (2 * k if natural else 0)
+
+    # ------------------------------------------------------------------ C
+    def emit_c(self, op: Conv2D, site: CallSite) -> tuple[list[str], str]:
+        g, i = site.g, site.i
+        s = self.resolve(op, site.dsp)
+        t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
+        data = [c_weights(i, self.weight_array(op, site.dsp))]
+        if s["kernel"] == "mm":
+            # tt_rq records: bias and the single-multiply requantization per channel.
+            data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
+        else:
+            data += c_requant(i, op)
+            if s["kernel"] == "simd" and fast_requant(op) is not None:
+                # The depthwise SIMD kernel's single-multiply requantization.
+                data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
+        (h, w, c), (oh, ow, oc) = t_in.shape, t_out.shape
+        fields = dict(in_h=h, in_w=w, in_c=c, out_h=oh, out_w=ow, out_c=oc,
+                      k_h=op.weight.shape[1], k_w=op.weight.shape[2],
+                      stride_h=op.stride[0], stride_w=op.stride[1],
+                      pad_h=op.padding[0], pad_w=op.padding[1], groups=op.groups,
+                      in_zp=t_in.zero_point, out_zp=t_out.zero_point,
+                      act_min=op.act_min, act_max=op.act_max)
+        if site.fused_add is not None:
+            data.append(self._residual(g, op, site.fused_add, s["kernel"] == "mm"))
+            fields["res"] = f"&r{site.fused_add}"
+        data.append(c_struct("tt_conv_params", f"p{i}", fields))
+        return data, self._call(op, s, site)
+
+    @staticmethod
+    def _residual(g: Graph, conv: Conv2D, a: int, mm: bool) -> str:
+        """Tables and parameters of the add (op ``a``) fused into ``conv``."""
+        add = g.ops[a]
+        ta, tb = add_tables(add, g)
+        conv_first = add.inputs[0] == conv.output
+        rq = add_fast_requant(add, g) if mm else None
+        rq_ref = "0" if rq is None else f"(const tt_rq *)(const void *)qa{a}"
+        return (c_array(f"ta{a}", "int32_t", ta) + c_array(f"tb{a}", "int32_t", tb)
+                + ("" if rq is None else c_array(f"qa{a}", "int32_t", rq))
+                + add_params(g, add, a)
+                + f"static const tt_residual r{a} = {{&p{a}, "
+                + (f"ta{a}, tb{a}" if conv_first else f"tb{a}, ta{a}") + f", {rq_ref}}};\n")
+
+    @staticmethod
+    def _call(op: Conv2D, s: dict, site: CallSite) -> str:
+        i, x, out, scratch = site.i, site.args[0], site.out, site.scratch
+        consts = f"w{i}, b{i}, m{i}, s{i}"
+        if s["kernel"] == "mm":
+            return (f"tt_conv2d_s8_mm(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
+                    f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, "
+                    f"{s['unroll']}, {int(s['weights'] == 'int16')})")
+        if s["kernel"] == "im2col":
+            return (f"tt_conv2d_s8_dsp(&p{i}, {x}, {consts}, {out}, "
+                    f"(int16_t *)(void *){scratch}, {s['cols']}, {int(s['pack'] == 'flat')})")
+        if s["kernel"] == "simd":
+            rq = f"(const tt_rq *)(const void *)q{i}" if fast_requant(op) is not None else "0"
+            return f"tt_depthwise_s8_dsp(&p{i}, {x}, {consts}, {out}, {rq})"
+        kernel = "tt_depthwise_s8" if op.depthwise else "tt_conv2d_s8"
+        return f"{kernel}(&p{i}, {x}, {consts}, {out})"
+
+    def fuses_following_add(self, op: Conv2D) -> bool:
+        """A non-depthwise convolution can run a residual add inside its output loop."""
+        return not op.depthwise

@@ -1,0 +1,98 @@
+"""Fully connected layer over a vector; weights [out, in] with the columns already in the
+order of the input buffer (a flattened H x W x C map keeps its HWC buffer).
+
+Kernels in runtime/tt_dense.c: ``kernel`` "direct" (tt_dense_s8, portable) or "simd"
+(tt_dense_s8_dsp: input unpacked once to int16 in the arena, 2 rows per SMLAD pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import fx, nn
+
+from tinytamer.micro.ir import Graph, Op
+from tinytamer.micro.ops.base import (
+    CallSite,
+    DeviceOp,
+    Pending,
+    Quant,
+    c_requant,
+    c_struct,
+    c_weights,
+    requant_clamp,
+    round4,
+)
+from tinytamer.qgraph import QuantWeight
+
+
+@dataclass
+class Dense(Op):
+    weight: np.ndarray  # int8 [OUT, IN] (IN in the HWC order of the input buffer)
+    bias: np.ndarray  # int32 [OUT]
+    multiplier: np.ndarray  # int32 [OUT]
+    shift: np.ndarray  # int32 [OUT]
+    act_min: int
+    act_max: int
+    schedule: dict = field(default_factory=dict)
+
+
+class DenseOp(DeviceOp):
+    ir = Dense
+    kernel_files = ("tt_dense.c",)
+    lowers_from = {nn.Linear: "from_module"}
+
+    def from_module(self, lw, node: fx.Node, _) -> Pending:
+        m = lw.mod(node)
+        if not isinstance(m, QuantWeight):
+            raise lw.fail(node, f"a {type(m).__name__} left in float (not quantized)")
+        # The one op that may read a flattened C x H x W map: its columns are permuted.
+        return Pending(self, node, [lw.quant(node, node.args[0], flattened_ok=True)], m)
+
+    def finish(self, lw, p: Pending, q: Quant) -> str:
+        m, x = p.module, p.inputs[0]
+        return lw.b.dense(x, m.int_weight().numpy(), m.w_scale.numpy(),
+                          None if m.bias is None else m.bias.detach().numpy(), q.scale,
+                          q.zero_point, relu=p.relu, qrange=q.qrange,
+                          column_order=lw.torch_order.get(x), name=str(p.node.target))
+
+    def reference(self, g: Graph, op: Dense, args: list[np.ndarray]) -> np.ndarray:
+        zin = g.tensors[op.inputs[0]].zero_point
+        acc = op.weight.astype(np.int64) @ (args[0].reshape(-1).astype(np.int64) - zin) + op.bias
+        zout = g.tensors[op.output].zero_point
+        return requant_clamp(acc, op.multiplier, op.shift, zout, op.act_min, op.act_max)
+
+    def cost(self, g: Graph, op: Dense) -> int:
+        return int(op.weight.size)
+
+    def layer_key(self, op: Dense) -> str:
+        return f"w{op.weight.shape}"
+
+    def space(self, op: Dense, dsp: bool) -> dict[str, list]:
+        return {"kernel": ["simd", "direct"] if dsp else ["direct"]}
+
+    def weight_array(self, op: Dense, dsp: bool) -> np.ndarray:
+        """The weights in the layout the chosen kernel reads (padded to 4 columns for SIMD)."""
+        if self.resolve(op, dsp)["kernel"] == "simd":
+            n = op.weight.shape[1]
+            return np.pad(op.weight, ((0, 0), (0, round4(n) - n)))
+        return op.weight
+
+    def scratch_bytes(self, g: Graph, op: Dense, dsp: bool) -> int:
+        if self.resolve(op, dsp)["kernel"] == "simd":
+            return 2 * round4(op.weight.shape[1])
+        return 0
+
+    def emit_c(self, op: Dense, site: CallSite) -> tuple[list[str], str]:
+        g, i, x = site.g, site.i, site.args[0]
+        t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
+        fields = dict(in_n=t_in.size, out_n=t_out.size, in_zp=t_in.zero_point,
+                      out_zp=t_out.zero_point, act_min=op.act_min, act_max=op.act_max)
+        data = [c_weights(i, self.weight_array(op, site.dsp)), *c_requant(i, op),
+                c_struct("tt_dense_params", f"p{i}", fields)]
+        consts = f"w{i}, b{i}, m{i}, s{i}"
+        if self.resolve(op, site.dsp)["kernel"] == "simd":
+            return data, (f"tt_dense_s8_dsp(&p{i}, {x}, {consts}, {site.out}, "
+                          f"(int16_t *)(void *){site.scratch})")
+        return data, f"tt_dense_s8(&p{i}, {x}, {consts}, {site.out})"

@@ -1,0 +1,107 @@
+/* Depthwise convolution: the portable tt_depthwise_s8 and, on Cortex-M with the DSP
+ * extension, tt_depthwise_s8_dsp (4 channels per SXTB16/SMLABB step). */
+#include "tt_kernels.h"
+#include "tt_fixedpoint.h"
+
+void tt_depthwise_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
+                     const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                     int8_t *out)
+{
+    const int32_t c_n = p->in_c;
+    for (int32_t oy = 0; oy < p->out_h; ++oy) {
+        for (int32_t ox = 0; ox < p->out_w; ++ox) {
+            for (int32_t c = 0; c < c_n; ++c) {
+                const int8_t *wc = w + c * p->k_h * p->k_w;
+                int32_t acc = bias[c];
+                for (int32_t ky = 0; ky < p->k_h; ++ky) {
+                    const int32_t iy = oy * p->stride_h - p->pad_h + ky;
+                    if (iy < 0 || iy >= p->in_h) {
+                        continue;
+                    }
+                    for (int32_t kx = 0; kx < p->k_w; ++kx) {
+                        const int32_t ix = ox * p->stride_w - p->pad_w + kx;
+                        if (ix < 0 || ix >= p->in_w) {
+                            continue;
+                        }
+                        acc += ((int32_t)in[(iy * p->in_w + ix) * c_n + c] - p->in_zp)
+                               * (int32_t)wc[ky * p->k_w + kx];
+                    }
+                }
+                acc = tt_requant_inline(acc, mult[c], shift[c]) + p->out_zp;
+                out[(oy * p->out_w + ox) * c_n + c] = tt_clamp(acc, p->act_min, p->act_max);
+            }
+        }
+    }
+}
+
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
+#include "tt_dsp.h"
+
+void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
+                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                         int8_t *out, const tt_rq *rq)
+{
+    /* rq: the single-multiply requantization where the generator proved it exact, else 0;
+     * with the whole int8 range as the clamp, one SSAT clamps. */
+    const int32_t full = p->act_min == -128 && p->act_max == 127;
+    /* w is [k_h][k_w][C]; C is a multiple of 4; four channels accumulate in registers. */
+    const int32_t c_n = p->in_c;
+    const int32_t off = tt_pack_offset(p->in_zp);
+    for (int32_t oy = 0; oy < p->out_h; ++oy) {
+        const int32_t y0 = oy * p->stride_h - p->pad_h;
+        const int32_t ky0 = y0 < 0 ? -y0 : 0;
+        const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
+        for (int32_t ox = 0; ox < p->out_w; ++ox) {
+            const int32_t x0 = ox * p->stride_w - p->pad_w;
+            const int32_t kx0 = x0 < 0 ? -x0 : 0;
+            const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+            int8_t *o = out + (oy * p->out_w + ox) * c_n;
+            /* The clipped window, walked with pointer steps (no index arithmetic inside). */
+            const int8_t *win_in = in + ((y0 + ky0) * p->in_w + x0 + kx0) * c_n;
+            const int8_t *win_w = w + (ky0 * p->k_w + kx0) * c_n;
+            const int32_t row_in = p->in_w * c_n, row_w = p->k_w * c_n;
+            const int32_t nky = ky1 - ky0, nkx = kx1 - kx0;
+            for (int32_t c = 0; c < c_n; c += 4) {
+                int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
+                const int8_t *ip_row = win_in + c;
+                const int8_t *wp_row = win_w + c;
+                for (int32_t ky = 0; ky < nky; ++ky) {
+                    const int8_t *ip = ip_row;
+                    const int8_t *wp = wp_row;
+                    for (int32_t kx = 0; kx < nkx; ++kx) {
+                        const int32_t x = tt_word(ip);
+                        const int32_t v = tt_word(wp);
+                        const int32_t xe = __sxtab16(off, x), xo = tt_sxtab16_ror8(off, x);
+                        const int32_t we = __sxtb16(v), wo = tt_sxtb16_ror8(v);
+                        a0 = __smlabb(xe, we, a0);
+                        a2 = __smlatt(xe, we, a2);
+                        a1 = __smlabb(xo, wo, a1);
+                        a3 = __smlatt(xo, wo, a3);
+                        ip += c_n;
+                        wp += c_n;
+                    }
+                    ip_row += row_in;
+                    wp_row += row_w;
+                }
+                if (rq != 0 && full) {
+                    o[c] = (int8_t)__ssat(tt_rq_apply(a0, rq + c), 8);
+                    o[c + 1] = (int8_t)__ssat(tt_rq_apply(a1, rq + c + 1), 8);
+                    o[c + 2] = (int8_t)__ssat(tt_rq_apply(a2, rq + c + 2), 8);
+                    o[c + 3] = (int8_t)__ssat(tt_rq_apply(a3, rq + c + 3), 8);
+                } else if (rq != 0) {
+                    o[c] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
+                    o[c + 1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
+                    o[c + 2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
+                    o[c + 3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
+                } else {
+                    o[c] = tt_out(a0, mult, shift, c, p);
+                    o[c + 1] = tt_out(a1, mult, shift, c + 1, p);
+                    o[c + 2] = tt_out(a2, mult, shift, c + 2, p);
+                    o[c + 3] = tt_out(a3, mult, shift, c + 3, p);
+                }
+            }
+        }
+    }
+}
+
+#endif
