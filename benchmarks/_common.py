@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tinytamer.fileio import write_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / "work"
@@ -70,9 +72,7 @@ def save(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "machine": machine(), "command": " ".join(sys.argv), **result}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    tmp.replace(out)
+    write_atomic(out, json.dumps(payload, indent=2, default=float) + "\n")
     print(f"wrote {out.relative_to(REPO)}")
     return out
 

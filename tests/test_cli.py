@@ -151,8 +151,10 @@ def test_list_target_shows_the_keys_for_that_target():
     tvm = runner.invoke(app, ["list", "targets", "tvm"]).output
     assert "trials: int (>= 0)" in tvm and "calib_method" not in tvm
     micro = runner.invoke(app, ["list", "targets", "cortex-m4"]).output
-    assert "stage micro" in micro and "sram_budget: int | None = null" in micro
-    assert "stage micro" not in ort.output
+    assert "stage deploy" in micro and "sram_budget: int | None = null" in micro
+    assert "schedules: 'default' | 'portable' | 'tuned'" in micro
+    assert "schedules" not in ort.output and "options of torch: none" in \
+        runner.invoke(app, ["list", "targets", "torch"]).output
     assert "onnxruntime" in runner.invoke(app, ["list", "targets"]).output
 
 
@@ -236,15 +238,46 @@ def test_summary_names_target_precision_and_parity():
     assert "5:deploy" in line
     assert "onnxruntime int8  parity ok (max |d| 0.25; top-1 agreement 96.9%)" in line
     assert "accuracy 97.50% (360 samples, onnxruntime)" in line
-    micro = stage_record({"index": 6, "stage": "micro", "target": "cortex-m4", "precision": "int8",
+    micro = stage_record({"index": 6, "stage": "deploy", "target": "cortex-m4", "precision": "int8",
                           "parity": {**parity, "outputs": [out(0.0)]}, "bit_exact_inputs": 8,
-                          "device_accuracy": 0.96, "device_accuracy_samples": 100,
-                          "device_accuracy_total": 360, "schedules": "default", "arena_bytes": 1024,
-                          "memory_plan": "arena 1024 B"})
+                          "accuracy": 0.96, "accuracy_runtime": "cortex-m4", "eval_samples": 100,
+                          "eval_total": 360, "options": {"schedules": "default"}, "artifacts": [],
+                          "arena_bytes": 1024, "memory_plan": "arena 1024 B", "est_cycles": 5000})
     line = _record_line(micro)
     assert "cortex-m4 int8  parity ok (max |d| 0; bit-exact vs the C reference on 8 inputs)" in line
-    assert "accuracy on device 96.00% (100 of 360 samples)" in line
+    assert "accuracy 96.00% (100 of 360 samples, cortex-m4)" in line
+    assert "est_cycles 5,000" in line
     assert "parity" not in _record_line(stage_record({"index": 0, "stage": "train", "accuracy": 0.5}))
+
+
+def test_deploy_set_takes_the_target_options(trained, tmp_path):
+    """`--set` reaches the target's own options (`tamer list targets NAME`), validated."""
+    from tinytamer.micro import toolchain
+
+    bad = runner.invoke(app, ["deploy", "--target", "cortex-m4", "--run", str(trained), "--set",
+                              "schedule=tuned", "--runs", str(tmp_path), "--name", "x", "--quiet"])
+    assert bad.exit_code == 2, bad.output
+    assert "unknown key 'schedule' - did you mean 'schedules'?" in bad.output
+    assert "options of target 'cortex-m4': calib_method, schedules" in bad.output
+    bad = runner.invoke(app, ["deploy", "--target", "cortex-m4", "--run", str(trained), "--set",
+                              "schedules=fast", "--runs", str(tmp_path), "--name", "x", "--quiet"])
+    assert bad.exit_code == 2 and "target 'cortex-m4' option schedules" in bad.output
+    assert not (tmp_path / "x").exists()
+    if not (toolchain.arm_available() and toolchain.qemu_available()):
+        pytest.skip("ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh")
+    out = runner.invoke(app, ["deploy", "--target", "cortex-m4", "--run", str(trained),
+                              "--set", "schedules=tuned", "--set", "eval_limit=20",
+                              "--set", "calib_batches=2", "--runs", str(tmp_path), "--name", "m",
+                              "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "target cortex-m4 int8" in out.output.splitlines()[0]
+    assert "0:deploy" in out.output and "cortex-m4 int8  parity ok" in out.output
+    assert "(20 of " in out.output and "cortex-m4)" in out.output and "est_cycles" in out.output
+    from tinytamer.records import DeployRecord, read_records
+    from tinytamer.rundir import RunDir
+
+    rec = read_records(RunDir.open(tmp_path / "m"), DeployRecord)[0]
+    assert rec.options["schedules"] == "tuned" and rec.instructions > 0 and rec.flash_bytes > 0
 
 
 def test_evaluate_on_data_of_another_shape_is_one_clear_error(trained, tmp_path):

@@ -81,7 +81,7 @@ def test_cortex_m4_target_measures(tmp_path):
 
 @needs_arm
 @pytest.mark.slow
-def test_micro_stage_in_a_recipe(tmp_path):
+def test_deploy_stage_on_cortex_m4_in_a_recipe(tmp_path):
     from tinytamer.recipe import parse_recipe, run
 
     recipe = parse_recipe({
@@ -89,11 +89,13 @@ def test_micro_stage_in_a_recipe(tmp_path):
         "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": 300},
         "model": {"name": "democnn"},
         "stages": [{"train": {"base_lr": 0.05, "max_iter": 60, "display": 0}},
-                   {"micro": {"target": "cortex-m4", "eval_samples": 40,
-                              "calib_batches": 2}}],
+                   {"deploy": {"target": "cortex-m4", "eval_limit": 40,
+                               "calib_batches": 2, "schedules": "portable"}}],
     })
     rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
-    rec = next(r for r in rundir.records() if r.get("stage") == "micro")
-    assert rec["device_accuracy_samples"] == 40
-    assert abs(rec["device_accuracy"] - rec["accuracy"]) <= 0.2
+    rec = next(r for r in rundir.records() if r.get("stage") == "deploy")
+    assert rec["eval_samples"] == 40 and rec["accuracy_runtime"] == "cortex-m4"
+    assert abs(rec["accuracy"] - rec["accuracy_torch"]) <= 0.2
     assert rec["instructions"] > 0 and rec["flash_bytes"] > 0 and rec["bytes"] > 0
+    assert rec["est_cycles"] >= rec["instructions"] and rec["cycle_table"]
+    assert rec["options"]["schedules"] == "portable" and rec["bit_exact_inputs"] > 0

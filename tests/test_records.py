@@ -17,7 +17,6 @@ from tinytamer.records import (
     DeployRecord,
     FixedPointRecord,
     LowRankRecord,
-    MicroRecord,
     PruneRecord,
     QuantizeRecord,
     Record,
@@ -78,12 +77,14 @@ def _samples() -> list[Record]:
                      latency_ms=1.234, peak_rss_mb=80.5, int8_params="ours",
                      cost=Cost(target="onnxruntime", precision="int8", batch=1, threads=2,
                                latency_ms_median=1.234, repeats=30, extra={"variant": ""})),
-        stage(MicroRecord, 12, target="cortex-m4", precision="int8", schedules="default",
-              parity=PARITY, device_accuracy=0.95, device_accuracy_samples=100,
-              device_accuracy_total=360, bit_exact_inputs=8, instructions=123_456,
-              est_cycles=150_000, flash_bytes=20_000, sram_bytes=6_000, arena_bytes=4096,
-              memory_plan="arena 4096 B", per_layer=[{"layer": "fc1", "instructions": 9}],
-              cycle_table="TRM"),
+        DeployRecord(stage="deploy", index=12,
+                     **{**FIGURES, "accuracy": 0.95, "accuracy_runtime": "cortex-m4"},
+                     target="cortex-m4", precision="int8", options={"schedules": "default"},
+                     artifacts=["model.elf"], parity=PARITY, accuracy_torch=0.96,
+                     eval_samples=100, eval_total=360, bit_exact_inputs=8,
+                     instructions=123_456, est_cycles=150_000, flash_bytes=20_000,
+                     sram_bytes=6_000, arena_bytes=4096, memory_plan="arena 4096 B",
+                     per_layer=[{"layer": "fc1", "instructions": 9}], cycle_table="TRM"),
         stage(BenchRecord, 13, bench=[{"target": "torch", "precision": "fp32", "batch": 1}],
               best={"target": "torch", "precision": "fp32", "speedup": 1.0, "acc_delta": 0.0},
               max_acc_drop=None),
@@ -153,7 +154,7 @@ def test_the_context_queries_earlier_stages_by_record_type(tmp_path):
 
     samples = _samples()
     run = _run(tmp_path, samples)
-    ctx = Context(recipe=None, rundir=run, data=None, stage_index=12, stage_name="micro")
+    ctx = Context(recipe=None, rundir=run, data=None, stage_index=12, stage_name="deploy")
     earlier = ctx.records(StageRecord)
     assert [r.index for r in earlier] == list(range(12))  # no record of this stage or later ones
     assert [type(r) for r in ctx.records(SensitivityRecord)] == [SensitivityRecord]
@@ -187,7 +188,7 @@ def test_the_summary_renders_from_typed_records(tmp_path, capsys):
             "accuracy 90.00% (360 samples, onnxruntime)") in out
     assert "latency 1.234 ms" in out
     assert ("cortex-m4 int8  parity ok (max |d| 0.25; top-1 agreement 96.9%; bit-exact vs the "
-            "C reference on 8 inputs)  accuracy on device 95.00% (100 of 360 samples)") in out
+            "C reference on 8 inputs)  accuracy 95.00% (100 of 360 samples, cortex-m4)") in out
     assert "instructions 123,456  est_cycles 150,000  flash_bytes 20,000  sram_bytes 6,000" in out
     assert "fastest: torch fp32 1.00x" in out
     assert "1:evaluate          accuracy 90.00% (36 of 360 samples, PyTorch)" in out

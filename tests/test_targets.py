@@ -138,15 +138,17 @@ def test_torch_child_rebuilds_the_eager_model_from_its_checkpoint(tmp_path):
 
 
 def test_runtime_loaders_do_not_import_torch():
-    # The memory probe's ORT / ncnn numbers must not include torch's footprint.
+    # The memory probe's ORT / ncnn / tvm numbers must not include torch's footprint, nor
+    # pydantic's (the targets' Options models are imported only when asked for).
     import subprocess
     import sys
 
     code = ("import sys, tinytamer.targets._probe, tinytamer.targets.onnxrt, "
-            "tinytamer.targets.ncnn; print('torch' in sys.modules)")
+            "tinytamer.targets.ncnn, tinytamer.targets.tvm; "
+            "print('torch' in sys.modules, 'pydantic' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 def test_better_round_keeps_the_lower_median_and_the_fastest_run():

@@ -166,10 +166,9 @@ def _recipe(stage: dict) -> None:
 
 
 @pytest.mark.parametrize("stage, key", [
-    ({"micro": {"eval_samples": 0}}, "micro.eval_samples"),
-    ({"micro": {"eval_samples": -3}}, "micro.eval_samples"),
-    ({"micro": {"calib_batches": -1}}, "micro.calib_batches"),
-    ({"micro": {"calib_batches": 0}}, "micro.calib_batches"),
+    ({"deploy": {"target": "cortex-m4", "eval_limit": -3}}, "deploy.eval_limit"),
+    ({"deploy": {"target": "cortex-m4", "calib_batches": -1}}, "deploy.calib_batches"),
+    ({"deploy": {"calib_batches": 0}}, "deploy.calib_batches"),
     ({"deploy": {"eval_limit": 0}}, "deploy.eval_limit"),
     ({"deploy": {"eval_limit": "some"}}, "deploy.eval_limit"),
     ({"bench": {"eval_limit": True}}, "bench.eval_limit"),

@@ -146,14 +146,14 @@ def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Pa
 
 
 def _parity_text(r: TargetRecord) -> str:
-    from tinytamer.records import MicroRecord
+    from tinytamer.records import DeployRecord
 
     outputs = r.parity.outputs
     details = [f"max |d| {max(o.max_abs_err for o in outputs):.3g}"] if outputs else []
     agree = [o.top1_agree for o in outputs if o.top1_agree is not None]
     if agree and min(agree) < 1:  # reduced precision is judged by its top-1 agreement
         details.append(f"top-1 agreement {min(agree):.1%}")
-    if isinstance(r, MicroRecord) and r.bit_exact_inputs:
+    if isinstance(r, DeployRecord) and r.bit_exact_inputs:
         details.append(f"bit-exact vs the C reference on {r.bit_exact_inputs} inputs")
     return f"parity {'ok' if r.parity.ok else 'FAILED'}" + (f" ({'; '.join(details)})" if details else "")
 
@@ -166,25 +166,34 @@ def _samples(n: int | None, total: int | None) -> str:
 
 
 def _record_line(r: StageRecord) -> str:
-    from tinytamer.records import BenchRecord, DeployRecord, MicroRecord, TargetRecord
+    from tinytamer.micro.profiles import PROFILES
+    from tinytamer.records import BenchRecord, DeployRecord, TargetRecord
 
     parts = [f"{r.index}:{r.stage}".ljust(18)]
     if isinstance(r, TargetRecord):
         # Where it ran, at which precision, and whether it matched PyTorch.
         parts.append(" ".join(x for x in (r.target, r.precision) if x))
         parts.append(_parity_text(r))
-    if isinstance(r, MicroRecord):
-        n = _samples(r.device_accuracy_samples, r.device_accuracy_total)
-        parts.append(f"accuracy on device {r.device_accuracy:.2%} ({n} samples)")
-    elif r.accuracy is not None:
+    if r.accuracy is not None:
         n = _samples(r.eval_samples, r.eval_total)
         where = r.accuracy_runtime or "PyTorch"
         parts.append(f"accuracy {r.accuracy:.2%}" + (f" ({n} samples, {where})" if n else ""))
     figures = {"nonzero_params": r.nonzero_params, "macs": r.macs, "bytes": r.bytes}
-    if isinstance(r, MicroRecord):
-        figures |= {"instructions": r.instructions, "est_cycles": r.est_cycles,
-                    "flash_bytes": r.flash_bytes, "sram_bytes": r.sram_bytes}
+    device = isinstance(r, DeployRecord) and r.est_cycles is not None
+    if device:
+        # A device's size is its flash; the ELF file's bytes are no model size.
+        figures.pop("bytes")
+        figures |= {"instructions": r.instructions, "est_cycles": r.est_cycles}
     parts += [f"{key} {value:,}" for key, value in figures.items() if value is not None]
+    if device:
+        if r.memory_profile is not None:  # every cycle figure names its memory profile
+            parts[-1] += f" ({r.memory_profile})"
+        clock = PROFILES[r.memory_profile].clock_hz if r.memory_profile in PROFILES else None
+        if r.est_time_ms is not None and clock is not None:
+            parts.append(f"est. {r.est_time_ms:.3f} ms at {clock / 1e6:g} MHz")
+        parts += [f"{key} {value:,}" for key, value in
+                  {"flash_bytes": r.flash_bytes, "sram_bytes": r.sram_bytes}.items()
+                  if value is not None]
     if r.bytes and r.dense_bytes and (r.file or "").endswith(".tt"):
         parts.append(f"({r.dense_bytes / r.bytes:.1f}x smaller than float32)")
     if isinstance(r, DeployRecord) and r.latency_ms is not None:
@@ -313,18 +322,52 @@ def deploy(target: Annotated[str, typer.Option(
            overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
     """Deploy to a target: export, check parity, measure cost and accuracy through the runtime."""
     precision = precision or _default_precision(target)
+    # --set takes the stage's keys and the target's options alike (`tamer list targets NAME`).
     params = {"target": target, "precision": precision, **_parse_sets(sets)}
     _one_stage("deploy", params, name=name, runs=runs, model=model, weights=weights, data=data,
                root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
                what=f"target {target} {precision}")
 
 
+@app.command()
+def export(target: Annotated[str, typer.Option(
+               help="a micro target: cortex-m4, cortex-m7 or micro-host (portable C)")],
+           out: Annotated[Path, typer.Option(help="folder to write (new, or empty)")],
+           model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+           root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
+           sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
+           overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+    """Write a firmware-ready C folder: the model, only the kernels it calls, a header with
+    its input/output quantization, CMake and Makefile files, an example main and a README.
+
+    It is the deploy stage to a micro target (int8, bit-exact check, cost and accuracy on the
+    device; --set KEY=VALUE as for `tamer deploy`), and the run's folder copied to --out.
+    """
+    import shutil
+
+    from tinytamer.targets import get_target
+    from tinytamer.targets.micro import MicroTarget
+
+    if not isinstance(get_target(target), MicroTarget):
+        raise TamerError(f"tamer export writes C for the micro targets (cortex-m4, cortex-m7, "
+                         f"micro-host), not '{target}': use `tamer deploy --target {target}`")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TamerError(f"--out {out} exists and is not an empty folder")
+    params = {"target": target, "precision": "int8", **_parse_sets(sets)}
+    rundir = _one_stage("deploy", params, name=name, runs=runs, model=model, weights=weights,
+                        data=data, root=root, size=size, from_run=from_run,
+                        overwrite=overwrite, quiet=quiet, what=f"firmware folder for {target}")
+    # The run holds one deploy stage, which wrote its folder beside its other artifacts.
+    folder = next(rundir.path.glob("stages/*_deploy/*/firmware"))
+    shutil.copytree(folder, out, dirs_exist_ok=True)
+    _echo(f"firmware:   {out} (its README.md says how to build and call it)")
+
+
 def _default_precision(target: str) -> str:
-    """fp32, or the target's own precision where it runs no fp32 (the micro targets: int8)."""
+    from tinytamer.deploy import default_precision
     from tinytamer.targets import get_target
 
-    precisions = get_target(target).precisions
-    return "fp32" if "fp32" in precisions else precisions[0]
+    return default_precision(get_target(target))
 
 
 @app.command()
@@ -417,26 +460,23 @@ def _doc_line(obj: Any) -> str:
     return (obj.__doc__ or "").strip().split("\n")[0]
 
 
-def _print_params(model: Any, indent: str, target: str | None = None,
-                  skip: tuple[str, ...] = ()) -> None:
+def _print_params(model: Any, indent: str, skip: tuple[str, ...] = ()) -> None:
     """Each key of a parameter model: type, default and meaning, from its pydantic schema."""
     from tinytamer.recipe import param_docs
 
     for doc in param_docs(model):
-        if doc.key in skip or (target is not None and doc.targets and target not in doc.targets):
+        if doc.key in skip:
             continue
-        scope = f"  (target {', '.join(doc.targets)} only)" if doc.targets and target is None else ""
-        _echo(f"{indent}{doc.key}: {doc.type} = {doc.default}{scope}")
+        _echo(f"{indent}{doc.key}: {doc.type} = {doc.default}")
         if doc.description:
             _echo(f"{indent}    {doc.description}")
 
 
-def _print_model(model: Any, seen: set[Any], target: str | None = None,
-                 skip: tuple[str, ...] = (), indent: str = "  ") -> None:
+def _print_model(model: Any, seen: set[Any], skip: tuple[str, ...] = (), indent: str = "  ") -> None:
     """``model``'s keys, then each parameter group inside it (a group already shown: named)."""
     from tinytamer.recipe import nested_models
 
-    _print_params(model, indent, target, skip)
+    _print_params(model, indent, skip)
     for path, sub in nested_models(model):
         if sub in seen:
             _echo(f"{indent}{path} ({sub.__name__}): keys listed above")
@@ -467,6 +507,7 @@ def _list_stages(name: str | None, verbose: bool) -> None:
 def _list_targets(name: str | None, verbose: bool) -> None:
     from tinytamer.recipe import accepts, stages
     from tinytamer.targets import get_target, list_targets
+    from tinytamer.targets.options import options_model
 
     names = [get_target(name).name] if name else list_targets()
     for n in names:
@@ -477,13 +518,18 @@ def _list_targets(name: str | None, verbose: bool) -> None:
             continue
         _echo(f"{n}: {_doc_line(type(t)) or 'deployment target'}")
         _echo(f"  precisions: {', '.join(t.precisions)}; {installed}")
+        if options_model(t).model_fields:
+            _echo(f"  options of {n} (keys of a deploy or bench stage, `tamer deploy --set KEY=VALUE`):")
+            _print_params(options_model(t), "    ")
+        else:
+            _echo(f"  options of {n}: none")
         for stage in sorted(stages().values(), key=lambda s: s.name):
             fields = {k: f for k, f in stage.params.model_fields.items() if k in ("target", "targets")}
             if any(accepts(f.annotation, n) for f in fields.values()):
-                _echo(f"  stage {stage.name} ({stage.help}), keys for {n}:")
-                _print_model(stage.params, set(), target=n, skip=tuple(fields), indent="    ")
+                _echo(f"  stage {stage.name} ({stage.help}), its own keys:")
+                _print_model(stage.params, set(), skip=tuple(fields), indent="    ")
     if name is None and not verbose:
-        _echo("`tamer list targets NAME` (or -v) shows the keys each stage takes for a target")
+        _echo("`tamer list targets NAME` (or -v) shows a target's options and the stages that take it")
 
 
 @app.command(name="list")

@@ -30,6 +30,7 @@ from tinytamer.fileio import atomic_path, write_atomic
 from tinytamer.scoring import top1_hits
 from tinytamer.targets import Cost, Deployed, Target, get_target, list_targets
 from tinytamer.targets.base import better_round, unavailable_reason
+from tinytamer.targets.options import compile_options
 
 # Samples per runtime call while scoring, so that the progress bar moves on slow runtimes
 # (an emulated Cortex-M scores about 40 images a second).
@@ -53,6 +54,11 @@ def eval_limit_for(target: Target, eval_limit: int | str | None) -> int | None:
     if eval_limit is None:
         return getattr(target, "default_eval_limit", None)
     return None if eval_limit == "all" else int(eval_limit)
+
+
+def default_precision(target: Target) -> str:
+    """fp32, or the target's own precision where it runs no fp32 (the micro targets: int8)."""
+    return "fp32" if "fp32" in target.precisions else target.precisions[0]
 
 
 def valid_eval_limit(value: Any) -> bool:
@@ -134,6 +140,8 @@ class DeployReport:
     eval_total: int | None = None
     source_bytes: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # The target's options the model was compiled with, defaults included.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,18 +160,21 @@ def deploy(model: nn.Module, target: str, folder: str | Path, *,
     calibration and the parity check).
     ``eval_limit``: test samples scored (see :func:`eval_limit_for`).
     ``source_file``: the compressed model file it came from, whose size is kept beside
-    the runtime's.  Writes the artifacts and ``summary.json`` into ``folder``.
+    the runtime's.  ``target_options``: the target's own options (its ``Options`` model,
+    ``tamer list targets NAME``).  Writes the artifacts and ``summary.json`` into ``folder``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tgt = get_target(target)
-    limit = eval_limit_for(tgt, eval_limit)  # a bad value fails before the compile
+    # Bad values fail before the compile.
+    limit = eval_limit_for(tgt, eval_limit)
+    options = compile_options(tgt, target_options)
     deployed = tgt.compile(model, [example_input], folder, precision=precision,
-                           calib=calib, threads=threads, **target_options)
+                           calib=calib, threads=threads, **options)
     report = DeployReport(target=target, precision=precision, folder=str(folder),
                           artifacts=[p.name for p in deployed.artifacts],
                           artifact_bytes=deployed.artifact_bytes, parity=deployed.parity,
-                          info=dict(deployed.info))
+                          info=dict(deployed.info), options=options)
     if source_file is not None:
         report.source_bytes = Path(source_file).stat().st_size
     if repeats > 0:
@@ -206,6 +217,9 @@ class BenchRow:
     variant: str = ""
     # CPUs the timing process could run on: fewer than ``threads`` means a smaller machine.
     cpus_available: int | None = None
+    # Micro targets are not timed: their estimated time under a memory profile.
+    est_time_ms: float | None = None
+    memory_profile: str | None = None
 
 
 @dataclass
@@ -234,7 +248,8 @@ class BenchReport:
     def table(self) -> str:
         """A markdown table of the rows."""
         head = ("| target | precision | batch | latency ms median (p10-p90) | speed-up (median) "
-                "| min ms | speed-up (min) | peak RSS MB | size KB | accuracy | Δ acc |\n"
+                "| min ms | speed-up (min) | peak RSS MB | size KB (device: flash) | accuracy "
+                "| Δ acc |\n"
                 "|---|---|---|---|---|---|---|---|---|---|---|\n")
 
         def f(v: float | None, fmt: str) -> str:
@@ -253,6 +268,8 @@ class BenchReport:
                 continue
             name = f"{r.target} ({r.variant})" if r.variant else r.target
             lat = f(r.latency_ms, ".3f")
+            if r.latency_ms is None and r.est_time_ms is not None:
+                lat = f"est. {r.est_time_ms:.3f} ({r.memory_profile}, not timed)"
             if r.latency_ms_p10 is not None and r.latency_ms_p90 is not None:
                 lat += f" ({r.latency_ms_p10:.3f}-{r.latency_ms_p90:.3f})"
             size = None if r.artifact_bytes is None else r.artifact_bytes / 1024
@@ -323,11 +340,14 @@ def _rows(jobs: Sequence[_Job], batches: Sequence[int]) -> list[BenchRow]:
                 job.target, job.precision, b, latency_ms=cost.latency_ms_median,
                 latency_ms_p10=cost.latency_ms_p10, latency_ms_p90=cost.latency_ms_p90,
                 latency_ms_min=cost.latency_ms_min, peak_rss_mb=cost.peak_rss_mb,
-                artifact_bytes=cost.artifact_bytes, accuracy=acc.get("accuracy"),
+                # A device's size is its flash, not its ELF file.
+                artifact_bytes=cost.artifact_bytes if cost.flash_bytes is None
+                else cost.flash_bytes, accuracy=acc.get("accuracy"),
                 acc_delta=(acc["accuracy"] - acc["accuracy_torch"]) if acc else None,
                 eval_samples=acc.get("n"), parity=job.deployed.parity, seconds=job.seconds,
                 variant=str(cost.extra.get("variant", "")),
-                cpus_available=cost.extra.get("cpus_available")))
+                cpus_available=cost.extra.get("cpus_available"),
+                est_time_ms=cost.est_time_ms, memory_profile=cost.memory_profile))
     for r in rows:
         base = next((x for x in rows if (x.target, x.precision, x.batch) == ("torch", "fp32", r.batch)
                      and x.latency_ms), None)
@@ -380,7 +400,7 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
     round with the lowest median is kept, so that load from other processes on a shared
     machine hits every target alike.  A target that fails (export, parity, measuring) is
     kept as a row with its error, and the others go on.  ``target_options`` maps a target
-    name to extra keyword arguments of its ``compile`` (e.g. ``{"tvm": {"trials": 64}}``).
+    name to its options (e.g. ``{"tvm": {"trials": 64}}``, validated against its ``Options``).
     ``eval_limit`` is resolved per target (:func:`eval_limit_for`).  ``echo`` gets one
     line as each target starts and ends (and for each target skipped as unavailable);
     ``progress`` shows a bar while scoring.  Writes ``bench.json`` and ``bench.md`` after
@@ -403,6 +423,7 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
                 say(f"bench: skipping {name}: {reason}")
     names = ["torch", *(n for n in names if n != "torch")]  # the baseline, measured first
     limits = {n: eval_limit_for(get_target(n), eval_limit) for n in names}
+    options = {n: compile_options(get_target(n), (target_options or {}).get(n, {})) for n in names}
     todo = [(n, p) for n in names for p in get_target(n).precisions
             if precisions is None or p in precisions or (n, p) == ("torch", "fp32")]
     jobs: list[_Job] = []
@@ -422,7 +443,7 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
         try:
             job.deployed = get_target(name).compile(
                 model, [example_input], folder / f"{name}-{prec}", precision=prec, calib=calib,
-                threads=threads, **(target_options or {}).get(name, {}))
+                threads=threads, **options[name])
             if test_loader is not None:
                 job.acc = runtime_accuracy(job.deployed, model, test_loader, limits[name],
                                            progress=progress)

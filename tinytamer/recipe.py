@@ -392,8 +392,6 @@ class ParamDoc:
     type: str
     default: str
     description: str
-    # Targets the key applies to (Field(json_schema_extra={"targets": [...]})); empty: all.
-    targets: tuple[str, ...] = ()
 
 
 def type_text(ann: Any) -> str:
@@ -440,9 +438,8 @@ def param_docs(model: type[BaseModel]) -> list[ParamDoc]:
     for name, f in model.model_fields.items():
         default = "required" if f.is_required() else _value_text(
             f.get_default(call_default_factory=True))
-        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
         out.append(ParamDoc(f.alias or name, type_text(f.annotation) + _bounds_text(f.metadata), default,
-                            f.description or "", tuple(extra.get("targets", ()))))
+                            f.description or ""))
     return out
 
 

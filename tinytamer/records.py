@@ -213,34 +213,38 @@ class TargetRecord(StageRecord):
 
 
 class DeployRecord(TargetRecord):
+    """The ``deploy`` stage, on any target: the accuracy fields are the runtime's (the
+    emulated device's for a micro target), ``accuracy_torch`` PyTorch's on the same samples.
+    The micro fields are filled by targets that count them (None elsewhere)."""
+
     STAGE: ClassVar[str | None] = "deploy"
 
+    options: dict[str, Any] = Field(default_factory=dict, description="the target's options, "
+                                    "defaults included")
     accuracy_torch: float | None = Field(None, description="PyTorch on the same samples")
     compressed_bytes: int | None = Field(None, description="the run's compressed file, if saved")
     artifacts: list[str]
-    latency_ms: float | None = Field(None, description="median (None: not measured)")
+    latency_ms: float | None = Field(None, description="median (None: not measured; micro: "
+                                     "see est_time_ms)")
     peak_rss_mb: float | None = None
     int8_params: str | None = Field(None, description="whose int8 scales the artifact uses")
     cost: Cost | None = Field(None, description="everything the target measured")
-
-
-class MicroRecord(TargetRecord):
-    STAGE: ClassVar[str | None] = "micro"
-
-    schedules: str
-    device_accuracy: float
-    device_accuracy_samples: int
-    device_accuracy_total: int | None = Field(description="test samples (None: unknown)")
-    bit_exact_inputs: int | None = None
-    instructions: int | None = None
-    est_cycles: int | None = None
+    bit_exact_inputs: int | None = Field(None, description="micro: inputs checked bit for bit "
+                                         "against the C reference")
+    instructions: int | None = Field(None, description="micro: exact, one inference")
+    est_cycles: int | None = Field(None, description="micro: an estimate, from the cycle table "
+                                   "named in cycle_table, under memory_profile")
+    memory_profile: str | None = Field(None, description="micro: the memory profile est_cycles "
+                                       "is estimated under (tinytamer.micro.profiles)")
+    est_time_ms: float | None = Field(None, description="micro: est_cycles at the profile's "
+                                      "clock (an estimate, not a timing)")
+    cycle_table: str | None = Field(None, description="micro: the source of the cycle estimate")
     flash_bytes: int | None = None
     sram_bytes: int | None = None
-    arena_bytes: int
-    memory_plan: str = Field(description="the activation arena and its peak")
-    per_layer: list[dict[str, Any]] | None = Field(None, description="layer, instructions, "
-                                                   "est_cycles")
-    cycle_table: str | None = None
+    arena_bytes: int | None = None
+    memory_plan: str | None = Field(None, description="micro: the activation arena and its peak")
+    per_layer: list[dict[str, Any]] | None = Field(None, description="micro: layer, "
+                                                   "instructions, est_cycles")
 
 
 class BenchPick(_Strict):

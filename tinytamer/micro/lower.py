@@ -25,11 +25,12 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from tinytamer.errors import ModelError
+from tinytamer.micro import weights
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Graph
 from tinytamer.micro.ops import OPS, DeviceOp, op_def
 from tinytamer.micro.ops.base import Pending, Quant, ir_shape, node_shape
-from tinytamer.qgraph import ActQuant
+from tinytamer.qgraph import ActQuant, QuantWeight
 
 # The convert map (TVM's create_convert_map): every pattern an op of the table lowers from
 # (a module type, a function, or a method name) -> that op.
@@ -203,7 +204,13 @@ def lower(gm: fx.GraphModule, example_input: torch.Tensor) -> Graph:
                          "tinytamer.compress.int8 (quantize_ptq / convert), got "
                          f"{type(gm).__name__}")
     x = example_input[:1]
-    return Lowerer(gm.eval()).run(x)
+    g = Lowerer(gm.eval()).run(x)
+    # Each weight layer's flash form, from its w_bits and the values it holds.
+    w_bits = {name: m.w_bits for name, m in gm.named_modules() if isinstance(m, QuantWeight)}
+    for op in g.ops:
+        if hasattr(op, "weight_form") and op.name in w_bits:
+            op.weight_form = weights.choose(op.weight, w_bits[op.name])
+    return g
 
 
 def op_agreement(gm: fx.GraphModule, g: Graph, x: torch.Tensor) -> dict[str, int]:

@@ -74,9 +74,12 @@ class MicroProgram:
             return self.run_in_session(sess, q)
 
     def session(self, *, count: bool = True, lazy: bool = False) -> Session:
+        return Session(self.device, elf=self._elf(), count=count, lazy=lazy)
+
+    def _elf(self) -> Path:
         if self.arm is None:
             raise ModelError(f"micro program for '{self.device}' has no Cortex-M build")
-        return Session(self.device, elf=self.arm.elf, count=count, lazy=lazy)
+        return self.arm.elf
 
     def run_in_session(self, sess: Session, q: np.ndarray) -> np.ndarray:
         t_in = sess.alloc(self.cmodel.input_size)
@@ -93,10 +96,13 @@ class MicroProgram:
         build = toolchain.arm_build(self.cmodel, self.workdir / "qemu", self.device, inputs=q)
         return toolchain.qemu_run(build, self.cmodel.output_size)
 
-    def profile(self, q_row: np.ndarray, *, per_layer: bool = True) -> dict:
-        """Exact instructions and estimated cycles per inference and per layer, and the
-        inference's measured stack depth."""
-        with self.session(count=True) as sess:
+    def profile(self, q_row: np.ndarray, *, per_layer: bool = True,
+                memory_profile: str = "ideal") -> dict:
+        """Exact instructions and estimated cycles (under ``memory_profile``) per inference
+        and per layer, the flash traffic behind them, and the inference's measured stack
+        depth.  Layers run after the whole inference, so their caches start warm."""
+        with Session(self.device, elf=self._elf(), count=True,
+                     profile=memory_profile) as sess:
             t_in = sess.alloc(self.cmodel.input_size)
             t_out = sess.alloc(self.cmodel.output_size)
             sess.write(t_in, q_row)
@@ -107,6 +113,9 @@ class MicroProgram:
                 layers.append({"layer": name, "instructions": r.instructions,
                                "est_cycles": r.est_cycles})
         return {"instructions": total.instructions, "est_cycles": total.est_cycles,
+                "memory_profile": total.memory_profile, "core_cycles": total.core_cycles,
+                "memory_cycles": total.memory_cycles, "flash_reads": total.flash_reads,
+                "fetch_misses": total.fetch_misses, "data_misses": total.data_misses,
                 "stack_bytes": total.stack_bytes, "layers": layers}
 
 

@@ -16,6 +16,15 @@ is measured too.  With ``count=True`` every executed block is counted by a block
 its instructions disassembled once with capstone (so instructions of an IT
 block whose condition fails are counted, unlike unicorn's per-instruction
 hook) and its estimated cycles taken from :mod:`tinytamer.micro.cost`.
+
+``profile`` names a memory profile (:mod:`tinytamer.micro.profiles`); under any but
+``ideal`` a memory hook on the flash image and the block hook's fetch addresses feed a
+simulated flash accelerator, and its wait-state cycles are added to the estimate (the
+hooks slow the emulator, so the ideal profile installs none).  ``check_memory=True``
+hooks every gap between the regions a call may touch (the ``tt_arena`` buffer, the
+tensors passed to it, the stack, the flash image): a data access that lands in one is
+recorded in :attr:`CallResult.stray` (the hooks sit on the gaps, so a legal run pays
+only unicorn's range test).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from tinytamer.errors import BackendMissing, ModelError
 from tinytamer.micro import toolchain
 from tinytamer.micro.codegen import CModel
 from tinytamer.micro.cost import CYCLE_TABLES, BlockCoster
+from tinytamer.micro.profiles import MemoryModel, MemoryProfile, get_profile
 
 FLASH_BASE, FLASH_SIZE = 0x00000000, 4 << 20
 RAM_BASE, RAM_SIZE = 0x20000000, 4 << 20
@@ -48,13 +58,27 @@ class DeviceTensor:
 
 @dataclass
 class CallResult:
-    """One device call: its return value (r0) and, when counting, its exact cost."""
+    """One device call: its return value (r0) and, when counting, its exact cost.
+
+    ``est_cycles`` is under ``memory_profile``: ``core_cycles`` (the ideal profile's figure)
+    plus ``memory_cycles`` charged for flash wait states.
+    """
 
     function: str
     returned: int | None = None
     instructions: int = 0
     est_cycles: int = 0
+    memory_profile: str = "ideal"
+    core_cycles: int = 0
+    memory_cycles: int = 0
+    fetch_misses: int = 0
+    flash_reads: int = 0
+    data_misses: int = 0
     stack_bytes: int = 0
+    # With check_memory: (pc, address, size, "read"/"write") of accesses outside the
+    # call's regions (the first 16), and how many there were.
+    stray: list[tuple[int, int, int, str]] = field(default_factory=list)
+    stray_count: int = 0
     done: bool = False
 
 
@@ -65,6 +89,7 @@ class _Counter:
     blocks: dict = field(default_factory=dict)
     jumps: int = 0
     prev_end: int = -1
+    memory: MemoryModel | None = None
 
 
 def _unicorn():
@@ -81,10 +106,13 @@ class Session:
 
     def __init__(self, cpu: str = "cortex-m4", module: CModel | None = None, *,
                  elf: str | Path | None = None, workdir: str | Path | None = None,
-                 lazy: bool = False, count: bool = True, max_instructions: int = 0) -> None:
+                 lazy: bool = False, count: bool = True, max_instructions: int = 0,
+                 profile: str = "ideal", check_memory: bool = False) -> None:
         if cpu not in CYCLE_TABLES:
             raise ModelError(f"Session: unknown device '{cpu}'; choose one of "
                              f"{sorted(CYCLE_TABLES)}")
+        self.profile: MemoryProfile = get_profile(profile, cpu)
+        self.check_memory = check_memory
         if (module is None) == (elf is None):
             raise ModelError("Session: give exactly one of a generated module or an ELF file")
         self.cpu = cpu
@@ -96,6 +124,7 @@ class Session:
         self.max_instructions = max_instructions
         self.build: toolchain.ArmBuild | None = None
         self.symbols: dict[str, int] = {}
+        self.symbol_sizes: dict[str, int] = {}
         self.history: list[CallResult] = []
         self._queue: list[tuple[CallResult, list]] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
@@ -131,6 +160,10 @@ class Session:
         self._coster = BlockCoster(CYCLE_TABLES[self.cpu])
         self._hook = None
         if self.count:
+            if not self.profile.ideal:
+                self._counter.memory = MemoryModel(self.profile)
+                uc.hook_add(unicorn.UC_HOOK_MEM_READ, _on_flash_read, self._counter.memory,
+                            FLASH_BASE, self._flash_end - 1)
             self._hook = uc.hook_add(unicorn.UC_HOOK_BLOCK, _on_block, self._counter)
             # New hooks only apply to translation blocks translated after a flush.
             uc.ctl_flush_tb()
@@ -147,6 +180,7 @@ class Session:
         from elftools.elf.elffile import ELFFile
         from elftools.elf.sections import SymbolTableSection
 
+        self._flash_end = FLASH_BASE
         with open(self.elf, "rb") as f:
             elf = ELFFile(f)
             for seg in elf.iter_segments():
@@ -154,11 +188,14 @@ class Session:
                     continue
                 # Initialised data is written at its run address: the session is the loader.
                 uc.mem_write(seg["p_vaddr"], seg.data())
+                if seg["p_paddr"] < FLASH_BASE + FLASH_SIZE:  # the image's extent in flash
+                    self._flash_end = max(self._flash_end, seg["p_paddr"] + seg["p_filesz"])
             for sec in elf.iter_sections():
                 if isinstance(sec, SymbolTableSection):
                     for sym in sec.iter_symbols():
                         if sym.name:
                             self.symbols[sym.name] = sym["st_value"]
+                            self.symbol_sizes[sym.name] = sym["st_size"]
 
     # ------------------------------------------------------------------ tensors
     def alloc(self, shape: tuple[int, ...] | int, dtype=np.int8) -> DeviceTensor:
@@ -226,15 +263,21 @@ class Session:
         uc.reg_write(arm_const.UC_ARM_REG_SP, sp)
         uc.reg_write(arm_const.UC_ARM_REG_LR, RETURN_ADDR | 1)
         c.blocks, c.jumps, c.prev_end = {}, 0, entry & ~1
+        if c.memory is not None:
+            c.memory.reset()
         # Paint the free stack so the call's deepest stack use can be read back after it.
         bottom = self.symbols["_sstack"]
         uc.mem_write(bottom, _PAINT * ((sp - bottom) // len(_PAINT)))
+        guards = self._guard(result, args) if self.check_memory else []
         try:
             uc.emu_start(entry, RETURN_ADDR, count=self.max_instructions)
         except Exception as e:  # unicorn raises UcError for faults
             pc = uc.reg_read(arm_const.UC_ARM_REG_PC)
             raise ModelError(f"Session: device call '{result.function}' faulted at pc "
                              f"0x{pc:08x}: {e}") from e
+        finally:
+            for h in guards:
+                uc.hook_del(h)
         pc = uc.reg_read(arm_const.UC_ARM_REG_PC)
         if pc != RETURN_ADDR:
             raise ModelError(f"Session: device call '{result.function}' stopped at 0x{pc:08x} "
@@ -248,11 +291,42 @@ class Session:
                 result.instructions += n * bc.instructions
                 result.est_cycles += n * bc.cycles
             result.est_cycles += (c.jumps + 1) * table.branch_refill
+            result.core_cycles = result.est_cycles
+            result.memory_profile = self.profile.name
+            if c.memory is not None:
+                m = c.memory.stats
+                result.memory_cycles = m.cycles
+                result.fetch_misses, result.flash_reads = m.fetch_misses, m.flash_reads
+                result.data_misses = m.data_misses
+                result.est_cycles += m.cycles
         painted = bytes(uc.mem_read(bottom, sp - bottom))
         untouched = len(painted) - len(painted.lstrip(_PAINT[:1]))
         result.stack_bytes = (sp - bottom) - untouched
         result.returned = uc.reg_read(arm_const.UC_ARM_REG_R0)
         result.done = True
+
+
+    def _guard(self, result: CallResult, args: list) -> list:
+        """Hooks on every gap between the regions the call may access (see the module
+        docstring); returns them, to be removed after the call."""
+        unicorn, _ = _unicorn()
+        s = self.symbols
+        allowed = [(s["_sstack"], s["_estack"])]
+        if "tt_arena" in s:
+            allowed.append((s["tt_arena"], s["tt_arena"] + self.symbol_sizes["tt_arena"]))
+        allowed += [(a.address, a.address + a.nbytes) for a in args
+                    if isinstance(a, DeviceTensor)]
+        gaps, at = [(self._flash_end, FLASH_BASE + FLASH_SIZE)], RAM_BASE
+        for lo, hi in sorted(allowed):
+            if lo > at:
+                gaps.append((at, lo))
+            at = max(at, hi)
+        gaps.append((at, RAM_BASE + RAM_SIZE))
+        kinds = unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE
+        hooks = [self._uc.hook_add(kinds, _on_stray, result, lo, hi - 1)
+                 for lo, hi in gaps if hi > lo]
+        self._uc.ctl_flush_tb()  # memory hooks are compiled into the translated blocks
+        return hooks
 
 
 def _on_block(uc, address: int, size: int, c: _Counter) -> None:
@@ -261,3 +335,19 @@ def _on_block(uc, address: int, size: int, c: _Counter) -> None:
     if address != c.prev_end:
         c.jumps += 1
     c.prev_end = address + size
+    if c.memory is not None:
+        c.memory.fetch(address, size)
+
+
+def _on_flash_read(uc, access: int, address: int, size: int, value: int,
+                   memory: MemoryModel) -> None:
+    memory.read(address)
+
+
+def _on_stray(uc, access: int, address: int, size: int, value: int,
+              result: CallResult) -> None:
+    unicorn, arm_const = _unicorn()
+    result.stray_count += 1
+    if len(result.stray) < 16:
+        kind = "write" if access == unicorn.UC_MEM_WRITE else "read"
+        result.stray.append((uc.reg_read(arm_const.UC_ARM_REG_PC), address, size, kind))

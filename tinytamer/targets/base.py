@@ -56,7 +56,9 @@ class Cost:
     and ran it (interpreter + runtime library + model + inference buffers);
     ``baseline_rss_mb`` is that child's peak
     before it loaded the model, so the difference is what the model itself added.
-    The micro fields are filled by targets that count them (bare-metal C).
+    The micro fields are filled by targets that count them (bare-metal C): ``est_cycles``
+    is an estimate under ``memory_profile`` (tinytamer.micro.profiles) and ``est_time_ms``
+    those cycles at the profile's clock, an estimate, never a timing.
     """
 
     target: str
@@ -73,6 +75,8 @@ class Cost:
     artifact_bytes: int | None = None
     instructions: int | None = None
     est_cycles: int | None = None
+    memory_profile: str | None = None
+    est_time_ms: float | None = None
     flash_bytes: int | None = None
     sram_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -297,6 +301,15 @@ class Target(Protocol):
     with several inputs): int8 targets calibrate on them and every target checks parity
     on them.  ``qparams`` is a converted ``tinytamer.compress.int8`` model whose
     quantization parameters an int8 target uses instead of its own calibration.
+
+    A target that takes more keywords declares them as ``Options``, a pydantic model
+    (:class:`tinytamer.targets.options.TargetOptions`) whose fields name further keywords of
+    ``compile`` with their defaults and meaning; ``deploy`` / ``bench`` validate a user's
+    options against it (:func:`tinytamer.targets.options.validate_options`) and ``tamer list
+    targets NAME`` prints it.  ``default_eval_limit`` (test samples scored through the
+    runtime when the user does not say; None: all) is likewise optional.  Both are read with
+    defaults (no options; None), so neither is a member here: a target without them is a
+    Target.
     """
 
     name: str
@@ -369,7 +382,7 @@ def _load_builtins() -> None:
     # Imported on first use so that ``import tinytamer.targets`` stays light.
     import importlib
 
-    for module in ("pytorch", "onnxrt", "ncnn", "tvm", "micro"):
+    for module in ("pytorch", "onnxrt", "ncnn", "tvm", "micro", "litert"):
         try:
             importlib.import_module(f"tinytamer.targets.{module}")
         except ModuleNotFoundError as exc:

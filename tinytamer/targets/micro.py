@@ -7,7 +7,9 @@ reference bit for bit (the host build for ``micro-host``; a unicorn session and
 a whole-program QEMU run for Cortex-M) and that it agrees with PyTorch within
 the int8 tolerance.  ``measure`` counts the exact instructions of one inference
 (and of each layer), estimates cycles from the TRM-based table of
-:mod:`tinytamer.micro.cost`, and reads flash and SRAM from the linked ELF.
+:mod:`tinytamer.micro.cost` under a memory profile (:mod:`tinytamer.micro.profiles`:
+by default the board a user of that core most likely has, the ``ideal`` figure beside
+it), and reads flash from the linked ELF.
 """
 
 from __future__ import annotations
@@ -16,23 +18,24 @@ import copy
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import fx, nn
 
 from tinytamer.errors import TamerError
 from tinytamer.micro import toolchain
 from tinytamer.micro.cost import CYCLE_TABLES
+from tinytamer.micro.firmware import write_firmware
+from tinytamer.micro.profiles import BOARD, get_profile
 from tinytamer.micro.program import MicroProgram, build_program
 from tinytamer.qgraph import as_graph_module, is_quantized
 from tinytamer.targets._torchutil import Batch, as_inputs, parity_inputs, require_calib, verify
 from tinytamer.targets.base import Cost, Deployed, ParityError, register_target
+from tinytamer.targets.options import TargetOptions
 
-# Clocks used only to turn estimated cycles into an estimated latency: the MLPerf Tiny
-# reference board (STM32L4R5, Cortex-M4, 120 MHz) and an STM32F767 (Cortex-M7, 216 MHz).
-CLOCK_HZ = {"cortex-m4": 120e6, "cortex-m7": 216e6}
 # Test samples scored by default through an emulated device: about 24 ms each, so 1,000
 # take half a minute where a whole 10,000-image test set took four minutes in silence.
 EMULATED_EVAL_LIMIT = 1000
@@ -47,6 +50,9 @@ class MicroDeployed(Deployed):
         super().__init__(**kw)
         self.program = program
         self.example = example  # the input measure() runs (costs barely depend on values)
+        # A user deploying to a core wants the figure of a board with it, not a flash
+        # without wait states: measure() reports under the board's profile by default.
+        self.memory_profile = BOARD.get(program.device, "ideal")
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         q = self.program.quantize_input(arrays[0])
@@ -54,7 +60,8 @@ class MicroDeployed(Deployed):
 
     def measure(self, batch: int = 1, threads: int | None = None, repeats: int = 1,
                 warmup: int = 0, isolate: bool = False, timeout_s: float = 600.0) -> Cost:
-        """Exact instruction count, estimated cycles, flash and SRAM of one inference."""
+        """Exact instruction count, estimated cycles and time (under ``memory_profile``),
+        flash and peak SRAM of one inference."""
         p = self.program
         q = p.quantize_input(self.example)
         cost = Cost(target=self.target, precision="int8", batch=1, threads=1,
@@ -66,26 +73,52 @@ class MicroDeployed(Deployed):
             cost.sram_bytes = p.cmodel.plan.arena_size
             cost.extra["measured_in"] = "host build (no instruction counts)"
             return cost
-        prof = p.profile(q[0])
+        profile = get_profile(self.memory_profile, p.device)
+        prof = p.profile(q[0], memory_profile=profile.name)
         cost.instructions = prof["instructions"]
         cost.est_cycles = prof["est_cycles"]
+        cost.memory_profile = profile.name
+        if profile.clock_hz is not None:  # the ideal profile is no part: it has no clock
+            cost.est_time_ms = cost.est_cycles / profile.clock_hz * 1e3
+        # Code + constants + .data's initial values, from the linked image (not the ELF
+        # file, whose symbols and debug sections are no part of the model).
         cost.flash_bytes = p.arm.flash_bytes
-        # Static data + arena from the linked ELF, plus the stack depth measured in the run.
-        static = p.arm.sections.get(".data", 0) + p.arm.sections.get(".bss", 0)
-        cost.sram_bytes = static + prof["stack_bytes"]
-        clock = CLOCK_HZ[p.device]
-        cost.latency_ms_median = cost.est_cycles / clock * 1e3
+        # The buffers one inference holds at its peak: the activation arena, the input and
+        # output tensors and the stack depth measured in the run.
+        io = p.cmodel.input_size + p.cmodel.output_size
+        cost.sram_bytes = p.cmodel.plan.arena_size + io + prof["stack_bytes"]
         cost.extra.update({
             "per_layer": prof["layers"],
             "sections": p.arm.sections,
             "cycle_table": CYCLE_TABLES[p.device].source,
-            "latency_source": f"est_cycles at {clock / 1e6:.0f} MHz (estimate, not timed)",
+            "memory_profile_source": profile.source,
+            "est_cycles_ideal": prof["core_cycles"],
+            "memory_cycles": prof["memory_cycles"],
+            "flash_reads": prof["flash_reads"],
+            "fetch_misses": prof["fetch_misses"],
+            "data_misses": prof["data_misses"],
             "stack_bytes": prof["stack_bytes"],
+            "io_bytes": io,
             "stack_reserved": p.arm.sections.get(".stack", 0),
-            "sram_note": "linked .data + .bss (activation arena) + measured peak stack",
-            "measured_in": "unicorn emulator, block hooks + capstone",
+            "sram_note": "activation arena + input and output tensors + measured peak stack",
+            "measured_in": "unicorn emulator, block hooks + capstone (+ flash memory hooks)",
         })
         return cost
+
+
+class MicroOptions(TargetOptions):
+    """Options of the micro targets (cortex-m4, cortex-m7, micro-host)."""
+
+    calib_method: Literal["minmax", "percentile", "mse"] = Field(
+        "minmax", description="how the int8 activation ranges are chosen (a float model is "
+        "quantized here; a model from the quantize stage keeps its own)")
+    schedules: Literal["default", "portable", "tuned"] = Field(
+        "default", description="kernels: default (DSP where the device has it), portable (plain "
+        "C), tuned (measured per layer on the emulated device)")
+    flash_budget: int | None = Field(None, description="refuse a program larger than this "
+                                     "many bytes of flash")
+    sram_budget: int | None = Field(None, description="refuse a program needing more than "
+                                    "this many bytes of SRAM")
 
 
 class MicroTarget:
@@ -93,6 +126,7 @@ class MicroTarget:
 
     precisions = ("int8",)
     install_hint = toolchain.INSTALL_HINT
+    Options = MicroOptions
 
     def __init__(self, name: str, device: str) -> None:
         self.name = name
@@ -141,6 +175,8 @@ class MicroTarget:
                 raise ParityError(f"target '{self.name}': the QEMU whole-program run differs "
                                   "from the integer reference")
             info["qemu_bit_exact_inputs"] = len(few)
+        # The folder a user's firmware takes (micro/firmware.py), once the program is verified.
+        info["firmware"] = str(write_firmware(program, workdir / "firmware", q[0]).folder)
         artifacts = [program.workdir / "src" / "model.c", program.workdir / "src" / "model.h"]
         if program.arm is not None:
             artifacts.append(program.arm.elf)

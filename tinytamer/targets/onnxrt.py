@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from tinytamer.targets.options import OrtOptions
+
 # ORT calibration methods by our names (the int8 contract's vocabulary).
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 
@@ -216,12 +218,23 @@ class OrtTarget:
     def problem(self) -> TamerError | None:
         return BACKEND.problem()
 
+    @property
+    def Options(self) -> type[OrtOptions]:
+        # Imported here: the memory probe child imports this module and must not pay for pydantic.
+        from tinytamer.targets.options import OrtOptions
+
+        return OrtOptions
+
     def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
                 workdir: str | Path, *, precision: str = "fp32",
                 calib: Sequence[Any] | None = None, qparams: Any = None,
                 threads: int = 2, calib_method: str = "minmax",
-                exact_int8: bool = True, reduce_range: bool | None = None) -> OrtDeployed:
+                exact_int8: bool = True, reduce_range: bool | None = None,
+                use_qparams: bool = True) -> OrtDeployed:
+        """``use_qparams``: int8 of a model from the quantize stage (a quantized graph) keeps
+        its scales / zero points, as if it were given as ``qparams``."""
         from tinytamer.export.onnx import export_onnx
+        from tinytamer.qgraph import QuantizedGraph
         from tinytamer.targets._torchutil import as_inputs, parity_inputs, require_calib, verify
 
         BACKEND.require()
@@ -232,6 +245,8 @@ class OrtTarget:
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
         info: dict[str, Any] = {}
+        if qparams is None and use_qparams and precision == "int8" and isinstance(model, QuantizedGraph):
+            qparams = model
         if qparams is not None:
             if precision != "int8":
                 raise TamerError("target 'onnxruntime': qparams (our int8 parameters) need "

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from tinytamer.targets.options import TvmOptions
+
 INSTALL = "pip install 'tinytamer[tvm]'"
 BACKEND = Backend("tvm", ("tvm", "tvm_ffi"), INSTALL)
 # Candidate schedules measured per tuning task; 0 compiles untuned.  32 per task tunes a
@@ -493,6 +495,13 @@ class TvmTarget:
 
     def problem(self) -> TamerError | None:
         return BACKEND.problem()
+
+    @property
+    def Options(self) -> type[TvmOptions]:
+        # Imported here: the memory probe child imports this module and must not pay for pydantic.
+        from tinytamer.targets.options import TvmOptions
+
+        return TvmOptions
 
     def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
                 workdir: str | Path, *, precision: str = "fp32",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytamer.fileio import atomic_path, write_atomic
-from tinytamer.records import DeployRecord, MicroRecord, StageRecord, TrainRecord, read_records
+from tinytamer.records import DeployRecord, StageRecord, TrainRecord, read_records
 from tinytamer.rundir import RunDir
 
 # (heading, format, the value in a stage's record; None: an empty cell)
@@ -20,7 +20,7 @@ _COLUMNS: list[tuple[str, str, Callable[[StageRecord], Any]]] = [
     ("MACs", "{:,}", lambda r: r.macs),
     ("bytes on disk", "{:,}", lambda r: r.bytes),
     ("latency ms", "{:.3f}", lambda r: r.latency_ms if isinstance(r, DeployRecord) else None),
-    ("est. cycles", "{:,}", lambda r: r.est_cycles if isinstance(r, MicroRecord) else None),
+    ("est. cycles", "{:,}", lambda r: r.est_cycles if isinstance(r, DeployRecord) else None),
 ]
 
 

@@ -15,7 +15,11 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   scalar unpacking - less padding for 1- or 3-channel inputs);
 - depthwise: ``kernel`` "direct" (tt_depthwise_s8) or "simd" (tt_depthwise_s8_dsp,
   runtime/tt_depthwise.c: 4 channels per SXTB16/SMLABB step; needs a multiple of 4
-  channels; single-multiply requantization where :func:`fast_requant` allows).
+  channels; single-multiply requantization where :func:`fast_requant` allows);
+- a layer whose ``weight_form`` (:mod:`tinytamer.micro.weights`) is not int8 offers first
+  ``kernel`` "packed" (tt_conv2d_s8_packed, runtime/tt_conv_packed.c, or
+  tt_depthwise_s8_packed, runtime/tt_depthwise_packed.c): the weights stay packed in flash
+  and each output channel's row is unpacked into the arena once per inference.
 
 A convolution whose only consumer is the residual add after it can run with the add fused
 into its output (:mod:`tinytamer.micro.planner`).
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import fx, nn
 
+from tinytamer.micro import weights
 from tinytamer.micro.ir import Graph, Op
 from tinytamer.micro.ops.add import add_fast_requant, add_params, add_tables
 from tinytamer.micro.ops.base import (
@@ -62,6 +67,7 @@ class Conv2D(Op):
     act_min: int
     act_max: int
     schedule: dict = field(default_factory=dict)  # kernel knobs chosen by the tuner
+    weight_form: str = "int8"  # how flash stores the weights (tinytamer.micro.weights)
 
     @property
     def depthwise(self) -> bool:
@@ -71,7 +77,8 @@ class Conv2D(Op):
 
 # Knobs that a conv kernel reads; the others do not change what runs.
 _CONV_KNOBS = {"mm": ("kernel", "unroll", "weights", "pack"), "im2col": ("kernel", "cols", "pack"),
-               "direct": ("kernel",)}
+               "direct": ("kernel",),
+               "packed": ("kernel",)}
 
 
 def fast_requant(op: Op, out_zp: int = 0) -> np.ndarray | None:
@@ -97,7 +104,8 @@ def fast_requant(op: Op, out_zp: int = 0) -> np.ndarray | None:
 
 class ConvOp(DeviceOp):
     ir = Conv2D
-    kernel_files = ("tt_conv.c", "tt_depthwise.c")
+    kernel_files = ("tt_conv.c", "tt_depthwise.c", "tt_conv_packed.c", "tt_depthwise_packed.c",
+                    "tt_wpack.c")
     lowers_from = {nn.Conv2d: "from_module"}
 
     # ------------------------------------------------------------------ lowering
@@ -139,10 +147,19 @@ class ConvOp(DeviceOp):
         return oh * ow * int(np.prod(op.weight.shape))
 
     def layer_key(self, op: Conv2D) -> str:
-        return f"w{op.weight.shape}s{op.stride}p{op.padding}g{op.groups}"
+        form = "" if op.weight_form == "int8" else op.weight_form
+        return f"w{op.weight.shape}s{op.stride}p{op.padding}g{op.groups}{form}"
 
     # ------------------------------------------------------------------ schedules
     def space(self, op: Conv2D, dsp: bool) -> dict[str, list]:
+        knobs = self._int8_space(op, dsp)
+        if op.weight_form != "int8":
+            # The packed kernel keeps the flash saving; the int8 kernels stay for a tuner
+            # that trades flash for cycles.
+            knobs["kernel"] = ["packed", *knobs["kernel"]]
+        return knobs
+
+    def _int8_space(self, op: Conv2D, dsp: bool) -> dict[str, list]:
         if op.depthwise:
             simd = dsp and op.weight.shape[0] % 4 == 0
             return {"kernel": ["simd", "direct"] if simd else ["direct"]}
@@ -164,6 +181,8 @@ class ConvOp(DeviceOp):
     def weight_array(self, op: Conv2D, dsp: bool) -> np.ndarray:
         """The weights in the layout the chosen kernel reads."""
         s = self.resolve(op, dsp)
+        if s["kernel"] == "packed":
+            return weights.pack(op.weight, op.weight_form).data
         if s["kernel"] == "simd":
             return np.ascontiguousarray(op.weight[..., 0].transpose(1, 2, 0))  # [KH][KW][C]
         if s["kernel"] not in ("im2col", "mm"):
@@ -195,6 +214,8 @@ class ConvOp(DeviceOp):
 
     def scratch_bytes(self, g: Graph, op: Conv2D, dsp: bool) -> int:
         s = self.resolve(op, dsp)
+        if s["kernel"] == "packed":
+            return int(np.prod(op.weight.shape[1:]))  # one unpacked row
         if s.get("kernel") not in ("im2col", "mm"):
             return 0
         _, kh, kw, ic = op.weight.shape
@@ -208,12 +229,15 @@ class ConvOp(DeviceOp):
         g, i = site.g, site.i
         s = self.resolve(op, site.dsp)
         t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
-        data = [c_weights(i, self.weight_array(op, site.dsp))]
-        if s["kernel"] == "mm":
+        if s["kernel"] == "packed":
+            data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)),
+                    *c_requant(i, op)]
+        elif s["kernel"] == "mm":
+            data = [c_weights(i, self.weight_array(op, site.dsp))]
             # tt_rq records: bias and the single-multiply requantization per channel.
             data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         else:
-            data += c_requant(i, op)
+            data = [c_weights(i, self.weight_array(op, site.dsp)), *c_requant(i, op)]
             if s["kernel"] == "simd" and fast_requant(op) is not None:
                 # The depthwise SIMD kernel's single-multiply requantization.
                 data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
@@ -248,6 +272,10 @@ class ConvOp(DeviceOp):
     def _call(op: Conv2D, s: dict, site: CallSite) -> str:
         i, x, out, scratch = site.i, site.args[0], site.out, site.scratch
         consts = f"w{i}, b{i}, m{i}, s{i}"
+        if s["kernel"] == "packed":
+            kernel = "tt_depthwise_s8_packed" if op.depthwise else "tt_conv2d_s8_packed"
+            return (f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, "
+                    f"(int8_t *)(void *){scratch})")
         if s["kernel"] == "mm":
             return (f"tt_conv2d_s8_mm(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
                     f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, "

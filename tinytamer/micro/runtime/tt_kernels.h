@@ -62,6 +62,19 @@ typedef struct tt_residual {
     const tt_rq *rq;
 } tt_residual;
 
+/* A layer's weights in a packed form (tinytamer/micro/weights.py): one row per output
+ * channel, each row_bytes long, holding k fields of `bits` bits, low bits first.  With no
+ * codebook a field is a two's-complement value (int4, int2); else it indexes the row's
+ * codebook, codebook + row * cb_stride (cb_stride 0: one codebook for the layer). */
+typedef struct {
+    const uint8_t *data;
+    const int8_t *codebook;
+    int32_t bits, k, row_bytes, cb_stride;
+} tt_wpack;
+
+/* Row `row` of a packed layer as k int8 values (runtime/tt_wpack.c). */
+void tt_wpack_row(const tt_wpack *w, int32_t row, int8_t *dst);
+
 /* MultiplyByQuantizedMultiplier: acc * multiplier * 2^(shift - 31), rounded. */
 int32_t tt_requant(int32_t acc, int32_t multiplier, int32_t shift);
 
@@ -82,7 +95,24 @@ void tt_softmax_s8(const tt_softmax_params *p, const int8_t *in, int8_t *out,
                    const int32_t *table);
 void tt_add_s8_lut(const tt_add_params *p, const int8_t *a, const int8_t *b, int8_t *out,
                    const int32_t *ta, const int32_t *tb);
+/* Pruned fully connected (tt_sparse.c): `nz` holds each non-zero as (int8 weight << 16 |
+ * column), rows in order, `counts` each row's number of non-zeros; `scratch` holds in_n
+ * int16. */
+void tt_dense_s8_sparse(const tt_dense_params *p, const int8_t *in, const int32_t *nz,
+                        const uint16_t *counts, const int32_t *bias, const int32_t *mult,
+                        const int32_t *shift, int8_t *out, int16_t *scratch);
 
+/* Packed-weight kernels: the portable kernels' arithmetic on one output channel's row at a
+ * time, unpacked into `scratch` (k bytes of arena) by tt_wpack_row. */
+void tt_conv2d_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
+                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                         int8_t *out, int8_t *scratch);
+void tt_depthwise_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
+                            const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                            int8_t *out, int8_t *scratch);
+void tt_dense_s8_packed(const tt_dense_params *p, const int8_t *in, const tt_wpack *w,
+                        const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                        int8_t *out, int8_t *scratch);
 
 /* Cortex-M4/M7 DSP variants (built only where __ARM_FEATURE_DSP is set).
  * Weights are padded to a multiple of 4 input channels; `scratch` is arena memory. */

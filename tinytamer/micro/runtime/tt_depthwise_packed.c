@@ -1,0 +1,36 @@
+/* Depthwise convolution over packed weights (int4, int2, shared): per channel, its k_h x k_w
+ * row is unpacked once into the arena, then every output pixel of that channel is computed
+ * with tt_depthwise_s8's integer arithmetic. */
+#include "tt_kernels.h"
+#include "tt_fixedpoint.h"
+
+void tt_depthwise_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
+                            const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                            int8_t *out, int8_t *scratch)
+{
+    const int32_t c_n = p->in_c;
+    for (int32_t c = 0; c < c_n; ++c) {
+        tt_wpack_row(w, c, scratch);
+        for (int32_t oy = 0; oy < p->out_h; ++oy) {
+            for (int32_t ox = 0; ox < p->out_w; ++ox) {
+                int32_t acc = bias[c];
+                for (int32_t ky = 0; ky < p->k_h; ++ky) {
+                    const int32_t iy = oy * p->stride_h - p->pad_h + ky;
+                    if (iy < 0 || iy >= p->in_h) {
+                        continue;
+                    }
+                    for (int32_t kx = 0; kx < p->k_w; ++kx) {
+                        const int32_t ix = ox * p->stride_w - p->pad_w + kx;
+                        if (ix < 0 || ix >= p->in_w) {
+                            continue;
+                        }
+                        acc += ((int32_t)in[(iy * p->in_w + ix) * c_n + c] - p->in_zp)
+                               * (int32_t)scratch[ky * p->k_w + kx];
+                    }
+                }
+                acc = tt_requant_inline(acc, mult[c], shift[c]) + p->out_zp;
+                out[(oy * p->out_w + ox) * c_n + c] = tt_clamp(acc, p->act_min, p->act_max);
+            }
+        }
+    }
+}

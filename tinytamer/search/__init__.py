@@ -1,0 +1,1 @@
+"""Hardware-aware search: cost models measured on the target, HAQ, and the executors that run the work."""
