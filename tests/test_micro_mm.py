@@ -54,21 +54,18 @@ def test_fast_requant_equals_reference_requantization():
                 assert rq[c][0] == op.bias[c]
 
 
-def test_fast_requant_refuses_what_it_cannot_do_exactly():
+def test_fast_requant_marks_what_it_cannot_do_exactly_per_channel():
+    """A channel the single-multiply form cannot take gets a general-form record (rshift 0);
+    the layer keeps the fast kernel (tests/test_micro_requant.py: every record kind)."""
     rng = np.random.default_rng(1)
-    # A left shift (real multiplier >= 0.5) or one of 0.5..1 (rshift 0): not handled.
-    assert schedule.fast_requant(_conv_op(rng, 2, 1, [1 << 30] * 2, [-1, 0])) is None
-    assert schedule.fast_requant(_conv_op(rng, 2, 1, [1 << 30] * 2, [-1, 2])) is None
-    # Too small a multiplier: the offset would not fit in int32.
-    too_far = -(schedule.RQ_MAX_RSHIFT + 1)
-    assert schedule.fast_requant(_conv_op(rng, 2, 1, [1 << 30] * 2, [-3, too_far])) is None
+    # A left shift (real multiplier >= 0.5) or one of 0.5..1 (rshift 0).
+    assert schedule.fast_requant(_conv_op(rng, 2, 1, [1 << 30] * 2, [-1, 0]))[1][2] == 0
+    assert schedule.fast_requant(_conv_op(rng, 2, 1, [1 << 30] * 2, [-1, 2]))[1][2] == 0
     # An accumulator that could reach 2^30: 2 acc would overflow in SMMULR.
     big = _conv_op(rng, 2, 1, [1 << 30] * 2, [-3, -3])
     big.bias[1] = 1 << 30
-    assert schedule.fast_requant(big) is None
-    # ... and then the kernel choice falls back to the general im2col kernel.
-    assert schedule.space(big, True)["kernel"][0] == "im2col"
-    assert schedule.resolve(big, True)["kernel"] == "im2col"
+    assert schedule.fast_requant(big)[1][2] == 0
+    assert schedule.resolve(big, True)["kernel"] == "mm"
 
 
 @pytest.mark.parametrize("pack", ["channel", "flat"])
@@ -104,7 +101,7 @@ def _mode_graph(seed: int = 0):
     form): ReLU with a narrow range, a fused add
     whose both clamps are the whole int8 range, plain full range with odd channels, and a
     fused add whose final multiplier is too small for the single-multiply form, and a last
-    convolution whose multiplier needs a left shift (so it keeps the general kernel)."""
+    convolution whose multiplier is in [0.5, 1) (general-form records in the "mm" kernel)."""
     rng = np.random.default_rng(seed)
 
     def w(*shape):
@@ -142,9 +139,8 @@ def test_every_mm_schedule_is_bit_exact(tmp_path, unroll, weights, pack):
         for op in g.ops:
             if isinstance(op, Conv2D) and not op.depthwise:
                 op.schedule = {"kernel": "mm", "unroll": unroll, "weights": weights, "pack": pack}
-                # "head"'s multiplier is in [0.5, 1): the general kernel.
-                expect = "im2col" if op.name == "head" else "mm"
-                assert schedule.resolve(op, True)["kernel"] == expect, op.name
+                # "head"'s multiplier is in [0.5, 1): general-form records, still "mm".
+                assert schedule.resolve(op, True)["kernel"] == "mm", op.name
         cm = codegen.generate(g, dsp=True)
         if k == 0:
             src = cm.files["model.c"]

@@ -1,6 +1,8 @@
-"""Pruned weights on the device: the sparse fully connected kernel is bit-exact with the
-integer reference, stores fewer bytes and, at 90% sparsity, runs in at most a third of the
-dense SIMD kernel's estimated cycles on the emulated Cortex-M4."""
+"""Pruned weights on the device: the sparse weight forms (tinytamer.micro.weights) are chosen
+per layer from the weights, their fully connected and convolution kernels are bit-exact with
+the integer reference, they store fewer bytes and, at 90% sparsity, a fully connected layer
+runs in at most a third of the dense SIMD kernel's estimated cycles on the emulated
+Cortex-M4."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import shutil
 import numpy as np
 import pytest
 
-from tinytamer.micro import codegen, reference, toolchain
+from tinytamer.micro import codegen, reference, toolchain, weights
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Graph
-from tinytamer.micro.ops import OPS, Dense
+from tinytamer.micro.ops import OPS, Conv2D, Dense
 from tinytamer.micro.session import Session
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
@@ -20,17 +22,46 @@ arm = pytest.mark.skipif(not toolchain.arm_available(),
                          reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
 
 
+def _pruned(rng, shape, density: float, values: int | None = None) -> np.ndarray:
+    """Int weights with about ``density`` non-zeros; ``values``: drawn from that many
+    (k-means shared), else from all of int8."""
+    pool = rng.integers(-127, 128, values) if values else np.arange(-127, 128)
+    w = rng.choice(pool[pool != 0], size=shape)
+    w[rng.random(shape) >= density] = 0
+    return w
+
+
 def _fc(out_n: int, in_n: int, density: float, seed: int = 0, zero_rows: int = 0,
-        kernel: str | None = None) -> Graph:
+        form: str | None = None, values: int | None = None) -> Graph:
     rng = np.random.default_rng(seed)
     b = GraphBuilder((in_n,), 0.02, 3)
-    w = rng.integers(-127, 128, (out_n, in_n))
-    w[rng.random((out_n, in_n)) >= density] = 0
+    w = _pruned(rng, (out_n, in_n), density, values)
     w[:zero_rows] = 0  # rows whose every weight was pruned
     o = b.dense(b.input, w, rng.uniform(0.002, 0.02, out_n), rng.normal(0, 1, out_n), 0.1, 1)
-    g = b.graph(o)
-    if kernel is not None:
-        g.ops[0].schedule = {"kernel": kernel}
+    return _form(b.graph(o), form)
+
+
+def _conv(form: str | None, density: float, seed: int = 0, values: int | None = None,
+          pointwise: bool = False) -> Graph:
+    """A padded strided 3x3 conv with a residual add fused into the next (pointwise or 3x3)
+    conv: the patch edges, the fused output and the 4-wide unpacking's tails (7 channels)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((9, 11, 7), 0.02, 2)
+    c1 = b.conv(b.input, _pruned(rng, (13, 7, 3, 3), density, values),
+                rng.uniform(0.002, 0.02, 13), rng.normal(0, 1, 13), 0.05, -4, stride=(2, 1),
+                padding=(1, 1), relu="relu", name="c1")
+    k = 1 if pointwise else 3
+    c2 = b.conv(c1, _pruned(rng, (13, 13, k, k), density, values),
+                rng.uniform(0.002, 0.02, 13), None, 0.06, 3, padding=(k // 2, k // 2),
+                name="c2")
+    return _form(b.graph(b.add(c2, c1, 0.07, -1, name="res")), form)
+
+
+def _form(g: Graph, form: str | None) -> Graph:
+    if form is not None:
+        for op in g.ops:
+            if hasattr(op, "weight_form"):
+                op.weight_form = form
     return g
 
 
@@ -40,7 +71,8 @@ def _inputs(g: Graph, n: int, seed: int = 5) -> np.ndarray:
 
 
 def _want(g: Graph, xs: np.ndarray) -> np.ndarray:
-    return np.stack([reference.run(g, x).reshape(-1) for x in xs])
+    shape = g.tensors[g.input].shape
+    return np.stack([reference.run(g, x.reshape(shape)).reshape(-1) for x in xs])
 
 
 def _device_run(g: Graph, x: np.ndarray, tmp_path) -> tuple[np.ndarray, int]:
@@ -52,38 +84,116 @@ def _device_run(g: Graph, x: np.ndarray, tmp_path) -> tuple[np.ndarray, int]:
         return sess.read(t_out), r.est_cycles
 
 
-def test_sparse_is_the_default_below_the_break_even_density():
-    d = OPS[Dense]
-    for dsp in (False, True):
-        assert d.resolve(_fc(8, 64, 0.1).ops[0], dsp)["kernel"] == "sparse"
-        assert d.resolve(_fc(8, 64, 0.4).ops[0], dsp)["kernel"] != "sparse"
-        assert "sparse" not in d.space(_fc(8, 64, 0.9).ops[0], dsp)["kernel"]
+# ----------------------------------------------------------------------------- the forms
+
+
+@pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
+def test_sparse_forms_unpack_to_the_same_integers(form):
+    rng = np.random.default_rng(0)
+    for shape, density, values in [((7, 37), 0.1, None), ((120, 400), 0.08, 16),
+                                   ((5, 1), 0.0, None), ((6, 25), 0.3, 4), ((3, 900), 0.01, 3),
+                                   ((4, 300), 1.0, 200)]:
+        w = _pruned(rng, shape, density, values).astype(np.int8)
+        w[0] = 0  # an empty row
+        p = weights.pack(w, form)
+        np.testing.assert_array_equal(p.unpack(), w)
+        assert int(p.counts.sum()) >= np.count_nonzero(w)
+
+
+def test_sparse_shared_layout_gaps_fillers_and_codebooks():
+    rng = np.random.default_rng(1)
+    # Gaps longer than the widest gap field (1% density over 900 columns): filler entries
+    # skip them.
+    w = _pruned(rng, (3, 900), 0.01, 3).astype(np.int8)
+    p = weights.pack(w, "sparse_shared")
+    assert int(p.counts.sum()) > np.count_nonzero(w)
+    assert (p.idx_bits, p.cb_stride) == (2, 0)  # 3 values: one 4-entry codebook
+    # The int8 quantizer's per-channel scales: each row has its own few values.
+    rows = [rng.choice(rng.integers(-127, 128, 8), 400) * (rng.random(400) < 0.1)
+            for _ in range(32)]
+    p = weights.pack(np.array(rows, np.int8), "sparse_shared")
+    assert (p.idx_bits, p.cb_stride) == (3, 8)
+    np.testing.assert_array_equal(p.unpack(), np.array(rows, np.int8))
+
+
+def test_choose_picks_sparse_forms_per_layer():
+    rng = np.random.default_rng(2)
+    pruned = _pruned(rng, (64, 256), 0.1)  # pruned only: all of int8's values
+    assert weights.choose(pruned, 8) == "sparse"
+    assert weights.choose(pruned, 8, sparse=False) == "int8"  # an op with no sparse kernel
+    assert weights.choose(_pruned(rng, (64, 256), 0.4), 8) == "int8"  # above break-even
+    # Pruned and shared (16 values): the stream with a codebook, far smaller than the words.
+    ds = _pruned(rng, (64, 256), 0.1, 16)
+    assert weights.choose(ds, 8) == "sparse_shared"
+    assert weights.choose(ds, 8, sparse=False) == "shared"
+    assert weights.pack(ds, "sparse_shared").flash_bytes < weights.pack(ds, "sparse").flash_bytes / 3
+    # Dense and shared stays shared: the sparse forms only hold sparse layers.
+    assert weights.choose(_pruned(rng, (64, 256), 1.0, 16), 8) == "shared"
+
+
+def test_the_form_decides_the_kernel():
+    for op_def, g in ((OPS[Dense], _fc(8, 64, 0.1, form="sparse")),
+                      (OPS[Conv2D], _conv("sparse_shared", 0.1))):
+        op = g.ops[0]
+        for dsp in (False, True):
+            assert op_def.resolve(op, dsp)["kernel"] == "sparse"
+        op.weight_form = "int8"
+        assert "sparse" not in op_def.space(op, True)["kernel"]
 
 
 def test_sparse_weights_take_fewer_bytes():
-    g = _fc(64, 256, 0.1)
+    g = _fc(64, 256, 0.1, form="sparse")
     op, d = g.ops[0], OPS[Dense]
-    sparse = d.weight_array(op, True).nbytes + 2 * op.weight.shape[0]  # + row counts
+    sparse = weights.pack(op.weight, "sparse").flash_bytes  # words + row counts
     op.schedule = {"kernel": "simd"}
     dense = d.weight_array(op, True).nbytes
     assert sparse < 0.5 * dense
 
 
+# ----------------------------------------------------------------------------- kernels
+
+
 @needs_gcc
+@pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
 @pytest.mark.parametrize(("density", "zero_rows"), [(0.0, 0), (0.1, 3), (0.5, 2), (1.0, 1)])
-def test_sparse_kernel_is_bit_exact_on_the_host(tmp_path, density, zero_rows):
-    g = _fc(7, 37, density, seed=int(density * 10), zero_rows=zero_rows, kernel="sparse")
+def test_sparse_fc_is_bit_exact_on_the_host(tmp_path, form, density, zero_rows):
+    g = _fc(7, 37, density, seed=int(density * 10), zero_rows=zero_rows, form=form)
     cm = codegen.generate(g)
     xs = _inputs(g, 4)
     exe = toolchain.host_build(cm, tmp_path)
     np.testing.assert_array_equal(toolchain.host_run(exe, xs, cm.output_size), _want(g, xs))
 
 
+@needs_gcc
+@pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
+@pytest.mark.parametrize(("density", "pointwise"), [(0.1, False), (0.1, True), (0.6, False)])
+def test_sparse_conv_is_bit_exact_on_the_host(tmp_path, form, density, pointwise):
+    g = _conv(form, density, values=12 if form == "sparse_shared" else None,
+              pointwise=pointwise)
+    cm = codegen.generate(g)
+    assert "".join(cm.files.values()).count("tt_conv2d_s8_sparse(") >= 2
+    xs = _inputs(g, 3)
+    exe = toolchain.host_build(cm, tmp_path)
+    np.testing.assert_array_equal(toolchain.host_run(exe, xs, cm.output_size), _want(g, xs))
+
+
 @arm
+@pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
 @pytest.mark.parametrize(("density", "zero_rows"), [(0.0, 0), (0.1, 5), (1.0, 1)])
-def test_sparse_kernel_is_bit_exact_on_the_device(tmp_path, density, zero_rows):
+def test_sparse_fc_is_bit_exact_on_the_device(tmp_path, form, density, zero_rows):
     # 37 inputs: the 4-wide unpacking and the 4-wide multiply loop both have a tail.
-    g = _fc(21, 37, density, seed=3, zero_rows=zero_rows, kernel="sparse")
+    g = _fc(21, 37, density, seed=3, zero_rows=zero_rows, form=form)
+    x = _inputs(g, 1)[0]
+    out, _ = _device_run(g, x, tmp_path)
+    np.testing.assert_array_equal(out, _want(g, x[None])[0])
+
+
+@arm
+@pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
+@pytest.mark.parametrize("pointwise", [False, True])
+def test_sparse_conv_is_bit_exact_on_the_device(tmp_path, form, pointwise):
+    g = _conv(form, 0.1, seed=4, values=12 if form == "sparse_shared" else None,
+              pointwise=pointwise)
     x = _inputs(g, 1)[0]
     out, _ = _device_run(g, x, tmp_path)
     np.testing.assert_array_equal(out, _want(g, x[None])[0])
@@ -96,7 +206,8 @@ def test_90_percent_sparse_fc_runs_in_a_third_of_the_dense_cycles(tmp_path):
     x = _inputs(_fc(128, 512, 0.1), 1)[0]
     cycles = {}
     for kernel in ("simd", "sparse"):
-        g = _fc(128, 512, 0.1, kernel=kernel)
+        g = _fc(128, 512, 0.1, form="sparse")
+        g.ops[0].schedule = {"kernel": kernel}
         out, cycles[kernel] = _device_run(g, x, tmp_path / kernel)
         np.testing.assert_array_equal(out, _want(g, x[None])[0])
     assert cycles["sparse"] <= cycles["simd"] / 3, cycles

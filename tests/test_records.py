@@ -16,6 +16,7 @@ from tinytamer.records import (
     ChannelPruneRecord,
     DeployRecord,
     FixedPointRecord,
+    HaqRecord,
     LowRankRecord,
     PruneRecord,
     QuantizeRecord,
@@ -88,6 +89,11 @@ def _samples() -> list[Record]:
         stage(BenchRecord, 13, bench=[{"target": "torch", "precision": "fp32", "batch": 1}],
               best={"target": "torch", "precision": "fp32", "speedup": 1.0, "acc_delta": 0.0},
               max_acc_drop=None),
+        stage(HaqRecord, 14, resource="cortex-m4 flash", resource_unit="bytes",
+              resource_source="measured", budget=9000.0, resource_cost=8800.0,
+              resource_cost_8bit=18000.0, quantizer="linear", episodes=2, val_accuracy_fp=0.9,
+              val_accuracy=0.88, reward=-0.002, policy={"fc1": {"w_bits": 4, "a_bits": 8}},
+              history="h.json", reward_plot="r.png", policy_plot="p.png"),
     ]
 
 

@@ -57,6 +57,14 @@ SetOpt = Annotated[list[str] | None, typer.Option(
                   "(see `tamer list recipe`)")]
 OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing run folder of the same name")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress bars")]
+# The search commands' executor options: pass them to tinytamer.search.executor.make_executor.
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where search trials run: local or ray")]
+AddressOpt = Annotated[str | None, typer.Option(
+    "--address", help="ray: join this cluster ('auto': the one running here; or host:port); "
+                      "default: start a private local Ray instance")]
+WorkersOpt = Annotated[int, typer.Option(
+    "--workers", min=0, help="local: worker processes (0: in this process); ray: CPUs of the local "
+                             "instance (0: all)")]
 
 
 def _echo(text: str) -> None:
@@ -456,6 +464,45 @@ def report(run_folder: Annotated[Path, typer.Argument(help="a run folder")]) -> 
     _echo(f"report: {write_report(RunDir.open(run_folder))}")
 
 
+@app.command()
+def lut(target: Annotated[str, typer.Option(help="cortex-m4, cortex-m7 (cycles, instructions, "
+                                             "flash, SRAM) or onnxruntime (latency)")],
+        model: Annotated[str, typer.Option(help="zoo model name or package.module:factory")],
+        space: Annotated[str, typer.Option(help="model (as given) or bits (weights at 2-8 bits: "
+                                                "covers every mixed-bit configuration)")] = "model",
+        out: Annotated[Path | None, typer.Option(help="the table (JSON; an existing one is "
+                                                      "resumed and extended)")] = None,
+        memory_profile: Annotated[str | None, typer.Option(
+            help="micro: the memory profile cycles are estimated under (default: the board)")] = None,
+        input_shape: Annotated[str | None, typer.Option(
+            help="one sample's shape, e.g. 3,32,32 (default: the zoo model's)")] = None,
+        quiet: QuietOpt = False) -> None:
+    """Build a cost lookup table: measure each layer of MODEL on TARGET (resumable)."""
+    import torch
+    from rich.progress import Progress
+
+    from tinytamer.search import cost
+    from tinytamer.zoo import create, model_info
+
+    if input_shape is not None:
+        shape = tuple(int(v) for v in input_shape.split(","))
+    elif ":" in model:
+        raise TamerError("--input-shape is needed for a model given by import path")
+    else:
+        shape = model_info(model).input_shape
+    net = create(model, in_channels=shape[0], input_size=shape[-1]).eval()
+    example = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    configs = cost.space_configs(net, space, example)
+    path = out or Path(f"lut-{target}-{model.replace(':', '_')}.json")
+    with Progress(console=console, disable=quiet) as bar:
+        task = bar.add_task(f"measuring on {target}", total=len(configs))
+        table = cost.build(configs, target, path, example=example, memory_profile=memory_profile,
+                           progress=lambda name, i, n: bar.update(task, completed=i,
+                                                                  description=name))
+    _echo(f"table:      {path} ({len(table.entries)} layers, {len(table.done)} configurations"
+          + (f", cycles under {table.memory_profile})" if table.memory_profile else ")"))
+
+
 def _doc_line(obj: Any) -> str:
     return (obj.__doc__ or "").strip().split("\n")[0]
 
@@ -563,6 +610,38 @@ def list_cmd(what: Annotated[str, typer.Argument(help="models, datasets, stages,
     for item in items:
         _echo(item)
     return None
+
+
+search_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                         help="Hardware-aware search: the target tells the search what a choice costs.")
+app.add_typer(search_app, name="search")
+
+
+@search_app.command(name="haq")
+def search_haq(resource: Annotated[str, typer.Option(
+                   help="flash (measured per build), weight_flash, cycles or file_bytes")] = "flash",
+               ratio: Annotated[float, typer.Option(help="budget: this share of the 8-bit "
+                                                    "figure")] = 0.5,
+               budget: Annotated[float | None, typer.Option(help="absolute budget (bytes or "
+                                                            "cycles; overrides --ratio)")] = None,
+               episodes: Annotated[int, typer.Option(help="search episodes")] = 300,
+               device: Annotated[str, typer.Option(help="cortex-m4 or cortex-m7")] = "cortex-m4",
+               deploy: Annotated[bool, typer.Option(help="then deploy to DEVICE and score it on "
+                                                    "the emulated device")] = True,
+               model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+               root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
+               sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
+               overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+    """HAQ: per-layer weight and activation bits under a flash, cycle or file-size budget,
+    then the compressed file and (by default) the micro deployment."""
+    params = {"resource": resource, "ratio": ratio, "episodes": episodes, "device": device,
+              **({"budget": budget} if budget is not None else {}), **_parse_sets(sets)}
+    extra: list[dict[str, Any]] = [{"save_compressed": {}}]
+    if deploy:
+        extra.append({"deploy": {"target": device}})
+    _one_stage("haq", params, name=name, runs=runs, model=model, weights=weights, data=data,
+               root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
+               extra_stages=extra, what=f"{resource} budget on {device}")
 
 
 def main() -> None:

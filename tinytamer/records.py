@@ -204,6 +204,29 @@ class SaveCompressedRecord(StageRecord):
     by_encoding: dict[str, dict[str, int]]
 
 
+class HaqRecord(StageRecord):
+    """The ``haq`` stage (tinytamer.search.haq): the bit policy found, its cost and reward."""
+
+    STAGE: ClassVar[str | None] = "haq"
+
+    resource: str = Field(description="what the budget limits, e.g. 'cortex-m4 flash'")
+    resource_unit: str
+    resource_source: str = Field(description="how the cost was obtained: measured or predicted")
+    budget: float
+    resource_cost: float = Field(description="the chosen policy's resource figure (within budget)")
+    resource_cost_8bit: float = Field(description="the same figure with 8 bits everywhere")
+    quantizer: Literal["linear", "kmeans"]
+    episodes: int
+    val_accuracy_fp: float = Field(description="full precision, on the validation split")
+    val_accuracy: float = Field(description="the policy after the episode's short fine-tune")
+    reward: float
+    policy: dict[str, dict[str, int]] = Field(description="layer -> w_bits, a_bits")
+    history: str = Field(description="every episode (bits, cost, accuracy, reward), relative "
+                         "to the run")
+    reward_plot: str
+    policy_plot: str
+
+
 class TargetRecord(StageRecord):
     """A stage that ran the model on a target: where, at which precision, and its parity."""
 

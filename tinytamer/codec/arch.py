@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import is_parametrized
 
 from tinytamer.errors import CodecError, ModelError
 
@@ -128,7 +129,7 @@ def _describe(module: nn.Module, path: str, depth: int = 0) -> dict[str, Any]:
     if isinstance(module, torch.fx.GraphModule):
         raise ModelError(f"module '{where}' is a torch.fx GraphModule; describe its source module instead")
     hooks = [h for h in ("_forward_hooks", "_forward_pre_hooks") if getattr(module, h)]
-    if hooks or cls.__name__.startswith("Parametrized"):
+    if hooks or is_parametrized(module):
         raise ModelError(
             f"module '{where}' carries forward hooks or parametrizations (e.g. pruning masks or "
             "weight sharing still in training form): make them permanent before saving"

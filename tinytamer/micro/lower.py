@@ -209,7 +209,9 @@ def lower(gm: fx.GraphModule, example_input: torch.Tensor) -> Graph:
     w_bits = {name: m.w_bits for name, m in gm.named_modules() if isinstance(m, QuantWeight)}
     for op in g.ops:
         if hasattr(op, "weight_form") and op.name in w_bits:
-            op.weight_form = weights.choose(op.weight, w_bits[op.name])
+            # Sparse kernels exist for fully connected and groups-1 convolution layers.
+            op.weight_form = weights.choose(op.weight, w_bits[op.name],
+                                            sparse=getattr(op, "groups", 1) == 1)
     return g
 
 

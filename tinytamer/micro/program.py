@@ -120,22 +120,35 @@ class MicroProgram:
 
 
 SCHEDULES = ("default", "portable", "tuned")
+KERNELS = ("tinytamer", "cmsis-nn")
 
 
 def build_program(gm: fx.GraphModule, example_input: torch.Tensor, device: str,
                   workdir: str | Path, *, graph: Graph | None = None,
-                  schedules: str = "default", tuning_log: str | Path | None = None
+                  schedules: str = "default", tuning_log: str | Path | None = None,
+                  kernels: str = "tinytamer", cmsis_nn_root: str | Path | None = None,
+                  memory_profile: str = "ideal", flash_budget: int | None = None
                   ) -> MicroProgram:
     """Lower (unless ``graph`` is given), schedule, generate C and build it for ``device``.
 
     ``schedules``: "default" (the DSP kernels where the device has them), "portable" (the
     portable C kernels everywhere: the untuned baseline) or "tuned" (measured per layer on
-    the emulated device, :mod:`tinytamer.micro.tuning`, reusing ``tuning_log``).
+    the emulated device under ``memory_profile``, within ``flash_budget`` bytes of flash,
+    :mod:`tinytamer.micro.tuning`, reusing ``tuning_log``).
+    ``kernels`` "cmsis-nn" runs the ops CMSIS-NN can run bit-exactly with CMSIS-NN's kernels,
+    built from the tree at ``cmsis_nn_root`` or ``$CMSIS_NN_ROOT`` (:mod:`tinytamer.micro.cmsis`).
     """
     if device not in DEVICES:
         raise ModelError(f"micro: unknown device '{device}'; choose one of {DEVICES}")
     if schedules not in SCHEDULES:
         raise ModelError(f"micro: schedules must be one of {SCHEDULES}, got '{schedules}'")
+    if kernels not in KERNELS:
+        raise ModelError(f"micro: kernels must be one of {KERNELS}, got '{kernels}'")
+    backend = None
+    if kernels == "cmsis-nn":
+        from tinytamer.micro import cmsis
+
+        backend = cmsis.backend(cmsis_nn_root, dsp=device != "host")  # the tree is checked first
     g = graph if graph is not None else lower(gm, example_input)
     tuning_report = None
     if schedules == "portable":
@@ -144,8 +157,9 @@ def build_program(gm: fx.GraphModule, example_input: torch.Tensor, device: str,
     elif schedules == "tuned" and device != "host":
         from tinytamer.micro.tuning import tune
 
-        tuning_report = tune(g, device, log=tuning_log)
-    cm = codegen.generate(g, dsp=device != "host")
+        tuning_report = tune(g, device, log=tuning_log, profile=memory_profile,
+                             flash_budget=flash_budget)
+    cm = codegen.generate(g, dsp=device != "host", backend=backend)
     d = Path(workdir)
     cm.write(d / "src")
     prog = MicroProgram(g, cm, device, d)
@@ -155,6 +169,9 @@ def build_program(gm: fx.GraphModule, example_input: torch.Tensor, device: str,
         prog.arm = toolchain.arm_build(cm, d / device, device)
     prog.info["memory_plan"] = cm.plan.report(g)
     prog.info["schedules"] = schedules
+    prog.info["kernels"] = kernels
+    if cm.fallbacks:  # layers the backend left to tinytamer's kernels, and why
+        prog.info["kernel_fallbacks"] = cm.fallbacks
     if tuning_report is not None:
         prog.info["tuning"] = tuning_report
     return prog

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from tinytamer.micro.fixedpoint import RQ_MAX_RSHIFT
 from tinytamer.micro.ir import Graph, Op
 from tinytamer.micro.ops import op_def
 from tinytamer.micro.ops.add import add_fast_requant, add_tables
-from tinytamer.micro.ops.base import RQ_MAX_RSHIFT
-from tinytamer.micro.ops.conv import fast_requant
+from tinytamer.micro.ops.conv import fast_requant, requant_plan
 
-__all__ = ["RQ_MAX_RSHIFT", "add_fast_requant", "add_tables", "fast_requant", "resolve",
-           "scratch_bytes", "space", "weight_array"]
+__all__ = ["RQ_MAX_RSHIFT", "add_fast_requant", "add_tables", "fast_requant", "requant_fallback",
+           "requant_plan", "resolve", "scratch_bytes", "space", "weight_array"]
 
 
 def space(op: Op, dsp: bool) -> dict[str, list]:
@@ -43,3 +43,19 @@ def weight_array(op: Op, dsp: bool) -> np.ndarray:
 def scratch_bytes(g: Graph, op: Op, dsp: bool) -> int:
     """Arena bytes the op's kernel variant needs for the duration of the op."""
     return op_def(op).scratch_bytes(g, op, dsp)
+
+
+def requant_fallback(g: Graph, dsp: bool) -> dict[str, int]:
+    """{layer: channels} of the layers whose fast kernel ("mm", "simd") requantizes some
+    channels in the general form (a multiplier of 0.5 or more, or too small for the
+    single-multiply form and not constant): the per-channel fallback, which costs cycles
+    and is reported, never silent."""
+    out = {}
+    for op in g.ops:
+        if getattr(op, "weight", None) is None or op_def(op).resolve(op, dsp).get("kernel") \
+                not in ("mm", "simd"):
+            continue
+        n = requant_plan(op, g.tensors[op.output].zero_point).general
+        if n:
+            out[op.name] = n
+    return out

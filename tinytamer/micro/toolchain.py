@@ -88,9 +88,14 @@ def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
 
 
 def _sources(cm: CModel, d: Path, main: str) -> list[str]:
+    """The model, the kernels, ``main`` and a kernel backend's sources (cmsis-nn)."""
     cm.write(d)
     return [str(d / "model.c"), *(str(RUNTIME_DIR / s) for s in KERNEL_SOURCES),
-            str(RUNTIME_DIR / main)]
+            str(RUNTIME_DIR / main), *(str(p) for p in cm.sources)]
+
+
+def _includes(cm: CModel, d: Path) -> list[str]:
+    return [f"-I{p}" for p in (d, RUNTIME_DIR, *cm.include_dirs)]
 
 
 def host_build(cm: CModel, workdir: str | Path, *, sanitize: bool = False) -> Path:
@@ -103,7 +108,7 @@ def host_build(cm: CModel, workdir: str | Path, *, sanitize: bool = False) -> Pa
     if sanitize:
         flags += ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                   "-fno-omit-frame-pointer"]
-    _run([gcc, *flags, "-I", str(d), "-I", str(RUNTIME_DIR), *_sources(cm, d, "main_host.c"),
+    _run([gcc, *flags, *_includes(cm, d), *_sources(cm, d, "main_host.c"),
           "-o", str(exe)], "host gcc build")
     return exe
 
@@ -158,7 +163,7 @@ def arm_build(cm: CModel, workdir: str | Path, cpu_name: str = "cortex-m4", *,
              *(["-DTT_DSP=1"] if c.dsp else [])]
     srcs = [*_sources(cm, d, "main_semihost.c"), str(RUNTIME_DIR / "startup_cm.c"),
             str(RUNTIME_DIR / "semihost.c"), str(d / "inputs.c")]
-    _run([gcc, *flags, "-I", str(d), "-I", str(RUNTIME_DIR), *srcs, "-nostartfiles",
+    _run([gcc, *flags, *_includes(cm, d), *srcs, "-nostartfiles",
           "--specs=nano.specs", "-T", str(RUNTIME_DIR / "cortexm.ld"),
           f"-Wl,-Map={d / 'model.map'}", "-Wl,--gc-sections", "-o", str(elf)],
          f"arm-none-eabi-gcc build for {c.name}")

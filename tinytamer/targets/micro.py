@@ -15,22 +15,27 @@ it), and reads flash from the linked ELF.
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import fx, nn
 
 from tinytamer.errors import TamerError
-from tinytamer.micro import toolchain
+from tinytamer.fileio import write_atomic
+from tinytamer.micro import schedule, toolchain
 from tinytamer.micro.cost import CYCLE_TABLES
 from tinytamer.micro.firmware import write_firmware
-from tinytamer.micro.profiles import BOARD, get_profile
+from tinytamer.micro.profiles import BOARD, PROFILES, get_profile
 from tinytamer.micro.program import MicroProgram, build_program
+from tinytamer.micro.tuning import default_flash_budget, tuning_table
 from tinytamer.qgraph import as_graph_module, is_quantized
 from tinytamer.targets._torchutil import Batch, as_inputs, parity_inputs, require_calib, verify
 from tinytamer.targets.base import Cost, Deployed, ParityError, register_target
@@ -39,6 +44,7 @@ from tinytamer.targets.options import TargetOptions
 # Test samples scored by default through an emulated device: about 24 ms each, so 1,000
 # take half a minute where a whole 10,000-image test set took four minutes in silence.
 EMULATED_EVAL_LIMIT = 1000
+log = logging.getLogger(__name__)
 
 
 class BudgetExceeded(TamerError):
@@ -46,13 +52,12 @@ class BudgetExceeded(TamerError):
 
 
 class MicroDeployed(Deployed):
-    def __init__(self, program: MicroProgram, example: np.ndarray, **kw: Any) -> None:
+    def __init__(self, program: MicroProgram, example: np.ndarray, *,
+                 memory_profile: str | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.program = program
         self.example = example  # the input measure() runs (costs barely depend on values)
-        # A user deploying to a core wants the figure of a board with it, not a flash
-        # without wait states: measure() reports under the board's profile by default.
-        self.memory_profile = BOARD.get(program.device, "ideal")
+        self.memory_profile = resolve_profile(program.device, memory_profile)
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         q = self.program.quantize_input(arrays[0])
@@ -69,6 +74,7 @@ class MicroDeployed(Deployed):
         cost.extra["arena_bytes"] = p.cmodel.plan.arena_size
         cost.extra["memory_plan"] = p.cmodel.plan.report(p.graph)
         cost.extra["macs"] = p.graph.macs()
+        cost.extra["requant_fallback"] = self.info.get("requant_fallback", {})
         if p.device == "host":
             cost.sram_bytes = p.cmodel.plan.arena_size
             cost.extra["measured_in"] = "host build (no instruction counts)"
@@ -116,9 +122,38 @@ class MicroOptions(TargetOptions):
         "default", description="kernels: default (DSP where the device has it), portable (plain "
         "C), tuned (measured per layer on the emulated device)")
     flash_budget: int | None = Field(None, description="refuse a program larger than this "
-                                     "many bytes of flash")
+                                     "many bytes of flash; schedules=tuned keeps within it "
+                                     "(default there: the profile's part flash less 10%)")
     sram_budget: int | None = Field(None, description="refuse a program needing more than "
                                     "this many bytes of SRAM")
+    memory_profile: str | None = Field(
+        None, description="memory profile the cycle estimates are made under: "
+        f"{', '.join(PROFILES)} (default: the board of the core, "
+        f"{', '.join(f'{k}: {v}' for k, v in BOARD.items())}; ideal: zero-wait flash)")
+
+    @field_validator("memory_profile")
+    @classmethod
+    def _known_profile(cls, v: str | None) -> str | None:
+        if v is not None and v not in PROFILES:
+            raise ValueError(f"unknown memory profile '{v}'; choose one of {sorted(PROFILES)}")
+        return v
+
+    kernels: Literal["tinytamer", "cmsis-nn"] = Field(
+        "tinytamer", description="kernel backend: tinytamer's own, or Arm CMSIS-NN's s8 kernels "
+        "(same graph and memory plan; ops CMSIS-NN would round differently keep ours) built "
+        "from the tree at cmsis_nn_root")
+    cmsis_nn_root: str | None = Field(
+        None, description="CMSIS-NN source tree for kernels: cmsis-nn (default: "
+        "$CMSIS_NN_ROOT); never copied into the output")
+
+
+def resolve_profile(device: str, name: str | None) -> str:
+    """The memory profile ``name`` checked against ``device``'s core, or by default the
+    board a user of that core most likely has: a deploy reports that board's figure, not
+    that of a flash without wait states."""
+    if name is None:
+        return BOARD.get(device, "ideal")
+    return get_profile(name, None if device == "host" else device).name
 
 
 class MicroTarget:
@@ -144,7 +179,9 @@ class MicroTarget:
                 calib: Sequence[Batch] | None = None, qparams: Any = None, threads: int = 1,
                 flash_budget: int | None = None, sram_budget: int | None = None,
                 calib_method: str = "minmax", schedules: str = "default",
-                tuning_log: str | Path | None = None) -> MicroDeployed:
+                tuning_log: str | Path | None = None,
+                memory_profile: str | None = None, kernels: str = "tinytamer",
+                cmsis_nn_root: str | None = None) -> MicroDeployed:
         if precision != "int8":
             raise TamerError(f"target '{self.name}' runs int8 only (asked for '{precision}')")
         if len(example_inputs) != 1:
@@ -156,16 +193,25 @@ class MicroTarget:
         # gcc, QEMU and the emulator get absolute paths: a relative one is read against
         # their working directory, and one starting with '-' would read as an option.
         workdir = Path(workdir).resolve()
+        profile = resolve_profile(self.device, memory_profile)  # a wrong name fails first
         gm = _quantized(self.name, model, calib, qparams, calib_method)
+        # The tuner keeps within the flash budget: the one given, else the part's flash less
+        # a reserve for the user's firmware (tuning.FLASH_RESERVE).
+        tune_budget = flash_budget
+        if tune_budget is None and schedules == "tuned" and self.device != "host":
+            tune_budget = default_flash_budget(self.device, profile)
         program = build_program(gm, example_inputs[0][:1], self.device, workdir,
-                                schedules=schedules, tuning_log=tuning_log)
+                                schedules=schedules, tuning_log=tuning_log, kernels=kernels,
+                                cmsis_nn_root=cmsis_nn_root, memory_profile=profile,
+                                flash_budget=tune_budget)
         _check_budget(self.name, program, flash_budget, sram_budget)
 
         inputs = parity_inputs(example_inputs, calib)
         q = program.quantize_input(inputs[0].detach().numpy())
         want = program.run_reference(q)
         got = program.run_device(q)
-        info: dict[str, Any] = {"bit_exact_inputs": len(q), "memory_plan": program.info}
+        info: dict[str, Any] = {"bit_exact_inputs": len(q), "memory_plan": program.info,
+                                "requant_fallback": _requant_fallback(self.name, program)}
         if not np.array_equal(want, got):
             raise ParityError(f"target '{self.name}': the device output differs from the "
                               "integer reference (bit-exact check)")
@@ -178,11 +224,13 @@ class MicroTarget:
         # The folder a user's firmware takes (micro/firmware.py), once the program is verified.
         info["firmware"] = str(write_firmware(program, workdir / "firmware", q[0]).folder)
         artifacts = [program.workdir / "src" / "model.c", program.workdir / "src" / "model.h"]
+        if "tuning" in program.info:
+            artifacts.append(_tuning_artifact(program, workdir, tune_budget))
         if program.arm is not None:
             artifacts.append(program.arm.elf)
         deployed = MicroDeployed(
             program, example_inputs[0][:1].detach().numpy().astype(np.float32),
-            target=self.name, precision="int8", artifacts=artifacts,
+            memory_profile=profile, target=self.name, precision="int8", artifacts=artifacts,
             input_shapes=[tuple(example_inputs[0].shape[1:])], input_dtypes=["float32"],
             threads=1)
         deployed.info.update(info)
@@ -201,6 +249,29 @@ def _quantized(name: str, model: nn.Module, calib: Sequence[Batch] | None, qpara
 
     batches = [as_inputs(b)[0] for b in require_calib(name, calib)]
     return quantize_ptq(copy.deepcopy(model).eval(), batches, method=method)
+
+
+def _tuning_artifact(program: MicroProgram, workdir: Path, budget: int | None) -> Path:
+    """tuning.json: each tuned layer's cycles-vs-flash choices and the one taken; the same
+    as a short table in the log."""
+    report = program.info["tuning"]
+    path = workdir / "tuning.json"
+    write_atomic(path, json.dumps({"flash_budget": budget, "layers": report}, indent=1))
+    log.info("micro tuning (est. cycles under %s, flash budget %s bytes):\n%s",
+             next(iter(report.values()), {}).get("memory_profile", "ideal"), budget,
+             tuning_table(report))
+    return path
+
+
+def _requant_fallback(name: str, program: MicroProgram) -> dict[str, int]:
+    """{layer: channels} requantized in the general form inside a fast kernel; each such
+    layer is warned about (it costs cycles the layer's other channels do not)."""
+    fallback = schedule.requant_fallback(program.graph, program.device != "host")
+    for layer, n in fallback.items():
+        warnings.warn(f"target '{name}': layer '{layer}' requantizes {n} channel(s) in the "
+                      "general form (multiplier >= 0.5 or too small for the single-multiply "
+                      "form); its other channels keep the fast form", stacklevel=3)
+    return fallback
 
 
 def _check_budget(name: str, program: MicroProgram, flash: int | None, sram: int | None) -> None:

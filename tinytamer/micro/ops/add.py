@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from torch import fx
 
-from tinytamer.micro.fixedpoint import requantize
+from tinytamer.micro.fixedpoint import RQ_MAX_RSHIFT, requantize
 from tinytamer.micro.ir import Graph, Op
 from tinytamer.micro.ops.base import (
-    RQ_MAX_RSHIFT,
     CallSite,
     DeviceOp,
     Pending,

@@ -109,9 +109,6 @@ def windows(x: np.ndarray, kernel, stride, padding, pad_value: int) -> np.ndarra
     return win[:: stride[0], :: stride[1]]
 
 
-# The single-multiply requantization needs e = -shift in [1, RQ_MAX_RSHIFT] (so its offset
-# fits in int32).
-RQ_MAX_RSHIFT = 22
 
 
 def round4(n: int) -> int:

@@ -4,7 +4,7 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
 
 - groups 1: ``kernel`` "mm" (tt_conv2d_s8_mm, runtime/tt_conv.c: im2col to int16, then a
   2 x 2 output-channel x pixel micro-kernel in hand-scheduled SMLAD assembly, with
-  single-multiply requantization; offered where :func:`fast_requant` proves it exact),
+  single-multiply requantization, per channel where :func:`fast_requant` proves it exact),
   "im2col" (tt_conv2d_s8_dsp, runtime/tt_conv.c: the same im2col with compiler-scheduled C
   and the general requantization) or "direct" (tt_conv2d_s8, portable loops, no scratch);
   ``unroll`` 2 or 4 (mm: groups of 4 inputs per inner-loop pass), ``weights`` "int8" (mm:
@@ -15,11 +15,15 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   scalar unpacking - less padding for 1- or 3-channel inputs);
 - depthwise: ``kernel`` "direct" (tt_depthwise_s8) or "simd" (tt_depthwise_s8_dsp,
   runtime/tt_depthwise.c: 4 channels per SXTB16/SMLABB step; needs a multiple of 4
-  channels; single-multiply requantization where :func:`fast_requant` allows);
+  channels; single-multiply requantization per channel, as for "mm");
 - a layer whose ``weight_form`` (:mod:`tinytamer.micro.weights`) is not int8 offers first
   ``kernel`` "packed" (tt_conv2d_s8_packed, runtime/tt_conv_packed.c, or
   tt_depthwise_s8_packed, runtime/tt_depthwise_packed.c): the weights stay packed in flash
-  and each output channel's row is unpacked into the arena once per inference.
+  and each output channel's row is unpacked into the arena once per inference;
+- a convolution (groups 1) whose ``weight_form`` is sparse or sparse_shared offers first
+  ``kernel`` "sparse" (tt_conv2d_s8_sparse, runtime/tt_sparse.c): per output pixel its patch
+  is unpacked once to int16 and each channel's stored non-zeros are multiplied, the zeros
+  skipped (the fully connected sparse kernel's rows, over the im2col patch).
 
 A convolution whose only consumer is the residual add after it can run with the add fused
 into its output (:mod:`tinytamer.micro.planner`).
@@ -33,10 +37,10 @@ import numpy as np
 from torch import fx, nn
 
 from tinytamer.micro import weights
+from tinytamer.micro.fixedpoint import FastRequant, fast_records
 from tinytamer.micro.ir import Graph, Op
 from tinytamer.micro.ops.add import add_fast_requant, add_params, add_tables
 from tinytamer.micro.ops.base import (
-    RQ_MAX_RSHIFT,
     CallSite,
     DeviceOp,
     Pending,
@@ -78,34 +82,26 @@ class Conv2D(Op):
 # Knobs that a conv kernel reads; the others do not change what runs.
 _CONV_KNOBS = {"mm": ("kernel", "unroll", "weights", "pack"), "im2col": ("kernel", "cols", "pack"),
                "direct": ("kernel",),
-               "packed": ("kernel",)}
+               "packed": ("kernel",), "sparse": ("kernel",)}
 
 
-def fast_requant(op: Op, out_zp: int = 0) -> np.ndarray | None:
-    """Per output channel (bias, mult, rshift, offset) for tt_rq_apply, or None when that
-    form is not provably equal to the reference's requantization.
+def fast_requant(op: Op, out_zp: int = 0) -> np.ndarray:
+    """Per output channel (bias, mult, rshift, offset) records for tt_rq_chan, each exact
+    against the reference's requantization (:func:`~tinytamer.micro.fixedpoint.fast_records`:
+    the single-multiply form, a constant, or the general form for that channel alone)."""
+    return requant_plan(op, out_zp).records
 
-    tt_rq_apply computes SRDHM(acc, m) as SMMULR(2 acc, m), exact while 2 acc fits in int32:
-    checked through the worst case |bias| + 255 * sum|w| of each channel (|x - zp| <= 255).
-    RoundingDivideByPOT by e becomes (t + 2^(e-1) - [t < 0]) >> e, which needs e >= 1 (a real
-    multiplier below 0.5, as in every convolution we have met); a left shift is not handled.
-    """
+
+def requant_plan(op: Op, out_zp: int = 0) -> FastRequant:
+    """The records and how many channels are constant or in the general form."""
     w = op.weight.reshape(op.weight.shape[0], -1).astype(np.int64)
-    bound = np.abs(op.bias.astype(np.int64)) + 255 * np.abs(w).sum(axis=1)
-    if np.any(bound >= 1 << 30):
-        return None
-    mult = op.multiplier.astype(np.int64)
-    e = np.where(mult == 0, 1, -op.shift.astype(np.int64))
-    if np.any((e < 1) | (e > RQ_MAX_RSHIFT)):
-        return None
-    offset = (np.int64(1) << (e - 1)) + (np.int64(out_zp) << e)
-    return np.stack([op.bias.astype(np.int64), mult, e, offset], axis=1).astype(np.int32)
+    return fast_records(op.bias, op.multiplier, op.shift, np.abs(w).sum(axis=1), out_zp)
 
 
 class ConvOp(DeviceOp):
     ir = Conv2D
     kernel_files = ("tt_conv.c", "tt_depthwise.c", "tt_conv_packed.c", "tt_depthwise_packed.c",
-                    "tt_wpack.c")
+                    "tt_wpack.c", "tt_sparse.c")
     lowers_from = {nn.Conv2d: "from_module"}
 
     # ------------------------------------------------------------------ lowering
@@ -154,9 +150,11 @@ class ConvOp(DeviceOp):
     def space(self, op: Conv2D, dsp: bool) -> dict[str, list]:
         knobs = self._int8_space(op, dsp)
         if op.weight_form != "int8":
-            # The packed kernel keeps the flash saving; the int8 kernels stay for a tuner
-            # that trades flash for cycles.
-            knobs["kernel"] = ["packed", *knobs["kernel"]]
+            # The form's own kernel keeps its flash saving; the int8 kernels stay for a
+            # tuner that trades flash for cycles.
+            own = "sparse" if op.weight_form in weights.SPARSE_FORMS else "packed"
+            if own == "packed" or op.groups == 1:  # the sparse kernel reads groups 1 only
+                knobs["kernel"] = [own, *knobs["kernel"]]
         return knobs
 
     def _int8_space(self, op: Conv2D, dsp: bool) -> dict[str, list]:
@@ -165,9 +163,8 @@ class ConvOp(DeviceOp):
             return {"kernel": ["simd", "direct"] if simd else ["direct"]}
         if dsp and op.groups == 1:
             flat_first = op.weight.shape[3] % 4 != 0
-            kernels = ["mm", "im2col", "direct"] if fast_requant(op) is not None \
-                else ["im2col", "direct"]
-            return {"kernel": kernels, "unroll": [2, 4], "weights": ["int8", "int16"],
+            return {"kernel": ["mm", "im2col", "direct"], "unroll": [2, 4],
+                    "weights": ["int8", "int16"],
                     "cols": [2, 1],
                     "pack": ["flat", "channel"] if flat_first else ["channel", "flat"]}
         return {"kernel": ["direct"]}
@@ -183,6 +180,9 @@ class ConvOp(DeviceOp):
         s = self.resolve(op, dsp)
         if s["kernel"] == "packed":
             return weights.pack(op.weight, op.weight_form).data
+        if s["kernel"] == "sparse":
+            sp = weights.pack(op.weight, op.weight_form)
+            return sp.words if sp.words is not None else sp.stream
         if s["kernel"] == "simd":
             return np.ascontiguousarray(op.weight[..., 0].transpose(1, 2, 0))  # [KH][KW][C]
         if s["kernel"] not in ("im2col", "mm"):
@@ -216,6 +216,8 @@ class ConvOp(DeviceOp):
         s = self.resolve(op, dsp)
         if s["kernel"] == "packed":
             return int(np.prod(op.weight.shape[1:]))  # one unpacked row
+        if s["kernel"] == "sparse":
+            return 2 * int(np.prod(op.weight.shape[1:]))  # one int16 patch
         if s.get("kernel") not in ("im2col", "mm"):
             return 0
         _, kh, kw, ic = op.weight.shape
@@ -232,13 +234,16 @@ class ConvOp(DeviceOp):
         if s["kernel"] == "packed":
             data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)),
                     *c_requant(i, op)]
+        elif s["kernel"] == "sparse":
+            data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)),
+                    *c_requant(i, op)]
         elif s["kernel"] == "mm":
             data = [c_weights(i, self.weight_array(op, site.dsp))]
             # tt_rq records: bias and the single-multiply requantization per channel.
             data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         else:
             data = [c_weights(i, self.weight_array(op, site.dsp)), *c_requant(i, op)]
-            if s["kernel"] == "simd" and fast_requant(op) is not None:
+            if s["kernel"] == "simd":
                 # The depthwise SIMD kernel's single-multiply requantization.
                 data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         (h, w, c), (oh, ow, oc) = t_in.shape, t_out.shape
@@ -276,6 +281,9 @@ class ConvOp(DeviceOp):
             kernel = "tt_depthwise_s8_packed" if op.depthwise else "tt_conv2d_s8_packed"
             return (f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, "
                     f"(int8_t *)(void *){scratch})")
+        if s["kernel"] == "sparse":
+            return (f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, "
+                    f"(int16_t *)(void *){scratch})")
         if s["kernel"] == "mm":
             return (f"tt_conv2d_s8_mm(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
                     f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, "
@@ -284,8 +292,8 @@ class ConvOp(DeviceOp):
             return (f"tt_conv2d_s8_dsp(&p{i}, {x}, {consts}, {out}, "
                     f"(int16_t *)(void *){scratch}, {s['cols']}, {int(s['pack'] == 'flat')})")
         if s["kernel"] == "simd":
-            rq = f"(const tt_rq *)(const void *)q{i}" if fast_requant(op) is not None else "0"
-            return f"tt_depthwise_s8_dsp(&p{i}, {x}, {consts}, {out}, {rq})"
+            return (f"tt_depthwise_s8_dsp(&p{i}, {x}, {consts}, {out}, "
+                    f"(const tt_rq *)(const void *)q{i})")
         kernel = "tt_depthwise_s8" if op.depthwise else "tt_conv2d_s8"
         return f"{kernel}(&p{i}, {x}, {consts}, {out})"
 

@@ -4,10 +4,10 @@ order of the input buffer (a flattened H x W x C map keeps its HWC buffer).
 Kernels in runtime/tt_dense.c: ``kernel`` "direct" (tt_dense_s8, portable) or "simd"
 (tt_dense_s8_dsp: input unpacked once to int16 in the arena, 2 rows per SMLAD pass);
 "packed" (tt_dense_s8_packed, runtime/tt_dense_packed.c: int4 / int2 / shared weights, see
-:mod:`tinytamer.micro.weights`), offered first for a layer whose ``weight_form`` is not int8; and
-in runtime/tt_sparse.c "sparse" (tt_dense_s8_sparse, pruned weights: only the non-zeros
-are stored, one word each, and multiplied), offered where the layer has at most
-:data:`SPARSE_MAX_DENSITY` non-zeros, and then first.
+:mod:`tinytamer.micro.weights`), offered first for a layer whose ``weight_form`` is one of
+those; and "sparse" (tt_dense_s8_sparse, runtime/tt_sparse.c: only the non-zeros are stored
+and multiplied), offered first for a layer whose ``weight_form`` is sparse or sparse_shared.
+The weight form, chosen at lowering (:func:`tinytamer.micro.weights.choose`), decides.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from tinytamer.micro.ops.base import (
     DeviceOp,
     Pending,
     Quant,
-    c_array,
     c_requant,
     c_struct,
     c_weights,
@@ -44,22 +43,6 @@ class Dense(Op):
     act_max: int
     schedule: dict = field(default_factory=dict)
     weight_form: str = "int8"  # how flash stores the weights (tinytamer.micro.weights)
-
-
-# The sparse kernel stores 4 bytes per non-zero (plus 2 per row) against the int8 layout's 1
-# per weight, and costs about 5 estimated cycles per non-zero against the SIMD kernel's ~1.2
-# per weight (cortex-m4, ideal memory; tests/test_micro_sparse.py measures both): below a
-# density of 1/4 it is smaller in flash and faster, so it is then the default.
-SPARSE_MAX_DENSITY = 0.25
-
-
-def sparse_form(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The non-zeros of ``weight`` [OUT, IN] as int32 words (weight << 16 | column), row by
-    row, and each row's count (uint16): what tt_dense_s8_sparse reads."""
-    rows, cols = np.nonzero(weight)
-    words = (weight[rows, cols].astype(np.int64) << 16) | cols.astype(np.int64)
-    counts = np.count_nonzero(weight, axis=1)
-    return words.astype(np.int32), counts.astype(np.uint16)
 
 
 class DenseOp(DeviceOp):
@@ -95,27 +78,22 @@ class DenseOp(DeviceOp):
 
     def space(self, op: Dense, dsp: bool) -> dict[str, list]:
         kernels = ["simd", "direct"] if dsp else ["direct"]
-        in_n = op.weight.shape[1]
-        # Column indices are 16 bits and row counts uint16; above twice the break-even
-        # density the sparse kernel is not worth a tuner's measurement.
-        density = np.count_nonzero(op.weight) / max(op.weight.size, 1)
-        if in_n < 1 << 16 and density <= 2 * SPARSE_MAX_DENSITY:
-            sparse_first = density <= SPARSE_MAX_DENSITY
-            kernels = ["sparse", *kernels] if sparse_first else [*kernels, "sparse"]
         if op.weight_form != "int8":
-            # Packed weights (tinytamer.micro.weights) keep the flash saving; the other
-            # kernels stay for a tuner that trades flash for cycles.
-            kernels = ["packed", *kernels]
+            # The form's own kernel keeps its flash saving; the int8 kernels stay for a
+            # tuner that trades flash for cycles.
+            own = "sparse" if op.weight_form in weights.SPARSE_FORMS else "packed"
+            kernels = [own, *kernels]
         return {"kernel": kernels}
 
     def weight_array(self, op: Dense, dsp: bool) -> np.ndarray:
-        """The weights in the layout the chosen kernel reads (padded to 4 columns for SIMD,
-        the non-zero words for the sparse kernel)."""
+        """The weights in the layout the chosen kernel reads (padded to 4 columns for SIMD;
+        the packed bytes; the sparse words or stream)."""
         kernel = self.resolve(op, dsp)["kernel"]
         if kernel == "packed":
             return weights.pack(op.weight, op.weight_form).data
         if kernel == "sparse":
-            return sparse_form(op.weight)[0]
+            sp = weights.pack(op.weight, op.weight_form)
+            return sp.words if sp.words is not None else sp.stream
         if kernel == "simd":
             n = op.weight.shape[1]
             return np.pad(op.weight, ((0, 0), (0, round4(n) - n)))
@@ -139,13 +117,14 @@ class DenseOp(DeviceOp):
                     *c_requant(i, op), c_struct("tt_dense_params", f"p{i}", fields)]
             return data, (f"tt_dense_s8_packed(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, "
                           f"{site.out}, (int8_t *)(void *){site.scratch})")
+        if kernel == "sparse":
+            data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)),
+                    *c_requant(i, op), c_struct("tt_dense_params", f"p{i}", fields)]
+            return data, (f"tt_dense_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, "
+                          f"{site.out}, (int16_t *)(void *){site.scratch})")
         data = [c_weights(i, self.weight_array(op, site.dsp)), *c_requant(i, op),
                 c_struct("tt_dense_params", f"p{i}", fields)]
         consts = f"w{i}, b{i}, m{i}, s{i}"
-        if kernel == "sparse":
-            data.append(c_array(f"z{i}", "uint16_t", sparse_form(op.weight)[1]))
-            return data, (f"tt_dense_s8_sparse(&p{i}, {x}, w{i}, z{i}, b{i}, m{i}, s{i}, "
-                          f"{site.out}, (int16_t *)(void *){site.scratch})")
         if kernel == "simd":
             return data, (f"tt_dense_s8_dsp(&p{i}, {x}, {consts}, {site.out}, "
                           f"(int16_t *)(void *){site.scratch})")

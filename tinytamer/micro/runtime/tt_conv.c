@@ -437,14 +437,25 @@ tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, in
     const int32_t m0 = r[0].mult, e0 = r[0].rshift, f0 = r[0].offset;
     const int32_t m1 = r[1].mult, e1 = r[1].rshift, f1 = r[1].offset;
     int32_t t;
-    t = tt_smmulr((int32_t)((uint32_t)a00 << 1), m0);
-    a00 = (t + f0 + (t >> 31)) >> e0;
-    t = tt_smmulr((int32_t)((uint32_t)a01 << 1), m0);
-    a01 = (t + f0 + (t >> 31)) >> e0;
-    t = tt_smmulr((int32_t)((uint32_t)a10 << 1), m1);
-    a10 = (t + f1 + (t >> 31)) >> e1;
-    t = tt_smmulr((int32_t)((uint32_t)a11 << 1), m1);
-    a11 = (t + f1 + (t >> 31)) >> e1;
+    /* A channel in the general form (rare: see tt_rq_chan) leaves the straight-line path. */
+    if (__builtin_expect(e0 == TT_RQ_GENERAL, 0)) {
+        a00 = tt_rq_general(a00, r);
+        a01 = tt_rq_general(a01, r);
+    } else {
+        t = tt_smmulr((int32_t)((uint32_t)a00 << 1), m0);
+        a00 = (t + f0 + (t >> 31)) >> e0;
+        t = tt_smmulr((int32_t)((uint32_t)a01 << 1), m0);
+        a01 = (t + f0 + (t >> 31)) >> e0;
+    }
+    if (__builtin_expect(e1 == TT_RQ_GENERAL, 0)) {
+        a10 = tt_rq_general(a10, r + 1);
+        a11 = tt_rq_general(a11, r + 1);
+    } else {
+        t = tt_smmulr((int32_t)((uint32_t)a10 << 1), m1);
+        a10 = (t + f1 + (t >> 31)) >> e1;
+        t = tt_smmulr((int32_t)((uint32_t)a11 << 1), m1);
+        a11 = (t + f1 + (t >> 31)) >> e1;
+    }
     if (mode == 0 || mode == 2) {
         a00 = __ssat(a00, 8);
         a01 = __ssat(a01, 8);

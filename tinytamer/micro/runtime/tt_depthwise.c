@@ -41,7 +41,7 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, const tt_rq *rq)
 {
-    /* rq: the single-multiply requantization where the generator proved it exact, else 0;
+    /* rq: each channel's requantization record (tt_rq_chan), or 0 for the general form;
      * with the whole int8 range as the clamp, one SSAT clamps. */
     const int32_t full = p->act_min == -128 && p->act_max == 127;
     /* w is [k_h][k_w][C]; C is a multiple of 4; four channels accumulate in registers. */
@@ -84,10 +84,10 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                     wp_row += row_w;
                 }
                 if (rq != 0 && full) {
-                    o[c] = (int8_t)__ssat(tt_rq_apply(a0, rq + c), 8);
-                    o[c + 1] = (int8_t)__ssat(tt_rq_apply(a1, rq + c + 1), 8);
-                    o[c + 2] = (int8_t)__ssat(tt_rq_apply(a2, rq + c + 2), 8);
-                    o[c + 3] = (int8_t)__ssat(tt_rq_apply(a3, rq + c + 3), 8);
+                    o[c] = (int8_t)__ssat(tt_rq_chan(a0, rq + c), 8);
+                    o[c + 1] = (int8_t)__ssat(tt_rq_chan(a1, rq + c + 1), 8);
+                    o[c + 2] = (int8_t)__ssat(tt_rq_chan(a2, rq + c + 2), 8);
+                    o[c + 3] = (int8_t)__ssat(tt_rq_chan(a3, rq + c + 3), 8);
                 } else if (rq != 0) {
                     o[c] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
                     o[c + 1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);

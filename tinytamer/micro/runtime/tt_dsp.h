@@ -58,9 +58,26 @@ static inline int32_t tt_rq_apply(int32_t acc, const tt_rq *r)
     return (t + r->offset + (t >> 31)) >> r->rshift;
 }
 
+/* A channel marked TT_RQ_GENERAL (a multiplier of 0.5 or more, or one too small for the
+ * offset: tinytamer/micro/fixedpoint.py fast_records): the general form, its shift and zero
+ * point packed in offset. */
+static inline int32_t tt_rq_general(int32_t acc, const tt_rq *r)
+{
+    return tt_requant_inline(acc, r->mult, r->offset >> 8) + (int8_t)(uint8_t)r->offset;
+}
+
+/* One channel's requantization, whichever form its record holds. */
+static inline int32_t tt_rq_chan(int32_t acc, const tt_rq *r)
+{
+    if (__builtin_expect(r->rshift == TT_RQ_GENERAL, 0)) {
+        return tt_rq_general(acc, r);
+    }
+    return tt_rq_apply(acc, r);
+}
+
 static inline int8_t tt_rq_out(int32_t acc, const tt_rq *r, int32_t lo, int32_t hi)
 {
-    return tt_clamp(tt_rq_apply(acc, r), lo, hi);
+    return tt_clamp(tt_rq_chan(acc, r), lo, hi);
 }
 
 static inline int32_t tt_pack_offset(int32_t zp)

@@ -45,10 +45,14 @@ typedef struct {
 /* One output channel's constants for the "mm" kernels: the int32 bias and the
  * requantization in single-multiply form (valid when the generator's bounds hold, see
  * tinytamer/micro/schedule.py fast_requant): v = (t + offset + (t >> 31)) >> rshift with
- * t = SMMULR(2 * acc, mult), where offset = 2^(rshift - 1) + out_zp * 2^rshift. */
+ * t = SMMULR(2 * acc, mult), where offset = 2^(rshift - 1) + out_zp * 2^rshift.  A channel
+ * whose multiplier that form cannot take exactly has rshift TT_RQ_GENERAL and offset
+ * shift << 8 | (uint8_t)out_zp: the general form runs for it alone (tt_rq_chan). */
 typedef struct {
     int32_t bias, mult, rshift, offset;
 } tt_rq;
+
+#define TT_RQ_GENERAL 0
 
 /* A residual add fused into a convolution: the conv's int8 result and the other input
  * (read from the output buffer, which the add overwrites in place) are rescaled through
@@ -95,12 +99,28 @@ void tt_softmax_s8(const tt_softmax_params *p, const int8_t *in, int8_t *out,
                    const int32_t *table);
 void tt_add_s8_lut(const tt_add_params *p, const int8_t *a, const int8_t *b, int8_t *out,
                    const int32_t *ta, const int32_t *tb);
-/* Pruned fully connected (tt_sparse.c): `nz` holds each non-zero as (int8 weight << 16 |
- * column), rows in order, `counts` each row's number of non-zeros; `scratch` holds in_n
+/* A layer's weights in a sparse form (tinytamer/micro/weights.py), rows in order, counts[r]
+ * entries in row r.  Form "sparse": nz holds each non-zero as (int8 weight << 16 | column).
+ * Form "sparse_shared": stream holds per entry one (gap_bits + idx_bits)-bit field, low bits
+ * first: the gap (zeros skipped; the largest gap value is a filler that only skips), then an
+ * index into the row's codebook, codebook + row * cb_stride. */
+typedef struct {
+    const int32_t *nz;
+    const uint8_t *stream;
+    const int8_t *codebook;
+    const uint16_t *counts;
+    int32_t gap_bits, idx_bits, cb_stride;
+} tt_sparse;
+
+/* Pruned fully connected and convolution (groups 1) kernels (tt_sparse.c): only the stored
+ * non-zeros are multiplied.  `scratch` holds in_n (dense) or k_h * k_w * in_c (conv)
  * int16. */
-void tt_dense_s8_sparse(const tt_dense_params *p, const int8_t *in, const int32_t *nz,
-                        const uint16_t *counts, const int32_t *bias, const int32_t *mult,
-                        const int32_t *shift, int8_t *out, int16_t *scratch);
+void tt_dense_s8_sparse(const tt_dense_params *p, const int8_t *in, const tt_sparse *w,
+                        const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                        int8_t *out, int16_t *scratch);
+void tt_conv2d_s8_sparse(const tt_conv_params *p, const int8_t *in, const tt_sparse *w,
+                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                         int8_t *out, int16_t *scratch);
 
 /* Packed-weight kernels: the portable kernels' arithmetic on one output channel's row at a
  * time, unpacked into `scratch` (k bytes of arena) by tt_wpack_row. */

@@ -1,10 +1,13 @@
-/* Sparse fully connected (pruned weights): only the non-zero weights are stored and
- * multiplied.  Each non-zero is one word, column index in the low half and the int8 weight
- * sign-extended in the high half, rows one after another; `counts` holds each row's number
- * of non-zeros.  The input minus its zero point is unpacked once to int16 in `scratch`, so a
- * non-zero costs one word load, the index extraction, one halfword load and one
- * multiply-accumulate (SMLABT on the Cortex-M4/M7: bottom of x times top of the word).  The
- * arithmetic equals tt_dense_s8's: the skipped products are zero. */
+/* Pruned weights (the "sparse" and "sparse_shared" forms, tt_sparse in tt_kernels.h): only
+ * the stored non-zeros are multiplied, fully connected and convolution (groups 1, over the
+ * im2col patch of each output pixel: the rows index the patch as the dense rows index the
+ * input vector).  The input minus its zero point is unpacked to int16 in `scratch` once per
+ * vector (per pixel for a convolution).  In the "sparse" form a non-zero is one word, column
+ * index in the low half and the int8 weight sign-extended in the high half, and costs one
+ * word load, the index extraction, one halfword load and one multiply-accumulate (SMLATB on
+ * the Cortex-M4/M7).  In the "sparse_shared" form it is a bit field decoded on the way: the
+ * gap to its column and its codebook index.  The arithmetic equals tt_dense_s8's /
+ * tt_conv2d_s8's: the skipped products are zero. */
 #include <string.h>
 
 #include "tt_kernels.h"
@@ -73,47 +76,141 @@ static inline int32_t tt_nz4(int32_t acc, const int32_t **pp, const int32_t *end
 }
 #endif
 
-void tt_dense_s8_sparse(const tt_dense_params *p, const int8_t *in, const int32_t *nz,
-                        const uint16_t *counts, const int32_t *bias, const int32_t *mult,
-                        const int32_t *shift, int8_t *out, int16_t *scratch)
+/* The "sparse" form's row: its n words from *pp on, added to acc. */
+static inline int32_t tt_sp_words(int32_t acc, const int32_t **pp, int32_t n, const int16_t *x)
+{
+    const int32_t *end = *pp + n;
+    const int32_t *nz = *pp;
+    acc = tt_nz4(acc, &nz, end, x);
+    /* The last 0-3 non-zeros without a loop test. */
+    switch (end - nz) {
+    case 3:
+        acc = TT_NZ(acc, x, nz[2]);
+        /* fall through */
+    case 2:
+        acc = TT_NZ(acc, x, nz[1]);
+        /* fall through */
+    case 1:
+        acc = TT_NZ(acc, x, nz[0]);
+        /* fall through */
+    default:
+        break;
+    }
+    *pp = end;
+    return acc;
+}
+
+/* The "sparse_shared" form's row: n fields from bit *bit of the stream, added to acc.  A
+ * field spans at most 16 + 7 bits from its first byte: three byte loads read it (the stream
+ * ends with two zero bytes so the last field's loads stay inside it). */
+static inline int32_t tt_sp_stream(int32_t acc, const tt_sparse *w, uint32_t *bit, int32_t n,
+                                   const int8_t *cb, const int16_t *x)
+{
+    const uint32_t width = (uint32_t)(w->gap_bits + w->idx_bits);
+    const uint32_t gmax = (1u << w->gap_bits) - 1u;
+    const uint32_t imask = (1u << w->idx_bits) - 1u;
+    const int32_t gb = w->gap_bits;
+    uint32_t pos = *bit;
+    int32_t col = 0;
+    for (int32_t e = 0; e < n; ++e) {
+        const uint8_t *s = w->stream + (pos >> 3);
+        const uint32_t v = ((uint32_t)s[0] | ((uint32_t)s[1] << 8) | ((uint32_t)s[2] << 16))
+                           >> (pos & 7u);
+        const uint32_t gap = v & gmax;
+        pos += width;
+        col += (int32_t)gap;
+        if (gap == gmax) {
+            continue; /* a filler: gmax zeros skipped, no weight */
+        }
+        acc += (int32_t)x[col] * (int32_t)cb[(v >> gb) & imask];
+        ++col;
+    }
+    *bit = pos;
+    return acc;
+}
+
+/* Where the next row starts: a word pointer ("sparse") or a bit offset ("sparse_shared"). */
+typedef struct {
+    const int32_t *nz;
+    uint32_t bit;
+} tt_sp_cursor;
+
+/* acc plus row `row`'s products with x; the cursor moves past the row. */
+static inline int32_t tt_sp_row(int32_t acc, const tt_sparse *w, tt_sp_cursor *c, int32_t row,
+                                const int16_t *x)
+{
+    const int32_t n = w->counts[row];
+    if (w->stream == 0) {
+        return tt_sp_words(acc, &c->nz, n, x);
+    }
+    return tt_sp_stream(acc, w, &c->bit, n, w->codebook + row * w->cb_stride, x);
+}
+
+/* dst[i] = src[i] - zp for n values. */
+static void tt_sp_unpack(const int8_t *src, int32_t n, int32_t zp, int16_t *dst)
 {
     int32_t i = 0;
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
     /* Four inputs per step: SXTAB16 gives [v0|v2] and [v1|v3] minus the zero point, the
      * halfword packs put them back in column order. */
-    const uint32_t nzp = (uint32_t)(-p->in_zp);
+    const uint32_t nzp = (uint32_t)(-zp);
     const int32_t off = (int32_t)((nzp & 0xFFFFu) | (nzp << 16));
-    for (; i + 3 < p->in_n; i += 4) {
+    for (; i + 3 < n; i += 4) {
         int32_t v, even, odd;
-        memcpy(&v, in + i, 4);
+        memcpy(&v, src + i, 4);
         even = __sxtab16(off, v);
         __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(odd) : "r"(off), "r"(v));
-        const int32_t w[2] = {(int32_t)(((uint32_t)even & 0xFFFFu) | ((uint32_t)odd << 16)),
+        const int32_t q[2] = {(int32_t)(((uint32_t)even & 0xFFFFu) | ((uint32_t)odd << 16)),
                               (int32_t)(((uint32_t)odd & 0xFFFF0000u) | ((uint32_t)even >> 16))};
-        memcpy(scratch + i, w, 8);
+        memcpy(dst + i, q, 8);
     }
 #endif
-    for (; i < p->in_n; ++i) {
-        scratch[i] = (int16_t)((int32_t)in[i] - p->in_zp);
+    for (; i < n; ++i) {
+        dst[i] = (int16_t)((int32_t)src[i] - zp);
     }
+}
+
+void tt_dense_s8_sparse(const tt_dense_params *p, const int8_t *in, const tt_sparse *w,
+                        const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                        int8_t *out, int16_t *scratch)
+{
+    tt_sp_unpack(in, p->in_n, p->in_zp, scratch);
+    tt_sp_cursor c = {w->nz, 0};
     for (int32_t o = 0; o < p->out_n; ++o) {
-        const int32_t *end = nz + counts[o];
-        int32_t acc = tt_nz4(bias[o], &nz, end, scratch);
-        /* The last 0-3 non-zeros without a loop test. */
-        switch (end - nz) {
-        case 3:
-            acc = TT_NZ(acc, scratch, nz[2]);
-            /* fall through */
-        case 2:
-            acc = TT_NZ(acc, scratch, nz[1]);
-            /* fall through */
-        case 1:
-            acc = TT_NZ(acc, scratch, nz[0]);
-            /* fall through */
-        default:
-            nz = end;
-        }
+        const int32_t acc = tt_sp_row(bias[o], w, &c, o, scratch);
         out[o] = tt_clamp(tt_requant_inline(acc, mult[o], shift[o]) + p->out_zp, p->act_min,
                           p->act_max);
+    }
+}
+
+void tt_conv2d_s8_sparse(const tt_conv_params *p, const int8_t *in, const tt_sparse *w,
+                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                         int8_t *out, int16_t *scratch)
+{
+    const int32_t ic = p->in_c;
+    for (int32_t oy = 0; oy < p->out_h; ++oy) {
+        for (int32_t ox = 0; ox < p->out_w; ++ox) {
+            /* The patch, in the rows' (ky, kx, ic) order; padding holds the zero point, 0
+             * once it is subtracted. */
+            int16_t *col = scratch;
+            for (int32_t ky = 0; ky < p->k_h; ++ky) {
+                const int32_t iy = oy * p->stride_h - p->pad_h + ky;
+                for (int32_t kx = 0; kx < p->k_w; ++kx, col += ic) {
+                    const int32_t ix = ox * p->stride_w - p->pad_w + kx;
+                    if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
+                        memset(col, 0, (size_t)ic * sizeof(int16_t));
+                    } else {
+                        tt_sp_unpack(in + (iy * p->in_w + ix) * ic, ic, p->in_zp, col);
+                    }
+                }
+            }
+            tt_sp_cursor c = {w->nz, 0};
+            int8_t *o = out + (oy * p->out_w + ox) * p->out_c;
+            for (int32_t oc = 0; oc < p->out_c; ++oc) {
+                int32_t acc = tt_sp_row(bias[oc], w, &c, oc, scratch);
+                acc = tt_requant_inline(acc, mult[oc], shift[oc]) + p->out_zp;
+                o[oc] = tt_fuse(p->res, o[oc], tt_clamp(acc, p->act_min, p->act_max));
+            }
+        }
     }
 }

@@ -1,0 +1,134 @@
+"""The fast kernels' requantization per channel: every channel exact, none silently slow.
+
+A multiplier of 0.5 or more (no right shift after SRDHM, or a left shift before it), one too
+small for the single-multiply form's offset, and a pruned all-zero channel with a huge bias
+each keep the layer on its fast kernel: constant channels as a record, the rest in the
+general form for that channel alone, reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinytamer.micro import codegen, reference, schedule, toolchain
+from tinytamer.micro.builder import GraphBuilder
+from tinytamer.micro.fixedpoint import (
+    RQ_GENERAL,
+    apply_records,
+    fast_records,
+    quantize_multiplier,
+    requantize,
+)
+
+qemu = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
+                          reason="ARM toolchain or QEMU missing: run "
+                                 "scripts/install-micro-toolchain.sh")
+
+# (real multiplier, bias, sum |w|) per channel: the cases the single-multiply form refuses,
+# and two it takes.
+CHANNELS = [
+    (0.75, 1000, 2000),  # [0.5, 1): e = 0, nothing to round after SRDHM
+    (0.5, -77, 300),  # exactly 0.5
+    (3.7, 5, 40),  # a left shift of 2 before SRDHM
+    (2.0 ** -27, 0, 30000),  # tiny: constant over its accumulators
+    (2.0 ** -25 * 1.3, 0, 2_000_000),  # tiny, yet not constant: the general form
+    (0.01, (1 << 31) - 1, 0),  # a pruned channel with a huge bias: constant
+    (0.01, -(1 << 31), 0),
+    (0.0, 123, 50),  # multiplier 0: the zero point
+    (0.004, 12345, 9000),  # the single-multiply form
+    (2.0 ** -22 * 1.9, -999, 10000),
+]
+
+
+def _records(zp: int):
+    mult, shift = zip(*(quantize_multiplier(m) for m, _, _ in CHANNELS), strict=True)
+    bias = np.array([b for _, b, _ in CHANNELS], np.int64)
+    wsum = np.array([s for _, _, s in CHANNELS], np.int64)
+    return fast_records(bias, np.array(mult), np.array(shift), wsum, zp), bias, mult, shift, wsum
+
+
+@pytest.mark.parametrize("zp", [-128, -5, 0, 127])
+def test_every_channel_record_equals_the_reference(zp):
+    rq, bias, mult, shift, wsum = _records(zp)
+    assert rq.records.dtype == np.int32 and rq.records.shape == (len(CHANNELS), 4)
+    assert (rq.general, rq.constant) == (4, 3)
+    assert [int(r[2]) for r in rq.records[:3]] == [RQ_GENERAL] * 3
+    rng = np.random.default_rng(zp & 0xFF)
+    for c, rec in enumerate(rq.records):
+        lo, hi = max(int(bias[c]) - 255 * int(wsum[c]), -(1 << 31)), \
+            min(int(bias[c]) + 255 * int(wsum[c]), (1 << 31) - 1)
+        acc = np.concatenate([rng.integers(lo, hi + 1, 5000), [lo, hi, bias[c], 0, -1, 1]])
+        acc = acc[(acc >= lo) & (acc <= hi)]
+        if rec[0] == 0 and rec[1] == 0:  # a constant record: the kernel's sum leaves out bias
+            got = apply_records(acc - bias[c], rec)
+        else:
+            got = apply_records(acc, rec)
+        want = requantize(acc, mult[c], shift[c]) + zp
+        np.testing.assert_array_equal(np.clip(got, -128, 127), np.clip(want, -128, 127),
+                                      err_msg=f"channel {c}: {CHANNELS[c]}")
+
+
+def _layer_graph(seed: int = 0):
+    """A pointwise ("mm") and a depthwise ("simd") convolution whose channels take every
+    record kind: multipliers >= 0.5, tiny ones, an all-zero channel with a huge bias."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((5, 5, 8), 0.02, 3)
+    w = rng.integers(-127, 128, (8, 8, 1, 1))
+    w[6] = 0  # a pruned channel
+    x = b.conv(b.input, w, np.full(8, 0.002), rng.normal(0, 1, 8), 0.03, -4, name="pw")
+    dw = rng.integers(-127, 128, (8, 1, 3, 3))
+    dw[5] = 0
+    y = b.conv(x, dw, np.full(8, 0.003), rng.normal(0, 1, 8), 0.05, 2, padding=(1, 1),
+               groups=8, name="dw")
+    g = b.graph(y)
+    for op in g.ops:
+        real = [0.75, 1.6, 0.004, 2.0 ** -30, 0.5, 0.006, 0.002, 0.005]
+        m, s = zip(*(quantize_multiplier(r) for r in real), strict=True)
+        op.multiplier[:] = m
+        op.shift[:] = s
+        zero = 6 if op.name == "pw" else 5
+        op.bias[zero] = (1 << 31) - 1 if op.name == "pw" else -(1 << 31)
+    return g
+
+
+def test_fallback_is_per_channel_and_reported():
+    g = _layer_graph()
+    for op in g.ops:
+        assert schedule.resolve(op, True)["kernel"] == ("mm" if op.name == "pw" else "simd")
+    # 0.75, 1.6 and 0.5 take the general form; 2^-30 and the all-zero channel are constant.
+    assert schedule.requant_fallback(g, True) == {"pw": 3, "dw": 3}
+    plan = schedule.requant_plan(g.ops[0], g.tensors[g.ops[0].output].zero_point)
+    assert plan.constant == 2
+    for op in g.ops:
+        op.schedule = {"kernel": "im2col" if op.name == "pw" else "direct"}
+    assert schedule.requant_fallback(g, True) == {}  # the general kernels: nothing to report
+
+
+@qemu
+@pytest.mark.parametrize("weights", ["int8", "int16"])
+def test_fast_kernels_are_bit_exact_with_every_record_kind(tmp_path, weights):
+    g = _layer_graph()
+    g.ops[0].schedule = {"kernel": "mm", "weights": weights}
+    rng = np.random.default_rng(1)
+    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, x).reshape(-1) for x in xs])
+    assert len(np.unique(want)) > 5
+    cm = codegen.generate(g, dsp=True)
+    src = cm.files["model.c"]
+    assert "tt_conv2d_s8_mm(" in src and "tt_depthwise_s8_dsp(" in src
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
+
+
+def test_a_deploy_warns_of_each_layer_with_general_channels():
+    from types import SimpleNamespace
+
+    from tinytamer.targets.micro import _requant_fallback
+
+    prog = SimpleNamespace(graph=_layer_graph(), device="cortex-m4")
+    with pytest.warns(UserWarning) as caught:
+        assert _requant_fallback("cortex-m4", prog) == {"pw": 3, "dw": 3}
+    assert [str(w.message)[:52] for w in caught] == [
+        f"target 'cortex-m4': layer '{n}' requantizes 3 channel" for n in ("pw", "dw")]
+    assert _requant_fallback("micro-host", SimpleNamespace(graph=_layer_graph(),
+                                                            device="host")) == {}
