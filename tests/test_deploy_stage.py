@@ -90,7 +90,8 @@ def test_deploy_stage_takes_the_options_of_its_target(digits_recipe, target, opt
 @pytest.mark.parametrize("target, options, match", [
     ("cortex-m4", {"schedules": "fast"}, r"target 'cortex-m4' option schedules: Input should be"),
     ("cortex-m4", {"schedule": "tuned"}, r"unknown key 'schedule' - did you mean 'schedules'\? "
-     r"\(options of target 'cortex-m4': calib_method, schedules, flash_budget, sram_budget;"),
+     r"\(options of target 'cortex-m4': calib_method, schedules, flash_budget, sram_budget, "
+     r"memory_profile, kernels"),
     ("onnxruntime", {"trials": 4}, r"options of target 'onnxruntime': calib_method, reduce_range, "
      r"use_qparams, exact_int8; `tamer list targets onnxruntime`"),
     ("onnxruntime", {"calib_method": "mse"}, r"target 'onnxruntime' option calib_method"),

@@ -6,7 +6,7 @@ real part code and constants sit in flash behind wait states and a small acceler
 states for instruction fetch and for data reads, the accelerator's caches (lines x line
 size, simulated fully associative with LRU replacement), and its flash and SRAM sizes.
 SRAM/TCM is zero-wait in every profile.  :class:`MemoryModel` is fed by the emulator
-session (the block hook's fetch addresses, a UC_HOOK_MEM_READ on the flash image) and
+session (the block hook's fetch addresses, the flash addresses its loads read) and
 charges:
 
 - an instruction fetch of a flash line that is neither in the instruction cache nor the

@@ -18,13 +18,19 @@ block whose condition fails are counted, unlike unicorn's per-instruction
 hook) and its estimated cycles taken from :mod:`tinytamer.micro.cost`.
 
 ``profile`` names a memory profile (:mod:`tinytamer.micro.profiles`); under any but
-``ideal`` a memory hook on the flash image and the block hook's fetch addresses feed a
-simulated flash accelerator, and its wait-state cycles are added to the estimate (the
-hooks slow the emulator, so the ideal profile installs none).  ``check_memory=True``
-hooks every gap between the regions a call may touch (the ``tt_arena`` buffer, the
-tensors passed to it, the stack, the flash image): a data access that lands in one is
-recorded in :attr:`CallResult.stray` (the hooks sit on the gaps, so a legal run pays
-only unicorn's range test).
+``ideal`` the flash data reads and the block hook's fetch addresses feed a simulated
+flash accelerator, and its wait-state cycles are added to the estimate (the hooks slow
+the emulator, so the ideal profile installs none).  Flash data reads are counted from
+the load instructions themselves, not by a memory hook: unicorn 2.1.4 leaves the IT
+state stale after a hooked load inside an IT block (unicorn-engine/unicorn#2309), and
+later instructions mis-execute.  The linked code is disassembled once (:func:`_loads`),
+a code hook sits on each run of loads that may read flash, and it computes the loaded
+addresses from the registers before the instruction runs (reading registers in a code
+hook is safe; only writing the PC inside an IT block is not, unicorn PR #2269).
+``check_memory=True`` hooks every gap between the regions a call may touch (the
+``tt_arena`` buffer, the tensors passed to it, the stack, the flash image): a data
+access that lands in one is recorded in :attr:`CallResult.stray` (the hooks sit on the
+gaps, so a legal run pays only unicorn's range test).
 """
 
 from __future__ import annotations
@@ -161,9 +167,13 @@ class Session:
         self._hook = None
         if self.count:
             if not self.profile.ideal:
-                self._counter.memory = MemoryModel(self.profile)
-                uc.hook_add(unicorn.UC_HOOK_MEM_READ, _on_flash_read, self._counter.memory,
-                            FLASH_BASE, self._flash_end - 1)
+                memory = self._counter.memory = MemoryModel(self.profile)
+                loads = _FlashLoads(memory, _loads(self.elf, arm_const), self._flash_end,
+                                    arm_const.UC_ARM_REG_APSR)
+                # One hook per run of adjacent loads: unicorn tests every code hook's range
+                # when it translates an instruction and again each time a hooked one runs.
+                for begin, end in _runs(loads.at):
+                    uc.hook_add(unicorn.UC_HOOK_CODE, _on_load, loads, begin, end)
             self._hook = uc.hook_add(unicorn.UC_HOOK_BLOCK, _on_block, self._counter)
             # New hooks only apply to translation blocks translated after a flush.
             uc.ctl_flush_tb()
@@ -322,6 +332,9 @@ class Session:
                 gaps.append((at, lo))
             at = max(at, hi)
         gaps.append((at, RAM_BASE + RAM_SIZE))
+        # Memory hooks are kept here despite unicorn#2309 (see the module docstring): they sit
+        # on the gaps, so a legal access never fires one, and the stale IT state could only
+        # follow an access that is already reported as an error.
         kinds = unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE
         hooks = [self._uc.hook_add(kinds, _on_stray, result, lo, hi - 1)
                  for lo, hi in gaps if hi > lo]
@@ -339,9 +352,174 @@ def _on_block(uc, address: int, size: int, c: _Counter) -> None:
         c.memory.fetch(address, size)
 
 
-def _on_flash_read(uc, access: int, address: int, size: int, value: int,
-                   memory: MemoryModel) -> None:
-    memory.read(address)
+@dataclass(frozen=True)
+class _Load:
+    """How to find the addresses one load instruction reads, from the registers before it.
+
+    The first address is ``base + disp (+ index << shift)``; ``base`` is a unicorn
+    register, or 0 with ``disp`` the absolute address (PC-relative forms).  ``offsets``
+    are the accesses from there, one per memory access unicorn's ARM front end makes
+    (LDRD and LDM: one per word; VLDR/VLDM of a D register: one 8-byte access, as in
+    the QEMU 5 front end unicorn 2.1 is built on; the kernels use no VFP loads).
+    ``passes`` has bit ``NZCV`` set for the flag values under which the instruction runs
+    (all 16 outside an IT block).
+    """
+
+    size: int
+    base: int
+    disp: int
+    index: int
+    shift: int
+    offsets: tuple[int, ...]
+    passes: int
+
+
+_ALWAYS = 0xFFFF
+
+
+def _condition_table() -> dict[int, int]:
+    from capstone import arm_const as a
+
+    tests = {
+        a.ARM_CC_EQ: lambda n, z, c, v: z, a.ARM_CC_NE: lambda n, z, c, v: not z,
+        a.ARM_CC_HS: lambda n, z, c, v: c, a.ARM_CC_LO: lambda n, z, c, v: not c,
+        a.ARM_CC_MI: lambda n, z, c, v: n, a.ARM_CC_PL: lambda n, z, c, v: not n,
+        a.ARM_CC_VS: lambda n, z, c, v: v, a.ARM_CC_VC: lambda n, z, c, v: not v,
+        a.ARM_CC_HI: lambda n, z, c, v: c and not z, a.ARM_CC_LS: lambda n, z, c, v: z or not c,
+        a.ARM_CC_GE: lambda n, z, c, v: n == v, a.ARM_CC_LT: lambda n, z, c, v: n != v,
+        a.ARM_CC_GT: lambda n, z, c, v: not z and n == v,
+        a.ARM_CC_LE: lambda n, z, c, v: z or n != v,
+    }
+    return {cc: sum(1 << f for f in range(16)
+                    if test(f >> 3 & 1, f >> 2 & 1, f >> 1 & 1, f & 1))
+            for cc, test in tests.items()}
+
+
+def _code_ranges(elf) -> list[tuple[int, bytes]]:
+    """(address, bytes) of the Thumb code in the executable sections: the ARM ELF mapping
+    symbols ($t code, $d data) split out literal pools and tables, which would throw a
+    linear disassembly off the instruction stream."""
+    from elftools.elf.sections import SymbolTableSection
+
+    marks: dict[int, list[tuple[int, bool]]] = {}
+    for sec in elf.iter_sections():
+        if isinstance(sec, SymbolTableSection):
+            for sym in sec.iter_symbols():
+                kind = sym.name.split(".")[0]
+                if kind in ("$t", "$d", "$a") and isinstance(sym["st_shndx"], int):
+                    marks.setdefault(sym["st_shndx"], []).append((sym["st_value"], kind == "$t"))
+    ranges = []
+    for i, sec in enumerate(elf.iter_sections()):
+        if not sec["sh_flags"] & 0x4 or sec["sh_type"] != "SHT_PROGBITS":  # SHF_EXECINSTR
+            continue
+        lo, data = sec["sh_addr"], sec.data()
+        # Without mapping symbols the whole section is taken for code.
+        points = sorted(marks.get(i, [(lo, True)]))
+        for (at, code), (nxt, _) in zip(points, [*points[1:], (lo + len(data), False)],
+                                        strict=True):
+            if code and nxt > at:
+                ranges.append((at, data[at - lo:nxt - lo]))
+    return ranges
+
+
+def _loads(elf_path: Path, arm_const) -> dict[int, _Load]:
+    """Every load in the linked code that may read flash, by address (see :class:`_Load`).
+
+    Loads based on SP (POP included) read the stack, which is in SRAM, and are left out.
+    PLD is a hint and reads nothing.
+    """
+    from capstone import arm_const as a
+    from elftools.elf.elffile import ELFFile
+
+    from tinytamer.micro.cost import _capstone
+
+    capstone = _capstone()
+    md = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB | capstone.CS_MODE_MCLASS)
+    md.detail = True
+    regs = {getattr(a, f"ARM_REG_R{i}"): getattr(arm_const, f"UC_ARM_REG_R{i}") for i in range(13)}
+    regs[a.ARM_REG_LR] = arm_const.UC_ARM_REG_LR
+    conditions = _condition_table()
+    loads: dict[int, _Load] = {}
+    with open(elf_path, "rb") as f:
+        ranges = _code_ranges(ELFFile(f))
+    for lo, code in ranges:
+        for insn in md.disasm(code, lo):
+            m = insn.mnemonic.split(".")[0]
+            table = m in ("tbb", "tbh")
+            multiple = m.startswith(("ldm", "vldm"))
+            if not (table or multiple or m.startswith(("ldr", "vldr"))):
+                continue
+            ops = insn.operands
+            if multiple:  # ldm rn{!}, {list}: the base is the first operand
+                base_reg, disp, index, shift = ops[0].reg, 0, 0, 0
+                sizes = [8 if insn.reg_name(o.reg).startswith("d") else 4 for o in ops[1:]]
+                if m.endswith("db"):  # decrement before: the lowest address is base - total
+                    disp = -sum(sizes)
+            else:
+                mem = next(o for o in ops if o.type == a.ARM_OP_MEM)
+                base_reg, disp = mem.mem.base, mem.mem.disp
+                if insn.post_index:  # [rn], #imm: the access is at rn, the offset comes after
+                    disp = 0
+                index = regs[mem.mem.index] if mem.mem.index else 0
+                shift = mem.shift.value if mem.shift.type == a.ARM_SFT_LSL else 0
+                dest = ops[0]
+                if m.startswith("ldrd"):
+                    sizes = [4, 4]
+                elif m.startswith("vldr") and insn.reg_name(dest.reg).startswith("d"):
+                    sizes = [8]
+                else:
+                    sizes = [4]
+            if base_reg == a.ARM_REG_SP:
+                continue
+            offsets = tuple(sum(sizes[:k]) for k in range(len(sizes)))
+            if base_reg == a.ARM_REG_PC:
+                # TBB/TBH read PC as the instruction's address + 4; literal loads use
+                # Align(PC + 4, 4).
+                pc = insn.address + 4 if table else (insn.address + 4) & ~3
+                base, disp = 0, pc + disp
+            else:
+                base = regs[base_reg]
+            passes = conditions.get(insn.cc, _ALWAYS)
+            loads[insn.address] = _Load(insn.size, base, disp, index, shift, offsets, passes)
+    return loads
+
+
+def _runs(loads: dict[int, _Load]) -> list[tuple[int, int]]:
+    """[begin, end] ranges covering the loads, each a run of loads one right after another
+    (so no other instruction falls inside a hook's range)."""
+    runs: list[list[int]] = []
+    for at in sorted(loads):
+        if runs and at == runs[-1][1] + loads[runs[-1][1]].size:
+            runs[-1][1] = at
+        else:
+            runs.append([at, at])
+    return [(b, e) for b, e in runs]
+
+
+class _FlashLoads:
+    """The loads a code hook watches and where their flash reads go."""
+
+    def __init__(self, memory: MemoryModel, at: dict[int, _Load], flash_end: int,
+                 apsr: int) -> None:
+        self.memory = memory
+        self.at = at
+        self.flash_end = flash_end
+        self.apsr = apsr
+
+
+def _on_load(uc, address: int, size: int, loads: _FlashLoads) -> None:
+    ld = loads.at[address]  # the hooks cover runs of loads and nothing else
+    if ld.passes != _ALWAYS and not ld.passes >> (uc.reg_read(loads.apsr) >> 28) & 1:
+        return  # an IT block's instruction whose condition fails reads nothing
+    ea = ld.disp
+    if ld.base:
+        ea += uc.reg_read(ld.base)
+    if ld.index:
+        ea += uc.reg_read(ld.index) << ld.shift
+    for off in ld.offsets:
+        a = (ea + off) & 0xFFFFFFFF
+        if FLASH_BASE <= a < loads.flash_end:
+            loads.memory.read(a)
 
 
 def _on_stray(uc, access: int, address: int, size: int, value: int,
