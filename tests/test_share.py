@@ -56,7 +56,8 @@ def test_kmeans_default_bits_and_pruned_zeros() -> None:
     share.kmeans(model)
     assert set(share.shared_layers(model)) == {"0", "3", "5"}
     assert share.codebook(model[0]).numel() == 6 * 9 - int(zeros[0].sum())  # < 256 distinct weights
-    assert share.codebook(model[3]).numel() == 32  # 5 bits for fully connected
+    # 5 bits for fully connected: 31 non-zero centroids + the pruned zero = 2**5 codes
+    assert share.codebook(model[3]).numel() == 31
     for i, z in zeros.items():
         w = model[i].weight
         assert torch.equal(w == 0, z)  # pruned stay zero, nothing else becomes zero
@@ -68,8 +69,32 @@ def test_overrides_and_explicit_bits() -> None:
     model = small_net()
     share.kmeans(model, bits=3, select={"types": ["Linear"], "overrides": {"^5$": {"bits": 2}}})
     assert set(share.shared_layers(model)) == {"3", "5"}
-    assert share.codebook(model[3]).numel() == 8
-    assert share.codebook(model[5]).numel() == 4
+    assert share.codebook(model[3]).numel() == 7  # pruned layers: zero is the 8th value
+    assert share.codebook(model[5]).numel() == 3
+
+
+@pytest.mark.parametrize("bits", [1, 2, 5, 8])
+@pytest.mark.parametrize("prune_fraction", [0.0, 0.3, 0.9])
+def test_a_b_bit_layer_is_stored_with_b_bit_indices(tmp_path, bits: int, prune_fraction: float) -> None:
+    # Han et al. 2016 store a b-bit layer with b-bit indices; zero (pruned positions and
+    # the sparse format's fillers) must be one of the 2**b codebook values, not a 2**b + 1st.
+    torch.manual_seed(bits)
+    model = nn.Sequential(nn.Linear(300, 100))
+    with torch.no_grad():  # uniform on one interval, also once pruned: no k-means cluster empties
+        w = model[0].weight
+        w.uniform_(0.01, 1.0)
+        w[w < w.flatten().quantile(prune_fraction)] = 0
+    zeros = model[0].weight == 0
+    share.kmeans(model, bits=bits)
+    share.finalize(model)
+    assert torch.equal(model[0].weight == 0, zeros)
+    assert model[0].weight.unique().numel() == 2**bits  # every code used, zero included or not
+    for allow in (["codebook"], ["dense", "sparse", "codebook"]):
+        path = codec.save(model, tmp_path / "m.tt", allow=allow).path
+        stored = {t["name"]: t for t in codec.info(path)["tensors"]}["0.weight"]
+        assert stored["encoding"] == "codebook"
+        assert (stored["params"]["k"], stored["params"]["bits"]) == (2**bits, bits)
+        assert torch.equal(codec.load(path)[0].weight, model[0].weight)
 
 
 def test_centroid_gradient_is_the_sum_over_its_cluster() -> None:

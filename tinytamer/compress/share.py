@@ -4,9 +4,15 @@ Han, Mao & Dally 2016, "Deep Compression: Compressing Deep Neural Networks with
 Pruning, Trained Quantization and Huffman Coding", ICLR 2016, Sec. 3:
 
 - Sec. 3.1 / eq. (1): the non-zero weights of each layer are partitioned into
-  ``k = 2**bits`` clusters minimizing the within-cluster sum of squares
-  (pruned zeros stay zero and are not clustered).  The paper uses 8 bits for
-  conv and 5 bits for fully connected layers.
+  clusters minimizing the within-cluster sum of squares (pruned zeros stay
+  zero and are not clustered).  A ``bits``-bit layer is stored with
+  ``bits``-bit indices into ``2**bits`` shared values, so in a pruned layer
+  zero is one of them and the non-zero weights get ``2**bits - 1`` clusters:
+  the filler entries of the sparse format (Sec. 2, Fig. 3) store a zero
+  through the codebook, as in the authors' released decoder, whose codebooks
+  hold ``2**bits`` values with zero at code 0.  An unpruned layer gets all
+  ``2**bits`` clusters.  The paper uses 8 bits for conv and 5 bits for fully
+  connected layers (6 bits for LeNet-300-100, Table 2).
 - Sec. 3.2 / Fig. 4: centroids are initialized *linearly* between the layer's
   smallest and largest weight (``init="linear"``, the paper's best); *density*
   (quantiles of the weight distribution) and *random* (Forgy) are the
@@ -110,7 +116,11 @@ def _default_bits(module: nn.Module, conv_bits: int, linear_bits: int) -> int:
 
 def share_layer(module: nn.Module, bits: int, init: Init = "linear", seed: int = 0,
                 name: str = "layer") -> None:
-    """Replace ``module.weight`` by a k-means codebook of ``2**bits`` centroids (in place)."""
+    """Replace ``module.weight`` by a k-means codebook (in place): ``2**bits`` values, zero included.
+
+    A pruned layer gets ``2**bits - 1`` non-zero centroids, so that with its zero
+    it is stored with ``bits``-bit indices; a dense layer gets ``2**bits``.
+    """
     if parametrize.is_parametrized(module, "weight"):
         raise ModelError(f"layer '{name}' already has a parametrized weight (already shared?)")
     if is_masked(module):
@@ -122,7 +132,10 @@ def share_layer(module: nn.Module, bits: int, init: Init = "linear", seed: int =
     values = weight[mask].cpu().to(torch.float64).numpy()
     if values.size == 0:
         raise ModelError(f"layer '{name}' has no non-zero weight to share")
-    k = min(2**bits, int(np.unique(values).size))
+    # Zero takes one of the 2**bits codes when the layer has pruned (zero) weights, so
+    # the stored index stays ``bits`` wide (the codec's codebook holds zero as a value).
+    clusters = 2**bits - 1 if values.size < weight.numel() else 2**bits
+    k = min(clusters, int(np.unique(values).size))
     centroids, labels = lloyd_1d(values, init_centroids(values, k, init, seed))
     index = torch.zeros(weight.shape, dtype=torch.int64)
     index[mask.cpu()] = torch.from_numpy(labels)
@@ -140,7 +153,8 @@ def kmeans(model: nn.Module, *, bits: int | None = None, select: Selector | dict
            seed: int = 0) -> nn.Module:
     """Share the weights of the selected layers by per-layer k-means (in place; returns ``model``).
 
-    ``bits`` sets every layer's codebook to ``2**bits`` entries; ``None`` uses
+    ``bits`` sets every layer's codebook to ``2**bits`` values (zero counts as one in a
+    pruned layer); ``None`` uses
     ``conv_bits`` for convolutions and ``linear_bits`` for ``nn.Linear`` (the
     paper's 8 and 5).  Per-layer ``bits`` / ``init`` come from the selector's
     ``overrides``.  Fine-tune afterwards to train the centroids, then
@@ -184,8 +198,9 @@ def finalize(model: nn.Module) -> nn.Module:
     """Bake shared weights into plain parameters holding the centroid values (in place).
 
     A shared layer's other parametrizations, if any, are baked too.  The result
-    is an ordinary model (exportable, savable) whose weights take at
-    most ``2**bits`` distinct non-zero values; the codec stores them as a codebook.
+    is an ordinary model (exportable, savable) whose weights take at most
+    ``2**bits`` distinct values, zero included; the codec stores them as a codebook
+    with ``bits``-bit indices.
     """
     for module in shared_layers(model).values():
         unparametrize(module)
