@@ -45,13 +45,14 @@ def machine() -> dict[str, Any]:
                 mem_gib = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                         capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     # Any change but the benchmarks' own outputs (results/, RESULTS.md) makes the tree dirty.
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
-                            capture_output=True, text=True).stdout
-    changed = [ln[3:] for ln in status.splitlines()
-               if not ln[3:].startswith(("benchmarks/results/", "benchmarks/RESULTS.md"))]
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    changed = [
+        ln[3:] for ln in status.splitlines() if not ln[3:].startswith(("benchmarks/results/", "benchmarks/RESULTS.md"))
+    ]
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -100,6 +101,10 @@ def time_round_robin(variants: dict[str, Any], x: Any, repeats: int, warmup: int
     out = {}
     for k, v in times.items():
         s = sorted(v)
-        out[k] = {"median_ms": 1e3 * statistics.median(s), "min_ms": 1e3 * s[0],
-                  "p10_ms": 1e3 * s[len(s) // 10], "p90_ms": 1e3 * s[(9 * len(s)) // 10]}
+        out[k] = {
+            "median_ms": 1e3 * statistics.median(s),
+            "min_ms": 1e3 * s[0],
+            "p10_ms": 1e3 * s[len(s) // 10],
+            "p90_ms": 1e3 * s[(9 * len(s)) // 10],
+        }
     return out

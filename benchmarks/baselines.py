@@ -25,21 +25,52 @@ from benchmarks._common import WORK, save, shared_data  # noqa: E402
 from tinytamer.recipe import parse_recipe, run  # noqa: E402
 
 # Caffe's examples/mnist/lenet_solver.prototxt (the solver the Deep Compression baselines used).
-CAFFE_LENET = {"base_lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005, "lr_policy": "inv",
-               "gamma": 0.0001, "power": 0.75, "max_iter": 10000, "test_interval": 1000,
-               "display": 100, "snapshot": 2500}
+CAFFE_LENET = {
+    "base_lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    "lr_policy": "inv",
+    "gamma": 0.0001,
+    "power": 0.75,
+    "max_iter": 10000,
+    "test_interval": 1000,
+    "display": 100,
+    "snapshot": 2500,
+}
 
 SETUPS = {
-    "lenet300": {"data": "mnist", "batch": 64, "solver": CAFFE_LENET, "paper_error": 0.0164,
-                 "reference": "Han et al. 2016 (Deep Compression), Table 1: 1.64% top-1 error"},
-    "lenet5": {"data": "mnist", "batch": 64, "solver": CAFFE_LENET, "paper_error": 0.0080,
-               "reference": "Han et al. 2016 (Deep Compression), Table 1: 0.80% top-1 error"},
-    "resnet8": {"data": "cifar10", "batch": 128, "augment": True,
-                "solver": {"base_lr": 0.1, "momentum": 0.9, "weight_decay": 0.0005, "lr_policy": "poly",
-                           "power": 1.0, "epochs": 40, "test_interval": 1000, "display": 100,
-                           "snapshot": 2000},
-                "paper_accuracy": 0.85,
-                "reference": "MLPerf Tiny image classification quality target: 85% top-1"},
+    "lenet300": {
+        "data": "mnist",
+        "batch": 64,
+        "solver": CAFFE_LENET,
+        "paper_error": 0.0164,
+        "reference": "Han et al. 2016 (Deep Compression), Table 1: 1.64% top-1 error",
+    },
+    "lenet5": {
+        "data": "mnist",
+        "batch": 64,
+        "solver": CAFFE_LENET,
+        "paper_error": 0.0080,
+        "reference": "Han et al. 2016 (Deep Compression), Table 1: 0.80% top-1 error",
+    },
+    "resnet8": {
+        "data": "cifar10",
+        "batch": 128,
+        "augment": True,
+        "solver": {
+            "base_lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 0.0005,
+            "lr_policy": "poly",
+            "power": 1.0,
+            "epochs": 40,
+            "test_interval": 1000,
+            "display": 100,
+            "snapshot": 2000,
+        },
+        "paper_accuracy": 0.85,
+        "reference": "MLPerf Tiny image classification quality target: 85% top-1",
+    },
 }
 
 
@@ -54,13 +85,22 @@ def train(name: str, epochs: float | None) -> dict:
     if epochs is not None:
         solver.pop("max_iter", None)
         solver["epochs"] = epochs
-    recipe = parse_recipe({
-        "name": f"baseline-{name}", "seed": 0,
-        "data": {"name": setup["data"], "root": data_root(setup["data"]), "batch_size": setup["batch"],
-                 "augment": setup.get("augment", False), "val_fraction": 0.0},
-        "model": {"name": name},
-        "stages": [{"train": solver}, {"evaluate": {}}],
-    }, source=f"baseline {name}")
+    recipe = parse_recipe(
+        {
+            "name": f"baseline-{name}",
+            "seed": 0,
+            "data": {
+                "name": setup["data"],
+                "root": data_root(setup["data"]),
+                "batch_size": setup["batch"],
+                "augment": setup.get("augment", False),
+                "val_fraction": 0.0,
+            },
+            "model": {"name": name},
+            "stages": [{"train": solver}, {"evaluate": {}}],
+        },
+        source=f"baseline {name}",
+    )
     start = time.time()
     rundir = run(recipe, WORK / "runs" / recipe.name, overwrite=True)
     seconds = time.time() - start
@@ -68,11 +108,21 @@ def train(name: str, epochs: float | None) -> dict:
     out = WORK / "baselines" / f"{name}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(rundir.checkpoint_path(len(recipe.stages) - 1, "evaluate"), out)
-    result = {"model": name, "dataset": setup["data"], "test_accuracy": final["accuracy"],
-              "test_error": 1 - final["accuracy"], "params": final["params"], "macs": final["macs"],
-              "train_seconds": round(seconds, 1), "solver": solver, "batch_size": setup["batch"],
-              "weights": str(out.relative_to(WORK.parents[1])), "reference": setup["reference"],
-              "paper_error": setup.get("paper_error"), "paper_accuracy": setup.get("paper_accuracy")}
+    result = {
+        "model": name,
+        "dataset": setup["data"],
+        "test_accuracy": final["accuracy"],
+        "test_error": 1 - final["accuracy"],
+        "params": final["params"],
+        "macs": final["macs"],
+        "train_seconds": round(seconds, 1),
+        "solver": solver,
+        "batch_size": setup["batch"],
+        "weights": str(out.relative_to(WORK.parents[1])),
+        "reference": setup["reference"],
+        "paper_error": setup.get("paper_error"),
+        "paper_accuracy": setup.get("paper_accuracy"),
+    }
     if setup["data"] == "cifar10":
         result["note"] = "CIFAR-10 here is a JPEG re-encoding (~q75); not directly comparable to official pixels"
     save(f"baseline_{name}", result)

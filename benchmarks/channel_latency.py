@@ -58,30 +58,46 @@ def main() -> None:
         example = torch.randn(1, *SHAPE)
         variants = {"dense": dense}
         for r in args.ratios:
-            variants[f"{r:.2f}"] = prune_channels(dense, example, ratio=r,
-                                                  round_to=args.round_to).eval()
+            variants[f"{r:.2f}"] = prune_channels(dense, example, ratio=r, round_to=args.round_to).eval()
         counts = {k: count(m, SHAPE) for k, m in variants.items()}
         for batch in args.batches:
             lat = measure(variants, batch, args.repeats, args.warmup)
             base, base_min = lat["dense"]["median_ms"], lat["dense"]["min_ms"]
             for k in variants:
-                row = {"model": name, "ratio": 0.0 if k == "dense" else float(k), "batch": batch,
-                       "params": counts[k].params, "macs": counts[k].macs,
-                       "macs_ratio": counts["dense"].macs / counts[k].macs,
-                       "params_ratio": counts["dense"].params / counts[k].params,
-                       **lat[k], "speedup": base / lat[k]["median_ms"],
-                       "speedup_min": base_min / lat[k]["min_ms"]}
+                row = {
+                    "model": name,
+                    "ratio": 0.0 if k == "dense" else float(k),
+                    "batch": batch,
+                    "params": counts[k].params,
+                    "macs": counts[k].macs,
+                    "macs_ratio": counts["dense"].macs / counts[k].macs,
+                    "params_ratio": counts["dense"].params / counts[k].params,
+                    **lat[k],
+                    "speedup": base / lat[k]["median_ms"],
+                    "speedup_min": base_min / lat[k]["min_ms"],
+                }
                 rows.append(row)
-                print(f"{name:9s} ratio {row['ratio']:.2f} batch {batch:2d}: "
-                      f"MACs {row['macs'] / 1e6:7.1f} M (x{row['macs_ratio']:.2f}) "
-                      f"latency median {row['median_ms']:8.2f} ms (x{row['speedup']:.2f}) "
-                      f"min {row['min_ms']:8.2f} ms (x{row['speedup_min']:.2f})")
-    save(args.name, {
-        "settings": {"importance": "l1", "round_to": args.round_to, "threads": args.threads,
-                     "repeats": args.repeats, "warmup": args.warmup, "input": list(SHAPE),
-                     "weights": "untrained (latency only)"},
-        "rows": rows,
-    })
+                print(
+                    f"{name:9s} ratio {row['ratio']:.2f} batch {batch:2d}: "
+                    f"MACs {row['macs'] / 1e6:7.1f} M (x{row['macs_ratio']:.2f}) "
+                    f"latency median {row['median_ms']:8.2f} ms (x{row['speedup']:.2f}) "
+                    f"min {row['min_ms']:8.2f} ms (x{row['speedup_min']:.2f})"
+                )
+    save(
+        args.name,
+        {
+            "settings": {
+                "importance": "l1",
+                "round_to": args.round_to,
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "input": list(SHAPE),
+                "weights": "untrained (latency only)",
+            },
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -36,10 +36,25 @@ from tinytamer.zoo import create  # noqa: E402
 DATA = {"lenet5": "mnist", "resnet8": "cifar10"}
 # Brief training when no baseline exists (the machine is a shared CPU).
 BRIEF = {
-    "lenet5": {"base_lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005, "lr_policy": "inv",
-               "gamma": 0.0001, "power": 0.75, "epochs": 1, "display": 0},
-    "resnet8": {"base_lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005, "lr_policy": "poly",
-                "power": 1.0, "max_iter": 100, "display": 0},
+    "lenet5": {
+        "base_lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "lr_policy": "inv",
+        "gamma": 0.0001,
+        "power": 0.75,
+        "epochs": 1,
+        "display": 0,
+    },
+    "resnet8": {
+        "base_lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "lr_policy": "poly",
+        "power": 1.0,
+        "max_iter": 100,
+        "display": 0,
+    },
 }
 BATCH = {"lenet5": 64, "resnet8": 128}
 
@@ -53,28 +68,23 @@ def dataset(name: str) -> Any:
 
 def loaders(name: str, data: Any, test_limit: int | None) -> tuple[Any, Any]:
     test = data.test if test_limit is None else Subset(data.test, range(test_limit))
-    return (make_loader(data.train, BATCH[name], shuffle=True, seed=0),
-            make_loader(test, 500, shuffle=False))
+    return (make_loader(data.train, BATCH[name], shuffle=True, seed=0), make_loader(test, 500, shuffle=False))
 
 
-def baseline(name: str, data: Any, train_loader: Any,
-             weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def baseline(name: str, data: Any, train_loader: Any, weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The trained float model and where it came from (``weights``: a safetensors state_dict)."""
     if weights:
-        model = create(name, num_classes=10, in_channels=data.meta.input_shape[0],
-                       input_size=data.meta.input_shape[1])
+        model = create(name, num_classes=10, in_channels=data.meta.input_shape[0], input_size=data.meta.input_shape[1])
         return load_weights(model, weights).eval(), {"source": weights}
     lead = WORK / "baselines" / f"{name}.safetensors"
     if lead.is_file():
         return load_checkpoint(lead), {"source": str(lead.relative_to(WORK.parents[1]))}
     cached = WORK / "quant" / f"{name}_brief.safetensors"
-    info = {"source": f"trained briefly by the quantization benchmarks: {BRIEF[name]}, "
-                      f"batch {BATCH[name]}"}
+    info = {"source": f"trained briefly by the quantization benchmarks: {BRIEF[name]}, batch {BATCH[name]}"}
     if cached.is_file():
         return load_checkpoint(cached), info
     torch.manual_seed(0)
-    model = create(name, num_classes=10, in_channels=data.meta.input_shape[0],
-                   input_size=data.meta.input_shape[1])
+    model = create(name, num_classes=10, in_channels=data.meta.input_shape[0], input_size=data.meta.input_shape[1])
     start = time.time()
     Solver(model, SolverConfig(**BRIEF[name]), train_loader, progress=False).solve()
     info["train_seconds"] = round(time.time() - start, 1)
@@ -103,24 +113,40 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             start = time.time()
             q = fixedpoint.quantize(model, calib, bits=bits, mode=mode)
             acc = evaluate(q, test_loader)["accuracy"]
-            rows.append({"bits": bits, "mode": mode, "accuracy": acc,
-                         "formats": fixedpoint.formats(q), "seconds": round(time.time() - start, 1)})
+            rows.append(
+                {
+                    "bits": bits,
+                    "mode": mode,
+                    "accuracy": acc,
+                    "formats": fixedpoint.formats(q),
+                    "seconds": round(time.time() - start, 1),
+                }
+            )
             print(f"{name} {bits:2d}-bit {mode:7s}: {acc:.4f}", flush=True)
-    return {"model": name, "dataset": DATA[name], "baseline": info,
-            "test_images": len(test_loader.dataset), "rows": rows}
+    return {
+        "model": name,
+        "dataset": DATA[name],
+        "baseline": info,
+        "test_images": len(test_loader.dataset),
+        "rows": rows,
+    }
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| model / data | float | " + " | ".join(
-        f"{b}-bit dyn / static" for b in sorted({r['bits'] for res in results for r in res['rows']
-                                                 if r['mode'] != 'float'}, reverse=True)) + " |"]
+    lines = [
+        "| model / data | float | "
+        + " | ".join(
+            f"{b}-bit dyn / static"
+            for b in sorted({r["bits"] for res in results for r in res["rows"] if r["mode"] != "float"}, reverse=True)
+        )
+        + " |"
+    ]
     lines.append("|" + "---|" * (lines[0].count("|") - 1))
     for res in results:
         acc = {(r["bits"], r["mode"]): r["accuracy"] for r in res["rows"]}
         bits = sorted({b for b, m in acc if m != "float"}, reverse=True)
         cells = [f"{acc[(b, 'dynamic')]:.2%} / {acc[(b, 'static')]:.2%}" for b in bits]
-        lines.append(f"| {res['model']} / {res['dataset']} | {acc[(32, 'float')]:.2%} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {res['model']} / {res['dataset']} | {acc[(32, 'float')]:.2%} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -130,16 +156,23 @@ def main() -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[16, 8, 6, 4])
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images")
-    parser.add_argument("--weights", default=None,
-                        help="float weights to start from (safetensors state_dict of the zoo model)")
+    parser.add_argument(
+        "--weights", default=None, help="float weights to start from (safetensors state_dict of the zoo model)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [run_model(name, args) for name in args.models]
     print(table(results))
-    save("fixedpoint_bits_" + "_".join(args.models), {"results": results, "calib_batches": args.calib_batches,
-                             "table": table(results),
-                             "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data"})
+    save(
+        "fixedpoint_bits_" + "_".join(args.models),
+        {
+            "results": results,
+            "calib_batches": args.calib_batches,
+            "table": table(results),
+            "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data",
+        },
+    )
 
 
 if __name__ == "__main__":

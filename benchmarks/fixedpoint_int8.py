@@ -35,14 +35,12 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     train_loader, test_loader = loaders(name, data, args.test_limit)
     model, info = baseline(name, data, train_loader, args.weights)
     calib = calib_batches(train_loader, args.calib_batches)
-    rows = [{"method": "float", "w_bits": 32, "a_bits": 32,
-             "accuracy": evaluate(model, test_loader)["accuracy"]}]
+    rows = [{"method": "float", "w_bits": 32, "a_bits": 32, "accuracy": evaluate(model, test_loader)["accuracy"]}]
     print(f"{name} float: {rows[0]['accuracy']:.4f}", flush=True)
 
     def add(method: str, w_bits: int, q: torch.nn.Module, seconds: float) -> None:
         acc = evaluate(q, test_loader)["accuracy"]
-        rows.append({"method": method, "w_bits": w_bits, "a_bits": 8, "accuracy": acc,
-                     "seconds": round(seconds, 1)})
+        rows.append({"method": method, "w_bits": w_bits, "a_bits": 8, "accuracy": acc, "seconds": round(seconds, 1)})
         print(f"{name} {method:16s} w{w_bits}a8: {acc:.4f}", flush=True)
 
     for w_bits in args.w_bits:
@@ -58,8 +56,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cfg = SolverConfig(base_lr=1e-3, momentum=0.9, max_iter=iters, display=0)
         Solver(gm.train(), cfg, train_loader, progress=False).solve()
         add(f"qat-{iters}it", w_bits, int8.convert(gm), time.time() - start)
-    return {"model": name, "dataset": DATA[name], "baseline": info,
-            "test_images": len(test_loader.dataset), "rows": rows}
+    return {
+        "model": name,
+        "dataset": DATA[name],
+        "baseline": info,
+        "test_images": len(test_loader.dataset),
+        "rows": rows,
+    }
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -67,8 +70,7 @@ def table(results: list[dict[str, Any]]) -> str:
     for res in results:
         for r in res["rows"]:
             bits = "float" if r["method"] == "float" else f"w{r['w_bits']} / a{r['a_bits']}"
-            lines.append(f"| {res['model']} / {res['dataset']} | {bits} | {r['method']} | "
-                         f"{r['accuracy']:.2%} |")
+            lines.append(f"| {res['model']} / {res['dataset']} | {bits} | {r['method']} | {r['accuracy']:.2%} |")
     return "\n".join(lines)
 
 
@@ -77,19 +79,25 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=["lenet5", "resnet8"], choices=sorted(DATA))
     parser.add_argument("--w-bits", type=int, nargs="+", default=[8, 4])
     parser.add_argument("--calib-batches", type=int, default=4)
-    parser.add_argument("--qat-iters", type=int, default=None,
-                        help=f"QAT iterations (default {QAT_ITERS})")
+    parser.add_argument("--qat-iters", type=int, default=None, help=f"QAT iterations (default {QAT_ITERS})")
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images")
-    parser.add_argument("--weights", default=None,
-                        help="float weights to start from (safetensors state_dict of the zoo model)")
+    parser.add_argument(
+        "--weights", default=None, help="float weights to start from (safetensors state_dict of the zoo model)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [run_model(name, args) for name in args.models]
     print(table(results))
-    save("fixedpoint_int8_" + "_".join(args.models),
-         {"results": results, "calib_batches": args.calib_batches, "table": table(results),
-          "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data"})
+    save(
+        "fixedpoint_int8_" + "_".join(args.models),
+        {
+            "results": results,
+            "calib_batches": args.calib_batches,
+            "table": table(results),
+            "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,9 @@ def resnet8(data, iters: int) -> tuple[nn.Module, str]:
     if BRIEF.is_file():
         return load_checkpoint(BRIEF), brief
     model = create("resnet8")
-    config = SolverConfig(base_lr=0.05, lr_policy="poly", power=1.0, max_iter=iters, momentum=0.9,
-                          weight_decay=5e-4, display=0)
+    config = SolverConfig(
+        base_lr=0.05, lr_policy="poly", power=1.0, max_iter=iters, momentum=0.9, weight_decay=5e-4, display=0
+    )
     Solver(model, config, make_loader(data.train, 128, shuffle=True), progress=True).solve()
     save_checkpoint(model.eval(), BRIEF)
     return model, brief
@@ -117,7 +118,7 @@ def main() -> None:
     rows, models_info = [], {}
     for name in args.models:
         trained = name == "resnet8"
-        calib = calib_all if trained else calib_all[:args.calib_batches_resnet18]
+        calib = calib_all if trained else calib_all[: args.calib_batches_resnet18]
         model, weights = resnet8(data, args.train_iters) if trained else resnet18(calib)
         model.eval()
         models_info[name] = weights
@@ -126,8 +127,9 @@ def main() -> None:
         info: dict[str, dict] = {"dense": {"speedup_target": 1.0, "accuracy": base_acc}}
         for s in args.speedups:
             start = time.perf_counter()
-            result = lowrank.approximate(model, calib, speedup=s, method=args.method,
-                                         samples_per_batch=args.samples_per_batch, iters=args.iters)
+            result = lowrank.approximate(
+                model, calib, speedup=s, method=args.method, samples_per_batch=args.samples_per_batch, iters=args.iters
+            )
             row = {"speedup_target": s, "decompose_s": time.perf_counter() - start, "ranks": result.ranks}
             new = result.model.eval()
             if trained:
@@ -136,8 +138,15 @@ def main() -> None:
                     alt = lowrank.decompose(model, calib, ranks=result.ranks, method=other, speedup=None)
                     row[f"accuracy_no_finetune_{other}"] = evaluate(alt.eval(), test)["accuracy"]
                 if args.finetune_iters:
-                    config = SolverConfig(base_lr=0.01, lr_policy="poly", power=1.0, max_iter=args.finetune_iters,
-                                          momentum=0.9, weight_decay=5e-4, display=0)
+                    config = SolverConfig(
+                        base_lr=0.01,
+                        lr_policy="poly",
+                        power=1.0,
+                        max_iter=args.finetune_iters,
+                        momentum=0.9,
+                        weight_decay=5e-4,
+                        display=0,
+                    )
                     Solver(new, config, make_loader(data.train, 128, shuffle=True, seed=2), progress=False).solve()
                     new.eval()
                 row["accuracy"] = evaluate(new, test)["accuracy"]
@@ -155,24 +164,44 @@ def main() -> None:
             torch.set_num_threads(1)
             base = lat["dense"]["median_ms"]
             for k in variants:
-                row = {"model": name, "variant": k, "threads": threads, "batch": batch, **info[k],
-                       "params": counts[k].params, "macs": counts[k].macs,
-                       "macs_ratio": counts["dense"].macs / counts[k].macs,
-                       **lat[k], "latency_speedup": base / lat[k]["median_ms"]}
+                row = {
+                    "model": name,
+                    "variant": k,
+                    "threads": threads,
+                    "batch": batch,
+                    **info[k],
+                    "params": counts[k].params,
+                    "macs": counts[k].macs,
+                    "macs_ratio": counts["dense"].macs / counts[k].macs,
+                    **lat[k],
+                    "latency_speedup": base / lat[k]["median_ms"],
+                }
                 rows.append(row)
-                print(f"{name:9s} {k:6s} {threads} thr batch {batch:2d}: MACs {row['macs'] / 1e6:7.1f} M "
-                      f"(x{row['macs_ratio']:.2f}) latency {row['median_ms']:8.2f} ms "
-                      f"(x{row['latency_speedup']:.2f})", flush=True)
-    save(args.result, {
-        "settings": {"method": args.method, "calib_images": {"resnet8": 64 * args.calib_batches,
-                                                             "resnet18": 64 * args.calib_batches_resnet18},
-                     "samples_per_batch": args.samples_per_batch, "iters": args.iters,
-                     "finetune_iters": args.finetune_iters, "test_images": min(args.test_limit, len(data.test)),
-                     "threads": args.threads, "repeats": [args.repeats, args.repeats_batched],
-                     "warmup": args.warmup,
-                     "data": "CIFAR-10, JPEG re-encoding (cifar10-jpg.tar.gz)", "weights": models_info},
-        "rows": rows,
-    })
+                print(
+                    f"{name:9s} {k:6s} {threads} thr batch {batch:2d}: MACs {row['macs'] / 1e6:7.1f} M "
+                    f"(x{row['macs_ratio']:.2f}) latency {row['median_ms']:8.2f} ms "
+                    f"(x{row['latency_speedup']:.2f})",
+                    flush=True,
+                )
+    save(
+        args.result,
+        {
+            "settings": {
+                "method": args.method,
+                "calib_images": {"resnet8": 64 * args.calib_batches, "resnet18": 64 * args.calib_batches_resnet18},
+                "samples_per_batch": args.samples_per_batch,
+                "iters": args.iters,
+                "finetune_iters": args.finetune_iters,
+                "test_images": min(args.test_limit, len(data.test)),
+                "threads": args.threads,
+                "repeats": [args.repeats, args.repeats_batched],
+                "warmup": args.warmup,
+                "data": "CIFAR-10, JPEG re-encoding (cifar10-jpg.tar.gz)",
+                "weights": models_info,
+            },
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -53,16 +53,16 @@ from tinytamer.micro.lower import lower  # noqa: E402
 from tinytamer.micro.program import build_program  # noqa: E402
 
 # Han et al. 2016, Tables 2 and 3: the share of weights kept per layer.
-KEEP = {"lenet300": {"1": 0.08, "3": 0.09, "5": 0.26},
-        "lenet5": {"features.0": 0.66, "features.2": 0.12, "classifier.1": 0.08,
-                   "classifier.3": 0.19}}
+KEEP = {
+    "lenet300": {"1": 0.08, "3": 0.09, "5": 0.26},
+    "lenet5": {"features.0": 0.66, "features.2": 0.12, "classifier.1": 0.08, "classifier.3": 0.19},
+}
 VARIANTS = ("dense int8", "int4", "shared", "sparse", "combined")
 
 
 def compressed(m: torch.nn.Module, name: str) -> torch.nn.Module:
     c = copy.deepcopy(m)
-    prune.magnitude(c, {k: 1 - v for k, v in KEEP[name].items()},
-                    select={"names": list(KEEP[name])})
+    prune.magnitude(c, {k: 1 - v for k, v in KEEP[name].items()}, select={"names": list(KEEP[name])})
     share.kmeans(c, select={"names": list(KEEP[name])})
     return share.finalize(c).eval()
 
@@ -76,8 +76,7 @@ def forms(g, variant: str) -> dict[str, str]:
         if variant == "shared":
             op.weight_form = weights.choose(op.weight, 8, sparse=False)
         elif variant == "sparse":
-            op.weight_form = "sparse" if has_sparse and weights.FORMS["sparse"].fits(rows) \
-                else "int8"
+            op.weight_form = "sparse" if has_sparse and weights.FORMS["sparse"].fits(rows) else "int8"
         elif variant == "dense int8":
             op.weight_form = "int8"
         # int4 and combined: lowering's own choice.
@@ -85,8 +84,11 @@ def forms(g, variant: str) -> dict[str, str]:
 
 
 def weight_flash(g) -> int:
-    return sum(weights.FORMS[op.weight_form].flash_bytes(weights.as_rows(op.weight))
-               for op in g.ops if hasattr(op, "weight_form"))
+    return sum(
+        weights.FORMS[op.weight_form].flash_bytes(weights.as_rows(op.weight))
+        for op in g.ops
+        if hasattr(op, "weight_form")
+    )
 
 
 def run(name: str, device_samples: int) -> dict:
@@ -102,38 +104,46 @@ def run(name: str, device_samples: int) -> dict:
     gms = {"dense int8": quantize_ptq(m, calib), "int4": quantize_ptq(m, calib, weight_bits=4)}
     gms["shared"] = gms["sparse"] = gms["combined"] = quantize_ptq(c, calib)
     with torch.no_grad():
-        out: dict = {"model": name, "test_samples": len(ys), "device_samples": device_samples,
-                     "fp32_accuracy": float((m(xs).argmax(1).numpy() == ys).mean()),
-                     "compressed_fp32_accuracy": float((c(xs).argmax(1).numpy() == ys).mean()),
-                     "kept": KEEP[name], "variants": {}}
+        out: dict = {
+            "model": name,
+            "test_samples": len(ys),
+            "device_samples": device_samples,
+            "fp32_accuracy": float((m(xs).argmax(1).numpy() == ys).mean()),
+            "compressed_fp32_accuracy": float((c(xs).argmax(1).numpy() == ys).mean()),
+            "kept": KEEP[name],
+            "variants": {},
+        }
     for variant in VARIANTS:
         t0 = time.time()
         gm = gms[variant]
         g = lower(gm, xs[:1])
         chosen = forms(g, variant)
-        prog = build_program(gm, xs[:1], "cortex-m4", WORK / "micro_compressed" / name /
-                             variant.replace(" ", "_"), graph=g)
+        prog = build_program(
+            gm, xs[:1], "cortex-m4", WORK / "micro_compressed" / name / variant.replace(" ", "_"), graph=g
+        )
         q = prog.quantize_input(xs.numpy())
         ideal = prog.profile(q[0], per_layer=False)
         try:
-            board_cycles = prog.profile(q[0], per_layer=False,
-                                        memory_profile="stm32l4r5")["est_cycles"]
+            board_cycles = prog.profile(q[0], per_layer=False, memory_profile="stm32l4r5")["est_cycles"]
         except ModelError as e:  # recorded, not hidden: the table says the figure is missing
             board_cycles, out.setdefault("stm32l4r5_errors", {})[variant] = None, str(e)
         host = prog.run_reference(q)
         dev = prog.run_device(q[:device_samples])
         io = prog.cmodel.input_size + prog.cmodel.output_size
-        rec = {"forms": chosen, "weight_flash_bytes": weight_flash(g),
-               "flash_bytes": prog.arm.flash_bytes,
-               "sram_bytes": prog.cmodel.plan.arena_size + io + ideal["stack_bytes"],
-               "instructions": ideal["instructions"], "est_cycles_ideal": ideal["est_cycles"],
-               "est_cycles_stm32l4r5": board_cycles,
-               "host_accuracy": float((host.argmax(1) == ys).mean()),
-               "host_accuracy_on_device_samples":
-                   float((host[:device_samples].argmax(1) == ys[:device_samples]).mean()),
-               "device_accuracy": float((dev.argmax(1) == ys[:device_samples]).mean()),
-               "device_equals_host": bool(np.array_equal(dev, host[:device_samples])),
-               "seconds": round(time.time() - t0, 1)}
+        rec = {
+            "forms": chosen,
+            "weight_flash_bytes": weight_flash(g),
+            "flash_bytes": prog.arm.flash_bytes,
+            "sram_bytes": prog.cmodel.plan.arena_size + io + ideal["stack_bytes"],
+            "instructions": ideal["instructions"],
+            "est_cycles_ideal": ideal["est_cycles"],
+            "est_cycles_stm32l4r5": board_cycles,
+            "host_accuracy": float((host.argmax(1) == ys).mean()),
+            "host_accuracy_on_device_samples": float((host[:device_samples].argmax(1) == ys[:device_samples]).mean()),
+            "device_accuracy": float((dev.argmax(1) == ys[:device_samples]).mean()),
+            "device_equals_host": bool(np.array_equal(dev, host[:device_samples])),
+            "seconds": round(time.time() - t0, 1),
+        }
         out["variants"][variant] = rec
         print(name, variant, {k: v for k, v in rec.items() if k != "forms"}, chosen, flush=True)
     return out
@@ -144,9 +154,12 @@ def _k(n: int | None) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| model | weights | weight flash | flash (image) | peak SRAM | instructions | "
-             "est. cycles (ideal) | est. cycles (stm32l4r5) | accuracy host (n) | "
-             "device (n) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | weights | weight flash | flash (image) | peak SRAM | instructions | "
+        "est. cycles (ideal) | est. cycles (stm32l4r5) | accuracy host (n) | "
+        "device (n) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         base = r["variants"]["dense int8"]
         for variant, v in r["variants"].items():
@@ -159,7 +172,8 @@ def markdown(results: dict) -> str:
                 f"{100 * v['host_accuracy']:.2f}% ({r['test_samples']:,}) | "
                 f"{100 * v['device_accuracy']:.2f}% ({r['device_samples']:,}; host "
                 f"{100 * v['host_accuracy_on_device_samples']:.2f}%, outputs "
-                f"{'equal' if v['device_equals_host'] else 'DIFFER'}) |")
+                f"{'equal' if v['device_equals_host'] else 'DIFFER'}) |"
+            )
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ LR = {"resnet8": 0.1, "dscnn": 0.05, "lenet5": 0.02}
 
 # ----------------------------------------------------------------------------- data
 
+
 def _log_mel(wav: np.ndarray, sr: int = 8000, frames: int = 49, bands: int = 10) -> np.ndarray:
     """49 x 10 log-mel features of one second: 40 ms Hann frames every 20 ms, 10 mel bands
     from 20 Hz to 4 kHz (the MLPerf Tiny KWS front end's shape, on 8 kHz audio)."""
@@ -45,7 +46,7 @@ def _log_mel(wav: np.ndarray, sr: int = 8000, frames: int = 49, bands: int = 10)
     x = np.zeros(n, np.float32)
     w = wav.astype(np.float32)[:n]
     start = (n - len(w)) // 2
-    x[start:start + len(w)] = w
+    x[start : start + len(w)] = w
     win, hop, nfft = 320, 160, 512
     idx = np.arange(frames)[:, None] * hop + np.arange(win)[None, :]
     spec = np.abs(np.fft.rfft(x[idx] * np.hanning(win), nfft)) ** 2
@@ -57,7 +58,7 @@ def _log_mel(wav: np.ndarray, sr: int = 8000, frames: int = 49, bands: int = 10)
     freqs = np.fft.rfftfreq(nfft, 1 / sr)
     fb = np.zeros((bands, len(freqs)))
     for b in range(bands):
-        lo, mid, hi = edges[b:b + 3]
+        lo, mid, hi = edges[b : b + 3]
         fb[b] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
     return np.log(spec @ fb.T + 1e-6).astype(np.float32)
 
@@ -85,16 +86,14 @@ def fsdd() -> tuple[torch.utils.data.TensorDataset, torch.utils.data.TensorDatas
     x = torch.from_numpy((x - mean) / std)[:, None]  # N x 1 x 49 x 10
     y = torch.from_numpy(y).long()
     t = torch.from_numpy(test)
-    return (torch.utils.data.TensorDataset(x[~t], y[~t]),
-            torch.utils.data.TensorDataset(x[t], y[t]))
+    return (torch.utils.data.TensorDataset(x[~t], y[~t]), torch.utils.data.TensorDataset(x[t], y[t]))
 
 
 def dataset(name: str):
     from tinytamer.data import get_dataset
 
     if name == "resnet8":
-        b = get_dataset("cifar10", shared_data() / "cifar10-jpg.tar.gz", val_fraction=0.0,
-                        augment=True)
+        b = get_dataset("cifar10", shared_data() / "cifar10-jpg.tar.gz", val_fraction=0.0, augment=True)
         return b.train, b.test
     if name == "lenet5":
         b = get_dataset("mnist", shared_data() / "mnist", val_fraction=0.0)
@@ -112,19 +111,19 @@ def model(name: str) -> nn.Module:
 
 # ----------------------------------------------------------------------------- train
 
+
 def train(name: str) -> None:
     torch.manual_seed(0)
     train_set, test_set = dataset(name)
     if TRAIN_LIMIT[name] is not None:
         train_set = torch.utils.data.Subset(train_set, range(TRAIN_LIMIT[name]))
     m = model(name)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     steps = EPOCHS[name] * len(loader)
-    opt = torch.optim.SGD(m.parameters(), lr=LR[name], momentum=0.9, weight_decay=5e-4,
-                          nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    opt = torch.optim.SGD(m.parameters(), lr=LR[name], momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
     t0 = time.time()
     for epoch in range(EPOCHS[name]):
         m.train()
@@ -133,8 +132,9 @@ def train(name: str) -> None:
             nn.functional.cross_entropy(m(x), y).backward()
             opt.step()
             sched.step()
-        print(f"{name} epoch {epoch + 1}: {accuracy(m, test_set, limit=2000):.4f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"{name} epoch {epoch + 1}: {accuracy(m, test_set, limit=2000):.4f} ({time.time() - t0:.0f} s)", flush=True
+        )
     CACHE.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
@@ -157,9 +157,10 @@ def accuracy(m: nn.Module, data, limit: int | None = None) -> float:
 # ----------------------------------------------------------------------------- measure
 
 DEVICE_SAMPLES = {"resnet8": 200, "dscnn": 300, "lenet5": 500}
-PUBLISHED_M4 = {"resnet8": {"TFLite Micro": 84.5e6, "microTVM": 46.7e6, "X-CUBE-AI": 19.8e6,
-                            "Plumerai": 20.1e6},
-                "dscnn": {"TFLite Micro": 21.8e6, "X-CUBE-AI": 5.2e6}}
+PUBLISHED_M4 = {
+    "resnet8": {"TFLite Micro": 84.5e6, "microTVM": 46.7e6, "X-CUBE-AI": 19.8e6, "Plumerai": 20.1e6},
+    "dscnn": {"TFLite Micro": 21.8e6, "X-CUBE-AI": 5.2e6},
+}
 
 
 def measure(name: str) -> dict:
@@ -173,38 +174,50 @@ def measure(name: str) -> dict:
     m = model(name)
     m.load_state_dict(load_file(str(CACHE / f"{name}.safetensors")))
     m.eval()
-    calib_loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True,
-                                               generator=torch.Generator().manual_seed(1))
+    calib_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
     calib = [x for _, (x, _) in zip(range(8), calib_loader, strict=False)]
     gm = quantize_ptq(m, calib)
     n = min(DEVICE_SAMPLES[name], len(test_set))
     xs = torch.stack([test_set[i][0] for i in range(n)])
     ys = np.array([int(test_set[i][1]) for i in range(n)])
-    out: dict = {"model": name, "fp32_accuracy": accuracy(m, test_set),
-                 "int8_fake_quant_accuracy": accuracy(gm, test_set), "test_samples": len(test_set),
-                 "device_samples": n, "published_m4_cycles": PUBLISHED_M4.get(name)}
+    out: dict = {
+        "model": name,
+        "fp32_accuracy": accuracy(m, test_set),
+        "int8_fake_quant_accuracy": accuracy(gm, test_set),
+        "test_samples": len(test_set),
+        "device_samples": n,
+        "published_m4_cycles": PUBLISHED_M4.get(name),
+    }
     for sched in ("portable", "default", "tuned"):
         t0 = time.time()
-        prog = build_program(gm, xs[:1], "cortex-m4", CACHE / f"build-{name}-{sched}",
-                             schedules=sched, tuning_log=CACHE / "tuning.jsonl")
+        prog = build_program(
+            gm, xs[:1], "cortex-m4", CACHE / f"build-{name}-{sched}", schedules=sched, tuning_log=CACHE / "tuning.jsonl"
+        )
         q = prog.quantize_input(xs.numpy())
         prof = prog.profile(q[0], per_layer=sched == "tuned")
         # The same inference on MLPerf Tiny's reference board: flash behind 5 wait states and
         # the ART accelerator (published board figures are measured; these are estimates).
         board = prog.profile(q[0], per_layer=False, memory_profile="stm32l4r5")
         io = prog.cmodel.input_size + prog.cmodel.output_size
-        rec = {"instructions": prof["instructions"], "est_cycles": prof["est_cycles"],
-               "memory_profile": prof["memory_profile"],
-               "est_cycles_stm32l4r5": board["est_cycles"],
-               "flash_reads": board["flash_reads"], "fetch_misses": board["fetch_misses"],
-               "data_misses": board["data_misses"],
-               "flash_bytes": prog.arm.flash_bytes,
-               # Arena + input and output tensors + measured stack (Deployed.measure's figure).
-               "sram_bytes": prog.cmodel.plan.arena_size + io + prof["stack_bytes"],
-               "stack_bytes": prof["stack_bytes"],
-               "arena_bytes": prog.cmodel.plan.arena_size,
-               "memory_plan": prog.cmodel.plan.report(prog.graph),
-               "per_layer": prof["layers"], "build_and_profile_s": round(time.time() - t0, 1)}
+        rec = {
+            "instructions": prof["instructions"],
+            "est_cycles": prof["est_cycles"],
+            "memory_profile": prof["memory_profile"],
+            "est_cycles_stm32l4r5": board["est_cycles"],
+            "flash_reads": board["flash_reads"],
+            "fetch_misses": board["fetch_misses"],
+            "data_misses": board["data_misses"],
+            "flash_bytes": prog.arm.flash_bytes,
+            # Arena + input and output tensors + measured stack (Deployed.measure's figure).
+            "sram_bytes": prog.cmodel.plan.arena_size + io + prof["stack_bytes"],
+            "stack_bytes": prof["stack_bytes"],
+            "arena_bytes": prog.cmodel.plan.arena_size,
+            "memory_plan": prog.cmodel.plan.report(prog.graph),
+            "per_layer": prof["layers"],
+            "build_and_profile_s": round(time.time() - t0, 1),
+        }
         if sched == "tuned":
             rec["tuning"] = prog.info.get("tuning")
             t0 = time.time()
@@ -221,27 +234,29 @@ def measure(name: str) -> dict:
             rec["top1_agree_vs_fake_quant"] = float((logits.argmax(1) == want.argmax(1)).mean())
             rec["device_run_s"] = round(time.time() - t0, 1)
         out[sched] = rec
-        print(name, sched, rec["instructions"], rec["est_cycles"], rec["est_cycles_stm32l4r5"],
-              flush=True)
+        print(name, sched, rec["instructions"], rec["est_cycles"], rec["est_cycles_stm32l4r5"], flush=True)
     out["macs"] = prog.graph.macs()
     return out
 
 
 def markdown(results: dict) -> str:
     """The RESULTS.md section: one row per model and schedule."""
-    rows = ["| model | schedules | device acc. (n) | fp32 / int8 PyTorch acc. | instructions "
-            "| est. cycles (ideal) | est. cycles (stm32l4r5) | flash | peak SRAM |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | schedules | device acc. (n) | fp32 / int8 PyTorch acc. | instructions "
+        "| est. cycles (ideal) | est. cycles (stm32l4r5) | flash | peak SRAM |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         for sched in ("portable", "default", "tuned"):
             m = r[sched]
-            acc = (f"{m['device_accuracy']:.3f} ({r['device_samples']})"
-                   if "device_accuracy" in m else "")
+            acc = f"{m['device_accuracy']:.3f} ({r['device_samples']})" if "device_accuracy" in m else ""
             torch_acc = f"{r['fp32_accuracy']:.3f} / {r['int8_fake_quant_accuracy']:.3f}"
-            rows.append(f"| {name} | {sched} | {acc} | {torch_acc} | {m['instructions']:,} | "
-                        f"{m['est_cycles'] / 1e6:.2f} M | "
-                        f"{m['est_cycles_stm32l4r5'] / 1e6:.2f} M | {m['flash_bytes'] / 1024:.1f} KiB | "
-                        f"{m['sram_bytes'] / 1024:.1f} KiB |")
+            rows.append(
+                f"| {name} | {sched} | {acc} | {torch_acc} | {m['instructions']:,} | "
+                f"{m['est_cycles'] / 1e6:.2f} M | "
+                f"{m['est_cycles_stm32l4r5'] / 1e6:.2f} M | {m['flash_bytes'] / 1024:.1f} KiB | "
+                f"{m['sram_bytes'] / 1024:.1f} KiB |"
+            )
     return "\n".join(rows)
 
 
@@ -255,9 +270,15 @@ if __name__ == "__main__":
         results = {n: measure(n) for n in names}
         for n, r in results.items():
             save(f"micro_mlperf_{n}", r)
-        print(json.dumps({n: {k: v for k, v in r.items() if k not in ("portable", "default",
-                                                                      "tuned")}
-                          for n, r in results.items()}, indent=1))
+        print(
+            json.dumps(
+                {
+                    n: {k: v for k, v in r.items() if k not in ("portable", "default", "tuned")}
+                    for n, r in results.items()
+                },
+                indent=1,
+            )
+        )
         print(markdown(results))
     elif cmd == "tune":
         # Layer shapes do not depend on the weights: tune on an untrained copy.

@@ -49,8 +49,7 @@ def _quantized(name: str):
     kw, shape = MODELS[name]
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    gm = quantize_ptq(zoo.create(name, **kw).eval(),
-                      [torch.randn(8, *shape, generator=gen) for _ in range(4)])
+    gm = quantize_ptq(zoo.create(name, **kw).eval(), [torch.randn(8, *shape, generator=gen) for _ in range(4)])
     return gm, torch.randn(4, *shape, generator=gen)
 
 
@@ -60,16 +59,24 @@ def measure(name: str, schedules: str) -> dict:
     out: dict = {"model": name, "macs": g.macs(), "weights": "untrained (seeded init)"}
     for kernels in ("tinytamer", "cmsis-nn"):
         t0 = time.time()
-        prog = build_program(gm, x[:1], "cortex-m4", WORK / "micro_vs_cmsis" / f"{name}-{kernels}",
-                             schedules=schedules, kernels=kernels,
-                             cmsis_nn_root=PEER,
-                             tuning_log=WORK / "micro_vs_cmsis" / "tuning.jsonl")
+        prog = build_program(
+            gm,
+            x[:1],
+            "cortex-m4",
+            WORK / "micro_vs_cmsis" / f"{name}-{kernels}",
+            schedules=schedules,
+            kernels=kernels,
+            cmsis_nn_root=PEER,
+            tuning_log=WORK / "micro_vs_cmsis" / "tuning.jsonl",
+        )
         q = prog.quantize_input(x.numpy())
         want = prog.run_reference(q)
-        rec: dict = {"schedules": schedules if kernels == "tinytamer" else "cmsis-nn",
-                     "bit_exact_vs_reference": bool(np.array_equal(prog.run_device(q), want)),
-                     "flash_bytes": prog.arm.flash_bytes,
-                     "arena_bytes": prog.cmodel.plan.arena_size}
+        rec: dict = {
+            "schedules": schedules if kernels == "tinytamer" else "cmsis-nn",
+            "bit_exact_vs_reference": bool(np.array_equal(prog.run_device(q), want)),
+            "flash_bytes": prog.arm.flash_bytes,
+            "arena_bytes": prog.cmodel.plan.arena_size,
+        }
         for profile in PROFILES:
             p = prog.profile(q[0], per_layer=profile == "ideal", memory_profile=profile)
             rec[f"est_cycles_{profile}"] = p["est_cycles"]
@@ -77,54 +84,80 @@ def measure(name: str, schedules: str) -> dict:
             if profile == "ideal":
                 rec["per_layer"] = p["layers"]
                 # Arena + input and output tensors + measured stack (Deployed.measure's figure).
-                rec["sram_bytes"] = (prog.cmodel.plan.arena_size + prog.cmodel.input_size
-                                     + prog.cmodel.output_size + p["stack_bytes"])
+                rec["sram_bytes"] = (
+                    prog.cmodel.plan.arena_size + prog.cmodel.input_size + prog.cmodel.output_size + p["stack_bytes"]
+                )
                 rec["stack_bytes"] = p["stack_bytes"]
         if kernels == "cmsis-nn":
             rec["cmsis_fallbacks"] = prog.cmodel.fallbacks
         rec["build_and_profile_s"] = round(time.time() - t0, 1)
         out[kernels] = rec
-        print(name, kernels, rec["instructions"], rec["est_cycles_ideal"],
-              rec["est_cycles_stm32l4r5"], rec["flash_bytes"], rec["sram_bytes"], flush=True)
+        print(
+            name,
+            kernels,
+            rec["instructions"],
+            rec["est_cycles_ideal"],
+            rec["est_cycles_stm32l4r5"],
+            rec["flash_bytes"],
+            rec["sram_bytes"],
+            flush=True,
+        )
     ours, theirs = out["tinytamer"], out["cmsis-nn"]
     out["ratio_ours_over_cmsis"] = {
         k: round(ours[k] / theirs[k], 3)
-        for k in ("instructions", "est_cycles_ideal", "est_cycles_stm32l4r5", "flash_bytes",
-                  "sram_bytes")}
+        for k in ("instructions", "est_cycles_ideal", "est_cycles_stm32l4r5", "flash_bytes", "sram_bytes")
+    }
     return out
 
 
 def markdown(results: list[dict]) -> str:
-    rows = ["| model | kernels | instructions | est. cycles ideal | est. cycles stm32l4r5 "
-            "| flash B | SRAM B | bit-exact |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    rows = [
+        "| model | kernels | instructions | est. cycles ideal | est. cycles stm32l4r5 | flash B | SRAM B | bit-exact |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results:
         for k in ("tinytamer", "cmsis-nn"):
             v = r[k]
-            rows.append(f"| {r['model']} | {k} ({v['schedules']}) | {v['instructions']:,} | "
-                        f"{v['est_cycles_ideal']:,} | {v['est_cycles_stm32l4r5']:,} | "
-                        f"{v['flash_bytes']:,} | {v['sram_bytes']:,} | "
-                        f"{v['bit_exact_vs_reference']} |")
+            rows.append(
+                f"| {r['model']} | {k} ({v['schedules']}) | {v['instructions']:,} | "
+                f"{v['est_cycles_ideal']:,} | {v['est_cycles_stm32l4r5']:,} | "
+                f"{v['flash_bytes']:,} | {v['sram_bytes']:,} | "
+                f"{v['bit_exact_vs_reference']} |"
+            )
         ratio = r["ratio_ours_over_cmsis"]
-        rows.append(f"| {r['model']} | ours / CMSIS-NN | {ratio['instructions']} | "
-                    f"{ratio['est_cycles_ideal']} | {ratio['est_cycles_stm32l4r5']} | "
-                    f"{ratio['flash_bytes']} | {ratio['sram_bytes']} | |")
+        rows.append(
+            f"| {r['model']} | ours / CMSIS-NN | {ratio['instructions']} | "
+            f"{ratio['est_cycles_ideal']} | {ratio['est_cycles_stm32l4r5']} | "
+            f"{ratio['flash_bytes']} | {ratio['sram_bytes']} | |"
+        )
     return "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--schedules", default="default", choices=("default", "tuned"),
-                    help="tinytamer's schedules (CMSIS-NN has none to tune)")
+    ap.add_argument(
+        "--schedules",
+        default="default",
+        choices=("default", "tuned"),
+        help="tinytamer's schedules (CMSIS-NN has none to tune)",
+    )
     args = ap.parse_args()
     if not (PEER / "Include" / "arm_nnfunctions.h").is_file():
         sys.exit(f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)")
     torch.set_num_threads(1)
     results = [measure(m, args.schedules) for m in args.models]
     suffix = "" if args.schedules == "default" else f"_{args.schedules}"
-    save(f"micro_vs_cmsis{suffix}", {"cpu": "cortex-m4", "compiler_flags": "-O2 (product build)",
-                                    "cmsis_nn": "../shared/peers/cmsis-nn (PEERS.md version)",
-                                    "models": results, "table": markdown(results)})
+    save(
+        f"micro_vs_cmsis{suffix}",
+        {
+            "cpu": "cortex-m4",
+            "compiler_flags": "-O2 (product build)",
+            "cmsis_nn": "../shared/peers/cmsis-nn (PEERS.md version)",
+            "models": results,
+            "table": markdown(results),
+        },
+    )
     print(markdown(results))
 
 

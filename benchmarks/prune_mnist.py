@@ -25,6 +25,7 @@ Efficient Neural Networks", NIPS 2015.  Per model:
    model is kept in ``benchmarks/work/prune_mnist/<model>_pruned.safetensors``
    (``deep_compression.py --pruned`` continues from it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,12 @@ PAPER = {
     "lenet300": {"1": 0.92, "3": 0.91, "5": 0.74},
     "lenet5": {"features.0": 0.34, "features.2": 0.88, "classifier.1": 0.92, "classifier.3": 0.81},
 }
-PAPER_ERROR = {"lenet300": {"dense": 0.0164, "pruned": 0.0159},
-               "lenet5": {"dense": 0.0080, "pruned": 0.0077}}
+PAPER_ERROR = {"lenet300": {"dense": 0.0164, "pruned": 0.0159}, "lenet5": {"dense": 0.0080, "pruned": 0.0077}}
 SHAPE = (1, 28, 28)
-SEEN = ("; the baseline checkpoint was trained on all 60,000 training images, so the "
-        "curves are optimistic (measured on seen images)")
+SEEN = (
+    "; the baseline checkpoint was trained on all 60,000 training images, so the "
+    "curves are optimistic (measured on seen images)"
+)
 
 
 def baseline(name: str, train_loader, train_iters: int) -> tuple[nn.Module, str]:
@@ -94,11 +96,15 @@ def run(name: str, args: argparse.Namespace) -> dict:
         return evaluate(m, val_loader, max_batches=args.val_batches)["accuracy"]
 
     t1 = time.time()
-    sens = sensitivity.analyze(model, val_acc, select={"names": layers},
-                               sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98])
+    sens = sensitivity.analyze(
+        model, val_acc, select={"names": layers}, sparsities=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
+    )
     sens.save(work / f"{name}_sensitivity.json")
-    plot = sensitivity.plot(sens, RESULTS / f"prune_mnist_{name}_sensitivity.png",
-                            title=f"{name} on MNIST: pruning one layer at a time (no retraining)")
+    plot = sensitivity.plot(
+        sens,
+        RESULTS / f"prune_mnist_{name}_sensitivity.png",
+        title=f"{name} on MNIST: pruning one layer at a time (no retraining)",
+    )
     chosen = sensitivity.choose_sparsities(sens, max_drop=0.005)
     oneshot = copy.deepcopy(model)
     prune.magnitude(oneshot, {k: v for k, v in chosen.items() if v > 0})
@@ -112,26 +118,39 @@ def run(name: str, args: argparse.Namespace) -> dict:
     # validation split above only keeps the sensitivity scores off the training loss.
     full = get_dataset("mnist", shared_data() / "mnist", val_fraction=0.0)
     retrain_loader = make_loader(full.train, 64, shuffle=True, seed=0)
-    retrain_cfg = {"base_lr": args.retrain_lr, "momentum": 0.9, "weight_decay": 5e-4,
-                   "lr_policy": "poly", "power": 1.0, "display": 0, "snapshot": 0,
-                   "test_interval": 0}
+    retrain_cfg = {
+        "base_lr": args.retrain_lr,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_policy": "poly",
+        "power": 1.0,
+        "display": 0,
+        "snapshot": 0,
+        "test_interval": 0,
+    }
     rounds: list[dict] = []
     if args.schedule == "iterative":
+
         def retrain(m: nn.Module) -> None:
             # Poly decay to zero within each round: every round ends converged at its mask.
             cfg = SolverConfig(**retrain_cfg, max_iter=args.retrain_iters, seed=len(rounds))
             Solver(m, cfg, retrain_loader, progress=False).solve()
-            rounds.append({"round": len(rounds) + 1, "test_error": 1 - evaluate(m, test_loader)["accuracy"],
-                           "seconds": round(time.time() - t2, 1)})
+            rounds.append(
+                {
+                    "round": len(rounds) + 1,
+                    "test_error": 1 - evaluate(m, test_loader)["accuracy"],
+                    "seconds": round(time.time() - t2, 1),
+                }
+            )
             print(f"{name}: round {len(rounds)} test error {rounds[-1]['test_error']:.2%}", flush=True)
 
         prune.iterative(model, retrain, PAPER[name], rounds=args.rounds)
-        schedule: dict = {"type": "iterative", "rounds": args.rounds,
-                          "iters_per_round": args.retrain_iters}
+        schedule: dict = {"type": "iterative", "rounds": args.rounds, "iters_per_round": args.retrain_iters}
     else:
         end = int(args.agp_fraction * args.retrain_iters)
-        agp = prune.AGPSchedule(initial=0.0, final=max(PAPER[name].values()), start=0, end=end,
-                                frequency=max(1, end // 10))
+        agp = prune.AGPSchedule(
+            initial=0.0, final=max(PAPER[name].values()), start=0, end=end, frequency=max(1, end // 10)
+        )
         hook = prune.GradualPruner(model, agp, PAPER[name])
         cfg = SolverConfig(**retrain_cfg, max_iter=args.retrain_iters)
         Solver(model, cfg, retrain_loader, progress=False, after_step=[hook]).solve()
@@ -147,51 +166,82 @@ def run(name: str, args: argparse.Namespace) -> dict:
     iters = args.retrain_iters * (args.rounds if args.schedule == "iterative" else 1)
 
     result = {
-        "model": name, "baseline": source,
-        "dense": {"test_error": 1 - dense_acc, "weights": total, "params": counts.params,
-                  "file_bytes": dense_file.file_bytes},
-        "sensitivity": {"split": f"validation split of the training set ({len(data.val)} "
-                                 f"images, {args.val_batches} x 1000 used per point)"
-                                 + (SEEN if source.endswith(".safetensors") else ""),
-                        "baseline_val_acc": sens.baseline, "max_drop": 0.005,
-                        "chosen": chosen, "plot": str(plot.relative_to(REPO)),
-                        "oneshot_test_error": 1 - oneshot_acc,
-                        "oneshot_weights_ratio": oneshot_total / max(oneshot_nz, 1)},
-        "pruned": {"test_error": 1 - pruned_acc, "nonzero_weights": nz,
-                   "weights_ratio": total / nz, "nonzero_params": counts.nonzero_params,
-                   "params_ratio": counts.params / counts.nonzero_params,
-                   "file_bytes": pruned_file.file_bytes,
-                   "file_ratio": dense_file.file_bytes / pruned_file.file_bytes,
-                   "layers": {k: v["sparsity"] for k, v in per_layer.items()},
-                   "targets": PAPER[name], "checkpoint": str(checkpoint.relative_to(REPO))},
-        "retrain": {"iters": iters, "epochs": round(iters * 64 / len(full.train), 1), "batch": 64,
-                    "images": len(full.train), "base_lr": args.retrain_lr,
-                    "lr_policy": "poly (to 0 within each round)", "momentum": 0.9,
-                    "weight_decay": 5e-4, "schedule": schedule, "rounds": rounds},
+        "model": name,
+        "baseline": source,
+        "dense": {
+            "test_error": 1 - dense_acc,
+            "weights": total,
+            "params": counts.params,
+            "file_bytes": dense_file.file_bytes,
+        },
+        "sensitivity": {
+            "split": f"validation split of the training set ({len(data.val)} "
+            f"images, {args.val_batches} x 1000 used per point)" + (SEEN if source.endswith(".safetensors") else ""),
+            "baseline_val_acc": sens.baseline,
+            "max_drop": 0.005,
+            "chosen": chosen,
+            "plot": str(plot.relative_to(REPO)),
+            "oneshot_test_error": 1 - oneshot_acc,
+            "oneshot_weights_ratio": oneshot_total / max(oneshot_nz, 1),
+        },
+        "pruned": {
+            "test_error": 1 - pruned_acc,
+            "nonzero_weights": nz,
+            "weights_ratio": total / nz,
+            "nonzero_params": counts.nonzero_params,
+            "params_ratio": counts.params / counts.nonzero_params,
+            "file_bytes": pruned_file.file_bytes,
+            "file_ratio": dense_file.file_bytes / pruned_file.file_bytes,
+            "layers": {k: v["sparsity"] for k, v in per_layer.items()},
+            "targets": PAPER[name],
+            "checkpoint": str(checkpoint.relative_to(REPO)),
+        },
+        "retrain": {
+            "iters": iters,
+            "epochs": round(iters * 64 / len(full.train), 1),
+            "batch": 64,
+            "images": len(full.train),
+            "base_lr": args.retrain_lr,
+            "lr_policy": "poly (to 0 within each round)",
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": schedule,
+            "rounds": rounds,
+        },
         "paper": {"source": "Han et al. 2015, Table 1", **PAPER_ERROR[name], "weights_ratio": 12},
-        "seconds": {"baseline": round(t1 - t0, 1), "sensitivity": round(t2 - t1, 1),
-                    "prune_retrain": round(t3 - t2, 1)},
+        "seconds": {
+            "baseline": round(t1 - t0, 1),
+            "sensitivity": round(t2 - t1, 1),
+            "prune_retrain": round(t3 - t2, 1),
+        },
     }
-    print(f"{name}: dense error {1 - dense_acc:.2%}, pruned error {1 - pruned_acc:.2%}, "
-          f"{total / nz:.1f}x fewer weights, file {dense_file.file_bytes} -> "
-          f"{pruned_file.file_bytes} bytes; sensitivity one-shot {oneshot_total / oneshot_nz:.1f}x "
-          f"at {1 - oneshot_acc:.2%} error")
+    print(
+        f"{name}: dense error {1 - dense_acc:.2%}, pruned error {1 - pruned_acc:.2%}, "
+        f"{total / nz:.1f}x fewer weights, file {dense_file.file_bytes} -> "
+        f"{pruned_file.file_bytes} bytes; sensitivity one-shot {oneshot_total / oneshot_nz:.1f}x "
+        f"at {1 - oneshot_acc:.2%} error"
+    )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="*", default=["lenet300", "lenet5"], choices=sorted(PAPER))
-    parser.add_argument("--schedule", choices=["iterative", "agp"], default="iterative",
-                        help="iterative: the paper's prune-retrain rounds; agp: one gradual ramp")
+    parser.add_argument(
+        "--schedule",
+        choices=["iterative", "agp"],
+        default="iterative",
+        help="iterative: the paper's prune-retrain rounds; agp: one gradual ramp",
+    )
     parser.add_argument("--rounds", type=int, default=6, help="prune-retrain rounds (iterative)")
-    parser.add_argument("--retrain-iters", type=int, default=5000,
-                        help="retraining iterations per round (agp: in all)")
+    parser.add_argument("--retrain-iters", type=int, default=5000, help="retraining iterations per round (agp: in all)")
     parser.add_argument("--retrain-lr", type=float, default=0.01)
-    parser.add_argument("--agp-fraction", type=float, default=0.6,
-                        help="agp: part of the retraining over which sparsity ramps up")
-    parser.add_argument("--train-iters", type=int, default=2000,
-                        help="baseline training when no baseline checkpoint exists")
+    parser.add_argument(
+        "--agp-fraction", type=float, default=0.6, help="agp: part of the retraining over which sparsity ramps up"
+    )
+    parser.add_argument(
+        "--train-iters", type=int, default=2000, help="baseline training when no baseline checkpoint exists"
+    )
     parser.add_argument("--val-batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -67,10 +67,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--targets", nargs="+", default=["onnxruntime", "ncnn"])
-    ap.add_argument("--int8-min-top1", type=float, default=0.5,
-                    help="int8 parity gates (against fp32, and ORT's fused kernels against their "
-                    "QDQ model): top-1 agreement (untrained weights have near-tied logits; the "
-                    "measured agreement is saved)")
+    ap.add_argument(
+        "--int8-min-top1",
+        type=float,
+        default=0.5,
+        help="int8 parity gates (against fp32, and ORT's fused kernels against their "
+        "QDQ model): top-1 agreement (untrained weights have near-tied logits; the "
+        "measured agreement is saved)",
+    )
     args = ap.parse_args()
     TOLERANCES["int8"]["min_top1_agree"] = args.int8_min_top1
     # The same for the fused-kernels-vs-QDQ check: near ties flip under rounding alone; its
@@ -89,19 +93,39 @@ def main() -> None:
         model = set_bn_stats(create(name, num_classes=10, in_channels=3, input_size=32), train)
         counts = count(model, (3, 32, 32))
         t0 = time.time()
-        report = bench(model, WORK / "targets" / name, example_input=example, calib=calib,
-                       targets=args.targets, batches=args.batches, threads=args.threads,
-                       repeats=args.repeats, warmup=5, rounds=args.rounds)
+        report = bench(
+            model,
+            WORK / "targets" / name,
+            example_input=example,
+            calib=calib,
+            targets=args.targets,
+            batches=args.batches,
+            threads=args.threads,
+            repeats=args.repeats,
+            warmup=5,
+            rounds=args.rounds,
+        )
         print(f"\n{name}: {counts.macs / 1e6:.1f} MMACs, {counts.params / 1e6:.2f} M params")
         print(report.table())
-        results[name] = {"macs": counts.macs, "params": counts.params,
-                         "seconds": round(time.time() - t0, 1),
-                         "load_average_1_5_15": os.getloadavg(), **report.to_dict()}
+        results[name] = {
+            "macs": counts.macs,
+            "params": counts.params,
+            "seconds": round(time.time() - t0, 1),
+            "load_average_1_5_15": os.getloadavg(),
+            **report.to_dict(),
+        }
         # Saved after every model, so that a long run keeps what it measured.
-        save(f"targets_bench_t{args.threads}", {
-            "threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
-            "int8_min_top1_agree": args.int8_min_top1,
-            "batches": args.batches, "models": results})
+        save(
+            f"targets_bench_t{args.threads}",
+            {
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "rounds": args.rounds,
+                "int8_min_top1_agree": args.int8_min_top1,
+                "batches": args.batches,
+                "models": results,
+            },
+        )
 
 
 if __name__ == "__main__":

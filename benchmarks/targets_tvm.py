@@ -60,13 +60,21 @@ def tune_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
         for b in args.batches:
             x = torch.stack([data.test[i][0] for i in range(b)])
             t0 = time.time()
-            d = get_target("tvm").compile(model, [x], WORK / "tvm" / name / f"tune-b{b}",
-                                          threads=args.threads, trials=args.trials,
-                                          database=args.database, calib=calib)
+            d = get_target("tvm").compile(
+                model,
+                [x],
+                WORK / "tvm" / name / f"tune-b{b}",
+                threads=args.threads,
+                trials=args.trials,
+                database=args.database,
+                calib=calib,
+            )
             info = dict(d.tuning[b], wall_s=round(time.time() - t0, 1))
             info.pop("database")  # a path on this machine; the folder is the --database option
-            print(f"{name} batch {b}: {info['tasks']} tasks, {info['tasks_tuned_now']} tuned now, "
-                  f"{info['trials_measured_now']} trials, {info['tuning_s']:.0f} s tuning")
+            print(
+                f"{name} batch {b}: {info['tasks']} tasks, {info['tasks_tuned_now']} tuned now, "
+                f"{info['trials_measured_now']} trials, {info['tuning_s']:.0f} s tuning"
+            )
             entry = log.setdefault(name, {}).get(str(b))
             # Keep the run that tuned (a re-run finds everything in the database).
             if entry is None or info["tasks_tuned_now"] > 0 or entry.get("trials_per_task") != args.trials:
@@ -75,15 +83,15 @@ def tune_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
             write_json(TUNING_LOG, log)
 
 
-def _measure_round_robin(deployed: dict[str, Any], batch: int, args: argparse.Namespace
-                         ) -> dict[str, Cost]:
+def _measure_round_robin(deployed: dict[str, Any], batch: int, args: argparse.Namespace) -> dict[str, Cost]:
     best: dict[str, Cost] = {}
     for _ in range(args.rounds):
         for key, d in deployed.items():
             if key == "tvm fp32 untuned" and batch not in args.untuned_batches:
                 continue
-            best[key] = better_round(best.get(key), d.measure(
-                batch=batch, threads=args.threads, repeats=args.repeats, warmup=5))
+            best[key] = better_round(
+                best.get(key), d.measure(batch=batch, threads=args.threads, repeats=args.repeats, warmup=5)
+            )
     return best
 
 
@@ -98,46 +106,82 @@ def time_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
         counts = count(model, (3, 32, 32))
         work = WORK / "tvm" / name
         deployed = {
-            "torch fp32": get_target("torch").compile(model, [example], work / "torch",
-                                                      threads=args.threads, calib=calib),
+            "torch fp32": get_target("torch").compile(
+                model, [example], work / "torch", threads=args.threads, calib=calib
+            ),
             "onnxruntime fp32": get_target("onnxruntime").compile(
-                model, [example], work / "onnxruntime", threads=args.threads, calib=calib),
+                model, [example], work / "onnxruntime", threads=args.threads, calib=calib
+            ),
             "tvm fp32 tuned": get_target("tvm").compile(
-                model, [example], work / "tvm-tuned", threads=args.threads, calib=calib,
-                trials=args.trials, database=args.database, progress=False),
+                model,
+                [example],
+                work / "tvm-tuned",
+                threads=args.threads,
+                calib=calib,
+                trials=args.trials,
+                database=args.database,
+                progress=False,
+            ),
             "tvm fp32 untuned": get_target("tvm").compile(
-                model, [example], work / "tvm-untuned", threads=args.threads, calib=calib,
-                trials=0),
+                model, [example], work / "tvm-untuned", threads=args.threads, calib=calib, trials=0
+            ),
         }
         rows = []
         for b in args.batches:
             costs = _measure_round_robin(deployed, b, args)
             base = costs["torch fp32"]
             for key, c in costs.items():
-                tvm_info = {k: c.extra.get(k) for k in ("tuned", "tasks", "tasks_from_database",
-                                                        "tasks_tuned_now", "tasks_untuned",
-                                                        "functions_scheduled_from_database")
-                            if k in c.extra}
-                rows.append({"runtime": key, "batch": b, "latency_ms_median": c.latency_ms_median,
-                             "latency_ms_p10": c.latency_ms_p10, "latency_ms_p90": c.latency_ms_p90,
-                             "latency_ms_min": c.latency_ms_min,
-                             "speedup_vs_torch": base.latency_ms_median / c.latency_ms_median,
-                             "speedup_min_vs_torch": base.latency_ms_min / c.latency_ms_min,
-                             "peak_rss_mb": c.peak_rss_mb, "artifact_bytes": c.artifact_bytes,
-                             "cpus_available": c.extra.get("cpus_available"),
-                             "max_rel_err": deployed[key].parity["outputs"][0]["max_rel_err"],
-                             **({"tvm": tvm_info} if tvm_info else {})})
-                print(f"{name} b{b} {key:18s} {c.latency_ms_median:9.3f} ms  "
-                      f"x{rows[-1]['speedup_vs_torch']:.2f} vs torch")
-        results[name] = {"macs": counts.macs, "params": counts.params,
-                         "trials_per_task": args.trials,
-                         "load_average_1_5_15": os.getloadavg(),
-                         "tuning": {b: {k: v for k, v in t.items() if k != "database"}
-                                    for b, t in tuning.get(name, {}).items()},
-                         "rows": rows}
-        save("targets_tvm", {"threads": args.threads, "untuned_batches": args.untuned_batches,
-                             "repeats": args.repeats, "rounds": args.rounds,
-                             "batches": args.batches, "models": results})
+                tvm_info = {
+                    k: c.extra.get(k)
+                    for k in (
+                        "tuned",
+                        "tasks",
+                        "tasks_from_database",
+                        "tasks_tuned_now",
+                        "tasks_untuned",
+                        "functions_scheduled_from_database",
+                    )
+                    if k in c.extra
+                }
+                rows.append(
+                    {
+                        "runtime": key,
+                        "batch": b,
+                        "latency_ms_median": c.latency_ms_median,
+                        "latency_ms_p10": c.latency_ms_p10,
+                        "latency_ms_p90": c.latency_ms_p90,
+                        "latency_ms_min": c.latency_ms_min,
+                        "speedup_vs_torch": base.latency_ms_median / c.latency_ms_median,
+                        "speedup_min_vs_torch": base.latency_ms_min / c.latency_ms_min,
+                        "peak_rss_mb": c.peak_rss_mb,
+                        "artifact_bytes": c.artifact_bytes,
+                        "cpus_available": c.extra.get("cpus_available"),
+                        "max_rel_err": deployed[key].parity["outputs"][0]["max_rel_err"],
+                        **({"tvm": tvm_info} if tvm_info else {}),
+                    }
+                )
+                print(
+                    f"{name} b{b} {key:18s} {c.latency_ms_median:9.3f} ms  x{rows[-1]['speedup_vs_torch']:.2f} vs torch"
+                )
+        results[name] = {
+            "macs": counts.macs,
+            "params": counts.params,
+            "trials_per_task": args.trials,
+            "load_average_1_5_15": os.getloadavg(),
+            "tuning": {b: {k: v for k, v in t.items() if k != "database"} for b, t in tuning.get(name, {}).items()},
+            "rows": rows,
+        }
+        save(
+            "targets_tvm",
+            {
+                "threads": args.threads,
+                "untuned_batches": args.untuned_batches,
+                "repeats": args.repeats,
+                "rounds": args.rounds,
+                "batches": args.batches,
+                "models": results,
+            },
+        )
 
 
 def main() -> None:
@@ -147,10 +191,14 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trials", type=int, default=32, help="measured candidates per task")
-    ap.add_argument("--database", type=Path, default=WORK / "tvm-db",
-                    help="MetaSchedule tuning database folder")
-    ap.add_argument("--untuned-batches", nargs="*", type=int, default=[1],
-                    help="batch sizes to time untuned TVM at (it is slow: seconds per call at 32)")
+    ap.add_argument("--database", type=Path, default=WORK / "tvm-db", help="MetaSchedule tuning database folder")
+    ap.add_argument(
+        "--untuned-batches",
+        nargs="*",
+        type=int,
+        default=[1],
+        help="batch sizes to time untuned TVM at (it is slow: seconds per call at 32)",
+    )
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()

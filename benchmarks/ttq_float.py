@@ -54,8 +54,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model, info = baseline(name, data, train_loader, args.weights)
     iters = args.iters or ITERS[name]
     lr = args.lr or LR[name]
-    cfg = SolverConfig(base_lr=lr, optimizer="adam", lr_policy="poly", power=1.0,
-                       max_iter=iters, display=0)
+    cfg = SolverConfig(base_lr=lr, optimizer="adam", lr_policy="poly", power=1.0, max_iter=iters, display=0)
     start_acc = evaluate(model, test_loader)["accuracy"]
     print(f"{name} baseline: {start_acc:.4f}", flush=True)
 
@@ -83,22 +82,31 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         arms[arm] = record
         print(f"{name} {arm}: {record['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     ratio = arms["float"]["weight_bits"] / arms["ttq"]["weight_bits"]
-    return {"model": name, "dataset": DATA[name], "baseline": info, "baseline_accuracy": start_acc,
-            "budget": {"iters": iters, "batch": train_loader.batch_size, "lr": lr,
-                       "optimizer": "adam, poly"},
-            "t": args.t, "test_images": len(test_loader.dataset), "arms": arms,
-            "weight_storage_ratio": ratio}
+    return {
+        "model": name,
+        "dataset": DATA[name],
+        "baseline": info,
+        "baseline_accuracy": start_acc,
+        "budget": {"iters": iters, "batch": train_loader.batch_size, "lr": lr, "optimizer": "adam, poly"},
+        "t": args.t,
+        "test_images": len(test_loader.dataset),
+        "arms": arms,
+        "weight_storage_ratio": ratio,
+    }
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| model / data | budget | float top-1 | TTQ top-1 | TTQ before training | "
-             "weight storage float / TTQ |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model / data | budget | float top-1 | TTQ top-1 | TTQ before training | weight storage float / TTQ |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         a = r["arms"]
         lines.append(
             f"| {r['model']} / {r['dataset']} | {r['budget']['iters']} it x {r['budget']['batch']} "
             f"| {a['float']['accuracy']:.2%} | {a['ttq']['accuracy']:.2%} | "
-            f"{a['ttq']['accuracy_before_training']:.2%} | {r['weight_storage_ratio']:.1f}x |")
+            f"{a['ttq']['accuracy_before_training']:.2%} | {r['weight_storage_ratio']:.1f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -109,16 +117,22 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help=f"base lr (default {LR})")
     parser.add_argument("--t", type=float, default=0.05)
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images")
-    parser.add_argument("--weights", default=None,
-                        help="float weights to start from (safetensors state_dict of the zoo model)")
+    parser.add_argument(
+        "--weights", default=None, help="float weights to start from (safetensors state_dict of the zoo model)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [run_model(name, args) for name in args.models]
     print(table(results))
-    save("ttq_float_" + "_".join(args.models),
-         {"results": results, "table": table(results),
-          "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data"})
+    save(
+        "ttq_float_" + "_".join(args.models),
+        {
+            "results": results,
+            "table": table(results),
+            "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,13 @@ def digits_recipe() -> RecipeFactory:
     digits (the first ``limit`` samples, batches of 32, seed 0) through ``stages``."""
 
     def make(name: str, stages: list[Any], *, limit: int = 600) -> dict[str, Any]:
-        return {"name": name, "seed": 0,
-                "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": limit},
-                "model": {"name": "democnn"}, "stages": list(stages)}
+        return {
+            "name": name,
+            "seed": 0,
+            "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": limit},
+            "model": {"name": "democnn"},
+            "stages": list(stages),
+        }
 
     return make
 
@@ -63,8 +67,7 @@ def run_stages(tmp_path: Path) -> StageRunner:
     # not the collection of every test file.
     from tinytamer.recipe import parse_recipe, run
 
-    def run_quietly(recipe: dict[str, Any], folder: Path = tmp_path
-                    ) -> tuple[dict[str, dict[str, Any]], RunDir]:
+    def run_quietly(recipe: dict[str, Any], folder: Path = tmp_path) -> tuple[dict[str, dict[str, Any]], RunDir]:
         rundir = run(parse_recipe(recipe), folder / "run", progress=False, echo=lambda s: None)
         recs = {r["stage"]: r for r in rundir.records() if r.get("kind") == "stage"}
         return recs, rundir

@@ -51,8 +51,7 @@ def macs(model: nn.Module, x: torch.Tensor) -> int:
         nonlocal total
         total += out.numel() * (m.weight[0].numel())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -108,8 +107,7 @@ def test_rounding_to_multiple_and_per_layer_ratios() -> None:
     model = tiny()
     pruned = prune_channels(model, X, ratio={"conv": 0.3}, round_to=8)
     assert pruned.conv.out_channels == 40 and pruned.stem.out_channels == 32
-    pruned = prune_channels(model, X, ratio=0.3, round_to=4,
-                            select={"overrides": {"^conv$": {"ratio": 0.6}}})
+    pruned = prune_channels(model, X, ratio=0.3, round_to=4, select={"overrides": {"^conv$": {"ratio": 0.6}}})
     assert pruned.stem.out_channels == 20  # 22.4 -> 22 -> 20
     assert pruned.conv.out_channels == 24  # 25.6 -> 25 -> 24
     assert all(c % 4 == 0 for c in channel_counts(pruned).values() if c != 10)
@@ -162,8 +160,7 @@ def test_zoo_models(name: str) -> None:
     before, after = zoo.count(model, (3, 32, 32)), zoo.count(pruned, (3, 32, 32))
     assert after.macs < 0.5 * before.macs and after.params < 0.5 * before.params
     assert pruned(x).shape == model.eval()(x).shape == (1, 10)
-    assert all(c % 8 == 0 for n, c in channel_counts(pruned).items() if c != 10), \
-        channel_counts(pruned)
+    assert all(c % 8 == 0 for n, c in channel_counts(pruned).items() if c != 10), channel_counts(pruned)
     if name == "resnet8":  # exporting mobilenetv2 too would double this file's run time
         torch.export.export(pruned.eval(), (x,))
 

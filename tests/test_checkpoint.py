@@ -25,8 +25,7 @@ class Block(nn.Module):
 def pruned_net() -> nn.Module:
     torch.manual_seed(0)
     # shapes no constructor default would give: what a channel-pruned model looks like
-    m = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), Block(5), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(5, 7))
+    m = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), Block(5), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 7))
     m[1].bn.running_mean.uniform_()
     m[1].bn.running_var.uniform_(0.5, 2)
     return m.eval()

@@ -18,8 +18,25 @@ def test_help_lists_commands():
 
 
 def test_train_command_writes_a_run(tmp_path):
-    out = runner.invoke(app, ["train", "--model", "democnn", "--data", "digits", "--size", "16",
-                              "--max-iter", "10", "--runs", str(tmp_path), "--name", "t", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "democnn",
+            "--data",
+            "digits",
+            "--size",
+            "16",
+            "--max-iter",
+            "10",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "t",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert (tmp_path / "t" / "report.html").is_file()
     assert "accuracy" in out.output
@@ -28,8 +45,12 @@ def test_train_command_writes_a_run(tmp_path):
 def test_user_errors_are_one_clear_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "stages": [{"train": {"lr": 1}}]}))
-    proc = subprocess.run([sys.executable, "-c", "from tinytamer.cli import main; main()", "run", str(bad)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from tinytamer.cli import main; main()", "run", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "stages[0].train.lr: unknown key" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -41,9 +62,27 @@ def test_list_models_and_stages():
 
 
 def test_compress_command_writes_a_compressed_file(tmp_path):
-    out = runner.invoke(app, ["compress", "--method", "prune", "--model", "democnn", "--data", "digits",
-                              "--size", "16", "--set", "sparsity=0.5", "--runs", str(tmp_path),
-                              "--name", "c", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "compress",
+            "--method",
+            "prune",
+            "--model",
+            "democnn",
+            "--data",
+            "digits",
+            "--size",
+            "16",
+            "--set",
+            "sparsity=0.5",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "c",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     files = list((tmp_path / "c").glob("stages/*_save_compressed/model.tt"))
     assert len(files) == 1
@@ -61,11 +100,33 @@ def test_unknown_method_names_the_known_stages(tmp_path):
 
 
 def test_set_data_and_model_options(tmp_path):
-    out = runner.invoke(app, ["train", "--size", "16", "--max-iter", "2", "--set", "data.augment=true",
-                              "--set", "data.limit=40", "--set", "data.batch_size=8",
-                              "--set", "model.name=lenet5", "--set", "model.kwargs.num_classes=10",
-                              "--set", "display=0",
-                              "--runs", str(tmp_path), "--name", "s", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--size",
+            "16",
+            "--max-iter",
+            "2",
+            "--set",
+            "data.augment=true",
+            "--set",
+            "data.limit=40",
+            "--set",
+            "data.batch_size=8",
+            "--set",
+            "model.name=lenet5",
+            "--set",
+            "model.kwargs.num_classes=10",
+            "--set",
+            "display=0",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "s",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     recipe = yaml.safe_load((tmp_path / "s" / "recipe.yaml").read_text())
     assert recipe["data"]["augment"] is True and recipe["data"]["limit"] == 40
@@ -75,8 +136,9 @@ def test_set_data_and_model_options(tmp_path):
 
 
 def test_set_unknown_data_key_lists_the_data_keys(tmp_path):
-    out = runner.invoke(app, ["train", "--max-iter", "1", "--set", "data.augmnt=true",
-                              "--runs", str(tmp_path), "--quiet"])
+    out = runner.invoke(
+        app, ["train", "--max-iter", "1", "--set", "data.augmnt=true", "--runs", str(tmp_path), "--quiet"]
+    )
     assert out.exit_code == 2
     assert "data.augmnt: unknown key (allowed: name, root, size, augment" in out.output
     assert "did you mean 'augment'" in out.output
@@ -153,8 +215,10 @@ def test_list_target_shows_the_keys_for_that_target():
     micro = runner.invoke(app, ["list", "targets", "cortex-m4"]).output
     assert "stage deploy" in micro and "sram_budget: int | None = null" in micro
     assert "schedules: 'default' | 'portable' | 'tuned'" in micro
-    assert "schedules" not in ort.output and "options of torch: none" in \
-        runner.invoke(app, ["list", "targets", "torch"]).output
+    assert (
+        "schedules" not in ort.output
+        and "options of torch: none" in runner.invoke(app, ["list", "targets", "torch"]).output
+    )
     assert "onnxruntime" in runner.invoke(app, ["list", "targets"]).output
 
 
@@ -175,48 +239,135 @@ def test_list_errors_name_what_exists():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    out = runner.invoke(app, ["train", "--size", "16", "--max-iter", "40", "--lr", "0.05",
-                              "--set", "display=0", "--runs", str(runs), "--name", "t", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "train",
+            "--size",
+            "16",
+            "--max-iter",
+            "40",
+            "--lr",
+            "0.05",
+            "--set",
+            "display=0",
+            "--runs",
+            str(runs),
+            "--name",
+            "t",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     return runs / "t"
 
 
 def test_evaluate_a_run_or_a_checkpoint_on_a_dataset(trained, tmp_path):
-    out = runner.invoke(app, ["evaluate", "--run", str(trained), "--limit", "50",
-                              "--runs", str(tmp_path), "--name", "e1", "--quiet"])
+    out = runner.invoke(
+        app, ["evaluate", "--run", str(trained), "--limit", "50", "--runs", str(tmp_path), "--name", "e1", "--quiet"]
+    )
     assert out.exit_code == 0, out.output
     assert "0:evaluate" in out.output and "(50 samples, PyTorch)" in out.output
     ckpt = trained / "checkpoints" / "01_evaluate.safetensors"
-    out = runner.invoke(app, ["evaluate", "--weights", str(ckpt), "--data", "digits", "--size", "16",
-                              "--set", "split=val", "--runs", str(tmp_path), "--name", "e2", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--weights",
+            str(ckpt),
+            "--data",
+            "digits",
+            "--size",
+            "16",
+            "--set",
+            "split=val",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "e2",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     rec = [r for r in (tmp_path / "e2" / "metrics.jsonl").read_text().splitlines() if '"stage"' in r]
     assert '"split": "val"' in rec[-1]
     # scored through a deployed runtime: target, precision, parity and the sample count
-    out = runner.invoke(app, ["evaluate", "--run", str(trained), "--limit", "30", "--target", "torch",
-                              "--runs", str(tmp_path), "--name", "e3", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--run",
+            str(trained),
+            "--limit",
+            "30",
+            "--target",
+            "torch",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "e3",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "torch fp32  parity ok (max |d| 0)" in out.output and "(30 samples, torch)" in out.output
 
 
 def test_evaluate_refuses_unclear_requests(trained, tmp_path):
-    for args in ([], ["--run", str(trained), "--weights", "x.safetensors"],
-                 ["--run", str(trained), "--precision", "int8"]):
+    for args in (
+        [],
+        ["--run", str(trained), "--weights", "x.safetensors"],
+        ["--run", str(trained), "--precision", "int8"],
+    ):
         out = runner.invoke(app, ["evaluate", *args, "--runs", str(tmp_path), "--quiet"])
         assert out.exit_code == 2, (args, out.output)
         assert "error:" in out.output
 
 
 def test_deploy_and_bench_say_what_they_start(trained, tmp_path):
-    out = runner.invoke(app, ["deploy", "--target", "torch", "--run", str(trained), "--set", "repeats=2",
-                              "--set", "isolate=false", "--runs", str(tmp_path), "--name", "d", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "deploy",
+            "--target",
+            "torch",
+            "--run",
+            str(trained),
+            "--set",
+            "repeats=2",
+            "--set",
+            "isolate=false",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "d",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     first = out.output.splitlines()[0]
     assert first.startswith(f"tamer deploy: weights {trained}")
     assert "target torch fp32" in first and str(tmp_path / "d") in first
     assert "0:deploy" in out.output and "torch fp32  parity ok" in out.output
-    out = runner.invoke(app, ["bench", "--target", "torch", "--run", str(trained), "--set", "repeats=1",
-                              "--set", "isolate=false", "--runs", str(tmp_path), "--name", "b", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "bench",
+            "--target",
+            "torch",
+            "--run",
+            str(trained),
+            "--set",
+            "repeats=1",
+            "--set",
+            "isolate=false",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "b",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert out.output.splitlines()[0].startswith("tamer bench: ") and "targets torch" in out.output
 
@@ -226,23 +377,45 @@ def test_summary_names_target_precision_and_parity():
     from tinytamer.records import stage_record
 
     def out(err, agree=None):
-        return {"max_abs_err": err, "max_rel_err": err, "mean_abs_err": err, "n": 32,
-                "top1_agree": agree}
+        return {"max_abs_err": err, "max_rel_err": err, "mean_abs_err": err, "n": 32, "top1_agree": agree}
 
     parity = {"ok": True, "precision": "int8", "tolerance": {"max_rel_err": 0.5}}
-    deploy = stage_record({"index": 5, "stage": "deploy", "target": "onnxruntime", "precision": "int8",
-                           "parity": {**parity, "outputs": [out(0.0, 1.0), out(0.25, 0.96875)]},
-                           "accuracy": 0.975, "accuracy_runtime": "onnxruntime",
-                           "eval_samples": 360, "artifacts": []})
+    deploy = stage_record(
+        {
+            "index": 5,
+            "stage": "deploy",
+            "target": "onnxruntime",
+            "precision": "int8",
+            "parity": {**parity, "outputs": [out(0.0, 1.0), out(0.25, 0.96875)]},
+            "accuracy": 0.975,
+            "accuracy_runtime": "onnxruntime",
+            "eval_samples": 360,
+            "artifacts": [],
+        }
+    )
     line = _record_line(deploy)
     assert "5:deploy" in line
     assert "onnxruntime int8  parity ok (max |d| 0.25; top-1 agreement 96.9%)" in line
     assert "accuracy 97.50% (360 samples, onnxruntime)" in line
-    micro = stage_record({"index": 6, "stage": "deploy", "target": "cortex-m4", "precision": "int8",
-                          "parity": {**parity, "outputs": [out(0.0)]}, "bit_exact_inputs": 8,
-                          "accuracy": 0.96, "accuracy_runtime": "cortex-m4", "eval_samples": 100,
-                          "eval_total": 360, "options": {"schedules": "default"}, "artifacts": [],
-                          "arena_bytes": 1024, "memory_plan": "arena 1024 B", "est_cycles": 5000})
+    micro = stage_record(
+        {
+            "index": 6,
+            "stage": "deploy",
+            "target": "cortex-m4",
+            "precision": "int8",
+            "parity": {**parity, "outputs": [out(0.0)]},
+            "bit_exact_inputs": 8,
+            "accuracy": 0.96,
+            "accuracy_runtime": "cortex-m4",
+            "eval_samples": 100,
+            "eval_total": 360,
+            "options": {"schedules": "default"},
+            "artifacts": [],
+            "arena_bytes": 1024,
+            "memory_plan": "arena 1024 B",
+            "est_cycles": 5000,
+        }
+    )
     line = _record_line(micro)
     assert "cortex-m4 int8  parity ok (max |d| 0; bit-exact vs the C reference on 8 inputs)" in line
     assert "accuracy 96.00% (100 of 360 samples, cortex-m4)" in line
@@ -254,21 +427,68 @@ def test_deploy_set_takes_the_target_options(trained, tmp_path):
     """`--set` reaches the target's own options (`tamer list targets NAME`), validated."""
     from tinytamer.micro import toolchain
 
-    bad = runner.invoke(app, ["deploy", "--target", "cortex-m4", "--run", str(trained), "--set",
-                              "schedule=tuned", "--runs", str(tmp_path), "--name", "x", "--quiet"])
+    bad = runner.invoke(
+        app,
+        [
+            "deploy",
+            "--target",
+            "cortex-m4",
+            "--run",
+            str(trained),
+            "--set",
+            "schedule=tuned",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--quiet",
+        ],
+    )
     assert bad.exit_code == 2, bad.output
     assert "unknown key 'schedule' - did you mean 'schedules'?" in bad.output
     assert "options of target 'cortex-m4': calib_method, schedules" in bad.output
-    bad = runner.invoke(app, ["deploy", "--target", "cortex-m4", "--run", str(trained), "--set",
-                              "schedules=fast", "--runs", str(tmp_path), "--name", "x", "--quiet"])
+    bad = runner.invoke(
+        app,
+        [
+            "deploy",
+            "--target",
+            "cortex-m4",
+            "--run",
+            str(trained),
+            "--set",
+            "schedules=fast",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--quiet",
+        ],
+    )
     assert bad.exit_code == 2 and "target 'cortex-m4' option schedules" in bad.output
     assert not (tmp_path / "x").exists()
     if not (toolchain.arm_available() and toolchain.qemu_available()):
         pytest.skip("ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh")
-    out = runner.invoke(app, ["deploy", "--target", "cortex-m4", "--run", str(trained),
-                              "--set", "schedules=tuned", "--set", "eval_limit=20",
-                              "--set", "calib_batches=2", "--runs", str(tmp_path), "--name", "m",
-                              "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "deploy",
+            "--target",
+            "cortex-m4",
+            "--run",
+            str(trained),
+            "--set",
+            "schedules=tuned",
+            "--set",
+            "eval_limit=20",
+            "--set",
+            "calib_batches=2",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "m",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "target cortex-m4 int8" in out.output.splitlines()[0]
     assert "0:deploy" in out.output and "cortex-m4 int8  parity ok" in out.output
@@ -281,8 +501,23 @@ def test_deploy_set_takes_the_target_options(trained, tmp_path):
 
 
 def test_evaluate_on_data_of_another_shape_is_one_clear_error(trained, tmp_path):
-    out = runner.invoke(app, ["evaluate", "--run", str(trained), "--data", "digits", "--size", "12",
-                              "--runs", str(tmp_path), "--name", "x", "--quiet"])
+    out = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--run",
+            str(trained),
+            "--data",
+            "digits",
+            "--size",
+            "12",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--quiet",
+        ],
+    )
     assert out.exit_code == 2, out.output
     assert "does not take this data's input of shape (1, 12, 12)" in out.output
     assert str(trained) in out.output

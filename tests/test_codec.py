@@ -85,8 +85,14 @@ def test_round_trip_is_exact_and_picks_the_compact_encodings(tmp_path: Path) -> 
 def test_every_encoding_round_trips_bit_exact(tmp_path: Path, encoding: str) -> None:
     model = make_model()
     x = torch.randn(2, 3, 8, 8)
-    targets = {"dense": "stem.weight", "sparse": "fc.weight", "codebook": "conv.weight",
-               "huffman": "conv.weight", "ternary": "proj.weight", "fixedpoint": "head.weight"}
+    targets = {
+        "dense": "stem.weight",
+        "sparse": "fc.weight",
+        "codebook": "conv.weight",
+        "huffman": "conv.weight",
+        "ternary": "proj.weight",
+        "fixedpoint": "head.weight",
+    }
     name = targets[encoding]
     path = tmp_path / f"{encoding}.tt"
     report = codec.save(model, path, encodings={f"^{name}$": encoding}, allow=["dense"])
@@ -98,8 +104,10 @@ def test_every_encoding_round_trips_bit_exact(tmp_path: Path, encoding: str) -> 
     # Bit-identical (no -0.0 in these tensors, so the bit patterns must match too).
     assert torch.equal(restored.view(torch.int32), original.view(torch.int32))
     assert torch.equal(loaded(x), model(x))
-    assert codec.info(path)["tensors"][[t["name"] for t in codec.info(path)["tensors"]].index(name)][
-        "encoding"] == encoding
+    assert (
+        codec.info(path)["tensors"][[t["name"] for t in codec.info(path)["tensors"]].index(name)]["encoding"]
+        == encoding
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.bool])
@@ -166,6 +174,7 @@ def test_info_and_format_info(tmp_path: Path) -> None:
 
 # -- corrupt files ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[Path, bytes]:
     path = tmp_path / "model.tt"
@@ -175,14 +184,14 @@ def saved(tmp_path: Path) -> tuple[Path, bytes]:
 
 def _manifest(data: bytes) -> tuple[int, dict]:
     _, _, n, _ = struct.unpack_from("<8sHII", data)
-    return n, json.loads(zlib.decompress(data[18:18 + n]))
+    return n, json.loads(zlib.decompress(data[18 : 18 + n]))
 
 
 def _rewrite(path: Path, data: bytes, manifest: dict | bytes) -> None:
     n, _ = _manifest(data)
     body = manifest if isinstance(manifest, bytes) else zlib.compress(json.dumps(manifest).encode())
     header = struct.pack("<8sHII", format.MAGIC, format.VERSION, len(body), zlib.crc32(body))
-    path.write_bytes(header + body + data[18 + n:])
+    path.write_bytes(header + body + data[18 + n :])
 
 
 def test_flipped_payload_byte_names_the_tensor(saved: tuple[Path, bytes]) -> None:
@@ -190,7 +199,7 @@ def test_flipped_payload_byte_names_the_tensor(saved: tuple[Path, bytes]) -> Non
     n, manifest = _manifest(data)
     entry = next(e for e in manifest["tensors"] if e["name"] == "fc.weight")
     at = 18 + n + entry["offset"] + 3
-    path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
     with pytest.raises(CodecError, match=r"tensor 'fc.weight' in .*model.tt: checksum mismatch"):
         codec.load(path, allow_modules=ALLOW)
 

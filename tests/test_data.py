@@ -20,11 +20,11 @@ from tinytamer.data import imagefolder as imagefolder_mod
 from tinytamer.data.arrays import interleave_by_class, split_indices
 from tinytamer.errors import DataError
 
-SHARED_DATA = Path(os.environ.get("TINYTAMER_DATA", Path(__file__).resolve().parents[2] / "shared"
-                                  / "data"))
+SHARED_DATA = Path(os.environ.get("TINYTAMER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 # ---------------------------------------------------------------- writers of small datasets
+
 
 def write_idx(path: Path, array: np.ndarray, magic: int, gz: bool) -> Path:
     payload = struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.tobytes()
@@ -37,8 +37,7 @@ def write_idx(path: Path, array: np.ndarray, magic: int, gz: bool) -> Path:
     return path
 
 
-def make_idx_dataset(root: Path, gz: bool, n_train: int = 20, n_test: int = 6,
-                     seed: int = 0) -> dict[str, np.ndarray]:
+def make_idx_dataset(root: Path, gz: bool, n_train: int = 20, n_test: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     arrays = {}
@@ -51,8 +50,9 @@ def make_idx_dataset(root: Path, gz: bool, n_train: int = 20, n_test: int = 6,
     return arrays
 
 
-def write_cifar_batches(root: Path, per_batch: int = 4, protocol: int = 5,
-                        bytes_keys: bool = False) -> dict[str, np.ndarray]:
+def write_cifar_batches(
+    root: Path, per_batch: int = 4, protocol: int = 5, bytes_keys: bool = False
+) -> dict[str, np.ndarray]:
     """The official layout: a dict with 'data' (N x 3072 uint8 planes) and 'labels' (list)."""
     rng = np.random.default_rng(1)
     folder = root / "cifar-10-batches-py"
@@ -61,22 +61,26 @@ def write_cifar_batches(root: Path, per_batch: int = 4, protocol: int = 5,
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = [int(x) for x in rng.integers(0, 10, per_batch)]
-        batch = {"batch_label": "batch", "data": data, "labels": labels,
-                 "filenames": [f"{i}.png" for i in range(per_batch)]}
+        batch = {
+            "batch_label": "batch",
+            "data": data,
+            "labels": labels,
+            "filenames": [f"{i}.png" for i in range(per_batch)],
+        }
         if bytes_keys:
             batch = {k.encode(): v for k, v in batch.items()}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
         out[name] = data
         out[name + "_labels"] = np.array(labels)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck"]
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     meta = {"label_names": names, "num_cases_per_batch": per_batch}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
     return out
 
 
-def make_image_tree(root: Path, classes: dict[str, int], splits=("train", "test"), size=32,
-                    mode="RGB", ext="png", seed=0) -> Path:
+def make_image_tree(
+    root: Path, classes: dict[str, int], splits=("train", "test"), size=32, mode="RGB", ext="png", seed=0
+) -> Path:
     rng = np.random.default_rng(seed)
     for split in splits:
         for cname, n in classes.items():
@@ -84,8 +88,7 @@ def make_image_tree(root: Path, classes: dict[str, int], splits=("train", "test"
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 shape = (size, size, 3) if mode == "RGB" else (size, size)
-                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(
-                    d / f"{i:04d}.{ext}")
+                Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(d / f"{i:04d}.{ext}")
     return root
 
 
@@ -194,8 +197,11 @@ def test_idx_missing_root_and_files(tmp_path):
         get_dataset("mnist")
     make_idx_dataset(tmp_path, gz=True)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DataError, match=r"missing t10k-labels-idx1-ubyte\[\.gz\].*"
-                                        r"train-images-idx3-ubyte\[\.gz\]"):
+    with pytest.raises(
+        DataError,
+        match=r"missing t10k-labels-idx1-ubyte\[\.gz\].*"
+        r"train-images-idx3-ubyte\[\.gz\]",
+    ):
         get_dataset("mnist", tmp_path)
 
 
@@ -239,8 +245,9 @@ def test_idx_corrupt_gzip(tmp_path):
         get_dataset("mnist", tmp_path)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(),
-                    reason="real MNIST not found (../shared/data/mnist or $TINYTAMER_DATA)")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "mnist").is_dir(), reason="real MNIST not found (../shared/data/mnist or $TINYTAMER_DATA)"
+)
 def test_real_mnist_loads_completely():
     b = get_dataset("mnist", SHARED_DATA / "mnist")
     assert (len(b.train) + len(b.val), len(b.test)) == (60000, 10000)
@@ -298,8 +305,7 @@ def test_cifar_missing_and_malformed_batches(tmp_path):
     (folder / "data_batch_4").unlink()
     with pytest.raises(DataError, match="missing CIFAR-10 batch file.*data_batch_4"):
         get_dataset("cifar10", tmp_path)
-    (folder / "data_batch_4").write_bytes(pickle.dumps({"data": np.zeros((3, 3072), np.uint8),
-                                                        "labels": [0, 1]}))
+    (folder / "data_batch_4").write_bytes(pickle.dumps({"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1]}))
     bad = re.escape(str(folder / "data_batch_4"))
     with pytest.raises(DataError, match=f"{bad}: 2 labels but 3 images"):
         get_dataset("cifar10", tmp_path)
@@ -341,8 +347,9 @@ def test_cifar_image_tree_and_tar_gz(tmp_path):
 
 
 def test_imagefolder_with_val_split_grey_and_limit(tmp_path):
-    tree = make_image_tree(tmp_path / "t", {"a": 3, "b": 3, "c": 2},
-                           splits=("train", "val", "test"), size=12, mode="L", ext="png")
+    tree = make_image_tree(
+        tmp_path / "t", {"a": 3, "b": 3, "c": 2}, splits=("train", "val", "test"), size=12, mode="L", ext="png"
+    )
     b = get_dataset("imagefolder", tree, cache_dir=tmp_path / "cache", augment=True)
     assert b.meta.input_shape == (1, 12, 12) and b.meta.class_names == ["a", "b", "c"]
     assert (len(b.train), len(b.val), len(b.test)) == (8, 8, 8)  # val from its own folder
@@ -490,8 +497,9 @@ def test_make_loader_with_augmentation_repeats_given_torch_seed():
     x1, x2 = batches(), batches()
     assert torch.equal(x1, x2)
     # In a worker process the transforms' RNG is seeded from the loader's seed alone.
-    workers = [torch.cat([x for x, _ in make_loader(b.train, 16, shuffle=True, seed=1,
-                                                    num_workers=1)]) for _ in range(2)]
+    workers = [
+        torch.cat([x for x, _ in make_loader(b.train, 16, shuffle=True, seed=1, num_workers=1)]) for _ in range(2)
+    ]
     assert torch.equal(workers[0], workers[1])
     plain = torch.stack([b.val[i][0] for i in range(len(b.val))])
     assert plain.shape == (64, 1, 8, 8)

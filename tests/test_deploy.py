@@ -24,10 +24,18 @@ def _loader(n: int = 40) -> DataLoader:
 
 def test_deploy_writes_summary_and_scores_through_the_runtime(tmp_path):
     loader = _loader()
-    deployed, rep = deploy(residual_model(), "onnxruntime", tmp_path, example_input=
-                           torch.randn(1, 1, 8, 8), calib=Calibration(loader, limit=2),
-                           test_loader=loader, eval_limit=35, repeats=3, warmup=1,
-                           isolate=False)
+    deployed, rep = deploy(
+        residual_model(),
+        "onnxruntime",
+        tmp_path,
+        example_input=torch.randn(1, 1, 8, 8),
+        calib=Calibration(loader, limit=2),
+        test_loader=loader,
+        eval_limit=35,
+        repeats=3,
+        warmup=1,
+        isolate=False,
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["target"] == "onnxruntime" and summary["artifacts"] == ["model.onnx"]
     assert summary["artifact_bytes"] == (tmp_path / "model.onnx").stat().st_size
@@ -39,13 +47,23 @@ def test_deploy_writes_summary_and_scores_through_the_runtime(tmp_path):
 
 def test_bench_compares_against_torch_in_the_same_run(tmp_path):
     loader = _loader()
-    report = bench(residual_model(), tmp_path, example_input=torch.randn(1, 1, 8, 8),
-                   calib=calib_batches(2), test_loader=loader, targets=["onnxruntime"],
-                   precisions=["fp32", "int8"], batches=(1, 2), repeats=3, warmup=1,
-                   isolate=False)
+    report = bench(
+        residual_model(),
+        tmp_path,
+        example_input=torch.randn(1, 1, 8, 8),
+        calib=calib_batches(2),
+        test_loader=loader,
+        targets=["onnxruntime"],
+        precisions=["fp32", "int8"],
+        batches=(1, 2),
+        repeats=3,
+        warmup=1,
+        isolate=False,
+    )
     keys = {(r.target, r.precision, r.batch) for r in report.rows}
-    assert keys == {(t, p, b) for t, p in [("torch", "fp32"), ("onnxruntime", "fp32"),
-                                           ("onnxruntime", "int8")] for b in (1, 2)}
+    assert keys == {
+        (t, p, b) for t, p in [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")] for b in (1, 2)
+    }
     base = [r for r in report.rows if r.target == "torch"]
     assert all(r.speedup == pytest.approx(1.0) and r.acc_delta == 0.0 for r in base)
     for r in report.rows:
@@ -60,19 +78,28 @@ def test_bench_keeps_a_failing_target_as_a_row(tmp_path, monkeypatch):
     from tinytamer.targets import onnxrt
 
     monkeypatch.setattr(onnxrt.OrtDeployed, "run", lambda self, a: [a[0][:, :1, 0, 0] * 0])
-    report = bench(residual_model(), tmp_path, example_input=torch.randn(1, 1, 8, 8),
-                   targets=["onnxruntime"], precisions=["fp32"], repeats=2, warmup=0,
-                   isolate=False)
+    report = bench(
+        residual_model(),
+        tmp_path,
+        example_input=torch.randn(1, 1, 8, 8),
+        targets=["onnxruntime"],
+        precisions=["fp32"],
+        repeats=2,
+        warmup=0,
+        isolate=False,
+    )
     failed = [r for r in report.rows if r.target == "onnxruntime"]
     assert failed[0].status.startswith("failed:") and "shape" in failed[0].status
     assert report.best().target == "torch"
 
 
 def test_best_respects_the_accuracy_constraint():
-    rows = [BenchRow("torch", "fp32", 1, latency_ms=10.0, speedup=1.0, acc_delta=0.0),
-            BenchRow("onnxruntime", "fp32", 1, latency_ms=6.0, speedup=1.7, acc_delta=0.0),
-            BenchRow("onnxruntime", "int8", 1, latency_ms=2.0, speedup=5.0, acc_delta=-0.03),
-            BenchRow("ncnn", "fp32", 32, latency_ms=1.0, speedup=9.0, acc_delta=0.0)]
+    rows = [
+        BenchRow("torch", "fp32", 1, latency_ms=10.0, speedup=1.0, acc_delta=0.0),
+        BenchRow("onnxruntime", "fp32", 1, latency_ms=6.0, speedup=1.7, acc_delta=0.0),
+        BenchRow("onnxruntime", "int8", 1, latency_ms=2.0, speedup=5.0, acc_delta=-0.03),
+        BenchRow("ncnn", "fp32", 32, latency_ms=1.0, speedup=9.0, acc_delta=0.0),
+    ]
     report = BenchReport(rows=rows, threads=2)
     assert report.best(batch=1).precision == "int8"
     assert report.best(0.01, batch=1).target == "onnxruntime"

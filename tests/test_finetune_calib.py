@@ -22,8 +22,12 @@ torch.set_num_threads(1)
 def _loader(n: int = 50, batch: int = 8, shuffle: bool = True) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 1, 8, 8, generator=g)
-    return DataLoader(TensorDataset(x, torch.arange(n) % 3), batch_size=batch, shuffle=shuffle,
-                      generator=torch.Generator().manual_seed(1))
+    return DataLoader(
+        TensorDataset(x, torch.arange(n) % 3),
+        batch_size=batch,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(1),
+    )
 
 
 # -- Calibration ---------------------------------------------------------------------------------
@@ -69,10 +73,8 @@ def test_int8_quantize_takes_a_calibration() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
     calib = Calibration(_loader(), limit=2)
-    q = int8.quantize(model, calib, calibration="percentile",
-                      select={"overrides": {"3": {"bits": 4}}})
-    old = int8.quantize_ptq(model, list(calib), method="percentile",
-                            select={"overrides": {"3": {"bits": 4}}})
+    q = int8.quantize(model, calib, calibration="percentile", select={"overrides": {"3": {"bits": 4}}})
+    old = int8.quantize_ptq(model, list(calib), method="percentile", select={"overrides": {"3": {"bits": 4}}})
     assert int8.quant_params(q) == int8.quant_params(old)
     assert int8.quant_params(q)["_3"]["w_bits"] == 4
 
@@ -100,14 +102,19 @@ def test_train_hook_runs_after_each_step_and_once_after_training(tmp_path) -> No
     assert hook.steps == [1, 2, 3, 4, 5, 6] and hook.trained == 1
     resumed = _Recorder()  # from iteration 3: the steps left, then the end of training
     Solver(model, cfg, _loader(), snapshot_dir=tmp_path, hooks=[resumed], progress=False).solve(
-        resume=tmp_path / "iter_3.pt")
+        resume=tmp_path / "iter_3.pt"
+    )
     assert resumed.steps == [4, 5, 6] and resumed.trained == 1
 
 
 # -- every fine-tuning stage resumes ----------------------------------------------------------------
 
-BASE = {"name": "ft", "seed": 3, "data": {"name": "digits", "size": 8, "batch_size": 16, "limit": 200},
-        "model": {"name": "democnn"}}
+BASE = {
+    "name": "ft",
+    "seed": 3,
+    "data": {"name": "digits", "size": 8, "batch_size": 16, "limit": 200},
+    "model": {"name": "democnn"},
+}
 # Five updates: the interruption below (at update 8) falls in the stage under test.
 TRAIN = {"train": {"base_lr": 0.05, "max_iter": 5, "display": 0}}
 FINETUNE = {"base_lr": 0.01, "max_iter": 12, "snapshot": 5, "display": 0}
@@ -131,11 +138,15 @@ def _counting(updates: list[int], stop_at: int | None = None):
     return wrapped
 
 
-@pytest.mark.parametrize("stage", [
-    {"quantize": {"method": "qat", "calib_batches": 2, "finetune": {**FINETUNE}}},
-    {"ttq": {"finetune": {**FINETUNE, "optimizer": "adam", "base_lr": 0.001}}},
-    {"fixed_point": {"calib_batches": 2, "finetune": {**FINETUNE}}},
-], ids=["qat", "ttq", "fixed_point"])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"quantize": {"method": "qat", "calib_batches": 2, "finetune": {**FINETUNE}}},
+        {"ttq": {"finetune": {**FINETUNE, "optimizer": "adam", "base_lr": 0.001}}},
+        {"fixed_point": {"calib_batches": 2, "finetune": {**FINETUNE}}},
+    ],
+    ids=["qat", "ttq", "fixed_point"],
+)
 def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch, stage) -> None:
     recipe = parse_recipe({**BASE, "stages": [TRAIN, stage]})
     quiet = {"progress": False, "echo": lambda s: None}

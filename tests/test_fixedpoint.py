@@ -34,9 +34,14 @@ def test_weight_fl_matches_brute_force() -> None:
 def _net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
     )
     with torch.no_grad():  # very different ranges per layer: where dynamic formats pay off
         model[0].weight.mul_(20.0)
@@ -56,7 +61,7 @@ def test_quantize_records_formats_and_exact_grid() -> None:
     assert len({f["w_fl"] for f in forms.values()}) == 3  # one format per layer
     for name in forms:
         layer = q.get_submodule(name)
-        ints = layer.weight.detach() * 2.0 ** layer.w_fl
+        ints = layer.weight.detach() * 2.0**layer.w_fl
         assert torch.equal(ints, torch.round(ints))  # exactly integer * 2^-fl
         assert int(ints.abs().max()) <= 128
         assert torch.equal(layer.int_weight().float(), ints)

@@ -59,7 +59,7 @@ def trained(digits: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(4):
         for i in range(0, 1400, 64):
-            loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -73,6 +73,7 @@ def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 # ----------------------------------------------------------------------------- arithmetic
 
+
 def test_fake_quant_rounding_and_saturation_exact() -> None:
     x = torch.tensor([-3.0, -0.26, -0.25, 0.0, 0.1, 0.24, 0.26, 0.75, 31.0, 200.0])
     scale, zp = torch.tensor(0.5), torch.tensor(-100, dtype=torch.int32)
@@ -82,8 +83,7 @@ def test_fake_quant_rounding_and_saturation_exact() -> None:
     out = int8.fake_quant(x, scale, zp, -128, 127)
     expect = torch.tensor([-3.0, -0.5, 0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 31.0, 113.5])
     assert torch.equal(out, expect)
-    low = int8.fake_quant(torch.tensor([-200.0]), scale, torch.tensor(100, dtype=torch.int32),
-                          -128, 127)
+    low = int8.fake_quant(torch.tensor([-200.0]), scale, torch.tensor(100, dtype=torch.int32), -128, 127)
     assert low.item() == (-128 - 100) * 0.5  # saturates at qmin
 
 
@@ -137,6 +137,7 @@ def test_act_qparams_contain_zero() -> None:
 
 # ----------------------------------------------------------------------------- calibration
 
+
 def _data_with_outlier() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, generator=g)
@@ -179,10 +180,14 @@ def test_calibrate_rejects_bad_method(trained: nn.Module) -> None:
 
 # ----------------------------------------------------------------------------- graph
 
+
 def _fq_inputs(gm: torch.fx.GraphModule) -> list[str]:
     """Name of the node each FakeQuantAct quantizes, in graph order."""
-    return [n.args[0].name for n in gm.graph.nodes
-            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), FakeQuantAct)]
+    return [
+        n.args[0].name
+        for n in gm.graph.nodes
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), FakeQuantAct)
+    ]
 
 
 def test_bn_folding_exact() -> None:
@@ -217,7 +222,7 @@ def test_ptq_close_to_float(trained: nn.Module, digits: tuple[torch.Tensor, torc
     xt, yt = x[1400:], y[1400:]
     float_acc = _acc(trained, xt, yt)
     assert float_acc > 0.85
-    calib = [x[i:i + 100] for i in range(0, 400, 100)]
+    calib = [x[i : i + 100] for i in range(0, 400, 100)]
     for method in ("minmax", "percentile", "mse"):
         q = int8.quantize_ptq(trained, calib, method=method)
         assert _acc(q, xt, yt) >= float_acc - 0.03, method
@@ -276,7 +281,7 @@ def test_qat_trains_with_ste(trained: nn.Module, digits: tuple) -> None:
     before = _acc(int8.convert(gm), x[1400:], y[1400:])
     w0 = gm.get_submodule("conv1").weight.detach().clone()
     for i in range(0, 1400, 64):
-        loss = F.cross_entropy(gm(x[i:i + 64]), y[i:i + 64])
+        loss = F.cross_entropy(gm(x[i : i + 64]), y[i : i + 64])
         opt.zero_grad()
         loss.backward()
         grad = gm.get_submodule("conv1").weight.grad

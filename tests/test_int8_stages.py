@@ -18,11 +18,21 @@ TRAIN = {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}}
 
 
 def test_quantize_ptq_and_qat_stages(tmp_path, digits_recipe, run_stages) -> None:
-    recs, rundir = run_stages(digits_recipe("quant-test", [
-        TRAIN,
-        {"quantize": {"calibration": "percentile", "calib_batches": 4,
-                      "select": {"overrides": {"classifier": {"bits": 4}}}}},
-    ]))
+    recs, rundir = run_stages(
+        digits_recipe(
+            "quant-test",
+            [
+                TRAIN,
+                {
+                    "quantize": {
+                        "calibration": "percentile",
+                        "calib_batches": 4,
+                        "select": {"overrides": {"classifier": {"bits": 4}}},
+                    }
+                },
+            ],
+        )
+    )
     q = recs["quantize"]
     assert q["accuracy"] >= recs["train"]["accuracy"] - 0.05
     assert q["weight_bits"] == {"features.0": 8, "features.3": 8, "classifier.1": 4}
@@ -34,28 +44,45 @@ def test_quantize_ptq_and_qat_stages(tmp_path, digits_recipe, run_stages) -> Non
     gm = as_graph_module(model)
     assert int8.quant_params(gm) == params
 
-    recs, _ = run_stages(digits_recipe("quant-test", [
-        TRAIN,
-        {"quantize": {"method": "qat", "weight_bits": 4, "act_bits": 6, "calib_batches": 2,
-                      "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0}}},
-    ]), tmp_path / "qat")
+    recs, _ = run_stages(
+        digits_recipe(
+            "quant-test",
+            [
+                TRAIN,
+                {
+                    "quantize": {
+                        "method": "qat",
+                        "weight_bits": 4,
+                        "act_bits": 6,
+                        "calib_batches": 2,
+                        "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0},
+                    }
+                },
+            ],
+        ),
+        tmp_path / "qat",
+    )
     assert recs["quantize"]["accuracy"] >= recs["train"]["accuracy"] - 0.1
 
 
 def test_fixed_point_and_ttq_stages(tmp_path, digits_recipe, run_stages) -> None:
-    recs, rundir = run_stages(digits_recipe("quant-test", [
-        TRAIN, {"fixed_point": {"bits": 8, "calib_batches": 2}}]))
+    recs, rundir = run_stages(digits_recipe("quant-test", [TRAIN, {"fixed_point": {"bits": 8, "calib_batches": 2}}]))
     fp = recs["fixed_point"]
     assert set(fp["formats"]) == {"features.0", "features.3", "classifier.1"}
     assert fp["accuracy"] >= recs["train"]["accuracy"] - 0.03
     model = load_checkpoint(rundir.path / rundir.completed()[-1]["checkpoint"])
     assert isinstance(model.features[3], FixedPointConv2d)
 
-    recs, rundir = run_stages(digits_recipe("quant-test", [
-        TRAIN,
-        {"ttq": {"finetune": {"base_lr": 0.001, "max_iter": 20, "optimizer": "adam",
-                              "display": 0}}},
-    ]), tmp_path / "ttq")
+    recs, rundir = run_stages(
+        digits_recipe(
+            "quant-test",
+            [
+                TRAIN,
+                {"ttq": {"finetune": {"base_lr": 0.001, "max_iter": 20, "optimizer": "adam", "display": 0}}},
+            ],
+        ),
+        tmp_path / "ttq",
+    )
     assert set(recs["ttq"]["ternary_layers"]) == {"features.3"}  # first and last stay float
     model = load_checkpoint(rundir.path / rundir.completed()[-1]["checkpoint"])
     assert type(model.features[3]) is nn.Conv2d
@@ -63,9 +90,13 @@ def test_fixed_point_and_ttq_stages(tmp_path, digits_recipe, run_stages) -> None
 
 
 def test_stage_params_validated_up_front(digits_recipe) -> None:
-    for bad in ({"quantize": {"weight_bits": 9}}, {"quantize": {"method": "dynamic"}},
-                {"quantize": {"select": {"typez": ["Conv2d"]}}},
-                {"fixed_point": {"mode": "wild"}}, {"ttq": {"t": 2}},
-                {"ttq": {"finetune": {"base_lr": 0.1}}}):
+    for bad in (
+        {"quantize": {"weight_bits": 9}},
+        {"quantize": {"method": "dynamic"}},
+        {"quantize": {"select": {"typez": ["Conv2d"]}}},
+        {"fixed_point": {"mode": "wild"}},
+        {"ttq": {"t": 2}},
+        {"ttq": {"finetune": {"base_lr": 0.1}}},
+    ):
         with pytest.raises(RecipeError):
             parse_recipe(digits_recipe("quant-test", [bad]))

@@ -41,8 +41,9 @@ def smooth_images(n: int, seed: int) -> Tensor:
     """Low-frequency random images: neighbouring pixels correlate, as in natural images."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(n, 3, 4, 4, generator=g)
-    return F.interpolate(coarse, size=SHAPE[1:], mode="bilinear", align_corners=False) \
-        + 0.05 * torch.randn(n, *SHAPE, generator=g)
+    return F.interpolate(coarse, size=SHAPE[1:], mode="bilinear", align_corners=False) + 0.05 * torch.randn(
+        n, *SHAPE, generator=g
+    )
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_speedup_target_is_met_and_macs_follow_the_ranks(model, calib, speedup) 
             continue
         old = getattr(model, rep.name)
         if isinstance(old, nn.Conv2d):
-            per_rank = (old.in_channels * old.kernel_size[0] * old.kernel_size[1] + old.out_channels)
+            per_rank = old.in_channels * old.kernel_size[0] * old.kernel_size[1] + old.out_channels
         else:
             per_rank = old.in_features + old.out_features
         assert rep.macs_after == rep.rank * per_rank * positions[rep.name]

@@ -10,11 +10,22 @@ from tinytamer.recipe import parse_recipe
 
 
 def test_lowrank_stage_with_finetune(digits_recipe, run_stages) -> None:
-    recs, rundir = run_stages(digits_recipe("lowrank-test", [
-        {"train": {"base_lr": 0.05, "max_iter": 60, "display": 0}},
-        {"lowrank": {"speedup": 1.5, "calib_batches": 4, "iters": 3,
-                     "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0}}},
-    ]))
+    recs, rundir = run_stages(
+        digits_recipe(
+            "lowrank-test",
+            [
+                {"train": {"base_lr": 0.05, "max_iter": 60, "display": 0}},
+                {
+                    "lowrank": {
+                        "speedup": 1.5,
+                        "calib_batches": 4,
+                        "iters": 3,
+                        "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0},
+                    }
+                },
+            ],
+        )
+    )
     trained, low = recs["train"], recs["lowrank"]
     assert low["physical"] is True and low["method"] == "nonlinear-asymmetric"
     assert low["macs"] <= trained["macs"] / 1.5

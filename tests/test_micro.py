@@ -82,12 +82,26 @@ def test_c_requant_matches_numpy(tmp_path):
     main = tmp_path / "rq.c"
     main.write_text(
         '#include <stdio.h>\n#include "tt_kernels.h"\n'
-        "int main(void){long a,m,s;while(scanf(\"%ld %ld %ld\",&a,&m,&s)==3)"
-        "printf(\"%ld\\n\",(long)tt_requant((int32_t)a,(int32_t)m,(int32_t)s));return 0;}\n")
+        'int main(void){long a,m,s;while(scanf("%ld %ld %ld",&a,&m,&s)==3)'
+        'printf("%ld\\n",(long)tt_requant((int32_t)a,(int32_t)m,(int32_t)s));return 0;}\n'
+    )
     exe = tmp_path / "rq"
-    subprocess.run(["gcc", "-std=c99", "-O2", "-fsanitize=undefined", "-fno-sanitize-recover=all",
-                    "-I", str(RUNTIME_DIR), str(main), str(RUNTIME_DIR / "tt_kernels.c"),
-                    "-o", str(exe)], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c99",
+            "-O2",
+            "-fsanitize=undefined",
+            "-fno-sanitize-recover=all",
+            "-I",
+            str(RUNTIME_DIR),
+            str(main),
+            str(RUNTIME_DIR / "tt_kernels.c"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
     text = "\n".join(f"{a} {m} {s}" for a, m, s in zip(acc, mult, shift, strict=True))
     out = subprocess.run([str(exe)], input=text, capture_output=True, text=True, check=True)
     assert out.stderr == ""
@@ -105,8 +119,11 @@ def test_reference_conv_matches_torch_convolution():
     g = b.graph(out)
     x = rng.integers(-2, 5, (6, 5, 4)).astype(np.int8)
     xs = torch.tensor(x.astype(np.float64) - 2).permute(2, 0, 1)[None]
-    want = torch.nn.functional.conv2d(xs, torch.tensor(w, dtype=torch.float64), stride=(2, 1),
-                                      padding=1, groups=2)[0].permute(1, 2, 0).numpy()
+    want = (
+        torch.nn.functional.conv2d(xs, torch.tensor(w, dtype=torch.float64), stride=(2, 1), padding=1, groups=2)[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     np.testing.assert_array_equal(reference.run(g, x), want.astype(np.int8))
 
 

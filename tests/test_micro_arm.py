@@ -11,11 +11,13 @@ from tinytamer.micro.builder import random_graph
 from tinytamer.micro.cost import CYCLE_TABLES, BlockCoster
 from tinytamer.micro.session import Session
 
-arm = pytest.mark.skipif(not toolchain.arm_available(),
-                         reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
-qemu = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
-                          reason="ARM toolchain or QEMU missing: run "
-                                 "scripts/install-micro-toolchain.sh")
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
+qemu = pytest.mark.skipif(
+    not (toolchain.arm_available() and toolchain.qemu_available()),
+    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh",
+)
 
 
 def _case(seed: int = 0, n: int = 5):
@@ -83,7 +85,7 @@ def test_cycle_table_classes():
     push of 2 registers 1 + 2."""
     coster = BlockCoster(CYCLE_TABLES["cortex-m4"])
     adds = bytes.fromhex("0844")  # add r0, r1
-    ldr2 = bytes.fromhex("0868" "4968")  # ldr r0, [r1]; ldr r1, [r1, #4]
+    ldr2 = bytes.fromhex("08684968")  # ldr r0, [r1]; ldr r1, [r1, #4]
     smlad = bytes.fromhex("20fb0101")  # smlad r1, r0, r1, r0
     push = bytes.fromhex("10b5")  # push {r4, lr}
     assert coster.cost(adds, 0).cycles == 1
@@ -93,11 +95,14 @@ def test_cycle_table_classes():
 
 
 @qemu
-@pytest.mark.parametrize("sched", [
-    {"kernel": "direct"},
-    {"kernel": "im2col", "cols": 1, "pack": "channel"},
-    {"kernel": "im2col", "cols": 2, "pack": "flat"},
-])
+@pytest.mark.parametrize(
+    "sched",
+    [
+        {"kernel": "direct"},
+        {"kernel": "im2col", "cols": 1, "pack": "channel"},
+        {"kernel": "im2col", "cols": 2, "pack": "flat"},
+    ],
+)
 def test_every_conv_schedule_is_bit_exact(tmp_path, sched):
     from tinytamer.micro.ir import Add, Conv2D, Dense
 
@@ -119,15 +124,26 @@ def test_tuner_measures_once_and_reuses_its_log(tmp_path):
 
     rng = np.random.default_rng(0)
     b = GraphBuilder((6, 6, 1), 0.02, 3)
-    x = b.conv(b.input, rng.integers(-127, 128, (8, 1, 3, 3)), np.full(8, 0.01), None, 0.05, -5,
-               padding=(1, 1), relu="relu", name="stem")
+    x = b.conv(
+        b.input,
+        rng.integers(-127, 128, (8, 1, 3, 3)),
+        np.full(8, 0.01),
+        None,
+        0.05,
+        -5,
+        padding=(1, 1),
+        relu="relu",
+        name="stem",
+    )
     g = b.graph(x)
     log = tmp_path / "tune.jsonl"
     first = tune(g, "cortex-m4", log=log, workdir=tmp_path / "w")
     assert first["stem"]["measured"] >= 3
     # A 1-channel input: the flat packing wastes less than rounding every position to 4.
-    assert first["stem"]["schedule"] == {"kernel": "im2col", "cols": 2, "pack": "flat"} \
+    assert (
+        first["stem"]["schedule"] == {"kernel": "im2col", "cols": 2, "pack": "flat"}
         or first["stem"]["est_cycles"] <= first["stem"]["default_est_cycles"]
+    )
     assert g.ops[0].schedule == first["stem"]["schedule"]
     again = tune(g, "cortex-m4", log=TuningLog(log))
     assert again["stem"]["measured"] == 0 and again["stem"]["schedule"] == first["stem"]["schedule"]
@@ -137,10 +153,9 @@ def test_coordinate_descent_beats_exhaustive_count():
     from tinytamer.micro.tuning import coordinate_descent
 
     knobs = {"a": list(range(6)), "b": list(range(6)), "c": list(range(6))}
-    best, evaluations = coordinate_descent(
-        knobs, lambda s: (s["a"] - 4) ** 2 + (s["b"] - 1) ** 2 + abs(s["c"] - 5))
+    best, evaluations = coordinate_descent(knobs, lambda s: (s["a"] - 4) ** 2 + (s["b"] - 1) ** 2 + abs(s["c"] - 5))
     assert best == {"a": 4, "b": 1, "c": 5}
-    assert evaluations < 6 ** 3 / 4
+    assert evaluations < 6**3 / 4
 
 
 @qemu

@@ -22,12 +22,16 @@ from tinytamer.micro.ir import Graph
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "cmsis-nn"
 
 pytestmark = [
-    pytest.mark.skipif(not (PEER / "Include" / "arm_nnfunctions.h").is_file(),
-                       reason=f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)"),
+    pytest.mark.skipif(
+        not (PEER / "Include" / "arm_nnfunctions.h").is_file(),
+        reason=f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)",
+    ),
     pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed"),
 ]
-needs_arm = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
-                               reason="arm-none-eabi-gcc / qemu-system-arm not installed")
+needs_arm = pytest.mark.skipif(
+    not (toolchain.arm_available() and toolchain.qemu_available()),
+    reason="arm-none-eabi-gcc / qemu-system-arm not installed",
+)
 
 
 def _w(rng, *shape):
@@ -42,15 +46,22 @@ def lenet5_like(seed: int = 0) -> Graph:
     """LeNet-5's shape at 16 x 16: conv 5x5, max pool, conv 5x5, max pool, three dense."""
     rng = np.random.default_rng(seed)
     b = GraphBuilder((16, 16, 1), 0.02, -5)
-    x = b.conv(b.input, _w(rng, 6, 1, 5, 5), _sc(rng, 6), rng.normal(0, 1, 6), 0.05, -128,
-               padding=(2, 2), relu="relu", name="c1")
+    x = b.conv(
+        b.input,
+        _w(rng, 6, 1, 5, 5),
+        _sc(rng, 6),
+        rng.normal(0, 1, 6),
+        0.05,
+        -128,
+        padding=(2, 2),
+        relu="relu",
+        name="c1",
+    )
     x = b.maxpool(x, (2, 2), (2, 2), name="p1")
-    x = b.conv(x, _w(rng, 16, 6, 5, 5), _sc(rng, 16), rng.normal(0, 1, 16), 0.06, -128,
-               relu="relu", name="c2")
+    x = b.conv(x, _w(rng, 16, 6, 5, 5), _sc(rng, 16), rng.normal(0, 1, 16), 0.06, -128, relu="relu", name="c2")
     x = b.maxpool(x, (2, 2), (2, 2), name="p2")
     x = b.reshape(x, (2 * 2 * 16,))
-    x = b.dense(x, _w(rng, 24, 64), _sc(rng, 24), rng.normal(0, 1, 24), 0.07, -128,
-                relu="relu", name="f1")
+    x = b.dense(x, _w(rng, 24, 64), _sc(rng, 24), rng.normal(0, 1, 24), 0.07, -128, relu="relu", name="f1")
     x = b.dense(x, _w(rng, 10, 24), _sc(rng, 10), rng.normal(0, 1, 10), 0.1, 3, name="f2")
     return b.graph(x)
 
@@ -61,13 +72,32 @@ def dscnn_like(seed: int = 0) -> Graph:
     rng = np.random.default_rng(seed)
     c = 8
     b = GraphBuilder((16, 8, 1), 0.03, 2)
-    x = b.conv(b.input, _w(rng, c, 1, 4, 4), _sc(rng, c), rng.normal(0, 1, c), 0.05, -128,
-               stride=(2, 2), padding=(1, 1), relu="relu", name="stem")
+    x = b.conv(
+        b.input,
+        _w(rng, c, 1, 4, 4),
+        _sc(rng, c),
+        rng.normal(0, 1, c),
+        0.05,
+        -128,
+        stride=(2, 2),
+        padding=(1, 1),
+        relu="relu",
+        name="stem",
+    )
     for k in range(2):
-        x = b.conv(x, _w(rng, c, 1, 3, 3), _sc(rng, c), rng.normal(0, 1, c), 0.05, -128,
-                   padding=(1, 1), groups=c, relu="relu", name=f"dw{k}")
-        x = b.conv(x, _w(rng, c, c, 1, 1), _sc(rng, c), rng.normal(0, 1, c), 0.05, -128,
-                   relu="relu", name=f"pw{k}")
+        x = b.conv(
+            x,
+            _w(rng, c, 1, 3, 3),
+            _sc(rng, c),
+            rng.normal(0, 1, c),
+            0.05,
+            -128,
+            padding=(1, 1),
+            groups=c,
+            relu="relu",
+            name=f"dw{k}",
+        )
+        x = b.conv(x, _w(rng, c, c, 1, 1), _sc(rng, c), rng.normal(0, 1, c), 0.05, -128, relu="relu", name=f"pw{k}")
     h, w, _ = b.tensors[x].shape
     x = b.avgpool(x, (h, w), (1, 1), 0.04, -3, name="gap")
     x = b.reshape(x, (c,))
@@ -140,8 +170,7 @@ def test_host_outputs_equal_the_reference(tmp_path, make):
         assert "arm_depthwise_conv_wrapper_s8" in ran
         assert set(cm.fallbacks) == {"gap"}
     if make is random_graph:  # every op kind; the requantized pools stay on our kernel
-        assert {"arm_elementwise_add_s8", "arm_max_pool_s8",
-                "arm_fully_connected_per_channel_s8"} <= ran
+        assert {"arm_elementwise_add_s8", "arm_max_pool_s8", "arm_fully_connected_per_channel_s8"} <= ran
         assert set(cm.fallbacks) == {"ap", "gap"}
     x = _inputs(g, 24)
     exe = toolchain.host_build(cm, tmp_path)
@@ -155,20 +184,20 @@ def test_zoo_models_host_bit_exact(tmp_path):
     from tinytamer.micro.lower import lower
     from tinytamer.micro.program import MicroProgram
 
-    for name, kw, shape in (("lenet5", {"in_channels": 1, "input_size": 28}, (1, 28, 28)),
-                            ("dscnn", {"in_channels": 1, "num_classes": 12}, (1, 49, 10))):
+    for name, kw, shape in (
+        ("lenet5", {"in_channels": 1, "input_size": 28}, (1, 28, 28)),
+        ("dscnn", {"in_channels": 1, "num_classes": 12}, (1, 49, 10)),
+    ):
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(0)
-        gm = quantize_ptq(zoo.create(name, **kw).eval(),
-                          [torch.randn(4, *shape, generator=gen) for _ in range(2)])
+        gm = quantize_ptq(zoo.create(name, **kw).eval(), [torch.randn(4, *shape, generator=gen) for _ in range(2)])
         x = torch.randn(4, *shape, generator=gen)
         g = lower(gm, x[:1])
         cm = codegen.generate(g, backend=cmsis.backend(PEER, dsp=False))
         prog = MicroProgram(g, cm, "host", tmp_path / name)
         q = prog.quantize_input(x.numpy())
         exe = toolchain.host_build(cm, tmp_path / name / "host")
-        np.testing.assert_array_equal(toolchain.host_run(exe, q, cm.output_size),
-                                      prog.run_reference(q))
+        np.testing.assert_array_equal(toolchain.host_run(exe, q, cm.output_size), prog.run_reference(q))
 
 
 @needs_arm
@@ -190,19 +219,26 @@ def test_micro_host_target_option(tmp_path, monkeypatch):
     from tinytamer.targets.base import get_target
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    ).eval()
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 1, 8, 8, generator=gen) for _ in range(2)]
     target = get_target("micro-host")
     monkeypatch.delenv(cmsis.ENV, raising=False)
     with pytest.raises(ModelError, match="cmsis_nn_root"):
         target.compile(model, [calib[0][:1]], tmp_path / "none", calib=calib, kernels="cmsis-nn")
-    dep = target.compile(model, [calib[0][:1]], tmp_path / "ok", calib=calib,
-                         kernels="cmsis-nn", cmsis_nn_root=str(PEER))
+    dep = target.compile(
+        model, [calib[0][:1]], tmp_path / "ok", calib=calib, kernels="cmsis-nn", cmsis_nn_root=str(PEER)
+    )
     info = dep.program.info
     assert info["kernels"] == "cmsis-nn" and dep.info["bit_exact_inputs"] > 0
-    assert list(info["kernel_fallbacks"]) == [op.name for op in dep.program.graph.ops
-                                              if type(op).__name__ == "AvgPool"]
+    assert list(info["kernel_fallbacks"]) == [op.name for op in dep.program.graph.ops if type(op).__name__ == "AvgPool"]
     assert "arm_nnfunctions.h" in dep.program.cmodel.files["model.c"]

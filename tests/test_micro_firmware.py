@@ -20,11 +20,13 @@ from tinytamer.micro.firmware import kernel_sources, write_firmware
 from tinytamer.targets.base import get_target
 
 torch.set_num_threads(1)
-needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
-                               reason="host gcc or make is not installed")
+needs_gcc = pytest.mark.skipif(
+    shutil.which("gcc") is None or shutil.which("make") is None, reason="host gcc or make is not installed"
+)
 needs_arm = pytest.mark.skipif(
     not (toolchain.arm_available() and toolchain.qemu_available()),
-    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh")
+    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh",
+)
 # The kernels are warning-free under the flags the package builds with: so is the folder.
 STRICT = "OPT=-O2 -Wall -Wextra -Werror -Wno-unused-parameter"
 
@@ -32,9 +34,16 @@ STRICT = "OPT=-O2 -Wall -Wextra -Werror -Wno-unused-parameter"
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(4, 5)).eval()
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    ).eval()
 
 
 def _deploy(target: str, workdir: Path):
@@ -55,8 +64,14 @@ def _example_input(folder: Path) -> np.ndarray:
 
 def _clean_run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """A command with only the system PATH: no virtualenv, no PYTHONPATH, no tinytamer."""
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(cwd)})
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(cwd)},
+    )
 
 
 def _printed_output(text: str, size: int) -> np.ndarray:
@@ -69,10 +84,13 @@ def _printed_output(text: str, size: int) -> np.ndarray:
 def _check_folder(folder: Path, dep) -> None:
     g = dep.program.graph
     listed = (folder / "SOURCES").read_text().split()
-    assert listed[0] == "model.c" and listed[1:] == kernel_sources(g, [
-        (folder / "model.c").read_text(),
-        *([(folder / "example/host/model.c").read_text()]
-          if (folder / "example/host/model.c").exists() else [])])
+    assert listed[0] == "model.c" and listed[1:] == kernel_sources(
+        g,
+        [
+            (folder / "model.c").read_text(),
+            *([(folder / "example/host/model.c").read_text()] if (folder / "example/host/model.c").exists() else []),
+        ],
+    )
     # Only the kernels the model calls: this model has no add, softmax or packed weights.
     present = {p.name for p in folder.glob("tt_*.c")}
     assert present == set(listed[1:]) and "tt_add.c" not in present
@@ -127,7 +145,8 @@ def test_portable_folder_builds_with_gcc_and_cmake(tmp_path):
         f"add_executable(app {folder.as_posix()}/example/main.c "
         f"{folder.as_posix()}/example/host/board.c)\n"
         f"target_include_directories(app PRIVATE {folder.as_posix()}/example)\n"
-        "target_link_libraries(app PRIVATE tinytamer_model)\n")
+        "target_link_libraries(app PRIVATE tinytamer_model)\n"
+    )
     for cmd in (["cmake", "-S", ".", "-B", "build"], ["cmake", "--build", "build"]):
         proc = _clean_run(cmd, app)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -155,13 +174,15 @@ def test_export_refuses_other_targets_and_a_full_folder(tmp_path):
     from tinytamer.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["export", "--target", "onnxruntime", "--out", str(tmp_path / "o"),
-                              "--runs", str(tmp_path / "runs")])
+    res = runner.invoke(
+        app, ["export", "--target", "onnxruntime", "--out", str(tmp_path / "o"), "--runs", str(tmp_path / "runs")]
+    )
     assert res.exit_code == 2 and "micro targets" in res.output
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    res = runner.invoke(app, ["export", "--target", "micro-host", "--out",
-                              str(tmp_path / "full"), "--runs", str(tmp_path / "runs")])
+    res = runner.invoke(
+        app, ["export", "--target", "micro-host", "--out", str(tmp_path / "full"), "--runs", str(tmp_path / "runs")]
+    )
     assert res.exit_code == 2 and "not an empty folder" in res.output
     assert not (tmp_path / "runs").exists()  # refused before any work
 
@@ -174,9 +195,23 @@ def test_export_command_writes_the_folder(tmp_path):
     from tinytamer.cli import app
 
     out = tmp_path / "fw"
-    res = CliRunner().invoke(app, ["export", "--target", "micro-host", "--out", str(out),
-                                   "--runs", str(tmp_path / "runs"), "--quiet",
-                                   "--set", "data.limit=100", "--set", "repeats=0"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--target",
+            "micro-host",
+            "--out",
+            str(out),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--quiet",
+            "--set",
+            "data.limit=100",
+            "--set",
+            "repeats=0",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"firmware:   {out}" in res.output
     host = _clean_run(["make", "-s", "-C", "example", "run-host"], out)

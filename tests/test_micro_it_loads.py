@@ -16,8 +16,9 @@ from torch import nn
 from tinytamer.micro import codegen, toolchain
 from tinytamer.micro.session import Session
 
-arm = pytest.mark.skipif(not toolchain.arm_available(),
-                         reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
 
 # it_loads(k): every load form the session decodes, reading a flash table, some in IT blocks
 # whose condition depends on k; returns the sum of what it read.
@@ -91,9 +92,21 @@ def it_elf(tmp_path_factory):
     d = tmp_path_factory.mktemp("it_loads")
     (d / "it.S").write_text(_IT_LOADS)
     elf = d / "it.elf"
-    subprocess.run([toolchain.require("arm-none-eabi-gcc"), *toolchain.cpu("cortex-m4").flags,
-                    "-nostartfiles", "-nostdlib", "-T", str(codegen.RUNTIME_DIR / "cortexm.ld"),
-                    str(d / "it.S"), "-o", str(elf)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            toolchain.require("arm-none-eabi-gcc"),
+            *toolchain.cpu("cortex-m4").flags,
+            "-nostartfiles",
+            "-nostdlib",
+            "-T",
+            str(codegen.RUNTIME_DIR / "cortexm.ld"),
+            str(d / "it.S"),
+            "-o",
+            str(elf),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return elf
 
 
@@ -114,9 +127,16 @@ def _shared_5bit_program(tmp_path, cpu: str):
     from tinytamer.micro.program import build_program
 
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                      nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4), nn.ReLU(),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    m = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
     calib = [torch.randn(8, 1, 12, 12) for _ in range(2)]
     gm = quantize_ptq(m, calib, weight_bits=5)
     prog = build_program(gm, calib[0][:1], cpu, tmp_path)

@@ -91,11 +91,9 @@ def test_lowering_fuses_and_names_layers():
     gm, x = _quantized(TinyRes(), (3, 8, 8))
     g = lower(gm, x[:1])
     kinds = [type(op).__name__ for op in g.ops]
-    assert kinds == ["Conv2D", "Conv2D", "Conv2D", "Add", "MaxPool", "Conv2D", "AvgPool",
-                     "Reshape", "Dense"]
+    assert kinds == ["Conv2D", "Conv2D", "Conv2D", "Add", "MaxPool", "Conv2D", "AvgPool", "Reshape", "Dense"]
     c1, dw = g.ops[0], g.ops[1]
-    assert isinstance(c1, Conv2D) and c1.name == "c1" and c1.act_min == \
-        max(-128, g.tensors[c1.output].zero_point)
+    assert isinstance(c1, Conv2D) and c1.name == "c1" and c1.act_min == max(-128, g.tensors[c1.output].zero_point)
     assert dw.depthwise and dw.act_min == max(-128, g.tensors[dw.output].zero_point)
     assert isinstance(g.ops[3], Add) and isinstance(g.ops[4], MaxPool)
     assert isinstance(g.ops[6], AvgPool) and isinstance(g.ops[8], Dense)
@@ -160,6 +158,5 @@ def test_reference_runs_every_op_of_lowered_graph():
     gm, x = _quantized(TinyRes(), (3, 8, 8), seed=1)
     g = lower(gm, x[:1])
     prog = MicroProgram(g, codegen.generate(g), "host", None)
-    values = reference.run(g, prog.quantize_input(x[:1].numpy())[0].reshape(8, 8, 3),
-                           keep_all=True)
+    values = reference.run(g, prog.quantize_input(x[:1].numpy())[0].reshape(8, 8, 3), keep_all=True)
     assert set(values) == set(g.tensors)

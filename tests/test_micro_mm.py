@@ -14,11 +14,13 @@ from tinytamer.micro.builder import GraphBuilder, random_graph
 from tinytamer.micro.fixedpoint import requantize
 from tinytamer.micro.ir import Conv2D
 
-arm = pytest.mark.skipif(not toolchain.arm_available(),
-                         reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
-qemu = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
-                          reason="ARM toolchain or QEMU missing: run "
-                                 "scripts/install-micro-toolchain.sh")
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
+qemu = pytest.mark.skipif(
+    not (toolchain.arm_available() and toolchain.qemu_available()),
+    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh",
+)
 
 
 def _c_rq(acc: np.ndarray, rq: np.ndarray) -> np.ndarray:
@@ -30,9 +32,20 @@ def _c_rq(acc: np.ndarray, rq: np.ndarray) -> np.ndarray:
 
 def _conv_op(rng, oc, k, mult, shift, bias_scale=1000):
     w = rng.integers(-127, 128, (oc, k, k, 8)).astype(np.int8)
-    return Conv2D("c", ["x"], "y", w, rng.integers(-bias_scale, bias_scale, oc).astype(np.int32),
-                  np.asarray(mult, np.int32), np.asarray(shift, np.int32), (1, 1), (0, 0), 1,
-                  -128, 127)
+    return Conv2D(
+        "c",
+        ["x"],
+        "y",
+        w,
+        rng.integers(-bias_scale, bias_scale, oc).astype(np.int32),
+        np.asarray(mult, np.int32),
+        np.asarray(shift, np.int32),
+        (1, 1),
+        (0, 0),
+        1,
+        -128,
+        127,
+    )
 
 
 def test_fast_requant_equals_reference_requantization():
@@ -44,10 +57,11 @@ def test_fast_requant_equals_reference_requantization():
         for zp in (-128, -7, 0, 127):
             rq = schedule.fast_requant(op, zp)
             assert rq is not None and rq.dtype == np.int32
-            bound = int(np.abs(op.bias.astype(np.int64)).max()
-                        + 255 * np.abs(op.weight.astype(np.int64)).reshape(4, -1).sum(1).max())
-            acc = np.concatenate([rng.integers(-bound, bound + 1, 2000),
-                                  [-bound, bound, 0, -1, 1]]).astype(np.int64)
+            bound = int(
+                np.abs(op.bias.astype(np.int64)).max()
+                + 255 * np.abs(op.weight.astype(np.int64)).reshape(4, -1).sum(1).max()
+            )
+            acc = np.concatenate([rng.integers(-bound, bound + 1, 2000), [-bound, bound, 0, -1, 1]]).astype(np.int64)
             for c in range(4):
                 want = requantize(acc, int(op.multiplier[c]), int(op.shift[c])) + zp
                 np.testing.assert_array_equal(_c_rq(acc, rq[c]), want)
@@ -88,11 +102,10 @@ def test_int16_weights_are_the_int8_words_unpacked(pack):
     k4 = w8.size // oc
     want = []
     for p0 in range(0, oc - 1, 2):
-        words = expanded[p0 * k4:(p0 + 2) * k4].reshape(k4, 2, 2)  # [group][channel][lane]
+        words = expanded[p0 * k4 : (p0 + 2) * k4].reshape(k4, 2, 2)  # [group][channel][lane]
         want.append(words.reshape(-1))
-    want.append(expanded[(oc - 1) * k4:].reshape(-1))
-    np.testing.assert_array_equal(w16.astype(np.int64) & 0xFFFFFFFF,
-                                  np.concatenate(want) & 0xFFFFFFFF)
+    want.append(expanded[(oc - 1) * k4 :].reshape(-1))
+    np.testing.assert_array_equal(w16.astype(np.int64) & 0xFFFFFFFF, np.concatenate(want) & 0xFFFFFFFF)
     assert w16.nbytes == 2 * w8.nbytes
 
 
@@ -112,14 +125,11 @@ def _mode_graph(seed: int = 0):
 
     b = GraphBuilder((7, 7, 4), 0.02, 3)
     # Depthwise, whole int8 range: the SIMD depthwise kernel's SSAT-only output path.
-    x = b.conv(b.input, w(4, 1, 3, 3), sc(4), rng.normal(0, 1, 4), 0.04, 1, padding=(1, 1),
-               groups=4, name="dw_full")
-    a = b.conv(x, w(6, 4, 3, 3), sc(6), rng.normal(0, 1, 6), 0.05, -100, padding=(1, 1),
-               relu="relu", name="narrow")
+    x = b.conv(b.input, w(4, 1, 3, 3), sc(4), rng.normal(0, 1, 4), 0.04, 1, padding=(1, 1), groups=4, name="dw_full")
+    a = b.conv(x, w(6, 4, 3, 3), sc(6), rng.normal(0, 1, 6), 0.05, -100, padding=(1, 1), relu="relu", name="narrow")
     c1 = b.conv(a, w(6, 6, 1, 1), sc(6), None, 0.06, 5, name="pw_full")
     s = b.add(a, c1, 0.06, -128, name="add_full")
-    c = b.conv(s, w(5, 6, 3, 3), sc(5), rng.normal(0, 1, 5), 0.08, -3, stride=(2, 2),
-               padding=(1, 1), name="odd")
+    c = b.conv(s, w(5, 6, 3, 3), sc(5), rng.normal(0, 1, 5), 0.08, -3, stride=(2, 2), padding=(1, 1), name="odd")
     d = b.conv(c, w(5, 5, 1, 1), sc(5), None, 0.07, 2, name="pw_general")
     s2 = b.add(c, d, 2.0, 0, name="add_general")  # final multiplier ~2^-24: general form
     # w_scale ~0.01: a real multiplier of 0.5..1, outside the single-multiply form.
@@ -128,8 +138,7 @@ def _mode_graph(seed: int = 0):
 
 
 @qemu
-@pytest.mark.parametrize("unroll,weights,pack",
-                         list(itertools.product([2, 4], ["int8", "int16"], ["channel", "flat"])))
+@pytest.mark.parametrize("unroll,weights,pack", list(itertools.product([2, 4], ["int8", "int16"], ["channel", "flat"])))
 def test_every_mm_schedule_is_bit_exact(tmp_path, unroll, weights, pack):
     for k, g in enumerate([_mode_graph(0), random_graph(5, size=7, channels=5)]):
         rng = np.random.default_rng(k)
@@ -147,8 +156,7 @@ def test_every_mm_schedule_is_bit_exact(tmp_path, unroll, weights, pack):
             assert "(const tt_rq *)(const void *)qa" in src  # add_full: single-multiply form
             assert src.count("(const tt_rq *)(const void *)qa") == 1  # add_general: general
             assert "m0, s0, (tt_arena + " in src and "(const tt_rq *)(const void *)q0)" in src
-        build = toolchain.arm_build(cm, tmp_path / f"g{k}", "cortex-m4",
-                                    inputs=xs.reshape(len(xs), -1))
+        build = toolchain.arm_build(cm, tmp_path / f"g{k}", "cortex-m4", inputs=xs.reshape(len(xs), -1))
         np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
 
 
@@ -160,8 +168,17 @@ def test_tuner_finds_a_better_schedule_than_the_default(tmp_path):
 
     rng = np.random.default_rng(3)
     b = GraphBuilder((6, 6, 16), 0.02, 3)
-    y = b.conv(b.input, rng.integers(-127, 128, (16, 16, 3, 3)), np.full(16, 0.005), None, 0.05,
-               -128, padding=(1, 1), relu="relu", name="c")
+    y = b.conv(
+        b.input,
+        rng.integers(-127, 128, (16, 16, 3, 3)),
+        np.full(16, 0.005),
+        None,
+        0.05,
+        -128,
+        padding=(1, 1),
+        relu="relu",
+        name="c",
+    )
     g = b.graph(y)
     r = tune(g, "cortex-m4", log=tmp_path / "log.jsonl", workdir=tmp_path / "w")["c"]
     assert r["measured"] >= 4

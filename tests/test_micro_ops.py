@@ -25,19 +25,36 @@ def _w(rng, *shape):
 
 
 def _conv(b, rng):
-    return b.conv(b.input, _w(rng, 6, 3, 3, 3), rng.uniform(0.002, 0.02, 6),
-                  rng.normal(0, 1, 6), 0.05, 3, stride=(2, 1), padding=(1, 1), relu="relu")
+    return b.conv(
+        b.input,
+        _w(rng, 6, 3, 3, 3),
+        rng.uniform(0.002, 0.02, 6),
+        rng.normal(0, 1, 6),
+        0.05,
+        3,
+        stride=(2, 1),
+        padding=(1, 1),
+        relu="relu",
+    )
 
 
 def _depthwise(b, rng):
-    return b.conv(b.input, _w(rng, 3, 1, 3, 3), rng.uniform(0.002, 0.02, 3),
-                  rng.normal(0, 1, 3), 0.05, -2, padding=(1, 1), groups=3, relu="relu6")
+    return b.conv(
+        b.input,
+        _w(rng, 3, 1, 3, 3),
+        rng.uniform(0.002, 0.02, 3),
+        rng.normal(0, 1, 3),
+        0.05,
+        -2,
+        padding=(1, 1),
+        groups=3,
+        relu="relu6",
+    )
 
 
 def _dense(b, rng):
     f = b.reshape(b.input, (b.tensors[b.input].size,))
-    return b.dense(f, _w(rng, 5, b.tensors[f].size), rng.uniform(0.002, 0.02, 5),
-                   rng.normal(0, 1, 5), 0.1, 1)
+    return b.dense(f, _w(rng, 5, b.tensors[f].size), rng.uniform(0.002, 0.02, 5), rng.normal(0, 1, 5), 0.1, 1)
 
 
 def _maxpool(b, rng):
@@ -60,15 +77,23 @@ def _softmax(b, rng):
 
 # One small graph per op of the table (more than one where the op has several C kernels).
 CASES = {
-    ops.Conv2D: [_conv, _depthwise], ops.Dense: [_dense], ops.MaxPool: [_maxpool],
-    ops.AvgPool: [_avgpool], ops.Add: [_add], ops.Softmax: [_softmax], ops.Reshape: [_dense],
+    ops.Conv2D: [_conv, _depthwise],
+    ops.Dense: [_dense],
+    ops.MaxPool: [_maxpool],
+    ops.AvgPool: [_avgpool],
+    ops.Add: [_add],
+    ops.Softmax: [_softmax],
+    ops.Reshape: [_dense],
 }
 
 
 def test_every_op_record_is_in_the_table():
-    records = {obj for mod in (ops.add, ops.conv, ops.dense, ops.pool, ops.reshape, ops.softmax)
-               for obj in vars(mod).values()
-               if inspect.isclass(obj) and issubclass(obj, Op) and obj is not Op}
+    records = {
+        obj
+        for mod in (ops.add, ops.conv, ops.dense, ops.pool, ops.reshape, ops.softmax)
+        for obj in vars(mod).values()
+        if inspect.isclass(obj) and issubclass(obj, Op) and obj is not Op
+    }
     assert records == set(ops.OPS)
     assert set(CASES) == set(ops.OPS), "every op in the table needs a reference test here"
 
@@ -110,12 +135,10 @@ def test_every_generated_call_is_declared_and_defined_in_its_op_file():
                 for dsp in (False, True):
                     for sched in _schedules(d, op, dsp):
                         op.schedule = sched
-                        site = ops.base.CallSite(g, 0, dsp, ["in"] * len(op.inputs), "out",
-                                                 "0", None)
+                        site = ops.base.CallSite(g, 0, dsp, ["in"] * len(op.inputs), "out", "0", None)
                         fn = re.match(r"(\w+)\(", d.emit_c(op, site)[1]).group(1)
                         assert f" {fn}(" in HEADER, fn
-                        src = "".join((codegen.RUNTIME_DIR / f).read_text()
-                                      for f in d.kernel_files)
+                        src = "".join((codegen.RUNTIME_DIR / f).read_text() for f in d.kernel_files)
                         assert re.search(rf"^void {fn}\(", src, re.M), (fn, d.kernel_files)
                 op.schedule = {}
 
@@ -135,7 +158,6 @@ def test_op_reference_matches_its_host_kernel(tmp_path, ir):
         assert any(type(op) is ir for op in g.ops)
         cm = codegen.generate(g)
         x = rng.integers(-128, 128, (4, cm.input_size)).astype(np.int8)
-        want = np.stack([reference.run(g, r.reshape(g.tensors[g.input].shape)).reshape(-1)
-                         for r in x])
+        want = np.stack([reference.run(g, r.reshape(g.tensors[g.input].shape)).reshape(-1) for r in x])
         exe = toolchain.host_build(cm, tmp_path / f"case{j}")
         np.testing.assert_array_equal(toolchain.host_run(exe, x, cm.output_size), want)

@@ -15,11 +15,13 @@ from tinytamer.micro.builder import random_graph
 from tinytamer.micro.profiles import PROFILES, get_profile
 from tinytamer.micro.session import RAM_BASE, Session
 
-arm = pytest.mark.skipif(not toolchain.arm_available(),
-                         reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
-qemu = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
-                          reason="ARM toolchain or QEMU missing: run "
-                                 "scripts/install-micro-toolchain.sh")
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
+qemu = pytest.mark.skipif(
+    not (toolchain.arm_available() and toolchain.qemu_available()),
+    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh",
+)
 
 # sum_stride(table, n, stride): n word loads from flash, `stride` bytes apart.  The function
 # fits one 32-byte line; the table starts on a line.
@@ -56,10 +58,21 @@ def pattern_elf(tmp_path_factory):
     d = tmp_path_factory.mktemp("pattern")
     (d / "pattern.S").write_text(_PATTERN)
     elf = d / "pattern.elf"
-    subprocess.run([toolchain.require("arm-none-eabi-gcc"), *toolchain.cpu("cortex-m4").flags,
-                    "-nostartfiles", "-nostdlib", "-T",
-                    str(codegen.RUNTIME_DIR / "cortexm.ld"), str(d / "pattern.S"), "-o",
-                    str(elf)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            toolchain.require("arm-none-eabi-gcc"),
+            *toolchain.cpu("cortex-m4").flags,
+            "-nostartfiles",
+            "-nostdlib",
+            "-T",
+            str(codegen.RUNTIME_DIR / "cortexm.ld"),
+            str(d / "pattern.S"),
+            "-o",
+            str(elf),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return elf
 
 
@@ -110,8 +123,7 @@ def test_memory_check_reports_accesses_outside_the_call_regions(pattern_elf):
         passed = sess.call("sum_stride", t, 16, 4)  # a tensor handed to the call
     assert ok.stray_count == 0 and passed.stray_count == 0
     assert bad.stray_count == 3
-    assert [(a, n, k) for _, a, n, k in bad.stray] == [
-        (RAM_BASE + (1 << 20) + 4 * i, 4, "read") for i in range(3)]
+    assert [(a, n, k) for _, a, n, k in bad.stray] == [(RAM_BASE + (1 << 20) + 4 * i, 4, "read") for i in range(3)]
 
 
 def _model_build(tmp_path, x: np.ndarray):
@@ -123,8 +135,7 @@ def _model_build(tmp_path, x: np.ndarray):
 @qemu
 def test_unicorn_instruction_count_equals_qemu(tmp_path):
     g = random_graph(0, size=8, channels=4)
-    x = np.random.default_rng(0).integers(-128, 128, (1, *g.tensors[g.input].shape),
-                                          dtype=np.int8)
+    x = np.random.default_rng(0).integers(-128, 128, (1, *g.tensors[g.input].shape), dtype=np.int8)
     _, cm, build = _model_build(tmp_path, x)
     with Session("cortex-m4", elf=build.elf) as sess:
         t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
@@ -135,11 +146,30 @@ def test_unicorn_instruction_count_equals_qemu(tmp_path):
     # QEMU, one instruction per translation block, logs every executed instruction's PC:
     # count from tt_model_run's entry until control is back in main.
     log = tmp_path / "exec.log"
-    subprocess.run([toolchain.require("qemu-system-arm"), "-M", build.cpu.qemu_machine,
-                    "-nographic", "-monitor", "none", "-serial", "none",
-                    "-semihosting-config", "enable=on,target=native", "-singlestep",
-                    "-d", "exec,nochain", "-D", str(log), "-kernel", str(build.elf)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            toolchain.require("qemu-system-arm"),
+            "-M",
+            build.cpu.qemu_machine,
+            "-nographic",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-singlestep",
+            "-d",
+            "exec,nochain",
+            "-D",
+            str(log),
+            "-kernel",
+            str(build.elf),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     pcs = [int(m, 16) for m in re.findall(r"\[[0-9a-f]+/([0-9a-f]+)/", log.read_text())]
     start = pcs.index(entry)
     back = next(i for i in range(start + 1, len(pcs)) if main <= pcs[i] < main_end)
@@ -154,8 +184,7 @@ _ZOO = {
 
 
 @arm
-@pytest.mark.parametrize("name", [
-    "lenet5", "dscnn", "resnet8"])
+@pytest.mark.parametrize("name", ["lenet5", "dscnn", "resnet8"])
 def test_zoo_model_memory_check(tmp_path, name):
     """Every data access of tt_model_run lands in the arena, the I/O tensors, the stack or
     the flash image: the DSP and assembly kernels are checked, not only the portable ones."""
@@ -184,8 +213,7 @@ def test_measure_reports_under_the_board_profile(tmp_path):
     from tinytamer.targets.base import get_target
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 8 * 8, 5)).eval()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(16, 1, 8, 8, generator=gen) for _ in range(2)]
     dep = get_target("cortex-m4").compile(model, [calib[0][:1]], tmp_path, calib=calib)
@@ -203,8 +231,9 @@ def test_measure_reports_under_the_board_profile(tmp_path):
     assert ideal.est_time_ms is None and board.latency_ms_median is None
     # Peak SRAM counts the input tensor; flash is the linked image, not the ELF file.
     p = dep.program
-    assert board.sram_bytes == (p.cmodel.plan.arena_size + p.cmodel.input_size
-                                + p.cmodel.output_size + board.extra["stack_bytes"])
+    assert board.sram_bytes == (
+        p.cmodel.plan.arena_size + p.cmodel.input_size + p.cmodel.output_size + board.extra["stack_bytes"]
+    )
     assert board.flash_bytes == p.arm.flash_bytes < p.arm.elf.stat().st_size
 
 
@@ -212,13 +241,24 @@ def test_the_summary_line_names_the_profile_and_no_file_size():
     from tinytamer.cli import _record_line
     from tinytamer.records import DeployRecord
 
-    r = DeployRecord(stage="deploy", index=3, target="cortex-m4", precision="int8",
-                     artifacts=["model.elf"], bytes=987_654,
-                     parity={"ok": True, "precision": "int8", "tolerance": {}, "outputs": []},
-                     instructions=123_456,
-                     est_cycles=150_000, memory_profile="stm32l4r5", est_time_ms=1.25,
-                     flash_bytes=20_000, sram_bytes=6_000)
+    r = DeployRecord(
+        stage="deploy",
+        index=3,
+        target="cortex-m4",
+        precision="int8",
+        artifacts=["model.elf"],
+        bytes=987_654,
+        parity={"ok": True, "precision": "int8", "tolerance": {}, "outputs": []},
+        instructions=123_456,
+        est_cycles=150_000,
+        memory_profile="stm32l4r5",
+        est_time_ms=1.25,
+        flash_bytes=20_000,
+        sram_bytes=6_000,
+    )
     line = _record_line(r)
-    assert ("instructions 123,456  est_cycles 150,000 (stm32l4r5)  est. 1.250 ms at 120 MHz  "
-            "flash_bytes 20,000  sram_bytes 6,000") in line
+    assert (
+        "instructions 123,456  est_cycles 150,000 (stm32l4r5)  est. 1.250 ms at 120 MHz  "
+        "flash_bytes 20,000  sram_bytes 6,000"
+    ) in line
     assert "987,654" not in line and "latency" not in line

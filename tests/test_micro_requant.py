@@ -20,9 +20,10 @@ from tinytamer.micro.fixedpoint import (
     requantize,
 )
 
-qemu = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
-                          reason="ARM toolchain or QEMU missing: run "
-                                 "scripts/install-micro-toolchain.sh")
+qemu = pytest.mark.skipif(
+    not (toolchain.arm_available() and toolchain.qemu_available()),
+    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh",
+)
 
 # (real multiplier, bias, sum |w|) per channel: the cases the single-multiply form refuses,
 # and two it takes.
@@ -30,13 +31,13 @@ CHANNELS = [
     (0.75, 1000, 2000),  # [0.5, 1): e = 0, nothing to round after SRDHM
     (0.5, -77, 300),  # exactly 0.5
     (3.7, 5, 40),  # a left shift of 2 before SRDHM
-    (2.0 ** -27, 0, 30000),  # tiny: constant over its accumulators
-    (2.0 ** -25 * 1.3, 0, 2_000_000),  # tiny, yet not constant: the general form
+    (2.0**-27, 0, 30000),  # tiny: constant over its accumulators
+    (2.0**-25 * 1.3, 0, 2_000_000),  # tiny, yet not constant: the general form
     (0.01, (1 << 31) - 1, 0),  # a pruned channel with a huge bias: constant
     (0.01, -(1 << 31), 0),
     (0.0, 123, 50),  # multiplier 0: the zero point
     (0.004, 12345, 9000),  # the single-multiply form
-    (2.0 ** -22 * 1.9, -999, 10000),
+    (2.0**-22 * 1.9, -999, 10000),
 ]
 
 
@@ -55,8 +56,10 @@ def test_every_channel_record_equals_the_reference(zp):
     assert [int(r[2]) for r in rq.records[:3]] == [RQ_GENERAL] * 3
     rng = np.random.default_rng(zp & 0xFF)
     for c, rec in enumerate(rq.records):
-        lo, hi = max(int(bias[c]) - 255 * int(wsum[c]), -(1 << 31)), \
-            min(int(bias[c]) + 255 * int(wsum[c]), (1 << 31) - 1)
+        lo, hi = (
+            max(int(bias[c]) - 255 * int(wsum[c]), -(1 << 31)),
+            min(int(bias[c]) + 255 * int(wsum[c]), (1 << 31) - 1),
+        )
         acc = np.concatenate([rng.integers(lo, hi + 1, 5000), [lo, hi, bias[c], 0, -1, 1]])
         acc = acc[(acc >= lo) & (acc <= hi)]
         if rec[0] == 0 and rec[1] == 0:  # a constant record: the kernel's sum leaves out bias
@@ -64,8 +67,9 @@ def test_every_channel_record_equals_the_reference(zp):
         else:
             got = apply_records(acc, rec)
         want = requantize(acc, mult[c], shift[c]) + zp
-        np.testing.assert_array_equal(np.clip(got, -128, 127), np.clip(want, -128, 127),
-                                      err_msg=f"channel {c}: {CHANNELS[c]}")
+        np.testing.assert_array_equal(
+            np.clip(got, -128, 127), np.clip(want, -128, 127), err_msg=f"channel {c}: {CHANNELS[c]}"
+        )
 
 
 def _layer_graph(seed: int = 0):
@@ -78,11 +82,10 @@ def _layer_graph(seed: int = 0):
     x = b.conv(b.input, w, np.full(8, 0.002), rng.normal(0, 1, 8), 0.03, -4, name="pw")
     dw = rng.integers(-127, 128, (8, 1, 3, 3))
     dw[5] = 0
-    y = b.conv(x, dw, np.full(8, 0.003), rng.normal(0, 1, 8), 0.05, 2, padding=(1, 1),
-               groups=8, name="dw")
+    y = b.conv(x, dw, np.full(8, 0.003), rng.normal(0, 1, 8), 0.05, 2, padding=(1, 1), groups=8, name="dw")
     g = b.graph(y)
     for op in g.ops:
-        real = [0.75, 1.6, 0.004, 2.0 ** -30, 0.5, 0.006, 0.002, 0.005]
+        real = [0.75, 1.6, 0.004, 2.0**-30, 0.5, 0.006, 0.002, 0.005]
         m, s = zip(*(quantize_multiplier(r) for r in real), strict=True)
         op.multiplier[:] = m
         op.shift[:] = s
@@ -129,6 +132,6 @@ def test_a_deploy_warns_of_each_layer_with_general_channels():
     with pytest.warns(UserWarning) as caught:
         assert _requant_fallback("cortex-m4", prog) == {"pw": 3, "dw": 3}
     assert [str(w.message)[:52] for w in caught] == [
-        f"target 'cortex-m4': layer '{n}' requantizes 3 channel" for n in ("pw", "dw")]
-    assert _requant_fallback("micro-host", SimpleNamespace(graph=_layer_graph(),
-                                                            device="host")) == {}
+        f"target 'cortex-m4': layer '{n}' requantizes 3 channel" for n in ("pw", "dw")
+    ]
+    assert _requant_fallback("micro-host", SimpleNamespace(graph=_layer_graph(), device="host")) == {}

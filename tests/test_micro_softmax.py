@@ -21,8 +21,9 @@ from tinytamer.micro.session import Session
 
 torch.set_num_threads(1)
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
-arm = pytest.mark.skipif(not toolchain.arm_available(),
-                         reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
 
 
 def _softmax_graph(in_scale: float, n: int, out_scale: float = 1 / 256, out_zp: int = -128):
@@ -39,9 +40,16 @@ def _float_softmax_q(g, x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(p / tout.scale) + tout.zero_point, -128, 127)
 
 
-@pytest.mark.parametrize("in_scale,n,out_scale,out_zp", [
-    (0.1, 10, 1 / 256, -128), (0.02, 10, 1 / 256, -128), (0.5, 12, 1 / 256, -128),
-    (0.05, 1000, 1 / 256, -128), (0.1, 10, 0.0045, -100)])
+@pytest.mark.parametrize(
+    "in_scale,n,out_scale,out_zp",
+    [
+        (0.1, 10, 1 / 256, -128),
+        (0.02, 10, 1 / 256, -128),
+        (0.5, 12, 1 / 256, -128),
+        (0.05, 1000, 1 / 256, -128),
+        (0.1, 10, 0.0045, -100),
+    ],
+)
 def test_reference_agrees_with_float_softmax(in_scale, n, out_scale, out_zp):
     """Within one output step everywhere; exact for almost every value."""
     g = _softmax_graph(in_scale, n, out_scale, out_zp)

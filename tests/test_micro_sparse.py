@@ -18,8 +18,9 @@ from tinytamer.micro.ops import OPS, Conv2D, Dense
 from tinytamer.micro.session import Session
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
-arm = pytest.mark.skipif(not toolchain.arm_available(),
-                         reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh")
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
 
 
 def _pruned(rng, shape, density: float, values: int | None = None) -> np.ndarray:
@@ -31,8 +32,15 @@ def _pruned(rng, shape, density: float, values: int | None = None) -> np.ndarray
     return w
 
 
-def _fc(out_n: int, in_n: int, density: float, seed: int = 0, zero_rows: int = 0,
-        form: str | None = None, values: int | None = None) -> Graph:
+def _fc(
+    out_n: int,
+    in_n: int,
+    density: float,
+    seed: int = 0,
+    zero_rows: int = 0,
+    form: str | None = None,
+    values: int | None = None,
+) -> Graph:
     rng = np.random.default_rng(seed)
     b = GraphBuilder((in_n,), 0.02, 3)
     w = _pruned(rng, (out_n, in_n), density, values)
@@ -41,19 +49,34 @@ def _fc(out_n: int, in_n: int, density: float, seed: int = 0, zero_rows: int = 0
     return _form(b.graph(o), form)
 
 
-def _conv(form: str | None, density: float, seed: int = 0, values: int | None = None,
-          pointwise: bool = False) -> Graph:
+def _conv(form: str | None, density: float, seed: int = 0, values: int | None = None, pointwise: bool = False) -> Graph:
     """A padded strided 3x3 conv with a residual add fused into the next (pointwise or 3x3)
     conv: the patch edges, the fused output and the 4-wide unpacking's tails (7 channels)."""
     rng = np.random.default_rng(seed)
     b = GraphBuilder((9, 11, 7), 0.02, 2)
-    c1 = b.conv(b.input, _pruned(rng, (13, 7, 3, 3), density, values),
-                rng.uniform(0.002, 0.02, 13), rng.normal(0, 1, 13), 0.05, -4, stride=(2, 1),
-                padding=(1, 1), relu="relu", name="c1")
+    c1 = b.conv(
+        b.input,
+        _pruned(rng, (13, 7, 3, 3), density, values),
+        rng.uniform(0.002, 0.02, 13),
+        rng.normal(0, 1, 13),
+        0.05,
+        -4,
+        stride=(2, 1),
+        padding=(1, 1),
+        relu="relu",
+        name="c1",
+    )
     k = 1 if pointwise else 3
-    c2 = b.conv(c1, _pruned(rng, (13, 13, k, k), density, values),
-                rng.uniform(0.002, 0.02, 13), None, 0.06, 3, padding=(k // 2, k // 2),
-                name="c2")
+    c2 = b.conv(
+        c1,
+        _pruned(rng, (13, 13, k, k), density, values),
+        rng.uniform(0.002, 0.02, 13),
+        None,
+        0.06,
+        3,
+        padding=(k // 2, k // 2),
+        name="c2",
+    )
     return _form(b.graph(b.add(c2, c1, 0.07, -1, name="res")), form)
 
 
@@ -66,8 +89,7 @@ def _form(g: Graph, form: str | None) -> Graph:
 
 
 def _inputs(g: Graph, n: int, seed: int = 5) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-128, 128, (n, g.tensors[g.input].size)
-                                                ).astype(np.int8)
+    return np.random.default_rng(seed).integers(-128, 128, (n, g.tensors[g.input].size)).astype(np.int8)
 
 
 def _want(g: Graph, xs: np.ndarray) -> np.ndarray:
@@ -90,9 +112,14 @@ def _device_run(g: Graph, x: np.ndarray, tmp_path) -> tuple[np.ndarray, int]:
 @pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
 def test_sparse_forms_unpack_to_the_same_integers(form):
     rng = np.random.default_rng(0)
-    for shape, density, values in [((7, 37), 0.1, None), ((120, 400), 0.08, 16),
-                                   ((5, 1), 0.0, None), ((6, 25), 0.3, 4), ((3, 900), 0.01, 3),
-                                   ((4, 300), 1.0, 200)]:
+    for shape, density, values in [
+        ((7, 37), 0.1, None),
+        ((120, 400), 0.08, 16),
+        ((5, 1), 0.0, None),
+        ((6, 25), 0.3, 4),
+        ((3, 900), 0.01, 3),
+        ((4, 300), 1.0, 200),
+    ]:
         w = _pruned(rng, shape, density, values).astype(np.int8)
         w[0] = 0  # an empty row
         p = weights.pack(w, form)
@@ -109,8 +136,7 @@ def test_sparse_shared_layout_gaps_fillers_and_codebooks():
     assert int(p.counts.sum()) > np.count_nonzero(w)
     assert (p.idx_bits, p.cb_stride) == (2, 0)  # 3 values: one 4-entry codebook
     # The int8 quantizer's per-channel scales: each row has its own few values.
-    rows = [rng.choice(rng.integers(-127, 128, 8), 400) * (rng.random(400) < 0.1)
-            for _ in range(32)]
+    rows = [rng.choice(rng.integers(-127, 128, 8), 400) * (rng.random(400) < 0.1) for _ in range(32)]
     p = weights.pack(np.array(rows, np.int8), "sparse_shared")
     assert (p.idx_bits, p.cb_stride) == (3, 8)
     np.testing.assert_array_equal(p.unpack(), np.array(rows, np.int8))
@@ -132,8 +158,7 @@ def test_choose_picks_sparse_forms_per_layer():
 
 
 def test_the_form_decides_the_kernel():
-    for op_def, g in ((OPS[Dense], _fc(8, 64, 0.1, form="sparse")),
-                      (OPS[Conv2D], _conv("sparse_shared", 0.1))):
+    for op_def, g in ((OPS[Dense], _fc(8, 64, 0.1, form="sparse")), (OPS[Conv2D], _conv("sparse_shared", 0.1))):
         op = g.ops[0]
         for dsp in (False, True):
             assert op_def.resolve(op, dsp)["kernel"] == "sparse"
@@ -168,8 +193,7 @@ def test_sparse_fc_is_bit_exact_on_the_host(tmp_path, form, density, zero_rows):
 @pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
 @pytest.mark.parametrize(("density", "pointwise"), [(0.1, False), (0.1, True), (0.6, False)])
 def test_sparse_conv_is_bit_exact_on_the_host(tmp_path, form, density, pointwise):
-    g = _conv(form, density, values=12 if form == "sparse_shared" else None,
-              pointwise=pointwise)
+    g = _conv(form, density, values=12 if form == "sparse_shared" else None, pointwise=pointwise)
     cm = codegen.generate(g)
     assert "".join(cm.files.values()).count("tt_conv2d_s8_sparse(") >= 2
     xs = _inputs(g, 3)
@@ -192,8 +216,7 @@ def test_sparse_fc_is_bit_exact_on_the_device(tmp_path, form, density, zero_rows
 @pytest.mark.parametrize("form", ["sparse", "sparse_shared"])
 @pytest.mark.parametrize("pointwise", [False, True])
 def test_sparse_conv_is_bit_exact_on_the_device(tmp_path, form, pointwise):
-    g = _conv(form, 0.1, seed=4, values=12 if form == "sparse_shared" else None,
-              pointwise=pointwise)
+    g = _conv(form, 0.1, seed=4, values=12 if form == "sparse_shared" else None, pointwise=pointwise)
     x = _inputs(g, 1)[0]
     out, _ = _device_run(g, x, tmp_path)
     np.testing.assert_array_equal(out, _want(g, x[None])[0])

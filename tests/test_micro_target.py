@@ -18,15 +18,23 @@ torch.set_num_threads(1)
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
 needs_arm = pytest.mark.skipif(
     not (toolchain.arm_available() and toolchain.qemu_available()),
-    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh")
+    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh",
+)
 
 
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 3, padding=1, groups=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(8, 5)).eval()
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
 
 
 def _calib():
@@ -50,16 +58,14 @@ def test_micro_host_target(tmp_path):
 def test_budget_is_enforced(tmp_path):
     calib = _calib()
     with pytest.raises(BudgetExceeded, match="bytes of SRAM, over the budget of 16"):
-        get_target("micro-host").compile(_model(), [calib[0][:1]], tmp_path, calib=calib,
-                                         sram_budget=16)
+        get_target("micro-host").compile(_model(), [calib[0][:1]], tmp_path, calib=calib, sram_budget=16)
 
 
 def test_precision_and_missing_toolchain(tmp_path, monkeypatch):
     from tinytamer.errors import TamerError
 
     with pytest.raises(TamerError, match="int8 only"):
-        get_target("cortex-m4").compile(_model(), [torch.zeros(1, 1, 8, 8)], tmp_path,
-                                        precision="fp32")
+        get_target("cortex-m4").compile(_model(), [torch.zeros(1, 1, 8, 8)], tmp_path, precision="fp32")
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(BackendMissing, match="install-micro-toolchain.sh"):
         get_target("cortex-m4").compile(_model(), [torch.zeros(1, 1, 8, 8)], tmp_path)
@@ -84,14 +90,18 @@ def test_cortex_m4_target_measures(tmp_path):
 def test_deploy_stage_on_cortex_m4_in_a_recipe(tmp_path):
     from tinytamer.recipe import parse_recipe, run
 
-    recipe = parse_recipe({
-        "name": "micro-test", "seed": 0,
-        "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": 300},
-        "model": {"name": "democnn"},
-        "stages": [{"train": {"base_lr": 0.05, "max_iter": 60, "display": 0}},
-                   {"deploy": {"target": "cortex-m4", "eval_limit": 40,
-                               "calib_batches": 2, "schedules": "portable"}}],
-    })
+    recipe = parse_recipe(
+        {
+            "name": "micro-test",
+            "seed": 0,
+            "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": 300},
+            "model": {"name": "democnn"},
+            "stages": [
+                {"train": {"base_lr": 0.05, "max_iter": 60, "display": 0}},
+                {"deploy": {"target": "cortex-m4", "eval_limit": 40, "calib_batches": 2, "schedules": "portable"}},
+            ],
+        }
+    )
     rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
     rec = next(r for r in rundir.records() if r.get("stage") == "deploy")
     assert rec["eval_samples"] == 40 and rec["accuracy_runtime"] == "cortex-m4"

@@ -15,15 +15,22 @@ from tinytamer.targets.micro import MicroOptions, resolve_profile
 torch.set_num_threads(1)
 needs_arm = pytest.mark.skipif(
     not (toolchain.arm_available() and toolchain.qemu_available()),
-    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh")
+    reason="ARM toolchain or QEMU missing: run scripts/install-micro-toolchain.sh",
+)
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(8, 5)).eval()
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()
 
 
 def _calib() -> list[torch.Tensor]:
@@ -56,8 +63,7 @@ def test_memory_profile_is_settable_from_the_deploy_command_line():
 def test_deployed_measures_under_the_chosen_profile(tmp_path):
     calib = _calib()
     t = get_target("cortex-m4")
-    ideal = t.compile(_model(), [calib[0][:1]], tmp_path / "i", calib=calib,
-                      memory_profile="ideal")
+    ideal = t.compile(_model(), [calib[0][:1]], tmp_path / "i", calib=calib, memory_profile="ideal")
     board = t.compile(_model(), [calib[0][:1]], tmp_path / "b", calib=calib)
     a, b = ideal.measure(), board.measure()
     assert a.memory_profile == "ideal" and b.memory_profile == "stm32l4r5"
@@ -75,9 +81,14 @@ def test_the_flash_walk_only_ever_saves_flash():
     for _ in range(50):
         fronts = {}
         for i in range(int(rng.integers(1, 6))):
-            known = [{"schedule": {"k": j}, "est_cycles": int(rng.integers(100, 10_000)),
-                      "flash_bytes": int(rng.integers(10, 5_000))}
-                     for j in range(int(rng.integers(1, 6)))]
+            known = [
+                {
+                    "schedule": {"k": j},
+                    "est_cycles": int(rng.integers(100, 10_000)),
+                    "flash_bytes": int(rng.integers(10, 5_000)),
+                }
+                for j in range(int(rng.integers(1, 6)))
+            ]
             fronts[i] = _pareto(known)
         walk = flash_walk(fronts)
         sizes = [sum(fronts[i][k]["flash_bytes"] for i, k in p.items()) for p in walk]
@@ -95,10 +106,18 @@ def _flash_graph():
 
     rng = np.random.default_rng(3)
     b = GraphBuilder((6, 6, 16), 0.02, 3)
-    x = b.conv(b.input, rng.integers(-127, 128, (16, 16, 3, 3)), np.full(16, 0.005), None,
-               0.05, -128, padding=(1, 1), relu="relu", name="c8")
-    y = b.conv(x, rng.integers(-8, 8, (16, 16, 3, 3)), np.full(16, 0.05), None, 0.05, 0,
-               padding=(1, 1), name="c4")
+    x = b.conv(
+        b.input,
+        rng.integers(-127, 128, (16, 16, 3, 3)),
+        np.full(16, 0.005),
+        None,
+        0.05,
+        -128,
+        padding=(1, 1),
+        relu="relu",
+        name="c8",
+    )
+    y = b.conv(x, rng.integers(-8, 8, (16, 16, 3, 3)), np.full(16, 0.05), None, 0.05, 0, padding=(1, 1), name="c4")
     g = b.graph(y)
     g.ops[1].weight_form = "int4"
     return g
@@ -112,8 +131,7 @@ def test_the_tuned_schedule_always_fits_the_flash_budget(tmp_path):
     from tinytamer.micro.tuning import FlashBudgetError, tune
 
     def linked(g) -> int:
-        return toolchain.arm_build(codegen.generate(g, dsp=True), tmp_path / "l",
-                                   "cortex-m4").flash_bytes
+        return toolchain.arm_build(codegen.generate(g, dsp=True), tmp_path / "l", "cortex-m4").flash_bytes
 
     log = tmp_path / "log.jsonl"
     base = _flash_graph()
@@ -148,14 +166,21 @@ def test_a_tuned_deploy_writes_its_choices_and_keeps_the_budget(tmp_path):
 
     calib = _calib()
     t = get_target("cortex-m4")
-    dep = t.compile(_model(), [calib[0][:1]], tmp_path / "a", calib=calib, schedules="tuned",
-                    tuning_log=tmp_path / "log.jsonl")
+    dep = t.compile(
+        _model(), [calib[0][:1]], tmp_path / "a", calib=calib, schedules="tuned", tuning_log=tmp_path / "log.jsonl"
+    )
     report = json.loads((tmp_path / "a" / "tuning.json").read_text())
     assert report["flash_budget"] == int((2 << 20) * 0.9)  # stm32l4r5's flash less 10%
     layers = report["layers"]
-    assert layers and all(r["memory_profile"] == "stm32l4r5" and r["choices"]
-                          for r in layers.values())
+    assert layers and all(r["memory_profile"] == "stm32l4r5" and r["choices"] for r in layers.values())
     assert tmp_path / "a" / "tuning.json" in dep.artifacts
     with pytest.raises(FlashBudgetError, match="no schedule fits the flash budget of 2000"):
-        t.compile(_model(), [calib[0][:1]], tmp_path / "b", calib=calib, schedules="tuned",
-                  tuning_log=tmp_path / "log.jsonl", flash_budget=2000)
+        t.compile(
+            _model(),
+            [calib[0][:1]],
+            tmp_path / "b",
+            calib=calib,
+            schedules="tuned",
+            tuning_log=tmp_path / "log.jsonl",
+            flash_budget=2000,
+        )

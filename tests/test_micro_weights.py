@@ -18,8 +18,10 @@ from tinytamer.micro.ir import Graph
 from tinytamer.micro.lower import lower
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
-needs_arm = pytest.mark.skipif(not (toolchain.arm_available() and toolchain.qemu_available()),
-                               reason="arm-none-eabi-gcc / qemu-system-arm not installed")
+needs_arm = pytest.mark.skipif(
+    not (toolchain.arm_available() and toolchain.qemu_available()),
+    reason="arm-none-eabi-gcc / qemu-system-arm not installed",
+)
 
 # Integer weights of each form, and the w_bits the quantizer would have used.
 BITS = {"int8": 8, "int4": 4, "int2": 2, "shared": 8}
@@ -43,17 +45,23 @@ def _lenet5(form: str, seed: int = 0) -> Graph:
         return rng.uniform(0.001, 0.01, n)
 
     b = GraphBuilder((28, 28, 1), 0.02, -3)
-    x = b.conv(b.input, _weights(form, rng, 6, 1, 5, 5), sc(6), rng.normal(0, 1, 6), 0.05, -128,
-               padding=(2, 2), relu="relu", name="conv1")
+    x = b.conv(
+        b.input,
+        _weights(form, rng, 6, 1, 5, 5),
+        sc(6),
+        rng.normal(0, 1, 6),
+        0.05,
+        -128,
+        padding=(2, 2),
+        relu="relu",
+        name="conv1",
+    )
     x = b.maxpool(x, (2, 2), (2, 2))
-    x = b.conv(x, _weights(form, rng, 16, 6, 5, 5), sc(16), rng.normal(0, 1, 16), 0.08, 5,
-               relu="relu", name="conv2")
+    x = b.conv(x, _weights(form, rng, 16, 6, 5, 5), sc(16), rng.normal(0, 1, 16), 0.08, 5, relu="relu", name="conv2")
     x = b.maxpool(x, (2, 2), (2, 2))
     x = b.reshape(x, (400,))
-    x = b.dense(x, _weights(form, rng, 120, 400), sc(120), rng.normal(0, 1, 120), 0.1, -2,
-                relu="relu", name="fc1")
-    x = b.dense(x, _weights(form, rng, 84, 120), sc(84), rng.normal(0, 1, 84), 0.1, 1,
-                relu="relu", name="fc2")
+    x = b.dense(x, _weights(form, rng, 120, 400), sc(120), rng.normal(0, 1, 120), 0.1, -2, relu="relu", name="fc1")
+    x = b.dense(x, _weights(form, rng, 84, 120), sc(84), rng.normal(0, 1, 84), 0.1, 1, relu="relu", name="fc2")
     x = b.dense(x, _weights(form, rng, 10, 84), sc(10), rng.normal(0, 1, 10), 0.2, 0, name="fc3")
     return _assign(b.graph(x), form)
 
@@ -62,10 +70,29 @@ def _depthwise(form: str, seed: int = 0) -> Graph:
     """A depthwise then a grouped convolution with a residual add fused into it."""
     rng = np.random.default_rng(seed)
     b = GraphBuilder((9, 9, 8), 0.02, 2)
-    d = b.conv(b.input, _weights(form, rng, 8, 1, 3, 3), rng.uniform(0.002, 0.02, 8),
-               rng.normal(0, 1, 8), 0.05, -4, padding=(1, 1), groups=8, relu="relu6", name="dw")
-    c = b.conv(d, _weights(form, rng, 8, 4, 3, 3), rng.uniform(0.002, 0.02, 8), None, 0.06, 3,
-               padding=(1, 1), groups=2, name="grouped")
+    d = b.conv(
+        b.input,
+        _weights(form, rng, 8, 1, 3, 3),
+        rng.uniform(0.002, 0.02, 8),
+        rng.normal(0, 1, 8),
+        0.05,
+        -4,
+        padding=(1, 1),
+        groups=8,
+        relu="relu6",
+        name="dw",
+    )
+    c = b.conv(
+        d,
+        _weights(form, rng, 8, 4, 3, 3),
+        rng.uniform(0.002, 0.02, 8),
+        None,
+        0.06,
+        3,
+        padding=(1, 1),
+        groups=2,
+        name="grouped",
+    )
     return _assign(b.graph(b.add(c, b.input, 0.07, -1, name="res")), form)
 
 
@@ -98,8 +125,7 @@ def test_pack_unpacks_to_the_same_integers(form):
 def test_shared_index_bits_and_codebooks():
     rng = np.random.default_rng(1)
     for b in range(1, 9):  # at most 2^b values in the layer: b-bit indices, one codebook
-        w = rng.choice(np.arange(-128, 128), 1 << b, replace=False)[rng.integers(0, 1 << b,
-                                                                                  (64, 64))]
+        w = rng.choice(np.arange(-128, 128), 1 << b, replace=False)[rng.integers(0, 1 << b, (64, 64))]
         p = weights.pack(w.astype(np.int8), "shared")
         assert (p.bits, p.cb_stride) == (max(1, int(np.ceil(np.log2(len(np.unique(w)))))), 0)
         np.testing.assert_array_equal(p.unpack(), w)
@@ -160,10 +186,10 @@ def test_packed_kernels_match_the_reference_on_the_host(tmp_path, form, make):
 
 def _weight_bytes(elf) -> int:
     """Bytes of the weight arrays (w<i>, packed wd<i> and codebooks wc<i>) in the linked ELF."""
-    nm = subprocess.run([toolchain.require("arm-none-eabi-nm"), "-S", str(elf)],
-                        capture_output=True, text=True, check=True).stdout
-    sizes = [int(m.group(1), 16) for m in re.finditer(r"^\w+ (\w+) \w (?:w|wd|wc)\d+$", nm,
-                                                         re.M)]
+    nm = subprocess.run(
+        [toolchain.require("arm-none-eabi-nm"), "-S", str(elf)], capture_output=True, text=True, check=True
+    ).stdout
+    sizes = [int(m.group(1), 16) for m in re.finditer(r"^\w+ (\w+) \w (?:w|wd|wc)\d+$", nm, re.M)]
     assert sizes
     return sum(sizes)
 
@@ -172,8 +198,7 @@ def _weight_bytes(elf) -> int:
 def test_lenet5_forms_on_cortex_m4_are_exact_and_shrink_flash(tmp_path):
     rng = np.random.default_rng(4)
     x = rng.integers(-128, 128, (2, 28 * 28)).astype(np.int8)
-    plain = sum(int(np.prod(op.weight.shape)) for op in _lenet5("int8").ops
-                if hasattr(op, "weight_form"))
+    plain = sum(int(np.prod(op.weight.shape)) for op in _lenet5("int8").ops if hasattr(op, "weight_form"))
     got = {}
     for form in ("int8", "int4", "int2", "shared"):
         g = _lenet5(form)
@@ -183,8 +208,9 @@ def test_lenet5_forms_on_cortex_m4_are_exact_and_shrink_flash(tmp_path):
         got[form] = _weight_bytes(build.elf)
         if form != "int8":
             # The image holds exactly the packed bytes and codebooks.
-            assert got[form] == sum(weights.pack(op.weight, form).flash_bytes for op in g.ops
-                                    if hasattr(op, "weight_form"))
+            assert got[form] == sum(
+                weights.pack(op.weight, form).flash_bytes for op in g.ops if hasattr(op, "weight_form")
+            )
     # int8 kernels pad rows to 4 for SIMD: a few bytes over one per weight.
     assert plain <= got["int8"] <= 1.02 * plain
     assert got["int4"] <= 0.51 * got["int8"]

@@ -36,10 +36,16 @@ def _quantized(name: str):
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
-@pytest.mark.parametrize("name", [
-    "democnn", "lenet5", "dscnn", "resnet8",
-    pytest.param("mobilenetv2", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "democnn",
+        "lenet5",
+        "dscnn",
+        "resnet8",
+        pytest.param("mobilenetv2", marks=pytest.mark.slow),
+    ],
+)
 def test_zoo_model_host_bit_exact(tmp_path, name):
     gm, x = _quantized(name)
     g = lower(gm, x[:1])
@@ -60,8 +66,7 @@ def test_zoo_model_sanitizer_build_is_clean(tmp_path):
     q = prog.quantize_input(x.numpy())
     exe = toolchain.host_build(prog.cmodel, tmp_path / "san", sanitize=True)
     # host_run raises on any sanitizer report.
-    np.testing.assert_array_equal(toolchain.host_run(exe, q, prog.cmodel.output_size),
-                                  prog.run_reference(q))
+    np.testing.assert_array_equal(toolchain.host_run(exe, q, prog.cmodel.output_size), prog.run_reference(q))
 
 
 def test_option_a_shortcut_is_refused_by_name():

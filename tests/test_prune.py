@@ -134,8 +134,7 @@ def test_gradual_pruner_as_after_step_hook() -> None:
     schedule = prune.AGPSchedule(initial=0.1, final=0.9, start=2, end=12, frequency=2)
     hook = prune.GradualPruner(model, schedule, select={"overrides": {"^4$": {"sparsity": 0.5}}})
     seen = []
-    train(model, steps=16, after_step=[hook, lambda m, it: seen.append(
-        (it, float((m[0].weight == 0).float().mean())))])
+    train(model, steps=16, after_step=[hook, lambda m, it: seen.append((it, float((m[0].weight == 0).float().mean())))])
     seen = dict(seen)
     assert seen[1] == 0.0
     assert seen[2] == pytest.approx(0.1, abs=0.01)
@@ -182,8 +181,14 @@ def test_iterative_std_mode_ramps_quality_and_overrides() -> None:
     model = mlp()
     levels = []
     sel = {"overrides": {"^4$": {"quality": 0.2}}}
-    prune.iterative(model, lambda m: levels.append(prune.layer_sparsity(m).layers),
-                    rounds=2, select=sel, threshold_mode="std", quality=1.0)
+    prune.iterative(
+        model,
+        lambda m: levels.append(prune.layer_sparsity(m).layers),
+        rounds=2,
+        select=sel,
+        threshold_mode="std",
+        quality=1.0,
+    )
     first, second = levels
     assert first["0"].sparsity < second["0"].sparsity
     assert second["4"].sparsity < second["0"].sparsity  # the override's lower quality

@@ -27,6 +27,7 @@ def accuracy(x: torch.Tensor, y: torch.Tensor):
     def evaluate(model: nn.Module) -> float:
         with torch.no_grad():
             return float((model(x).argmax(1) == y).float().mean())
+
     return evaluate
 
 
@@ -62,13 +63,15 @@ def test_analyze_curves_restore_and_choose(tmp_path) -> None:
 
 def test_choose_requires_whole_prefix_within_budget() -> None:
     result = sensitivity.SensitivityResult(
-        baseline=0.9, curves={"a": [(0.2, 0.9), (0.4, 0.7), (0.6, 0.9)], "b": [(0.2, 0.5)]})
+        baseline=0.9, curves={"a": [(0.2, 0.9), (0.4, 0.7), (0.6, 0.9)], "b": [(0.2, 0.5)]}
+    )
     assert sensitivity.choose_sparsities(result, max_drop=0.05) == {"a": 0.2, "b": 0.0}
 
 
 def test_plot_writes_png(tmp_path) -> None:
     result = sensitivity.SensitivityResult(
-        baseline=0.9, curves={"conv1": [(0.5, 0.88), (0.9, 0.4)], "fc": [(0.5, 0.9), (0.9, 0.8)]})
+        baseline=0.9, curves={"conv1": [(0.5, 0.88), (0.9, 0.4)], "fc": [(0.5, 0.9), (0.9, 0.8)]}
+    )
     path = sensitivity.plot(result, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000

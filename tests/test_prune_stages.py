@@ -13,15 +13,29 @@ TRAIN = {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}}
 
 
 def test_sensitivity_then_agp_prune_then_channel_prune(digits_recipe, run_stages) -> None:
-    recs, rundir = run_stages(digits_recipe("prune-test", [
-        TRAIN,
-        {"sensitivity": {"sparsities": [0.3, 0.6, 0.9], "max_drop": 0.05}},
-        {"prune": {"sparsity": "sensitivity",
-                   "schedule": {"type": "agp", "start": 0, "end": 20, "frequency": 5},
-                   "finetune": {"base_lr": 0.01, "max_iter": 30, "display": 0}}},
-        {"channel_prune": {"ratio": 0.5, "round_to": 4,
-                           "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0}}},
-    ]))
+    recs, rundir = run_stages(
+        digits_recipe(
+            "prune-test",
+            [
+                TRAIN,
+                {"sensitivity": {"sparsities": [0.3, 0.6, 0.9], "max_drop": 0.05}},
+                {
+                    "prune": {
+                        "sparsity": "sensitivity",
+                        "schedule": {"type": "agp", "start": 0, "end": 20, "frequency": 5},
+                        "finetune": {"base_lr": 0.01, "max_iter": 30, "display": 0},
+                    }
+                },
+                {
+                    "channel_prune": {
+                        "ratio": 0.5,
+                        "round_to": 4,
+                        "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0},
+                    }
+                },
+            ],
+        )
+    )
 
     sens = recs["sensitivity"]
     assert (rundir.path / sens["plot"]).read_bytes()[:4] == b"\x89PNG"
@@ -48,17 +62,36 @@ def test_sensitivity_then_agp_prune_then_channel_prune(digits_recipe, run_stages
 
 
 def test_oneshot_and_iterative_prune(digits_recipe, run_stages) -> None:
-    _, rundir = run_stages(digits_recipe("prune-test", [
-        TRAIN,
-        {"prune": {"sparsity": 0.5, "select": {"types": ["Conv2d"]},
-                   "finetune": {"base_lr": 0.01, "max_iter": 10, "display": 0,
-                                "regularization_type": "L1", "weight_decay": 1e-3}}},
-        {"prune": {"sparsity": 0.75, "threshold_mode": "sparsity",
-                   "schedule": {"type": "iterative", "rounds": 2},
-                   "finetune": {"base_lr": 0.01, "max_iter": 10, "display": 0}}},
-    ]))
-    oneshot, iterative = [r for r in rundir.records()
-                          if r.get("stage") == "prune" and r["kind"] == "stage"]
+    _, rundir = run_stages(
+        digits_recipe(
+            "prune-test",
+            [
+                TRAIN,
+                {
+                    "prune": {
+                        "sparsity": 0.5,
+                        "select": {"types": ["Conv2d"]},
+                        "finetune": {
+                            "base_lr": 0.01,
+                            "max_iter": 10,
+                            "display": 0,
+                            "regularization_type": "L1",
+                            "weight_decay": 1e-3,
+                        },
+                    }
+                },
+                {
+                    "prune": {
+                        "sparsity": 0.75,
+                        "threshold_mode": "sparsity",
+                        "schedule": {"type": "iterative", "rounds": 2},
+                        "finetune": {"base_lr": 0.01, "max_iter": 10, "display": 0},
+                    }
+                },
+            ],
+        )
+    )
+    oneshot, iterative = [r for r in rundir.records() if r.get("stage") == "prune" and r["kind"] == "stage"]
     assert set(oneshot["layers"]) == {"features.0", "features.3"}
     assert all(s == pytest.approx(0.5, abs=0.02) for s in oneshot["layers"].values())
     assert "accuracy_before_finetune" in oneshot
@@ -73,6 +106,5 @@ def test_recipe_errors(digits_recipe) -> None:
         parse_recipe(digits_recipe("prune-test", [{"prune": {"spasity": 0.5}}]))
     with pytest.raises(RecipeError, match="importance"):
         parse_recipe(digits_recipe("prune-test", [{"channel_prune": {"importance": "l3"}}]))
-    recipe = parse_recipe(digits_recipe("prune-test",
-                                        [{"channel_prune": {"global": True, "ratio": 0.3}}]))
+    recipe = parse_recipe(digits_recipe("prune-test", [{"channel_prune": {"global": True, "ratio": 0.3}}]))
     assert recipe.stages[0][1].global_pruning is True

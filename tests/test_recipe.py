@@ -10,8 +10,7 @@ TINY = {
     "name": "tiny",
     "data": {"name": "digits", "size": 16, "batch_size": 32, "limit": 200},
     "model": {"name": "democnn"},
-    "stages": [{"train": {"base_lr": 0.05, "max_iter": 20, "test_interval": 10, "display": 5}},
-               {"evaluate": {}}],
+    "stages": [{"train": {"base_lr": 0.05, "max_iter": 20, "test_interval": 10, "display": 5}}, {"evaluate": {}}],
 }
 
 
@@ -42,8 +41,15 @@ def test_yaml_errors_and_missing_file(tmp_path):
 
 def test_run_writes_the_run_folder(tmp_path):
     rundir = run(parse_recipe(TINY), tmp_path / "tiny", progress=False, echo=lambda s: None)
-    for name in ("recipe.yaml", "metrics.jsonl", "state.json", "report.html", "training.png",
-                 "checkpoints/00_train.safetensors", "checkpoints/01_evaluate.safetensors"):
+    for name in (
+        "recipe.yaml",
+        "metrics.jsonl",
+        "state.json",
+        "report.html",
+        "training.png",
+        "checkpoints/00_train.safetensors",
+        "checkpoints/01_evaluate.safetensors",
+    ):
         assert (rundir.path / name).is_file(), name
     records = rundir.records()
     assert any(r["kind"] == "train" and "test_acc" in r for r in records)
@@ -88,8 +94,7 @@ def test_bad_model_leaves_no_run_folder_behind(tmp_path):
     from tinytamer.errors import ModelError
 
     with pytest.raises(ModelError, match="unknown model"):
-        run(parse_recipe({**TINY, "model": {"name": "nosuch"}}), tmp_path / "x", progress=False,
-            echo=lambda s: None)
+        run(parse_recipe({**TINY, "model": {"name": "nosuch"}}), tmp_path / "x", progress=False, echo=lambda s: None)
     assert not (tmp_path / "x").exists()
 
 
@@ -125,9 +130,11 @@ def test_recursive_alias_is_refused():
 
 
 def test_aliases_within_bounds_still_share_settings():
-    recipe = parse_recipe("name: x\nstages:\n"
-                          "  - prune: {finetune: &ft {base_lr: 0.002, max_iter: 5}}\n"
-                          "  - kmeans_share: {finetune: *ft}\n")
+    recipe = parse_recipe(
+        "name: x\nstages:\n"
+        "  - prune: {finetune: &ft {base_lr: 0.002, max_iter: 5}}\n"
+        "  - kmeans_share: {finetune: *ft}\n"
+    )
     assert recipe.stages[0][1].finetune == recipe.stages[1][1].finetune
     assert recipe.stages[1][1].finetune.base_lr == 0.002
 
@@ -177,24 +184,37 @@ def _nested(model, ctx, p):
     return model
 
 
-@pytest.mark.parametrize(("stage", "where", "allowed"), [
-    # a model inside Optional: used to answer "allowed: none"
-    ({"prune": {"finetune": {"lr": 0.1, "max_iter": 5}}}, r"stages\[0\]\.prune\.finetune\.lr",
-     r"base_lr, lr_policy, .*max_iter"),
-    # a member of a discriminated union (pydantic puts the tag 'agp' into the location)
-    ({"prune": {"schedule": {"type": "agp", "end": 10, "ramp": 1}}},
-     r"stages\[0\]\.prune\.schedule\.ramp", r"type, initial, start, end, frequency"),
-    ({"prune": {"select": {"exclude_frist": True}}}, r"stages\[0\]\.prune\.select\.exclude_frist",
-     r"types, names, regex, exclude, exclude_first, exclude_last, overrides\) - did you mean "
-     r"'exclude_first'\?"),
-    ({"test_nested": {"items": [{"alpha": 1}, {"gama": 1}]}}, r"stages\[0\]\.test_nested\.items\[1\]\.gama",
-     r"alpha, beta"),
-    ({"test_nested": {"by_name": {"k": {"x": 1}}}}, r"stages\[0\]\.test_nested\.by_name\.k\.x",
-     r"alpha, beta"),
-    ({"test_nested": {"deep": [{"k": {"x": 1}}]}}, r"stages\[0\]\.test_nested\.deep\[0\]\.k\.x",
-     r"alpha, beta"),
-    ({"channel_prune": {"globl": True}}, r"stages\[0\]\.channel_prune\.globl", r"ratio, global, round_to"),
-])
+@pytest.mark.parametrize(
+    ("stage", "where", "allowed"),
+    [
+        # a model inside Optional: used to answer "allowed: none"
+        (
+            {"prune": {"finetune": {"lr": 0.1, "max_iter": 5}}},
+            r"stages\[0\]\.prune\.finetune\.lr",
+            r"base_lr, lr_policy, .*max_iter",
+        ),
+        # a member of a discriminated union (pydantic puts the tag 'agp' into the location)
+        (
+            {"prune": {"schedule": {"type": "agp", "end": 10, "ramp": 1}}},
+            r"stages\[0\]\.prune\.schedule\.ramp",
+            r"type, initial, start, end, frequency",
+        ),
+        (
+            {"prune": {"select": {"exclude_frist": True}}},
+            r"stages\[0\]\.prune\.select\.exclude_frist",
+            r"types, names, regex, exclude, exclude_first, exclude_last, overrides\) - did you mean "
+            r"'exclude_first'\?",
+        ),
+        (
+            {"test_nested": {"items": [{"alpha": 1}, {"gama": 1}]}},
+            r"stages\[0\]\.test_nested\.items\[1\]\.gama",
+            r"alpha, beta",
+        ),
+        ({"test_nested": {"by_name": {"k": {"x": 1}}}}, r"stages\[0\]\.test_nested\.by_name\.k\.x", r"alpha, beta"),
+        ({"test_nested": {"deep": [{"k": {"x": 1}}]}}, r"stages\[0\]\.test_nested\.deep\[0\]\.k\.x", r"alpha, beta"),
+        ({"channel_prune": {"globl": True}}, r"stages\[0\]\.channel_prune\.globl", r"ratio, global, round_to"),
+    ],
+)
 def test_unknown_nested_keys_list_the_allowed_ones(stage, where, allowed):
     with pytest.raises(RecipeError, match=rf"{where}: unknown key \(allowed: {allowed}"):
         parse_recipe({**TINY, "stages": [stage]})
@@ -261,8 +281,9 @@ def test_param_docs_read_type_default_and_bounds():
 
 
 def test_prune_without_select_spares_the_first_layer_unless_layers_are_named(tmp_path):
-    recipe = parse_recipe({**TINY, "stages": [{"prune": {"sparsity": 0.5}},
-                                              {"prune": {"sparsity": {"features.0": 0.3}}}]})
+    recipe = parse_recipe(
+        {**TINY, "stages": [{"prune": {"sparsity": 0.5}}, {"prune": {"sparsity": {"features.0": 0.3}}}]}
+    )
     rundir = run(recipe, tmp_path / "p", progress=False, echo=lambda s: None)
     first, named = [r for r in rundir.records() if r["kind"] == "stage"]
     assert "features.0" not in first["layers"] and first["layers"]

@@ -167,11 +167,12 @@ def test_make_executor_checks_its_options(monkeypatch):
     with pytest.raises(TamerError, match="leave workers at 0"):
         make_executor("ray", address="auto", workers=2)
     monkeypatch.setitem(__import__("sys").modules, "ray", None)
-    with pytest.raises(BackendMissing, match=r'tinytamer\[ray\]'):
+    with pytest.raises(BackendMissing, match=r"tinytamer\[ray\]"):
         make_executor("ray")
 
 
 # --- Ray: one private 2-CPU instance on this machine for the module (starting Ray takes seconds) ---
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():

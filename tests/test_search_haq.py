@@ -63,8 +63,7 @@ def test_action_wall_always_meets_the_budget(democnn, layers) -> None:
 
 
 def test_action_wall_lowers_activations_when_the_resource_reads_them() -> None:
-    res = haq.Resource("toy", "units", lambda bits: sum(b.w + b.a for b in bits), "toy",
-                       uses_act_bits=True)
+    res = haq.Resource("toy", "units", lambda bits: sum(b.w + b.a for b in bits), "toy", uses_act_bits=True)
     out = haq.action_wall([haq.LayerBits(8, 8)] * 2, res, 29)
     # From the last layer backwards, activation before weight, one bit at a time: 32 -> 29.
     assert out == [haq.LayerBits(8, 7), haq.LayerBits(7, 7)]
@@ -83,23 +82,26 @@ def test_ddpg_shapes_and_one_update_changes_the_weights() -> None:
     assert agent.update() is None  # less than a batch in memory
     rng = np.random.default_rng(1)
     for _ in range(BATCH):
-        agent.observe(rng.random(10, dtype=np.float32), float(rng.random()), float(rng.random()),
-                      rng.random(10, dtype=np.float32), bool(rng.random() < 0.2))
+        agent.observe(
+            rng.random(10, dtype=np.float32),
+            float(rng.random()),
+            float(rng.random()),
+            rng.random(10, dtype=np.float32),
+            bool(rng.random() < 0.2),
+        )
     before = [p.detach().clone() for p in [*agent.actor.parameters(), *agent.critic.parameters()]]
     target_before = [p.detach().clone() for p in agent.actor_target.parameters()]
     stats = agent.update()
     assert stats is not None and np.isfinite(stats.critic_loss)
     after = [*agent.actor.parameters(), *agent.critic.parameters()]
     assert all(not torch.equal(b, p) for b, p in zip(before, after, strict=True))
-    assert any(not torch.equal(b, p) for b, p in
-               zip(target_before, agent.actor_target.parameters(), strict=True))
+    assert any(not torch.equal(b, p) for b, p in zip(target_before, agent.actor_target.parameters(), strict=True))
     # Exploration: uniform in warm-up, then truncated normal inside [0, 1].
     assert all(0 <= agent.act(np.zeros(10, np.float32), 5) <= 1 for _ in range(50))
-    assert agent.sigma(0) == 0.5 and agent.sigma(10) == pytest.approx(0.5 * 0.99 ** 10)
+    assert agent.sigma(0) == 0.5 and agent.sigma(10) == pytest.approx(0.5 * 0.99**10)
 
 
-def test_two_episodes_on_digits_meet_the_budget_every_episode(digits_data, democnn,
-                                                              layers) -> None:
+def test_two_episodes_on_digits_meet_the_budget_every_episode(digits_data, democnn, layers) -> None:
     from tinytamer.train import evaluate
 
     x, y = digits_data
@@ -111,10 +113,21 @@ def test_two_episodes_on_digits_meet_the_budget_every_episode(digits_data, democ
     seen = []
     # Candidates go through the search executor (in process here).
     with make_executor("local", progress=False) as ex:
-        result = haq.search(democnn, layers, flash, target,
-                            evaluate=lambda m: evaluate(m, val)["accuracy"], calib=[x[:32]],
-                            train_loader=train, episodes=2, warmup=1, finetune_iters=2, seed=0,
-                            executor=ex, on_episode=seen.append)
+        result = haq.search(
+            democnn,
+            layers,
+            flash,
+            target,
+            evaluate=lambda m: evaluate(m, val)["accuracy"],
+            calib=[x[:32]],
+            train_loader=train,
+            episodes=2,
+            warmup=1,
+            finetune_iters=2,
+            seed=0,
+            executor=ex,
+            on_episode=seen.append,
+        )
     assert len(result.history) == len(seen) == 2
     assert all(e.resource <= target for e in result.history)
     assert result.resource <= target and set(result.policy()) == {L.name for L in layers}
@@ -123,11 +136,26 @@ def test_two_episodes_on_digits_meet_the_budget_every_episode(digits_data, democ
 
 
 def test_haq_stage_writes_its_record(digits_recipe, run_stages) -> None:
-    recs, rundir = run_stages(digits_recipe("haq-test", [
-        {"train": {"base_lr": 0.05, "max_iter": 40, "display": 0}},
-        {"haq": {"resource": "weight_flash", "episodes": 2, "warmup": 1, "finetune_iters": 2,
-                 "final_iters": 2, "calib_batches": 2, "val_batches": 1}},
-    ], limit=300))
+    recs, rundir = run_stages(
+        digits_recipe(
+            "haq-test",
+            [
+                {"train": {"base_lr": 0.05, "max_iter": 40, "display": 0}},
+                {
+                    "haq": {
+                        "resource": "weight_flash",
+                        "episodes": 2,
+                        "warmup": 1,
+                        "finetune_iters": 2,
+                        "final_iters": 2,
+                        "calib_batches": 2,
+                        "val_batches": 1,
+                    }
+                },
+            ],
+            limit=300,
+        )
+    )
     h = recs["haq"]
     assert h["resource_cost"] <= h["budget"] == pytest.approx(0.5 * h["resource_cost_8bit"])
     assert set(h["policy"]) == {"features.0", "features.3", "classifier.1"}

@@ -7,8 +7,13 @@ from tinytamer.errors import CompressError, ModelError
 
 def net() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.BatchNorm2d(8), nn.Flatten(),
-        nn.Linear(8, 16), nn.Linear(16, 10),
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.Flatten(),
+        nn.Linear(8, 16),
+        nn.Linear(16, 10),
     )
 
 

@@ -16,8 +16,9 @@ from tinytamer.compress import share
 
 def small_net(prune_fraction: float = 0.6) -> nn.Sequential:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 40),
-                          nn.ReLU(), nn.Linear(40, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 40), nn.ReLU(), nn.Linear(40, 10)
+    )
     with torch.no_grad():
         for layer in (model[0], model[3], model[5]):
             w = layer.weight

@@ -12,13 +12,23 @@ from tinytamer.train import evaluate
 
 
 def test_prune_share_save(digits_recipe, run_stages) -> None:
-    recs, rundir = run_stages(digits_recipe("share-test", [
-        {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}},
-        {"prune": {"sparsity": 0.6}},
-        {"kmeans_share": {"conv_bits": 4, "linear_bits": 3,
-                          "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0}}},
-        {"save_compressed": {"file": "final.tt"}},
-    ]))
+    recs, rundir = run_stages(
+        digits_recipe(
+            "share-test",
+            [
+                {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}},
+                {"prune": {"sparsity": 0.6}},
+                {
+                    "kmeans_share": {
+                        "conv_bits": 4,
+                        "linear_bits": 3,
+                        "finetune": {"base_lr": 0.01, "max_iter": 20, "display": 0},
+                    }
+                },
+                {"save_compressed": {"file": "final.tt"}},
+            ],
+        )
+    )
     shared, saved = recs["kmeans_share"], recs["save_compressed"]
     assert set(shared["centroids_used"]) == {"features.0", "features.3", "classifier.1"}
     assert shared["centroids_used"]["features.3"] <= 16
@@ -33,8 +43,7 @@ def test_prune_share_save(digits_recipe, run_stages) -> None:
     # The file alone reproduces the logged accuracy.
     data = get_dataset("digits", size=16, limit=600, seed=0)
     loaded = codec.load(path)
-    assert evaluate(loaded, make_loader(data.test, 64, shuffle=False))["accuracy"] == pytest.approx(
-        saved["accuracy"])
+    assert evaluate(loaded, make_loader(data.test, 64, shuffle=False))["accuracy"] == pytest.approx(saved["accuracy"])
 
 
 def test_save_compressed_validates_up_front(digits_recipe) -> None:

@@ -34,16 +34,18 @@ class _Quantized(nn.Conv2d):
 def test_select_plain_leaves_replaced_layers_out_and_names_the_method() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), _Quantized(2, 2, 1), nn.Flatten(), nn.Linear(8, 3))
     assert [n for n, _ in select_plain(model, None, "m")] == ["0", "3"]
-    with pytest.raises(ModelError, match=r"^m: the selector picked no plain Conv2d / Linear layer "
-                                         r"\(1: _Quantized\)$"):
+    with pytest.raises(
+        ModelError,
+        match=r"^m: the selector picked no plain Conv2d / Linear layer "
+        r"\(1: _Quantized\)$",
+    ):
         select_plain(model, {"names": ["1"]}, "m")
     with pytest.raises(ModelError, match=r"^m: the selector picked no .* \(why\)$"):
         select_plain(model, {"names": ["1"]}, "m", "why")
 
 
 def test_methods_refuse_layers_they_already_replaced() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(64, 10))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10))
     calib = [torch.randn(4, 1, 8, 8)]
     fixed = fixedpoint.quantize(model, calib, bits=8)
     with pytest.raises(ModelError, match="fixed-point quantization: .* not quantized again"):

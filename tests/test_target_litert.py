@@ -18,11 +18,12 @@ from tinytamer.micro.fixedpoint import quantize_multiplier
 from tinytamer.targets import get_target
 
 needs_litert = pytest.mark.skipif(
-    find_spec("ai_edge_litert") is None,
-    reason="ai-edge-litert not installed: pip install 'tinytamer[litert]'")
+    find_spec("ai_edge_litert") is None, reason="ai-edge-litert not installed: pip install 'tinytamer[litert]'"
+)
 needs_tflm = pytest.mark.skipif(
     find_spec("tflite_micro") is None or shutil.which("gcc") is None,
-    reason="TFLite Micro's host interpreter (pip install tflite-micro) or gcc (micro-host) missing")
+    reason="TFLite Micro's host interpreter (pip install tflite-micro) or gcc (micro-host) missing",
+)
 
 
 class _Net(nn.Module):
@@ -48,9 +49,14 @@ class _Net(nn.Module):
 
 def _gap_net() -> nn.Module:
     """A depth-multiplier-2 depthwise conv, then a global average pool as the output."""
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(4, 8, 3, padding=1, groups=4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 def _calib() -> list[torch.Tensor]:
@@ -83,12 +89,20 @@ def test_export_writes_a_tflite_flatbuffer(tmp_path):
 
         m = schema.Model.GetRootAsModel(data, 0)
         sg = m.Subgraphs(0)
-        codes = [m.OperatorCodes(sg.Operators(i).OpcodeIndex()).BuiltinCode()
-                 for i in range(sg.OperatorsLength())]
+        codes = [m.OperatorCodes(sg.Operators(i).OpcodeIndex()).BuiltinCode() for i in range(sg.OperatorsLength())]
         op = schema.BuiltinOperator
-        assert codes == [op.CONV_2D, op.DEPTHWISE_CONV_2D, op.CONV_2D, op.ADD, op.PAD,
-                         op.CONV_2D, op.PADV2, op.MAX_POOL_2D, op.RESHAPE,
-                         op.FULLY_CONNECTED]
+        assert codes == [
+            op.CONV_2D,
+            op.DEPTHWISE_CONV_2D,
+            op.CONV_2D,
+            op.ADD,
+            op.PAD,
+            op.CONV_2D,
+            op.PADV2,
+            op.MAX_POOL_2D,
+            op.RESHAPE,
+            op.FULLY_CONNECTED,
+        ]
         assert sg.Tensors(sg.Inputs(0)).Type() == schema.TensorType.INT8
 
 

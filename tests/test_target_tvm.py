@@ -20,8 +20,9 @@ from tinytamer.targets import tvm as tvm_target
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
+    )
     # Non-trivial BatchNorm statistics, so that folding them in is really checked.
     with torch.no_grad():
         model[1].running_mean.uniform_(-0.5, 0.5)
@@ -36,8 +37,9 @@ def tvm():
 
 def test_missing_backend_says_how_to_install(monkeypatch, tmp_path):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.split(".")[0] == "tvm" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.split(".")[0] == "tvm" else real(name, *a)
+    )
     target = get_target("tvm")
     assert "tvm" in list_targets() and "tvm" not in list_targets(available_only=True)
     with pytest.raises(BackendMissing, match=r"tinytamer\[tvm\]"):
@@ -48,8 +50,7 @@ def test_untuned_compile_matches_torch_and_measures_the_library(tvm, tmp_path):
     model = small_cnn()
     calib = [torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8)]
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    d = get_target("tvm").compile(model, [torch.randn(1, 1, 8, 8)], tmp_path, trials=0,
-                                  calib=calib)
+    d = get_target("tvm").compile(model, [torch.randn(1, 1, 8, 8)], tmp_path, trials=0, calib=calib)
     # TVM pins the thread that runs it; every child started later would inherit one core.
     assert cpus is None or os.sched_getaffinity(0) == cpus
     assert d.parity["ok"] and d.parity["inputs"] == 10
@@ -70,14 +71,23 @@ def test_untuned_compile_matches_torch_and_measures_the_library(tvm, tmp_path):
     # Measuring another batch size builds a library for it first.
     cost4 = d.measure(batch=4, repeats=2, warmup=1, isolate=False)
     assert (tmp_path / "model.b4.so").is_file() and cost4.batch == 4
-    np.testing.assert_allclose(d(torch.zeros(4, 1, 8, 8).numpy())[0],
-                               model(torch.zeros(4, 1, 8, 8)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        d(torch.zeros(4, 1, 8, 8).numpy())[0], model(torch.zeros(4, 1, 8, 8)).detach().numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_bench_labels_untuned_tvm(tvm, tmp_path):
-    report = bench(small_cnn(), tmp_path, example_input=torch.randn(1, 1, 8, 8),
-                   targets=["tvm"], batches=(1,), repeats=2, warmup=1, isolate=False,
-                   target_options={"tvm": {"trials": 0}})
+    report = bench(
+        small_cnn(),
+        tmp_path,
+        example_input=torch.randn(1, 1, 8, 8),
+        targets=["tvm"],
+        batches=(1,),
+        repeats=2,
+        warmup=1,
+        isolate=False,
+        target_options={"tvm": {"trials": 0}},
+    )
     row = next(r for r in report.rows if r.target == "tvm")
     assert row.status == "ok" and row.variant == "untuned"
     assert "| tvm (untuned) | fp32 | 1 |" in report.table()
@@ -109,8 +119,7 @@ def test_tuning_fills_a_database_that_the_next_compile_reuses(tvm, tmp_path, cap
     assert cost.extra["variant"] == "tuned, 4 trials/task" and cost.extra["trials_per_task"] == 4
 
     # A larger budget tunes the recorded tasks further instead of reusing them as they are.
-    third = get_target("tvm").compile(model, [x], tmp_path / "c", trials=8, database=db,
-                                      progress=False)
+    third = get_target("tvm").compile(model, [x], tmp_path / "c", trials=8, database=db, progress=False)
     more = third.tuning[1]
     assert more["tasks_tuned_now"] == more["tasks_tuned_further"] == info["tasks"]
     assert more["trials_measured_now"] >= 1 and more["variant"] == "tuned, 8 trials/task"
@@ -150,8 +159,7 @@ def test_unconvertible_models_name_the_op_and_the_alternatives(tvm, tmp_path):
 
 
 def test_a_wrong_library_is_not_accepted(tvm, tmp_path, monkeypatch):
-    monkeypatch.setattr(tvm_target.TvmDeployed, "run", lambda self, a: [np.zeros((a[0].shape[0], 10),
-                                                                                 np.float32)])
+    monkeypatch.setattr(tvm_target.TvmDeployed, "run", lambda self, a: [np.zeros((a[0].shape[0], 10), np.float32)])
     with pytest.raises(ParityError, match="target 'tvm'"):
         get_target("tvm").compile(small_cnn(), [torch.randn(2, 1, 8, 8)], tmp_path, trials=0)
 
@@ -168,12 +176,26 @@ def test_host_target_and_database_location(tvm, monkeypatch, tmp_path):
 def test_deploy_stage_passes_the_trial_budget_and_records_it(tvm, tmp_path):
     from tinytamer.recipe import parse_recipe, run
 
-    recipe = parse_recipe({
-        "name": "tvm-stage", "seed": 0,
-        "data": {"name": "digits", "size": 8, "batch_size": 32, "limit": 120},
-        "model": {"name": "democnn"},
-        "stages": [{"deploy": {"target": "tvm", "trials": 0, "repeats": 2, "calib_batches": 1,
-                               "isolate": False, "eval_limit": 32}}]})
+    recipe = parse_recipe(
+        {
+            "name": "tvm-stage",
+            "seed": 0,
+            "data": {"name": "digits", "size": 8, "batch_size": 32, "limit": 120},
+            "model": {"name": "democnn"},
+            "stages": [
+                {
+                    "deploy": {
+                        "target": "tvm",
+                        "trials": 0,
+                        "repeats": 2,
+                        "calib_batches": 1,
+                        "isolate": False,
+                        "eval_limit": 32,
+                    }
+                }
+            ],
+        }
+    )
     rundir = run(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
     dep = next(r for r in rundir.records() if r.get("stage") == "deploy")
     assert dep["target"] == "tvm" and dep["parity"]["ok"] and dep["eval_samples"] == 32

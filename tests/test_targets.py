@@ -19,8 +19,9 @@ from tinytamer.targets.base import available_cpus, check_parity
 
 @pytest.fixture(scope="module")
 def ort_fp32(tmp_path_factory):
-    return get_target("onnxruntime").compile(residual_model(), [torch.randn(1, 1, 8, 8)],
-                                             tmp_path_factory.mktemp("ort"), calib=calib_batches())
+    return get_target("onnxruntime").compile(
+        residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path_factory.mktemp("ort"), calib=calib_batches()
+    )
 
 
 def test_registry_lists_builtins_and_rejects_unknown():
@@ -31,8 +32,7 @@ def test_registry_lists_builtins_and_rejects_unknown():
 
 
 def test_torch_target_parity_and_cost(tmp_path):
-    d = get_target("torch").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path,
-                                    calib=calib_batches())
+    d = get_target("torch").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path, calib=calib_batches())
     assert d.parity["ok"] and d.parity["outputs"][0]["max_abs_err"] == 0.0
     cost = d.measure(batch=2, repeats=3, warmup=1, isolate=False)
     assert isinstance(cost, Cost) and cost.latency_ms_median > 0
@@ -66,22 +66,21 @@ def test_cost_fields_and_child_process_memory(ort_fp32):
 
 def test_narrow_pruned_like_model_exports(tmp_path):
     # Odd, narrow channel counts, as channel pruning leaves behind.
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 5, 1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(5 * 6 * 6, 7)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 5, 1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 6 * 6, 7)
+    ).eval()
     d = get_target("onnxruntime").compile(model, [torch.randn(1, 1, 8, 8)], tmp_path)
     assert d.parity["ok"] and d(np.zeros((2, 1, 8, 8), np.float32))[0].shape == (2, 7)
 
 
 def test_int8_without_calibration_is_refused(tmp_path):
     with pytest.raises(TamerError, match="calib"):
-        get_target("onnxruntime").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path,
-                                          precision="int8")
+        get_target("onnxruntime").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path, precision="int8")
 
 
 def test_unsupported_precision_is_refused(tmp_path):
     with pytest.raises(TamerError, match="precision 'int8'.*fp32"):
-        get_target("torch").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path,
-                                    precision="int8")
+        get_target("torch").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path, precision="int8")
 
 
 def test_export_error_names_the_control_flow_and_module(tmp_path):
@@ -100,8 +99,7 @@ def test_parity_failure_stops_the_deployment(tmp_path, monkeypatch):
     from tinytamer.targets import onnxrt
 
     real_run = onnxrt.OrtDeployed.run
-    monkeypatch.setattr(onnxrt.OrtDeployed, "run",
-                        lambda self, arrays: [o + 0.5 for o in real_run(self, arrays)])
+    monkeypatch.setattr(onnxrt.OrtDeployed, "run", lambda self, arrays: [o + 0.5 for o in real_run(self, arrays)])
     with pytest.raises(ParityError, match=r"max relative error .* > 0\.001"):
         get_target("onnxruntime").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path)
 
@@ -118,8 +116,9 @@ def test_check_parity_reports_top1_and_shape_mismatch():
 
 def test_missing_backend_says_how_to_install(tmp_path, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("ncnn", "pnnx") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("ncnn", "pnnx") else real(name, *a)
+    )
     target = get_target("ncnn")
     assert not target.available() and "ncnn" not in list_targets(available_only=True)
     with pytest.raises(BackendMissing, match=r"pip install 'tinytamer\[ncnn\]'"):
@@ -130,8 +129,7 @@ def test_torch_child_rebuilds_the_eager_model_from_its_checkpoint(tmp_path):
     d = get_target("torch").compile(residual_model(), [torch.randn(1, 1, 8, 8)], tmp_path)
     spec = d.probe_spec()
     # The test's own model class is allowed (and importable) in the child.
-    assert spec["loader"].endswith(":load_runtime") and "test_targets_helpers." in \
-        spec["args"]["allow"]
+    assert spec["loader"].endswith(":load_runtime") and "test_targets_helpers." in spec["args"]["allow"]
     cost = d.measure(batch=2, repeats=3, warmup=1)
     assert cost.peak_rss_mb > cost.baseline_rss_mb > 1.0 and cost.latency_ms_median > 0
     assert not (tmp_path / "model.pt2").exists()
@@ -143,11 +141,12 @@ def test_runtime_loaders_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, tinytamer.targets._probe, tinytamer.targets.onnxrt, "
-            "tinytamer.targets.ncnn, tinytamer.targets.tvm; "
-            "print('torch' in sys.modules, 'pydantic' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, tinytamer.targets._probe, tinytamer.targets.onnxrt, "
+        "tinytamer.targets.ncnn, tinytamer.targets.tvm; "
+        "print('torch' in sys.modules, 'pydantic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
 
 
@@ -163,8 +162,9 @@ def test_better_round_keeps_the_lower_median_and_the_fastest_run():
     assert best is b and best.latency_ms_min == 0.5
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or available_cpus() < 2,
-                    reason="needs CPU affinity control and two CPUs")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or available_cpus() < 2, reason="needs CPU affinity control and two CPUs"
+)
 def test_measure_says_when_the_process_has_fewer_cpus_than_threads(ort_fp32):
     keep = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(keep)})

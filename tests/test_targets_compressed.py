@@ -36,7 +36,6 @@ def test_compressed_model_deploys_on_every_installed_target(tmp_path, kind):
     if importlib.util.find_spec("ncnn") is None:
         assert "ncnn" not in targets
     for name in targets:
-        d = get_target(name).compile(model, [torch.randn(1, 1, 16, 16)], tmp_path / name,
-                                     calib=_calib())
+        d = get_target(name).compile(model, [torch.randn(1, 1, 16, 16)], tmp_path / name, calib=_calib())
         assert d.parity["ok"] and d.parity["inputs"] == 32, name
         assert d(torch.randn(3, 1, 16, 16).numpy())[0].shape == (3, 10)

@@ -11,8 +11,7 @@ class ResidualNet(nn.Module):
 
     def __init__(self, width: int = 8, classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
         self.conv = nn.Conv2d(width, width, 3, padding=1)
         self.bn = nn.BatchNorm2d(width)
         self.fc = nn.Linear(width, classes)

@@ -34,9 +34,8 @@ def trained(digits_data):
 
 def test_ort_calibrated_int8_keeps_accuracy(trained, tmp_path):
     model, x, y, acc_fp32 = trained
-    calib = [x[i:i + 50] for i in range(0, 200, 50)]
-    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
-                                          calib=calib)
+    calib = [x[i : i + 50] for i in range(0, 200, 50)]
+    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8", calib=calib)
     assert d.artifacts[0].name == "model.int8.onnx" and d.info["calib_samples"] == 200
     assert d.parity["outputs"][0]["top1_agree"] >= 0.9 and d.parity["inputs"] == 64
     out = d(x[1400:].numpy())[0]
@@ -47,15 +46,15 @@ def test_ort_calibrated_int8_keeps_accuracy(trained, tmp_path):
 
 
 @pytest.mark.parametrize("weight_bits,exact", [(8, True), (7, False)])
-def test_ort_int8_with_our_qparams_matches_the_evaluated_model(trained, tmp_path, weight_bits,
-                                                               exact):
+def test_ort_int8_with_our_qparams_matches_the_evaluated_model(trained, tmp_path, weight_bits, exact):
     from tinytamer.compress.int8 import quantize_ptq
 
     model, x, y, _ = trained
-    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    calib = [x[i : i + 50] for i in range(0, 200, 50)]
     gm = quantize_ptq(model, calib, weight_bits=weight_bits)
-    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
-                                          calib=calib, qparams=gm, exact_int8=exact)
+    d = get_target("onnxruntime").compile(
+        model, [x[:1]], tmp_path, precision="int8", calib=calib, qparams=gm, exact_int8=exact
+    )
     assert d.info["int8_params"].startswith("ours")
     proto = onnx.load(str(d.artifacts[0]))
     kinds = [n.op_type for n in proto.graph.node]
@@ -82,9 +81,8 @@ def test_qparams_need_int8(trained, tmp_path):
 
 def test_ort_int8_kernels_checked_against_their_qdq_model(trained, tmp_path):
     model, x, _, _ = trained
-    calib = [x[i:i + 50] for i in range(0, 200, 50)]
-    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
-                                          calib=calib, reduce_range=True)
+    calib = [x[i : i + 50] for i in range(0, 200, 50)]
+    d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8", calib=calib, reduce_range=True)
     assert d.info["weight_bits"] == 7
     kernels = d.parity["kernels_vs_qdq"]
     assert kernels["ok"] and kernels["outputs"][0]["top1_agree"] >= 0.98
@@ -95,10 +93,11 @@ def test_ort_int8_full_range_weights_pass_or_are_refused_with_the_cause(trained,
     from tinytamer.targets.base import ParityError
 
     model, x, _, _ = trained
-    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    calib = [x[i : i + 50] for i in range(0, 200, 50)]
     try:
-        d = get_target("onnxruntime").compile(model, [x[:1]], tmp_path, precision="int8",
-                                              calib=calib, reduce_range=False)
+        d = get_target("onnxruntime").compile(
+            model, [x[:1]], tmp_path, precision="int8", calib=calib, reduce_range=False
+        )
     except ParityError as exc:
         assert "unoptimised QDQ model" in str(exc) and "reduce_range=True" in str(exc)
     else:
@@ -123,7 +122,7 @@ def test_saturating_int8_kernels_stop_the_deployment(trained, tmp_path, monkeypa
     from tinytamer.targets.base import ParityError
 
     model, x, _, _ = trained
-    calib = [x[i:i + 50] for i in range(0, 200, 50)]
+    calib = [x[i : i + 50] for i in range(0, 200, 50)]
     real_run = onnxrt.OrtDeployed.run
 
     def clipped(self, arrays):  # what saturation does: large logits cut off
@@ -131,19 +130,24 @@ def test_saturating_int8_kernels_stop_the_deployment(trained, tmp_path, monkeypa
 
     monkeypatch.setattr(onnxrt.OrtDeployed, "run", clipped)
     with pytest.raises(ParityError, match="fused int8 kernels disagree.*reduce_range=True"):
-        get_target("onnxruntime").compile(model, [x[:1]], tmp_path / "8", precision="int8",
-                                          calib=calib, reduce_range=False)
+        get_target("onnxruntime").compile(
+            model, [x[:1]], tmp_path / "8", precision="int8", calib=calib, reduce_range=False
+        )
     # 7-bit weights cannot saturate: a large error is named as a kernel problem instead.
     with pytest.raises(ParityError, match=r"7-bit, which rules out saturation.*relative"):
-        get_target("onnxruntime").compile(model, [x[:1]], tmp_path / "7", precision="int8",
-                                          calib=calib, reduce_range=True)
+        get_target("onnxruntime").compile(
+            model, [x[:1]], tmp_path / "7", precision="int8", calib=calib, reduce_range=True
+        )
 
 
-@pytest.mark.parametrize("bits, rel_err, cause", [
-    (7, 1e-3, r"7-bit and the error is small \(relative 0.001\).*rounding"),
-    (7, 0.6, r"7-bit, which rules out saturation.*relative 0.6.*kernel problem"),
-    (8, 1e-3, r"saturate with 8-bit weights.*reduce_range=True"),
-])
+@pytest.mark.parametrize(
+    "bits, rel_err, cause",
+    [
+        (7, 1e-3, r"7-bit and the error is small \(relative 0.001\).*rounding"),
+        (7, 0.6, r"7-bit, which rules out saturation.*relative 0.6.*kernel problem"),
+        (8, 1e-3, r"saturate with 8-bit weights.*reduce_range=True"),
+    ],
+)
 def test_int8_kernel_disagreement_names_its_likely_cause(monkeypatch, bits, rel_err, cause):
     """Top-1 flips on near-tied outputs: rounding (7-bit), a kernel fault, or saturation (8-bit)."""
     from tinytamer.targets import onnxrt

@@ -12,14 +12,16 @@ from test_targets_helpers import calib_batches, residual_model
 from tinytamer.targets import get_target
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ncnn") is None
-                    or importlib.util.find_spec("pnnx") is None,
-                    reason="ncnn/pnnx not installed (pip install 'tinytamer[ncnn]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ncnn") is None or importlib.util.find_spec("pnnx") is None,
+    reason="ncnn/pnnx not installed (pip install 'tinytamer[ncnn]')",
+)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_ncnn_parity(tmp_path, precision):
     model = residual_model()
-    d = get_target("ncnn").compile(model, [torch.randn(1, 1, 8, 8)], tmp_path,
-                                   precision=precision, calib=calib_batches(2))
+    d = get_target("ncnn").compile(
+        model, [torch.randn(1, 1, 8, 8)], tmp_path, precision=precision, calib=calib_batches(2)
+    )
     assert d.parity["ok"] and d.parity["inputs"] == 32
     x = torch.randn(3, 1, 8, 8)
     out = d(x.numpy())[0]

@@ -21,13 +21,14 @@ def test_fixed_step_exp_inv_sigmoid_match_hand_values():
     assert learning_rate(cfg(base_lr=0.1), 57) == 0.1
     step = cfg(base_lr=0.1, lr_policy="step", gamma=0.5, stepsize=10)
     assert [learning_rate(step, i) for i in (0, 9, 10, 19, 20, 35)] == pytest.approx(
-        [0.1, 0.1, 0.05, 0.05, 0.025, 0.0125], rel=1e-12)
+        [0.1, 0.1, 0.05, 0.05, 0.025, 0.0125], rel=1e-12
+    )
     exp = cfg(base_lr=0.2, lr_policy="exp", gamma=0.9)
     assert learning_rate(exp, 0) == pytest.approx(0.2)
     assert learning_rate(exp, 3) == pytest.approx(0.2 * 0.729)
     inv = cfg(base_lr=0.01, lr_policy="inv", gamma=1e-4, power=0.75)
     assert learning_rate(inv, 0) == pytest.approx(0.01)
-    assert learning_rate(inv, 10000) == pytest.approx(0.01 * 2 ** -0.75)
+    assert learning_rate(inv, 10000) == pytest.approx(0.01 * 2**-0.75)
     sig = cfg(base_lr=1.0, lr_policy="sigmoid", gamma=-0.5, stepsize=20)
     assert learning_rate(sig, 20) == pytest.approx(0.5)
     assert learning_rate(sig, 22) == pytest.approx(1 / (1 + math.e))
@@ -130,16 +131,19 @@ def test_read_prototxt_accepts_tinytamer_fields_and_adam(tmp_path):
     assert (c.optimizer, c.momentum2, c.delta, c.epochs, c.swa) == ("adam", 0.99, 1e-6, 2.5, True)
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("max_iter: 10\nbase_lr: 0.1\nrms_decay: 0.9\n", r"s.prototxt:3: unknown solver key 'rms_decay'"),
-    ("max_iter: 10\ntype: \"AdaDelta\"\n", r"s.prototxt:2: solver type 'AdaDelta' is not supported"),
-    ("max_iter: 10\nbase_lr: 0.1\nbase_lr: 0.2\n", r"s.prototxt:3: key 'base_lr' given twice"),
-    ("max_iter: 10\nlr_policy: \"cosine\"\n", r"s.prototxt:2: lr_policy"),
-    ("base_lr: 0.1\n", r"exactly one of max_iter and epochs"),
-    ("max_iter: 10\nbase_lr:\n", r"s.prototxt:2: key 'base_lr' has no value"),
-    ("max_iter: 10\nnet_param { layer {\n", r"s.prototxt:2: block 'net_param' is not closed"),
-    ("max_iter: 10\nfoo { a: 1 }\n", r"s.prototxt:2: unknown block 'foo'"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("max_iter: 10\nbase_lr: 0.1\nrms_decay: 0.9\n", r"s.prototxt:3: unknown solver key 'rms_decay'"),
+        ('max_iter: 10\ntype: "AdaDelta"\n', r"s.prototxt:2: solver type 'AdaDelta' is not supported"),
+        ("max_iter: 10\nbase_lr: 0.1\nbase_lr: 0.2\n", r"s.prototxt:3: key 'base_lr' given twice"),
+        ('max_iter: 10\nlr_policy: "cosine"\n', r"s.prototxt:2: lr_policy"),
+        ("base_lr: 0.1\n", r"exactly one of max_iter and epochs"),
+        ("max_iter: 10\nbase_lr:\n", r"s.prototxt:2: key 'base_lr' has no value"),
+        ("max_iter: 10\nnet_param { layer {\n", r"s.prototxt:2: block 'net_param' is not closed"),
+        ("max_iter: 10\nfoo { a: 1 }\n", r"s.prototxt:2: unknown block 'foo'"),
+    ],
+)
 def test_read_prototxt_errors_name_key_and_line(tmp_path, text, match):
     p = tmp_path / "s.prototxt"
     p.write_text(text)

@@ -31,15 +31,20 @@ def _model() -> nn.Module:
 
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     if rank == 1:
         torch.manual_seed(123)  # DDP must broadcast rank 0's initial weights
-    model = _model() if rank == 0 else nn.Sequential(nn.Linear(5, 8), nn.Tanh(),
-                                                     nn.Linear(8, 2)).double()
+    model = _model() if rank == 0 else nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
     # per-rank batch 3, unsharded: the Solver shards it with a DistributedSampler
-    solver = Solver(model, SolverConfig(**CFG), DataLoader(_dataset(), batch_size=3),
-                    snapshot_dir=Path(out) / f"snap{rank}", progress=False)
+    solver = Solver(
+        model,
+        SolverConfig(**CFG),
+        DataLoader(_dataset(), batch_size=3),
+        snapshot_dir=Path(out) / f"snap{rank}",
+        progress=False,
+    )
     solver.solve()
     torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -61,8 +66,7 @@ def test_two_ranks_match_one_process_with_the_combined_batch(tmp_path):
     assert not (tmp_path / "snap1").exists()  # only rank 0 writes snapshots
 
     single = _model()
-    Solver(single, SolverConfig(**CFG), DataLoader(_dataset(), batch_size=6),
-           progress=False).solve()
+    Solver(single, SolverConfig(**CFG), DataLoader(_dataset(), batch_size=6), progress=False).solve()
     for k, v in single.state_dict().items():
         assert torch.allclose(r0[k], v, atol=1e-10, rtol=0), k
     assert not torch.equal(single[0].weight, _model()[0].weight)
@@ -72,4 +76,3 @@ def test_not_distributed_without_torchrun_env(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     solver = Solver(_model(), SolverConfig(max_iter=1), DataLoader(_dataset()), progress=False)
     assert not solver.dist.enabled and solver.net is solver.model
-

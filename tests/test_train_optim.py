@@ -133,13 +133,11 @@ def test_build_optimizer_maps_caffe_names():
     adam = build_optimizer(params, SolverConfig(optimizer="adam", **cfg))
     assert isinstance(adam, torch.optim.Adam)
     assert adam.defaults["betas"] == (0.8, 0.99) and adam.defaults["eps"] == 1e-6
-    ranger = build_optimizer(params, SolverConfig(optimizer="ranger", lookahead_k=4,
-                                                  lookahead_alpha=0.3, **cfg))
+    ranger = build_optimizer(params, SolverConfig(optimizer="ranger", lookahead_k=4, lookahead_alpha=0.3, **cfg))
     assert isinstance(ranger, Lookahead) and isinstance(ranger.base, torch.optim.RAdam)
     assert (ranger.k, ranger.alpha) == (4, 0.3)
     ranger.param_groups[0]["lr"] = 0.01  # one set of groups: the inner RAdam sees it
     assert ranger.base.param_groups[0]["lr"] == 0.01
     sgd = build_optimizer(params, SolverConfig(**cfg))
     assert isinstance(sgd, CaffeSGD) and sgd.defaults == {"lr": 0.3, "momentum": 0.8}
-    assert isinstance(build_optimizer(params, SolverConfig(optimizer="yellowfin", **cfg)),
-                      YellowFin)
+    assert isinstance(build_optimizer(params, SolverConfig(optimizer="yellowfin", **cfg)), YellowFin)

@@ -25,13 +25,10 @@ def _mlp(seed=0, dtype=torch.float32, d=6, classes=3):
 
 def test_iter_size_equals_one_big_batch():
     ds = _data(dtype=torch.float64)
-    cfg = dict(max_iter=8, base_lr=0.1, momentum=0.9, weight_decay=0.01, lr_policy="step",
-               stepsize=3, gamma=0.5)
+    cfg = dict(max_iter=8, base_lr=0.1, momentum=0.9, weight_decay=0.01, lr_policy="step", stepsize=3, gamma=0.5)
     small, big = _mlp(dtype=torch.float64), _mlp(dtype=torch.float64)
-    Solver(small, SolverConfig(iter_size=3, **cfg), DataLoader(ds, batch_size=4),
-           progress=False).solve()
-    Solver(big, SolverConfig(iter_size=1, **cfg), DataLoader(ds, batch_size=12),
-           progress=False).solve()
+    Solver(small, SolverConfig(iter_size=3, **cfg), DataLoader(ds, batch_size=4), progress=False).solve()
+    Solver(big, SolverConfig(iter_size=1, **cfg), DataLoader(ds, batch_size=12), progress=False).solve()
     for a, b in zip(small.parameters(), big.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
     assert not torch.equal(small[0].weight, _mlp(dtype=torch.float64)[0].weight)
@@ -42,8 +39,16 @@ def test_solver_applies_caffe_momentum_and_regularisation(reg):
     ds = _data(n=16, dtype=torch.float64)
     model = _mlp(dtype=torch.float64)
     ref = _mlp(dtype=torch.float64)
-    cfg = SolverConfig(max_iter=4, base_lr=0.2, lr_policy="step", stepsize=1, gamma=0.5,
-                       momentum=0.9, weight_decay=0.05, regularization_type=reg)
+    cfg = SolverConfig(
+        max_iter=4,
+        base_lr=0.2,
+        lr_policy="step",
+        stepsize=1,
+        gamma=0.5,
+        momentum=0.9,
+        weight_decay=0.05,
+        regularization_type=reg,
+    )
     Solver(model, cfg, DataLoader(ds, batch_size=16), progress=False).solve()
     x, y = ds.tensors
     hist = [torch.zeros_like(p) for p in ref.parameters()]
@@ -65,19 +70,20 @@ class _Stop(Exception):
 
 def _resumable_model():
     torch.manual_seed(3)
-    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Linear(16, 3))
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
 
 
-@pytest.mark.parametrize("extra", [
-    dict(optimizer="sgd", lr_policy="multistep", stepvalue=[4, 9]),
-    dict(optimizer="ranger", lookahead_k=3, swa=True, swa_start=3, swa_freq=3, swa_lr=0.02),
-    dict(optimizer="yellowfin", clip_gradients=1.0),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(optimizer="sgd", lr_policy="multistep", stepvalue=[4, 9]),
+        dict(optimizer="ranger", lookahead_k=3, swa=True, swa_start=3, swa_freq=3, swa_lr=0.02),
+        dict(optimizer="yellowfin", clip_gradients=1.0),
+    ],
+)
 def test_interrupted_run_resumed_from_snapshot_matches_uninterrupted(tmp_path, extra):
     ds = _data(n=77)
-    cfg = SolverConfig(max_iter=12, base_lr=0.05, iter_size=3, snapshot=5, weight_decay=1e-3,
-                       seed=11, **extra)
+    cfg = SolverConfig(max_iter=12, base_lr=0.05, iter_size=3, snapshot=5, weight_decay=1e-3, seed=11, **extra)
 
     def loader():  # shuffled; 10 batches, the last one short, so epochs end mid-iteration
         return DataLoader(ds, batch_size=8, shuffle=True)
@@ -91,15 +97,12 @@ def test_interrupted_run_resumed_from_snapshot_matches_uninterrupted(tmp_path, e
 
     broken = _resumable_model()
     with pytest.raises(_Stop):
-        Solver(broken, cfg, loader(), snapshot_dir=tmp_path / "b", progress=False,
-               after_step=[interrupt]).solve()
+        Solver(broken, cfg, loader(), snapshot_dir=tmp_path / "b", progress=False, after_step=[interrupt]).solve()
     snap = tmp_path / "b" / "iter_5.pt"
     assert snap.is_file() and not (tmp_path / "b" / "iter_10.pt").exists()
     torch.manual_seed(999)  # a fresh process: other weights, other RNG state
-    resumed = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
-                            nn.Linear(16, 3))
-    out = Solver(resumed, cfg, loader(), snapshot_dir=tmp_path / "b", progress=False).solve(
-        resume=snap)
+    resumed = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    out = Solver(resumed, cfg, loader(), snapshot_dir=tmp_path / "b", progress=False).solve(resume=snap)
     assert out["iter"] == 12
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -136,20 +139,24 @@ def test_end_to_end_training_reaches_low_loss_and_logs(tmp_path):
     ds = _data(n=128, d=6)
     records = []
     cfg = SolverConfig(epochs=15, base_lr=0.2, test_interval=30, display=10, snapshot=40)
-    solver = Solver(_mlp(), cfg, DataLoader(ds, batch_size=16, shuffle=True),
-                    DataLoader(ds, batch_size=64), snapshot_dir=tmp_path, log=records.append,
-                    progress=True)
+    solver = Solver(
+        _mlp(),
+        cfg,
+        DataLoader(ds, batch_size=16, shuffle=True),
+        DataLoader(ds, batch_size=64),
+        snapshot_dir=tmp_path,
+        log=records.append,
+        progress=True,
+    )
     out = solver.solve()
     assert solver.cfg.max_iter == 120
     assert out["iter"] == 120 and out["epoch"] == pytest.approx(15.0)
     assert out["loss"] == out["test_loss"] < 0.15 and out["accuracy"] > 0.95
     assert out["snapshot"] == str(tmp_path / "iter_120.pt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "iter_120.pt", "iter_40.pt", "iter_80.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_120.pt", "iter_40.pt", "iter_80.pt"]
     tests = [r for r in records if "test_loss" in r]
     assert [r["iter"] for r in tests] == [30, 60, 90, 120]
-    keys = {"iter", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-            "images_per_s"}
+    keys = {"iter", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s"}
     assert all(set(r) == keys for r in tests)
     displays = [r["iter"] for r in records if "test_loss" not in r]
     assert displays == [10, 20, 40, 50, 70, 80, 100, 110]
@@ -177,15 +184,12 @@ def test_evaluate_counts_and_restores_modes():
 def test_user_errors_are_tamer_errors(tmp_path):
     ds = _data(n=16)
     with pytest.raises(RecipeError, match="swa_start"):
-        Solver(_mlp(), SolverConfig(max_iter=5, swa=True, swa_start=5), DataLoader(ds),
-               progress=False)
+        Solver(_mlp(), SolverConfig(max_iter=5, swa=True, swa_start=5), DataLoader(ds), progress=False)
     with pytest.raises(TamerError, match="does not exist"):
-        Solver(_mlp(), SolverConfig(max_iter=5), DataLoader(ds), progress=False).solve(
-            resume=tmp_path / "iter_3.pt")
+        Solver(_mlp(), SolverConfig(max_iter=5), DataLoader(ds), progress=False).solve(resume=tmp_path / "iter_3.pt")
     bad = DataLoader(TensorDataset(ds.tensors[0]), batch_size=4)
     with pytest.raises(DataError, match=r"\(inputs, targets\)"):
         Solver(_mlp(), SolverConfig(max_iter=2), bad, progress=False).solve()
     (tmp_path / "junk.pt").write_bytes(b"not a snapshot")
     with pytest.raises(TamerError, match="cannot be read"):
-        Solver(_mlp(), SolverConfig(max_iter=5), DataLoader(ds), progress=False).solve(
-            resume=tmp_path / "junk.pt")
+        Solver(_mlp(), SolverConfig(max_iter=5), DataLoader(ds), progress=False).solve(resume=tmp_path / "junk.pt")

@@ -80,8 +80,10 @@ def test_a_raw_idx_header_is_checked_against_the_file_size_before_reading(tmp_pa
 def test_get_dataset_with_a_bomb_in_place_fails_with_a_clear_error(tmp_path, stem):
     rng = np.random.default_rng(0)
     for split, n in (("train", 20), ("t10k", 6)):
-        for kind, magic, arr in (("images", IMAGES_MAGIC, rng.integers(0, 256, (n, 28, 28), np.uint8)),
-                                 ("labels", LABELS_MAGIC, rng.integers(0, 10, n, np.uint8))):
+        for kind, magic, arr in (
+            ("images", IMAGES_MAGIC, rng.integers(0, 256, (n, 28, 28), np.uint8)),
+            ("labels", LABELS_MAGIC, rng.integers(0, 10, n, np.uint8)),
+        ):
             name = f"{split}-{kind}-idx{arr.ndim}-ubyte.gz"
             header = struct.pack(f">{1 + arr.ndim}i", magic, *arr.shape)
             (tmp_path / name).write_bytes(gzip.compress(header + arr.tobytes()))

@@ -61,9 +61,14 @@ def pruned_shared(variant: int) -> tuple[nn.Module, dict[str, str]]:
         model.features[3].bias.copy_(torch.tensor([-0.25, 0.0, 0.5, 0.0] * 4))  # ternary
         model.classifier[1].bias.copy_(torch.randint(-8, 8, (10,), generator=g) * 2.0**-3)
     if variant == 0:  # Huffman, plain sparse, ternary, fixed point
-        forced = {"features.0.weight": "huffman", "features.3.weight": "huffman",
-                  "classifier.1.weight": "sparse", "features.3.bias": "ternary",
-                  "classifier.1.bias": "fixedpoint", "features.0.bias": "dense"}
+        forced = {
+            "features.0.weight": "huffman",
+            "features.3.weight": "huffman",
+            "classifier.1.weight": "sparse",
+            "features.3.bias": "ternary",
+            "classifier.1.bias": "fixedpoint",
+            "features.0.bias": "dense",
+        }
     else:  # codebook with and without positions; the rest automatic (Huffman with positions)
         forced = {"classifier.1.weight": "codebook", "features.0.weight": "codebook"}
     return model, forced
@@ -73,8 +78,12 @@ def pruned_shared(variant: int) -> tuple[nn.Module, dict[str, str]]:
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real files of small models: a dense and two coded .tt, and a checkpoint."""
     root = tmp_path_factory.mktemp("trust")
-    out = {"dense.tt": root / "dense.tt", "coded0.tt": root / "coded0.tt",
-           "coded1.tt": root / "coded1.tt", "ckpt": root / "democnn.safetensors"}
+    out = {
+        "dense.tt": root / "dense.tt",
+        "coded0.tt": root / "coded0.tt",
+        "coded1.tt": root / "coded1.tt",
+        "ckpt": root / "democnn.safetensors",
+    }
     codec.save(democnn(), out["dense.tt"], allow=["dense"])
     forms = set()
     for v in (0, 1):
@@ -84,13 +93,21 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         entries = tt_read(out[f"coded{v}.tt"])[0]["tensors"]
         forms |= {(e["encoding"], bool(e["params"].get("index_bits"))) for e in entries}
     # every coded form, with relative positions (pruned) and without
-    assert {("huffman", True), ("huffman", False), ("codebook", True), ("codebook", False),
-            ("sparse", True), ("ternary", False), ("fixedpoint", False)} <= forms, forms
+    assert {
+        ("huffman", True),
+        ("huffman", False),
+        ("codebook", True),
+        ("codebook", False),
+        ("sparse", True),
+        ("ternary", False),
+        ("fixedpoint", False),
+    } <= forms, forms
     save_checkpoint(democnn(), out["ckpt"])
     return out
 
 
 # -- rewriting files so that a mutation gets past their checksums -------------------------------
+
 
 def tt_read(path: Path) -> tuple[dict[str, Any], bytes]:
     data = path.read_bytes()
@@ -106,22 +123,20 @@ def tt_write(path: Path, manifest: dict[str, Any], payload: bytes) -> None:
         try:  # best effort: a mutated offset or length still gets a checksum of what it names
             at, n = e["offset"], sum(e["parts"])
             if isinstance(at, int) and 0 <= at and 0 <= n:
-                e["crc32"] = zlib.crc32(payload[at:at + n])
+                e["crc32"] = zlib.crc32(payload[at : at + n])
         except (KeyError, TypeError):
             pass
     body = zlib.compress(json.dumps(manifest).encode(), 6)
-    path.write_bytes(struct.pack("<8sHII", format.MAGIC, format.VERSION, len(body), zlib.crc32(body))
-                     + body + payload)
+    path.write_bytes(struct.pack("<8sHII", format.MAGIC, format.VERSION, len(body), zlib.crc32(body)) + body + payload)
 
 
 def ckpt_read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n])["__metadata__"], st_load(data)
+    return json.loads(data[8 : 8 + n])["__metadata__"], st_load(data)
 
 
-def ckpt_write(path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor],
-               *, redigest: bool = True) -> None:
+def ckpt_write(path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor], *, redigest: bool = True) -> None:
     meta = dict(meta)
     if redigest:
         meta[DIGEST_KEY] = digest(meta, tensors)
@@ -155,6 +170,7 @@ def test_the_guard_catches_large_allocations(guard: None) -> None:
 
 # -- 1. architecture metadata ----------------------------------------------------------------
 
+
 def _described() -> tuple[dict[str, Any], dict[str, Any]]:
     model = democnn()
     specs = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
@@ -171,8 +187,13 @@ def _node(desc: dict[str, Any], path: str) -> dict[str, Any]:
 def _deep_modules(d: dict[str, Any]) -> None:
     node = _node(d, "features.1")
     for _ in range(80):
-        node["children"]["x"] = {"class": "torch.nn.modules.activation:ReLU", "attrs": {"inplace": False},
-                                 "params": {}, "buffers": {}, "children": {}}
+        node["children"]["x"] = {
+            "class": "torch.nn.modules.activation:ReLU",
+            "attrs": {"inplace": False},
+            "params": {},
+            "buffers": {},
+            "children": {},
+        }
         node = node["children"]["x"]
 
 
@@ -184,61 +205,85 @@ def _deep_value(d: dict[str, Any]) -> None:
 
 
 ARCH_CASES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
-    "negative shape": (lambda d: _node(d, "features.3")["params"]["weight"].update(shape=[-1, -20]),
-                       "non-negative integers"),
-    "float shape": (lambda d: _node(d, "features.3")["params"]["weight"].update(shape=[16.0, 8, 3, 3]),
-                    "non-negative integers"),
-    "bool shape": (lambda d: _node(d, "features.3")["params"]["bias"].update(shape=[True]),
-                   "non-negative integers"),
-    "huge shape": (lambda d: _node(d, "features.3")["params"]["bias"].update(shape=[1000000000]),
-                   "file holds float32 [16]"),
-    "too many dims": (lambda d: _node(d, "features.3")["params"]["bias"].update(shape=[1] * 40),
-                      "at most 32"),
-    "shape not a list": (lambda d: _node(d, "features.3")["params"]["bias"].update(shape="16"),
-                         "non-negative integers"),
-    "unknown dtype": (lambda d: _node(d, "features.3")["params"]["bias"].update(dtype="__class__"),
-                      "unknown dtype"),
-    "requires_grad not bool": (lambda d: _node(d, "features.3")["params"]["bias"].update(requires_grad="y"),
-                               "requires_grad"),
+    "negative shape": (
+        lambda d: _node(d, "features.3")["params"]["weight"].update(shape=[-1, -20]),
+        "non-negative integers",
+    ),
+    "float shape": (
+        lambda d: _node(d, "features.3")["params"]["weight"].update(shape=[16.0, 8, 3, 3]),
+        "non-negative integers",
+    ),
+    "bool shape": (lambda d: _node(d, "features.3")["params"]["bias"].update(shape=[True]), "non-negative integers"),
+    "huge shape": (
+        lambda d: _node(d, "features.3")["params"]["bias"].update(shape=[1000000000]),
+        "file holds float32 [16]",
+    ),
+    "too many dims": (lambda d: _node(d, "features.3")["params"]["bias"].update(shape=[1] * 40), "at most 32"),
+    "shape not a list": (
+        lambda d: _node(d, "features.3")["params"]["bias"].update(shape="16"),
+        "non-negative integers",
+    ),
+    "unknown dtype": (lambda d: _node(d, "features.3")["params"]["bias"].update(dtype="__class__"), "unknown dtype"),
+    "requires_grad not bool": (
+        lambda d: _node(d, "features.3")["params"]["bias"].update(requires_grad="y"),
+        "requires_grad",
+    ),
     "spec not an object": (lambda d: _node(d, "features.3")["params"].update(bias=[16]), "spec must be"),
     "attrs as a list": (lambda d: _node(d, "features.3").update(attrs=[1, 2]), "'attrs' is of type list"),
     "params as a string": (lambda d: _node(d, "features.3").update(params="weight"), "'params' is of type str"),
     "class not a string": (lambda d: _node(d, "features.3").update({"class": 7}), "not a 'module:Class'"),
-    "class with dunder hop": (lambda d: _node(d, "features.3").update(
-        {"class": "torch.nn:Module.__init__.__globals__"}), "not a 'package.module:Class'"),
-    "class not a module": (lambda d: _node(d, "features.3").update(
-        {"class": "torch.nn.functional:conv2d"}), "not an nn.Module class"),
-    "float that does not parse": (lambda d: _node(d, "features.3")["attrs"].update(
-        stride={"__float__": "one"}), "not a number"),
-    "float not a string": (lambda d: _node(d, "features.3")["attrs"].update(stride={"__float__": 1}),
-                           "not a str"),
-    "tuple not a list": (lambda d: _node(d, "features.3")["attrs"].update(stride={"__tuple__": 3}),
-                         "not a list"),
-    "unknown tag": (lambda d: _node(d, "features.3")["attrs"].update(stride={"__reduce__": "os.system"}),
-                    "unknown value encoding"),
-    "two tags": (lambda d: _node(d, "features.3")["attrs"].update(
-        stride={"__tuple__": [1], "__float__": "1"}), "unknown value encoding"),
-    "unhashable set member": (lambda d: _node(d, "features.3")["attrs"].update(tag={"__set__": [[1]]}),
-                              "__set__"),
+    "class with dunder hop": (
+        lambda d: _node(d, "features.3").update({"class": "torch.nn:Module.__init__.__globals__"}),
+        "not a 'package.module:Class'",
+    ),
+    "class not a module": (
+        lambda d: _node(d, "features.3").update({"class": "torch.nn.functional:conv2d"}),
+        "not an nn.Module class",
+    ),
+    "float that does not parse": (
+        lambda d: _node(d, "features.3")["attrs"].update(stride={"__float__": "one"}),
+        "not a number",
+    ),
+    "float not a string": (lambda d: _node(d, "features.3")["attrs"].update(stride={"__float__": 1}), "not a str"),
+    "tuple not a list": (lambda d: _node(d, "features.3")["attrs"].update(stride={"__tuple__": 3}), "not a list"),
+    "unknown tag": (
+        lambda d: _node(d, "features.3")["attrs"].update(stride={"__reduce__": "os.system"}),
+        "unknown value encoding",
+    ),
+    "two tags": (
+        lambda d: _node(d, "features.3")["attrs"].update(stride={"__tuple__": [1], "__float__": "1"}),
+        "unknown value encoding",
+    ),
+    "unhashable set member": (lambda d: _node(d, "features.3")["attrs"].update(tag={"__set__": [[1]]}), "__set__"),
     "deep value": (_deep_value, "deeper than 32"),
     "deep modules": (_deep_modules, "deeper than 64"),
     "missing key": (lambda d: _node(d, "features.3").pop("buffers"), "has keys"),
     "unknown key": (lambda d: _node(d, "features.3").update(code="print(1)"), "has keys"),
     "child not an object": (lambda d: _node(d, "features")["children"].update({"3": [1]}), "not an object"),
-    "child name with a dot": (lambda d: _node(d, "features")["children"].update(
-        {"a.b": None}), "not a plain name"),
-    "swapped class": (lambda d: _node(d, "features.3").update(
-        {"class": "torch.nn.modules.batchnorm:BatchNorm2d"}), "without its attributes"),
-    "a constant removed": (lambda d: _node(d, "classifier.1")["attrs"].pop("in_features"),
-                           "without its attributes ['in_features']"),
-    "declared tensor not in the file": (lambda d: _node(d, "features.3")["buffers"].update(
-        extra={"shape": [3], "dtype": "float32", "requires_grad": False}), "holds no such tensor"),
-    "dtype differs from the file": (lambda d: _node(d, "features.3")["params"]["bias"].update(
-        dtype="float64"), "file holds float32"),
-    "values of a buffer it lacks": (lambda d: _node(d, "features.3").update(
-        non_persistent={"nope": [1]}), "not among its buffers"),
-    "training not a bool": (lambda d: _node(d, "features.3")["attrs"].update(training="yes"),
-                            "not true or false"),
+    "child name with a dot": (lambda d: _node(d, "features")["children"].update({"a.b": None}), "not a plain name"),
+    "swapped class": (
+        lambda d: _node(d, "features.3").update({"class": "torch.nn.modules.batchnorm:BatchNorm2d"}),
+        "without its attributes",
+    ),
+    "a constant removed": (
+        lambda d: _node(d, "classifier.1")["attrs"].pop("in_features"),
+        "without its attributes ['in_features']",
+    ),
+    "declared tensor not in the file": (
+        lambda d: _node(d, "features.3")["buffers"].update(
+            extra={"shape": [3], "dtype": "float32", "requires_grad": False}
+        ),
+        "holds no such tensor",
+    ),
+    "dtype differs from the file": (
+        lambda d: _node(d, "features.3")["params"]["bias"].update(dtype="float64"),
+        "file holds float32",
+    ),
+    "values of a buffer it lacks": (
+        lambda d: _node(d, "features.3").update(non_persistent={"nope": [1]}),
+        "not among its buffers",
+    ),
+    "training not a bool": (lambda d: _node(d, "features.3")["attrs"].update(training="yes"), "not true or false"),
 }
 
 
@@ -252,8 +297,22 @@ def test_malformed_architecture_names_the_module(case: str) -> None:
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["forward", "state_dict", "__class__", "__dict__", "__init__",
-                                  "_parameters", "_modules", "not an identifier", "a.b", "9x", ""])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "forward",
+        "state_dict",
+        "__class__",
+        "__dict__",
+        "__init__",
+        "_parameters",
+        "_modules",
+        "not an identifier",
+        "a.b",
+        "9x",
+        "",
+    ],
+)
 def test_attributes_cannot_replace_behaviour(name: str) -> None:
     desc, specs = _described()
     _node(desc, "classifier.1")["attrs"][name] = 0
@@ -300,6 +359,7 @@ def test_describe_refuses_what_build_would_refuse() -> None:
 
 # -- 2. .tt manifests and coded streams ----------------------------------------------------------
 
+
 def _entry(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     return next(e for e in manifest["tensors"] if e["name"] == name)
 
@@ -319,30 +379,38 @@ TT_CASES: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
     "float shape": ("dense.tt", _set("features.3.bias", shape=[16.0]), "valid integer"),
     "huge dense shape": ("dense.tt", _set("features.3.bias", shape=[1000000000]), "bytes of tensors"),
     "huge sparse shape": ("coded0.tt", _set("classifier.1.weight", shape=[1000000000]), "bytes of tensors"),
-    "shape against the architecture": ("dense.tt", _set("features.3.bias", shape=[4, 4]),
-                                       "declared float32 [16]"),
+    "shape against the architecture": ("dense.tt", _set("features.3.bias", shape=[4, 4]), "declared float32 [16]"),
     "unknown dtype": ("dense.tt", _set("features.3.bias", dtype="complex128"), "dtype"),
-    "dtype against the architecture": ("dense.tt", _set("features.3.bias", dtype="int32"),
-                                       "file holds int32"),
+    "dtype against the architecture": ("dense.tt", _set("features.3.bias", dtype="int32"), "file holds int32"),
     "unknown encoding": ("dense.tt", _set("features.3.bias", encoding="pickle"), "encoding"),
     "negative part length": ("dense.tt", _set("features.3.bias", parts=[-4]), "parts"),
     "negative offset": ("dense.tt", _set("features.3.bias", offset=-1), "offset"),
     "offset past the payload": ("dense.tt", _set("features.3.bias", offset=10**9), "past the payload"),
     "twice the same name": ("dense.tt", _set("features.3.bias", name="features.0.bias"), "twice"),
-    "alias of a later tensor": ("dense.tt", _set("features.0.bias", alias="classifier.1.bias", parts=[]),
-                                "stored before it"),
-    "alias of another shape": ("dense.tt", _set("features.3.bias", alias="features.0.bias", parts=[]),
-                               "aliases 'features.0.bias' but declares"),
-    "sparse entries beyond the tensor": ("coded0.tt", _params("classifier.1.weight", entries=10**12),
-                                         "parameter 'entries'"),
-    "sparse index bits out of range": ("coded0.tt", _params("classifier.1.weight", index_bits=64),
-                                       "parameter 'index_bits'"),
-    "sparse entries a bool": ("coded0.tt", _params("classifier.1.weight", entries=True),
-                              "parameter 'entries'"),
+    "alias of a later tensor": (
+        "dense.tt",
+        _set("features.0.bias", alias="classifier.1.bias", parts=[]),
+        "stored before it",
+    ),
+    "alias of another shape": (
+        "dense.tt",
+        _set("features.3.bias", alias="features.0.bias", parts=[]),
+        "aliases 'features.0.bias' but declares",
+    ),
+    "sparse entries beyond the tensor": (
+        "coded0.tt",
+        _params("classifier.1.weight", entries=10**12),
+        "parameter 'entries'",
+    ),
+    "sparse index bits out of range": (
+        "coded0.tt",
+        _params("classifier.1.weight", index_bits=64),
+        "parameter 'index_bits'",
+    ),
+    "sparse entries a bool": ("coded0.tt", _params("classifier.1.weight", entries=True), "parameter 'entries'"),
     "codebook of no entries": ("coded1.tt", _params("classifier.1.weight", k=0), "parameter 'k'"),
     "codebook bits a string": ("coded1.tt", _params("features.0.weight", bits="3"), "parameter 'bits'"),
-    "huffman index bits a float": ("coded0.tt", _params("features.3.weight", index_bits=2.0),
-                                   "parameter 'index_bits'"),
+    "huffman index bits a float": ("coded0.tt", _params("features.3.weight", index_bits=2.0), "parameter 'index_bits'"),
     "fixed point bits out of range": ("coded0.tt", _params("classifier.1.bias", bits=99), "parameter 'bits'"),
     "fixed point fl out of range": ("coded0.tt", _params("classifier.1.bias", fl=10**6), "parameter 'fl'"),
     "params not an object": ("coded0.tt", _set("classifier.1.bias", params=[1]), "params"),
@@ -351,8 +419,7 @@ TT_CASES: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(TT_CASES))
-def test_doctored_manifest_gives_a_clear_error(case: str, files: dict[str, Path], tmp_path: Path,
-                                               guard: None) -> None:
+def test_doctored_manifest_gives_a_clear_error(case: str, files: dict[str, Path], tmp_path: Path, guard: None) -> None:
     name, mutate, message = TT_CASES[case]
     manifest, payload = tt_read(files[name])
     mutate(manifest)
@@ -388,21 +455,22 @@ def test_deeply_nested_manifest_is_an_error(files: dict[str, Path], tmp_path: Pa
     body = json.dumps(manifest).replace('"meta": {}', '"meta": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
     path = tmp_path / "deep.tt"
     data = zlib.compress(body.encode())
-    path.write_bytes(struct.pack("<8sHII", format.MAGIC, format.VERSION, len(data), zlib.crc32(data))
-                     + data + payload)
+    path.write_bytes(struct.pack("<8sHII", format.MAGIC, format.VERSION, len(data), zlib.crc32(data)) + data + payload)
     with pytest.raises(CodecError, match="not valid JSON"):
         codec.load(path)
 
 
 # -- 3. checkpoint digests and headers -----------------------------------------------------------
 
+
 def test_checkpoint_carries_a_digest_of_metadata_and_tensors(files: dict[str, Path]) -> None:
     meta, tensors = ckpt_read(files["ckpt"])
     assert meta[DIGEST_KEY] == digest(meta, tensors) == read_metadata(files["ckpt"])[DIGEST_KEY]
     model = democnn()
     loaded = load_checkpoint(files["ckpt"])
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(),
-                                                  strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("change", ["weight", "shape", "architecture", "extra key"])
@@ -413,8 +481,9 @@ def test_changed_checkpoint_fails_its_digest(change: str, files: dict[str, Path]
     elif change == "shape":
         tensors["classifier.1.weight"] = tensors["classifier.1.weight"].reshape(784, 10)
     elif change == "architecture":  # a different padding changes every output, not a weight
-        meta[ARCH_KEY] = meta[ARCH_KEY].replace('"padding": {"__tuple__": [1, 1]}',
-                                                '"padding": {"__tuple__": [2, 2]}', 1)
+        meta[ARCH_KEY] = meta[ARCH_KEY].replace(
+            '"padding": {"__tuple__": [1, 1]}', '"padding": {"__tuple__": [2, 2]}', 1
+        )
         assert meta[ARCH_KEY] != ckpt_read(files["ckpt"])[0][ARCH_KEY]
     else:
         meta["note"] = "x"
@@ -446,8 +515,9 @@ def test_foreign_safetensors_weights_load_without_warning(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("claim", ["past the end", "over the limit"])
-def test_safetensors_header_is_checked_against_the_file_size(claim: str, files: dict[str, Path],
-                                                             tmp_path: Path) -> None:
+def test_safetensors_header_is_checked_against_the_file_size(
+    claim: str, files: dict[str, Path], tmp_path: Path
+) -> None:
     data = bytearray(files["ckpt"].read_bytes())
     n = len(data) if claim == "past the end" else MAX_HEADER + 1
     data[:8] = n.to_bytes(8, "little")
@@ -470,6 +540,7 @@ def test_json_that_python_cannot_parse_is_an_error(files: dict[str, Path], tmp_p
 
 # -- 4. --weights takes a .tt wherever a checkpoint is taken ----------------------------------------
 
+
 def test_a_tt_is_accepted_wherever_a_checkpoint_is(files: dict[str, Path]) -> None:
     x = torch.randn(2, 1, 28, 28)
     expected = democnn()(x)
@@ -480,8 +551,9 @@ def test_a_tt_is_accepted_wherever_a_checkpoint_is(files: dict[str, Path]) -> No
     assert torch.equal(model.eval()(x), expected)
 
 
-@pytest.mark.parametrize("content", [b"", b"hello world\n", b"\x89PNG\r\n\x1a\n" + b"\0" * 32,
-                                     b"PK\x03\x04" + b"\0" * 40])
+@pytest.mark.parametrize(
+    "content", [b"", b"hello world\n", b"\x89PNG\r\n\x1a\n" + b"\0" * 32, b"PK\x03\x04" + b"\0" * 40]
+)
 def test_other_files_name_the_accepted_formats(content: bytes, tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"  # the extension does not decide: the bytes do
     path.write_bytes(content)
@@ -498,6 +570,7 @@ def test_a_tt_named_safetensors_still_loads(files: dict[str, Path], tmp_path: Pa
 
 # -- 5. fuzzing: structure-aware mutations past the checksums, and raw bytes ---------------------
 
+
 def _deep(levels: int) -> Any:
     value: Any = 0
     for _ in range(levels):
@@ -506,13 +579,48 @@ def _deep(levels: int) -> Any:
 
 
 HOSTILE: list[Any] = [
-    -1, -20, 0, 1, 3, 2**31, 10**9, 2**64, 10**30, 1.5, -0.0, True, False, None, "", "x", "float32",
-    "int8", "bool", "__class__", "forward", "os:system", "torch.nn.modules.linear:Linear",
-    "torch.nn.modules.batchnorm:BatchNorm2d", "torch.nn.modules.container:Sequential",
-    "tinytamer.zoo.lenet:LeNet5", "torch.nn:Module.__subclasses__", [], {}, [-1, -20], [1000000000],
-    [1] * 40, [[1], [2, 3]], {"__float__": "nope"}, {"__float__": "inf"}, {"__tuple__": 5},
-    {"__dtype__": "__class__"}, {"__dict__": {"__class__": 1}}, {"__set__": [[1]]}, {"__tuple__": [1, 1]},
-    {"shape": [3], "dtype": "float32", "requires_grad": True}, _deep(200),
+    -1,
+    -20,
+    0,
+    1,
+    3,
+    2**31,
+    10**9,
+    2**64,
+    10**30,
+    1.5,
+    -0.0,
+    True,
+    False,
+    None,
+    "",
+    "x",
+    "float32",
+    "int8",
+    "bool",
+    "__class__",
+    "forward",
+    "os:system",
+    "torch.nn.modules.linear:Linear",
+    "torch.nn.modules.batchnorm:BatchNorm2d",
+    "torch.nn.modules.container:Sequential",
+    "tinytamer.zoo.lenet:LeNet5",
+    "torch.nn:Module.__subclasses__",
+    [],
+    {},
+    [-1, -20],
+    [1000000000],
+    [1] * 40,
+    [[1], [2, 3]],
+    {"__float__": "nope"},
+    {"__float__": "inf"},
+    {"__tuple__": 5},
+    {"__dtype__": "__class__"},
+    {"__dict__": {"__class__": 1}},
+    {"__set__": [[1]]},
+    {"__tuple__": [1, 1]},
+    {"shape": [3], "dtype": "float32", "requires_grad": True},
+    _deep(200),
 ]
 
 
@@ -537,9 +645,29 @@ def mutate(doc: Any, rng: random.Random) -> Any:
     doc = copy.deepcopy(doc)
     nodes = list(_nodes(doc))
     # Favour the fields that size and type things: shapes, dtypes, classes, params, offsets.
-    hot = [(p, v) for p, v in nodes if p and p[-1] in {"shape", "dtype", "class", "params", "parts", "offset",
-                                                      "attrs", "encoding", "alias", "entries", "k", "bits",
-                                                      "index_bits", "children", "non_persistent"}]
+    hot = [
+        (p, v)
+        for p, v in nodes
+        if p
+        and p[-1]
+        in {
+            "shape",
+            "dtype",
+            "class",
+            "params",
+            "parts",
+            "offset",
+            "attrs",
+            "encoding",
+            "alias",
+            "entries",
+            "k",
+            "bits",
+            "index_bits",
+            "children",
+            "non_persistent",
+        }
+    ]
     path, value = rng.choice(hot if hot and rng.random() < 0.6 else nodes[1:] or nodes)
     parent, key = (_get(doc, path[:-1]), path[-1]) if path else (None, None)
     op = rng.randrange(7)
@@ -556,8 +684,7 @@ def mutate(doc: Any, rng: random.Random) -> Any:
     elif op == 4 and isinstance(value, int) and not isinstance(value, bool):
         parent[key] = value + rng.choice([-1, 1, -value - 1, 10**9])
     elif op == 5 and isinstance(value, dict):
-        value[rng.choice(["x", "__class__", "forward", "a.b", "weight", "0"])] = copy.deepcopy(
-            rng.choice(HOSTILE))
+        value[rng.choice(["x", "__class__", "forward", "a.b", "weight", "0"])] = copy.deepcopy(rng.choice(HOSTILE))
     elif op == 5:
         parent[key] = [value]
     else:  # graft another node of the document here (a module, a spec, a value)
@@ -584,7 +711,7 @@ def test_fuzz_tt_manifests(files: dict[str, Path], tmp_path: Path, guard: None) 
         if i % 9 == 8:  # the coded streams themselves: garble a tensor's bytes, fix its checksum
             entry = rng.choice([e for e in manifest["tensors"] if sum(e["parts"])])
             at = entry["offset"] + rng.randrange(sum(entry["parts"]))
-            payload = payload[:at] + bytes([rng.randrange(256)]) + payload[at + 1:]
+            payload = payload[:at] + bytes([rng.randrange(256)]) + payload[at + 1 :]
         elif i % 3 == 1:  # the architecture alone
             manifest["architecture"] = mutate(manifest["architecture"], rng)
         else:

@@ -81,24 +81,32 @@ def _old_getattr_chain(nodes: list, marker: Path) -> None:
     # shell command on the first forward pass before the table existed):
     # x.__class__.__reduce_ex__.__globals__['__builtins__']['__import__']('os').system(cmd)
     g = "builtins:getattr"
-    _body(nodes, [
-        rec("call_function", "cls", g, ref("x"), "__class__"),
-        rec("call_function", "fn", g, ref("cls"), "__reduce_ex__"),
-        rec("call_function", "glb", g, ref("fn"), "__globals__"),
-        rec("call_function", "bi", "_operator:getitem", ref("glb"), "__builtins__"),
-        rec("call_function", "imp", "_operator:getitem", ref("bi"), "__import__"),
-        rec("call_method", "os", "__call__", ref("imp"), "os"),
-        rec("call_method", "run", "system", ref("os"), _shell(marker)),
-    ], "run")
+    _body(
+        nodes,
+        [
+            rec("call_function", "cls", g, ref("x"), "__class__"),
+            rec("call_function", "fn", g, ref("cls"), "__reduce_ex__"),
+            rec("call_function", "glb", g, ref("fn"), "__globals__"),
+            rec("call_function", "bi", "_operator:getitem", ref("glb"), "__builtins__"),
+            rec("call_function", "imp", "_operator:getitem", ref("bi"), "__import__"),
+            rec("call_method", "os", "__call__", ref("imp"), "os"),
+            rec("call_method", "run", "system", ref("os"), _shell(marker)),
+        ],
+        "run",
+    )
 
 
 def _globals_via_get_attr(nodes: list, marker: Path) -> None:
     # The same through names from the table: get_attr reaches forward.__globals__.
-    _body(nodes, [
-        rec("get_attr", "glb", "forward.__globals__"),
-        rec("call_function", "bi", "operator.getitem", ref("glb"), "__builtins__"),
-        rec("call_method", "run", "Tensor.view", ref("bi"), _shell(marker)),
-    ], "run")
+    _body(
+        nodes,
+        [
+            rec("get_attr", "glb", "forward.__globals__"),
+            rec("call_function", "bi", "operator.getitem", ref("glb"), "__builtins__"),
+            rec("call_method", "run", "Tensor.view", ref("bi"), _shell(marker)),
+        ],
+        "run",
+    )
 
 
 def _dunder_method(nodes: list, marker: Path) -> None:
@@ -159,8 +167,7 @@ def _duplicate_name(nodes: list, marker: Path) -> None:
 
 
 def _dtype_outside_list(nodes: list, marker: Path) -> None:
-    _body(nodes, [rec("call_method", "s", "Tensor.softmax", ref("x"), 1,
-                      dtype={"dtype": "__class__"})], "s")
+    _body(nodes, [rec("call_method", "s", "Tensor.softmax", ref("x"), 1, dtype={"dtype": "__class__"})], "s")
 
 
 def _int_past_int64(nodes: list, marker: Path) -> None:
@@ -225,14 +232,27 @@ def test_saved_and_loaded_model_is_bit_identical(quantized, tmp_path, fmt):
 def test_cli_deploy_of_a_hostile_checkpoint_exits_2_and_runs_nothing(tmp_path):
     """The reproduction of issue 13: `tamer deploy --target torch --weights evil.safetensors`."""
     torch.manual_seed(0)
-    gm = quantize_ptq(zoo.create("democnn", in_channels=1, input_size=8).eval(),
-                      [torch.randn(2, 1, 8, 8)])
+    gm = quantize_ptq(zoo.create("democnn", in_channels=1, input_size=8).eval(), [torch.randn(2, 1, 8, 8)])
     qg = QuantizedGraph(gm)
     marker = tmp_path / "pwned"
     _body(qg.nodes, [rec("call_function", "run", "os.system", _shell(marker))], "run")
     evil = save_checkpoint(qg, tmp_path / "evil.safetensors")
-    out = CliRunner().invoke(app, ["deploy", "--target", "torch", "--weights", str(evil), "--runs",
-                                   str(tmp_path / "runs"), "--data", "digits", "--size", "8"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "deploy",
+            "--target",
+            "torch",
+            "--weights",
+            str(evil),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--data",
+            "digits",
+            "--size",
+            "8",
+        ],
+    )
     assert out.exit_code == 2
     assert "node 1 ('run') names operation 'os.system'" in out.output
     assert not marker.exists()
@@ -241,8 +261,13 @@ def test_cli_deploy_of_a_hostile_checkpoint_exits_2_and_runs_nothing(tmp_path):
 def test_records_changed_after_load_are_refused_at_forward(quantized, tmp_path):
     gm, x = quantized
     loaded = load_checkpoint(save_checkpoint(QuantizedGraph(gm), tmp_path / "q.safetensors"))
-    loaded.nodes[1] = {"op": "call_function", "name": "run", "target": "builtins:getattr",
-                       "args": ({"node": "x"}, "__class__"), "kwargs": {}}
+    loaded.nodes[1] = {
+        "op": "call_function",
+        "name": "run",
+        "target": "builtins:getattr",
+        "args": ({"node": "x"}, "__class__"),
+        "kwargs": {},
+    }
     with pytest.raises(CodecError, match=r"node 1 \('run'\).*not in the table"):
         loaded(x)
     with pytest.raises(CodecError, match="not in the table"):
@@ -253,8 +278,11 @@ def test_size_arithmetic_stays_in_int64(quantized, tmp_path):
     """Products of sizes from a file cannot grow without bound (a memory bomb of big ints)."""
     gm, x = quantized
     qg = QuantizedGraph(gm)
-    qg.nodes = [qg.nodes[0], rec("call_function", "m", "operator.mul", 2**62, 2),
-                rec("output", "output", "output", ref("m"))]
+    qg.nodes = [
+        qg.nodes[0],
+        rec("call_function", "m", "operator.mul", 2**62, 2),
+        rec("output", "output", "output", ref("m")),
+    ]
     loaded = load_checkpoint(save_checkpoint(qg, tmp_path / "m.safetensors"))
     with pytest.raises(ModelError, match="mul gives an integer outside int64"):
         loaded(x)

@@ -97,8 +97,9 @@ def test_clean_stale_temps_removes_only_dead_writers_temps_of_that_name(tmp_path
 
 
 def test_fileio_imports_no_torch():
-    code = ("import sys, tinytamer.fileio; "
-            "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, tinytamer.fileio; bad = [m for m in ('torch', 'numpy') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -189,8 +190,7 @@ else:
 @pytest.mark.parametrize("kind", ["codec", "checkpoint"])
 def test_a_save_after_a_sigkilled_save_leaves_no_temp_behind(tmp_path, kind):
     path = tmp_path / ("model.tt" if kind == "codec" else "model.safetensors")
-    child = subprocess.Popen([sys.executable, "-c", _SAVE_AND_HANG, kind, str(path)],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _SAVE_AND_HANG, kind, str(path)], stdout=subprocess.PIPE, text=True)
     guard = threading.Timer(120, child.kill)  # never hang the suite on a stuck child
     guard.start()
     try:
@@ -217,8 +217,23 @@ def test_a_save_after_a_sigkilled_save_leaves_no_temp_behind(tmp_path, kind):
 
 # -- run names and --overwrite ---------------------------------------------------------------------
 
-HOSTILE_NAMES = ["../decoy", "../../decoy", "..", ".", "", "keep/..", "a/b", "/tmp/x", "x\n", "x y",
-                 "run\x00", "é", "x" * 101, "./keep", "keep/"]
+HOSTILE_NAMES = [
+    "../decoy",
+    "../../decoy",
+    "..",
+    ".",
+    "",
+    "keep/..",
+    "a/b",
+    "/tmp/x",
+    "x\n",
+    "x y",
+    "run\x00",
+    "é",
+    "x" * 101,
+    "./keep",
+    "keep/",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
@@ -235,8 +250,7 @@ def test_plain_run_names_are_accepted(name):
 
 
 def _recipe(name: str) -> dict:
-    return {"name": name, "data": {"name": "digits", "limit": 40}, "model": {"name": "democnn"},
-            "stages": []}
+    return {"name": name, "data": {"name": "digits", "limit": 40}, "model": {"name": "democnn"}, "stages": []}
 
 
 @pytest.fixture
@@ -342,14 +356,17 @@ def test_a_damaged_metrics_log_names_the_file_and_line(tmp_path):
         r.records()
 
 
-@pytest.mark.parametrize("state", [
-    b'{"completed": [{"index": 0, "stage": "tra',  # truncated
-    b"",
-    b"[]",
-    b'{"completed": {}}',
-    b'{"completed": [{"index": "0", "stage": "train", "checkpoint": "c"}]}',
-    b'{"completed": [{"index": 0, "stage": "train"}]}',
-])
+@pytest.mark.parametrize(
+    "state",
+    [
+        b'{"completed": [{"index": 0, "stage": "tra',  # truncated
+        b"",
+        b"[]",
+        b'{"completed": {}}',
+        b'{"completed": [{"index": "0", "stage": "train", "checkpoint": "c"}]}',
+        b'{"completed": [{"index": 0, "stage": "train"}]}',
+    ],
+)
 def test_a_damaged_state_json_names_the_file(tmp_path, state):
     r = RunDir.create(tmp_path / "r", "name: r\n")
     r.state_path.write_bytes(state)
@@ -360,8 +377,9 @@ def test_a_damaged_state_json_names_the_file(tmp_path, state):
 def test_a_state_json_pointing_outside_the_run_is_refused(tmp_path):
     outside = save_checkpoint(nn.Linear(2, 2), tmp_path / "outside.safetensors")
     r = RunDir.create(tmp_path / "r", "name: r\n")
-    r.state_path.write_text(json.dumps({"completed": [
-        {"index": 0, "stage": "train", "checkpoint": str(Path("..") / outside.name)}]}))
+    r.state_path.write_text(
+        json.dumps({"completed": [{"index": 0, "stage": "train", "checkpoint": str(Path("..") / outside.name)}]})
+    )
     with pytest.raises(CorruptFileError, match="outside the run folder"):
         r.last_model()
 
@@ -396,13 +414,16 @@ def test_a_torn_tuning_log_line_is_skipped_and_the_next_append_is_whole(tmp_path
     assert again.get("k1", {"unroll": 2})["instructions"] == 7
 
 
-@pytest.mark.parametrize("bad, match", [
-    ('{"key": "k2", "sched\n', r"micro_tuning.jsonl, line 2: not a JSON record"),
-    ('{"key": "k2"}\n', r"record 2 is not a \{key, schedule, est_cycles, instructions\} object"),
-    ('{"key": 1, "schedule": {}, "est_cycles": 1, "instructions": 1}\n', "record 2"),
-    ('{"key": "k", "schedule": {}, "est_cycles": "1", "instructions": 1}\n', "record 2"),
-    ("[]\n", "record 2"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ('{"key": "k2", "sched\n', r"micro_tuning.jsonl, line 2: not a JSON record"),
+        ('{"key": "k2"}\n', r"record 2 is not a \{key, schedule, est_cycles, instructions\} object"),
+        ('{"key": 1, "schedule": {}, "est_cycles": 1, "instructions": 1}\n', "record 2"),
+        ('{"key": "k", "schedule": {}, "est_cycles": "1", "instructions": 1}\n', "record 2"),
+        ("[]\n", "record 2"),
+    ],
+)
 def test_a_damaged_tuning_log_names_the_file(tmp_path, bad, match):
     path = tmp_path / "micro_tuning.jsonl"
     path.write_text(json.dumps(_REC) + "\n" + bad + json.dumps(_REC) + "\n")
@@ -424,11 +445,17 @@ def test_a_non_finite_loss_stops_training_naming_the_iteration_and_lr():
     x = torch.randn(32, 1, generator=g)
     torch.manual_seed(0)
     model = nn.Linear(1, 1)
-    solver = Solver(model, SolverConfig(max_iter=50, base_lr=1e6, momentum=0),
-                    DataLoader(TensorDataset(x, 3 * x), batch_size=32), progress=False,
-                    loss_fn=nn.functional.mse_loss)
-    with pytest.warns(RuntimeWarning, match="diverging"), \
-            pytest.raises(TrainError, match=r"loss is (inf|nan) at iteration \d+ \(learning rate 1e\+06\)"):
+    solver = Solver(
+        model,
+        SolverConfig(max_iter=50, base_lr=1e6, momentum=0),
+        DataLoader(TensorDataset(x, 3 * x), batch_size=32),
+        progress=False,
+        loss_fn=nn.functional.mse_loss,
+    )
+    with (
+        pytest.warns(RuntimeWarning, match="diverging"),
+        pytest.raises(TrainError, match=r"loss is (inf|nan) at iteration \d+ \(learning rate 1e\+06\)"),
+    ):
         solver.solve()
     assert torch.isfinite(model.weight).all()  # stopped before the update that would break it
     assert solver.iter < 50
@@ -451,5 +478,6 @@ def test_a_healthy_run_does_not_warn():
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Solver(model, SolverConfig(max_iter=20, base_lr=0.1), DataLoader(_classification(), batch_size=16),
-               progress=False).solve()
+        Solver(
+            model, SolverConfig(max_iter=20, base_lr=0.1), DataLoader(_classification(), batch_size=16), progress=False
+        ).solve()

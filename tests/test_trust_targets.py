@@ -31,13 +31,15 @@ from tinytamer.targets.base import unavailable_reason
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="host gcc is not installed")
 needs_ncnn = pytest.mark.skipif(
     importlib.util.find_spec("ncnn") is None or importlib.util.find_spec("pnnx") is None,
-    reason="ncnn / pnnx not installed (pip install 'tinytamer[ncnn]')")
+    reason="ncnn / pnnx not installed (pip install 'tinytamer[ncnn]')",
+)
 
 
 def _small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(4 * 4 * 4, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 5)
+    ).eval()
 
 
 def _calib() -> list[torch.Tensor]:
@@ -59,8 +61,7 @@ def _loader(n: int = 40) -> DataLoader:
 @needs_ncnn
 def test_ncnn_compiles_into_a_relative_workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    d = get_target("ncnn").compile(_small_cnn(), [torch.randn(1, 1, 8, 8)], "runs/x",
-                                   calib=_calib())
+    d = get_target("ncnn").compile(_small_cnn(), [torch.randn(1, 1, 8, 8)], "runs/x", calib=_calib())
     assert d.parity["ok"]
     assert (tmp_path / "runs/x/model.ncnn.param").is_file()
     assert (tmp_path / "runs/x/model.ncnn.bin").is_file()
@@ -108,32 +109,41 @@ def test_a_backend_that_fails_to_import_says_so_in_one_line(broken_module, tmp_p
         target.compile(_small_cnn(), [torch.randn(1, 1, 8, 8)], tmp_path / "w")
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith("backend 'ncnn' is installed but fails to import (ncnn: OSError: "
-                          "libncnn.so.1: cannot open shared object file: No such file)")
+    assert msg.startswith(
+        "backend 'ncnn' is installed but fails to import (ncnn: OSError: "
+        "libncnn.so.1: cannot open shared object file: No such file)"
+    )
     assert msg.endswith("reinstall it: pip install 'tinytamer[ncnn]'")
     assert unavailable_reason(target) == msg
     assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
-def test_a_broken_backend_is_skipped_by_bench_with_its_reason(broken_module, tmp_path,
-                                                              monkeypatch):
+def test_a_broken_backend_is_skipped_by_bench_with_its_reason(broken_module, tmp_path, monkeypatch):
     broken_module("tvm", "libtvm_runtime.so: undefined symbol: TVMFFIFoo")
     monkeypatch.setattr("tinytamer.deploy.list_targets", lambda: ["torch", "tvm"])
     lines: list[str] = []
-    report = bench(residual_model(), tmp_path, example_input=torch.randn(1, 1, 8, 8),
-                   repeats=2, warmup=0, isolate=False, echo=lines.append)
+    report = bench(
+        residual_model(),
+        tmp_path,
+        example_input=torch.randn(1, 1, 8, 8),
+        repeats=2,
+        warmup=0,
+        isolate=False,
+        echo=lines.append,
+    )
     assert [r.target for r in report.rows] == ["torch"]
-    assert lines[0] == ("bench: skipping tvm: backend 'tvm' is installed but fails to import "
-                        "(tvm: OSError: libtvm_runtime.so: undefined symbol: TVMFFIFoo); "
-                        "reinstall it: pip install 'tinytamer[tvm]'")
+    assert lines[0] == (
+        "bench: skipping tvm: backend 'tvm' is installed but fails to import "
+        "(tvm: OSError: libtvm_runtime.so: undefined symbol: TVMFFIFoo); "
+        "reinstall it: pip install 'tinytamer[tvm]'"
+    )
 
 
 def test_the_import_check_is_cached(monkeypatch):
     base.import_failure.cache_clear()
     calls = []
     real = importlib.import_module
-    monkeypatch.setattr(base.importlib, "import_module",
-                        lambda name: calls.append(name) or real(name))
+    monkeypatch.setattr(base.importlib, "import_module", lambda name: calls.append(name) or real(name))
     assert base.import_failure("json") is None and base.import_failure("json") is None
     assert calls == ["json"]
     base.import_failure.cache_clear()
@@ -143,37 +153,42 @@ def test_the_import_check_is_cached(monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["micro-host", "cortex-m4", "cortex-m7", "onnxruntime"])
-@pytest.mark.parametrize("calib, what", [
-    (None, "got none"), ([], "got an empty list"),
-    ([torch.zeros(0, 1, 8, 8)], "calibration batch 0 holds no sample"),
-    ([torch.randn(4, 1, 8, 8), "x"], "calibration batch 1 is a str"),
-])
+@pytest.mark.parametrize(
+    "calib, what",
+    [
+        (None, "got none"),
+        ([], "got an empty list"),
+        ([torch.zeros(0, 1, 8, 8)], "calibration batch 0 holds no sample"),
+        ([torch.randn(4, 1, 8, 8), "x"], "calibration batch 1 is a str"),
+    ],
+)
 def test_int8_without_real_calibration_samples_is_refused(tmp_path, target, calib, what):
     t = get_target(target)
     if target.startswith("cortex") and not t.available():
         pytest.skip("ARM toolchain or QEMU missing")
     with pytest.raises(TamerError, match=rf"target '{target}'.*{what}") as err:
-        t.compile(_small_cnn(), [torch.randn(1, 1, 8, 8)], tmp_path, precision="int8",
-                  calib=calib)
+        t.compile(_small_cnn(), [torch.randn(1, 1, 8, 8)], tmp_path, precision="int8", calib=calib)
     assert "calib=" in str(err.value)
 
 
 def _recipe(stage: dict) -> None:
     from tinytamer.recipe import parse_recipe
 
-    parse_recipe({"name": "x", "data": {"name": "digits"}, "model": {"name": "democnn"},
-                  "stages": [stage]})
+    parse_recipe({"name": "x", "data": {"name": "digits"}, "model": {"name": "democnn"}, "stages": [stage]})
 
 
-@pytest.mark.parametrize("stage, key", [
-    ({"deploy": {"target": "cortex-m4", "eval_limit": -3}}, "deploy.eval_limit"),
-    ({"deploy": {"target": "cortex-m4", "calib_batches": -1}}, "deploy.calib_batches"),
-    ({"deploy": {"calib_batches": 0}}, "deploy.calib_batches"),
-    ({"deploy": {"eval_limit": 0}}, "deploy.eval_limit"),
-    ({"deploy": {"eval_limit": "some"}}, "deploy.eval_limit"),
-    ({"bench": {"eval_limit": True}}, "bench.eval_limit"),
-    ({"bench": {"eval_limit": 2.5}}, "bench.eval_limit"),
-])
+@pytest.mark.parametrize(
+    "stage, key",
+    [
+        ({"deploy": {"target": "cortex-m4", "eval_limit": -3}}, "deploy.eval_limit"),
+        ({"deploy": {"target": "cortex-m4", "calib_batches": -1}}, "deploy.calib_batches"),
+        ({"deploy": {"calib_batches": 0}}, "deploy.calib_batches"),
+        ({"deploy": {"eval_limit": 0}}, "deploy.eval_limit"),
+        ({"deploy": {"eval_limit": "some"}}, "deploy.eval_limit"),
+        ({"bench": {"eval_limit": True}}, "bench.eval_limit"),
+        ({"bench": {"eval_limit": 2.5}}, "bench.eval_limit"),
+    ],
+)
 def test_bad_counts_are_refused_naming_the_option(stage, key):
     with pytest.raises(RecipeError, match=rf"stages\[0\]\.{key}:") as err:
         _recipe(stage)
@@ -232,15 +247,17 @@ class _Nested(nn.Module):
         return self.fc(self.enc(x))
 
 
-@pytest.mark.parametrize("model, layer", [(_Lstm, "layer 'rnn' (LSTM)"),
-                                          (_Nested, "layer 'enc.gru' (GRU)")])
+@pytest.mark.parametrize("model, layer", [(_Lstm, "layer 'rnn' (LSTM)"), (_Nested, "layer 'enc.gru' (GRU)")])
 def test_an_unsupported_layer_is_refused_by_name(model, layer):
     torch.manual_seed(0)
     x = torch.randn(4, 1, 8, 8)
     gm = quantize_ptq(model().eval(), [x])
     # Before: "function 'getitem' at node 'getitem'" (the tuple unpack after the layer).
-    with pytest.raises(ModelError, match=rf"micro lowering: {re.escape(layer)} is not supported "
-                                         "by the micro path; supported ops: conv2d"):
+    with pytest.raises(
+        ModelError,
+        match=rf"micro lowering: {re.escape(layer)} is not supported "
+        "by the micro path; supported ops: conv2d",
+    ):
         lower(gm, x[:1])
 
 
@@ -258,8 +275,11 @@ def test_an_unsupported_function_names_the_layer_it_was_traced_in():
     model = nn.Sequential(nn.Conv2d(1, 1, 1), _Gated(), nn.Flatten(), nn.Linear(4 * 64, 3))
     x = torch.randn(4, 1, 8, 8)
     gm = quantize_ptq(model.eval(), [x])
-    with pytest.raises(ModelError, match=r"function 'sigmoid' at node 'sigmoid' of layer '1' "
-                                         r"\(_Gated\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"function 'sigmoid' at node 'sigmoid' of layer '1' "
+        r"\(_Gated\)",
+    ):
         lower(gm, x[:1])
 
 
@@ -291,15 +311,15 @@ def test_scoring_moves_a_progress_bar_in_chunks(monkeypatch):
 
     advanced, totals = [], []
     real_add = rich.progress.Progress.add_task
-    monkeypatch.setattr(rich.progress.Progress, "add_task",
-                        lambda self, desc, **kw: totals.append((desc, kw.get("total")))
-                        or real_add(self, desc, **kw))
-    monkeypatch.setattr(rich.progress.Progress, "advance",
-                        lambda self, task, n: advanced.append(n))
+    monkeypatch.setattr(
+        rich.progress.Progress,
+        "add_task",
+        lambda self, desc, **kw: totals.append((desc, kw.get("total"))) or real_add(self, desc, **kw),
+    )
+    monkeypatch.setattr(rich.progress.Progress, "advance", lambda self, task, n: advanced.append(n))
     model = residual_model()
     dep = _Counting(model)
-    loader = DataLoader(TensorDataset(torch.randn(300, 1, 8, 8), torch.zeros(300).long()),
-                        batch_size=250)
+    loader = DataLoader(TensorDataset(torch.randn(300, 1, 8, 8), torch.zeros(300).long()), batch_size=250)
     acc = runtime_accuracy(dep, model, loader, limit=200, progress=True)
     assert acc["n"] == 200 and acc["total"] == 300
     assert max(dep.calls) <= EVAL_CHUNK and sum(dep.calls) == 200
@@ -316,16 +336,30 @@ def test_accuracy_is_printed_with_its_sample_count():
 def test_deploy_applies_the_target_default_eval_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(get_target("torch"), "default_eval_limit", 7, raising=False)
     loader = _loader()
-    _, rep = deploy(residual_model(), "torch", tmp_path / "a", example_input=torch.randn(1, 1, 8, 8),
-                    test_loader=loader, repeats=0)
+    _, rep = deploy(
+        residual_model(), "torch", tmp_path / "a", example_input=torch.randn(1, 1, 8, 8), test_loader=loader, repeats=0
+    )
     assert (rep.eval_samples, rep.eval_total) == (7, 40)
-    _, rep = deploy(residual_model(), "torch", tmp_path / "b", example_input=torch.randn(1, 1, 8, 8),
-                    test_loader=loader, repeats=0, eval_limit="all")
+    _, rep = deploy(
+        residual_model(),
+        "torch",
+        tmp_path / "b",
+        example_input=torch.randn(1, 1, 8, 8),
+        test_loader=loader,
+        repeats=0,
+        eval_limit="all",
+    )
     assert (rep.eval_samples, rep.eval_total) == (40, 40)
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["eval_total"] == 40
     with pytest.raises(TamerError, match="eval_limit"):  # before compiling anything
-        deploy(residual_model(), "torch", tmp_path / "c", example_input=torch.randn(1, 1, 8, 8),
-               test_loader=loader, eval_limit=0)
+        deploy(
+            residual_model(),
+            "torch",
+            tmp_path / "c",
+            example_input=torch.randn(1, 1, 8, 8),
+            test_loader=loader,
+            eval_limit=0,
+        )
     assert not (tmp_path / "c" / "model.safetensors").exists()
 
 
@@ -341,9 +375,19 @@ def test_bench_says_each_target_and_writes_the_table_as_it_goes(tmp_path):
         if line.endswith("started") and (tmp_path / "bench.json").exists():
             seen.append(json.loads((tmp_path / "bench.json").read_text()))
 
-    bench(residual_model(), tmp_path, example_input=torch.randn(1, 1, 8, 8),
-          calib=calib_batches(2), test_loader=_loader(), targets=["onnxruntime"],
-          precisions=["fp32"], repeats=2, warmup=0, isolate=False, echo=echo)
+    bench(
+        residual_model(),
+        tmp_path,
+        example_input=torch.randn(1, 1, 8, 8),
+        calib=calib_batches(2),
+        test_loader=_loader(),
+        targets=["onnxruntime"],
+        precisions=["fp32"],
+        repeats=2,
+        warmup=0,
+        isolate=False,
+        echo=echo,
+    )
     assert lines[0] == "bench [1/2] torch fp32: started"
     assert lines[1].startswith("bench [1/2] torch fp32: done in ")
     assert "ms at batch 1 (1.00x torch fp32), accuracy 100.00% on 40 test samples" in lines[1]
@@ -363,9 +407,16 @@ def test_an_interrupted_bench_leaves_the_finished_rows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(get_target("onnxruntime"), "compile", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        bench(residual_model(), tmp_path, example_input=torch.randn(1, 1, 8, 8),
-              targets=["onnxruntime"], precisions=["fp32", "int8"], repeats=2, warmup=0,
-              isolate=False)
+        bench(
+            residual_model(),
+            tmp_path,
+            example_input=torch.randn(1, 1, 8, 8),
+            targets=["onnxruntime"],
+            precisions=["fp32", "int8"],
+            repeats=2,
+            warmup=0,
+            isolate=False,
+        )
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [r["target"] for r in saved["rows"]] == ["torch"]
     assert saved["pending"] == ["onnxruntime fp32", "onnxruntime int8"]
@@ -381,9 +432,19 @@ def test_bench_failures_are_timed_rows_and_limits_are_per_target(tmp_path, monke
     monkeypatch.setattr(get_target("onnxruntime"), "default_eval_limit", 9, raising=False)
     monkeypatch.setattr(get_target("ncnn"), "compile", fails)
     lines: list[str] = []
-    report = bench(residual_model(), tmp_path, example_input=torch.randn(1, 1, 8, 8),
-                   calib=calib_batches(2), test_loader=_loader(), targets=["onnxruntime", "ncnn"],
-                   precisions=["fp32"], repeats=2, warmup=0, isolate=False, echo=lines.append)
+    report = bench(
+        residual_model(),
+        tmp_path,
+        example_input=torch.randn(1, 1, 8, 8),
+        calib=calib_batches(2),
+        test_loader=_loader(),
+        targets=["onnxruntime", "ncnn"],
+        precisions=["fp32"],
+        repeats=2,
+        warmup=0,
+        isolate=False,
+        echo=lines.append,
+    )
     rows = {r.target: r for r in report.rows}
     assert rows["torch"].eval_samples == 40 and rows["onnxruntime"].eval_samples == 9
     assert rows["onnxruntime"].acc_delta == 0.0  # against PyTorch on the same 9 samples
@@ -397,6 +458,5 @@ def test_bench_failures_are_timed_rows_and_limits_are_per_target(tmp_path, monke
 @pytest.mark.parametrize("batches", [[], [0], [1, -2], [True]])
 def test_bench_refuses_bad_batch_sizes_before_running_anything(tmp_path, batches):
     with pytest.raises(TamerError, match="bench: batches must list whole numbers >= 1"):
-        bench(residual_model(), tmp_path / "b", example_input=torch.randn(1, 1, 8, 8),
-              batches=batches)
+        bench(residual_model(), tmp_path / "b", example_input=torch.randn(1, 1, 8, 8), batches=batches)
     assert not (tmp_path / "b").exists()

@@ -15,9 +15,14 @@ from tinytamer.errors import ModelError, RecipeError
 def _net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 4),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 32),
+        nn.ReLU(),
+        nn.Linear(32, 4),
     )
 
 
@@ -28,8 +33,9 @@ def test_threshold_is_t_times_max() -> None:
     assert pos.tolist() == [[1, 0, 0, 1, 0, 0, 0]]
     assert neg.tolist() == [[0, 1, 0, 0, 0, 1, 0]]
     wt = ttq.ternarize_weight(w, torch.tensor([0.7]), torch.tensor([0.3]), 0.05)
-    assert wt.tolist() == [[pytest.approx(0.7), pytest.approx(-0.3), 0.0, pytest.approx(0.7),
-                            0.0, pytest.approx(-0.3), 0.0]]
+    assert wt.tolist() == [
+        [pytest.approx(0.7), pytest.approx(-0.3), 0.0, pytest.approx(0.7), 0.0, pytest.approx(-0.3), 0.0]
+    ]
 
 
 def test_gradients_match_paper_equations() -> None:
@@ -111,8 +117,9 @@ def test_finalize_two_values_when_a_region_is_empty() -> None:
 
 
 def test_overrides_and_errors() -> None:
-    model = ttq.ternarize(_net(), select={"exclude_first": True, "exclude_last": True,
-                                          "overrides": {"^5$": {"t": 0.2}}})
+    model = ttq.ternarize(
+        _net(), select={"exclude_first": True, "exclude_last": True, "overrides": {"^5$": {"t": 0.2}}}
+    )
     assert model[2].t == 0.05 and model[5].t == 0.2
     with pytest.raises(RecipeError, match="threshold"):
         ttq.ternarize(_net(), t=1.5)

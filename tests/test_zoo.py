@@ -14,8 +14,19 @@ from tinytamer.errors import ModelError
 from tinytamer.zoo import count, create, list_models, model_info, register_model
 from tinytamer.zoo.registry import _REGISTRY
 
-ALL = ["democnn", "dscnn", "lenet300", "lenet5", "mobilenetv2", "resnet18", "resnet20",
-       "resnet32", "resnet56", "resnet8", "shufflenetv2"]
+ALL = [
+    "democnn",
+    "dscnn",
+    "lenet300",
+    "lenet5",
+    "mobilenetv2",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet8",
+    "shufflenetv2",
+]
 
 
 def _default(name: str, **kwargs: object) -> tuple[nn.Module, tuple[int, ...]]:
@@ -34,25 +45,33 @@ def test_registry_lists_every_model() -> None:
 # implementation, MobileNetV2 / ShuffleNetV2 as the reference implementations
 # (papers: 3.5 M, 2.28 M, 1.37 M); DS-CNN and ResNet-8 by hand from the Keras
 # references (see their module docstrings).
-@pytest.mark.parametrize(("name", "kwargs", "params"), [
-    ("lenet300", {}, 266_610),
-    ("lenet5", {}, 431_080),
-    ("resnet18", {}, 11_689_512),
-    ("mobilenetv2", {}, 3_504_872),
-    ("shufflenetv2", {}, 2_278_604),
-    ("shufflenetv2", {"width_mult": 0.5}, 1_366_792),
-    ("resnet8", {}, 78_186),
-    ("dscnn", {}, 23_756),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "params"),
+    [
+        ("lenet300", {}, 266_610),
+        ("lenet5", {}, 431_080),
+        ("resnet18", {}, 11_689_512),
+        ("mobilenetv2", {}, 3_504_872),
+        ("shufflenetv2", {}, 2_278_604),
+        ("shufflenetv2", {"width_mult": 0.5}, 1_366_792),
+        ("resnet8", {}, 78_186),
+        ("dscnn", {}, 23_756),
+    ],
+)
 def test_exact_param_counts(name: str, kwargs: dict, params: int) -> None:
     model, shape = _default(name, **kwargs)
     assert count(model, shape).params == params
 
 
 # He et al. 2016 Table 6 gives 0.27 M / 0.46 M / 0.85 M: within 1%.
-@pytest.mark.parametrize(("name", "millions"), [
-    ("resnet20", 0.27), ("resnet32", 0.46), ("resnet56", 0.85),
-])
+@pytest.mark.parametrize(
+    ("name", "millions"),
+    [
+        ("resnet20", 0.27),
+        ("resnet32", 0.46),
+        ("resnet56", 0.85),
+    ],
+)
 def test_cifar_resnet_params_match_paper(name: str, millions: float) -> None:
     params = count(create(name), (3, 32, 32)).params
     assert params == pytest.approx(millions * 1e6, rel=0.01)
@@ -60,8 +79,9 @@ def test_cifar_resnet_params_match_paper(name: str, millions: float) -> None:
 
 def test_resnet8_matches_keras_total_with_bn_statistics() -> None:
     model = create("resnet8")
-    bn_stats = sum(m.running_mean.numel() + m.running_var.numel()
-                   for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    bn_stats = sum(
+        m.running_mean.numel() + m.running_var.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    )
     assert count(model, (3, 32, 32)).params + bn_stats == 78_666
 
 
@@ -72,16 +92,19 @@ def test_option_a_shortcut_has_no_params_option_b_has() -> None:
     assert b - a == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
 
 
-@pytest.mark.parametrize(("name", "kwargs", "macs", "rel"), [
-    ("lenet5", {}, 288_000 + 1_600_000 + 400_000 + 5_000, 0),   # by hand, exact
-    ("resnet8", {}, 12_501_632, 0),                              # by hand, exact
-    ("dscnn", {}, 320_000 + 4 * (72_000 + 512_000) + 768, 0),    # by hand, exact
-    ("resnet18", {}, 1.82e9, 0.01),
-    ("resnet20", {}, 41e6, 0.02),
-    ("mobilenetv2", {}, 300e6, 0.01),
-    ("shufflenetv2", {}, 146e6, 0.01),
-    ("shufflenetv2", {"width_mult": 0.5}, 41e6, 0.02),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "macs", "rel"),
+    [
+        ("lenet5", {}, 288_000 + 1_600_000 + 400_000 + 5_000, 0),  # by hand, exact
+        ("resnet8", {}, 12_501_632, 0),  # by hand, exact
+        ("dscnn", {}, 320_000 + 4 * (72_000 + 512_000) + 768, 0),  # by hand, exact
+        ("resnet18", {}, 1.82e9, 0.01),
+        ("resnet20", {}, 41e6, 0.02),
+        ("mobilenetv2", {}, 300e6, 0.01),
+        ("shufflenetv2", {}, 146e6, 0.01),
+        ("shufflenetv2", {"width_mult": 0.5}, 41e6, 0.02),
+    ],
+)
 def test_macs(name: str, kwargs: dict, macs: float, rel: float) -> None:
     model, shape = _default(name, **kwargs)
     assert count(model, shape).macs == pytest.approx(macs, rel=rel)
@@ -107,7 +130,7 @@ def test_per_layer_attributes_functional_matmul_to_its_module() -> None:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             q = self.proj(x)
-            return q @ q.transpose(-1, -2)   # 4x8 @ 8x4: 128 MACs done by Attn itself
+            return q @ q.transpose(-1, -2)  # 4x8 @ 8x4: 128 MACs done by Attn itself
 
     counts = count(Attn(), (4, 8))
     rows = {r["name"]: r for r in counts.per_layer}
@@ -146,15 +169,18 @@ def test_forward_default_input_batch_2(name: str) -> None:
         assert model(torch.randn(2, *shape)).shape == (2, 7)
 
 
-@pytest.mark.parametrize(("name", "kwargs", "shape"), [
-    ("lenet5", {"in_channels": 3, "input_size": 32}, (3, 32, 32)),
-    ("lenet300", {"in_channels": 1, "input_size": 16}, (1, 16, 16)),
-    ("resnet18", {"input_size": 32}, (3, 32, 32)),
-    ("resnet18", {"input_size": 64, "stem": "cifar"}, (3, 64, 64)),
-    ("mobilenetv2", {"input_size": 96, "width_mult": 0.35}, (3, 96, 96)),
-    ("dscnn", {"input_hw": (40, 12)}, (1, 40, 12)),
-    ("democnn", {"in_channels": 1, "input_size": 28}, (1, 28, 28)),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "shape"),
+    [
+        ("lenet5", {"in_channels": 3, "input_size": 32}, (3, 32, 32)),
+        ("lenet300", {"in_channels": 1, "input_size": 16}, (1, 16, 16)),
+        ("resnet18", {"input_size": 32}, (3, 32, 32)),
+        ("resnet18", {"input_size": 64, "stem": "cifar"}, (3, 64, 64)),
+        ("mobilenetv2", {"input_size": 96, "width_mult": 0.35}, (3, 96, 96)),
+        ("dscnn", {"input_hw": (40, 12)}, (1, 40, 12)),
+        ("democnn", {"in_channels": 1, "input_size": 28}, (1, 28, 28)),
+    ],
+)
 def test_other_input_sizes(name: str, kwargs: dict, shape: tuple[int, ...]) -> None:
     kwargs.setdefault("in_channels", shape[0])
     model = create(name, **kwargs).eval()
@@ -163,14 +189,11 @@ def test_other_input_sizes(name: str, kwargs: dict, shape: tuple[int, ...]) -> N
 
 
 def test_stem_choice_follows_input_size() -> None:
-    assert count(create("resnet18", input_size=32), (3, 32, 32)).per_layer[0]["output_shape"] \
-        == (1, 64, 32, 32)
-    assert count(create("resnet18", input_size=64), (3, 64, 64)).per_layer[0]["output_shape"] \
-        == (1, 64, 32, 32)
+    assert count(create("resnet18", input_size=32), (3, 32, 32)).per_layer[0]["output_shape"] == (1, 64, 32, 32)
+    assert count(create("resnet18", input_size=64), (3, 64, 64)).per_layer[0]["output_shape"] == (1, 64, 32, 32)
     last = count(create("mobilenetv2", input_size=32), (3, 32, 32)).per_layer[-1]
     assert last["type"] == "Linear"
-    features = [r for r in count(create("mobilenetv2", input_size=32), (3, 32, 32)).per_layer
-                if r["type"] == "ReLU6"]
+    features = [r for r in count(create("mobilenetv2", input_size=32), (3, 32, 32)).per_layer if r["type"] == "ReLU6"]
     assert features[-1]["output_shape"] == (1, 1280, 4, 4)
 
 
@@ -201,7 +224,8 @@ def test_unknown_kwarg_is_named() -> None:
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
-    (tmp_path / "my_zoo_models.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_zoo_models.py").write_text(
+        textwrap.dedent("""
         from torch import nn
 
         def make_net(num_classes, hidden=4):
@@ -218,7 +242,8 @@ def user_module(tmp_path, monkeypatch):
             return nn.Identity()
 
         NOT_CALLABLE = 3
-    """))
+    """)
+    )
     (tmp_path / "my_broken_models.py").write_text("def oops(:\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_zoo_models"

@@ -9,11 +9,17 @@ import torch
 from tinytamer.zoo import create
 
 
-@pytest.mark.parametrize(("name", "kwargs"), [
-    pytest.param("shufflenetv2", {"width_mult": 0.5, "input_size": 32},  # shuffle, chunk
-                 marks=pytest.mark.slow),
-    ("resnet20", {}),                                          # option A slice + zero pad
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        pytest.param(
+            "shufflenetv2",
+            {"width_mult": 0.5, "input_size": 32},  # shuffle, chunk
+            marks=pytest.mark.slow,
+        ),
+        ("resnet20", {}),  # option A slice + zero pad
+    ],
+)
 def test_onnx_export_runs_in_onnxruntime(name: str, kwargs: dict, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

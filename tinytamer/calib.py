@@ -37,8 +37,14 @@ class Calibration(Sequence[Any]):
     ``what`` names the data in error messages.  The data is read lazily, once.
     """
 
-    def __init__(self, data: Iterable[Any], transform: Callable[[Any], Any] = model_input, *,
-                 limit: int | None = None, what: str = "calibration") -> None:
+    def __init__(
+        self,
+        data: Iterable[Any],
+        transform: Callable[[Any], Any] = model_input,
+        *,
+        limit: int | None = None,
+        what: str = "calibration",
+    ) -> None:
         if limit is not None:
             _check_count(limit, what)
         self._source: Iterator[Any] | None = iter(data)
@@ -92,8 +98,9 @@ class Calibration(Sequence[Any]):
         return f"Calibration({self.what!r}, limit={self.limit}, {drawn})"
 
 
-def as_calibration(data: Calibration | Iterable[Any], num_batches: int | None = None, *,
-                   what: str = "calibration") -> Calibration:
+def as_calibration(
+    data: Calibration | Iterable[Any], num_batches: int | None = None, *, what: str = "calibration"
+) -> Calibration:
     """``data`` as a Calibration: kept as it is, or built from tensors or ``(x, y)`` batches;
     ``num_batches`` (when given) keeps the first that many."""
     if isinstance(data, Calibration):
@@ -103,5 +110,4 @@ def as_calibration(data: Calibration | Iterable[Any], num_batches: int | None = 
 
 def _check_count(n: Any, what: str) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise DataError(f"{what}: the number of calibration batches must be a whole number >= 1, "
-                        f"got {n!r}")
+        raise DataError(f"{what}: the number of calibration batches must be a whole number >= 1, got {n!r}")

@@ -42,9 +42,13 @@ ACCEPTED = "a tinytamer checkpoint (.safetensors) or a compressed model file (.t
 
 def digest(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 of the metadata (but the digest itself) and of every tensor's name, dtype, shape, bytes."""
-    head = json.dumps({"metadata": {k: v for k, v in metadata.items() if k != DIGEST_KEY},
-                       "tensors": {k: [str(t.dtype), list(t.shape)] for k, t in tensors.items()}},
-                      sort_keys=True)
+    head = json.dumps(
+        {
+            "metadata": {k: v for k, v in metadata.items() if k != DIGEST_KEY},
+            "tensors": {k: [str(t.dtype), list(t.shape)] for k, t in tensors.items()},
+        },
+        sort_keys=True,
+    )
     h = hashlib.sha256(head.encode())
     h.update(b"\0")  # never in JSON: the bytes that follow cannot be read as part of the head
     for name in sorted(tensors):  # their lengths follow from the dtypes and shapes above
@@ -76,12 +80,13 @@ def file_kind(path: str | Path) -> Literal["safetensors", "tt"]:
             head = f.read(len(format.MAGIC) + 1)
     except OSError as exc:
         raise CodecError(f"cannot read {path}: {exc}") from None
-    if head and format.MAGIC.startswith(head[:len(format.MAGIC)]):  # a .tt, maybe truncated
+    if head and format.MAGIC.startswith(head[: len(format.MAGIC)]):  # a .tt, maybe truncated
         return "tt"
     if head[8:9] == b"{":  # safetensors: a u64 header length, then the JSON header
         return "safetensors"
-    raise CodecError(f"{path} is neither {ACCEPTED.replace(' or ', ' nor ')}; those are the files "
-                     "a model can be loaded from")
+    raise CodecError(
+        f"{path} is neither {ACCEPTED.replace(' or ', ' nor ')}; those are the files a model can be loaded from"
+    )
 
 
 def _check_header(path: Path) -> int:
@@ -94,8 +99,9 @@ def _check_header(path: Path) -> int:
     if n > MAX_HEADER:
         raise CodecError(f"{path}: its safetensors header claims {n} bytes, over the {MAX_HEADER} limit")
     if 8 + n > size:
-        raise CodecError(f"{path}: its safetensors header claims {n} bytes but the file has only "
-                         f"{size} (truncated or corrupt)")
+        raise CodecError(
+            f"{path}: its safetensors header claims {n} bytes but the file has only {size} (truncated or corrupt)"
+        )
     return size
 
 
@@ -108,7 +114,7 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise CodecError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
     n = int.from_bytes(data[:8], "little")
-    meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
     return meta, tensors
 
 
@@ -117,11 +123,16 @@ def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]
     stored = meta.get(DIGEST_KEY)
     if stored is None:
         if ARCH_KEY in meta:  # a tinytamer checkpoint from before digests (other files have none)
-            warnings.warn(f"{path} carries no digest (written before tinytamer checked its "
-                          "checkpoints): its weights are loaded unverified", stacklevel=3)
+            warnings.warn(
+                f"{path} carries no digest (written before tinytamer checked its "
+                "checkpoints): its weights are loaded unverified",
+                stacklevel=3,
+            )
     elif stored != digest(meta, tensors):
-        raise CodecError(f"{path}: its weights or metadata do not match the digest stored with them "
-                         "(the file is corrupt or was changed)")
+        raise CodecError(
+            f"{path}: its weights or metadata do not match the digest stored with them "
+            "(the file is corrupt or was changed)"
+        )
     return meta, tensors
 
 
@@ -169,8 +180,7 @@ def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -
     except (RuntimeError, AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
         # Module classes' own loading code runs on the file's data here (a class swapped for
         # another fails inside it): any failure is a defect of the file.
-        raise CodecError(f"weights in {path} do not fit the model: "
-                         f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        raise CodecError(f"weights in {path} do not fit the model: {type(exc).__name__}: {str(exc)[:300]}") from None
     # safetensors stores a tied tensor once; the model's other names for it share its storage.
     own = model.state_dict()
     loaded = {own[k].untyped_storage().data_ptr() for k in tensors if k in own}
@@ -190,5 +200,15 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return _load_into(model, tensors, path)
 
 
-__all__ = ["ACCEPTED", "ARCH_KEY", "DIGEST_KEY", "digest", "file_kind", "has_architecture", "load_checkpoint",
-           "load_weights", "read_metadata", "save_checkpoint"]
+__all__ = [
+    "ACCEPTED",
+    "ARCH_KEY",
+    "DIGEST_KEY",
+    "digest",
+    "file_kind",
+    "has_architecture",
+    "load_checkpoint",
+    "load_weights",
+    "read_metadata",
+    "save_checkpoint",
+]

@@ -35,36 +35,56 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
 
 
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
-                  pretty_exceptions_enable=False,
-                  help="tinytamer: train, compress, deploy and measure a PyTorch model for a small device.")
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="tinytamer: train, compress, deploy and measure a PyTorch model for a small device.",
+)
 console = Console()
 
 NameOpt = Annotated[str | None, typer.Option(help="run name (folder runs/<name>)")]
 RunsOpt = Annotated[Path, typer.Option(help="folder that holds the runs")]
-ModelOpt = Annotated[str | None, typer.Option(
-    help="zoo model name or package.module:factory (default: democnn)")]
-WeightsOpt = Annotated[str | None, typer.Option(help="checkpoint (.safetensors) or compressed "
-                                                     "file (.tt) to start from")]
-DataOpt = Annotated[str | None, typer.Option(
-    help="dataset name, see `tamer list datasets` (default: digits; with --run: the run's)")]
+ModelOpt = Annotated[str | None, typer.Option(help="zoo model name or package.module:factory (default: democnn)")]
+WeightsOpt = Annotated[
+    str | None, typer.Option(help="checkpoint (.safetensors) or compressed file (.tt) to start from")
+]
+DataOpt = Annotated[
+    str | None, typer.Option(help="dataset name, see `tamer list datasets` (default: digits; with --run: the run's)")
+]
 RootOpt = Annotated[str | None, typer.Option(help="dataset folder or archive")]
 SizeOpt = Annotated[int | None, typer.Option(help="resize images to SIZE x SIZE")]
 FromRunOpt = Annotated[Path | None, typer.Option("--run", help="start from this run's last model and data")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="stage parameter KEY=VALUE (YAML value; dots nest; see `tamer list stages NAME`); "
-                  "data.KEY=VALUE and model.KEY=VALUE set the recipe's data and model "
-                  "(see `tamer list recipe`)")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="stage parameter KEY=VALUE (YAML value; dots nest; see `tamer list stages NAME`); "
+        "data.KEY=VALUE and model.KEY=VALUE set the recipe's data and model "
+        "(see `tamer list recipe`)",
+    ),
+]
 OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing run folder of the same name")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress bars")]
 # The search commands' executor options: pass them to tinytamer.search.executor.make_executor.
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where search trials run: local or ray")]
-AddressOpt = Annotated[str | None, typer.Option(
-    "--address", help="ray: join this cluster ('auto': the one running here; or host:port); "
-                      "default: start a private local Ray instance")]
-WorkersOpt = Annotated[int, typer.Option(
-    "--workers", min=0, help="local: worker processes (0: in this process); ray: CPUs of the local "
-                             "instance (0: all)")]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="ray: join this cluster ('auto': the one running here; or host:port); "
+        "default: start a private local Ray instance",
+    ),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="local: worker processes (0: in this process); ray: CPUs of the local instance (0: all)",
+    ),
+]
 
 
 def _echo(text: str) -> None:
@@ -79,8 +99,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key or "" in key.split("."):
-            raise TamerError(f"--set expects KEY=VALUE with KEY like 'sparsity' or 'data.augment', "
-                             f"got '{item}'")
+            raise TamerError(f"--set expects KEY=VALUE with KEY like 'sparsity' or 'data.augment', got '{item}'")
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -102,10 +121,23 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Path,
-               model: str | None, weights: str | None, data: str | None, root: str | None,
-               size: int | None, from_run: Path | None, overwrite: bool, quiet: bool,
-               extra_stages: list[dict[str, Any]] | None = None, what: str = "") -> Any:
+def _one_stage(
+    stage: str,
+    params: dict[str, Any],
+    *,
+    name: str | None,
+    runs: Path,
+    model: str | None,
+    weights: str | None,
+    data: str | None,
+    root: str | None,
+    size: int | None,
+    from_run: Path | None,
+    overwrite: bool,
+    quiet: bool,
+    extra_stages: list[dict[str, Any]] | None = None,
+    what: str = "",
+) -> Any:
     """Run ``stage`` (then ``extra_stages``) as a recipe; ``params`` may hold ``data`` and
     ``model`` mappings from ``--set data.KEY=...`` (no stage has keys of those names)."""
     from tinytamer.recipe import parse_recipe, run
@@ -113,21 +145,20 @@ def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Pa
     overrides = {key: params.pop(key) for key in ("data", "model") if key in params}
     for key, value in overrides.items():
         if not isinstance(value, dict):
-            raise TamerError(f"--set {key}=...: set one {key} option at a time, "
-                             f"as --set {key}.KEY=VALUE (see `tamer list recipe`)")
+            raise TamerError(
+                f"--set {key}=...: set one {key} option at a time, as --set {key}.KEY=VALUE (see `tamer list recipe`)"
+            )
     if from_run is not None:
         from tinytamer.rundir import RunDir
 
         if weights is not None or model is not None:
-            raise TamerError("--run starts from that run's last model: give --run, or "
-                             "--model/--weights, not both")
+            raise TamerError("--run starts from that run's last model: give --run, or --model/--weights, not both")
         src = RunDir.open(from_run)
         base = parse_recipe(src.recipe_path)
         done = sorted(src.completed(), key=lambda c: c["index"])
         if not done:
             raise TamerError(f"run {from_run} has no finished stage to start from")
-        raw_model = {**base.model.model_dump(mode="json"),
-                     "weights": str(from_run / done[-1]["checkpoint"])}
+        raw_model = {**base.model.model_dump(mode="json"), "weights": str(from_run / done[-1]["checkpoint"])}
         # Another dataset replaces the run's; --root / --size alone adjust the run's.
         raw_data = {} if data is not None else base.data.model_dump(mode="json")
         seed = base.seed
@@ -138,16 +169,18 @@ def _one_stage(stage: str, params: dict[str, Any], *, name: str | None, runs: Pa
     raw_data = _merge(raw_data, overrides.get("data", {}))
     raw_model = _merge(raw_model, overrides.get("model", {}))
     model_name = str(raw_model.get("name", "democnn"))
-    raw = {"name": name or f"{stage}-{model_name.split(':')[-1]}", "seed": seed,
-           "data": raw_data, "model": raw_model,
-           "stages": [{stage: params}, *(extra_stages or [])]}
+    raw = {
+        "name": name or f"{stage}-{model_name.split(':')[-1]}",
+        "seed": seed,
+        "data": raw_data,
+        "model": raw_model,
+        "stages": [{stage: params}, *(extra_stages or [])],
+    }
     recipe = parse_recipe(raw, source=f"tamer {stage}")
     # A checkpoint or .tt holds its architecture: then the weights file is what says the model.
-    start = f"weights {recipe.model.weights}" if recipe.model.weights else \
-        f"model {recipe.model.name} (untrained)"
+    start = f"weights {recipe.model.weights}" if recipe.model.weights else f"model {recipe.model.name} (untrained)"
     # Say what is about to run before any slow work (data decoding, compiling, tuning).
-    _echo(f"tamer {stage}: {start}, data {recipe.data.name}"
-          f"{', ' + what if what else ''} -> {runs / recipe.name}")
+    _echo(f"tamer {stage}: {start}, data {recipe.data.name}{', ' + what if what else ''} -> {runs / recipe.name}")
     rundir = run(recipe, runs / recipe.name, overwrite=overwrite, progress=not quiet, echo=_echo)
     _summary(rundir)
     return rundir
@@ -199,9 +232,11 @@ def _record_line(r: StageRecord) -> str:
         clock = PROFILES[r.memory_profile].clock_hz if r.memory_profile in PROFILES else None
         if r.est_time_ms is not None and clock is not None:
             parts.append(f"est. {r.est_time_ms:.3f} ms at {clock / 1e6:g} MHz")
-        parts += [f"{key} {value:,}" for key, value in
-                  {"flash_bytes": r.flash_bytes, "sram_bytes": r.sram_bytes}.items()
-                  if value is not None]
+        parts += [
+            f"{key} {value:,}"
+            for key, value in {"flash_bytes": r.flash_bytes, "sram_bytes": r.sram_bytes}.items()
+            if value is not None
+        ]
     if r.bytes and r.dense_bytes and (r.file or "").endswith(".tt"):
         parts.append(f"({r.dense_bytes / r.bytes:.1f}x smaller than float32)")
     if isinstance(r, DeployRecord) and r.latency_ms is not None:
@@ -238,10 +273,13 @@ def demo(runs: RunsOpt = Path("runs"), quiet: QuietOpt = False) -> None:
 
 
 @app.command(name="run")
-def run_cmd(recipe: Annotated[Path, typer.Argument(help="recipe YAML, or a run folder with --resume")],
-            resume: Annotated[bool, typer.Option(help="resume the run folder RECIPE after a crash")] = False,
-            runs: RunsOpt = Path("runs"), overwrite: OverwriteOpt = False,
-            quiet: QuietOpt = False) -> None:
+def run_cmd(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML, or a run folder with --resume")],
+    resume: Annotated[bool, typer.Option(help="resume the run folder RECIPE after a crash")] = False,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Run a recipe: validated up front, one folder per run, resumable."""
     from tinytamer.recipe import parse_recipe, run
 
@@ -253,45 +291,82 @@ def run_cmd(recipe: Annotated[Path, typer.Argument(help="recipe YAML, or a run f
         rundir = run(parsed, folder, resume=True, progress=not quiet, echo=_echo)
     else:
         parsed = parse_recipe(recipe)
-        rundir = run(parsed, runs / parsed.name, overwrite=overwrite, progress=not quiet,
-                     echo=_echo)
+        rundir = run(parsed, runs / parsed.name, overwrite=overwrite, progress=not quiet, echo=_echo)
     _summary(rundir)
 
 
 @app.command()
-def train(model: ModelOpt = None, data: DataOpt = None, root: RootOpt = None,
-          size: SizeOpt = None, weights: WeightsOpt = None,
-          solver: Annotated[Path | None, typer.Option(help="Caffe solver.prototxt")] = None,
-          max_iter: Annotated[int | None, typer.Option(help="iterations")] = None,
-          epochs: Annotated[float | None, typer.Option(help="epochs (instead of --max-iter)")] = None,
-          lr: Annotated[float | None, typer.Option(help="base learning rate")] = None,
-          optimizer: Annotated[str | None, typer.Option(help="sgd, adam, radam, ranger, yellowfin")] = None,
-          batch_size: Annotated[int | None, typer.Option(help="mini-batch size")] = None,
-          sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
-          overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+def train(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    weights: WeightsOpt = None,
+    solver: Annotated[Path | None, typer.Option(help="Caffe solver.prototxt")] = None,
+    max_iter: Annotated[int | None, typer.Option(help="iterations")] = None,
+    epochs: Annotated[float | None, typer.Option(help="epochs (instead of --max-iter)")] = None,
+    lr: Annotated[float | None, typer.Option(help="base learning rate")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam, radam, ranger, yellowfin")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="mini-batch size")] = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Train a model (one-stage recipe: train, then evaluate)."""
     params = _parse_sets(sets)
-    for key, value in (("max_iter", max_iter), ("epochs", epochs), ("base_lr", lr),
-                       ("optimizer", optimizer), ("batch_size", batch_size),
-                       ("solver", str(solver) if solver else None)):
+    for key, value in (
+        ("max_iter", max_iter),
+        ("epochs", epochs),
+        ("base_lr", lr),
+        ("optimizer", optimizer),
+        ("batch_size", batch_size),
+        ("solver", str(solver) if solver else None),
+    ):
         if value is not None:
             params[key] = value
     if "max_iter" not in params and "epochs" not in params and "solver" not in params:
         params["epochs"] = 10
-    _one_stage("train", params, name=name, runs=runs, model=model, weights=weights, data=data,
-               root=root, size=size, from_run=None, overwrite=overwrite, quiet=quiet,
-               extra_stages=[{"evaluate": {}}])
+    _one_stage(
+        "train",
+        params,
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=None,
+        overwrite=overwrite,
+        quiet=quiet,
+        extra_stages=[{"evaluate": {}}],
+    )
 
 
 @app.command()
-def compress(method: Annotated[str, typer.Option(
-                 help="a compression stage, e.g. prune, channel_prune, kmeans_share, quantize, "
-                      "lowrank, ttq: see `tamer list stages` and `tamer list stages NAME`")],
-             model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
-             root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
-             sets: SetOpt = None, save: Annotated[bool, typer.Option(help="also write the compressed file")] = True,
-             name: NameOpt = None, runs: RunsOpt = Path("runs"), overwrite: OverwriteOpt = False,
-             quiet: QuietOpt = False) -> None:
+def compress(
+    method: Annotated[
+        str,
+        typer.Option(
+            help="a compression stage, e.g. prune, channel_prune, kmeans_share, quantize, "
+            "lowrank, ttq: see `tamer list stages` and `tamer list stages NAME`"
+        ),
+    ],
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    from_run: FromRunOpt = None,
+    sets: SetOpt = None,
+    save: Annotated[bool, typer.Option(help="also write the compressed file")] = True,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Compress a model with one method (a one-stage recipe), then save the compressed file.
 
     The method's parameters and their defaults (the demo's: prune spares the first layer)
@@ -303,48 +378,109 @@ def compress(method: Annotated[str, typer.Option(
     if method not in registry:  # before the run name is made from it
         raise TamerError(f"unknown stage '{method}' (known: {', '.join(sorted(registry))})")
     extra = [{"save_compressed": {}}] if save and "save_compressed" in registry else []
-    _one_stage(method, _parse_sets(sets), name=name, runs=runs, model=model, weights=weights,
-               data=data, root=root, size=size, from_run=from_run, overwrite=overwrite,
-               quiet=quiet, extra_stages=extra)
+    _one_stage(
+        method,
+        _parse_sets(sets),
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=from_run,
+        overwrite=overwrite,
+        quiet=quiet,
+        extra_stages=extra,
+    )
 
 
 @app.command()
-def sensitivity(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
-                root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
-                sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
-                overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+def sensitivity(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    from_run: FromRunOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Per-layer pruning sensitivity: accuracy against sparsity for each layer, plotted."""
-    _one_stage("sensitivity", _parse_sets(sets), name=name, runs=runs, model=model,
-               weights=weights, data=data, root=root, size=size, from_run=from_run,
-               overwrite=overwrite, quiet=quiet)
+    _one_stage(
+        "sensitivity",
+        _parse_sets(sets),
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=from_run,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
 
 
 @app.command()
-def deploy(target: Annotated[str, typer.Option(
-               help="target name: see `tamer list targets` and `tamer list targets NAME`")],
-           precision: Annotated[str | None, typer.Option(
-               help="fp32, fp16 or int8 (default: fp32, or what the target runs)")] = None,
-           model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
-           root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
-           sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
-           overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+def deploy(
+    target: Annotated[str, typer.Option(help="target name: see `tamer list targets` and `tamer list targets NAME`")],
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, fp16 or int8 (default: fp32, or what the target runs)")
+    ] = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    from_run: FromRunOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Deploy to a target: export, check parity, measure cost and accuracy through the runtime."""
     precision = precision or _default_precision(target)
     # --set takes the stage's keys and the target's options alike (`tamer list targets NAME`).
     params = {"target": target, "precision": precision, **_parse_sets(sets)}
-    _one_stage("deploy", params, name=name, runs=runs, model=model, weights=weights, data=data,
-               root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
-               what=f"target {target} {precision}")
+    _one_stage(
+        "deploy",
+        params,
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=from_run,
+        overwrite=overwrite,
+        quiet=quiet,
+        what=f"target {target} {precision}",
+    )
 
 
 @app.command()
-def export(target: Annotated[str, typer.Option(
-               help="a micro target: cortex-m4, cortex-m7 or micro-host (portable C)")],
-           out: Annotated[Path, typer.Option(help="folder to write (new, or empty)")],
-           model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
-           root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
-           sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
-           overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+def export(
+    target: Annotated[str, typer.Option(help="a micro target: cortex-m4, cortex-m7 or micro-host (portable C)")],
+    out: Annotated[Path, typer.Option(help="folder to write (new, or empty)")],
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    from_run: FromRunOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Write a firmware-ready C folder: the model, only the kernels it calls, a header with
     its input/output quantization, CMake and Makefile files, an example main and a README.
 
@@ -357,14 +493,28 @@ def export(target: Annotated[str, typer.Option(
     from tinytamer.targets.micro import MicroTarget
 
     if not isinstance(get_target(target), MicroTarget):
-        raise TamerError(f"tamer export writes C for the micro targets (cortex-m4, cortex-m7, "
-                         f"micro-host), not '{target}': use `tamer deploy --target {target}`")
+        raise TamerError(
+            f"tamer export writes C for the micro targets (cortex-m4, cortex-m7, "
+            f"micro-host), not '{target}': use `tamer deploy --target {target}`"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TamerError(f"--out {out} exists and is not an empty folder")
     params = {"target": target, "precision": "int8", **_parse_sets(sets)}
-    rundir = _one_stage("deploy", params, name=name, runs=runs, model=model, weights=weights,
-                        data=data, root=root, size=size, from_run=from_run,
-                        overwrite=overwrite, quiet=quiet, what=f"firmware folder for {target}")
+    rundir = _one_stage(
+        "deploy",
+        params,
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=from_run,
+        overwrite=overwrite,
+        quiet=quiet,
+        what=f"firmware folder for {target}",
+    )
     # The run holds one deploy stage, which wrote its folder beside its other artifacts.
     folder = next(rundir.path.glob("stages/*_deploy/*/firmware"))
     shutil.copytree(folder, out, dirs_exist_ok=True)
@@ -379,14 +529,24 @@ def _default_precision(target: str) -> str:
 
 
 @app.command()
-def bench(targets: Annotated[list[str] | None, typer.Option(
-              "--target", help="targets (default: every installed one)")] = None,
-          precisions: Annotated[list[str] | None, typer.Option("--precision", help="fp32, fp16, int8")] = None,
-          max_acc_drop: Annotated[float | None, typer.Option(help="pick the fastest within this accuracy drop")] = None,
-          model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
-          root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
-          sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
-          overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+def bench(
+    targets: Annotated[
+        list[str] | None, typer.Option("--target", help="targets (default: every installed one)")
+    ] = None,
+    precisions: Annotated[list[str] | None, typer.Option("--precision", help="fp32, fp16, int8")] = None,
+    max_acc_drop: Annotated[float | None, typer.Option(help="pick the fastest within this accuracy drop")] = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    from_run: FromRunOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Run one model on every target and precision: latency ratio to PyTorch fp32, memory, size, accuracy."""
     from tinytamer.targets import list_targets
 
@@ -398,36 +558,59 @@ def bench(targets: Annotated[list[str] | None, typer.Option(
     what = f"targets {', '.join(map(str, names))}"
     if params.get("precisions"):
         what += f" at {', '.join(map(str, params['precisions']))}"
-    rundir = _one_stage("bench", params, name=name, runs=runs, model=model, weights=weights, data=data,
-                        root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
-                        what=what)
+    rundir = _one_stage(
+        "bench",
+        params,
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=from_run,
+        overwrite=overwrite,
+        quiet=quiet,
+        what=what,
+    )
     for table in sorted(rundir.path.glob("stages/*_bench/bench.md")):
         _echo(table.read_text())
 
 
 @app.command()
-def evaluate(weights: WeightsOpt = None,
-             from_run: Annotated[Path | None, typer.Option("--run", help="score this run's last model")] = None,
-             data: Annotated[str | None, typer.Option(
-                 help="dataset to score on (default: the run's with --run, else digits)")] = None,
-             root: RootOpt = None, size: SizeOpt = None,
-             limit: Annotated[int | None, typer.Option(help="score the first N samples of the split")] = None,
-             target: Annotated[str | None, typer.Option(
-                 help="score through this deployed runtime: the deploy stage's export, parity check "
-                      "and accuracy, untimed (default: PyTorch)")] = None,
-             precision: Annotated[str | None, typer.Option(
-                 help="with --target: fp32, fp16 or int8 (default: fp32, or what the target runs)")] = None,
-             model: ModelOpt = None, sets: SetOpt = None, name: NameOpt = None,
-             runs: RunsOpt = Path("runs"), overwrite: OverwriteOpt = False,
-             quiet: QuietOpt = False) -> None:
+def evaluate(
+    weights: WeightsOpt = None,
+    from_run: Annotated[Path | None, typer.Option("--run", help="score this run's last model")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="dataset to score on (default: the run's with --run, else digits)")
+    ] = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    limit: Annotated[int | None, typer.Option(help="score the first N samples of the split")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="score through this deployed runtime: the deploy stage's export, parity check "
+            "and accuracy, untimed (default: PyTorch)"
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="with --target: fp32, fp16 or int8 (default: fp32, or what the target runs)")
+    ] = None,
+    model: ModelOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """Score a trained model (--weights FILE or --run DIR) on a dataset: accuracy and sample count.
 
     In PyTorch by default (--set split=val for another split); with --target, through that
     runtime.  The model must take the dataset's input shape (--size resizes images).
     """
     if (weights is None) == (from_run is None):
-        raise TamerError("tamer evaluate scores a trained model: give --weights FILE or --run DIR "
-                         "(one of them)")
+        raise TamerError("tamer evaluate scores a trained model: give --weights FILE or --run DIR (one of them)")
     if precision is not None and target is None:
         raise TamerError("evaluate --precision goes with --target (PyTorch scores the model as it is)")
     params = _parse_sets(sets)
@@ -442,9 +625,21 @@ def evaluate(weights: WeightsOpt = None,
         if split != "test":
             raise TamerError(f"evaluate --target scores the test split (got split={split})")
         params = {"target": target, "precision": precision, "repeats": 0, **params}
-    _one_stage(stage, params, name=name, runs=runs, model=model, weights=weights, data=data,
-               root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
-               what=what)
+    _one_stage(
+        stage,
+        params,
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=from_run,
+        overwrite=overwrite,
+        quiet=quiet,
+        what=what,
+    )
 
 
 @app.command()
@@ -465,18 +660,23 @@ def report(run_folder: Annotated[Path, typer.Argument(help="a run folder")]) -> 
 
 
 @app.command()
-def lut(target: Annotated[str, typer.Option(help="cortex-m4, cortex-m7 (cycles, instructions, "
-                                             "flash, SRAM) or onnxruntime (latency)")],
-        model: Annotated[str, typer.Option(help="zoo model name or package.module:factory")],
-        space: Annotated[str, typer.Option(help="model (as given) or bits (weights at 2-8 bits: "
-                                                "covers every mixed-bit configuration)")] = "model",
-        out: Annotated[Path | None, typer.Option(help="the table (JSON; an existing one is "
-                                                      "resumed and extended)")] = None,
-        memory_profile: Annotated[str | None, typer.Option(
-            help="micro: the memory profile cycles are estimated under (default: the board)")] = None,
-        input_shape: Annotated[str | None, typer.Option(
-            help="one sample's shape, e.g. 3,32,32 (default: the zoo model's)")] = None,
-        quiet: QuietOpt = False) -> None:
+def lut(
+    target: Annotated[
+        str, typer.Option(help="cortex-m4, cortex-m7 (cycles, instructions, flash, SRAM) or onnxruntime (latency)")
+    ],
+    model: Annotated[str, typer.Option(help="zoo model name or package.module:factory")],
+    space: Annotated[
+        str, typer.Option(help="model (as given) or bits (weights at 2-8 bits: covers every mixed-bit configuration)")
+    ] = "model",
+    out: Annotated[Path | None, typer.Option(help="the table (JSON; an existing one is resumed and extended)")] = None,
+    memory_profile: Annotated[
+        str | None, typer.Option(help="micro: the memory profile cycles are estimated under (default: the board)")
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="one sample's shape, e.g. 3,32,32 (default: the zoo model's)")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Build a cost lookup table: measure each layer of MODEL on TARGET (resumable)."""
     import torch
     from rich.progress import Progress
@@ -496,11 +696,18 @@ def lut(target: Annotated[str, typer.Option(help="cortex-m4, cortex-m7 (cycles, 
     path = out or Path(f"lut-{target}-{model.replace(':', '_')}.json")
     with Progress(console=console, disable=quiet) as bar:
         task = bar.add_task(f"measuring on {target}", total=len(configs))
-        table = cost.build(configs, target, path, example=example, memory_profile=memory_profile,
-                           progress=lambda name, i, n: bar.update(task, completed=i,
-                                                                  description=name))
-    _echo(f"table:      {path} ({len(table.entries)} layers, {len(table.done)} configurations"
-          + (f", cycles under {table.memory_profile})" if table.memory_profile else ")"))
+        table = cost.build(
+            configs,
+            target,
+            path,
+            example=example,
+            memory_profile=memory_profile,
+            progress=lambda name, i, n: bar.update(task, completed=i, description=name),
+        )
+    _echo(
+        f"table:      {path} ({len(table.entries)} layers, {len(table.done)} configurations"
+        + (f", cycles under {table.memory_profile})" if table.memory_profile else ")")
+    )
 
 
 def _doc_line(obj: Any) -> str:
@@ -580,10 +787,11 @@ def _list_targets(name: str | None, verbose: bool) -> None:
 
 
 @app.command(name="list")
-def list_cmd(what: Annotated[str, typer.Argument(help="models, datasets, stages, targets or recipe")],
-             name: Annotated[str | None, typer.Argument(help="a stage or target: show its parameters")] = None,
-             verbose: Annotated[bool, typer.Option("-v", "--verbose",
-                                                   help="stages / targets: every parameter")] = False) -> None:
+def list_cmd(
+    what: Annotated[str, typer.Argument(help="models, datasets, stages, targets or recipe")],
+    name: Annotated[str | None, typer.Argument(help="a stage or target: show its parameters")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="stages / targets: every parameter")] = False,
+) -> None:
     """List what is available: models, datasets, recipe stages (and their parameters),
     deployment targets, or the recipe's own keys."""
     if name is not None and what not in ("stages", "targets"):
@@ -612,36 +820,63 @@ def list_cmd(what: Annotated[str, typer.Argument(help="models, datasets, stages,
     return None
 
 
-search_app = typer.Typer(cls=_Group, no_args_is_help=True,
-                         help="Hardware-aware search: the target tells the search what a choice costs.")
+search_app = typer.Typer(
+    cls=_Group, no_args_is_help=True, help="Hardware-aware search: the target tells the search what a choice costs."
+)
 app.add_typer(search_app, name="search")
 
 
 @search_app.command(name="haq")
-def search_haq(resource: Annotated[str, typer.Option(
-                   help="flash (measured per build), weight_flash, cycles or file_bytes")] = "flash",
-               ratio: Annotated[float, typer.Option(help="budget: this share of the 8-bit "
-                                                    "figure")] = 0.5,
-               budget: Annotated[float | None, typer.Option(help="absolute budget (bytes or "
-                                                            "cycles; overrides --ratio)")] = None,
-               episodes: Annotated[int, typer.Option(help="search episodes")] = 300,
-               device: Annotated[str, typer.Option(help="cortex-m4 or cortex-m7")] = "cortex-m4",
-               deploy: Annotated[bool, typer.Option(help="then deploy to DEVICE and score it on "
-                                                    "the emulated device")] = True,
-               model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
-               root: RootOpt = None, size: SizeOpt = None, from_run: FromRunOpt = None,
-               sets: SetOpt = None, name: NameOpt = None, runs: RunsOpt = Path("runs"),
-               overwrite: OverwriteOpt = False, quiet: QuietOpt = False) -> None:
+def search_haq(
+    resource: Annotated[
+        str, typer.Option(help="flash (measured per build), weight_flash, cycles or file_bytes")
+    ] = "flash",
+    ratio: Annotated[float, typer.Option(help="budget: this share of the 8-bit figure")] = 0.5,
+    budget: Annotated[float | None, typer.Option(help="absolute budget (bytes or cycles; overrides --ratio)")] = None,
+    episodes: Annotated[int, typer.Option(help="search episodes")] = 300,
+    device: Annotated[str, typer.Option(help="cortex-m4 or cortex-m7")] = "cortex-m4",
+    deploy: Annotated[bool, typer.Option(help="then deploy to DEVICE and score it on the emulated device")] = True,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    from_run: FromRunOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
     """HAQ: per-layer weight and activation bits under a flash, cycle or file-size budget,
     then the compressed file and (by default) the micro deployment."""
-    params = {"resource": resource, "ratio": ratio, "episodes": episodes, "device": device,
-              **({"budget": budget} if budget is not None else {}), **_parse_sets(sets)}
+    params = {
+        "resource": resource,
+        "ratio": ratio,
+        "episodes": episodes,
+        "device": device,
+        **({"budget": budget} if budget is not None else {}),
+        **_parse_sets(sets),
+    }
     extra: list[dict[str, Any]] = [{"save_compressed": {}}]
     if deploy:
         extra.append({"deploy": {"target": device}})
-    _one_stage("haq", params, name=name, runs=runs, model=model, weights=weights, data=data,
-               root=root, size=size, from_run=from_run, overwrite=overwrite, quiet=quiet,
-               extra_stages=extra, what=f"{resource} budget on {device}")
+    _one_stage(
+        "haq",
+        params,
+        name=name,
+        runs=runs,
+        model=model,
+        weights=weights,
+        data=data,
+        root=root,
+        size=size,
+        from_run=from_run,
+        overwrite=overwrite,
+        quiet=quiet,
+        extra_stages=extra,
+        what=f"{resource} budget on {device}",
+    )
 
 
 def main() -> None:

@@ -63,8 +63,7 @@ def default_precision(target: Target) -> str:
 
 def valid_eval_limit(value: Any) -> bool:
     """None, "all" or a whole number >= 1 (not a bool, which Python counts as an int)."""
-    return value is None or value == "all" or (
-        isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    return value is None or value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
 
 def _dataset_size(loader: Iterable[Any]) -> int | None:
@@ -74,9 +73,9 @@ def _dataset_size(loader: Iterable[Any]) -> int | None:
         return None
 
 
-def runtime_accuracy(deployed: Deployed, model: nn.Module, loader: Iterable[Any],
-                     limit: int | None = None, progress: bool = False
-                     ) -> dict[str, float | int | None]:
+def runtime_accuracy(
+    deployed: Deployed, model: nn.Module, loader: Iterable[Any], limit: int | None = None, progress: bool = False
+) -> dict[str, float | int | None]:
     """Top-1 accuracy through the deployed runtime and, on the same samples, in PyTorch.
 
     Scores the first ``limit`` samples (all if None); ``n`` is how many were scored and
@@ -95,22 +94,27 @@ def runtime_accuracy(deployed: Deployed, model: nn.Module, loader: Iterable[Any]
     total = _dataset_size(loader)
     want = total if limit is None else limit if total is None else min(limit, total)
     hits_rt = hits_pt = n = 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task(f"scoring on {deployed.target} {deployed.precision}", total=want)
         for x, y in loader:
             if limit is not None and n >= limit:
                 break
             if limit is not None:
-                x, y = x[:limit - n], y[:limit - n]
+                x, y = x[: limit - n], y[: limit - n]
             for i in range(0, len(y), EVAL_CHUNK):
-                xs, labels = x[i:i + EVAL_CHUNK], y[i:i + EVAL_CHUNK].numpy()
+                xs, labels = x[i : i + EVAL_CHUNK], y[i : i + EVAL_CHUNK].numpy()
                 out = deployed(xs.numpy())[0]
                 with torch.no_grad():
                     ref = model(xs)
                 hits_rt += top1_hits(np.asarray(out), labels)
-                hits_pt += top1_hits(ref, y[i:i + EVAL_CHUNK])
+                hits_pt += top1_hits(ref, y[i : i + EVAL_CHUNK])
                 n += len(labels)
                 bar.advance(task, len(labels))
     if n == 0:
@@ -147,13 +151,25 @@ class DeployReport:
         return asdict(self)
 
 
-def deploy(model: nn.Module, target: str, folder: str | Path, *,
-           example_input: torch.Tensor, precision: str = "fp32",
-           calib: Sequence[torch.Tensor] | None = None, test_loader: Iterable[Any] | None = None,
-           eval_limit: int | str | None = None, threads: int = 2, batch: int = 1,
-           repeats: int = 30, warmup: int = 5, isolate: bool = True,
-           source_file: str | Path | None = None, progress: bool = False,
-           **target_options: Any) -> tuple[Deployed, DeployReport]:
+def deploy(
+    model: nn.Module,
+    target: str,
+    folder: str | Path,
+    *,
+    example_input: torch.Tensor,
+    precision: str = "fp32",
+    calib: Sequence[torch.Tensor] | None = None,
+    test_loader: Iterable[Any] | None = None,
+    eval_limit: int | str | None = None,
+    threads: int = 2,
+    batch: int = 1,
+    repeats: int = 30,
+    warmup: int = 5,
+    isolate: bool = True,
+    source_file: str | Path | None = None,
+    progress: bool = False,
+    **target_options: Any,
+) -> tuple[Deployed, DeployReport]:
     """Compile ``model`` for ``target``, measure it, score it through the runtime.
 
     ``calib``: batches of real inputs, e.g. a ``tinytamer.calib.Calibration`` (int8
@@ -169,17 +185,21 @@ def deploy(model: nn.Module, target: str, folder: str | Path, *,
     # Bad values fail before the compile.
     limit = eval_limit_for(tgt, eval_limit)
     options = compile_options(tgt, target_options)
-    deployed = tgt.compile(model, [example_input], folder, precision=precision,
-                           calib=calib, threads=threads, **options)
-    report = DeployReport(target=target, precision=precision, folder=str(folder),
-                          artifacts=[p.name for p in deployed.artifacts],
-                          artifact_bytes=deployed.artifact_bytes, parity=deployed.parity,
-                          info=dict(deployed.info), options=options)
+    deployed = tgt.compile(model, [example_input], folder, precision=precision, calib=calib, threads=threads, **options)
+    report = DeployReport(
+        target=target,
+        precision=precision,
+        folder=str(folder),
+        artifacts=[p.name for p in deployed.artifacts],
+        artifact_bytes=deployed.artifact_bytes,
+        parity=deployed.parity,
+        info=dict(deployed.info),
+        options=options,
+    )
     if source_file is not None:
         report.source_bytes = Path(source_file).stat().st_size
     if repeats > 0:
-        cost = deployed.measure(batch=batch, threads=threads, repeats=repeats, warmup=warmup,
-                                isolate=isolate)
+        cost = deployed.measure(batch=batch, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate)
         report.cost = cost.to_dict()
     if test_loader is not None:
         acc = runtime_accuracy(deployed, model, test_loader, limit, progress=progress)
@@ -237,20 +257,26 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def best(self, max_acc_drop: float | None = None, batch: int | None = None
-             ) -> BenchRow | None:
+    def best(self, max_acc_drop: float | None = None, batch: int | None = None) -> BenchRow | None:
         """The fastest row (at ``batch``) losing at most ``max_acc_drop`` accuracy."""
-        ok = [r for r in self.rows if r.status == "ok" and r.latency_ms is not None
-              and (batch is None or r.batch == batch)
-              and (max_acc_drop is None or r.acc_delta is None or -r.acc_delta <= max_acc_drop)]
+        ok = [
+            r
+            for r in self.rows
+            if r.status == "ok"
+            and r.latency_ms is not None
+            and (batch is None or r.batch == batch)
+            and (max_acc_drop is None or r.acc_delta is None or -r.acc_delta <= max_acc_drop)
+        ]
         return min(ok, key=lambda r: r.latency_ms, default=None)
 
     def table(self) -> str:
         """A markdown table of the rows."""
-        head = ("| target | precision | batch | latency ms median (p10-p90) | speed-up (median) "
-                "| min ms | speed-up (min) | peak RSS MB | size KB (device: flash) | accuracy "
-                "| Δ acc |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|\n")
+        head = (
+            "| target | precision | batch | latency ms median (p10-p90) | speed-up (median) "
+            "| min ms | speed-up (min) | peak RSS MB | size KB (device: flash) | accuracy "
+            "| Δ acc |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        )
 
         def f(v: float | None, fmt: str) -> str:
             return "-" if v is None else format(v, fmt)
@@ -263,8 +289,7 @@ class BenchReport:
         lines = []
         for r in self.rows:
             if r.status != "ok":
-                lines.append(f"| {r.target} | {r.precision} | {r.batch} | {r.status} "
-                             "| - | - | - | - | - | - | - |")
+                lines.append(f"| {r.target} | {r.precision} | {r.batch} | {r.status} | - | - | - | - | - | - | - |")
                 continue
             name = f"{r.target} ({r.variant})" if r.variant else r.target
             lat = f(r.latency_ms, ".3f")
@@ -273,11 +298,13 @@ class BenchReport:
             if r.latency_ms_p10 is not None and r.latency_ms_p90 is not None:
                 lat += f" ({r.latency_ms_p10:.3f}-{r.latency_ms_p90:.3f})"
             size = None if r.artifact_bytes is None else r.artifact_bytes / 1024
-            lines.append(f"| {name} | {r.precision} | {r.batch} | {lat} "
-                         f"| {f(r.speedup, '.2f')}x | {f(r.latency_ms_min, '.3f')} "
-                         f"| {f(r.speedup_min, '.2f')}x | {f(r.peak_rss_mb, '.0f')} "
-                         f"| {f(size, '.1f')} | {acc(r)} "
-                         f"| {f(None if r.acc_delta is None else 100 * r.acc_delta, '+.2f')} |")
+            lines.append(
+                f"| {name} | {r.precision} | {r.batch} | {lat} "
+                f"| {f(r.speedup, '.2f')}x | {f(r.latency_ms_min, '.3f')} "
+                f"| {f(r.speedup_min, '.2f')}x | {f(r.peak_rss_mb, '.0f')} "
+                f"| {f(size, '.1f')} | {acc(r)} "
+                f"| {f(None if r.acc_delta is None else 100 * r.acc_delta, '+.2f')} |"
+            )
         return head + "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
@@ -288,8 +315,7 @@ class BenchReport:
         import matplotlib.pyplot as plt
 
         rows = [r for r in self.rows if r.speedup is not None]
-        labels = [f"{r.target}\n{r.precision} b{r.batch}" + (f"\n{r.variant}" if r.variant else "")
-                  for r in rows]
+        labels = [f"{r.target}\n{r.precision} b{r.batch}" + (f"\n{r.variant}" if r.variant else "") for r in rows]
         fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows)), 3.5))
         bars = ax.bar(range(len(rows)), [r.speedup for r in rows], color="tab:blue")
         ax.bar_label(bars, labels=[f"{r.speedup:.2f}x" for r in rows], fontsize=8)
@@ -332,25 +358,36 @@ def _rows(jobs: Sequence[_Job], batches: Sequence[int]) -> list[BenchRow]:
     for b in batches:
         for job in jobs:
             if job.error is not None:
-                rows.append(BenchRow(job.target, job.precision, b, status=f"failed: {job.error}",
-                                     seconds=job.seconds))
+                rows.append(BenchRow(job.target, job.precision, b, status=f"failed: {job.error}", seconds=job.seconds))
                 continue
             cost, acc = job.costs[b], job.acc
-            rows.append(BenchRow(
-                job.target, job.precision, b, latency_ms=cost.latency_ms_median,
-                latency_ms_p10=cost.latency_ms_p10, latency_ms_p90=cost.latency_ms_p90,
-                latency_ms_min=cost.latency_ms_min, peak_rss_mb=cost.peak_rss_mb,
-                # A device's size is its flash, not its ELF file.
-                artifact_bytes=cost.artifact_bytes if cost.flash_bytes is None
-                else cost.flash_bytes, accuracy=acc.get("accuracy"),
-                acc_delta=(acc["accuracy"] - acc["accuracy_torch"]) if acc else None,
-                eval_samples=acc.get("n"), parity=job.deployed.parity, seconds=job.seconds,
-                variant=str(cost.extra.get("variant", "")),
-                cpus_available=cost.extra.get("cpus_available"),
-                est_time_ms=cost.est_time_ms, memory_profile=cost.memory_profile))
+            rows.append(
+                BenchRow(
+                    job.target,
+                    job.precision,
+                    b,
+                    latency_ms=cost.latency_ms_median,
+                    latency_ms_p10=cost.latency_ms_p10,
+                    latency_ms_p90=cost.latency_ms_p90,
+                    latency_ms_min=cost.latency_ms_min,
+                    peak_rss_mb=cost.peak_rss_mb,
+                    # A device's size is its flash, not its ELF file.
+                    artifact_bytes=cost.artifact_bytes if cost.flash_bytes is None else cost.flash_bytes,
+                    accuracy=acc.get("accuracy"),
+                    acc_delta=(acc["accuracy"] - acc["accuracy_torch"]) if acc else None,
+                    eval_samples=acc.get("n"),
+                    parity=job.deployed.parity,
+                    seconds=job.seconds,
+                    variant=str(cost.extra.get("variant", "")),
+                    cpus_available=cost.extra.get("cpus_available"),
+                    est_time_ms=cost.est_time_ms,
+                    memory_profile=cost.memory_profile,
+                )
+            )
     for r in rows:
-        base = next((x for x in rows if (x.target, x.precision, x.batch) == ("torch", "fp32", r.batch)
-                     and x.latency_ms), None)
+        base = next(
+            (x for x in rows if (x.target, x.precision, x.batch) == ("torch", "fp32", r.batch) and x.latency_ms), None
+        )
         if r.latency_ms and base is not None:
             r.speedup = base.latency_ms / r.latency_ms
             if r.latency_ms_min and base.latency_ms_min:
@@ -372,27 +409,38 @@ def _job_line(job: _Job, row: BenchRow | None) -> str:
     if extra.get("variant"):
         parts.append(str(extra["variant"]))
     if "tasks_from_database" in extra:  # TVM: tuning reused from an earlier run, or not
-        parts.append(f"{extra['tasks_from_database']} of {extra['tasks']} tuning tasks from "
-                     f"{extra['database']}")
+        parts.append(f"{extra['tasks_from_database']} of {extra['tasks']} tuning tasks from {extra['database']}")
     return ", ".join(parts)
 
 
 def _write_tables(folder: Path, report: BenchReport) -> None:
     """bench.json and bench.md, replaced atomically (also mid-bench, with what is done)."""
     write_json(folder / "bench.json", report.to_dict())
-    note = (f"Partial: {len(report.pending)} still to run ({', '.join(report.pending)}).\n\n"
-            if report.pending else "")
+    note = f"Partial: {len(report.pending)} still to run ({', '.join(report.pending)}).\n\n" if report.pending else ""
     md = folder / "bench.md"
     write_atomic(md, note + report.table())
 
 
-def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
-          calib: Sequence[torch.Tensor] | None = None, test_loader: Iterable[Any] | None = None,
-          targets: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
-          batches: Sequence[int] = (1,), threads: int = 2, repeats: int = 30, warmup: int = 5,
-          eval_limit: int | str | None = None, isolate: bool = True, rounds: int = 1,
-          target_options: dict[str, dict[str, Any]] | None = None, progress: bool = False,
-          echo: Callable[[str], None] | None = None) -> BenchReport:
+def bench(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    example_input: torch.Tensor,
+    calib: Sequence[torch.Tensor] | None = None,
+    test_loader: Iterable[Any] | None = None,
+    targets: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    batches: Sequence[int] = (1,),
+    threads: int = 2,
+    repeats: int = 30,
+    warmup: int = 5,
+    eval_limit: int | str | None = None,
+    isolate: bool = True,
+    rounds: int = 1,
+    target_options: dict[str, dict[str, Any]] | None = None,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> BenchReport:
     """Deploy ``model`` on every (available) target and precision and compare them.
 
     Speed-ups are against PyTorch fp32 measured in this same run (always run first).
@@ -424,16 +472,25 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
     names = ["torch", *(n for n in names if n != "torch")]  # the baseline, measured first
     limits = {n: eval_limit_for(get_target(n), eval_limit) for n in names}
     options = {n: compile_options(get_target(n), (target_options or {}).get(n, {})) for n in names}
-    todo = [(n, p) for n in names for p in get_target(n).precisions
-            if precisions is None or p in precisions or (n, p) == ("torch", "fp32")]
+    todo = [
+        (n, p)
+        for n in names
+        for p in get_target(n).precisions
+        if precisions is None or p in precisions or (n, p) == ("torch", "fp32")
+    ]
     jobs: list[_Job] = []
 
     def report(pending: Sequence[tuple[str, str]]) -> BenchReport:
         rows = _rows(jobs, batches)
         base = next((j.acc for j in jobs if (j.target, j.precision) == ("torch", "fp32")), {})
-        return BenchReport(rows=rows, threads=threads, eval_samples=int(base.get("n", 0)),
-                           eval_total=base.get("total"), rounds=rounds,
-                           pending=[f"{n} {p}" for n, p in pending])
+        return BenchReport(
+            rows=rows,
+            threads=threads,
+            eval_samples=int(base.get("n", 0)),
+            eval_total=base.get("total"),
+            rounds=rounds,
+            pending=[f"{n} {p}" for n, p in pending],
+        )
 
     for k, (name, prec) in enumerate(todo, 1):
         label = f"bench [{k}/{len(todo)}] {name} {prec}"
@@ -442,14 +499,20 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
         t0 = time.perf_counter()
         try:
             job.deployed = get_target(name).compile(
-                model, [example_input], folder / f"{name}-{prec}", precision=prec, calib=calib,
-                threads=threads, **options[name])
+                model,
+                [example_input],
+                folder / f"{name}-{prec}",
+                precision=prec,
+                calib=calib,
+                threads=threads,
+                **options[name],
+            )
             if test_loader is not None:
-                job.acc = runtime_accuracy(job.deployed, model, test_loader, limits[name],
-                                           progress=progress)
+                job.acc = runtime_accuracy(job.deployed, model, test_loader, limits[name], progress=progress)
             for b in batches:
-                job.costs[b] = job.deployed.measure(batch=b, threads=threads, repeats=repeats,
-                                                    warmup=warmup, isolate=isolate)
+                job.costs[b] = job.deployed.measure(
+                    batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate
+                )
         except TamerError as exc:
             job.error, job.deployed, job.costs = str(exc), None, {}
         job.seconds = round(time.perf_counter() - t0, 2)
@@ -462,8 +525,10 @@ def bench(model: nn.Module, folder: str | Path, *, example_input: torch.Tensor,
         say(f"bench: measuring round {r + 1}/{rounds}")
         for job in jobs:
             for b, cost in job.costs.items():
-                job.costs[b] = better_round(cost, job.deployed.measure(
-                    batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate))
+                job.costs[b] = better_round(
+                    cost,
+                    job.deployed.measure(batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate),
+                )
     final = report([])
     _write_tables(folder, final)
     final.plot(folder / "bench.png")

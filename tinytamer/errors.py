@@ -43,8 +43,7 @@ class BackendBroken(TamerError):
     """An optional backend is installed but fails to import; the message names the error."""
 
     def __init__(self, backend: str, install: str, error: str) -> None:
-        super().__init__(f"backend '{backend}' is installed but fails to import ({error}); "
-                         f"reinstall it: {install}")
+        super().__init__(f"backend '{backend}' is installed but fails to import ({error}); reinstall it: {install}")
         self.backend = backend
         self.install = install
         self.error = error

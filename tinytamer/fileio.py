@@ -140,7 +140,7 @@ def _repair_tail(fd: int, path: Path) -> None:
         chunk = os.pread(fd, end - start, start)
         cut = chunk.rfind(b"\n")
         if cut >= 0:
-            fragment = chunk[cut + 1:] + fragment
+            fragment = chunk[cut + 1 :] + fragment
             end = start + cut + 1
             break
         fragment = chunk + fragment
@@ -149,8 +149,11 @@ def _repair_tail(fd: int, path: Path) -> None:
         os.write(fd, b"\n")
         return
     os.ftruncate(fd, end)
-    warnings.warn(f"{path}: dropped a torn last line ({len(fragment)} bytes, a write that was "
-                  "interrupted) before appending", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"{path}: dropped a torn last line ({len(fragment)} bytes, a write that was interrupted) before appending",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _parses(line: bytes) -> bool:
@@ -209,11 +212,17 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, Any]]:
             records.append((number, json.loads(line)))
         except (ValueError, RecursionError) as exc:
             if number == len(lines):  # the unterminated tail
-                warnings.warn(f"{path}: skipped a torn last line (line {number}, {len(line)} bytes, "
-                              "a write that was interrupted)", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}: skipped a torn last line (line {number}, {len(line)} bytes, "
+                    "a write that was interrupted)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 continue
-            raise CorruptFileError(f"{path}, line {number}: not a JSON record ({_reason(exc)}); "
-                                   "the file is damaged: fix or delete that line") from None
+            raise CorruptFileError(
+                f"{path}, line {number}: not a JSON record ({_reason(exc)}); "
+                "the file is damaged: fix or delete that line"
+            ) from None
     return records
 
 
@@ -229,8 +238,7 @@ def read_json(path: str | Path, what: str) -> Any:
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:
-        raise CorruptFileError(f"{what} file {path} is not valid JSON, truncated or damaged "
-                               f"({_reason(exc)})") from None
+        raise CorruptFileError(f"{what} file {path} is not valid JSON, truncated or damaged ({_reason(exc)})") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -153,8 +153,7 @@ def _arith(fn: Callable[[Any, Any], Any]) -> Op:
 
 def _method(name: str, params: str, required: int = 1) -> Op:
     # The method is looked up here, from this table's own constants, never from a file.
-    return Op("call_method", name, getattr(torch.Tensor, name), _params("self:ref " + params),
-              required)
+    return Op("call_method", name, getattr(torch.Tensor, name), _params("self:ref " + params), required)
 
 
 def _params(spec: str) -> tuple[tuple[str, str], ...]:
@@ -164,11 +163,13 @@ def _params(spec: str) -> tuple[tuple[str, str], ...]:
 def _int64(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     """``fn`` on sizes, refusing a Python int result outside int64 (a chain of products of
     sizes read from a file could otherwise grow without bound)."""
+
     def call(a: Any, b: Any) -> Any:
         out = fn(a, b)
         if isinstance(out, int) and not _I64[0] <= out <= _I64[1]:
             raise ModelError(f"quantized graph: {fn.__name__} gives an integer outside int64")
         return out
+
     return call
 
 
@@ -183,8 +184,7 @@ OPS: dict[str, Op] = {
     "operator.floordiv": _arith(operator.floordiv),
     "operator.getitem": _function(operator.getitem, "a:ref index:index", 2),
     "torch.add": _function(torch.add, "input:ref other:num alpha:num", 2),
-    "Tensor.shape": Op("call_function", getattr, operator.attrgetter("shape"),
-                       _params("input:ref"), 1, attr="shape"),
+    "Tensor.shape": Op("call_function", getattr, operator.attrgetter("shape"), _params("input:ref"), 1, attr="shape"),
     # Activations (ReLU / ReLU6 fuse into their producer on the device).
     "torch.relu": _function(torch.relu, "input:ref"),
     "torch.relu_": _function(torch.relu_, "input:ref"),
@@ -193,13 +193,12 @@ OPS: dict[str, Op] = {
     "F.relu6": _function(F.relu6, "input:ref inplace:bool"),
     "F.hardtanh": _function(F.hardtanh, "input:ref min_val:num max_val:num inplace:bool"),
     # Pooling, means, softmax.
-    "F.max_pool2d": _function(F.max_pool2d, f"input:ref {_POOL} dilation:ints ceil_mode:bool "
-                                            "return_indices:bool", 2),
-    "F.avg_pool2d": _function(F.avg_pool2d, f"input:ref {_POOL} ceil_mode:bool "
-                                            "count_include_pad:bool divisor_override:int?", 2),
+    "F.max_pool2d": _function(F.max_pool2d, f"input:ref {_POOL} dilation:ints ceil_mode:bool return_indices:bool", 2),
+    "F.avg_pool2d": _function(
+        F.avg_pool2d, f"input:ref {_POOL} ceil_mode:bool count_include_pad:bool divisor_override:int?", 2
+    ),
     "F.adaptive_avg_pool2d": _function(F.adaptive_avg_pool2d, "input:ref output_size:opt_ints", 2),
-    "F.adaptive_max_pool2d": _function(F.adaptive_max_pool2d,
-                                       "input:ref output_size:opt_ints return_indices:bool", 2),
+    "F.adaptive_max_pool2d": _function(F.adaptive_max_pool2d, "input:ref output_size:opt_ints return_indices:bool", 2),
     "torch.mean": _function(torch.mean, "input:ref dim:opt_ints keepdim:bool dtype:dtype"),
     "torch.softmax": _function(torch.softmax, "input:ref dim:int dtype:dtype", 2),
     "F.softmax": _function(F.softmax, f"input:ref {_SOFTMAX}"),
@@ -228,13 +227,24 @@ OPS: dict[str, Op] = {
 }
 
 # fx target -> table name, for writing a graph.
-_BY_TARGET: dict[tuple[str, Any], str] = {
-    (op.kind, op.target): name for name, op in OPS.items() if op.attr is None}
+_BY_TARGET: dict[tuple[str, Any], str] = {(op.kind, op.target): name for name, op in OPS.items() if op.attr is None}
 _BY_ATTR: dict[str, str] = {op.attr: name for name, op in OPS.items() if op.attr is not None}
 
-_DTYPES: dict[str, torch.dtype] = {str(d).removeprefix("torch."): d for d in (
-    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8,
-    torch.int16, torch.int32, torch.int64, torch.bool)}
+_DTYPES: dict[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    )
+}
 _PAD_MODES = frozenset({"constant", "reflect", "replicate", "circular"})
 _NODE_KINDS = ("placeholder", "call_module", "get_attr", "call_function", "call_method", "output")
 _RECORD_KEYS = frozenset({"op", "name", "target", "args", "kwargs"})
@@ -248,13 +258,11 @@ _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,199}")
 
 
 def _plain_name(s: Any) -> bool:
-    return (isinstance(s, str) and _NAME.fullmatch(s) is not None and "__" not in s
-            and not keyword.iskeyword(s))
+    return isinstance(s, str) and _NAME.fullmatch(s) is not None and "__" not in s and not keyword.iskeyword(s)
 
 
 def _is_ref(v: Any, refs: set[str]) -> bool:
-    return (isinstance(v, dict) and v.keys() == {"node"} and isinstance(v["node"], str)
-            and v["node"] in refs)
+    return isinstance(v, dict) and v.keys() == {"node"} and isinstance(v["node"], str) and v["node"] in refs
 
 
 def _is_seq(v: Any) -> bool:
@@ -274,15 +282,19 @@ def _is_ints(v: Any, refs: set[str]) -> bool:
 
 
 def _is_opt_ints(v: Any, refs: set[str]) -> bool:
-    return v is None or _is_int(v, refs) or (
-        _is_seq(v) and all(x is None or _is_int(x, refs) for x in v))
+    return v is None or _is_int(v, refs) or (_is_seq(v) and all(x is None or _is_int(x, refs) for x in v))
 
 
 def _is_index_part(v: Any, refs: set[str]) -> bool:
     if v is None or _is_int(v, refs) or v == {"ellipsis": True}:
         return True
-    return (isinstance(v, dict) and v.keys() == {"slice"} and isinstance(v["slice"], list | tuple)
-            and len(v["slice"]) == 3 and all(p is None or _is_int(p, refs) for p in v["slice"]))
+    return (
+        isinstance(v, dict)
+        and v.keys() == {"slice"}
+        and isinstance(v["slice"], list | tuple)
+        and len(v["slice"]) == 3
+        and all(p is None or _is_int(p, refs) for p in v["slice"])
+    )
 
 
 def _is_index(v: Any, refs: set[str]) -> bool:
@@ -290,8 +302,9 @@ def _is_index(v: Any, refs: set[str]) -> bool:
 
 
 def _is_dtype(v: Any, refs: set[str]) -> bool:
-    return v is None or (isinstance(v, dict) and v.keys() == {"dtype"}
-                         and isinstance(v["dtype"], str) and v["dtype"] in _DTYPES)
+    return v is None or (
+        isinstance(v, dict) and v.keys() == {"dtype"} and isinstance(v["dtype"], str) and v["dtype"] in _DTYPES
+    )
 
 
 def _is_scalar_value(v: Any, refs: set[str]) -> bool:
@@ -299,13 +312,11 @@ def _is_scalar_value(v: Any, refs: set[str]) -> bool:
 
 
 def _is_value(v: Any, refs: set[str]) -> bool:
-    return _is_scalar_value(v, refs) or (
-        _is_seq(v) and all(_is_scalar_value(x, refs) for x in v))
+    return _is_scalar_value(v, refs) or (_is_seq(v) and all(_is_scalar_value(x, refs) for x in v))
 
 
 def _is_outputs(v: Any, refs: set[str]) -> bool:
-    return v is None or _is_ref(v, refs) or (
-        _is_seq(v) and all(x is None or _is_ref(x, refs) for x in v))
+    return v is None or _is_ref(v, refs) or (_is_seq(v) and all(x is None or _is_ref(x, refs) for x in v))
 
 
 _KINDS: dict[str, Callable[[Any, set[str]], bool]] = {
@@ -340,13 +351,13 @@ def _check_call(op: Op, args: Any, kwargs: Any, refs: set[str]) -> str | None:
         pname, kind = fixed[i] if i < len(fixed) else var  # type: ignore[misc]
         if not _KINDS[kind](a, refs):
             return f"argument {i} ('{pname.lstrip('*')}') is not a {kind}: {_short(a)}"
-    named = dict(fixed[len(args):])
+    named = dict(fixed[len(args) :])
     for k, v in kwargs.items():
         if k not in named:
             return f"unexpected keyword argument {_short(k)}"
         if not _KINDS[named[k]](v, refs):
             return f"keyword argument '{k}' is not a {named[k]}: {_short(v)}"
-    missing = [p for p, _ in fixed[len(args):op.required] if p not in kwargs]
+    missing = [p for p, _ in fixed[len(args) : op.required] if p not in kwargs]
     return f"missing argument(s) {missing}" if missing else None
 
 
@@ -388,8 +399,7 @@ def _check_record(rec: Any, root: nn.Module, refs: set[str], last: bool) -> str 
     if not isinstance(args, tuple | list) or len(args) > _MAX_SEQ or not isinstance(kwargs, dict):
         return "has arguments that are not a list and a mapping"
     if (kind == "output") != last:
-        return "is not the last node but an output" if kind == "output" \
-            else "is the last node but not the output"
+        return "is not the last node but an output" if kind == "output" else "is the last node but not the output"
     if kind == "output":
         if len(args) != 1 or kwargs or not _is_outputs(args[0], refs):
             return f"outputs {_short(args)}, not references to earlier nodes"
@@ -405,13 +415,16 @@ def _check_record(rec: Any, root: nn.Module, refs: set[str], last: bool) -> str 
         if _submodule(root, target) is None:
             return f"calls module {_short(target)}, which is not a submodule of the graph"
         if not all(_is_value(a, refs) for a in args) or not all(
-                _plain_name(k) and _is_value(v, refs) for k, v in kwargs.items()):
+            _plain_name(k) and _is_value(v, refs) for k, v in kwargs.items()
+        ):
             return f"passes module '{target}' arguments that are not data: {_short(args)}"
     else:
         op = OPS.get(target) if isinstance(target, str) else None
         if op is None or op.kind != kind:
-            return (f"names operation {_short(target)}, which is not in the table of "
-                    "quantized-graph ops (tinytamer.qgraph.OPS)")
+            return (
+                f"names operation {_short(target)}, which is not in the table of "
+                "quantized-graph ops (tinytamer.qgraph.OPS)"
+            )
         problem = _check_call(op, args, kwargs, refs)
         if problem:
             return f"calls '{target}': {problem}"
@@ -438,6 +451,7 @@ def validate(nodes: Any, root: nn.Module, error: type[TamerError] = CodecError) 
 
 # ----------------------------------------------------------------------------- records
 
+
 def _encode(a: Any, where: str) -> Any:
     if isinstance(a, fx.Node):
         return {"node": a.name}
@@ -453,8 +467,7 @@ def _encode(a: Any, where: str) -> Any:
         return {"dtype": str(a).removeprefix("torch.")}
     if a is None or isinstance(a, bool | int | float | str):
         return a
-    raise ModelError(f"{where}: a quantized graph cannot hold an argument of type "
-                     f"{type(a).__name__} ({_short(a)})")
+    raise ModelError(f"{where}: a quantized graph cannot hold an argument of type {type(a).__name__} ({_short(a)})")
 
 
 def _decode(a: Any, env: dict[str, Any]) -> Any:
@@ -486,10 +499,17 @@ def _record(node: fx.Node) -> dict[str, Any]:
         target = _BY_TARGET.get((node.op, node.target))
         what = getattr(node.target, "__name__", str(node.target))
     if target is None:
-        raise ModelError(f"{where}: a quantized graph cannot hold {node.op} {_short(what)}; its "
-                         f"operations are those of tinytamer.qgraph.OPS: {', '.join(OPS)}")
-    return {"op": node.op, "name": node.name, "target": target, "args": _encode(args, where),
-            "kwargs": {k: _encode(v, where) for k, v in node.kwargs.items()}}
+        raise ModelError(
+            f"{where}: a quantized graph cannot hold {node.op} {_short(what)}; its "
+            f"operations are those of tinytamer.qgraph.OPS: {', '.join(OPS)}"
+        )
+    return {
+        "op": node.op,
+        "name": node.name,
+        "target": target,
+        "args": _encode(args, where),
+        "kwargs": {k: _encode(v, where) for k, v in node.kwargs.items()},
+    }
 
 
 class QuantizedGraph(nn.Module):
@@ -527,8 +547,7 @@ class QuantizedGraph(nn.Module):
                 target = op.target
                 if op.attr is not None:
                     args = (args[0], op.attr)
-            env[rec["name"]] = graph.create_node(rec["op"], target, tuple(args), kwargs,
-                                                 name=rec["name"])
+            env[rec["name"]] = graph.create_node(rec["op"], target, tuple(args), kwargs, name=rec["name"])
         return fx.GraphModule(self, graph)
 
     def forward(self, *inputs: Any) -> Any:
@@ -570,5 +589,4 @@ def is_quantized(model: nn.Module) -> bool:
     with activation quantization points)."""
     if isinstance(model, QuantizedGraph):
         return True
-    return isinstance(model, fx.GraphModule) and any(isinstance(m, ActQuant)
-                                                     for m in model.modules())
+    return isinstance(model, fx.GraphModule) and any(isinstance(m, ActQuant) for m in model.modules())

@@ -100,26 +100,27 @@ class DataSpec(BaseModel):
     name: str = Field("digits", description="dataset name (see `tamer list datasets`)")
     root: str | None = Field(None, description="dataset folder or archive (built-in digits: none)")
     size: int | None = Field(None, description="resize images to size x size (None: as stored)")
-    augment: bool = Field(False, description="the dataset's standard training augmentation "
-                          "(train split only)")
+    augment: bool = Field(False, description="the dataset's standard training augmentation (train split only)")
     batch_size: int = Field(64, gt=0, description="training mini-batch size")
     test_batch_size: int = Field(256, gt=0, description="batch size of evaluation")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of train held out as val "
-                                "(unless the data has its own val split)")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of train held out as val (unless the data has its own val split)"
+    )
     limit: int | None = Field(None, gt=0, description="keep the first N items of each split")
-    options: dict[str, Any] = Field(default_factory=dict,
-                                    description="loader-specific options of the dataset")
+    options: dict[str, Any] = Field(default_factory=dict, description="loader-specific options of the dataset")
 
 
 class ModelSpec(BaseModel):
     """Which model: a zoo name or ``package.module:factory``, optional weights to start from."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field("democnn", description="zoo model (see `tamer list models`) or "
-                      "package.module:factory (imported: a recipe is trusted like a script)")
+    name: str = Field(
+        "democnn",
+        description="zoo model (see `tamer list models`) or "
+        "package.module:factory (imported: a recipe is trusted like a script)",
+    )
     weights: str | None = Field(None, description="checkpoint (.safetensors) or compressed model (.tt) to start from")
-    kwargs: dict[str, Any] = Field(default_factory=dict,
-                                   description="keyword arguments of the model factory")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
 
 
 def _run_name(name: str) -> str:
@@ -138,8 +139,9 @@ class Recipe(BaseModel):
     seed: int = Field(0, description="seeds every random number generator (stage i: seed + i)")
     data: DataSpec = Field(default_factory=DataSpec, description="the dataset")
     model: ModelSpec = Field(default_factory=ModelSpec, description="the model")
-    stages: list[tuple[str, Any]] = Field(default_factory=list, description="the stages, in "
-                                          "order, as '- NAME: {KEY: VALUE}' (see `tamer list stages`)")
+    stages: list[tuple[str, Any]] = Field(
+        default_factory=list, description="the stages, in order, as '- NAME: {KEY: VALUE}' (see `tamer list stages`)"
+    )
 
 
 # -- YAML and error messages ------------------------------------------------------------------
@@ -176,8 +178,10 @@ def _expanded_size(root: yaml.Node) -> int:
             n += sum(size(k) + size(v) for k, v in node.value)
         open_nodes.discard(key)
         if n > MAX_YAML_NODES:
-            raise _ExpansionError(f"its aliases expand to more than {MAX_YAML_NODES:,} values "
-                                  "(a YAML bomb?); write the values out or use fewer aliases")
+            raise _ExpansionError(
+                f"its aliases expand to more than {MAX_YAML_NODES:,} values "
+                "(a YAML bomb?); write the values out or use fewer aliases"
+            )
         sizes[key] = n
         return n
 
@@ -211,7 +215,7 @@ _REPR.maxlevel = 3
 
 def clip(text: str, limit: int = MAX_SHOWN) -> str:
     """``text`` cut to ``limit`` characters, marked when cut."""
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} chars)"
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} chars)"
 
 
 def short_repr(value: Any) -> str:
@@ -260,8 +264,8 @@ def _tag_matches(member: Any, tag: Any) -> bool:
         return False
     if _is_model(member):
         return tag == member.__name__ or any(
-            get_origin(f.annotation) is Literal and tag in get_args(f.annotation)
-            for f in member.model_fields.values())
+            get_origin(f.annotation) is Literal and tag in get_args(f.annotation) for f in member.model_fields.values()
+        )
     origin = get_origin(member) or member
     name = getattr(origin, "__name__", None) or getattr(origin, "_name", "")
     return tag.split("[", 1)[0].lower() == str(name).lower()
@@ -359,12 +363,14 @@ def parse_recipe(raw: dict[str, Any] | str | Path, source: str = "recipe") -> Re
         if isinstance(item, str):
             item = {item: {}}
         if not isinstance(item, dict) or len(item) != 1:
-            raise RecipeError(f"{source}: stages[{i}] must be one mapping like '- train: {{...}}', "
-                              f"got {short_repr(item)}")
-        (name, params), = item.items()
+            raise RecipeError(
+                f"{source}: stages[{i}] must be one mapping like '- train: {{...}}', got {short_repr(item)}"
+            )
+        ((name, params),) = item.items()
         if name not in registry:
-            raise RecipeError(f"{source}: stages[{i}]: unknown stage {short_repr(name)} "
-                              f"(known: {', '.join(sorted(registry))})")
+            raise RecipeError(
+                f"{source}: stages[{i}]: unknown stage {short_repr(name)} (known: {', '.join(sorted(registry))})"
+            )
         model = registry[name].params
         try:
             parsed.append((name, model.model_validate(params or {})))
@@ -420,8 +426,9 @@ _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
 
 def _bounds_text(metadata: Sequence[Any]) -> str:
-    found = [f"{sign} {getattr(m, attr)}" for m in metadata for attr, sign in _BOUNDS
-             if getattr(m, attr, None) is not None]
+    found = [
+        f"{sign} {getattr(m, attr)}" for m in metadata for attr, sign in _BOUNDS if getattr(m, attr, None) is not None
+    ]
     return f" ({', '.join(found)})" if found else ""
 
 
@@ -436,10 +443,10 @@ def param_docs(model: type[BaseModel]) -> list[ParamDoc]:
     """Every key of ``model``: type (with bounds), default and description, from the schema."""
     out = []
     for name, f in model.model_fields.items():
-        default = "required" if f.is_required() else _value_text(
-            f.get_default(call_default_factory=True))
-        out.append(ParamDoc(f.alias or name, type_text(f.annotation) + _bounds_text(f.metadata), default,
-                            f.description or ""))
+        default = "required" if f.is_required() else _value_text(f.get_default(call_default_factory=True))
+        out.append(
+            ParamDoc(f.alias or name, type_text(f.annotation) + _bounds_text(f.metadata), default, f.description or "")
+        )
     return out
 
 
@@ -513,8 +520,7 @@ class Context:
     def train_loader(self, batch_size: int | None = None) -> Any:
         from tinytamer.data import make_loader
 
-        return make_loader(self.data.train, batch_size or self.recipe.data.batch_size,
-                           shuffle=True, seed=self.seed)
+        return make_loader(self.data.train, batch_size or self.recipe.data.batch_size, shuffle=True, seed=self.seed)
 
     def val_loader(self) -> Any:
         return self._eval_loader("val")
@@ -526,8 +532,9 @@ class Context:
         from tinytamer.data import make_loader
 
         if split not in self._loaders:
-            self._loaders[split] = make_loader(getattr(self.data, split),
-                                               self.recipe.data.test_batch_size, shuffle=False)
+            self._loaders[split] = make_loader(
+                getattr(self.data, split), self.recipe.data.test_batch_size, shuffle=False
+            )
         return self._loaders[split]
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
@@ -539,8 +546,15 @@ class Context:
 
         return evaluate(model, self._eval_loader(split))
 
-    def finetune(self, model: nn.Module, config: Any, *, hooks: Sequence[Any] = (),
-                 batch_size: int | None = None, name: str = "snapshots") -> dict[str, Any]:
+    def finetune(
+        self,
+        model: nn.Module,
+        config: Any,
+        *,
+        hooks: Sequence[Any] = (),
+        batch_size: int | None = None,
+        name: str = "snapshots",
+    ) -> dict[str, Any]:
         """Train ``model`` in place with the Solver; every stage that trains calls this.
 
         ``config``: a SolverConfig or its dict; the recipe's seed applies unless it sets
@@ -557,18 +571,35 @@ class Context:
         solver = self.make_solver(model, cfg, hooks=hooks, batch_size=batch_size, name=name)
         return solver.solve(resume=latest_snapshot(self.stage_dir / name))
 
-    def make_solver(self, model: nn.Module, config: Any, *, hooks: Sequence[Any] = (),
-                    batch_size: int | None = None, name: str = "snapshots") -> Any:
+    def make_solver(
+        self,
+        model: nn.Module,
+        config: Any,
+        *,
+        hooks: Sequence[Any] = (),
+        batch_size: int | None = None,
+        name: str = "snapshots",
+    ) -> Any:
         """A Solver whose snapshots live in this stage's folder and whose records go to the log."""
         from tinytamer.train import Solver, SolverConfig
 
-        cfg = config if isinstance(config, SolverConfig) else SolverConfig.model_validate(
-            {"seed": self.seed, **(config or {})})
+        cfg = (
+            config
+            if isinstance(config, SolverConfig)
+            else SolverConfig.model_validate({"seed": self.seed, **(config or {})})
+        )
         # Caffe tests on the held-out split during training; with no validation split, on test.
         monitor = self.val_loader() if len(self.data.val) else self.test_loader()
-        return Solver(model, cfg, self.train_loader(batch_size), monitor,
-                      snapshot_dir=self.stage_dir / name, log=self.log_training,
-                      hooks=hooks, progress=self.progress)
+        return Solver(
+            model,
+            cfg,
+            self.train_loader(batch_size),
+            monitor,
+            snapshot_dir=self.stage_dir / name,
+            log=self.log_training,
+            hooks=hooks,
+            progress=self.progress,
+        )
 
     def log_training(self, record: dict[str, Any]) -> None:
         """Append one interval the Solver reported, as this stage's TrainRecord."""
@@ -581,12 +612,22 @@ class Context:
             record = stage_record({"stage": self.stage_name, "index": self.stage_index, **record})
         log_record(self.rundir, record)
 
-    def record(self, of: type[S], model: nn.Module, *, file: str | Path | None = None,
-               accuracy: float | None = None, **fields: Any) -> S:
+    def record(
+        self,
+        of: type[S],
+        model: nn.Module,
+        *,
+        file: str | Path | None = None,
+        accuracy: float | None = None,
+        **fields: Any,
+    ) -> S:
         """This stage's record of type ``of``: :meth:`model_record` of ``model`` and
         ``fields``, which win where both give a key (deploy: bytes of its artifact)."""
-        return of(stage=self.stage_name, index=self.stage_index,
-                  **{**self.model_record(model, file=file, accuracy=accuracy), **fields})
+        return of(
+            stage=self.stage_name,
+            index=self.stage_index,
+            **{**self.model_record(model, file=file, accuracy=accuracy), **fields},
+        )
 
     def records(self, of: type[R]) -> list[R]:
         """The records of type ``of`` that the stages before this one wrote, oldest first
@@ -597,8 +638,9 @@ class Context:
         """The newest of :meth:`records` (with a measured accuracy, if asked), or None."""
         return last_record(self.records(of), with_accuracy=with_accuracy)
 
-    def model_record(self, model: nn.Module, *, file: str | Path | None = None,
-                     accuracy: float | None = None) -> dict[str, Any]:
+    def model_record(
+        self, model: nn.Module, *, file: str | Path | None = None, accuracy: float | None = None
+    ) -> dict[str, Any]:
         """The figures of a StageRecord: accuracy (on test, in PyTorch, unless given),
         parameters, non-zeros, MACs and bytes of ``file`` on disk."""
         from tinytamer.zoo import count
@@ -606,10 +648,14 @@ class Context:
         counts = count(model, self.input_shape)
         if accuracy is None:
             accuracy = self.evaluate(model)["accuracy"]
-        rec: dict[str, Any] = {"accuracy": accuracy, "accuracy_runtime": "PyTorch",
-                               "params": counts.params,
-                               "nonzero_params": counts.nonzero_params, "macs": counts.macs,
-                               "dense_bytes": 4 * counts.params}
+        rec: dict[str, Any] = {
+            "accuracy": accuracy,
+            "accuracy_runtime": "PyTorch",
+            "params": counts.params,
+            "nonzero_params": counts.nonzero_params,
+            "macs": counts.macs,
+            "dense_bytes": 4 * counts.params,
+        }
         if file is not None:
             rec["file"] = str(Path(file).resolve().relative_to(self.rundir.path.resolve()))
             rec["bytes"] = Path(file).stat().st_size
@@ -619,8 +665,16 @@ class Context:
 def load_data(spec: DataSpec, seed: int) -> Any:
     from tinytamer.data import get_dataset
 
-    return get_dataset(spec.name, spec.root, size=spec.size, augment=spec.augment,
-                       val_fraction=spec.val_fraction, seed=seed, limit=spec.limit, **spec.options)
+    return get_dataset(
+        spec.name,
+        spec.root,
+        size=spec.size,
+        augment=spec.augment,
+        val_fraction=spec.val_fraction,
+        seed=seed,
+        limit=spec.limit,
+        **spec.options,
+    )
 
 
 def user_module_prefixes(spec: ModelSpec) -> tuple[str, ...]:
@@ -658,14 +712,22 @@ def check_takes_input(model: nn.Module, data: Any, spec: ModelSpec) -> None:
             copy.deepcopy(model).eval()(x)
     except (RuntimeError, ValueError, TypeError) as exc:
         source = f"from {spec.weights}" if spec.weights else f"'{spec.name}'"
-        raise ModelError(f"the model {source} does not take this data's input of shape "
-                         f"{tuple(x.shape[1:])} (data '{data.meta.name}'; --size / data.size "
-                         f"resizes images): {clip(str(exc).splitlines()[0] if str(exc) else repr(exc))}"
-                         ) from None
+        raise ModelError(
+            f"the model {source} does not take this data's input of shape "
+            f"{tuple(x.shape[1:])} (data '{data.meta.name}'; --size / data.size "
+            f"resizes images): {clip(str(exc).splitlines()[0] if str(exc) else repr(exc))}"
+        ) from None
 
 
-def run(recipe: Recipe, path: str | Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, echo: Callable[[str], None] = print) -> RunDir:
+def run(
+    recipe: Recipe,
+    path: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunDir:
     """Run (or resume) ``recipe`` in the folder ``path``; returns the run directory."""
     if not resume:
         RunDir.check_free(path, overwrite=overwrite)

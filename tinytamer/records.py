@@ -52,8 +52,9 @@ class TrainRecord(Record):
     epoch: float
     lr: float
     train_loss: float | None = None
-    train_acc: float | None = Field(None, description="top-1 on the training batches of the "
-                                    "interval (None when the task is not scored so)")
+    train_acc: float | None = Field(
+        None, description="top-1 on the training batches of the interval (None when the task is not scored so)"
+    )
     images_per_s: float | None = None
     test_loss: float | None = Field(None, description="on the held-out split, at test intervals")
     test_acc: float | None = None
@@ -78,9 +79,11 @@ class Parity(_Strict):
     outputs: list[OutputParity]
     inputs: int | None = Field(None, description="samples the check ran on")
     kernels_vs_qdq: Parity | None = Field(
-        None, description="onnxruntime int8: its kernels against the QDQ graph's arithmetic")
+        None, description="onnxruntime int8: its kernels against the QDQ graph's arithmetic"
+    )
     float_top1_agree: float | None = Field(
-        None, description="int8 from our scales: top-1 agreement with the float model")
+        None, description="int8 from our scales: top-1 agreement with the float model"
+    )
 
 
 class StageRecord(Record):
@@ -91,10 +94,12 @@ class StageRecord(Record):
     kind: Literal["stage"] = "stage"
     accuracy: float | None = Field(None, description="top-1 (the task's score) of the model")
     accuracy_runtime: str | None = Field(
-        None, description="where the accuracy was measured: 'PyTorch' or the target's name")
+        None, description="where the accuracy was measured: 'PyTorch' or the target's name"
+    )
     eval_samples: int | None = Field(None, description="samples the accuracy was scored on")
-    eval_total: int | None = Field(None, description="samples in the split (more than "
-                                   "eval_samples when a part was scored)")
+    eval_total: int | None = Field(
+        None, description="samples in the split (more than eval_samples when a part was scored)"
+    )
     split: Literal["train", "val", "test"] | None = None
     loss: float | None = None
     params: int | None = None
@@ -103,8 +108,9 @@ class StageRecord(Record):
     dense_bytes: int | None = Field(None, description="4 bytes per parameter (float32)")
     file: str | None = Field(None, description="the model file, relative to the run folder")
     bytes: int | None = Field(None, description="bytes on disk of ``file`` (deploy: the artifact)")
-    physical: bool | None = Field(None, description="true: layers really got smaller; false: "
-                                  "removed weights are zeros in dense tensors")
+    physical: bool | None = Field(
+        None, description="true: layers really got smaller; false: removed weights are zeros in dense tensors"
+    )
     accuracy_before_finetune: float | None = None
     note: str | None = None
     warning: str | None = None
@@ -130,7 +136,8 @@ class SensitivityRecord(StageRecord):
     baseline: float = Field(description="accuracy of the unpruned model on the split")
     chosen: dict[str, float] = Field(
         description="per layer, the highest sparsity within max_drop (0: none); what "
-        "prune's sparsity 'sensitivity' applies")
+        "prune's sparsity 'sensitivity' applies"
+    )
     max_drop: float
     plot: str
 
@@ -221,8 +228,7 @@ class HaqRecord(StageRecord):
     val_accuracy: float = Field(description="the policy after the episode's short fine-tune")
     reward: float
     policy: dict[str, dict[str, int]] = Field(description="layer -> w_bits, a_bits")
-    history: str = Field(description="every episode (bits, cost, accuracy, reward), relative "
-                         "to the run")
+    history: str = Field(description="every episode (bits, cost, accuracy, reward), relative to the run")
     reward_plot: str
     policy_plot: str
 
@@ -242,32 +248,31 @@ class DeployRecord(TargetRecord):
 
     STAGE: ClassVar[str | None] = "deploy"
 
-    options: dict[str, Any] = Field(default_factory=dict, description="the target's options, "
-                                    "defaults included")
+    options: dict[str, Any] = Field(default_factory=dict, description="the target's options, defaults included")
     accuracy_torch: float | None = Field(None, description="PyTorch on the same samples")
     compressed_bytes: int | None = Field(None, description="the run's compressed file, if saved")
     artifacts: list[str]
-    latency_ms: float | None = Field(None, description="median (None: not measured; micro: "
-                                     "see est_time_ms)")
+    latency_ms: float | None = Field(None, description="median (None: not measured; micro: see est_time_ms)")
     peak_rss_mb: float | None = None
     int8_params: str | None = Field(None, description="whose int8 scales the artifact uses")
     cost: Cost | None = Field(None, description="everything the target measured")
-    bit_exact_inputs: int | None = Field(None, description="micro: inputs checked bit for bit "
-                                         "against the C reference")
+    bit_exact_inputs: int | None = Field(None, description="micro: inputs checked bit for bit against the C reference")
     instructions: int | None = Field(None, description="micro: exact, one inference")
-    est_cycles: int | None = Field(None, description="micro: an estimate, from the cycle table "
-                                   "named in cycle_table, under memory_profile")
-    memory_profile: str | None = Field(None, description="micro: the memory profile est_cycles "
-                                       "is estimated under (tinytamer.micro.profiles)")
-    est_time_ms: float | None = Field(None, description="micro: est_cycles at the profile's "
-                                      "clock (an estimate, not a timing)")
+    est_cycles: int | None = Field(
+        None, description="micro: an estimate, from the cycle table named in cycle_table, under memory_profile"
+    )
+    memory_profile: str | None = Field(
+        None, description="micro: the memory profile est_cycles is estimated under (tinytamer.micro.profiles)"
+    )
+    est_time_ms: float | None = Field(
+        None, description="micro: est_cycles at the profile's clock (an estimate, not a timing)"
+    )
     cycle_table: str | None = Field(None, description="micro: the source of the cycle estimate")
     flash_bytes: int | None = None
     sram_bytes: int | None = None
     arena_bytes: int | None = None
     memory_plan: str | None = Field(None, description="micro: the activation arena and its peak")
-    per_layer: list[dict[str, Any]] | None = Field(None, description="micro: layer, "
-                                                   "instructions, est_cycles")
+    per_layer: list[dict[str, Any]] | None = Field(None, description="micro: layer, instructions, est_cycles")
 
 
 class BenchPick(_Strict):
@@ -322,8 +327,7 @@ def read_records(run: RunDir, kind: type[R]) -> list[R]:
         try:
             record = parse_record(raw)
         except (ValueError, ValidationError) as exc:
-            raise CorruptFileError(f"{run.metrics_path}, line {line}: not a metrics record: "
-                                   f"{_reason(exc)}") from None
+            raise CorruptFileError(f"{run.metrics_path}, line {line}: not a metrics record: {_reason(exc)}") from None
         if isinstance(record, kind):
             out.append(record)
     return out

@@ -87,9 +87,11 @@ class RunDir:
         if problem:
             raise RecipeError(f"recipe key 'name': {problem} (got {path.name!r})")
         if path.is_symlink():
-            raise TamerError(f"run folder {path} is a symbolic link (to {path.resolve()}); a run "
-                             "is written only to a real folder inside the runs folder: remove the "
-                             "link or choose another name")
+            raise TamerError(
+                f"run folder {path} is a symbolic link (to {path.resolve()}); a run "
+                "is written only to a real folder inside the runs folder: remove the "
+                "link or choose another name"
+            )
         if not path.exists():
             return False
         if not path.is_dir():
@@ -103,8 +105,10 @@ class RunDir:
             )
         state = path / "state.json"
         if not state.is_file() or state.is_symlink():
-            raise TamerError(f"--overwrite: {path} is not a tinytamer run (no state.json), so it "
-                             "is left alone: choose another name, or remove it yourself")
+            raise TamerError(
+                f"--overwrite: {path} is not a tinytamer run (no state.json), so it "
+                "is left alone: choose another name, or remove it yourself"
+            )
         # One plain name that is not a symlink: the folder is strictly inside path.parent.
         return True
 
@@ -151,8 +155,9 @@ class RunDir:
         records = read_jsonl(self.metrics_path)
         for i, r in enumerate(records):
             if not isinstance(r, dict):
-                raise CorruptFileError(f"{self.metrics_path}: record {i + 1} is a {type(r).__name__}, "
-                                       "not a JSON object")
+                raise CorruptFileError(
+                    f"{self.metrics_path}: record {i + 1} is a {type(r).__name__}, not a JSON object"
+                )
         return records
 
     # -- state -----------------------------------------------------------------------------
@@ -161,8 +166,10 @@ class RunDir:
         state = read_json(self.state_path, "run state")
         done = state.get("completed") if isinstance(state, dict) else None
         if not isinstance(done, list) or not all(_is_stage_entry(c) for c in done):
-            raise CorruptFileError(f"run state file {self.state_path} is damaged: expected a 'completed' "
-                                   "list of {index, stage, checkpoint} entries")
+            raise CorruptFileError(
+                f"run state file {self.state_path} is damaged: expected a 'completed' "
+                "list of {index, stage, checkpoint} entries"
+            )
         return state
 
     def completed(self) -> list[dict[str, Any]]:
@@ -173,8 +180,7 @@ class RunDir:
         ckpt = save_checkpoint(model, self.checkpoint_path(index, name))
         state = self.state()
         state["completed"] = [c for c in state["completed"] if c["index"] != index]
-        state["completed"].append({"index": index, "stage": name,
-                                   "checkpoint": str(ckpt.relative_to(self.path))})
+        state["completed"].append({"index": index, "stage": name, "checkpoint": str(ckpt.relative_to(self.path))})
         write_atomic(self.state_path, json.dumps(state, indent=2))
         return ckpt
 
@@ -186,14 +192,19 @@ class RunDir:
         last = done[-1]
         ckpt = self.path / last["checkpoint"]
         if not ckpt.resolve().is_relative_to(self.path.resolve()):
-            raise CorruptFileError(f"run state file {self.state_path}: checkpoint {last['checkpoint']!r} "
-                                   "is outside the run folder")
+            raise CorruptFileError(
+                f"run state file {self.state_path}: checkpoint {last['checkpoint']!r} is outside the run folder"
+            )
         return last["index"] + 1, load_checkpoint(ckpt, allow=allow)
 
 
 def _is_stage_entry(entry: Any) -> bool:
-    return (isinstance(entry, dict) and type(entry.get("index")) is int
-            and isinstance(entry.get("stage"), str) and isinstance(entry.get("checkpoint"), str))
+    return (
+        isinstance(entry, dict)
+        and type(entry.get("index")) is int
+        and isinstance(entry.get("stage"), str)
+        and isinstance(entry.get("checkpoint"), str)
+    )
 
 
 def _jsonable(value: Any) -> Any:

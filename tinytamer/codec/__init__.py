@@ -83,9 +83,14 @@ class SaveReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary (for metrics records and benchmark results)."""
-        return {"path": str(self.path), "file_bytes": self.file_bytes,
-                "dense_bytes": self.dense_bytes, "ratio": self.ratio,
-                "by_encoding": self.by_encoding(), "tensors": [asdict(t) for t in self.tensors]}
+        return {
+            "path": str(self.path),
+            "file_bytes": self.file_bytes,
+            "dense_bytes": self.dense_bytes,
+            "ratio": self.ratio,
+            "by_encoding": self.by_encoding(),
+            "tensors": [asdict(t) for t in self.tensors],
+        }
 
 
 def _wanted(name: str, forced: Mapping[str, str]) -> str:
@@ -107,17 +112,21 @@ def _encode(name: str, t: Tensor, wanted: str, allow: Collection[str]) -> coding
             reasons.append(f"'{enc}': {exc}")
     # Exactness is checked, not assumed: a coded form is used only if it decodes to `t`.
     for c in sorted(coded, key=lambda c: c.nbytes):
-        back = coding.decode(c.encoding, c.params, [memoryview(p) for p in c.parts],
-                             list(t.shape), t.dtype)
+        back = coding.decode(c.encoding, c.params, [memoryview(p) for p in c.parts], list(t.shape), t.dtype)
         if torch.equal(back, t):
             return c
         reasons.append(f"'{c.encoding}': it does not round-trip exactly")
-    raise CodecError(f"tensor '{name}' cannot be stored as {' or '.join(candidates)}: "
-                     + "; ".join(reasons))
+    raise CodecError(f"tensor '{name}' cannot be stored as {' or '.join(candidates)}: " + "; ".join(reasons))
 
 
-def save(model: nn.Module, path: str | Path, *, encodings: Mapping[str, str] | None = None,
-         allow: Collection[str] | None = None, meta: Mapping[str, Any] | None = None) -> SaveReport:
+def save(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    encodings: Mapping[str, str] | None = None,
+    allow: Collection[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> SaveReport:
     """Write ``model`` to one compressed file at ``path`` (atomically) and say how.
 
     ``encodings`` maps tensor names (exact, or a regex searched in the name) to
@@ -141,25 +150,30 @@ def save(model: nn.Module, path: str | Path, *, encodings: Mapping[str, str] | N
     entries, parts, reports = [], [], []
     seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
     for name, t in plain.state_dict(keep_vars=False).items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-               tuple(t.stride()), t.dtype)
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
         t = t.detach().cpu()
         dtype = coding.dtype_name(t.dtype)
         if t.numel() and key in seen:  # tied weights: store once
-            entries.append(format.TensorEntry(name=name, shape=list(t.shape), dtype=dtype,
-                                              encoding="dense", alias=seen[key]))
+            entries.append(
+                format.TensorEntry(name=name, shape=list(t.shape), dtype=dtype, encoding="dense", alias=seen[key])
+            )
             parts.append([])
             reports.append(TensorReport(name, tuple(t.shape), dtype, "alias", 0, 0))
             continue
         seen[key] = name
         coded = _encode(name, t, _wanted(name, forced), allowed)
-        entries.append(format.TensorEntry(name=name, shape=list(t.shape), dtype=dtype,
-                                          encoding=coded.encoding, params=coded.params))
+        entries.append(
+            format.TensorEntry(
+                name=name, shape=list(t.shape), dtype=dtype, encoding=coded.encoding, params=coded.params
+            )
+        )
         parts.append(coded.parts)
-        reports.append(TensorReport(name, tuple(t.shape), dtype, coded.encoding,
-                                    t.numel() * t.element_size(), coded.nbytes))
-    manifest = format.Manifest(architecture=arch.describe(plain), tensors=entries,
-                               payload_bytes=0, meta=dict(meta or {}))
+        reports.append(
+            TensorReport(name, tuple(t.shape), dtype, coded.encoding, t.numel() * t.element_size(), coded.nbytes)
+        )
+    manifest = format.Manifest(
+        architecture=arch.describe(plain), tensors=entries, payload_bytes=0, meta=dict(meta or {})
+    )
     size = format.write(path, manifest, parts)
     return SaveReport(Path(path), size, reports)
 
@@ -175,12 +189,13 @@ def load(path: str | Path, *, allow_modules: Iterable[str] = (), max_bytes: int 
     manifest, payload = format.read(path)
     size = Path(path).stat().st_size
     limit = max(MIN_DECODED_BYTES, MAX_EXPANSION * size) if max_bytes is None else max_bytes
-    declared = sum(math.prod(e.shape) * coding.DTYPES[e.dtype].itemsize
-                   for e in manifest.tensors if e.alias is None)
+    declared = sum(math.prod(e.shape) * coding.DTYPES[e.dtype].itemsize for e in manifest.tensors if e.alias is None)
     if declared > limit:
-        raise CodecError(f"{path} declares {declared} bytes of tensors, more than the {limit} a "
-                         f"{size}-byte file may decode to; if you trust it, pass a larger "
-                         "max_bytes to codec.load")
+        raise CodecError(
+            f"{path} declares {declared} bytes of tensors, more than the {limit} a "
+            f"{size}-byte file may decode to; if you trust it, pass a larger "
+            "max_bytes to codec.load"
+        )
     specs = {e.name: (e.shape, coding.DTYPES[e.dtype]) for e in manifest.tensors}
     try:
         model = arch.build(manifest.architecture, allow=allow_modules, tensors=specs)
@@ -193,8 +208,12 @@ def load(path: str | Path, *, allow_modules: Iterable[str] = (), max_bytes: int 
             continue
         try:
             state[entry.name] = coding.decode(
-                entry.encoding, entry.params, format.tensor_parts(entry, payload),
-                entry.shape, coding.DTYPES[entry.dtype])
+                entry.encoding,
+                entry.params,
+                format.tensor_parts(entry, payload),
+                entry.shape,
+                coding.DTYPES[entry.dtype],
+            )
         except CodecError as exc:
             raise CodecError(f"tensor '{entry.name}' in {path}: {exc}") from None
     try:
@@ -202,8 +221,9 @@ def load(path: str | Path, *, allow_modules: Iterable[str] = (), max_bytes: int 
     except (RuntimeError, AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
         # Module classes' own loading code runs on the file's data here (a class swapped for
         # another fails inside it): any failure is a defect of the file.
-        raise CodecError(f"the tensors in {path} do not fit its architecture: "
-                         f"{type(exc).__name__}: {str(exc)[:300]}") from None
+        raise CodecError(
+            f"the tensors in {path} do not fit its architecture: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     return model
 
 
@@ -211,30 +231,51 @@ def info(path: str | Path) -> dict[str, Any]:
     """The file's manifest summary: format version, sizes, per-tensor encoding and bytes."""
     manifest, payload = format.read(path)
     size = Path(path).stat().st_size
-    tensors = [{"name": e.name, "shape": e.shape, "dtype": e.dtype,
-                "encoding": "alias" if e.alias else e.encoding, "bytes": e.nbytes,
-                "params": e.params} for e in manifest.tensors]
+    tensors = [
+        {
+            "name": e.name,
+            "shape": e.shape,
+            "dtype": e.dtype,
+            "encoding": "alias" if e.alias else e.encoding,
+            "bytes": e.nbytes,
+            "params": e.params,
+        }
+        for e in manifest.tensors
+    ]
     by_encoding: dict[str, dict[str, int]] = {}
     for t in tensors:
         row = by_encoding.setdefault(t["encoding"], {"tensors": 0, "bytes": 0})
         row["tensors"] += 1
         row["bytes"] += t["bytes"]
-    return {"path": str(path), "format_version": format.VERSION, "file_bytes": size,
-            "payload_bytes": len(payload), "header_and_manifest_bytes": size - len(payload),
-            "tensors": tensors, "by_encoding": by_encoding, "meta": manifest.meta}
+    return {
+        "path": str(path),
+        "format_version": format.VERSION,
+        "file_bytes": size,
+        "payload_bytes": len(payload),
+        "header_and_manifest_bytes": size - len(payload),
+        "tensors": tensors,
+        "by_encoding": by_encoding,
+        "meta": manifest.meta,
+    }
 
 
 def format_info(summary: dict[str, Any]) -> str:
     """A plain-text table of :func:`info`'s summary (what ``tamer inspect FILE`` prints)."""
-    rows = [(t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"], t["encoding"],
-             str(t["bytes"])) for t in summary["tensors"]]
+    rows = [
+        (t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"], t["encoding"], str(t["bytes"]))
+        for t in summary["tensors"]
+    ]
     head = ("tensor", "shape", "dtype", "encoding", "bytes")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + f"  {{:>{widths[-1]}}}"
-    lines = [f"{summary['path']}: format version {summary['format_version']}, "
-             f"{summary['file_bytes']} bytes ({summary['header_and_manifest_bytes']} header + manifest)",
-             fmt.format(*head)]
+    lines = [
+        f"{summary['path']}: format version {summary['format_version']}, "
+        f"{summary['file_bytes']} bytes ({summary['header_and_manifest_bytes']} header + manifest)",
+        fmt.format(*head),
+    ]
     lines += [fmt.format(*r) for r in rows]
-    lines.append("by encoding: " + ", ".join(
-        f"{enc} {v['tensors']} tensors / {v['bytes']} bytes" for enc, v in summary["by_encoding"].items()))
+    lines.append(
+        "by encoding: "
+        + ", ".join(f"{enc} {v['tensors']} tensors / {v['bytes']} bytes" for enc, v in summary["by_encoding"].items())
+    )
     return "\n".join(lines)

@@ -91,8 +91,9 @@ def _decode(value: Any, where: str, depth: int = 0) -> Any:
     if not isinstance(value, dict):
         return value  # JSON scalars: null, bool, int, float, str
     if len(value) != 1 or next(iter(value)) not in _VALUE_TAGS:
-        raise CodecError(f"{where}: unknown value encoding {sorted(value)[:5]} "
-                         f"(one of {', '.join(_VALUE_TAGS)} expected)")
+        raise CodecError(
+            f"{where}: unknown value encoding {sorted(value)[:5]} (one of {', '.join(_VALUE_TAGS)} expected)"
+        )
     tag, inner = next(iter(value.items()))
     wanted = {"__tuple__": list, "__set__": list, "__dict__": dict, "__float__": str, "__dtype__": str}[tag]
     if not isinstance(inner, wanted):
@@ -117,8 +118,11 @@ def _decode(value: Any, where: str, depth: int = 0) -> Any:
 def _tensor_spec(t: torch.Tensor | None) -> dict[str, Any] | None:
     if t is None:
         return None
-    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-            "requires_grad": bool(t.requires_grad)}
+    return {
+        "shape": list(t.shape),
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "requires_grad": bool(t.requires_grad),
+    }
 
 
 def _describe(module: nn.Module, path: str, depth: int = 0) -> dict[str, Any]:
@@ -145,9 +149,7 @@ def _describe(module: nn.Module, path: str, depth: int = 0) -> dict[str, Any]:
         "attrs": attrs,
         "params": {k: _tensor_spec(p) for k, p in module._parameters.items()},
         "buffers": {k: _tensor_spec(b) for k, b in module._buffers.items()},
-        "non_persistent": {
-            k: module._buffers[k].tolist() for k in non_persistent if module._buffers[k] is not None
-        },
+        "non_persistent": {k: module._buffers[k].tolist() for k in non_persistent if module._buffers[k] is not None},
         "children": {
             k: (_describe(c, f"{path}.{k}" if path else k, depth + 1) if c is not None else None)
             for k, c in module._modules.items()
@@ -200,8 +202,11 @@ def _fields(desc: dict[str, Any], key: str) -> dict[str, Any]:
     for name in value:
         # Attributes are Python identifiers; tensors and children may be any name nn.Module
         # registers ("0" in a Sequential) but no dotted one (state-dict keys); none a dunder.
-        plain = isinstance(name, str) and not name.startswith("__") and (
-            name.isidentifier() if key == "attrs" else (name != "" and "." not in name))
+        plain = (
+            isinstance(name, str)
+            and not name.startswith("__")
+            and (name.isidentifier() if key == "attrs" else (name != "" and "." not in name))
+        )
         if not plain:
             raise CodecError(f"'{key}' holds the name {str(name)[:40]!r}, which is not a plain name")
     return value
@@ -224,10 +229,10 @@ def _spec(spec: Any, name: str) -> tuple[list[int], torch.dtype, bool]:
         raise CodecError(f"tensor '{name}': spec must be an object with shape, dtype and requires_grad")
     shape = spec["shape"]
     # bool is an int to Python; a shape entry of `true` is a doctored file, not a 1.
-    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(type(s) is int and s >= 0 for s in shape)):
-        raise CodecError(f"tensor '{name}': shape {str(shape)[:60]} is not a list of at most "
-                         f"{MAX_DIMS} non-negative integers")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(type(s) is int and s >= 0 for s in shape):
+        raise CodecError(
+            f"tensor '{name}': shape {str(shape)[:60]} is not a list of at most {MAX_DIMS} non-negative integers"
+        )
     dtype = _dtype(spec["dtype"], f"tensor '{name}'")
     if not isinstance(spec["requires_grad"], bool):
         raise CodecError(f"tensor '{name}': requires_grad is {spec['requires_grad']!r}, not true or false")
@@ -242,14 +247,15 @@ def _empty(ctx: _Context, spec: Any, name: str) -> tuple[torch.Tensor, bool]:
         if held is None:
             raise CodecError(f"tensor '{name}' is declared by the architecture but the file holds no such tensor")
         if list(held[0]) != shape or held[1] != dtype:
-            raise CodecError(f"tensor '{name}' is declared {str(dtype).removeprefix('torch.')} {shape} "
-                             f"by the architecture, but the file holds "
-                             f"{str(held[1]).removeprefix('torch.')} {list(held[0])}")
+            raise CodecError(
+                f"tensor '{name}' is declared {str(dtype).removeprefix('torch.')} {shape} "
+                f"by the architecture, but the file holds "
+                f"{str(held[1]).removeprefix('torch.')} {list(held[0])}"
+            )
     else:
         ctx.budget -= math.prod(shape)
         if ctx.budget < 0:
-            raise CodecError(f"tensor '{name}': the architecture declares more than {MAX_ELEMENTS} "
-                             "elements in all")
+            raise CodecError(f"tensor '{name}': the architecture declares more than {MAX_ELEMENTS} elements in all")
     return torch.empty(shape, dtype=dtype), requires_grad
 
 
@@ -268,28 +274,35 @@ def _values(spec: Any, values: Any, name: str) -> torch.Tensor:
 def _build(desc: Any, ctx: _Context, path: str, depth: int) -> nn.Module:
     where = path or "<root>"
     if depth > MAX_DEPTH:
-        raise CodecError(f"architecture entry for module '{where[:60]}...': modules nest deeper "
-                         f"than {MAX_DEPTH} levels")
+        raise CodecError(
+            f"architecture entry for module '{where[:60]}...': modules nest deeper than {MAX_DEPTH} levels"
+        )
     try:
         if not isinstance(desc, dict):
             raise CodecError(f"is of type {type(desc).__name__}, not an object")
         if not _MODULE_FIELDS <= desc.keys() or not desc.keys() <= _MODULE_FIELDS | {"non_persistent"}:
-            raise CodecError(f"has keys {sorted(desc)[:8]}; expected {sorted(_MODULE_FIELDS)} "
-                             "and optionally non_persistent")
+            raise CodecError(
+                f"has keys {sorted(desc)[:8]}; expected {sorted(_MODULE_FIELDS)} and optionally non_persistent"
+            )
         cls = _resolve(desc["class"], ctx.allow)
         attrs, params, buffers, children, non_persistent = (
-            _fields(desc, k) for k in ("attrs", "params", "buffers", "children", "non_persistent"))
+            _fields(desc, k) for k in ("attrs", "params", "buffers", "children", "non_persistent")
+        )
         names = [*attrs, *params, *buffers, *children]
         if len(set(names)) != len(names):
             clash = sorted({n for n in names if names.count(n) > 1})
             raise CodecError(f"uses the names {clash} for more than one attribute, tensor or child")
         if not non_persistent.keys() <= {k for k, v in buffers.items() if v is not None}:
-            raise CodecError(f"records values of {sorted(non_persistent.keys() - buffers.keys())} "
-                             "that are not among its buffers")
+            raise CodecError(
+                f"records values of {sorted(non_persistent.keys() - buffers.keys())} that are not among its buffers"
+            )
         # Every constant the class's forward relies on must be there (catches a class swapped
         # for another whose attributes it does not have).
-        missing = [c for c in getattr(cls, "__constants__", ())
-                   if c not in names and inspect.getattr_static(cls, c, _ABSENT) is _ABSENT]
+        missing = [
+            c
+            for c in getattr(cls, "__constants__", ())
+            if c not in names and inspect.getattr_static(cls, c, _ABSENT) is _ABSENT
+        ]
         if missing:
             raise CodecError(f"is a {cls.__qualname__} without its attributes {missing}")
         try:

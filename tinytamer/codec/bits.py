@@ -23,7 +23,7 @@ def pack(values: np.ndarray, bits: int) -> bytes:
     # (values x bits) bit matrix to a few MB.
     out = []
     for lo in range(0, v.size, _CHUNK):
-        bitmat = ((v[lo:lo + _CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+        bitmat = ((v[lo : lo + _CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8)
         out.append(np.packbits(bitmat.reshape(-1)).tobytes())
     return b"".join(out)
 
@@ -45,7 +45,7 @@ def unpack(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
     out = np.empty(count, dtype=np.uint64)
     for lo in range(0, count, _CHUNK):
         n = min(_CHUNK, count - lo)
-        chunk = raw[lo * bits // 8:(lo * bits + n * bits + 7) // 8]
+        chunk = raw[lo * bits // 8 : (lo * bits + n * bits + 7) // 8]
         bitmat = np.unpackbits(chunk, count=n * bits).reshape(n, bits).astype(np.uint64)
-        out[lo:lo + n] = (bitmat << shifts).sum(axis=1, dtype=np.uint64)
+        out[lo : lo + n] = (bitmat << shifts).sum(axis=1, dtype=np.uint64)
     return out

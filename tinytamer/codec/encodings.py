@@ -38,8 +38,7 @@ from tinytamer.errors import CodecError
 
 DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
-    for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16",
-                 "int8", "uint8", "bool")
+    for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 }
 MAX_CODEBOOK = 4096  # beyond this many distinct values an index costs 13+ bits: use fixedpoint
 MAX_INDEX_BITS = 12  # widest relative index tried
@@ -72,6 +71,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
 
 def _raw(t: Tensor) -> bytes:
     flat = t.detach().contiguous().reshape(-1)
@@ -122,6 +122,7 @@ def _best_index_bits(positions: np.ndarray, value_bits: int) -> tuple[int, int]:
 
 # -- dense -------------------------------------------------------------------------------------
 
+
 def _dense_encode(t: Tensor, limit: int | None = None) -> Encoded:
     return Encoded("dense", {}, [_raw(t)])
 
@@ -131,6 +132,7 @@ def _dense_decode(params: dict, parts: list[memoryview], numel: int, dtype: torc
 
 
 # -- sparse ------------------------------------------------------------------------------------
+
 
 def _nonzero_positions(t: Tensor) -> np.ndarray:
     if t.dtype == torch.bool:
@@ -146,8 +148,11 @@ def _sparse_encode(t: Tensor, limit: int | None = None) -> Encoded:
     index_bits, _ = _best_index_bits(positions, item)
     codes, slots = sparse.encode(positions, index_bits)
     values = t.detach().reshape(-1)[torch.from_numpy(slots)]
-    return Encoded("sparse", {"index_bits": index_bits, "entries": int(codes.size)},
-                   [bitpack.pack(codes, index_bits), _raw(values)])
+    return Encoded(
+        "sparse",
+        {"index_bits": index_bits, "entries": int(codes.size)},
+        [bitpack.pack(codes, index_bits), _raw(values)],
+    )
 
 
 def _sparse_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
@@ -162,6 +167,7 @@ def _sparse_decode(params: dict, parts: list[memoryview], numel: int, dtype: tor
 
 
 # -- codebook / huffman --------------------------------------------------------------------------
+
 
 def _codebook(t: Tensor) -> tuple[np.ndarray, np.ndarray]:
     if t.numel() > _PREFIX and np.unique(_floats(t.reshape(-1)[:_PREFIX])).size > MAX_CODEBOOK:
@@ -193,9 +199,11 @@ def _codebook_encode(t: Tensor, limit: int | None = None) -> Encoded:
         if sparse_bits < dense_bits:
             codes, slots = sparse.encode(positions, index_bits)
             params.update(index_bits=index_bits, entries=int(codes.size))
-            return Encoded("codebook", params, [_book_bytes(book, t.dtype),
-                                                bitpack.pack(codes, index_bits),
-                                                bitpack.pack(index[slots], bits)])
+            return Encoded(
+                "codebook",
+                params,
+                [_book_bytes(book, t.dtype), bitpack.pack(codes, index_bits), bitpack.pack(index[slots], bits)],
+            )
     return Encoded("codebook", params, [_book_bytes(book, t.dtype), b"", bitpack.pack(index, bits)])
 
 
@@ -209,16 +217,19 @@ def _huffman_encode(t: Tensor, limit: int | None = None) -> Encoded:
         positions = np.flatnonzero(index != zero)
         for b in range(1, MAX_INDEX_BITS + 1):
             codes, slots = sparse.encode(positions, b)
-            size = (huffman.encoded_size(np.bincount(codes, minlength=1 << b))
-                    + huffman.encoded_size(np.bincount(index[slots], minlength=k)))
+            size = huffman.encoded_size(np.bincount(codes, minlength=1 << b)) + huffman.encoded_size(
+                np.bincount(index[slots], minlength=k)
+            )
             if size < best_bits:
                 best_bits, best_index_bits = size, b
     params: dict[str, Any] = {"k": k, "index_bits": best_index_bits}
     if best_index_bits:
         codes, slots = sparse.encode(positions, best_index_bits)
-        return Encoded("huffman", params, [_book_bytes(book, t.dtype),
-                                           huffman.encode(codes, 1 << best_index_bits),
-                                           huffman.encode(index[slots], k)])
+        return Encoded(
+            "huffman",
+            params,
+            [_book_bytes(book, t.dtype), huffman.encode(codes, 1 << best_index_bits), huffman.encode(index[slots], k)],
+        )
     return Encoded("huffman", params, [_book_bytes(book, t.dtype), b"", huffman.encode(index, k)])
 
 
@@ -263,6 +274,7 @@ def _huffman_decode(params: dict, parts: list[memoryview], numel: int, dtype: to
 
 
 # -- ternary -----------------------------------------------------------------------------------
+
 
 def _ternary_encode(t: Tensor, limit: int | None = None) -> Encoded:
     book, index = _codebook(t)
@@ -321,8 +333,7 @@ def _fixedpoint_encode(t: Tensor, limit: int | None = None) -> Encoded:
             raise NotApplicable("it holds inf or NaN")
         fl, bits = _fixed_format(values)
         if bits > MAX_FIXED_BITS:
-            raise NotApplicable(f"its values need more than {MAX_FIXED_BITS}-bit integers "
-                                f"at {fl} fractional bits")
+            raise NotApplicable(f"its values need more than {MAX_FIXED_BITS}-bit integers at {fl} fractional bits")
         if limit is not None and bitpack.packed_size(flat.numel(), bits) >= limit:
             raise NotApplicable(f"{bits}-bit integers take {limit}+ bytes")
     stored = (np.ldexp(values, fl).astype(np.int64) + (1 << (bits - 1))).astype(np.uint64)
@@ -362,8 +373,9 @@ def encode(t: Tensor, encoding: str, limit: int | None = None) -> Encoded:
     return ENCODINGS[encoding][0](t.detach().cpu(), limit)
 
 
-def decode(encoding: str, params: dict[str, Any], parts: list[memoryview],
-           shape: list[int], dtype: torch.dtype) -> Tensor:
+def decode(
+    encoding: str, params: dict[str, Any], parts: list[memoryview], shape: list[int], dtype: torch.dtype
+) -> Tensor:
     """Rebuild a tensor from its coded parts; malformed input raises :class:`CodecError`."""
     if encoding not in ENCODINGS:
         raise CodecError(f"unknown encoding '{encoding}' (known: {', '.join(ENCODINGS)})")

@@ -104,9 +104,7 @@ def write(path: str | Path, manifest: Manifest, parts: list[list[bytes]]) -> int
 
 
 def _truncated(path: Path, expected: int, found: int, at_least: bool = False) -> CodecError:
-    return CodecError(
-        f"{path} is truncated: expected {'at least ' if at_least else ''}{expected} bytes, found {found}"
-    )
+    return CodecError(f"{path} is truncated: expected {'at least ' if at_least else ''}{expected} bytes, found {found}")
 
 
 def read(path: str | Path) -> tuple[Manifest, memoryview]:
@@ -119,19 +117,17 @@ def read(path: str | Path) -> tuple[Manifest, memoryview]:
     except OSError as exc:
         raise CodecError(f"cannot read compressed model file {path}: {exc}") from None
     if len(data) < _HEADER.size:
-        if bytes(data[:len(MAGIC)]) == MAGIC[:len(data)]:
+        if bytes(data[: len(MAGIC)]) == MAGIC[: len(data)]:
             raise _truncated(path, _HEADER.size, len(data), at_least=True)
-    if bytes(data[:len(MAGIC)]) != MAGIC:
+    if bytes(data[: len(MAGIC)]) != MAGIC:
         raise CodecError(f"{path} is not a tinytamer compressed model file (wrong magic bytes)")
     _, version, body_len, body_crc = _HEADER.unpack_from(data)
     if version != VERSION:
-        raise CodecError(
-            f"file {path} was written by format version {version}; this tinytamer reads version {VERSION}"
-        )
+        raise CodecError(f"file {path} was written by format version {version}; this tinytamer reads version {VERSION}")
     start = _HEADER.size + body_len
     if len(data) < start:
         raise _truncated(path, start, len(data), at_least=True)
-    body = data[_HEADER.size:start]
+    body = data[_HEADER.size : start]
     if zlib.crc32(body) != body_crc:
         raise CodecError(f"manifest of {path}: checksum mismatch (the file is corrupt)")
     manifest = _parse_manifest(path, body)
@@ -145,7 +141,7 @@ def read(path: str | Path) -> tuple[Manifest, memoryview]:
     for entry in manifest.tensors:
         if entry.offset + entry.nbytes > manifest.payload_bytes:
             raise CodecError(f"tensor '{entry.name}' in {path}: its bytes run past the payload")
-        if zlib.crc32(payload[entry.offset:entry.offset + entry.nbytes]) != entry.crc32:
+        if zlib.crc32(payload[entry.offset : entry.offset + entry.nbytes]) != entry.crc32:
             raise CodecError(f"tensor '{entry.name}' in {path}: checksum mismatch")
     return manifest, payload
 
@@ -165,9 +161,7 @@ def _parse_manifest(path: Path, body: memoryview) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise CodecError(f"manifest of {path} is malformed: {problems}") from None
 
 
@@ -184,18 +178,21 @@ def _check_entries(path: Path, manifest: Manifest) -> None:
             continue
         target = stored.get(entry.alias)
         if target is None:
-            raise CodecError(f"tensor '{entry.name}' in {path} aliases '{entry.alias}', "
-                             "which is not a tensor stored before it")
+            raise CodecError(
+                f"tensor '{entry.name}' in {path} aliases '{entry.alias}', which is not a tensor stored before it"
+            )
         if (target.shape, target.dtype) != (entry.shape, entry.dtype) or entry.parts:
-            raise CodecError(f"tensor '{entry.name}' in {path} aliases '{entry.alias}' but declares "
-                             f"{entry.dtype} {entry.shape} (and {len(entry.parts)} parts) for "
-                             f"its {target.dtype} {target.shape}")
+            raise CodecError(
+                f"tensor '{entry.name}' in {path} aliases '{entry.alias}' but declares "
+                f"{entry.dtype} {entry.shape} (and {len(entry.parts)} parts) for "
+                f"its {target.dtype} {target.shape}"
+            )
 
 
 def tensor_parts(entry: TensorEntry, payload: memoryview) -> list[memoryview]:
     """The coded parts of one tensor (checksums were verified by :func:`read`)."""
     parts, at = [], entry.offset
     for n in entry.parts:
-        parts.append(payload[at:at + n])
+        parts.append(payload[at : at + n])
         at += n
     return parts

@@ -111,8 +111,8 @@ def encode(symbols: np.ndarray, alphabet: int) -> bytes:
     columns = np.arange(width)[None, :]
     pieces = []
     for lo in range(0, symbols.size, _CHUNK):  # bounds the (symbols x width) matrix
-        bitmat = ((aligned[lo:lo + _CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-        pieces.append(bitmat[columns < sym_len[lo:lo + _CHUNK, None]])
+        bitmat = ((aligned[lo : lo + _CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+        pieces.append(bitmat[columns < sym_len[lo : lo + _CHUNK, None]])
     return header + np.packbits(np.concatenate(pieces)).tobytes()
 
 
@@ -132,9 +132,8 @@ def decode(data: bytes | memoryview, max_count: int | None = None) -> np.ndarray
     if max_count is not None and count > max_count:
         raise CodecError(f"Huffman stream holds {count} symbols; at most {max_count} expected")
     if count > 8 * (len(data) - start):  # every symbol takes at least one bit
-        raise CodecError(f"Huffman stream is corrupt: {count} symbols cannot fit in "
-                         f"{8 * (len(data) - start)} bits")
-    lengths = bitpack.unpack(data[_HEADER.size:start], 4, alphabet).astype(np.int64)
+        raise CodecError(f"Huffman stream is corrupt: {count} symbols cannot fit in {8 * (len(data) - start)} bits")
+    lengths = bitpack.unpack(data[_HEADER.size : start], 4, alphabet).astype(np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if (np.exp2(-lengths[lengths > 0].astype(np.float64))).sum() > 1.0 or not lengths.any():
@@ -155,7 +154,7 @@ def decode(data: bytes | memoryview, max_count: int | None = None) -> np.ndarray
     padded = np.concatenate([stream, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
     window = np.zeros(nbits, dtype=np.int64)
     for j in range(width):
-        window = (window << 1) | padded[j:j + nbits]
+        window = (window << 1) | padded[j : j + nbits]
     step = table_len[window]
     # next[p]: where the symbol after the one starting at bit p starts; invalid or
     # out-of-stream positions go to the sentinel `nbits`.

@@ -49,8 +49,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
         return model
     # A masked layer's `weight` is a computed (non-leaf) tensor that deepcopy refuses;
     # lift it off for the copy (the pre-hook recomputes it from weight_orig * weight_mask).
-    lifted = [(m, h._tensor_name, getattr(m, h._tensor_name))
-              for m in model.modules() for h in _pruning_hooks(m)]
+    lifted = [(m, h._tensor_name, getattr(m, h._tensor_name)) for m in model.modules() for h in _pruning_hooks(m)]
     try:
         for module, name, _ in lifted:
             delattr(module, name)

@@ -71,7 +71,8 @@ def output_layer(model: nn.Module, example_inputs: Tensor | tuple[Tensor, ...]) 
     order: list[str] = []
     handles = [
         m.register_forward_hook(lambda *_, n=name: order.append(n))
-        for name, m in model.named_modules() if isinstance(m, _PRUNABLE)
+        for name, m in model.named_modules()
+        if isinstance(m, _PRUNABLE)
     ]
     try:
         with torch.no_grad():
@@ -90,8 +91,7 @@ def _as_tuple(x: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
 
 def channel_counts(model: nn.Module, select: Selector | dict | None = None) -> dict[str, int]:
     """Output channels (or features) of each selected layer."""
-    return {name: _out_channels(m) for name, m in select_layers(model, select)
-            if isinstance(m, _PRUNABLE)}
+    return {name: _out_channels(m) for name, m in select_layers(model, select) if isinstance(m, _PRUNABLE)}
 
 
 def prune_channels(
@@ -136,16 +136,25 @@ def prune_channels(
         for name in ignore:
             if name not in modules:
                 raise ModelError(f"channel_prune: ignore names '{name}', not a layer of the model")
-        selected = {n: m for n, m in select_layers(model, select)
-                    if isinstance(m, _PRUNABLE) and n not in ignore}
+        selected = {n: m for n, m in select_layers(model, select) if isinstance(m, _PRUNABLE) and n not in ignore}
         if not selected:
             raise ModelError("channel_prune: no conv/linear layer left to prune after 'ignore'")
-        ignored = [m for m in model.modules()
-                   if isinstance(m, _PRUNABLE) and all(m is not s for s in selected.values())]
+        ignored = [
+            m for m in model.modules() if isinstance(m, _PRUNABLE) and all(m is not s for s in selected.values())
+        ]
         try:
-            pruner = _pruner(model, example_inputs, selected, ignored, ratio=ratio,
-                             global_pruning=global_pruning, round_to=round_to,
-                             importance=importance, select=select, max_ratio=max_ratio)
+            pruner = _pruner(
+                model,
+                example_inputs,
+                selected,
+                ignored,
+                ratio=ratio,
+                global_pruning=global_pruning,
+                round_to=round_to,
+                importance=importance,
+                select=select,
+                max_ratio=max_ratio,
+            )
             pruner.step()
         except (CompressError, ModelError):
             raise
@@ -153,7 +162,8 @@ def prune_channels(
             raise ModelError(
                 "channel_prune: Torch-Pruning cannot follow this model's channel dependencies "
                 f"({type(exc).__name__}: {exc}); restrict select to layers whose channels "
-                "feed only plain ops (e.g. regex: ['conv1$'])") from exc
+                "feed only plain ops (e.g. regex: ['conv1$'])"
+            ) from exc
         _check(model, example_inputs, reference)
     finally:
         model.train(was_training)
@@ -173,19 +183,20 @@ def _pruner(
     select: Selector | dict | None,
     max_ratio: float,
 ) -> tp.pruner.MetaPruner:
-    common = {"importance": _importance(importance), "ignored_layers": ignored,
-              "example_inputs": example_inputs}
+    common = {"importance": _importance(importance), "ignored_layers": ignored, "example_inputs": example_inputs}
     if global_pruning:
         if isinstance(ratio, Mapping) or any("ratio" in v for v in _overrides(select)):
-            raise CompressError("channel_prune: global pruning takes one float ratio, "
-                              "not per-layer ratios")
-        return tp.pruner.MetaPruner(model, global_pruning=True, pruning_ratio=ratio,
-                                    max_pruning_ratio=max_ratio, round_to=round_to, **common)
+            raise CompressError("channel_prune: global pruning takes one float ratio, not per-layer ratios")
+        return tp.pruner.MetaPruner(
+            model, global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=max_ratio, round_to=round_to, **common
+        )
     if isinstance(ratio, Mapping):
         unknown = sorted(set(ratio) - set(selected))
         if unknown:
-            raise ModelError(f"channel_prune: ratio names layer(s) {', '.join(unknown)} that are "
-                             f"not selected for pruning; selected: {', '.join(selected)}")
+            raise ModelError(
+                f"channel_prune: ratio names layer(s) {', '.join(unknown)} that are "
+                f"not selected for pruning; selected: {', '.join(selected)}"
+            )
     per_layer = {}
     for name, module in selected.items():
         default = ratio.get(name, 0.0) if isinstance(ratio, Mapping) else ratio
@@ -215,9 +226,12 @@ def _check(model: nn.Module, example_inputs: tuple[Tensor, ...], reference: obje
         raise ModelError(
             "channel_prune: the pruned model no longer runs; an operation the dependency graph "
             f"does not understand couples channels (leave its layers out with select.exclude): "
-            f"{exc}") from None
+            f"{exc}"
+        ) from None
     shapes = [t.shape for t in tp.utils.flatten_as_list(out)]
     expected = [t.shape for t in tp.utils.flatten_as_list(reference)]
     if shapes != expected:
-        raise ModelError(f"channel_prune: output shapes changed from {expected} to {shapes}; "
-                         "leave the output layer out of the selection (ignore=...)")
+        raise ModelError(
+            f"channel_prune: output shapes changed from {expected} to {shapes}; "
+            "leave the output layer out of the selection (ignore=...)"
+        )

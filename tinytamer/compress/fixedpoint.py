@@ -51,7 +51,7 @@ _ACC_BITS = 32
 
 def to_fixed(x: Tensor, bits: int, fl: int) -> Tensor:
     """Round ``x`` to the nearest ``integer * 2^-fl`` with the integer saturated to ``bits`` bits."""
-    step = torch.tensor(2.0 ** -fl, dtype=x.dtype, device=x.device)
+    step = torch.tensor(2.0**-fl, dtype=x.dtype, device=x.device)
     zero = torch.zeros((), dtype=torch.int32, device=x.device)
     return fake_quant(x, step, zero, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
@@ -74,8 +74,9 @@ def fl_candidates(amax: float, bits: int) -> range:
 def best_fl(refs: list[Tensor], xs: list[Tensor], bits: int) -> int:
     """The fl minimising the summed error of ``fixed(xs)`` against ``refs`` (ties: larger fl)."""
     amax = max(float(x.detach().abs().max()) for x in xs)
-    errs = {fl: sum(fixed_error(r, x, bits, fl) for r, x in zip(refs, xs, strict=True))
-            for fl in fl_candidates(amax, bits)}
+    errs = {
+        fl: sum(fixed_error(r, x, bits, fl) for r, x in zip(refs, xs, strict=True)) for fl in fl_candidates(amax, bits)
+    }
     return min(errs, key=lambda fl: (errs[fl], -fl))
 
 
@@ -100,7 +101,7 @@ class _FixedPoint:
 
     def int_weight(self) -> Tensor:
         """The weights as integers (``weight * 2^w_fl``), int16 up to 16 bits."""
-        q = torch.round(self.weight.detach() * 2.0 ** self.w_fl)
+        q = torch.round(self.weight.detach() * 2.0**self.w_fl)
         return q.to(torch.int8 if self.bits <= 8 else torch.int16)
 
     def _fixed_io(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -117,8 +118,7 @@ class _FixedPoint:
 class FixedPointConv2d(_FixedPoint, nn.Conv2d):
     """Conv2d with ``(bits, w_fl)`` fixed-point weights and ``(bits, a_fl)`` input data."""
 
-    def __init__(self, *args: Any, bits: int = 8, w_fl: int = 0, a_fl: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, bits: int = 8, w_fl: int = 0, a_fl: int | None = None, **kwargs: Any) -> None:
         nn.Conv2d.__init__(self, *args, **kwargs)
         self._init_fixed(bits, w_fl, a_fl)
 
@@ -133,8 +133,7 @@ class FixedPointConv2d(_FixedPoint, nn.Conv2d):
 class FixedPointLinear(_FixedPoint, nn.Linear):
     """Linear with ``(bits, w_fl)`` fixed-point weights and ``(bits, a_fl)`` input data."""
 
-    def __init__(self, *args: Any, bits: int = 8, w_fl: int = 0, a_fl: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, bits: int = 8, w_fl: int = 0, a_fl: int | None = None, **kwargs: Any) -> None:
         nn.Linear.__init__(self, *args, **kwargs)
         self._init_fixed(bits, w_fl, a_fl)
 
@@ -151,8 +150,17 @@ def _fixed_layer(layer: nn.Module, bits: int, w_fl: int) -> _FixedPoint:
     kw: dict[str, Any] = {"device": w.device, "dtype": w.dtype, "bits": bits, "w_fl": w_fl}
     if type(layer) is nn.Conv2d:
         q: nn.Module = FixedPointConv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, **kw)
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            layer.bias is not None,
+            layer.padding_mode,
+            **kw,
+        )
     else:
         q = FixedPointLinear(layer.in_features, layer.out_features, layer.bias is not None, **kw)
     q.load_state_dict(layer.state_dict())
@@ -164,8 +172,7 @@ def _layer_inputs(model: nn.Module, names: list[str], batches: list[Tensor]) -> 
     """The tensors entering each named layer, one per calibration batch."""
     seen: dict[str, list[Tensor]] = {n: [] for n in names}
     handles = [
-        model.get_submodule(n).register_forward_pre_hook(
-            lambda _m, args, n=n: seen[n].append(args[0].detach()))
+        model.get_submodule(n).register_forward_pre_hook(lambda _m, args, n=n: seen[n].append(args[0].detach()))
         for n in names
     ]
     try:
@@ -180,8 +187,9 @@ def _layer_inputs(model: nn.Module, names: list[str], batches: list[Tensor]) -> 
 
 def _check_bits(bits: Any, where: str) -> int:
     if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise CompressError(f"{where}: fixed-point bit width must be an integer from {MIN_BITS} to "
-                          f"{MAX_BITS}, got {bits!r}")
+        raise CompressError(
+            f"{where}: fixed-point bit width must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}"
+        )
     return bits
 
 
@@ -206,17 +214,14 @@ def quantize(
     sel = parse(select)
     batches = list(as_calibration(calib_batches, num_batches, what="fixed-point quantization").batches())
     qmodel = copy.deepcopy(model).eval()
-    layers = select_plain(qmodel, sel, "fixed-point quantization",
-                          "already quantized layers are not quantized again")
+    layers = select_plain(qmodel, sel, "fixed-point quantization", "already quantized layers are not quantized again")
     names = [n for n, _ in layers]
-    widths = {n: _check_bits(layer_params(sel, n, {"bits": bits})["bits"], f"layer '{n}' bits")
-              for n in names}
+    widths = {n: _check_bits(layer_params(sel, n, {"bits": bits})["bits"], f"layer '{n}' bits") for n in names}
     refs = _layer_inputs(qmodel, names, batches)
 
     if mode == "static":
         w_fl = _shared_fl([m.weight.detach() for _, m in layers], [widths[n] for n in names])
-        a_fl = _shared_fl([torch.cat([r.flatten() for r in refs[n]]) for n in names],
-                          [widths[n] for n in names])
+        a_fl = _shared_fl([torch.cat([r.flatten() for r in refs[n]]) for n in names], [widths[n] for n in names])
         for name, layer in layers:
             q = _fixed_layer(layer, widths[name], w_fl)
             q.a_fl = a_fl
@@ -249,12 +254,17 @@ def _shared_fl(tensors: list[Tensor], widths: list[int]) -> int:
     """One fl for all ``tensors`` (each at its own width) minimising the summed error."""
     amax = max(float(t.abs().max()) for t in tensors)
     cands = fl_candidates(amax, min(widths))
-    errs = {fl: sum(fixed_error(t, t, b, fl) for t, b in zip(tensors, widths, strict=True))
-            for fl in range(cands.start, cands.stop + max(widths) - min(widths))}
+    errs = {
+        fl: sum(fixed_error(t, t, b, fl) for t, b in zip(tensors, widths, strict=True))
+        for fl in range(cands.start, cands.stop + max(widths) - min(widths))
+    }
     return min(errs, key=lambda fl: (errs[fl], -fl))
 
 
 def formats(model: nn.Module) -> dict[str, dict[str, int | None]]:
     """``{layer name: {"bits", "w_fl", "a_fl"}}`` for every fixed-point layer (for reports)."""
-    return {n: {"bits": m.bits, "w_fl": m.w_fl, "a_fl": m.a_fl}
-            for n, m in model.named_modules() if isinstance(m, _FixedPoint)}
+    return {
+        n: {"bits": m.bits, "w_fl": m.w_fl, "a_fl": m.a_fl}
+        for n, m in model.named_modules()
+        if isinstance(m, _FixedPoint)
+    }

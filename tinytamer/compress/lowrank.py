@@ -78,13 +78,13 @@ class LayerReport:
     """What happened to one selected layer."""
 
     name: str
-    kind: str                   # "conv" or "linear"
-    full_rank: int              # output channels / features (d)
-    break_even: int             # a rank at or above this saves no MACs
+    kind: str  # "conv" or "linear"
+    full_rank: int  # output channels / features (d)
+    break_even: int  # a rank at or above this saves no MACs
     macs_before: int
     macs_after: int
-    rank: int | None = None     # None: left as it was (see ``skipped``)
-    relu: bool = False          # the objective rectifies the responses (Sec. 3.2)
+    rank: int | None = None  # None: left as it was (see ``skipped``)
+    relu: bool = False  # the objective rectifies the responses (Sec. 3.2)
     bn_folded: str | None = None
     error: float | None = None  # relative response error on the calibration samples
     skipped: str | None = None
@@ -111,9 +111,15 @@ class LowRankResult:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able record (for metrics logs)."""
-        return {"method": self.method, "macs_before": self.macs_before, "macs_after": self.macs_after,
-                "macs_speedup": self.macs_speedup, "ranks": self.ranks,
-                "layers": [asdict(r) for r in self.layers], "notes": list(self.notes)}
+        return {
+            "method": self.method,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "macs_speedup": self.macs_speedup,
+            "ranks": self.ranks,
+            "layers": [asdict(r) for r in self.layers],
+            "notes": list(self.notes),
+        }
 
 
 # -- response solvers (Sec. 3.1-3.3) ----------------------------------------------------------
@@ -155,8 +161,16 @@ def _objective(y: Tensor, y_hat: Tensor, f: tuple[Tensor, Tensor, Tensor], relu:
     return float(((y - pred) ** 2).sum())
 
 
-def solve_responses(y: Tensor, y_hat: Tensor | None, rank: int, *, relu: bool, nonlinear: bool = True,
-                    iters: int = 10, lam: tuple[float, float] = (0.01, 1.0)) -> Factors:
+def solve_responses(
+    y: Tensor,
+    y_hat: Tensor | None,
+    rank: int,
+    *,
+    relu: bool,
+    nonlinear: bool = True,
+    iters: int = 10,
+    lam: tuple[float, float] = (0.01, 1.0),
+) -> Factors:
     """Solve ``M = P Q^T`` (rank ``rank``) and ``b`` from sampled responses (n x d each).
 
     ``y`` are the original responses, ``y_hat`` those of the approximated network's inputs
@@ -190,9 +204,9 @@ def solve_responses(y: Tensor, y_hat: Tensor | None, rank: int, *, relu: bool, n
 
     def m_step(z: Tensor, warm: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         z_mean = z.mean(0)
-        cross = (z - z_mean).T @ centered / n                     # S_zy
-        m_ols = torch.cholesky_solve(cross.T, chol).T              # S_zy S_yy^-1
-        gram = m_ols @ cross.T                                     # S_zy S_yy^-1 S_yz
+        cross = (z - z_mean).T @ centered / n  # S_zy
+        m_ols = torch.cholesky_solve(cross.T, chol).T  # S_zy S_yy^-1
+        gram = m_ols @ cross.T  # S_zy S_yy^-1 S_yz
         U = _top_eigvecs(gram, rank) if warm is None else _refine_eigvecs(gram, warm)
         Qt = U.T @ m_ols
         return U, Qt, z_mean - U @ (Qt @ mean_hat)
@@ -224,9 +238,9 @@ class RankCandidate:
     """A layer the greedy selection may decompose."""
 
     name: str
-    energy: Tensor       # the spectrum, descending (PCA eigenvalues or squared singular values)
-    macs: int            # the layer as it is
-    macs_per_rank: int   # cost of one unit of rank once decomposed
+    energy: Tensor  # the spectrum, descending (PCA eigenvalues or squared singular values)
+    macs: int  # the layer as it is
+    macs_per_rank: int  # cost of one unit of rank once decomposed
 
     @property
     def max_rank(self) -> int:
@@ -273,9 +287,11 @@ def select_ranks(candidates: list[RankCandidate], budget: float) -> dict[str, in
     heapq.heapify(heap)
     while total > budget:
         if not heap:
-            raise ModelError(f"low-rank: the selected layers cannot get below {total:,} MACs, "
-                             f"but the target needs {budget:,.0f}: ask for a smaller speed-up "
-                             "or select more layers")
+            raise ModelError(
+                f"low-rank: the selected layers cannot get below {total:,} MACs, "
+                f"but the target needs {budget:,.0f}: ask for a smaller speed-up "
+                "or select more layers"
+            )
         _, _, name, nxt = heapq.heappop(heap)
         total += state(name, nxt)[1] - state(name, ranks[name])[1]
         ranks[name] = nxt
@@ -293,14 +309,14 @@ class _Layer:
     module: nn.Module
     kind: str = ""
     calls: int = 0
-    positions: int = 0   # output positions per sample (H*W for a conv)
+    positions: int = 0  # output positions per sample (H*W for a conv)
     macs: int = 0
     per_rank: int = 0
     bn: str | None = None
     relu: bool = False
     skipped: str | None = None
-    idx: list[Tensor] = field(default_factory=list)   # sampled positions, per batch
-    y: list[Tensor] = field(default_factory=list)     # sampled responses, per batch
+    idx: list[Tensor] = field(default_factory=list)  # sampled positions, per batch
+    y: list[Tensor] = field(default_factory=list)  # sampled responses, per batch
 
 
 def _is_relu(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
@@ -316,8 +332,10 @@ def _graph_roles(model: nn.Module, layers: dict[str, _Layer], notes: list[str]) 
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:  # tracing fails on data-dependent control flow, among others
-        notes.append(f"model could not be traced with torch.fx ({type(exc).__name__}); BatchNorms "
-                     "are not folded and every response is treated as linear")
+        notes.append(
+            f"model could not be traced with torch.fx ({type(exc).__name__}); BatchNorms "
+            "are not folded and every response is treated as linear"
+        )
         return
     modules = dict(model.named_modules())
     calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
@@ -329,8 +347,7 @@ def _graph_roles(model: nn.Module, layers: dict[str, _Layer], notes: list[str]) 
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module":
             bn = modules.get(str(users[0].target))
-            if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None \
-                    and calls[str(users[0].target)] == 1:
+            if isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and calls[str(users[0].target)] == 1:
                 layer.bn, out = str(users[0].target), users[0]
         users = list(out.users)
         layer.relu = len(users) == 1 and _is_relu(users[0], modules)
@@ -373,13 +390,21 @@ def _batches(calib: Calibration | Iterable[Any]) -> list[Tensor]:
     out = list(as_calibration(calib, what="low-rank").batches())
     for x in out:
         if not isinstance(x, Tensor):
-            raise DataError(f"low-rank: calibration batches must be tensors or (input, label) pairs, "
-                            f"got {type(x).__name__}")
+            raise DataError(
+                f"low-rank: calibration batches must be tensors or (input, label) pairs, got {type(x).__name__}"
+            )
     return out
 
 
-def _profile(model: nn.Module, layers: dict[str, _Layer], batches: list[Tensor], *, collect: bool,
-             samples: int, gen: torch.Generator) -> list[str]:
+def _profile(
+    model: nn.Module,
+    layers: dict[str, _Layer],
+    batches: list[Tensor],
+    *,
+    collect: bool,
+    samples: int,
+    gen: torch.Generator,
+) -> list[str]:
     """One pass over the calibration data: shapes, call counts, sampled responses; call order."""
     order: list[str] = []
 
@@ -454,8 +479,16 @@ def _total_macs(model: nn.Module, x: Tensor) -> int:
 def _conv_pair(conv: nn.Conv2d, first: Tensor, second: Tensor, bias: Tensor) -> nn.Sequential:
     """``Conv2d(c, d', k)`` (no bias) then ``Conv2d(d', d, 1)`` with the given weights."""
     r = first.shape[0]
-    head = nn.Conv2d(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                     bias=False, padding_mode=conv.padding_mode)
+    head = nn.Conv2d(
+        conv.in_channels,
+        r,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=False,
+        padding_mode=conv.padding_mode,
+    )
     tail = nn.Conv2d(r, conv.out_channels, 1)
     like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
     with torch.no_grad():
@@ -516,13 +549,15 @@ def _layer_costs(layer: _Layer) -> None:
         layer.per_rank = (m.in_features + m.out_features) * layer.positions
 
 
-def _requested_ranks(layers: dict[str, _Layer], ranks: Mapping[str, int] | None,
-                     select: Selector | dict | None) -> dict[str, int]:
+def _requested_ranks(
+    layers: dict[str, _Layer], ranks: Mapping[str, int] | None, select: Selector | dict | None
+) -> dict[str, int]:
     ranks = dict(ranks or {})
     unknown = sorted(set(ranks) - set(layers))
     if unknown:
-        raise ModelError(f"low-rank: ranks names {unknown}, which the layer selector did not pick "
-                         f"(selected: {', '.join(layers)})")
+        raise ModelError(
+            f"low-rank: ranks names {unknown}, which the layer selector did not pick (selected: {', '.join(layers)})"
+        )
     out = {}
     for name in layers:
         rank = layer_params(select, name, {"rank": ranks.get(name)})["rank"]
@@ -542,10 +577,18 @@ def _override_ranks(select: Selector | dict | None) -> bool:
     return any("rank" in v for v in overrides.values())
 
 
-def approximate(model: nn.Module, calib_batches: Calibration | Iterable[Any], *, speedup: float | None = None,
-                ranks: Mapping[str, int] | None = None, method: Method = "nonlinear-asymmetric",
-                select: Selector | dict | None = None, samples_per_batch: int = 512, iters: int = 10,
-                seed: int = 0) -> LowRankResult:
+def approximate(
+    model: nn.Module,
+    calib_batches: Calibration | Iterable[Any],
+    *,
+    speedup: float | None = None,
+    ranks: Mapping[str, int] | None = None,
+    method: Method = "nonlinear-asymmetric",
+    select: Selector | dict | None = None,
+    samples_per_batch: int = 512,
+    iters: int = 10,
+    seed: int = 0,
+) -> LowRankResult:
     """Replace the selected conv / linear layers of a copy of ``model`` by low-rank pairs.
 
     ``calib_batches``: a Calibration, or input tensors or ``(input, label)`` pairs (kept in memory; the
@@ -562,8 +605,7 @@ def approximate(model: nn.Module, calib_batches: Calibration | Iterable[Any], *,
     if speedup is not None and not speedup > 1:
         raise RecipeError(f"low-rank: speedup must be > 1, got {speedup}")
     if samples_per_batch < 1 or iters < 0:
-        raise RecipeError(f"low-rank: samples_per_batch must be >= 1 and iters >= 0 "
-                          f"(got {samples_per_batch}, {iters})")
+        raise RecipeError(f"low-rank: samples_per_batch must be >= 1 and iters >= 0 (got {samples_per_batch}, {iters})")
     batches = _batches(calib_batches)
     was_training = model.training
     work = copy.deepcopy(model).eval()
@@ -593,11 +635,14 @@ def approximate(model: nn.Module, calib_batches: Calibration | Iterable[Any], *,
         others -= sum(layers[n].macs - r * layers[n].per_rank for n, r in chosen.items())
         floor = others + sum(min(layers[n].macs, layers[n].per_rank) for n in pool)
         if floor > macs_before / speedup:
-            raise ModelError(f"low-rank: speedup {speedup:g} is out of reach: at rank 1 in every selected "
-                             f"layer the model still needs {floor:,} of {macs_before:,} MACs (at most "
-                             f"{macs_before / floor:.2f}x); select more layers or ask for less")
-        candidates = [RankCandidate(n, _spectrum(layers[n], work, data_driven), layers[n].macs,
-                                    layers[n].per_rank) for n in pool]
+            raise ModelError(
+                f"low-rank: speedup {speedup:g} is out of reach: at rank 1 in every selected "
+                f"layer the model still needs {floor:,} of {macs_before:,} MACs (at most "
+                f"{macs_before / floor:.2f}x); select more layers or ask for less"
+            )
+        candidates = [
+            RankCandidate(n, _spectrum(layers[n], work, data_driven), layers[n].macs, layers[n].per_rank) for n in pool
+        ]
         chosen.update(select_ranks(candidates, macs_before / speedup - others))
 
     reports: dict[str, LayerReport] = {}
@@ -605,8 +650,17 @@ def approximate(model: nn.Module, calib_batches: Calibration | Iterable[Any], *,
         layer = layers[name]
         be = math.ceil(layer.macs / layer.per_rank) if layer.per_rank else 0
         skipped = layer.skipped or (None if name in chosen else "not needed for the target speed-up")
-        reports[name] = LayerReport(name, layer.kind, _full_rank(layer.module), be, layer.macs, layer.macs,
-                                    relu=layer.relu, bn_folded=layer.bn, skipped=skipped)
+        reports[name] = LayerReport(
+            name,
+            layer.kind,
+            _full_rank(layer.module),
+            be,
+            layer.macs,
+            layer.macs,
+            relu=layer.relu,
+            bn_folded=layer.bn,
+            skipped=skipped,
+        )
 
     for name in order:  # forward order: Sec. 3.3 needs the earlier layers approximated first
         if name not in chosen:
@@ -624,8 +678,7 @@ def approximate(model: nn.Module, calib_batches: Calibration | Iterable[Any], *,
         if rep.rank is None:
             rep.bn_folded = None
     macs_after = _total_macs(work, batches[0][:1])
-    return LowRankResult(work.train(was_training), list(reports.values()), macs_before, macs_after, method,
-                         notes)
+    return LowRankResult(work.train(was_training), list(reports.values()), macs_before, macs_after, method, notes)
 
 
 def _full_rank(module: nn.Module) -> int:
@@ -644,8 +697,9 @@ def _spectrum(layer: _Layer, model: nn.Module, data_driven: bool) -> Tensor:
     return torch.linalg.svdvals(w.reshape(w.shape[0], -1)) ** 2
 
 
-def _decompose_conv(model: nn.Module, layer: _Layer, rank: int, method: str, batches: list[Tensor],
-                    iters: int, rep: LayerReport) -> nn.Sequential:
+def _decompose_conv(
+    model: nn.Module, layer: _Layer, rank: int, method: str, batches: list[Tensor], iters: int, rep: LayerReport
+) -> nn.Sequential:
     w, b = _folded(layer, model)
     flat = w.reshape(w.shape[0], -1)
     if method == "svd":
@@ -662,10 +716,27 @@ def _decompose_conv(model: nn.Module, layer: _Layer, rank: int, method: str, bat
     return _conv_pair(layer.module, f.Qt @ flat, f.P, f.P @ (f.Qt @ b) + f.b)
 
 
-def decompose(model: nn.Module, calib_batches: Calibration | Iterable[Any], *, speedup: float | None = None,
-              ranks: Mapping[str, int] | None = None, method: Method = "nonlinear-asymmetric",
-              select: Selector | dict | None = None, samples_per_batch: int = 512, iters: int = 10,
-              seed: int = 0) -> nn.Module:
+def decompose(
+    model: nn.Module,
+    calib_batches: Calibration | Iterable[Any],
+    *,
+    speedup: float | None = None,
+    ranks: Mapping[str, int] | None = None,
+    method: Method = "nonlinear-asymmetric",
+    select: Selector | dict | None = None,
+    samples_per_batch: int = 512,
+    iters: int = 10,
+    seed: int = 0,
+) -> nn.Module:
     """:func:`approximate`, returning only the new model."""
-    return approximate(model, calib_batches, speedup=speedup, ranks=ranks, method=method, select=select,
-                       samples_per_batch=samples_per_batch, iters=iters, seed=seed).model
+    return approximate(
+        model,
+        calib_batches,
+        speedup=speedup,
+        ranks=ranks,
+        method=method,
+        select=select,
+        samples_per_batch=samples_per_batch,
+        iters=iters,
+        seed=seed,
+    ).model

@@ -79,8 +79,7 @@ class PruneResult:
             "physical": self.physical,
             "sparsity": self.sparsity,
             "layers": {
-                name: {"numel": s.numel, "zeros": s.zeros, "sparsity": s.sparsity,
-                       "threshold": s.threshold}
+                name: {"numel": s.numel, "zeros": s.zeros, "sparsity": s.sparsity, "threshold": s.threshold}
                 for name, s in self.layers.items()
             },
         }
@@ -200,8 +199,11 @@ def iterative(
     result = PruneResult()
     for r in range(1, rounds + 1):
         frac = r / rounds
-        step = ({k: _step(key, v, frac) for k, v in final.items()}
-                if isinstance(final, Mapping) else _step(key, final, frac))
+        step = (
+            {k: _step(key, v, frac) for k, v in final.items()}
+            if isinstance(final, Mapping)
+            else _step(key, final, frac)
+        )
         sel = _scaled_overrides(select, key, frac)
         if threshold_mode == "std":
             result = magnitude(model, select=sel, threshold_mode="std", quality=step)
@@ -226,8 +228,10 @@ def _scaled_overrides(select: Selector | dict | None, key: str, frac: float) -> 
     if select is None:
         return None
     sel = parse_selector(select)
-    overrides = {pattern: {**values, **({key: _step(key, values[key], frac)} if key in values else {})}
-                 for pattern, values in sel.overrides.items()}
+    overrides = {
+        pattern: {**values, **({key: _step(key, values[key], frac)} if key in values else {})}
+        for pattern, values in sel.overrides.items()
+    }
     return sel.model_copy(update={"overrides": overrides})
 
 
@@ -254,8 +258,7 @@ class AGPSchedule(pydantic.BaseModel, extra="forbid"):
         return self
 
     def is_pruning_step(self, t: int) -> bool:
-        return self.start <= t <= self.end and ((t - self.start) % self.frequency == 0
-                                                or t == self.end)
+        return self.start <= t <= self.end and ((t - self.start) % self.frequency == 0 or t == self.end)
 
     def sparsity_at(self, t: int, final: float | None = None) -> float:
         """Target at iteration ``t``: held from the last pruning step; 0 before ``start``.
@@ -293,8 +296,7 @@ class GradualPruner(TrainHook):
         select: Selector | dict | None = None,
     ) -> None:
         self.schedule = schedule
-        targets = _layer_targets(model, schedule.final if sparsity is None else sparsity,
-                                 select, "sparsity")
+        targets = _layer_targets(model, schedule.final if sparsity is None else sparsity, select, "sparsity")
         self.finals = {name: target for name, (_, target) in targets.items()}
         self.last_step: int | None = None
         # All-ones masks from the start: the optimizer, the state dict and any snapshot

@@ -29,15 +29,17 @@ class Selector(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    types: list[str] = Field(default_factory=lambda: ["Conv2d", "Linear"],
-                             description="module class names (subclasses match by their bases)")
+    types: list[str] = Field(
+        default_factory=lambda: ["Conv2d", "Linear"], description="module class names (subclasses match by their bases)"
+    )
     names: list[str] = Field(default_factory=list, description="only these qualified layer names")
     regex: list[str] = Field(default_factory=list, description="only names matching a regex")
     exclude: list[str] = Field(default_factory=list, description="names or regexes to leave out")
     exclude_first: bool = Field(False, description="leave out the first selected layer")
     exclude_last: bool = Field(False, description="leave out the last selected layer")
     overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="name or regex -> the method's parameters for it")
+        default_factory=dict, description="name or regex -> the method's parameters for it"
+    )
 
 
 def parse(selector: Selector | dict | None) -> Selector:
@@ -50,9 +52,7 @@ def parse(selector: Selector | dict | None) -> Selector:
         return Selector.model_validate(selector)
     except ValidationError as exc:
         allowed = ", ".join(Selector.model_fields)
-        problems = "; ".join(
-            f"select.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"select.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise CompressError(f"invalid layer selector: {problems} (allowed keys: {allowed})") from None
 
 
@@ -101,8 +101,9 @@ def select(model: nn.Module, selector: Selector | dict | None = None) -> list[tu
     return chosen
 
 
-def select_plain(model: nn.Module, selector: Selector | dict | None, method: str,
-                 why_none: str | None = None) -> list[tuple[str, nn.Module]]:
+def select_plain(
+    model: nn.Module, selector: Selector | dict | None, method: str, why_none: str | None = None
+) -> list[tuple[str, nn.Module]]:
     """The picked layers that are exactly ``nn.Conv2d`` or ``nn.Linear``.
 
     Subclasses are left out: they are layers a method has already replaced (fake-quantized,

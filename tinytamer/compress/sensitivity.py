@@ -37,14 +37,14 @@ class SensitivityResult:
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline,
-                "curves": {n: [[s, a] for s, a in c] for n, c in self.curves.items()}}
+        return {"baseline": self.baseline, "curves": {n: [[s, a] for s, a in c] for n, c in self.curves.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "sensitivity result") -> SensitivityResult:
         try:
-            return cls(float(data["baseline"]),
-                       {n: [(float(s), float(a)) for s, a in c] for n, c in data["curves"].items()})
+            return cls(
+                float(data["baseline"]), {n: [(float(s), float(a)) for s, a in c] for n, c in data["curves"].items()}
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{source}: not a sensitivity result ({exc!r})") from None
 

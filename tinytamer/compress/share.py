@@ -82,8 +82,9 @@ def init_centroids(values: np.ndarray, k: int, init: Init = "linear", seed: int 
     raise ValueError(f"unknown centroid initialization '{init}' (use linear, density or random)")
 
 
-def lloyd_1d(values: np.ndarray, centroids: np.ndarray, max_iter: int = 300,
-             tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def lloyd_1d(
+    values: np.ndarray, centroids: np.ndarray, max_iter: int = 300, tol: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """1-D k-means from ``centroids``; returns (centroids, label of each value).
 
     A centroid whose cluster empties keeps its position (it stays in the
@@ -114,8 +115,7 @@ def _default_bits(module: nn.Module, conv_bits: int, linear_bits: int) -> int:
     return linear_bits if isinstance(module, nn.Linear) else conv_bits
 
 
-def share_layer(module: nn.Module, bits: int, init: Init = "linear", seed: int = 0,
-                name: str = "layer") -> None:
+def share_layer(module: nn.Module, bits: int, init: Init = "linear", seed: int = 0, name: str = "layer") -> None:
     """Replace ``module.weight`` by a k-means codebook (in place): ``2**bits`` values, zero included.
 
     A pruned layer gets ``2**bits - 1`` non-zero centroids, so that with its zero
@@ -144,13 +144,19 @@ def share_layer(module: nn.Module, bits: int, init: Init = "linear", seed: int =
     # is the parameter optimizers see; unsafe: its shape differs from the weight's.
     del module.weight
     module.weight = nn.Parameter(codebook)
-    parametrize.register_parametrization(
-        module, "weight", SharedWeight(index.to(weight.device), mask), unsafe=True)
+    parametrize.register_parametrization(module, "weight", SharedWeight(index.to(weight.device), mask), unsafe=True)
 
 
-def kmeans(model: nn.Module, *, bits: int | None = None, select: Selector | dict | None = None,
-           init: Init = "linear", conv_bits: int = 8, linear_bits: int = 5,
-           seed: int = 0) -> nn.Module:
+def kmeans(
+    model: nn.Module,
+    *,
+    bits: int | None = None,
+    select: Selector | dict | None = None,
+    init: Init = "linear",
+    conv_bits: int = 8,
+    linear_bits: int = 5,
+    seed: int = 0,
+) -> nn.Module:
     """Share the weights of the selected layers by per-layer k-means (in place; returns ``model``).
 
     ``bits`` sets every layer's codebook to ``2**bits`` values (zero counts as one in a
@@ -161,13 +167,13 @@ def kmeans(model: nn.Module, *, bits: int | None = None, select: Selector | dict
     :func:`finalize`.
     """
     for name, module in _select(model, select):
-        defaults = {"bits": bits if bits is not None else _default_bits(module, conv_bits, linear_bits),
-                    "init": init}
+        defaults = {"bits": bits if bits is not None else _default_bits(module, conv_bits, linear_bits), "init": init}
         params = layer_params(select, name, defaults)
         unknown = sorted(set(params) - set(defaults))
         if unknown:
-            raise RecipeError(f"kmeans: the override for layer '{name}' has unknown key(s) "
-                              f"{unknown} (allowed: bits, init)")
+            raise RecipeError(
+                f"kmeans: the override for layer '{name}' has unknown key(s) {unknown} (allowed: bits, init)"
+            )
         share_layer(module, int(params["bits"]), params["init"], seed, name)
     return model
 
@@ -183,9 +189,9 @@ def _select(model: nn.Module, selector: Selector | dict | None) -> list[tuple[st
 def shared_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers whose weight is currently a k-means codebook."""
     return {
-        name: m for name, m in model.named_modules()
-        if parametrize.is_parametrized(m, "weight")
-        and isinstance(m.parametrizations.weight[0], SharedWeight)
+        name: m
+        for name, m in model.named_modules()
+        if parametrize.is_parametrized(m, "weight") and isinstance(m.parametrizations.weight[0], SharedWeight)
     }
 
 

@@ -110,9 +110,18 @@ def _swap(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
     w = layer.weight
     kw: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
     if isinstance(layer, nn.Conv2d):
-        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                  layer.padding, layer.dilation, layer.groups, layer.bias is not None,
-                  layer.padding_mode, **kw)
+        new = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            layer.bias is not None,
+            layer.padding_mode,
+            **kw,
+        )
     else:
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, **kw)
     with torch.no_grad():
@@ -130,8 +139,7 @@ def ternarize(model: nn.Module, t: float = 0.05, select: Selector | dict | None 
     the Solver (``wp`` / ``wn`` are parameters), then call :func:`finalize`.
     """
     sel = parse(select if select is not None else {"exclude_first": True, "exclude_last": True})
-    chosen = select_plain(model, sel, "ttq",
-                          "with the default selector a model needs at least three such layers")
+    chosen = select_plain(model, sel, "ttq", "with the default selector a model needs at least three such layers")
     for name, layer in chosen:
         lt = layer_params(sel, name, {"t": t})["t"]
         if not isinstance(lt, int | float) or not 0 <= lt < 1:
@@ -160,6 +168,10 @@ def ternary_layers(model: nn.Module) -> dict[str, dict[str, float]]:
     for name, m in model.named_modules():
         if isinstance(m, _Ternary):
             pos, neg = ternary_masks(m.weight, m.t)
-            out[name] = {"wp": float(m.wp.detach()), "wn": float(m.wn.detach()), "t": m.t,
-                         "sparsity": 1.0 - float((pos + neg).mean())}
+            out[name] = {
+                "wp": float(m.wp.detach()),
+                "wn": float(m.wn.detach()),
+                "t": m.t,
+                "sparsity": 1.0 - float((pos + neg).mean()),
+            }
     return out

@@ -15,13 +15,9 @@ class ArrayDataset(Dataset):
     ``images`` and ``labels`` stay public so evaluation code can read them in bulk.
     """
 
-    def __init__(
-        self, images: np.ndarray, labels: np.ndarray, transform: Transform | None = None
-    ) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Transform | None = None) -> None:
         if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}"
-            )
+            raise ValueError(f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         # torch.from_numpy warns on read-only arrays (np.frombuffer gives them); own a copy.
@@ -62,9 +58,7 @@ def split_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     take = np.floor(quota).astype(np.int64)
     take[np.argsort(-(quota - take), kind="stable")[: k - int(take.sum())]] += 1
     rng = np.random.default_rng(seed)
-    held = np.sort(np.concatenate(
-        [rng.permutation(np.flatnonzero(inverse == c))[:t] for c, t in enumerate(take)]
-    ))
+    held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[:t] for c, t in enumerate(take)]))
     return np.setdiff1d(idx, held, assume_unique=True), held
 
 

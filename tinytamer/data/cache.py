@@ -26,8 +26,9 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create the data cache folder {root} ({e}); "
-                        "pass cache_dir= or set TINYTAMER_CACHE") from e
+        raise DataError(
+            f"cannot create the data cache folder {root} ({e}); pass cache_dir= or set TINYTAMER_CACHE"
+        ) from e
     return root
 
 

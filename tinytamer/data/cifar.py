@@ -25,7 +25,16 @@ from tinytamer.errors import DataError
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -79,8 +88,7 @@ def load_pickle_safely(data: bytes, name: str) -> Any:
     """
     try:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
         raise DataError(f"{name}: not a valid CIFAR batch pickle ({e})") from e
 
 
@@ -92,21 +100,19 @@ def read_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     """One batch file as ``uint8 N x 32 x 32 x 3`` images and int64 labels."""
     obj = load_pickle_safely(data, name)
     if not isinstance(obj, dict):
-        raise DataError(f"{name}: expected a dict with 'data' and 'labels', found "
-                        f"{type(obj).__name__}")
+        raise DataError(f"{name}: expected a dict with 'data' and 'labels', found {type(obj).__name__}")
     batch = _str_keys(obj)
     missing = [k for k in ("data", "labels") if k not in batch]
     if missing:
-        raise DataError(f"{name}: CIFAR batch is missing key(s) {missing}; found "
-                        f"{sorted(batch)}")
+        raise DataError(f"{name}: CIFAR batch is missing key(s) {missing}; found {sorted(batch)}")
     images = np.asarray(batch["data"])
     labels = np.asarray(batch["labels"])
     if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{name}: 'data' is {images.dtype} {images.shape}, expected uint8 "
-                        "N x 3072 (3 x 32 x 32 planes)")
+        raise DataError(
+            f"{name}: 'data' is {images.dtype} {images.shape}, expected uint8 N x 3072 (3 x 32 x 32 planes)"
+        )
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{name}: 'labels' must be a list of integers, found {labels.dtype} "
-                        f"{labels.shape}")
+        raise DataError(f"{name}: 'labels' must be a list of integers, found {labels.dtype} {labels.shape}")
     if len(labels) != len(images):
         raise DataError(f"{name}: {len(labels)} labels but {len(images)} images")
     images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -118,14 +124,15 @@ def parse_batches(blobs: dict[str, bytes], where: str) -> tuple[list[str], Image
     expected = [*TRAIN_BATCHES, TEST_BATCH]
     missing = [f for f in expected if f not in blobs]
     if missing:
-        raise DataError(f"{where}: missing CIFAR-10 batch file(s) {', '.join(missing)}; "
-                        f"expected {', '.join(expected)} (and optionally {META_FILE})")
+        raise DataError(
+            f"{where}: missing CIFAR-10 batch file(s) {', '.join(missing)}; "
+            f"expected {', '.join(expected)} (and optionally {META_FILE})"
+        )
     parts = [read_batch(blobs[f], f"{where}/{f}") for f in TRAIN_BATCHES]
-    train = ImageSplit(np.concatenate([p[0] for p in parts]),
-                       np.concatenate([p[1] for p in parts]),
-                       f"{where}/data_batch_[1-5]")
-    test = ImageSplit(*read_batch(blobs[TEST_BATCH], f"{where}/{TEST_BATCH}"),
-                      f"{where}/{TEST_BATCH}")
+    train = ImageSplit(
+        np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), f"{where}/data_batch_[1-5]"
+    )
+    test = ImageSplit(*read_batch(blobs[TEST_BATCH], f"{where}/{TEST_BATCH}"), f"{where}/{TEST_BATCH}")
     class_names = CIFAR10_CLASSES
     if META_FILE in blobs:
         meta = load_pickle_safely(blobs[META_FILE], f"{where}/{META_FILE}")
@@ -201,8 +208,7 @@ def load_cifar10(
     CIFAR-10 normalization.
     """
     if root is None:
-        raise DataError("dataset 'cifar10' needs root=<cifar-10-batches-py folder, image "
-                        "folder tree or .tar.gz>")
+        raise DataError("dataset 'cifar10' needs root=<cifar-10-batches-py folder, image folder tree or .tar.gz>")
     if not root.exists():
         raise DataError(f"dataset 'cifar10': root {root} does not exist")
     val = None

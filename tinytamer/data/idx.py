@@ -32,8 +32,16 @@ _FILES = {
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -62,12 +70,16 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
             header = f.read(header_len)
             if len(header) < header_len:
-                raise DataError(f"{path}: truncated idx file: expected at least a {header_len}-byte "
-                                f"header, found {len(header)} bytes")
+                raise DataError(
+                    f"{path}: truncated idx file: expected at least a {header_len}-byte "
+                    f"header, found {len(header)} bytes"
+                )
             found, *dims = struct.unpack(f">{1 + ndim}i", header)
             if found != magic:
-                raise DataError(f"{path}: wrong idx magic number: found {found}, expected {magic} "
-                                f"({'images' if magic == IMAGES_MAGIC else 'labels'})")
+                raise DataError(
+                    f"{path}: wrong idx magic number: found {found}, expected {magic} "
+                    f"({'images' if magic == IMAGES_MAGIC else 'labels'})"
+                )
             if min(dims) < 0 or (ndim == 3 and min(dims[1:]) == 0):
                 raise DataError(f"{path}: invalid idx dimensions {tuple(dims)}")
             size = math.prod(dims)
@@ -76,7 +88,8 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
                     f"{path}: the idx header declares {tuple(dims)} = {size:,} bytes, over "
                     f"{MAX_GZIP_RATIO}x the {on_disk:,}-byte gzip file: no real image data "
                     "compresses that well (a corrupt header or a gzip bomb); if it is genuine, "
-                    "gunzip it and point root at the raw file")
+                    "gunzip it and point root at the raw file"
+                )
             if not gzipped and on_disk != header_len + size:
                 raise _size_error(path, dims, header_len + size, on_disk)
             payload = f.read(size + 1)
@@ -93,8 +106,7 @@ def _size_error(path: Path, dims: list[int], expected: int, found: int) -> DataE
         what, seen = "truncated", f"{found}" + (" decompressed" if path.suffix == ".gz" else "")
     else:
         what, seen = "oversized", f"{found}" if path.suffix != ".gz" else "more (reading stopped there)"
-    return DataError(f"{path}: {what} idx file: header says {tuple(dims)}, so expected "
-                     f"{expected} bytes, found {seen}")
+    return DataError(f"{path}: {what} idx file: header says {tuple(dims)}, so expected {expected} bytes, found {seen}")
 
 
 def read_idx_split(root: Path, split: str) -> ImageSplit:
@@ -105,19 +117,27 @@ def read_idx_split(root: Path, split: str) -> ImageSplit:
     images = read_idx(img_path, IMAGES_MAGIC)
     labels = read_idx(lbl_path, LABELS_MAGIC)
     if len(images) != len(labels):
-        raise DataError(f"label count does not match image count: {len(labels)} labels in "
-                        f"{lbl_path}, {len(images)} images in {img_path}")
+        raise DataError(
+            f"label count does not match image count: {len(labels)} labels in "
+            f"{lbl_path}, {len(images)} images in {img_path}"
+        )
     return ImageSplit(images[..., None], labels.astype(np.int64), f"{img_path} / {lbl_path}")
 
 
 def _load(
-    name: str, root: Path | None, class_names: list[str], mean: tuple[float, ...],
-    std: tuple[float, ...], size: int | None, augment: bool, val_fraction: float, seed: int,
+    name: str,
+    root: Path | None,
+    class_names: list[str],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    size: int | None,
+    augment: bool,
+    val_fraction: float,
+    seed: int,
     limit: int | None,
 ) -> DatasetBundle:
     if root is None:
-        raise DataError(f"dataset '{name}' needs root=<folder with the idx files "
-                        "train-images-idx3-ubyte[.gz], ...>")
+        raise DataError(f"dataset '{name}' needs root=<folder with the idx files train-images-idx3-ubyte[.gz], ...>")
     if not root.is_dir():
         raise DataError(f"dataset '{name}': root folder {root} does not exist")
     return build_image_bundle(
@@ -138,19 +158,33 @@ def _load(
 
 @register_dataset("mnist")
 def load_mnist(
-    root: Path | None, *, size: int | None, augment: bool, val_fraction: float, seed: int,
-    limit: int | None, cache_dir: str | Path | None,
+    root: Path | None,
+    *,
+    size: int | None,
+    augment: bool,
+    val_fraction: float,
+    seed: int,
+    limit: int | None,
+    cache_dir: str | Path | None,
 ) -> DatasetBundle:
     """MNIST from ``root`` (idx files); the standard normalization 0.1307 / 0.3081."""
-    return _load("mnist", root, [str(i) for i in range(10)], MNIST_MEAN, MNIST_STD, size,
-                 augment, val_fraction, seed, limit)
+    return _load(
+        "mnist", root, [str(i) for i in range(10)], MNIST_MEAN, MNIST_STD, size, augment, val_fraction, seed, limit
+    )
 
 
 @register_dataset("fashion-mnist")
 def load_fashion_mnist(
-    root: Path | None, *, size: int | None, augment: bool, val_fraction: float, seed: int,
-    limit: int | None, cache_dir: str | Path | None,
+    root: Path | None,
+    *,
+    size: int | None,
+    augment: bool,
+    val_fraction: float,
+    seed: int,
+    limit: int | None,
+    cache_dir: str | Path | None,
 ) -> DatasetBundle:
     """Fashion-MNIST from ``root`` (idx files); the standard normalization 0.2860 / 0.3530."""
-    return _load("fashion-mnist", root, FASHION_CLASSES, FASHION_MEAN, FASHION_STD, size,
-                 augment, val_fraction, seed, limit)
+    return _load(
+        "fashion-mnist", root, FASHION_CLASSES, FASHION_MEAN, FASHION_STD, size, augment, val_fraction, seed, limit
+    )

@@ -34,7 +34,7 @@ IMAGE_EXTENSIONS = frozenset(
 SPLITS = ("train", "val", "test")
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
-_LAYOUT = ("train/<class>/<image> and test/<class>/<image> (optionally val/<class>/<image>)")
+_LAYOUT = "train/<class>/<image> and test/<class>/<image> (optionally val/<class>/<image>)"
 
 # found[split][class] = names of that class's images (file paths, or archive member names)
 Found = dict[str, dict[str, list[str]]]
@@ -81,12 +81,16 @@ def organize(found: Found, where: str) -> tuple[list[str], dict[str, list[tuple[
         labels: list[int] = []
         for cname in sorted(found[split]):
             if cname not in index:
-                raise DataError(f"{where}/{split}/{cname}: class '{cname}' is not among the "
-                                f"train classes ({', '.join(class_names)})")
+                raise DataError(
+                    f"{where}/{split}/{cname}: class '{cname}' is not among the "
+                    f"train classes ({', '.join(class_names)})"
+                )
             images = sorted(found[split][cname])
             if not images:
-                raise DataError(f"{where}/{split}/{cname}: empty class folder (no images with "
-                                f"extensions {', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise DataError(
+                    f"{where}/{split}/{cname}: empty class folder (no images with "
+                    f"extensions {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
             names += images
             labels += [index[cname]] * len(images)
         if not names:
@@ -108,8 +112,7 @@ def _decoding(intro: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda done: bar.update(task, completed=done)
 
 
-def decode_image(source: Path | IO[bytes], mode: str | None, size: int | None,
-                 name: str | None = None) -> np.ndarray:
+def decode_image(source: Path | IO[bytes], mode: str | None, size: int | None, name: str | None = None) -> np.ndarray:
     """One image as ``uint8 H x W x C``, resized to ``size`` x ``size`` if given.
 
     ``mode`` "L" or "RGB" converts; None keeps grey images grey and makes the rest RGB.
@@ -133,9 +136,11 @@ def stack_images(arrays: list[np.ndarray], names: list[str]) -> np.ndarray:
     out = np.empty((len(arrays), *first.shape), dtype=np.uint8)
     for i, (arr, name) in enumerate(zip(arrays, names, strict=True)):
         if arr.shape != first.shape:
-            raise DataError(f"{name}: image is {arr.shape[1]}x{arr.shape[0]}x{arr.shape[2]} but "
-                            f"{names[0]} is {first.shape[1]}x{first.shape[0]}x{first.shape[2]}; "
-                            "pass size= (and channels=) to make all images alike")
+            raise DataError(
+                f"{name}: image is {arr.shape[1]}x{arr.shape[0]}x{arr.shape[2]} but "
+                f"{names[0]} is {first.shape[1]}x{first.shape[0]}x{first.shape[2]}; "
+                "pass size= (and channels=) to make all images alike"
+            )
         out[i] = arr
     return out
 
@@ -146,18 +151,16 @@ def _mode(channels: int | None, where: object) -> str | None:
     return {1: "L", 3: "RGB"}.get(channels) if channels else None
 
 
-def _as_splits(
-    arrays: dict[str, np.ndarray], where: str
-) -> tuple[list[str], dict[str, ImageSplit]]:
+def _as_splits(arrays: dict[str, np.ndarray], where: str) -> tuple[list[str], dict[str, ImageSplit]]:
     splits = {
         s: ImageSplit(arrays[f"{s}_images"], arrays[f"{s}_labels"], f"{where}/{s}")
-        for s in SPLITS if f"{s}_images" in arrays
+        for s in SPLITS
+        if f"{s}_images" in arrays
     }
     return [str(c) for c in arrays["class_names"]], splits
 
 
-def _pack(class_names: list[str], images: dict[str, np.ndarray],
-          labels: dict[str, list[int]]) -> dict[str, np.ndarray]:
+def _pack(class_names: list[str], images: dict[str, np.ndarray], labels: dict[str, list[int]]) -> dict[str, np.ndarray]:
     arrays = {"class_names": np.array(class_names)}
     for split in images:
         arrays[f"{split}_images"] = images[split]
@@ -191,8 +194,7 @@ def scan_tree(tree: Path) -> tuple[Found, list[tuple[str, int, int]]]:
                         if is_image_name(e.name) and e.is_file():
                             st = e.stat()
                             files.append(e.path)
-                            stats.append((f"{split}/{cdir.name}/{e.name}", st.st_size,
-                                          st.st_mtime_ns))
+                            stats.append((f"{split}/{cdir.name}/{e.name}", st.st_size, st.st_mtime_ns))
     stats.sort()
     return found, stats
 
@@ -209,8 +211,7 @@ def load_tree(
     arrays = load_arrays(cache_file)
     if arrays is None:
         count = sum(len(items) for items in files.values())
-        with _decoding(f"decoding {count} images from {tree} (first time; cached after)",
-                       total=count) as report:
+        with _decoding(f"decoding {count} images from {tree} (first time; cached after)", total=count) as report:
             decoded: dict[str, list[np.ndarray]] = {s: [] for s in files}
             done = 0
             for s, items in files.items():
@@ -236,8 +237,9 @@ def _member_place(name: str) -> tuple[str, str, str] | None:
     return None
 
 
-def decode_archive(archive: Path, mode: str | None, size: int | None
-                   ) -> tuple[list[str], dict[str, np.ndarray], dict[str, list[int]]]:
+def decode_archive(
+    archive: Path, mode: str | None, size: int | None
+) -> tuple[list[str], dict[str, np.ndarray], dict[str, list[int]]]:
     """Decode every ``[prefix/]split/class/image`` member of a tar archive in one pass."""
     found: Found = {}
     decoded: dict[str, np.ndarray] = {}
@@ -246,8 +248,11 @@ def decode_archive(archive: Path, mode: str | None, size: int | None
     intro = f"decoding the images in {archive} ({total / 1e6:.0f} MB; first time; cached after)"
     try:
         # streaming: no seeks back in the gzip; progress is the compressed bytes read so far
-        with (_decoding(intro, total=total) as report, open(archive, "rb") as raw,
-              tarfile.open(fileobj=raw, mode="r|*") as tar):
+        with (
+            _decoding(intro, total=total) as report,
+            open(archive, "rb") as raw,
+            tarfile.open(fileobj=raw, mode="r|*") as tar,
+        ):
             for member in tar:
                 report(raw.tell())
                 if member.isdir():
@@ -267,14 +272,18 @@ def decode_archive(archive: Path, mode: str | None, size: int | None
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{archive}: cannot read the archive ({e})") from e
     if len(prefixes) > 1:
-        raise DataError(f"{archive}: images under several top folders "
-                        f"({', '.join(sorted(prefixes))}); expected one tree with {_LAYOUT}")
+        raise DataError(
+            f"{archive}: images under several top folders "
+            f"({', '.join(sorted(prefixes))}); expected one tree with {_LAYOUT}"
+        )
     where = f"{archive}:{next(iter(prefixes))}" if prefixes else str(archive)
     class_names, members = organize(found, where)
     every = _uniform_mode(mode, list(decoded.values()))
     decoded = dict(zip(decoded, every, strict=True))
-    images = {s: stack_images([decoded[m] for m, _ in items], [f"{archive}:{m}" for m, _ in items])
-              for s, items in members.items()}
+    images = {
+        s: stack_images([decoded[m] for m, _ in items], [f"{archive}:{m}" for m, _ in items])
+        for s, items in members.items()
+    }
     labels = {s: [lbl for _, lbl in items] for s, items in members.items()}
     return class_names, images, labels
 
@@ -285,8 +294,7 @@ def load_archive(
     """Decode (or read from the cache) an archive of an image folder tree."""
     mode = _mode(channels, archive)
     st = archive.stat()
-    key = digest("imagefolder-archive-v1", str(archive.resolve()), st.st_size, st.st_mtime_ns,
-                 channels, size)
+    key = digest("imagefolder-archive-v1", str(archive.resolve()), st.st_size, st.st_mtime_ns, channels, size)
     cache_file = cache_root(cache_dir) / f"imagefolder-{archive.name.split('.')[0]}-{key}.npz"
     arrays = load_arrays(cache_file)
     if arrays is None:
@@ -303,8 +311,7 @@ def load_images(
         return load_archive(root, size=size, channels=channels, cache_dir=cache_dir)
     tree = find_tree(root) if root.is_dir() else None
     if tree is None:
-        raise DataError(f"{root}: no image folder layout found; expected {_LAYOUT} inside "
-                        "(or a .tar.gz of that)")
+        raise DataError(f"{root}: no image folder layout found; expected {_LAYOUT} inside (or a .tar.gz of that)")
     return load_tree(tree, size=size, channels=channels, cache_dir=cache_dir)
 
 

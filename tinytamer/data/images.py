@@ -86,13 +86,10 @@ def build_image_bundle(
         if min(std) <= 0:
             raise DataError(f"{train.source}: train images are constant, cannot normalize them")
     if len(mean) != channels or len(std) != channels:
-        raise DataError(f"{train.source}: images have {channels} channels, "
-                        f"normalization has {len(mean)}")
+        raise DataError(f"{train.source}: images have {channels} channels, normalization has {len(mean)}")
 
     if limit is not None:
-        train_ds, val_ds, test_ds = (
-            ds.subset(np.arange(min(limit, len(ds)))) for ds in (train_ds, val_ds, test_ds)
-        )
+        train_ds, val_ds, test_ds = (ds.subset(np.arange(min(limit, len(ds)))) for ds in (train_ds, val_ds, test_ds))
 
     out_hw = (size, size) if size is not None else (int(hw[0]), int(hw[1]))
     head: list[Transform] = [Resize(out_hw)] if size is not None else []
@@ -123,11 +120,12 @@ def build_image_bundle(
 
 def _check_split(split: ImageSplit, num_classes: int) -> None:
     if split.images.ndim != 4 or split.images.dtype != np.uint8:
-        raise DataError(f"{split.source}: decoded images are {split.images.dtype} "
-                        f"{split.images.shape}, expected uint8 N x H x W x C")
+        raise DataError(
+            f"{split.source}: decoded images are {split.images.dtype} "
+            f"{split.images.shape}, expected uint8 N x H x W x C"
+        )
     if len(split.images) != len(split.labels):
-        raise DataError(f"{split.source}: {len(split.images)} images but {len(split.labels)} "
-                        "labels")
+        raise DataError(f"{split.source}: {len(split.images)} images but {len(split.labels)} labels")
     if len(split.labels) and (split.labels.min() < 0 or split.labels.max() >= num_classes):
         bad = split.labels[(split.labels < 0) | (split.labels >= num_classes)][0]
         raise DataError(f"{split.source}: label {int(bad)} is outside 0..{num_classes - 1}")

@@ -52,10 +52,7 @@ class Normalize:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-3] != self._mean.shape[0]:
-            raise ValueError(
-                f"Normalize: image has {x.shape[-3]} channels, normalization has "
-                f"{self._mean.shape[0]}"
-            )
+            raise ValueError(f"Normalize: image has {x.shape[-3]} channels, normalization has {self._mean.shape[0]}")
         return (x - self._mean) * self._inv_std
 
     def __repr__(self) -> str:

@@ -61,8 +61,7 @@ def _describe_failure(model: nn.Module, exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     ops = sorted(set(re.findall(r"\b(aten\.\w+(?:\.\w+)?|torch\.ops\.\w+\.\w+)", text)))
     if "data-dependent" in text or "GuardOnDataDependent" in text:
-        what = "data-dependent control flow (a Python branch or shape that depends on " \
-               "tensor values)"
+        what = "data-dependent control flow (a Python branch or shape that depends on tensor values)"
     elif ops:
         what = f"unsupported op {', '.join(ops[:5])}"
     else:
@@ -73,13 +72,13 @@ def _describe_failure(model: nn.Module, exc: BaseException) -> str:
     if frame is not None:
         file, line, code = frame
         module = _module_at(model, file, line)
-        where = (f" in module '{module}'" if module else "") + \
-            f" at {Path(file).name}:{line} (`{code}`)"
+        where = (f" in module '{module}'" if module else "") + f" at {Path(file).name}:{line} (`{code}`)"
     return f"{what}{where}"
 
 
-def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
-            dynamic_batch: bool = True) -> tuple[torch.export.ExportedProgram, bool]:
+def capture(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], *, dynamic_batch: bool = True
+) -> tuple[torch.export.ExportedProgram, bool]:
     """``torch.export`` the model (eval mode) with a dynamic batch dimension if it allows.
 
     Returns the program and whether the batch dimension is dynamic (a model that
@@ -92,26 +91,33 @@ def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
         batched = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in inputs)
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         try:
-            ep = torch.export.export(model, batched,
-                                     dynamic_shapes=tuple({0: batch} for _ in inputs),
-                                     strict=False)
+            ep = torch.export.export(model, batched, dynamic_shapes=tuple({0: batch} for _ in inputs), strict=False)
             return ep, True
         except Exception as exc:  # noqa: BLE001 - retried statically, then described
             if "Constraints violated" not in str(exc) and "specialized" not in str(exc):
-                raise ExportError(f"model does not export to a graph: "
-                                  f"{_describe_failure(model, exc)}. Targets that can still "
-                                  f"run it: {', '.join(EAGER_TARGETS)}") from exc
+                raise ExportError(
+                    f"model does not export to a graph: "
+                    f"{_describe_failure(model, exc)}. Targets that can still "
+                    f"run it: {', '.join(EAGER_TARGETS)}"
+                ) from exc
     try:
         return torch.export.export(model, inputs, strict=False), False
     except Exception as exc:  # noqa: BLE001 - any capture failure is described to the user
-        raise ExportError(f"model does not export to a graph: {_describe_failure(model, exc)}"
-                          f". Targets that can still run it: {', '.join(EAGER_TARGETS)}"
-                          ) from exc
+        raise ExportError(
+            f"model does not export to a graph: {_describe_failure(model, exc)}"
+            f". Targets that can still run it: {', '.join(EAGER_TARGETS)}"
+        ) from exc
 
 
-def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path,
-                *, dynamic_batch: bool = True, simplify: bool = True,
-                opset: int = 18) -> dict[str, object]:
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    path: str | Path,
+    *,
+    dynamic_batch: bool = True,
+    simplify: bool = True,
+    opset: int = 18,
+) -> dict[str, object]:
     """Write ``model`` as one self-contained ONNX file at ``path`` (atomically).
 
     Returns ``{"path", "dynamic_batch", "simplified", "opset"}``.
@@ -124,12 +130,14 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
             warnings.simplefilter("ignore")
             # The exporter logs every step at INFO/WARNING; the result is checked below.
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            program = torch.onnx.export(ep, dynamo=True, external_data=False, verbose=False,
-                                        input_names=names, opset_version=opset)
+            program = torch.onnx.export(
+                ep, dynamo=True, external_data=False, verbose=False, input_names=names, opset_version=opset
+            )
     except Exception as exc:  # noqa: BLE001 - translation failures are described to the user
-        raise ExportError(f"model does not translate to ONNX: {_describe_failure(model, exc)}"
-                          f". Targets that can still run it: {', '.join(EAGER_TARGETS)}"
-                          ) from exc
+        raise ExportError(
+            f"model does not translate to ONNX: {_describe_failure(model, exc)}"
+            f". Targets that can still run it: {', '.join(EAGER_TARGETS)}"
+        ) from exc
     proto = program.model_proto
     simplified = False
     if simplify:
@@ -140,5 +148,4 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     onnx.checker.check_model(proto)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
-    return {"path": str(path), "dynamic_batch": dynamic, "simplified": simplified,
-            "opset": opset}
+    return {"path": str(path), "dynamic_batch": dynamic, "simplified": simplified, "opset": opset}

@@ -46,8 +46,7 @@ class QDQAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qmin > -128 or self.qmax < 127:
             # QuantizeLinear saturates to the int8 range only: clamp narrower widths first.
-            x = x.clamp((self.qmin - self.zero_point) * self.scale,
-                        (self.qmax - self.zero_point) * self.scale)
+            x = x.clamp((self.qmin - self.zero_point) * self.scale, (self.qmax - self.zero_point) * self.scale)
         # uint8 with the zero point shifted by 128 is the same quantizer; ORT's x86 kernels
         # fuse u8 activations x s8 weights (its own quantizer's choice), not s8 x s8.
         zp = self.zero_point + 128
@@ -91,8 +90,7 @@ class QDQLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = _qd.dequantize_per_channel(self.w_int, self.w_scale, self.w_zp, 0, *self.w_range)
         if self.has_int_bias:
-            b = _qd.dequantize_per_channel(self.b_int, self.b_scale, self.b_zp, 0, *_I32,
-                                           torch.int32)
+            b = _qd.dequantize_per_channel(self.b_int, self.b_scale, self.b_zp, 0, *_I32, torch.int32)
         else:
             b = getattr(self, "b_float", None)
         if self.is_conv:
@@ -125,25 +123,31 @@ def qdq_module(model: nn.Module, unsigned_weights: bool = False) -> fx.GraphModu
         mod = out.get_submodule(node.target)
         if isinstance(mod, ActQuant):
             if mod.mode != "quant":
-                raise ModelError(f"quantizer '{node.target}' is not converted: call "
-                                 "tinytamer.compress.int8.convert first")
-            out.set_submodule(node.target, QDQAct(float(mod.scale), int(mod.zero_point),
-                                                  mod.qmin, mod.qmax))
+                raise ModelError(
+                    f"quantizer '{node.target}' is not converted: call tinytamer.compress.int8.convert first"
+                )
+            out.set_submodule(node.target, QDQAct(float(mod.scale), int(mod.zero_point), mod.qmin, mod.qmax))
             acts += 1
         elif isinstance(mod, QuantWeight):
-            out.set_submodule(node.target, QDQLayer(mod, _input_scale(out, node),
-                                                    unsigned_weights))
+            out.set_submodule(node.target, QDQLayer(mod, _input_scale(out, node), unsigned_weights))
             layers += 1
     if acts == 0:
-        raise ModelError("qparams model has no activation quantizers: pass a model converted "
-                         "by tinytamer.compress.int8 (quantize_ptq / convert)")
+        raise ModelError(
+            "qparams model has no activation quantizers: pass a model converted "
+            "by tinytamer.compress.int8 (quantize_ptq / convert)"
+        )
     out.recompile()
     return out
 
 
-def export_qdq(gm: nn.Module, example_inputs: Sequence[torch.Tensor],
-               path: str | Path, *, unsigned_weights: bool = False, opset: int = 18
-               ) -> dict[str, Any]:
+def export_qdq(
+    gm: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    path: str | Path,
+    *,
+    unsigned_weights: bool = False,
+    opset: int = 18,
+) -> dict[str, Any]:
     """Write the converted int8 model as a QDQ ONNX file (atomically) with our qparams.
 
     ``unsigned_weights`` stores the weights as uint8 with zero point 128 (same values).
@@ -156,16 +160,26 @@ def export_qdq(gm: nn.Module, example_inputs: Sequence[torch.Tensor],
             warnings.simplefilter("ignore")
             # No graph optimisation here: constant folding would turn the int8 weight
             # initializers behind DequantizeLinear back into float weights.
-            program = torch.onnx.export(ep, dynamo=True, external_data=False, verbose=False,
-                                        input_names=input_names(len(example_inputs)),
-                                        opset_version=opset, optimize=False)
+            program = torch.onnx.export(
+                ep,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                input_names=input_names(len(example_inputs)),
+                opset_version=opset,
+                optimize=False,
+            )
     except Exception as exc:  # noqa: BLE001 - translation failures are described to the user
         raise ExportError(f"int8 model does not translate to ONNX QDQ: {exc}") from exc
     onnx.checker.check_model(program.model_proto)
     with atomic_path(path) as tmp:
         onnx.save_model(program.model_proto, str(tmp))
     kinds = [n.op_type for n in program.model_proto.graph.node]
-    return {"path": str(path), "dynamic_batch": dynamic, "opset": opset,
-            "weights": "uint8 (zero point 128)" if unsigned_weights else "int8",
-            "quantize_linear": kinds.count("QuantizeLinear"),
-            "dequantize_linear": kinds.count("DequantizeLinear")}
+    return {
+        "path": str(path),
+        "dynamic_batch": dynamic,
+        "opset": opset,
+        "weights": "uint8 (zero point 128)" if unsigned_weights else "int8",
+        "quantize_linear": kinds.count("QuantizeLinear"),
+        "dequantize_linear": kinds.count("DequantizeLinear"),
+    }

@@ -46,17 +46,46 @@ from tinytamer.fileio import write_atomic
 
 # schema.fbs constants (BuiltinOperator, BuiltinOptions, TensorType, Padding,
 # ActivationFunctionType).
-_OPS = {"ADD": 0, "AVERAGE_POOL_2D": 1, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4,
-        "FULLY_CONNECTED": 9, "MAX_POOL_2D": 17, "RESHAPE": 22, "SOFTMAX": 25, "PAD": 34,
-        "PADV2": 60, "QUANTIZE": 114}
+_OPS = {
+    "ADD": 0,
+    "AVERAGE_POOL_2D": 1,
+    "CONV_2D": 3,
+    "DEPTHWISE_CONV_2D": 4,
+    "FULLY_CONNECTED": 9,
+    "MAX_POOL_2D": 17,
+    "RESHAPE": 22,
+    "SOFTMAX": 25,
+    "PAD": 34,
+    "PADV2": 60,
+    "QUANTIZE": 114,
+}
 # The version of each builtin for int8 tensors (TFLite's op_version.cc); runtimes pick a
 # kernel by (op, version).  FULLY_CONNECTED 12 is per-channel quantized weights.
-_VERSIONS = {"ADD": 2, "AVERAGE_POOL_2D": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3,
-             "FULLY_CONNECTED": 12, "MAX_POOL_2D": 2, "RESHAPE": 1, "SOFTMAX": 2, "PAD": 2,
-             "PADV2": 2, "QUANTIZE": 2}
-_OPTIONS = {"Conv2DOptions": 1, "DepthwiseConv2DOptions": 2, "Pool2DOptions": 5,
-            "FullyConnectedOptions": 8, "SoftmaxOptions": 9, "AddOptions": 11,
-            "ReshapeOptions": 17, "PadOptions": 22, "PadV2Options": 43, "QuantizeOptions": 89}
+_VERSIONS = {
+    "ADD": 2,
+    "AVERAGE_POOL_2D": 2,
+    "CONV_2D": 3,
+    "DEPTHWISE_CONV_2D": 3,
+    "FULLY_CONNECTED": 12,
+    "MAX_POOL_2D": 2,
+    "RESHAPE": 1,
+    "SOFTMAX": 2,
+    "PAD": 2,
+    "PADV2": 2,
+    "QUANTIZE": 2,
+}
+_OPTIONS = {
+    "Conv2DOptions": 1,
+    "DepthwiseConv2DOptions": 2,
+    "Pool2DOptions": 5,
+    "FullyConnectedOptions": 8,
+    "SoftmaxOptions": 9,
+    "AddOptions": 11,
+    "ReshapeOptions": 17,
+    "PadOptions": 22,
+    "PadV2Options": 43,
+    "QuantizeOptions": 89,
+}
 _INT8, _INT32 = 9, 2
 _SAME, _VALID = 0, 1
 _ACT = {"NONE": 0, "RELU": 1, "RELU6": 3}
@@ -65,6 +94,7 @@ FILE_IDENTIFIER = b"TFL3"
 
 
 # ----------------------------------------------------------------------------- arithmetic
+
 
 def tflite_multiplier(real: float) -> tuple[int, int]:
     """TFLite's ``QuantizeMultiplier``: (Q31 multiplier, shift), rounding half away from zero."""
@@ -99,9 +129,11 @@ def _weight_scale(mult: int, shift: int, in_scale: float, out_scale: float) -> n
     for w in candidates:
         if w > 0 and tflite_multiplier(float(in_scale) * float(w) / float(out_scale)) == (mult, shift):
             return w
-    raise ExportError(f"no float32 weight scale reproduces the requantization multiplier "
-                      f"({mult}, shift {shift}) under TFLite's rounding; this layer cannot be "
-                      "written as a .tflite that computes what the device computes")
+    raise ExportError(
+        f"no float32 weight scale reproduces the requantization multiplier "
+        f"({mult}, shift {shift}) under TFLite's rounding; this layer cannot be "
+        "written as a .tflite that computes what the device computes"
+    )
 
 
 def _fused_activation(act_min: int, act_max: int, scale: float, zp: int, where: str) -> int:
@@ -112,13 +144,16 @@ def _fused_activation(act_min: int, act_max: int, scale: float, zp: int, where: 
     for name, lo, hi in (("NONE", -128, 127), ("RELU", relu_lo, 127), ("RELU6", relu_lo, relu6_hi)):
         if (act_min, act_max) == (lo, hi):
             return _ACT[name]
-    raise ExportError(f"{where}: its output clamp [{act_min}, {act_max}] is none of TFLite's "
-                      "fused activations (none, ReLU, ReLU6 at the output's scale); activations "
-                      "of fewer than 8 bits cannot be written as .tflite")
+    raise ExportError(
+        f"{where}: its output clamp [{act_min}, {act_max}] is none of TFLite's "
+        "fused activations (none, ReLU, ReLU6 at the output's scale); activations "
+        "of fewer than 8 bits cannot be written as .tflite"
+    )
 
 
-def _padding(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
-             pad: tuple[int, int]) -> int | None:
+def _padding(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]
+) -> int | None:
     """VALID or SAME when either reproduces PyTorch's symmetric ``pad``; None otherwise."""
     if pad == (0, 0):
         return _VALID
@@ -132,6 +167,7 @@ def _padding(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, 
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 @dataclass
 class _Tensor:
@@ -163,25 +199,38 @@ class TFLiteModel:
     outputs: list[int] = field(default_factory=list)
     description: str = "tinytamer int8"
 
-    def tensor(self, name: str, shape: Sequence[int], dtype: int = _INT8,
-               scale: Sequence[float] | float | None = None,
-               zero_point: Sequence[int] | int | None = None, axis: int = 0,
-               data: np.ndarray | None = None) -> int:
+    def tensor(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: int = _INT8,
+        scale: Sequence[float] | float | None = None,
+        zero_point: Sequence[int] | int | None = None,
+        axis: int = 0,
+        data: np.ndarray | None = None,
+    ) -> int:
         buffer = 0
         if data is not None:
-            self.buffers.append(np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<"))
-                                .tobytes())
+            self.buffers.append(np.ascontiguousarray(data).astype(data.dtype.newbyteorder("<")).tobytes())
             buffer = len(self.buffers) - 1
         if scale is not None and np.ndim(scale) == 0:
             scale, zero_point = [float(scale)], [int(zero_point or 0)]
-        self.tensors.append(_Tensor(name, tuple(int(s) for s in shape), dtype, buffer,
-                                    None if scale is None else [float(s) for s in scale],
-                                    None if zero_point is None else [int(z) for z in zero_point],
-                                    axis))
+        self.tensors.append(
+            _Tensor(
+                name,
+                tuple(int(s) for s in shape),
+                dtype,
+                buffer,
+                None if scale is None else [float(s) for s in scale],
+                None if zero_point is None else [int(z) for z in zero_point],
+                axis,
+            )
+        )
         return len(self.tensors) - 1
 
-    def op(self, code: str, inputs: list[int], outputs: list[int],
-           options: tuple[str, dict[str, Any]] | None = None) -> None:
+    def op(
+        self, code: str, inputs: list[int], outputs: list[int], options: tuple[str, dict[str, Any]] | None = None
+    ) -> None:
         self.operators.append(_Operator(code, inputs, outputs, options))
 
     def to_bytes(self) -> bytes:
@@ -200,8 +249,9 @@ def _serialize(m: TFLiteModel) -> bytes:
         width = {"i32": 4, "i64": 8, "f32": 4, "off": 4}[kind]
         b.StartVector(width, len(values), width)
         for v in reversed(values):
-            {"i32": b.PrependInt32, "i64": b.PrependInt64, "f32": b.PrependFloat32,
-             "off": b.PrependUOffsetTRelative}[kind](v)
+            {"i32": b.PrependInt32, "i64": b.PrependInt64, "f32": b.PrependFloat32, "off": b.PrependUOffsetTRelative}[
+                kind
+            ](v)
         return b.EndVector()
 
     def table(fields: list[tuple[int, str, Any]]) -> int:
@@ -230,14 +280,13 @@ def _serialize(m: TFLiteModel) -> bytes:
         if data:
             b.StartVector(1, len(data), 16)
             b.head -= len(data)
-            b.Bytes[b.head:b.head + len(data)] = data
+            b.Bytes[b.head : b.head + len(data)] = data
             buffers.append(table([(0, "off", b.EndVector())]))
         else:
             buffers.append(table([]))
 
     codes = list(dict.fromkeys(op.code for op in m.operators))
-    code_tables = [table([(0, "i8", min(_OPS[c], 127)), (2, "i32", _VERSIONS[c]),
-                          (3, "i32", _OPS[c])]) for c in codes]
+    code_tables = [table([(0, "i8", min(_OPS[c], 127)), (2, "i32", _VERSIONS[c]), (3, "i32", _OPS[c])]) for c in codes]
 
     tensors = []
     for t in m.tensors:
@@ -260,38 +309,71 @@ def _serialize(m: TFLiteModel) -> bytes:
             kind, values = op.options
             opts_type = _OPTIONS[kind]
             opts = _options_table(b, table, vector, kind, values)
-        fields = [(0, "u32", codes.index(op.code)), (1, "off", vector("i32", op.inputs)),
-                  (2, "off", vector("i32", op.outputs))]
+        fields = [
+            (0, "u32", codes.index(op.code)),
+            (1, "off", vector("i32", op.inputs)),
+            (2, "off", vector("i32", op.outputs)),
+        ]
         if opts is not None:
             fields += [(3, "u8", opts_type), (4, "off", opts)]
         operators.append(table(fields))
 
-    subgraph = table([(0, "off", vector("off", tensors)), (1, "off", vector("i32", m.inputs)),
-                      (2, "off", vector("i32", m.outputs)),
-                      (3, "off", vector("off", operators)), (4, "off", b.CreateString("main"))])
-    model = table([(0, "u32", SCHEMA_VERSION), (1, "off", vector("off", code_tables)),
-                   (2, "off", vector("off", [subgraph])),
-                   (3, "off", b.CreateString(m.description)),
-                   (4, "off", vector("off", buffers))])
+    subgraph = table(
+        [
+            (0, "off", vector("off", tensors)),
+            (1, "off", vector("i32", m.inputs)),
+            (2, "off", vector("i32", m.outputs)),
+            (3, "off", vector("off", operators)),
+            (4, "off", b.CreateString("main")),
+        ]
+    )
+    model = table(
+        [
+            (0, "u32", SCHEMA_VERSION),
+            (1, "off", vector("off", code_tables)),
+            (2, "off", vector("off", [subgraph])),
+            (3, "off", b.CreateString(m.description)),
+            (4, "off", vector("off", buffers)),
+        ]
+    )
     b.Finish(model, file_identifier=FILE_IDENTIFIER)
     return bytes(b.Output())
 
 
 # Per options table: field name -> (slot, kind), from schema.fbs.
 _OPTION_FIELDS: dict[str, dict[str, tuple[int, str]]] = {
-    "Conv2DOptions": {"padding": (0, "i8"), "stride_w": (1, "i32"), "stride_h": (2, "i32"),
-                      "activation": (3, "i8"), "dilation_w": (4, "i32"), "dilation_h": (5, "i32")},
-    "DepthwiseConv2DOptions": {"padding": (0, "i8"), "stride_w": (1, "i32"),
-                               "stride_h": (2, "i32"), "depth_multiplier": (3, "i32"),
-                               "activation": (4, "i8"), "dilation_w": (5, "i32"),
-                               "dilation_h": (6, "i32")},
-    "Pool2DOptions": {"padding": (0, "i8"), "stride_w": (1, "i32"), "stride_h": (2, "i32"),
-                      "filter_w": (3, "i32"), "filter_h": (4, "i32"), "activation": (5, "i8")},
+    "Conv2DOptions": {
+        "padding": (0, "i8"),
+        "stride_w": (1, "i32"),
+        "stride_h": (2, "i32"),
+        "activation": (3, "i8"),
+        "dilation_w": (4, "i32"),
+        "dilation_h": (5, "i32"),
+    },
+    "DepthwiseConv2DOptions": {
+        "padding": (0, "i8"),
+        "stride_w": (1, "i32"),
+        "stride_h": (2, "i32"),
+        "depth_multiplier": (3, "i32"),
+        "activation": (4, "i8"),
+        "dilation_w": (5, "i32"),
+        "dilation_h": (6, "i32"),
+    },
+    "Pool2DOptions": {
+        "padding": (0, "i8"),
+        "stride_w": (1, "i32"),
+        "stride_h": (2, "i32"),
+        "filter_w": (3, "i32"),
+        "filter_h": (4, "i32"),
+        "activation": (5, "i8"),
+    },
     "FullyConnectedOptions": {"activation": (0, "i8"), "keep_num_dims": (2, "bool")},
     "SoftmaxOptions": {"beta": (0, "f32")},
     "AddOptions": {"activation": (0, "i8")},
     "ReshapeOptions": {"new_shape": (0, "i32s")},
-    "PadOptions": {}, "PadV2Options": {}, "QuantizeOptions": {},
+    "PadOptions": {},
+    "PadV2Options": {},
+    "QuantizeOptions": {},
 }
 
 
@@ -309,6 +391,7 @@ def _options_table(b: Any, table: Any, vector: Any, kind: str, values: dict[str,
 
 # ----------------------------------------------------------------------------- integer graph
 
+
 def _shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *shape)
 
@@ -320,8 +403,9 @@ class _Exporter:
         self.ids: dict[str, int] = {}
         self.notes: list[str] = []
 
-    def act(self, name: str, shape: tuple[int, ...] | None = None, scale: float | None = None,
-            zp: int | None = None) -> int:
+    def act(
+        self, name: str, shape: tuple[int, ...] | None = None, scale: float | None = None, zp: int | None = None
+    ) -> int:
         """The TFLite tensor of an activation of the integer graph (or a new intermediate)."""
         if name in self.ids:
             return self.ids[name]
@@ -335,15 +419,22 @@ class _Exporter:
         from tinytamer.micro.ir import Graph
 
         g: Graph = self.g
-        handlers = {"Conv2D": self.conv, "Dense": self.dense, "MaxPool": self.maxpool,
-                    "AvgPool": self.avgpool, "Add": self.add, "Reshape": self.reshape,
-                    "Softmax": self.softmax}
+        handlers = {
+            "Conv2D": self.conv,
+            "Dense": self.dense,
+            "MaxPool": self.maxpool,
+            "AvgPool": self.avgpool,
+            "Add": self.add,
+            "Reshape": self.reshape,
+            "Softmax": self.softmax,
+        }
         self.m.inputs = [self.act(g.input)]
         for op in g.ops:
             kind = type(op).__name__
             if kind not in handlers:
-                raise ExportError(f".tflite export: op '{op.name}' ({kind}) has no TFLite form; "
-                                  f"exported ops: {', '.join(handlers)}")
+                raise ExportError(
+                    f".tflite export: op '{op.name}' ({kind}) has no TFLite form; exported ops: {', '.join(handlers)}"
+                )
             handlers[kind](op)
         self.m.outputs = [self.act(g.output)]
         return self.m
@@ -352,17 +443,22 @@ class _Exporter:
         """A PAD (value None: the zero point) or PADV2 of ``x`` by ``pad`` on each side."""
         t = self.g.tensors[x]
         h, w, c = t.shape
-        pads = self.m.tensor(f"{op.name}/paddings", (4, 2), _INT32,
-                             data=np.array([[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]],
-                                           dtype=np.int32))
-        out = self.act(f"{op.name}/padded", (h + 2 * pad[0], w + 2 * pad[1], c), t.scale,
-                       t.zero_point)
+        pads = self.m.tensor(
+            f"{op.name}/paddings",
+            (4, 2),
+            _INT32,
+            data=np.array([[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]], dtype=np.int32),
+        )
+        out = self.act(f"{op.name}/padded", (h + 2 * pad[0], w + 2 * pad[1], c), t.scale, t.zero_point)
         inputs = [self.act(x), pads]
         if value is None:
             self.m.op("PAD", inputs, [out], ("PadOptions", {}))
         else:
-            inputs.append(self.m.tensor(f"{op.name}/pad_value", (), _INT8, t.scale, t.zero_point,
-                                        data=np.array(value, dtype=np.int8)))
+            inputs.append(
+                self.m.tensor(
+                    f"{op.name}/pad_value", (), _INT8, t.scale, t.zero_point, data=np.array(value, dtype=np.int8)
+                )
+            )
             self.m.op("PADV2", inputs, [out], ("PadV2Options", {}))
         return out
 
@@ -373,46 +469,79 @@ class _Exporter:
         # (output channel g * M + m reads input channel g, as in PyTorch).
         depthwise = op.groups > 1 and icg == 1 and op.groups == t_in.shape[2]
         if op.groups > 1 and not depthwise:
-            raise ExportError(f".tflite export: convolution '{op.name}' has {op.groups} groups of "
-                              f"{icg} channels; TFLite runs groups 1 or depthwise only")
+            raise ExportError(
+                f".tflite export: convolution '{op.name}' has {op.groups} groups of "
+                f"{icg} channels; TFLite runs groups 1 or depthwise only"
+            )
         kernel, stride, pad = (kh, kw), tuple(op.stride), tuple(op.padding)
         padding = _padding(t_in.shape[:2], kernel, stride, pad)
         x = self.act(op.inputs[0])
         if padding is None:
             x, padding = self._pad(op, op.inputs[0], pad, None), _VALID
-        w_scale = np.array([_weight_scale(int(m), int(s), t_in.scale, t_out.scale)
-                            for m, s in zip(op.multiplier, op.shift, strict=True)], np.float32)
-        act = _fused_activation(op.act_min, op.act_max, t_out.scale, t_out.zero_point,
-                                f"convolution '{op.name}'")
+        w_scale = np.array(
+            [
+                _weight_scale(int(m), int(s), t_in.scale, t_out.scale)
+                for m, s in zip(op.multiplier, op.shift, strict=True)
+            ],
+            np.float32,
+        )
+        act = _fused_activation(op.act_min, op.act_max, t_out.scale, t_out.zero_point, f"convolution '{op.name}'")
         weight = np.transpose(op.weight, (3, 1, 2, 0)) if depthwise else op.weight
         axis = 3 if depthwise else 0
-        w = self.m.tensor(f"{op.name}/weight", weight.shape, _INT8, w_scale, [0] * oc, axis,
-                          data=weight.astype(np.int8))
+        w = self.m.tensor(
+            f"{op.name}/weight", weight.shape, _INT8, w_scale, [0] * oc, axis, data=weight.astype(np.int8)
+        )
         bias_scale = (np.float64(t_in.scale) * w_scale).astype(np.float32)
-        bias = self.m.tensor(f"{op.name}/bias", (oc,), _INT32, bias_scale, [0] * oc, 0,
-                             data=op.bias.astype(np.int32))
-        opts = {"padding": padding, "stride_w": stride[1], "stride_h": stride[0],
-                "activation": act, "dilation_w": 1, "dilation_h": 1}
+        bias = self.m.tensor(f"{op.name}/bias", (oc,), _INT32, bias_scale, [0] * oc, 0, data=op.bias.astype(np.int32))
+        opts = {
+            "padding": padding,
+            "stride_w": stride[1],
+            "stride_h": stride[0],
+            "activation": act,
+            "dilation_w": 1,
+            "dilation_h": 1,
+        }
         if depthwise:
-            self.m.op("DEPTHWISE_CONV_2D", [x, w, bias], [self.act(op.output)],
-                      ("DepthwiseConv2DOptions", {**opts, "depth_multiplier": oc // op.groups}))
+            self.m.op(
+                "DEPTHWISE_CONV_2D",
+                [x, w, bias],
+                [self.act(op.output)],
+                ("DepthwiseConv2DOptions", {**opts, "depth_multiplier": oc // op.groups}),
+            )
         else:
             self.m.op("CONV_2D", [x, w, bias], [self.act(op.output)], ("Conv2DOptions", opts))
 
     def dense(self, op: Any) -> None:
         t_in, t_out = self.g.tensors[op.inputs[0]], self.g.tensors[op.output]
         n_out = op.weight.shape[0]
-        w_scale = np.array([_weight_scale(int(m), int(s), t_in.scale, t_out.scale)
-                            for m, s in zip(op.multiplier, op.shift, strict=True)], np.float32)
-        act = _fused_activation(op.act_min, op.act_max, t_out.scale, t_out.zero_point,
-                                f"fully connected layer '{op.name}'")
-        w = self.m.tensor(f"{op.name}/weight", op.weight.shape, _INT8, w_scale, [0] * n_out, 0,
-                          data=op.weight.astype(np.int8))
-        bias = self.m.tensor(f"{op.name}/bias", (n_out,), _INT32,
-                             (np.float64(t_in.scale) * w_scale).astype(np.float32), [0] * n_out,
-                             0, data=op.bias.astype(np.int32))
-        self.m.op("FULLY_CONNECTED", [self.act(op.inputs[0]), w, bias], [self.act(op.output)],
-                  ("FullyConnectedOptions", {"activation": act, "keep_num_dims": False}))
+        w_scale = np.array(
+            [
+                _weight_scale(int(m), int(s), t_in.scale, t_out.scale)
+                for m, s in zip(op.multiplier, op.shift, strict=True)
+            ],
+            np.float32,
+        )
+        act = _fused_activation(
+            op.act_min, op.act_max, t_out.scale, t_out.zero_point, f"fully connected layer '{op.name}'"
+        )
+        w = self.m.tensor(
+            f"{op.name}/weight", op.weight.shape, _INT8, w_scale, [0] * n_out, 0, data=op.weight.astype(np.int8)
+        )
+        bias = self.m.tensor(
+            f"{op.name}/bias",
+            (n_out,),
+            _INT32,
+            (np.float64(t_in.scale) * w_scale).astype(np.float32),
+            [0] * n_out,
+            0,
+            data=op.bias.astype(np.int32),
+        )
+        self.m.op(
+            "FULLY_CONNECTED",
+            [self.act(op.inputs[0]), w, bias],
+            [self.act(op.output)],
+            ("FullyConnectedOptions", {"activation": act, "keep_num_dims": False}),
+        )
 
     def maxpool(self, op: Any) -> None:
         t_in = self.g.tensors[op.inputs[0]]
@@ -422,17 +551,28 @@ class _Exporter:
         if padding is None:
             # -128 never wins a max over a window that holds a real value: PyTorch's -inf.
             x, padding = self._pad(op, op.inputs[0], pad, -128), _VALID
-        self.m.op("MAX_POOL_2D", [x], [self.act(op.output)], ("Pool2DOptions", {
-            "padding": padding, "stride_w": stride[1], "stride_h": stride[0],
-            "filter_w": kernel[1], "filter_h": kernel[0], "activation": _ACT["NONE"]}))
+        self.m.op(
+            "MAX_POOL_2D",
+            [x],
+            [self.act(op.output)],
+            (
+                "Pool2DOptions",
+                {
+                    "padding": padding,
+                    "stride_w": stride[1],
+                    "stride_h": stride[0],
+                    "filter_w": kernel[1],
+                    "filter_h": kernel[0],
+                    "activation": _ACT["NONE"],
+                },
+            ),
+        )
 
     def avgpool(self, op: Any) -> None:
         t_in, t_out = self.g.tensors[op.inputs[0]], self.g.tensors[op.output]
         c = t_in.shape[2]
-        act = _fused_activation(op.act_min, op.act_max, t_out.scale, t_out.zero_point,
-                                f"average pool '{op.name}'")
-        opts = {"padding": _VALID, "stride_w": op.stride[1], "stride_h": op.stride[0],
-                "activation": act}
+        act = _fused_activation(op.act_min, op.act_max, t_out.scale, t_out.zero_point, f"average pool '{op.name}'")
+        opts = {"padding": _VALID, "stride_w": op.stride[1], "stride_h": op.stride[0], "activation": act}
         try:
             # Our kernel requantizes the window sum once by in / (out * kh * kw): a depthwise
             # convolution with weights 1 and that weight scale computes exactly that.
@@ -441,51 +581,73 @@ class _Exporter:
             w_scale = None
         if w_scale is not None:
             kernel = np.ones((1, *op.kernel, c), dtype=np.int8)
-            w = self.m.tensor(f"{op.name}/weight", kernel.shape, _INT8, [w_scale] * c, [0] * c, 3,
-                              data=kernel)
-            bias = self.m.tensor(f"{op.name}/bias", (c,), _INT32,
-                                 [float(np.float32(np.float64(t_in.scale) * w_scale))] * c,
-                                 [0] * c, 0, data=np.zeros(c, dtype=np.int32))
-            self.m.op("DEPTHWISE_CONV_2D", [self.act(op.inputs[0]), w, bias],
-                      [self.act(op.output)], ("DepthwiseConv2DOptions", {
-                          **opts, "depth_multiplier": 1, "dilation_w": 1, "dilation_h": 1}))
-            self.notes.append(f"average pool '{op.name}': a depthwise convolution with weights 1 "
-                              f"({kernel.size} bytes), exact where AVERAGE_POOL_2D + QUANTIZE "
-                              "would round twice")
+            w = self.m.tensor(f"{op.name}/weight", kernel.shape, _INT8, [w_scale] * c, [0] * c, 3, data=kernel)
+            bias = self.m.tensor(
+                f"{op.name}/bias",
+                (c,),
+                _INT32,
+                [float(np.float32(np.float64(t_in.scale) * w_scale))] * c,
+                [0] * c,
+                0,
+                data=np.zeros(c, dtype=np.int32),
+            )
+            self.m.op(
+                "DEPTHWISE_CONV_2D",
+                [self.act(op.inputs[0]), w, bias],
+                [self.act(op.output)],
+                ("DepthwiseConv2DOptions", {**opts, "depth_multiplier": 1, "dilation_w": 1, "dilation_h": 1}),
+            )
+            self.notes.append(
+                f"average pool '{op.name}': a depthwise convolution with weights 1 "
+                f"({kernel.size} bytes), exact where AVERAGE_POOL_2D + QUANTIZE "
+                "would round twice"
+            )
             return
         # TFLite's int8 average pool cannot rescale: pool at the input's quantization, then
         # requantize (two roundings: the result may differ from ours).
         mid = self.act(f"{op.name}/pooled", t_out.shape, t_in.scale, t_in.zero_point)
-        self.m.op("AVERAGE_POOL_2D", [self.act(op.inputs[0])], [mid], ("Pool2DOptions", {
-            **opts, "filter_w": op.kernel[1], "filter_h": op.kernel[0]}))
+        self.m.op(
+            "AVERAGE_POOL_2D",
+            [self.act(op.inputs[0])],
+            [mid],
+            ("Pool2DOptions", {**opts, "filter_w": op.kernel[1], "filter_h": op.kernel[0]}),
+        )
         self.m.op("QUANTIZE", [mid], [self.act(op.output)], ("QuantizeOptions", {}))
-        self.notes.append(f"average pool '{op.name}': AVERAGE_POOL_2D then QUANTIZE (no float32 "
-                          "scale reproduces our multiplier; two roundings, outputs may differ)")
+        self.notes.append(
+            f"average pool '{op.name}': AVERAGE_POOL_2D then QUANTIZE (no float32 "
+            "scale reproduces our multiplier; two roundings, outputs may differ)"
+        )
 
     def add(self, op: Any) -> None:
         t_out = self.g.tensors[op.output]
-        act = _fused_activation(op.act_min, op.act_max, t_out.scale, t_out.zero_point,
-                                f"add '{op.name}'")
-        self.m.op("ADD", [self.act(op.inputs[0]), self.act(op.inputs[1])], [self.act(op.output)],
-                  ("AddOptions", {"activation": act}))
+        act = _fused_activation(op.act_min, op.act_max, t_out.scale, t_out.zero_point, f"add '{op.name}'")
+        self.m.op(
+            "ADD",
+            [self.act(op.inputs[0]), self.act(op.inputs[1])],
+            [self.act(op.output)],
+            ("AddOptions", {"activation": act}),
+        )
 
     def reshape(self, op: Any) -> None:
         new_shape = _shape(self.g.tensors[op.output].shape)
-        shape = self.m.tensor(f"{op.name}/shape", (len(new_shape),), _INT32,
-                              data=np.array(new_shape, dtype=np.int32))
-        self.m.op("RESHAPE", [self.act(op.inputs[0]), shape], [self.act(op.output)],
-                  ("ReshapeOptions", {"new_shape": new_shape}))
+        shape = self.m.tensor(f"{op.name}/shape", (len(new_shape),), _INT32, data=np.array(new_shape, dtype=np.int32))
+        self.m.op(
+            "RESHAPE",
+            [self.act(op.inputs[0]), shape],
+            [self.act(op.output)],
+            ("ReshapeOptions", {"new_shape": new_shape}),
+        )
 
     def softmax(self, op: Any) -> None:
         t_out = self.g.tensors[op.output]
         if (float(np.float32(t_out.scale)), t_out.zero_point) != (1.0 / 256, -128):
-            raise ExportError(f".tflite export: softmax '{op.name}' has output scale "
-                              f"{t_out.scale:.6g} and zero point {t_out.zero_point}; TFLite's "
-                              "int8 softmax needs 1/256 and -128 (export the logits instead)")
-        self.m.op("SOFTMAX", [self.act(op.inputs[0])], [self.act(op.output)],
-                  ("SoftmaxOptions", {"beta": 1.0}))
-        self.notes.append(f"softmax '{op.name}': TFLite's fixed-point exp; may differ from "
-                          "ours by a step")
+            raise ExportError(
+                f".tflite export: softmax '{op.name}' has output scale "
+                f"{t_out.scale:.6g} and zero point {t_out.zero_point}; TFLite's "
+                "int8 softmax needs 1/256 and -128 (export the logits instead)"
+            )
+        self.m.op("SOFTMAX", [self.act(op.inputs[0])], [self.act(op.output)], ("SoftmaxOptions", {"beta": 1.0}))
+        self.notes.append(f"softmax '{op.name}': TFLite's fixed-point exp; may differ from ours by a step")
 
 
 def graph_to_tflite(g: Any) -> tuple[bytes, list[str]]:
@@ -515,8 +677,12 @@ def export_tflite(model: Any, example_input: Any, path: str | Path) -> dict[str,
     path = Path(path)
     write_atomic(path, data)
     t_in, t_out = g.tensors[g.input], g.tensors[g.output]
-    return {"path": str(path), "bytes": len(data), "graph": g,
-            "input": {"shape": [1, *t_in.shape], "scale": t_in.scale, "zero_point": t_in.zero_point},
-            "output": {"shape": [1, *t_out.shape], "scale": t_out.scale,
-                       "zero_point": t_out.zero_point},
-            "ops": [type(op).__name__ for op in g.ops], "notes": notes}
+    return {
+        "path": str(path),
+        "bytes": len(data),
+        "graph": g,
+        "input": {"shape": [1, *t_in.shape], "scale": t_in.scale, "zero_point": t_in.zero_point},
+        "output": {"shape": [1, *t_out.shape], "scale": t_out.scale, "zero_point": t_out.zero_point},
+        "ops": [type(op).__name__ for op in g.ops],
+        "notes": notes,
+    }

@@ -21,8 +21,7 @@ ADD_LEFT_SHIFT = 20
 
 def _multipliers(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pairs = [quantize_multiplier(float(r)) for r in np.asarray(real, dtype=np.float64).ravel()]
-    return (np.array([p[0] for p in pairs], dtype=np.int32),
-            np.array([p[1] for p in pairs], dtype=np.int32))
+    return (np.array([p[0] for p in pairs], dtype=np.int32), np.array([p[1] for p in pairs], dtype=np.int32))
 
 
 def quantize_bias(bias: np.ndarray | None, in_scale: float, w_scale: np.ndarray) -> np.ndarray:
@@ -30,16 +29,14 @@ def quantize_bias(bias: np.ndarray | None, in_scale: float, w_scale: np.ndarray)
     if bias is None:
         return np.zeros(w_scale.shape, dtype=np.int32)
     denom = in_scale * w_scale
-    q = np.where(denom > 0, np.round(np.asarray(bias, np.float64) / np.where(denom > 0, denom, 1)),
-                 0)
+    q = np.where(denom > 0, np.round(np.asarray(bias, np.float64) / np.where(denom > 0, denom, 1)), 0)
     return np.clip(q, INT32_MIN, INT32_MAX).astype(np.int32)
 
 
 class GraphBuilder:
     """Append ops to a graph; every method returns the name of the new tensor."""
 
-    def __init__(self, shape: tuple[int, ...], scale: float, zero_point: int,
-                 name: str = "input") -> None:
+    def __init__(self, shape: tuple[int, ...], scale: float, zero_point: int, name: str = "input") -> None:
         self.tensors = {name: TensorInfo(name, tuple(shape), float(scale), int(zero_point))}
         self.ops: list = []
         self.input = name
@@ -51,8 +48,9 @@ class GraphBuilder:
         self.tensors[t] = TensorInfo(t, tuple(int(s) for s in shape), float(scale), int(zp))
         return t
 
-    def clamp(self, out_scale: float, out_zp: int, relu: str | None,
-              qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
+    def clamp(
+        self, out_scale: float, out_zp: int, relu: str | None, qmin: int = -128, qmax: int = 127
+    ) -> tuple[int, int]:
         """Integer clamp of a fused activation: ReLU clamps at the output's zero point."""
         lo, hi = qmin, qmax
         if relu in ("relu", "relu6"):
@@ -61,10 +59,23 @@ class GraphBuilder:
             hi = min(hi, out_zp + int(round(6.0 / out_scale)))
         return lo, hi
 
-    def conv(self, x: str, w_int: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None,
-             out_scale: float, out_zp: int, *, stride=(1, 1), padding=(0, 0), groups: int = 1,
-             relu: str | None = None, qrange: tuple[int, int] = (-128, 127),
-             name: str = "conv", out: str | None = None) -> str:
+    def conv(
+        self,
+        x: str,
+        w_int: np.ndarray,
+        w_scale: np.ndarray,
+        bias: np.ndarray | None,
+        out_scale: float,
+        out_zp: int,
+        *,
+        stride=(1, 1),
+        padding=(0, 0),
+        groups: int = 1,
+        relu: str | None = None,
+        qrange: tuple[int, int] = (-128, 127),
+        name: str = "conv",
+        out: str | None = None,
+    ) -> str:
         """``w_int`` is int [OC, IC/groups, KH, KW] (PyTorch layout)."""
         t = self.tensors[x]
         h, w, _ = t.shape
@@ -74,16 +85,39 @@ class GraphBuilder:
         o = self._new((oh, ow, oc), out_scale, out_zp, out)
         mult, shift = _multipliers(t.scale * np.asarray(w_scale, np.float64) / out_scale)
         lo, hi = self.clamp(out_scale, out_zp, relu, *qrange)
-        self.ops.append(Conv2D(
-            name, [x], o, np.ascontiguousarray(np.transpose(w_int, (0, 2, 3, 1))).astype(np.int8),
-            quantize_bias(bias, t.scale, w_scale), mult, shift, tuple(stride), tuple(padding),
-            groups, lo, hi))
+        self.ops.append(
+            Conv2D(
+                name,
+                [x],
+                o,
+                np.ascontiguousarray(np.transpose(w_int, (0, 2, 3, 1))).astype(np.int8),
+                quantize_bias(bias, t.scale, w_scale),
+                mult,
+                shift,
+                tuple(stride),
+                tuple(padding),
+                groups,
+                lo,
+                hi,
+            )
+        )
         return o
 
-    def dense(self, x: str, w_int: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None,
-              out_scale: float, out_zp: int, *, relu: str | None = None,
-              qrange: tuple[int, int] = (-128, 127), column_order: np.ndarray | None = None,
-              name: str = "fc", out: str | None = None) -> str:
+    def dense(
+        self,
+        x: str,
+        w_int: np.ndarray,
+        w_scale: np.ndarray,
+        bias: np.ndarray | None,
+        out_scale: float,
+        out_zp: int,
+        *,
+        relu: str | None = None,
+        qrange: tuple[int, int] = (-128, 127),
+        column_order: np.ndarray | None = None,
+        name: str = "fc",
+        out: str | None = None,
+    ) -> str:
         """``w_int`` is int [OUT, IN]; ``column_order`` permutes IN to the buffer's order."""
         t = self.tensors[x]
         w_arr = np.asarray(w_int)
@@ -92,12 +126,22 @@ class GraphBuilder:
         o = self._new((w_arr.shape[0],), out_scale, out_zp, out)
         mult, shift = _multipliers(t.scale * np.asarray(w_scale, np.float64) / out_scale)
         lo, hi = self.clamp(out_scale, out_zp, relu, *qrange)
-        self.ops.append(Dense(name, [x], o, np.ascontiguousarray(w_arr).astype(np.int8),
-                              quantize_bias(bias, t.scale, w_scale), mult, shift, lo, hi))
+        self.ops.append(
+            Dense(
+                name,
+                [x],
+                o,
+                np.ascontiguousarray(w_arr).astype(np.int8),
+                quantize_bias(bias, t.scale, w_scale),
+                mult,
+                shift,
+                lo,
+                hi,
+            )
+        )
         return o
 
-    def maxpool(self, x: str, kernel, stride, padding=(0, 0), *, name: str = "maxpool",
-                out: str | None = None) -> str:
+    def maxpool(self, x: str, kernel, stride, padding=(0, 0), *, name: str = "maxpool", out: str | None = None) -> str:
         t = self.tensors[x]
         h, w, c = t.shape
         oh = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
@@ -106,9 +150,19 @@ class GraphBuilder:
         self.ops.append(MaxPool(name, [x], o, tuple(kernel), tuple(stride), tuple(padding)))
         return o
 
-    def avgpool(self, x: str, kernel, stride, out_scale: float, out_zp: int, *,
-                relu: str | None = None, qrange: tuple[int, int] = (-128, 127),
-                name: str = "avgpool", out: str | None = None) -> str:
+    def avgpool(
+        self,
+        x: str,
+        kernel,
+        stride,
+        out_scale: float,
+        out_zp: int,
+        *,
+        relu: str | None = None,
+        qrange: tuple[int, int] = (-128, 127),
+        name: str = "avgpool",
+        out: str | None = None,
+    ) -> str:
         t = self.tensors[x]
         h, w, c = t.shape
         oh = (h - kernel[0]) // stride[0] + 1
@@ -119,9 +173,18 @@ class GraphBuilder:
         self.ops.append(AvgPool(name, [x], o, tuple(kernel), tuple(stride), m, s, lo, hi))
         return o
 
-    def add(self, a: str, b: str, out_scale: float, out_zp: int, *, relu: str | None = None,
-            qrange: tuple[int, int] = (-128, 127), name: str = "add",
-            out: str | None = None) -> str:
+    def add(
+        self,
+        a: str,
+        b: str,
+        out_scale: float,
+        out_zp: int,
+        *,
+        relu: str | None = None,
+        qrange: tuple[int, int] = (-128, 127),
+        name: str = "add",
+        out: str | None = None,
+    ) -> str:
         ta, tb = self.tensors[a], self.tensors[b]
         o = self._new(ta.shape, out_scale, out_zp, out)
         twice_max = 2.0 * max(ta.scale, tb.scale)
@@ -132,25 +195,31 @@ class GraphBuilder:
         self.ops.append(Add(name, [a, b], o, ADD_LEFT_SHIFT, m1, s1, m2, s2, mo, so, lo, hi))
         return o
 
-    def softmax(self, x: str, out_scale: float, out_zp: int, *,
-                qrange: tuple[int, int] = (-128, 127), name: str = "softmax",
-                out: str | None = None) -> str:
+    def softmax(
+        self,
+        x: str,
+        out_scale: float,
+        out_zp: int,
+        *,
+        qrange: tuple[int, int] = (-128, 127),
+        name: str = "softmax",
+        out: str | None = None,
+    ) -> str:
         """Softmax over the vector ``x`` (see :class:`~tinytamer.micro.ir.Softmax`)."""
         t = self.tensors[x]
         if len(t.shape) != 1:
-            raise ModelError(f"softmax '{name}': input of shape {t.shape}; only a vector "
-                             "(softmax over the classes) is supported")
+            raise ModelError(
+                f"softmax '{name}': input of shape {t.shape}; only a vector (softmax over the classes) is supported"
+            )
         multiplier = int(round(65536.0 / out_scale)) if out_scale > 0 else 0
         if not 0 < multiplier < 2**31:
-            raise ModelError(f"softmax '{name}': output scale {out_scale} is outside "
-                             "(2^-15, 2^16]")
+            raise ModelError(f"softmax '{name}': output scale {out_scale} is outside (2^-15, 2^16]")
         table = np.round(np.exp(-t.scale * np.arange(256, dtype=np.float64)) * 2.0**30)
         o = self._new(t.shape, out_scale, out_zp, out)
         self.ops.append(Softmax(name, [x], o, table.astype(np.int64), multiplier, *qrange))
         return o
 
-    def reshape(self, x: str, shape: tuple[int, ...], *, name: str = "flatten",
-                out: str | None = None) -> str:
+    def reshape(self, x: str, shape: tuple[int, ...], *, name: str = "flatten", out: str | None = None) -> str:
         t = self.tensors[x]
         o = self._new(shape, t.scale, t.zero_point, out)
         self.ops.append(Reshape(name, [x], o))
@@ -178,14 +247,15 @@ def random_graph(seed: int = 0, *, size: int = 8, channels: int = 4) -> Graph:
 
     c = channels
     b = GraphBuilder((size, size, 3), 0.02, zp())
-    x = b.conv(b.input, w(c, 3, 3, 3), sc(c), rng.normal(0, 1, c), 0.05, -128,
-               padding=(1, 1), relu="relu", name="stem")
-    d = b.conv(x, w(c, 1, 3, 3), sc(c), rng.normal(0, 1, c), 0.05, zp(), padding=(1, 1),
-               groups=c, relu="relu6", name="dw")
+    x = b.conv(b.input, w(c, 3, 3, 3), sc(c), rng.normal(0, 1, c), 0.05, -128, padding=(1, 1), relu="relu", name="stem")
+    d = b.conv(
+        x, w(c, 1, 3, 3), sc(c), rng.normal(0, 1, c), 0.05, zp(), padding=(1, 1), groups=c, relu="relu6", name="dw"
+    )
     p = b.conv(d, w(c, c, 1, 1), sc(c), None, 0.07, zp(), name="pw")
     s = b.add(x, p, 0.06, zp(), relu="relu", name="res")
-    s2 = b.conv(s, w(2 * c, c, 3, 3), sc(2 * c), rng.normal(0, 1, 2 * c), 0.08, zp(),
-                stride=(2, 2), padding=(1, 1), name="down")
+    s2 = b.conv(
+        s, w(2 * c, c, 3, 3), sc(2 * c), rng.normal(0, 1, 2 * c), 0.08, zp(), stride=(2, 2), padding=(1, 1), name="down"
+    )
     m = b.maxpool(s2, (3, 3), (1, 1), (1, 1), name="mp")
     a = b.avgpool(m, (2, 2), (2, 2), 0.05, zp(), name="ap")
     g = b.avgpool(a, b.tensors[a].shape[:2], (1, 1), 0.04, zp(), name="gap")

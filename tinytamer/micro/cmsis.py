@@ -48,37 +48,66 @@ from tinytamer.micro.ops import Add, AvgPool, Conv2D, Dense, MaxPool
 from tinytamer.micro.ops.base import CallSite, c_array, c_requant
 
 ENV = "CMSIS_NN_ROOT"
-HINT = (f"point the micro target's cmsis_nn_root option (or ${ENV}) at a CMSIS-NN source tree "
-        "(https://github.com/ARM-software/CMSIS-NN; it holds Include/arm_nnfunctions.h)")
+HINT = (
+    f"point the micro target's cmsis_nn_root option (or ${ENV}) at a CMSIS-NN source tree "
+    "(https://github.com/ARM-software/CMSIS-NN; it holds Include/arm_nnfunctions.h)"
+)
 
 # The CMSIS-NN sources the s8 calls above reach (wrappers, the kernels they pick, their
 # support routines), relative to the tree's Source/.  The linker drops what a model does not
 # call (--gc-sections on the Cortex-M build).
-SOURCES = tuple(f"{d}/{f}.c" for d, names in {
-    "ConvolutionFunctions": (
-        "arm_convolve_wrapper_s8", "arm_convolve_s8", "arm_convolve_1x1_s8_fast",
-        "arm_convolve_1x1_s8", "arm_convolve_1_x_n_s8", "arm_convolve_get_buffer_sizes_s8",
-        "arm_nn_mat_mult_kernel_s8_s16", "arm_nn_mat_mult_kernel_row_offset_s8_s16",
-        "arm_nn_mat_mult_s8", "arm_depthwise_conv_wrapper_s8", "arm_depthwise_conv_s8",
-        "arm_depthwise_conv_s8_opt", "arm_depthwise_conv_3x3_s8",
-        "arm_nn_depthwise_conv_s8_core", "arm_depthwise_conv_get_buffer_sizes_s8"),
-    "FullyConnectedFunctions": (
-        "arm_fully_connected_s8", "arm_fully_connected_per_channel_s8",
-        "arm_fully_connected_get_buffer_sizes_s8", "arm_vector_sum_s8"),
-    "PoolingFunctions": ("arm_max_pool_s8",),
-    "BasicMathFunctions": ("arm_elementwise_add_s8",),
-    "NNSupportFunctions": (
-        "arm_nn_mat_mult_nt_t_s8", "arm_nn_mat_mul_core_1x_s8", "arm_nn_mat_mul_core_4x_s8",
-        "arm_nn_vec_mat_mult_t_s8", "arm_nn_vec_mat_mult_t_per_ch_s8",
-        "arm_q7_to_q15_with_offset", "arm_s8_to_s16_unordered_with_offset",
-        "arm_nn_depthwise_conv_nt_t_s8", "arm_nn_depthwise_conv_nt_t_padded_s8"),
-}.items() for f in names)
+SOURCES = tuple(
+    f"{d}/{f}.c"
+    for d, names in {
+        "ConvolutionFunctions": (
+            "arm_convolve_wrapper_s8",
+            "arm_convolve_s8",
+            "arm_convolve_1x1_s8_fast",
+            "arm_convolve_1x1_s8",
+            "arm_convolve_1_x_n_s8",
+            "arm_convolve_get_buffer_sizes_s8",
+            "arm_nn_mat_mult_kernel_s8_s16",
+            "arm_nn_mat_mult_kernel_row_offset_s8_s16",
+            "arm_nn_mat_mult_s8",
+            "arm_depthwise_conv_wrapper_s8",
+            "arm_depthwise_conv_s8",
+            "arm_depthwise_conv_s8_opt",
+            "arm_depthwise_conv_3x3_s8",
+            "arm_nn_depthwise_conv_s8_core",
+            "arm_depthwise_conv_get_buffer_sizes_s8",
+        ),
+        "FullyConnectedFunctions": (
+            "arm_fully_connected_s8",
+            "arm_fully_connected_per_channel_s8",
+            "arm_fully_connected_get_buffer_sizes_s8",
+            "arm_vector_sum_s8",
+        ),
+        "PoolingFunctions": ("arm_max_pool_s8",),
+        "BasicMathFunctions": ("arm_elementwise_add_s8",),
+        "NNSupportFunctions": (
+            "arm_nn_mat_mult_nt_t_s8",
+            "arm_nn_mat_mul_core_1x_s8",
+            "arm_nn_mat_mul_core_4x_s8",
+            "arm_nn_vec_mat_mult_t_s8",
+            "arm_nn_vec_mat_mult_t_per_ch_s8",
+            "arm_q7_to_q15_with_offset",
+            "arm_s8_to_s16_unordered_with_offset",
+            "arm_nn_depthwise_conv_nt_t_s8",
+            "arm_nn_depthwise_conv_nt_t_padded_s8",
+        ),
+    }.items()
+    for f in names
+)
 _SIZE_SOURCES = tuple(s for s in SOURCES if "get_buffer_sizes" in s)
 
 # CMSIS-Core headers, where a tree sits beside them (CMSIS-NN v7 does not include them; older
 # trees and vendor SDK layouts do), relative to the CMSIS-NN root.
-_CORE_CANDIDATES = ("../cmsis-6/CMSIS/Core/Include", "../CMSIS_6/CMSIS/Core/Include",
-                    "../CMSIS/Core/Include", "../Core/Include")
+_CORE_CANDIDATES = (
+    "../cmsis-6/CMSIS/Core/Include",
+    "../CMSIS_6/CMSIS/Core/Include",
+    "../CMSIS/Core/Include",
+    "../Core/Include",
+)
 
 
 def find_root(root: str | Path | None = None) -> Path:
@@ -87,11 +116,11 @@ def find_root(root: str | Path | None = None) -> Path:
     if not given:
         raise ModelError(f"kernels 'cmsis-nn' needs a CMSIS-NN source tree: {HINT}")
     r = Path(given).expanduser().resolve()
-    missing = [s for s in ("Include/arm_nnfunctions.h", *(f"Source/{s}" for s in SOURCES))
-               if not (r / s).is_file()]
+    missing = [s for s in ("Include/arm_nnfunctions.h", *(f"Source/{s}" for s in SOURCES)) if not (r / s).is_file()]
     if missing:
-        raise ModelError(f"'{r}' is not a usable CMSIS-NN tree ({len(missing)} files missing, "
-                         f"e.g. {missing[0]}): {HINT}")
+        raise ModelError(
+            f"'{r}' is not a usable CMSIS-NN tree ({len(missing)} files missing, e.g. {missing[0]}): {HINT}"
+        )
     return r
 
 
@@ -154,13 +183,20 @@ def _size_tool(root: Path, dsp: bool) -> Path:
     d = Path(tempfile.mkdtemp(prefix="tinytamer-cmsis-"))
     (d / "sizes.c").write_text(_SIZE_MAIN)
     exe = d / "sizes"
-    cmd = [require("gcc"), "-std=c99", "-O1", f"-DTT_CMSIS_DSP={int(dsp)}",
-           *(f"-I{p}" for p in include_dirs(root)), str(d / "sizes.c"),
-           *(str(root / "Source" / s) for s in _SIZE_SOURCES), "-o", str(exe)]
+    cmd = [
+        require("gcc"),
+        "-std=c99",
+        "-O1",
+        f"-DTT_CMSIS_DSP={int(dsp)}",
+        *(f"-I{p}" for p in include_dirs(root)),
+        str(d / "sizes.c"),
+        *(str(root / "Source" / s) for s in _SIZE_SOURCES),
+        "-o",
+        str(exe),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ModelError(f"building CMSIS-NN's buffer-size functions from {root} failed:\n"
-                         f"{proc.stderr[-3000:]}")
+        raise ModelError(f"building CMSIS-NN's buffer-size functions from {root} failed:\n{proc.stderr[-3000:]}")
     return exe
 
 
@@ -168,8 +204,9 @@ def buffer_sizes(root: Path, dsp: bool, queries: list[str]) -> list[int]:
     """CMSIS-NN's ``*_get_buffer_size`` answers for ``queries`` (lines as in _SIZE_MAIN)."""
     if not queries:
         return []
-    proc = subprocess.run([str(_size_tool(root, dsp))], input="\n".join(queries) + "\n",
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(_size_tool(root, dsp))], input="\n".join(queries) + "\n", capture_output=True, text=True, timeout=60
+    )
     sizes = [int(v) for v in proc.stdout.split()]
     if proc.returncode != 0 or len(sizes) != len(queries):
         raise ModelError(f"CMSIS-NN buffer-size query failed: {proc.stderr[-500:]}")
@@ -237,8 +274,10 @@ class CmsisBackend:
                 return f"{op.weight_form} weights (this backend runs int8 weights)"
             return _requant_refusal(op)
         if isinstance(op, AvgPool):
-            return ("arm_avgpool_s8 rounds the window mean once; the graph requantizes the "
-                    "window sum (two roundings, one step apart on some sums)")
+            return (
+                "arm_avgpool_s8 rounds the window mean once; the graph requantizes the "
+                "window sum (two roundings, one step apart on some sums)"
+            )
         if isinstance(op, (MaxPool, Add)):
             return None
         return f"no bit-exact CMSIS-NN kernel for {type(op).__name__}"
@@ -252,8 +291,9 @@ class CmsisBackend:
             if isinstance(op, Conv2D):
                 (h, w, c), (oh, ow, oc) = t_in.shape, t_out.shape
                 _, kh, kw, _ = op.weight.shape
-                queries[i] = " ".join(map(str, ("d" if op.depthwise else "c", h, w, c, oc, kh, kw,
-                                                oh, ow, *op.stride, *op.padding)))
+                queries[i] = " ".join(
+                    map(str, ("d" if op.depthwise else "c", h, w, c, oc, kh, kw, oh, ow, *op.stride, *op.padding))
+                )
             elif isinstance(op, Dense):
                 queries[i] = f"f {op.weight.shape[1]} {op.weight.shape[0]}"
         sizes = buffer_sizes(self.root, self.dsp, list(queries.values()))
@@ -263,60 +303,73 @@ class CmsisBackend:
         """The op's constants and its CMSIS-NN call."""
         g, i, x, out = site.g, site.i, site.args[0], site.out
         t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
-        ctx = (f"static const cmsis_nn_context cx{i} = "
-               f"{{(void *){site.scratch}, {scratch_size}}};\n")
+        ctx = f"static const cmsis_nn_context cx{i} = {{(void *){site.scratch}, {scratch_size}}};\n"
         if isinstance(op, Add):
             ta, tb = (g.tensors[n] for n in op.inputs)
             fn = "arm_elementwise_add_s8"
             self.functions[i] = fn
-            return [], (f"(void){fn}({x}, {site.args[1]}, {-ta.zero_point}, {op.in1_multiplier}, "
-                        f"{op.in1_shift}, {-tb.zero_point}, {op.in2_multiplier}, {op.in2_shift}, "
-                        f"{op.left_shift}, {out}, {t_out.zero_point}, {op.out_multiplier}, "
-                        f"{op.out_shift}, {op.act_min}, {op.act_max}, {t_out.size})")
+            return [], (
+                f"(void){fn}({x}, {site.args[1]}, {-ta.zero_point}, {op.in1_multiplier}, "
+                f"{op.in1_shift}, {-tb.zero_point}, {op.in2_multiplier}, {op.in2_shift}, "
+                f"{op.left_shift}, {out}, {t_out.zero_point}, {op.out_multiplier}, "
+                f"{op.out_shift}, {op.act_min}, {op.act_max}, {t_out.size})"
+            )
         if isinstance(op, MaxPool):
             (h, w, c), (oh, ow, _) = t_in.shape, t_out.shape
             fn = "arm_max_pool_s8"
             self.functions[i] = fn
             # Padding is skipped (a window's max over its in-map part), as the reference's
             # below-int8 padding value gives.
-            data = [ctx, f"static const cmsis_nn_pool_params pp{i} = {{.stride = "
-                         f"{_tile(*op.stride)}, .padding = {_tile(*op.padding)}, "
-                         f".activation = {_act(-128, 127)}}};\n",
-                    _dims(f"di{i}", 1, h, w, c), _dims(f"df{i}", 1, *op.kernel, 1),
-                    _dims(f"do{i}", 1, oh, ow, c)]
+            data = [
+                ctx,
+                f"static const cmsis_nn_pool_params pp{i} = {{.stride = "
+                f"{_tile(*op.stride)}, .padding = {_tile(*op.padding)}, "
+                f".activation = {_act(-128, 127)}}};\n",
+                _dims(f"di{i}", 1, h, w, c),
+                _dims(f"df{i}", 1, *op.kernel, 1),
+                _dims(f"do{i}", 1, oh, ow, c),
+            ]
             return data, f"(void){fn}(&cx{i}, &pp{i}, &di{i}, {x}, &df{i}, &do{i}, {out})"
         if isinstance(op, Dense):
             n_in, n_out = op.weight.shape[1], op.weight.shape[0]
-            per_tensor = bool(np.all(op.multiplier == op.multiplier[0])
-                              and np.all(op.shift == op.shift[0]))
-            data = [ctx, c_array(f"w{i}", "int8_t", op.weight), *c_requant(i, op),
-                    f"static const cmsis_nn_fc_params fp{i} = {{.input_offset = "
-                    f"{-t_in.zero_point}, .filter_offset = 0, .output_offset = "
-                    f"{t_out.zero_point}, .activation = {_act(op.act_min, op.act_max)}}};\n",
-                    _dims(f"di{i}", 1, 1, 1, n_in), _dims(f"df{i}", n_in, 1, 1, n_out),
-                    _dims(f"db{i}", 1, 1, 1, n_out), _dims(f"do{i}", 1, 1, 1, n_out)]
+            per_tensor = bool(np.all(op.multiplier == op.multiplier[0]) and np.all(op.shift == op.shift[0]))
+            data = [
+                ctx,
+                c_array(f"w{i}", "int8_t", op.weight),
+                *c_requant(i, op),
+                f"static const cmsis_nn_fc_params fp{i} = {{.input_offset = "
+                f"{-t_in.zero_point}, .filter_offset = 0, .output_offset = "
+                f"{t_out.zero_point}, .activation = {_act(op.act_min, op.act_max)}}};\n",
+                _dims(f"di{i}", 1, 1, 1, n_in),
+                _dims(f"df{i}", n_in, 1, 1, n_out),
+                _dims(f"db{i}", 1, 1, 1, n_out),
+                _dims(f"do{i}", 1, 1, 1, n_out),
+            ]
             if per_tensor:
                 fn = "arm_fully_connected_s8"
-                data.append(f"static const cmsis_nn_per_tensor_quant_params q{i} = "
-                            f"{{{int(op.multiplier[0])}, {int(op.shift[0])}}};\n")
+                data.append(
+                    f"static const cmsis_nn_per_tensor_quant_params q{i} = "
+                    f"{{{int(op.multiplier[0])}, {int(op.shift[0])}}};\n"
+                )
             else:
                 fn = "arm_fully_connected_per_channel_s8"
-                data.append(f"static const cmsis_nn_per_channel_quant_params q{i} = "
-                            f"{{(int32_t *)m{i}, (int32_t *)s{i}}};\n")
+                data.append(
+                    f"static const cmsis_nn_per_channel_quant_params q{i} = {{(int32_t *)m{i}, (int32_t *)s{i}}};\n"
+                )
             self.functions[i] = fn
-            return data, (f"(void){fn}(&cx{i}, &fp{i}, &q{i}, &di{i}, {x}, &df{i}, w{i}, "
-                          f"&db{i}, b{i}, &do{i}, {out})")
+            return data, (f"(void){fn}(&cx{i}, &fp{i}, &q{i}, &di{i}, {x}, &df{i}, w{i}, &db{i}, b{i}, &do{i}, {out})")
         assert isinstance(op, Conv2D)
         (h, w, c), (oh, ow, oc) = t_in.shape, t_out.shape
         _, kh, kw, icg = op.weight.shape
-        common = (f"{-t_in.zero_point}, .output_offset = {t_out.zero_point}, ")
-        tail = (f".stride = {_tile(*op.stride)}, .padding = {_tile(*op.padding)}, "
-                f".dilation = {_tile(1, 1)}, .activation = {_act(op.act_min, op.act_max)}}};\n")
+        common = f"{-t_in.zero_point}, .output_offset = {t_out.zero_point}, "
+        tail = (
+            f".stride = {_tile(*op.stride)}, .padding = {_tile(*op.padding)}, "
+            f".dilation = {_tile(1, 1)}, .activation = {_act(op.act_min, op.act_max)}}};\n"
+        )
         if op.depthwise:
             fn = "arm_depthwise_conv_wrapper_s8"
             wa = np.ascontiguousarray(op.weight[..., 0].transpose(1, 2, 0))  # [KH][KW][C]
-            params = (f"static const cmsis_nn_dw_conv_params cp{i} = {{.input_offset = "
-                      f"{common}.ch_mult = 1, {tail}")
+            params = f"static const cmsis_nn_dw_conv_params cp{i} = {{.input_offset = {common}.ch_mult = 1, {tail}"
             fdims = _dims(f"df{i}", 1, kh, kw, oc)
         else:
             fn = "arm_convolve_wrapper_s8"
@@ -324,13 +377,18 @@ class CmsisBackend:
             params = f"static const cmsis_nn_conv_params cp{i} = {{.input_offset = {common}{tail}"
             fdims = _dims(f"df{i}", oc, kh, kw, icg)
         self.functions[i] = fn
-        data = [ctx, c_array(f"w{i}", "int8_t", wa), *c_requant(i, op), params,
-                f"static const cmsis_nn_per_channel_quant_params q{i} = "
-                f"{{(int32_t *)m{i}, (int32_t *)s{i}}};\n",
-                _dims(f"di{i}", 1, h, w, c), fdims, _dims(f"db{i}", 1, 1, 1, oc),
-                _dims(f"do{i}", 1, oh, ow, oc)]
-        return data, (f"(void){fn}(&cx{i}, &cp{i}, &q{i}, &di{i}, {x}, &df{i}, w{i}, "
-                      f"&db{i}, b{i}, &do{i}, {out})")
+        data = [
+            ctx,
+            c_array(f"w{i}", "int8_t", wa),
+            *c_requant(i, op),
+            params,
+            f"static const cmsis_nn_per_channel_quant_params q{i} = {{(int32_t *)m{i}, (int32_t *)s{i}}};\n",
+            _dims(f"di{i}", 1, h, w, c),
+            fdims,
+            _dims(f"db{i}", 1, 1, 1, oc),
+            _dims(f"do{i}", 1, oh, ow, oc),
+        ]
+        return data, (f"(void){fn}(&cx{i}, &cp{i}, &q{i}, &di{i}, {x}, &df{i}, w{i}, &db{i}, b{i}, &do{i}, {out})")
 
 
 def backend(root: str | Path | None, dsp: bool) -> CmsisBackend:

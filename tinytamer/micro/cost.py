@@ -54,16 +54,37 @@ class CycleTable:
 
 CYCLE_TABLES = {
     "cortex-m4": CycleTable("cortex-m4", source="ARM Cortex-M4 TRM (DDI 0439B) Table 3-1"),
-    "cortex-m7": CycleTable("cortex-m7", load_store=1, dual=2, branch_refill=1,
-                            source="M4 classes, single-cycle TCM loads, P=1 (no public table)"),
+    "cortex-m7": CycleTable(
+        "cortex-m7",
+        load_store=1,
+        dual=2,
+        branch_refill=1,
+        source="M4 classes, single-cycle TCM loads, P=1 (no public table)",
+    ),
 }
 # The host build runs natively: it has no emulated instruction stream to count.
 
 _SINGLE_LS = ("ldr", "str")
 _DUAL_LS = ("ldrd", "strd")
 _MULTI = ("ldm", "stm", "push", "pop", "vpush", "vpop", "vldm", "vstm")
-_MUL_PREFIX = ("mul", "mla", "mls", "smul", "umul", "smla", "umla", "smua", "smus", "smls",
-               "smmul", "smmla", "smmls", "umaal", "smlsd", "smlad")
+_MUL_PREFIX = (
+    "mul",
+    "mla",
+    "mls",
+    "smul",
+    "umul",
+    "smla",
+    "umla",
+    "smua",
+    "smus",
+    "smls",
+    "smmul",
+    "smmla",
+    "smmls",
+    "umaal",
+    "smlsd",
+    "smlad",
+)
 _DIV = ("sdiv", "udiv")
 _IT = re.compile(r"it[te]{0,3}")
 

@@ -102,8 +102,9 @@ class FastRequant:
     general: int
 
 
-def fast_records(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
-                 abs_weight_sum: np.ndarray, out_zp: int) -> FastRequant:
+def fast_records(
+    bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, abs_weight_sum: np.ndarray, out_zp: int
+) -> FastRequant:
     """The requantization records of a conv / dense layer's channels, each exact.
 
     A channel takes the first form that is provably equal to :func:`requantize` (+ zero
@@ -135,8 +136,7 @@ def fast_records(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
             continue
         # The kernel's int32 accumulator wraps as the general kernels' does; the range is
         # taken in int64 and saturated like it only where it cannot wrap.
-        lo, hi = requantize(np.array([bias[c] - spread[c], bias[c] + spread[c]]),
-                            int(mult[c]), int(shift[c]))
+        lo, hi = requantize(np.array([bias[c] - spread[c], bias[c] + spread[c]]), int(mult[c]), int(shift[c]))
         if lo == hi:
             # Clamped to int8 afterwards: any value beyond +-129 clamps alike.
             v = int(np.clip(lo + out_zp, -129, 128))

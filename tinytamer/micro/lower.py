@@ -37,13 +37,23 @@ from tinytamer.qgraph import ActQuant, QuantWeight
 CONVERT: dict[object, DeviceOp] = {p: d for d in OPS.values() for p in d.lowers_from}
 # Lowering plumbing that is no device op: ReLUs fuse into their producer, the rest keeps
 # its input's quantization, and scalar queries produce no tensor.
-_RELU = {nn.ReLU: "relu", nn.ReLU6: "relu6", F.relu: "relu", torch.relu: "relu",
-         torch.relu_: "relu", F.relu6: "relu6", "relu": "relu", "relu_": "relu"}
+_RELU = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    F.relu: "relu",
+    torch.relu: "relu",
+    torch.relu_: "relu",
+    F.relu6: "relu6",
+    "relu": "relu",
+    "relu_": "relu",
+}
 _PASS = {nn.Dropout, nn.Dropout2d, nn.Identity, F.dropout, "contiguous"}
 _SCALAR = {getattr, "size", "dim"}
-SUPPORTED_OPS = ("conv2d (incl. depthwise/grouped), linear, max/avg pool, global average pool, "
-                 "residual add, ReLU/ReLU6 fused into its producer, flatten/reshape, softmax "
-                 "over the classes of a vector")
+SUPPORTED_OPS = (
+    "conv2d (incl. depthwise/grouped), linear, max/avg pool, global average pool, "
+    "residual add, ReLU/ReLU6 fused into its producer, flatten/reshape, softmax "
+    "over the classes of a vector"
+)
 
 
 def _module_pattern(m: nn.Module, table) -> type | None:
@@ -76,8 +86,9 @@ class Lowerer:
         src = node.meta.get("stack_trace") or ""
         layer = self.layer(node)
         where = f"node '{node.name}'" + (f" of layer '{layer[0]}' ({layer[1]})" if layer else "")
-        return ModelError(f"micro lowering: {what} at {where}; supported: {SUPPORTED_OPS}"
-                          + (f"\n{src}" if src else ""))
+        return ModelError(
+            f"micro lowering: {what} at {where}; supported: {SUPPORTED_OPS}" + (f"\n{src}" if src else "")
+        )
 
     def check_layers(self) -> None:
         """Refuse a layer type the device has no rule for before lowering anything, so the
@@ -86,20 +97,29 @@ class Lowerer:
             if node.op != "call_module":
                 continue
             m = self.mod(node)
-            known = isinstance(m, ActQuant) or _module_pattern(m, CONVERT) is not None \
-                or _module_pattern(m, _RELU) is not None or _module_pattern(m, _PASS) is not None
+            known = (
+                isinstance(m, ActQuant)
+                or _module_pattern(m, CONVERT) is not None
+                or _module_pattern(m, _RELU) is not None
+                or _module_pattern(m, _PASS) is not None
+            )
             if not known:
-                raise ModelError(f"micro lowering: layer '{node.target}' ({type(m).__name__}) "
-                                 "is not supported by the micro path; supported ops: "
-                                 f"{SUPPORTED_OPS}")
+                raise ModelError(
+                    f"micro lowering: layer '{node.target}' ({type(m).__name__}) "
+                    "is not supported by the micro path; supported ops: "
+                    f"{SUPPORTED_OPS}"
+                )
 
     def quant(self, node: fx.Node, arg, *, flattened_ok: bool = False) -> str:
         """The int8 tensor ``node`` reads as ``arg``; ``flattened_ok`` for the one reader
         (a linear layer) that can take a flattened C x H x W map in HWC order."""
         value = self.env.get(arg) if isinstance(arg, fx.Node) else None
         if not isinstance(value, str):
-            raise self.fail(node, f"input '{getattr(arg, 'name', arg)}' is not an int8 tensor "
-                                  "(a layer left in float, or a value without a FakeQuantAct)")
+            raise self.fail(
+                node,
+                f"input '{getattr(arg, 'name', arg)}' is not an int8 tensor "
+                "(a layer left in float, or a value without a FakeQuantAct)",
+            )
         if value in self.torch_order and not flattened_ok:
             raise self.fail(node, "a flattened C x H x W feature map may only feed a linear layer")
         return value
@@ -148,8 +168,11 @@ class Lowerer:
             m = self.mod(node)
             if isinstance(m, ActQuant):
                 return self.finish(node, m)
-            return self.convert(node, _module_pattern(m, CONVERT) or _module_pattern(m, _RELU)
-                                or _module_pattern(m, _PASS), f"a {type(m).__name__}")
+            return self.convert(
+                node,
+                _module_pattern(m, CONVERT) or _module_pattern(m, _RELU) or _module_pattern(m, _PASS),
+                f"a {type(m).__name__}",
+            )
         if node.op == "call_function":
             f = node.target
             if f is F.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0):
@@ -173,10 +196,16 @@ class Lowerer:
 
     def fuse_relu(self, node: fx.Node, kind: str) -> Pending:
         src = self.env.get(node.args[0])
-        if not isinstance(src, Pending) or src.op is None or not src.op.fuses_relu \
-                or src.relu is not None or len(node.args[0].users) != 1:
-            raise self.fail(node, f"a {kind.upper()} that does not directly follow a conv, "
-                                  "linear or add it can fuse into")
+        if (
+            not isinstance(src, Pending)
+            or src.op is None
+            or not src.op.fuses_relu
+            or src.relu is not None
+            or len(node.args[0].users) != 1
+        ):
+            raise self.fail(
+                node, f"a {kind.upper()} that does not directly follow a conv, linear or add it can fuse into"
+            )
         src.relu = kind
         return src
 
@@ -192,17 +221,18 @@ class Lowerer:
             return src.op.finish(self, src, q)
         if self.b is not None:
             raise self.fail(node, "a second input quantizer")
-        self.b = GraphBuilder(ir_shape(node_shape(src.node), src.node), q.scale, q.zero_point,
-                              name="input")
+        self.b = GraphBuilder(ir_shape(node_shape(src.node), src.node), q.scale, q.zero_point, name="input")
         return "input"
 
 
 def lower(gm: fx.GraphModule, example_input: torch.Tensor) -> Graph:
     """Lower a converted int8 GraphModule (batch-1 ``example_input``) to an integer graph."""
     if not isinstance(gm, fx.GraphModule):
-        raise ModelError("micro lowering needs the converted GraphModule of "
-                         "tinytamer.compress.int8 (quantize_ptq / convert), got "
-                         f"{type(gm).__name__}")
+        raise ModelError(
+            "micro lowering needs the converted GraphModule of "
+            "tinytamer.compress.int8 (quantize_ptq / convert), got "
+            f"{type(gm).__name__}"
+        )
     x = example_input[:1]
     g = Lowerer(gm.eval()).run(x)
     # Each weight layer's flash form, from its w_bits and the values it holds.
@@ -210,8 +240,7 @@ def lower(gm: fx.GraphModule, example_input: torch.Tensor) -> Graph:
     for op in g.ops:
         if hasattr(op, "weight_form") and op.name in w_bits:
             # Sparse kernels exist for fully connected and groups-1 convolution layers.
-            op.weight_form = weights.choose(op.weight, w_bits[op.name],
-                                            sparse=getattr(op, "groups", 1) == 1)
+            op.weight_form = weights.choose(op.weight, w_bits[op.name], sparse=getattr(op, "groups", 1) == 1)
     return g
 
 

@@ -86,16 +86,19 @@ def find_fusions(g: Graph) -> dict[int, int]:
         if conv.output not in add.inputs or add.inputs[0] == add.inputs[1]:
             continue
         other = base[next(t for t in add.inputs if t != conv.output)]
-        if len(g.consumers(conv.output)) != 1 or conv.output == g.output \
-                or base[g.output] == add.output or other == g.input \
-                or last_use.get(other) != k + 1:
+        if (
+            len(g.consumers(conv.output)) != 1
+            or conv.output == g.output
+            or base[g.output] == add.output
+            or other == g.input
+            or last_use.get(other) != k + 1
+        ):
             continue
         fused[k] = k + 1
     return fused
 
 
-def plan(g: Graph, scratch_sizes: dict[int, int] | None = None,
-         fused: dict[int, int] | None = None) -> MemoryPlan:
+def plan(g: Graph, scratch_sizes: dict[int, int] | None = None, fused: dict[int, int] | None = None) -> MemoryPlan:
     """Plan the arena; ``scratch_sizes`` maps op index -> scratch bytes the op's kernel needs,
     ``fused`` the conv -> add pairs of :func:`find_fusions` that run as one kernel."""
     scratch_sizes = scratch_sizes or {}
@@ -145,8 +148,11 @@ def plan(g: Graph, scratch_sizes: dict[int, int] | None = None,
         alive = [o for o in placed if not (buf.last < o.first or o.last < buf.first)]
         offset = 0
         while True:
-            clash = [o.offset + _align(o.size) for o in alive
-                     if offset < o.offset + _align(o.size) and o.offset < offset + _align(buf.size)]
+            clash = [
+                o.offset + _align(o.size)
+                for o in alive
+                if offset < o.offset + _align(o.size) and o.offset < offset + _align(buf.size)
+            ]
             if not clash:
                 break
             offset = min(clash)

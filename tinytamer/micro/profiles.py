@@ -56,30 +56,50 @@ class MemoryProfile:
 
 PROFILES = {
     "ideal": MemoryProfile(
-        "ideal", None, None,
-        source="every access zero-wait: the core's cycle table alone (for kernel work)"),
+        "ideal", None, None, source="every access zero-wait: the core's cycle table alone (for kernel work)"
+    ),
     "stm32l4r5": MemoryProfile(
         # MLPerf Tiny's reference board (NUCLEO-L4R5ZI), Cortex-M4F at 120 MHz.
-        "stm32l4r5", "cortex-m4", 120e6, fetch_wait=5, data_wait=5,
-        icache=Cache(32, 32), dcache=Cache(8, 32), prefetch=True,
-        flash_bytes=2 << 20, sram_bytes=640 << 10,
+        "stm32l4r5",
+        "cortex-m4",
+        120e6,
+        fetch_wait=5,
+        data_wait=5,
+        icache=Cache(32, 32),
+        dcache=Cache(8, 32),
+        prefetch=True,
+        flash_bytes=2 << 20,
+        sram_bytes=640 << 10,
         source="ST RM0432 (STM32L4+), sec. 3.3.3 read access latency (5 wait states at "
-               "100-120 MHz, range 1 boost) and 3.3.4 ART accelerator (prefetch, instruction "
-               "cache 32 lines x 4x64 bit, data cache 8 lines x 4x64 bit); DS12023: 2 MB "
-               "flash, 640 KB SRAM",
-        assumed=("wait states and cache geometry recalled from RM0432, not re-read here",
-                 "fully associative LRU caches; a line refill costs the wait states once")),
+        "100-120 MHz, range 1 boost) and 3.3.4 ART accelerator (prefetch, instruction "
+        "cache 32 lines x 4x64 bit, data cache 8 lines x 4x64 bit); DS12023: 2 MB "
+        "flash, 640 KB SRAM",
+        assumed=(
+            "wait states and cache geometry recalled from RM0432, not re-read here",
+            "fully associative LRU caches; a line refill costs the wait states once",
+        ),
+    ),
     "stm32f746": MemoryProfile(
         # Cortex-M7 at 216 MHz, code and constants in flash over the AXIM bus.
-        "stm32f746", "cortex-m7", 216e6, fetch_wait=7, data_wait=7,
-        icache=Cache(128, 32), dcache=Cache(128, 32), prefetch=True,
-        flash_bytes=1 << 20, sram_bytes=320 << 10,
+        "stm32f746",
+        "cortex-m7",
+        216e6,
+        fetch_wait=7,
+        data_wait=7,
+        icache=Cache(128, 32),
+        dcache=Cache(128, 32),
+        prefetch=True,
+        flash_bytes=1 << 20,
+        sram_bytes=320 << 10,
         source="ST RM0385 (STM32F75x/74x), sec. 3.3.2 (7 wait states at 210-216 MHz, "
-               "2.7-3.6 V) and sec. 2.1 (4 KB L1 I-cache and 4 KB D-cache, 32-byte lines; "
-               "1 MB flash; SRAM 64 KB DTCM + 240 KB SRAM1 + 16 KB SRAM2)",
-        assumed=("wait states recalled from RM0385, not re-read here",
-                 "the L1 caches stand for the ART too (flash over AXIM); the M7's "
-                 "set-associative caches are simulated fully associative LRU")),
+        "2.7-3.6 V) and sec. 2.1 (4 KB L1 I-cache and 4 KB D-cache, 32-byte lines; "
+        "1 MB flash; SRAM 64 KB DTCM + 240 KB SRAM1 + 16 KB SRAM2)",
+        assumed=(
+            "wait states recalled from RM0385, not re-read here",
+            "the L1 caches stand for the ART too (flash over AXIM); the M7's "
+            "set-associative caches are simulated fully associative LRU",
+        ),
+    ),
 }
 # The board a user deploying to a core most likely has: measure() reports under it.
 BOARD = {"cortex-m4": "stm32l4r5", "cortex-m7": "stm32f746"}

@@ -49,8 +49,7 @@ class MicroProgram:
             q = q.transpose(0, 2, 3, 1)
         expect = (len(q), *t.shape)
         if q.shape != expect:
-            raise ModelError(f"micro program: input of shape {x.shape} does not match the "
-                             f"model's {t.shape} (HWC)")
+            raise ModelError(f"micro program: input of shape {x.shape} does not match the model's {t.shape} (HWC)")
         return np.ascontiguousarray(q.reshape(len(q), -1))
 
     def dequantize_output(self, q: np.ndarray) -> np.ndarray:
@@ -96,13 +95,11 @@ class MicroProgram:
         build = toolchain.arm_build(self.cmodel, self.workdir / "qemu", self.device, inputs=q)
         return toolchain.qemu_run(build, self.cmodel.output_size)
 
-    def profile(self, q_row: np.ndarray, *, per_layer: bool = True,
-                memory_profile: str = "ideal") -> dict:
+    def profile(self, q_row: np.ndarray, *, per_layer: bool = True, memory_profile: str = "ideal") -> dict:
         """Exact instructions and estimated cycles (under ``memory_profile``) per inference
         and per layer, the flash traffic behind them, and the inference's measured stack
         depth.  Layers run after the whole inference, so their caches start warm."""
-        with Session(self.device, elf=self._elf(), count=True,
-                     profile=memory_profile) as sess:
+        with Session(self.device, elf=self._elf(), count=True, profile=memory_profile) as sess:
             t_in = sess.alloc(self.cmodel.input_size)
             t_out = sess.alloc(self.cmodel.output_size)
             sess.write(t_in, q_row)
@@ -110,25 +107,39 @@ class MicroProgram:
             layers = []
             for fn, name in self.cmodel.layers if per_layer else []:
                 r = sess.call(fn, t_in, t_out)
-                layers.append({"layer": name, "instructions": r.instructions,
-                               "est_cycles": r.est_cycles})
-        return {"instructions": total.instructions, "est_cycles": total.est_cycles,
-                "memory_profile": total.memory_profile, "core_cycles": total.core_cycles,
-                "memory_cycles": total.memory_cycles, "flash_reads": total.flash_reads,
-                "fetch_misses": total.fetch_misses, "data_misses": total.data_misses,
-                "stack_bytes": total.stack_bytes, "layers": layers}
+                layers.append({"layer": name, "instructions": r.instructions, "est_cycles": r.est_cycles})
+        return {
+            "instructions": total.instructions,
+            "est_cycles": total.est_cycles,
+            "memory_profile": total.memory_profile,
+            "core_cycles": total.core_cycles,
+            "memory_cycles": total.memory_cycles,
+            "flash_reads": total.flash_reads,
+            "fetch_misses": total.fetch_misses,
+            "data_misses": total.data_misses,
+            "stack_bytes": total.stack_bytes,
+            "layers": layers,
+        }
 
 
 SCHEDULES = ("default", "portable", "tuned")
 KERNELS = ("tinytamer", "cmsis-nn")
 
 
-def build_program(gm: fx.GraphModule, example_input: torch.Tensor, device: str,
-                  workdir: str | Path, *, graph: Graph | None = None,
-                  schedules: str = "default", tuning_log: str | Path | None = None,
-                  kernels: str = "tinytamer", cmsis_nn_root: str | Path | None = None,
-                  memory_profile: str = "ideal", flash_budget: int | None = None
-                  ) -> MicroProgram:
+def build_program(
+    gm: fx.GraphModule,
+    example_input: torch.Tensor,
+    device: str,
+    workdir: str | Path,
+    *,
+    graph: Graph | None = None,
+    schedules: str = "default",
+    tuning_log: str | Path | None = None,
+    kernels: str = "tinytamer",
+    cmsis_nn_root: str | Path | None = None,
+    memory_profile: str = "ideal",
+    flash_budget: int | None = None,
+) -> MicroProgram:
     """Lower (unless ``graph`` is given), schedule, generate C and build it for ``device``.
 
     ``schedules``: "default" (the DSP kernels where the device has them), "portable" (the
@@ -157,8 +168,7 @@ def build_program(gm: fx.GraphModule, example_input: torch.Tensor, device: str,
     elif schedules == "tuned" and device != "host":
         from tinytamer.micro.tuning import tune
 
-        tuning_report = tune(g, device, log=tuning_log, profile=memory_profile,
-                             flash_budget=flash_budget)
+        tuning_report = tune(g, device, log=tuning_log, profile=memory_profile, flash_budget=flash_budget)
     cm = codegen.generate(g, dsp=device != "host", backend=backend)
     d = Path(workdir)
     cm.write(d / "src")

@@ -28,14 +28,12 @@ def run(g: Graph, x: np.ndarray, *, keep_all: bool = False) -> np.ndarray | dict
     x = np.asarray(x)
     shape = g.tensors[g.input].shape
     if x.dtype != np.int8 or x.shape != shape:
-        raise ModelError(f"integer reference: input must be int8 of shape {shape}, "
-                         f"got {x.dtype} {x.shape}")
+        raise ModelError(f"integer reference: input must be int8 of shape {shape}, got {x.dtype} {x.shape}")
     values = {g.input: x}
     for op in g.ops:
         out = run_op(g, op, [values[n] for n in op.inputs])
         expect = g.tensors[op.output].shape
         if out.shape != expect:
-            raise ModelError(f"integer reference: op '{op.name}' produced shape {out.shape}, "
-                             f"the graph says {expect}")
+            raise ModelError(f"integer reference: op '{op.name}' produced shape {out.shape}, the graph says {expect}")
         values[op.output] = out
     return values if keep_all else values[g.output]

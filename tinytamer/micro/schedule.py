@@ -21,8 +21,18 @@ from tinytamer.micro.ops import op_def
 from tinytamer.micro.ops.add import add_fast_requant, add_tables
 from tinytamer.micro.ops.conv import fast_requant, requant_plan
 
-__all__ = ["RQ_MAX_RSHIFT", "add_fast_requant", "add_tables", "fast_requant", "requant_fallback",
-           "requant_plan", "resolve", "scratch_bytes", "space", "weight_array"]
+__all__ = [
+    "RQ_MAX_RSHIFT",
+    "add_fast_requant",
+    "add_tables",
+    "fast_requant",
+    "requant_fallback",
+    "requant_plan",
+    "resolve",
+    "scratch_bytes",
+    "space",
+    "weight_array",
+]
 
 
 def space(op: Op, dsp: bool) -> dict[str, list]:
@@ -52,8 +62,7 @@ def requant_fallback(g: Graph, dsp: bool) -> dict[str, int]:
     and is reported, never silent."""
     out = {}
     for op in g.ops:
-        if getattr(op, "weight", None) is None or op_def(op).resolve(op, dsp).get("kernel") \
-                not in ("mm", "simd"):
+        if getattr(op, "weight", None) is None or op_def(op).resolve(op, dsp).get("kernel") not in ("mm", "simd"):
             continue
         n = requant_plan(op, g.tensors[op.output].zero_point).general
         if n:

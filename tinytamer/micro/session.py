@@ -110,13 +110,21 @@ def _unicorn():
 class Session:
     """An emulated Cortex-M running a compiled module; see the module docstring."""
 
-    def __init__(self, cpu: str = "cortex-m4", module: CModel | None = None, *,
-                 elf: str | Path | None = None, workdir: str | Path | None = None,
-                 lazy: bool = False, count: bool = True, max_instructions: int = 0,
-                 profile: str = "ideal", check_memory: bool = False) -> None:
+    def __init__(
+        self,
+        cpu: str = "cortex-m4",
+        module: CModel | None = None,
+        *,
+        elf: str | Path | None = None,
+        workdir: str | Path | None = None,
+        lazy: bool = False,
+        count: bool = True,
+        max_instructions: int = 0,
+        profile: str = "ideal",
+        check_memory: bool = False,
+    ) -> None:
         if cpu not in CYCLE_TABLES:
-            raise ModelError(f"Session: unknown device '{cpu}'; choose one of "
-                             f"{sorted(CYCLE_TABLES)}")
+            raise ModelError(f"Session: unknown device '{cpu}'; choose one of {sorted(CYCLE_TABLES)}")
         self.profile: MemoryProfile = get_profile(profile, cpu)
         self.check_memory = check_memory
         if (module is None) == (elf is None):
@@ -153,8 +161,7 @@ class Session:
             self.build = toolchain.arm_build(self.module, self.workdir, self.cpu)
             self.elf = self.build.elf
         uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
-        model = {"cortex-m4": arm_const.UC_CPU_ARM_CORTEX_M4,
-                 "cortex-m7": arm_const.UC_CPU_ARM_CORTEX_M7}[self.cpu]
+        model = {"cortex-m4": arm_const.UC_CPU_ARM_CORTEX_M4, "cortex-m7": arm_const.UC_CPU_ARM_CORTEX_M7}[self.cpu]
         uc.ctl_set_cpu_model(model)
         uc.mem_map(FLASH_BASE, FLASH_SIZE, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC)
         uc.mem_map(RAM_BASE, RAM_SIZE, unicorn.UC_PROT_ALL)
@@ -168,8 +175,7 @@ class Session:
         if self.count:
             if not self.profile.ideal:
                 memory = self._counter.memory = MemoryModel(self.profile)
-                loads = _FlashLoads(memory, _loads(self.elf, arm_const), self._flash_end,
-                                    arm_const.UC_ARM_REG_APSR)
+                loads = _FlashLoads(memory, _loads(self.elf, arm_const), self._flash_end, arm_const.UC_ARM_REG_APSR)
                 # One hook per run of adjacent loads: unicorn tests every code hook's range
                 # when it translates an instruction and again each time a hooked one runs.
                 for begin, end in _runs(loads.at):
@@ -215,8 +221,7 @@ class Session:
         nbytes = int(np.prod(shape)) * dt.itemsize
         addr = (self._heap + 7) & ~7
         if addr + nbytes > self._heap_end:
-            raise ModelError(f"Session: device SRAM is full ({nbytes} bytes requested, "
-                             f"{self._heap_end - addr} left)")
+            raise ModelError(f"Session: device SRAM is full ({nbytes} bytes requested, {self._heap_end - addr} left)")
         self._heap = addr + nbytes
         return DeviceTensor(addr, nbytes, dt, shape)
 
@@ -259,16 +264,18 @@ class Session:
         _, arm_const = _unicorn()
         uc, c = self._uc, self._counter
         entry = self.symbols[result.function] | 1
-        values = [a.address if isinstance(a, DeviceTensor) else int(a) & 0xFFFFFFFF
-                  for a in args]
+        values = [a.address if isinstance(a, DeviceTensor) else int(a) & 0xFFFFFFFF for a in args]
         sp = self.symbols["_estack"]
         stacked = values[4:]
         if stacked:
             sp -= 4 * len(stacked)
             sp &= ~7
             uc.mem_write(sp, b"".join(v.to_bytes(4, "little") for v in stacked))
-        for reg, v in zip((arm_const.UC_ARM_REG_R0, arm_const.UC_ARM_REG_R1,
-                           arm_const.UC_ARM_REG_R2, arm_const.UC_ARM_REG_R3), values, strict=False):
+        for reg, v in zip(
+            (arm_const.UC_ARM_REG_R0, arm_const.UC_ARM_REG_R1, arm_const.UC_ARM_REG_R2, arm_const.UC_ARM_REG_R3),
+            values,
+            strict=False,
+        ):
             uc.reg_write(reg, v)
         uc.reg_write(arm_const.UC_ARM_REG_SP, sp)
         uc.reg_write(arm_const.UC_ARM_REG_LR, RETURN_ADDR | 1)
@@ -283,15 +290,16 @@ class Session:
             uc.emu_start(entry, RETURN_ADDR, count=self.max_instructions)
         except Exception as e:  # unicorn raises UcError for faults
             pc = uc.reg_read(arm_const.UC_ARM_REG_PC)
-            raise ModelError(f"Session: device call '{result.function}' faulted at pc "
-                             f"0x{pc:08x}: {e}") from e
+            raise ModelError(f"Session: device call '{result.function}' faulted at pc 0x{pc:08x}: {e}") from e
         finally:
             for h in guards:
                 uc.hook_del(h)
         pc = uc.reg_read(arm_const.UC_ARM_REG_PC)
         if pc != RETURN_ADDR:
-            raise ModelError(f"Session: device call '{result.function}' stopped at 0x{pc:08x} "
-                             f"before returning (instruction limit {self.max_instructions})")
+            raise ModelError(
+                f"Session: device call '{result.function}' stopped at 0x{pc:08x} "
+                f"before returning (instruction limit {self.max_instructions})"
+            )
         if self.count:
             # A block that does not start where the previous one ended was reached by a
             # taken branch (the entry itself is not); the final return is one more.
@@ -315,7 +323,6 @@ class Session:
         result.returned = uc.reg_read(arm_const.UC_ARM_REG_R0)
         result.done = True
 
-
     def _guard(self, result: CallResult, args: list) -> list:
         """Hooks on every gap between the regions the call may access (see the module
         docstring); returns them, to be removed after the call."""
@@ -324,8 +331,7 @@ class Session:
         allowed = [(s["_sstack"], s["_estack"])]
         if "tt_arena" in s:
             allowed.append((s["tt_arena"], s["tt_arena"] + self.symbol_sizes["tt_arena"]))
-        allowed += [(a.address, a.address + a.nbytes) for a in args
-                    if isinstance(a, DeviceTensor)]
+        allowed += [(a.address, a.address + a.nbytes) for a in args if isinstance(a, DeviceTensor)]
         gaps, at = [(self._flash_end, FLASH_BASE + FLASH_SIZE)], RAM_BASE
         for lo, hi in sorted(allowed):
             if lo > at:
@@ -336,8 +342,7 @@ class Session:
         # on the gaps, so a legal access never fires one, and the stale IT state could only
         # follow an access that is already reported as an error.
         kinds = unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE
-        hooks = [self._uc.hook_add(kinds, _on_stray, result, lo, hi - 1)
-                 for lo, hi in gaps if hi > lo]
+        hooks = [self._uc.hook_add(kinds, _on_stray, result, lo, hi - 1) for lo, hi in gaps if hi > lo]
         self._uc.ctl_flush_tb()  # memory hooks are compiled into the translated blocks
         return hooks
 
@@ -381,18 +386,25 @@ def _condition_table() -> dict[int, int]:
     from capstone import arm_const as a
 
     tests = {
-        a.ARM_CC_EQ: lambda n, z, c, v: z, a.ARM_CC_NE: lambda n, z, c, v: not z,
-        a.ARM_CC_HS: lambda n, z, c, v: c, a.ARM_CC_LO: lambda n, z, c, v: not c,
-        a.ARM_CC_MI: lambda n, z, c, v: n, a.ARM_CC_PL: lambda n, z, c, v: not n,
-        a.ARM_CC_VS: lambda n, z, c, v: v, a.ARM_CC_VC: lambda n, z, c, v: not v,
-        a.ARM_CC_HI: lambda n, z, c, v: c and not z, a.ARM_CC_LS: lambda n, z, c, v: z or not c,
-        a.ARM_CC_GE: lambda n, z, c, v: n == v, a.ARM_CC_LT: lambda n, z, c, v: n != v,
+        a.ARM_CC_EQ: lambda n, z, c, v: z,
+        a.ARM_CC_NE: lambda n, z, c, v: not z,
+        a.ARM_CC_HS: lambda n, z, c, v: c,
+        a.ARM_CC_LO: lambda n, z, c, v: not c,
+        a.ARM_CC_MI: lambda n, z, c, v: n,
+        a.ARM_CC_PL: lambda n, z, c, v: not n,
+        a.ARM_CC_VS: lambda n, z, c, v: v,
+        a.ARM_CC_VC: lambda n, z, c, v: not v,
+        a.ARM_CC_HI: lambda n, z, c, v: c and not z,
+        a.ARM_CC_LS: lambda n, z, c, v: z or not c,
+        a.ARM_CC_GE: lambda n, z, c, v: n == v,
+        a.ARM_CC_LT: lambda n, z, c, v: n != v,
         a.ARM_CC_GT: lambda n, z, c, v: not z and n == v,
         a.ARM_CC_LE: lambda n, z, c, v: z or n != v,
     }
-    return {cc: sum(1 << f for f in range(16)
-                    if test(f >> 3 & 1, f >> 2 & 1, f >> 1 & 1, f & 1))
-            for cc, test in tests.items()}
+    return {
+        cc: sum(1 << f for f in range(16) if test(f >> 3 & 1, f >> 2 & 1, f >> 1 & 1, f & 1))
+        for cc, test in tests.items()
+    }
 
 
 def _code_ranges(elf) -> list[tuple[int, bytes]]:
@@ -415,10 +427,9 @@ def _code_ranges(elf) -> list[tuple[int, bytes]]:
         lo, data = sec["sh_addr"], sec.data()
         # Without mapping symbols the whole section is taken for code.
         points = sorted(marks.get(i, [(lo, True)]))
-        for (at, code), (nxt, _) in zip(points, [*points[1:], (lo + len(data), False)],
-                                        strict=True):
+        for (at, code), (nxt, _) in zip(points, [*points[1:], (lo + len(data), False)], strict=True):
             if code and nxt > at:
-                ranges.append((at, data[at - lo:nxt - lo]))
+                ranges.append((at, data[at - lo : nxt - lo]))
     return ranges
 
 
@@ -499,8 +510,7 @@ def _runs(loads: dict[int, _Load]) -> list[tuple[int, int]]:
 class _FlashLoads:
     """The loads a code hook watches and where their flash reads go."""
 
-    def __init__(self, memory: MemoryModel, at: dict[int, _Load], flash_end: int,
-                 apsr: int) -> None:
+    def __init__(self, memory: MemoryModel, at: dict[int, _Load], flash_end: int, apsr: int) -> None:
         self.memory = memory
         self.at = at
         self.flash_end = flash_end
@@ -522,8 +532,7 @@ def _on_load(uc, address: int, size: int, loads: _FlashLoads) -> None:
             loads.memory.read(a)
 
 
-def _on_stray(uc, access: int, address: int, size: int, value: int,
-              result: CallResult) -> None:
+def _on_stray(uc, access: int, address: int, size: int, value: int, result: CallResult) -> None:
     unicorn, arm_const = _unicorn()
     result.stray_count += 1
     if len(result.stray) < 16:

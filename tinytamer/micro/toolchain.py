@@ -26,8 +26,9 @@ from tinytamer.errors import BackendMissing, ModelError
 from tinytamer.micro.codegen import RUNTIME_DIR, CModel
 from tinytamer.micro.ops import kernel_files
 
-INSTALL_HINT = "run scripts/install-micro-toolchain.sh (Debian: gcc-arm-none-eabi, " \
-               "libnewlib-arm-none-eabi, qemu-system-arm)"
+INSTALL_HINT = (
+    "run scripts/install-micro-toolchain.sh (Debian: gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm)"
+)
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,12 @@ class Cpu:
 
 
 CPUS = {
-    "cortex-m4": Cpu("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
-                                   "-mfpu=fpv4-sp-d16"), "mps2-an386", True),
-    "cortex-m7": Cpu("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard",
-                                   "-mfpu=fpv5-d16"), "mps2-an500", True),
+    "cortex-m4": Cpu(
+        "cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), "mps2-an386", True
+    ),
+    "cortex-m7": Cpu(
+        "cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"), "mps2-an500", True
+    ),
 }
 KERNEL_SOURCES = ("tt_kernels.c", *kernel_files())
 
@@ -80,18 +83,20 @@ def require(tool: str) -> str:
 def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, **kw)
     if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) \
-            else proc.stderr
-        raise ModelError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd[:3])} ...\n"
-                         f"{err[-4000:]}")
+        err = proc.stderr.decode(errors="replace") if isinstance(proc.stderr, bytes) else proc.stderr
+        raise ModelError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd[:3])} ...\n{err[-4000:]}")
     return proc
 
 
 def _sources(cm: CModel, d: Path, main: str) -> list[str]:
     """The model, the kernels, ``main`` and a kernel backend's sources (cmsis-nn)."""
     cm.write(d)
-    return [str(d / "model.c"), *(str(RUNTIME_DIR / s) for s in KERNEL_SOURCES),
-            str(RUNTIME_DIR / main), *(str(p) for p in cm.sources)]
+    return [
+        str(d / "model.c"),
+        *(str(RUNTIME_DIR / s) for s in KERNEL_SOURCES),
+        str(RUNTIME_DIR / main),
+        *(str(p) for p in cm.sources),
+    ]
 
 
 def _includes(cm: CModel, d: Path) -> list[str]:
@@ -103,23 +108,20 @@ def host_build(cm: CModel, workdir: str | Path, *, sanitize: bool = False) -> Pa
     gcc = require("gcc")
     d = Path(workdir).resolve()
     exe = d / ("model_host_san" if sanitize else "model_host")
-    flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
-             "-fno-strict-aliasing"]
+    flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fno-strict-aliasing"]
     if sanitize:
-        flags += ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                  "-fno-omit-frame-pointer"]
-    _run([gcc, *flags, *_includes(cm, d), *_sources(cm, d, "main_host.c"),
-          "-o", str(exe)], "host gcc build")
+        flags += ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+    _run([gcc, *flags, *_includes(cm, d), *_sources(cm, d, "main_host.c"), "-o", str(exe)], "host gcc build")
     return exe
 
 
 def host_run(exe: Path, inputs: np.ndarray, output_size: int) -> np.ndarray:
     """Run the host program on int8 inputs [N, input_size]; returns int8 [N, output_size]."""
     x = np.ascontiguousarray(inputs, dtype=np.int8)
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    proc = _run([str(Path(exe).resolve())], "host model run", input=x.tobytes(), env=env,
-                timeout=600)
+    env = dict(
+        os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    )
+    proc = _run([str(Path(exe).resolve())], "host model run", input=x.tobytes(), env=env, timeout=600)
     if proc.stderr:
         raise ModelError(f"host model run reported errors:\n{proc.stderr.decode()[-4000:]}")
     return np.frombuffer(proc.stdout, dtype=np.int8).reshape(len(x), output_size)
@@ -129,14 +131,15 @@ def _inputs_c(inputs: np.ndarray) -> str:
     n, size = inputs.shape
     rows = [", ".join(str(int(v)) for v in row) for row in inputs]
     body = ",\n".join(f"    {{{r}}}" for r in rows)
-    return ('#include <stdint.h>\n#include "model.h"\n'
-            f"const int32_t tt_num_inputs = {n};\n"
-            f"const int8_t tt_inputs[{max(n, 1)}][{size}] = {{\n{body}\n}};\n")
+    return (
+        '#include <stdint.h>\n#include "model.h"\n'
+        f"const int32_t tt_num_inputs = {n};\n"
+        f"const int8_t tt_inputs[{max(n, 1)}][{size}] = {{\n{body}\n}};\n"
+    )
 
 
 def _sizes(elf: Path) -> dict[str, int]:
-    out = _run([require("arm-none-eabi-size"), "-A", str(elf)], "arm-none-eabi-size",
-               text=True).stdout
+    out = _run([require("arm-none-eabi-size"), "-A", str(elf)], "arm-none-eabi-size", text=True).stdout
     sections = {}
     for line in out.splitlines():
         parts = line.split()
@@ -145,8 +148,9 @@ def _sizes(elf: Path) -> dict[str, int]:
     return sections
 
 
-def arm_build(cm: CModel, workdir: str | Path, cpu_name: str = "cortex-m4", *,
-              inputs: np.ndarray | None = None, opt: str = "-O2") -> ArmBuild:
+def arm_build(
+    cm: CModel, workdir: str | Path, cpu_name: str = "cortex-m4", *, inputs: np.ndarray | None = None, opt: str = "-O2"
+) -> ArmBuild:
     """Cross-compile the model with start-up code, semihosting and embedded test inputs."""
     c = cpu(cpu_name)
     gcc = require("arm-none-eabi-gcc")
@@ -157,16 +161,42 @@ def arm_build(cm: CModel, workdir: str | Path, cpu_name: str = "cortex-m4", *,
     tmp.write_text(_inputs_c(x.reshape(len(x), cm.input_size)))
     os.replace(tmp, d / "inputs.c")
     elf = d / f"model_{c.name}.elf"
-    flags = [*c.flags, "-std=c99", opt, "-Wall", "-Wextra", "-Werror",
-             "-Wno-unused-parameter", "-fno-strict-aliasing", "-ffunction-sections",
-             "-fdata-sections",
-             *(["-DTT_DSP=1"] if c.dsp else [])]
-    srcs = [*_sources(cm, d, "main_semihost.c"), str(RUNTIME_DIR / "startup_cm.c"),
-            str(RUNTIME_DIR / "semihost.c"), str(d / "inputs.c")]
-    _run([gcc, *flags, *_includes(cm, d), *srcs, "-nostartfiles",
-          "--specs=nano.specs", "-T", str(RUNTIME_DIR / "cortexm.ld"),
-          f"-Wl,-Map={d / 'model.map'}", "-Wl,--gc-sections", "-o", str(elf)],
-         f"arm-none-eabi-gcc build for {c.name}")
+    flags = [
+        *c.flags,
+        "-std=c99",
+        opt,
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-unused-parameter",
+        "-fno-strict-aliasing",
+        "-ffunction-sections",
+        "-fdata-sections",
+        *(["-DTT_DSP=1"] if c.dsp else []),
+    ]
+    srcs = [
+        *_sources(cm, d, "main_semihost.c"),
+        str(RUNTIME_DIR / "startup_cm.c"),
+        str(RUNTIME_DIR / "semihost.c"),
+        str(d / "inputs.c"),
+    ]
+    _run(
+        [
+            gcc,
+            *flags,
+            *_includes(cm, d),
+            *srcs,
+            "-nostartfiles",
+            "--specs=nano.specs",
+            "-T",
+            str(RUNTIME_DIR / "cortexm.ld"),
+            f"-Wl,-Map={d / 'model.map'}",
+            "-Wl,--gc-sections",
+            "-o",
+            str(elf),
+        ],
+        f"arm-none-eabi-gcc build for {c.name}",
+    )
     s = _sizes(elf)
     flash = s.get(".text", 0) + s.get(".ARM.exidx", 0) + s.get(".data", 0)
     sram = s.get(".data", 0) + s.get(".bss", 0) + s.get(".stack", 0)
@@ -176,21 +206,36 @@ def arm_build(cm: CModel, workdir: str | Path, cpu_name: str = "cortex-m4", *,
 def qemu_run(build: ArmBuild, output_size: int, *, timeout: float = 300) -> np.ndarray:
     """Run the ELF on the QEMU board; returns int8 [N, output_size] parsed from semihosting."""
     qemu = require("qemu-system-arm")
-    cmd = [qemu, "-M", build.cpu.qemu_machine, "-nographic", "-monitor", "none",
-           "-serial", "none", "-semihosting-config", "enable=on,target=native",
-           "-kernel", str(build.elf.resolve())]
+    cmd = [
+        qemu,
+        "-M",
+        build.cpu.qemu_machine,
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-kernel",
+        str(build.elf.resolve()),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        raise ModelError(f"QEMU {build.cpu.qemu_machine} run of {build.elf.name} timed out "
-                         f"after {timeout} s") from e
+        raise ModelError(f"QEMU {build.cpu.qemu_machine} run of {build.elf.name} timed out after {timeout} s") from e
     if proc.returncode != 0:
-        raise ModelError(f"QEMU {build.cpu.qemu_machine} run of {build.elf.name} failed "
-                         f"(exit {proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise ModelError(
+            f"QEMU {build.cpu.qemu_machine} run of {build.elf.name} failed "
+            f"(exit {proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
     # QEMU writes the semihosting console to stderr; each output is one hex line.
     lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-    rows = [np.frombuffer(bytes.fromhex(ln), dtype=np.int8) for ln in lines
-            if len(ln) == 2 * output_size and all(ch in "0123456789abcdef" for ch in ln)]
+    rows = [
+        np.frombuffer(bytes.fromhex(ln), dtype=np.int8)
+        for ln in lines
+        if len(ln) == 2 * output_size and all(ch in "0123456789abcdef" for ch in ln)
+    ]
     if len(rows) != len(lines):
         raise ModelError(f"QEMU output is malformed: {proc.stderr[-500:]}")
     return np.stack(rows) if rows else np.zeros((0, output_size), np.int8)

@@ -87,12 +87,10 @@ def layer_key(g: Graph, op: Op, cpu: str, profile: str = "ideal") -> str:
     """Kernel version + device + memory profile + op kind + every shape and parameter the
     cost depends on."""
     shapes = [g.tensors[t].shape for t in op.inputs] + [g.tensors[op.output].shape]
-    return (f"{runtime_version()}|{cpu}|{profile}|{type(op).__name__}|{shapes}|"
-            f"{op_def(op).layer_key(op)}")
+    return f"{runtime_version()}|{cpu}|{profile}|{type(op).__name__}|{shapes}|{op_def(op).layer_key(op)}"
 
 
-_C_SIZES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4,
-            "uint32_t": 4}
+_C_SIZES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "uint32_t": 4}
 _C_ARRAY = re.compile(r"static const (\w+) \w+\[(\d+)\]")
 
 
@@ -102,8 +100,7 @@ def const_bytes(g: Graph, i: int, sched: dict) -> int:
     parameter struct is the same under every schedule and is left out."""
     op = copy.copy(g.ops[i])
     op.schedule = dict(sched)
-    site = CallSite(g, i, True, args=["x"] * len(op.inputs), out="y", scratch="0",
-                    fused_add=None)
+    site = CallSite(g, i, True, args=["x"] * len(op.inputs), out="y", scratch="0", fused_add=None)
     data, _ = op_def(op).emit_c(op, site)
     return sum(_C_SIZES.get(t, 4) * int(n) for t, n in _C_ARRAY.findall("".join(data)))
 
@@ -121,19 +118,24 @@ class TuningLog:
         # A torn last line (a tuner killed mid-append) is skipped with a warning; a bad line
         # elsewhere is an error naming the file and line.
         for i, r in enumerate(read_jsonl(self.path)):
-            if not (isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("schedule"), dict)
-                    and all(isinstance(r.get(k), int) for k in ("est_cycles", "instructions"))):
-                raise CorruptFileError(f"micro tuning log {self.path}: record {i + 1} is not a "
-                                       "{key, schedule, est_cycles, instructions} object; the log is "
-                                       "damaged: delete it to measure again")
+            if not (
+                isinstance(r, dict)
+                and isinstance(r.get("key"), str)
+                and isinstance(r.get("schedule"), dict)
+                and all(isinstance(r.get(k), int) for k in ("est_cycles", "instructions"))
+            ):
+                raise CorruptFileError(
+                    f"micro tuning log {self.path}: record {i + 1} is not a "
+                    "{key, schedule, est_cycles, instructions} object; the log is "
+                    "damaged: delete it to measure again"
+                )
             self.records[(r["key"], _sched_id(r["schedule"]))] = r
 
     def get(self, key: str, sched: dict) -> dict | None:
         return self.records.get((key, _sched_id(sched)))
 
     def add(self, key: str, sched: dict, est_cycles: int, instructions: int) -> None:
-        rec = {"key": key, "schedule": sched, "est_cycles": est_cycles,
-               "instructions": instructions}
+        rec = {"key": key, "schedule": sched, "est_cycles": est_cycles, "instructions": instructions}
         self.records[(key, _sched_id(sched))] = rec
         # Locked, whole-line, fsynced appends: concurrent tuners interleave whole lines.
         append_jsonl(self.path, rec)
@@ -152,9 +154,13 @@ def _distinct(op: Op, dsp: bool, knobs: dict[str, list]) -> list[dict]:
     return out
 
 
-def coordinate_descent(knobs: dict[str, list], cost: Callable[[dict], float],
-                       start: dict | None = None, max_sweeps: int = 4,
-                       prepare: Callable[[list[dict]], None] | None = None) -> tuple[dict, int]:
+def coordinate_descent(
+    knobs: dict[str, list],
+    cost: Callable[[dict], float],
+    start: dict | None = None,
+    max_sweeps: int = 4,
+    prepare: Callable[[list[dict]], None] | None = None,
+) -> tuple[dict, int]:
     """Minimise ``cost`` over the knob grid one knob at a time; returns (best, evaluations).
 
     ``prepare``, if given, sees each sweep's trial points before they are costed (the tuner
@@ -184,8 +190,9 @@ def coordinate_descent(knobs: dict[str, list], cost: Callable[[dict], float],
     return best, len(cache)
 
 
-def _measure(g: Graph, op: Op, cpu: str, scheds: list[dict], workdir: Path,
-             seed: int = 0, profile: str = "ideal") -> list[tuple[int, int]]:
+def _measure(
+    g: Graph, op: Op, cpu: str, scheds: list[dict], workdir: Path, seed: int = 0, profile: str = "ideal"
+) -> list[tuple[int, int]]:
     """Build the candidates side by side in one module; (est_cycles, instructions) each."""
     x_name = op.inputs[0]
     tensors = {x_name: g.tensors[x_name]}
@@ -214,8 +221,9 @@ def _measure(g: Graph, op: Op, cpu: str, scheds: list[dict], workdir: Path,
             sess.flush()
             got = _read_candidate(sess, cm, bench, j, t_out)
             if not np.array_equal(got, want[j]):
-                raise AssertionError(f"tuning: schedule {scheds[j]} of '{op.name}' is not "
-                                     "bit-exact with the integer reference")
+                raise AssertionError(
+                    f"tuning: schedule {scheds[j]} of '{op.name}' is not bit-exact with the integer reference"
+                )
             results.append((r.est_cycles, r.instructions))
     return results
 
@@ -228,9 +236,15 @@ def _read_candidate(sess: Session, cm, bench: Graph, j: int, t_out) -> np.ndarra
     return np.frombuffer(sess.read_bytes(sess.symbols["tt_arena"] + off, size), dtype=np.int8)
 
 
-def tune(g: Graph, cpu: str = "cortex-m4", *, log: TuningLog | str | Path | None = None,
-         workdir: str | Path | None = None, profile: str = "ideal",
-         flash_budget: int | None = None) -> dict[str, dict]:
+def tune(
+    g: Graph,
+    cpu: str = "cortex-m4",
+    *,
+    log: TuningLog | str | Path | None = None,
+    workdir: str | Path | None = None,
+    profile: str = "ideal",
+    flash_budget: int | None = None,
+) -> dict[str, dict]:
     """Choose each tunable op's schedule by measurement under memory ``profile``, within
     ``flash_budget`` bytes of linked flash (None: no budget); sets ``op.schedule`` in place.
 
@@ -256,35 +270,52 @@ def tune(g: Graph, cpu: str = "cortex-m4", *, log: TuningLog | str | Path | None
                 # The smallest schedule is always measured: the walk may have to end there.
                 smallest = min(cands, key=lambda s: flash[_sched_id(s)])
                 if tlog.get(key, smallest) is None:
-                    (c, n), = _measure(g, op, cpu, [smallest], base / f"l{i}", profile=profile)
+                    ((c, n),) = _measure(g, op, cpu, [smallest], base / f"l{i}", profile=profile)
                     tlog.add(key, smallest, c, n)
                     measured += 1
-            known = [{"schedule": s, "est_cycles": tlog.get(key, s)["est_cycles"],
-                      "flash_bytes": flash[_sched_id(s)]} for s in cands if tlog.get(key, s)]
+            known = [
+                {"schedule": s, "est_cycles": tlog.get(key, s)["est_cycles"], "flash_bytes": flash[_sched_id(s)]}
+                for s in cands
+                if tlog.get(key, s)
+            ]
             fronts[i] = _pareto(known)
             default = tlog.get(key, _distinct(op, True, {k: v[:1] for k, v in knobs.items()})[0])
-            report[op.name] = {"default_est_cycles": default["est_cycles"] if default else None,
-                               "measured": measured, "memory_profile": profile,
-                               "choices": fronts[i]}
+            report[op.name] = {
+                "default_est_cycles": default["est_cycles"] if default else None,
+                "measured": measured,
+                "memory_profile": profile,
+                "choices": fronts[i],
+            }
         pick = {i: 0 for i in fronts}  # the fastest of every front
         if flash_budget is not None:
             pick = _fit(g, cpu, fronts, flash_budget, base / "link")
     for i, k in pick.items():
         op, best = g.ops[i], fronts[i][k]
         op.schedule = dict(best["schedule"])
-        report[op.name].update(schedule=best["schedule"], est_cycles=best["est_cycles"],
-                               flash_bytes=best["flash_bytes"])
+        report[op.name].update(
+            schedule=best["schedule"], est_cycles=best["est_cycles"], flash_bytes=best["flash_bytes"]
+        )
     return report
 
 
-def _search(g: Graph, i: int, cpu: str, profile: str, key: str, knobs: dict[str, list],
-            cands: list[dict], tlog: TuningLog, base: Path) -> int:
+def _search(
+    g: Graph,
+    i: int,
+    cpu: str,
+    profile: str,
+    key: str,
+    knobs: dict[str, list],
+    cands: list[dict],
+    tlog: TuningLog,
+    base: Path,
+) -> int:
     """Measure op ``i``'s candidates not yet in the log (all of them, or by coordinate
     descent for a large grid); returns how many were measured."""
     op = g.ops[i]
     missing = [s for s in cands if tlog.get(key, s) is None]
     grid = int(np.prod([len(v) for v in knobs.values()]))
     if missing and grid > EXHAUSTIVE_LIMIT:
+
         def canon(t):
             return _distinct(op, True, {k: [v] for k, v in t.items()})[0]
 
@@ -294,8 +325,7 @@ def _search(g: Graph, i: int, cpu: str, profile: str, key: str, knobs: dict[str,
                 if tlog.get(key, s) is None and s not in todo:
                     todo.append(s)
             if todo:
-                for s, (c, n) in zip(todo, _measure(g, op, cpu, todo, base / f"l{i}",
-                                                    profile=profile), strict=True):
+                for s, (c, n) in zip(todo, _measure(g, op, cpu, todo, base / f"l{i}", profile=profile), strict=True):
                     tlog.add(key, s, c, n)
 
         def cost(t):
@@ -306,8 +336,7 @@ def _search(g: Graph, i: int, cpu: str, profile: str, key: str, knobs: dict[str,
         coordinate_descent(knobs, cost, prepare=prepare)
         return sum(1 for s in missing if tlog.get(key, s) is not None)
     if missing:
-        for s, (c, n) in zip(missing, _measure(g, op, cpu, missing, base / f"l{i}",
-                                               profile=profile), strict=True):
+        for s, (c, n) in zip(missing, _measure(g, op, cpu, missing, base / f"l{i}", profile=profile), strict=True):
             tlog.add(key, s, c, n)
     return len(missing)
 
@@ -342,8 +371,7 @@ def flash_walk(fronts: dict[int, list[dict]]) -> list[dict[int, int]]:
         walk.append(dict(pick))
 
 
-def _fit(g: Graph, cpu: str, fronts: dict[int, list[dict]], budget: int,
-         workdir: Path) -> dict[int, int]:
+def _fit(g: Graph, cpu: str, fronts: dict[int, list[dict]], budget: int, workdir: Path) -> dict[int, int]:
     """The first point of :func:`flash_walk` whose linked image fits ``budget``.  Linked
     flash is estimated as (code and the other constants, from a link) + the tuned layers'
     constant bytes, and each chosen point is linked to check it; an estimate that proves
@@ -368,7 +396,8 @@ def _fit(g: Graph, cpu: str, fronts: dict[int, list[dict]], budget: int,
                 f"micro tuning: no schedule fits the flash budget of {budget} bytes: the "
                 f"smallest needs about {other + consts(walk[-1])} (code and other constants "
                 f"{other} + the tuned layers' weights {consts(walk[-1])}); raise flash_budget, "
-                "or compress the weights (packed int4/int2, shared or sparse forms)")
+                "or compress the weights (packed int4/int2, shared or sparse forms)"
+            )
         size = linked(walk[j])
         if size <= budget:
             return walk[j]
@@ -380,12 +409,12 @@ def _fit(g: Graph, cpu: str, fronts: dict[int, list[dict]], budget: int,
 def tuning_table(report: dict[str, dict]) -> str:
     """A short text table of :func:`tune`'s report: per layer the choice taken and its
     (cycles, flash) trade-offs."""
-    rows = [f"{'layer':<16} {'kernel':<8} {'est. cycles':>12} {'flash B':>9}  choices "
-            "(cycles/flash B)"]
+    rows = [f"{'layer':<16} {'kernel':<8} {'est. cycles':>12} {'flash B':>9}  choices (cycles/flash B)"]
     for name, r in report.items():
         if "schedule" not in r:
             continue
         opts = ", ".join(f"{c['est_cycles']}/{c['flash_bytes']}" for c in r["choices"])
-        rows.append(f"{name[:16]:<16} {r['schedule'].get('kernel', '-'):<8} "
-                    f"{r['est_cycles']:>12} {r['flash_bytes']:>9}  {opts}")
+        rows.append(
+            f"{name[:16]:<16} {r['schedule'].get('kernel', '-'):<8} {r['est_cycles']:>12} {r['flash_bytes']:>9}  {opts}"
+        )
     return "\n".join(rows)

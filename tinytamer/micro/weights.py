@@ -113,8 +113,7 @@ class Sparse:
 
     @property
     def flash_bytes(self) -> int:
-        return int(sum(a.nbytes for a in (self.counts, self.words, self.stream, self.codebook)
-                       if a is not None))
+        return int(sum(a.nbytes for a in (self.counts, self.words, self.stream, self.codebook) if a is not None))
 
     def unpack(self) -> np.ndarray:
         """The int8 rows [rows, k] (the kernels' decoding, in numpy)."""
@@ -128,7 +127,7 @@ class Sparse:
         gap, idx = fields & gmax, fields >> self.gap_bits
         e = 0
         for r, n in enumerate(self.counts.astype(np.int64)):
-            g, ix = gap[e:e + n], idx[e:e + n]
+            g, ix = gap[e : e + n], idx[e : e + n]
             real = g != gmax  # a filler only skips gmax zeros
             col = np.cumsum(g + real) - 1  # a real entry also moves past its own column
             out[r, col[real]] = self.codebook[r if self.cb_stride else 0][ix[real]]
@@ -138,7 +137,7 @@ class Sparse:
 
 def stream_fields(data: np.ndarray, bits: int, n: int) -> np.ndarray:
     """The first ``n`` unsigned ``bits``-bit fields of a byte stream, low bits first."""
-    stream = np.unpackbits(data, bitorder="little")[:n * bits].reshape(n, bits)
+    stream = np.unpackbits(data, bitorder="little")[: n * bits].reshape(n, bits)
     return (stream.astype(np.int64) << np.arange(bits)).sum(-1)
 
 
@@ -152,7 +151,7 @@ def pack_fields(fields: np.ndarray, bits: int) -> np.ndarray:
 
 def unpack_fields(data: np.ndarray, bits: int, k: int) -> np.ndarray:
     """Bytes [rows, row_bytes] -> unsigned fields [rows, k] (inverse of :func:`pack_fields`)."""
-    stream = np.unpackbits(data, axis=1, bitorder="little")[:, :k * bits]
+    stream = np.unpackbits(data, axis=1, bitorder="little")[:, : k * bits]
     weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
     return (stream.reshape(len(data), k, bits).astype(np.uint16) * weights).sum(-1).astype(np.uint8)
 
@@ -205,8 +204,9 @@ class IntNForm(WeightForm):
         if not self.fits(rows):
             raise ModelError(f"weights outside the {self.name} range cannot be packed as {self.name}")
         fields = (rows.astype(np.int16) & ((1 << self.bits) - 1)).astype(np.uint8)
-        return Packed(self.name, self.bits, rows.shape[0], rows.shape[1],
-                      pack_fields(fields, self.bits).reshape(-1), None)
+        return Packed(
+            self.name, self.bits, rows.shape[0], rows.shape[1], pack_fields(fields, self.bits).reshape(-1), None
+        )
 
 
 class SharedForm(WeightForm):
@@ -235,13 +235,12 @@ class SharedForm(WeightForm):
         fields = np.empty(rows.shape, np.uint8)
         for j, grp in enumerate(groups):
             values, index = np.unique(grp, return_inverse=True)
-            codebook[j, :len(values)] = values
+            codebook[j, : len(values)] = values
             if per_layer:
                 fields[:] = index.reshape(rows.shape)
             else:
                 fields[j] = index.reshape(-1)
-        return Packed(self.name, bits, rows.shape[0], rows.shape[1],
-                      pack_fields(fields, bits).reshape(-1), codebook)
+        return Packed(self.name, bits, rows.shape[0], rows.shape[1], pack_fields(fields, bits).reshape(-1), codebook)
 
 
 def _index_bits(n: int) -> int:
@@ -264,13 +263,18 @@ class SparseForm(WeightForm):
 
     def pack(self, rows: np.ndarray) -> Sparse:
         if rows.shape[1] >= 1 << 16:
-            raise ModelError(f"micro: a sparse layer holds rows of at most 65,535 weights, "
-                             f"not {rows.shape[1]:,}")
+            raise ModelError(f"micro: a sparse layer holds rows of at most 65,535 weights, not {rows.shape[1]:,}")
         r, c = np.nonzero(rows)
         words = (rows[r, c].astype(np.int64) << 16) | c
-        return Sparse(self.name, rows.shape[0], rows.shape[1],
-                      np.count_nonzero(rows, axis=1).astype(np.uint16), words.astype(np.int32),
-                      None, None)
+        return Sparse(
+            self.name,
+            rows.shape[0],
+            rows.shape[1],
+            np.count_nonzero(rows, axis=1).astype(np.uint16),
+            words.astype(np.int32),
+            None,
+            None,
+        )
 
 
 def _gaps(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -294,8 +298,10 @@ class SparseSharedForm(WeightForm):
         n_rows = len(rows)
         per_row = np.bincount(np.unique(r * 256 + vals + 128) // 256, minlength=n_rows)
         best: tuple[int, int, int, bool] | None = None
-        for per_layer, b in ((True, _index_bits(len(np.unique(vals)))),
-                             (False, _index_bits(int(per_row.max(initial=0))))):
+        for per_layer, b in (
+            (True, _index_bits(len(np.unique(vals)))),
+            (False, _index_bits(int(per_row.max(initial=0)))),
+        ):
             cb = (1 << b) * (1 if per_layer else n_rows)
             for d in range(1, 9):
                 fill = gaps // ((1 << d) - 1)
@@ -320,7 +326,7 @@ class SparseSharedForm(WeightForm):
         codebook = np.zeros((1 if per_layer else n_rows, 1 << b), np.int8)
         if per_layer:
             values, idx = np.unique(vals, return_inverse=True)
-            codebook[0, :len(values)] = values
+            codebook[0, : len(values)] = values
         else:
             keys, inv = np.unique(r * 256 + vals + 128, return_inverse=True)
             kr = keys // 256
@@ -335,12 +341,22 @@ class SparseSharedForm(WeightForm):
         stream = pack_fields(fields[None, :], d + b).reshape(-1)
         counts = np.bincount(r, weights=n_entries, minlength=n_rows).astype(np.uint16)
         # Two zero bytes after the fields: the kernel reads 3 bytes at a field's first byte.
-        return Sparse(self.name, n_rows, rows.shape[1], counts, None,
-                      np.concatenate([stream, np.zeros(2, np.uint8)]), codebook, d, b)
+        return Sparse(
+            self.name,
+            n_rows,
+            rows.shape[1],
+            counts,
+            None,
+            np.concatenate([stream, np.zeros(2, np.uint8)]),
+            codebook,
+            d,
+            b,
+        )
 
 
-FORMS: dict[str, WeightForm] = {f.name: f for f in (
-    Int8Form(), IntNForm(4), IntNForm(2), SharedForm(), SparseForm(), SparseSharedForm())}
+FORMS: dict[str, WeightForm] = {
+    f.name: f for f in (Int8Form(), IntNForm(4), IntNForm(2), SharedForm(), SparseForm(), SparseSharedForm())
+}
 
 # The forms the "sparse" kernels read; the others, except int8, the "packed" kernels.
 SPARSE_FORMS = ("sparse", "sparse_shared")
@@ -364,8 +380,7 @@ def choose(weight: np.ndarray, w_bits: int | None, sparse: bool = True) -> str:
     if sparse and FORMS["sparse"].fits(rows) and FORMS["sparse"].flash_bytes(rows) <= best:
         form, best = "sparse", FORMS["sparse"].flash_bytes(rows)
     shared = FORMS["shared"]
-    if not shared.fits(rows) or shared.flash_bytes(rows) > (1 - MIN_SAVING) * \
-            FORMS[plain].flash_bytes(rows):
+    if not shared.fits(rows) or shared.flash_bytes(rows) > (1 - MIN_SAVING) * FORMS[plain].flash_bytes(rows):
         return form
     for name in ("shared", "sparse_shared") if sparse else ("shared",):
         f = FORMS[name]
@@ -392,9 +407,13 @@ def c_packed(i: int, p: Packed) -> list[str]:
     if p.codebook is not None:
         data.append(c_array(f"wc{i}", "int8_t", p.codebook))
         cb = f"wc{i}"
-    data.append(c_struct("tt_wpack", f"pw{i}", dict(
-        data=f"wd{i}", codebook=cb, bits=p.bits, k=p.k, row_bytes=p.row_bytes,
-        cb_stride=p.cb_stride)))
+    data.append(
+        c_struct(
+            "tt_wpack",
+            f"pw{i}",
+            dict(data=f"wd{i}", codebook=cb, bits=p.bits, k=p.k, row_bytes=p.row_bytes, cb_stride=p.cb_stride),
+        )
+    )
     return data
 
 
@@ -411,7 +430,11 @@ def c_sparse(i: int, s: Sparse) -> list[str]:
     else:
         data += [c_array(f"ws{i}", "uint8_t", s.stream), c_array(f"wc{i}", "int8_t", s.codebook)]
         ref.update(stream=f"ws{i}", codebook=f"wc{i}")
-    data.append(c_struct("tt_sparse", f"sw{i}", dict(
-        **ref, counts=f"wz{i}", gap_bits=s.gap_bits, idx_bits=s.idx_bits,
-        cb_stride=s.cb_stride)))
+    data.append(
+        c_struct(
+            "tt_sparse",
+            f"sw{i}",
+            dict(**ref, counts=f"wz{i}", gap_bits=s.gap_bits, idx_bits=s.idx_bits, cb_stride=s.cb_stride),
+        )
+    )
     return data

@@ -90,16 +90,32 @@ def _dims(v: Sequence[int] | None) -> str:
     return "-" if v is None else "x".join(str(int(x)) for x in v)
 
 
-def make_key(op: str, in_shape: Sequence[int], out_shape: Sequence[int], *,
-             kernel: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-             padding: Sequence[int] | None = None, groups: int | None = None,
-             bits: str = "-", schedule: dict[str, Any] | None = None) -> str:
+def make_key(
+    op: str,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    *,
+    kernel: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    padding: Sequence[int] | None = None,
+    groups: int | None = None,
+    bits: str = "-",
+    schedule: dict[str, Any] | None = None,
+) -> str:
     """The documented key of one layer (see the module docstring for its fields)."""
     sched = ",".join(f"{k}:{v}" for k, v in (schedule or {}).items()) or "-"
-    values = (op, _dims(in_shape), _dims(out_shape), _dims(kernel), _dims(stride),
-              _dims(padding), "-" if groups is None else str(groups), bits, sched)
-    return "|".join(v if name == "op" else f"{name}={v}"
-                    for name, v in zip(KEY_FIELDS, values, strict=True))
+    values = (
+        op,
+        _dims(in_shape),
+        _dims(out_shape),
+        _dims(kernel),
+        _dims(stride),
+        _dims(padding),
+        "-" if groups is None else str(groups),
+        bits,
+        sched,
+    )
+    return "|".join(v if name == "op" else f"{name}={v}" for name, v in zip(KEY_FIELDS, values, strict=True))
 
 
 def parse_key(key: str) -> dict[str, str]:
@@ -127,8 +143,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 # ---------------------------------------------------------------------------- the table
@@ -154,10 +175,17 @@ class CostTable:
         return MICRO_METRICS if self.target in MICRO_TARGETS else HOST_METRICS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "target": self.target,
-                "memory_profile": self.memory_profile, "machine": self.machine,
-                "key_fields": list(KEY_FIELDS), "entries": self.entries,
-                "overheads": self.overheads, "done": self.done}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "target": self.target,
+            "memory_profile": self.memory_profile,
+            "machine": self.machine,
+            "key_fields": list(KEY_FIELDS),
+            "entries": self.entries,
+            "overheads": self.overheads,
+            "done": self.done,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON, atomically (an interrupted write keeps the old file)."""
@@ -173,8 +201,9 @@ class CostTable:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CorruptFileError(f"{path} is not a tinytamer cost table")
         if data.get("version") != VERSION:
-            raise CorruptFileError(f"cost table {path} has version {data.get('version')!r}; "
-                                   f"this tinytamer reads version {VERSION}")
+            raise CorruptFileError(
+                f"cost table {path} has version {data.get('version')!r}; this tinytamer reads version {VERSION}"
+            )
         name = data.get("target")
         if not isinstance(name, str) or (name not in MICRO_TARGETS and name not in HOST_TARGETS):
             raise CorruptFileError(f"cost table {path}: unknown target {name!r}")
@@ -186,13 +215,14 @@ class CostTable:
             raise CorruptFileError(f"cost table {path}: 'entries' or 'overheads' missing")
         for key, entry in entries.items():
             parse_key(key)
-            if not isinstance(entry, dict) or not all(
-                    isinstance(entry.get(m), int | float) for m in table.metrics):
-                raise CorruptFileError(f"cost table {path}: entry '{key}' lacks "
-                                       f"{', '.join(table.metrics)}")
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(m), int | float) for m in table.metrics):
+                raise CorruptFileError(f"cost table {path}: entry '{key}' lacks {', '.join(table.metrics)}")
         for rec in overheads:
-            if not isinstance(rec, dict) or not isinstance(rec.get("layers"), int) or not all(
-                    isinstance(rec.get(m), int | float) for m in table.metrics):
+            if (
+                not isinstance(rec, dict)
+                or not isinstance(rec.get("layers"), int)
+                or not all(isinstance(rec.get(m), int | float) for m in table.metrics)
+            ):
                 raise CorruptFileError(f"cost table {path}: a damaged overhead record")
         done = data.get("done", [])
         if not isinstance(done, list) or not all(isinstance(d, str) for d in done):
@@ -206,8 +236,10 @@ class CostTable:
         if Path(path).exists():
             table = cls.load(path, target)
             if memory_profile is not None and table.memory_profile != memory_profile:
-                raise CostTableError(f"cost table {path} holds cycles under memory profile "
-                                     f"'{table.memory_profile}', not '{memory_profile}'")
+                raise CostTableError(
+                    f"cost table {path} holds cycles under memory profile "
+                    f"'{table.memory_profile}', not '{memory_profile}'"
+                )
             return table
         return cls(target, memory_profile if target in MICRO_TARGETS else None)
 
@@ -218,9 +250,13 @@ class CostTable:
             if layer.key not in self.entries:
                 self.entries[layer.key] = {**layer.metrics, "model": name}
                 new.append(layer.key)
-        rec = {"model": name, "layers": len(m.layers), "kernels": m.kernels, "code": m.code,
-               **{k: m.total[k] - sum(la.metrics[k] for la in m.layers)
-                  for k in self.metrics}}
+        rec = {
+            "model": name,
+            "layers": len(m.layers),
+            "kernels": m.kernels,
+            "code": m.code,
+            **{k: m.total[k] - sum(la.metrics[k] for la in m.layers) for k in self.metrics},
+        }
         if "sram_bytes" in m.total:  # the part of the peak no plan can tell: the stack
             rec["sram_bytes"] = m.stack_bytes
         self.overheads = [r for r in self.overheads if r.get("model") != name] + [rec]
@@ -249,8 +285,7 @@ class Measured:
 
 
 # ---- micro ------------------------------------------------------------------------
-def _quantized(model: nn.Module, example: torch.Tensor,
-               calib: Sequence[torch.Tensor] | None) -> fx.GraphModule:
+def _quantized(model: nn.Module, example: torch.Tensor, calib: Sequence[torch.Tensor] | None) -> fx.GraphModule:
     from tinytamer.qgraph import as_graph_module, is_quantized
 
     if isinstance(model, fx.GraphModule) and is_quantized(model):
@@ -301,18 +336,21 @@ def micro_layers(g: Any, dsp: bool) -> list[tuple[int, str, str]]:
         out_t = g.tensors[g.ops[add].output if add is not None else op.output]
         kw: dict[str, Any] = {}
         if hasattr(op, "weight") and kind == "conv2d":
-            kw = {"kernel": op.weight.shape[1:3], "stride": op.stride, "padding": op.padding,
-                  "groups": op.groups}
+            kw = {"kernel": op.weight.shape[1:3], "stride": op.stride, "padding": op.padding, "groups": op.groups}
         elif hasattr(op, "kernel"):
-            kw = {"kernel": op.kernel, "stride": op.stride,
-                  "padding": getattr(op, "padding", None)}
+            kw = {"kernel": op.kernel, "stride": op.stride, "padding": getattr(op, "padding", None)}
         bits = _form(op) if hasattr(op, "weight") else "-"
         sched = op_def(op).resolve(op, dsp)
         if sched.get("kernel") == "sparse":
             bits = f"sparse{int(np.count_nonzero(op.weight))}"
-        key = make_key(kind + ("+add" if add is not None else ""),
-                       g.tensors[op.inputs[0]].shape, out_t.shape, bits=bits,
-                       schedule=sched, **kw)
+        key = make_key(
+            kind + ("+add" if add is not None else ""),
+            g.tensors[op.inputs[0]].shape,
+            out_t.shape,
+            bits=bits,
+            schedule=sched,
+            **kw,
+        )
         name = op.name if add is None else f"{op.name}+{g.ops[add].name}"
         out.append((i, name, key))
     return out
@@ -336,8 +374,9 @@ def _flash_symbols(elf: Path) -> dict[str, int]:
 _CONST = re.compile(r"([a-z]+)(\d+)")
 
 
-def measure_micro(gm: fx.GraphModule, example: torch.Tensor, device: str, workdir: str | Path,
-                  memory_profile: str) -> Measured:
+def measure_micro(
+    gm: fx.GraphModule, example: torch.Tensor, device: str, workdir: str | Path, memory_profile: str
+) -> Measured:
     """Build ``gm`` for ``device`` and measure it: whole model and every layer.
 
     The whole-model figures are those :meth:`MicroDeployed.measure` reports (a first
@@ -353,8 +392,9 @@ def measure_micro(gm: fx.GraphModule, example: torch.Tensor, device: str, workdi
     g, cm = prog.graph, prog.cmodel
     keyed = micro_layers(g, dsp=True)
     if [f"tt_layer_{i}" for i, _, _ in keyed] != [fn for fn, _ in cm.layers]:
-        raise TamerError("cost table: the generated layers differ from the keyed ones "
-                         "(micro_layers no longer mirrors codegen)")
+        raise TamerError(
+            "cost table: the generated layers differ from the keyed ones (micro_layers no longer mirrors codegen)"
+        )
     sizes = _flash_symbols(prog.arm.elf)
     owner = {i: i for i, _, _ in keyed}
     owner.update({a: c for c, a in find_fusions(g).items()})
@@ -369,15 +409,30 @@ def measure_micro(gm: fx.GraphModule, example: torch.Tensor, device: str, workdi
     layers = []
     for (i, name, key), rec in zip(keyed, prof["layers"], strict=True):
         op = g.ops[i]
-        work = sum(g.tensors[t].size for t in op.inputs) + g.tensors[op.output].size \
+        work = (
+            sum(g.tensors[t].size for t in op.inputs)
+            + g.tensors[op.output].size
             + (schedule.scratch_bytes(g, op, True) if i in cm.plan.scratch else 0)
-        layers.append(Layer(name, key, {"instructions": rec["instructions"],
-                                        "est_cycles": rec["est_cycles"],
-                                        "flash_bytes": flash[i], "sram_bytes": work}))
+        )
+        layers.append(
+            Layer(
+                name,
+                key,
+                {
+                    "instructions": rec["instructions"],
+                    "est_cycles": rec["est_cycles"],
+                    "flash_bytes": flash[i],
+                    "sram_bytes": work,
+                },
+            )
+        )
     io = cm.input_size + cm.output_size
-    total = {"instructions": prof["instructions"], "est_cycles": prof["est_cycles"],
-             "flash_bytes": prog.arm.flash_bytes,
-             "sram_bytes": cm.plan.arena_size + io + prof["stack_bytes"]}
+    total = {
+        "instructions": prof["instructions"],
+        "est_cycles": prof["est_cycles"],
+        "flash_bytes": prog.arm.flash_bytes,
+        "sram_bytes": cm.plan.arena_size + io + prof["stack_bytes"],
+    }
     kernels = sorted({_kernel_id(key) for _, _, key in keyed})
     return Measured(total, layers, kernels, code, prof["stack_bytes"])
 
@@ -401,8 +456,7 @@ def host_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
     names = {m: n for n, m in model.named_modules()}
     for m in model.modules():
         if not list(m.children()) and not isinstance(m, nn.Identity | nn.Dropout | nn.Flatten):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out: calls.append((names[mod], mod, inp[0], out))))
+            hooks.append(m.register_forward_hook(lambda mod, inp, out: calls.append((names[mod], mod, inp[0], out))))
     try:
         with torch.inference_mode():
             model.eval()(example[:1])
@@ -413,8 +467,13 @@ def host_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
     for name, mod, x, y in calls:
         prev = layers[-1] if layers else None
         fusable = isinstance(mod, nn.BatchNorm2d | nn.ReLU | nn.ReLU6)
-        if prev is not None and fusable and prev[3] is x and isinstance(prev[1][0], nn.Conv2d) \
-                and not any(isinstance(p, type(mod)) for p in prev[1][1:]):
+        if (
+            prev is not None
+            and fusable
+            and prev[3] is x
+            and isinstance(prev[1][0], nn.Conv2d)
+            and not any(isinstance(p, type(mod)) for p in prev[1][1:])
+        ):
             layers[-1] = (f"{prev[0]}+{name}", [*prev[1], mod], prev[2], y)
         else:
             layers.append((name, [mod], x, y))
@@ -424,14 +483,11 @@ def host_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
         op = "+".join(_host_op(m) for m in mods)
         kw: dict[str, Any] = {}
         if isinstance(head, nn.Conv2d):
-            kw = {"kernel": head.kernel_size, "stride": head.stride, "padding": head.padding,
-                  "groups": head.groups}
+            kw = {"kernel": head.kernel_size, "stride": head.stride, "padding": head.padding, "groups": head.groups}
         elif isinstance(head, nn.MaxPool2d | nn.AvgPool2d):
-            kw = {"kernel": _pair(head.kernel_size), "stride": _pair(head.stride),
-                  "padding": _pair(head.padding)}
+            kw = {"kernel": _pair(head.kernel_size), "stride": _pair(head.stride), "padding": _pair(head.padding)}
         key = make_key(op, x.shape[1:], y.shape[1:], bits="fp32", **kw)
-        out.append((name, nn.Sequential(*(copy.deepcopy(m) for m in mods)).eval(),
-                    x.detach().clone(), key))
+        out.append((name, nn.Sequential(*(copy.deepcopy(m) for m in mods)).eval(), x.detach().clone(), key))
     return out
 
 
@@ -440,22 +496,25 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def _host_op(m: nn.Module) -> str:
-    return {"BatchNorm2d": "bn", "ReLU": "relu", "ReLU6": "relu6"}.get(
-        type(m).__name__, type(m).__name__.lower())
+    return {"BatchNorm2d": "bn", "ReLU": "relu", "ReLU6": "relu6"}.get(type(m).__name__, type(m).__name__.lower())
 
 
-def _time_host(target: Any, module: nn.Module, x: torch.Tensor, workdir: Path,
-               repeats: int) -> float:
+def _time_host(target: Any, module: nn.Module, x: torch.Tensor, workdir: Path, repeats: int) -> float:
     dep = target.compile(module, [x], workdir, precision="fp32", calib=[x], threads=1)
-    cost = dep.measure(batch=1, threads=1, repeats=repeats, warmup=max(3, repeats // 10),
-                       isolate=False)
+    cost = dep.measure(batch=1, threads=1, repeats=repeats, warmup=max(3, repeats // 10), isolate=False)
     # The fastest run: the least disturbed by other processes on a shared machine.
     return float(cost.latency_ms_min)
 
 
-def measure_host(model: nn.Module, example: torch.Tensor, target: Any, workdir: str | Path,
-                 only: set[str] | None = None, repeats: int = 50,
-                 progress: Callable[[str], None] | None = None) -> Measured:
+def measure_host(
+    model: nn.Module,
+    example: torch.Tensor,
+    target: Any,
+    workdir: str | Path,
+    only: set[str] | None = None,
+    repeats: int = 50,
+    progress: Callable[[str], None] | None = None,
+) -> Measured:
     """Time the whole model and each layer as a single-op model (only keys in ``only``)."""
     workdir = Path(workdir)
     layers = []
@@ -466,8 +525,7 @@ def measure_host(model: nn.Module, example: torch.Tensor, target: Any, workdir: 
         layers.append(Layer(name, key, {"latency_ms": lat}))
         if progress is not None:
             progress(name)
-    total = {"latency_ms": _time_host(target, model.eval(), example[:1], workdir / "model",
-                                      repeats)}
+    total = {"latency_ms": _time_host(target, model.eval(), example[:1], workdir / "model", repeats)}
     return Measured(total, layers, [])
 
 
@@ -490,16 +548,22 @@ class Prediction:
     memory_profile: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "total": self.total, "fresh": self.fresh,
-                "overhead": self.overhead, "overhead_from": self.overhead_from,
-                "memory_profile": self.memory_profile,
-                "layers": [{"name": la.name, "key": la.key, **la.metrics} for la in self.layers]}
+        return {
+            "target": self.target,
+            "total": self.total,
+            "fresh": self.fresh,
+            "overhead": self.overhead,
+            "overhead_from": self.overhead_from,
+            "memory_profile": self.memory_profile,
+            "layers": [{"name": la.name, "key": la.key, **la.metrics} for la in self.layers],
+        }
 
 
 def _overhead(table: CostTable, n_layers: int, kernels: list[str]) -> tuple[dict[str, float], str]:
     if not table.overheads:
-        raise CostTableError(f"the {table.target} cost table has no measured model yet: "
-                             "build it with `tamer lut` first")
+        raise CostTableError(
+            f"the {table.target} cost table has no measured model yet: build it with `tamer lut` first"
+        )
     recs = table.overheads
     out: dict[str, float] = {}
     # Calls and cold misses grow with the layers: the median per-layer overhead, scaled.
@@ -516,8 +580,10 @@ def _overhead(table: CostTable, n_layers: int, kernels: list[str]) -> tuple[dict
             how += f"; flash: the code linked by '{same[-1]['model']}' (the same kernels)"
         else:
             out["flash_bytes"] = _code_bytes(recs, kernels)
-            how += ("; flash: no measured model links the same kernels: the runtime's code + "
-                    "the code each kernel came with, an upper bound")
+            how += (
+                "; flash: no measured model links the same kernels: the runtime's code + "
+                "the code each kernel came with, an upper bound"
+            )
     return out, how
 
 
@@ -538,15 +604,22 @@ def _code_bytes(recs: list[dict[str, Any]], kernels: list[str]) -> float:
     sizes: dict[str, int] = {}
     for c in codes:
         sizes.update(c)
-    loose = statistics.median(r["flash_bytes"] - sum(c.values())
-                              for r, c in zip(recs, codes, strict=True))
+    loose = statistics.median(r["flash_bytes"] - sum(c.values()) for r, c in zip(recs, codes, strict=True))
     return sum(sizes[f] for f in need) + loose
 
 
-def predict(model: nn.Module, target: str, table: CostTable | str | Path, *,
-            example: torch.Tensor, calib: Sequence[torch.Tensor] | None = None,
-            workdir: str | Path | None = None, measure_missing: bool = True,
-            save: bool = True, name: str = "model") -> Prediction:
+def predict(
+    model: nn.Module,
+    target: str,
+    table: CostTable | str | Path,
+    *,
+    example: torch.Tensor,
+    calib: Sequence[torch.Tensor] | None = None,
+    workdir: str | Path | None = None,
+    measure_missing: bool = True,
+    save: bool = True,
+    name: str = "model",
+) -> Prediction:
     """The whole-model cost of ``model`` on ``target``: the table's layers plus the overhead.
 
     Layers the table lacks are measured on the target (the model is built once) and added to
@@ -576,8 +649,7 @@ def predict(model: nn.Module, target: str, table: CostTable | str | Path, *,
             missing = {k for _, _, k in keyed if k not in table.entries}
             if missing:
                 _require(measure_missing, missing, target)
-                table.add(measure_micro(gm, example, MICRO_TARGETS[target], work,
-                                        table.memory_profile), name)
+                table.add(measure_micro(gm, example, MICRO_TARGETS[target], work, table.memory_profile), name)
         else:
             sram = None
             host = host_layers(model, example)
@@ -610,8 +682,10 @@ def _planned_sram(g: Any) -> int:
 
 def _require(measure_missing: bool, missing: set[str], target: str) -> None:
     if not measure_missing:
-        raise CostTableError(f"the {target} cost table lacks {len(missing)} layer(s), e.g. "
-                             f"'{sorted(missing)[0]}'; build it with `tamer lut`")
+        raise CostTableError(
+            f"the {target} cost table lacks {len(missing)} layer(s), e.g. "
+            f"'{sorted(missing)[0]}'; build it with `tamer lut`"
+        )
 
 
 def _check_target(target: str) -> Any:
@@ -621,8 +695,9 @@ def _check_target(target: str) -> Any:
         toolchain.require("arm-none-eabi-gcc")
         return None
     if target not in HOST_TARGETS:
-        raise CostTableError(f"no cost table for target '{target}': tables are measured on "
-                             f"{', '.join([*MICRO_TARGETS, *HOST_TARGETS])}")
+        raise CostTableError(
+            f"no cost table for target '{target}': tables are measured on {', '.join([*MICRO_TARGETS, *HOST_TARGETS])}"
+        )
     from tinytamer.targets.base import get_target, unavailable_reason
 
     tgt = get_target(target)
@@ -633,11 +708,16 @@ def _check_target(target: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- build
-def build(configs: Sequence[tuple[str, Callable[[], nn.Module]]], target: str,
-          path: str | Path, *,
-          example: torch.Tensor, memory_profile: str | None = None,
-          calib: Sequence[torch.Tensor] | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> CostTable:
+def build(
+    configs: Sequence[tuple[str, Callable[[], nn.Module]]],
+    target: str,
+    path: str | Path,
+    *,
+    example: torch.Tensor,
+    memory_profile: str | None = None,
+    calib: Sequence[torch.Tensor] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> CostTable:
     """Measure every ``(name, make_model)`` configuration on ``target`` into the table at
     ``path`` (``make_model()`` is called only for the configurations not measured yet).
 
@@ -656,8 +736,9 @@ def build(configs: Sequence[tuple[str, Callable[[], nn.Module]]], target: str,
             model = make()
             with tempfile.TemporaryDirectory(prefix="tamer-lut-") as tmp:
                 if target in MICRO_TARGETS:
-                    m = measure_micro(_quantized(model, example, calib), example,
-                                      MICRO_TARGETS[target], tmp, memory_profile)
+                    m = measure_micro(
+                        _quantized(model, example, calib), example, MICRO_TARGETS[target], tmp, memory_profile
+                    )
                 else:
                     m = measure_host(model, example, tgt, tmp)
             table.add(m, name)
@@ -671,9 +752,9 @@ def build(configs: Sequence[tuple[str, Callable[[], nn.Module]]], target: str,
 SPACES = ("model", "bits")
 
 
-def space_configs(model: nn.Module, space: str, example: torch.Tensor,
-                  calib: Sequence[torch.Tensor] | None = None
-                  ) -> list[tuple[str, Callable[[], nn.Module]]]:
+def space_configs(
+    model: nn.Module, space: str, example: torch.Tensor, calib: Sequence[torch.Tensor] | None = None
+) -> list[tuple[str, Callable[[], nn.Module]]]:
     """The configurations of ``model`` a table is built over: ``(name, make)`` pairs.
 
     ``model``: the model as given.  ``bits``: every weight bit width 2-8 applied to all
@@ -687,7 +768,8 @@ def space_configs(model: nn.Module, space: str, example: torch.Tensor,
     from tinytamer.compress.int8 import quantize_ptq
 
     def make(bits: int) -> Callable[[], nn.Module]:
-        return lambda: quantize_ptq(copy.deepcopy(model).eval(),
-                                    list(calib or _random_calib(example)), weight_bits=bits)
+        return lambda: quantize_ptq(
+            copy.deepcopy(model).eval(), list(calib or _random_calib(example)), weight_bits=bits
+        )
 
     return [(f"w{b}", make(b)) for b in range(8, 1, -1)]

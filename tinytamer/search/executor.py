@@ -115,8 +115,9 @@ def _short(item: Any, limit: int = 60) -> str:
 class _Book:
     """Attempts and results of one map: decides retries, reports failures, advances the bar."""
 
-    def __init__(self, items: list[Any], seeds: list[int], echo: Callable[[str], None],
-                 advance: Callable[[], None]) -> None:
+    def __init__(
+        self, items: list[Any], seeds: list[int], echo: Callable[[str], None], advance: Callable[[], None]
+    ) -> None:
         self.items, self.seeds, self.echo, self.advance = items, seeds, echo, advance
         self.attempts = [0] * len(items)
         self.results: list[Result | None] = [None] * len(items)
@@ -133,8 +134,9 @@ class _Book:
                 self.echo(f"{label}: {payload}; retrying once")
                 return True
             self.echo(f"{label} again: {payload}; recorded as failed, the search goes on")
-        self.results[i] = Result(i, self.seeds[i], value=payload if ok else None,
-                                 error=None if ok else payload, attempts=self.attempts[i])
+        self.results[i] = Result(
+            i, self.seeds[i], value=payload if ok else None, error=None if ok else payload, attempts=self.attempts[i]
+        )
         self.advance()
         return False
 
@@ -142,15 +144,14 @@ class _Book:
 class Executor:
     """Runs ``fn(item, seed)`` over items; see the module docstring.  Use as a context manager."""
 
-
-    def __init__(self, *, threads: int = 1, progress: bool = True,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(self, *, threads: int = 1, progress: bool = True, echo: Callable[[str], None] = print) -> None:
         if threads < 1:
             raise TamerError(f"threads per trial must be >= 1, got {threads}")
         self.threads, self.progress, self.echo = threads, progress, echo
 
-    def map(self, fn: Callable[[Any, int], T], items: Iterable[Any], *, seed: int = 0,
-            desc: str = "trials") -> list[Result[T]]:
+    def map(
+        self, fn: Callable[[Any, int], T], items: Iterable[Any], *, seed: int = 0, desc: str = "trials"
+    ) -> list[Result[T]]:
         """``fn(item, trial_seed(seed, i))`` for every item, with a progress bar; results in item order."""
         items = list(items)
         seeds = [trial_seed(seed, i) for i in range(len(items))]
@@ -254,9 +255,9 @@ def _context() -> Any:
 class LocalExecutor(Executor):
     """Trials in this process (``processes=0``) or in a pool of worker processes."""
 
-
-    def __init__(self, processes: int = 0, *, threads: int = 1, progress: bool = True,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, processes: int = 0, *, threads: int = 1, progress: bool = True, echo: Callable[[str], None] = print
+    ) -> None:
         super().__init__(threads=threads, progress=progress, echo=echo)
         if processes < 0:
             raise TamerError(f"local executor: processes must be >= 0, got {processes}")
@@ -294,8 +295,10 @@ class LocalExecutor(Executor):
                     try:
                         task = pickle.dumps((fn, item, seed, self.threads))
                     except Exception as exc:
-                        raise TypeError(f"worker processes need a picklable function and items (define "
-                                        f"the function at a module's top level): {_one_line(exc)}") from exc
+                        raise TypeError(
+                            f"worker processes need a picklable function and items (define "
+                            f"the function at a module's top level): {_one_line(exc)}"
+                        ) from exc
                     w.conn.send_bytes(task)
                     w.index = i
             busy = [w for w in self._workers if w.index is not None]
@@ -331,20 +334,32 @@ def _import_ray() -> Any:
 class RayExecutor(Executor):
     """Trials as Ray tasks (one CPU each) on a private local instance or a joined cluster."""
 
-
-    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, threads: int = 1,
-                 progress: bool = True, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        threads: int = 1,
+        progress: bool = True,
+        echo: Callable[[str], None] = print,
+    ) -> None:
         super().__init__(threads=threads, progress=progress, echo=echo)
         ray = self._ray = _import_ray()
         self._owns = False
         if not ray.is_initialized():
             if address is not None and num_cpus is not None:
-                raise TamerError("ray: a cluster joined by address has its own CPUs; "
-                                 "the number of CPUs is for a local instance only")
+                raise TamerError(
+                    "ray: a cluster joined by address has its own CPUs; the number of CPUs is for a local instance only"
+                )
             # "local" starts a new instance whatever RAY_ADDRESS says or is already running here.
             try:
-                ray.init(address="local" if address is None else address, num_cpus=num_cpus,
-                         include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+                ray.init(
+                    address="local" if address is None else address,
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
             except ConnectionError as exc:
                 raise TamerError(f"ray: cannot join the cluster at '{address}': {_one_line(exc)}") from None
             self._owns = True
@@ -385,8 +400,15 @@ class RayExecutor(Executor):
         self._owns = False
 
 
-def make_executor(name: str = "local", *, address: str | None = None, workers: int = 0, threads: int = 1,
-                  progress: bool = True, echo: Callable[[str], None] = print) -> Executor:
+def make_executor(
+    name: str = "local",
+    *,
+    address: str | None = None,
+    workers: int = 0,
+    threads: int = 1,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Executor:
     """The executor the search options name (``--executor``, ``--address``, ``--workers``).
 
     ``workers``: local, the worker processes (0 = in this process); ray, the CPUs of the local instance
@@ -401,6 +423,7 @@ def make_executor(name: str = "local", *, address: str | None = None, workers: i
             raise TamerError("an address is for the ray executor; the local executor runs on this machine")
         return LocalExecutor(workers, threads=threads, progress=progress, echo=echo)
     if address is not None and workers:
-        raise TamerError("workers sets the CPUs of a local Ray instance; a cluster joined by address "
-                         "has its own: leave workers at 0")
+        raise TamerError(
+            "workers sets the CPUs of a local Ray instance; a cluster joined by address has its own: leave workers at 0"
+        )
     return RayExecutor(address, num_cpus=workers or None, threads=threads, progress=progress, echo=echo)

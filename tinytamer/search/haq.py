@@ -88,15 +88,16 @@ class LayerInfo:
     depthwise: bool
 
 
-def layer_infos(model: nn.Module, example: torch.Tensor,
-                select: Selector | dict | None = None) -> list[LayerInfo]:
+def layer_infos(model: nn.Module, example: torch.Tensor, select: Selector | dict | None = None) -> list[LayerInfo]:
     """The plain conv / linear layers the selector picks, in model order, with their shapes."""
     layers = select_plain(model, select, "haq")
     sides: dict[str, int] = {}
-    hooks = [m.register_forward_hook(
-        lambda _m, inp, _out, n=n: sides.__setitem__(n, int(inp[0].shape[-1]) if inp[0].dim() == 4
-                                                    else 1))
-        for n, m in layers]
+    hooks = [
+        m.register_forward_hook(
+            lambda _m, inp, _out, n=n: sides.__setitem__(n, int(inp[0].shape[-1]) if inp[0].dim() == 4 else 1)
+        )
+        for n, m in layers
+    ]
     was_training = model.training
     try:
         model.eval()
@@ -109,12 +110,20 @@ def layer_infos(model: nn.Module, example: torch.Tensor,
     out = []
     for name, m in layers:
         if isinstance(m, nn.Conv2d):
-            out.append(LayerInfo(name, m.in_channels, m.out_channels, m.kernel_size[0],
-                                 m.stride[0], sides.get(name, 1), m.weight.numel(),
-                                 m.groups > 1 and m.groups == m.in_channels))
+            out.append(
+                LayerInfo(
+                    name,
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size[0],
+                    m.stride[0],
+                    sides.get(name, 1),
+                    m.weight.numel(),
+                    m.groups > 1 and m.groups == m.in_channels,
+                )
+            )
         else:
-            out.append(LayerInfo(name, m.in_features, m.out_features, 1, 0, 1, m.weight.numel(),
-                                 False))
+            out.append(LayerInfo(name, m.in_features, m.out_features, 1, 0, 1, m.weight.numel(), False))
     return out
 
 
@@ -123,9 +132,8 @@ def observations(layers: Sequence[LayerInfo], with_acts: bool = True) -> np.ndar
     the last column (the previous action) is 0 here and filled in as the episode runs."""
     rows = []
     for i, L in enumerate(layers):
-        for is_weight in ((1.0, 0.0) if with_acts else (1.0,)):
-            rows.append([i, L.c_in, L.c_out, L.kernel, L.stride, L.fmap, L.params,
-                         float(L.depthwise), is_weight, 0.0])
+        for is_weight in (1.0, 0.0) if with_acts else (1.0,):
+            rows.append([i, L.c_in, L.c_out, L.kernel, L.stride, L.fmap, L.params, float(L.depthwise), is_weight, 0.0])
     obs = np.asarray(rows, np.float64)
     lo, hi = obs.min(0), obs.max(0)
     span = np.where(hi > lo, hi - lo, 1.0)
@@ -152,33 +160,33 @@ class Resource:
         return float(self.fn(bits))
 
 
-def action_wall(bits: Sequence[LayerBits], resource: Resource, target: float,
-                lo: int = MIN_BITS) -> list[LayerBits]:
+def action_wall(bits: Sequence[LayerBits], resource: Resource, target: float, lo: int = MIN_BITS) -> list[LayerBits]:
     """Lower bits from the last layer backwards (activation, then weight) until ``resource``
     is within ``target``; CompressError when even the lowest bits do not fit."""
     out = list(bits)
     while resource(out) > target:
         moved = False
         for i in reversed(range(len(out))):
-            for part in (("a", "w") if resource.uses_act_bits else ("w",)):
+            for part in ("a", "w") if resource.uses_act_bits else ("w",):
                 if getattr(out[i], part) > lo:
                     out[i] = out[i]._replace(**{part: getattr(out[i], part) - 1})
                     moved = True
                     if resource(out) <= target:
                         return out
         if not moved:
-            raise CompressError(f"haq: the {resource.name} budget of {target:g} {resource.unit} "
-                                f"cannot be met: {resource(out):g} at {lo} bits everywhere")
+            raise CompressError(
+                f"haq: the {resource.name} budget of {target:g} {resource.unit} "
+                f"cannot be met: {resource(out):g} at {lo} bits everywhere"
+            )
     return out
 
 
 # ----------------------------------------------------------------------------- quantizing a policy
 
-def policy_selector(select: Selector | dict | None, layers: Sequence[LayerInfo],
-                    bits: Sequence[LayerBits]) -> Selector:
+
+def policy_selector(select: Selector | dict | None, layers: Sequence[LayerInfo], bits: Sequence[LayerBits]) -> Selector:
     """``select`` with one override per layer, anchored so that no name matches another's."""
-    overrides = {f"^{re.escape(L.name)}$": {"bits": b.w, "act_bits": b.a}
-                 for L, b in zip(layers, bits, strict=True)}
+    overrides = {f"^{re.escape(L.name)}$": {"bits": b.w, "act_bits": b.a} for L, b in zip(layers, bits, strict=True)}
     return parse(select).model_copy(update={"overrides": overrides})
 
 
@@ -201,11 +209,19 @@ def _train_steps(model: nn.Module, loader: Iterable[Any], iters: int, lr: float)
     model.eval()
 
 
-def quantize_policy(model: nn.Module, calib: Any, layers: Sequence[LayerInfo],
-                    bits: Sequence[LayerBits], *, quantizer: Quantizer = "linear",
-                    select: Selector | dict | None = None, train_loader: Iterable[Any] = (),
-                    finetune_iters: int = 0, finetune_lr: float = 1e-3, seed: int = 0
-                    ) -> nn.Module:
+def quantize_policy(
+    model: nn.Module,
+    calib: Any,
+    layers: Sequence[LayerInfo],
+    bits: Sequence[LayerBits],
+    *,
+    quantizer: Quantizer = "linear",
+    select: Selector | dict | None = None,
+    train_loader: Iterable[Any] = (),
+    finetune_iters: int = 0,
+    finetune_lr: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
     """``model`` quantized with the policy and fine-tuned (the input model is untouched):
     linear quantization (``compress.int8``, weights and activations, a converted GraphModule)
     or k-means weight sharing (``compress.share``, weights only, finalized)."""
@@ -214,17 +230,18 @@ def quantize_policy(model: nn.Module, calib: Any, layers: Sequence[LayerInfo],
     torch.manual_seed(seed)
     sel = policy_selector(select, layers, bits)
     if quantizer == "linear":
-        return int8.quantize(model, calib, select=sel, train=lambda gm: _train_steps(
-            gm, train_loader, finetune_iters, finetune_lr))
+        return int8.quantize(
+            model, calib, select=sel, train=lambda gm: _train_steps(gm, train_loader, finetune_iters, finetune_lr)
+        )
     shared = copy.deepcopy(model)
-    kmeans_sel = sel.model_copy(update={"overrides": {
-        k: {"bits": v["bits"]} for k, v in sel.overrides.items()}})
+    kmeans_sel = sel.model_copy(update={"overrides": {k: {"bits": v["bits"]} for k, v in sel.overrides.items()}})
     share.kmeans(shared, select=kmeans_sel, seed=seed)
     _train_steps(shared, train_loader, finetune_iters, finetune_lr)
     return share.finalize(shared).eval()
 
 
 # ----------------------------------------------------------------------------- resources
+
 
 def _int_weights(model: nn.Module, layers: Sequence[LayerInfo], bits: int) -> dict[str, np.ndarray]:
     """Each layer's integer weights at ``bits`` (BN folded), as compress.int8 makes them."""
@@ -239,8 +256,7 @@ def _int_weights(model: nn.Module, layers: Sequence[LayerInfo], bits: int) -> di
     return out
 
 
-def weight_flash_table(model: nn.Module, layers: Sequence[LayerInfo]
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def weight_flash_table(model: nn.Module, layers: Sequence[LayerInfo]) -> tuple[np.ndarray, np.ndarray]:
     """[layers, bits 0..8] flash bytes of each layer's weights in the form the micro path
     stores them at each bit width, and whether that form is packed (not plain int8)."""
     from tinytamer.micro import weights
@@ -260,8 +276,15 @@ def _uniform(layers: Sequence[LayerInfo], w: int) -> list[LayerBits]:
     return [LayerBits(w, MAX_BITS)] * len(layers)
 
 
-def _build(model: nn.Module, calib: Any, layers: Sequence[LayerInfo], bits: Sequence[LayerBits],
-           device: str, workdir: Path, select: Selector | dict | None) -> Any:
+def _build(
+    model: nn.Module,
+    calib: Any,
+    layers: Sequence[LayerInfo],
+    bits: Sequence[LayerBits],
+    device: str,
+    workdir: Path,
+    select: Selector | dict | None,
+) -> Any:
     from tinytamer.calib import as_calibration
     from tinytamer.micro.program import build_program
 
@@ -279,13 +302,24 @@ def weight_flash(model: nn.Module, layers: Sequence[LayerInfo]) -> Resource:
     def flash(bits: Sequence[LayerBits]) -> float:
         return float(size[idx, [b.w for b in bits]].sum())
 
-    return Resource("weight flash", "bytes", flash, "predicted: each layer's weights stored "
-                    "as the micro path packs them (int8, int4, int2 or codebook), code excluded")
+    return Resource(
+        "weight flash",
+        "bytes",
+        flash,
+        "predicted: each layer's weights stored "
+        "as the micro path packs them (int8, int4, int2 or codebook), code excluded",
+    )
 
 
-def micro_flash(model: nn.Module, calib: Any, layers: Sequence[LayerInfo], *,
-                device: str = "cortex-m4", workdir: str | Path | None = None,
-                select: Selector | dict | None = None) -> Resource:
+def micro_flash(
+    model: nn.Module,
+    calib: Any,
+    layers: Sequence[LayerInfo],
+    *,
+    device: str = "cortex-m4",
+    workdir: str | Path | None = None,
+    select: Selector | dict | None = None,
+) -> Resource:
     """Flash bytes of the whole program on ``device``, measured from the linked image of each
     policy's build (cached by weight bits; a few seconds a build).  The int8 and the packed
     kernels are linked only where a layer uses them, so the code changes with the policy."""
@@ -301,13 +335,18 @@ def micro_flash(model: nn.Module, calib: Any, layers: Sequence[LayerInfo], *,
             cache[key] = float(prog.arm.flash_bytes)
         return cache[key]
 
-    return Resource(f"{device} flash", "bytes", flash, "measured: the linked image of each "
-                    f"policy's {device} build")
+    return Resource(f"{device} flash", "bytes", flash, f"measured: the linked image of each policy's {device} build")
 
 
-def micro_cycles(model: nn.Module, calib: Any, layers: Sequence[LayerInfo], *,
-                 device: str = "cortex-m4", workdir: str | Path | None = None,
-                 select: Selector | dict | None = None) -> Resource:
+def micro_cycles(
+    model: nn.Module,
+    calib: Any,
+    layers: Sequence[LayerInfo],
+    *,
+    device: str = "cortex-m4",
+    workdir: str | Path | None = None,
+    select: Selector | dict | None = None,
+) -> Resource:
     """Estimated cycles of one inference on ``device`` (under the board's memory profile):
     a per-layer table measured on the emulated device at every uniform bit width."""
     from tinytamer.micro.profiles import BOARD
@@ -317,8 +356,7 @@ def micro_cycles(model: nn.Module, calib: Any, layers: Sequence[LayerInfo], *,
     overhead = 0.0
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for b in range(MIN_BITS, MAX_BITS + 1):
-            prog = _build(model, calib, layers, _uniform(layers, b), device, Path(tmp) / f"c{b}",
-                          select)
+            prog = _build(model, calib, layers, _uniform(layers, b), device, Path(tmp) / f"c{b}", select)
             prof = prog.profile(_example_row(prog, calib), memory_profile=profile)
             per = {r["layer"]: r["est_cycles"] for r in prof["layers"]}
             table[:, b] = [per[L.name] for L in layers]
@@ -329,9 +367,14 @@ def micro_cycles(model: nn.Module, calib: Any, layers: Sequence[LayerInfo], *,
     def cycles(bits: Sequence[LayerBits]) -> float:
         return float(overhead + table[idx, [b.w for b in bits]].sum())
 
-    return Resource(f"{device} cycles", "cycles", cycles, "predicted from per-layer "
-                    f"estimated cycles measured on the emulated {device} ({profile} memory "
-                    "profile) at uniform 2..8 bits")
+    return Resource(
+        f"{device} cycles",
+        "cycles",
+        cycles,
+        "predicted from per-layer "
+        f"estimated cycles measured on the emulated {device} ({profile} memory "
+        "profile) at uniform 2..8 bits",
+    )
 
 
 def _example_row(prog: Any, calib: Any) -> np.ndarray:
@@ -341,8 +384,9 @@ def _example_row(prog: Any, calib: Any) -> np.ndarray:
     return prog.quantize_input(x.numpy())[0]
 
 
-def compressed_bytes(model: nn.Module, layers: Sequence[LayerInfo], *, seed: int = 0,
-                     select: Selector | dict | None = None) -> Resource:
+def compressed_bytes(
+    model: nn.Module, layers: Sequence[LayerInfo], *, seed: int = 0, select: Selector | dict | None = None
+) -> Resource:
     """Bytes of the compressed model file after k-means sharing at the policy's bits."""
     from tinytamer import codec
 
@@ -351,19 +395,18 @@ def compressed_bytes(model: nn.Module, layers: Sequence[LayerInfo], *, seed: int
     def file_bytes(bits: Sequence[LayerBits]) -> float:
         key = tuple(b.w for b in bits)
         if key not in cache:
-            shared = quantize_policy(model, None, layers, bits, quantizer="kmeans", select=select,
-                                     seed=seed)
+            shared = quantize_policy(model, None, layers, bits, quantizer="kmeans", select=select, seed=seed)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.tt"
                 codec.save(shared, path)
                 cache[key] = float(path.stat().st_size)
         return cache[key]
 
-    return Resource("compressed file", "bytes", file_bytes,
-                    "measured: the size of the file tinytamer.codec writes")
+    return Resource("compressed file", "bytes", file_bytes, "measured: the size of the file tinytamer.codec writes")
 
 
 # ----------------------------------------------------------------------------- the search
+
 
 @dataclass
 class Episode:
@@ -389,16 +432,28 @@ class HaqResult:
     history: list[Episode] = field(default_factory=list)
 
     def policy(self) -> dict[str, dict[str, int]]:
-        return {L.name: {"w_bits": b.w, "a_bits": b.a} for L, b in zip(self.layers, self.bits,
-                                                                        strict=True)}
+        return {L.name: {"w_bits": b.w, "a_bits": b.a} for L, b in zip(self.layers, self.bits, strict=True)}
 
 
-def search(model: nn.Module, layers: Sequence[LayerInfo], resource: Resource, target: float, *,
-           evaluate: Callable[[nn.Module], float], calib: Any, train_loader: Iterable[Any],
-           episodes: int = 300, warmup: int = WARMUP, quantizer: Quantizer = "linear",
-           finetune_iters: int = 0, finetune_lr: float = 1e-3,
-           select: Selector | dict | None = None, seed: int = 0, executor: Any = None,
-           on_episode: Callable[[Episode], None] | None = None) -> HaqResult:
+def search(
+    model: nn.Module,
+    layers: Sequence[LayerInfo],
+    resource: Resource,
+    target: float,
+    *,
+    evaluate: Callable[[nn.Module], float],
+    calib: Any,
+    train_loader: Iterable[Any],
+    episodes: int = 300,
+    warmup: int = WARMUP,
+    quantizer: Quantizer = "linear",
+    finetune_iters: int = 0,
+    finetune_lr: float = 1e-3,
+    select: Selector | dict | None = None,
+    seed: int = 0,
+    executor: Any = None,
+    on_episode: Callable[[Episode], None] | None = None,
+) -> HaqResult:
     """Search per-layer bits under ``resource(bits) <= target`` for the best ``evaluate``
     (validation accuracy) after a short fine-tune.  ``executor`` (a
     :mod:`tinytamer.search.executor` executor) runs the candidate evaluations; None runs
@@ -407,17 +462,28 @@ def search(model: nn.Module, layers: Sequence[LayerInfo], resource: Resource, ta
     layers = list(layers)
     lowest = [LayerBits(MIN_BITS, MIN_BITS)] * len(layers)
     if resource(lowest) > target:
-        raise CompressError(f"haq: the {resource.name} budget of {target:g} {resource.unit} "
-                            f"cannot be met: {resource(lowest):g} at {MIN_BITS} bits everywhere")
+        raise CompressError(
+            f"haq: the {resource.name} budget of {target:g} {resource.unit} "
+            f"cannot be met: {resource(lowest):g} at {MIN_BITS} bits everywhere"
+        )
     with_acts = quantizer == "linear"
     obs = observations(layers, with_acts)
     agent = DDPG(N_FEATURES, len(layers), seed, warmup=warmup)
     fp_accuracy = evaluate(model)
 
     def score(bits: list[LayerBits]) -> float:
-        q = quantize_policy(model, calib, layers, bits, quantizer=quantizer, select=select,
-                            train_loader=train_loader, finetune_iters=finetune_iters,
-                            finetune_lr=finetune_lr, seed=seed)
+        q = quantize_policy(
+            model,
+            calib,
+            layers,
+            bits,
+            quantizer=quantizer,
+            select=select,
+            train_loader=train_loader,
+            finetune_iters=finetune_iters,
+            finetune_lr=finetune_lr,
+            seed=seed,
+        )
         return evaluate(q)
 
     best: Episode | None = None
@@ -432,9 +498,12 @@ def search(model: nn.Module, layers: Sequence[LayerInfo], resource: Resource, ta
             actions.append(a)
             prev = a
         step = 2 if with_acts else 1
-        bits = [LayerBits(action_to_bits(actions[i * step]),
-                          action_to_bits(actions[i * step + 1]) if with_acts else MAX_BITS)
-                for i in range(len(layers))]
+        bits = [
+            LayerBits(
+                action_to_bits(actions[i * step]), action_to_bits(actions[i * step + 1]) if with_acts else MAX_BITS
+            )
+            for i in range(len(layers))
+        ]
         bits = action_wall(bits, resource, target)
         accuracy = score(bits) if executor is None else _one(executor, score, bits, seed + ep)
         reward = 0.1 * (accuracy - fp_accuracy)
@@ -451,12 +520,22 @@ def search(model: nn.Module, layers: Sequence[LayerInfo], resource: Resource, ta
             on_episode(record)
     if best is None:
         raise CompressError("haq: episodes must be at least 1")
-    return HaqResult(layers, best.bits, best.accuracy, best.reward, fp_accuracy, best.resource,
-                     target, resource.name, resource.unit, resource.source, history)
+    return HaqResult(
+        layers,
+        best.bits,
+        best.accuracy,
+        best.reward,
+        fp_accuracy,
+        best.resource,
+        target,
+        resource.name,
+        resource.unit,
+        resource.source,
+        history,
+    )
 
 
-def _one(executor: Any, score: Callable[[list[LayerBits]], float], bits: list[LayerBits],
-         seed: int) -> float:
+def _one(executor: Any, score: Callable[[list[LayerBits]], float], bits: list[LayerBits], seed: int) -> float:
     """One candidate through a ``tinytamer.search.executor`` executor (a crash is retried
     there once); a candidate that still fails scores 0, the worst accuracy, not a crash."""
     result = executor.map(lambda b, _seed: score(b), [bits], seed=seed, desc="haq candidate")[0]
@@ -464,6 +543,7 @@ def _one(executor: Any, score: Callable[[list[LayerBits]], float], bits: list[La
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def plot_rewards(result: HaqResult, path: str | Path) -> Path:
     """The reward of every episode and the best so far."""
@@ -498,8 +578,7 @@ def plot_policy(result: HaqResult, path: str | Path) -> Path:
     ax.set(ylabel="bits", ylim=(0, MAX_BITS + 0.5), title="HAQ policy")
     ax.set_xticks(x, [L.name for L in result.layers], rotation=60, ha="right", fontsize=7)
     ax2 = ax.twinx()
-    ax2.plot(x, [math.log10(max(L.params, 1)) for L in result.layers], "k.--",
-             label="log10 parameters")
+    ax2.plot(x, [math.log10(max(L.params, 1)) for L in result.layers], "k.--", label="log10 parameters")
     ax2.set_ylabel("log10 parameters")
     ax.legend(loc="upper left", fontsize=7)
     ax2.legend(loc="upper right", fontsize=7)

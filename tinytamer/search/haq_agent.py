@@ -34,8 +34,14 @@ BASELINE_ALPHA = 0.5
 class Actor(nn.Module):
     def __init__(self, n_states: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_states, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN),
-                                 nn.ReLU(), nn.Linear(HIDDEN, 1), nn.Sigmoid())
+        self.net = nn.Sequential(
+            nn.Linear(n_states, HIDDEN),
+            nn.ReLU(),
+            nn.Linear(HIDDEN, HIDDEN),
+            nn.ReLU(),
+            nn.Linear(HIDDEN, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, s: Tensor) -> Tensor:
         return self.net(s)
@@ -48,8 +54,7 @@ class Critic(nn.Module):
         super().__init__()
         self.fs = nn.Linear(n_states, HIDDEN)
         self.fa = nn.Linear(1, HIDDEN)
-        self.net = nn.Sequential(nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                                 nn.Linear(HIDDEN, 1))
+        self.net = nn.Sequential(nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
 
     def forward(self, s: Tensor, a: Tensor) -> Tensor:
         return self.net(self.fs(s) + self.fa(a))
@@ -80,8 +85,7 @@ class Memory:
         return self.s[idx], self.a[idx], self.r[idx], self.s2[idx], self.done[idx]
 
 
-def truncated_normal(mu: float, sigma: float, rng: np.random.Generator, lo: float = 0.0,
-                     hi: float = 1.0) -> float:
+def truncated_normal(mu: float, sigma: float, rng: np.random.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
     """A draw of N(mu, sigma) truncated to [lo, hi] (by rejection; clipped after 1,000 tries)."""
     for _ in range(1000):
         x = rng.normal(mu, sigma)
@@ -99,8 +103,9 @@ class UpdateStats:
 class DDPG:
     """The agent: ``act`` picks an action, ``observe`` stores a transition, ``update`` learns."""
 
-    def __init__(self, n_states: int, n_layers: int, seed: int = 0, *, warmup: int = WARMUP,
-                 batch: int = BATCH) -> None:
+    def __init__(
+        self, n_states: int, n_layers: int, seed: int = 0, *, warmup: int = WARMUP, batch: int = BATCH
+    ) -> None:
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.actor, self.critic = Actor(n_states), Critic(n_states)
@@ -137,8 +142,7 @@ class DDPG:
             return None
         s, a, r, s2, done = (torch.from_numpy(x) for x in self.memory.sample(self.batch, self.rng))
         mean = float(r.mean())
-        self.baseline = mean if self.baseline is None else \
-            self.baseline + BASELINE_ALPHA * (mean - self.baseline)
+        self.baseline = mean if self.baseline is None else self.baseline + BASELINE_ALPHA * (mean - self.baseline)
         r = r - self.baseline
         with torch.no_grad():
             q_next = self.critic_target(s2, self.actor_target(s2))

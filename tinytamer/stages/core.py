@@ -15,10 +15,10 @@ from tinytamer.train import SolverConfig
 class TrainParams(SolverConfig):
     """The Solver's settings (Caffe names); ``solver`` reads them from a solver.prototxt instead."""
 
-    solver: str | None = Field(None, description="Caffe solver.prototxt to read the settings from "
-                               "(instead of the keys above)")
-    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
-                                   "(default: data.batch_size)")
+    solver: str | None = Field(
+        None, description="Caffe solver.prototxt to read the settings from (instead of the keys above)"
+    )
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size (default: data.batch_size)")
 
 
 @register_stage("train", TrainParams, help="train with the Caffe-style Solver")
@@ -48,6 +48,9 @@ def evaluate_stage(model: nn.Module, ctx: Context, p: EvaluateParams) -> nn.Modu
 
         raise RecipeError(f"evaluate.split '{p.split}' of dataset '{ctx.recipe.data.name}' is empty")
     metrics = ctx.evaluate(model, p.split)
-    ctx.log(ctx.record(StageRecord, model, accuracy=metrics["accuracy"], split=p.split,
-                       loss=metrics["loss"], eval_samples=samples))
+    ctx.log(
+        ctx.record(
+            StageRecord, model, accuracy=metrics["accuracy"], split=p.split, loss=metrics["loss"], eval_samples=samples
+        )
+    )
     return model

@@ -45,14 +45,15 @@ def _known_target(name: str) -> str:
     return name
 
 
-def _unknown_keys(unknown: list[str], own: Iterable[str], options: list[str], whose: str,
-                  listing: str) -> str:
+def _unknown_keys(unknown: list[str], own: Iterable[str], options: list[str], whose: str, listing: str) -> str:
     """Which keys are unknown and what the target(s) take: short, for the recipe's one-line
     error (the stage's own keys are listed by `tamer list stages`)."""
     close = difflib.get_close_matches(unknown[0], [*own, *options], n=1)
     hint = f" - did you mean '{close[0]}'?" if close else ""
-    return (f"unknown key {', '.join(map(repr, unknown))}{hint} (options of {whose}: "
-            f"{', '.join(options) or 'none'}; `{listing}`)")
+    return (
+        f"unknown key {', '.join(map(repr, unknown))}{hint} (options of {whose}: "
+        f"{', '.join(options) or 'none'}; `{listing}`)"
+    )
 
 
 class DeployParams(StageParams):
@@ -63,16 +64,20 @@ class DeployParams(StageParams):
 
     target: str = Field("onnxruntime", description="where to deploy (see `tamer list targets`)")
     precision: Literal["fp32", "fp16", "int8"] | None = Field(
-        None, description="numeric precision on the target (default: fp32, or what the target "
-        "runs where it runs no fp32; `tamer list targets NAME`: which)")
+        None,
+        description="numeric precision on the target (default: fp32, or what the target "
+        "runs where it runs no fp32; `tamer list targets NAME`: which)",
+    )
     threads: int = Field(2, ge=1, description="CPU threads the runtime may use")
     batch: int = Field(1, ge=1, description="batch size the latency is measured at")
     repeats: int = Field(30, ge=0, description="timed runs (0: do not measure latency)")
-    calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on "
-                               "(and check parity on)")
-    eval_limit: EvalLimit = Field(None, description="test samples scored through the runtime, "
-                                  "or 'all' (default: 1000 on the emulated Cortex-M targets, "
-                                  "all elsewhere)")
+    calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on (and check parity on)")
+    eval_limit: EvalLimit = Field(
+        None,
+        description="test samples scored through the runtime, "
+        "or 'all' (default: 1000 on the emulated Cortex-M targets, "
+        "all elsewhere)",
+    )
     isolate: bool = Field(True, description="measure in a child process (peak memory)")
 
     @field_validator("target")
@@ -87,9 +92,15 @@ class DeployParams(StageParams):
         allowed = option_keys(target)
         unknown = [k for k in extra if k not in allowed]
         if unknown:
-            raise ValueError(_unknown_keys(unknown, type(self).model_fields, allowed,
-                                           f"target '{self.target}'",
-                                           f"tamer list targets {self.target}"))
+            raise ValueError(
+                _unknown_keys(
+                    unknown,
+                    type(self).model_fields,
+                    allowed,
+                    f"target '{self.target}'",
+                    f"tamer list targets {self.target}",
+                )
+            )
         try:
             validate_options(target, extra)
         except TamerError as exc:
@@ -104,36 +115,64 @@ class DeployParams(StageParams):
         return dict(self.model_extra or {})
 
 
-@register_stage("deploy", DeployParams,
-                help="deploy to any target: parity check, cost, accuracy through the runtime")
+@register_stage("deploy", DeployParams, help="deploy to any target: parity check, cost, accuracy through the runtime")
 def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
     # A compressed file saved earlier in this run: its size is kept beside the runtime's.
     saved = ctx.last_record(SaveCompressedRecord)
     source = ctx.rundir.path / saved.file if saved is not None and saved.file else None
     folder = ctx.stage_dir / f"{p.target}-{p.precision}"
-    deployed, rep = deploy(model, p.target, folder,
-                           example_input=ctx.example_input(), precision=p.precision,
-                           calib=Calibration(ctx.train_loader(), limit=p.calib_batches),
-                           test_loader=ctx.test_loader(), eval_limit=p.eval_limit,
-                           threads=p.threads, batch=p.batch, repeats=p.repeats,
-                           isolate=p.isolate, source_file=source, progress=ctx.progress,
-                           **p.options)
+    deployed, rep = deploy(
+        model,
+        p.target,
+        folder,
+        example_input=ctx.example_input(),
+        precision=p.precision,
+        calib=Calibration(ctx.train_loader(), limit=p.calib_batches),
+        test_loader=ctx.test_loader(),
+        eval_limit=p.eval_limit,
+        threads=p.threads,
+        batch=p.batch,
+        repeats=p.repeats,
+        isolate=p.isolate,
+        source_file=source,
+        progress=ctx.progress,
+        **p.options,
+    )
     cost = rep.cost or {}
     extra = cost.get("extra", {})
-    ctx.log(ctx.record(
-        DeployRecord, model, accuracy=rep.accuracy, accuracy_runtime=p.target,
-        accuracy_torch=rep.accuracy_torch, eval_samples=rep.eval_samples,
-        eval_total=rep.eval_total, target=p.target, precision=p.precision,
-        options=rep.options, bytes=rep.artifact_bytes, compressed_bytes=rep.source_bytes,
-        artifacts=[str((folder / a).relative_to(ctx.rundir.path)) for a in rep.artifacts],
-        latency_ms=cost.get("latency_ms_median"), peak_rss_mb=cost.get("peak_rss_mb"),
-        int8_params=rep.info.get("int8_params"), cost=rep.cost, parity=rep.parity,
-        bit_exact_inputs=deployed.info.get("bit_exact_inputs"),
-        instructions=cost.get("instructions"), est_cycles=cost.get("est_cycles"),
-        memory_profile=cost.get("memory_profile"), est_time_ms=cost.get("est_time_ms"),
-        cycle_table=extra.get("cycle_table"), flash_bytes=cost.get("flash_bytes"),
-        sram_bytes=cost.get("sram_bytes"), arena_bytes=extra.get("arena_bytes"),
-        memory_plan=extra.get("memory_plan"), per_layer=extra.get("per_layer")))
+    ctx.log(
+        ctx.record(
+            DeployRecord,
+            model,
+            accuracy=rep.accuracy,
+            accuracy_runtime=p.target,
+            accuracy_torch=rep.accuracy_torch,
+            eval_samples=rep.eval_samples,
+            eval_total=rep.eval_total,
+            target=p.target,
+            precision=p.precision,
+            options=rep.options,
+            bytes=rep.artifact_bytes,
+            compressed_bytes=rep.source_bytes,
+            artifacts=[str((folder / a).relative_to(ctx.rundir.path)) for a in rep.artifacts],
+            latency_ms=cost.get("latency_ms_median"),
+            peak_rss_mb=cost.get("peak_rss_mb"),
+            int8_params=rep.info.get("int8_params"),
+            cost=rep.cost,
+            parity=rep.parity,
+            bit_exact_inputs=deployed.info.get("bit_exact_inputs"),
+            instructions=cost.get("instructions"),
+            est_cycles=cost.get("est_cycles"),
+            memory_profile=cost.get("memory_profile"),
+            est_time_ms=cost.get("est_time_ms"),
+            cycle_table=extra.get("cycle_table"),
+            flash_bytes=cost.get("flash_bytes"),
+            sram_bytes=cost.get("sram_bytes"),
+            arena_bytes=extra.get("arena_bytes"),
+            memory_plan=extra.get("memory_plan"),
+            per_layer=extra.get("per_layer"),
+        )
+    )
     return model
 
 
@@ -145,20 +184,21 @@ class BenchParams(StageParams):
 
     targets: list[str] | None = Field(None, description="default: every installed target")
     precisions: list[Literal["fp32", "fp16", "int8"]] | None = Field(
-        None, description="default: every precision each target runs")
+        None, description="default: every precision each target runs"
+    )
     batches: list[int] = Field([1], description="batch sizes the latency is measured at")
     threads: int = Field(2, ge=1, description="CPU threads each runtime may use")
     repeats: int = Field(30, ge=1, description="timed runs per model and batch size")
-    calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on "
-                               "(and check parity on)")
-    eval_limit: EvalLimit = Field(None, description="test samples scored through each "
-                                  "runtime, or 'all' (default: 1000 on the emulated Cortex-M "
-                                  "targets, all elsewhere)")
-    max_acc_drop: float | None = Field(None, ge=0, description="accuracy a pick may lose (0.01 "
-                                       "= one point)")
+    calib_batches: int = Field(8, ge=1, description="training batches to calibrate int8 on (and check parity on)")
+    eval_limit: EvalLimit = Field(
+        None,
+        description="test samples scored through each "
+        "runtime, or 'all' (default: 1000 on the emulated Cortex-M "
+        "targets, all elsewhere)",
+    )
+    max_acc_drop: float | None = Field(None, ge=0, description="accuracy a pick may lose (0.01 = one point)")
     isolate: bool = Field(True, description="measure in a child process (peak memory)")
-    rounds: int = Field(1, ge=1, description="measure each model this many times round-robin, "
-                        "keep the best round")
+    rounds: int = Field(1, ge=1, description="measure each model this many times round-robin, keep the best round")
 
     @field_validator("targets")
     @classmethod
@@ -171,9 +211,15 @@ class BenchParams(StageParams):
         allowed = list(dict.fromkeys(k for n in names for k in option_keys(get_target(n))))
         unknown = [k for k in self.model_extra or {} if k not in allowed]
         if unknown:
-            raise ValueError(_unknown_keys(unknown, type(self).model_fields, allowed,
-                                           "targets" if self.targets is None else f"targets {', '.join(names)}",
-                                           "tamer list targets NAME"))
+            raise ValueError(
+                _unknown_keys(
+                    unknown,
+                    type(self).model_fields,
+                    allowed,
+                    "targets" if self.targets is None else f"targets {', '.join(names)}",
+                    "tamer list targets NAME",
+                )
+            )
         try:
             self.target_options()
         except TamerError as exc:
@@ -191,21 +237,43 @@ class BenchParams(StageParams):
         return out
 
 
-@register_stage("bench", BenchParams,
-                help="every target and precision vs PyTorch fp32: latency, memory, size, accuracy")
+@register_stage(
+    "bench", BenchParams, help="every target and precision vs PyTorch fp32: latency, memory, size, accuracy"
+)
 def bench_stage(model: nn.Module, ctx: Context, p: BenchParams) -> nn.Module:
-    report = bench(model, ctx.stage_dir, example_input=ctx.example_input(),
-                   calib=Calibration(ctx.train_loader(), limit=p.calib_batches),
-                   test_loader=ctx.test_loader(), targets=p.targets, precisions=p.precisions,
-                   batches=p.batches, threads=p.threads, repeats=p.repeats,
-                   eval_limit=p.eval_limit, isolate=p.isolate, rounds=p.rounds,
-                   target_options=p.target_options(), progress=ctx.progress,
-                   echo=console_echo)
+    report = bench(
+        model,
+        ctx.stage_dir,
+        example_input=ctx.example_input(),
+        calib=Calibration(ctx.train_loader(), limit=p.calib_batches),
+        test_loader=ctx.test_loader(),
+        targets=p.targets,
+        precisions=p.precisions,
+        batches=p.batches,
+        threads=p.threads,
+        repeats=p.repeats,
+        eval_limit=p.eval_limit,
+        isolate=p.isolate,
+        rounds=p.rounds,
+        target_options=p.target_options(),
+        progress=ctx.progress,
+        echo=console_echo,
+    )
     best = report.best(p.max_acc_drop, batch=p.batches[0])
-    ctx.log(ctx.record(BenchRecord, model, bench=report.to_dict()["rows"],
-                       best=None if best is None else {"target": best.target,
-                                                       "precision": best.precision,
-                                                       "speedup": best.speedup,
-                                                       "acc_delta": best.acc_delta},
-                       max_acc_drop=p.max_acc_drop))
+    ctx.log(
+        ctx.record(
+            BenchRecord,
+            model,
+            bench=report.to_dict()["rows"],
+            best=None
+            if best is None
+            else {
+                "target": best.target,
+                "precision": best.precision,
+                "speedup": best.speedup,
+                "acc_delta": best.acc_delta,
+            },
+            max_acc_drop=p.max_acc_drop,
+        )
+    )
     return model

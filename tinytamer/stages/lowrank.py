@@ -34,29 +34,39 @@ from tinytamer.train import SolverConfig
 
 class LowRankParams(StageParams):
     speedup: float | None = Field(
-        None, gt=1, description="whole-model MAC reduction (default 2.0 unless ranks are given)")
+        None, gt=1, description="whole-model MAC reduction (default 2.0 unless ranks are given)"
+    )
     ranks: dict[str, int] | None = Field(None, description="fixed ranks for named layers")
     method: lowrank.Method = Field(
-        "nonlinear-asymmetric", description="Zhang et al. 2015 Sec. 3: linear (PCA of "
+        "nonlinear-asymmetric",
+        description="Zhang et al. 2015 Sec. 3: linear (PCA of "
         "responses), nonlinear (through the ReLU), nonlinear-asymmetric (inputs from the "
-        "approximated layers before), or svd of the weights")
-    select: Selector | None = Field(None, description="layers to approximate (default: every conv "
-                                    "/ linear)")
+        "approximated layers before), or svd of the weights",
+    )
+    select: Selector | None = Field(None, description="layers to approximate (default: every conv / linear)")
     calib_batches: int = Field(8, ge=1, description="training batches used as calibration data")
     samples_per_batch: int = Field(512, ge=1, description="response positions sampled per batch")
     iters: int = Field(10, ge=0, description="alternating iterations of the nonlinear solver")
     finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning")
-    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
-                                   "(default: data.batch_size)")
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size (default: data.batch_size)")
 
 
-@register_stage("lowrank", LowRankParams,
-                help="low-rank approximation of conv/FC layers (Zhang et al. 2015), then fine-tune")
+@register_stage(
+    "lowrank", LowRankParams, help="low-rank approximation of conv/FC layers (Zhang et al. 2015), then fine-tune"
+)
 def lowrank_stage(model: nn.Module, ctx: Context, p: LowRankParams) -> nn.Module:
     calib = Calibration(ctx.train_loader(p.batch_size), limit=p.calib_batches)
-    result = lowrank.approximate(model, calib, speedup=p.speedup, ranks=p.ranks, method=p.method,
-                                 select=p.select, samples_per_batch=p.samples_per_batch, iters=p.iters,
-                                 seed=ctx.seed)
+    result = lowrank.approximate(
+        model,
+        calib,
+        speedup=p.speedup,
+        ranks=p.ranks,
+        method=p.method,
+        select=p.select,
+        samples_per_batch=p.samples_per_batch,
+        iters=p.iters,
+        seed=ctx.seed,
+    )
     approx = result.model
     extra: dict[str, Any] = {}
     if p.finetune is not None:

@@ -44,35 +44,47 @@ def _save(ctx: Context, model: nn.Module) -> Path:
 
 
 class SensitivityParams(StageParams):
-    sparsities: list[float] = Field(default_factory=lambda: list(sensitivity.DEFAULT_SPARSITIES),
-                                    description="sparsity levels each layer is pruned to, alone")
-    select: Selector | None = Field(None, description="layers to analyse (default: every conv / "
-                                    "linear)")
+    sparsities: list[float] = Field(
+        default_factory=lambda: list(sensitivity.DEFAULT_SPARSITIES),
+        description="sparsity levels each layer is pruned to, alone",
+    )
+    select: Selector | None = Field(None, description="layers to analyse (default: every conv / linear)")
     max_drop: float = Field(0.01, ge=0, description="accuracy drop allowed per layer (0.01 = 1 pt)")
     split: Literal["train", "val", "test"] = Field(
-        "val", description="split to measure on (val: keep test for the final report)")
+        "val", description="split to measure on (val: keep test for the final report)"
+    )
     max_batches: int | None = Field(None, ge=1, description="batches per evaluation (None: all)")
 
 
-@register_stage("sensitivity", SensitivityParams,
-                help="prune each layer alone at a sweep of sparsities; plot and choose per-layer sparsity")
+@register_stage(
+    "sensitivity",
+    SensitivityParams,
+    help="prune each layer alone at a sweep of sparsities; plot and choose per-layer sparsity",
+)
 def sensitivity_stage(model: nn.Module, ctx: Context, p: SensitivityParams) -> nn.Module:
     if len(getattr(ctx.data, p.split)) == 0:
-        raise RecipeError(f"sensitivity.split '{p.split}' is empty; set data.val_fraction > 0 "
-                          "or choose another split")
+        raise RecipeError(f"sensitivity.split '{p.split}' is empty; set data.val_fraction > 0 or choose another split")
     loader = {"train": ctx.train_loader, "val": ctx.val_loader, "test": ctx.test_loader}[p.split]()
 
     def score(m: nn.Module) -> float:
         return float(evaluate_model(m, loader, max_batches=p.max_batches)["accuracy"])
 
-    result = sensitivity.analyze(model, score, select=p.select, sparsities=p.sparsities,
-                                 progress=ctx.progress)
+    result = sensitivity.analyze(model, score, select=p.select, sparsities=p.sparsities, progress=ctx.progress)
     chosen = sensitivity.choose_sparsities(result, p.max_drop)
     result.save(ctx.stage_dir / "sensitivity.json")
     plot = sensitivity.plot(result, ctx.stage_dir / "sensitivity.png")
-    ctx.log(ctx.record(SensitivityRecord, model, physical=False, split=p.split,
-                       baseline=result.baseline, chosen=chosen, max_drop=p.max_drop,
-                       plot=str(plot.relative_to(ctx.rundir.path))))
+    ctx.log(
+        ctx.record(
+            SensitivityRecord,
+            model,
+            physical=False,
+            split=p.split,
+            baseline=result.baseline,
+            chosen=chosen,
+            max_drop=p.max_drop,
+            plot=str(plot.relative_to(ctx.rundir.path)),
+        )
+    )
     return model
 
 
@@ -104,22 +116,26 @@ class AGP(StageParams):
 
 class PruneParams(StageParams):
     sparsity: float | dict[str, float] | Literal["sensitivity"] = Field(
-        0.8, description="fraction of weights removed: one value, per layer, or 'sensitivity' "
-                         "(the per-layer choice of the last sensitivity stage)")
+        0.8,
+        description="fraction of weights removed: one value, per layer, or 'sensitivity' "
+        "(the per-layer choice of the last sensitivity stage)",
+    )
     threshold_mode: Literal["sparsity", "std"] = Field(
-        "sparsity", description="sparsity: remove that fraction per layer; std: remove |w| <= "
-        "quality x std")
+        "sparsity", description="sparsity: remove that fraction per layer; std: remove |w| <= quality x std"
+    )
     quality: float | dict[str, float] | None = Field(
-        None, description="std mode: threshold = quality x std of the layer's weights")
+        None, description="std mode: threshold = quality x std of the layer's weights"
+    )
     select: Selector | None = Field(
-        None, description="layers to prune (default: every conv / linear but the first, whose "
-        "few weights carry every input; with per-layer sparsity or quality, the named layers)")
-    schedule: OneShot | Iterative | AGP = Field(default_factory=OneShot, discriminator="type",
-                                                description="when to prune (type: oneshot, "
-                                                "iterative or agp)")
+        None,
+        description="layers to prune (default: every conv / linear but the first, whose "
+        "few weights carry every input; with per-layer sparsity or quality, the named layers)",
+    )
+    schedule: OneShot | Iterative | AGP = Field(
+        default_factory=OneShot, discriminator="type", description="when to prune (type: oneshot, iterative or agp)"
+    )
     finetune: SolverConfig | None = Field(None, description="Solver settings for retraining")
-    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
-                                   "(default: data.batch_size)")
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size (default: data.batch_size)")
 
 
 def _sensitivity_choice(ctx: Context) -> dict[str, float]:
@@ -128,8 +144,9 @@ def _sensitivity_choice(ctx: Context) -> dict[str, float]:
         raise RecipeError("prune.sparsity is 'sensitivity' but no sensitivity stage ran before it")
     chosen = {k: v for k, v in record.chosen.items() if v > 0}
     if not chosen:
-        raise RecipeError(f"prune.sparsity 'sensitivity': the sensitivity stage allowed no "
-                          f"pruning within max_drop={record.max_drop}")
+        raise RecipeError(
+            f"prune.sparsity 'sensitivity': the sensitivity stage allowed no pruning within max_drop={record.max_drop}"
+        )
     return chosen
 
 
@@ -141,8 +158,9 @@ def _default_select(p: PruneParams, sparsity: float | dict[str, float]) -> Selec
     return None if isinstance(per_layer, dict) else Selector(exclude_first=True)
 
 
-@register_stage("prune", PruneParams,
-                help="magnitude pruning (Han et al. 2015): one-shot, iterative or AGP, with retraining")
+@register_stage(
+    "prune", PruneParams, help="magnitude pruning (Han et al. 2015): one-shot, iterative or AGP, with retraining"
+)
 def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
     sparsity = _sensitivity_choice(ctx) if p.sparsity == "sensitivity" else p.sparsity
     select = p.select if p.select is not None else _default_select(p, sparsity)
@@ -153,8 +171,7 @@ def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
         raise RecipeError("prune.schedule 'agp' sets sparsities; it takes threshold_mode 'sparsity'")
     extra: dict[str, Any] = {}
     if kind == "oneshot":
-        prune.magnitude(model, sparsity, select=select, threshold_mode=p.threshold_mode,
-                        quality=p.quality)
+        prune.magnitude(model, sparsity, select=select, threshold_mode=p.threshold_mode, quality=p.quality)
         if p.finetune is not None:
             extra["accuracy_before_finetune"] = ctx.evaluate(model)["accuracy"]
             ctx.finetune(model, p.finetune, batch_size=p.batch_size)
@@ -162,29 +179,44 @@ def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
         rounds = iter(range(1, p.schedule.rounds + 1))
         prune.iterative(
             model,
-            lambda m: ctx.finetune(m, p.finetune, name=f"round{next(rounds)}",
-                                   batch_size=p.batch_size),
-            sparsity, rounds=p.schedule.rounds, select=select,
-            threshold_mode=p.threshold_mode, quality=p.quality)
+            lambda m: ctx.finetune(m, p.finetune, name=f"round{next(rounds)}", batch_size=p.batch_size),
+            sparsity,
+            rounds=p.schedule.rounds,
+            select=select,
+            threshold_mode=p.threshold_mode,
+            quality=p.quality,
+        )
     else:
         s = p.schedule
         finals = sparsity.values() if isinstance(sparsity, dict) else [sparsity]
-        schedule = prune.AGPSchedule(initial=min(s.initial, max(finals)), final=max(finals),
-                                     start=s.start, end=s.end, frequency=s.frequency)
+        schedule = prune.AGPSchedule(
+            initial=min(s.initial, max(finals)), final=max(finals), start=s.start, end=s.end, frequency=s.frequency
+        )
         hook = prune.GradualPruner(model, schedule, sparsity, select=select)
         ctx.finetune(model, p.finetune, hooks=[hook], batch_size=p.batch_size)
         if hook.last_step is None or hook.last_step < s.end:
             # Training ended before the schedule did: reach the target anyway, and say so.
             hook.finish(model)
-            extra["warning"] = (f"fine-tuning stopped before schedule.end={s.end}; the final "
-                                "sparsity was applied without retraining")
+            extra["warning"] = (
+                f"fine-tuning stopped before schedule.end={s.end}; the final sparsity was applied without retraining"
+            )
     result = prune.layer_sparsity(model, select)
     prune.remove_masks(model)
     path = _save(ctx, model)
-    ctx.log(ctx.record(PruneRecord, model, file=path, physical=False,
-                       note="pruned weights are zeros in dense tensors; bytes is the codec file",
-                       method="magnitude", schedule=kind, sparsity=result.sparsity,
-                       layers={n: s.sparsity for n, s in result.layers.items()}, **extra))
+    ctx.log(
+        ctx.record(
+            PruneRecord,
+            model,
+            file=path,
+            physical=False,
+            note="pruned weights are zeros in dense tensors; bytes is the codec file",
+            method="magnitude",
+            schedule=kind,
+            sparsity=result.sparsity,
+            layers={n: s.sparsity for n, s in result.layers.items()},
+            **extra,
+        )
+    )
     return model
 
 
@@ -195,36 +227,51 @@ class ChannelPruneParams(StageParams):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     ratio: float | dict[str, float] = Field(0.5, description="fraction of channels removed")
-    global_pruning: bool = Field(False, alias="global",
-                                 description="rank channels across layers with one ratio")
+    global_pruning: bool = Field(False, alias="global", description="rank channels across layers with one ratio")
     round_to: int | None = Field(8, ge=1, description="kept channels are a multiple of this")
     importance: Literal["l1", "l2", "bn_scale"] = Field(
-        "l1", description="channel score: L1 / L2 norm of its filter, or its BatchNorm scale")
-    select: Selector | None = Field(None, description="layers whose channels may be removed "
-                                    "(default: every conv / linear)")
-    ignore: list[str] | None = Field(
-        None, description="layers whose output channels stay (default: the classifier)")
+        "l1", description="channel score: L1 / L2 norm of its filter, or its BatchNorm scale"
+    )
+    select: Selector | None = Field(
+        None, description="layers whose channels may be removed (default: every conv / linear)"
+    )
+    ignore: list[str] | None = Field(None, description="layers whose output channels stay (default: the classifier)")
     max_ratio: float = Field(0.9, gt=0, lt=1, description="global: most any layer may lose")
     finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning")
-    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
-                                   "(default: data.batch_size)")
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size (default: data.batch_size)")
 
 
-@register_stage("channel_prune", ChannelPruneParams,
-                help="remove whole channels (Torch-Pruning dependency graph), then fine-tune")
+@register_stage(
+    "channel_prune", ChannelPruneParams, help="remove whole channels (Torch-Pruning dependency graph), then fine-tune"
+)
 def channel_prune_stage(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> nn.Module:
     before = channel.channel_counts(model, p.select)
     pruned = channel.prune_channels(
-        model, ctx.example_input(batch=1), ratio=p.ratio, global_pruning=p.global_pruning,
-        round_to=p.round_to, importance=p.importance, select=p.select, ignore=p.ignore,
-        max_ratio=p.max_ratio)
+        model,
+        ctx.example_input(batch=1),
+        ratio=p.ratio,
+        global_pruning=p.global_pruning,
+        round_to=p.round_to,
+        importance=p.importance,
+        select=p.select,
+        ignore=p.ignore,
+        max_ratio=p.max_ratio,
+    )
     extra: dict[str, Any] = {}
     if p.finetune is not None:
         extra["accuracy_before_finetune"] = ctx.evaluate(pruned)["accuracy"]
         ctx.finetune(pruned, p.finetune, batch_size=p.batch_size)
     after = channel.channel_counts(pruned, p.select)
     path = _save(ctx, pruned)
-    ctx.log(ctx.record(ChannelPruneRecord, pruned, file=path, physical=True, method="channel",
-                       channels={n: (before[n], after[n]) for n in before if before[n] != after[n]},
-                       **extra))
+    ctx.log(
+        ctx.record(
+            ChannelPruneRecord,
+            pruned,
+            file=path,
+            physical=True,
+            method="channel",
+            channels={n: (before[n], after[n]) for n in before if before[n] != after[n]},
+            **extra,
+        )
+    )
     return pruned

@@ -26,72 +26,85 @@ def _write_json(path: Path, payload: Any) -> Path:
 
 class QuantizeParams(StageParams):
     method: Literal["ptq", "qat"] = Field(
-        "ptq", description="ptq: calibrate only; qat: then train with fake quantization")
+        "ptq", description="ptq: calibrate only; qat: then train with fake quantization"
+    )
     calibration: Literal["minmax", "percentile", "mse"] = Field(
-        "minmax", description="how activation ranges are chosen from the calibration batches")
-    percentile: float = Field(99.99, gt=50, le=100, description="percentile calibration: the "
-                              "range's percentile of |activation|")
-    weight_bits: int = Field(8, ge=2, le=8, description="weight bits (per layer: select.overrides "
-                             "{bits: n})")
-    act_bits: int = Field(8, ge=2, le=8, description="activation bits (per layer: "
-                          "select.overrides {act_bits: n})")
-    select: Selector | None = Field(None, description="layers to quantize (default: every conv / "
-                                    "linear)")
+        "minmax", description="how activation ranges are chosen from the calibration batches"
+    )
+    percentile: float = Field(
+        99.99, gt=50, le=100, description="percentile calibration: the range's percentile of |activation|"
+    )
+    weight_bits: int = Field(8, ge=2, le=8, description="weight bits (per layer: select.overrides {bits: n})")
+    act_bits: int = Field(8, ge=2, le=8, description="activation bits (per layer: select.overrides {act_bits: n})")
+    select: Selector | None = Field(None, description="layers to quantize (default: every conv / linear)")
     calib_batches: int = Field(8, ge=1, description="training batches to calibrate on")
     finetune: SolverConfig | None = Field(
-        None, description="QAT training (Solver settings); default 1 epoch of SGD at lr 1e-3")
+        None, description="QAT training (Solver settings); default 1 epoch of SGD at lr 1e-3"
+    )
 
 
-@register_stage("quantize", QuantizeParams,
-                help="int8 / mixed-precision quantization: post-training (ptq) or QAT")
+@register_stage("quantize", QuantizeParams, help="int8 / mixed-precision quantization: post-training (ptq) or QAT")
 def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Module:
     config = p.finetune or (SolverConfig(epochs=1, base_lr=1e-3) if p.method == "qat" else None)
-    qmodel = QuantizedGraph(int8.quantize(
-        model, Calibration(ctx.train_loader(), limit=p.calib_batches), select=p.select,
-        method=p.method, calibration=p.calibration, percentile=p.percentile,
-        weight_bits=p.weight_bits, act_bits=p.act_bits,
-        train=None if config is None else lambda gm: ctx.finetune(gm, config)))
+    qmodel = QuantizedGraph(
+        int8.quantize(
+            model,
+            Calibration(ctx.train_loader(), limit=p.calib_batches),
+            select=p.select,
+            method=p.method,
+            calibration=p.calibration,
+            percentile=p.percentile,
+            weight_bits=p.weight_bits,
+            act_bits=p.act_bits,
+            train=None if config is None else lambda gm: ctx.finetune(gm, config),
+        )
+    )
     params = int8.quant_params(as_graph_module(qmodel))
     path = _write_json(ctx.stage_dir / "quant_params.json", params)
-    ctx.log(ctx.record(
-        QuantizeRecord, qmodel, method=p.method, calibration=p.calibration,
-        quant_params=str(path.relative_to(ctx.rundir.path)),
-        weight_bits={v["module"]: v["w_bits"] for v in params.values() if v["kind"] != "act"},
-        act_points=sum(v["kind"] == "act" for v in params.values())))
+    ctx.log(
+        ctx.record(
+            QuantizeRecord,
+            qmodel,
+            method=p.method,
+            calibration=p.calibration,
+            quant_params=str(path.relative_to(ctx.rundir.path)),
+            weight_bits={v["module"]: v["w_bits"] for v in params.values() if v["kind"] != "act"},
+            act_points=sum(v["kind"] == "act" for v in params.values()),
+        )
+    )
     return qmodel
 
 
 class FixedPointParams(StageParams):
     bits: int = Field(8, ge=2, le=16, description="word length of weights and activations")
     mode: Literal["dynamic", "static"] = Field(
-        "dynamic", description="dynamic: a fixed-point format per layer; static: one for the model")
-    select: Selector | None = Field(None, description="layers to quantize (default: every conv / "
-                                    "linear)")
+        "dynamic", description="dynamic: a fixed-point format per layer; static: one for the model"
+    )
+    select: Selector | None = Field(None, description="layers to quantize (default: every conv / linear)")
     calib_batches: int = Field(8, ge=1, description="training batches the formats are chosen on")
-    finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning "
-                                          "(weights snap back to the grid after)")
+    finetune: SolverConfig | None = Field(
+        None, description="Solver settings for fine-tuning (weights snap back to the grid after)"
+    )
 
 
-@register_stage("fixed_point", FixedPointParams,
-                help="dynamic (per-layer) or static fixed point, Qiu et al. 2016")
+@register_stage("fixed_point", FixedPointParams, help="dynamic (per-layer) or static fixed point, Qiu et al. 2016")
 def fixed_point_stage(model: nn.Module, ctx: Context, p: FixedPointParams) -> nn.Module:
-    qmodel = fixedpoint.quantize(model, Calibration(ctx.train_loader(), limit=p.calib_batches),
-                                 bits=p.bits, mode=p.mode, select=p.select)
+    qmodel = fixedpoint.quantize(
+        model, Calibration(ctx.train_loader(), limit=p.calib_batches), bits=p.bits, mode=p.mode, select=p.select
+    )
     if p.finetune is not None:
         ctx.finetune(qmodel, p.finetune, hooks=[fixedpoint.SnapToGrid()])
-    ctx.log(ctx.record(FixedPointRecord, qmodel, bits=p.bits, mode=p.mode,
-                       formats=fixedpoint.formats(qmodel)))
+    ctx.log(ctx.record(FixedPointRecord, qmodel, bits=p.bits, mode=p.mode, formats=fixedpoint.formats(qmodel)))
     return qmodel
 
 
 class TTQParams(StageParams):
-    t: float = Field(0.05, ge=0, lt=1, description="threshold factor: |w| <= t x max|w| "
-                     "becomes 0 (Zhu et al. eq. 9)")
-    select: Selector | None = Field(
-        None, description="default: every conv / linear except the first and the last")
+    t: float = Field(0.05, ge=0, lt=1, description="threshold factor: |w| <= t x max|w| becomes 0 (Zhu et al. eq. 9)")
+    select: Selector | None = Field(None, description="default: every conv / linear except the first and the last")
     finetune: SolverConfig = Field(
         default_factory=lambda: SolverConfig(epochs=1, base_lr=1e-3, optimizer="adam"),
-        description="Solver settings for training the ternary weights and scales")
+        description="Solver settings for training the ternary weights and scales",
+    )
 
 
 @register_stage("ttq", TTQParams, help="trained ternary quantization, Zhu et al. 2017")

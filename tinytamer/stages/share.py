@@ -27,23 +27,30 @@ from tinytamer.train import SolverConfig
 
 
 class KmeansShareParams(StageParams):
-    bits: int | None = Field(None, ge=1, le=16,
-                             description="codebook bits for every layer (default: by layer type)")
+    bits: int | None = Field(None, ge=1, le=16, description="codebook bits for every layer (default: by layer type)")
     conv_bits: int = Field(8, ge=1, le=16, description="codebook bits of convolutions")
     linear_bits: int = Field(5, ge=1, le=16, description="codebook bits of fully connected layers")
     init: share.Init = Field("linear", description="centroid initialization: linear, density, random")
-    select: Selector | None = Field(None, description="layers to share (default: every conv / "
-                                    "linear); per layer: overrides {bits: n}")
+    select: Selector | None = Field(
+        None, description="layers to share (default: every conv / linear); per layer: overrides {bits: n}"
+    )
     finetune: SolverConfig | None = Field(None, description="Solver settings for training the centroids")
-    batch_size: int | None = Field(None, gt=0, description="training mini-batch size "
-                                   "(default: data.batch_size)")
+    batch_size: int | None = Field(None, gt=0, description="training mini-batch size (default: data.batch_size)")
 
 
-@register_stage("kmeans_share", KmeansShareParams,
-                help="k-means weight sharing per layer (Deep Compression) + centroid fine-tuning")
+@register_stage(
+    "kmeans_share", KmeansShareParams, help="k-means weight sharing per layer (Deep Compression) + centroid fine-tuning"
+)
 def kmeans_share_stage(model: nn.Module, ctx: Context, p: KmeansShareParams) -> nn.Module:
-    share.kmeans(model, bits=p.bits, select=p.select, init=p.init, conv_bits=p.conv_bits,
-                 linear_bits=p.linear_bits, seed=ctx.seed)
+    share.kmeans(
+        model,
+        bits=p.bits,
+        select=p.select,
+        init=p.init,
+        conv_bits=p.conv_bits,
+        linear_bits=p.linear_bits,
+        seed=ctx.seed,
+    )
     shared = share.shared_layers(model)
     before = ctx.evaluate(model)["accuracy"]
     if p.finetune is not None:
@@ -53,15 +60,23 @@ def kmeans_share_stage(model: nn.Module, ctx: Context, p: KmeansShareParams) -> 
     used = {name: int(m.weight.detach()[m.weight != 0].unique().numel()) for name, m in shared.items()}
     path = ctx.stage_dir / "model.tt"
     report = codec.save(model, path)
-    ctx.log(ctx.record(ShareRecord, model, file=path, accuracy_before_finetune=before,
-                       centroids_used=used, ratio=report.ratio, by_encoding=report.by_encoding()))
+    ctx.log(
+        ctx.record(
+            ShareRecord,
+            model,
+            file=path,
+            accuracy_before_finetune=before,
+            centroids_used=used,
+            ratio=report.ratio,
+            by_encoding=report.by_encoding(),
+        )
+    )
     return model
 
 
 class SaveCompressedParams(StageParams):
     file: str = Field("model.tt", description="file name inside the stage folder")
-    encodings: dict[str, str] = Field(default_factory=dict,
-                                      description="tensor name or regex -> encoding to force")
+    encodings: dict[str, str] = Field(default_factory=dict, description="tensor name or regex -> encoding to force")
     allow: list[str] | None = Field(None, description="encodings to choose from (default: all)")
 
     @field_validator("encodings", "allow")
@@ -81,11 +96,22 @@ class SaveCompressedParams(StageParams):
         return value
 
 
-@register_stage("save_compressed", SaveCompressedParams,
-                help="save the model as one compressed file; logs its bytes on disk and the ratio")
+@register_stage(
+    "save_compressed",
+    SaveCompressedParams,
+    help="save the model as one compressed file; logs its bytes on disk and the ratio",
+)
 def save_compressed_stage(model: nn.Module, ctx: Context, p: SaveCompressedParams) -> nn.Module:
     path = ctx.stage_dir / p.file
     report = codec.save(model, path, encodings=p.encodings, allow=p.allow)
-    ctx.log(ctx.record(SaveCompressedRecord, model, file=path, ratio=report.ratio,
-                       tensor_bytes=report.dense_bytes, by_encoding=report.by_encoding()))
+    ctx.log(
+        ctx.record(
+            SaveCompressedRecord,
+            model,
+            file=path,
+            ratio=report.ratio,
+            tensor_bytes=report.dense_bytes,
+            by_encoding=report.by_encoding(),
+        )
+    )
     return model

@@ -15,5 +15,4 @@ from tinytamer.targets.base import (
     register_target,
 )
 
-__all__ = ["Cost", "Deployed", "ParityError", "Target", "check_parity", "get_target",
-           "list_targets", "register_target"]
+__all__ = ["Cost", "Deployed", "ParityError", "Target", "check_parity", "get_target", "list_targets", "register_target"]

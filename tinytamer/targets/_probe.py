@@ -45,8 +45,7 @@ def main(job_file: str) -> None:
     baseline = _peak_rss_mb()
     run = loader(job["threads"], **job.get("args", {}))
     times = time_calls(lambda: run(inputs), job["repeats"], job["warmup"])
-    print(json.dumps({"times_s": times, "peak_rss_mb": _peak_rss_mb(),
-                      "baseline_rss_mb": baseline, "cpus": cpus}))
+    print(json.dumps({"times_s": times, "peak_rss_mb": _peak_rss_mb(), "baseline_rss_mb": baseline, "cpus": cpus}))
 
 
 if __name__ == "__main__":

@@ -39,23 +39,28 @@ def require_calib(target: str, calib: Sequence[Batch] | None) -> list[Batch]:
     """
     batches = list(calib) if calib is not None else []
     for i, batch in enumerate(batches):
-        inputs = [batch] if isinstance(batch, torch.Tensor) else \
-            list(batch) if isinstance(batch, (tuple, list)) else []
+        inputs = [batch] if isinstance(batch, torch.Tensor) else list(batch) if isinstance(batch, (tuple, list)) else []
         if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-            raise TamerError(f"target '{target}': calibration batch {i} is a "
-                             f"{type(batch).__name__}, not a tensor or a tuple of tensors "
-                             "(calib=...)")
+            raise TamerError(
+                f"target '{target}': calibration batch {i} is a "
+                f"{type(batch).__name__}, not a tensor or a tuple of tensors "
+                "(calib=...)"
+            )
         if inputs[0].ndim == 0 or inputs[0].shape[0] == 0:
-            raise TamerError(f"target '{target}': calibration batch {i} holds no sample "
-                             f"(shape {tuple(inputs[0].shape)}; calib=...)")
+            raise TamerError(
+                f"target '{target}': calibration batch {i} holds no sample (shape {tuple(inputs[0].shape)}; calib=...)"
+            )
     if not batches:
-        raise TamerError(f"target '{target}' int8 needs calibration batches of real inputs "
-                         f"(calib=...), got {'none' if calib is None else 'an empty list'}")
+        raise TamerError(
+            f"target '{target}' int8 needs calibration batches of real inputs "
+            f"(calib=...), got {'none' if calib is None else 'an empty list'}"
+        )
     return batches
 
 
-def parity_inputs(example_inputs: Sequence[torch.Tensor], calib: Sequence[Batch] | None,
-                  max_samples: int = 64) -> list[torch.Tensor]:
+def parity_inputs(
+    example_inputs: Sequence[torch.Tensor], calib: Sequence[Batch] | None, max_samples: int = 64
+) -> list[torch.Tensor]:
     """Real samples to check parity on: up to ``max_samples`` from ``calib`` if given."""
     if not calib:
         return list(example_inputs)
@@ -69,8 +74,7 @@ def parity_inputs(example_inputs: Sequence[torch.Tensor], calib: Sequence[Batch]
     return [torch.cat(cols)[:max_samples] for cols in zip(*parts, strict=True)]
 
 
-def verify(deployed: Deployed, model: nn.Module, inputs: Sequence[torch.Tensor],
-           where: str) -> dict[str, Any]:
+def verify(deployed: Deployed, model: nn.Module, inputs: Sequence[torch.Tensor], where: str) -> dict[str, Any]:
     """Check ``deployed`` against PyTorch on ``inputs``; store and return the numbers."""
     ref = torch_outputs(model, inputs)
     out = deployed(*[x.detach().numpy() for x in inputs])

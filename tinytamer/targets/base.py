@@ -118,8 +118,7 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
     return times
 
 
-def random_inputs(shapes: Sequence[Sequence[int]], dtypes: Sequence[str], seed: int = 0
-                  ) -> list[np.ndarray]:
+def random_inputs(shapes: Sequence[Sequence[int]], dtypes: Sequence[str], seed: int = 0) -> list[np.ndarray]:
     """Seeded standard-normal inputs (latency does not depend on the values for these ops)."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(tuple(s)).astype(d) for s, d in zip(shapes, dtypes, strict=True)]
@@ -132,9 +131,15 @@ class Deployed(ABC):
     its files, ``probe_spec`` (used to measure memory and latency in isolation).
     """
 
-    def __init__(self, target: str, precision: str, artifacts: list[Path],
-                 input_shapes: list[tuple[int, ...]], input_dtypes: list[str],
-                 threads: int) -> None:
+    def __init__(
+        self,
+        target: str,
+        precision: str,
+        artifacts: list[Path],
+        input_shapes: list[tuple[int, ...]],
+        input_dtypes: list[str],
+        threads: int,
+    ) -> None:
         self.target = target
         self.precision = precision
         self.artifacts = artifacts
@@ -154,15 +159,21 @@ class Deployed(ABC):
         return None
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        return self.run([np.ascontiguousarray(a, dtype=d)
-                         for a, d in zip(arrays, self.input_dtypes, strict=True)])
+        return self.run([np.ascontiguousarray(a, dtype=d) for a, d in zip(arrays, self.input_dtypes, strict=True)])
 
     @property
     def artifact_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.artifacts if p.exists())
 
-    def measure(self, batch: int = 1, threads: int | None = None, repeats: int = 30,
-                warmup: int = 5, isolate: bool = True, timeout_s: float = 600.0) -> Cost:
+    def measure(
+        self,
+        batch: int = 1,
+        threads: int | None = None,
+        repeats: int = 30,
+        warmup: int = 5,
+        isolate: bool = True,
+        timeout_s: float = 600.0,
+    ) -> Cost:
         """Measure latency (and, isolated, peak memory) at ``batch`` and ``threads``.
 
         ``isolate=True`` runs a fresh child process that loads the artifact, so one
@@ -172,12 +183,17 @@ class Deployed(ABC):
         """
         threads = self.threads if threads is None else threads
         shapes = [(batch, *s) for s in self.input_shapes]
-        cost = Cost(target=self.target, precision=self.precision, batch=batch,
-                    threads=threads, repeats=repeats, artifact_bytes=self.artifact_bytes)
+        cost = Cost(
+            target=self.target,
+            precision=self.precision,
+            batch=batch,
+            threads=threads,
+            repeats=repeats,
+            artifact_bytes=self.artifact_bytes,
+        )
         spec = self.probe_spec() if isolate else None
         if spec is not None:
-            result = run_probe(spec, shapes, self.input_dtypes, threads, repeats, warmup,
-                               timeout_s=timeout_s)
+            result = run_probe(spec, shapes, self.input_dtypes, threads, repeats, warmup, timeout_s=timeout_s)
             cost.peak_rss_mb = result["peak_rss_mb"]
             cost.baseline_rss_mb = result["baseline_rss_mb"]
             cost.extra["measured_in"] = "child process"
@@ -191,15 +207,17 @@ class Deployed(ABC):
         cost.extra["cpus_available"] = cpus
         if threads > cpus:
             # Still a true measurement, but not of ``threads`` cores: say so where it is read.
-            warnings.warn(f"{self.target} {self.precision}: timed with {threads} threads but "
-                          f"this process may run on {cpus} CPU(s) only (its CPU affinity); "
-                          "the latency is that of the smaller machine", stacklevel=2)
+            warnings.warn(
+                f"{self.target} {self.precision}: timed with {threads} threads but "
+                f"this process may run on {cpus} CPU(s) only (its CPU affinity); "
+                "the latency is that of the smaller machine",
+                stacklevel=2,
+            )
         for key, value in latency_stats(times).items():
             setattr(cost, key, value)
         return cost
 
-    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int,
-                    warmup: int) -> list[float]:
+    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int, warmup: int) -> list[float]:
         """Time in this process; targets whose thread count is per process override it."""
         return time_calls(lambda: self.run(inputs), repeats, warmup)
 
@@ -211,12 +229,24 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def run_probe(spec: dict[str, Any], shapes: list[tuple[int, ...]], dtypes: list[str],
-              threads: int, repeats: int, warmup: int, timeout_s: float = 600.0
-              ) -> dict[str, Any]:
+def run_probe(
+    spec: dict[str, Any],
+    shapes: list[tuple[int, ...]],
+    dtypes: list[str],
+    threads: int,
+    repeats: int,
+    warmup: int,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
     """Run ``python -m tinytamer.targets._probe`` on ``spec``; return its JSON result."""
-    job = {**spec, "shapes": [list(s) for s in shapes], "dtypes": list(dtypes),
-           "threads": threads, "repeats": repeats, "warmup": warmup}
+    job = {
+        **spec,
+        "shapes": [list(s) for s in shapes],
+        "dtypes": list(dtypes),
+        "threads": threads,
+        "repeats": repeats,
+        "warmup": warmup,
+    }
     with tempfile.TemporaryDirectory(prefix="tamer-probe-") as tmp:
         job_file = Path(tmp) / "job.json"
         job_file.write_text(json.dumps(job))
@@ -226,16 +256,22 @@ def run_probe(spec: dict[str, Any], shapes: list[tuple[int, ...]], dtypes: list[
         root = str(Path(__file__).resolve().parents[2])
         # The interpreter's own paths (stdlib, site-packages) come by themselves.
         own = (sys.prefix, sys.base_prefix, sys.exec_prefix)
-        paths = [root, *(p for p in sys.path
-                         if p and Path(p).is_dir() and not p.startswith(own))]
+        paths = [root, *(p for p in sys.path if p and Path(p).is_dir() and not p.startswith(own))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
-        proc = subprocess.run([sys.executable, "-m", "tinytamer.targets._probe", str(job_file)],
-                              capture_output=True, text=True, env=env, timeout=timeout_s)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinytamer.targets._probe", str(job_file)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s,
+        )
     if proc.returncode != 0:
-        raise TamerError(f"measuring '{spec['loader']}' in a child process failed "
-                         f"(exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise TamerError(
+            f"measuring '{spec['loader']}' in a child process failed "
+            f"(exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -249,47 +285,59 @@ TOLERANCES: dict[str, dict[str, float]] = {
 }
 
 
-def check_parity(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], *,
-                 precision: str, where: str,
-                 tolerances: dict[str, float] | None = None,
-                 against: str = "PyTorch") -> dict[str, Any]:
+def check_parity(
+    reference: Sequence[np.ndarray],
+    outputs: Sequence[np.ndarray],
+    *,
+    precision: str,
+    where: str,
+    tolerances: dict[str, float] | None = None,
+    against: str = "PyTorch",
+) -> dict[str, Any]:
     """Compare deployed outputs with PyTorch's; raise ParityError if beyond tolerance.
 
     Returns the measured numbers (kept in ``Deployed.parity`` and reports).
     """
     tol = dict(TOLERANCES[precision], **(tolerances or {}))
     if len(reference) != len(outputs):
-        raise ParityError(f"{where}: the deployed model returns {len(outputs)} outputs, "
-                          f"PyTorch returns {len(reference)}")
+        raise ParityError(
+            f"{where}: the deployed model returns {len(outputs)} outputs, PyTorch returns {len(reference)}"
+        )
     result: dict[str, Any] = {"precision": precision, "tolerance": tol, "outputs": []}
     failures = []
     for i, (ref, out) in enumerate(zip(reference, outputs, strict=True)):
         ref = np.asarray(ref, dtype=np.float64)
         out = np.asarray(out, dtype=np.float64)
         if ref.shape != out.shape:
-            raise ParityError(f"{where}: output {i} has shape {out.shape}, PyTorch gives "
-                              f"{ref.shape}")
+            raise ParityError(f"{where}: output {i} has shape {out.shape}, PyTorch gives {ref.shape}")
         scale = max(float(np.abs(ref).max(initial=0.0)), 1e-12)
         abs_err = float(np.abs(out - ref).max(initial=0.0))
-        rec: dict[str, Any] = {"max_abs_err": abs_err, "max_rel_err": abs_err / scale,
-                               "mean_abs_err": float(np.abs(out - ref).mean()) if ref.size else 0.0,
-                               "n": int(ref.shape[0]) if ref.ndim else 1}
+        rec: dict[str, Any] = {
+            "max_abs_err": abs_err,
+            "max_rel_err": abs_err / scale,
+            "mean_abs_err": float(np.abs(out - ref).mean()) if ref.size else 0.0,
+            "n": int(ref.shape[0]) if ref.ndim else 1,
+        }
         if ref.ndim == 2 and ref.shape[1] > 1:
             rec["top1_agree"] = top1_agreement(ref, out)
         if not np.isfinite(out).all():
             failures.append(f"output {i} has non-finite values")
         if rec["max_rel_err"] > tol["max_rel_err"]:
-            failures.append(f"output {i} max relative error {rec['max_rel_err']:.3g} "
-                            f"> {tol['max_rel_err']:.3g} (max abs error {abs_err:.3g})")
-        if "min_top1_agree" in tol and "top1_agree" in rec \
-                and rec["top1_agree"] < tol["min_top1_agree"]:
-            failures.append(f"output {i} top-1 agreement {rec['top1_agree']:.3f} "
-                            f"< {tol['min_top1_agree']:.3f} over {rec['n']} inputs")
+            failures.append(
+                f"output {i} max relative error {rec['max_rel_err']:.3g} "
+                f"> {tol['max_rel_err']:.3g} (max abs error {abs_err:.3g})"
+            )
+        if "min_top1_agree" in tol and "top1_agree" in rec and rec["top1_agree"] < tol["min_top1_agree"]:
+            failures.append(
+                f"output {i} top-1 agreement {rec['top1_agree']:.3f} "
+                f"< {tol['min_top1_agree']:.3f} over {rec['n']} inputs"
+            )
         result["outputs"].append(rec)
     result["ok"] = not failures
     if failures:
-        raise ParityError(f"{where}: parity with {against} failed: " + "; ".join(failures)
-                          + ". The artifact was not accepted.")
+        raise ParityError(
+            f"{where}: parity with {against} failed: " + "; ".join(failures) + ". The artifact was not accepted."
+        )
     return result
 
 
@@ -318,10 +366,17 @@ class Target(Protocol):
 
     def available(self) -> bool: ...
 
-    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                workdir: str | Path, *, precision: str = "fp32",
-                calib: Sequence[Any] | None = None, qparams: Any = None,
-                threads: int = 2) -> Deployed: ...
+    def compile(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        workdir: str | Path,
+        *,
+        precision: str = "fp32",
+        calib: Sequence[Any] | None = None,
+        qparams: Any = None,
+        threads: int = 2,
+    ) -> Deployed: ...
 
 
 @functools.cache
@@ -397,8 +452,7 @@ def get_target(name: str) -> Target:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise TamerError(f"unknown target '{name}'; known targets: "
-                         f"{', '.join(sorted(_REGISTRY))}") from None
+        raise TamerError(f"unknown target '{name}'; known targets: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def unavailable_reason(target: Target) -> str | None:

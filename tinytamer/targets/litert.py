@@ -30,8 +30,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-BACKEND = Backend("litert", ("ai_edge_litert.interpreter",),
-                  "pip install 'tinytamer[litert]'  (ai-edge-litert)")
+BACKEND = Backend("litert", ("ai_edge_litert.interpreter",), "pip install 'tinytamer[litert]'  (ai-edge-litert)")
 
 
 class TFLiteRunner:
@@ -44,8 +43,9 @@ class TFLiteRunner:
             self.interp = Interpreter(model_path=str(path), num_threads=threads)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"LiteRT cannot load '{path}' as a TFLite model: "
-                             f"{' '.join(str(exc).split())[:300]}") from None
+            raise ModelError(
+                f"LiteRT cannot load '{path}' as a TFLite model: {' '.join(str(exc).split())[:300]}"
+            ) from None
         (self.inp,), (self.out,) = self.interp.get_input_details(), self.interp.get_output_details()
         self.in_q, self.out_q = self.inp["quantization"], self.out["quantization"]
 
@@ -90,11 +90,9 @@ class LiteRTDeployed(Deployed):
         return self.runner(arrays)
 
     def probe_spec(self) -> dict[str, Any]:
-        return {"loader": "tinytamer.targets.litert:load_runtime",
-                "args": {"path": str(self.path)}}
+        return {"loader": "tinytamer.targets.litert:load_runtime", "args": {"path": str(self.path)}}
 
-    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int,
-                    warmup: int) -> list[float]:
+    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int, warmup: int) -> list[float]:
         from tinytamer.targets.base import time_calls
 
         runner = self.runner if threads == self.threads else TFLiteRunner(self.path, threads)
@@ -115,8 +113,10 @@ def _options_model() -> type:
         """Options of target ``litert``."""
 
         calib_method: Literal["minmax", "percentile", "mse"] = Field(
-            "minmax", description="how the int8 activation ranges are chosen (a float model is "
-            "quantized here; a model from the quantize stage keeps its own)")
+            "minmax",
+            description="how the int8 activation ranges are chosen (a float model is "
+            "quantized here; a model from the quantize stage keeps its own)",
+        )
 
     return LiteRTOptions
 
@@ -136,10 +136,18 @@ class LiteRTTarget:
     def Options(self) -> type:
         return _options_model()
 
-    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                workdir: str | Path, *, precision: str = "int8",
-                calib: Sequence[Any] | None = None, qparams: Any = None, threads: int = 2,
-                calib_method: str = "minmax") -> LiteRTDeployed:
+    def compile(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        workdir: str | Path,
+        *,
+        precision: str = "int8",
+        calib: Sequence[Any] | None = None,
+        qparams: Any = None,
+        threads: int = 2,
+        calib_method: str = "minmax",
+    ) -> LiteRTDeployed:
         from tinytamer.export.tflite import export_tflite
         from tinytamer.micro import reference
         from tinytamer.targets._torchutil import parity_inputs, verify
@@ -147,8 +155,10 @@ class LiteRTTarget:
 
         BACKEND.require()
         if precision not in self.precisions:
-            raise TamerError(f"target 'litert' runs int8 only (asked for '{precision}'): the "
-                             ".tflite is written from the integer graph")
+            raise TamerError(
+                f"target 'litert' runs int8 only (asked for '{precision}'): the "
+                ".tflite is written from the integer graph"
+            )
         if len(example_inputs) != 1:
             raise TamerError(f"target 'litert' supports one model input, got {len(example_inputs)}")
         workdir = Path(workdir).resolve()
@@ -158,9 +168,13 @@ class LiteRTTarget:
         export = export_tflite(gm, example_inputs[0][:1], path)
         graph = export.pop("graph")
         deployed = LiteRTDeployed(
-            path, target=self.name, precision="int8",
-            input_shapes=[tuple(example_inputs[0].shape[1:])], input_dtypes=["float32"],
-            threads=threads)
+            path,
+            target=self.name,
+            precision="int8",
+            input_shapes=[tuple(example_inputs[0].shape[1:])],
+            input_dtypes=["float32"],
+            threads=threads,
+        )
         deployed.info["export"] = export
         inputs = parity_inputs(example_inputs, calib)
         # LiteRT's int8 kernels against our integer reference, in output steps.
@@ -170,8 +184,10 @@ class LiteRTTarget:
         want = np.stack([reference.run(graph, r.reshape(shape)).reshape(-1) for r in q])
         diff = np.abs(got - want)
         deployed.info["int8_vs_integer_reference"] = {
-            "inputs": len(q), "max_step_diff": int(diff.max(initial=0)),
-            "equal_fraction": float((diff == 0).mean()) if diff.size else 1.0}
+            "inputs": len(q),
+            "max_step_diff": int(diff.max(initial=0)),
+            "equal_fraction": float((diff == 0).mean()) if diff.size else 1.0,
+        }
         verify(deployed, gm, inputs, f"target 'litert' (int8, {path.name})")
         return deployed
 

@@ -52,8 +52,9 @@ class BudgetExceeded(TamerError):
 
 
 class MicroDeployed(Deployed):
-    def __init__(self, program: MicroProgram, example: np.ndarray, *,
-                 memory_profile: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self, program: MicroProgram, example: np.ndarray, *, memory_profile: str | None = None, **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self.program = program
         self.example = example  # the input measure() runs (costs barely depend on values)
@@ -63,14 +64,27 @@ class MicroDeployed(Deployed):
         q = self.program.quantize_input(arrays[0])
         return [self.program.dequantize_output(self.program.run_device(q))]
 
-    def measure(self, batch: int = 1, threads: int | None = None, repeats: int = 1,
-                warmup: int = 0, isolate: bool = False, timeout_s: float = 600.0) -> Cost:
+    def measure(
+        self,
+        batch: int = 1,
+        threads: int | None = None,
+        repeats: int = 1,
+        warmup: int = 0,
+        isolate: bool = False,
+        timeout_s: float = 600.0,
+    ) -> Cost:
         """Exact instruction count, estimated cycles and time (under ``memory_profile``),
         flash and peak SRAM of one inference."""
         p = self.program
         q = p.quantize_input(self.example)
-        cost = Cost(target=self.target, precision="int8", batch=1, threads=1,
-                    repeats=repeats, artifact_bytes=self.artifact_bytes)
+        cost = Cost(
+            target=self.target,
+            precision="int8",
+            batch=1,
+            threads=1,
+            repeats=repeats,
+            artifact_bytes=self.artifact_bytes,
+        )
         cost.extra["arena_bytes"] = p.cmodel.plan.arena_size
         cost.extra["memory_plan"] = p.cmodel.plan.report(p.graph)
         cost.extra["macs"] = p.graph.macs()
@@ -93,22 +107,24 @@ class MicroDeployed(Deployed):
         # output tensors and the stack depth measured in the run.
         io = p.cmodel.input_size + p.cmodel.output_size
         cost.sram_bytes = p.cmodel.plan.arena_size + io + prof["stack_bytes"]
-        cost.extra.update({
-            "per_layer": prof["layers"],
-            "sections": p.arm.sections,
-            "cycle_table": CYCLE_TABLES[p.device].source,
-            "memory_profile_source": profile.source,
-            "est_cycles_ideal": prof["core_cycles"],
-            "memory_cycles": prof["memory_cycles"],
-            "flash_reads": prof["flash_reads"],
-            "fetch_misses": prof["fetch_misses"],
-            "data_misses": prof["data_misses"],
-            "stack_bytes": prof["stack_bytes"],
-            "io_bytes": io,
-            "stack_reserved": p.arm.sections.get(".stack", 0),
-            "sram_note": "activation arena + input and output tensors + measured peak stack",
-            "measured_in": "unicorn emulator, block hooks + capstone (+ flash memory hooks)",
-        })
+        cost.extra.update(
+            {
+                "per_layer": prof["layers"],
+                "sections": p.arm.sections,
+                "cycle_table": CYCLE_TABLES[p.device].source,
+                "memory_profile_source": profile.source,
+                "est_cycles_ideal": prof["core_cycles"],
+                "memory_cycles": prof["memory_cycles"],
+                "flash_reads": prof["flash_reads"],
+                "fetch_misses": prof["fetch_misses"],
+                "data_misses": prof["data_misses"],
+                "stack_bytes": prof["stack_bytes"],
+                "io_bytes": io,
+                "stack_reserved": p.arm.sections.get(".stack", 0),
+                "sram_note": "activation arena + input and output tensors + measured peak stack",
+                "measured_in": "unicorn emulator, block hooks + capstone (+ flash memory hooks)",
+            }
+        )
         return cost
 
 
@@ -116,20 +132,28 @@ class MicroOptions(TargetOptions):
     """Options of the micro targets (cortex-m4, cortex-m7, micro-host)."""
 
     calib_method: Literal["minmax", "percentile", "mse"] = Field(
-        "minmax", description="how the int8 activation ranges are chosen (a float model is "
-        "quantized here; a model from the quantize stage keeps its own)")
+        "minmax",
+        description="how the int8 activation ranges are chosen (a float model is "
+        "quantized here; a model from the quantize stage keeps its own)",
+    )
     schedules: Literal["default", "portable", "tuned"] = Field(
-        "default", description="kernels: default (DSP where the device has it), portable (plain "
-        "C), tuned (measured per layer on the emulated device)")
-    flash_budget: int | None = Field(None, description="refuse a program larger than this "
-                                     "many bytes of flash; schedules=tuned keeps within it "
-                                     "(default there: the profile's part flash less 10%)")
-    sram_budget: int | None = Field(None, description="refuse a program needing more than "
-                                    "this many bytes of SRAM")
+        "default",
+        description="kernels: default (DSP where the device has it), portable (plain "
+        "C), tuned (measured per layer on the emulated device)",
+    )
+    flash_budget: int | None = Field(
+        None,
+        description="refuse a program larger than this "
+        "many bytes of flash; schedules=tuned keeps within it "
+        "(default there: the profile's part flash less 10%)",
+    )
+    sram_budget: int | None = Field(None, description="refuse a program needing more than this many bytes of SRAM")
     memory_profile: str | None = Field(
-        None, description="memory profile the cycle estimates are made under: "
+        None,
+        description="memory profile the cycle estimates are made under: "
         f"{', '.join(PROFILES)} (default: the board of the core, "
-        f"{', '.join(f'{k}: {v}' for k, v in BOARD.items())}; ideal: zero-wait flash)")
+        f"{', '.join(f'{k}: {v}' for k, v in BOARD.items())}; ideal: zero-wait flash)",
+    )
 
     @field_validator("memory_profile")
     @classmethod
@@ -139,12 +163,16 @@ class MicroOptions(TargetOptions):
         return v
 
     kernels: Literal["tinytamer", "cmsis-nn"] = Field(
-        "tinytamer", description="kernel backend: tinytamer's own, or Arm CMSIS-NN's s8 kernels "
+        "tinytamer",
+        description="kernel backend: tinytamer's own, or Arm CMSIS-NN's s8 kernels "
         "(same graph and memory plan; ops CMSIS-NN would round differently keep ours) built "
-        "from the tree at cmsis_nn_root")
+        "from the tree at cmsis_nn_root",
+    )
     cmsis_nn_root: str | None = Field(
-        None, description="CMSIS-NN source tree for kernels: cmsis-nn (default: "
-        "$CMSIS_NN_ROOT); never copied into the output")
+        None,
+        description="CMSIS-NN source tree for kernels: cmsis-nn (default: "
+        "$CMSIS_NN_ROOT); never copied into the output",
+    )
 
 
 def resolve_profile(device: str, name: str | None) -> str:
@@ -174,19 +202,29 @@ class MicroTarget:
             return shutil.which("gcc") is not None
         return toolchain.arm_available() and toolchain.qemu_available()
 
-    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                workdir: str | Path, *, precision: str = "int8",
-                calib: Sequence[Batch] | None = None, qparams: Any = None, threads: int = 1,
-                flash_budget: int | None = None, sram_budget: int | None = None,
-                calib_method: str = "minmax", schedules: str = "default",
-                tuning_log: str | Path | None = None,
-                memory_profile: str | None = None, kernels: str = "tinytamer",
-                cmsis_nn_root: str | None = None) -> MicroDeployed:
+    def compile(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        workdir: str | Path,
+        *,
+        precision: str = "int8",
+        calib: Sequence[Batch] | None = None,
+        qparams: Any = None,
+        threads: int = 1,
+        flash_budget: int | None = None,
+        sram_budget: int | None = None,
+        calib_method: str = "minmax",
+        schedules: str = "default",
+        tuning_log: str | Path | None = None,
+        memory_profile: str | None = None,
+        kernels: str = "tinytamer",
+        cmsis_nn_root: str | None = None,
+    ) -> MicroDeployed:
         if precision != "int8":
             raise TamerError(f"target '{self.name}' runs int8 only (asked for '{precision}')")
         if len(example_inputs) != 1:
-            raise TamerError(f"target '{self.name}' supports one model input, "
-                             f"got {len(example_inputs)}")
+            raise TamerError(f"target '{self.name}' supports one model input, got {len(example_inputs)}")
         if self.device != "host" and not self.available():
             toolchain.require("arm-none-eabi-gcc")
             toolchain.require("qemu-system-arm")
@@ -200,26 +238,39 @@ class MicroTarget:
         tune_budget = flash_budget
         if tune_budget is None and schedules == "tuned" and self.device != "host":
             tune_budget = default_flash_budget(self.device, profile)
-        program = build_program(gm, example_inputs[0][:1], self.device, workdir,
-                                schedules=schedules, tuning_log=tuning_log, kernels=kernels,
-                                cmsis_nn_root=cmsis_nn_root, memory_profile=profile,
-                                flash_budget=tune_budget)
+        program = build_program(
+            gm,
+            example_inputs[0][:1],
+            self.device,
+            workdir,
+            schedules=schedules,
+            tuning_log=tuning_log,
+            kernels=kernels,
+            cmsis_nn_root=cmsis_nn_root,
+            memory_profile=profile,
+            flash_budget=tune_budget,
+        )
         _check_budget(self.name, program, flash_budget, sram_budget)
 
         inputs = parity_inputs(example_inputs, calib)
         q = program.quantize_input(inputs[0].detach().numpy())
         want = program.run_reference(q)
         got = program.run_device(q)
-        info: dict[str, Any] = {"bit_exact_inputs": len(q), "memory_plan": program.info,
-                                "requant_fallback": _requant_fallback(self.name, program)}
+        info: dict[str, Any] = {
+            "bit_exact_inputs": len(q),
+            "memory_plan": program.info,
+            "requant_fallback": _requant_fallback(self.name, program),
+        }
         if not np.array_equal(want, got):
-            raise ParityError(f"target '{self.name}': the device output differs from the "
-                              "integer reference (bit-exact check)")
+            raise ParityError(
+                f"target '{self.name}': the device output differs from the integer reference (bit-exact check)"
+            )
         if self.device != "host":
             few = q[:4]
             if not np.array_equal(program.run_qemu(few), want[:4]):
-                raise ParityError(f"target '{self.name}': the QEMU whole-program run differs "
-                                  "from the integer reference")
+                raise ParityError(
+                    f"target '{self.name}': the QEMU whole-program run differs from the integer reference"
+                )
             info["qemu_bit_exact_inputs"] = len(few)
         # The folder a user's firmware takes (micro/firmware.py), once the program is verified.
         info["firmware"] = str(write_firmware(program, workdir / "firmware", q[0]).folder)
@@ -229,17 +280,22 @@ class MicroTarget:
         if program.arm is not None:
             artifacts.append(program.arm.elf)
         deployed = MicroDeployed(
-            program, example_inputs[0][:1].detach().numpy().astype(np.float32),
-            memory_profile=profile, target=self.name, precision="int8", artifacts=artifacts,
-            input_shapes=[tuple(example_inputs[0].shape[1:])], input_dtypes=["float32"],
-            threads=1)
+            program,
+            example_inputs[0][:1].detach().numpy().astype(np.float32),
+            memory_profile=profile,
+            target=self.name,
+            precision="int8",
+            artifacts=artifacts,
+            input_shapes=[tuple(example_inputs[0].shape[1:])],
+            input_dtypes=["float32"],
+            threads=1,
+        )
         deployed.info.update(info)
         verify(deployed, gm, inputs, f"target '{self.name}'")
         return deployed
 
 
-def _quantized(name: str, model: nn.Module, calib: Sequence[Batch] | None, qparams: Any,
-               method: str) -> fx.GraphModule:
+def _quantized(name: str, model: nn.Module, calib: Sequence[Batch] | None, qparams: Any, method: str) -> fx.GraphModule:
     """The converted int8 GraphModule: given, the model itself, or PTQ on ``calib``."""
     if isinstance(qparams, fx.GraphModule):
         return qparams
@@ -257,9 +313,12 @@ def _tuning_artifact(program: MicroProgram, workdir: Path, budget: int | None) -
     report = program.info["tuning"]
     path = workdir / "tuning.json"
     write_atomic(path, json.dumps({"flash_budget": budget, "layers": report}, indent=1))
-    log.info("micro tuning (est. cycles under %s, flash budget %s bytes):\n%s",
-             next(iter(report.values()), {}).get("memory_profile", "ideal"), budget,
-             tuning_table(report))
+    log.info(
+        "micro tuning (est. cycles under %s, flash budget %s bytes):\n%s",
+        next(iter(report.values()), {}).get("memory_profile", "ideal"),
+        budget,
+        tuning_table(report),
+    )
     return path
 
 
@@ -268,9 +327,12 @@ def _requant_fallback(name: str, program: MicroProgram) -> dict[str, int]:
     layer is warned about (it costs cycles the layer's other channels do not)."""
     fallback = schedule.requant_fallback(program.graph, program.device != "host")
     for layer, n in fallback.items():
-        warnings.warn(f"target '{name}': layer '{layer}' requantizes {n} channel(s) in the "
-                      "general form (multiplier >= 0.5 or too small for the single-multiply "
-                      "form); its other channels keep the fast form", stacklevel=3)
+        warnings.warn(
+            f"target '{name}': layer '{layer}' requantizes {n} channel(s) in the "
+            "general form (multiplier >= 0.5 or too small for the single-multiply "
+            "form); its other channels keep the fast form",
+            stacklevel=3,
+        )
     return fallback
 
 
@@ -281,11 +343,13 @@ def _check_budget(name: str, program: MicroProgram, flash: int | None, sram: int
         used_flash, used_sram = program.arm.flash_bytes, program.arm.sram_bytes
     plan = program.cmodel.plan.report(program.graph)
     if flash is not None and used_flash is not None and used_flash > flash:
-        raise BudgetExceeded(f"target '{name}': the model needs {used_flash} bytes of flash, "
-                             f"over the budget of {flash}")
+        raise BudgetExceeded(
+            f"target '{name}': the model needs {used_flash} bytes of flash, over the budget of {flash}"
+        )
     if sram is not None and used_sram > sram:
-        raise BudgetExceeded(f"target '{name}': the model needs {used_sram} bytes of SRAM, "
-                             f"over the budget of {sram} ({plan})")
+        raise BudgetExceeded(
+            f"target '{name}': the model needs {used_sram} bytes of SRAM, over the budget of {sram} ({plan})"
+        )
 
 
 register_target(MicroTarget("cortex-m4", "cortex-m4"))

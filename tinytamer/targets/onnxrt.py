@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 
 
-BACKEND = Backend("onnxruntime", ("onnxruntime", "onnxslim", "onnxscript"),
-                  "pip install onnxruntime onnxslim onnxscript")
+BACKEND = Backend(
+    "onnxruntime", ("onnxruntime", "onnxslim", "onnxscript"), "pip install onnxruntime onnxslim onnxscript"
+)
 
 # Fused int8 kernels must agree with the QDQ graph they implement on this many top-1s.
 MIN_KERNEL_TOP1_AGREE = 0.98
@@ -72,11 +73,11 @@ def make_session(path: str | Path, threads: int, optimize: bool = True) -> Any:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Unoptimised, a QDQ file runs as dequantize -> float op -> quantize: the reference
     # semantics that ORT's fused int8 kernels must reproduce.
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def load_runtime(threads: int, path: str) -> Any:
@@ -101,11 +102,9 @@ class OrtDeployed(Deployed):
         return self.session.run(None, dict(zip(self.names, arrays, strict=True)))
 
     def probe_spec(self) -> dict[str, Any]:
-        return {"loader": "tinytamer.targets.onnxrt:load_runtime",
-                "args": {"path": str(self.path)}}
+        return {"loader": "tinytamer.targets.onnxrt:load_runtime", "args": {"path": str(self.path)}}
 
-    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int,
-                    warmup: int) -> list[float]:
+    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int, warmup: int) -> list[float]:
         from tinytamer.targets.base import time_calls
 
         session = self.session if threads == self.threads else make_session(self.path, threads)
@@ -119,8 +118,7 @@ class _CalibReader:
     def __init__(self, names: list[str], batches: Sequence[Any]) -> None:
         from tinytamer.targets._torchutil import as_inputs
 
-        self._feeds = [dict(zip(names, [x.detach().numpy() for x in as_inputs(b)], strict=True))
-                       for b in batches]
+        self._feeds = [dict(zip(names, [x.detach().numpy() for x in as_inputs(b)], strict=True)) for b in batches]
         self._it: Iterator[dict[str, np.ndarray]] = iter(self._feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -130,9 +128,15 @@ class _CalibReader:
         self._it = iter(self._feeds)
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calib: Sequence[Any], *,
-                  method: str = "minmax", per_channel: bool = True,
-                  reduce_range: bool = False) -> Path:
+def quantize_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calib: Sequence[Any],
+    *,
+    method: str = "minmax",
+    per_channel: bool = True,
+    reduce_range: bool = False,
+) -> Path:
     """ORT static quantization (QDQ, per-channel symmetric int8 weights) of an ONNX file.
 
     ``reduce_range`` quantizes weights to 7 bits, which ORT's u8 x s8 kernels need on
@@ -146,28 +150,39 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: Sequence[Any], *,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     if method not in methods:
-        raise TamerError(f"unknown int8 calibration method '{method}' for target "
-                         f"'onnxruntime' (choose from {', '.join(CALIB_METHODS)})")
+        raise TamerError(
+            f"unknown int8 calibration method '{method}' for target "
+            f"'onnxruntime' (choose from {', '.join(CALIB_METHODS)})"
+        )
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     # Shape inference + graph cleanup first, as ORT's quantization tool recommends.
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     names = [i.name for i in make_session(pre, 1).get_inputs()]
     with atomic_path(out_path) as tmp:
-        quantize_static(str(pre), str(tmp), _CalibReader(names, calib),
-                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        # u8 activations x s8 weights is ORT's fast path on x86 (AVX2/VNNI).
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], reduce_range=reduce_range,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        quantize_static(
+            str(pre),
+            str(tmp),
+            _CalibReader(names, calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            # u8 activations x s8 weights is ORT's fast path on x86 (AVX2/VNNI).
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            reduce_range=reduce_range,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
     pre.unlink(missing_ok=True)
     return out_path
 
 
-def check_int8_kernels(deployed: OrtDeployed, inputs: Sequence[torch.Tensor], where: str
-                       ) -> dict[str, Any]:
+def check_int8_kernels(deployed: OrtDeployed, inputs: Sequence[torch.Tensor], where: str) -> dict[str, Any]:
     """ORT's fused int8 kernels against the QDQ model they implement; raise on disagreement.
 
     The unoptimised session computes what the QDQ file specifies; the optimised one is
@@ -183,28 +198,41 @@ def check_int8_kernels(deployed: OrtDeployed, inputs: Sequence[torch.Tensor], wh
     max_rel_err = 0.1
     try:
         return check_parity(
-            ref, out, precision="int8", where=where,
+            ref,
+            out,
+            precision="int8",
+            where=where,
             tolerances={"min_top1_agree": MIN_KERNEL_TOP1_AGREE, "max_rel_err": max_rel_err},
-            against="the unoptimised QDQ model")
+            against="the unoptimised QDQ model",
+        )
     except ParityError as exc:
-        rel = max(float(np.abs(o - r).max(initial=0.0)) / max(float(np.abs(r).max(initial=0.0)), 1e-12)
-                  for r, o in zip(ref, out, strict=True))
+        rel = max(
+            float(np.abs(o - r).max(initial=0.0)) / max(float(np.abs(r).max(initial=0.0)), 1e-12)
+            for r, o in zip(ref, out, strict=True)
+        )
         if deployed.info.get("weight_bits") == 8:
-            advice = ("on x86 CPUs without VNNI, u8 x s8 kernels saturate with 8-bit weights: "
-                      "compile with reduce_range=True (7-bit weights), or deploy our own int8 "
-                      "parameters with exact_int8=True.")
+            advice = (
+                "on x86 CPUs without VNNI, u8 x s8 kernels saturate with 8-bit weights: "
+                "compile with reduce_range=True (7-bit weights), or deploy our own int8 "
+                "parameters with exact_int8=True."
+            )
         elif rel <= max_rel_err:
             # 7-bit weights cannot saturate, and the error is small: rounding flipped near ties.
-            advice = (f"the weights are 7-bit and the error is small (relative {rel:.3g}), so "
-                      "this is rounding between the two flipping top-1 where outputs are nearly "
-                      "tied (untrained or poorly separated models). Deploy our own int8 parameters "
-                      "with exact_int8=True, or fp32.")
+            advice = (
+                f"the weights are 7-bit and the error is small (relative {rel:.3g}), so "
+                "this is rounding between the two flipping top-1 where outputs are nearly "
+                "tied (untrained or poorly separated models). Deploy our own int8 parameters "
+                "with exact_int8=True, or fp32."
+            )
         else:
-            advice = (f"the weights are 7-bit, which rules out saturation, yet the error is large "
-                      f"(relative {rel:.3g}): an ONNX Runtime kernel problem. Deploy our own int8 "
-                      "parameters with exact_int8=True, or fp32.")
-        raise ParityError(f"{exc} ONNX Runtime's fused int8 kernels disagree with the QDQ "
-                          f"model they run; {advice}") from None
+            advice = (
+                f"the weights are 7-bit, which rules out saturation, yet the error is large "
+                f"(relative {rel:.3g}): an ONNX Runtime kernel problem. Deploy our own int8 "
+                "parameters with exact_int8=True, or fp32."
+            )
+        raise ParityError(
+            f"{exc} ONNX Runtime's fused int8 kernels disagree with the QDQ model they run; {advice}"
+        ) from None
 
 
 class OrtTarget:
@@ -225,12 +253,21 @@ class OrtTarget:
 
         return OrtOptions
 
-    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                workdir: str | Path, *, precision: str = "fp32",
-                calib: Sequence[Any] | None = None, qparams: Any = None,
-                threads: int = 2, calib_method: str = "minmax",
-                exact_int8: bool = True, reduce_range: bool | None = None,
-                use_qparams: bool = True) -> OrtDeployed:
+    def compile(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        workdir: str | Path,
+        *,
+        precision: str = "fp32",
+        calib: Sequence[Any] | None = None,
+        qparams: Any = None,
+        threads: int = 2,
+        calib_method: str = "minmax",
+        exact_int8: bool = True,
+        reduce_range: bool | None = None,
+        use_qparams: bool = True,
+    ) -> OrtDeployed:
         """``use_qparams``: int8 of a model from the quantize stage (a quantized graph) keeps
         its scales / zero points, as if it were given as ``qparams``."""
         from tinytamer.export.onnx import export_onnx
@@ -239,8 +276,10 @@ class OrtTarget:
 
         BACKEND.require()
         if precision not in self.precisions:
-            raise TamerError(f"target 'onnxruntime' does not support precision '{precision}' "
-                             f"(supported: {', '.join(self.precisions)})")
+            raise TamerError(
+                f"target 'onnxruntime' does not support precision '{precision}' "
+                f"(supported: {', '.join(self.precisions)})"
+            )
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
@@ -249,10 +288,10 @@ class OrtTarget:
             qparams = model
         if qparams is not None:
             if precision != "int8":
-                raise TamerError("target 'onnxruntime': qparams (our int8 parameters) need "
-                                 f"precision 'int8', not '{precision}'")
-            return self._compile_ours(model, qparams, example_inputs, workdir, calib, threads,
-                                      exact_int8)
+                raise TamerError(
+                    f"target 'onnxruntime': qparams (our int8 parameters) need precision 'int8', not '{precision}'"
+                )
+            return self._compile_ours(model, qparams, example_inputs, workdir, calib, threads, exact_int8)
         if precision == "int8":
             calib = require_calib("onnxruntime", calib)
         path = workdir / "model.onnx"
@@ -260,28 +299,42 @@ class OrtTarget:
         if precision == "int8":
             if reduce_range is None:
                 reduce_range = default_reduce_range()
-            path = quantize_int8(path, workdir / "model.int8.onnx", calib, method=calib_method,
-                                 reduce_range=reduce_range)
+            path = quantize_int8(
+                path, workdir / "model.int8.onnx", calib, method=calib_method, reduce_range=reduce_range
+            )
             info["int8_params"] = f"onnxruntime static calibration ({calib_method})"
             info["calib_samples"] = sum(as_inputs(b)[0].shape[0] for b in calib)
             info["weight_bits"] = 7 if reduce_range else 8
         deployed = OrtDeployed(
-            path, target=self.name, precision=precision,
+            path,
+            target=self.name,
+            precision=precision,
             input_shapes=[tuple(x.shape[1:]) for x in example_inputs],
             input_dtypes=[str(x.detach().numpy().dtype) for x in example_inputs],
-            threads=threads)
+            threads=threads,
+        )
         deployed.info.update(info)
         inputs = parity_inputs(example_inputs, calib)
-        kernels = (check_int8_kernels(deployed, inputs, f"target 'onnxruntime' (int8, {path.name})")
-                   if precision == "int8" else None)
+        kernels = (
+            check_int8_kernels(deployed, inputs, f"target 'onnxruntime' (int8, {path.name})")
+            if precision == "int8"
+            else None
+        )
         verify(deployed, model, inputs, f"target 'onnxruntime' ({precision}, {path.name})")
         if kernels is not None:
             deployed.parity["kernels_vs_qdq"] = kernels
         return deployed
 
-    def _compile_ours(self, model: nn.Module, qparams: Any,
-                      example_inputs: Sequence[torch.Tensor], workdir: Path,
-                      calib: Sequence[Any] | None, threads: int, exact: bool) -> OrtDeployed:
+    def _compile_ours(
+        self,
+        model: nn.Module,
+        qparams: Any,
+        example_inputs: Sequence[torch.Tensor],
+        workdir: Path,
+        calib: Sequence[Any] | None,
+        threads: int,
+        exact: bool,
+    ) -> OrtDeployed:
         """int8 with the scales / zero points of a converted tinytamer.compress.int8 model.
 
         Parity is checked against that fake-quantized model (the one that was
@@ -294,13 +347,18 @@ class OrtTarget:
         from tinytamer.targets._torchutil import parity_inputs, torch_outputs, verify
 
         path = workdir / "model.int8.onnx"
-        info = {"export": export_qdq(qparams, example_inputs, path, unsigned_weights=exact),
-                "int8_params": "ours (tinytamer.compress.int8)"}
+        info = {
+            "export": export_qdq(qparams, example_inputs, path, unsigned_weights=exact),
+            "int8_params": "ours (tinytamer.compress.int8)",
+        }
         deployed = OrtDeployed(
-            path, target=self.name, precision="int8",
+            path,
+            target=self.name,
+            precision="int8",
             input_shapes=[tuple(x.shape[1:]) for x in example_inputs],
             input_dtypes=[str(x.detach().numpy().dtype) for x in example_inputs],
-            threads=threads)
+            threads=threads,
+        )
         deployed.info.update(info)
         inputs = parity_inputs(example_inputs, calib)
         kernels = check_int8_kernels(deployed, inputs, f"target 'onnxruntime' (int8, our qparams, {path.name})")

@@ -36,23 +36,31 @@ class OrtOptions(TargetOptions):
     """Options of target ``onnxruntime``."""
 
     calib_method: Literal["minmax", "percentile", "entropy"] = Field(
-        "minmax", description="int8 by ORT's own calibration: how it sets activation ranges")
+        "minmax", description="int8 by ORT's own calibration: how it sets activation ranges"
+    )
     reduce_range: bool | None = Field(
-        None, description="int8 by ORT's own calibration: 7-bit weights (default: on x86 CPUs "
-        "without VNNI, whose u8 x s8 kernels saturate with 8-bit weights)")
+        None,
+        description="int8 by ORT's own calibration: 7-bit weights (default: on x86 CPUs "
+        "without VNNI, whose u8 x s8 kernels saturate with 8-bit weights)",
+    )
     use_qparams: bool = Field(
-        True, description="int8 of a model from the quantize stage keeps its scales / zero "
-        "points (else ORT calibrates its own)")
+        True,
+        description="int8 of a model from the quantize stage keeps its scales / zero "
+        "points (else ORT calibrates its own)",
+    )
     exact_int8: bool = Field(
-        True, description="int8 with our scales: store weights as uint8, which ORT runs with "
-        "kernels that cannot saturate (outputs match ours on any x86 CPU)")
+        True,
+        description="int8 with our scales: store weights as uint8, which ORT runs with "
+        "kernels that cannot saturate (outputs match ours on any x86 CPU)",
+    )
 
 
 class TvmOptions(TargetOptions):
     """Options of target ``tvm``."""
 
-    trials: int = Field(DEFAULT_TRIALS, ge=0, description="MetaSchedule trials per tuning "
-                        "task (0: untuned, labelled so)")
+    trials: int = Field(
+        DEFAULT_TRIALS, ge=0, description="MetaSchedule trials per tuning task (0: untuned, labelled so)"
+    )
     seed: int = Field(0, ge=0, description="seed of the tuning search")
 
 
@@ -74,13 +82,16 @@ def validate_options(target: Target, options: Mapping[str, Any]) -> TargetOption
     unknown = [k for k in options if k not in allowed]
     if unknown:
         takes = f"its options: {', '.join(allowed)}" if allowed else "it takes no options"
-        raise TamerError(f"target '{target.name}' has no option {', '.join(map(repr, unknown))} "
-                         f"({takes}; see `tamer list targets {target.name}`)")
+        raise TamerError(
+            f"target '{target.name}' has no option {', '.join(map(repr, unknown))} "
+            f"({takes}; see `tamer list targets {target.name}`)"
+        )
     try:
         return model.model_validate(dict(options))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        )
         raise TamerError(f"target '{target.name}' option {problems}") from None
 
 

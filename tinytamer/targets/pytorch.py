@@ -43,8 +43,7 @@ class TorchDeployed(Deployed):
             self.info["checkpoint_error"] = str(exc)
             # clone(): safetensors refuses tensors that share storage.
             with atomic_path(path) as tmp:
-                save_file({k: v.detach().clone().contiguous()
-                           for k, v in model.state_dict().items()}, str(tmp))
+                save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         self.artifacts.append(path)
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -56,8 +55,10 @@ class TorchDeployed(Deployed):
         path = self.workdir / "model.pt2"
         if path.exists() or "export_error" in self.info:
             return path if path.exists() else None
-        example = [torch.zeros((2, *s), dtype=getattr(torch, d))
-                   for s, d in zip(self.input_shapes, self.input_dtypes, strict=True)]
+        example = [
+            torch.zeros((2, *s), dtype=getattr(torch, d))
+            for s, d in zip(self.input_shapes, self.input_dtypes, strict=True)
+        ]
         try:
             ep, self.info["dynamic_batch"] = capture(self.model, example)
         except ExportError as exc:
@@ -76,8 +77,7 @@ class TorchDeployed(Deployed):
             return None
         return {"loader": "tinytamer.targets.pytorch:load_program", "args": {"path": str(path)}}
 
-    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int,
-                    warmup: int) -> list[float]:
+    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int, warmup: int) -> list[float]:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -115,21 +115,33 @@ class TorchTarget:
     def available(self) -> bool:
         return True
 
-    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                workdir: str | Path, *, precision: str = "fp32",
-                calib: Sequence[Batch] | None = None, qparams: Any = None,
-                threads: int = 2) -> TorchDeployed:
+    def compile(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        workdir: str | Path,
+        *,
+        precision: str = "fp32",
+        calib: Sequence[Batch] | None = None,
+        qparams: Any = None,
+        threads: int = 2,
+    ) -> TorchDeployed:
         if precision not in self.precisions:
-            raise TamerError(f"target 'torch' does not support precision '{precision}' "
-                             f"(supported: {', '.join(self.precisions)})")
+            raise TamerError(
+                f"target 'torch' does not support precision '{precision}' (supported: {', '.join(self.precisions)})"
+            )
         workdir = Path(workdir).resolve()  # the timing child loads the checkpoint by path
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
         deployed = TorchDeployed(
-            model, workdir, target=self.name, precision=precision,
+            model,
+            workdir,
+            target=self.name,
+            precision=precision,
             input_shapes=[tuple(x.shape[1:]) for x in example_inputs],
             input_dtypes=[str(x.detach().numpy().dtype) for x in example_inputs],
-            threads=threads)
+            threads=threads,
+        )
         verify(deployed, model, parity_inputs(example_inputs, calib), "target 'torch'")
         return deployed
 

@@ -113,8 +113,7 @@ def keeping_cpus() -> Iterator[None]:
             os.sched_setaffinity(0, keep)
 
 
-def load_runtime(threads: int, path: str, pin: bool = False
-                 ) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def load_runtime(threads: int, path: str, pin: bool = False) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
     """Load a compiled library into a Relax VM; return ``run(arrays) -> arrays``.
 
     Used by the measuring child process (``tinytamer.targets._probe``, ``pin=True``) and
@@ -198,19 +197,25 @@ def _progress_callback(total_tasks: int, names: list[str], echo: Callable[[str],
 
     @derived_object
     class _Progress(PyMeasureCallback):
-        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
-                  builder_results: Any, runner_results: Any) -> None:
+        def apply(
+            self, task_scheduler: Any, task_id: int, measure_candidates: Any, builder_results: Any, runner_results: Any
+        ) -> None:
             if not runner_results:  # a task whose whole space is measured is offered again
                 return
-            secs = [float(np.mean([float(s) for s in r.run_secs])) for r in runner_results
-                    if r.error_msg is None and r.run_secs]
+            secs = [
+                float(np.mean([float(s) for s in r.run_secs]))
+                for r in runner_results
+                if r.error_msg is None and r.run_secs
+            ]
             measured[task_id] = measured.get(task_id, 0) + len(runner_results)
             if secs:
                 best[task_id] = min(best.get(task_id, math.inf), min(secs))
             shown = f"{1e6 * best[task_id]:.1f} us" if task_id in best else "no valid candidate"
-            echo(f"tvm tuning: task {task_id + 1}/{total_tasks} {names[task_id]}: "
-                 f"{measured[task_id]} trials, best {shown} "
-                 f"({time.perf_counter() - start:.0f} s)")
+            echo(
+                f"tvm tuning: task {task_id + 1}/{total_tasks} {names[task_id]}: "
+                f"{measured[task_id]} trials, best {shown} "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
 
     return _Progress()
 
@@ -236,10 +241,11 @@ def _echo_builder(inner: Any, total_tasks: int, echo: Callable[[str], None]) -> 
                 return results
             batches[0] += 1
             ok = sum(r.error_msg is None for r in results)
-            where = f"task {batches[0]}/{total_tasks}" if batches[0] <= total_tasks \
-                else f"round {batches[0]}"
-            echo(f"tvm tuning: {where}: built {ok}/{len(results)} candidates, timing them "
-                 f"({time.perf_counter() - start:.0f} s)")
+            where = f"task {batches[0]}/{total_tasks}" if batches[0] <= total_tasks else f"round {batches[0]}"
+            echo(
+                f"tvm tuning: {where}: built {ok}/{len(results)} candidates, timing them "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
             return results
 
     return _EchoBuilder()
@@ -249,9 +255,11 @@ def _database(folder: Path) -> Any:
     from tvm.s_tir import meta_schedule as ms
 
     folder.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(path_workload=str(folder / "database_workload.json"),
-                                    path_tuning_record=str(folder / "database_tuning_record.json"),
-                                    allow_missing=True)
+    return ms.database.JSONDatabase(
+        path_workload=str(folder / "database_workload.json"),
+        path_tuning_record=str(folder / "database_tuning_record.json"),
+        allow_missing=True,
+    )
 
 
 def _records(db: Any, mod: Any) -> int:
@@ -271,12 +279,22 @@ def _budgets(database: Path) -> dict[str, int]:
     try:
         return {str(k): int(v) for k, v in read_json(path, "tvm tuning budgets").items()}
     except (CorruptFileError, ValueError, AttributeError, TypeError) as exc:
-        raise TamerError(f"tvm tuning database {database}: {BUDGETS} is not a JSON object of "
-                         f"trial counts ({exc}); delete it to count budgets from the records") from exc
+        raise TamerError(
+            f"tvm tuning database {database}: {BUDGETS} is not a JSON object of "
+            f"trial counts ({exc}); delete it to count budgets from the records"
+        ) from exc
 
 
-def tune(mod: Any, target: dict[str, Any], database: Path, trials: int, logs: Path, *,
-         seed: int = 0, echo: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
+def tune(
+    mod: Any,
+    target: dict[str, Any],
+    database: Path,
+    trials: int,
+    logs: Path,
+    *,
+    seed: int = 0,
+    echo: Callable[[str], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Tune the tasks of a Relax module up to ``trials`` each; return the database and what was done.
 
     The database remembers each task's (fused operator at one shape) budget so far, for any
@@ -297,17 +315,23 @@ def tune(mod: Any, target: dict[str, Any], database: Path, trials: int, logs: Pa
     keys = [str(tvm_ffi.structural_hash(t.dispatched[0])) for t in tasks]
     have = [budgets.get(k, _records(db, t.dispatched[0])) for k, t in zip(keys, tasks, strict=True)]
     todo = [i for i, h in enumerate(have) if h < trials]
-    info: dict[str, Any] = {"tasks": len(tasks), "tasks_from_database": len(tasks) - len(todo),
-                            "tasks_tuned_now": len(todo),
-                            "tasks_tuned_further": sum(1 for i in todo if have[i] > 0),
-                            "trials_per_task": trials, "trials_measured_now": 0,
-                            "database": str(database)}
+    info: dict[str, Any] = {
+        "tasks": len(tasks),
+        "tasks_from_database": len(tasks) - len(todo),
+        "tasks_tuned_now": len(todo),
+        "tasks_tuned_further": sum(1 for i in todo if have[i] > 0),
+        "trials_per_task": trials,
+        "trials_measured_now": 0,
+        "database": str(database),
+    }
     t0 = time.perf_counter()
     before = {i: _records(db, tasks[i].dispatched[0]) for i in todo}
     if todo:
         if echo:
-            echo(f"tvm tuning: {len(todo)} of {len(tasks)} tasks up to {trials} trials each "
-                 f"({len(tasks) - len(todo)} reused from {database})")
+            echo(
+                f"tvm tuning: {len(todo)} of {len(tasks)} tasks up to {trials} trials each "
+                f"({len(tasks) - len(todo)} reused from {database})"
+            )
         # Tasks short by the same number of trials are tuned together.
         groups: dict[int, list[int]] = {}
         for i in todo:
@@ -317,8 +341,7 @@ def tune(mod: Any, target: dict[str, Any], database: Path, trials: int, logs: Pa
             for i in ids:
                 budgets[keys[i]] = trials
             write_atomic(database / BUDGETS, json.dumps(budgets, indent=1, sort_keys=True))
-        info["trials_measured_now"] = sum(_records(db, tasks[i].dispatched[0]) - before[i]
-                                          for i in todo)
+        info["trials_measured_now"] = sum(_records(db, tasks[i].dispatched[0]) - before[i] for i in todo)
     info["tuning_s"] = round(time.perf_counter() - t0, 2)
     missing = [t.task_name for t in tasks if not _records(db, t.dispatched[0])]
     # A task whose every candidate failed keeps TVM's default schedule: say so.
@@ -327,32 +350,48 @@ def tune(mod: Any, target: dict[str, Any], database: Path, trials: int, logs: Pa
     return db, info
 
 
-def _tune_tasks(tasks: list[Any], target: dict[str, Any], db: Any, trials: int, logs: Path,
-                seed: int, echo: Callable[[str], None] | None) -> None:
+def _tune_tasks(
+    tasks: list[Any],
+    target: dict[str, Any],
+    db: Any,
+    trials: int,
+    logs: Path,
+    seed: int,
+    echo: Callable[[str], None] | None,
+) -> None:
     """``trials`` more measured candidates for each of ``tasks``, recorded in ``db``."""
     from tvm.s_tir import meta_schedule as ms
 
     per_iter = min(trials, 32)
-    strategy = ms.search_strategy.EvolutionarySearch(population_size=256,
-                                                     init_min_unmeasured=min(50, trials))
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=256, init_min_unmeasured=min(50, trials))
     with _without_tensor_intrin(target), _quiet_meta_schedule_console():
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir=str(logs), space="post-order-apply", strategy=strategy,
-            num_threads=int(target["num-cores"]), seed=seed)
+            tasks,
+            work_dir=str(logs),
+            space="post-order-apply",
+            strategy=strategy,
+            num_threads=int(target["num-cores"]),
+            seed=seed,
+        )
         callbacks = [*ms.measure_callback.MeasureCallback.create("default")]
         builder = ms.builder.LocalBuilder(f_build=build_in_worker, timeout_sec=120.0)
         if echo:
-            callbacks.append(_progress_callback(len(contexts), [c.task_name for c in contexts],
-                                                echo))
+            callbacks.append(_progress_callback(len(contexts), [c.task_name for c in contexts], echo))
             builder = _echo_builder(builder, len(contexts), echo)
         ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(logs),
-            max_trials_global=trials * len(contexts), max_trials_per_task=trials,
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(logs),
+            max_trials_global=trials * len(contexts),
+            max_trials_per_task=trials,
             num_trials_per_iter=per_iter,
             builder=builder,
             runner=ms.runner.LocalRunner(timeout_sec=60.0),
-            database=db, cost_model="xgb", measure_callbacks=callbacks,
-            task_scheduler="gradient")
+            database=db,
+            cost_model="xgb",
+            measure_callbacks=callbacks,
+            task_scheduler="gradient",
+        )
 
 
 @contextlib.contextmanager
@@ -370,8 +409,9 @@ def _quiet_meta_schedule_console() -> Iterator[None]:
         logger.setLevel(old)
 
 
-def relax_module(model: nn.Module, batch: int, input_shapes: Sequence[tuple[int, ...]],
-                 input_dtypes: Sequence[str]) -> Any:
+def relax_module(
+    model: nn.Module, batch: int, input_shapes: Sequence[tuple[int, ...]], input_dtypes: Sequence[str]
+) -> Any:
     """``torch.export`` at a static ``batch``, import into Relax, fuse into TIR functions."""
     import torch
     import tvm
@@ -380,8 +420,9 @@ def relax_module(model: nn.Module, batch: int, input_shapes: Sequence[tuple[int,
 
     from tinytamer.export.onnx import capture
 
-    examples = [torch.zeros((batch, *s), dtype=getattr(torch, d))
-                for s, d in zip(input_shapes, input_dtypes, strict=True)]
+    examples = [
+        torch.zeros((batch, *s), dtype=getattr(torch, d)) for s, d in zip(input_shapes, input_dtypes, strict=True)
+    ]
     ep, _ = capture(model, examples, dynamic_batch=False)
     try:
         with warnings.catch_warnings():
@@ -389,18 +430,22 @@ def relax_module(model: nn.Module, batch: int, input_shapes: Sequence[tuple[int,
             warnings.simplefilter("ignore", FutureWarning)
             mod = from_exported_program(ep)
     except Exception as exc:  # noqa: BLE001 - the frontend's message names the op
-        raise TamerError(f"target 'tvm': the Relax importer cannot convert the exported model: "
-                         f"{type(exc).__name__}: {str(exc).strip()[:500]}. Targets that can "
-                         "still run it: onnxruntime, ncnn, torch") from exc
-    return tvm.transform.Sequential([
-        # BatchNorm -> (x - mean) / std * gamma + beta, which fuses into the conv before it;
-        # folding the literal (y, mean, var) tuple it returns lets the ReLU after it fuse too.
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.CanonicalizeBindings(),
-        relax.transform.DeadCodeElimination(),
-        # Legalize to TIR and fuse: the fused functions are MetaSchedule's tuning tasks.
-        relax.get_pipeline("zero"),
-    ])(mod)
+        raise TamerError(
+            f"target 'tvm': the Relax importer cannot convert the exported model: "
+            f"{type(exc).__name__}: {str(exc).strip()[:500]}. Targets that can "
+            "still run it: onnxruntime, ncnn, torch"
+        ) from exc
+    return tvm.transform.Sequential(
+        [
+            # BatchNorm -> (x - mean) / std * gamma + beta, which fuses into the conv before it;
+            # folding the literal (y, mean, var) tuple it returns lets the ReLU after it fuse too.
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.DeadCodeElimination(),
+            # Legalize to TIR and fuse: the fused functions are MetaSchedule's tuning tasks.
+            relax.get_pipeline("zero"),
+        ]
+    )(mod)
 
 
 def _export(executable: Any, path: Path) -> Path:
@@ -410,9 +455,11 @@ def _export(executable: Any, path: Path) -> Path:
         try:
             executable.export_library(str(tmp))
         except Exception as exc:  # noqa: BLE001 - linking needs a host C++ compiler
-            raise TamerError(f"target 'tvm': linking {path.name} failed (TVM links the compiled "
-                             f"model with the system C++ compiler, g++): "
-                             f"{str(exc).strip()[-500:]}") from exc
+            raise TamerError(
+                f"target 'tvm': linking {path.name} failed (TVM links the compiled "
+                f"model with the system C++ compiler, g++): "
+                f"{str(exc).strip()[-500:]}"
+            ) from exc
     return path
 
 
@@ -423,8 +470,7 @@ class TvmDeployed(Deployed):
     N first when there is none, so latency is always that of a model built for N.
     """
 
-    def __init__(self, build: Callable[[int], tuple[Path, dict[str, Any]]], batch: int,
-                 **kw: Any) -> None:
+    def __init__(self, build: Callable[[int], tuple[Path, dict[str, Any]]], batch: int, **kw: Any) -> None:
         super().__init__(artifacts=[], **kw)
         self._build = build
         self.libs: dict[int, Path] = {}
@@ -452,31 +498,39 @@ class TvmDeployed(Deployed):
         b = self.base_batch
         parts: list[list[np.ndarray]] = []
         for i in range(0, n, b):
-            chunk = [a[i:i + b] for a in arrays]
+            chunk = [a[i : i + b] for a in arrays]
             short = b - chunk[0].shape[0]
             if short:  # the last chunk, padded to the compiled batch size
-                chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)])
-                         for c in chunk]
-            parts.append([o[:b - short] for o in self._runs[b](chunk)])
+                chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
+            parts.append([o[: b - short] for o in self._runs[b](chunk)])
         return [np.concatenate(cols) for cols in zip(*parts, strict=True)]
 
     def probe_spec(self) -> dict[str, Any]:
-        return {"loader": "tinytamer.targets.tvm:load_runtime",
-                "args": {"path": str(self.libs[self._measure_batch]), "pin": True}}
+        return {
+            "loader": "tinytamer.targets.tvm:load_runtime",
+            "args": {"path": str(self.libs[self._measure_batch]), "pin": True},
+        }
 
-    def measure(self, batch: int = 1, threads: int | None = None, repeats: int = 30,
-                warmup: int = 5, isolate: bool = True, timeout_s: float = 600.0) -> Cost:
+    def measure(
+        self,
+        batch: int = 1,
+        threads: int | None = None,
+        repeats: int = 30,
+        warmup: int = 5,
+        isolate: bool = True,
+        timeout_s: float = 600.0,
+    ) -> Cost:
         """Latency and memory of the library built for ``batch``, with how it was tuned."""
         path = self.ensure_batch(batch)
         self._measure_batch = batch
-        cost = super().measure(batch=batch, threads=threads, repeats=repeats, warmup=warmup,
-                               isolate=isolate, timeout_s=timeout_s)
+        cost = super().measure(
+            batch=batch, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate, timeout_s=timeout_s
+        )
         cost.artifact_bytes = path.stat().st_size
         cost.extra.update(self.tuning[batch])
         return cost
 
-    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int,
-                    warmup: int) -> list[float]:
+    def _timed_here(self, inputs: list[np.ndarray], threads: int, repeats: int, warmup: int) -> list[float]:
         run = self._runs[inputs[0].shape[0]]
         set_threads(threads)
         try:
@@ -503,12 +557,21 @@ class TvmTarget:
 
         return TvmOptions
 
-    def compile(self, model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                workdir: str | Path, *, precision: str = "fp32",
-                calib: Sequence[Any] | None = None, qparams: Any = None,
-                threads: int = 2, trials: int = DEFAULT_TRIALS,
-                database: str | Path | None = None, seed: int = 0,
-                progress: bool = True) -> TvmDeployed:
+    def compile(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        workdir: str | Path,
+        *,
+        precision: str = "fp32",
+        calib: Sequence[Any] | None = None,
+        qparams: Any = None,
+        threads: int = 2,
+        trials: int = DEFAULT_TRIALS,
+        database: str | Path | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> TvmDeployed:
         """Compile for this CPU; tune each task ``trials`` times (0: untuned).
 
         ``database``: the tuning database folder (default: one per LLVM target under
@@ -518,21 +581,21 @@ class TvmTarget:
 
         BACKEND.require()
         if precision not in self.precisions:
-            raise TamerError(f"target 'tvm' does not support precision '{precision}' "
-                             f"(supported: {', '.join(self.precisions)})")
+            raise TamerError(
+                f"target 'tvm' does not support precision '{precision}' (supported: {', '.join(self.precisions)})"
+            )
         if qparams is not None:
-            raise TamerError("target 'tvm' compiles float models only; int8 parameters "
-                             "(qparams) deploy on target 'onnxruntime'")
+            raise TamerError(
+                "target 'tvm' compiles float models only; int8 parameters (qparams) deploy on target 'onnxruntime'"
+            )
         if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
-            raise TamerError(f"target 'tvm': trials must be a whole number >= 0 (0 = untuned), "
-                             f"got {trials!r}")
+            raise TamerError(f"target 'tvm': trials must be a whole number >= 0 (0 = untuned), got {trials!r}")
         # Absolute: the libraries are loaded by path here and in the timing child.
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(model).eval()
         target = host_target(threads)
-        db_dir = (Path(database) if database is not None
-                  else cache_root() / target_key(target)).resolve()
+        db_dir = (Path(database) if database is not None else cache_root() / target_key(target)).resolve()
         input_shapes = [tuple(x.shape[1:]) for x in example_inputs]
         input_dtypes = [str(x.detach().numpy().dtype) for x in example_inputs]
         echo = _echo if progress else None
@@ -540,15 +603,26 @@ class TvmTarget:
         def build(batch: int) -> tuple[Path, dict[str, Any]]:
             # Tuning and compiling may run TVM code here (constant folding, cost model).
             with keeping_cpus():
-                return _build_library(model, batch, input_shapes, input_dtypes, target, trials,
-                                      db_dir, workdir, seed, echo)
+                return _build_library(
+                    model, batch, input_shapes, input_dtypes, target, trials, db_dir, workdir, seed, echo
+                )
 
-        deployed = TvmDeployed(build, int(example_inputs[0].shape[0]), target=self.name,
-                               precision=precision, input_shapes=input_shapes,
-                               input_dtypes=input_dtypes, threads=threads)
+        deployed = TvmDeployed(
+            build,
+            int(example_inputs[0].shape[0]),
+            target=self.name,
+            precision=precision,
+            input_shapes=input_shapes,
+            input_dtypes=input_dtypes,
+            threads=threads,
+        )
         deployed.info["llvm_target"] = target
-        verify(deployed, model, parity_inputs(example_inputs, calib),
-               f"target 'tvm' ({precision}, {deployed.libs[deployed.base_batch].name})")
+        verify(
+            deployed,
+            model,
+            parity_inputs(example_inputs, calib),
+            f"target 'tvm' ({precision}, {deployed.libs[deployed.base_batch].name})",
+        )
         return deployed
 
 
@@ -573,16 +647,26 @@ def _compile_with_database(mod: Any, target: dict[str, Any], db: Any) -> tuple[A
     with tvm_target, db, tvm.transform.PassContext(opt_level=3):
         mod = MetaScheduleApplyDatabase()(mod)
     # How many fused functions really got a tuned schedule (reported, and tested).
-    applied = sum(1 for f in mod.functions.values()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
-                  and bool(f.attrs.get("tirx.is_scheduled", False)))
+    applied = sum(
+        1
+        for f in mod.functions.values()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False))
+    )
     return tvm.compile(mod, target=tvm_target), applied
 
 
-def _build_library(model: nn.Module, batch: int, input_shapes: Sequence[tuple[int, ...]],
-                   input_dtypes: Sequence[str], target: dict[str, Any], trials: int,
-                   db_dir: Path, workdir: Path, seed: int,
-                   echo: Callable[[str], None] | None) -> tuple[Path, dict[str, Any]]:
+def _build_library(
+    model: nn.Module,
+    batch: int,
+    input_shapes: Sequence[tuple[int, ...]],
+    input_dtypes: Sequence[str],
+    target: dict[str, Any],
+    trials: int,
+    db_dir: Path,
+    workdir: Path,
+    seed: int,
+    echo: Callable[[str], None] | None,
+) -> tuple[Path, dict[str, Any]]:
     """Compile ``model`` at ``batch`` (tuned when ``trials`` > 0) to ``model.b<batch>.so``."""
     import tvm
 
@@ -590,14 +674,15 @@ def _build_library(model: nn.Module, batch: int, input_shapes: Sequence[tuple[in
     mod = relax_module(model, batch, input_shapes, input_dtypes)
     path = workdir / f"model.b{batch}.so"
     if trials == 0:
-        info: dict[str, Any] = {"tuned": False, "trials_per_task": 0, "tuning_s": 0.0,
-                                "variant": "untuned"}
+        info: dict[str, Any] = {"tuned": False, "trials_per_task": 0, "tuning_s": 0.0, "variant": "untuned"}
         executable = tvm.compile(mod, target=tvm.target.Target(target))
     else:
-        db, info = tune(mod, target, db_dir, trials, workdir / "tuning-logs" / f"b{batch}",
-                        seed=seed, echo=echo)
-        info["variant"] = (f"tuned, {trials} trials/task" if info["tuned"]
-                           else f"partly tuned ({len(info['tasks_untuned'])} tasks untuned)")
+        db, info = tune(mod, target, db_dir, trials, workdir / "tuning-logs" / f"b{batch}", seed=seed, echo=echo)
+        info["variant"] = (
+            f"tuned, {trials} trials/task"
+            if info["tuned"]
+            else f"partly tuned ({len(info['tasks_untuned'])} tasks untuned)"
+        )
         executable, info["functions_scheduled_from_database"] = _compile_with_database(mod, target, db)
     _export(executable, path)
     info["compile_s"] = round(time.perf_counter() - t0, 2)

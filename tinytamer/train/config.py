@@ -30,9 +30,7 @@ class SolverConfig(pydantic.BaseModel, extra="forbid"):
     gamma: float = Field(0.1, description="decay factor of step/exp/inv/multistep/sigmoid")
     power: float = Field(1.0, description="exponent of inv and poly")
     stepsize: int = Field(1000, ge=1, description="period of step; centre of sigmoid")
-    stepvalue: list[int] = Field(
-        default_factory=list, description="iterations where multistep multiplies by gamma"
-    )
+    stepvalue: list[int] = Field(default_factory=list, description="iterations where multistep multiplies by gamma")
     max_iter: int | None = Field(None, ge=1, description="number of updates (or give epochs)")
     epochs: float | None = Field(
         None, gt=0, description="passes over the train loader: ceil(epochs*len/iter_size) updates"
@@ -55,13 +53,9 @@ class SolverConfig(pydantic.BaseModel, extra="forbid"):
     lookahead_k: int = Field(6, ge=1, description="Lookahead: fast steps per slow update")
     lookahead_alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: slow step size")
     swa: bool = Field(False, description="stochastic weight averaging over the last iterations")
-    swa_start: int | None = Field(
-        None, ge=0, description="first averaged iteration (None: 75% of max_iter)"
-    )
+    swa_start: int | None = Field(None, ge=0, description="first averaged iteration (None: 75% of max_iter)")
     swa_freq: int = Field(1, ge=1, description="average every N updates; SWALR anneals over N")
-    swa_lr: float | None = Field(
-        None, gt=0, description="constant lr during SWA (None: the policy's lr at swa_start)"
-    )
+    swa_lr: float | None = Field(None, gt=0, description="constant lr during SWA (None: the policy's lr at swa_start)")
     clip_gradients: float | None = Field(
         None, gt=0, description="scale gradients down to this global L2 norm when above it"
     )
@@ -86,8 +80,7 @@ class SolverConfig(pydantic.BaseModel, extra="forbid"):
             return cls.model_validate(data)
         except pydantic.ValidationError as e:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {err['msg']}"
-                for err in e.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or '(config)'}: {err['msg']}" for err in e.errors()
             )
             raise RecipeError(f"{source}: {problems}") from None
 
@@ -96,9 +89,7 @@ class SolverConfig(pydantic.BaseModel, extra="forbid"):
         max_iter = self.max_iter
         if max_iter is None:
             if not batches_per_epoch:
-                raise RecipeError(
-                    "solver config: epochs needs a train loader with a length; give max_iter"
-                )
+                raise RecipeError("solver config: epochs needs a train loader with a length; give max_iter")
             # rounded first so that 0.1 epoch x 30 batches is 3 updates, not 4
             max_iter = max(1, math.ceil(round(self.epochs * batches_per_epoch / self.iter_size, 9)))
         swa_start = self.swa_start if self.swa_start is not None else (3 * max_iter) // 4
@@ -108,10 +99,26 @@ class SolverConfig(pydantic.BaseModel, extra="forbid"):
 # Caffe keys naming nets, files or hardware: meaningless here (the model and data come
 # from tinytamer), so they are read and dropped with a note.
 _IGNORED = {
-    "net", "net_param", "train_net", "train_net_param", "test_net", "test_net_param",
-    "train_state", "test_state", "snapshot_prefix", "snapshot_format", "snapshot_diff",
-    "snapshot_after_train", "solver_mode", "device_id", "test_compute_loss",
-    "test_initialization", "debug_info", "average_loss", "layer_wise_reduce", "weights",
+    "net",
+    "net_param",
+    "train_net",
+    "train_net_param",
+    "test_net",
+    "test_net_param",
+    "train_state",
+    "test_state",
+    "snapshot_prefix",
+    "snapshot_format",
+    "snapshot_diff",
+    "snapshot_after_train",
+    "solver_mode",
+    "device_id",
+    "test_compute_loss",
+    "test_initialization",
+    "debug_info",
+    "average_loss",
+    "layer_wise_reduce",
+    "weights",
 }
 _NOTE = "%s:%d: '%s' ignored (the net and data come from tinytamer)"
 _CAFFE_TYPES = {"SGD": "sgd", "ADAM": "adam", "RADAM": "radam"}
@@ -131,7 +138,7 @@ def _tokens(text: str, path: Path) -> list[tuple[str, str, int]]:
             if text[pos:].strip() == "":
                 break
             line = text.count("\n", 0, pos) + 1
-            raise RecipeError(f"{path}:{line}: cannot read {text[pos:pos + 20]!r}")
+            raise RecipeError(f"{path}:{line}: cannot read {text[pos : pos + 20]!r}")
         line = text.count("\n", 0, m.start(m.lastgroup)) + 1 if m.lastgroup else 0
         if m.lastgroup and m.lastgroup != "comment":
             out.append((m.lastgroup, m.group(m.lastgroup), line))
@@ -212,9 +219,7 @@ def read_prototxt(path: str | Path) -> SolverConfig:
         if key in _REPEATED:
             data.setdefault(key, []).append(value)
         elif key in data:
-            raise RecipeError(
-                f"{path}:{line}: key '{key}' given twice (first on line {lines[key]})"
-            )
+            raise RecipeError(f"{path}:{line}: key '{key}' given twice (first on line {lines[key]})")
         else:
             data[key] = value
         lines[key] = line

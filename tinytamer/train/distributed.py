@@ -75,13 +75,21 @@ def shard_loader(loader: DataLoader, info: DistInfo, seed: int) -> DataLoader:
     if loader.batch_size is None:
         raise TamerError("distributed training needs a DataLoader built with batch_size")
     sampler = DistributedSampler(
-        loader.dataset, num_replicas=info.world_size, rank=info.rank,
-        shuffle=isinstance(loader.sampler, RandomSampler), seed=seed, drop_last=loader.drop_last,
+        loader.dataset,
+        num_replicas=info.world_size,
+        rank=info.rank,
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        seed=seed,
+        drop_last=loader.drop_last,
     )
     return DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
         worker_init_fn=loader.worker_init_fn,
     )
 

@@ -47,8 +47,7 @@ class Lookahead(Optimizer):
         self.base.zero_grad(set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"base": self.base.state_dict(), "slow": [s.clone() for s in self.slow],
-                "fast_steps": self.fast_steps}
+        return {"base": self.base.state_dict(), "slow": [s.clone() for s in self.slow], "fast_steps": self.fast_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base.load_state_dict(state_dict["base"])

@@ -60,8 +60,14 @@ def _to(x: Any, device: torch.device) -> Any:
 
 def _correct(out: Any, y: Any) -> int | None:
     """Top-1 hits when ``out`` are class scores (N, C) and ``y`` class indices (N,)."""
-    if (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor) and out.dim() == 2
-            and y.dim() == 1 and not y.is_floating_point() and len(out) == len(y)):
+    if (
+        isinstance(out, torch.Tensor)
+        and isinstance(y, torch.Tensor)
+        and out.dim() == 2
+        and y.dim() == 1
+        and not y.is_floating_point()
+        and len(out) == len(y)
+    ):
         return top1_hits(out, y)
     return None
 
@@ -72,8 +78,9 @@ def _count(x: Any) -> int:
     return len(x)
 
 
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable | None = None,
-             max_batches: int | None = None) -> dict:
+def evaluate(
+    model: nn.Module, loader: Iterable, loss_fn: Callable | None = None, max_batches: int | None = None
+) -> dict:
     """Mean loss and top-1 accuracy over ``loader`` (or its first ``max_batches`` batches).
 
     Runs in eval mode without gradients and restores every submodule's train/eval
@@ -122,9 +129,11 @@ class _Window:
 
     def summary(self, world: int) -> dict:
         dt = max(time.perf_counter() - self.start, 1e-9)
-        return {"train_loss": self.loss / self.iters,
-                "train_acc": self.hits / self.n if self.scored and self.n else None,
-                "images_per_s": self.n * world / dt}
+        return {
+            "train_loss": self.loss / self.iters,
+            "train_acc": self.hits / self.n if self.scored and self.n else None,
+            "images_per_s": self.n * world / dt,
+        }
 
 
 def latest_snapshot(folder: Path) -> Path | None:
@@ -160,18 +169,25 @@ class Solver:
     every update; ``hooks`` are a method's :class:`TrainHook` objects.
     """
 
-    def __init__(self, model: nn.Module, config: SolverConfig, train_loader: Iterable,
-                 test_loader: Iterable | None = None, *, snapshot_dir: Path | None = None,
-                 log: Callable[[dict], None] | None = None,
-                 after_step: Sequence[Callable[[nn.Module, int], None]] = (),
-                 hooks: Sequence[TrainHook] = (),
-                 progress: bool = True, loss_fn: Callable | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: SolverConfig,
+        train_loader: Iterable,
+        test_loader: Iterable | None = None,
+        *,
+        snapshot_dir: Path | None = None,
+        log: Callable[[dict], None] | None = None,
+        after_step: Sequence[Callable[[nn.Module, int], None]] = (),
+        hooks: Sequence[TrainHook] = (),
+        progress: bool = True,
+        loss_fn: Callable | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.dist = distributed.setup(self.device)
         self.model = model.to(self.device)
-        self.net = distributed.wrap_model(self.model, self.dist, self.device) \
-            if self.dist.enabled else self.model
+        self.net = distributed.wrap_model(self.model, self.dist, self.device) if self.dist.enabled else self.model
         if self.dist.enabled:
             train_loader = distributed.shard_loader(train_loader, self.dist, config.seed)
         self.train_loader = train_loader
@@ -280,15 +296,18 @@ class Solver:
         if self.snapshot_dir is None or not self.dist.is_main:
             return None
         path = self.snapshot_dir / f"iter_{self.iter}.pt"
-        snapshot.save(path, {
-            "iter": self.iter,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "swa_model": self.swa_model.state_dict() if self.swa_model is not None else None,
-            "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler else None,
-            "rng": snapshot.rng_state(),
-            "loader": self.stream.state(),
-        })
+        snapshot.save(
+            path,
+            {
+                "iter": self.iter,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "swa_model": self.swa_model.state_dict() if self.swa_model is not None else None,
+                "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler else None,
+                "rng": snapshot.rng_state(),
+                "loader": self.stream.state(),
+            },
+        )
         return path
 
     def _restore(self, path: Path) -> None:
@@ -315,8 +334,7 @@ class Solver:
 
     def _finish_swa(self) -> None:
         with torch.no_grad():
-            for p, avg in zip(self.model.parameters(), self.swa_model.module.parameters(),
-                              strict=True):
+            for p, avg in zip(self.model.parameters(), self.swa_model.module.parameters(), strict=True):
                 p.copy_(avg)
         update_bn(self.train_loader, self.model, device=self.device)
         distributed.average_buffers(self.model, self.dist)
@@ -342,17 +360,20 @@ class Solver:
         if self._warned_growth or first == 0 or abs(loss) <= DIVERGENCE_FACTOR * abs(first):
             return
         self._warned_growth = True
-        warnings.warn(f"training loss grew from {first:.3g} (iteration {first_iter}) to {loss:.3g} "
-                      f"at iteration {self.iter} (learning rate {lr:.3g}): the run is probably "
-                      "diverging; consider a lower base_lr", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"training loss grew from {first:.3g} (iteration {first_iter}) to {loss:.3g} "
+            f"at iteration {self.iter} (learning rate {lr:.3g}): the run is probably "
+            "diverging; consider a lower base_lr",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _checkpoint(self, lr: float, train: dict) -> bool:
         """Test / display / snapshot as due after an update; True when a record went out."""
         cfg = self.cfg
         base = {"iter": self.iter, "epoch": self.stream.progress(), "lr": lr, **train}
         emitted = False
-        if self.test_loader is not None and cfg.test_interval and \
-                self.iter % cfg.test_interval == 0:
+        if self.test_loader is not None and cfg.test_interval and self.iter % cfg.test_interval == 0:
             t = self.test()
             self._emit({**base, "test_loss": t["loss"], "test_acc": t["accuracy"]})
             emitted = True
@@ -378,8 +399,13 @@ class Solver:
             np.random.seed(cfg.seed % 2**32)
             random.seed(cfg.seed)
         window, train = _Window(), {"train_loss": None, "train_acc": None, "images_per_s": None}
-        columns = [TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+        columns = [
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+        ]
         bar = Progress(*columns, disable=not (self.progress and self.dist.is_main))
         with bar:
             task = bar.add_task("train", total=cfg.max_iter, completed=self.iter, info="")
@@ -389,20 +415,29 @@ class Solver:
                 window.add(loss, hits, n)
                 train = window.summary(self.dist.world_size)
                 acc = "" if train["train_acc"] is None else f" acc {train['train_acc']:.3f}"
-                bar.update(task, completed=self.iter,
-                           info=f"loss {train['train_loss']:.4f}{acc} lr {lr:.3g} "
-                                f"{train['images_per_s']:.0f} img/s")
+                bar.update(
+                    task,
+                    completed=self.iter,
+                    info=f"loss {train['train_loss']:.4f}{acc} lr {lr:.3g} {train['images_per_s']:.0f} img/s",
+                )
                 if self.iter < cfg.max_iter and self._checkpoint(lr, train):
                     window = _Window()
         if self.swa_model is not None and self.swa_model.n_averaged.item() > 0:
             self._finish_swa()
         t = self.test() if self.test_loader is not None else {"loss": None, "accuracy": None}
-        final = {"iter": self.iter, "epoch": self.stream.progress(), "lr": self.current_lr(),
-                 **train, "test_loss": t["loss"], "test_acc": t["accuracy"]}
+        final = {
+            "iter": self.iter,
+            "epoch": self.stream.progress(),
+            "lr": self.current_lr(),
+            **train,
+            "test_loss": t["loss"],
+            "test_acc": t["accuracy"],
+        }
         self._emit(final)
         path = self._snapshot()
         for hook in self.hooks:
             hook.after_train(self.model)
-        loss, acc = (t["loss"], t["accuracy"]) if self.test_loader is not None else \
-            (train["train_loss"], train["train_acc"])
+        loss, acc = (
+            (t["loss"], t["accuracy"]) if self.test_loader is not None else (train["train_loss"], train["train_acc"])
+        )
         return {**final, "loss": loss, "accuracy": acc, "snapshot": str(path) if path else None}

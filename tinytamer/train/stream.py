@@ -56,8 +56,7 @@ class BatchStream:
         self._gens = [(g, g.initial_seed()) for g in gens.values()]
 
     def _start_epoch(self) -> None:
-        for owner in (self.loader, getattr(self.loader, "sampler", None),
-                      getattr(self.loader, "batch_sampler", None)):
+        for owner in (self.loader, getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
             if hasattr(owner, "set_epoch"):
                 owner.set_epoch(self.epoch)
         for g, base in self._gens:

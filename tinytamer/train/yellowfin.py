@@ -46,15 +46,24 @@ def single_step_sqrt_mu(dist: float, grad_var: float, h_min: float) -> float:
 class YellowFin(Optimizer):
     """Momentum SGD whose learning rate and momentum are tuned every step (see module doc)."""
 
-    def __init__(self, params: Any, lr: float = 0.1, mu: float = 0.0, beta: float = 0.999,
-                 window: int = 20, eps: float = 1e-12) -> None:
+    def __init__(
+        self, params: Any, lr: float = 0.1, mu: float = 0.0, beta: float = 0.999, window: int = 20, eps: float = 1e-12
+    ) -> None:
         if not 0.0 < beta < 1.0 or window < 1:
             raise ValueError(f"YellowFin needs 0 < beta < 1 and window >= 1, got {beta}, {window}")
         super().__init__(params, dict(lr_factor=1.0))
         self.beta, self.window, self.eps = beta, window, eps
         # Global (not per-parameter) state; kept in plain python so state_dict stays simple.
         self.tuner: dict[str, Any] = dict(
-            t=0, lr=lr, mu=mu, curv=[], h_max=0.0, h_min=0.0, g_norm=0.0, h=0.0, dist=0.0,
+            t=0,
+            lr=lr,
+            mu=mu,
+            curv=[],
+            h_max=0.0,
+            h_min=0.0,
+            g_norm=0.0,
+            h=0.0,
+            dist=0.0,
         )
         self.last: dict[str, float] = {}  # the last step's measurements, for logs and tests
 
@@ -78,7 +87,7 @@ class YellowFin(Optimizer):
         debias = 1 - beta ** s["t"]
         # Algorithm 2: curvature range over a sliding window
         h_t = float(sum(p.grad.double().pow(2).sum() for p in params))
-        s["curv"] = (s["curv"] + [h_t])[-self.window:]
+        s["curv"] = (s["curv"] + [h_t])[-self.window :]
         h_max = self._ema("h_max", max(s["curv"]))
         h_min = max(self._ema("h_min", min(s["curv"])), self.eps)
         # Algorithm 3: gradient variance
@@ -104,8 +113,17 @@ class YellowFin(Optimizer):
         lr_t = (1 - math.sqrt(mu_t)) ** 2 / h_min
         s["mu"] = beta * s["mu"] + (1 - beta) * mu_t
         s["lr"] = beta * s["lr"] + (1 - beta) * lr_t
-        self.last = dict(h_max=h_max, h_min=h_min, grad_var=grad_var, dist=dist, sqrt_mu=x,
-                         mu_t=mu_t, lr_t=lr_t, mu=s["mu"], lr=s["lr"])
+        self.last = dict(
+            h_max=h_max,
+            h_min=h_min,
+            grad_var=grad_var,
+            dist=dist,
+            sqrt_mu=x,
+            mu_t=mu_t,
+            lr_t=lr_t,
+            mu=s["mu"],
+            lr=s["lr"],
+        )
         for group in self.param_groups:
             lr = s["lr"] * group["lr_factor"]
             for p in group["params"]:

@@ -78,8 +78,7 @@ def write_report(run: RunDir) -> Path:
         if base and r.bytes:
             ratio = f"{base.dense_bytes / r.bytes:.1f}x"
         note = html.escape(r.note or "")
-        rows.append(f"<tr><td>{r.index}</td><td>{html.escape(r.stage)}</td>{cells}"
-                    f"<td>{ratio}</td><td>{note}</td></tr>")
+        rows.append(f"<tr><td>{r.index}</td><td>{html.escape(r.stage)}</td>{cells}<td>{ratio}</td><td>{note}</td></tr>")
     images = "".join(
         f'<figure><img src="{html.escape(str(p.relative_to(run.path)))}" style="max-width:100%">'
         f"<figcaption>{html.escape(p.name)}</figcaption></figure>"
@@ -94,8 +93,8 @@ th{{background:#f3f3f3}}pre{{background:#f7f7f7;padding:1em;font-size:12px}}</st
 <h1>tinytamer run: {title}</h1>
 <p>Every figure below is read from <code>metrics.jsonl</code>; sizes are bytes on disk,
 costs are measured on the target.</p>
-<h2>Stages</h2><table><tr><th>#</th><th>stage</th>{head}<th>size ratio</th><th>note</th></tr>{''.join(rows)}</table>
-<h2>Plots</h2>{images or '<p>no plots</p>'}
+<h2>Stages</h2><table><tr><th>#</th><th>stage</th>{head}<th>size ratio</th><th>note</th></tr>{"".join(rows)}</table>
+<h2>Plots</h2>{images or "<p>no plots</p>"}
 <h2>Recipe</h2><pre>{recipe}</pre></body></html>"""
     out = run.path / "report.html"
     write_atomic(out, page)

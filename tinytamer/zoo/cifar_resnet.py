@@ -60,11 +60,8 @@ class CifarBlock(BasicBlock):
     A class of its own so that saved architectures, which name their classes, still load.
     """
 
-    def __init__(
-        self, in_planes: int, planes: int, stride: int, shortcut: str, conv_bias: bool
-    ) -> None:
-        super().__init__(in_planes, planes, stride, conv_bias=conv_bias,
-                         projection=_PROJECTIONS[shortcut])
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str, conv_bias: bool) -> None:
+        super().__init__(in_planes, planes, stride, conv_bias=conv_bias, projection=_PROJECTIONS[shortcut])
 
 
 class CifarResNet(nn.Module):
@@ -79,9 +76,7 @@ class CifarResNet(nn.Module):
         conv_bias: bool = False,
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=conv_bias), nn.BatchNorm2d(16), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=conv_bias), nn.BatchNorm2d(16), nn.ReLU())
         stages: list[nn.Module] = []
         in_planes = 16
         for i, planes in enumerate((16, 32, 64)):
@@ -109,25 +104,19 @@ def _cifar_resnet(depth: int, num_classes: int, in_channels: int, shortcut: str)
 
 
 @register_model("resnet20")
-def resnet20(
-    num_classes: int = 10, in_channels: int = 3, shortcut: Literal["A", "B"] = "A"
-) -> nn.Module:
+def resnet20(num_classes: int = 10, in_channels: int = 3, shortcut: Literal["A", "B"] = "A") -> nn.Module:
     """ResNet-20 (n=3), 0.27 M parameters with option A shortcuts."""
     return _cifar_resnet(20, num_classes, in_channels, shortcut)
 
 
 @register_model("resnet32")
-def resnet32(
-    num_classes: int = 10, in_channels: int = 3, shortcut: Literal["A", "B"] = "A"
-) -> nn.Module:
+def resnet32(num_classes: int = 10, in_channels: int = 3, shortcut: Literal["A", "B"] = "A") -> nn.Module:
     """ResNet-32 (n=5), 0.46 M parameters with option A shortcuts."""
     return _cifar_resnet(32, num_classes, in_channels, shortcut)
 
 
 @register_model("resnet56")
-def resnet56(
-    num_classes: int = 10, in_channels: int = 3, shortcut: Literal["A", "B"] = "A"
-) -> nn.Module:
+def resnet56(num_classes: int = 10, in_channels: int = 3, shortcut: Literal["A", "B"] = "A") -> nn.Module:
     """ResNet-56 (n=9), 0.85 M parameters with option A shortcuts."""
     return _cifar_resnet(56, num_classes, in_channels, shortcut)
 

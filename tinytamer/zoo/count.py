@@ -55,8 +55,7 @@ def _nonzero_params(model: nn.Module) -> int:
     total = 0
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            effective = getattr(module, name[: -len("_orig")], None) if name.endswith("_orig") \
-                else None
+            effective = getattr(module, name[: -len("_orig")], None) if name.endswith("_orig") else None
             tensor = effective if isinstance(effective, Tensor) else p
             total += int(torch.count_nonzero(tensor.detach()))
     return total
@@ -77,8 +76,12 @@ def _first_tensor(out: Any) -> Tensor | None:
 
 def _count_macs(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, list[dict[str, Any]]]:
     first = next(model.parameters(), None)
-    x = torch.zeros(1, *shape, dtype=first.dtype if first is not None and first.is_floating_point()
-                    else torch.float32, device=first.device if first is not None else "cpu")
+    x = torch.zeros(
+        1,
+        *shape,
+        dtype=first.dtype if first is not None and first.is_floating_point() else torch.float32,
+        device=first.device if first is not None else "cpu",
+    )
     modules = dict(model.named_modules())
     names = {id(m): n for n, m in modules.items()}
     counter = FlopCounterMode(display=False)
@@ -119,8 +122,7 @@ def _count_macs(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, list[dic
         with torch.no_grad(), counter:
             model(x)
     except RuntimeError as exc:
-        raise ModelError(f"count: {type(model).__name__} failed on an input of shape "
-                         f"{(1, *shape)}: {exc}") from exc
+        raise ModelError(f"count: {type(model).__name__} failed on an input of shape {(1, *shape)}: {exc}") from exc
     finally:
         for h in handles:
             h.remove()
@@ -134,11 +136,13 @@ def _count_macs(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, list[dic
         own_flops = inclusive[name] - children_flops.get(name, 0)
         is_leaf = next(module.children(), None) is None
         if is_leaf or own_params or own_flops:
-            per_layer.append({
-                "name": name,
-                "type": type(module).__name__,
-                "params": own_params,
-                "macs": own_flops // 2,
-                "output_shape": out_shape.get(name),
-            })
+            per_layer.append(
+                {
+                    "name": name,
+                    "type": type(module).__name__,
+                    "params": own_params,
+                    "macs": own_flops // 2,
+                    "output_shape": out_shape.get(name),
+                }
+            )
     return counter.get_total_flops() // 2, per_layer

@@ -30,15 +30,18 @@ def _same_padding(size: int, kernel: int, stride: int) -> int:
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups),
-            nn.BatchNorm2d(cout), nn.ReLU()]
+    return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
 class DSCNN(nn.Module):
     """DS-CNN small (see the module docstring)."""
 
     def __init__(
-        self, num_classes: int, in_channels: int, input_hw: tuple[int, int], filters: int = 64,
+        self,
+        num_classes: int,
+        in_channels: int,
+        input_hw: tuple[int, int],
+        filters: int = 64,
         blocks: int = 4,
     ) -> None:
         super().__init__()
@@ -52,11 +55,12 @@ class DSCNN(nn.Module):
             nn.ReLU(),
             nn.Dropout(0.2),
         )
-        self.blocks = nn.Sequential(*[
-            nn.Sequential(*_conv_bn_relu(filters, filters, 3, groups=filters),
-                          *_conv_bn_relu(filters, filters, 1))
-            for _ in range(blocks)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                nn.Sequential(*_conv_bn_relu(filters, filters, 3, groups=filters), *_conv_bn_relu(filters, filters, 1))
+                for _ in range(blocks)
+            ]
+        )
         self.dropout = nn.Dropout(0.4)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -69,8 +73,6 @@ class DSCNN(nn.Module):
 
 
 @register_model("dscnn", input_shape=(1, 49, 10), num_classes=12)
-def dscnn(
-    num_classes: int = 12, in_channels: int = 1, input_hw: tuple[int, int] = (49, 10)
-) -> nn.Module:
+def dscnn(num_classes: int = 12, in_channels: int = 1, input_hw: tuple[int, int] = (49, 10)) -> nn.Module:
     """DS-CNN small for a ``in_channels x input_hw`` spectrogram (default 1x49x10, 12 classes)."""
     return DSCNN(num_classes, in_channels, tuple(input_hw))

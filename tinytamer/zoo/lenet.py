@@ -28,14 +28,16 @@ def _caffe_xavier(model: nn.Module) -> nn.Module:
 @register_model("lenet300", input_shape=(1, 28, 28))
 def lenet300(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
     """LeNet-300-100: flatten - fc 300 - relu - fc 100 - relu - fc classes (266,610 params)."""
-    return _caffe_xavier(nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(in_channels * input_size * input_size, 300),
-        nn.ReLU(),
-        nn.Linear(300, 100),
-        nn.ReLU(),
-        nn.Linear(100, num_classes),
-    ))
+    return _caffe_xavier(
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * input_size * input_size, 300),
+            nn.ReLU(),
+            nn.Linear(300, 100),
+            nn.ReLU(),
+            nn.Linear(100, num_classes),
+        )
+    )
 
 
 def _after_conv_pool(size: int, kernel: int, where: str) -> int:
@@ -90,9 +92,7 @@ class DemoCNN(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * (input_size // 4) ** 2, num_classes)
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * (input_size // 4) ** 2, num_classes))
         kaiming_init(self)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -23,8 +23,7 @@ from tinytamer.zoo._init import kaiming_init
 from tinytamer.zoo.registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s), Table 2.
-_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -68,7 +67,11 @@ class MobileNetV2(nn.Module):
     """MobileNetV2 with ``width_mult`` and a small-input variant (see the module docstring)."""
 
     def __init__(
-        self, num_classes: int, in_channels: int, input_size: int, width_mult: float,
+        self,
+        num_classes: int,
+        in_channels: int,
+        input_size: int,
+        width_mult: float,
         dropout: float,
     ) -> None:
         super().__init__()

@@ -21,6 +21,7 @@ from tinytamer.errors import ModelError
 
 Factory = Callable[..., nn.Module]
 
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a registered model is built for when the caller gives nothing else."""
@@ -45,8 +46,7 @@ def register_model(
 
     def decorate(factory: Factory) -> Factory:
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
-            raise ModelError(f"model name '{name}' is already registered "
-                             f"(by {_REGISTRY[name].factory.__module__})")
+            raise ModelError(f"model name '{name}' is already registered (by {_REGISTRY[name].factory.__module__})")
         _REGISTRY[name] = ModelInfo(name, factory, tuple(input_shape), num_classes)
         return factory
 
@@ -65,9 +65,7 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
-def create(
-    name: str, *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kwargs: Any
-) -> nn.Module:
+def create(name: str, *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kwargs: Any) -> nn.Module:
     """Build a model by registered name or by import path ``"package.module:factory"``.
 
     ``num_classes``, ``in_channels`` and ``input_size`` are passed only to
@@ -79,8 +77,7 @@ def create(
     call_kwargs = _fit_kwargs(name, factory, common, kwargs)
     model = factory(**call_kwargs)
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model factory '{name}' returned {type(model).__name__}, "
-                         "not a torch.nn.Module")
+        raise ModelError(f"model factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -91,21 +88,19 @@ def _resolve_import_path(path: str) -> Factory:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # user code: a missing module or any error while importing it
-        raise ModelError(f"model import path '{path}': cannot import module "
-                         f"'{module_name}' ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(
+            f"model import path '{path}': cannot import module '{module_name}' ({type(exc).__name__}: {exc})"
+        ) from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
-            raise ModelError(f"model import path '{path}': module '{module_name}' "
-                             f"has no attribute '{attr_path}'")
+            raise ModelError(f"model import path '{path}': module '{module_name}' has no attribute '{attr_path}'")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelError(f"model import path '{path}': '{attr_path}' is not callable")
     return obj
 
 
-def _fit_kwargs(
-    name: str, factory: Factory, common: dict[str, Any], extra: dict[str, Any]
-) -> dict[str, Any]:
+def _fit_kwargs(name: str, factory: Factory, common: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Keep the common arguments the factory accepts; insist it accepts every extra one."""
     try:
         params = inspect.signature(factory).parameters
@@ -113,18 +108,26 @@ def _fit_kwargs(
         return {**common, **extra}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return {**common, **extra}
-    accepted = {n for n, p in params.items()
-                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                              inspect.Parameter.KEYWORD_ONLY)}
+    accepted = {
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     unknown = sorted(set(extra) - accepted)
     if unknown:
-        raise ModelError(f"model '{name}' does not accept argument(s) {', '.join(unknown)}; "
-                         f"it accepts: {', '.join(sorted(accepted)) or 'nothing'}")
+        raise ModelError(
+            f"model '{name}' does not accept argument(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(sorted(accepted)) or 'nothing'}"
+        )
     kwargs = {k: v for k, v in common.items() if k in accepted}
     kwargs.update(extra)
-    missing = [n for n, p in params.items()
-               if p.default is inspect.Parameter.empty and n not in kwargs
-               and p.kind not in (inspect.Parameter.VAR_POSITIONAL,)]
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty
+        and n not in kwargs
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL,)
+    ]
     if missing:
         raise ModelError(f"model factory '{name}' needs argument(s) {', '.join(missing)}")
     return kwargs

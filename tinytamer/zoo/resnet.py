@@ -24,9 +24,7 @@ from tinytamer.zoo.registry import register_model
 
 def projection_b(in_planes: int, planes: int, stride: int) -> nn.Module:
     """Option B shortcut, where the shape changes: a 1x1 conv + BN projection."""
-    return nn.Sequential(
-        nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-    )
+    return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
 
 class BasicBlock(nn.Module):
@@ -65,9 +63,7 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 with an ImageNet or a CIFAR stem."""
 
-    def __init__(
-        self, num_classes: int, in_channels: int, stem: Literal["imagenet", "cifar"]
-    ) -> None:
+    def __init__(self, num_classes: int, in_channels: int, stem: Literal["imagenet", "cifar"]) -> None:
         super().__init__()
         if stem == "imagenet":
             self.stem = nn.Sequential(
@@ -77,17 +73,14 @@ class ResNet18(nn.Module):
                 nn.MaxPool2d(3, 2, 1),
             )
         elif stem == "cifar":
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
-            )
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
         else:
             raise ModelError(f"resnet18: stem must be 'imagenet' or 'cifar', got '{stem}'")
         layers: list[nn.Module] = []
         in_planes = 64
         for i, planes in enumerate((64, 128, 256, 512)):
             stride = 1 if i == 0 else 2
-            layers.append(nn.Sequential(BasicBlock(in_planes, planes, stride),
-                                        BasicBlock(planes, planes)))
+            layers.append(nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes)))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -44,8 +44,7 @@ def _pw(cin: int, cout: int) -> list[nn.Module]:
 
 
 def _dw(channels: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False),
-            nn.BatchNorm2d(channels)]
+    return [nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False), nn.BatchNorm2d(channels)]
 
 
 class ShuffleUnit(nn.Module):
@@ -72,13 +71,10 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV2(nn.Module):
     """ShuffleNetV2 at a width of the paper (0.5, 1.0, 1.5, 2.0)."""
 
-    def __init__(
-        self, num_classes: int, in_channels: int, input_size: int, width_mult: float
-    ) -> None:
+    def __init__(self, num_classes: int, in_channels: int, input_size: int, width_mult: float) -> None:
         super().__init__()
         if width_mult not in _WIDTHS:
-            raise ModelError(f"shufflenetv2: width_mult must be one of "
-                             f"{sorted(_WIDTHS)}, got {width_mult}")
+            raise ModelError(f"shufflenetv2: width_mult must be one of {sorted(_WIDTHS)}, got {width_mult}")
         widths = _WIDTHS[width_mult]
         small = input_size <= 64
         self.conv1 = nn.Sequential(
@@ -90,8 +86,7 @@ class ShuffleNetV2(nn.Module):
         stages: list[nn.Module] = []
         cin = widths[0]
         for repeats, cout in zip(_REPEATS, widths[1:4], strict=True):
-            units = [ShuffleUnit(cin, cout, 2)] + [ShuffleUnit(cout, cout, 1)
-                                                   for _ in range(repeats - 1)]
+            units = [ShuffleUnit(cin, cout, 2)] + [ShuffleUnit(cout, cout, 1) for _ in range(repeats - 1)]
             stages.append(nn.Sequential(*units))
             cin = cout
         self.stage2, self.stage3, self.stage4 = stages

@@ -77,10 +77,27 @@ from tinytamer.compress.int8.ranges import CALIB_METHODS, CalibMethod, act_qpara
 from tinytamer.compress.selector import Selector
 from tinytamer.qgraph import fake_quant
 
-__all__ = ["CALIB_METHODS", "MAX_BITS", "MIN_BITS", "CalibMethod", "FakeQuantAct", "Method",
-           "QuantConv2d", "QuantLinear", "act_qparams", "calibrate", "convert", "fake_quant",
-           "fake_quant_acts", "fuse_bn", "prepare", "prepare_qat", "quant_params", "quantize",
-           "quantize_ptq"]
+__all__ = [
+    "CALIB_METHODS",
+    "MAX_BITS",
+    "MIN_BITS",
+    "CalibMethod",
+    "FakeQuantAct",
+    "Method",
+    "QuantConv2d",
+    "QuantLinear",
+    "act_qparams",
+    "calibrate",
+    "convert",
+    "fake_quant",
+    "fake_quant_acts",
+    "fuse_bn",
+    "prepare",
+    "prepare_qat",
+    "quant_params",
+    "quantize",
+    "quantize_ptq",
+]
 
 Method = Literal["ptq", "qat"]
 
@@ -133,6 +150,12 @@ def quantize_ptq(
 ) -> fx.GraphModule:
     """Post-training quantization: :func:`quantize` with ``method="ptq"``, where ``method``
     names the calibration method and ``num_batches`` keeps the first batches."""
-    return quantize(model, as_calibration(calib_batches, num_batches, what="int8 calibration"),
-                    select=select, calibration=method, percentile=percentile,
-                    weight_bits=weight_bits, act_bits=act_bits)
+    return quantize(
+        model,
+        as_calibration(calib_batches, num_batches, what="int8 calibration"),
+        select=select,
+        calibration=method,
+        percentile=percentile,
+        weight_bits=weight_bits,
+        act_bits=act_bits,
+    )

@@ -23,8 +23,9 @@ def convert(gm: fx.GraphModule) -> fx.GraphModule:
     out = copy.deepcopy(gm)
     for name, fq in fake_quant_acts(out):
         if not fq.initialized:
-            raise ModelError(f"convert: activation quantizer '{name}' has no range: calibrate "
-                             "(PTQ) or train (QAT) before converting")
+            raise ModelError(
+                f"convert: activation quantizer '{name}' has no range: calibrate (PTQ) or train (QAT) before converting"
+            )
         if fq.mode == "observe":
             fq.compute_qparams("minmax")
         fq.mode = "quant"
@@ -47,15 +48,21 @@ def quant_params(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
         if isinstance(mod, FakeQuantAct):
             src = node.args[0]
             out[node.name] = {
-                "kind": "act", "module": node.target,
+                "kind": "act",
+                "module": node.target,
                 "input": src.name if isinstance(src, fx.Node) else None,
-                "scale": float(mod.scale), "zero_point": int(mod.zero_point),
-                "bits": mod.bits, "qmin": mod.qmin, "qmax": mod.qmax,
+                "scale": float(mod.scale),
+                "zero_point": int(mod.zero_point),
+                "bits": mod.bits,
+                "qmin": mod.qmin,
+                "qmax": mod.qmax,
             }
         elif isinstance(mod, QuantWeight):
             out[node.name] = {
                 "kind": "conv" if isinstance(mod, nn.Conv2d) else "linear",
-                "module": node.target, "w_bits": mod.w_bits,
-                "w_scale": [float(s) for s in mod.w_scale], "has_bias": mod.bias is not None,
+                "module": node.target,
+                "w_bits": mod.w_bits,
+                "w_scale": [float(s) for s in mod.w_scale],
+                "has_bias": mod.bias is not None,
             }
     return out

@@ -34,8 +34,7 @@ _EMA = 0.01
 
 def check_bits(bits: Any, where: str) -> int:
     if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise RecipeError(f"{where}: bit width must be an integer from {MIN_BITS} to {MAX_BITS}, "
-                          f"got {bits!r}")
+        raise RecipeError(f"{where}: bit width must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
     return bits
 
 
@@ -57,9 +56,20 @@ class QuantConv2d(QuantWeight, nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int) -> QuantConv2d:
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-                device=conv.weight.device, dtype=conv.weight.dtype, w_bits=bits)
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            w_bits=bits,
+        )
         _copy_params(q, conv)
         return q
 
@@ -79,8 +89,14 @@ class QuantLinear(QuantWeight, nn.Linear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, bits: int) -> QuantLinear:
-        q = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                device=linear.weight.device, dtype=linear.weight.dtype, w_bits=bits)
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            w_bits=bits,
+        )
         _copy_params(q, linear)
         return q
 
@@ -139,8 +155,9 @@ class FakeQuantAct(ActQuant):
         """Set ``scale`` / ``zero_point`` from what calibration observed, by ``method``."""
         if not self.initialized:
             raise ModelError("a FakeQuantAct saw no data: calibrate with at least one batch")
-        lo, hi = choose_range(float(self.running_min), float(self.running_max), self._samples,
-                              method, percentile, self.qmin, self.qmax)
+        lo, hi = choose_range(
+            float(self.running_min), float(self.running_max), self._samples, method, percentile, self.qmin, self.qmax
+        )
         scale, zp = act_qparams(lo, hi, self.qmin, self.qmax)
         self.scale.fill_(scale)
         self.zero_point.fill_(zp)
@@ -169,8 +186,7 @@ class FakeQuantAct(ActQuant):
         return fake_quant(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
-        return (f"bits={self.bits}, mode={self.mode}, scale={float(self.scale):.6g}, "
-                f"zero_point={int(self.zero_point)}")
+        return f"bits={self.bits}, mode={self.mode}, scale={float(self.scale):.6g}, zero_point={int(self.zero_point)}"
 
 
 def fake_quant_acts(gm: nn.Module) -> list[tuple[str, FakeQuantAct]]:

@@ -28,6 +28,7 @@ from tinytamer.errors import ModelError
 
 # ----------------------------------------------------------------------------- graph capture
 
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
         return copy.deepcopy(model)
@@ -44,8 +45,10 @@ def node_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
-_BN_FUSERS = ((nn.Conv1d | nn.Conv2d | nn.Conv3d, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)),
-              (nn.Linear, (nn.BatchNorm1d,)))
+_BN_FUSERS = (
+    (nn.Conv1d | nn.Conv2d | nn.Conv3d, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)),
+    (nn.Linear, (nn.BatchNorm1d,)),
+)
 
 
 def fuse_bn(model: nn.Module) -> fx.GraphModule:
@@ -87,13 +90,39 @@ def fuse_bn(model: nn.Module) -> fx.GraphModule:
 
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
 _RELU_FUNCS = {"relu", "relu_", "relu6"}
-_KEEP_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Identity,
-                 nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_KEEP_FUNCS = {"max_pool1d", "max_pool2d", "max_pool3d", "_max_pool1d", "_max_pool2d",
-               "_max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-               "_adaptive_max_pool1d", "_adaptive_max_pool2d", "flatten", "reshape", "dropout",
-               "dropout1d", "dropout2d", "identity"}
+_KEEP_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+)
+_KEEP_FUNCS = {
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "_max_pool1d",
+    "_max_pool2d",
+    "_max_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "_adaptive_max_pool1d",
+    "_adaptive_max_pool2d",
+    "flatten",
+    "reshape",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "identity",
+}
 _KEEP_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -186,8 +215,10 @@ def prepare(
         try:
             ShapeProp(gm).propagate(example_input)
         except Exception as exc:
-            raise ModelError(f"the example input of shape {tuple(example_input.shape)} does not "
-                             f"run through {type(model).__name__}: {exc}") from exc
+            raise ModelError(
+                f"the example input of shape {tuple(example_input.shape)} does not "
+                f"run through {type(model).__name__}: {exc}"
+            ) from exc
 
     defaults = {"bits": weight_bits, "act_bits": act_bits}
     for name, layer in select_plain(gm, sel, "int8 quantization"):
@@ -231,7 +262,5 @@ def prepare_qat(
     calibrating first (:func:`calibrate`) starts them from a good clip.  Train
     it like any model, then :func:`convert`.
     """
-    gm = prepare(model, example_input, select=select, weight_bits=weight_bits, act_bits=act_bits,
-                 _mode="qat")
+    gm = prepare(model, example_input, select=select, weight_bits=weight_bits, act_bits=act_bits, _mode="qat")
     return gm.train(model.training)
-

@@ -39,8 +39,9 @@ def _fq_mse(x: Tensor, lo: float, hi: float, qmin: int, qmax: int) -> float:
     return float(((q - zp) * scale - x).square().mean())
 
 
-def choose_range(lo: float, hi: float, samples: list[Tensor], method: CalibMethod, percentile: float,
-                 qmin: int, qmax: int) -> tuple[float, float]:
+def choose_range(
+    lo: float, hi: float, samples: list[Tensor], method: CalibMethod, percentile: float, qmin: int, qmax: int
+) -> tuple[float, float]:
     """The range [lo, hi] to quantize to, by ``method``, from the observed extremes and a
     sample of the values (minmax, or no sample: the extremes)."""
     if method == "percentile" and samples:
@@ -52,8 +53,7 @@ def choose_range(lo: float, hi: float, samples: list[Tensor], method: CalibMetho
         # Clip the magnitudes at a threshold t (so a one-sided outlier is cut first) and
         # keep the t with the least quantization error.
         amax = max(-lo, hi)
-        clips = [(max(lo, -t), min(hi, t))
-                 for t in (amax * k / _MSE_CANDIDATES for k in range(1, _MSE_CANDIDATES + 1))]
+        clips = [(max(lo, -t), min(hi, t)) for t in (amax * k / _MSE_CANDIDATES for k in range(1, _MSE_CANDIDATES + 1))]
         errs = [_fq_mse(values, a, b, qmin, qmax) for a, b in clips]
         lo, hi = clips[min(range(len(errs)), key=errs.__getitem__)]
     return lo, hi

@@ -17,16 +17,19 @@ from tinytamer.micro.ops.pool import AvgPool, AvgPoolOp, MaxPool, MaxPoolOp
 from tinytamer.micro.ops.reshape import Reshape, ReshapeOp
 from tinytamer.micro.ops.softmax import Softmax, SoftmaxOp
 
-OPS: dict[type[Op], DeviceOp] = {d.ir: d for d in (
-    ConvOp(), DenseOp(), MaxPoolOp(), AvgPoolOp(), AddOp(), SoftmaxOp(), ReshapeOp())}
+OPS: dict[type[Op], DeviceOp] = {
+    d.ir: d for d in (ConvOp(), DenseOp(), MaxPoolOp(), AvgPoolOp(), AddOp(), SoftmaxOp(), ReshapeOp())
+}
 
 
 def op_def(op: Op) -> DeviceOp:
     """The table row of an integer-graph op."""
     d = OPS.get(type(op))
     if d is None:
-        raise ModelError(f"micro: no device op '{type(op).__name__}' (layer '{op.name}'); "
-                         f"the table has {sorted(t.__name__ for t in OPS)}")
+        raise ModelError(
+            f"micro: no device op '{type(op).__name__}' (layer '{op.name}'); "
+            f"the table has {sorted(t.__name__ for t in OPS)}"
+        )
     return d
 
 
@@ -35,5 +38,16 @@ def kernel_files() -> list[str]:
     return list(dict.fromkeys(f for d in OPS.values() for f in d.kernel_files))
 
 
-__all__ = ["OPS", "Add", "AvgPool", "Conv2D", "Dense", "DeviceOp", "MaxPool", "Reshape",
-           "Softmax", "kernel_files", "op_def"]
+__all__ = [
+    "OPS",
+    "Add",
+    "AvgPool",
+    "Conv2D",
+    "Dense",
+    "DeviceOp",
+    "MaxPool",
+    "Reshape",
+    "Softmax",
+    "kernel_files",
+    "op_def",
+]

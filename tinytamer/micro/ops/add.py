@@ -70,20 +70,34 @@ def add_params(g: Graph, op: Add, i: int) -> str:
     """The ``tt_add_params p<i>`` of the add (also read by a convolution it is fused into)."""
     t_in = [g.tensors[n] for n in op.inputs]
     t_out = g.tensors[op.output]
-    fields = dict(size=t_out.size, left_shift=op.left_shift,
-                  in1_zp=t_in[0].zero_point, in1_multiplier=op.in1_multiplier,
-                  in1_shift=op.in1_shift, in2_zp=t_in[1].zero_point,
-                  in2_multiplier=op.in2_multiplier, in2_shift=op.in2_shift,
-                  out_zp=t_out.zero_point, out_multiplier=op.out_multiplier,
-                  out_shift=op.out_shift, act_min=op.act_min, act_max=op.act_max)
+    fields = dict(
+        size=t_out.size,
+        left_shift=op.left_shift,
+        in1_zp=t_in[0].zero_point,
+        in1_multiplier=op.in1_multiplier,
+        in1_shift=op.in1_shift,
+        in2_zp=t_in[1].zero_point,
+        in2_multiplier=op.in2_multiplier,
+        in2_shift=op.in2_shift,
+        out_zp=t_out.zero_point,
+        out_multiplier=op.out_multiplier,
+        out_shift=op.out_shift,
+        act_min=op.act_min,
+        act_max=op.act_max,
+    )
     return c_struct("tt_add_params", f"p{i}", fields)
 
 
 class AddOp(DeviceOp):
     ir = Add
     kernel_files = ("tt_add.c",)
-    lowers_from = {operator.add: "from_function", operator.iadd: "from_function",
-                   torch.add: "from_function", "add": "from_method", "add_": "from_method"}
+    lowers_from = {
+        operator.add: "from_function",
+        operator.iadd: "from_function",
+        torch.add: "from_function",
+        "add": "from_method",
+        "add_": "from_method",
+    }
     in_place = True
     residual = True
 
@@ -102,20 +116,17 @@ class AddOp(DeviceOp):
         b = lw.b
         a, c = p.inputs
         if b.tensors[a].shape != b.tensors[c].shape:
-            raise lw.fail(p.node, f"an add of shapes {b.tensors[a].shape} and "
-                                  f"{b.tensors[c].shape} (broadcasting)")
-        return b.add(a, c, q.scale, q.zero_point, relu=p.relu, qrange=q.qrange,
-                     name=p.node.name)
+            raise lw.fail(p.node, f"an add of shapes {b.tensors[a].shape} and {b.tensors[c].shape} (broadcasting)")
+        return b.add(a, c, q.scale, q.zero_point, relu=p.relu, qrange=q.qrange, name=p.node.name)
 
     def reference(self, g: Graph, op: Add, args: list[np.ndarray]) -> np.ndarray:
         a, b = args
         ta, tb = (g.tensors[n] for n in op.inputs)
-        sa = requantize((a.astype(np.int64) - ta.zero_point) << op.left_shift,
-                        op.in1_multiplier, op.in1_shift)
-        sb = requantize((b.astype(np.int64) - tb.zero_point) << op.left_shift,
-                        op.in2_multiplier, op.in2_shift)
-        return requant_clamp(sa + sb, op.out_multiplier, op.out_shift,
-                             g.tensors[op.output].zero_point, op.act_min, op.act_max)
+        sa = requantize((a.astype(np.int64) - ta.zero_point) << op.left_shift, op.in1_multiplier, op.in1_shift)
+        sb = requantize((b.astype(np.int64) - tb.zero_point) << op.left_shift, op.in2_multiplier, op.in2_shift)
+        return requant_clamp(
+            sa + sb, op.out_multiplier, op.out_shift, g.tensors[op.output].zero_point, op.act_min, op.act_max
+        )
 
     def space(self, op: Add, dsp: bool) -> dict[str, list]:
         return {"kernel": ["lut", "direct"]}

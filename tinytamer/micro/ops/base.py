@@ -76,14 +76,17 @@ def node_shape(node: fx.Node) -> tuple[int, ...]:
 def ir_shape(shape: tuple[int, ...], node: fx.Node) -> tuple[int, ...]:
     """A PyTorch N x C x H x W / N x F shape as the device graph's H x W x C / F."""
     if shape[0] != 1:
-        raise ModelError(f"micro lowering: node '{node.name}' has batch {shape[0]}; the device "
-                         "graph is lowered at batch 1")
+        raise ModelError(
+            f"micro lowering: node '{node.name}' has batch {shape[0]}; the device graph is lowered at batch 1"
+        )
     if len(shape) == 4:
         return (shape[2], shape[3], shape[1])
     if len(shape) == 2:
         return (shape[1],)
-    raise ModelError(f"micro lowering: node '{node.name}' has a {len(shape)}-D tensor {shape}; "
-                     "only N x C x H x W maps and N x F vectors are supported")
+    raise ModelError(
+        f"micro lowering: node '{node.name}' has a {len(shape)}-D tensor {shape}; "
+        "only N x C x H x W maps and N x F vectors are supported"
+    )
 
 
 def call_args(node: fx.Node, names: tuple[str, ...], **defaults) -> dict[str, Any]:
@@ -109,23 +112,24 @@ def windows(x: np.ndarray, kernel, stride, padding, pad_value: int) -> np.ndarra
     return win[:: stride[0], :: stride[1]]
 
 
-
-
 def round4(n: int) -> int:
     return (n + 3) // 4 * 4
 
 
 def c_array(name: str, ctype: str, values: np.ndarray) -> str:
     flat = np.asarray(values).reshape(-1).tolist()
-    rows = [", ".join(str(int(v)) for v in flat[i:i + 24]) for i in range(0, len(flat), 24)]
+    rows = [", ".join(str(int(v)) for v in flat[i : i + 24]) for i in range(0, len(flat), 24)]
     body = ",\n    ".join(rows) if rows else "0"
     return f"static const {ctype} {name}[{max(len(flat), 1)}] = {{\n    {body}\n}};\n"
 
 
 def c_requant(i: int, op: Op) -> list[str]:
     """The per-channel bias, multiplier and shift arrays b/m/s<i> of a conv or dense op."""
-    return [c_array(f"b{i}", "int32_t", op.bias), c_array(f"m{i}", "int32_t", op.multiplier),
-            c_array(f"s{i}", "int32_t", op.shift)]
+    return [
+        c_array(f"b{i}", "int32_t", op.bias),
+        c_array(f"m{i}", "int32_t", op.multiplier),
+        c_array(f"s{i}", "int32_t", op.shift),
+    ]
 
 
 def c_weights(i: int, wa: np.ndarray) -> str:

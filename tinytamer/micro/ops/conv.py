@@ -80,9 +80,13 @@ class Conv2D(Op):
 
 
 # Knobs that a conv kernel reads; the others do not change what runs.
-_CONV_KNOBS = {"mm": ("kernel", "unroll", "weights", "pack"), "im2col": ("kernel", "cols", "pack"),
-               "direct": ("kernel",),
-               "packed": ("kernel",), "sparse": ("kernel",)}
+_CONV_KNOBS = {
+    "mm": ("kernel", "unroll", "weights", "pack"),
+    "im2col": ("kernel", "cols", "pack"),
+    "direct": ("kernel",),
+    "packed": ("kernel",),
+    "sparse": ("kernel",),
+}
 
 
 def fast_requant(op: Op, out_zp: int = 0) -> np.ndarray:
@@ -100,8 +104,14 @@ def requant_plan(op: Op, out_zp: int = 0) -> FastRequant:
 
 class ConvOp(DeviceOp):
     ir = Conv2D
-    kernel_files = ("tt_conv.c", "tt_depthwise.c", "tt_conv_packed.c", "tt_depthwise_packed.c",
-                    "tt_wpack.c", "tt_sparse.c")
+    kernel_files = (
+        "tt_conv.c",
+        "tt_depthwise.c",
+        "tt_conv_packed.c",
+        "tt_depthwise_packed.c",
+        "tt_wpack.c",
+        "tt_sparse.c",
+    )
     lowers_from = {nn.Conv2d: "from_module"}
 
     # ------------------------------------------------------------------ lowering
@@ -118,11 +128,20 @@ class ConvOp(DeviceOp):
 
     def finish(self, lw, p: Pending, q: Quant) -> str:
         m = p.module
-        return lw.b.conv(p.inputs[0], m.int_weight().numpy(), m.w_scale.numpy(),
-                         None if m.bias is None else m.bias.detach().numpy(), q.scale,
-                         q.zero_point, stride=pair(m.stride), padding=pair(m.padding),
-                         groups=m.groups, relu=p.relu, qrange=q.qrange,
-                         name=str(p.node.target))
+        return lw.b.conv(
+            p.inputs[0],
+            m.int_weight().numpy(),
+            m.w_scale.numpy(),
+            None if m.bias is None else m.bias.detach().numpy(),
+            q.scale,
+            q.zero_point,
+            stride=pair(m.stride),
+            padding=pair(m.padding),
+            groups=m.groups,
+            relu=p.relu,
+            qrange=q.qrange,
+            name=str(p.node.target),
+        )
 
     # ------------------------------------------------------------------ semantics
     def reference(self, g: Graph, op: Conv2D, args: list[np.ndarray]) -> np.ndarray:
@@ -135,8 +154,7 @@ class ConvOp(DeviceOp):
         cols = win.reshape(oh, ow, op.groups, icg, kh, kw)
         w = op.weight.astype(np.int64).reshape(op.groups, oc // op.groups, kh, kw, icg)
         acc = np.einsum("hwgcij,goijc->hwgo", cols, w).reshape(oh, ow, oc) + op.bias
-        return requant_clamp(acc, op.multiplier, op.shift, out_t.zero_point, op.act_min,
-                             op.act_max)
+        return requant_clamp(acc, op.multiplier, op.shift, out_t.zero_point, op.act_min, op.act_max)
 
     def cost(self, g: Graph, op: Conv2D) -> int:
         oh, ow, _ = g.tensors[op.output].shape
@@ -163,10 +181,13 @@ class ConvOp(DeviceOp):
             return {"kernel": ["simd", "direct"] if simd else ["direct"]}
         if dsp and op.groups == 1:
             flat_first = op.weight.shape[3] % 4 != 0
-            return {"kernel": ["mm", "im2col", "direct"], "unroll": [2, 4],
-                    "weights": ["int8", "int16"],
-                    "cols": [2, 1],
-                    "pack": ["flat", "channel"] if flat_first else ["channel", "flat"]}
+            return {
+                "kernel": ["mm", "im2col", "direct"],
+                "unroll": [2, 4],
+                "weights": ["int8", "int16"],
+                "cols": [2, 1],
+                "pack": ["flat", "channel"] if flat_first else ["channel", "flat"],
+            }
         return {"kernel": ["direct"]}
 
     def resolve(self, op: Conv2D, dsp: bool) -> dict:
@@ -232,11 +253,9 @@ class ConvOp(DeviceOp):
         s = self.resolve(op, site.dsp)
         t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
         if s["kernel"] == "packed":
-            data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)),
-                    *c_requant(i, op)]
+            data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
         elif s["kernel"] == "sparse":
-            data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)),
-                    *c_requant(i, op)]
+            data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
         elif s["kernel"] == "mm":
             data = [c_weights(i, self.weight_array(op, site.dsp))]
             # tt_rq records: bias and the single-multiply requantization per channel.
@@ -247,12 +266,25 @@ class ConvOp(DeviceOp):
                 # The depthwise SIMD kernel's single-multiply requantization.
                 data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         (h, w, c), (oh, ow, oc) = t_in.shape, t_out.shape
-        fields = dict(in_h=h, in_w=w, in_c=c, out_h=oh, out_w=ow, out_c=oc,
-                      k_h=op.weight.shape[1], k_w=op.weight.shape[2],
-                      stride_h=op.stride[0], stride_w=op.stride[1],
-                      pad_h=op.padding[0], pad_w=op.padding[1], groups=op.groups,
-                      in_zp=t_in.zero_point, out_zp=t_out.zero_point,
-                      act_min=op.act_min, act_max=op.act_max)
+        fields = dict(
+            in_h=h,
+            in_w=w,
+            in_c=c,
+            out_h=oh,
+            out_w=ow,
+            out_c=oc,
+            k_h=op.weight.shape[1],
+            k_w=op.weight.shape[2],
+            stride_h=op.stride[0],
+            stride_w=op.stride[1],
+            pad_h=op.padding[0],
+            pad_w=op.padding[1],
+            groups=op.groups,
+            in_zp=t_in.zero_point,
+            out_zp=t_out.zero_point,
+            act_min=op.act_min,
+            act_max=op.act_max,
+        )
         if site.fused_add is not None:
             data.append(self._residual(g, op, site.fused_add, s["kernel"] == "mm"))
             fields["res"] = f"&r{site.fused_add}"
@@ -267,11 +299,15 @@ class ConvOp(DeviceOp):
         conv_first = add.inputs[0] == conv.output
         rq = add_fast_requant(add, g) if mm else None
         rq_ref = "0" if rq is None else f"(const tt_rq *)(const void *)qa{a}"
-        return (c_array(f"ta{a}", "int32_t", ta) + c_array(f"tb{a}", "int32_t", tb)
-                + ("" if rq is None else c_array(f"qa{a}", "int32_t", rq))
-                + add_params(g, add, a)
-                + f"static const tt_residual r{a} = {{&p{a}, "
-                + (f"ta{a}, tb{a}" if conv_first else f"tb{a}, ta{a}") + f", {rq_ref}}};\n")
+        return (
+            c_array(f"ta{a}", "int32_t", ta)
+            + c_array(f"tb{a}", "int32_t", tb)
+            + ("" if rq is None else c_array(f"qa{a}", "int32_t", rq))
+            + add_params(g, add, a)
+            + f"static const tt_residual r{a} = {{&p{a}, "
+            + (f"ta{a}, tb{a}" if conv_first else f"tb{a}, ta{a}")
+            + f", {rq_ref}}};\n"
+        )
 
     @staticmethod
     def _call(op: Conv2D, s: dict, site: CallSite) -> str:
@@ -279,21 +315,22 @@ class ConvOp(DeviceOp):
         consts = f"w{i}, b{i}, m{i}, s{i}"
         if s["kernel"] == "packed":
             kernel = "tt_depthwise_s8_packed" if op.depthwise else "tt_conv2d_s8_packed"
-            return (f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, "
-                    f"(int8_t *)(void *){scratch})")
+            return f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch})"
         if s["kernel"] == "sparse":
-            return (f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, "
-                    f"(int16_t *)(void *){scratch})")
+            return f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, (int16_t *)(void *){scratch})"
         if s["kernel"] == "mm":
-            return (f"tt_conv2d_s8_mm(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
-                    f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, "
-                    f"{s['unroll']}, {int(s['weights'] == 'int16')})")
+            return (
+                f"tt_conv2d_s8_mm(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
+                f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, "
+                f"{s['unroll']}, {int(s['weights'] == 'int16')})"
+            )
         if s["kernel"] == "im2col":
-            return (f"tt_conv2d_s8_dsp(&p{i}, {x}, {consts}, {out}, "
-                    f"(int16_t *)(void *){scratch}, {s['cols']}, {int(s['pack'] == 'flat')})")
+            return (
+                f"tt_conv2d_s8_dsp(&p{i}, {x}, {consts}, {out}, "
+                f"(int16_t *)(void *){scratch}, {s['cols']}, {int(s['pack'] == 'flat')})"
+            )
         if s["kernel"] == "simd":
-            return (f"tt_depthwise_s8_dsp(&p{i}, {x}, {consts}, {out}, "
-                    f"(const tt_rq *)(const void *)q{i})")
+            return f"tt_depthwise_s8_dsp(&p{i}, {x}, {consts}, {out}, (const tt_rq *)(const void *)q{i})"
         kernel = "tt_depthwise_s8" if op.depthwise else "tt_conv2d_s8"
         return f"{kernel}(&p{i}, {x}, {consts}, {out})"
 

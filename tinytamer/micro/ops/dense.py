@@ -59,10 +59,18 @@ class DenseOp(DeviceOp):
 
     def finish(self, lw, p: Pending, q: Quant) -> str:
         m, x = p.module, p.inputs[0]
-        return lw.b.dense(x, m.int_weight().numpy(), m.w_scale.numpy(),
-                          None if m.bias is None else m.bias.detach().numpy(), q.scale,
-                          q.zero_point, relu=p.relu, qrange=q.qrange,
-                          column_order=lw.torch_order.get(x), name=str(p.node.target))
+        return lw.b.dense(
+            x,
+            m.int_weight().numpy(),
+            m.w_scale.numpy(),
+            None if m.bias is None else m.bias.detach().numpy(),
+            q.scale,
+            q.zero_point,
+            relu=p.relu,
+            qrange=q.qrange,
+            column_order=lw.torch_order.get(x),
+            name=str(p.node.target),
+        )
 
     def reference(self, g: Graph, op: Dense, args: list[np.ndarray]) -> np.ndarray:
         zin = g.tensors[op.inputs[0]].zero_point
@@ -109,23 +117,41 @@ class DenseOp(DeviceOp):
     def emit_c(self, op: Dense, site: CallSite) -> tuple[list[str], str]:
         g, i, x = site.g, site.i, site.args[0]
         t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
-        fields = dict(in_n=t_in.size, out_n=t_out.size, in_zp=t_in.zero_point,
-                      out_zp=t_out.zero_point, act_min=op.act_min, act_max=op.act_max)
+        fields = dict(
+            in_n=t_in.size,
+            out_n=t_out.size,
+            in_zp=t_in.zero_point,
+            out_zp=t_out.zero_point,
+            act_min=op.act_min,
+            act_max=op.act_max,
+        )
         kernel = self.resolve(op, site.dsp)["kernel"]
         if kernel == "packed":
-            data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)),
-                    *c_requant(i, op), c_struct("tt_dense_params", f"p{i}", fields)]
-            return data, (f"tt_dense_s8_packed(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, "
-                          f"{site.out}, (int8_t *)(void *){site.scratch})")
+            data = [
+                *weights.c_packed(i, weights.pack(op.weight, op.weight_form)),
+                *c_requant(i, op),
+                c_struct("tt_dense_params", f"p{i}", fields),
+            ]
+            return data, (
+                f"tt_dense_s8_packed(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, "
+                f"{site.out}, (int8_t *)(void *){site.scratch})"
+            )
         if kernel == "sparse":
-            data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)),
-                    *c_requant(i, op), c_struct("tt_dense_params", f"p{i}", fields)]
-            return data, (f"tt_dense_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, "
-                          f"{site.out}, (int16_t *)(void *){site.scratch})")
-        data = [c_weights(i, self.weight_array(op, site.dsp)), *c_requant(i, op),
-                c_struct("tt_dense_params", f"p{i}", fields)]
+            data = [
+                *weights.c_sparse(i, weights.pack(op.weight, op.weight_form)),
+                *c_requant(i, op),
+                c_struct("tt_dense_params", f"p{i}", fields),
+            ]
+            return data, (
+                f"tt_dense_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, "
+                f"{site.out}, (int16_t *)(void *){site.scratch})"
+            )
+        data = [
+            c_weights(i, self.weight_array(op, site.dsp)),
+            *c_requant(i, op),
+            c_struct("tt_dense_params", f"p{i}", fields),
+        ]
         consts = f"w{i}, b{i}, m{i}, s{i}"
         if kernel == "simd":
-            return data, (f"tt_dense_s8_dsp(&p{i}, {x}, {consts}, {site.out}, "
-                          f"(int16_t *)(void *){site.scratch})")
+            return data, (f"tt_dense_s8_dsp(&p{i}, {x}, {consts}, {site.out}, (int16_t *)(void *){site.scratch})")
         return data, f"tt_dense_s8(&p{i}, {x}, {consts}, {site.out})"

@@ -24,9 +24,14 @@ class Reshape(Op):
 class ReshapeOp(DeviceOp):
     ir = Reshape
     kernel_files = ()
-    lowers_from = {nn.Flatten: "from_node", torch.flatten: "from_node",
-                   torch.reshape: "from_node", "view": "from_node", "reshape": "from_node",
-                   "flatten": "from_node"}
+    lowers_from = {
+        nn.Flatten: "from_node",
+        torch.flatten: "from_node",
+        torch.reshape: "from_node",
+        "view": "from_node",
+        "reshape": "from_node",
+        "flatten": "from_node",
+    }
     aliases_input = True
 
     def from_node(self, lw, node: fx.Node, _) -> str:

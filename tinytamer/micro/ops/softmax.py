@@ -40,8 +40,12 @@ class Softmax(Op):
 class SoftmaxOp(DeviceOp):
     ir = Softmax
     kernel_files = ("tt_softmax.c",)
-    lowers_from = {nn.Softmax: "from_module", F.softmax: "from_call", torch.softmax: "from_call",
-                   "softmax": "from_call"}
+    lowers_from = {
+        nn.Softmax: "from_module",
+        F.softmax: "from_call",
+        torch.softmax: "from_call",
+        "softmax": "from_call",
+    }
     fuses_relu = False
 
     def from_module(self, lw, node: fx.Node, _) -> Pending:
@@ -53,15 +57,16 @@ class SoftmaxOp(DeviceOp):
     def _lower(self, lw, node: fx.Node, dim) -> Pending:
         x = lw.quant(node, node.args[0])
         if len(lw.b.tensors[x].shape) != 1 or dim not in (1, -1):
-            raise lw.fail(node, f"a softmax over dim {dim} of a {node_shape(node)} tensor (only "
-                                "over the classes of an N x F vector)")
+            raise lw.fail(
+                node,
+                f"a softmax over dim {dim} of a {node_shape(node)} tensor (only over the classes of an N x F vector)",
+            )
         if node.kwargs.get("dtype") is not None:
             raise lw.fail(node, "a softmax with a dtype argument")
         return Pending(self, node, [x])
 
     def finish(self, lw, p: Pending, q: Quant) -> str:
-        return lw.b.softmax(p.inputs[0], q.scale, q.zero_point, qrange=q.qrange,
-                            name=p.node.name)
+        return lw.b.softmax(p.inputs[0], q.scale, q.zero_point, qrange=q.qrange, name=p.node.name)
 
     def reference(self, g: Graph, op: Softmax, args: list[np.ndarray]) -> np.ndarray:
         v = args[0].reshape(-1).astype(np.int64)
@@ -73,8 +78,10 @@ class SoftmaxOp(DeviceOp):
 
     def emit_c(self, op: Softmax, site: CallSite) -> tuple[list[str], str]:
         i, t_out = site.i, site.g.tensors[op.output]
-        fields = dict(n=t_out.size, out_zp=t_out.zero_point, multiplier=op.multiplier,
-                      act_min=op.act_min, act_max=op.act_max)
-        return ([c_array(f"sm{i}", "int32_t", op.table),
-                 c_struct("tt_softmax_params", f"p{i}", fields)],
-                f"tt_softmax_s8(&p{i}, {site.args[0]}, {site.out}, sm{i})")
+        fields = dict(
+            n=t_out.size, out_zp=t_out.zero_point, multiplier=op.multiplier, act_min=op.act_min, act_max=op.act_max
+        )
+        return (
+            [c_array(f"sm{i}", "int32_t", op.table), c_struct("tt_softmax_params", f"p{i}", fields)],
+            f"tt_softmax_s8(&p{i}, {site.args[0]}, {site.out}, sm{i})",
+        )
