@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinytamer.deploy import int8_quantizer
 from tinytamer.errors import ModelError
 from tinytamer.micro import cmsis, codegen, reference, toolchain
 from tinytamer.micro.builder import GraphBuilder, random_graph
@@ -234,9 +235,17 @@ def test_micro_host_target_option(tmp_path, monkeypatch):
     target = get_target("micro-host")
     monkeypatch.delenv(cmsis.ENV, raising=False)
     with pytest.raises(ModelError, match="cmsis_nn_root"):
-        target.compile(model, [calib[0][:1]], tmp_path / "none", calib=calib, kernels="cmsis-nn")
+        target.compile(
+            model, [calib[0][:1]], tmp_path / "none", calib=calib, kernels="cmsis-nn", quantize=int8_quantizer
+        )
     dep = target.compile(
-        model, [calib[0][:1]], tmp_path / "ok", calib=calib, kernels="cmsis-nn", cmsis_nn_root=str(PEER)
+        model,
+        [calib[0][:1]],
+        tmp_path / "ok",
+        calib=calib,
+        kernels="cmsis-nn",
+        cmsis_nn_root=str(PEER),
+        quantize=int8_quantizer,
     )
     info = dep.program.info
     assert info["kernels"] == "cmsis-nn" and dep.info["bit_exact_inputs"] > 0

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from tinytamer.deploy import int8_quantizer
 from tinytamer.errors import ModelError
 from tinytamer.micro import toolchain
 from tinytamer.micro.firmware import kernel_sources, write_firmware
@@ -49,7 +50,7 @@ def _model() -> nn.Module:
 def _deploy(target: str, workdir: Path):
     g = torch.Generator().manual_seed(1)
     calib = [torch.randn(8, 1, 8, 8, generator=g)]
-    dep = get_target(target).compile(_model(), [calib[0][:1]], workdir / "run", calib=calib)
+    dep = get_target(target).compile(_model(), [calib[0][:1]], workdir / "run", calib=calib, quantize=int8_quantizer)
     out = workdir / "copied"
     shutil.copytree(dep.info["firmware"], out)  # out of the run: nothing points back into it
     return dep, out

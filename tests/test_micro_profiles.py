@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinytamer.deploy import int8_quantizer
 from tinytamer.errors import ModelError
 from tinytamer.micro import codegen, toolchain
 from tinytamer.micro.builder import random_graph
@@ -216,7 +217,7 @@ def test_measure_reports_under_the_board_profile(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(16, 1, 8, 8, generator=gen) for _ in range(2)]
-    dep = get_target("cortex-m4").compile(model, [calib[0][:1]], tmp_path, calib=calib)
+    dep = get_target("cortex-m4").compile(model, [calib[0][:1]], tmp_path, calib=calib, quantize=int8_quantizer)
     board = dep.measure()
     dep.memory_profile = "ideal"
     ideal = dep.measure()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tinytamer.deploy import int8_quantizer
 from tinytamer.errors import BackendMissing
 from tinytamer.micro import toolchain
 from tinytamer.targets.base import get_target
@@ -45,7 +46,7 @@ def _calib():
 @needs_gcc
 def test_micro_host_target(tmp_path):
     calib = _calib()
-    dep = get_target("micro-host").compile(_model(), [calib[0][:1]], tmp_path, calib=calib)
+    dep = get_target("micro-host").compile(_model(), [calib[0][:1]], tmp_path, calib=calib, quantize=int8_quantizer)
     assert dep.info["bit_exact_inputs"] == 32
     assert dep.parity["ok"] and dep.parity["outputs"][0]["top1_agree"] >= 0.9
     out = dep(calib[1][:3].numpy())[0]
@@ -58,7 +59,9 @@ def test_micro_host_target(tmp_path):
 def test_budget_is_enforced(tmp_path):
     calib = _calib()
     with pytest.raises(BudgetExceeded, match="bytes of SRAM, over the budget of 16"):
-        get_target("micro-host").compile(_model(), [calib[0][:1]], tmp_path, calib=calib, sram_budget=16)
+        get_target("micro-host").compile(
+            _model(), [calib[0][:1]], tmp_path, calib=calib, sram_budget=16, quantize=int8_quantizer
+        )
 
 
 def test_precision_and_missing_toolchain(tmp_path, monkeypatch):
@@ -74,7 +77,7 @@ def test_precision_and_missing_toolchain(tmp_path, monkeypatch):
 @needs_arm
 def test_cortex_m4_target_measures(tmp_path):
     calib = _calib()
-    dep = get_target("cortex-m4").compile(_model(), [calib[0][:1]], tmp_path, calib=calib)
+    dep = get_target("cortex-m4").compile(_model(), [calib[0][:1]], tmp_path, calib=calib, quantize=int8_quantizer)
     assert dep.info["qemu_bit_exact_inputs"] == 4
     a, b = dep.measure(), dep.measure()
     assert a.instructions == b.instructions > 0  # exact and repeatable
@@ -109,3 +112,11 @@ def test_deploy_stage_on_cortex_m4_in_a_recipe(tmp_path):
     assert rec["instructions"] > 0 and rec["flash_bytes"] > 0 and rec["bytes"] > 0
     assert rec["est_cycles"] >= rec["instructions"] and rec["cycle_table"]
     assert rec["options"]["schedules"] == "portable" and rec["bit_exact_inputs"] > 0
+
+
+def test_a_float_model_without_a_quantizer_is_refused_clearly(tmp_path):
+    from tinytamer.errors import ModelError
+
+    calib = _calib()
+    with pytest.raises(ModelError, match="given a float one: quantize it first"):
+        get_target("micro-host").compile(_model(), [calib[0][:1]], tmp_path, calib=calib)

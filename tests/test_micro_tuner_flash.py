@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from tinytamer.deploy import int8_quantizer
 from tinytamer.errors import ModelError
 from tinytamer.micro import toolchain
 from tinytamer.targets.base import get_target
@@ -63,8 +64,10 @@ def test_memory_profile_is_settable_from_the_deploy_command_line():
 def test_deployed_measures_under_the_chosen_profile(tmp_path):
     calib = _calib()
     t = get_target("cortex-m4")
-    ideal = t.compile(_model(), [calib[0][:1]], tmp_path / "i", calib=calib, memory_profile="ideal")
-    board = t.compile(_model(), [calib[0][:1]], tmp_path / "b", calib=calib)
+    ideal = t.compile(
+        _model(), [calib[0][:1]], tmp_path / "i", calib=calib, memory_profile="ideal", quantize=int8_quantizer
+    )
+    board = t.compile(_model(), [calib[0][:1]], tmp_path / "b", calib=calib, quantize=int8_quantizer)
     a, b = ideal.measure(), board.measure()
     assert a.memory_profile == "ideal" and b.memory_profile == "stm32l4r5"
     assert a.instructions == b.instructions
@@ -167,7 +170,13 @@ def test_a_tuned_deploy_writes_its_choices_and_keeps_the_budget(tmp_path):
     calib = _calib()
     t = get_target("cortex-m4")
     dep = t.compile(
-        _model(), [calib[0][:1]], tmp_path / "a", calib=calib, schedules="tuned", tuning_log=tmp_path / "log.jsonl"
+        _model(),
+        [calib[0][:1]],
+        tmp_path / "a",
+        calib=calib,
+        schedules="tuned",
+        tuning_log=tmp_path / "log.jsonl",
+        quantize=int8_quantizer,
     )
     report = json.loads((tmp_path / "a" / "tuning.json").read_text())
     assert report["flash_budget"] == int((2 << 20) * 0.9)  # stm32l4r5's flash less 10%
@@ -183,4 +192,5 @@ def test_a_tuned_deploy_writes_its_choices_and_keeps_the_budget(tmp_path):
             schedules="tuned",
             tuning_log=tmp_path / "log.jsonl",
             flash_budget=2000,
+            quantize=int8_quantizer,
         )

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tinytamer.compress.int8 import quantize_ptq
+from tinytamer.deploy import int8_quantizer
 from tinytamer.errors import ModelError, TamerError
 from tinytamer.export.tflite import export_tflite, tflite_multiplier
 from tinytamer.micro.fixedpoint import quantize_multiplier
@@ -110,7 +111,7 @@ def test_export_writes_a_tflite_flatbuffer(tmp_path):
 def test_litert_int8_parity_and_cost(tmp_path):
     torch.manual_seed(0)
     calib = _calib()
-    dep = get_target("litert").compile(_Net().eval(), [calib[0][:1]], tmp_path, calib=calib)
+    dep = get_target("litert").compile(_Net().eval(), [calib[0][:1]], tmp_path, calib=calib, quantize=int8_quantizer)
     assert dep.parity["ok"] and dep.parity["outputs"][0]["top1_agree"] >= 0.9
     ref = dep.info["int8_vs_integer_reference"]
     assert ref["inputs"] == 32 and ref["max_step_diff"] <= 1

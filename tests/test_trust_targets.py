@@ -21,6 +21,7 @@ from tinytamer.deploy import (
     bench,
     deploy,
     eval_limit_for,
+    int8_quantizer,
     runtime_accuracy,
 )
 from tinytamer.errors import BackendBroken, ModelError, RecipeError, TamerError
@@ -74,7 +75,7 @@ def test_micro_host_compiles_into_a_relative_workdir(tmp_path, monkeypatch, work
     # "-x" is gcc's language option: handed over relative, the sources would read as it.
     monkeypatch.chdir(tmp_path)
     calib = _calib()
-    d = get_target("micro-host").compile(_small_cnn(), [calib[0][:1]], workdir, calib=calib)
+    d = get_target("micro-host").compile(_small_cnn(), [calib[0][:1]], workdir, calib=calib, quantize=int8_quantizer)
     assert d.parity["ok"] and d.info["bit_exact_inputs"] == 32
     assert (tmp_path / workdir / "host" / "model_host").is_file()
     assert d(calib[1][:3].numpy())[0].shape == (3, 5)
@@ -286,7 +287,7 @@ def test_an_unsupported_function_names_the_layer_it_was_traced_in():
 def test_the_micro_target_names_the_layer(tmp_path):
     x = torch.randn(4, 1, 8, 8)
     with pytest.raises(ModelError, match=r"layer 'rnn' \(LSTM\) is not supported"):
-        get_target("micro-host").compile(_Lstm().eval(), [x[:1]], tmp_path, calib=[x])
+        get_target("micro-host").compile(_Lstm().eval(), [x[:1]], tmp_path, calib=[x], quantize=int8_quantizer)
 
 
 # ---------------------------------------------------------------- 5. scoring speaks

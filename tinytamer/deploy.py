@@ -32,6 +32,21 @@ from tinytamer.targets import Cost, Deployed, Target, get_target, list_targets
 from tinytamer.targets.base import better_round, unavailable_reason
 from tinytamer.targets.options import compile_options
 
+
+def int8_quantizer(model: nn.Module, batches: list[torch.Tensor], method: str) -> nn.Module:
+    """The quantizer the int8-only targets are given: tinytamer's post-training int8
+    quantization (``compress.int8``) with ``method``'s activation ranges.  Targets sit below
+    ``compress`` and never import it; this module knows both."""
+    from tinytamer.compress.int8 import quantize_ptq
+
+    return quantize_ptq(model, batches, method=method)
+
+
+def _with_quantizer(tgt: Target, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus the int8 quantizer, for a target that takes one."""
+    return {**options, "quantize": int8_quantizer} if getattr(tgt, "takes_quantizer", False) else options
+
+
 # Samples per runtime call while scoring, so that the progress bar moves on slow runtimes
 # (an emulated Cortex-M scores about 40 images a second).
 EVAL_CHUNK = 64
@@ -185,7 +200,15 @@ def deploy(
     # Bad values fail before the compile.
     limit = eval_limit_for(tgt, eval_limit)
     options = compile_options(tgt, target_options)
-    deployed = tgt.compile(model, [example_input], folder, precision=precision, calib=calib, threads=threads, **options)
+    deployed = tgt.compile(
+        model,
+        [example_input],
+        folder,
+        precision=precision,
+        calib=calib,
+        threads=threads,
+        **_with_quantizer(tgt, options),
+    )
     report = DeployReport(
         target=target,
         precision=precision,
@@ -498,14 +521,15 @@ def bench(
         job = _Job(name, prec)
         t0 = time.perf_counter()
         try:
-            job.deployed = get_target(name).compile(
+            tgt = get_target(name)
+            job.deployed = tgt.compile(
                 model,
                 [example_input],
                 folder / f"{name}-{prec}",
                 precision=prec,
                 calib=calib,
                 threads=threads,
-                **options[name],
+                **_with_quantizer(tgt, options[name]),
             )
             if test_loader is not None:
                 job.acc = runtime_accuracy(job.deployed, model, test_loader, limits[name], progress=progress)

@@ -341,6 +341,14 @@ def check_parity(
     return result
 
 
+# ``quantize(model, input_batches, method) -> converted int8 graph``: how an int8-only target
+# turns a float model into integers.  Such a target takes one (``quantize=``) instead of
+# importing ``compress``: targets sit below compress, and the caller that knows both
+# (``tinytamer.deploy``) supplies ``tinytamer.deploy.int8_quantizer``.  (Not typed with torch
+# here: this module is imported by the measuring child, which must not import torch.)
+Quantizer = Callable[..., Any]
+
+
 @runtime_checkable
 class Target(Protocol):
     """A deployment backend.  ``compile`` checks parity with PyTorch before returning.

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tinytamer.errors import ModelError, TamerError
-from tinytamer.targets.base import Backend, Deployed, register_target
+from tinytamer.targets.base import Backend, Deployed, Quantizer, register_target
 
 if TYPE_CHECKING:
     import torch
@@ -125,6 +125,7 @@ class LiteRTTarget:
     name = "litert"
     precisions = ("int8",)
     install_hint = BACKEND.install
+    takes_quantizer = True  # a float model is quantized with the caller's quantizer
 
     def available(self) -> bool:
         return BACKEND.problem() is None
@@ -147,6 +148,7 @@ class LiteRTTarget:
         qparams: Any = None,
         threads: int = 2,
         calib_method: str = "minmax",
+        quantize: Quantizer | None = None,
     ) -> LiteRTDeployed:
         from tinytamer.export.tflite import export_tflite
         from tinytamer.micro import reference
@@ -163,7 +165,7 @@ class LiteRTTarget:
             raise TamerError(f"target 'litert' supports one model input, got {len(example_inputs)}")
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        gm = _quantized(self.name, copy.deepcopy(model).eval(), calib, qparams, calib_method)
+        gm = _quantized(self.name, copy.deepcopy(model).eval(), calib, qparams, calib_method, quantize)
         path = workdir / "model.tflite"
         export = export_tflite(gm, example_inputs[0][:1], path)
         graph = export.pop("graph")

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import fx, nn
 
-from tinytamer.errors import TamerError
+from tinytamer.errors import ModelError, TamerError
 from tinytamer.fileio import write_atomic
 from tinytamer.micro import schedule, toolchain
 from tinytamer.micro.cost import CYCLE_TABLES
@@ -38,7 +38,7 @@ from tinytamer.micro.program import MicroProgram, build_program
 from tinytamer.micro.tuning import default_flash_budget, tuning_table
 from tinytamer.qgraph import as_graph_module, is_quantized
 from tinytamer.targets._torchutil import Batch, as_inputs, parity_inputs, require_calib, verify
-from tinytamer.targets.base import Cost, Deployed, ParityError, register_target
+from tinytamer.targets.base import Cost, Deployed, ParityError, Quantizer, register_target
 from tinytamer.targets.options import TargetOptions
 
 # Test samples scored by default through an emulated device: about 24 ms each, so 1,000
@@ -189,6 +189,7 @@ class MicroTarget:
 
     precisions = ("int8",)
     install_hint = toolchain.INSTALL_HINT
+    takes_quantizer = True  # a float model is quantized with the caller's quantizer
     Options = MicroOptions
 
     def __init__(self, name: str, device: str) -> None:
@@ -220,6 +221,7 @@ class MicroTarget:
         memory_profile: str | None = None,
         kernels: str = "tinytamer",
         cmsis_nn_root: str | None = None,
+        quantize: Quantizer | None = None,
     ) -> MicroDeployed:
         if precision != "int8":
             raise TamerError(f"target '{self.name}' runs int8 only (asked for '{precision}')")
@@ -232,7 +234,7 @@ class MicroTarget:
         # their working directory, and one starting with '-' would read as an option.
         workdir = Path(workdir).resolve()
         profile = resolve_profile(self.device, memory_profile)  # a wrong name fails first
-        gm = _quantized(self.name, model, calib, qparams, calib_method)
+        gm = _quantized(self.name, model, calib, qparams, calib_method, quantize)
         # The tuner keeps within the flash budget: the one given, else the part's flash less
         # a reserve for the user's firmware (tuning.FLASH_RESERVE).
         tune_budget = flash_budget
@@ -295,16 +297,27 @@ class MicroTarget:
         return deployed
 
 
-def _quantized(name: str, model: nn.Module, calib: Sequence[Batch] | None, qparams: Any, method: str) -> fx.GraphModule:
-    """The converted int8 GraphModule: given, the model itself, or PTQ on ``calib``."""
+def _quantized(
+    name: str,
+    model: nn.Module,
+    calib: Sequence[Batch] | None,
+    qparams: Any,
+    method: str,
+    quantize: Quantizer | None,
+) -> fx.GraphModule:
+    """The converted int8 GraphModule: given, the model itself, or ``quantize`` on ``calib``."""
     if isinstance(qparams, fx.GraphModule):
         return qparams
     if is_quantized(model):  # what a `quantize` stage leaves: deploy it as evaluated
         return as_graph_module(model)
-    from tinytamer.compress.int8 import quantize_ptq  # a float model is quantized here
-
     batches = [as_inputs(b)[0] for b in require_calib(name, calib)]
-    return quantize_ptq(copy.deepcopy(model).eval(), batches, method=method)
+    if quantize is None:
+        raise ModelError(
+            f"target '{name}' runs an int8 model and was given a float one: quantize it first "
+            "(tinytamer.compress.int8.quantize), pass quantize=tinytamer.deploy.int8_quantizer, "
+            "or deploy through tinytamer.deploy.deploy / `tamer deploy`, which quantize it"
+        )
+    return quantize(copy.deepcopy(model).eval(), batches, method)
 
 
 def _tuning_artifact(program: MicroProgram, workdir: Path, budget: int | None) -> Path:
