@@ -135,7 +135,8 @@ def markdown(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    # No default list here: argparse checks a list default against `choices` as one value.
+    ap.add_argument("models", nargs="*", choices=list(MODELS), help="default: all")
     ap.add_argument(
         "--schedules",
         default="default",
@@ -146,7 +147,7 @@ def main() -> None:
     if not (PEER / "Include" / "arm_nnfunctions.h").is_file():
         sys.exit(f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)")
     torch.set_num_threads(1)
-    results = [measure(m, args.schedules) for m in args.models]
+    results = [measure(m, args.schedules) for m in args.models or list(MODELS)]
     suffix = "" if args.schedules == "default" else f"_{args.schedules}"
     save(
         f"micro_vs_cmsis{suffix}",
