@@ -135,8 +135,8 @@ def markdown(results: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # No default list here: argparse checks a list default against `choices` as one value.
-    ap.add_argument("models", nargs="*", choices=list(MODELS), help="default: all")
+    # Checked by hand: argparse tests an empty or default list against `choices` as one value.
+    ap.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
     ap.add_argument(
         "--schedules",
         default="default",
@@ -144,6 +144,9 @@ def main() -> None:
         help="tinytamer's schedules (CMSIS-NN has none to tune)",
     )
     args = ap.parse_args()
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
     if not (PEER / "Include" / "arm_nnfunctions.h").is_file():
         sys.exit(f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)")
     torch.set_num_threads(1)
