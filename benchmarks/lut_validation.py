@@ -1,4 +1,4 @@
-"""Cost-table validation (issue 16 section 1; nn-Meter's metric): predicted vs measured.
+"""Cost-table validation (nn-Meter's metric): predicted vs measured.
 
 Builds a cortex-m4 cost table over the weight-bit space of a model (weights at 2-8 bits:
 seven builds), then draws N random mixed-precision configurations (weight and activation

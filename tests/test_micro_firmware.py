@@ -1,4 +1,4 @@
-"""The firmware folder of a micro deploy (issue 15 §7): copied out of the run, it builds and
+"""The firmware folder of a micro deploy: copied out of the run, it builds and
 runs with the C toolchains alone (clean environment, no tinytamer, no Python path) and gives
 the integer reference's output."""
 

@@ -77,7 +77,7 @@ def _shell(marker: Path) -> str:
 
 # Each mutation edits the record list in place (or returns a replacement for it).
 def _old_getattr_chain(nodes: list, marker: Path) -> None:
-    # The exploit of issue 13, in the records the old format accepted (this chain ran the
+    # The exploit the closed table stops, in the records the old format accepted (this chain ran the
     # shell command on the first forward pass before the table existed):
     # x.__class__.__reduce_ex__.__globals__['__builtins__']['__import__']('os').system(cmd)
     g = "builtins:getattr"
@@ -230,7 +230,7 @@ def test_saved_and_loaded_model_is_bit_identical(quantized, tmp_path, fmt):
 
 
 def test_cli_deploy_of_a_hostile_checkpoint_exits_2_and_runs_nothing(tmp_path):
-    """The reproduction of issue 13: `tamer deploy --target torch --weights evil.safetensors`."""
+    """The reported exploit, end to end: `tamer deploy --target torch --weights evil.safetensors`."""
     torch.manual_seed(0)
     gm = quantize_ptq(zoo.create("democnn", in_channels=1, input_size=8).eval(), [torch.randn(2, 1, 8, 8)])
     qg = QuantizedGraph(gm)

@@ -1,4 +1,4 @@
-"""Issue 13, targets: relative work folders, broken backends, refused calibration and
+"""Targets you can trust: relative work folders, broken backends, refused calibration and
 evaluation options, unsupported micro layers named, scoring and bench that speak."""
 
 from __future__ import annotations

@@ -516,7 +516,9 @@ def export(
         what=f"firmware folder for {target}",
     )
     # The run holds one deploy stage, which wrote its folder beside its other artifacts.
-    folder = next(rundir.path.glob("stages/*_deploy/*/firmware"))
+    folder = next(rundir.path.glob("stages/*_deploy/*/firmware"), None)
+    if folder is None:
+        raise TamerError("no firmware folder was written (kernels=cmsis-nn writes none: use kernels=tinytamer)")
     shutil.copytree(folder, out, dirs_exist_ok=True)
     _echo(f"firmware:   {out} (its README.md says how to build and call it)")
 

@@ -377,9 +377,8 @@ def _readme(
             "with this folder on the include path.",
             "- Makefile: `include tinytamer.mk`, then compile `$(TT_SRCS)` with `$(TT_CFLAGS)`.",
             "- CMake: `add_subdirectory(<this folder> tinytamer_model)` and link `tinytamer_model`.",
-            "- CMSIS-NN: not used. These are tinytamer's own kernels. A `cmsis-nn` kernel backend "
-            "is planned (issue 15, section 4) and does not exist yet; when it does, a folder built "
-            "with it will say here which CMSIS-NN source tree to point `CMSIS_NN_PATH` at.",
+            "- CMSIS-NN: not used. These are tinytamer's own kernels (a deploy with the `cmsis-nn` "
+            "kernel backend writes no firmware folder: its sources would not be here).",
             "",
             "## The example",
             "",

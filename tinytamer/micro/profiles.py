@@ -17,7 +17,7 @@ charges:
 A miss fills the whole line (critical word first, the rest arriving while the core runs:
 an assumption, the RMs do not give the refill timing cycle by cycle).  Figures come from
 the documents named in each profile; the ones marked ``assumed`` could not be checked
-against the document in this session and are the recalled values, to be confirmed.
+against the document and are recalled values, to be confirmed.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def _sensitivity_choice(ctx: Context) -> dict[str, float]:
 
 def _default_select(p: PruneParams, sparsity: float | dict[str, float]) -> Selector | None:
     """Without ``select``: one sparsity for all spares the first layer (its few weights pruned at
-    the others' rate ruin accuracy: issue 13 measured 8.4% vs 77.3% for LeNet-5 on Fashion-MNIST
+    the others' rate ruin accuracy: measured 8.4% vs 77.3% for LeNet-5 on Fashion-MNIST
     at 80% before retraining); per-layer values prune exactly the layers they name."""
     per_layer = sparsity if p.threshold_mode == "sparsity" else p.quality
     return None if isinstance(per_layer, dict) else Selector(exclude_first=True)

@@ -275,7 +275,17 @@ class MicroTarget:
                 )
             info["qemu_bit_exact_inputs"] = len(few)
         # The folder a user's firmware takes (micro/firmware.py), once the program is verified.
-        info["firmware"] = str(write_firmware(program, workdir / "firmware", q[0]).folder)
+        if program.info.get("kernels") == "cmsis-nn":
+            # The folder carries tinytamer's kernel sources only: a CMSIS-NN build would not
+            # compile on its own from it, so none is written, and the deploy says so.
+            info["firmware"] = None
+            info["firmware_note"] = (
+                "not written: the firmware folder carries tinytamer's kernels only; deploy with "
+                "kernels=tinytamer for a self-contained folder"
+            )
+            warnings.warn(f"target '{self.name}': kernels=cmsis-nn writes no firmware folder", stacklevel=2)
+        else:
+            info["firmware"] = str(write_firmware(program, workdir / "firmware", q[0]).folder)
         artifacts = [program.workdir / "src" / "model.c", program.workdir / "src" / "model.h"]
         if "tuning" in program.info:
             artifacts.append(_tuning_artifact(program, workdir, tune_budget))
