@@ -1,15 +1,23 @@
-"""Dynamic vs static fixed point (Qiu et al. 2016) at 16/8/6/4 bits: LeNet-5 / MNIST, ResNet-8 / CIFAR-10.
+"""Dynamic vs static fixed point (Qiu et al. 2016) at 8/6/4 bits: LeNet-5 / MNIST, ResNet-8 / CIFAR-10.
 
-    python benchmarks/fixedpoint_bits.py                       # both models
-    python benchmarks/fixedpoint_bits.py lenet5 --test-limit 2000
+    python benchmarks/fixedpoint_bits.py                       # both models, full test sets
+    python benchmarks/fixedpoint_bits.py --baseline resnet8=path/to/resnet8.safetensors
+    python benchmarks/fixedpoint_bits.py --quick               # a smoke run (~1 min)
+
+Weights and all data in fixed point, as Qiu et al. do it: BN folded, then the
+network input, every conv / linear output (the logits included), every residual
+add and the average pool each rounded to a format of its own (dynamic) or all to one
+format (static); ``--data-bits`` gives the data a width of its own (default: the
+weights' width).  No fine-tuning.
 
 CIFAR-10 here is the JPEG re-encoding in ``../shared/data`` (not directly
-comparable to published CIFAR-10 numbers).  The float models are the trained
-baselines of ``benchmarks/baselines.py`` (``benchmarks/work/baselines/``) when
-they exist; otherwise they are trained briefly here (budget in the result) and
-cached in ``benchmarks/work/quant/`` for the other quantization benchmarks.
-Calibration: ``--calib-batches`` training batches.  Result:
-``benchmarks/results/fixedpoint_bits_<models>.json``.
+comparable to published CIFAR-10 numbers).  The float models are ``--baseline
+NAME=PATH`` checkpoints, else the trained baselines of ``benchmarks/baselines.py``
+(``benchmarks/work/baselines/``) when they exist; otherwise they are trained
+briefly here (budget in the result) and cached in ``benchmarks/work/quant/`` for
+the other quantization benchmarks.  Calibration: ``--calib-batches`` training
+batches.  Result: ``benchmarks/results/fixedpoint_bits_<models>.json``.
+Duration on 2 cores: about 15 minutes for both models on the full test sets.
 """
 
 from __future__ import annotations
@@ -71,8 +79,13 @@ def loaders(name: str, data: Any, test_limit: int | None) -> tuple[Any, Any]:
     return (make_loader(data.train, BATCH[name], shuffle=True, seed=0), make_loader(test, 500, shuffle=False))
 
 
-def baseline(name: str, data: Any, train_loader: Any, weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained float model and where it came from (``weights``: a safetensors state_dict)."""
+def baseline(
+    name: str, data: Any, train_loader: Any, weights: str | None = None, checkpoint: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained float model and where it came from (``weights``: a safetensors state_dict;
+    ``checkpoint``: a tinytamer checkpoint)."""
+    if checkpoint:
+        return load_checkpoint(checkpoint).eval(), {"source": checkpoint}
     if weights:
         model = create(name, num_classes=10, in_channels=data.meta.input_shape[0], input_size=data.meta.input_shape[1])
         return load_weights(model, weights).eval(), {"source": weights}
@@ -104,25 +117,28 @@ def calib_batches(train_loader: Any, n: int) -> list[torch.Tensor]:
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     data = dataset(name)
     train_loader, test_loader = loaders(name, data, args.test_limit)
-    model, info = baseline(name, data, train_loader, args.weights)
+    model, info = baseline(name, data, train_loader, args.weights, args.baseline.get(name))
     calib = calib_batches(train_loader, args.calib_batches)
     rows = [{"bits": 32, "mode": "float", "accuracy": evaluate(model, test_loader)["accuracy"]}]
     print(f"{name} float: {rows[0]['accuracy']:.4f}", flush=True)
     for bits in args.bits:
+        data_bits = args.data_bits or bits
         for mode in ("dynamic", "static"):
             start = time.time()
-            q = fixedpoint.quantize(model, calib, bits=bits, mode=mode)
+            q = fixedpoint.quantize(model, calib, bits=bits, mode=mode, data_bits=data_bits)
             acc = evaluate(q, test_loader)["accuracy"]
             rows.append(
                 {
                     "bits": bits,
+                    "data_bits": data_bits,
                     "mode": mode,
                     "accuracy": acc,
                     "formats": fixedpoint.formats(q),
+                    "data_formats": fixedpoint.data_formats(q),
                     "seconds": round(time.time() - start, 1),
                 }
             )
-            print(f"{name} {bits:2d}-bit {mode:7s}: {acc:.4f}", flush=True)
+            print(f"{name} {bits:2d}-bit weights, {data_bits:2d}-bit data, {mode:7s}: {acc:.4f}", flush=True)
     return {
         "model": name,
         "dataset": DATA[name],
@@ -152,23 +168,38 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="*", default=["lenet5", "resnet8"], choices=sorted(DATA))
-    parser.add_argument("--bits", type=int, nargs="+", default=[16, 8, 6, 4])
+    parser.add_argument("models", nargs="*", default=["lenet5", "resnet8"], help="lenet5 and / or resnet8")
+    parser.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4], help="weight widths")
+    parser.add_argument("--data-bits", type=int, default=None, help="data width (default: the weight width)")
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images")
     parser.add_argument(
         "--weights", default=None, help="float weights to start from (safetensors state_dict of the zoo model)"
     )
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="float checkpoints, e.g. resnet8=resnet8.safetensors",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 500 test images, 1 calibration batch, 8 bits")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if unknown := sorted(set(args.models) - set(DATA)):  # argparse rejects a list default against choices
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(sorted(DATA))}")
+    args.baseline = dict(b.split("=", 1) for b in args.baseline)
+    if args.quick:
+        args.test_limit, args.calib_batches, args.bits = args.test_limit or 500, 1, [8]
     torch.set_num_threads(args.threads)
     results = [run_model(name, args) for name in args.models]
     print(table(results))
     save(
-        "fixedpoint_bits_" + "_".join(args.models),
+        "fixedpoint_bits_" + "_".join(args.models) + ("_quick" if args.quick else ""),
         {
             "results": results,
             "calib_batches": args.calib_batches,
+            "quick": args.quick,
             "table": table(results),
             "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data",
         },

@@ -33,7 +33,7 @@ QAT_ITERS = {"lenet5": 300, "resnet8": 20}
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     data = dataset(name)
     train_loader, test_loader = loaders(name, data, args.test_limit)
-    model, info = baseline(name, data, train_loader, args.weights)
+    model, info = baseline(name, data, train_loader, args.weights, args.baseline.get(name))
     calib = calib_batches(train_loader, args.calib_batches)
     rows = [{"method": "float", "w_bits": 32, "a_bits": 32, "accuracy": evaluate(model, test_loader)["accuracy"]}]
     print(f"{name} float: {rows[0]['accuracy']:.4f}", flush=True)
@@ -76,7 +76,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="*", default=["lenet5", "resnet8"], choices=sorted(DATA))
+    parser.add_argument("models", nargs="*", default=["lenet5", "resnet8"], help="lenet5 and / or resnet8")
     parser.add_argument("--w-bits", type=int, nargs="+", default=[8, 4])
     parser.add_argument("--calib-batches", type=int, default=4)
     parser.add_argument("--qat-iters", type=int, default=None, help=f"QAT iterations (default {QAT_ITERS})")
@@ -84,8 +84,18 @@ def main() -> None:
     parser.add_argument(
         "--weights", default=None, help="float weights to start from (safetensors state_dict of the zoo model)"
     )
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="float checkpoints, e.g. resnet8=resnet8.safetensors",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    args.baseline = dict(b.split("=", 1) for b in args.baseline)
+    if unknown := sorted(set(args.models) - set(DATA)):  # argparse rejects a list default against choices
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(sorted(DATA))}")
     torch.set_num_threads(args.threads)
     results = [run_model(name, args) for name in args.models]
     print(table(results))

@@ -9,9 +9,12 @@ Both arms start from the same trained float baseline (see
 LeNet-5: the scale gradients of eq. 7 are sums over a whole layer (400k weights
 in LeNet-5's fc1). The float arm fine-tunes the float model; the TTQ arm
 ternarizes every conv / linear except the first and last (t = 0.05), trains the
-latent weights and the per-layer scales, then bakes the ternary weights. Weight
-storage is counted as 2 bits per ternary weight plus two float scales per layer
-and 32 bits per float weight (an estimate; the codec file is not written here).
+latent weights and the per-layer scales, then bakes the ternary weights. Storage
+is measured: each arm is written with ``tinytamer.codec`` (ternary layers forced to
+the ``ternary`` encoding, 2-bit codes + two scales; every other tensor its smallest
+exact encoding) and the file size on disk is reported (``file_bytes``); beside it,
+``weight_bits`` is the estimate of the conv / linear weights alone (2 bits per
+ternary weight plus two float scales per layer, 32 bits per float weight).
 CIFAR-10 is the JPEG re-encoding in ``../shared/data``. Result:
 ``benchmarks/results/ttq_float_<models>.json``.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from torch import nn  # noqa: E402
 
 from benchmarks._common import save  # noqa: E402
 from benchmarks.fixedpoint_bits import DATA, baseline, dataset, loaders  # noqa: E402
+from tinytamer import codec  # noqa: E402
 from tinytamer.compress import ttq  # noqa: E402
 from tinytamer.train import Solver, SolverConfig, evaluate  # noqa: E402
 
@@ -51,7 +56,7 @@ def weight_bits(model: nn.Module, ternary: set[str]) -> int:
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     data = dataset(name)
     train_loader, test_loader = loaders(name, data, args.test_limit)
-    model, info = baseline(name, data, train_loader, args.weights)
+    model, info = baseline(name, data, train_loader, args.weights, args.baseline.get(name))
     iters = args.iters or ITERS[name]
     lr = args.lr or LR[name]
     cfg = SolverConfig(base_lr=lr, optimizer="adam", lr_policy="poly", power=1.0, max_iter=iters, display=0)
@@ -79,9 +84,13 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             ternary = set()
         record["accuracy"] = evaluate(m.eval(), test_loader)["accuracy"]
         record["weight_bits"] = weight_bits(m, ternary)
+        with tempfile.TemporaryDirectory() as tmp:
+            forced = {f"^{layer}\\.weight$": "ternary" for layer in ternary}
+            record["file_bytes"] = codec.save(m, Path(tmp) / f"{arm}.tt", encodings=forced).file_bytes
         arms[arm] = record
         print(f"{name} {arm}: {record['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
     ratio = arms["float"]["weight_bits"] / arms["ttq"]["weight_bits"]
+    file_ratio = arms["float"]["file_bytes"] / arms["ttq"]["file_bytes"]
     return {
         "model": name,
         "dataset": DATA[name],
@@ -92,27 +101,30 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "test_images": len(test_loader.dataset),
         "arms": arms,
         "weight_storage_ratio": ratio,
+        "file_ratio": file_ratio,
     }
 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| model / data | budget | float top-1 | TTQ top-1 | TTQ before training | weight storage float / TTQ |",
-        "|---|---|---|---|---|---|",
+        "| model / data | budget | float top-1 | TTQ top-1 | TTQ before training "
+        "| codec file float / TTQ (measured) | weight bits float / TTQ (estimate) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         a = r["arms"]
         lines.append(
             f"| {r['model']} / {r['dataset']} | {r['budget']['iters']} it x {r['budget']['batch']} "
             f"| {a['float']['accuracy']:.2%} | {a['ttq']['accuracy']:.2%} | "
-            f"{a['ttq']['accuracy_before_training']:.2%} | {r['weight_storage_ratio']:.1f}x |"
+            f"{a['ttq']['accuracy_before_training']:.2%} | {a['float']['file_bytes']:,} / "
+            f"{a['ttq']['file_bytes']:,} B ({r['file_ratio']:.1f}x) | {r['weight_storage_ratio']:.1f}x |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="*", default=["lenet5", "resnet8"], choices=sorted(DATA))
+    parser.add_argument("models", nargs="*", default=["lenet5", "resnet8"], help="lenet5 and / or resnet8")
     parser.add_argument("--iters", type=int, default=None, help=f"budget (default {ITERS})")
     parser.add_argument("--lr", type=float, default=None, help=f"base lr (default {LR})")
     parser.add_argument("--t", type=float, default=0.05)
@@ -120,8 +132,18 @@ def main() -> None:
     parser.add_argument(
         "--weights", default=None, help="float weights to start from (safetensors state_dict of the zoo model)"
     )
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="float checkpoints, e.g. resnet8=resnet8.safetensors",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    args.baseline = dict(b.split("=", 1) for b in args.baseline)
+    if unknown := sorted(set(args.models) - set(DATA)):  # argparse rejects a list default against choices
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(sorted(DATA))}")
     torch.set_num_threads(args.threads)
     results = [run_model(name, args) for name in args.models]
     print(table(results))

@@ -198,3 +198,72 @@ def test_skips_and_errors(model, calib) -> None:
     # A selector override fixes a rank just like ``ranks``.
     via_override = lowrank.approximate(model, calib, select={"overrides": {"conv3": {"rank": 4}}})
     assert via_override.ranks == {"conv3": 4}
+
+
+# -- spatial decomposition (Jaderberg et al. 2014, scheme 2) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(5, 7, 3, padding=1),
+        nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(1, 2), bias=False),
+        nn.Conv2d(3, 8, 3, stride=2, padding=2, dilation=2),
+    ],
+    ids=["3x3", "3x5-stride-no-bias", "dilated"],
+)
+def test_spatial_pair_is_exact_at_full_rank(conv: nn.Conv2d) -> None:
+    torch.manual_seed(0)
+    conv.reset_parameters()
+    x = torch.randn(2, conv.in_channels, 11, 12)
+    c, d, (kh, kw) = conv.in_channels, conv.out_channels, conv.kernel_size
+    full = min(c * kh, d * kw)
+    pair = lowrank.spatial_pair(conv, full)
+    vertical, horizontal = pair
+    assert vertical.kernel_size == (kh, 1) and horizontal.kernel_size == (1, kw)
+    assert vertical.bias is None and (horizontal.bias is None) == (conv.bias is None)
+    with torch.no_grad():
+        assert torch.allclose(pair(x), conv(x), atol=1e-5)
+        lower = lowrank.spatial_pair(conv, full - 1)(x)
+    assert not torch.allclose(lower, conv(x), atol=1e-3)  # a lower rank is an approximation
+    with pytest.raises(RecipeError, match=f"spatial rank must be in 1..{full}"):
+        lowrank.spatial_pair(conv, full + 1)
+
+
+def test_spatial_pair_recovers_a_separable_filter_bank_at_its_rank() -> None:
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    V, H = torch.randn(2, 4, 3), torch.randn(6, 2, 3)  # rank-2: W_n(c,y,x) = sum_k H_n^k(x) V_k^c(y)
+    with torch.no_grad():
+        conv.weight.copy_(torch.einsum("kcy,nkx->ncyx", V, H))
+    x = torch.randn(2, 4, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(lowrank.spatial_pair(conv, 2)(x), conv(x), atol=1e-4)
+
+
+def test_spatial_scheme_in_the_model_meets_the_speedup_and_mixes_per_layer(model, calib) -> None:
+    before = count(model, SHAPE).macs
+    result = lowrank.approximate(model, calib, speedup=1.5, scheme="spatial", select={"exclude": ["fc"]})
+    assert count(result.model, SHAPE).macs <= before / 1.5
+    reps = {r.name: r for r in result.layers}
+    assert reps["shortcut"].skipped and "k x k kernel" in reps["shortcut"].skipped  # 1x1: nothing to split
+    for name, rep in reps.items():
+        if rep.rank is None:
+            continue
+        assert rep.scheme == "spatial"
+        vertical, horizontal = getattr(result.model, name)
+        assert vertical.kernel_size == (3, 1) and horizontal.kernel_size == (1, 3)
+        # cost per rank: c k_h H_out W_in (vertical) + d k_w H_out W_out (horizontal)
+        old = getattr(model, name)
+        h_out, w_in = {"conv1": (16, 16), "conv2": (8, 16), "conv3": (8, 8)}[name]
+        per_rank = old.in_channels * 3 * h_out * w_in + old.out_channels * 3 * h_out * (8 if name != "conv1" else 16)
+        assert rep.macs_after == rep.rank * per_rank
+    # Per layer: one conv spatial, the others by channels.
+    mixed = lowrank.approximate(
+        model, calib, ranks={"conv2": 8, "conv3": 8}, select={"overrides": {"conv2": {"scheme": "spatial"}}}
+    )
+    assert mixed.model.conv2[0].kernel_size == (3, 1) and mixed.model.conv3[1].kernel_size == (1, 1)
+    with pytest.raises(RecipeError, match="scheme must be one of"):
+        lowrank.approximate(model, calib, scheme="tucker")
+    with pytest.raises(RecipeError, match="scheme of layer 'conv2'"):
+        lowrank.approximate(model, calib, select={"overrides": {"conv2": {"scheme": 3}}})

@@ -34,6 +34,26 @@ def test_iter_size_equals_one_big_batch():
     assert not torch.equal(small[0].weight, _mlp(dtype=torch.float64)[0].weight)
 
 
+def test_iter_size_clips_the_summed_gradient_before_dividing_as_caffe():
+    # Caffe's ApplyUpdate: ClipGradients on the accumulated sum, then Normalize by iter_size.
+    ds = _data(n=12, dtype=torch.float64)
+    clip, iter_size = 0.5, 3
+    model, ref = _mlp(dtype=torch.float64), _mlp(dtype=torch.float64)
+    cfg = SolverConfig(max_iter=1, base_lr=0.1, momentum=0.0, iter_size=iter_size, clip_gradients=clip)
+    Solver(model, cfg, DataLoader(ds, batch_size=4), progress=False).solve()
+    x, y = ds.tensors
+    for xb, yb in zip(x.split(4), y.split(4), strict=True):
+        nn.functional.cross_entropy(ref(xb), yb).backward()
+    grads = [p.grad for p in ref.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert norm > clip * iter_size  # the clip is active on the sum, so the order matters
+    with torch.no_grad():
+        for p, g in zip(ref.parameters(), grads, strict=True):
+            p.sub_(0.1 * g * (clip / norm) / iter_size)
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-7, rtol=0)  # clip_grad_norm_ adds 1e-6 to the norm
+
+
 @pytest.mark.parametrize("reg", ["L2", "L1"])
 def test_solver_applies_caffe_momentum_and_regularisation(reg):
     ds = _data(n=16, dtype=torch.float64)

@@ -46,6 +46,22 @@ first and replaced by ``nn.Identity``, so the nonlinearity sees the responses we
 ``method="svd"`` is the plain truncated SVD of the (BN-folded) weights, for comparison.
 Fully connected layers always use the truncated SVD of their weight matrix, split into
 two ``nn.Linear`` (``in -> d'`` without bias, ``d' -> out``).
+
+Spatial decomposition (``scheme="spatial"``, for all layers or per layer through the
+selector's overrides ``{"scheme": "spatial"}``): M. Jaderberg, A. Vedaldi, A. Zisserman,
+"Speeding up Convolutional Neural Networks with Low Rank Expansions", BMVC 2014, scheme 2
+(Sec. 2.2), the spatial part of the asymmetric decomposition of Zhang et al. 2015
+("Accelerating Very Deep Convolutional Networks for Classification and Detection",
+TPAMI, Sec. 4.2).  A ``k_h x k_w`` conv with ``c`` inputs and ``d`` filters becomes a
+``k_h x 1`` conv with ``d'`` filters (the vertical stride and padding) followed by a
+``1 x k_w`` conv with ``d`` filters (the horizontal ones, and the bias):
+``W_n(c, y, x) ~ sum_k H_n^k(x) V_k^c(y)``, eq. 4.  The filters are fitted to the
+(BN-folded) weights, Jaderberg's *filter reconstruction* objective (eq. 5), whose optimum
+is the truncated SVD of ``W`` arranged as a ``(c k_h) x (d k_w)`` matrix; at the full
+rank ``min(c k_h, d k_w)`` the pair is exact.  Its cost per output row is
+``d' (c k_h W_in + d k_w W_out)``, and the rank selection of Sec. 3.4 ranks these layers
+by the squared singular values of that matrix.  Jaderberg's data-reconstruction
+optimisation (by SGD) is not done here: fine-tune the model after approximating it.
 """
 
 from __future__ import annotations
@@ -70,6 +86,8 @@ from tinytamer.errors import DataError, ModelError, RecipeError
 
 Method = Literal["nonlinear-asymmetric", "nonlinear", "linear", "svd"]
 METHODS: tuple[str, ...] = ("nonlinear-asymmetric", "nonlinear", "linear", "svd")
+Scheme = Literal["channel", "spatial"]
+SCHEMES: tuple[str, ...] = ("channel", "spatial")
 _RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
 
 
@@ -88,6 +106,7 @@ class LayerReport:
     bn_folded: str | None = None
     error: float | None = None  # relative response error on the calibration samples
     skipped: str | None = None
+    scheme: str = "channel"  # or "spatial" (k x 1 then 1 x k)
 
 
 @dataclass
@@ -271,7 +290,7 @@ def select_ranks(candidates: list[RankCandidate], budget: float) -> dict[str, in
 
     def step(name: str, rank: int | None) -> tuple[float, int, str, int] | None:
         c = by_name[name]
-        top = c.max_rank if rank is None else rank - 1
+        top = min(c.max_rank, len(c.energy)) if rank is None else rank - 1
         if top < 1:
             return None
         obj, cost = state(name, rank)
@@ -310,6 +329,9 @@ class _Layer:
     kind: str = ""
     calls: int = 0
     positions: int = 0  # output positions per sample (H*W for a conv)
+    out_h: int = 0
+    in_w: int = 0
+    scheme: str = "channel"
     macs: int = 0
     per_rank: int = 0
     bn: str | None = None
@@ -415,6 +437,7 @@ def _profile(
             order.append(layer.name)
         if layer.kind == "conv":
             layer.positions = out.shape[2] * out.shape[3]
+            layer.out_h, layer.in_w = out.shape[2], args[0].shape[3]
         else:
             layer.positions = out[0].numel() // out.shape[-1]
         if collect and layer.kind == "conv" and layer.skipped is None and layer.calls == 1:
@@ -518,17 +541,58 @@ def _linear_pair(linear: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(head, tail).to(**like)
 
 
+def _spatial_matrix(w: Tensor) -> Tensor:
+    """``W`` (d, c, k_h, k_w) as the (c k_h) x (d k_w) matrix whose rank-r factors are V and H."""
+    d, c, kh, kw = w.shape
+    return w.permute(1, 2, 0, 3).reshape(c * kh, d * kw)
+
+
+def spatial_pair(conv: nn.Conv2d, rank: int, weight: Tensor | None = None, bias: Tensor | None = None) -> nn.Sequential:
+    """Jaderberg's scheme 2: ``conv`` as a ``k_h x 1`` conv (``rank`` filters, no bias) then a
+    ``1 x k_w`` conv, fitted to ``weight`` / ``bias`` (default: the conv's own) by the
+    truncated SVD; exact at ``rank = min(c k_h, d k_w)``."""
+    w = (conv.weight if weight is None else weight).detach().double()
+    d, c, kh, kw = w.shape
+    full = min(c * kh, d * kw)
+    if not 1 <= rank <= full:
+        raise RecipeError(f"low-rank: a spatial rank must be in 1..{full} for this {kh}x{kw} conv, got {rank}")
+    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ModelError("low-rank: spatial decomposition needs an ungrouped conv with numeric zero padding")
+    A, B = _svd_split(_spatial_matrix(w), rank)  # A: (c kh) x r -> V;  B: r x (d kw) -> H
+    if bias is None and conv.bias is not None:
+        bias = conv.bias.detach()
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    vertical = nn.Conv2d(c, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False)
+    horizontal = nn.Conv2d(rank, d, (1, kw), (1, sw), (0, pw), (1, dw), bias=bias is not None)
+    like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
+    with torch.no_grad():
+        vertical.weight.copy_(A.T.reshape(rank, c, kh, 1).to(**like))
+        horizontal.weight.copy_(B.reshape(rank, d, kw).permute(1, 0, 2).reshape(d, rank, 1, kw).to(**like))
+        if bias is not None:
+            horizontal.bias.copy_(bias.to(**like))
+    return nn.Sequential(vertical, horizontal).to(**like)
+
+
 # -- the method -------------------------------------------------------------------------------
 
 
-def _analyze(model: nn.Module, select: Selector | dict | None) -> dict[str, _Layer]:
+def _analyze(model: nn.Module, select: Selector | dict | None, scheme: str) -> dict[str, _Layer]:
     layers: dict[str, _Layer] = {}
     for name, module in select_layers(model, select):
         layer = _Layer(name, module)
         if isinstance(module, nn.Conv2d):
             layer.kind = "conv"
+            layer.scheme = layer_params(select, name, {"scheme": scheme})["scheme"]
+            if layer.scheme not in SCHEMES:
+                raise RecipeError(
+                    f"low-rank: scheme of layer '{name}' must be one of {', '.join(SCHEMES)}, got {layer.scheme!r}"
+                )
             if module.groups != 1:
                 layer.skipped = f"grouped conv (groups={module.groups}): not decomposed"
+            elif layer.scheme == "spatial" and (min(module.kernel_size) == 1 or module.padding_mode != "zeros"):
+                layer.skipped = "spatial scheme: needs a k x k kernel (k > 1) with zero padding"
+            elif layer.scheme == "spatial" and isinstance(module.padding, str):
+                layer.skipped = f"spatial scheme: padding '{module.padding}' is not supported"
         elif isinstance(module, nn.Linear):
             layer.kind = "linear"
         else:
@@ -544,6 +608,9 @@ def _layer_costs(layer: _Layer) -> None:
         k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels
         layer.macs = m.out_channels * k * layer.positions
         layer.per_rank = (k + m.out_channels) * layer.positions
+        if layer.scheme == "spatial":  # k_h x 1 over every input column, then 1 x k_w
+            kh, kw = m.kernel_size
+            layer.per_rank = m.in_channels * kh * layer.out_h * layer.in_w + m.out_channels * kw * layer.positions
     elif layer.kind == "linear":
         layer.macs = m.out_features * m.in_features * layer.positions
         layer.per_rank = (m.in_features + m.out_features) * layer.positions
@@ -588,6 +655,7 @@ def approximate(
     samples_per_batch: int = 512,
     iters: int = 10,
     seed: int = 0,
+    scheme: Scheme = "channel",
 ) -> LowRankResult:
     """Replace the selected conv / linear layers of a copy of ``model`` by low-rank pairs.
 
@@ -596,10 +664,15 @@ def approximate(
     reduction the ranks are chosen for (Sec. 3.4; 2.0 when neither it nor a rank is
     given).  ``ranks`` (or a selector override ``{"rank": r}``) fixes a layer's rank; with
     no ``speedup`` only those layers change.  Layers whose rank would not save MACs are
-    left as they are and reported as skipped.  The input model is not modified.
+    left as they are and reported as skipped.  ``scheme``: ``"channel"`` (Zhang et al.,
+    solved with ``method``) or ``"spatial"`` (Jaderberg's k x 1 then 1 x k, fitted to the
+    weights) for every conv; a selector override ``{"scheme": ...}`` picks it per layer.
+    The input model is not modified.
     """
     if method not in METHODS:
         raise RecipeError(f"low-rank: method must be one of {', '.join(METHODS)}, got '{method}'")
+    if scheme not in SCHEMES:
+        raise RecipeError(f"low-rank: scheme must be one of {', '.join(SCHEMES)}, got '{scheme}'")
     if speedup is None and not ranks and not _override_ranks(select):
         speedup = 2.0
     if speedup is not None and not speedup > 1:
@@ -609,7 +682,7 @@ def approximate(
     batches = _batches(calib_batches)
     was_training = model.training
     work = copy.deepcopy(model).eval()
-    layers = _analyze(work, select)
+    layers = _analyze(work, select, scheme)
     notes: list[str] = []
     _graph_roles(work, layers, notes)
     data_driven = method != "svd"
@@ -653,13 +726,14 @@ def approximate(
         reports[name] = LayerReport(
             name,
             layer.kind,
-            _full_rank(layer.module),
+            _full_rank(layer.module, layer.scheme),
             be,
             layer.macs,
             layer.macs,
             relu=layer.relu,
             bn_folded=layer.bn,
             skipped=skipped,
+            scheme=layer.scheme,
         )
 
     for name in order:  # forward order: Sec. 3.3 needs the earlier layers approximated first
@@ -681,14 +755,19 @@ def approximate(
     return LowRankResult(work.train(was_training), list(reports.values()), macs_before, macs_after, method, notes)
 
 
-def _full_rank(module: nn.Module) -> int:
+def _full_rank(module: nn.Module, scheme: str = "channel") -> int:
+    if isinstance(module, nn.Conv2d) and scheme == "spatial":
+        return min(module.in_channels * module.kernel_size[0], module.out_channels * module.kernel_size[1])
     if isinstance(module, nn.Conv2d):
         return module.out_channels
     return module.out_features if isinstance(module, nn.Linear) else 0
 
 
 def _spectrum(layer: _Layer, model: nn.Module, data_driven: bool) -> Tensor:
-    """The energy the rank selection keeps: PCA eigenvalues of the responses, or sigma^2 of W."""
+    """The energy the rank selection keeps: PCA eigenvalues of the responses, or sigma^2 of W
+    (for the spatial scheme, of W arranged as Jaderberg's (c k_h) x (d k_w) matrix)."""
+    if layer.kind == "conv" and layer.scheme == "spatial":
+        return torch.linalg.svdvals(_spatial_matrix(_folded(layer, model)[0])) ** 2
     if layer.kind == "conv" and data_driven:
         y = torch.cat(layer.y).double()
         y = y - y.mean(0)
@@ -701,6 +780,8 @@ def _decompose_conv(
     model: nn.Module, layer: _Layer, rank: int, method: str, batches: list[Tensor], iters: int, rep: LayerReport
 ) -> nn.Sequential:
     w, b = _folded(layer, model)
+    if layer.scheme == "spatial":
+        return spatial_pair(layer.module, rank, w, b)
     flat = w.reshape(w.shape[0], -1)
     if method == "svd":
         A, B = _svd_split(flat, rank)
@@ -727,6 +808,7 @@ def decompose(
     samples_per_batch: int = 512,
     iters: int = 10,
     seed: int = 0,
+    scheme: Scheme = "channel",
 ) -> nn.Module:
     """:func:`approximate`, returning only the new model."""
     return approximate(
@@ -739,4 +821,5 @@ def decompose(
         samples_per_batch=samples_per_batch,
         iters=iters,
         seed=seed,
+        scheme=scheme,
     ).model

@@ -14,12 +14,18 @@ Zhu, Han, Mao and Dally 2017, "Trained Ternary Quantization" (ICLR), Sec. 3:
   the zero region and ``Wn * dL/dw_t`` in ``I_n``;
 - the first and last layers stay in full precision, as in the paper's experiments.
 
-The paper normalises ``w~`` to [-1, 1] before thresholding; since the threshold
-is relative to ``max|w~|`` that changes nothing, so the latent weights are used
-as they are.  ``Wp`` / ``Wn`` start at the mean magnitude of the weights above
-/ below the threshold (the ternary weight closest to the trained float layer,
-as in Li & Liu 2016, "Ternary Weight Networks"), so fine-tuning starts near
-the float model.
+As the paper does (Sec. 3, "we normalize the full-precision weights to the range
+[-1, +1] by dividing each weight by the maximum weight"), the latent weights are
+divided by ``max|w~|`` once, when a layer is ternarized.  The masks do not depend on
+this (``Delta`` is relative to ``max|w~|``), nor do the ternary values, but the
+training does: a step on the latent weights is then a fraction of the layer's range
+whatever the layer's scale (with the same learning rate, the latent weights of a layer
+with ``max|w~| = 0.1`` would otherwise move ten times further relative to the
+threshold, so its zero / non-zero assignments would change faster), and weight decay
+acts on the normalised values.  ``Wp`` / ``Wn`` start at the mean magnitude of the
+weights above / below the threshold *before* the normalisation (the ternary weight
+closest to the trained float layer, as in Li & Liu 2016, "Ternary Weight Networks"),
+so the ternarized layer starts near the float one.
 """
 
 from __future__ import annotations
@@ -80,6 +86,10 @@ class _Ternary:
         wn = -(w * neg).sum() / neg.sum().clamp_min(1)
         self.wp = nn.Parameter(wp.reshape(1).clone())
         self.wn = nn.Parameter(wn.reshape(1).clone())
+        amax = w.abs().max()
+        if amax > 0:  # latent weights in [-1, 1], as in the paper; the masks are unchanged
+            with torch.no_grad():
+                self.weight.div_(amax)
 
     def ternary_weight(self) -> Tensor:
         return ternarize_weight(self.weight, self.wp, self.wn, self.t)

@@ -6,6 +6,7 @@
       - lowrank:
           speedup: 2.0                    # whole-model MAC reduction; ranks chosen per layer
           method: nonlinear-asymmetric    # or nonlinear, linear, svd
+          scheme: channel                 # or spatial (k x 1 then 1 x k)
           select: {exclude: [fc]}
           ranks: {layer3.0.conv2: 16}     # optional: fix some layers' ranks
           calib_batches: 8                # training batches the responses are sampled from
@@ -43,6 +44,11 @@ class LowRankParams(StageParams):
         "responses), nonlinear (through the ReLU), nonlinear-asymmetric (inputs from the "
         "approximated layers before), or svd of the weights",
     )
+    scheme: lowrank.Scheme = Field(
+        "channel",
+        description="channel (Zhang et al.: k x k conv then 1x1) or spatial (Jaderberg et al. 2014: "
+        "k x 1 then 1 x k, fitted to the weights); per layer: select.overrides {scheme: spatial}",
+    )
     select: Selector | None = Field(None, description="layers to approximate (default: every conv / linear)")
     calib_batches: int = Field(8, ge=1, description="training batches used as calibration data")
     samples_per_batch: int = Field(512, ge=1, description="response positions sampled per batch")
@@ -66,6 +72,7 @@ def lowrank_stage(model: nn.Module, ctx: Context, p: LowRankParams) -> nn.Module
         samples_per_batch=p.samples_per_batch,
         iters=p.iters,
         seed=ctx.seed,
+        scheme=p.scheme,
     )
     approx = result.model
     extra: dict[str, Any] = {}

@@ -76,7 +76,10 @@ def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Modu
 
 
 class FixedPointParams(StageParams):
-    bits: int = Field(8, ge=2, le=16, description="word length of weights and activations")
+    bits: int = Field(8, ge=2, le=16, description="word length of the weights (per layer: select.overrides {bits: n})")
+    data_bits: int | None = Field(
+        None, ge=2, le=16, description="word length of the data, every layer's output (None: bits)"
+    )
     mode: Literal["dynamic", "static"] = Field(
         "dynamic", description="dynamic: a fixed-point format per layer; static: one for the model"
     )
@@ -90,7 +93,12 @@ class FixedPointParams(StageParams):
 @register_stage("fixed_point", FixedPointParams, help="dynamic (per-layer) or static fixed point, Qiu et al. 2016")
 def fixed_point_stage(model: nn.Module, ctx: Context, p: FixedPointParams) -> nn.Module:
     qmodel = fixedpoint.quantize(
-        model, Calibration(ctx.train_loader(), limit=p.calib_batches), bits=p.bits, mode=p.mode, select=p.select
+        model,
+        Calibration(ctx.train_loader(), limit=p.calib_batches),
+        bits=p.bits,
+        mode=p.mode,
+        select=p.select,
+        data_bits=p.data_bits,
     )
     if p.finetune is not None:
         ctx.finetune(qmodel, p.finetune, hooks=[fixedpoint.SnapToGrid()])

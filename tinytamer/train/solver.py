@@ -1,10 +1,12 @@
 """The training loop, with Caffe's semantics.
 
 One *iteration* is one optimizer update.  It consumes ``iter_size`` mini-batches
-whose losses are scaled by 1/iter_size and whose gradients accumulate, so
-iter_size x B equals one batch of iter_size*B.  Before the update, as in Caffe's
-``ApplyUpdate``, gradients are clipped to ``clip_gradients`` (global L2 norm) and
-regularised (``weight_decay``, L2 or L1); the learning rate of update ``it`` is
+whose gradients accumulate (summed), so iter_size x B equals one batch of
+iter_size*B.  Before the update, in the order of Caffe's ``SGDSolver::ApplyUpdate``,
+the summed gradient is clipped to ``clip_gradients`` (global L2 norm,
+``ClipGradients``), then divided by iter_size (``Normalize``), then regularised
+(``weight_decay``, L2 or L1, ``Regularize``): with iter_size > 1 the clip threshold
+therefore bounds the sum, not the mean.  The learning rate of update ``it`` is
 ``learning_rate(cfg, it)``.  With ``swa`` the last iterations follow SWALR and are
 averaged (torch.optim.swa_utils); at the end the model holds the averaged weights
 with BN statistics recomputed over the train loader.
@@ -258,7 +260,7 @@ class Solver:
             with sync:
                 out = self.net(x)
                 loss = self.loss_fn(out, y)
-                (loss / cfg.iter_size).backward()
+                loss.backward()  # summed over the iter_size batches; divided after clipping
             loss_sum += float(loss.detach()) / cfg.iter_size
             c = _correct(out.detach() if isinstance(out, torch.Tensor) else out, y)
             scored = scored and c is not None
@@ -271,8 +273,13 @@ class Solver:
                 f"(learning rate {self.current_lr():.3g}); lower base_lr, or set clip_gradients"
             )
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # Caffe's order: ClipGradients on the accumulated sum, then Normalize by iter_size
         if cfg.clip_gradients is not None:
             nn.utils.clip_grad_norm_(params, cfg.clip_gradients)
+        if cfg.iter_size > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.div_(cfg.iter_size)
         regularize(params, cfg.weight_decay, cfg.regularization_type)
         self.optimizer.step()
         return loss_sum, (hits if scored else None), n
