@@ -95,8 +95,11 @@ def main() -> None:
                 "input": list(SHAPE),
                 "weights": "untrained (latency only)",
             },
+            "statistic": "median over rounds (one forward pass of every variant per round); "
+            "spread: 10th-90th percentiles of the rounds",
             "rows": rows,
         },
+        threads=args.threads,
     )
 
 

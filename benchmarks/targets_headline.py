@@ -4,16 +4,23 @@
     python benchmarks/targets_headline.py             # prune 50 %, fine-tune, int8, compare
     python benchmarks/targets_headline.py --ratio 0.125 --round-to 2 --finetune-epochs 6 \
         --control --result targets_headline_r0.125     # the run in RESULTS.md
+    python benchmarks/targets_headline.py --ratio 0.25 --rounding-target openvino \
+        --rounding-precision int8 --finetune-epochs 6 --control   # counts measured on the target
+    python benchmarks/targets_headline.py --quick      # a check that it runs (untrained, minutes)
 
 The dense model is the trained baseline (``benchmarks/work/baselines/resnet8.safetensors``).
-It is channel-pruned (L1, per-layer ``--ratio``, multiples of ``--round-to``, classifier kept) and
-fine-tuned with the Solver (SGD, momentum 0.9, poly lr from 0.01, ``--finetune-epochs``
-on the CIFAR-10 training split, augmented); then deployed to every installed target and
-precision (int8: ONNX Runtime static QDQ calibrated on 256 real training images).  Every
-candidate and dense PyTorch fp32 eager are timed in fresh child processes, 2 threads,
-``--rounds`` round-robin; accuracy is measured through each runtime on the whole test
-set.  Reported: the fastest candidate that loses at most ``--max-drop`` top-1 against
-the dense model, with its speed-up over dense PyTorch fp32 at batch 1 and 32.
+It is channel-pruned (L1, per-layer ``--ratio``, classifier kept; kept counts multiples of
+``--round-to``, or with ``--rounding-target`` chosen per layer by latency measured on that
+target, ``tinytamer.compress.channel_rounding``) and fine-tuned with the Solver (SGD,
+momentum 0.9, poly lr from 0.01, ``--finetune-epochs`` on the CIFAR-10 training split,
+augmented); then deployed, dense and pruned, to every installed host runtime and precision
+(int8 calibrated on 256 real training images, each runtime its own way).  Every candidate
+and dense PyTorch fp32 eager are timed in fresh child processes pinned to their cores,
+``--threads`` threads, ``--rounds`` round-robin, the median of the rounds' medians;
+accuracy is measured through each runtime on the whole test set.  Reported first: the
+fastest dense int8 runtime (what a runtime alone buys); then what pruning adds on top of
+it: the fastest pruned candidate that loses at most ``--max-drop`` top-1 against the dense
+model, with its speed-up over dense PyTorch fp32 and over that dense int8 runtime.
 
 ``--control`` also fine-tunes the dense model with the same schedule and epochs: when
 the baseline is not trained to convergence, extra epochs alone raise accuracy, and the
@@ -25,11 +32,11 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,14 +45,28 @@ import torch  # noqa: E402
 from benchmarks._common import WORK, save, shared_data  # noqa: E402
 from tinytamer.calib import Calibration  # noqa: E402
 from tinytamer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from tinytamer.compress import channel_rounding  # noqa: E402
 from tinytamer.compress.channel import prune_channels  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
-from tinytamer.deploy import runtime_accuracy  # noqa: E402
+from tinytamer.deploy import int8_quantizer, runtime_accuracy  # noqa: E402
 from tinytamer.targets import get_target, list_targets  # noqa: E402
+from tinytamer.targets.base import ONE_ROUND, ROUNDS, combine_rounds, host_description  # noqa: E402
 from tinytamer.train import Solver, SolverConfig  # noqa: E402
-from tinytamer.zoo import count  # noqa: E402
+from tinytamer.zoo import count, create  # noqa: E402
 
 BASELINE = WORK / "baselines" / "resnet8.safetensors"
+# The CPU runtimes a user would deploy on (the emulated devices are benchmarked elsewhere).
+HOST_RUNTIMES = ("torch", "onnxruntime", "openvino", "ncnn")
+
+
+def measured_plan(dense: torch.nn.Module, example: torch.Tensor, args: argparse.Namespace) -> Any:
+    """Kept counts per layer chosen by timing single layers on ``--rounding-target``."""
+    cr = channel_rounding
+    target, prec = args.rounding_target, args.rounding_precision
+    path = cr.cache_root() / cr.table_name(target, prec, args.threads, 1, host_description()["cpu"])
+    table = cr.LatencyTable.open(path, target, prec, args.threads, 1)
+    timer = cr.target_timer(target, prec, args.threads, 1, repeats=args.repeats)
+    return cr.plan_channels(dense, example, timer, table, ratio=args.ratio, table_path=path, progress=True)
 
 
 def finetuned(path: Path, config: SolverConfig, loader, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -76,16 +97,24 @@ def main() -> None:
     ap.add_argument(
         "--control", action="store_true", help="fine-tune the dense model the same way and judge against the better"
     )
+    ap.add_argument("--rounding-target", default=None, help="choose kept counts by timing on this target")
+    ap.add_argument("--rounding-precision", default="int8", help="precision the rounding target is timed at")
     ap.add_argument("--result", default="targets_headline", help="name of the JSON written under benchmarks/results/")
+    ap.add_argument(
+        "--quick", action="store_true", help="untrained ResNet-8 on 512 images, batch 1, 1 round; benchmarks/work/quick"
+    )
     args = ap.parse_args()
-    if not BASELINE.is_file():
+    if args.quick:
+        args.finetune_epochs, args.repeats, args.rounds = 0.1, 2, 1
+    elif not BASELINE.is_file():
         sys.exit(f"trained baseline not found: {BASELINE} (run: python benchmarks/baselines.py resnet8)")
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     root = shared_data() / "cifar10-jpg.tar.gz"
-    data = get_dataset("cifar10", root, augment=True, val_fraction=0.0)
+    data = get_dataset("cifar10", root, augment=True, val_fraction=0.0, limit=512 if args.quick else None)
     train = make_loader(data.train, 128, shuffle=True, seed=0)
     test = make_loader(data.test, 256, shuffle=False)
-    dense = load_checkpoint(BASELINE)
+    dense = load_checkpoint(BASELINE) if BASELINE.is_file() else create("resnet8", num_classes=10, input_size=32)
     example = data.test[0][0].unsqueeze(0)
     work = WORK / "targets" / "headline"
     config = SolverConfig(
@@ -99,14 +128,22 @@ def main() -> None:
     )
     # Fine-tuned models are kept (gitignored) so a rerun of the timing needs no retraining;
     # the baseline's digest is in the name so a retrained baseline is never paired with them.
-    base_id = hashlib.sha256(BASELINE.read_bytes()).hexdigest()[:10]
-    tag = f"{base_id}-r{args.ratio:g}-rt{args.round_to}-e{args.finetune_epochs:g}"
+    base_id = hashlib.sha256(BASELINE.read_bytes()).hexdigest()[:10] if not args.quick else "untrained"
+    rounding = f"m{args.rounding_target}-{args.rounding_precision}" if args.rounding_target else f"rt{args.round_to}"
+    tag = f"{base_id}-r{args.ratio:g}-{rounding}-e{args.finetune_epochs:g}"
+    if args.quick:
+        work = WORK / "quick" / "headline"
+    plan = None
+    ratio, round_to = args.ratio, args.round_to
+    if args.rounding_target:
+        plan = measured_plan(dense, example, args)
+        ratio, round_to = plan.ratios(), None
     t0 = time.time()
     pruned = finetuned(
         work / f"pruned-{tag}.safetensors",
         config,
         train,
-        lambda: prune_channels(dense, example, ratio=args.ratio, round_to=args.round_to),
+        lambda: prune_channels(dense, example, ratio=ratio, round_to=round_to),
     )
     finetune_s = time.time() - t0
     control_acc = None
@@ -127,43 +164,49 @@ def main() -> None:
         )
     }
     failures = {}
-    # The runtime alone, for reference: the dense model on ONNX Runtime.
-    for prec in ("fp32", "int8"):
-        try:
-            candidates[("onnxruntime", prec, "dense")] = get_target("onnxruntime").compile(
-                dense, [example], work / f"dense-onnxruntime-{prec}", precision=prec, calib=calib, threads=args.threads
-            )
-        except Exception as exc:  # noqa: BLE001 - a failing target is reported, not fatal
-            failures[f"dense-onnxruntime-{prec}"] = str(exc)
-    for name in [t for t in list_targets(available_only=True) if t in ("torch", "onnxruntime", "ncnn")]:
-        tgt = get_target(name)
-        for prec in tgt.precisions:
-            try:
-                candidates[(name, prec, "pruned")] = tgt.compile(
-                    pruned, [example], work / f"pruned-{name}-{prec}", precision=prec, calib=calib, threads=args.threads
-                )
-            except Exception as exc:  # noqa: BLE001 - a failing target is reported, not fatal
-                failures[f"{name}-{prec}"] = str(exc)
+    # The runtimes alone (dense), then each with the pruned model.
+    for which, model in (("dense", dense), ("pruned", pruned)):
+        for name in [t for t in list_targets(available_only=True) if t in HOST_RUNTIMES]:
+            tgt = get_target(name)
+            extra = {"quantize": int8_quantizer} if getattr(tgt, "takes_quantizer", False) else {}
+            for prec in tgt.precisions:
+                if (name, prec, which) in candidates:
+                    continue
+                try:
+                    candidates[(name, prec, which)] = tgt.compile(
+                        model,
+                        [example],
+                        work / f"{which}-{name}-{prec}",
+                        precision=prec,
+                        calib=calib,
+                        threads=args.threads,
+                        **extra,
+                    )
+                except Exception as exc:  # noqa: BLE001 - a failing target is reported, not fatal
+                    failures[f"{which}-{name}-{prec}"] = str(exc)
     acc = {
         k: runtime_accuracy(d, dense if k[2] == "dense" else pruned, test)["accuracy"] for k, d in candidates.items()
     }
     rows = []
-    for b in (1, 32):
-        best: dict[tuple, float] = {}
+    for b in (1,) if args.quick else (1, 32):
+        rounds: dict[tuple, list] = {k: [] for k in candidates}
         for _ in range(args.rounds):
             for k, d in candidates.items():
-                ms = d.measure(batch=b, threads=args.threads, repeats=args.repeats, warmup=5).latency_ms_median
-                best[k] = min(best.get(k, ms), ms)
-        base = best[("torch", "fp32", "dense")]
-        for k, ms in best.items():
+                rounds[k].append(d.measure(batch=b, threads=args.threads, repeats=args.repeats, warmup=5))
+        cost = {k: combine_rounds(v) for k, v in rounds.items()}
+        base = cost[("torch", "fp32", "dense")].latency_ms_median
+        for k, c in cost.items():
             rows.append(
                 {
                     "target": k[0],
                     "precision": k[1],
                     "model": k[2],
                     "batch": b,
-                    "latency_ms": ms,
-                    "speedup_vs_dense_torch_fp32": base / ms,
+                    "latency_ms": c.latency_ms_median,
+                    "latency_ms_p10": c.latency_ms_p10,
+                    "latency_ms_p90": c.latency_ms_p90,
+                    "loaded": c.loaded,
+                    "speedup_vs_dense_torch_fp32": base / c.latency_ms_median,
                     "accuracy": acc[k],
                     "acc_delta": acc[k] - acc[("torch", "fp32", "dense")],
                     "artifact_bytes": candidates[k].artifact_bytes,
@@ -176,6 +219,10 @@ def main() -> None:
         r for r in rows if r["batch"] == 1 and r["model"] == "pruned" and -r["acc_delta_vs_best_dense"] <= args.max_drop
     ]
     pick = max(ok, key=lambda r: r["speedup_vs_dense_torch_fp32"], default=None)
+    dense_int8 = [r for r in rows if r["batch"] == 1 and r["model"] == "dense" and r["precision"] == "int8"]
+    best_dense_int8 = max(dense_int8, key=lambda r: r["speedup_vs_dense_torch_fp32"], default=None)
+    if pick is not None and best_dense_int8 is not None:
+        pick["speedup_vs_best_dense_int8"] = best_dense_int8["latency_ms"] / pick["latency_ms"]
     for r in rows:
         print(
             f"{r['model']:6s} {r['target']:12s} {r['precision']:5s} b{r['batch']:<3d} "
@@ -184,15 +231,19 @@ def main() -> None:
         )
     if control_acc is not None:
         print(f"dense fine-tuned the same way (control): acc {control_acc:.4f}")
-    print("pick (batch 1):", pick)
+    print("best dense int8 runtime (batch 1):", best_dense_int8)
+    print("pick (batch 1), pruned on top:", pick)
     save(
         args.result,
         {
-            "baseline": str(BASELINE.relative_to(WORK.parents[1])),
+            "baseline": "untrained (quick check)" if args.quick else str(BASELINE.relative_to(WORK.parents[1])),
             "baseline_sha256_10": base_id,
             "baseline_accuracy": acc[("torch", "fp32", "dense")],
             "ratio": args.ratio,
-            "round_to": args.round_to,
+            "round_to": round_to,
+            "rounding_target": args.rounding_target and f"{args.rounding_target} {args.rounding_precision}",
+            "rounding_plan": plan.to_dict() if plan is not None else None,
+            "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "finetune_epochs": args.finetune_epochs,
             "finetune_seconds": round(finetune_s, 1),
             "macs_dense": count(dense, (3, 32, 32)).macs,
@@ -202,11 +253,12 @@ def main() -> None:
             "rounds": args.rounds,
             "max_drop": args.max_drop,
             "control_accuracy": control_acc,
-            "load_average_1_5_15": os.getloadavg(),
             "rows": rows,
+            "best_dense_int8": best_dense_int8,
             "pick": pick,
             "failures": failures,
         },
+        quick=args.quick,
     )
 
 

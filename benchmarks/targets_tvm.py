@@ -13,17 +13,17 @@ trials) and TVM untuned (TVM's default schedules, labelled as such); each compil
 checks parity with PyTorch on real CIFAR-10 test images.  Each deployed model is timed
 in its own fresh child process at each batch size with ``--threads`` threads: the
 median of ``--repeats`` runs after warm-up; every model is measured ``--rounds`` times
-round-robin and its round with the lowest median kept, so load from other processes
-hits all runtimes alike.  Ratios are PyTorch's latency over each runtime's, measured in
-the same run.  Weights are untrained (latency does not depend on their values);
-BatchNorm statistics are set on real images first.
+round-robin, so load from other processes hits all runtimes alike, and the median of the
+rounds' medians is reported with the spread (``tinytamer.targets.base.combine_rounds``).
+The result file holds this run only, with the machine that made it.  Ratios are
+PyTorch's latency over each runtime's, measured in the same run.  Weights are untrained
+(latency does not depend on their values); BatchNorm statistics are set on real images first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,17 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import RESULTS, WORK, save  # noqa: E402
+from benchmarks._common import WORK, save  # noqa: E402
 from benchmarks.targets_bench import cifar, set_bn_stats  # noqa: E402
 from tinytamer.calib import Calibration  # noqa: E402
 from tinytamer.data import make_loader  # noqa: E402
 from tinytamer.deploy import write_json  # noqa: E402
 from tinytamer.targets import Cost, get_target  # noqa: E402
-from tinytamer.targets.base import better_round  # noqa: E402
+from tinytamer.targets.base import ROUNDS, combine_rounds  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
 
 TUNING_LOG = WORK / "tvm" / "tuning.json"
-RESULTS_FILE = RESULTS / "targets_tvm.json"
 
 
 def _model(name: str, train: Any) -> torch.nn.Module:
@@ -84,23 +83,22 @@ def tune_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
 
 
 def _measure_round_robin(deployed: dict[str, Any], batch: int, args: argparse.Namespace) -> dict[str, Cost]:
-    best: dict[str, Cost] = {}
+    rounds: dict[str, list[Cost]] = {}
     for _ in range(args.rounds):
         for key, d in deployed.items():
             if key == "tvm fp32 untuned" and batch not in args.untuned_batches:
                 continue
-            best[key] = better_round(
-                best.get(key), d.measure(batch=batch, threads=args.threads, repeats=args.repeats, warmup=5)
+            rounds.setdefault(key, []).append(
+                d.measure(batch=batch, threads=args.threads, repeats=args.repeats, warmup=5)
             )
-    return best
+    return {key: combine_rounds(costs) for key, costs in rounds.items()}
 
 
 def time_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
     tuning = json.loads(TUNING_LOG.read_text()) if TUNING_LOG.is_file() else {}
     calib = Calibration(train, limit=2)
     example = torch.stack([data.test[0][0]])
-    out = RESULTS_FILE.read_text() if RESULTS_FILE.is_file() else None
-    results: dict[str, Any] = json.loads(out)["models"] if out else {}
+    results: dict[str, Any] = {}
     for name in args.models:
         model = _model(name, train)
         counts = count(model, (3, 32, 32))
@@ -156,6 +154,10 @@ def time_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
                         "peak_rss_mb": c.peak_rss_mb,
                         "artifact_bytes": c.artifact_bytes,
                         "cpus_available": c.extra.get("cpus_available"),
+                        "cpus_pinned": c.cpus_pinned,
+                        "round_medians_ms": c.round_medians_ms,
+                        "loaded": c.loaded,
+                        "runtime_versions": c.runtime_versions,
                         "max_rel_err": deployed[key].parity["outputs"][0]["max_rel_err"],
                         **({"tvm": tvm_info} if tvm_info else {}),
                     }
@@ -167,7 +169,6 @@ def time_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
             "macs": counts.macs,
             "params": counts.params,
             "trials_per_task": args.trials,
-            "load_average_1_5_15": os.getloadavg(),
             "tuning": {b: {k: v for k, v in t.items() if k != "database"} for b, t in tuning.get(name, {}).items()},
             "rows": rows,
         }
@@ -175,6 +176,7 @@ def time_phase(args: argparse.Namespace, data: Any, train: Any) -> None:
             "targets_tvm",
             {
                 "threads": args.threads,
+                "statistic": ROUNDS,
                 "untuned_batches": args.untuned_batches,
                 "repeats": args.repeats,
                 "rounds": args.rounds,

@@ -11,6 +11,18 @@ if [ -x scripts/install-micro-toolchain.sh ] || [ -f scripts/install-micro-toolc
   bash scripts/install-micro-toolchain.sh || echo "warning: ARM toolchain not installed; micro targets will be unavailable" >&2
 fi
 
+# espeak-ng synthesizes the `keywords` speech dataset (keyword spotting, `tamer demo --audio`).
+if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends espeak-ng; } \
+    || echo "warning: espeak-ng not installed; the keywords dataset will be unavailable" >&2
+fi
+
+# Debian's Chromium for the report's browser test (Playwright drives it; no browser download).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; } \
+    || echo "warning: chromium not installed; the report's browser test will skip" >&2
+fi
+
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then

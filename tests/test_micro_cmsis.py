@@ -251,3 +251,44 @@ def test_micro_host_target_option(tmp_path, monkeypatch):
     assert info["kernels"] == "cmsis-nn" and dep.info["bit_exact_inputs"] > 0
     assert list(info["kernel_fallbacks"]) == [op.name for op in dep.program.graph.ops if type(op).__name__ == "AvgPool"]
     assert "arm_nnfunctions.h" in dep.program.cmodel.files["model.c"]
+
+
+def int4_convs(seed: int = 0) -> Graph:
+    """Convolutions in the packed int4 form: an odd receptive field (25: rows start
+    mid-byte in CMSIS-NN's layout), an even one (150) and a 1x1, then int4 dense (stays on
+    our kernel: arm_fully_connected_s4 takes one multiplier for the layer)."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((12, 12, 1), 0.02, -5)
+    x = b.conv(b.input, rng.integers(-8, 8, (6, 1, 5, 5)), _sc(rng, 6), rng.normal(0, 1, 6), 0.05, -128, name="c1")
+    x = b.conv(x, rng.integers(-8, 8, (8, 6, 5, 5)), _sc(rng, 8), rng.normal(0, 1, 8), 0.06, -128, name="c2")
+    x = b.conv(x, rng.integers(-8, 8, (5, 8, 1, 1)), _sc(rng, 5), rng.normal(0, 1, 5), 0.07, 2, name="c3")
+    x = b.reshape(x, (4 * 4 * 5,))
+    x = b.dense(x, rng.integers(-8, 8, (10, 80)), _sc(rng, 10), rng.normal(0, 1, 10), 0.1, 3, name="f")
+    g = b.graph(x)
+    for op in g.ops:
+        if hasattr(op, "weight_form"):
+            op.weight_form = "int4"
+    return g
+
+
+def test_s4_weights_pack_the_whole_tensor():
+    w = np.array([[1, -2, 3], [-8, 7, 0]], np.int8)
+    np.testing.assert_array_equal(cmsis.s4_weights(w).view(np.uint8), [0xE1, 0x83, 0x07])
+
+
+@pytest.mark.parametrize("dsp", [False, pytest.param(True, marks=needs_arm)], ids=["host", "cortex-m4"])
+def test_int4_convolutions_run_cmsis_nn_s4(tmp_path, dsp):
+    g = int4_convs()
+    be = cmsis.backend(PEER, dsp=dsp)
+    cm = codegen.generate(g, dsp=dsp, backend=be)
+    assert [be.functions.get(i) for i in range(len(g.ops)) if hasattr(g.ops[i], "weight_form")][:3] == [
+        "arm_convolve_wrapper_s4"
+    ] * 3
+    assert "int4" in cm.fallbacks["f"]
+    x = _inputs(g, 3)
+    if dsp:
+        build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=x)
+        out = toolchain.qemu_run(build, cm.output_size)
+    else:
+        out = toolchain.host_run(toolchain.host_build(cm, tmp_path), x, cm.output_size)
+    np.testing.assert_array_equal(out, _want(g, x))

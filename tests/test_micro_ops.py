@@ -75,6 +75,20 @@ def _softmax(b, rng):
     return b.softmax(f, 1 / 256, -128)
 
 
+def _upsample(b, rng):
+    from tinytamer.micro.ops.upsample import add_upsample
+
+    return add_upsample(b, b.input, (2, 3), 0.03, -5, (-120, 100), name="up")
+
+
+def _gather(b, rng):
+    from tinytamer.micro.ops.gather import add_gather
+
+    c = b.tensors[b.input].shape[-1]
+    # Rotate the channels by one: two runs, the second input channel range first.
+    return add_gather(b, [b.input], [(0, 0, 1, 1, 1, c - 1), (0, c - 1, 1, 0, 1, 1)], 0.03, 2, name="rotate")
+
+
 # One small graph per op of the table (more than one where the op has several C kernels).
 CASES = {
     ops.Conv2D: [_conv, _depthwise],
@@ -84,13 +98,15 @@ CASES = {
     ops.Add: [_add],
     ops.Softmax: [_softmax],
     ops.Reshape: [_dense],
+    ops.Upsample: [_upsample],
+    ops.Gather: [_gather],
 }
 
 
 def test_every_op_record_is_in_the_table():
     records = {
         obj
-        for mod in (ops.add, ops.conv, ops.dense, ops.pool, ops.reshape, ops.softmax)
+        for mod in (ops.add, ops.conv, ops.dense, ops.gather, ops.pool, ops.reshape, ops.softmax, ops.upsample)
         for obj in vars(mod).values()
         if inspect.isclass(obj) and issubclass(obj, Op) and obj is not Op
     }

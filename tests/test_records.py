@@ -15,15 +15,18 @@ from tinytamer.records import (
     BenchRecord,
     ChannelPruneRecord,
     DeployRecord,
+    EmbeddingsRecord,
     FixedPointRecord,
     HaqRecord,
     LowRankRecord,
+    ProxylessRecord,
     PruneRecord,
     QuantizeRecord,
     Record,
     SaveCompressedRecord,
     SensitivityRecord,
     ShareRecord,
+    SposRecord,
     StageRecord,
     TrainRecord,
     TTQRecord,
@@ -49,6 +52,21 @@ PARITY = {
     "inputs": 8,
 }
 BY_ENCODING = {"sparse": {"tensors": 2, "dense_bytes": 4000, "coded_bytes": 600}}
+
+
+NAS = dict(
+    space="shufflenet",
+    target="cortex-m4",
+    memory_profile="stm32l4r5",
+    budget={"est_cycles": 1e6},
+    arch={"blocks.0": "k3"},
+    arch_indices=[0],
+    predicted={"est_cycles": 9e5},
+    measured={"est_cycles": 9.1e5},
+    within_budget=True,
+    cost_table="lut.json",
+    history="h.json",
+)
 
 
 def _samples() -> list[Record]:
@@ -203,6 +221,29 @@ def _samples() -> list[Record]:
             history="h.json",
             reward_plot="r.png",
             policy_plot="p.png",
+        ),
+        stage(SposRecord, 15, **NAS, generations=2, evaluated=12, rejected=3, random_val_accuracy=0.4),
+        stage(
+            ProxylessRecord,
+            16,
+            **NAS,
+            loss="mul",
+            metric="est_cycles",
+            latency_target=1e6,
+            expected_latency=9.5e5,
+            gradient="binary",
+        ),
+        EmbeddingsRecord(
+            stage="viz",
+            index=17,
+            layer="head",
+            samples=64,
+            steps=[0, 50],
+            checkpoints=["", "snapshots/iter_50.pt"],
+            explained_variance=[0.4, 0.2],
+            outliers=[{"index": 3, "label": 1, "score": 0.01}],
+            animation="embeddings.gif",
+            frame="embeddings.png",
         ),
     ]
 

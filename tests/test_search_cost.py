@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -167,3 +168,90 @@ def test_predict_matches_the_measured_cortex_m4_counts(tmp_path):
     pred = cost.predict(wide, "cortex-m4", path, example=example, name="wide")
     assert len(pred.fresh) == 2
     assert cost.predict(wide, "cortex-m4", path, example=example).fresh == []
+
+
+def _fake_host_timer(monkeypatch, whole_ms: float, layer_ms: float, run_ms: float) -> None:
+    """Single-op models cost ``layer_ms``, the one-element model ``run_ms``, a whole model ``whole_ms``."""
+
+    def fake(target, module, x, workdir, repeats):
+        if workdir.name == "run_overhead":
+            return run_ms
+        return whole_ms if workdir.name == "model" else layer_ms
+
+    monkeypatch.setattr(cost, "_time_host", fake)
+    monkeypatch.setattr(cost, "_check_target", lambda target: object())
+
+
+def test_host_entries_are_net_of_the_run_overhead_and_it_is_added_once(tmp_path, monkeypatch):
+    # Five layers each timed alone at 4 ms, of which 3 ms is the run's fixed cost, and a
+    # whole model at 10 ms: raw, the sum would say 20 ms.
+    _fake_host_timer(monkeypatch, whole_ms=10.0, layer_ms=4.0, run_ms=3.0)
+    example = torch.zeros(1, 1, 8, 8)
+    path = tmp_path / "ort.json"
+    table = cost.build([("model", _model)], "onnxruntime", path, example=example)
+    assert table.per_run_overhead == {"latency_ms": 3.0}
+    assert {e["latency_ms"] for e in table.entries.values()} == {1.0}
+    assert {e["latency_ms_single"] for e in table.entries.values()} == {4.0}
+    n = len(cost.host_layers(_model(), example))
+    assert n == 5 and table.overheads[0]["latency_ms"] == 10.0 - n * 1.0
+    pred = cost.predict(_model(), "onnxruntime", path, example=example, measure_missing=False)
+    assert pred.total["latency_ms"] == pytest.approx(10.0)
+    # A deeper model of the same layers pays the per-model overhead once, not per layer.
+    deeper = nn.Sequential(*_model()[:4], nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), *_model()[4:]).eval()
+    _fake_host_timer(monkeypatch, whole_ms=11.0, layer_ms=4.0, run_ms=3.0)
+    pred = cost.predict(deeper, "onnxruntime", path, example=example, name="deeper")
+    assert len(pred.fresh) == 1 and pred.total["latency_ms"] == pytest.approx(6 * 1.0 + 5.0)
+    back = CostTable.load(path, "onnxruntime")
+    assert back.per_run_overhead == {"latency_ms": 3.0} and len(back.overheads) == 2
+    # A layer that runs faster than the run's fixed cost is 0, never negative.
+    _fake_host_timer(monkeypatch, whole_ms=5.0, layer_ms=2.0, run_ms=3.0)
+    m = cost.measure_host(_model(), example, None, tmp_path / "m", per_run=3.0)
+    assert {la.metrics["latency_ms"] for la in m.layers} == {0.0}
+
+
+def test_host_overhead_line_is_fitted_once_three_models_are_measured():
+    t = CostTable("onnxruntime")
+    # Whole = 1 + 0.5 x layers, on three models.
+    t.overheads = [{"layers": 3, "layers_latency_ms": x, "latency_ms": 1 + 0.5 * x - x} for x in (2.0, 4.0, 8.0)]
+    over, how = cost._overhead(t, 3, [], layers_sum=6.0)
+    assert over["latency_ms"] + 6.0 == pytest.approx(4.0) and "fitted on 3" in how
+    t.overheads = t.overheads[:2]
+    over, how = cost._overhead(t, 3, [], layers_sum=6.0)
+    assert "median" in how and over["latency_ms"] == pytest.approx(statistics.median([0.0, -1.0]))
+
+
+def test_version_1_tables_load_for_micro_targets_only(tmp_path):
+    data = _table().to_dict()
+    data["version"] = 1
+    del data["per_run_overhead"]
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data))
+    assert CostTable.load(path, "cortex-m4").per_run_overhead == {}
+    path.write_text(json.dumps({**data, "target": "onnxruntime", "entries": {}, "overheads": []}))
+    with pytest.raises(CostTableError, match="rebuild it with `tamer lut`"):
+        CostTable.load(path)
+    path.write_text(json.dumps({**_table().to_dict(), "per_run_overhead": {"latency_ms": -1}}))
+    with pytest.raises(CorruptFileError, match="per_run_overhead"):
+        CostTable.load(path)
+
+
+def test_a_narrow_activation_clamp_keys_the_convolutions():
+    from tinytamer.compress.int8 import quantize_ptq
+    from tinytamer.micro.lower import lower
+
+    calib = _calib()
+    keys = {}
+    for act_bits in (8, 4):
+        gm = quantize_ptq(_model(), calib, act_bits=act_bits)
+        keys[act_bits] = [k for _, _, k in cost.micro_layers(lower(gm, calib[0][:1]), dsp=True)]
+    convs = [i for i, k in enumerate(keys[8]) if k.startswith("conv2d")]
+    assert convs and all("clamp:narrow" in keys[4][i] for i in convs)
+    assert not any("clamp" in k for k in keys[8])
+    assert all(a == b for i, (a, b) in enumerate(zip(keys[8], keys[4], strict=True)) if i not in convs)
+
+
+def test_bits_space_builds_every_weight_width_at_8_and_4_bit_activations():
+    names = [name for name, _ in cost.space_configs(_model(), "bits", torch.zeros(1, 1, 8, 8), _calib())]
+    assert names == [f"w{b}" for b in range(8, 1, -1)] + [f"w{b}a4" for b in range(8, 1, -1)]
+    with pytest.raises(CostTableError, match="unknown space 'toaster'"):
+        cost.space_configs(_model(), "toaster", torch.zeros(1, 1, 8, 8))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from tinytamer.errors import CompressError
+from tinytamer.micro import toolchain
 from tinytamer.search import haq
 from tinytamer.search.executor import make_executor
 from tinytamer.search.haq_agent import BATCH, DDPG, MEMORY_PER_LAYER, Actor, Critic
@@ -161,3 +165,45 @@ def test_haq_stage_writes_its_record(digits_recipe, run_stages) -> None:
     assert set(h["policy"]) == {"features.0", "features.3", "classifier.1"}
     for key in ("history", "reward_plot", "policy_plot"):
         assert (rundir.path / h[key]).is_file()
+
+
+def test_demo_search_recipe_is_a_short_haq_run_ending_in_a_cortex_m4_deploy() -> None:
+    from importlib.resources import files
+
+    from typer.testing import CliRunner
+
+    from tinytamer.cli import app
+    from tinytamer.recipe import parse_recipe
+
+    recipe = parse_recipe(files("tinytamer").joinpath("recipes/demo_search.yaml").read_text(), source="demo")
+    assert [name for name, _ in recipe.stages] == ["train", "evaluate", "haq", "save_compressed", "deploy"]
+    haq_params, deploy = recipe.stages[2][1], recipe.stages[-1][1]
+    assert haq_params.resource == "weight_flash" and haq_params.episodes <= 10
+    assert deploy.target == "cortex-m4" and recipe.data.val_fraction > 0
+    result = CliRunner().invoke(app, ["demo", "--audio", "--search"])
+    assert result.exit_code == 2 and "choose one" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (toolchain.arm_available() and toolchain.qemu_available()), reason="ARM toolchain or QEMU missing"
+)
+def test_micro_flash_builds_once_per_weight_form_combination(democnn, layers, monkeypatch) -> None:
+    from tinytamer.micro.program import build_program
+
+    calib = [torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(0))]
+    builds = []
+    real = haq._build
+    monkeypatch.setattr(haq, "_build", lambda *a: builds.append(a[3]) or real(*a))
+    flash = haq.micro_flash(democnn, calib, layers)
+    b = haq.LayerBits
+    full = flash([b(8, 8)] * 3)
+    # Here 7-8 bits are all stored as int8: one build serves them; activations change nothing.
+    assert flash([b(7, 3), b(8, 8), b(7, 2)]) == full and len(builds) == 1
+    mixed = [b(8, 8), b(4, 8), b(8, 8)]
+    got = flash(mixed)
+    # The int4 kernel's code outweighs the 576 bytes the packed weights save: flash grows.
+    assert len(builds) == 2 and got != full
+    with tempfile.TemporaryDirectory() as tmp:
+        gm = haq.quantize_policy(democnn, calib, layers, [b(7, 8), b(4, 8), b(8, 8)])
+        assert build_program(gm, calib[0][:1], "cortex-m4", Path(tmp)).arm.flash_bytes == got

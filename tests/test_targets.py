@@ -150,18 +150,6 @@ def test_runtime_loaders_do_not_import_torch():
     assert out.stdout.strip() == "False False"
 
 
-def test_better_round_keeps_the_lower_median_and_the_fastest_run():
-    from tinytamer.targets.base import Cost, better_round
-
-    a = Cost("t", "fp32", 1, 1, latency_ms_median=2.0, latency_ms_min=1.0)
-    b = Cost("t", "fp32", 1, 1, latency_ms_median=1.5, latency_ms_min=1.2)
-    best = better_round(better_round(None, a), b)
-    assert best is b and best.latency_ms_median == 1.5 and best.latency_ms_min == 1.0
-    c = Cost("t", "fp32", 1, 1, latency_ms_median=3.0, latency_ms_min=0.5)
-    best = better_round(best, c)
-    assert best is b and best.latency_ms_min == 0.5
-
-
 @pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or available_cpus() < 2, reason="needs CPU affinity control and two CPUs"
 )

@@ -258,18 +258,42 @@ def _summary(rundir: RunDir) -> None:
 
 
 @app.command()
-def demo(runs: RunsOpt = Path("runs"), quiet: QuietOpt = False) -> None:
+def demo(
+    runs: RunsOpt = Path("runs"),
+    quiet: QuietOpt = False,
+    audio: Annotated[bool, typer.Option(help="keyword spotting: synthesized speech -> DS-CNN -> cortex-m4")] = False,
+    search: Annotated[
+        bool, typer.Option(help="a short HAQ search under a cortex-m4 flash budget, then the cortex-m4 deploy")
+    ] = False,
+) -> None:
     """Train, compress and deploy a small CNN on the built-in digits data (no download)."""
     from importlib.resources import files
 
     from tinytamer.recipe import parse_recipe, run
 
-    text = files("tinytamer").joinpath("recipes/demo.yaml").read_text()
+    if audio and search:
+        raise TamerError("demo: --audio and --search are two demos; choose one")
+    name = "demo_audio" if audio else "demo_search" if search else "demo"
+    text = files("tinytamer").joinpath(f"recipes/{name}.yaml").read_text()
     recipe = parse_recipe(text, source="built-in demo recipe")
     rundir = run(recipe, runs / recipe.name, overwrite=True, progress=not quiet, echo=_echo)
     _summary(rundir)
     for png in sorted(rundir.path.glob("*.png")):
         _echo(f"plot:       {png}")
+    if audio:  # spoken words as raw int16 audio, frontend and network on the emulated device
+        from tinytamer.data import get_dataset
+        from tinytamer.kws import deploy_spotter, spot_utterances
+
+        data = get_dataset(recipe.data.name, augment=False, seed=recipe.seed, **recipe.data.options)
+        spotter = deploy_spotter(rundir.last_model()[1], data, rundir.path / "spotter")
+        for s in spot_utterances(spotter, data.meta.class_names):
+            heard = f"cortex-m4 heard '{s.heard}' (p={s.confidence:.2f})"
+            _echo(f"said '{s.said}' ({s.voice}, a voice unheard in training): {heard}")
+        cost = spotter.measure(data.test.waves[0])
+        for part in ("frontend", "network"):
+            c = cost[part]
+            size = f"flash {c['flash_bytes']:,} B, SRAM {c['sram_bytes']:,} B"
+            _echo(f"{part}: est. {c['est_cycles']:,} cycles ({cost['memory_profile']}), {size}")
 
 
 @app.command(name="run")
@@ -549,7 +573,12 @@ def bench(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run one model on every target and precision: latency ratio to PyTorch fp32, memory, size, accuracy."""
+    """Run one model on every target and precision: latency ratio to PyTorch fp32, memory, size, accuracy.
+
+    The table names the CPU that timed it and marks rows timed under load. --set rounds=N times
+    every model N times round-robin (the median of the rounds is reported); TVM is tuned only
+    when asked (--set trials=32), else built from its tuning database or untuned, labelled.
+    """
     from tinytamer.targets import list_targets
 
     params: dict[str, Any] = _parse_sets(sets)
@@ -879,6 +908,186 @@ def search_haq(
         extra_stages=extra,
         what=f"{resource} budget on {device}",
     )
+
+
+@search_app.command(name="spos")
+def search_spos(
+    budget: Annotated[
+        str, typer.Option(help="limits on TARGET, e.g. cycles=4e6,sram=65536,flash=262144 (latency=MS on host targets)")
+    ],
+    target: Annotated[str, typer.Option(help="cortex-m4, cortex-m7 or onnxruntime")] = "cortex-m4",
+    space: Annotated[str, typer.Option(help="shufflenet (SPOS choice blocks) or mbconv (ProxylessNAS candidates)")] = (
+        "shufflenet"
+    ),
+    generations: Annotated[int, typer.Option(help="generations of the evolutionary search")] = 20,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = 0,
+    deploy: Annotated[bool, typer.Option(help="then deploy the network found to TARGET and score it there")] = True,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """SPOS: train a one-shot supernet, evolve architectures within the budget predicted from
+    TARGET's cost table, retrain the best from scratch and measure it on TARGET."""
+    _nas_command(
+        "spos",
+        {"generations": generations, "executor": executor, "address": address, "workers": workers},
+        budget,
+        target,
+        space,
+        deploy,
+        data=data,
+        root=root,
+        size=size,
+        sets=sets,
+        name=name,
+        runs=runs,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+
+
+@search_app.command(name="proxylessnas")
+def search_proxylessnas(
+    budget: Annotated[
+        str, typer.Option(help="limits on TARGET, e.g. cycles=4e6,sram=65536 (the first is the loss's latency target)")
+    ],
+    target: Annotated[str, typer.Option(help="cortex-m4, cortex-m7 or onnxruntime")] = "cortex-m4",
+    space: Annotated[str, typer.Option(help="mbconv (ProxylessNAS candidates) or shufflenet")] = "mbconv",
+    loss: Annotated[
+        str, typer.Option(help="latency loss: mul (CE x a (log LAT / log T)^b) or add (CE + l (LAT-T)/T)")
+    ] = ("mul"),
+    gradient: Annotated[
+        str, typer.Option(help="architecture gradient: binary (BinaryConnect) or reinforce")
+    ] = "binary",
+    deploy: Annotated[bool, typer.Option(help="then deploy the network found to TARGET and score it there")] = True,
+    data: DataOpt = None,
+    root: RootOpt = None,
+    size: SizeOpt = None,
+    sets: SetOpt = None,
+    name: NameOpt = None,
+    runs: RunsOpt = Path("runs"),
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """ProxylessNAS: learn architecture parameters with binarized paths and the expected
+    latency from TARGET's cost table in the loss, derive the most likely path, retrain it."""
+    _nas_command(
+        "proxylessnas",
+        {"loss": loss, "gradient": gradient},
+        budget,
+        target,
+        space,
+        deploy,
+        data=data,
+        root=root,
+        size=size,
+        sets=sets,
+        name=name,
+        runs=runs,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+
+
+def _nas_command(
+    stage: str, params: dict[str, Any], budget: str, target: str, space: str, deploy: bool, **kw: Any
+) -> None:
+    from tinytamer.search.budget import Budget
+
+    limits = Budget.parse(budget).to_dict()  # a malformed budget fails before any data loads
+    sets = kw.pop("sets")
+    params = {**params, "budget": limits, "target": target, "space": space, **_parse_sets(sets)}
+    extra = [{"deploy": {"target": target}}] if deploy else []
+    _one_stage(
+        stage,
+        params,
+        model=None,
+        weights=None,
+        from_run=None,
+        extra_stages=extra,
+        what=f"{space} space, budget {budget} on {target}",
+        **kw,
+    )
+
+
+viz_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Pictures of a run: how its representation moved.")
+app.add_typer(viz_app, name="viz")
+
+
+@viz_app.command(name="embeddings")
+def viz_embeddings(
+    run_folder: Annotated[Path, typer.Argument(help="a run folder whose training saved snapshots")],
+    layer: Annotated[
+        str | None, typer.Option(help="module to embed (`tamer viz layers RUN`); default: the input of the head")
+    ] = None,
+    samples: Annotated[int, typer.Option(min=3, help="test images, the same at every checkpoint")] = 500,
+    tween: Annotated[int, typer.Option(min=0, help="interpolated frames between two checkpoints")] = 4,
+    quiet: QuietOpt = False,
+) -> None:
+    """Animate a fixed set of test images embedded by every checkpoint (PCA, Procrustes-aligned)."""
+    import torch
+
+    from tinytamer.recipe import user_module_prefixes
+    from tinytamer.viz.embeddings import draw_embeddings, pick_samples
+    from tinytamer.viz.report import write_report
+
+    rundir, recipe, data, start = _run_data(run_folder)
+    labels = [int(data.test[i][1]) for i in range(len(data.test))]
+    chosen = pick_samples(labels, samples)
+    images = torch.stack([data.test[i][0] for i in chosen])
+    record = draw_embeddings(
+        rundir,
+        images,
+        [labels[i] for i in chosen],
+        data.meta.class_names,
+        layer=layer,
+        start=start,
+        allow=user_module_prefixes(recipe.model),
+        tween=tween,
+        progress=not quiet,
+    )
+    for note in record.skipped:
+        _echo(f"skipped {note}")
+    _echo(f"{len(record.steps)} checkpoints, {record.samples} images, {record.layer}")
+    _echo(f"animation: {rundir.path / record.animation}")
+    if record.video:
+        _echo(f"video:     {rundir.path / record.video}")
+    _echo(f"report:    {write_report(rundir)}")
+
+
+@viz_app.command(name="layers")
+def viz_layers(run_folder: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
+    """The layer names `tamer viz embeddings --layer` accepts (the run's last model)."""
+    from tinytamer.viz.embeddings import layer_names
+
+    _, _, _, start = _run_data(run_folder, load=False)
+    for name in layer_names(start):
+        _echo(name)
+
+
+def _run_data(run_folder: Path, *, load: bool = True) -> tuple[Any, Any, Any, Any]:
+    """(run, recipe, data or None, model): the model the recipe starts from, or with
+    ``load=False`` the run's last model (no data is read)."""
+    from tinytamer.recipe import build_model, load_data, parse_recipe, seed_everything, user_module_prefixes
+    from tinytamer.rundir import RunDir
+
+    rundir = RunDir.open(run_folder)
+    recipe = parse_recipe(rundir.recipe_path)
+    if not load:
+        _, model = rundir.last_model(user_module_prefixes(recipe.model))
+        if model is None:
+            raise TamerError(f"{rundir.path}: no stage has finished yet")
+        return rundir, recipe, None, model
+    seed_everything(recipe.seed)  # as `run` does, so the start model is the run's own
+    data = load_data(recipe.data, recipe.seed)
+    return rundir, recipe, data, build_model(recipe.model, data.meta)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from tinytamer.errors import TamerError
 from tinytamer.fileio import atomic_path, write_atomic
 from tinytamer.scoring import top1_hits
 from tinytamer.targets import Cost, Deployed, Target, get_target, list_targets
-from tinytamer.targets.base import better_round, unavailable_reason
+from tinytamer.targets.base import ONE_ROUND, ROUNDS, combine_rounds, host_description, unavailable_reason
 from tinytamer.targets.options import compile_options
 
 
@@ -263,6 +263,12 @@ class BenchRow:
     # Micro targets are not timed: their estimated time under a memory profile.
     est_time_ms: float | None = None
     memory_profile: str | None = None
+    # The load average exceeded the thread count while this row was timed: not a clean figure.
+    loaded: bool | None = None
+    # Each round's median (ms) when the bench ran several rounds.
+    round_medians_ms: list[float] = field(default_factory=list)
+    # torch and the runtime versions the timing process had loaded.
+    runtime_versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,9 +282,32 @@ class BenchReport:
     # "target precision" of the jobs not run yet: a table written mid-bench, or left by
     # an interrupted one, says what it lacks.
     pending: list[str] = field(default_factory=list)
+    # The CPU that timed every row (targets.base.host_description) and how the latency
+    # figures are formed.
+    host: dict[str, Any] = field(default_factory=host_description)
+    statistic: str = ONE_ROUND
+    # What a reader must know about how some rows were built (e.g. TVM left untuned).
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def caption(self) -> str:
+        """The machine, threads and statistic every figure of the table comes from."""
+        h = self.host
+        isa = ", ".join(h.get("isa", [])) or "no listed vector extensions"
+        lines = [
+            f"Measured on {h.get('cpu', 'unknown CPU')} ({h.get('arch', '?')}; {isa}; "
+            f"{h.get('cores', '?')} cores), {self.threads} thread(s), {self.rounds} round(s). "
+            f"Latency: {self.statistic}.",
+        ]
+        if any(r.loaded for r in self.rows):
+            lines.append(
+                "Rows marked (loaded) were timed while the load average exceeded the thread "
+                "count: other work competed for the cores; not clean figures."
+            )
+        lines += [f"Note: {n}" for n in self.notes]
+        return "\n".join(lines) + "\n\n"
 
     def best(self, max_acc_drop: float | None = None, batch: int | None = None) -> BenchRow | None:
         """The fastest row (at ``batch``) losing at most ``max_acc_drop`` accuracy."""
@@ -320,6 +349,8 @@ class BenchReport:
                 lat = f"est. {r.est_time_ms:.3f} ({r.memory_profile}, not timed)"
             if r.latency_ms_p10 is not None and r.latency_ms_p90 is not None:
                 lat += f" ({r.latency_ms_p10:.3f}-{r.latency_ms_p90:.3f})"
+            if r.loaded:
+                lat += " (loaded)"
             size = None if r.artifact_bytes is None else r.artifact_bytes / 1024
             lines.append(
                 f"| {name} | {r.precision} | {r.batch} | {lat} "
@@ -352,6 +383,29 @@ class BenchReport:
             fig.savefig(tmp, format="png", dpi=120)  # the temporary name does not say png
         plt.close(fig)
         return path
+
+
+def _tvm_bench_trials(
+    model: nn.Module, example_input: torch.Tensor, batches: Sequence[int], threads: int, options: dict[str, Any]
+) -> str | None:
+    """Set TVM's trials for a bench that did not ask for tuning: its default when the tuning
+    database already holds the model (nothing is tuned), else 0.  Returns the note to show
+    when TVM is left untuned."""
+    from tinytamer.targets import tvm
+
+    trials = options["trials"]
+    try:
+        if trials == 0 or tvm.tuned_in_database(model, [example_input], batches, threads, trials):
+            return None
+    except TamerError:  # not installed, or the model does not convert: its compile says so
+        options["trials"] = 0
+        return None
+    options["trials"] = 0
+    return (
+        f"tvm compiled untuned: its tuning database ({tvm.cache_root()}) does not hold this model at "
+        f"{trials} trials per task, and bench tunes only when asked. To tune (minutes to tens of "
+        f"minutes; about 12 for a CIFAR ResNet-8 on 2 cores): tamer bench --set trials={trials}"
+    )
 
 
 def console_echo(line: str) -> None:
@@ -405,6 +459,9 @@ def _rows(jobs: Sequence[_Job], batches: Sequence[int]) -> list[BenchRow]:
                     cpus_available=cost.extra.get("cpus_available"),
                     est_time_ms=cost.est_time_ms,
                     memory_profile=cost.memory_profile,
+                    loaded=cost.loaded,
+                    round_medians_ms=list(cost.round_medians_ms),
+                    runtime_versions=dict(cost.runtime_versions),
                 )
             )
     for r in rows:
@@ -441,7 +498,7 @@ def _write_tables(folder: Path, report: BenchReport) -> None:
     write_json(folder / "bench.json", report.to_dict())
     note = f"Partial: {len(report.pending)} still to run ({', '.join(report.pending)}).\n\n" if report.pending else ""
     md = folder / "bench.md"
-    write_atomic(md, note + report.table())
+    write_atomic(md, note + report.caption() + report.table())
 
 
 def bench(
@@ -467,9 +524,12 @@ def bench(
     """Deploy ``model`` on every (available) target and precision and compare them.
 
     Speed-ups are against PyTorch fp32 measured in this same run (always run first).
-    With ``rounds`` > 1 every model is measured that many times, round-robin, and its
-    round with the lowest median is kept, so that load from other processes on a shared
-    machine hits every target alike.  A target that fails (export, parity, measuring) is
+    With ``rounds`` > 1 every model is measured that many times, round-robin, so that
+    load from other processes on a shared machine hits every target alike, and the
+    median of its rounds' medians is reported (:func:`tinytamer.targets.base.combine_rounds`).
+    TVM is not tuned unless ``target_options["tvm"]`` names ``trials``: its tuning database
+    is used when it holds the model, else it is compiled untuned (labelled so, with a note
+    saying how to tune).  A target that fails (export, parity, measuring) is
     kept as a row with its error, and the others go on.  ``target_options`` maps a target
     name to its options (e.g. ``{"tvm": {"trials": 64}}``, validated against its ``Options``).
     ``eval_limit`` is resolved per target (:func:`eval_limit_for`).  ``echo`` gets one
@@ -495,6 +555,12 @@ def bench(
     names = ["torch", *(n for n in names if n != "torch")]  # the baseline, measured first
     limits = {n: eval_limit_for(get_target(n), eval_limit) for n in names}
     options = {n: compile_options(get_target(n), (target_options or {}).get(n, {})) for n in names}
+    notes: list[str] = []
+    if "tvm" in names and "trials" not in (target_options or {}).get("tvm", {}):
+        untuned = _tvm_bench_trials(model, example_input, batches, threads, options["tvm"])
+        if untuned is not None:
+            notes.append(untuned)
+            say(f"bench: {untuned}")
     todo = [
         (n, p)
         for n in names
@@ -513,6 +579,8 @@ def bench(
             eval_total=base.get("total"),
             rounds=rounds,
             pending=[f"{n} {p}" for n, p in pending],
+            statistic=ONE_ROUND if rounds == 1 else ROUNDS,
+            notes=notes,
         )
 
     for k, (name, prec) in enumerate(todo, 1):
@@ -545,14 +613,18 @@ def bench(
         _write_tables(folder, partial)
         row = next((r for r in partial.rows if (r.target, r.precision) == (name, prec)), None)
         say(f"{label}: {_job_line(job, row)}")
+    measured = {(id(job), b): [cost] for job in jobs for b, cost in job.costs.items()}
     for r in range(1, rounds):
         say(f"bench: measuring round {r + 1}/{rounds}")
         for job in jobs:
             for b, cost in job.costs.items():
-                job.costs[b] = better_round(
-                    cost,
-                    job.deployed.measure(batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate),
+                if cost.latency_ms_median is None:  # an estimate (micro): the same every round
+                    continue
+                measured[(id(job), b)].append(
+                    job.deployed.measure(batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate)
                 )
+    for job in jobs:
+        job.costs = {b: combine_rounds(measured[(id(job), b)]) for b in job.costs}
     final = report([])
     _write_tables(folder, final)
     final.plot(folder / "bench.png")

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import numpy as np
 import torch
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from torch import nn
 
 from tinytamer.errors import ModelError, RecipeError
@@ -107,6 +107,9 @@ class DataSpec(BaseModel):
         0.1, ge=0, lt=1, description="share of train held out as val (unless the data has its own val split)"
     )
     limit: int | None = Field(None, gt=0, description="keep the first N items of each split")
+    classes: list[StrictInt | StrictStr] | None = Field(
+        None, description="keep only these classes (indices or names), relabelled 0..k-1 in this order"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="loader-specific options of the dataset")
 
 
@@ -120,6 +123,11 @@ class ModelSpec(BaseModel):
         "package.module:factory (imported: a recipe is trusted like a script)",
     )
     weights: str | None = Field(None, description="checkpoint (.safetensors) or compressed model (.tt) to start from")
+    weights_skip: list[str] = Field(
+        default_factory=list,
+        description="modules of `weights` not loaded (e.g. [head] for another number of classes): "
+        "the model is built for this recipe's data and those keep their fresh initialization",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
 
 
@@ -542,9 +550,21 @@ class Context:
         return torch.stack([self.data.test[i][0] for i in range(batch)])
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
+        if self.data.meta.task == "detection":  # accuracy is mAP@0.5; map50_95 beside it
+            from tinytamer.detect import evaluate as evaluate_detection
+
+            return evaluate_detection(model, self._eval_loader(split))
         from tinytamer.train import evaluate
 
         return evaluate(model, self._eval_loader(split))
+
+    def loss_fn(self, model: nn.Module) -> Any:
+        """The task's training loss for ``model`` (None: the Solver's cross-entropy)."""
+        if self.data.meta.task == "detection":
+            from tinytamer.detect import DetectionLoss, Head
+
+            return DetectionLoss(Head.of(model))
+        return None
 
     def finetune(
         self,
@@ -599,6 +619,7 @@ class Context:
             log=self.log_training,
             hooks=hooks,
             progress=self.progress,
+            loss_fn=self.loss_fn(model),
         )
 
     def log_training(self, record: dict[str, Any]) -> None:
@@ -646,9 +667,13 @@ class Context:
         from tinytamer.zoo import count
 
         counts = count(model, self.input_shape)
+        scores: dict[str, Any] = {}
         if accuracy is None:
-            accuracy = self.evaluate(model)["accuracy"]
+            metrics = self.evaluate(model)
+            accuracy = metrics["accuracy"]
+            scores = {k: metrics[k] for k in ("map50", "map50_95") if k in metrics}
         rec: dict[str, Any] = {
+            **scores,
             "accuracy": accuracy,
             "accuracy_runtime": "PyTorch",
             "params": counts.params,
@@ -673,6 +698,7 @@ def load_data(spec: DataSpec, seed: int) -> Any:
         val_fraction=spec.val_fraction,
         seed=seed,
         limit=spec.limit,
+        classes=spec.classes,
         **spec.options,
     )
 
@@ -690,13 +716,55 @@ def build_model(spec: ModelSpec, meta: Any) -> nn.Module:
     from tinytamer.zoo import create
 
     # A .tt or a tinytamer checkpoint holds its architecture (told apart by magic bytes).
-    if spec.weights and has_architecture(spec.weights):
+    if spec.weights and has_architecture(spec.weights) and not spec.weights_skip:
         return load_checkpoint(spec.weights, allow=user_module_prefixes(spec)).train()
     c, h, _ = meta.input_shape
     kwargs = {"num_classes": meta.num_classes, "in_channels": c, "input_size": h, **spec.kwargs}
+    if meta.task == "detection":  # a detector starts from the anchors fitted to the data
+        kwargs.setdefault("anchors", [list(a) for a in meta.anchors])
     model = create(spec.name, **kwargs)
-    if spec.weights:
+    if spec.weights and spec.weights_skip:
+        load_weights_skipping(model, spec)
+    elif spec.weights:
         load_weights(model, spec.weights)
+    return model
+
+
+def load_weights_skipping(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Load ``spec.weights`` into ``model`` but the modules named in ``spec.weights_skip``
+    (e.g. a head pretrained for another set of classes), which keep their initialization."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from tinytamer.checkpoint import has_architecture, load_checkpoint
+
+    path = str(spec.weights)
+    if has_architecture(path):  # verified (digest, architecture) and rebuilt as saved
+        tensors = load_checkpoint(path, allow=user_module_prefixes(spec)).state_dict()
+    else:
+        try:
+            tensors = load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise RecipeError(f"model.weights: {path} is not a readable safetensors file: {exc}") from None
+
+    def skipped(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in spec.weights_skip)
+
+    for p in spec.weights_skip:
+        if not any(name == p or name.startswith(p + ".") for name in tensors):
+            tops = sorted({name.split(".")[0] for name in tensors})
+            raise RecipeError(f"model.weights_skip: '{p}' names no weights in {path}; its modules: {', '.join(tops)}")
+    own = model.state_dict()
+    kept = {k: t for k, t in tensors.items() if not skipped(k)}
+    missing = sorted(k for k in own if not skipped(k) and k not in kept)
+    unexpected = sorted(k for k in kept if k not in own)
+    wrong = sorted(k for k in kept if k in own and own[k].shape != kept[k].shape)
+    if missing or unexpected or wrong:
+        raise RecipeError(
+            f"model.weights: {path} does not fit '{spec.name}' for this data beyond model.weights_skip "
+            f"{spec.weights_skip}: missing {missing[:8]}, unexpected {unexpected[:8]}, other shape {wrong[:8]}"
+        )
+    model.load_state_dict(kept, strict=False)
     return model
 
 
@@ -706,17 +774,25 @@ def check_takes_input(model: nn.Module, data: Any, spec: ModelSpec) -> None:
     if not len(data.test):
         return
     x = data.test[0][0].unsqueeze(0)
+    source = f"from {spec.weights}" if spec.weights else f"'{spec.name}'"
     try:
         # On a copy: a forward may update state (observers, lazy modules) the stages own.
         with torch.no_grad():
-            copy.deepcopy(model).eval()(x)
+            y = copy.deepcopy(model).eval()(x)
     except (RuntimeError, ValueError, TypeError) as exc:
-        source = f"from {spec.weights}" if spec.weights else f"'{spec.name}'"
         raise ModelError(
             f"the model {source} does not take this data's input of shape "
             f"{tuple(x.shape[1:])} (data '{data.meta.name}'; --size / data.size "
             f"resizes images): {clip(str(exc).splitlines()[0] if str(exc) else repr(exc))}"
         ) from None
+    # Fewer logits than classes would fail deep in the loss; more (a subset of the classes a
+    # checkpoint knows) train and score as they are.
+    n = data.meta.num_classes
+    if data.meta.task == "classification" and isinstance(y, torch.Tensor) and y.ndim == 2 and y.shape[1] < n:
+        raise ModelError(
+            f"the model {source} scores {y.shape[1]} classes but data '{data.meta.name}' has {n}; "
+            "model.weights_skip: [head] starts a new head for this data (named as in the model)"
+        )
 
 
 def run(

@@ -92,11 +92,13 @@ class StageRecord(Record):
     STAGE: ClassVar[str | None] = None
 
     kind: Literal["stage"] = "stage"
-    accuracy: float | None = Field(None, description="top-1 (the task's score) of the model")
+    accuracy: float | None = Field(None, description="top-1 (the task's score; detection: mAP@0.5) of the model")
     accuracy_runtime: str | None = Field(
         None, description="where the accuracy was measured: 'PyTorch' or the target's name"
     )
     eval_samples: int | None = Field(None, description="samples the accuracy was scored on")
+    map50: float | None = Field(None, description="detection: mAP@0.5, VOC all-point interpolation")
+    map50_95: float | None = Field(None, description="detection: COCO mAP@[.5:.95] (101-point)")
     eval_total: int | None = Field(
         None, description="samples in the split (more than eval_samples when a part was scored)"
     )
@@ -233,6 +235,52 @@ class HaqRecord(StageRecord):
     policy_plot: str
 
 
+class NasRecord(StageRecord):
+    """What a hardware-aware architecture search found (tinytamer.search): the architecture,
+    the budget, and its cost predicted from the cost table beside the cost measured on the
+    target after retraining."""
+
+    space: str = Field(description="the search space (tinytamer.search.spaces)")
+    target: str
+    memory_profile: str | None = Field(None, description="micro: what the cycles are estimated under")
+    budget: dict[str, float] = Field(description="cost-table metric -> limit")
+    arch: dict[str, Any] = Field(description="choice -> the option chosen")
+    arch_indices: list[int]
+    predicted: dict[str, float] = Field(description="cost of the architecture predicted from the cost table")
+    measured: dict[str, float] = Field(description="the same metrics measured on the target (the retrained network)")
+    within_budget: bool = Field(description="every measured metric within its limit")
+    violations: list[str] = Field(default_factory=list, description="measured metrics over their limit")
+    cost_table: str = Field(description="the cost table, relative to the run (or as given)")
+    val_accuracy_search: float | None = Field(None, description="the search's score with the supernet's weights")
+    history: str = Field(description="the search's history file, relative to the run")
+
+
+class SposRecord(NasRecord):
+    """The ``spos`` stage (tinytamer.search.spos)."""
+
+    STAGE: ClassVar[str | None] = "spos"
+
+    generations: int
+    evaluated: int = Field(description="architectures scored (all within the predicted budget)")
+    rejected: int = Field(description="architectures drawn outside the predicted budget, never scored")
+    random_val_accuracy: float | None = Field(
+        None, description="the best of as many uniformly drawn in-budget architectures, scored alike"
+    )
+    random_arch_indices: list[int] | None = None
+
+
+class ProxylessRecord(NasRecord):
+    """The ``proxylessnas`` stage (tinytamer.search.proxyless)."""
+
+    STAGE: ClassVar[str | None] = "proxylessnas"
+
+    loss: str = Field(description="the latency loss form: 'mul' or 'add'")
+    metric: str = Field(description="the cost-table metric in the loss")
+    latency_target: float
+    expected_latency: float = Field(description="E[LAT] of the final architecture parameters")
+    gradient: str = Field(description="'binary' (BinaryConnect) or 'reinforce'")
+
+
 class TargetRecord(StageRecord):
     """A stage that ran the model on a target: where, at which precision, and its parity."""
 
@@ -290,6 +338,23 @@ class BenchRecord(StageRecord):
     max_acc_drop: float | None
 
 
+class EmbeddingsRecord(Record):
+    """What ``tamer viz embeddings`` drew (tinytamer.viz.embeddings): a fixed set of test
+    images embedded by every saved checkpoint, projected to 2-D, aligned frame to frame."""
+
+    kind: Literal["embeddings"] = "embeddings"
+    layer: str = Field(description="the module whose output (or the head's input) was embedded")
+    samples: int = Field(description="test images embedded at every checkpoint")
+    steps: list[int] = Field(description="training step of each frame, counted across the drawn stages")
+    checkpoints: list[str] = Field(description="each frame's snapshot, relative to the run ('' : the start)")
+    explained_variance: list[float] = Field(description="of the two PCA components, over all frames")
+    outliers: list[dict[str, Any]] = Field(description="index, label, score: Cleanlab's lowest OOD scores")
+    animation: str = Field(description="the GIF, relative to the run")
+    video: str | None = Field(None, description="the MP4 (where ffmpeg was found), relative to the run")
+    frame: str = Field(description="the last frame as a PNG, relative to the run")
+    skipped: list[str] = Field(default_factory=list, description="snapshots left out, each with the reason")
+
+
 R = TypeVar("R", bound=Record)
 
 
@@ -307,7 +372,9 @@ def parse_record(raw: Any) -> Record:
         return TrainRecord.model_validate(raw)
     if kind == "stage":
         return stage_record(raw)
-    raise ValueError(f"unknown record kind {kind!r} (known: 'train', 'stage')")
+    if kind == "embeddings":
+        return EmbeddingsRecord.model_validate(raw)
+    raise ValueError(f"unknown record kind {kind!r} (known: 'train', 'stage', 'embeddings')")
 
 
 def log_record(run: RunDir, record: Record) -> None:

@@ -5,7 +5,7 @@ Built in: ``digits`` (scikit-learn, offline; the default), ``mnist`` and ``fashi
 Other kinds of data add themselves with :func:`register_dataset`.
 """
 
-from tinytamer.data import cifar, digits, idx, imagefolder  # noqa: F401  (register loaders)
+from tinytamer.data import audio, cifar, digits, idx, imagefolder, keywords  # noqa: F401  (register loaders)
 from tinytamer.data.arrays import ArrayDataset
 from tinytamer.data.loader import make_loader
 from tinytamer.data.registry import (
@@ -15,6 +15,9 @@ from tinytamer.data.registry import (
     list_datasets,
     register_dataset,
 )
+
+# The detection datasets register themselves; imported after the registry they use.
+from tinytamer.detect import voc as _voc  # noqa: E402, F401
 
 __all__ = [
     "ArrayDataset",

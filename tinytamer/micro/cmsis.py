@@ -1,15 +1,20 @@
 """The ``cmsis-nn`` kernel backend: the same integer graph and memory plan, run by Arm
-CMSIS-NN's s8 kernels built from a CMSIS-NN source tree the user points to.
+CMSIS-NN's s8 (and int4 convolutions' s4) kernels built from a CMSIS-NN source tree the user points to.
 
 The tree is never copied into the product: :func:`find_root` takes the ``cmsis_nn_root``
 option or the ``CMSIS_NN_ROOT`` environment variable (vendor SDKs ship one), and the build
 compiles :data:`SOURCES` from it beside the model.  Per op, :class:`CmsisBackend` records the
 CMSIS-NN call and its parameter structs:
 
-- convolution (groups 1): ``arm_convolve_wrapper_s8``; depthwise (one input channel per
-  output channel): ``arm_depthwise_conv_wrapper_s8`` (weights in CMSIS-NN's [1, KH, KW, C]);
+- convolution (groups 1): ``arm_convolve_wrapper_s8``, or ``arm_convolve_wrapper_s4`` for a
+  layer in the packed int4 weight form (:mod:`tinytamer.micro.weights`; CMSIS-NN packs the
+  whole tensor two per byte, rows not byte aligned: :func:`s4_weights`); depthwise (one input
+  channel per output channel): ``arm_depthwise_conv_wrapper_s8`` (weights in CMSIS-NN's
+  [1, KH, KW, C]);
 - dense: ``arm_fully_connected_per_channel_s8`` (``arm_fully_connected_s8`` when every
-  channel shares one multiplier and shift, as TFLite Micro does);
+  channel shares one multiplier and shift, as TFLite Micro does); int4 and the other packed
+  forms stay on tinytamer's kernels (``arm_fully_connected_s4`` takes one multiplier for the
+  layer; the quantizer's are per channel);
 - max pool: ``arm_max_pool_s8``; residual add: ``arm_elementwise_add_s8``;
 - average pool, softmax and grouped convolutions stay on tinytamer's kernels, so outputs stay
   bit-exact: ``arm_avgpool_s8`` divides the raw window sum by its size with one rounding
@@ -75,6 +80,14 @@ SOURCES = tuple(
             "arm_depthwise_conv_3x3_s8",
             "arm_nn_depthwise_conv_s8_core",
             "arm_depthwise_conv_get_buffer_sizes_s8",
+            "arm_convolve_wrapper_s4",
+            "arm_convolve_s4",
+            "arm_convolve_even_s4",
+            "arm_convolve_1x1_s4_fast",
+            "arm_convolve_1x1_s4",
+            "arm_convolve_1_x_n_s4",
+            "arm_convolve_get_buffer_sizes_s4",
+            "arm_nn_mat_mult_kernel_s4_s16",
         ),
         "FullyConnectedFunctions": (
             "arm_fully_connected_s8",
@@ -94,6 +107,9 @@ SOURCES = tuple(
             "arm_s8_to_s16_unordered_with_offset",
             "arm_nn_depthwise_conv_nt_t_s8",
             "arm_nn_depthwise_conv_nt_t_padded_s8",
+            "arm_nn_mat_mult_nt_t_s4",
+            "arm_nn_mat_mul_core_1x_s4",
+            "arm_nn_mat_mult_nt_interleaved_t_even_s4",
         ),
     }.items()
     for f in names
@@ -140,8 +156,8 @@ _SIZE_MAIN = r"""
 #else
 #define SZ(f) f
 #endif
-/* One query per line: c|d (conv / depthwise) H W C OC KH KW OH OW SH SW PH PW, or f IN OUT;
-   one size per line out. */
+/* One query per line: c|C|d (conv s8 / conv s4 / depthwise) H W C OC KH KW OH OW SH SW PH
+   PW, or f IN OUT; one size per line out. */
 int main(void)
 {
     char k;
@@ -158,6 +174,9 @@ int main(void)
         if (k == 'c') {
             cmsis_nn_conv_params p = {0, 0, st, pd, dl, act};
             r = SZ(arm_convolve_wrapper_s8_get_buffer_size)(&p, &in, &flt, &out);
+        } else if (k == 'C') {
+            cmsis_nn_conv_params p = {0, 0, st, pd, dl, act};
+            r = SZ(arm_convolve_wrapper_s4_get_buffer_size)(&p, &in, &flt, &out);
         } else if (k == 'd') {
             cmsis_nn_dw_conv_params p = {0, 0, 1, st, pd, dl, act};
             cmsis_nn_dims f1 = {1, v[4], v[5], v[3]};
@@ -264,14 +283,18 @@ class CmsisBackend:
     def refuses(self, g: Graph, op: Op) -> str | None:
         """Why ``op`` stays on tinytamer's kernel, or None when CMSIS-NN runs it."""
         if isinstance(op, Conv2D):
-            if op.weight_form != "int8":
-                return f"{op.weight_form} weights (this backend runs int8 weights)"
+            if op.weight_form == "int4" and (op.depthwise or op.groups > 1):
+                return "int4 weights in a depthwise or grouped convolution (this backend runs s4 convolutions)"
+            if op.weight_form not in ("int8", "int4"):
+                return f"{op.weight_form} weights (this backend runs int8 weights and int4 convolutions)"
             if op.groups > 1 and not op.depthwise:
                 return "a grouped convolution (no CMSIS-NN wrapper path)"
             return _requant_refusal(op)
         if isinstance(op, Dense):
             if op.weight_form != "int8":
-                return f"{op.weight_form} weights (this backend runs int8 weights)"
+                # arm_fully_connected_s4 takes one multiplier and shift for the layer; the
+                # int8 quantizer gives one per output channel.
+                return f"{op.weight_form} weights (this backend runs int8 fully connected weights)"
             return _requant_refusal(op)
         if isinstance(op, AvgPool):
             return (
@@ -291,9 +314,8 @@ class CmsisBackend:
             if isinstance(op, Conv2D):
                 (h, w, c), (oh, ow, oc) = t_in.shape, t_out.shape
                 _, kh, kw, _ = op.weight.shape
-                queries[i] = " ".join(
-                    map(str, ("d" if op.depthwise else "c", h, w, c, oc, kh, kw, oh, ow, *op.stride, *op.padding))
-                )
+                kind = "d" if op.depthwise else "C" if op.weight_form == "int4" else "c"
+                queries[i] = " ".join(map(str, (kind, h, w, c, oc, kh, kw, oh, ow, *op.stride, *op.padding)))
             elif isinstance(op, Dense):
                 queries[i] = f"f {op.weight.shape[1]} {op.weight.shape[0]}"
         sizes = buffer_sizes(self.root, self.dsp, list(queries.values()))
@@ -371,6 +393,11 @@ class CmsisBackend:
             wa = np.ascontiguousarray(op.weight[..., 0].transpose(1, 2, 0))  # [KH][KW][C]
             params = f"static const cmsis_nn_dw_conv_params cp{i} = {{.input_offset = {common}.ch_mult = 1, {tail}"
             fdims = _dims(f"df{i}", 1, kh, kw, oc)
+        elif op.weight_form == "int4":
+            fn = "arm_convolve_wrapper_s4"
+            wa = s4_weights(op.weight)
+            params = f"static const cmsis_nn_conv_params cp{i} = {{.input_offset = {common}{tail}"
+            fdims = _dims(f"df{i}", oc, kh, kw, icg)
         else:
             fn = "arm_convolve_wrapper_s8"
             wa = op.weight  # OHWI, as CMSIS-NN reads it
@@ -389,6 +416,14 @@ class CmsisBackend:
             _dims(f"do{i}", 1, oh, ow, oc),
         ]
         return data, (f"(void){fn}(&cx{i}, &cp{i}, &q{i}, &di{i}, {x}, &df{i}, w{i}, &db{i}, b{i}, &do{i}, {out})")
+
+
+def s4_weights(weight: np.ndarray) -> np.ndarray:
+    """int4 weights in CMSIS-NN's s4 layout: the whole OHWI tensor flattened, two per byte, low
+    nibble first (rows are not byte aligned: an odd row length starts the next row mid-byte)."""
+    flat = (weight.reshape(-1).astype(np.int16) & 15).astype(np.uint8)
+    flat = np.pad(flat, (0, len(flat) % 2))
+    return (flat[0::2] | flat[1::2] << 4).view(np.int8)
 
 
 def backend(root: str | Path | None, dsp: bool) -> CmsisBackend:

@@ -1,10 +1,12 @@
 """Weight forms: how a conv / depthwise / dense layer's integer weights are stored in flash.
 
 The integer graph always holds a layer's weights as plain int8 (the reference computes with
-them); the *form* says how the generated C stores them and which kernel reads them.  Every
-form stores the weights as rows - one per output channel (conv OHWI, depthwise [C][KH*KW],
-dense [OUT][IN]), each row starting on a byte - so one kernel per op unpacks one row at a
-time into int8 and runs the int8 integer math on it, bit-exact with the reference.
+them); the *form* says how the generated C stores them and which kernel reads them, with the
+int8 integer math, bit-exact with the reference.  The weights are rows, one per output
+channel (conv OHWI, depthwise [C][KH*KW], dense [OUT][IN]); the packed forms start each row
+on a byte (the kernels unpack 8 or 16 int4 / int2 weights per word load in registers on a
+Cortex-M with the DSP extension, and a row at a time into int8 elsewhere); the sparse forms
+run over the rows in order.
 
 Forms (:data:`FORMS`, the one table; :func:`choose` picks one per layer):
 
@@ -12,23 +14,28 @@ Forms (:data:`FORMS`, the one table; :func:`choose` picks one per layer):
 - ``int4`` / ``int2``: two / four two's-complement values per byte (low bits first), chosen
   from the layer's ``w_bits`` (a QuantConv2d / QuantLinear with ``w_bits`` <= 4 / <= 2);
 - ``shared``: k-means weight sharing - ``b``-bit indices (``b`` = 1..8, packed low bits
-  first) into an int8 codebook of ``2^b`` entries, chosen when the layer's integer weights
-  take at most ``2^b`` distinct values with ``b`` below the plain form's bits.  The codebook
-  is one per layer when the whole layer has few values, else one per output channel: the
-  int8 quantizer's per-channel scales map one float centroid to a different integer in
-  each channel, so a layer shared in float keeps its few values per channel only.
-
+  first) into int8 codebooks of ``2^b`` entries.  The int8 quantizer's per-channel scales
+  map one float centroid to a different integer in each channel, but a channel's scale
+  follows its largest centroid, so channels fall into a few classes with one integer
+  codebook each (:func:`group_codebooks`): one codebook for the layer, or a few and one
+  byte per row naming its codebook, ``b`` chosen per layer for the fewest bytes;
 - ``sparse``: pruned weights, only the non-zeros stored, one int32 word each (int8 weight
   << 16 | column) and a uint16 count per row, read by the "sparse" kernels
   (runtime/tt_sparse.c), which skip the zeros; chosen at a density of at most
   :data:`SPARSE_MAX_DENSITY`, where it is no larger than int8 (faster for fully connected
   layers; slower for convolutions, whose per-row overhead dominates: see below);
-- ``sparse_shared``: pruned and shared (Deep Compression): per non-zero one field of
-  ``gap_bits`` (the zeros skipped since the last entry; the largest gap value is a filler
-  entry that only skips) and ``idx_bits`` (an index into the codebook, per layer or per row
-  as ``shared``), packed low bits first in one stream; chosen for a sparse layer whose values
-  are shared, when it saves at least :data:`MIN_SAVING` of the smaller of the other forms.
+- ``sparse_shared``: pruned and shared (Deep Compression, Han et al. 2016, Sec. 2-3: relative
+  indices with filler zeros, then codebook indices): per stored entry one field of
+  ``gap_bits`` (the zeros since the previous entry over the flattened rows, so no per-row
+  counts; the largest gap value is a filler entry that only skips) and ``idx_bits`` (an
+  index into the codebook of the row it lands in, codebooks as ``shared``), packed low bits
+  first in one stream; both widths chosen per layer for the fewest bytes; chosen for a
+  sparse layer when it saves at least :data:`MIN_SAVING` of the smaller of the other forms.
   The same "sparse" kernels read it, decoding each field as they go.
+
+Every form's :attr:`flash_bytes` counts all it stores (values, indices, codebooks, row
+counts or codebook numbers, padding); the biases and requantization constants are the same
+in every form and are not weights.
 
 Adding a form: one :class:`WeightForm` subclass here (``fits``, ``pack``), an entry in
 :data:`FORMS`, and its legality in :func:`choose`; :class:`Packed` is what every packed
@@ -39,6 +46,7 @@ sparse kernels read (``tt_sparse`` in runtime/tt_kernels.h).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,7 +74,8 @@ class Packed:
     rows: int
     k: int  # weights per row
     data: np.ndarray  # uint8 [rows * row_bytes]
-    codebook: np.ndarray | None  # int8 [1 or rows, 2^bits]: the values the indices select
+    codebook: np.ndarray | None  # int8 [codebooks, 2^bits]: the values the indices select
+    groups: np.ndarray | None = None  # uint8 [rows]: each row's codebook (None: one codebook)
 
     @property
     def row_bytes(self) -> int:
@@ -74,12 +83,12 @@ class Packed:
 
     @property
     def cb_stride(self) -> int:
-        """Codebook entries between rows: 0 (one codebook per layer) or 2^bits."""
+        """Codebook entries between codebooks: 0 (one codebook per layer) or 2^bits."""
         return 0 if self.codebook is None or len(self.codebook) == 1 else 1 << self.bits
 
     @property
     def flash_bytes(self) -> int:
-        return int(self.data.size) + (0 if self.codebook is None else int(self.codebook.size))
+        return int(sum(a.size for a in (self.data, self.codebook, self.groups) if a is not None))
 
     def unpack(self) -> np.ndarray:
         """The int8 rows [rows, k] (the kernels' unpacking, in numpy)."""
@@ -87,52 +96,112 @@ class Packed:
         if self.codebook is None:
             half = 1 << (self.bits - 1)
             return (fields.astype(np.int16) - ((fields >= half) << self.bits)).astype(np.int8)
-        cb = np.broadcast_to(self.codebook, (self.rows, self.codebook.shape[1]))
-        return np.take_along_axis(cb, fields.astype(np.int64), axis=1).astype(np.int8)
+        return self.codebook[_row_books(self.groups, self.rows)[:, None], fields].astype(np.int8)
 
 
 @dataclass(frozen=True)
 class Sparse:
-    """A layer's weights in a sparse form: only the non-zeros (and filler entries), row by
-    row; what the generated C stores and the sparse kernels read (``tt_sparse``)."""
+    """A layer's weights in a sparse form: only the non-zeros (and filler entries); what the
+    generated C stores and the sparse kernels read (``tt_sparse``).
+
+    ``sparse``: row by row, ``counts[r]`` int32 words (weight << 16 | column) in row ``r``.
+    ``sparse_shared``: one bit stream for the whole layer, rows in order with no per-row
+    counts (Deep Compression's relative indices over the flattened matrix): per entry a
+    ``gap_bits`` gap (the zeros since the previous entry, across row ends) and an
+    ``idx_bits`` index into the codebook of the row it lands in."""
 
     form: str
     rows: int
     k: int  # weights per row
-    counts: np.ndarray  # uint16 [rows]: entries per row, fillers included
+    counts: np.ndarray | None  # uint16 [rows] ("sparse"): entries per row
     words: np.ndarray | None  # int32 [entries] ("sparse"): weight << 16 | column
-    stream: np.ndarray | None  # uint8 ("sparse_shared"): the fields, then 2 zero bytes
-    codebook: np.ndarray | None  # int8 [1 or rows, 2^idx_bits] ("sparse_shared")
+    stream: np.ndarray | None  # uint8 ("sparse_shared"): the fields, then STREAM_PAD zero bytes
+    codebook: np.ndarray | None  # int8 [codebooks, 2^idx_bits] ("sparse_shared")
     gap_bits: int = 0
     idx_bits: int = 0
+    groups: np.ndarray | None = None  # uint8 [rows]: each row's codebook (None: one codebook)
+    entries: int = 0  # stream fields, fillers included ("sparse_shared")
 
     @property
     def cb_stride(self) -> int:
-        """Codebook entries between rows: 0 (one codebook per layer) or 2^idx_bits."""
+        """Codebook entries between codebooks: 0 (one codebook per layer) or 2^idx_bits."""
         return 0 if self.codebook is None or len(self.codebook) == 1 else 1 << self.idx_bits
 
     @property
     def flash_bytes(self) -> int:
-        return int(sum(a.nbytes for a in (self.counts, self.words, self.stream, self.codebook) if a is not None))
+        arrays = (self.counts, self.words, self.stream, self.codebook, self.groups)
+        return int(sum(a.nbytes for a in arrays if a is not None))
 
     def unpack(self) -> np.ndarray:
         """The int8 rows [rows, k] (the kernels' decoding, in numpy)."""
         out = np.zeros((self.rows, self.k), np.int8)
-        row = np.repeat(np.arange(self.rows), self.counts.astype(np.int64))
         if self.words is not None:
+            row = np.repeat(np.arange(self.rows), self.counts.astype(np.int64))
             out[row, self.words & 0xFFFF] = self.words >> 16
             return out
         gmax = (1 << self.gap_bits) - 1
-        fields = stream_fields(self.stream, self.gap_bits + self.idx_bits, len(row))
+        fields = stream_fields(self.stream, self.gap_bits + self.idx_bits, self.entries)
         gap, idx = fields & gmax, fields >> self.gap_bits
-        e = 0
-        for r, n in enumerate(self.counts.astype(np.int64)):
-            g, ix = gap[e : e + n], idx[e : e + n]
-            real = g != gmax  # a filler only skips gmax zeros
-            col = np.cumsum(g + real) - 1  # a real entry also moves past its own column
-            out[r, col[real]] = self.codebook[r if self.cb_stride else 0][ix[real]]
-            e += n
+        real = gap != gmax  # a filler only skips gmax zeros
+        pos = (np.cumsum(gap + real) - 1)[real]  # a real entry also moves past its own place
+        row = pos // max(self.k, 1)
+        out.reshape(-1)[pos] = self.codebook[_row_books(self.groups, self.rows)[row], idx[real]]
         return out
+
+
+# Zero bytes after a sparse_shared stream: the kernel reads a field as one 32-bit word from
+# its first byte.
+STREAM_PAD = 3
+
+
+def _row_books(groups: np.ndarray | None, rows: int) -> np.ndarray:
+    """Each row's codebook number."""
+    return np.zeros(rows, np.int64) if groups is None else groups.astype(np.int64)
+
+
+def group_codebooks(sets: list[np.ndarray], bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Codebooks of at most ``2^bits`` values such that each row's values (``sets[r]``)
+    lie in one of them: (codebooks int8 [n, 2^bits], each sorted then zero padded; the
+    values in each; each row's codebook uint8 [rows]), or None when more than 256
+    codebooks would be needed.
+
+    The int8 quantizer's per-channel scales map a layer's k-means centroids to different
+    integers in each channel, but a channel's scale follows its largest centroid, so the
+    channels fall into a few classes that share one integer codebook.  Greedy: rows with
+    the most values first, each into the codebook it grows least (a new one if none holds
+    it within ``2^bits``)."""
+    cap = 1 << bits
+    books: list[set[int]] = []
+    row_book = np.zeros(len(sets), np.int64)
+    for r in sorted(range(len(sets)), key=lambda r: -len(sets[r])):
+        s = set(sets[r].tolist())
+        best, growth = -1, cap + 1
+        for j, b in enumerate(books):
+            g = len(s - b)
+            if len(b) + g <= cap and g < growth:
+                best, growth = j, g
+                if g == 0:
+                    break
+        if best < 0:
+            if len(books) == 256:
+                return None
+            books.append(set())
+            best = len(books) - 1
+        books[best] |= s
+        row_book[r] = best
+    table = np.zeros((max(len(books), 1), cap), np.int8)
+    for j, b in enumerate(books):
+        table[j, : len(b)] = sorted(b)
+    return table, np.array([len(b) for b in books] or [0]), row_book.astype(np.uint8)
+
+
+def _index(table: np.ndarray, sizes: np.ndarray, books: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's place in its codebook (``books``: the codebook of each value)."""
+    out = np.empty(len(values), np.int64)
+    for j in np.unique(books):
+        sel = books == j
+        out[sel] = np.searchsorted(table[j, : sizes[j]], values[sel])
+    return out
 
 
 def stream_fields(data: np.ndarray, bits: int, n: int) -> np.ndarray:
@@ -175,7 +244,7 @@ class WeightForm:
         raise NotImplementedError
 
     def flash_bytes(self, rows: np.ndarray) -> int:
-        p = self.pack(rows)
+        p = pack(rows, self.name)
         return int(rows.size) if p is None else p.flash_bytes
 
 
@@ -198,7 +267,12 @@ class IntNForm(WeightForm):
 
     def fits(self, rows: np.ndarray) -> bool:
         lo, hi = -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
-        return bool(rows.size == 0 or (rows.min() >= lo and rows.max() <= hi))
+        if rows.size == 0:
+            return True
+        # The DSP kernels sum products scaled by 2^(8 - bits) in int32 (runtime/tt_dsp_unpack.h)
+        # against inputs minus their zero point, at most 255 in magnitude.
+        bound = int(np.abs(rows.astype(np.int64)).sum(1).max()) * 255 << (8 - self.bits)
+        return bool(rows.min() >= lo and rows.max() <= hi and bound < 1 << 31)
 
     def pack(self, rows: np.ndarray) -> Packed:
         if not self.fits(rows):
@@ -210,37 +284,48 @@ class IntNForm(WeightForm):
 
 
 class SharedForm(WeightForm):
-    """``b``-bit indices into an int8 codebook (per layer, else per output channel)."""
+    """``b``-bit indices into int8 codebooks (:func:`group_codebooks`: one per layer, or a
+    few shared by the rows, each row naming its own)."""
 
     name = "shared"
 
     @staticmethod
-    def _layout(rows: np.ndarray) -> tuple[int, bool]:
-        """(index bits, one codebook per layer) of the smaller of the two layouts."""
-        layer_n = len(np.unique(rows))
-        row_n = max((len(np.unique(r)) for r in rows), default=1)
-        b_layer, b_row = (max(1, int(np.ceil(np.log2(max(n, 1))))) for n in (layer_n, row_n))
-        r, k = rows.shape
-        per_layer = (1 << b_layer) + r * ((k * b_layer + 7) // 8)
-        per_row = r * (1 << b_row) + r * ((k * b_row + 7) // 8)
-        return (b_layer, True) if per_layer <= per_row else (b_row, False)
+    def _layout(rows: np.ndarray) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(index bits, codebooks) of the smallest layout."""
+        sets = [np.unique(r) for r in rows]
+        best: tuple[int, int, tuple] | None = None
+        for b in range(_index_bits(max(len(s) for s in sets)), 9):
+            books = group_codebooks(sets, b)
+            if books is None:
+                continue
+            size = _books_bytes(books) + rows.shape[0] * ((rows.shape[1] * b + 7) // 8)
+            if best is None or size < best[0]:
+                best = (size, b, books)
+        assert best is not None  # at 8 bits one codebook holds every int8 value
+        return best[1], best[2]
 
     def fits(self, rows: np.ndarray) -> bool:
-        return rows.size > 0 and self._layout(rows)[0] <= 8
+        return rows.size > 0
 
     def pack(self, rows: np.ndarray) -> Packed:
-        bits, per_layer = self._layout(rows)
-        groups = [rows] if per_layer else list(rows)
-        codebook = np.zeros((len(groups), 1 << bits), np.int8)
-        fields = np.empty(rows.shape, np.uint8)
-        for j, grp in enumerate(groups):
-            values, index = np.unique(grp, return_inverse=True)
-            codebook[j, : len(values)] = values
-            if per_layer:
-                fields[:] = index.reshape(rows.shape)
-            else:
-                fields[j] = index.reshape(-1)
-        return Packed(self.name, bits, rows.shape[0], rows.shape[1], pack_fields(fields, bits).reshape(-1), codebook)
+        bits, (table, sizes, books) = self._layout(rows)
+        r, _ = np.indices(rows.shape)
+        fields = _index(table, sizes, books.astype(np.int64)[r.reshape(-1)], rows.reshape(-1)).reshape(rows.shape)
+        return Packed(
+            self.name,
+            bits,
+            rows.shape[0],
+            rows.shape[1],
+            pack_fields(fields, bits).reshape(-1),
+            table,
+            books if len(table) > 1 else None,
+        )
+
+
+def _books_bytes(books: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+    """Flash of codebooks and, where there are several, each row's codebook number."""
+    table, _, row_book = books
+    return int(table.size) + (len(row_book) if len(table) > 1 else 0)
 
 
 def _index_bits(n: int) -> int:
@@ -277,81 +362,64 @@ class SparseForm(WeightForm):
         )
 
 
-def _gaps(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each non-zero's row, column and the zeros before it in its row since the last one."""
-    r, c = np.nonzero(rows)
-    first = np.r_[True, r[1:] != r[:-1]] if len(r) else np.zeros(0, bool)
-    prev = np.where(first, -1, np.r_[-1, c[:-1]])
-    return r, c, c - prev - 1
-
-
 class SparseSharedForm(WeightForm):
-    """Deep Compression's layout: per entry a gap and a codebook index, one bit stream."""
+    """Deep Compression's layout: per entry a relative index (gap) and a codebook index, one
+    bit stream over the flattened layer; field widths chosen per layer."""
 
     name = "sparse_shared"
 
     @staticmethod
-    def _layout(rows: np.ndarray) -> tuple[int, int, bool]:
-        """(gap bits, index bits, one codebook per layer) of the smallest layout."""
-        r, c, gaps = _gaps(rows)
-        vals = rows[r, c].astype(np.int64)
-        n_rows = len(rows)
-        per_row = np.bincount(np.unique(r * 256 + vals + 128) // 256, minlength=n_rows)
-        best: tuple[int, int, int, bool] | None = None
-        for per_layer, b in (
-            (True, _index_bits(len(np.unique(vals)))),
-            (False, _index_bits(int(per_row.max(initial=0)))),
-        ):
-            cb = (1 << b) * (1 if per_layer else n_rows)
+    def _layout(rows: np.ndarray) -> tuple[int, int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(gap bits, index bits, codebooks) of the smallest layout."""
+        r, c = np.nonzero(rows)
+        gaps = _flat_gaps(r, c, rows.shape[1])
+        sets = [np.unique(row[row != 0]) for row in rows]
+        best: tuple[int, int, int, tuple] | None = None
+        for b in range(_index_bits(max(len(s) for s in sets)), 9):
+            books = group_codebooks(sets, b)
+            if books is None:
+                continue
             for d in range(1, 9):
-                fill = gaps // ((1 << d) - 1)
-                counts = np.bincount(r, weights=fill + 1, minlength=n_rows)
-                if counts.max(initial=0) >= 1 << 16:
-                    continue
-                size = cb + (int(counts.sum()) * (d + b) + 7) // 8
+                entries = int((gaps // ((1 << d) - 1) + 1).sum())
+                size = _books_bytes(books) + (entries * (d + b) + 7) // 8 + STREAM_PAD
                 if best is None or size < best[0]:
-                    best = (size, d, b, per_layer)
-        if best is None:
-            raise ModelError("micro: a layer too large for the sparse shared form")
-        return best[1:]
+                    best = (size, d, b, books)
+        assert best is not None
+        return best[1], best[2], best[3]
 
     def fits(self, rows: np.ndarray) -> bool:
         return rows.size > 0 and density(rows) <= SPARSE_MAX_DENSITY
 
     def pack(self, rows: np.ndarray) -> Sparse:
-        d, b, per_layer = self._layout(rows)
-        n_rows = len(rows)
-        r, c, gaps = _gaps(rows)
-        vals = rows[r, c].astype(np.int64)
-        codebook = np.zeros((1 if per_layer else n_rows, 1 << b), np.int8)
-        if per_layer:
-            values, idx = np.unique(vals, return_inverse=True)
-            codebook[0, : len(values)] = values
-        else:
-            keys, inv = np.unique(r * 256 + vals + 128, return_inverse=True)
-            kr = keys // 256
-            slot = np.arange(len(keys)) - np.searchsorted(kr, kr)  # place in its row's codebook
-            codebook[kr, slot] = keys % 256 - 128
-            idx = slot[inv]
+        d, b, (table, sizes, books) = self._layout(rows)
+        r, c = np.nonzero(rows)
+        gaps = _flat_gaps(r, c, rows.shape[1])
+        idx = _index(table, sizes, books.astype(np.int64)[r], rows[r, c].astype(np.int64))
         gmax = (1 << d) - 1
         # A gap of gmax or more is first skipped by fillers of gmax zeros each.
         n_entries = gaps // gmax + 1
         fields = np.full(int(n_entries.sum()), gmax, np.int64)
-        fields[np.cumsum(n_entries) - 1] = gaps % gmax | idx.reshape(-1) << d
+        fields[np.cumsum(n_entries) - 1] = gaps % gmax | idx << d
         stream = pack_fields(fields[None, :], d + b).reshape(-1)
-        counts = np.bincount(r, weights=n_entries, minlength=n_rows).astype(np.uint16)
-        # Two zero bytes after the fields: the kernel reads 3 bytes at a field's first byte.
         return Sparse(
             self.name,
-            n_rows,
+            rows.shape[0],
             rows.shape[1],
-            counts,
             None,
-            np.concatenate([stream, np.zeros(2, np.uint8)]),
-            codebook,
+            None,
+            np.concatenate([stream, np.zeros(STREAM_PAD, np.uint8)]),
+            table,
             d,
             b,
+            books if len(table) > 1 else None,
+            len(fields),
         )
+
+
+def _flat_gaps(r: np.ndarray, c: np.ndarray, k: int) -> np.ndarray:
+    """The zeros before each non-zero since the previous one, over the flattened rows."""
+    pos = r.astype(np.int64) * k + c
+    return pos - np.r_[-1, pos[:-1]] - 1
 
 
 FORMS: dict[str, WeightForm] = {
@@ -366,10 +434,10 @@ def choose(weight: np.ndarray, w_bits: int | None, sparse: bool = True) -> str:
     """The form of a layer's int8 weights (``sparse``: whether its op has sparse kernels).
 
     The plain form its ``w_bits`` allows (int2, int4, else int8); ``sparse`` where the layer
-    is that sparse (smaller and faster, :data:`SPARSE_MAX_DENSITY`); then, where its values
-    are shared (``shared`` saves at least :data:`MIN_SAVING` of the plain form), ``shared``
-    or, for a sparse layer, ``sparse_shared``, each taken only when it saves at least
-    :data:`MIN_SAVING` of the form chosen so far."""
+    is that sparse (smaller and faster, :data:`SPARSE_MAX_DENSITY`); then ``shared`` (where
+    its values are shared) or, for a sparse layer, ``sparse_shared`` (its relative indices
+    alone are smaller than the words), each taken only when it saves at least
+    :data:`MIN_SAVING` of the form chosen so far: flash first, at some cost in cycles."""
     rows = as_rows(weight)
     plain = "int8"
     for name in ("int2", "int4"):
@@ -377,14 +445,12 @@ def choose(weight: np.ndarray, w_bits: int | None, sparse: bool = True) -> str:
             plain = name
             break
     form, best = plain, FORMS[plain].flash_bytes(rows)
-    if sparse and FORMS["sparse"].fits(rows) and FORMS["sparse"].flash_bytes(rows) <= best:
-        form, best = "sparse", FORMS["sparse"].flash_bytes(rows)
-    shared = FORMS["shared"]
-    if not shared.fits(rows) or shared.flash_bytes(rows) > (1 - MIN_SAVING) * FORMS[plain].flash_bytes(rows):
-        return form
+    if sparse and FORMS["sparse"].fits(rows) and (size := FORMS["sparse"].flash_bytes(rows)) <= best:
+        form, best = "sparse", size
     for name in ("shared", "sparse_shared") if sparse else ("shared",):
-        f = FORMS[name]
-        if f.fits(rows) and (size := f.flash_bytes(rows)) <= (1 - MIN_SAVING) * best:
+        if not FORMS[name].fits(rows):
+            continue
+        if (size := FORMS[name].flash_bytes(rows)) <= (1 - MIN_SAVING) * best:
             form, best = name, size
     return form
 
@@ -393,48 +459,53 @@ def pack(weight: np.ndarray, form: str) -> Packed | Sparse | None:
     """A layer's weights in ``form`` (None for int8, which the op's int8 kernels read)."""
     if form not in FORMS:
         raise ModelError(f"micro: unknown weight form '{form}'; forms: {sorted(FORMS)}")
-    return FORMS[form].pack(as_rows(weight))
+    rows = as_rows(weight)
+    return _pack_cached(form, rows.shape, rows.tobytes())
+
+
+@functools.lru_cache(maxsize=32)
+def _pack_cached(form: str, shape: tuple[int, int], data: bytes) -> Packed | Sparse | None:
+    # Generation asks for a layer's packing several times (choice, layout, C, flash); the
+    # codebook grouping is worth doing once.
+    return FORMS[form].pack(np.frombuffer(data, np.int8).reshape(shape))
 
 
 def c_packed(i: int, p: Packed) -> list[str]:
-    """The C constants of op ``i``'s packed weights: the bytes wd<i>, the codebook wc<i> and
-    the tt_wpack pw<i> that the packed kernels read."""
+    """The C constants of op ``i``'s packed weights: the bytes wd<i>, the codebooks wc<i>
+    and each row's codebook wg<i>, and the tt_wpack pw<i> that the packed kernels read."""
     # Imported here: the op modules import this one while the op table is being built.
     from tinytamer.micro.ops.base import c_array, c_struct
 
     data = [c_array(f"wd{i}", "uint8_t", p.data)]
-    cb = "0"
+    ref = dict(data=f"wd{i}", codebook="0", groups="0")
     if p.codebook is not None:
         data.append(c_array(f"wc{i}", "int8_t", p.codebook))
-        cb = f"wc{i}"
-    data.append(
-        c_struct(
-            "tt_wpack",
-            f"pw{i}",
-            dict(data=f"wd{i}", codebook=cb, bits=p.bits, k=p.k, row_bytes=p.row_bytes, cb_stride=p.cb_stride),
-        )
-    )
+        ref["codebook"] = f"wc{i}"
+    if p.groups is not None:
+        data.append(c_array(f"wg{i}", "uint8_t", p.groups))
+        ref["groups"] = f"wg{i}"
+    fields = dict(bits=p.bits, k=p.k, row_bytes=p.row_bytes, cb_stride=p.cb_stride)
+    data.append(c_struct("tt_wpack", f"pw{i}", {**ref, **fields}))
     return data
 
 
 def c_sparse(i: int, s: Sparse) -> list[str]:
-    """The C constants of op ``i``'s sparse weights: the row counts wz<i>, the words wd<i> or
-    the stream ws<i> and its codebook wc<i>, and the tt_sparse sw<i> the kernels read."""
+    """The C constants of op ``i``'s sparse weights: the row counts wz<i> and words wd<i>
+    ("sparse"), or the stream ws<i>, its codebooks wc<i> and each row's codebook wg<i>
+    ("sparse_shared"), and the tt_sparse sw<i> the kernels read."""
     from tinytamer.micro.ops.base import c_array, c_struct
 
-    data = [c_array(f"wz{i}", "uint16_t", s.counts)]
-    ref = dict(nz="0", stream="0", codebook="0")
+    data = []
+    ref = dict(nz="0", stream="0", codebook="0", counts="0", groups="0")
     if s.words is not None:
-        data.append(c_array(f"wd{i}", "int32_t", s.words))
-        ref["nz"] = f"wd{i}"
+        data += [c_array(f"wz{i}", "uint16_t", s.counts), c_array(f"wd{i}", "int32_t", s.words)]
+        ref.update(nz=f"wd{i}", counts=f"wz{i}")
     else:
         data += [c_array(f"ws{i}", "uint8_t", s.stream), c_array(f"wc{i}", "int8_t", s.codebook)]
         ref.update(stream=f"ws{i}", codebook=f"wc{i}")
-    data.append(
-        c_struct(
-            "tt_sparse",
-            f"sw{i}",
-            dict(**ref, counts=f"wz{i}", gap_bits=s.gap_bits, idx_bits=s.idx_bits, cb_stride=s.cb_stride),
-        )
-    )
+        if s.groups is not None:
+            data.append(c_array(f"wg{i}", "uint8_t", s.groups))
+            ref["groups"] = f"wg{i}"
+    fields = dict(gap_bits=s.gap_bits, idx_bits=s.idx_bits, cb_stride=s.cb_stride, entries=s.entries)
+    data.append(c_struct("tt_sparse", f"sw{i}", {**ref, **fields}))
     return data

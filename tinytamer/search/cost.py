@@ -25,14 +25,31 @@ convolution, ``conv2d+bn+relu`` for ONNX Runtime's fusion, ``dense``, ``maxpool`
 the weight precision as the target stores it: on the micro path the weight form of
 :mod:`tinytamer.micro.weights` (``int8``, ``int4``, ``int2``, ``shared<b>`` with its index
 bits and ``/ch`` for a codebook per channel, ``sparse`` with its non-zero count), on host
-targets the precision (``fp32``); activations are stored in int8 on the micro path whatever
-their bits, so activation bits key nothing there; ``sched`` the resolved kernel schedule,
-``knob:value`` pairs (it changes the cycles; ``-`` where the op has no knobs).
+targets the precision (``fp32``); ``sched`` the resolved kernel schedule, ``knob:value``
+pairs (it changes the cycles; ``-`` where the op has no knobs), plus ``clamp:narrow`` for a
+convolution whose output range is less than the whole int8 range.  Activations are stored
+in int8 on the micro path whatever their bits, so their bits key nothing but that: below 8
+bits (or any output range short of int8's) the convolution kernels take a slower requantization
+path, measured 8% more instructions on a 3x3 convolution.
+
+**Per-run overhead of a single-op model (host targets).** Every ``session.run`` pays a
+fixed cost (feeding the input, allocating the output, the run's setup) that a single-op model
+pays once *per layer* but a whole model pays once: summed raw, the entries count it once per
+layer (measured on a 2-core x86 host: 7.5 us each, against 14-17 us for small conv layers,
+so a five-layer model was predicted at 2.4x its latency).  So a host table first times the
+smallest model there is (a ReLU on a one-element input, :func:`measure_run_overhead`),
+keeps it as ``per_run_overhead``, and stores each layer's single-op time *minus* it (never
+below 0; the raw time stays beside it as ``latency_ms_single``).  What a whole model costs
+beyond its corrected layers (the run overhead, paid once, plus functional ops such as
+``x + y`` that are no layer) is its per-model overhead, added once to a prediction: with
+three or more measured models, by a line fitted over them (whole = a + b x the sum of its
+layers: layers run faster inside a whole model than alone, with warm caches and ONNX
+Runtime's layout reorders paid once: b = 0.7-0.85 measured on small CNNs), else their median.
 
 **Per-model overhead.** What a whole inference costs beyond its layers (the calls of
-``tt_model_run``; on ONNX Runtime the session's per-run work) is measured per model: the
+``tt_model_run``; on ONNX Runtime the run's fixed cost, see above) is measured per model: the
 whole-model figure minus the sum of its layers, kept per model in the table and applied to
-new models per layer (cycles, instructions, latency) or by the set of kernels the program
+new models per layer (cycles, instructions), once (latency on host targets), or by the set of kernels the program
 links (flash: a kernel's code is shared by all its layers, so it is no layer's cost: each
 measured model records the code it links, function by function, and a new model is charged
 the functions that came with each of its kernels).  SRAM is a peak, not a sum: it is planned
@@ -72,7 +89,7 @@ from tinytamer.errors import CorruptFileError, TamerError
 from tinytamer.fileio import read_json, write_atomic
 
 FORMAT = "tinytamer-cost-table"
-VERSION = 1
+VERSION = 2  # 2: host entries net of the per-run overhead
 MICRO_TARGETS = {"cortex-m4": "cortex-m4", "cortex-m7": "cortex-m7"}
 # Host targets priced by timing single-op models: the metric a table of them holds.
 HOST_TARGETS = ("onnxruntime", "pytorch")
@@ -161,6 +178,8 @@ class CostTable:
     ``sram_bytes`` on micro targets; ``latency_ms`` on host targets) plus ``model``, the
     model it was first measured in.  ``overheads``: one record per measured model (its name,
     layer count, kernels and the whole-model figure minus its layers, metric by metric).
+    ``per_run_overhead``: host targets: the fixed cost of one run, already subtracted from
+    every entry (see the module docstring); empty until measured.
     """
 
     target: str
@@ -169,6 +188,7 @@ class CostTable:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     overheads: list[dict[str, Any]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)  # configurations built (resume skips them)
+    per_run_overhead: dict[str, float] = field(default_factory=dict)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -185,6 +205,7 @@ class CostTable:
             "entries": self.entries,
             "overheads": self.overheads,
             "done": self.done,
+            "per_run_overhead": self.per_run_overhead,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -200,13 +221,17 @@ class CostTable:
         data = read_json(path, "cost table")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CorruptFileError(f"{path} is not a tinytamer cost table")
-        if data.get("version") != VERSION:
-            raise CorruptFileError(
-                f"cost table {path} has version {data.get('version')!r}; this tinytamer reads version {VERSION}"
-            )
+        version = data.get("version")
+        if version not in (1, VERSION):
+            raise CorruptFileError(f"cost table {path} has version {version!r}; this tinytamer reads version {VERSION}")
         name = data.get("target")
         if not isinstance(name, str) or (name not in MICRO_TARGETS and name not in HOST_TARGETS):
             raise CorruptFileError(f"cost table {path}: unknown target {name!r}")
+        if version == 1 and name in HOST_TARGETS:
+            # Version 1 host entries include the per-run overhead once per layer.
+            raise CostTableError(
+                f"cost table {path} (version 1) counts the '{name}' run overhead per layer: rebuild it with `tamer lut`"
+            )
         if target is not None and name != target:
             raise CostTableError(f"cost table {path} was measured on '{name}', not '{target}'")
         table = cls(name, data.get("memory_profile"), data.get("machine") or {})
@@ -227,7 +252,12 @@ class CostTable:
         done = data.get("done", [])
         if not isinstance(done, list) or not all(isinstance(d, str) for d in done):
             raise CorruptFileError(f"cost table {path}: 'done' is not a list of names")
-        table.entries, table.overheads, table.done = entries, overheads, done
+        per_run = data.get("per_run_overhead", {})
+        if not isinstance(per_run, dict) or not all(
+            k in table.metrics and isinstance(v, int | float) and v >= 0 for k, v in per_run.items()
+        ):
+            raise CorruptFileError(f"cost table {path}: a damaged 'per_run_overhead'")
+        table.entries, table.overheads, table.done, table.per_run_overhead = entries, overheads, done, per_run
         return table
 
     @classmethod
@@ -244,21 +274,29 @@ class CostTable:
         return cls(target, memory_profile if target in MICRO_TARGETS else None)
 
     def add(self, m: Measured, name: str) -> list[str]:
-        """Add a measured model's layers (those not yet known) and its overhead; the new keys."""
+        """Add a measured model's layers (those not yet known) and its overhead; the new keys.
+
+        A layer left unmeasured (empty ``metrics``: the table knew it) counts at its entry.
+        """
         new = []
         for layer in m.layers:
             if layer.key not in self.entries:
+                if not layer.metrics:
+                    raise CostTableError(f"cost table: layer '{layer.name}' was not measured and is not in the table")
                 self.entries[layer.key] = {**layer.metrics, "model": name}
                 new.append(layer.key)
+        cost = [la.metrics or self.entries[la.key] for la in m.layers]
         rec = {
             "model": name,
             "layers": len(m.layers),
             "kernels": m.kernels,
             "code": m.code,
-            **{k: m.total[k] - sum(la.metrics[k] for la in m.layers) for k in self.metrics},
+            **{k: m.total[k] - sum(c[k] for c in cost) for k in self.metrics},
         }
         if "sram_bytes" in m.total:  # the part of the peak no plan can tell: the stack
             rec["sram_bytes"] = m.stack_bytes
+        if "latency_ms" in m.total:  # the x of the overhead line (_overhead_line)
+            rec["layers_latency_ms"] = sum(c["latency_ms"] for c in cost)
         self.overheads = [r for r in self.overheads if r.get("model") != name] + [rec]
         return new
 
@@ -340,7 +378,9 @@ def micro_layers(g: Any, dsp: bool) -> list[tuple[int, str, str]]:
         elif hasattr(op, "kernel"):
             kw = {"kernel": op.kernel, "stride": op.stride, "padding": getattr(op, "padding", None)}
         bits = _form(op) if hasattr(op, "weight") else "-"
-        sched = op_def(op).resolve(op, dsp)
+        sched = dict(op_def(op).resolve(op, dsp))
+        if kind == "conv2d" and _narrow_clamp(op, g.ops[add] if add is not None else None):
+            sched["clamp"] = "narrow"
         if sched.get("kernel") == "sparse":
             bits = f"sparse{int(np.count_nonzero(op.weight))}"
         key = make_key(
@@ -354,6 +394,13 @@ def micro_layers(g: Any, dsp: bool) -> list[tuple[int, str, str]]:
         name = op.name if add is None else f"{op.name}+{g.ops[add].name}"
         out.append((i, name, key))
     return out
+
+
+def _narrow_clamp(op: Any, add: Any) -> bool:
+    """Whether a convolution clamps its output (or its fused add's) to less than the whole
+    int8 range (activations below 8 bits, for one).  The convolution
+    kernels pick a slower requantization path for it (``tt_mm_mode``), so it keys a layer."""
+    return any((o.act_min, o.act_max) != (-128, 127) for o in (op, add) if o is not None)
 
 
 def _flash_symbols(elf: Path) -> dict[str, int]:
@@ -506,6 +553,12 @@ def _time_host(target: Any, module: nn.Module, x: torch.Tensor, workdir: Path, r
     return float(cost.latency_ms_min)
 
 
+def measure_run_overhead(target: Any, workdir: str | Path, repeats: int = 200) -> float:
+    """The fixed cost (ms) of one run on a host target: the time of the smallest model there
+    is, a ReLU on a one-element input (its op is a few nanoseconds of it)."""
+    return _time_host(target, nn.ReLU(), torch.zeros(1, 1), Path(workdir) / "run_overhead", repeats)
+
+
 def measure_host(
     model: nn.Module,
     example: torch.Tensor,
@@ -514,15 +567,19 @@ def measure_host(
     only: set[str] | None = None,
     repeats: int = 50,
     progress: Callable[[str], None] | None = None,
+    per_run: float = 0.0,
 ) -> Measured:
-    """Time the whole model and each layer as a single-op model (only keys in ``only``)."""
+    """Time the whole model and each layer as a single-op model (only keys in ``only``; the
+    others are left with empty metrics).  A layer's ``latency_ms`` is its single-op time
+    minus ``per_run`` (the fixed cost of a run, :func:`measure_run_overhead`), never below 0."""
     workdir = Path(workdir)
     layers = []
     for j, (name, mod, x, key) in enumerate(host_layers(model, example)):
-        lat = float("nan")
+        metrics = {}
         if only is None or key in only:
             lat = _time_host(target, mod, x, workdir / f"layer{j}", repeats)
-        layers.append(Layer(name, key, {"latency_ms": lat}))
+            metrics = {"latency_ms": max(lat - per_run, 0.0), "latency_ms_single": lat}
+        layers.append(Layer(name, key, metrics))
         if progress is not None:
             progress(name)
     total = {"latency_ms": _time_host(target, model.eval(), example[:1], workdir / "model", repeats)}
@@ -559,18 +616,33 @@ class Prediction:
         }
 
 
-def _overhead(table: CostTable, n_layers: int, kernels: list[str]) -> tuple[dict[str, float], str]:
+MIN_FIT_MODELS = 3  # host tables: measured models needed to fit the overhead line
+
+
+def _overhead(
+    table: CostTable, n_layers: int, kernels: list[str], layers_sum: float = 0.0
+) -> tuple[dict[str, float], str]:
     if not table.overheads:
         raise CostTableError(
             f"the {table.target} cost table has no measured model yet: build it with `tamer lut` first"
         )
     recs = table.overheads
     out: dict[str, float] = {}
-    # Calls and cold misses grow with the layers: the median per-layer overhead, scaled.
-    for m in ("instructions", "est_cycles", "latency_ms"):
-        if m in table.metrics:
+    if "latency_ms" in table.metrics:
+        fit = _overhead_line(recs)
+        if fit is None:
+            # A run's fixed cost is paid once per model: the median measured, not scaled.
+            out["latency_ms"] = statistics.median(r["latency_ms"] for r in recs)
+            how = f"median per-model overhead of {len(recs)} measured model(s), once"
+        else:
+            a, b = fit
+            out["latency_ms"] = a + (b - 1.0) * layers_sum
+            how = f"whole = {a:.4g} ms + {b:.3g} x layers, fitted on {len(recs)} measured models"
+    else:
+        # Calls and cold misses grow with the layers: the median per-layer overhead, scaled.
+        for m in ("instructions", "est_cycles"):
             out[m] = statistics.median(r[m] / max(r["layers"], 1) for r in recs) * n_layers
-    how = f"median per-layer overhead of {len(recs)} measured model(s)"
+        how = f"median per-layer overhead of {len(recs)} measured model(s)"
     if "sram_bytes" in table.metrics:
         out["sram_bytes"] = max(r["sram_bytes"] for r in recs)  # the deepest stack measured
     if "flash_bytes" in table.metrics:
@@ -585,6 +657,20 @@ def _overhead(table: CostTable, n_layers: int, kernels: list[str]) -> tuple[dict
                 "the code each kernel came with, an upper bound"
             )
     return out, how
+
+
+def _overhead_line(recs: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Host tables: the least-squares line ``whole = a + b x (sum of the layers' entries)``
+    over the measured models, or None with fewer than MIN_FIT_MODELS models (or no spread).
+
+    Layers run faster inside a whole model than alone, net of the run's fixed cost (warm
+    caches; ONNX Runtime's layout reorders paid once per model instead of once per layer),
+    by a share that grows with the layers' size: a constant overhead cannot express it."""
+    pts = [(r["layers_latency_ms"], r["layers_latency_ms"] + r["latency_ms"]) for r in recs if "layers_latency_ms" in r]
+    if len(pts) < MIN_FIT_MODELS or len({x for x, _ in pts}) < 2:
+        return None
+    b, a = np.polyfit([x for x, _ in pts], [y for _, y in pts], 1)
+    return (float(a), float(b)) if b > 0 else None  # a falling line is noise, not a cost
 
 
 def _code_bytes(recs: list[dict[str, Any]], kernels: list[str]) -> float:
@@ -658,18 +744,26 @@ def predict(
             missing = {k for _, _, _, k in host if k not in table.entries}
             if missing:
                 _require(measure_missing, missing, target)
-                table.add(measure_host(model, example, tgt, work, only=missing), name)
+                per_run = _per_run(table, tgt, work)
+                table.add(measure_host(model, example, tgt, work, only=missing, per_run=per_run), name)
     if missing and path is not None and save:
         table.save(path)
     for layer in layers:
         entry = table.entries[layer.key]
         layer.metrics = {m: entry[m] for m in table.metrics}
-    overhead, how = _overhead(table, len(layers), kernels)
+    overhead, how = _overhead(table, len(layers), kernels, sum(la.metrics.get("latency_ms", 0.0) for la in layers))
     total = {m: sum(la.metrics[m] for la in layers) + overhead[m] for m in table.metrics}
     if sram is not None:
         total["sram_bytes"] = sram + overhead["sram_bytes"]
     fresh = [la.name for la in layers if la.key in missing]
     return Prediction(target, total, layers, fresh, overhead, how, table.memory_profile)
+
+
+def _per_run(table: CostTable, target: Any, workdir: str | Path) -> float:
+    """The table's per-run overhead, measured now if it has none yet."""
+    if "latency_ms" not in table.per_run_overhead:
+        table.per_run_overhead["latency_ms"] = measure_run_overhead(target, workdir)
+    return table.per_run_overhead["latency_ms"]
 
 
 def _planned_sram(g: Any) -> int:
@@ -740,7 +834,8 @@ def build(
                         _quantized(model, example, calib), example, MICRO_TARGETS[target], tmp, memory_profile
                     )
                 else:
-                    m = measure_host(model, example, tgt, tmp)
+                    new = {k for _, _, _, k in host_layers(model, example) if k not in table.entries}
+                    m = measure_host(model, example, tgt, tmp, only=new, per_run=_per_run(table, tgt, tmp))
             table.add(m, name)
             table.done.append(name)
             table.save(path)
@@ -758,8 +853,10 @@ def space_configs(
     """The configurations of ``model`` a table is built over: ``(name, make)`` pairs.
 
     ``model``: the model as given.  ``bits``: every weight bit width 2-8 applied to all
-    layers (int8 quantization with per-layer bits): a layer's key depends only on its own
-    bits, so these seven builds cover every mixed-bit configuration of the model.
+    layers (int8 quantization with per-layer bits), with 8-bit activations and again with
+    4-bit ones (a convolution's key marks only whether its clamp is narrower than int8): a
+    layer's key depends only on its own bits, so these fourteen builds cover every
+    mixed-bit configuration of the model.
     """
     if space == "model":
         return [("model", lambda: model)]
@@ -767,9 +864,13 @@ def space_configs(
         raise CostTableError(f"unknown space '{space}'; choose one of {', '.join(SPACES)}")
     from tinytamer.compress.int8 import quantize_ptq
 
-    def make(bits: int) -> Callable[[], nn.Module]:
+    def make(bits: int, act_bits: int) -> Callable[[], nn.Module]:
         return lambda: quantize_ptq(
-            copy.deepcopy(model).eval(), list(calib or _random_calib(example)), weight_bits=bits
+            copy.deepcopy(model).eval(),
+            list(calib or _random_calib(example)),
+            weight_bits=bits,
+            act_bits=act_bits,
         )
 
-    return [(f"w{b}", make(b)) for b in range(8, 1, -1)]
+    widths = range(8, 1, -1)
+    return [(f"w{b}", make(b, 8)) for b in widths] + [(f"w{b}a4", make(b, 4)) for b in widths]

@@ -22,10 +22,12 @@ The steps of the paper this module implements:
 
 Resources (measured or predicted; each says which in ``Resource.source``):
 
-- :func:`micro_flash`: Cortex-M flash bytes of the whole program, measured: each policy is
-  quantized, lowered, generated and linked (a few seconds; cached), and the linked image read.
-  The int8 and the packed int4 / int2 / codebook kernels are linked only where a layer uses
-  them, so code size moves with the policy and no sum of per-layer figures predicts it.
+- :func:`micro_flash`: Cortex-M flash bytes of the whole program, measured: a policy is
+  quantized, lowered, generated and linked (a few seconds), and the linked image read, once
+  per combination of the layers' weight forms; within a combination only the weights' bytes
+  move, exactly.  The int8 and the packed int4 / int2 / codebook kernels are linked only
+  where a layer uses them, so code size moves with the policy and no sum of per-layer
+  figures predicts it.
 - :func:`weight_flash`: the weights' share of that flash, exact per layer (each layer
   quantized as ``compress.int8`` does and stored in the form the micro path chooses,
   :func:`tinytamer.micro.weights.choose`); predicted (no build), code excluded.
@@ -41,8 +43,11 @@ Resources (measured or predicted; each says which in ``Resource.source``):
 ONNX Runtime latency is not offered: its int8 kernels run every layer at 8 bits, so its
 latency does not respond to a bit policy.
 
-Activation bits change no resource here (the micro kernels keep int8 activations), so the
-budget wall lowers weight bits only, and activation bits are chosen for accuracy alone.
+Activation bits change no flash or file size (the micro kernels keep int8 activations), so
+the budget wall lowers weight bits only, and activation bits are chosen for accuracy alone.
+They move cycles a little: below 8 bits a convolution clamps its output on a slower path
+(about 8% more instructions on a 3x3 convolution), which :func:`micro_cycles`, measured at
+8-bit activations, does not count (an under-estimate for such policies).
 """
 
 from __future__ import annotations
@@ -256,20 +261,19 @@ def _int_weights(model: nn.Module, layers: Sequence[LayerInfo], bits: int) -> di
     return out
 
 
-def weight_flash_table(model: nn.Module, layers: Sequence[LayerInfo]) -> tuple[np.ndarray, np.ndarray]:
+def weight_flash_table(model: nn.Module, layers: Sequence[LayerInfo]) -> tuple[np.ndarray, list[list[str]]]:
     """[layers, bits 0..8] flash bytes of each layer's weights in the form the micro path
-    stores them at each bit width, and whether that form is packed (not plain int8)."""
+    stores them at each bit width, and that form's name (``""`` below 2 bits)."""
     from tinytamer.micro import weights
 
     size = np.zeros((len(layers), MAX_BITS + 1), np.int64)
-    packed = np.zeros((len(layers), MAX_BITS + 1), bool)
+    forms = [[""] * (MAX_BITS + 1) for _ in layers]
     for b in range(MIN_BITS, MAX_BITS + 1):
         for i, w in enumerate(_int_weights(model, layers, b).values()):
             rows = weights.as_rows(w)
-            form = weights.choose(rows, b)
-            size[i, b] = weights.FORMS[form].flash_bytes(rows)
-            packed[i, b] = form != "int8"
-    return size, packed
+            forms[i][b] = weights.choose(rows, b)
+            size[i, b] = weights.FORMS[forms[i][b]].flash_bytes(rows)
+    return size, forms
 
 
 def _uniform(layers: Sequence[LayerInfo], w: int) -> list[LayerBits]:
@@ -320,22 +324,34 @@ def micro_flash(
     workdir: str | Path | None = None,
     select: Selector | dict | None = None,
 ) -> Resource:
-    """Flash bytes of the whole program on ``device``, measured from the linked image of each
-    policy's build (cached by weight bits; a few seconds a build).  The int8 and the packed
-    kernels are linked only where a layer uses them, so the code changes with the policy."""
-    cache: dict[tuple[int, ...], float] = {}
+    """Flash bytes of the whole program on ``device``: the linked image of a build (a few
+    seconds), one per combination of the layers' weight forms.
+
+    The int8 and the packed kernels are linked only where a layer uses them, so the code
+    changes with the forms, and no sum of per-layer figures predicts it: it is measured, once
+    per combination of forms (int8; int4, int2 or codebook at their bits).  Policies of one
+    combination store the same number of bytes per layer (int8 keeps 5-8 bits in a byte),
+    so one build measures them all, and the budget wall's one-bit steps rarely need one."""
+    _, forms = weight_flash_table(model, layers)
+    cache: dict[tuple[str, ...], float] = {}
     root = Path(tempfile.mkdtemp(prefix="haq-flash-", dir=workdir))
 
     def flash(bits: Sequence[LayerBits]) -> float:
-        key = tuple(b.w for b in bits)
+        # int8 stores 5-8 bits alike; a packed form is keyed by its bits as well.
+        key = tuple(forms[i][b.w] + ("" if forms[i][b.w] == "int8" else str(b.w)) for i, b in enumerate(bits))
         if key not in cache:
             # Activations do not change flash (the kernels keep int8 activations).
-            policy = [LayerBits(w, MAX_BITS) for w in key]
+            policy = [LayerBits(b.w, MAX_BITS) for b in bits]
             prog = _build(model, calib, layers, policy, device, root / f"b{len(cache)}", select)
             cache[key] = float(prog.arm.flash_bytes)
         return cache[key]
 
-    return Resource(f"{device} flash", "bytes", flash, f"measured: the linked image of each policy's {device} build")
+    return Resource(
+        f"{device} flash",
+        "bytes",
+        flash,
+        f"measured: the linked image of a {device} build, one per combination of weight forms",
+    )
 
 
 def micro_cycles(

@@ -50,7 +50,13 @@ def evaluate_stage(model: nn.Module, ctx: Context, p: EvaluateParams) -> nn.Modu
     metrics = ctx.evaluate(model, p.split)
     ctx.log(
         ctx.record(
-            StageRecord, model, accuracy=metrics["accuracy"], split=p.split, loss=metrics["loss"], eval_samples=samples
+            StageRecord,
+            model,
+            accuracy=metrics["accuracy"],
+            split=p.split,
+            loss=metrics["loss"],
+            eval_samples=samples,
+            **{k: metrics[k] for k in ("map50", "map50_95") if k in metrics},  # detection
         )
     )
     return model

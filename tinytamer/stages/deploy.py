@@ -198,7 +198,7 @@ class BenchParams(StageParams):
     )
     max_acc_drop: float | None = Field(None, ge=0, description="accuracy a pick may lose (0.01 = one point)")
     isolate: bool = Field(True, description="measure in a child process (peak memory)")
-    rounds: int = Field(1, ge=1, description="measure each model this many times round-robin, keep the best round")
+    rounds: int = Field(1, ge=1, description="times each model is timed, round-robin; the median of rounds is reported")
 
     @field_validator("targets")
     @classmethod

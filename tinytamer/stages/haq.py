@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
+from rich.progress import Progress
 from torch import nn
 
 from tinytamer.calib import Calibration
@@ -84,22 +85,29 @@ def haq_stage(model: nn.Module, ctx: Context, p: HaqParams) -> nn.Module:
     def score(m: nn.Module) -> float:
         return float(evaluate(m, ctx.val_loader(), max_batches=p.val_batches)["accuracy"])
 
-    result = haq.search(
-        model,
-        layers,
-        resource,
-        target,
-        evaluate=score,
-        calib=calib,
-        train_loader=ctx.train_loader(),
-        episodes=p.episodes,
-        warmup=p.warmup,
-        quantizer=quantizer,
-        finetune_iters=p.finetune_iters,
-        finetune_lr=p.finetune_lr,
-        select=p.select,
-        seed=ctx.seed,
-    )
+    with Progress(disable=not ctx.progress) as bar:
+        task = bar.add_task("haq episodes", total=p.episodes)
+
+        def tick(e: haq.Episode) -> None:
+            bar.update(task, advance=1, description=f"haq episode {e.episode + 1}: top-1 {e.accuracy:.3f}")
+
+        result = haq.search(
+            model,
+            layers,
+            resource,
+            target,
+            evaluate=score,
+            calib=calib,
+            train_loader=ctx.train_loader(),
+            episodes=p.episodes,
+            warmup=p.warmup,
+            quantizer=quantizer,
+            finetune_iters=p.finetune_iters,
+            finetune_lr=p.finetune_lr,
+            select=p.select,
+            seed=ctx.seed,
+            on_episode=tick,
+        )
     qmodel = haq.quantize_policy(
         model,
         calib,

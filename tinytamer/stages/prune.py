@@ -9,6 +9,7 @@
           schedule: {type: agp, start: 0, end: 2000, frequency: 100}
           finetune: {base_lr: 0.01, max_iter: 3000, weight_decay: 1e-4, regularization_type: L2}
       - channel_prune: {ratio: 0.5, round_to: 8, finetune: {base_lr: 0.01, epochs: 5}}
+      - channel_prune: {ratio: 0.25, rounding: {target: onnxruntime, precision: int8}}
 
 Every stage logs one record: accuracy, parameters, non-zeros, MACs, the bytes
 of the model written by the codec, and ``physical``: true when layers really
@@ -18,6 +19,7 @@ dense tensors (magnitude pruning; the codec file stores them sparse).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from tinytamer import codec
 from tinytamer.compress import channel, prune, sensitivity
 from tinytamer.compress.selector import Selector
 from tinytamer.errors import RecipeError
+from tinytamer.fileio import write_atomic
 from tinytamer.recipe import Context, StageParams, register_stage
 from tinytamer.records import ChannelPruneRecord, PruneRecord, SensitivityRecord
 from tinytamer.train import SolverConfig
@@ -223,6 +226,24 @@ def prune_stage(model: nn.Module, ctx: Context, p: PruneParams) -> nn.Module:
 # -- channel pruning --------------------------------------------------------------------------
 
 
+class MeasuredRounding(StageParams):
+    """Kept channel counts chosen by latency measured on the deployment target
+    (tinytamer.compress.channel_rounding), instead of multiples of ``round_to``."""
+
+    target: str = Field(description="the deployment target to time single layers on (e.g. onnxruntime, openvino)")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="precision deployed on the target")
+    threads: int = Field(2, ge=1, description="threads the target will run with")
+    batch: int = Field(1, ge=1, description="batch size the target will run at")
+    repeats: int = Field(30, ge=1, description="timed runs per candidate layer")
+    slack: float = Field(0.25, ge=0, lt=1, description="candidates go down to (1 - slack) x the count the ratio keeps")
+    tie: float = Field(0.02, ge=0, description="a count within this fraction of the fastest, with more channels, wins")
+    table: str | None = Field(
+        None,
+        description="the latency table (JSON; default: one per target, precision, threads, batch "
+        "and CPU under $TINYTAMER_CACHE/channels), reused and extended",
+    )
+
+
 class ChannelPruneParams(StageParams):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -237,8 +258,52 @@ class ChannelPruneParams(StageParams):
     )
     ignore: list[str] | None = Field(None, description="layers whose output channels stay (default: the classifier)")
     max_ratio: float = Field(0.9, gt=0, lt=1, description="global: most any layer may lose")
+    rounding: MeasuredRounding | None = Field(
+        None,
+        description="choose each layer's kept count by latency measured on this target (per-layer "
+        "float ratio only; replaces round_to)",
+    )
     finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning")
     batch_size: int | None = Field(None, gt=0, description="training mini-batch size (default: data.batch_size)")
+
+
+def _measured_ratios(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> tuple[dict[str, float], str]:
+    """Per-layer ratios keeping the counts the rounding target runs fastest, and a note."""
+    from tinytamer.compress import channel_rounding as cr
+    from tinytamer.targets.base import host_description
+
+    r = p.rounding
+    if p.global_pruning or not isinstance(p.ratio, float):
+        raise RecipeError("channel_prune.rounding takes one float ratio per layer (not global, not a dict)")
+    if "round_to" in p.model_fields_set:
+        raise RecipeError("channel_prune: give round_to or rounding, not both (rounding chooses the counts)")
+    path = (
+        Path(r.table)
+        if r.table
+        else cr.cache_root() / cr.table_name(r.target, r.precision, r.threads, r.batch, host_description()["cpu"])
+    )
+    table = cr.LatencyTable.open(path, r.target, r.precision, r.threads, r.batch)
+    timer = cr.target_timer(r.target, r.precision, r.threads, r.batch, repeats=r.repeats)
+    plan = cr.plan_channels(
+        model,
+        ctx.example_input(batch=1),
+        timer,
+        table,
+        ratio=p.ratio,
+        select=p.select,
+        ignore=p.ignore,
+        slack=r.slack,
+        tie=r.tie,
+        table_path=path,
+        progress=ctx.progress,
+    )
+    out = ctx.stage_dir / "channel_rounding.json"
+    write_atomic(out, json.dumps(plan.to_dict(), indent=1) + "\n")
+    note = (
+        f"kept channels chosen by latency measured on {r.target} {r.precision} ({r.threads} threads, "
+        f"batch {r.batch}; {plan.measured_now} single-layer timings new, table {path}); per layer: {out.name}"
+    )
+    return plan.ratios(), note
 
 
 @register_stage(
@@ -246,18 +311,22 @@ class ChannelPruneParams(StageParams):
 )
 def channel_prune_stage(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> nn.Module:
     before = channel.channel_counts(model, p.select)
+    extra: dict[str, Any] = {}
+    ratio, round_to = p.ratio, p.round_to
+    if p.rounding is not None:
+        ratio, extra["note"] = _measured_ratios(model, ctx, p)
+        round_to = None
     pruned = channel.prune_channels(
         model,
         ctx.example_input(batch=1),
-        ratio=p.ratio,
+        ratio=ratio,
         global_pruning=p.global_pruning,
-        round_to=p.round_to,
+        round_to=round_to,
         importance=p.importance,
         select=p.select,
         ignore=p.ignore,
         max_ratio=p.max_ratio,
     )
-    extra: dict[str, Any] = {}
     if p.finetune is not None:
         extra["accuracy_before_finetune"] = ctx.evaluate(pruned)["accuracy"]
         ctx.finetune(pruned, p.finetune, batch_size=p.batch_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import resource
 import sys
 from pathlib import Path
@@ -36,16 +37,28 @@ def _peak_rss_mb() -> float:
 
 def main(job_file: str) -> None:
     job = read_json(job_file, "probe job")
+    pinned = job.get("cpus")
+    if pinned and hasattr(os, "sched_setaffinity"):
+        # Before any runtime starts its threads: they inherit these cores and no others.
+        os.sched_setaffinity(0, pinned)
     module_name, func_name = job["loader"].split(":")
     loader = getattr(importlib.import_module(module_name), func_name)
-    from tinytamer.targets.base import available_cpus, random_inputs, time_calls
+    from tinytamer.targets.base import available_cpus, random_inputs, runtime_versions, time_calls
 
     inputs = random_inputs(job["shapes"], job["dtypes"])
     cpus = available_cpus()  # before the backend loads: what this process was given
     baseline = _peak_rss_mb()
     run = loader(job["threads"], **job.get("args", {}))
     times = time_calls(lambda: run(inputs), job["repeats"], job["warmup"])
-    print(json.dumps({"times_s": times, "peak_rss_mb": _peak_rss_mb(), "baseline_rss_mb": baseline, "cpus": cpus}))
+    result = {
+        "times_s": times,
+        "peak_rss_mb": _peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+        "cpus": cpus,
+        "cpus_pinned": sorted(os.sched_getaffinity(0)) if pinned and hasattr(os, "sched_getaffinity") else None,
+        "versions": runtime_versions(),
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

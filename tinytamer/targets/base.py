@@ -59,6 +59,14 @@ class Cost:
     The micro fields are filled by targets that count them (bare-metal C): ``est_cycles``
     is an estimate under ``memory_profile`` (tinytamer.micro.profiles) and ``est_time_ms``
     those cycles at the profile's clock, an estimate, never a timing.
+
+    A timed Cost also says what made it: ``host`` (the CPU model, its vector and int8
+    extensions, its core count: :func:`host_description`), ``cpus_pinned`` (the cores the
+    timing process was pinned to), ``runtime_versions`` (torch and every runtime that
+    process had loaded), the 1-minute load average before and after the timing, and
+    ``loaded``: true when either exceeded ``threads``, so other work competed for the
+    cores and the figure is not a clean one.  ``statistic`` says how the latency figures
+    were formed (one round, or several combined by :func:`combine_rounds`).
     """
 
     target: str
@@ -79,20 +87,156 @@ class Cost:
     est_time_ms: float | None = None
     flash_bytes: int | None = None
     sram_bytes: int | None = None
+    statistic: str | None = None
+    rounds: int = 1
+    round_medians_ms: list[float] = field(default_factory=list)
+    host: dict[str, Any] = field(default_factory=dict)
+    cpus_pinned: list[int] | None = None
+    runtime_versions: dict[str, str] = field(default_factory=dict)
+    load_avg_before: float | None = None
+    load_avg_after: float | None = None
+    loaded: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def better_round(prev: Cost | None, cost: Cost) -> Cost:
-    """Of two rounds' measurements, the one with the lower median latency, carrying the
-    fastest single run of both (round-robin timing on a shared machine keeps these)."""
-    if prev is None:
-        return cost
-    best = prev if prev.latency_ms_median <= cost.latency_ms_median else cost
-    best.latency_ms_min = min(prev.latency_ms_min, cost.latency_ms_min)
-    return best
+ONE_ROUND = "median of the timed runs after warm-up; spread: their 10th-90th percentiles"
+ROUNDS = (
+    "median over rounds of each round's median; spread: the widest 10th-90th percentiles "
+    "of any round; each round's median in round_medians_ms"
+)
+
+
+def combine_rounds(costs: Sequence[Cost]) -> Cost:
+    """Several rounds of one measurement as one Cost: the median of the rounds' medians.
+
+    Round-robin rounds on a shared machine let load hit every model alike; the median
+    of them is the figure, and the spread the widest any round saw.  The load figures
+    span all rounds (``loaded`` if any round was).  A Cost with no latency (the micro
+    targets' estimates, identical every round) is returned as it is.
+    """
+    if not costs:
+        raise TamerError("combine_rounds: no rounds to combine")
+    timed = [c for c in costs if c.latency_ms_median is not None]
+    if not timed:
+        return costs[0]
+    first = timed[0]
+    medians = [c.latency_ms_median for c in timed]
+    out = Cost(**{**asdict(first), "extra": dict(first.extra)})
+    out.latency_ms_median = float(statistics.median(medians))
+    out.latency_ms_p10 = min(c.latency_ms_p10 for c in timed if c.latency_ms_p10 is not None)
+    out.latency_ms_p90 = max(c.latency_ms_p90 for c in timed if c.latency_ms_p90 is not None)
+    out.latency_ms_min = min(c.latency_ms_min for c in timed if c.latency_ms_min is not None)
+    out.rounds, out.round_medians_ms, out.statistic = len(timed), medians, ROUNDS
+    peaks = [c.peak_rss_mb for c in timed if c.peak_rss_mb is not None]
+    out.peak_rss_mb = max(peaks) if peaks else None
+    loads = [v for c in timed for v in (c.load_avg_before, c.load_avg_after) if v is not None]
+    out.load_avg_before, out.load_avg_after = timed[0].load_avg_before, timed[-1].load_avg_after
+    out.loaded = any(bool(c.loaded) for c in timed) if loads else None
+    return out
+
+
+# Extensions that decide which kernels a runtime can use: x86 vector widths and int8 dot
+# products (VNNI) and matrix tiles (AMX); Arm's SIMD, int8 dot product and matmul.
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
+# Arm's names in /proc/cpuinfo, as the extensions are usually called.
+_ISA_NAMES = {"asimd": "neon", "asimddp": "dotprod"}
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, set[str]]:
+    """The CPU model and the feature flags in the text of /proc/cpuinfo (x86 or Arm)."""
+    cpu, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model", "cpu model") and cpu is None:
+            cpu = value.strip() or None
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return cpu, flags
+
+
+@functools.cache
+def host_description() -> dict[str, Any]:
+    """The CPU this process runs on: model, the extensions of :data:`ISA_FLAGS` it has,
+    core count, architecture.  From py-cpuinfo when it is installed, else /proc/cpuinfo."""
+    import platform
+
+    try:
+        import cpuinfo  # py-cpuinfo: also reads macOS and Windows
+
+        info = cpuinfo.get_cpu_info()
+        cpu, flags = info.get("brand_raw"), set(info.get("flags", []))
+    except ImportError:
+        try:
+            cpu, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+        except OSError:
+            cpu, flags = None, set()
+    return {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "arch": platform.machine(),
+        "isa": [_ISA_NAMES.get(f, f) for f in ISA_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+    }
+
+
+# Distributions whose version is recorded when the timing process has imported them.
+RUNTIME_MODULES = {
+    "torch": "torch",
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "ncnn": "ncnn",
+    "tvm": "apache-tvm",
+    "ai_edge_litert": "ai-edge-litert",
+    "numpy": "numpy",
+}
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of torch and the runtimes this process has imported (the ones that timed)."""
+    from importlib import metadata
+
+    out = {}
+    for module, dist in RUNTIME_MODULES.items():
+        if module in sys.modules:
+            try:
+                out[module] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                out[module] = str(getattr(sys.modules[module], "__version__", "unknown"))
+    return out
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+def pin_cpus(threads: int) -> list[int] | None:
+    """The cores a timing process with ``threads`` threads is pinned to: the first
+    ``threads`` of those this process may use (all of them when it may use fewer)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[: max(1, threads)]
 
 
 def latency_stats(times_s: Sequence[float]) -> dict[str, float]:
@@ -192,18 +336,28 @@ class Deployed(ABC):
             artifact_bytes=self.artifact_bytes,
         )
         spec = self.probe_spec() if isolate else None
+        cost.host, cost.statistic = host_description(), ONE_ROUND
+        cost.load_avg_before = load_average()
         if spec is not None:
-            result = run_probe(spec, shapes, self.input_dtypes, threads, repeats, warmup, timeout_s=timeout_s)
+            pinned = pin_cpus(threads)
+            result = run_probe(
+                spec, shapes, self.input_dtypes, threads, repeats, warmup, timeout_s=timeout_s, cpus=pinned
+            )
             cost.peak_rss_mb = result["peak_rss_mb"]
             cost.baseline_rss_mb = result["baseline_rss_mb"]
             cost.extra["measured_in"] = "child process"
+            cost.cpus_pinned, cost.runtime_versions = result.get("cpus_pinned"), result.get("versions", {})
             cpus = result["cpus"]
             times = result["times_s"]
         else:
             inputs = random_inputs(shapes, self.input_dtypes)
             cpus = available_cpus()
             times = self._timed_here(inputs, threads, repeats, warmup)
-            cost.extra["measured_in"] = "this process (peak memory not isolated)"
+            cost.extra["measured_in"] = "this process (peak memory not isolated, cores not pinned)"
+            cost.runtime_versions = runtime_versions()
+        cost.load_avg_after = load_average()
+        loads = [v for v in (cost.load_avg_before, cost.load_avg_after) if v is not None]
+        cost.loaded = max(loads) > threads if loads else None
         cost.extra["cpus_available"] = cpus
         if threads > cpus:
             # Still a true measurement, but not of ``threads`` cores: say so where it is read.
@@ -237,8 +391,13 @@ def run_probe(
     repeats: int,
     warmup: int,
     timeout_s: float = 600.0,
+    cpus: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Run ``python -m tinytamer.targets._probe`` on ``spec``; return its JSON result."""
+    """Run ``python -m tinytamer.targets._probe`` on ``spec``; return its JSON result.
+
+    ``cpus``: the cores the child pins itself to before it loads the runtime (its
+    thread pool then starts on them and nothing else).
+    """
     job = {
         **spec,
         "shapes": [list(s) for s in shapes],
@@ -246,6 +405,7 @@ def run_probe(
         "threads": threads,
         "repeats": repeats,
         "warmup": warmup,
+        "cpus": None if cpus is None else [int(c) for c in cpus],
     }
     with tempfile.TemporaryDirectory(prefix="tamer-probe-") as tmp:
         job_file = Path(tmp) / "job.json"
@@ -445,7 +605,7 @@ def _load_builtins() -> None:
     # Imported on first use so that ``import tinytamer.targets`` stays light.
     import importlib
 
-    for module in ("pytorch", "onnxrt", "ncnn", "tvm", "micro", "litert"):
+    for module in ("pytorch", "onnxrt", "openvino", "ncnn", "tvm", "micro", "litert"):
         try:
             importlib.import_module(f"tinytamer.targets.{module}")
         except ModuleNotFoundError as exc:

@@ -87,6 +87,12 @@ class MicroDeployed(Deployed):
         )
         cost.extra["arena_bytes"] = p.cmodel.plan.arena_size
         cost.extra["memory_plan"] = p.cmodel.plan.report(p.graph)
+        # Every arena buffer's place and lifetime (op indices), for the report's timeline.
+        cost.extra["memory_buffers"] = [
+            {"name": b.name, "offset": b.offset, "size": b.size, "first": b.first, "last": b.last}
+            for b in p.cmodel.plan.buffers
+        ]
+        cost.extra["memory_ops"] = [op.name for op in p.graph.ops]
         cost.extra["macs"] = p.graph.macs()
         cost.extra["requant_fallback"] = self.info.get("requant_fallback", {})
         if p.device == "host":

@@ -350,6 +350,36 @@ def tune(
     return db, info
 
 
+def tuned_in_database(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    batches: Sequence[int],
+    threads: int,
+    trials: int = DEFAULT_TRIALS,
+    database: str | Path | None = None,
+) -> bool:
+    """Whether the tuning database holds every task of ``model`` at each of ``batches``
+    tuned with at least ``trials``: a compile with ``trials`` then tunes nothing."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.target import Target
+
+    BACKEND.require()
+    target = host_target(threads)
+    folder = Path(database) if database is not None else cache_root() / target_key(target)
+    if not (folder / "database_tuning_record.json").is_file():
+        return False
+    db, budgets = _database(folder), _budgets(folder)
+    shapes = [tuple(x.shape[1:]) for x in example_inputs]
+    dtypes = [str(x.detach().numpy().dtype) for x in example_inputs]
+    for batch in batches:
+        for task in ms.relax_integration.extract_tasks(relax_module(model, batch, shapes, dtypes), Target(target)):
+            key = str(tvm_ffi.structural_hash(task.dispatched[0]))
+            if budgets.get(key, _records(db, task.dispatched[0])) < trials:
+                return False
+    return True
+
+
 def _tune_tasks(
     tasks: list[Any],
     target: dict[str, Any],

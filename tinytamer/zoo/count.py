@@ -6,6 +6,9 @@ activations, pooling and additions are not counted.  The arithmetic is left
 to ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per
 MAC for exactly those ops (grouped and depthwise convs included); forward
 hooks read its running total around each module to split it per layer.
+Attention is counted however it is written: as matrix products, through
+``F.scaled_dot_product_attention`` (whose CPU kernel torch's table lacks) or
+through ``nn.MultiheadAttention``'s fused inference path (projections included).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from tinytamer.errors import ModelError
 
@@ -61,6 +64,25 @@ def _nonzero_params(model: nn.Module) -> int:
     return total
 
 
+def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *_args: Any, out_shape: Any = None, **_kw: Any) -> int:
+    """The CPU kernel of ``scaled_dot_product_attention``: q k^T and the weighted sum of v."""
+    return sdpa_flop_count(query, key, value)
+
+
+def _native_mha_flops(query: Any, key: Any, value: Any, embed_dim: int, *_args: Any, **_kw: Any) -> int:
+    """``nn.MultiheadAttention`` in inference: q, k, v and output projections plus attention."""
+    b, lq, e = query[0], query[-2], embed_dim
+    lk = key[-2]
+    macs = b * (lq * e * e + 2 * lk * e * e + 2 * lq * lk * e + lq * e * e)
+    return 2 * macs
+
+
+_EXTRA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+    torch.ops.aten._native_multi_head_attention: _native_mha_flops,
+}
+
+
 def _first_tensor(out: Any) -> Tensor | None:
     if isinstance(out, Tensor):
         return out
@@ -84,7 +106,7 @@ def _count_macs(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, list[dic
     )
     modules = dict(model.named_modules())
     names = {id(m): n for n, m in modules.items()}
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS)
     start: dict[str, list[int]] = {}  # a stack per module: it may be called re-entrantly
     inclusive: dict[str, int] = {}
     children_flops: dict[str, int] = {}

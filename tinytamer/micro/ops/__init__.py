@@ -13,12 +13,25 @@ from tinytamer.micro.ops.add import Add, AddOp
 from tinytamer.micro.ops.base import DeviceOp
 from tinytamer.micro.ops.conv import Conv2D, ConvOp
 from tinytamer.micro.ops.dense import Dense, DenseOp
+from tinytamer.micro.ops.gather import Gather, GatherOp
 from tinytamer.micro.ops.pool import AvgPool, AvgPoolOp, MaxPool, MaxPoolOp
 from tinytamer.micro.ops.reshape import Reshape, ReshapeOp
 from tinytamer.micro.ops.softmax import Softmax, SoftmaxOp
+from tinytamer.micro.ops.upsample import Upsample, UpsampleOp
 
 OPS: dict[type[Op], DeviceOp] = {
-    d.ir: d for d in (ConvOp(), DenseOp(), MaxPoolOp(), AvgPoolOp(), AddOp(), SoftmaxOp(), ReshapeOp())
+    d.ir: d
+    for d in (
+        ConvOp(),
+        DenseOp(),
+        MaxPoolOp(),
+        AvgPoolOp(),
+        AddOp(),
+        SoftmaxOp(),
+        ReshapeOp(),
+        GatherOp(),
+        UpsampleOp(),
+    )
 }
 
 
@@ -45,9 +58,11 @@ __all__ = [
     "Conv2D",
     "Dense",
     "DeviceOp",
+    "Gather",
     "MaxPool",
     "Reshape",
     "Softmax",
+    "Upsample",
     "kernel_files",
     "op_def",
 ]

@@ -7,9 +7,14 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   single-multiply requantization, per channel where :func:`fast_requant` proves it exact),
   "im2col" (tt_conv2d_s8_dsp, runtime/tt_conv.c: the same im2col with compiler-scheduled C
   and the general requantization) or "direct" (tt_conv2d_s8, portable loops, no scratch);
-  ``unroll`` 2 or 4 (mm: groups of 4 inputs per inner-loop pass), ``weights`` "int8" (mm:
-  int8 in flash, unpacked by SXTB16 in the loop) or "int16" (pre-expanded to the int16
-  pairs SMLAD reads: twice the flash, no unpacking), ``cols`` 1 or 2 (im2col: output pixels
+  ``unroll`` 4 or 2 (mm: groups of 4 inputs per inner-loop pass), ``weights`` "quads" (mm:
+  tt_conv2d_s8_qx, 4 channels x 2 pixels per pass, the words of "pairs" with two channel
+  pairs interleaved, see :func:`_quads`; the 2 x 2 kernel's scratch), "pairs" (mm:
+  tt_conv2d_s8_mx, 2 channels x 3 pixels per pass, both channels' int8 weights in one word,
+  see :func:`_pairs`; the int8 layout's flash, a third more scratch), "int8" (2 x 2
+  micro-kernel, int8 in flash, unpacked by SXTB16 in the loop) or "int16" (2 x 2,
+  pre-expanded to the int16 pairs SMLAD reads: twice the flash, no unpacking), ``cols`` 1
+  or 2 (im2col: output pixels
   per im2col batch), ``pack`` "channel" (input channels rounded up to 4 at every kernel
   position; vector unpacking) or "flat" (the whole receptive field rounded up to 4 once;
   scalar unpacking - less padding for 1- or 3-channel inputs);
@@ -102,6 +107,32 @@ def requant_plan(op: Op, out_zp: int = 0) -> FastRequant:
     return fast_records(op.bias, op.multiplier, op.shift, np.abs(w).sum(axis=1), out_zp)
 
 
+def _pairs(groups: np.ndarray, natural: bool) -> np.ndarray:
+    """The "pairs" layout of tt_conv2d_s8_mx from the int8 weights in groups of 4 inputs
+    ([OC, k4, 4]): per channel pair (A, B) and column word, the bytes [A_lo + 128, B_lo,
+    A_hi + 128, B_hi], (lo, hi) the inputs the word's two int16 lanes hold ([v0|v1][v2|v3]
+    in natural order, else the SXTAB16 order [v0|v2][v1|v3]).  An odd last channel pairs
+    with a channel of zeros."""
+    oc, k4, _ = groups.shape
+    lanes = groups[:, :, [0, 1, 2, 3] if natural else [0, 2, 1, 3]].reshape(oc, 2 * k4, 2)
+    if oc % 2:
+        lanes = np.concatenate([lanes, np.zeros_like(lanes[:1])])
+    a = (lanes[0::2].astype(np.int16) + 128).astype(np.uint8)
+    b = lanes[1::2].astype(np.int8).view(np.uint8)
+    words = np.stack([a[..., 0], b[..., 0], a[..., 1], b[..., 1]], axis=-1)
+    return np.ascontiguousarray(words).reshape(-1).view("<i4").astype(np.int32)
+
+
+def _quads(groups: np.ndarray, natural: bool) -> np.ndarray:
+    """The "quads" layout of tt_conv2d_s8_qx: the "pairs" words, those of channel pairs
+    (A, B) and (C, D) of every whole group of 4 channels interleaved word by word; the
+    channels past the last whole group (``OC % 4``) follow in the pairs layout."""
+    words = _pairs(groups, natural)
+    quads, nw = groups.shape[0] // 4, 2 * groups.shape[1]
+    head = words[: quads * 2 * nw].reshape(quads, 2, nw).transpose(0, 2, 1)
+    return np.concatenate([head.reshape(-1), words[head.size :]])
+
+
 class ConvOp(DeviceOp):
     ir = Conv2D
     kernel_files = (
@@ -183,8 +214,8 @@ class ConvOp(DeviceOp):
             flat_first = op.weight.shape[3] % 4 != 0
             return {
                 "kernel": ["mm", "im2col", "direct"],
-                "unroll": [2, 4],
-                "weights": ["int8", "int16"],
+                "unroll": [4, 2],
+                "weights": ["quads", "pairs", "int8", "int16"],
                 "cols": [2, 1],
                 "pack": ["flat", "channel"] if flat_first else ["channel", "flat"],
             }
@@ -217,8 +248,13 @@ class ConvOp(DeviceOp):
             padded = np.pad(op.weight, ((0, 0), (0, 0), (0, 0), (0, round4(ic) - ic)))
         groups = np.ascontiguousarray(padded).reshape(oc, -1, 4)
         # The column lanes per group of 4 inputs: [v0|v2][v1|v3] (SXTAB16 unpacking) or, for
-        # the mm kernel's flat packing, [v0|v1][v2|v3] (natural int16 order).
-        natural = s["kernel"] == "mm" and s["pack"] == "flat"
+        # the mm kernel's flat packing, [v0|v1][v2|v3] (natural int16 order; not for quads,
+        # whose flat field is gathered as bytes and unpacked by SXTAB16).
+        natural = s["kernel"] == "mm" and s["pack"] == "flat" and s["weights"] != "quads"
+        if s.get("weights") == "pairs":
+            return _pairs(groups, natural)
+        if s.get("weights") == "quads":
+            return _quads(groups, natural)
         if s.get("weights") == "int16":
             # int16 words in the column's lane order; they interleave per channel pair below.
             b = groups.astype(np.int16)[:, :, [0, 1, 2, 3] if natural else [0, 2, 1, 3]]
@@ -236,16 +272,20 @@ class ConvOp(DeviceOp):
     def scratch_bytes(self, g: Graph, op: Conv2D, dsp: bool) -> int:
         s = self.resolve(op, dsp)
         if s["kernel"] == "packed":
-            return int(np.prod(op.weight.shape[1:]))  # one unpacked row
+            k = int(np.prod(op.weight.shape[1:]))
+            # One unpacked row; DSP (not depthwise): two int16 receptive fields instead.
+            return max(k, 4 * ((k + 15) // 16 * 16)) if dsp and not op.depthwise else k
         if s["kernel"] == "sparse":
             return 2 * int(np.prod(op.weight.shape[1:]))  # one int16 patch
         if s.get("kernel") not in ("im2col", "mm"):
             return 0
         _, kh, kw, ic = op.weight.shape
         k = round4(kh * kw * ic) if s["pack"] == "flat" else kh * kw * round4(ic)
-        # int16 columns for 1 or 2 pixels; mm's flat packing also gathers one field in order.
-        natural = s["kernel"] == "mm" and s["pack"] == "flat"
-        return 2 * s.get("cols", 2) * k + (2 * k if natural else 0)
+        # int16 columns for 1 or 2 pixels (3 for the pairs kernel); mm's flat packing also
+        # gathers one field in order: as int16, or as bytes for quads.
+        gather = s["kernel"] == "mm" and s["pack"] == "flat"
+        pixels = 3 if s.get("weights") == "pairs" else s.get("cols", 2)
+        return 2 * pixels * k + (((1 if s["weights"] == "quads" else 2) * k) if gather else 0)
 
     # ------------------------------------------------------------------ C
     def emit_c(self, op: Conv2D, site: CallSite) -> tuple[list[str], str]:
@@ -318,6 +358,12 @@ class ConvOp(DeviceOp):
             return f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch})"
         if s["kernel"] == "sparse":
             return f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, (int16_t *)(void *){scratch})"
+        if s["kernel"] == "mm" and s["weights"] in ("pairs", "quads"):
+            kernel = "tt_conv2d_s8_mx" if s["weights"] == "pairs" else "tt_conv2d_s8_qx"
+            return (
+                f"{kernel}(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
+                f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, {s['unroll']})"
+            )
         if s["kernel"] == "mm":
             return (
                 f"tt_conv2d_s8_mm(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "

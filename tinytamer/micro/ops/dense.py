@@ -109,7 +109,10 @@ class DenseOp(DeviceOp):
 
     def scratch_bytes(self, g: Graph, op: Dense, dsp: bool) -> int:
         if self.resolve(op, dsp)["kernel"] == "packed":
-            return int(op.weight.shape[1])  # one unpacked row
+            n = int(op.weight.shape[1])
+            if not dsp:
+                return n  # one unpacked row
+            return 2 * ((n + 15) // 16 * 16)  # DSP: the input as int16, in groups of 16
         if self.resolve(op, dsp)["kernel"] in ("simd", "sparse"):
             return 2 * round4(op.weight.shape[1])
         return 0

@@ -1,8 +1,9 @@
 /* Convolution (groups 1 or grouped): the portable tt_conv2d_s8 and, on Cortex-M with the
- * DSP extension, tt_conv2d_s8_dsp (im2col + compiler-scheduled SMLAD) and tt_conv2d_s8_mm.
+ * DSP extension, tt_conv2d_s8_dsp (im2col + compiler-scheduled SMLAD), tt_conv2d_s8_mm and
+ * its two-channel-word successors tt_conv2d_s8_mx and tt_conv2d_s8_qx (the default; see
+ * their sections below).
  *
- * tt_conv2d_s8_mm (the default convolution where its requantization is provably exact) is
- * the CMSIS-NN arm_nn_mat_mult_kernel_s8_s16 idea - 2 output channels x 2 pixels per pass,
+ * tt_conv2d_s8_mm (used where its requantization is provably exact) is the CMSIS-NN arm_nn_mat_mult_kernel_s8_s16 idea - 2 output channels x 2 pixels per pass,
  * each unpacked value used twice - with the inner loop scheduled by hand for the Cortex-M4
  * TRM's timings (consecutive loads pipeline), optionally int16 weights pre-expanded in
  * flash, and SRDHM + RoundingDivideByPOT folded into one SMMULR and three ALU operations.
@@ -50,10 +51,10 @@ void tt_conv2d_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
 #include "tt_dsp.h"
 
 /* One output pixel's receptive field as kh * kw * icp int16 values (zeros for padding),
- * two words per group of 4 channels; consecutive groups are `step` words apart, so two
- * pixels can share one buffer interleaved (step 4) and be read with one LDM. */
+ * two words per group of 4 channels, the second `odd` words after the first; consecutive
+ * groups are `step` words apart, so two or three pixels can share one buffer interleaved. */
 static void tt_im2col(const tt_conv_params *p, const int8_t *in, int32_t pix, int32_t icp,
-                      int32_t *col, int32_t step)
+                      int32_t *col, int32_t step, int32_t odd)
 {
     const int32_t oy = pix / p->out_w, ox = pix - oy * p->out_w;
     const int32_t off = tt_pack_offset(p->in_zp);
@@ -64,7 +65,7 @@ static void tt_im2col(const tt_conv_params *p, const int8_t *in, int32_t pix, in
             if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
                 for (int32_t c = 0; c < icp; c += 4) {
                     col[0] = 0;
-                    col[1] = 0;
+                    col[odd] = 0;
                     col += step;
                 }
                 continue;
@@ -74,7 +75,7 @@ static void tt_im2col(const tt_conv_params *p, const int8_t *in, int32_t pix, in
             for (; c + 4 <= p->in_c; c += 4) {
                 const int32_t v = tt_word(ip + c);
                 col[0] = __sxtab16(off, v);
-                col[1] = tt_sxtab16_ror8(off, v);
+                col[odd] = tt_sxtab16_ror8(off, v);
                 col += step;
             }
             if (c < icp) { /* channels rounded up to 4: the missing ones are zeros */
@@ -83,7 +84,7 @@ static void tt_im2col(const tt_conv_params *p, const int8_t *in, int32_t pix, in
                     v[j] = c + j < p->in_c ? (int32_t)ip[c + j] - p->in_zp : 0;
                 }
                 col[0] = (int32_t)(((uint32_t)v[0] & 0xFFFFu) | ((uint32_t)v[2] << 16));
-                col[1] = (int32_t)(((uint32_t)v[1] & 0xFFFFu) | ((uint32_t)v[3] << 16));
+                col[odd] = (int32_t)(((uint32_t)v[1] & 0xFFFFu) | ((uint32_t)v[3] << 16));
                 col += step;
             }
         }
@@ -169,8 +170,8 @@ void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *
             tt_im2col_flat(p, in, pix, col, 4);
             tt_im2col_flat(p, in, pix + 1, col + 2, 4);
         } else {
-            tt_im2col(p, in, pix, icp, col, 4);
-            tt_im2col(p, in, pix + 1, icp, col + 2, 4);
+            tt_im2col(p, in, pix, icp, col, 4, 1);
+            tt_im2col(p, in, pix + 1, icp, col + 2, 4, 1);
         }
         int8_t *o0 = out + pix * p->out_c;
         int8_t *o1 = o0 + p->out_c;
@@ -208,7 +209,7 @@ void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *
         if (flat) {
             tt_im2col_flat(p, in, pix, col, 2);
         } else {
-            tt_im2col(p, in, pix, icp, col, 2);
+            tt_im2col(p, in, pix, icp, col, 2, 1);
         }
         const int32_t *const end = col + 2 * k4;
         int8_t *o0 = out + pix * p->out_c;
@@ -290,12 +291,13 @@ static inline int32_t *tt_unpack_run(const int8_t *ip, int32_t n, int32_t off, i
     return col;
 }
 
-static inline int32_t *tt_zero_run(int32_t n, int32_t *col)
+/* `n` groups of zeros in a column layout (groups `step` words apart, words `odd` apart). */
+static inline int32_t *tt_zero_run(int32_t n, int32_t *col, int32_t step, int32_t odd)
 {
     for (int32_t i = 0; i < n; ++i) {
         col[0] = 0;
-        col[1] = 0;
-        col += 4;
+        col[odd] = 0;
+        col += step;
     }
     return col;
 }
@@ -319,21 +321,23 @@ static void tt_im2col_rows(const tt_conv_params *p, const int8_t *in, int32_t oy
     const int8_t *ip = in + (iy * p->in_w + x0 + kx0) * p->in_c;
     for (int32_t ky = 0; ky < p->k_h; ++ky, ++iy, ip += row_bytes) {
         if (iy < 0 || iy >= p->in_h) {
-            col = tt_zero_run(row, col);
+            col = tt_zero_run(row, col, 4, 1);
             continue;
         }
-        col = tt_zero_run(before, col);
+        col = tt_zero_run(before, col, 4, 1);
         col = tt_unpack_run(ip, run, off, col);
-        col = tt_zero_run(after, col);
+        col = tt_zero_run(after, col, 4, 1);
     }
 }
 
 /* The "flat" packing for the mm kernel: the receptive field in (ky, kx, c) order as int16
  * in natural order, zero padded to 4 * k4 values in `tmp`, then copied two words per group
- * into the column buffer (groups `step` words apart).  The generator orders the weights to
- * match ([w0 w2 w1 w3] bytes per int8 word, so SXTB16 gives [w0|w1] and ROR 8 [w2|w3]). */
+ * into the column buffer (groups `step` words apart, the second word `odd` after the
+ * first).  The generator orders the weights to match ([w0 w2 w1 w3] bytes per int8 word,
+ * so SXTB16 gives [w0|w1] and ROR 8 [w2|w3]). */
 static void tt_im2col_flat_nat(const tt_conv_params *p, const int8_t *in, int32_t oy,
-                               int32_t ox, int32_t k4, int16_t *tmp, int32_t *col, int32_t step)
+                               int32_t ox, int32_t k4, int16_t *tmp, int32_t *col, int32_t step,
+                               int32_t odd)
 {
     const int32_t c_n = p->in_c, zp = p->in_zp;
     const int32_t x0 = ox * p->stride_w - p->pad_w;
@@ -368,7 +372,7 @@ static void tt_im2col_flat_nat(const tt_conv_params *p, const int8_t *in, int32_
     const int32_t *src = (const int32_t *)(const void *)tmp;
     for (int32_t g = 0; g < k4; ++g) {
         col[0] = src[0];
-        col[1] = src[1];
+        col[odd] = src[1];
         src += 2;
         col += step;
     }
@@ -622,14 +626,14 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
             ++oy1;
         }
         if (flat) {
-            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 4);
-            tt_im2col_flat_nat(p, in, oy1, ox1, k4, tmp, col + 2, 4);
+            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 4, 1);
+            tt_im2col_flat_nat(p, in, oy1, ox1, k4, tmp, col + 2, 4, 1);
         } else if ((p->in_c & 3) == 0) {
             tt_im2col_rows(p, in, oy, ox, col);
             tt_im2col_rows(p, in, oy1, ox1, col + 2);
         } else {
-            tt_im2col(p, in, pix, icp, col, 4);
-            tt_im2col(p, in, pix + 1, icp, col + 2, 4);
+            tt_im2col(p, in, pix, icp, col, 4, 1);
+            tt_im2col(p, in, pix + 1, icp, col + 2, 4, 1);
         }
         oy = oy1;
         ox = ox1 + 1;
@@ -658,9 +662,9 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
     }
     if (pix < n_pix) { /* an odd last pixel */
         if (flat) {
-            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 2);
+            tt_im2col_flat_nat(p, in, oy, ox, k4, tmp, col, 2, 1);
         } else {
-            tt_im2col(p, in, pix, icp, col, 2);
+            tt_im2col(p, in, pix, icp, col, 2, 1);
         }
         const int32_t *const end = col + 2 * k4;
         int8_t *o0 = out + pix * out_c;
@@ -685,6 +689,751 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
                 wc += stride;
             }
             tt_mm_out1(mode, p, rq + oc, o0 + oc, a0);
+        }
+    }
+}
+
+/* ------------------------------------------------------------- the "pairs" convolution
+ * tt_conv2d_s8_mx: 2 output channels x 3 output pixels per pass, with both channels'
+ * int8 weights in one word, so the inner loop unpacks nothing for one of them.
+ *
+ * Word j of a channel pair (A, B) holds the bytes [A_lo + 128, B_lo, A_hi + 128, B_hi] for
+ * the two inputs (lo, hi) of column word j.  Read as two int16 lanes it is
+ * [256 B_lo + A_lo + 128 | 256 B_hi + A_hi + 128] (the low byte counts unsigned), so
+ *   S = sum SMLAD(x, word)                   = sum x A + 128 sum x + 256 sum x B
+ *   T = sum SMLAD(x, SXTB16(word ROR 8))     = sum x B
+ * and A's accumulator is S - 256 T - 128 sum x: exact in wrapping int32 arithmetic, since
+ * the true value fits (the generator bounds it).  sum x is one figure per pixel, shared by
+ * every channel pair.  Per 2 inputs x 2 channels x 3 pixels: 4 loads, 6 SMLADs and one
+ * SXTB16, 12 cycles for 12 MACs by the Cortex-M4 TRM, and the weights take the int8
+ * layout's flash. */
+
+/* The unpacking pass of tt_mx_unpack for a column layout whose group's two words are ODD
+ * words apart and groups STEP words apart (literal numbers: the store offsets are
+ * immediates): four words per pass, the loads, SXTAB16s, stores and the sum's SADD16s
+ * each back to back. */
+#define TT_UNPACK_SUM(ODD, STEP)                                                           \
+    __asm__ volatile("1:\n\t"                                                             \
+                     "ldr %[v0], [%[ip]], #4\n\t"                                         \
+                     "ldr %[v1], [%[ip]], #4\n\t"                                         \
+                     "ldr %[v2], [%[ip]], #4\n\t"                                         \
+                     "ldr %[v3], [%[ip]], #4\n\t"                                         \
+                     "sxtab16 %[e0], %[off], %[v0]\n\t"                                   \
+                     "sxtab16 %[v0], %[off], %[v0], ror #8\n\t"                           \
+                     "sxtab16 %[e1], %[off], %[v1]\n\t"                                   \
+                     "sxtab16 %[v1], %[off], %[v1], ror #8\n\t"                           \
+                     "sxtab16 %[e2], %[off], %[v2]\n\t"                                   \
+                     "sxtab16 %[v2], %[off], %[v2], ror #8\n\t"                           \
+                     "sxtab16 %[e3], %[off], %[v3]\n\t"                                   \
+                     "sxtab16 %[v3], %[off], %[v3], ror #8\n\t"                           \
+                     "str %[e0], [%[col]]\n\t"                                            \
+                     "str %[v0], [%[col], %[o0]]\n\t"                                     \
+                     "str %[e1], [%[col], %[g1]]\n\t"                                     \
+                     "str %[v1], [%[col], %[o1]]\n\t"                                     \
+                     "str %[e2], [%[col], %[g2]]\n\t"                                     \
+                     "str %[v2], [%[col], %[o2]]\n\t"                                     \
+                     "str %[e3], [%[col], %[g3]]\n\t"                                     \
+                     "str %[v3], [%[col], %[o3]]\n\t"                                     \
+                     "sadd16 %[acc], %[acc], %[e0]\n\t"                                   \
+                     "sadd16 %[acc], %[acc], %[v0]\n\t"                                   \
+                     "sadd16 %[acc], %[acc], %[e1]\n\t"                                   \
+                     "sadd16 %[acc], %[acc], %[v1]\n\t"                                   \
+                     "sadd16 %[acc], %[acc], %[e2]\n\t"                                   \
+                     "sadd16 %[acc], %[acc], %[v2]\n\t"                                   \
+                     "sadd16 %[acc], %[acc], %[e3]\n\t"                                   \
+                     "sadd16 %[acc], %[acc], %[v3]\n\t"                                   \
+                     "add %[col], %[col], %[g4]\n\t"                                      \
+                     "cmp %[ip], %[end]\n\t"                                              \
+                     "bne 1b\n\t"                                                         \
+                     : [ip] "+r"(ip), [col] "+r"(col), [acc] "+r"(acc), [v0] "=&r"(v0),   \
+                       [v1] "=&r"(v1), [v2] "=&r"(v2), [v3] "=&r"(v3), [e0] "=&r"(e0),    \
+                       [e1] "=&r"(e1), [e2] "=&r"(e2), [e3] "=&r"(e3)                     \
+                     : [off] "r"(off), [end] "r"(end4), [o0] "i"(4 * (ODD)),              \
+                       [g1] "i"(4 * (STEP)), [o1] "i"(4 * ((STEP) + (ODD))),              \
+                       [g2] "i"(8 * (STEP)), [o2] "i"(4 * (2 * (STEP) + (ODD))),          \
+                       [g3] "i"(12 * (STEP)), [o3] "i"(4 * (3 * (STEP) + (ODD))),         \
+                       [g4] "i"(16 * (STEP))                                              \
+                     : "cc", "memory")
+
+/* Unpack `n` words of int8 (minus the zero point) into the pixel-triple layout (`triple`:
+ * a group's two words 3 words apart, groups 6 apart) or the pixel-pair layout of
+ * tt_conv2d_s8_qx (2 and 4 apart), and add their sum to *sum.  The sum gathers in two
+ * int16 lanes, folded into *sum every 60 words at most (120 values of |x - zp| <= 255 per
+ * lane fit). */
+static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, int32_t *col,
+                                    int32_t *sum, int32_t triple)
+{
+    while (n >= 4) {
+        const int32_t m = (n & ~3) < 60 ? (n & ~3) : 60;
+        const int8_t *const end4 = ip + 4 * m;
+        int32_t v0, v1, v2, v3, e0, e1, e2, e3, acc = 0;
+        if (triple) {
+            TT_UNPACK_SUM(3, 6);
+        } else {
+            TT_UNPACK_SUM(2, 4);
+        }
+        *sum = __smlad(acc, 0x00010001, *sum);
+        n -= m;
+    }
+    const int32_t odd = triple ? 3 : 2, step = triple ? 6 : 4;
+    for (; n > 0; --n) {
+        const int32_t v = tt_word(ip);
+        ip += 4;
+        col[0] = __sxtab16(off, v);
+        col[odd] = tt_sxtab16_ror8(off, v);
+        *sum = __smlad(col[odd], 0x00010001, __smlad(col[0], 0x00010001, *sum));
+        col += step;
+    }
+    return col;
+}
+
+/* tt_im2col_rows into the pixel-triple (`triple`) or pixel-pair layout; returns the
+ * receptive field's sum. */
+static inline __attribute__((always_inline)) int32_t
+tt_mx_rows(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t *col,
+           int32_t triple)
+{
+    const int32_t odd = triple ? 3 : 2, step = triple ? 6 : 4;
+    const int32_t off = tt_pack_offset(p->in_zp);
+    const int32_t c4 = p->in_c >> 2;
+    const int32_t x0 = ox * p->stride_w - p->pad_w;
+    const int32_t kx0 = x0 < 0 ? -x0 : 0;
+    int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+    kx1 = kx1 < kx0 ? kx0 : kx1;
+    const int32_t before = kx0 * c4, run = (kx1 - kx0) * c4, row = p->k_w * c4;
+    const int32_t after = row - before - run;
+    const int32_t row_bytes = p->in_w * p->in_c;
+    int32_t iy = oy * p->stride_h - p->pad_h;
+    const int8_t *ip = in + (iy * p->in_w + x0 + kx0) * p->in_c;
+    int32_t sum = 0;
+    for (int32_t ky = 0; ky < p->k_h; ++ky, ++iy, ip += row_bytes) {
+        if (iy < 0 || iy >= p->in_h) {
+            col = tt_zero_run(row, col, step, odd);
+            continue;
+        }
+        col = tt_zero_run(before, col, step, odd);
+        col = tt_mx_unpack(ip, run, off, col, &sum, triple);
+        col = tt_zero_run(after, col, step, odd);
+    }
+    return sum;
+}
+
+/* tt_mx_rows out of line, one copy per layout: small stack frames. */
+static __attribute__((noinline)) int32_t tt_mx_rows3(const tt_conv_params *p, const int8_t *in,
+                                                     int32_t oy, int32_t ox, int32_t *col)
+{
+    return tt_mx_rows(p, in, oy, ox, col, 1);
+}
+
+static __attribute__((noinline)) int32_t tt_mx_rows2(const tt_conv_params *p, const int8_t *in,
+                                                     int32_t oy, int32_t ox, int32_t *col)
+{
+    return tt_mx_rows(p, in, oy, ox, col, 0);
+}
+
+/* tt_im2col_flat_nat into a column layout (a group's words `odd` apart, groups `step`
+ * apart); returns the receptive field's sum. */
+static int32_t tt_mx_flat(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox,
+                          int32_t k4, int16_t *tmp, int32_t *col, int32_t odd, int32_t step)
+{
+    const int32_t c_n = p->in_c, zp = p->in_zp;
+    const int32_t x0 = ox * p->stride_w - p->pad_w;
+    const int32_t kx0 = x0 < 0 ? -x0 : 0;
+    int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+    kx1 = kx1 < kx0 ? kx0 : kx1;
+    const int32_t before = kx0 * c_n, run = (kx1 - kx0) * c_n, row = p->k_w * c_n;
+    const int32_t after = row - before - run;
+    int16_t *t = tmp;
+    int32_t sum = 0;
+    int32_t iy = oy * p->stride_h - p->pad_h;
+    for (int32_t ky = 0; ky < p->k_h; ++ky, ++iy) {
+        if (iy < 0 || iy >= p->in_h) {
+            for (int32_t i = 0; i < row; ++i) {
+                *t++ = 0;
+            }
+            continue;
+        }
+        for (int32_t i = 0; i < before; ++i) {
+            *t++ = 0;
+        }
+        const int8_t *ip = in + (iy * p->in_w + x0 + kx0) * c_n;
+#pragma GCC unroll 4
+        for (int32_t i = 0; i < run; ++i) {
+            const int32_t v = ip[i] - zp;
+            sum += v;
+            *t++ = (int16_t)v;
+        }
+        for (int32_t i = 0; i < after; ++i) {
+            *t++ = 0;
+        }
+    }
+    while (t < tmp + 4 * k4) {
+        *t++ = 0;
+    }
+    const int32_t *src = (const int32_t *)(const void *)tmp;
+    for (int32_t g = 0; g < k4; ++g) {
+        col[0] = src[0];
+        col[odd] = src[1];
+        src += 2;
+        col += step;
+    }
+    return sum;
+}
+
+#define TT_MX_STEP                                  \
+    "ldr %[v], [%[wp]], #4\n\t"                     \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "ldr %[x2], [%[cp]], #4\n\t"                    \
+    "smlad %[a0], %[x0], %[v], %[a0]\n\t"           \
+    "smlad %[a1], %[x1], %[v], %[a1]\n\t"           \
+    "smlad %[a2], %[x2], %[v], %[a2]\n\t"           \
+    "sxtb16 %[v], %[v], ror #8\n\t"                 \
+    "smlad %[b0], %[x0], %[v], %[b0]\n\t"           \
+    "smlad %[b1], %[x1], %[v], %[b1]\n\t"           \
+    "smlad %[b2], %[x2], %[v], %[b2]\n\t"
+
+#define TT_MX_STEP4 TT_MX_STEP TT_MX_STEP TT_MX_STEP TT_MX_STEP
+
+#define TT_MX_OPERANDS                                                                     \
+    [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [b0] "+r"(b0), [b1] "+r"(b1),             \
+    [b2] "+r"(b2), [cp] "+r"(c), [wp] "+r"(wp), [v] "+&r"(v), [x0] "=&r"(x0),              \
+    [x1] "=&r"(x1), [x2] "=&r"(x2)
+
+/* One channel's requantization with its record's fields already in registers. */
+static inline __attribute__((always_inline)) int32_t
+tt_mx_rq(int32_t a, int32_t m, int32_t e, int32_t f, const tt_rq *r)
+{
+    if (__builtin_expect(e == TT_RQ_GENERAL, 0)) {
+        return tt_rq_general(a, r);
+    }
+    const int32_t t = tt_smmulr((int32_t)((uint32_t)a << 1), m);
+    return (t + f + (t >> 31)) >> e;
+}
+
+/* Clamp one requantized value and store it; in modes 2-4 (tt_mm_out4) the residual add
+ * fused into the output, its tables and constants passed in registers. */
+static inline __attribute__((always_inline)) void
+tt_mx_store(int32_t mode, int8_t *o, int32_t v, int32_t lo, int32_t hi, const tt_residual *res,
+            const int32_t *tc, const int32_t *to, const tt_rq *q, int32_t lo2, int32_t hi2)
+{
+    v = (mode == 0 || mode == 2) ? __ssat(v, 8) : tt_clamp(v, lo, hi);
+    if (mode < 2) {
+        *o = (int8_t)v;
+    } else if (mode == 4) {
+        *o = tt_fuse(res, *o, (int8_t)v);
+    } else {
+        const int32_t s = tt_rq_apply(tc[v] + to[*o], q);
+        *o = mode == 2 ? (int8_t)__ssat(s, 8) : tt_clamp(s, lo2, hi2);
+    }
+}
+
+/* Every output channel of the `n` (1-3) pixels whose columns are in `col` (pixel k's
+ * `128 sum x` in sx[k]); `mode` as for tt_mm_out4. */
+static inline __attribute__((always_inline)) void
+tt_mx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o0,
+            const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps,
+            const int32_t *sx, int32_t n, int32_t mode)
+{
+    const int32_t out_c = p->out_c;
+    const int32_t lo = p->act_min, hi = p->act_max;
+    const tt_residual *res = p->res;
+    const int32_t *tc = 0, *to = 0;
+    const tt_rq *q = 0;
+    int32_t lo2 = 0, hi2 = 0;
+    if (mode >= 2) {
+        tc = res->t_conv + 128;
+        to = res->t_other + 128;
+        q = res->rq;
+        lo2 = res->add->act_min;
+        hi2 = res->add->act_max;
+    }
+    const int32_t s0 = sx[0], s1 = sx[1], s2 = sx[2];
+    const int32_t *wp = w;
+    for (int32_t oc = 0; oc < out_c; oc += 2) {
+        const tt_rq *r = rq + oc;
+        const int32_t two = oc + 1 < out_c; /* an odd last channel pairs with zeros */
+        const uint32_t bb = two ? (uint32_t)r[1].bias : 0u;
+        const uint32_t sa = (uint32_t)r[0].bias + (bb << 8);
+        int32_t a0 = (int32_t)(sa - (uint32_t)s0), a1 = (int32_t)(sa - (uint32_t)s1);
+        int32_t a2 = (int32_t)(sa - (uint32_t)s2);
+        int32_t b0 = (int32_t)bb, b1 = b0, b2 = b0;
+        /* The first pass enters the unrolled loop `skip` bytes in (44 per step), so it runs
+         * the nw % steps steps left over; one asm statement keeps the
+         * 13 operands allocatable. */
+        const int32_t *c = col;
+#if defined(__OPTIMIZE__)
+        int32_t v = skip, x0, x1, x2;
+        if (steps == 8) {
+            __asm__ volatile("adr.w %[x0], 1f\n\t"
+                             "add %[x0], %[x0], %[v]\n\t"
+                             "mov pc, %[x0]\n\t"
+                             ".p2align 2\n"
+                             "1:\n\t" TT_MX_STEP4 TT_MX_STEP4
+                             "cmp %[cp], %[end]\n\t"
+                             "bne 1b\n\t"
+                             : TT_MX_OPERANDS : [end] "r"(col_end) : "cc", "memory");
+        } else {
+            __asm__ volatile("adr.w %[x0], 1f\n\t"
+                             "add %[x0], %[x0], %[v]\n\t"
+                             "mov pc, %[x0]\n\t"
+                             ".p2align 2\n"
+                             "1:\n\t" TT_MX_STEP4
+                             "cmp %[cp], %[end]\n\t"
+                             "bne 1b\n\t"
+                             : TT_MX_OPERANDS : [end] "r"(col_end) : "cc", "memory");
+        }
+#else /* unoptimized builds (a frame pointer: too few registers for the asm) */
+        (void)skip;
+        for (; c != col_end; c += 3) {
+            const int32_t v = *wp++, vb = tt_sxtb16_ror8(v);
+            a0 = __smlad(c[0], v, a0);
+            a1 = __smlad(c[1], v, a1);
+            a2 = __smlad(c[2], v, a2);
+            b0 = __smlad(c[0], vb, b0);
+            b1 = __smlad(c[1], vb, b1);
+            b2 = __smlad(c[2], vb, b2);
+        }
+#endif
+        a0 = (int32_t)((uint32_t)a0 - ((uint32_t)b0 << 8));
+        a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
+        a2 = (int32_t)((uint32_t)a2 - ((uint32_t)b2 << 8));
+        int8_t *o = o0 + oc;
+        if (__builtin_expect(n < 3 || !two, 0)) { /* the last pixels or channel: one by one */
+            const int32_t acc[6] = {a0, a1, a2, b0, b1, b2};
+            for (int32_t k = 0; k < n; ++k) {
+                tt_mm_out1(mode, p, r, o + k * out_c, acc[k]);
+                if (two) {
+                    tt_mm_out1(mode, p, r + 1, o + k * out_c + 1, acc[3 + k]);
+                }
+            }
+            continue;
+        }
+        const int32_t ma = r[0].mult, ea = r[0].rshift, fa = r[0].offset;
+        const int32_t mb = r[1].mult, eb = r[1].rshift, fb = r[1].offset;
+        a0 = tt_mx_rq(a0, ma, ea, fa, r);
+        a1 = tt_mx_rq(a1, ma, ea, fa, r);
+        a2 = tt_mx_rq(a2, ma, ea, fa, r);
+        b0 = tt_mx_rq(b0, mb, eb, fb, r + 1);
+        b1 = tt_mx_rq(b1, mb, eb, fb, r + 1);
+        b2 = tt_mx_rq(b2, mb, eb, fb, r + 1);
+        tt_mx_store(mode, o, a0, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b0, lo, hi, res, tc, to, q, lo2, hi2);
+        o += out_c;
+        tt_mx_store(mode, o, a1, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b1, lo, hi, res, tc, to, q, lo2, hi2);
+        o += out_c;
+        tt_mx_store(mode, o, a2, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b2, lo, hi, res, tc, to, q, lo2, hi2);
+    }
+}
+
+void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll)
+{
+    const int32_t icp = (p->in_c + 3) & ~3;
+    const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
+    const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
+    const int32_t steps = 2 * unroll; /* column words per pass of the unrolled loop */
+    const int32_t skip = 44 * ((steps - (nw & (steps - 1))) & (steps - 1));
+    const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
+    int32_t *col = (int32_t *)(void *)scratch;
+    const int32_t *const col_end = col + 3 * nw;
+    int16_t *tmp = (int16_t *)(void *)(col + 3 * nw); /* flat: the natural-order field */
+    const int32_t mode = tt_mm_mode(p);
+    int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
+    for (int32_t pix = 0; pix < n_pix; pix += 3) {
+        const int32_t n = n_pix - pix < 3 ? n_pix - pix : 3;
+        int32_t sx[3];
+        for (int32_t k = 0; k < 3; ++k) {
+            /* A missing last pixel repeats the one before (its outputs are not stored). */
+            int32_t s = 0;
+            if (flat) {
+                s = tt_mx_flat(p, in, oy, ox, k4, tmp, col + k, 3, 6);
+            } else if ((p->in_c & 3) == 0) {
+                s = tt_mx_rows3(p, in, oy, ox, col + k);
+            } else { /* channels padded to 4: the general im2col, then its sum */
+                tt_im2col(p, in, oy * p->out_w + ox, icp, col + k, 6, 3);
+                for (const int32_t *c = col + k; c < col_end; c += 3) {
+                    s = __smlad(*c, 0x00010001, s);
+                }
+            }
+            sx[k] = (int32_t)((uint32_t)s << 7);
+            if (k < n - 1 && ++ox == p->out_w) {
+                ox = 0;
+                ++oy;
+            }
+        }
+        if (++ox == p->out_w) {
+            ox = 0;
+            ++oy;
+        }
+        int8_t *o = out + pix * out_c;
+        switch (mode) { /* one instance per mode: the output code has no tests in it */
+        case 0:
+            tt_mx_block(p, w, rq, o, col, col_end, skip, steps, sx, n, 0);
+            break;
+        case 1:
+            tt_mx_block(p, w, rq, o, col, col_end, skip, steps, sx, n, 1);
+            break;
+        case 2:
+            tt_mx_block(p, w, rq, o, col, col_end, skip, steps, sx, n, 2);
+            break;
+        case 3:
+            tt_mx_block(p, w, rq, o, col, col_end, skip, steps, sx, n, 3);
+            break;
+        default:
+            tt_mx_block(p, w, rq, o, col, col_end, skip, steps, sx, n, 4);
+            break;
+        }
+    }
+}
+
+/* ------------------------------------------------------------- the "quads" convolution
+ * tt_conv2d_s8_qx: 4 output channels x 2 output pixels per pass, with the same two-channel
+ * words as tt_conv2d_s8_mx (the "pairs" trick above), two channel pairs' words interleaved
+ * ("quads" layout, tinytamer/micro/ops/conv.py).  Per column word: 4 loads, 8 SMLADs and 2
+ * SXTB16s, 15 cycles for 16 MACs by the Cortex-M4 TRM; the column buffer holds 2 pixels
+ * (the 2 x 2 kernel's scratch), not 3.  Channels past the last whole quad (out_c % 4)
+ * follow in the pairs layout and run 2 x 2 in C. */
+
+#define TT_QX_STEP                                  \
+    "ldr %[va], [%[wp]], #4\n\t"                    \
+    "ldr %[vc], [%[wp]], #4\n\t"                    \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "smlad %[a0], %[x0], %[va], %[a0]\n\t"          \
+    "smlad %[a1], %[x1], %[va], %[a1]\n\t"          \
+    "sxtb16 %[va], %[va], ror #8\n\t"               \
+    "smlad %[b0], %[x0], %[va], %[b0]\n\t"          \
+    "smlad %[b1], %[x1], %[va], %[b1]\n\t"          \
+    "smlad %[c0], %[x0], %[vc], %[c0]\n\t"          \
+    "smlad %[c1], %[x1], %[vc], %[c1]\n\t"          \
+    "sxtb16 %[vc], %[vc], ror #8\n\t"               \
+    "smlad %[d0], %[x0], %[vc], %[d0]\n\t"          \
+    "smlad %[d1], %[x1], %[vc], %[d1]\n\t"
+
+#define TT_QX_STEP4 TT_QX_STEP TT_QX_STEP TT_QX_STEP TT_QX_STEP
+
+/* Fourteen registers: the loop's end is read from the stack once per pass (the `m`
+ * operand), which costs less than the register it would take from the step. */
+#define TT_QX_OPERANDS                                                                     \
+    [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [c0] "+r"(c0),             \
+    [c1] "+r"(c1), [d0] "+r"(d0), [d1] "+r"(d1), [cp] "+r"(c), [wp] "+r"(wp),              \
+    [va] "+&r"(va), [vc] "=&r"(vc), [x0] "=&r"(x0), [x1] "=&r"(x1)
+
+/* Every output channel of the `n` (1 or 2) pixels whose columns are in `col` (pixel k's
+ * `128 sum x` in s0, s1); `mode` as for tt_mm_out4. */
+static inline __attribute__((always_inline)) void
+tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o0,
+            const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps,
+            int32_t s0, int32_t s1, int32_t n, int32_t mode)
+{
+    const int32_t out_c = p->out_c;
+    const int32_t lo = p->act_min, hi = p->act_max;
+    const tt_residual *res = p->res;
+    const int32_t *tc = 0, *to = 0;
+    const tt_rq *q = 0;
+    int32_t lo2 = 0, hi2 = 0;
+    if (mode >= 2) {
+        tc = res->t_conv + 128;
+        to = res->t_other + 128;
+        q = res->rq;
+        lo2 = res->add->act_min;
+        hi2 = res->add->act_max;
+    }
+    const int32_t *wp = w;
+    const tt_rq *r = rq;
+    int8_t *o = o0;
+    int8_t *const quads_end = o0 + (out_c & ~3);
+    for (; o != quads_end; o += 4, r += 4) {
+        const int32_t bb = r[1].bias, bd = r[3].bias;
+        const uint32_t sa = (uint32_t)r[0].bias + ((uint32_t)bb << 8);
+        const uint32_t sc = (uint32_t)r[2].bias + ((uint32_t)bd << 8);
+        int32_t a0 = (int32_t)(sa - (uint32_t)s0), a1 = (int32_t)(sa - (uint32_t)s1);
+        int32_t c0 = (int32_t)(sc - (uint32_t)s0), c1 = (int32_t)(sc - (uint32_t)s1);
+        int32_t b0 = bb, b1 = bb, d0 = bd, d1 = bd;
+        const int32_t *c = col;
+#if defined(__OPTIMIZE__)
+        /* The first pass enters the unrolled loop `skip` bytes in (56 per step), so it runs
+         * the nw % steps steps left over. */
+        const int32_t *volatile end = col_end;
+        int32_t va = skip, vc, x0, x1;
+        if (steps == 8) {
+            __asm__ volatile("adr.w %[x0], 1f\n\t"
+                             "add %[x0], %[x0], %[va]\n\t"
+                             "mov pc, %[x0]\n\t"
+                             ".p2align 2\n"
+                             "1:\n\t" TT_QX_STEP4 TT_QX_STEP4
+                             "ldr %[x0], %[end]\n\t"
+                             "cmp %[cp], %[x0]\n\t"
+                             "bne 1b\n\t"
+                             : TT_QX_OPERANDS : [end] "m"(end) : "cc", "memory");
+        } else {
+            __asm__ volatile("adr.w %[x0], 1f\n\t"
+                             "add %[x0], %[x0], %[va]\n\t"
+                             "mov pc, %[x0]\n\t"
+                             ".p2align 2\n"
+                             "1:\n\t" TT_QX_STEP4
+                             "ldr %[x0], %[end]\n\t"
+                             "cmp %[cp], %[x0]\n\t"
+                             "bne 1b\n\t"
+                             : TT_QX_OPERANDS : [end] "m"(end) : "cc", "memory");
+        }
+#else /* unoptimized builds (a frame pointer: too few registers for the asm) */
+        (void)skip;
+        (void)steps;
+        for (; c != col_end; c += 2) {
+            const int32_t va = wp[0], vc = wp[1];
+            wp += 2;
+            a0 = __smlad(c[0], va, a0);
+            a1 = __smlad(c[1], va, a1);
+            b0 = __smlad(c[0], tt_sxtb16_ror8(va), b0);
+            b1 = __smlad(c[1], tt_sxtb16_ror8(va), b1);
+            c0 = __smlad(c[0], vc, c0);
+            c1 = __smlad(c[1], vc, c1);
+            d0 = __smlad(c[0], tt_sxtb16_ror8(vc), d0);
+            d1 = __smlad(c[1], tt_sxtb16_ror8(vc), d1);
+        }
+#endif
+        a0 = (int32_t)((uint32_t)a0 - ((uint32_t)b0 << 8));
+        a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
+        c0 = (int32_t)((uint32_t)c0 - ((uint32_t)d0 << 8));
+        c1 = (int32_t)((uint32_t)c1 - ((uint32_t)d1 << 8));
+        if (__builtin_expect(n < 2, 0)) { /* the last pixel: one by one */
+            tt_mm_out1(mode, p, r, o, a0);
+            tt_mm_out1(mode, p, r + 1, o + 1, b0);
+            tt_mm_out1(mode, p, r + 2, o + 2, c0);
+            tt_mm_out1(mode, p, r + 3, o + 3, d0);
+            continue;
+        }
+        int32_t m = r[0].mult, e = r[0].rshift, f = r[0].offset;
+        a0 = tt_mx_rq(a0, m, e, f, r);
+        a1 = tt_mx_rq(a1, m, e, f, r);
+        m = r[1].mult, e = r[1].rshift, f = r[1].offset;
+        b0 = tt_mx_rq(b0, m, e, f, r + 1);
+        b1 = tt_mx_rq(b1, m, e, f, r + 1);
+        m = r[2].mult, e = r[2].rshift, f = r[2].offset;
+        c0 = tt_mx_rq(c0, m, e, f, r + 2);
+        c1 = tt_mx_rq(c1, m, e, f, r + 2);
+        m = r[3].mult, e = r[3].rshift, f = r[3].offset;
+        d0 = tt_mx_rq(d0, m, e, f, r + 3);
+        d1 = tt_mx_rq(d1, m, e, f, r + 3);
+        tt_mx_store(mode, o, a0, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b0, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 2, c0, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 3, d0, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c, a1, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c + 1, b1, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c + 2, c1, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c + 3, d1, lo, hi, res, tc, to, q, lo2, hi2);
+    }
+    /* The last out_c % 4 channels: pairs words, an odd last channel paired with zeros. */
+    for (int32_t oc = out_c & ~3; oc < out_c; oc += 2, r += 2, o += 2) {
+        const int32_t two = oc + 1 < out_c;
+        const int32_t bb = two ? r[1].bias : 0;
+        const uint32_t sa = (uint32_t)r[0].bias + ((uint32_t)bb << 8);
+        int32_t a0 = (int32_t)(sa - (uint32_t)s0), a1 = (int32_t)(sa - (uint32_t)s1);
+        int32_t b0 = bb, b1 = bb;
+        for (const int32_t *c = col; c != col_end; c += 2) {
+            const int32_t v = *wp++, vb = tt_sxtb16_ror8(v);
+            a0 = __smlad(c[0], v, a0);
+            a1 = __smlad(c[1], v, a1);
+            b0 = __smlad(c[0], vb, b0);
+            b1 = __smlad(c[1], vb, b1);
+        }
+        a0 = (int32_t)((uint32_t)a0 - ((uint32_t)b0 << 8));
+        a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
+        tt_mm_out1(mode, p, r, o, a0);
+        if (n == 2) {
+            tt_mm_out1(mode, p, r, o + out_c, a1);
+        }
+        if (two) {
+            tt_mm_out1(mode, p, r + 1, o + 1, b0);
+            if (n == 2) {
+                tt_mm_out1(mode, p, r + 1, o + out_c + 1, b1);
+            }
+        }
+    }
+}
+
+/* The two usual modes (the whole int8 range, alone or with a fused add) have an instance
+ * each with no tests in the output code; the others share one.  Out of line, so the
+ * block's spills and the im2col's do not add up on the stack. */
+#define TT_QX_ARGS                                                                         \
+    const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o,                 \
+        const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps, int32_t s0, \
+        int32_t s1, int32_t n
+static __attribute__((noinline)) void tt_qx_block0(TT_QX_ARGS)
+{
+    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 0);
+}
+static __attribute__((noinline)) void tt_qx_block2(TT_QX_ARGS)
+{
+    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 2);
+}
+static __attribute__((noinline)) void tt_qx_blockn(TT_QX_ARGS, int32_t mode)
+{
+    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode);
+}
+
+/* The "flat" field of one pixel for tt_conv2d_s8_qx: its kh * kw * in_c values gathered
+ * as bytes in (ky, kx, c) order - the input zero point where the window leaves the input,
+ * so x - zp is 0 there - and up to whole words (their weights are 0), then unpacked in
+ * SXTAB16 lane order (the generator orders the weights to match); returns the field's
+ * sum.  A kernel row inside the input is one run of HWC memory, copied a word at a time. */
+static __attribute__((noinline)) int32_t
+tt_qx_flat(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox,
+                          int32_t k4, int8_t *tmp, int32_t *col)
+{
+    const int32_t c_n = p->in_c;
+    const int8_t zp = (int8_t)p->in_zp;
+    const int32_t x0 = ox * p->stride_w - p->pad_w;
+    const int32_t kx0 = x0 < 0 ? -x0 : 0;
+    int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+    kx1 = kx1 < kx0 ? kx0 : kx1;
+    const int32_t before = kx0 * c_n, run = (kx1 - kx0) * c_n, row = p->k_w * c_n;
+    int8_t *t = tmp;
+    int32_t iy = oy * p->stride_h - p->pad_h;
+    const int32_t inside = run == row && iy >= 0 && iy + p->k_h <= p->in_h;
+    if (inside) { /* the window inside the input: whole rows of bytes, nothing to fill */
+        const int8_t *ip = in + (iy * p->in_w + x0) * c_n;
+        const int32_t row_bytes = p->in_w * c_n;
+        for (int32_t ky = 0; ky < p->k_h; ++ky, ip += row_bytes, t += row) {
+            int32_t i = 0;
+            for (; i + 4 <= row; i += 4) {
+                const int32_t v = tt_word(ip + i);
+                memcpy(t + i, &v, 4);
+            }
+            for (; i < row; ++i) {
+                t[i] = ip[i];
+            }
+        }
+    }
+    for (int32_t ky = inside ? p->k_h : 0; ky < p->k_h; ++ky, ++iy, t += row) {
+        if (iy < 0 || iy >= p->in_h) {
+            for (int32_t i = 0; i < row; ++i) {
+                t[i] = zp;
+            }
+            continue;
+        }
+        for (int32_t i = 0; i < before; ++i) {
+            t[i] = zp;
+        }
+        const int8_t *ip = in + (iy * p->in_w + x0 + kx0) * c_n;
+        int8_t *d = t + before;
+        int32_t i = 0;
+        for (; i + 4 <= run; i += 4) {
+            const int32_t v = tt_word(ip + i);
+            memcpy(d + i, &v, 4); /* one STR: unaligned stores are allowed too */
+        }
+        for (; i < run; ++i) {
+            d[i] = ip[i];
+        }
+        for (i = before + run; i < row; ++i) {
+            t[i] = zp;
+        }
+    }
+    while (t < tmp + 4 * k4) {
+        *t++ = zp;
+    }
+    int32_t sum = 0;
+    tt_mx_unpack(tmp, k4, tt_pack_offset(p->in_zp), col, &sum, 0);
+    return sum;
+}
+
+/* The receptive field of a pixel whose window lies wholly inside the input (every
+ * interior pixel), `n` words per kernel row a multiple of 4 up to 60: its rows unpacked
+ * into the pixel-pair layout with no bounds or padding logic; returns the field's sum. */
+static __attribute__((noinline)) int32_t
+tt_qx_inside(const int8_t *ip, const tt_conv_params *p, int32_t n, int32_t *col)
+{
+    const int32_t row_skip = (p->in_w - p->k_w) * p->in_c, off = tt_pack_offset(p->in_zp);
+    int32_t sum = 0;
+    for (int32_t rows = p->k_h; rows > 0; --rows) {
+        const int8_t *const end4 = ip + 4 * n;
+        int32_t v0, v1, v2, v3, e0, e1, e2, e3, acc = 0;
+        TT_UNPACK_SUM(2, 4);
+        sum = __smlad(acc, 0x00010001, sum);
+        ip += row_skip;
+    }
+    return sum;
+}
+
+/* Channels padded to 4 (tt_conv2d_s8_qx): the general im2col, then the field's sum. */
+static __attribute__((noinline)) int32_t tt_qx_im2col(const tt_conv_params *p, const int8_t *in,
+                                                      int32_t oy, int32_t ox, int32_t k4,
+                                                      int32_t *col)
+{
+    tt_im2col(p, in, oy * p->out_w + ox, (p->in_c + 3) & ~3, col, 4, 2);
+    int32_t s = 0;
+    for (const int32_t *c = col; c < col + 4 * k4; c += 2) {
+        s = __smlad(*c, 0x00010001, s);
+    }
+    return s;
+}
+
+/* Pixel (oy, ox)'s column words into the pixel-pair layout at `col` (words 2 apart; flat:
+ * through the byte field `tmp`); returns the receptive field's sum.  Out of line: the main
+ * loop keeps little state, so its frame and the callees' stay small. */
+static __attribute__((noinline)) int32_t
+tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t k4,
+            int32_t flat, int8_t *tmp, int32_t *col)
+{
+    const int32_t row_words = p->k_w * p->in_c >> 2;
+    const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
+    /* Each branch ends in a call whose result is returned as is: tail calls, this frame
+     * gone before the callee's. */
+    if (!flat && (p->in_c & 3) == 0 && (row_words & 3) == 0 && row_words <= 60 && x0 >= 0
+        && x0 <= p->in_w - p->k_w && y0 >= 0 && y0 <= p->in_h - p->k_h) {
+        return tt_qx_inside(in + (y0 * p->in_w + x0) * p->in_c, p, row_words, col);
+    }
+    if (flat) {
+        return tt_qx_flat(p, in, oy, ox, k4, tmp, col);
+    }
+    if ((p->in_c & 3) == 0) {
+        return tt_mx_rows2(p, in, oy, ox, col);
+    }
+    return tt_qx_im2col(p, in, oy, ox, k4, col);
+}
+
+void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll)
+{
+    const int32_t icp = (p->in_c + 3) & ~3;
+    const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
+    const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
+    const int32_t steps = 2 * unroll; /* column words per pass of the unrolled loop */
+    const int32_t skip = 56 * ((steps - (nw & (steps - 1))) & (steps - 1));
+    const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
+    int32_t *col = (int32_t *)(void *)scratch;
+    const int32_t *const col_end = col + 2 * nw;
+    int8_t *tmp = (int8_t *)(void *)(col + 2 * nw); /* flat: the field as bytes */
+    const int32_t mode = tt_mm_mode(p);
+    int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
+    for (int32_t pix = 0; pix < n_pix; pix += 2) {
+        const int32_t n = n_pix - pix < 2 ? 1 : 2;
+        const int32_t f0 = tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col);
+        /* A missing last pixel repeats the one before (its outputs are not stored). */
+        if (n == 2 && ++ox == p->out_w) {
+            ox = 0;
+            ++oy;
+        }
+        const int32_t f1 = tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + 1);
+        const int32_t s0 = (int32_t)((uint32_t)f0 << 7), s1 = (int32_t)((uint32_t)f1 << 7);
+        if (++ox == p->out_w) {
+            ox = 0;
+            ++oy;
+        }
+        int8_t *o = out + pix * out_c;
+        if (mode == 0) {
+            tt_qx_block0(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+        } else if (mode == 2) {
+            tt_qx_block2(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+        } else {
+            tt_qx_blockn(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode);
         }
     }
 }

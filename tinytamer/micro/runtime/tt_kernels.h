@@ -69,11 +69,12 @@ typedef struct tt_residual {
 /* A layer's weights in a packed form (tinytamer/micro/weights.py): one row per output
  * channel, each row_bytes long, holding k fields of `bits` bits, low bits first.  With no
  * codebook a field is a two's-complement value (int4, int2); else it indexes the row's
- * codebook, codebook + row * cb_stride (cb_stride 0: one codebook for the layer). */
+ * codebook: codebook + groups[row] * cb_stride, or the one codebook where groups is 0. */
 typedef struct {
     const uint8_t *data;
     const int8_t *codebook;
     int32_t bits, k, row_bytes, cb_stride;
+    const uint8_t *groups;
 } tt_wpack;
 
 /* Row `row` of a packed layer as k int8 values (runtime/tt_wpack.c). */
@@ -99,17 +100,21 @@ void tt_softmax_s8(const tt_softmax_params *p, const int8_t *in, int8_t *out,
                    const int32_t *table);
 void tt_add_s8_lut(const tt_add_params *p, const int8_t *a, const int8_t *b, int8_t *out,
                    const int32_t *ta, const int32_t *tb);
-/* A layer's weights in a sparse form (tinytamer/micro/weights.py), rows in order, counts[r]
- * entries in row r.  Form "sparse": nz holds each non-zero as (int8 weight << 16 | column).
- * Form "sparse_shared": stream holds per entry one (gap_bits + idx_bits)-bit field, low bits
- * first: the gap (zeros skipped; the largest gap value is a filler that only skips), then an
- * index into the row's codebook, codebook + row * cb_stride. */
+/* A layer's weights in a sparse form (tinytamer/micro/weights.py), rows in order.  Form
+ * "sparse": counts[r] entries in row r, nz holds each non-zero as (int8 weight << 16 |
+ * column).  Form "sparse_shared": stream holds `entries` (gap_bits + idx_bits)-bit fields
+ * over the flattened rows, low bits first: the gap (zeros since the previous entry, across
+ * row ends; the largest gap value is a filler that only skips), then an index into the
+ * codebook of the row the entry lands in: codebook + groups[row] * cb_stride, or the one
+ * codebook where groups is 0. */
 typedef struct {
     const int32_t *nz;
     const uint8_t *stream;
     const int8_t *codebook;
     const uint16_t *counts;
     int32_t gap_bits, idx_bits, cb_stride;
+    const uint8_t *groups;
+    int32_t entries;
 } tt_sparse;
 
 /* Pruned fully connected and convolution (groups 1) kernels (tt_sparse.c): only the stored
@@ -123,7 +128,10 @@ void tt_conv2d_s8_sparse(const tt_conv_params *p, const int8_t *in, const tt_spa
                          int8_t *out, int16_t *scratch);
 
 /* Packed-weight kernels: the portable kernels' arithmetic on one output channel's row at a
- * time, unpacked into `scratch` (k bytes of arena) by tt_wpack_row. */
+ * time, unpacked into `scratch` (k bytes of arena) by tt_wpack_row.  With the DSP extension
+ * the dense and convolution kernels read int4 / int2 rows a word at a time in registers
+ * (tt_dsp_unpack.h); their scratch then holds the input (dense: 2 * round16(in_n) bytes) or
+ * two receptive fields (convolution: 4 * round16(k_h * k_w * in_c / groups) bytes) as int16. */
 void tt_conv2d_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, int8_t *scratch);
@@ -145,11 +153,42 @@ void tt_conv2d_s8_dsp(const tt_conv_params *p, const int8_t *in, const int32_t *
 void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll, int32_t wexp);
+/* The same im2col, 2 output channels x 3 pixels per pass, both channels' int8 weights in
+ * one word ("pairs" layout, tinytamer/micro/ops/conv.py); `unroll` 2 or 4 groups of 4 inputs
+ * per inner-loop pass. */
+void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll);
+/* The same words, 4 output channels x 2 pixels per pass, two channel pairs' words
+ * interleaved ("quads" layout, tinytamer/micro/ops/conv.py): the 2 x 2 kernel's scratch. */
+void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll);
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, const tt_rq *rq);
 void tt_dense_s8_dsp(const tt_dense_params *p, const int8_t *in, const int8_t *w,
                      const int32_t *bias, const int32_t *mult, const int32_t *shift,
                      int8_t *out, int16_t *scratch);
+
+/* Channel gather (tt_gather.c): split, concatenation, channel shuffle.  Each run is six
+ * int32 (input, first input channel, input step, first output channel, output step,
+ * length); tables[k] maps input k's codes (index code + 128) to output codes, or is 0
+ * where input k is copied. */
+typedef struct {
+    int32_t pixels, out_c, n_runs;
+    const int32_t *runs;
+    const int32_t *in_c;
+    const int8_t *const *tables;
+} tt_gather_params;
+void tt_gather_s8(const tt_gather_params *p, const int8_t *const *in, int8_t *out);
+
+/* Nearest upsampling (tt_upsample.c) by whole factors f_h x f_w; table maps input codes
+ * (index code + 128) to output codes, or is 0 for a copy. */
+typedef struct {
+    int32_t in_h, in_w, c, f_h, f_w;
+    const int8_t *table;
+} tt_upsample_params;
+void tt_upsample_s8(const tt_upsample_params *p, const int8_t *in, int8_t *out);
 
 #endif

@@ -100,50 +100,80 @@ static inline int32_t tt_sp_words(int32_t acc, const int32_t **pp, int32_t n, co
     return acc;
 }
 
-/* The "sparse_shared" form's row: n fields from bit *bit of the stream, added to acc.  A
- * field spans at most 16 + 7 bits from its first byte: three byte loads read it (the stream
- * ends with two zero bytes so the last field's loads stay inside it). */
-static inline int32_t tt_sp_stream(int32_t acc, const tt_sparse *w, uint32_t *bit, int32_t n,
-                                   const int8_t *cb, const int16_t *x)
+/* Where a row's outputs go: requantization, clamp and (convolution) the fused add. */
+typedef struct {
+    const int32_t *bias, *mult, *shift;
+    int32_t out_zp, act_min, act_max;
+    const tt_residual *res;
+} tt_sp_out;
+
+static inline void tt_sp_put(const tt_sp_out *o, int32_t r, int32_t acc, int8_t *out)
+{
+    const int32_t v = tt_requant_inline(acc, o->mult[r], o->shift[r]) + o->out_zp;
+    out[r] = tt_fuse(o->res, out[r], tt_clamp(v, o->act_min, o->act_max));
+}
+
+static inline const int8_t *tt_sp_book(const tt_sparse *w, int32_t r)
+{
+    return w->codebook + (w->groups != 0 ? w->groups[r] * w->cb_stride : 0);
+}
+
+/* The "sparse_shared" form: all `rows` rows of k weights over x, one stream of fields
+ * across the rows.  A field spans at most 16 + 7 bits from its first byte: one unaligned
+ * word load reads it (the stream ends with three zero bytes so the last load stays inside
+ * it).  A row ends where an entry's column passes k; rows with no entries get their bias. */
+static void tt_sp_stream(const tt_sparse *w, int32_t rows, int32_t k, const int16_t *x,
+                         const tt_sp_out *o, int8_t *out)
 {
     const uint32_t width = (uint32_t)(w->gap_bits + w->idx_bits);
     const uint32_t gmax = (1u << w->gap_bits) - 1u;
     const uint32_t imask = (1u << w->idx_bits) - 1u;
     const int32_t gb = w->gap_bits;
-    uint32_t pos = *bit;
-    int32_t col = 0;
-    for (int32_t e = 0; e < n; ++e) {
-        const uint8_t *s = w->stream + (pos >> 3);
-        const uint32_t v = ((uint32_t)s[0] | ((uint32_t)s[1] << 8) | ((uint32_t)s[2] << 16))
-                           >> (pos & 7u);
+    uint32_t pos = 0;
+    int32_t r = 0, col = 0;
+    int32_t acc = o->bias[0];
+    const int8_t *cb = tt_sp_book(w, 0);
+    for (int32_t e = 0; e < w->entries; ++e) {
+        uint32_t v;
+        memcpy(&v, w->stream + (pos >> 3), 4);
+        v >>= pos & 7u;
         const uint32_t gap = v & gmax;
         pos += width;
         col += (int32_t)gap;
         if (gap == gmax) {
             continue; /* a filler: gmax zeros skipped, no weight */
         }
+        while (col >= k) {
+            tt_sp_put(o, r, acc, out);
+            col -= k;
+            ++r;
+            acc = o->bias[r];
+            cb = tt_sp_book(w, r);
+        }
         acc += (int32_t)x[col] * (int32_t)cb[(v >> gb) & imask];
         ++col;
     }
-    *bit = pos;
-    return acc;
+    for (;;) {
+        tt_sp_put(o, r, acc, out);
+        if (++r >= rows) {
+            break;
+        }
+        acc = o->bias[r];
+    }
 }
 
-/* Where the next row starts: a word pointer ("sparse") or a bit offset ("sparse_shared"). */
-typedef struct {
-    const int32_t *nz;
-    uint32_t bit;
-} tt_sp_cursor;
-
-/* acc plus row `row`'s products with x; the cursor moves past the row. */
-static inline int32_t tt_sp_row(int32_t acc, const tt_sparse *w, tt_sp_cursor *c, int32_t row,
-                                const int16_t *x)
+/* Every row of a sparse layer over x (the words row by row, or the stream). */
+static void tt_sp_rows(const tt_sparse *w, int32_t rows, int32_t k, const int16_t *x,
+                       const tt_sp_out *o, int8_t *out)
 {
-    const int32_t n = w->counts[row];
-    if (w->stream == 0) {
-        return tt_sp_words(acc, &c->nz, n, x);
+    if (w->stream != 0) {
+        tt_sp_stream(w, rows, k, x, o, out);
+        return;
     }
-    return tt_sp_stream(acc, w, &c->bit, n, w->codebook + row * w->cb_stride, x);
+    const int32_t *nz = w->nz;
+    for (int32_t r = 0; r < rows; ++r) {
+        tt_sp_put(o, r, tt_sp_words(o->bias[r], &nz, w->counts[r], x), out);
+    }
 }
 
 /* dst[i] = src[i] - zp for n values. */
@@ -174,13 +204,9 @@ void tt_dense_s8_sparse(const tt_dense_params *p, const int8_t *in, const tt_spa
                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
                         int8_t *out, int16_t *scratch)
 {
+    const tt_sp_out o = {bias, mult, shift, p->out_zp, p->act_min, p->act_max, 0};
     tt_sp_unpack(in, p->in_n, p->in_zp, scratch);
-    tt_sp_cursor c = {w->nz, 0};
-    for (int32_t o = 0; o < p->out_n; ++o) {
-        const int32_t acc = tt_sp_row(bias[o], w, &c, o, scratch);
-        out[o] = tt_clamp(tt_requant_inline(acc, mult[o], shift[o]) + p->out_zp, p->act_min,
-                          p->act_max);
-    }
+    tt_sp_rows(w, p->out_n, p->in_n, scratch, &o, out);
 }
 
 void tt_conv2d_s8_sparse(const tt_conv_params *p, const int8_t *in, const tt_sparse *w,
@@ -188,6 +214,7 @@ void tt_conv2d_s8_sparse(const tt_conv_params *p, const int8_t *in, const tt_spa
                          int8_t *out, int16_t *scratch)
 {
     const int32_t ic = p->in_c;
+    const tt_sp_out o = {bias, mult, shift, p->out_zp, p->act_min, p->act_max, p->res};
     for (int32_t oy = 0; oy < p->out_h; ++oy) {
         for (int32_t ox = 0; ox < p->out_w; ++ox) {
             /* The patch, in the rows' (ky, kx, ic) order; padding holds the zero point, 0
@@ -204,13 +231,8 @@ void tt_conv2d_s8_sparse(const tt_conv_params *p, const int8_t *in, const tt_spa
                     }
                 }
             }
-            tt_sp_cursor c = {w->nz, 0};
-            int8_t *o = out + (oy * p->out_w + ox) * p->out_c;
-            for (int32_t oc = 0; oc < p->out_c; ++oc) {
-                int32_t acc = tt_sp_row(bias[oc], w, &c, oc, scratch);
-                acc = tt_requant_inline(acc, mult[oc], shift[oc]) + p->out_zp;
-                o[oc] = tt_fuse(p->res, o[oc], tt_clamp(acc, p->act_min, p->act_max));
-            }
+            tt_sp_rows(w, p->out_c, p->k_h * p->k_w * ic, scratch, &o,
+                       out + (oy * p->out_w + ox) * p->out_c);
         }
     }
 }

@@ -10,45 +10,61 @@ static inline int8_t tt_sext(uint32_t f, int32_t bits)
     return (int8_t)((int32_t)f - (int32_t)((f >> (bits - 1)) << bits));
 }
 
+/* k fields of `bits` bits from src, low bits first, through a bit buffer refilled a byte at
+ * a time (no byte past the row is read); looked up in cb, or sign-extended where cb is 0. */
+static void tt_fields(const uint8_t *src, int32_t bits, int32_t k, const int8_t *cb,
+                      int8_t *dst)
+{
+    const uint32_t mask = (1u << bits) - 1u;
+    uint32_t buf = 0;
+    int32_t have = 0;
+    if (cb != 0) {
+        for (int32_t j = 0; j < k; ++j) {
+            if (have < bits) {
+                buf |= (uint32_t)*src++ << have;
+                have += 8;
+            }
+            dst[j] = cb[buf & mask];
+            buf >>= bits;
+            have -= bits;
+        }
+        return;
+    }
+    for (int32_t j = 0; j < k; ++j) {
+        if (have < bits) {
+            buf |= (uint32_t)*src++ << have;
+            have += 8;
+        }
+        dst[j] = tt_sext(buf & mask, bits);
+        buf >>= bits;
+        have -= bits;
+    }
+}
+
 void tt_wpack_row(const tt_wpack *w, int32_t row, int8_t *dst)
 {
     const uint8_t *src = w->data + row * w->row_bytes;
-    const int8_t *cb = w->codebook != 0 ? w->codebook + row * w->cb_stride : 0;
+    const int8_t *cb = w->codebook == 0 ? 0
+                       : w->codebook + (w->groups != 0 ? w->groups[row] * w->cb_stride : 0);
     const int32_t k = w->k;
-    int32_t j = 0;
-    if (w->bits == 4) {
-        /* Two fields per byte: one load, two extracts (CMSIS-NN's s4 layout, low nibble
-         * first). */
+    if (w->bits == 4 && cb != 0) {
+        /* Two fields per byte: one load, two lookups (CMSIS-NN's s4 order, low nibble first). */
+        int32_t j = 0;
         for (; j + 1 < k; j += 2) {
             const uint32_t b = *src++;
-            dst[j] = cb != 0 ? cb[b & 15u] : tt_sext(b & 15u, 4);
-            dst[j + 1] = cb != 0 ? cb[b >> 4] : tt_sext(b >> 4, 4);
+            dst[j] = cb[b & 15u];
+            dst[j + 1] = cb[b >> 4];
         }
-    } else if (w->bits == 2) {
-        for (; j + 3 < k; j += 4) {
-            const uint32_t b = *src++;
-            for (int32_t q = 0; q < 4; ++q) {
-                const uint32_t f = (b >> (2 * q)) & 3u;
-                dst[j + q] = cb != 0 ? cb[f] : tt_sext(f, 2);
-            }
+        if (j < k) {
+            dst[j] = cb[*src & 15u];
         }
-    } else if (w->bits == 8) {
-        for (; j < k; ++j) {
+        return;
+    }
+    if (w->bits == 8) {
+        for (int32_t j = 0; j < k; ++j) {
             dst[j] = cb != 0 ? cb[src[j]] : (int8_t)src[j];
         }
         return;
     }
-    /* The tail of a 4- or 2-bit row, and every field of other widths (a field may straddle
-     * two bytes; the second is read only when it does, so no byte past the row is read). */
-    const uint8_t *base = w->data + row * w->row_bytes;
-    const uint32_t mask = (1u << w->bits) - 1u;
-    for (; j < k; ++j) {
-        const uint32_t pos = (uint32_t)(j * w->bits);
-        uint32_t v = base[pos >> 3];
-        if ((pos & 7u) + (uint32_t)w->bits > 8u) {
-            v |= (uint32_t)base[(pos >> 3) + 1] << 8;
-        }
-        const uint32_t f = (v >> (pos & 7u)) & mask;
-        dst[j] = cb != 0 ? cb[f] : tt_sext(f, w->bits);
-    }
+    tt_fields(src, w->bits, k, cb, dst);
 }

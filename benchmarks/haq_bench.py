@@ -1,0 +1,288 @@
+"""HAQ (Wang et al., CVPR 2019) against uniform bit widths, with the Cortex-M4 in the loop.
+
+    python benchmarks/haq_bench.py lenet5                          # all three experiments
+    python benchmarks/haq_bench.py resnet8 --baseline path/to/resnet8.safetensors
+    python benchmarks/haq_bench.py lenet5 --experiments flash --quick   # a smoke run
+
+Experiments (each a budget, a HAQ search per seed, then the chosen policy fine-tuned for
+``--final-iters`` steps and scored on the test split; uniform policies get the same
+fine-tune):
+
+- ``flash``: HAQ against uniform 8 / 6 / 4-bit weights at equal Cortex-M4 flash.  The budget
+  is the smaller of half the int8 program's flash and the uniform 4-bit program's, so one
+  search answers both goals: top-1 within 1 point of int8 at <= 0.5x its flash, and >= 1
+  point better than uniform 4-bit at equal flash (means of ``--seeds`` seeds).
+- ``cycles``: the same at equal estimated cycles; the budget is ``--cycle-ratio`` x the int8
+  model's cycles.  The cycles are what the kernels measure: today the packed int4 / int2
+  kernels unpack each row before the int8 math and cost *more* cycles than int8, so no
+  budget below the int8 figure can be met and fewer bits buy no cycles.
+- ``size`` (LeNet-5 in the paper's model-size experiment): HAQ with k-means weight sharing
+  against Deep Compression's fixed 8 / 5 bits (conv / fully connected, k-means as Han et
+  al., no pruning) at equal compressed-file bytes.
+
+What is measured and what predicted: flash is measured (the linked image of a Cortex-M4
+build, one per combination of the layers' weight forms: :func:`tinytamer.search.haq.micro_flash`);
+cycles are predicted from per-layer cycles measured on the emulated Cortex-M4 at uniform
+2..8 bits with 8-bit activations (estimated under the board's memory profile:
+:func:`tinytamer.search.haq.micro_cycles`; narrower activations cost a little more, not
+counted); compressed-file bytes are measured (the file :mod:`tinytamer.codec` writes).
+Top-1 is that of the quantized PyTorch model (weights and activations fake-quantized as
+``compress.int8`` converts them), not run on the device.
+
+The search scores candidates on a validation split carved from the training set
+(``--val`` samples, never the test split; the baseline was trained on the whole training
+set, so validation top-1 reads a little high, which the search only uses to rank).  The
+baseline is ``--baseline PATH``, else ``benchmarks/work/baselines/<model>.safetensors``
+(``benchmarks/baselines.py``).  Result: ``benchmarks/results/haq_<model>.json``.
+
+Defaults (``DEFAULTS``; the paper runs 600 episodes): LeNet-5 50 episodes (20 of them random
+warm-up), 50 fine-tune steps per candidate, 400 for each scored policy; ResNet-8 30 episodes,
+20 and 300 steps.  Duration on 2 idle cores, estimated from smoke runs on a loaded machine
+(not measured): about 45 min per experiment for LeNet-5 and 55 for ResNet-8; run one
+experiment per command (``--experiments flash``) to keep each under an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import Subset  # noqa: E402
+
+from benchmarks._common import WORK, save, shared_data  # noqa: E402
+from tinytamer.checkpoint import load_checkpoint  # noqa: E402
+from tinytamer.data import get_dataset, make_loader  # noqa: E402
+from tinytamer.errors import CompressError  # noqa: E402
+from tinytamer.search import haq  # noqa: E402
+from tinytamer.train import evaluate  # noqa: E402
+
+DATA = {"lenet5": ("mnist", "mnist"), "resnet8": ("cifar10", "cifar10-jpg.tar.gz")}
+# Per model: search episodes, fine-tune steps per candidate, final fine-tune, batch.
+DEFAULTS = {
+    "lenet5": {"episodes": 50, "finetune_iters": 50, "final_iters": 400, "batch": 64, "val": 2000},
+    "resnet8": {"episodes": 30, "finetune_iters": 20, "final_iters": 300, "batch": 64, "val": 1000},
+}
+
+
+def setup(args: argparse.Namespace) -> dict[str, Any]:
+    kind, folder = DATA[args.model]
+    data = get_dataset(kind, str(shared_data() / folder), val_fraction=0.0)
+    perm = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).tolist()
+    val, train = Subset(data.train, perm[: args.val]), Subset(data.train, perm[args.val :])
+    test = data.test if args.test_limit is None else Subset(data.test, range(args.test_limit))
+    path = Path(args.baseline) if args.baseline else WORK / "baselines" / f"{args.model}.safetensors"
+    if not path.is_file():
+        sys.exit(f"no baseline at {path}: train it with `python benchmarks/baselines.py {args.model}`")
+    model = load_checkpoint(path).eval()
+    train_loader = make_loader(train, args.batch, shuffle=True, seed=0)
+    calib = [x for (x, _), _ in zip(train_loader, range(4), strict=False)]
+    return {
+        "model": model,
+        "baseline": str(path),
+        "train": train_loader,
+        "val": make_loader(val, 500, shuffle=False),
+        "test": make_loader(test, 500, shuffle=False),
+        "calib": calib,
+        "layers": haq.layer_infos(model, calib[0]),
+    }
+
+
+def top1(model: nn.Module, loader: Any) -> float:
+    return float(evaluate(model, loader)["accuracy"])
+
+
+def final(s: dict[str, Any], bits: list[haq.LayerBits], quantizer: haq.Quantizer, seed: int, iters: int) -> float:
+    """Test top-1 of ``bits`` after the final fine-tune."""
+    q = haq.quantize_policy(
+        s["model"],
+        s["calib"],
+        s["layers"],
+        bits,
+        quantizer=quantizer,
+        train_loader=s["train"],
+        finetune_iters=iters,
+        seed=seed,
+    )
+    return top1(q, s["test"])
+
+
+def run_haq(
+    s: dict[str, Any], resource: haq.Resource, budget: float, quantizer: haq.Quantizer, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One search per seed: the chosen policy, its cost, its test top-1 after the final fine-tune."""
+    out = []
+    for seed in range(args.seeds):
+        t0 = time.time()
+        result = haq.search(
+            s["model"],
+            s["layers"],
+            resource,
+            budget,
+            evaluate=lambda m: top1(m, s["val"]),
+            calib=s["calib"],
+            train_loader=s["train"],
+            episodes=args.episodes,
+            warmup=min(args.warmup, args.episodes - 1),
+            quantizer=quantizer,
+            finetune_iters=args.finetune_iters,
+            seed=seed,
+        )
+        search_s = time.time() - t0
+        acc = final(s, result.bits, quantizer, seed, args.final_iters)
+        out.append(
+            {
+                "seed": seed,
+                "policy": result.policy(),
+                "cost": result.resource,
+                "val_top1": result.accuracy,
+                "test_top1": acc,
+                "search_s": search_s,
+                "rewards": [e.reward for e in result.history],
+            }
+        )
+        print(f"  haq seed {seed}: cost {result.resource:.0f} <= {budget:.0f}, test top-1 {acc:.4f}", flush=True)
+    return out
+
+
+def uniform(
+    s: dict[str, Any],
+    widths: dict[str, list[haq.LayerBits]],
+    resource: haq.Resource,
+    args: argparse.Namespace,
+    quantizer: haq.Quantizer = "linear",
+) -> dict[str, Any]:
+    """Each fixed policy's cost and its test top-1 (mean over the seeds' final fine-tunes)."""
+    out = {}
+    for name, bits in widths.items():
+        accs = [final(s, bits, quantizer, seed, args.final_iters) for seed in range(args.seeds)]
+        out[name] = {"cost": resource(bits), "test_top1": accs, "mean_test_top1": statistics.mean(accs)}
+        print(f"  {name}: cost {out[name]['cost']:.0f}, test top-1 {out[name]['mean_test_top1']:.4f}", flush=True)
+    return out
+
+
+def summary(fixed: dict[str, Any], found: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    return {
+        "budget": budget,
+        "haq_mean_test_top1": statistics.mean(r["test_top1"] for r in found),
+        "haq_max_cost": max(r["cost"] for r in found),
+        **{f"{k}_mean_test_top1": v["mean_test_top1"] for k, v in fixed.items()},
+    }
+
+
+def flash_experiment(s: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    n = len(s["layers"])
+    res = haq.micro_flash(s["model"], s["calib"], s["layers"], workdir=work)
+    widths = {f"uniform{b}": [haq.LayerBits(b, 8)] * n for b in (8, 6, 4)}
+    fixed = uniform(s, widths, res, args)
+    budget = min(0.5 * fixed["uniform8"]["cost"], fixed["uniform4"]["cost"])
+    found = run_haq(s, res, budget, "linear", args)
+    out = summary(fixed, found, budget)
+    out["goal_within_1pt_of_int8_at_half_flash"] = out["haq_mean_test_top1"] >= out["uniform8_mean_test_top1"] - 0.01
+    out["goal_1pt_better_than_uniform4_at_equal_flash"] = (
+        out["haq_max_cost"] <= fixed["uniform4"]["cost"]
+        and out["haq_mean_test_top1"] >= out["uniform4_mean_test_top1"] + 0.01
+    )
+    return {"resource": res.name, "unit": res.unit, "source": res.source, "uniform": fixed, "haq": found, **out}
+
+
+def cycles_experiment(s: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    n = len(s["layers"])
+    res = haq.micro_cycles(s["model"], s["calib"], s["layers"], workdir=work)
+    widths = {f"uniform{b}": [haq.LayerBits(b, 8)] * n for b in (8, 6, 4)}
+    fixed = uniform(s, widths, res, args)
+    budget = args.cycle_ratio * fixed["uniform8"]["cost"]
+    lowest = res([haq.LayerBits(2, 2)] * n)
+    per_width = {b: res([haq.LayerBits(b, 8)] * n) for b in range(2, 9)}
+    try:
+        found = run_haq(s, res, budget, "linear", args)
+    except CompressError as exc:  # the kernels' cycles rule the budget out: say so, not crash
+        found, out = [], {"budget": budget, "infeasible": str(exc)}
+    else:
+        out = summary(fixed, found, budget)
+    return {
+        "resource": res.name,
+        "unit": res.unit,
+        "source": res.source,
+        "cycles_per_width": per_width,
+        "cycles_at_2_bits": lowest,
+        "uniform": fixed,
+        "haq": found,
+        **out,
+    }
+
+
+def size_experiment(s: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    layers = s["layers"]
+    res = haq.compressed_bytes(s["model"], layers)
+    conv = [isinstance(s["model"].get_submodule(L.name), nn.Conv2d) for L in layers]
+    dc = [haq.LayerBits(8 if c else 5, 8) for c in conv]
+    fixed = uniform(s, {"deep_compression_8_5": dc}, res, args, "kmeans")
+    budget = fixed["deep_compression_8_5"]["cost"]
+    found = run_haq(s, res, budget, "kmeans", args)
+    out = summary(fixed, found, budget)
+    out["haq_minus_deep_compression"] = out["haq_mean_test_top1"] - out["deep_compression_8_5_mean_test_top1"]
+    return {"resource": res.name, "unit": res.unit, "source": res.source, "uniform": fixed, "haq": found, **out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", choices=sorted(DATA))
+    ap.add_argument("--baseline", help="trained float checkpoint (default: benchmarks/work/baselines/<model>)")
+    ap.add_argument("--experiments", default="flash,cycles,size", help="comma-separated: flash, cycles, size")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--episodes", type=int)
+    ap.add_argument("--warmup", type=int, default=20, help="episodes of random actions (the paper's 20)")
+    ap.add_argument("--finetune-iters", type=int, help="SGD steps before each candidate's reward")
+    ap.add_argument("--final-iters", type=int, help="fine-tune steps of each policy scored on the test split")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--val", type=int, help="validation samples carved from the training set")
+    ap.add_argument("--test-limit", type=int, help="score the first N test samples only")
+    ap.add_argument("--cycle-ratio", type=float, default=1.0, help="cycle budget: this x the int8 model's")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 3 episodes, short fine-tunes")
+    args = ap.parse_args()
+    for key, value in DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.quick:
+        args.seeds, args.episodes, args.warmup, args.finetune_iters, args.final_iters = 1, 3, 2, 2, 5
+        args.val, args.test_limit = 500, args.test_limit or 500
+    torch.set_num_threads(args.threads)
+    s = setup(args)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "baseline": s["baseline"],
+        "float_test_top1": top1(s["model"], s["test"]),
+        "layers": [L.name for L in s["layers"]],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("model", "baseline")},
+        "experiments": {},
+    }
+    print(f"{args.model}: float test top-1 {result['float_test_top1']:.4f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="haq-bench-") as tmp:
+        for name in args.experiments.split(","):
+            t0 = time.time()
+            print(f"experiment {name}", flush=True)
+            if name == "flash":
+                r = flash_experiment(s, args, Path(tmp))
+            elif name == "cycles":
+                r = cycles_experiment(s, args, Path(tmp))
+            elif name == "size":
+                r = size_experiment(s, args)
+            else:
+                sys.exit(f"unknown experiment '{name}' (flash, cycles, size)")
+            r["seconds"] = time.time() - t0
+            result["experiments"][name] = r
+    save(f"haq_{args.model}" + ("_quick" if args.quick else ""), result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Target-aware channel counts: candidates, the choice made from measured times (a fake
+target whose table makes an unusual count win), the cached table, the stage option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tinytamer.compress import channel_rounding as cr
+from tinytamer.compress.channel import channel_counts, prune_channels
+from tinytamer.errors import CompressError, CorruptFileError, TamerError
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).eval()
+
+
+def _table(tmp_path=None) -> cr.LatencyTable:
+    return cr.LatencyTable("fake", "int8", 2, 1, host={"cpu": "test"})
+
+
+class FakeTarget:
+    """Times by output channels from a table (ms); records what it was asked to time."""
+
+    def __init__(self, ms_by_channels: dict[int, float]) -> None:
+        self.ms = ms_by_channels
+        self.seen: list[tuple[int, int, tuple[int, ...]]] = []
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> float:
+        conv = next(m for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+        out = conv.out_channels if isinstance(conv, nn.Conv2d) else conv.out_features
+        cin = conv.in_channels if isinstance(conv, nn.Conv2d) else conv.in_features
+        self.seen.append((cin, out, tuple(x.shape)))
+        return self.ms[out]
+
+
+def test_candidates_are_at_or_below_the_requested_count():
+    assert cr.candidates(26, 0.25) == [26, 24]
+    assert cr.candidates(14, 0.25) == [14, 12]
+    assert cr.candidates(30, 0.5) == [30, 28, 24, 16]
+    assert cr.candidates(1, 0.5) == [1]
+    assert all(c <= 53 for c in cr.candidates(53, 0.9))
+
+
+@pytest.mark.parametrize("ms, chosen", [({26: 1.0, 24: 2.0}, 26), ({26: 2.0, 24: 1.0}, 24), ({26: 1.01, 24: 1.0}, 26)])
+def test_the_chosen_count_is_the_measured_fastest(ms, chosen):
+    model = _net()
+    timer = FakeTarget(ms)
+    # ratio 0.2 keeps 26 of 32: a rule (multiples of 8) would keep 24 whatever the target does.
+    plan = cr.plan_channels(model, torch.randn(1, 3, 8, 8), timer, _table(), ratio=0.2)
+    assert set(plan.layers) == {"0", "2"}  # the classifier keeps its outputs
+    for choice in plan.layers.values():
+        assert choice.requested == 26 and choice.latency_ms == {c: ms[c] for c in (26, 24)}
+        assert choice.chosen == chosen
+    # The first conv reads the image (3 channels, not thinned); the second the first's
+    # output, thinned by the same ratio; each shape at the table's batch.
+    assert {(cin, shape) for cin, _out, shape in timer.seen} == {(3, (1, 3, 8, 8)), (26, (1, 26, 8, 8))}
+    pruned = prune_channels(model, torch.randn(1, 3, 8, 8), ratio=plan.ratios(), round_to=None)
+    assert channel_counts(pruned) == {"0": chosen, "2": chosen, "6": 10}
+
+
+class Residual(nn.Module):
+    """conv0 and conv1 feed one add: their output channels are pruned together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv0 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv1 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv0(x))
+        y = torch.relu(self.conv1(y) + y)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_coupled_layers_keep_one_count_the_fastest_summed():
+    model = Residual().eval()
+
+    def by_layer(module: nn.Module, x: torch.Tensor) -> float:
+        conv = module[0]
+        # Alone, conv0 would keep 26 and conv1 24; together 24 costs least (1.5 + 1 < 1.2 + 5).
+        return {3: {26: 1.2, 24: 1.5}, 26: {26: 5.0, 24: 1.0}}[conv.in_channels][conv.out_channels]
+
+    plan = cr.plan_channels(model, torch.randn(1, 3, 8, 8), by_layer, _table(), ratio=0.2)
+    assert {n: (c.chosen, sorted(c.group)) for n, c in plan.layers.items()} == {
+        "conv0": (24, ["conv0", "conv1"]),
+        "conv1": (24, ["conv0", "conv1"]),
+    }
+    pruned = prune_channels(model, torch.randn(1, 3, 8, 8), ratio=plan.ratios(), round_to=None)
+    assert channel_counts(pruned) == {"conv0": 24, "conv1": 24, "fc": 10}
+
+
+def test_the_table_is_cached_and_reused(tmp_path):
+    path = tmp_path / "t.json"
+    table = cr.LatencyTable.open(path, "fake", "int8", 2, 1)
+    first = cr.plan_channels(
+        _net(), torch.randn(1, 3, 8, 8), FakeTarget({26: 2.0, 24: 1.0}), table, ratio=0.2, table_path=path
+    )
+    assert first.measured_now == 4 and len(json.loads(path.read_text())["entries"]) == 4
+
+    def refuse(module, x):
+        raise AssertionError("a cached shape was timed again")
+
+    again = cr.LatencyTable.open(path, "fake", "int8", 2, 1)
+    second = cr.plan_channels(_net(), torch.randn(1, 3, 8, 8), refuse, again, ratio=0.2, table_path=path)
+    assert second.measured_now == 0 and {c.chosen for c in second.layers.values()} == {24}
+    with pytest.raises(CompressError, match="measured for .*'threads': 2.*not .*'threads': 1"):
+        cr.LatencyTable.open(path, "fake", "int8", 1, 1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        '{"format": "tinytamer-channel-latency", "version": 1, "target": "fake", '
+        '"precision": "int8", "threads": 2, "batch": 1, "entries": {"k": -1}}',
+    ],
+)
+def test_a_damaged_table_is_named(tmp_path, text):
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    with pytest.raises(CorruptFileError, match="t.json"):
+        cr.LatencyTable.open(path, "fake", "int8", 2, 1)
+
+
+def test_bad_timings_and_ratios_are_refused():
+    with pytest.raises(CompressError, match="gave nan ms"):
+        cr.plan_channels(_net(), torch.randn(1, 3, 8, 8), lambda m, x: float("nan"), _table(), ratio=0.2)
+    with pytest.raises(CompressError, match="ratio must be in"):
+        cr.plan_channels(_net(), torch.randn(1, 3, 8, 8), FakeTarget({}), _table(), ratio=1.0)
+    with pytest.raises(TamerError, match="unknown target 'no-such-target'"):
+        cr.target_timer("no-such-target", "fp32", 1, 1)
+    with pytest.raises(CompressError, match="runs fp32, not rounding precision 'int8'"):
+        cr.target_timer("torch", "int8", 1, 1)
+
+
+def test_a_real_target_times_single_layers():
+    timer = cr.target_timer("onnxruntime", "int8", 1, 1, repeats=3)
+    ms = timer(nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU()).eval(), torch.randn(1, 8, 8, 8))
+    assert ms > 0
+
+
+def test_channel_prune_stage_takes_a_rounding_target(digits_recipe, run_stages, tmp_path):
+    table = tmp_path / "table.json"
+    stage = {"channel_prune": {"ratio": 0.3, "rounding": {"target": "torch", "repeats": 3, "table": str(table)}}}
+    recs, rundir = run_stages(digits_recipe("rounding", [stage], limit=200))
+    rec = recs["channel_prune"]
+    plan = json.loads(next(rundir.path.glob("stages/*_channel_prune/channel_rounding.json")).read_text())
+    assert "measured on torch fp32" in rec["note"] and plan["layers"]
+    for name, choice in plan["layers"].items():
+        assert choice["chosen"] <= choice["requested"] and str(choice["chosen"]) in choice["latency_ms"]
+        if name in rec["channels"]:  # what the pruned model has: never more than the ratio keeps
+            assert rec["channels"][name][1] <= choice["requested"]
+    assert json.loads(table.read_text())["entries"]
+
+
+def test_rounding_and_round_to_together_are_refused(digits_recipe, run_stages):
+    from tinytamer.errors import RecipeError
+
+    stage = {"channel_prune": {"ratio": 0.3, "round_to": 4, "rounding": {"target": "torch"}}}
+    with pytest.raises(RecipeError, match="round_to or rounding"):
+        run_stages(digits_recipe("rounding-both", [stage], limit=200))

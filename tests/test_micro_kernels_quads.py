@@ -1,0 +1,155 @@
+"""The "quads" convolution kernel (tt_conv2d_s8_qx: 4 channels x 2 pixels per pass, the
+"pairs" words of two channel pairs interleaved): the layout in numpy, its scratch (the 2 x 2
+kernel's, so peak SRAM is no worse than with it), every edge shape bit-exact against the
+integer reference on the emulated Cortex-M4, and the runtime's unoptimized build (no
+register-hungry asm) bit-exact too."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from tinytamer.micro import codegen, reference, schedule, toolchain, tuning
+from tinytamer.micro.builder import GraphBuilder
+from tinytamer.micro.ir import Conv2D
+
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
+
+
+def _conv_graph(rng, shape, oc, k, stride=1, pad=0, relu=None):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    b = GraphBuilder(shape, 0.02, 3)
+    y = b.conv(
+        b.input,
+        rng.integers(-128, 128, (oc, shape[2], kh, kw)),
+        rng.uniform(0.002, 0.01, oc),
+        rng.normal(0, 1, oc),
+        0.05,
+        -7,
+        stride=(stride, stride),
+        padding=(ph, pw),
+        relu=relu,
+        name="c",
+    )
+    return b.graph(y)
+
+
+@pytest.mark.parametrize("oc", [1, 2, 3, 4, 6, 7, 8, 13])
+def test_quads_interleave_the_pairs_words(oc):
+    """Channel pairs (4q, 4q+1) and (4q+2, 4q+3) alternate word by word; the channels past
+    the last whole quad keep the pairs layout, so the flash is the pairs layout's.  (Flat
+    packing differs in lane order too: the quads kernel gathers the field as bytes.)"""
+    g = _conv_graph(np.random.default_rng(oc), (4, 4, 5), oc, 3)
+    op = g.ops[0]
+    op.schedule = {"kernel": "mm", "weights": "pairs", "pack": "channel"}
+    pairs = schedule.weight_array(op, True)
+    op.schedule = {**op.schedule, "weights": "quads"}
+    quads = schedule.weight_array(op, True)
+    assert quads.dtype == np.int32 and quads.shape == pairs.shape
+    n_pairs = -(-oc // 2)
+    nw = pairs.size // n_pairs
+    by_pair = pairs.reshape(n_pairs, nw)
+    whole = oc // 4
+    for q in range(whole):
+        got = quads[2 * q * nw : 2 * (q + 1) * nw].reshape(nw, 2)
+        np.testing.assert_array_equal(got[:, 0], by_pair[2 * q])
+        np.testing.assert_array_equal(got[:, 1], by_pair[2 * q + 1])
+    np.testing.assert_array_equal(quads[2 * whole * nw :], by_pair[2 * whole :].reshape(-1))
+
+
+def test_quads_take_the_2x2_kernels_scratch():
+    """A third less than the 3-pixel pairs kernel: the reason the layout is the default."""
+    g = _conv_graph(np.random.default_rng(0), (16, 16, 32), 32, 3, 1, 1)
+    op = g.ops[0]
+    sizes = {}
+    for w in ("quads", "pairs", "int8"):
+        op.schedule = {"kernel": "mm", "weights": w}
+        sizes[w] = schedule.scratch_bytes(g, op, True)
+    assert sizes["quads"] == sizes["int8"] == 2 * 2 * 288
+    assert sizes["pairs"] == 3 * 2 * 288
+    op.schedule = {}
+    assert schedule.resolve(op, True)["weights"] == "quads"
+
+
+def test_resnet8_peak_sram_is_the_2x2_kernels():
+    """The default schedules' arena is no larger than with every convolution on the 2 x 2
+    int8 kernel (MLPerf Tiny's ResNet-8: its peak sits at a 3 x 3 convolution's scratch)."""
+    from tinytamer import zoo
+    from tinytamer.compress.int8 import quantize_ptq
+    from tinytamer.micro.lower import lower
+
+    torch.manual_seed(0)
+    m = zoo.create("resnet8", num_classes=10, in_channels=3).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    g = lower(quantize_ptq(m, [x]), x[:1])
+    default = codegen.generate(g, dsp=True).plan.arena_size
+    for op in g.ops:
+        if isinstance(op, Conv2D) and not op.depthwise:
+            op.schedule = {"kernel": "mm", "weights": "int8"}
+    assert default <= codegen.generate(g, dsp=True).plan.arena_size
+
+
+EDGE_SHAPES = [
+    # (input HWC, out channels, kernel, stride, padding, relu)
+    ((6, 6, 16), 16, 3, 1, 1, "relu"),  # 72 column words: whole unrolled passes
+    ((7, 5, 3), 16, 3, 1, 1, None),  # a 3-channel stem: 27 -> 28 values
+    ((9, 7, 5), 7, 3, 2, 1, None),  # odd channels in and out (a quad + 3), stride 2
+    ((5, 5, 8), 6, 1, 1, 0, "relu"),  # pointwise, a quad + a pair; 25 pixels: a last one
+    ((8, 8, 1), 8, (10, 4), 2, (4, 1), None),  # the DS-CNN stem's shape
+    ((3, 3, 8), 5, 1, 1, 0, None),  # a quad + one channel paired with zeros
+    ((1, 1, 8), 2, 1, 1, 0, None),  # a single pixel, no whole quad
+    ((3, 3, 128), 4, 3, 1, 1, None),  # 96-word rows: the unpacker's sum folds mid-row
+    ((9, 8, 32), 12, 3, 2, 1, "relu"),  # stride 2: inside and edge windows, 24-word rows
+    ((5, 6, 16), 4, (2, 3), 1, 0, None),  # no padding: every window inside
+]
+
+
+@arm
+@pytest.mark.parametrize("case", EDGE_SHAPES, ids=lambda c: "x".join(map(str, c[0])) + f"-{c[1]}")
+def test_quads_kernel_edge_shapes_are_bit_exact(tmp_path, case):
+    shape, oc, k, stride, pad, relu = case
+    g = _conv_graph(np.random.default_rng(sum(shape) + oc), shape, oc, k, stride, pad, relu)
+    scheds = [
+        {"kernel": "mm", "unroll": u, "weights": "quads", "pack": p}
+        for u, p in itertools.product([2, 4], ["channel", "flat"])
+    ]
+    # _measure checks every candidate's output bit for bit against the reference.
+    costs = tuning._measure(g, g.ops[0], "cortex-m4", scheds, tmp_path)
+    assert all(c > 0 for c, _ in costs)
+
+
+@arm
+def test_quads_kernel_is_faster_than_pairs_on_whole_quads(tmp_path):
+    g = _conv_graph(np.random.default_rng(5), (12, 12, 16), 16, 3, 1, 1)
+    quads = {"kernel": "mm", "unroll": 4, "weights": "quads", "pack": "channel"}
+    pairs = {**quads, "weights": "pairs"}
+    (c_quads, _), (c_pairs, _) = tuning._measure(g, g.ops[0], "cortex-m4", [quads, pairs], tmp_path)
+    assert c_quads < c_pairs
+    assert tuning.const_bytes(g, 0, quads) == tuning.const_bytes(g, 0, pairs)
+
+
+@arm
+@pytest.mark.skipif(not toolchain.qemu_available(), reason="qemu-system-arm missing")
+def test_unoptimized_runtime_build_is_bit_exact(tmp_path):
+    """At -O0 (a frame pointer: 13 free registers) the 13- and 14-register loops of the
+    pairs and quads kernels give way to C of the same arithmetic; both still run exactly."""
+    rng = np.random.default_rng(2)
+    b = GraphBuilder((5, 6, 8), 0.02, 3)
+    x = b.conv(
+        b.input, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.05, 1, padding=(1, 1), name="q"
+    )
+    y = b.conv(x, rng.integers(-127, 128, (6, 8, 3, 3)), np.full(6, 0.004), None, 0.05, -2, padding=(1, 1), name="p")
+    g = b.graph(y)
+    g.ops[1].schedule = {"weights": "pairs"}
+    xs = rng.integers(-128, 128, (2, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
+    cm = codegen.generate(g, dsp=True)
+    assert "tt_conv2d_s8_qx(" in cm.files["model.c"] and "tt_conv2d_s8_mx(" in cm.files["model.c"]
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1), opt="-O0")
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
