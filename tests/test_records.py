@@ -393,3 +393,19 @@ def test_the_report_renders_from_typed_records(tmp_path):
     micro = re.search(r"<tr><td>12</td>.*?</tr>", page).group(0)
     assert "<td>150,000</td>" in micro
     assert "<td>zeros</td>" in re.search(r"<tr><td>3</td>.*?</tr>", page).group(0)
+
+
+def test_the_report_draws_each_search_stages_progress(tmp_path):
+    import json
+
+    from tinytamer.viz.report import write_report
+
+    run = _run(tmp_path, [r for r in _samples() if isinstance(r, (SposRecord, ProxylessRecord))])
+    gens = [[{"arch": [0], "accuracy": a, "cost": {}, "generation": g}] for g, a in enumerate((0.3, 0.5, 0.4))]
+    (run.path / "h.json").write_text(json.dumps({"top_k_per_generation": gens, "steps": [{"expected_latency": 9e5}]}))
+    page = write_report(run).read_text()
+    assert "spos: best fitness per generation" in page
+    assert "proxylessnas: expected cost per architecture step" in page
+    assert page.count("data:image/png;base64,") >= 2
+    (run.path / "h.json").write_text("{not json")  # a damaged history: no plot, no crash
+    assert "best fitness per generation" not in write_report(run).read_text()

@@ -172,16 +172,19 @@ def memory_timeline(buffers: Sequence[dict[str, Any]], ops: Sequence[str], arena
     return _png(fig)
 
 
-def search_progress(rewards: Sequence[float], label: str) -> bytes | None:
-    """The reward of each episode and the best so far."""
+def search_progress(
+    rewards: Sequence[float], label: str, xlabel: str = "episode", higher_is_better: bool = True
+) -> bytes | None:
+    """The score of each step (episode, generation) and the best so far."""
     if not rewards:
         return None
     plt = _plt()
-    best = [max(rewards[: i + 1]) for i in range(len(rewards))]
+    pick = max if higher_is_better else min
+    best = [pick(rewards[: i + 1]) for i in range(len(rewards))]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.plot(range(1, len(rewards) + 1), rewards, "o", markersize=3, label=label)
     ax.plot(range(1, len(rewards) + 1), best, "-", color="crimson", label="best so far")
-    ax.set(xlabel="episode", ylabel=label, title="search progress")
+    ax.set(xlabel=xlabel, ylabel=label, title="search progress")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -26,9 +26,11 @@ from tinytamer.records import (
     EmbeddingsRecord,
     FixedPointRecord,
     HaqRecord,
+    ProxylessRecord,
     PruneRecord,
     QuantizeRecord,
     SensitivityRecord,
+    SposRecord,
     StageRecord,
     TrainRecord,
     read_records,
@@ -237,7 +239,27 @@ def _search(run: RunDir, stages: list[StageRecord]) -> str:
             except (ValueError, TypeError, KeyError):
                 rewards = []
             parts.append(_img(figures.search_progress(rewards, "reward"), f"stage {r.index} haq: reward per episode"))
+        elif isinstance(r, SposRecord):
+            best = _history(
+                run, r.history, lambda h: [max(c["accuracy"] for c in g) for g in h["top_k_per_generation"]]
+            )
+            png = figures.search_progress(best, "best validation accuracy", "generation")
+            parts.append(_img(png, f"stage {r.index} spos: best fitness per generation"))
+        elif isinstance(r, ProxylessRecord):
+            lat = _history(
+                run, r.history, lambda h: [s["expected_latency"] for s in h["steps"] if "expected_latency" in s]
+            )
+            png = figures.search_progress(lat, f"E[{r.metric}]", "architecture step", higher_is_better=False)
+            parts.append(_img(png, f"stage {r.index} proxylessnas: expected cost per architecture step"))
     return "".join(parts)
+
+
+def _history(run: RunDir, rel: str, read: Callable[[Any], list[float]]) -> list[float]:
+    """A search stage's history file, read by ``read``; [] where it is missing or malformed."""
+    try:
+        return [float(v) for v in read(json.loads(_file(run, rel) or b"{}"))]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
 
 
 def _embeddings(run: RunDir, rec: EmbeddingsRecord | None) -> str:
