@@ -218,7 +218,11 @@ def _record_line(r: StageRecord) -> str:
     if r.accuracy is not None:
         n = _samples(r.eval_samples, r.eval_total)
         where = r.accuracy_runtime or "PyTorch"
-        parts.append(f"accuracy {r.accuracy:.2%}" + (f" ({n} samples, {where})" if n else ""))
+        if r.map50 is not None:  # a detector: the task's score is mAP@0.5
+            score = f"mAP@0.5 {r.map50:.3f}" + ("" if r.map50_95 is None else f", mAP@[.5:.95] {r.map50_95:.3f}")
+            parts.append(score + (f" ({n} images, {where})" if n else ""))
+        else:
+            parts.append(f"accuracy {r.accuracy:.2%}" + (f" ({n} samples, {where})" if n else ""))
     figures = {"nonzero_params": r.nonzero_params, "macs": r.macs, "bytes": r.bytes}
     device = isinstance(r, DeployRecord) and r.est_cycles is not None
     if device:
@@ -560,7 +564,9 @@ def bench(
         list[str] | None, typer.Option("--target", help="targets (default: every installed one)")
     ] = None,
     precisions: Annotated[list[str] | None, typer.Option("--precision", help="fp32, fp16, int8")] = None,
-    max_acc_drop: Annotated[float | None, typer.Option(help="pick the fastest within this accuracy drop")] = None,
+    max_acc_drop: Annotated[
+        float | None, typer.Option(help="pick the fastest within this accuracy drop (a detector: mAP@0.5 drop)")
+    ] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     data: DataOpt = None,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinytamer.errors import TamerError
+from tinytamer.errors import ModelError, TamerError
 from tinytamer.fileio import atomic_path, write_atomic
 from tinytamer.scoring import top1_hits
 from tinytamer.targets import Cost, Deployed, Target, get_target, list_targets
@@ -95,6 +95,10 @@ def runtime_accuracy(
 
     Scores the first ``limit`` samples (all if None); ``n`` is how many were scored and
     ``total`` how many the loader holds (None if it cannot say).  ``progress`` shows a bar.
+    A detector (a model carrying anchors, strides and a class count) is scored by mAP
+    instead, through the shared decode and NMS (``tinytamer.detect.evaluate.PairedScore``):
+    ``accuracy`` / ``accuracy_torch`` are mAP@0.5, with ``map50``, ``map50_95`` and their
+    ``_torch`` twins beside them.
     """
     from rich.progress import (
         BarColumn,
@@ -106,6 +110,7 @@ def runtime_accuracy(
     )
 
     model = model.eval()
+    detection = _paired_score(model)
     total = _dataset_size(loader)
     want = total if limit is None else limit if total is None else min(limit, total)
     hits_rt = hits_pt = n = 0
@@ -125,22 +130,47 @@ def runtime_accuracy(
                 x, y = x[: limit - n], y[: limit - n]
             for i in range(0, len(y), EVAL_CHUNK):
                 xs, labels = x[i : i + EVAL_CHUNK], y[i : i + EVAL_CHUNK].numpy()
-                out = deployed(xs.numpy())[0]
+                outs = deployed(xs.numpy())
                 with torch.no_grad():
                     ref = model(xs)
-                hits_rt += top1_hits(np.asarray(out), labels)
-                hits_pt += top1_hits(ref, y[i : i + EVAL_CHUNK])
+                if detection is not None:
+                    detection.add(outs, ref, labels, int(xs.shape[-1]))
+                else:
+                    hits_rt += top1_hits(np.asarray(outs[0]), labels)
+                    hits_pt += top1_hits(ref, y[i : i + EVAL_CHUNK])
                 n += len(labels)
                 bar.advance(task, len(labels))
     if n == 0:
         raise TamerError("no test samples to evaluate the deployed model on")
+    if detection is not None:
+        return {**detection.result(), "n": n, "total": total}
     return {"accuracy": hits_rt / n, "accuracy_torch": hits_pt / n, "n": n, "total": total}
+
+
+def _paired_score(model: nn.Module) -> Any:
+    """A ``PairedScore`` for a detector, None for any other model."""
+    from tinytamer.detect.decode import Head
+    from tinytamer.detect.evaluate import PairedScore
+
+    try:
+        return PairedScore(Head.of(model))
+    except ModelError:
+        return None
 
 
 def accuracy_line(accuracy: float, n: int, total: int | None) -> str:
     """``accuracy 98.10% on 1000 of 10000 test samples``: what was scored, said with it."""
     of = f" of {total}" if total is not None and total != n else ""
     return f"accuracy {accuracy:.2%} on {n}{of} test samples"
+
+
+def score_line(acc: dict[str, Any]) -> str:
+    """:func:`accuracy_line` of a ``runtime_accuracy`` result; a detector's says
+    ``mAP@0.5 0.612, mAP@[.5:.95] 0.301 on 46 test images``."""
+    if acc.get("map50") is None:
+        return accuracy_line(acc["accuracy"], acc["n"], acc["total"])
+    of = f" of {acc['total']}" if acc["total"] is not None and acc["total"] != acc["n"] else ""
+    return f"mAP@0.5 {acc['map50']:.3f}, mAP@[.5:.95] {acc['map50_95']:.3f} on {acc['n']}{of} test images"
 
 
 @dataclass
@@ -152,8 +182,13 @@ class DeployReport:
     artifact_bytes: int
     parity: dict[str, Any]
     cost: dict[str, Any] | None = None
+    # The task's score: top-1, or mAP@0.5 for a detector (then map50 / map50_95 are set).
     accuracy: float | None = None
     accuracy_torch: float | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+    map50_torch: float | None = None
+    map50_95_torch: float | None = None
     eval_samples: int = 0
     # Test samples the loader holds: eval_samples below it means a limited evaluation.
     eval_total: int | None = None
@@ -230,6 +265,8 @@ def deploy(
         report.accuracy_torch = float(acc["accuracy_torch"])
         report.eval_samples = int(acc["n"])
         report.eval_total = acc["total"]
+        for key in ("map50", "map50_95", "map50_torch", "map50_95_torch"):
+            setattr(report, key, acc.get(key))
     write_json(folder / "summary.json", report.to_dict())
     return deployed, report
 
@@ -248,8 +285,10 @@ class BenchRow:
     speedup_min: float | None = None
     peak_rss_mb: float | None = None
     artifact_bytes: int | None = None
+    # The task's score: top-1, or mAP@0.5 for a detector (map50_95 beside it).
     accuracy: float | None = None
-    # Accuracy change against the model in PyTorch on the same test samples.
+    map50_95: float | None = None
+    # Change of that score against the model in PyTorch on the same test samples.
     acc_delta: float | None = None
     eval_samples: int | None = None
     parity: dict[str, Any] = field(default_factory=dict)
@@ -288,6 +327,8 @@ class BenchReport:
     statistic: str = ONE_ROUND
     # What a reader must know about how some rows were built (e.g. TVM left untuned).
     notes: list[str] = field(default_factory=list)
+    # What ``accuracy`` and ``acc_delta`` measure: "accuracy" (top-1) or "mAP@0.5" (a detector).
+    metric: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,7 +351,8 @@ class BenchReport:
         return "\n".join(lines) + "\n\n"
 
     def best(self, max_acc_drop: float | None = None, batch: int | None = None) -> BenchRow | None:
-        """The fastest row (at ``batch``) losing at most ``max_acc_drop`` accuracy."""
+        """The fastest row (at ``batch``) losing at most ``max_acc_drop`` of the table's
+        ``metric`` against PyTorch on the same samples (a detector: mAP@0.5, 0.02 = 2 points)."""
         ok = [
             r
             for r in self.rows
@@ -323,10 +365,12 @@ class BenchReport:
 
     def table(self) -> str:
         """A markdown table of the rows."""
+        detection = self.metric != "accuracy"
+        score, delta = ("mAP@0.5 (mAP@[.5:.95])", "Δ mAP@0.5 points") if detection else ("accuracy", "Δ acc")
         head = (
             "| target | precision | batch | latency ms median (p10-p90) | speed-up (median) "
-            "| min ms | speed-up (min) | peak RSS MB | size KB (device: flash) | accuracy "
-            "| Δ acc |\n"
+            f"| min ms | speed-up (min) | peak RSS MB | size KB (device: flash) | {score} "
+            f"| {delta} |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
 
@@ -334,9 +378,12 @@ class BenchReport:
             return "-" if v is None else format(v, fmt)
 
         def acc(r: BenchRow) -> str:
+            text = f(r.accuracy, ".4f")
+            if detection:
+                text += f" ({f(r.map50_95, '.4f')})"
             if r.eval_samples is not None and r.eval_samples != self.eval_samples:
-                return f"{f(r.accuracy, '.4f')} (n={r.eval_samples})"
-            return f(r.accuracy, ".4f")
+                return f"{text} (n={r.eval_samples})"
+            return text
 
         lines = []
         for r in self.rows:
@@ -451,6 +498,7 @@ def _rows(jobs: Sequence[_Job], batches: Sequence[int]) -> list[BenchRow]:
                     # A device's size is its flash, not its ELF file.
                     artifact_bytes=cost.artifact_bytes if cost.flash_bytes is None else cost.flash_bytes,
                     accuracy=acc.get("accuracy"),
+                    map50_95=acc.get("map50_95"),
                     acc_delta=(acc["accuracy"] - acc["accuracy_torch"]) if acc else None,
                     eval_samples=acc.get("n"),
                     parity=job.deployed.parity,
@@ -484,7 +532,7 @@ def _job_line(job: _Job, row: BenchRow | None) -> str:
         speed = f" ({row.speedup:.2f}x torch fp32)" if row.speedup is not None else ""
         parts.append(f"{row.latency_ms:.3f} ms at batch {row.batch}{speed}")
     if job.acc:
-        parts.append(accuracy_line(job.acc["accuracy"], job.acc["n"], job.acc["total"]))
+        parts.append(score_line(job.acc))
     extra = next(iter(job.costs.values())).extra
     if extra.get("variant"):
         parts.append(str(extra["variant"]))
@@ -581,6 +629,7 @@ def bench(
             pending=[f"{n} {p}" for n, p in pending],
             statistic=ONE_ROUND if rounds == 1 else ROUNDS,
             notes=notes,
+            metric="mAP@0.5" if any("map50" in j.acc for j in jobs) else "accuracy",
         )
 
     for k, (name, prec) in enumerate(todo, 1):

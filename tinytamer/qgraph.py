@@ -127,6 +127,7 @@ class ActQuant(nn.Module):
 #   ints      an int / ref or a list of them         opt_ints  None, or ints that may hold None
 #   bool      a bool                                 index     what `x[...]` takes
 #   dtype     None or a dtype of _DTYPES             pad_mode  one of _PAD_MODES
+#   bool?     None or a bool                         upsample_mode  one of _UPSAMPLE_MODES
 #   value     a module call's argument: ref, number, bool, None or a list of them
 # A parameter named "*name" takes any number of further positional arguments.
 
@@ -208,6 +209,12 @@ OPS: dict[str, Op] = {
     "torch.reshape": _function(torch.reshape, "input:ref shape:ints", 2),
     "torch.cat": _function(torch.cat, "tensors:refs dim:int"),
     "F.pad": _function(F.pad, "input:ref pad:ints mode:pad_mode value:num?", 2),
+    # Nearest upsampling (a detector's FPN neck).
+    "F.interpolate": _function(
+        F.interpolate,
+        "input:ref size:opt_ints scale_factor:num? mode:upsample_mode align_corners:bool? "
+        "recompute_scale_factor:bool? antialias:bool",
+    ),
     "F.dropout": _function(F.dropout, "input:ref p:num training:bool inplace:bool"),
     "Tensor.size": _method("size", "dim:int?", 1),
     "Tensor.dim": _method("dim", ""),
@@ -246,6 +253,7 @@ _DTYPES: dict[str, torch.dtype] = {
     )
 }
 _PAD_MODES = frozenset({"constant", "reflect", "replicate", "circular"})
+_UPSAMPLE_MODES = frozenset({"nearest"})
 _NODE_KINDS = ("placeholder", "call_module", "get_attr", "call_function", "call_method", "output")
 _RECORD_KEYS = frozenset({"op", "name", "target", "args", "kwargs"})
 _MAX_NODES = 100_000
@@ -332,6 +340,8 @@ _KINDS: dict[str, Callable[[Any, set[str]], bool]] = {
     "index": _is_index,
     "dtype": _is_dtype,
     "pad_mode": lambda v, refs: isinstance(v, str) and v in _PAD_MODES,
+    "bool?": lambda v, refs: v is None or isinstance(v, bool),
+    "upsample_mode": lambda v, refs: isinstance(v, str) and v in _UPSAMPLE_MODES,
     "value": _is_value,
 }
 

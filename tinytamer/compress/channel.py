@@ -139,6 +139,7 @@ def prune_channels(
         selected = {n: m for n, m in select_layers(model, select) if isinstance(m, _PRUNABLE) and n not in ignore}
         if not selected:
             raise ModelError("channel_prune: no conv/linear layer left to prune after 'ignore'")
+        _refuse_fixed_width(model, selected)
         ignored = [
             m for m in model.modules() if isinstance(m, _PRUNABLE) and all(m is not s for s in selected.values())
         ]
@@ -211,6 +212,21 @@ def _pruner(
         # `keep` makes that exactly `keep` despite float rounding.
         per_layer[module] = 1.0 - (keep + 0.5) / n
     return tp.pruner.MetaPruner(model, pruning_ratio=0.0, pruning_ratio_dict=per_layer, **common)
+
+
+def _refuse_fixed_width(model: nn.Module, selected: Mapping[str, nn.Module]) -> None:
+    """Refuse a selected layer that a module of the model declares fixed in width
+    (``fixed_width_layers()``: relative name -> why), e.g. a ShuffleNetV2 unit's outputs,
+    which a channel split by index, a concat and a channel shuffle couple in ways the
+    dependency graph does not follow."""
+    for prefix, module in model.named_modules():
+        fixed = getattr(module, "fixed_width_layers", None)
+        if not callable(fixed):
+            continue
+        for rel, why in fixed().items():
+            name = f"{prefix}.{rel}" if prefix else rel
+            if name in selected:
+                raise ModelError(f"channel_prune: layer '{name}' cannot be pruned: {why}; leave it out of select")
 
 
 def _overrides(select: Selector | dict | None) -> list[dict]:

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from tinytamer.detect.boxes import box_iou
 from tinytamer.errors import ModelError
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,24 @@ class Head:
             raise ModelError(
                 f"{type(model).__name__} is not a detector with anchors, strides and num_classes ({exc})"
             ) from None
+
+
+def keep_head(source: nn.Module, target: M) -> M:
+    """``target`` (in place) carrying ``source``'s anchors, strides and class count when
+    ``source`` is a detector: a model rebuilt from a traced graph (int8's GraphModule, a
+    QuantizedGraph) keeps only what its forward reads, and the anchors are read by decoding,
+    not by forward.  Anything else is returned unchanged."""
+    try:
+        head = Head.of(source)
+    except ModelError:
+        return target
+    anchors = torch.as_tensor(head.anchors, dtype=torch.float32)
+    if "anchors" in target._buffers:  # a buffer already there is replaced, not shadowed
+        del target._buffers["anchors"]
+    target.register_buffer("anchors", anchors)
+    target.strides = head.strides
+    target.num_classes = head.num_classes
+    return target
 
 
 @dataclass

@@ -51,6 +51,57 @@ def score(run: Runner, loader: Iterable, head: Head, size: int, **nms: Any) -> d
     return {"accuracy": result.map50, "map50": result.map50, "map50_95": result.map50_95, "n": len(gts)}
 
 
+def as_maps(outputs: Any, head: Head) -> list[np.ndarray]:
+    """A model's or a runtime's raw outputs as the per-scale maps :func:`postprocess` takes:
+    tensors become numpy, and one output holding every scale packed
+    (:class:`tinytamer.detect.packed.SingleOutput`) is unpacked."""
+    maps = [np.asarray(o.detach().cpu() if isinstance(o, torch.Tensor) else o) for o in _as_list(outputs)]
+    if len(maps) == 1 and len(head.strides) > 1:
+        from tinytamer.detect.packed import unpack
+
+        return unpack(maps[0], head)
+    return maps
+
+
+def _as_list(outputs: Any) -> list[Any]:
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+
+
+class PairedScore:
+    """mAP of a runtime's outputs and, on the same images, of the reference (PyTorch) model's,
+    both through :func:`postprocess`: a runtime's figure differs from PyTorch's only by its
+    raw outputs.  :meth:`add` takes one batch; :meth:`result` the figures so far."""
+
+    def __init__(self, head: Head, **nms: Any) -> None:
+        self.head, self.nms = head, nms
+        self.runtime: list[Detections] = []
+        self.reference: list[Detections] = []
+        self.truths: list[GroundTruth] = []
+
+    def add(self, outputs: Any, reference: Any, targets: np.ndarray | torch.Tensor, size: int) -> None:
+        """One batch: the runtime's ``outputs``, the reference model's, the padded targets,
+        and the input side in pixels (boxes are clipped to it)."""
+        self.runtime += postprocess(as_maps(outputs, self.head), self.head, clip=size, **self.nms)
+        self.reference += postprocess(as_maps(reference, self.head), self.head, clip=size, **self.nms)
+        self.truths += truths(targets)
+
+    def result(self) -> dict[str, float]:
+        """``accuracy`` / ``accuracy_torch``: mAP@0.5 (the task's score) through the runtime /
+        in PyTorch; ``map50``, ``map50_95`` and their ``_torch`` twins."""
+        if not self.truths:
+            raise DataError("detection scoring: no images were scored")
+        c = self.head.num_classes
+        rt, pt = mean_ap(self.runtime, self.truths, c), mean_ap(self.reference, self.truths, c)
+        return {
+            "accuracy": rt.map50,
+            "accuracy_torch": pt.map50,
+            "map50": rt.map50,
+            "map50_95": rt.map50_95,
+            "map50_torch": pt.map50,
+            "map50_95_torch": pt.map50_95,
+        }
+
+
 def torch_runner(model: nn.Module) -> Runner:
     """A model as a Runner (no gradients, on the model's device; put it in eval mode first)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

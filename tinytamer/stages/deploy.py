@@ -147,6 +147,8 @@ def deploy_stage(model: nn.Module, ctx: Context, p: DeployParams) -> nn.Module:
             accuracy=rep.accuracy,
             accuracy_runtime=p.target,
             accuracy_torch=rep.accuracy_torch,
+            map50=rep.map50,  # a detector: accuracy is mAP@0.5, these beside it
+            map50_95=rep.map50_95,
             eval_samples=rep.eval_samples,
             eval_total=rep.eval_total,
             target=p.target,

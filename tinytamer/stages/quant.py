@@ -12,6 +12,7 @@ from torch import nn
 from tinytamer.calib import Calibration
 from tinytamer.compress import fixedpoint, int8, ttq
 from tinytamer.compress.selector import Selector
+from tinytamer.detect.decode import keep_head
 from tinytamer.fileio import write_atomic
 from tinytamer.qgraph import QuantizedGraph, as_graph_module
 from tinytamer.recipe import Context, StageParams, register_stage
@@ -59,6 +60,7 @@ def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Modu
             train=None if config is None else lambda gm: ctx.finetune(gm, config),
         )
     )
+    keep_head(model, qmodel)  # a detector's anchors: scoring and saved checkpoints need them
     params = int8.quant_params(as_graph_module(qmodel))
     path = _write_json(ctx.stage_dir / "quant_params.json", params)
     ctx.log(

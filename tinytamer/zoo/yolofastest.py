@@ -89,6 +89,25 @@ class ShuffleUnit(nn.Module):
             out = torch.cat((self.proj(x), self.branch(x)), 1)
         return self.shuffle(out)
 
+    def fixed_width_layers(self) -> dict[str, str]:
+        """The layers whose output channels channel pruning must leave whole (relative name
+        -> why); read by :func:`tinytamer.compress.channel.prune_channels`.  The inner width
+        (``branch.0`` with its depthwise ``branch.3``) may be pruned."""
+        why = (
+            "its output channels are concatenated and shuffled by the ShuffleNetV2 unit, and the next "
+            "unit splits them at a fixed index (prune the unit's inner width instead: branch.0 with "
+            "its depthwise branch.3)"
+        )
+        fixed = {"branch.5": why}
+        if self.proj is not None:
+            fixed["proj.2"] = why
+            fixed["proj.0"] = (
+                "this depthwise conv's channels are the unit's input, which the previous unit's "
+                "concatenation and shuffle fix (prune the unit's inner width instead: branch.0 with "
+                "its depthwise branch.3)"
+            )
+        return fixed
+
 
 def _dw_block(channels: int) -> nn.Sequential:
     """dw 5x5 - BN - ReLU - pw - BN - dw 5x5 - BN - ReLU - pw - BN (the released DWConvblock)."""
@@ -152,6 +171,11 @@ class YoloFastest(nn.Module):
         # are the priors: anchor-sized boxes at the cell centres, objectness 0.01.
         for conv in (self.out_box, self.out_obj, self.out_cls):
             nn.init.normal_(conv.weight, 0.0, 0.01)
+
+    def fixed_width_layers(self) -> dict[str, str]:
+        """Channel pruning leaves the stem whole: it feeds the first unit's depthwise
+        projection, whose channels stay whole (see :meth:`ShuffleUnit.fixed_width_layers`)."""
+        return {"conv1.0": "the stem feeds the first ShuffleNetV2 unit's depthwise projection, which stays whole"}
 
     def _head(self, cls_feat: Tensor, reg_feat: Tensor) -> Tensor:
         return torch.cat((self.out_box(reg_feat), self.out_obj(cls_feat), self.out_cls(cls_feat)), dim=1)

@@ -75,6 +75,7 @@ from tinytamer.compress.int8.modules import (
 from tinytamer.compress.int8.prepare import fuse_bn, prepare, prepare_qat
 from tinytamer.compress.int8.ranges import CALIB_METHODS, CalibMethod, act_qparams
 from tinytamer.compress.selector import Selector
+from tinytamer.detect.decode import keep_head
 from tinytamer.qgraph import fake_quant
 
 __all__ = [
@@ -131,10 +132,13 @@ def quantize(
     example = next(calib.batches(1))[:1]
     kw: dict[str, Any] = {"select": select, "weight_bits": weight_bits, "act_bits": act_bits}
     gm = prepare_qat(model, example, **kw) if method == "qat" else prepare(model, example, **kw)
+    # A detector's anchors are read by decoding, not by forward, so tracing drops them:
+    # carried over for QAT's loss and for scoring the result.
+    keep_head(model, gm)
     calibrate(gm, calib, calibration, percentile)
     if train is not None:
         train(gm)
-    return convert(gm)
+    return keep_head(model, convert(gm))
 
 
 def quantize_ptq(
