@@ -33,6 +33,42 @@ def quantize_bias(bias: np.ndarray | None, in_scale: float, w_scale: np.ndarray)
     return np.clip(q, INT32_MIN, INT32_MAX).astype(np.int32)
 
 
+# A bias may use half of the int32 accumulator; the other half is the products' (K x 128 x 255
+# stays below 2^30 up to K = 32,896 inputs per output).
+BIAS_LIMIT = 2**30
+
+
+def fit_bias_scales(
+    name: str, w_int: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None, in_scale: float
+) -> np.ndarray:
+    """Per-channel weight scales under which every bias fits its int32 accumulator.
+
+    A channel whose weights are all zero (pruned away) keeps only its bias; its weight scale is
+    free (every weight is 0 at any scale), so it is raised until the bias fits.  A channel with
+    real weights whose bias does not fit cannot be lowered exactly: that is an error naming the
+    layer and channel, never a silent saturation."""
+    w_scale = np.array(w_scale, dtype=np.float64).reshape(-1)
+    if bias is None:
+        return w_scale
+    b = np.asarray(bias, np.float64).reshape(-1)
+    denom = in_scale * w_scale
+    over = np.abs(b) > BIAS_LIMIT * np.where(denom > 0, denom, 0)
+    over &= b != 0
+    if not over.any():
+        return w_scale
+    empty = ~np.asarray(w_int).reshape(len(w_scale), -1).any(axis=1)
+    bad = over & ~empty
+    if bad.any():
+        c = int(np.flatnonzero(bad)[0])
+        raise ModelError(
+            f"{name}: channel {c}'s bias {b[c]:.4g} needs {abs(b[c]) / denom[c]:.3g} accumulator units "
+            f"(input scale {in_scale:.3g} x weight scale {w_scale[c]:.3g}), more than int32 leaves a bias "
+            f"({BIAS_LIMIT}): the channel's weights are nearly zero next to its bias; fold or prune it"
+        )
+    w_scale[over] = np.abs(b[over]) / (in_scale * BIAS_LIMIT)
+    return w_scale
+
+
 class GraphBuilder:
     """Append ops to a graph; every method returns the name of the new tensor."""
 
@@ -83,6 +119,7 @@ class GraphBuilder:
         oh = (h + 2 * padding[0] - kh) // stride[0] + 1
         ow = (w + 2 * padding[1] - kw) // stride[1] + 1
         o = self._new((oh, ow, oc), out_scale, out_zp, out)
+        w_scale = fit_bias_scales(name, w_int, w_scale, bias, t.scale)
         mult, shift = _multipliers(t.scale * np.asarray(w_scale, np.float64) / out_scale)
         lo, hi = self.clamp(out_scale, out_zp, relu, *qrange)
         self.ops.append(
@@ -124,6 +161,7 @@ class GraphBuilder:
         if column_order is not None:
             w_arr = w_arr[:, column_order]
         o = self._new((w_arr.shape[0],), out_scale, out_zp, out)
+        w_scale = fit_bias_scales(name, w_arr, w_scale, bias, t.scale)
         mult, shift = _multipliers(t.scale * np.asarray(w_scale, np.float64) / out_scale)
         lo, hi = self.clamp(out_scale, out_zp, relu, *qrange)
         self.ops.append(
