@@ -316,7 +316,7 @@ def bench(name: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="*", default=list(SETUPS), choices=sorted(SETUPS))
+    parser.add_argument("models", nargs="*", choices=sorted(SETUPS), help="default: all")
     parser.add_argument("--rounds", type=int, default=6, help="prune-retrain rounds")
     parser.add_argument("--retrain-iters", type=int, default=5000, help="retraining per round")
     parser.add_argument("--retrain-lr", type=float, default=0.01)
@@ -332,6 +332,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run with few iterations")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    args.models = args.models or list(SETUPS)
     if args.quick:
         args.rounds, args.retrain_iters, args.share_iters, args.baseline_iters = 1, 50, 50, 200
     torch.set_num_threads(args.threads)

@@ -226,7 +226,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="*", default=["lenet300", "lenet5"], choices=sorted(PAPER))
+    parser.add_argument("models", nargs="*", choices=sorted(PAPER), help="default: lenet300 lenet5")
     parser.add_argument(
         "--schedule",
         choices=["iterative", "agp"],
@@ -245,6 +245,7 @@ def main() -> None:
     parser.add_argument("--val-batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    args.models = args.models or ["lenet300", "lenet5"]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name in args.models:  # one file per model, so models can be rerun separately
