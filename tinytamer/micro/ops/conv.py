@@ -9,7 +9,9 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   and the general requantization) or "direct" (tt_conv2d_s8, portable loops, no scratch);
   ``unroll`` 4 or 2 (mm: groups of 4 inputs per inner-loop pass), ``weights`` "quads" (mm:
   tt_conv2d_s8_qx, 4 channels x 2 pixels per pass, the words of "pairs" with two channel
-  pairs interleaved, see :func:`_quads`; the 2 x 2 kernel's scratch), "pairs" (mm:
+  pairs interleaved, see :func:`_quads`; the 2 x 2 kernel's scratch; layers in the plain
+  output mode, no clamp and no fused add, always run 16 column words per pass, ``unroll``
+  sets the others'), "pairs" (mm:
   tt_conv2d_s8_mx, 2 channels x 3 pixels per pass, both channels' int8 weights in one word,
   see :func:`_pairs`; the int8 layout's flash, a third more scratch), "int8" (2 x 2
   micro-kernel, int8 in flash, unpacked by SXTB16 in the loop) or "int16" (2 x 2,
@@ -131,6 +133,22 @@ def _quads(groups: np.ndarray, natural: bool) -> np.ndarray:
     quads, nw = groups.shape[0] // 4, 2 * groups.shape[1]
     head = words[: quads * 2 * nw].reshape(quads, 2, nw).transpose(0, 2, 1)
     return np.concatenate([head.reshape(-1), words[head.size :]])
+
+
+_FULL = (-128, 127)
+
+
+def _quads_entry(op: Conv2D, site: CallSite) -> str:
+    """The quads kernel's entry point for the layer's output mode (tt_mm_mode in
+    runtime/tt_conv.c): one per common mode, so that the image links only the output code
+    its layers run; the other modes share the entry that reads the mode at run time."""
+    full = (op.act_min, op.act_max) == _FULL
+    if site.fused_add is None:
+        return "tt_conv2d_s8_qx_plain" if full else "tt_conv2d_s8_qx"
+    add = site.g.ops[site.fused_add]
+    if full and (add.act_min, add.act_max) == _FULL and add_fast_requant(add, site.g) is not None:
+        return "tt_conv2d_s8_qx_add"
+    return "tt_conv2d_s8_qx"
 
 
 class ConvOp(DeviceOp):
@@ -358,10 +376,14 @@ class ConvOp(DeviceOp):
             return f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch})"
         if s["kernel"] == "sparse":
             return f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, (int16_t *)(void *){scratch})"
-        if s["kernel"] == "mm" and s["weights"] in ("pairs", "quads"):
-            kernel = "tt_conv2d_s8_mx" if s["weights"] == "pairs" else "tt_conv2d_s8_qx"
+        if s["kernel"] == "mm" and s["weights"] == "quads":
             return (
-                f"{kernel}(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
+                f"{_quads_entry(op, site)}(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
+                f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, {s['unroll']})"
+            )
+        if s["kernel"] == "mm" and s["weights"] == "pairs":
+            return (
+                f"tt_conv2d_s8_mx(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
                 f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, {s['unroll']})"
             )
         if s["kernel"] == "mm":

@@ -900,12 +900,19 @@ static int32_t tt_mx_flat(const tt_conv_params *p, const int8_t *in, int32_t oy,
     [b2] "+r"(b2), [cp] "+r"(c), [wp] "+r"(wp), [v] "+&r"(v), [x0] "=&r"(x0),              \
     [x1] "=&r"(x1), [x2] "=&r"(x2)
 
+/* A channel in the general form (rare: see tt_rq_chan), out of line: inlined, its 64-bit
+ * arithmetic would repeat at every output of every block instance, in flash. */
+static __attribute__((noinline, cold)) int32_t tt_rq_general_cold(int32_t a, const tt_rq *r)
+{
+    return tt_rq_general(a, r);
+}
+
 /* One channel's requantization with its record's fields already in registers. */
 static inline __attribute__((always_inline)) int32_t
 tt_mx_rq(int32_t a, int32_t m, int32_t e, int32_t f, const tt_rq *r)
 {
     if (__builtin_expect(e == TT_RQ_GENERAL, 0)) {
-        return tt_rq_general(a, r);
+        return tt_rq_general_cold(a, r);
     }
     const int32_t t = tt_smmulr((int32_t)((uint32_t)a << 1), m);
     return (t + f + (t >> 31)) >> e;
@@ -1157,10 +1164,23 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         const int32_t *c = col;
 #if defined(__OPTIMIZE__)
         /* The first pass enters the unrolled loop `skip` bytes in (56 per step), so it runs
-         * the nw % steps steps left over. */
+         * the nw % steps steps left over.  Mode 0 (the plain convolutions, most of the
+         * cycles) always takes 16 steps per pass: fewer loop tests, and its one loop is all
+         * the flash it needs.  The other modes take 8 or 4 (`steps`, from the schedule's
+         * unroll). */
         const int32_t *volatile end = col_end;
         int32_t va = skip, vc, x0, x1;
-        if (steps == 8) {
+        if (mode == 0) {
+            __asm__ volatile("adr.w %[x0], 1f\n\t"
+                             "add %[x0], %[x0], %[va]\n\t"
+                             "mov pc, %[x0]\n\t"
+                             ".p2align 2\n"
+                             "1:\n\t" TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4
+                             "ldr %[x0], %[end]\n\t"
+                             "cmp %[cp], %[x0]\n\t"
+                             "bne 1b\n\t"
+                             : TT_QX_OPERANDS : [end] "m"(end) : "cc", "memory");
+        } else if (steps == 8) {
             __asm__ volatile("adr.w %[x0], 1f\n\t"
                              "add %[x0], %[x0], %[va]\n\t"
                              "mov pc, %[x0]\n\t"
@@ -1398,20 +1418,24 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
     return tt_qx_im2col(p, in, oy, ox, k4, col);
 }
 
-void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                     int32_t unroll)
+/* The pixel loop; `mode` a constant 0 or 2 (the entry points of those modes link only their
+ * block instance, so a model's flash holds the output code it runs) or -1: any mode, read
+ * from the parameters. */
+static inline __attribute__((always_inline)) void
+tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_rq *rq,
+          int8_t *out, int16_t *scratch, int32_t flat, int32_t unroll, int32_t mode)
 {
     const int32_t icp = (p->in_c + 3) & ~3;
     const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
     const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
-    const int32_t steps = 2 * unroll; /* column words per pass of the unrolled loop */
+    const int32_t steps = 2 * unroll; /* column words per pass of the modes other than 0 */
     const int32_t skip = 56 * ((steps - (nw & (steps - 1))) & (steps - 1));
+    const int32_t skip16 = 56 * ((16 - (nw & 15)) & 15); /* mode 0: 16 steps per pass */
     const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 2 * nw;
     int8_t *tmp = (int8_t *)(void *)(col + 2 * nw); /* flat: the field as bytes */
-    const int32_t mode = tt_mm_mode(p);
+    mode = mode >= 0 ? mode : tt_mm_mode(p);
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
@@ -1429,13 +1453,34 @@ void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w
         }
         int8_t *o = out + pix * out_c;
         if (mode == 0) {
-            tt_qx_block0(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+            tt_qx_block0(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
         } else if (mode == 2) {
             tt_qx_block2(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
         } else {
             tt_qx_blockn(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode);
         }
     }
+}
+
+void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll)
+{
+    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, -1);
+}
+
+void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                           const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                           int32_t unroll)
+{
+    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, 0);
+}
+
+void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                         const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                         int32_t unroll)
+{
+    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, 2);
 }
 
 #endif

@@ -164,6 +164,15 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
 void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll);
+/* The same for one output mode each (tt_mm_mode in tt_conv.c): _plain the whole int8
+ * range and no fused add, _add a fused add in single-multiply form with whole-range clamps.
+ * A model links only the modes it runs. */
+void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                           const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                           int32_t unroll);
+void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                         const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                         int32_t unroll);
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, const tt_rq *rq);
