@@ -57,7 +57,13 @@ def test_int8_ptq_scores_with_the_float_head(setup: tuple) -> None:
 
 @pytest.mark.parametrize(
     ("target", "precision"),
-    [pytest.param("onnxruntime", "fp32", marks=pytest.mark.slow), ("ncnn", "fp32"), ("ncnn", "fp16")],
+    [
+        pytest.param("onnxruntime", "fp32", marks=pytest.mark.slow),
+        ("ncnn", "fp32"),
+        ("ncnn", "fp16"),
+        pytest.param("openvino", "fp32", marks=pytest.mark.slow),
+        pytest.param("tvm", "fp32", marks=pytest.mark.slow),
+    ],
 )
 def test_runtime_map_through_shared_postprocessing(setup: tuple, tmp_path: Path, target: str, precision: str) -> None:
     tgt = get_target(target)
