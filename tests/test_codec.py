@@ -81,7 +81,8 @@ def test_round_trip_is_exact_and_picks_the_compact_encodings(tmp_path: Path) -> 
     assert not loaded.training
 
 
-@pytest.mark.parametrize("encoding", codec.ENCODINGS)
+# "qint" needs a quantized layer's scales: tests/test_codec_quant.py covers it.
+@pytest.mark.parametrize("encoding", [e for e in codec.ENCODINGS if e != "qint"])
 def test_every_encoding_round_trips_bit_exact(tmp_path: Path, encoding: str) -> None:
     model = make_model()
     x = torch.randn(2, 3, 8, 8)

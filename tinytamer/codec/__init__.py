@@ -4,13 +4,16 @@ One file per model holds the architecture as it now is (pruned shapes
 included, via :mod:`tinytamer.codec.arch`) and every tensor of its state dict
 in the smallest exact coded form (:mod:`tinytamer.codec.encodings`): dense,
 sparse with relative indices, codebook (shared weights), codebook + Huffman,
-ternary, fixed point.  ``load`` rebuilds a plain ``nn.Module`` whose tensors
-equal the saved ones, so its outputs are identical.  The size we report for a
-compressed model is this file's size on disk.
+ternary, fixed point, and a quantized layer's integers with their per-channel
+scales (``qint``: a b-bit weight takes b bits).  ``load`` rebuilds a plain
+``nn.Module`` whose tensors equal the saved ones, so its outputs are identical.
+The size we report for a compressed model is this file's size on disk.
 
 Training-time forms are made permanent in a copy before saving: weight
-parametrizations (e.g. k-means sharing) are baked into plain weights and
-pruning masks folded in; the model passed in is not modified.
+parametrizations (e.g. k-means sharing) are baked into plain weights, pruning
+masks folded in, and a linear-quantized layer's float master weight replaced by
+the values it computes with in eval mode (its integers times its scales); the
+model passed in is not modified.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import Tensor, nn
 
 from tinytamer.codec import arch, format
 from tinytamer.codec import encodings as coding
-from tinytamer.codec.plain import plain_copy
+from tinytamer.codec.plain import plain_copy, quant_scales
 from tinytamer.errors import CodecError
 
 __all__ = ["ENCODINGS", "SaveReport", "TensorReport", "format_info", "info", "load", "save"]
@@ -100,14 +103,15 @@ def _wanted(name: str, forced: Mapping[str, str]) -> str:
     return "auto"
 
 
-def _encode(name: str, t: Tensor, wanted: str, allow: Collection[str]) -> coding.Encoded:
-    """The smallest exact encoding of ``t`` among ``allow`` (or exactly ``wanted``)."""
+def _encode(name: str, t: Tensor, wanted: str, allow: Collection[str], scales: Tensor | None) -> coding.Encoded:
+    """The smallest exact encoding of ``t`` among ``allow`` (or exactly ``wanted``); ``scales``
+    are its layer's per-output-channel scales when it is a quantized layer's weight."""
     candidates = [wanted] if wanted != "auto" else [e for e in ENCODINGS if e in allow]
     limit = t.numel() * t.element_size() if wanted == "auto" else None  # no better than dense
     coded, reasons = [], []
     for enc in candidates:
         try:
-            coded.append(coding.encode(t, enc, limit))
+            coded.append(coding.encode(t, enc, limit, scales))
         except coding.NotApplicable as exc:
             reasons.append(f"'{enc}': {exc}")
     # Exactness is checked, not assumed: a coded form is used only if it decodes to `t`.
@@ -147,6 +151,7 @@ def save(
     if "dense" not in allowed:
         allowed.add("dense")  # the fallback every tensor has
     plain = plain_copy(model)
+    scales = quant_scales(plain)
     entries, parts, reports = [], [], []
     seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
     for name, t in plain.state_dict(keep_vars=False).items():
@@ -161,7 +166,7 @@ def save(
             reports.append(TensorReport(name, tuple(t.shape), dtype, "alias", 0, 0))
             continue
         seen[key] = name
-        coded = _encode(name, t, _wanted(name, forced), allowed)
+        coded = _encode(name, t, _wanted(name, forced), allowed, scales.get(name))
         entries.append(
             format.TensorEntry(
                 name=name, shape=list(t.shape), dtype=dtype, encoding=coded.encoding, params=coded.params

@@ -16,6 +16,14 @@ not apply to a tensor raises :class:`NotApplicable` with the reason.
 - ``ternary``: trained ternary weights {-Wn, 0, +Wp} as 2-bit codes plus the two scales.
 - ``fixedpoint``: values that are all ``k * 2**-fl`` for integers ``k`` of
   ``bits`` bits (dynamic fixed point), stored as those integers.
+- ``qint``: a linear-quantized layer's weight, ``q * s_c`` with integers ``q`` and
+  one scale ``s_c`` per output channel (``tinytamer.compress.int8``'s per-channel
+  symmetric weights): the float32 scales, then the integers as ``bits``-bit two's
+  complement (``bits`` the narrowest of 2..8 that holds them), densely or - when
+  it is smaller - at the non-zero slots only, with relative positions as ``sparse``.
+  The decoder computes ``float32(q) * s_c`` in float32, the layer's own arithmetic.
+  It applies only where the caller passes the layer's scales (``codec.save`` does
+  for every quantized conv / linear).
 
 Zeros are stored as zeros: a ``-0.0`` in a sparse or shared tensor comes back
 as ``+0.0`` (equal under ``torch.equal``, and in every product and sum).
@@ -123,12 +131,12 @@ def _best_index_bits(positions: np.ndarray, value_bits: int) -> tuple[int, int]:
 # -- dense -------------------------------------------------------------------------------------
 
 
-def _dense_encode(t: Tensor, limit: int | None = None) -> Encoded:
+def _dense_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
     return Encoded("dense", {}, [_raw(t)])
 
 
-def _dense_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
-    return _from_raw(_parts(parts, 1)[0], dtype, numel)
+def _dense_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    return _from_raw(_parts(parts, 1)[0], dtype, math.prod(shape))
 
 
 # -- sparse ------------------------------------------------------------------------------------
@@ -140,7 +148,7 @@ def _nonzero_positions(t: Tensor) -> np.ndarray:
     return torch.nonzero(t.detach().reshape(-1)).reshape(-1).numpy()
 
 
-def _sparse_encode(t: Tensor, limit: int | None = None) -> Encoded:
+def _sparse_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
     positions = _nonzero_positions(t)
     item = t.element_size() * 8
     if limit is not None and positions.size * t.element_size() >= limit:
@@ -155,7 +163,8 @@ def _sparse_encode(t: Tensor, limit: int | None = None) -> Encoded:
     )
 
 
-def _sparse_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
+def _sparse_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    numel = math.prod(shape)
     pos_part, val_part = _parts(parts, 2)
     # Each entry is a distinct slot of the tensor: no more entries than elements.
     entries = _int(params, "entries", 0, numel)
@@ -188,7 +197,7 @@ def _book_bytes(book: np.ndarray, dtype: torch.dtype) -> bytes:
     return _raw(torch.from_numpy(book).to(dtype))
 
 
-def _codebook_encode(t: Tensor, limit: int | None = None) -> Encoded:
+def _codebook_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
     book, index = _codebook(t)
     bits = max(1, math.ceil(math.log2(book.size)))
     positions = np.flatnonzero(index != np.searchsorted(book, 0.0)) if 0.0 in book else None
@@ -207,7 +216,7 @@ def _codebook_encode(t: Tensor, limit: int | None = None) -> Encoded:
     return Encoded("codebook", params, [_book_bytes(book, t.dtype), b"", bitpack.pack(index, bits)])
 
 
-def _huffman_encode(t: Tensor, limit: int | None = None) -> Encoded:
+def _huffman_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
     book, index = _codebook(t)
     k = int(book.size)
     best_bits = huffman.encoded_size(np.bincount(index, minlength=k))
@@ -247,7 +256,8 @@ def _book_decode(book: Tensor, slots: np.ndarray | None, index: np.ndarray, nume
     return out
 
 
-def _codebook_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
+def _codebook_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    numel = math.prod(shape)
     book_part, pos_part, idx_part = _parts(parts, 3)
     book = _from_raw(book_part, dtype, _int(params, "k", 1, MAX_CODEBOOK))
     bits = _int(params, "bits", 1, math.ceil(math.log2(MAX_CODEBOOK)))
@@ -259,7 +269,8 @@ def _codebook_decode(params: dict, parts: list[memoryview], numel: int, dtype: t
     return _book_decode(book, slots, bitpack.unpack(idx_part, bits, entries), numel)
 
 
-def _huffman_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
+def _huffman_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    numel = math.prod(shape)
     book_part, pos_part, idx_part = _parts(parts, 3)
     book = _from_raw(book_part, dtype, _int(params, "k", 1, MAX_CODEBOOK))
     index_bits = _int(params, "index_bits", 0, MAX_INDEX_BITS)
@@ -276,7 +287,7 @@ def _huffman_decode(params: dict, parts: list[memoryview], numel: int, dtype: to
 # -- ternary -----------------------------------------------------------------------------------
 
 
-def _ternary_encode(t: Tensor, limit: int | None = None) -> Encoded:
+def _ternary_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
     book, index = _codebook(t)
     pos, neg = book[book > 0], book[book < 0]
     if book.size > 3 or pos.size > 1 or neg.size > 1:
@@ -289,7 +300,8 @@ def _ternary_encode(t: Tensor, limit: int | None = None) -> Encoded:
     return Encoded("ternary", {}, [_raw(scales.to(t.dtype)), bitpack.pack(codes, 2)])
 
 
-def _ternary_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
+def _ternary_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    numel = math.prod(shape)
     scale_part, code_part = _parts(parts, 2)
     pos, neg = _from_raw(scale_part, dtype, 2)
     codes = bitpack.unpack(code_part, 2, numel)
@@ -323,7 +335,7 @@ def _fixed_format(values: np.ndarray) -> tuple[int, int]:
     return fl, bits
 
 
-def _fixedpoint_encode(t: Tensor, limit: int | None = None) -> Encoded:
+def _fixedpoint_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
     flat = t.reshape(-1)
     # A prefix needs at most the fractional length and range of the whole: its bits are a
     # lower bound that often settles the question cheaply.
@@ -340,17 +352,84 @@ def _fixedpoint_encode(t: Tensor, limit: int | None = None) -> Encoded:
     return Encoded("fixedpoint", {"bits": bits, "fl": fl}, [bitpack.pack(stored, bits)])
 
 
-def _fixedpoint_decode(params: dict, parts: list[memoryview], numel: int, dtype: torch.dtype) -> Tensor:
+def _fixedpoint_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    numel = math.prod(shape)
     # Exact float64 values need fractional lengths in [-971, 1074]: 2000 is a generous bound.
     bits, fl = _int(params, "bits", 1, MAX_FIXED_BITS), _int(params, "fl", -2000, 2000)
     stored = bitpack.unpack(_parts(parts, 1)[0], bits, numel).astype(np.int64) - (1 << (bits - 1))
     return torch.from_numpy(np.ldexp(stored.astype(np.float64), -fl)).to(dtype)
 
 
+# -- linear-quantized integers ------------------------------------------------------------------
+
+QINT_BITS = (2, 8)  # the widths compress.int8 quantizes weights to
+
+
+def _qint_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
+    if scales is None:
+        raise NotApplicable("no per-channel scales are known for it (it is not a quantized layer's weight)")
+    if t.dtype != torch.float32 or t.dim() < 1 or not t.numel():
+        raise NotApplicable("it is not a non-empty float32 tensor with output channels")
+    channels = t.shape[0]
+    scales = scales.detach().cpu().reshape(-1)
+    if scales.dtype != torch.float32 or scales.numel() != channels:
+        raise NotApplicable(f"{scales.numel()} {dtype_name(scales.dtype)} scales for {channels} output channels")
+    rows = t.reshape(channels, -1)
+    q = torch.round(rows / scales[:, None])
+    lo, hi = (-(1 << (QINT_BITS[1] - 1)), (1 << (QINT_BITS[1] - 1)) - 1)
+    # The decoder's arithmetic (float32 integer x float32 scale) must give every value back.
+    if not (torch.isfinite(q).all() and q.min() >= lo and q.max() <= hi and torch.equal(q * scales[:, None], rows)):
+        raise NotApplicable(f"its values are not {QINT_BITS[1]}-bit integers times its channels' scales")
+    ints = q.to(torch.int64).reshape(-1).numpy()
+    bits = next(
+        b for b in range(QINT_BITS[0], QINT_BITS[1] + 1) if -(1 << (b - 1)) <= ints.min() and ints.max() < 1 << (b - 1)
+    )
+    stored = (ints % (1 << bits)).astype(np.uint64)  # two's complement in `bits` bits
+    params: dict[str, Any] = {"bits": bits, "channels": channels, "index_bits": 0}
+    positions = np.flatnonzero(ints)
+    if positions.size < ints.size:
+        index_bits, sparse_bits = _best_index_bits(positions, bits)
+        if sparse_bits < ints.size * bits:
+            codes, slots = sparse.encode(positions, index_bits)
+            params.update(index_bits=index_bits, entries=int(codes.size))
+            return Encoded(
+                "qint", params, [_raw(scales), bitpack.pack(codes, index_bits), bitpack.pack(stored[slots], bits)]
+            )
+    return Encoded("qint", params, [_raw(scales), b"", bitpack.pack(stored, bits)])
+
+
+def _qint_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    scale_part, pos_part, int_part = _parts(parts, 3)
+    if dtype != torch.float32 or not shape:
+        raise CodecError(f"'qint' holds float32 tensors with output channels, not {dtype_name(dtype)} of shape {shape}")
+    numel, channels = math.prod(shape), shape[0]
+    if params.get("channels") != channels or len(scale_part) != 4 * channels:
+        raise CodecError(
+            f"it declares {str(params.get('channels'))[:40]} channels and holds {len(scale_part) // 4} scales "
+            f"for the {channels} output channels of shape {shape}"
+        )
+    bits = _int(params, "bits", *QINT_BITS)
+    index_bits = _int(params, "index_bits", 0, MAX_INDEX_BITS)
+    if not index_bits and len(pos_part):
+        raise CodecError(f"a dense 'qint' tensor holds {len(pos_part)} bytes of positions")
+    count = _int(params, "entries", 0, numel) if index_bits else numel
+    # unpack checks each stream's length against the declared count before it allocates
+    stored = bitpack.unpack(int_part, bits, count).astype(np.int64)
+    values = torch.from_numpy(np.where(stored >= 1 << (bits - 1), stored - (1 << bits), stored)).to(torch.float32)
+    if index_bits:
+        slots = sparse.decode(bitpack.unpack(pos_part, index_bits, count))
+        sparse.check_slots(slots, numel, "quantized tensor")
+        values = torch.zeros(numel, dtype=torch.float32).index_put_((torch.from_numpy(slots),), values)
+    scales = _from_raw(scale_part, torch.float32, channels)
+    return (values.reshape(channels, -1) * scales[:, None]).reshape(-1)
+
+
 # limit: a size in bytes the caller already has; an encoder that sees early that it
-# cannot beat it may give up (NotApplicable) instead of finishing the work.
-Encoder = Callable[[Tensor, int | None], Encoded]
-Decoder = Callable[[dict, list[memoryview], int, torch.dtype], Tensor]
+# cannot beat it may give up (NotApplicable) instead of finishing the work.  scales: the
+# per-output-channel scales the tensor's layer computes with, where the caller knows them
+# (a linear-quantized layer's weight); only "qint" uses them.
+Encoder = Callable[[Tensor, int | None, Tensor | None], Encoded]
+Decoder = Callable[[dict, list[memoryview], list[int], torch.dtype], Tensor]
 
 ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
     "dense": (_dense_encode, _dense_decode),
@@ -359,18 +438,20 @@ ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
     "huffman": (_huffman_encode, _huffman_decode),
     "ternary": (_ternary_encode, _ternary_decode),
     "fixedpoint": (_fixedpoint_encode, _fixedpoint_decode),
+    "qint": (_qint_encode, _qint_decode),
 }
 
 
-def encode(t: Tensor, encoding: str, limit: int | None = None) -> Encoded:
+def encode(t: Tensor, encoding: str, limit: int | None = None, scales: Tensor | None = None) -> Encoded:
     """Encode ``t`` with ``encoding``; :class:`NotApplicable` when it cannot be exact.
 
     With ``limit`` (bytes), an encoding that will clearly not be smaller may also
-    raise :class:`NotApplicable` early.
+    raise :class:`NotApplicable` early.  ``scales``: the per-output-channel scales of
+    a linear-quantized layer whose weight ``t`` is (what ``qint`` stores).
     """
     if encoding not in ENCODINGS:
         raise CodecError(f"unknown encoding '{encoding}' (known: {', '.join(ENCODINGS)})")
-    return ENCODINGS[encoding][0](t.detach().cpu(), limit)
+    return ENCODINGS[encoding][0](t.detach().cpu(), limit, scales)
 
 
 def decode(
@@ -385,7 +466,7 @@ def decode(
         raise CodecError(f"parameters of '{encoding}' are a {type(params).__name__}, not an object")
     numel = math.prod(shape)
     try:
-        flat = ENCODINGS[encoding][1](params, parts, numel, dtype)
+        flat = ENCODINGS[encoding][1](params, parts, shape, dtype)
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError, MemoryError) as exc:
         raise CodecError(f"malformed '{encoding}' data: {type(exc).__name__}: {exc}") from None
     if flat.numel() != numel:

@@ -1,12 +1,15 @@
-"""Make training-time weight forms permanent: parametrizations and pruning masks."""
+"""Make training-time weight forms permanent: parametrizations, pruning masks, fake-quantized weights."""
 
 from __future__ import annotations
 
 import copy
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
+
+from tinytamer.qgraph import QuantWeight
 
 
 def unparametrize(module: nn.Module) -> None:
@@ -38,13 +41,38 @@ def _pruning_hooks(module: nn.Module) -> list[torch_prune.BasePruningMethod]:
     return [h for h in module._forward_pre_hooks.values() if isinstance(h, torch_prune.BasePruningMethod)]
 
 
+def bake_quant_weight(module: QuantWeight) -> None:
+    """Set a quantized layer's weight to the values it computes with in eval mode.
+
+    ``int_weight() * w_scale`` in float32 is ``fake_quant``'s eval-mode result (same integers,
+    same float32 product) and what the ``qint`` decoder computes, so the file stores the
+    integers exactly and the layer, which quantizes its weight again in forward, computes
+    the same numbers (``round(q * s / s)`` is ``q``).
+    """
+    shape = (-1,) + (1,) * (module.weight.dim() - 1)
+    with torch.no_grad():
+        module.weight.copy_(module.int_weight().to(torch.float32) * module.w_scale.view(shape))
+
+
+def quant_scales(model: nn.Module) -> dict[str, Tensor]:
+    """State-dict name of every quantized layer's weight -> that layer's per-channel scales."""
+    return {
+        f"{name}.weight" if name else "weight": m.w_scale.detach()
+        for name, m in model.named_modules()
+        if isinstance(m, QuantWeight)
+    }
+
+
 def has_training_forms(model: nn.Module) -> bool:
-    """Whether any module carries a parametrization or a pruning mask."""
-    return any(parametrize.is_parametrized(m) or _pruning_hooks(m) for m in model.modules())
+    """Whether any module carries a parametrization, a pruning mask or a fake-quantized weight."""
+    return any(
+        parametrize.is_parametrized(m) or _pruning_hooks(m) or isinstance(m, QuantWeight) for m in model.modules()
+    )
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
-    """``model`` itself if it is plain, else a copy with parametrizations baked and masks folded in."""
+    """``model`` itself if it is plain, else a copy with parametrizations baked, masks folded in
+    and quantized layers' weights set to the values they compute with."""
     if not has_training_forms(model):
         return model
     # A masked layer's `weight` is a computed (non-leaf) tensor that deepcopy refuses;
@@ -62,4 +90,6 @@ def plain_copy(model: nn.Module) -> nn.Module:
         for hook in _pruning_hooks(module):
             setattr(module, hook._tensor_name, hook.apply_mask(module))
             torch_prune.remove(module, hook._tensor_name)
+        if isinstance(module, QuantWeight):
+            bake_quant_weight(module)
     return copied

@@ -37,8 +37,9 @@ Resources (measured or predicted; each says which in ``Resource.source``):
   packed kernels unpack each row before the int8 math, so on the Cortex-M4 fewer bits cost
   *more* cycles: a cycle budget below the int8 model's cannot be met, and is refused.
 - :func:`compressed_bytes`: the size of the compressed model file after k-means weight
-  sharing with the policy's bits per layer (the paper's model-size experiments), written by
-  :func:`tinytamer.codec.save`.  Measured (the real file's size).
+  sharing with the policy's bits per layer (the paper's model-size experiments), or after
+  linear quantization with them (the file stores b-bit weights as b-bit integers), written
+  by :func:`tinytamer.codec.save`.  Measured (the real file's size).
 
 ONNX Runtime latency is not offered: its int8 kernels run every layer at 8 bits, so its
 latency does not respond to a bit policy.
@@ -401,24 +402,42 @@ def _example_row(prog: Any, calib: Any) -> np.ndarray:
 
 
 def compressed_bytes(
-    model: nn.Module, layers: Sequence[LayerInfo], *, seed: int = 0, select: Selector | dict | None = None
+    model: nn.Module,
+    layers: Sequence[LayerInfo],
+    *,
+    seed: int = 0,
+    select: Selector | dict | None = None,
+    quantizer: Quantizer = "kmeans",
+    calib: Any = None,
 ) -> Resource:
-    """Bytes of the compressed model file after k-means sharing at the policy's bits."""
+    """Bytes of the compressed model file of the policy: after k-means sharing at its bits (the
+    paper's model-size experiments), or, with ``quantizer="linear"``, of the model
+    ``compress.int8`` quantizes with it (calibrated on ``calib``), whose b-bit weights the file
+    stores as b-bit integers."""
     from tinytamer import codec
+    from tinytamer.qgraph import QuantizedGraph
 
-    cache: dict[tuple[int, ...], float] = {}
+    if quantizer == "linear" and calib is None:
+        raise CompressError("compressed_bytes: the linear quantizer needs calibration data (calib)")
+    cache: dict[tuple[Any, ...], float] = {}
 
     def file_bytes(bits: Sequence[LayerBits]) -> float:
-        key = tuple(b.w for b in bits)
+        # Activation bits are recorded in a linear model's file (its quantizers' settings).
+        key = tuple(bits) if quantizer == "linear" else tuple(b.w for b in bits)
         if key not in cache:
-            shared = quantize_policy(model, None, layers, bits, quantizer="kmeans", select=select, seed=seed)
+            quantized = quantize_policy(model, calib, layers, bits, quantizer=quantizer, select=select, seed=seed)
+            if quantizer == "linear":
+                quantized = QuantizedGraph(quantized)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.tt"
-                codec.save(shared, path)
+                codec.save(quantized, path)
                 cache[key] = float(path.stat().st_size)
         return cache[key]
 
-    return Resource("compressed file", "bytes", file_bytes, "measured: the size of the file tinytamer.codec writes")
+    how = "k-means sharing" if quantizer == "kmeans" else "linear quantization"
+    return Resource(
+        "compressed file", "bytes", file_bytes, f"measured: the size of the file tinytamer.codec writes ({how})"
+    )
 
 
 # ----------------------------------------------------------------------------- the search
