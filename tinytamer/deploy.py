@@ -147,6 +147,33 @@ def runtime_accuracy(
     return {"accuracy": hits_rt / n, "accuracy_torch": hits_pt / n, "n": n, "total": total}
 
 
+def for_target(model: nn.Module, tgt: Target) -> nn.Module:
+    """``model`` in the form ``tgt`` runs: a float detector packed into one output map for
+    the micro targets, which run a single output (:func:`tinytamer.detect.packed.for_micro`;
+    the scoring unpacks it); any other model or target unchanged."""
+    from tinytamer.detect.decode import Head, keep_head
+
+    try:
+        head = Head.of(model)
+    except ModelError:
+        return model
+    # Imported for a detector only: the micro path is no concern of other models.
+    from tinytamer.detect.packed import for_micro
+    from tinytamer.qgraph import is_quantized
+    from tinytamer.targets.micro import MicroTarget
+
+    if not isinstance(tgt, MicroTarget):
+        return model
+    if is_quantized(model):
+        # Packing adds a concatenation whose int8 scale no quantizer has chosen yet.
+        raise ModelError(
+            f"target '{tgt.name}' runs one output, and this quantized detector has {len(head.strides)} "
+            "(one per scale): deploy the float detector, which is packed into one output and quantized "
+            "on the way (put the deploy stage before the quantize stage)"
+        )
+    return keep_head(model, for_micro(model))
+
+
 def _paired_score(model: nn.Module) -> Any:
     """A ``PairedScore`` for a detector, None for any other model."""
     from tinytamer.detect.decode import Head
@@ -228,6 +255,7 @@ def deploy(
     ``source_file``: the compressed model file it came from, whose size is kept beside
     the runtime's.  ``target_options``: the target's own options (its ``Options`` model,
     ``tamer list targets NAME``).  Writes the artifacts and ``summary.json`` into ``folder``.
+    A detector goes to a micro target packed into one output (:func:`for_target`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -235,6 +263,7 @@ def deploy(
     # Bad values fail before the compile.
     limit = eval_limit_for(tgt, eval_limit)
     options = compile_options(tgt, target_options)
+    model = for_target(model, tgt)
     deployed = tgt.compile(
         model,
         [example_input],
@@ -639,8 +668,9 @@ def bench(
         t0 = time.perf_counter()
         try:
             tgt = get_target(name)
+            ready = for_target(model, tgt)
             job.deployed = tgt.compile(
-                model,
+                ready,
                 [example_input],
                 folder / f"{name}-{prec}",
                 precision=prec,
@@ -649,7 +679,7 @@ def bench(
                 **_with_quantizer(tgt, options[name]),
             )
             if test_loader is not None:
-                job.acc = runtime_accuracy(job.deployed, model, test_loader, limits[name], progress=progress)
+                job.acc = runtime_accuracy(job.deployed, ready, test_loader, limits[name], progress=progress)
             for b in batches:
                 job.costs[b] = job.deployed.measure(
                     batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate
