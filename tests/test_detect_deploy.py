@@ -71,7 +71,9 @@ def test_runtime_map_through_shared_postprocessing(setup: tuple, tmp_path: Path,
         pytest.skip(f"{target} is not installed")
     data, model = setup
     test = make_loader(data.test, 4, shuffle=False)
-    dep = tgt.compile(model, [data.test[0][0][None]], tmp_path, precision=precision, threads=1)
+    # TVM untuned (trials=0): tuning is a minutes-long search, not what this checks.
+    opts = {"trials": 0} if target == "tvm" else {}
+    dep = tgt.compile(model, [data.test[0][0][None]], tmp_path, precision=precision, threads=1, **opts)
     assert dep.parity["ok"] and len(dep.parity["outputs"]) == 2
     head = Head.of(model)
     ours = score(lambda x: dep(x), test, head, SIZE)
