@@ -23,7 +23,8 @@ batch 1 on ``--threads`` threads; latency ratios are against PyTorch fp32 in the
 ``--micro`` tries the cortex-m7 target at ``--micro-size``: the trained model is scored in
 float at that size, fine-tuned there for ``--micro-epochs`` (objects shrink with the input),
 scored again, then quantized and run through the emulated device.  ``--weights`` reuses a
-trained state dict (the run then records the file, not the training).  Goal: mAP@0.5 >= 0.60 float, int8 within 2 points of float.
+trained state dict (the run then records the file, not the training).  Goal: mAP@0.5 >= 0.60
+float, int8 within 2 points of float.
 """
 
 from __future__ import annotations

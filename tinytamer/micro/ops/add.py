@@ -52,6 +52,20 @@ def add_tables(op: Add, g: Graph) -> tuple[np.ndarray, np.ndarray]:
     return ta.astype(np.int32), tb.astype(np.int32)
 
 
+def affine_table(table: np.ndarray) -> tuple[int, int] | None:
+    """(mul, add) with ``mul * c + add == table[c + 128]`` for every int8 code c (in
+    wrapping int32 arithmetic, as the kernel computes it), or None where the table is not
+    affine.  The input of the larger scale always is: its multiplier is one half, so its
+    rescale is exactly (c - zp) << (left_shift - 1)."""
+    t = table.astype(np.int64)
+    mul, add = int(t[129] - t[128]), int(t[128])
+    codes = np.arange(-128, 128, dtype=np.int64)
+    wrapped = (codes * mul + add + (1 << 31)) % (1 << 32) - (1 << 31)
+    if not (np.array_equal(wrapped, t) and -(1 << 31) <= mul < 1 << 31 and -(1 << 31) <= add < 1 << 31):
+        return None
+    return mul, add
+
+
 def add_fast_requant(op: Add, g: Graph) -> np.ndarray | None:
     """The (0, mult, rshift, offset) record of :func:`~tinytamer.micro.ops.conv.fast_requant`
     for a residual add's final requantization (the sum of its two table values), or None

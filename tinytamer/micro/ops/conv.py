@@ -46,7 +46,7 @@ from torch import fx, nn
 from tinytamer.micro import weights
 from tinytamer.micro.fixedpoint import FastRequant, fast_records
 from tinytamer.micro.ir import Graph, Op
-from tinytamer.micro.ops.add import add_fast_requant, add_params, add_tables
+from tinytamer.micro.ops.add import add_fast_requant, add_params, add_tables, affine_table
 from tinytamer.micro.ops.base import (
     CallSite,
     DeviceOp,
@@ -146,9 +146,29 @@ def _quads_entry(op: Conv2D, site: CallSite) -> str:
     if site.fused_add is None:
         return "tt_conv2d_s8_qx_plain" if full else "tt_conv2d_s8_qx"
     add = site.g.ops[site.fused_add]
-    if full and (add.act_min, add.act_max) == _FULL and add_fast_requant(add, site.g) is not None:
+    conv_table, other_table = _residual_tables(site.g, op, site.fused_add)
+    if (
+        full
+        and (add.act_min, add.act_max) == _FULL
+        and add_fast_requant(add, site.g) is not None
+        and conv_table is None
+        and other_table is not None
+    ):
         return "tt_conv2d_s8_qx_add"
     return "tt_conv2d_s8_qx"
+
+
+def _residual_tables(g: Graph, conv: Conv2D, a: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The rescale tables of the add (op ``a``) fused into ``conv``, conv's side first; a
+    side whose table is affine (:func:`affine_table`) has none: the kernel computes it with
+    one multiply-add, 1 KB less flash.  Where both are, the conv's side is computed and the
+    other keeps its table (the form the fast kernel entry runs)."""
+    add = g.ops[a]
+    ta, tb = add_tables(add, g)
+    conv_t, other_t = (ta, tb) if add.inputs[0] == conv.output else (tb, ta)
+    if affine_table(conv_t) is not None:
+        return None, other_t
+    return conv_t, (None if affine_table(other_t) is not None else other_t)
 
 
 class ConvOp(DeviceOp):
@@ -354,18 +374,29 @@ class ConvOp(DeviceOp):
         """Tables and parameters of the add (op ``a``) fused into ``conv``."""
         add = g.ops[a]
         ta, tb = add_tables(add, g)
-        conv_first = add.inputs[0] == conv.output
-        rq = add_fast_requant(add, g) if mm else None
-        rq_ref = "0" if rq is None else f"(const tt_rq *)(const void *)qa{a}"
-        return (
-            c_array(f"ta{a}", "int32_t", ta)
-            + c_array(f"tb{a}", "int32_t", tb)
-            + ("" if rq is None else c_array(f"qa{a}", "int32_t", rq))
-            + add_params(g, add, a)
-            + f"static const tt_residual r{a} = {{&p{a}, "
-            + (f"ta{a}, tb{a}" if conv_first else f"tb{a}, ta{a}")
-            + f", {rq_ref}}};\n"
+        sides = zip(
+            ("c", "o"),
+            (ta, tb) if add.inputs[0] == conv.output else (tb, ta),
+            _residual_tables(g, conv, a),
+            strict=True,
         )
+        data, refs, lines = [], [], []
+        for side, full, table in sides:
+            if table is None:
+                mul, off = affine_table(full)
+                refs.append("0")
+                lines += [f".{side}_mul = {mul}", f".{side}_add = {off}"]
+            else:
+                data.append(c_array(f"t{side}{a}", "int32_t", table))
+                refs.append(f"t{side}{a}")
+        rq = add_fast_requant(add, g) if mm else None
+        if rq is not None:
+            data.append(c_array(f"qa{a}", "int32_t", rq))
+        rq_ref = "0" if rq is None else f"(const tt_rq *)(const void *)qa{a}"
+        fields = ", ".join(
+            [f".add = &p{a}", f".t_conv = {refs[0]}", f".t_other = {refs[1]}", f".rq = {rq_ref}", *lines]
+        )
+        return "".join(data) + add_params(g, add, a) + f"static const tt_residual r{a} = {{{fields}}};\n"
 
     @staticmethod
     def _call(op: Conv2D, s: dict, site: CallSite) -> str:

@@ -428,11 +428,24 @@ static void tt_im2col_flat_nat(const tt_conv_params *p, const int8_t *in, int32_
     [x0] "=&r"(x0), [x1] "=&r"(x1)
 
 
+/* Mode 4's fused add: both sides by table or affine form (tt_res_side), the sum in the
+ * single-multiply form where the generator proved it exact, else the general one. */
+static inline int8_t tt_fuse_mm(const tt_residual *res, int8_t other, int8_t conv)
+{
+    if (res->rq == 0) {
+        return tt_fuse(res, other, conv);
+    }
+    return tt_rq_out(tt_res_side(res->t_conv, res->c_mul, res->c_add, conv)
+                         + tt_res_side(res->t_other, res->o_mul, res->o_add, other),
+                     res->rq, res->add->act_min, res->add->act_max);
+}
+
 /* Requantize, clamp and store the 2 x 2 block of outputs of channels r[0], r[1].  `mode`
  * (fixed per layer by tt_mm_mode): 0 the clamp is the whole int8 range (one SSAT); 1 a
  * narrower activation range; 2 a fused residual add whose sum is requantized in
- * single-multiply form too, both clamps the whole int8 range; 3 the same with narrower
- * clamps; 4 a fused add in the general form.  Each channel's constants are loaded once
+ * single-multiply form too, the conv's side rescaled by its affine form and the other by
+ * its table, both clamps the whole int8 range; 3 the same with narrower clamps; 4 a fused
+ * add in any other form (tt_fuse).  Each channel's constants are loaded once
  * for its two pixels. */
 static inline __attribute__((always_inline)) void
 tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, int8_t *o1,
@@ -481,18 +494,19 @@ tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, in
     }
     const tt_residual *res = p->res;
     if (mode == 4) {
-        o0[0] = tt_fuse(res, o0[0], (int8_t)a00);
-        o1[0] = tt_fuse(res, o1[0], (int8_t)a01);
-        o0[1] = tt_fuse(res, o0[1], (int8_t)a10);
-        o1[1] = tt_fuse(res, o1[1], (int8_t)a11);
+        o0[0] = tt_fuse_mm(res, o0[0], (int8_t)a00);
+        o1[0] = tt_fuse_mm(res, o1[0], (int8_t)a01);
+        o0[1] = tt_fuse_mm(res, o0[1], (int8_t)a10);
+        o1[1] = tt_fuse_mm(res, o1[1], (int8_t)a11);
         return;
     }
     const tt_rq *q = res->rq;
-    const int32_t *tc = res->t_conv + 128, *to = res->t_other + 128;
-    a00 = tt_rq_apply(tc[a00] + to[o0[0]], q);
-    a01 = tt_rq_apply(tc[a01] + to[o1[0]], q);
-    a10 = tt_rq_apply(tc[a10] + to[o0[1]], q);
-    a11 = tt_rq_apply(tc[a11] + to[o1[1]], q);
+    const uint32_t cm = (uint32_t)res->c_mul, ca = (uint32_t)res->c_add;
+    const int32_t *to = res->t_other + 128;
+    a00 = tt_rq_apply((int32_t)((uint32_t)a00 * cm + ca) + to[o0[0]], q);
+    a01 = tt_rq_apply((int32_t)((uint32_t)a01 * cm + ca) + to[o1[0]], q);
+    a10 = tt_rq_apply((int32_t)((uint32_t)a10 * cm + ca) + to[o0[1]], q);
+    a11 = tt_rq_apply((int32_t)((uint32_t)a11 * cm + ca) + to[o1[1]], q);
     if (mode == 2) {
         o0[0] = (int8_t)__ssat(a00, 8);
         o1[0] = (int8_t)__ssat(a01, 8);
@@ -514,8 +528,8 @@ static int32_t tt_mm_mode(const tt_conv_params *p)
     if (res == 0) {
         return full ? 0 : 1;
     }
-    if (res->rq == 0) {
-        return 4;
+    if (res->rq == 0 || res->t_conv != 0 || res->t_other == 0) {
+        return 4; /* modes 2 and 3 take the conv side affine, the other from its table */
     }
     return full && res->add->act_min == -128 && res->add->act_max == 127 ? 2 : 3;
 }
@@ -528,11 +542,8 @@ static void tt_mm_out1(int32_t mode, const tt_conv_params *p, const tt_rq *r, in
     const tt_residual *res = p->res;
     if (mode < 2) {
         *o = v;
-    } else if (mode < 4) {
-        *o = tt_rq_out(res->t_conv[v + 128] + res->t_other[*o + 128], res->rq,
-                       res->add->act_min, res->add->act_max);
     } else {
-        *o = tt_fuse(res, *o, v);
+        *o = tt_fuse_mm(res, *o, v);
     }
 }
 
@@ -922,15 +933,16 @@ tt_mx_rq(int32_t a, int32_t m, int32_t e, int32_t f, const tt_rq *r)
  * fused into the output, its tables and constants passed in registers. */
 static inline __attribute__((always_inline)) void
 tt_mx_store(int32_t mode, int8_t *o, int32_t v, int32_t lo, int32_t hi, const tt_residual *res,
-            const int32_t *tc, const int32_t *to, const tt_rq *q, int32_t lo2, int32_t hi2)
+            uint32_t cm, uint32_t ca, const int32_t *to, const tt_rq *q, int32_t lo2, int32_t hi2)
 {
     v = (mode == 0 || mode == 2) ? __ssat(v, 8) : tt_clamp(v, lo, hi);
     if (mode < 2) {
         *o = (int8_t)v;
     } else if (mode == 4) {
-        *o = tt_fuse(res, *o, (int8_t)v);
+        *o = tt_fuse_mm(res, *o, (int8_t)v);
     } else {
-        const int32_t s = tt_rq_apply(tc[v] + to[*o], q);
+        /* The conv side's rescale is affine (one MLA), the other side's a table read. */
+        const int32_t s = tt_rq_apply((int32_t)((uint32_t)v * cm + ca) + to[*o], q);
         *o = mode == 2 ? (int8_t)__ssat(s, 8) : tt_clamp(s, lo2, hi2);
     }
 }
@@ -945,11 +957,13 @@ tt_mx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     const int32_t out_c = p->out_c;
     const int32_t lo = p->act_min, hi = p->act_max;
     const tt_residual *res = p->res;
-    const int32_t *tc = 0, *to = 0;
+    const int32_t *to = 0;
+    uint32_t cm = 0, ca = 0;
     const tt_rq *q = 0;
     int32_t lo2 = 0, hi2 = 0;
     if (mode >= 2) {
-        tc = res->t_conv + 128;
+        cm = (uint32_t)res->c_mul;
+        ca = (uint32_t)res->c_add;
         to = res->t_other + 128;
         q = res->rq;
         lo2 = res->add->act_min;
@@ -1024,14 +1038,14 @@ tt_mx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         b0 = tt_mx_rq(b0, mb, eb, fb, r + 1);
         b1 = tt_mx_rq(b1, mb, eb, fb, r + 1);
         b2 = tt_mx_rq(b2, mb, eb, fb, r + 1);
-        tt_mx_store(mode, o, a0, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + 1, b0, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o, a0, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b0, lo, hi, res, cm, ca, to, q, lo2, hi2);
         o += out_c;
-        tt_mx_store(mode, o, a1, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + 1, b1, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o, a1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b1, lo, hi, res, cm, ca, to, q, lo2, hi2);
         o += out_c;
-        tt_mx_store(mode, o, a2, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + 1, b2, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o, a2, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b2, lo, hi, res, cm, ca, to, q, lo2, hi2);
     }
 }
 
@@ -1140,11 +1154,13 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     const int32_t out_c = p->out_c;
     const int32_t lo = p->act_min, hi = p->act_max;
     const tt_residual *res = p->res;
-    const int32_t *tc = 0, *to = 0;
+    const int32_t *to = 0;
+    uint32_t cm = 0, ca = 0;
     const tt_rq *q = 0;
     int32_t lo2 = 0, hi2 = 0;
     if (mode >= 2) {
-        tc = res->t_conv + 128;
+        cm = (uint32_t)res->c_mul;
+        ca = (uint32_t)res->c_add;
         to = res->t_other + 128;
         q = res->rq;
         lo2 = res->add->act_min;
@@ -1240,14 +1256,14 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         m = r[3].mult, e = r[3].rshift, f = r[3].offset;
         d0 = tt_mx_rq(d0, m, e, f, r + 3);
         d1 = tt_mx_rq(d1, m, e, f, r + 3);
-        tt_mx_store(mode, o, a0, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + 1, b0, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + 2, c0, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + 3, d0, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c, a1, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c + 1, b1, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c + 2, c1, lo, hi, res, tc, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c + 3, d1, lo, hi, res, tc, to, q, lo2, hi2);
+        tt_mx_store(mode, o, a0, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 1, b0, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 2, c0, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + 3, d0, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c, a1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c + 1, b1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c + 2, c1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + out_c + 3, d1, lo, hi, res, cm, ca, to, q, lo2, hi2);
     }
     /* The last out_c % 4 channels: pairs words, an odd last channel paired with zeros. */
     for (int32_t oc = out_c & ~3; oc < out_c; oc += 2, r += 2, o += 2) {
@@ -1394,6 +1410,39 @@ static __attribute__((noinline)) int32_t tt_qx_im2col(const tt_conv_params *p, c
     return s;
 }
 
+/* One column word of tt_qx_rgb33: its two SXTAB16 lanes stored 2 words apart, their sum
+ * added to the lanes of *acc. */
+static inline __attribute__((always_inline)) void tt_qx_word(uint32_t v, int32_t off, int32_t *col,
+                                                            int32_t *acc)
+{
+    const int32_t e = __sxtab16(off, (int32_t)v), o = tt_sxtab16_ror8(off, (int32_t)v);
+    col[0] = e;
+    col[2] = o;
+    *acc = __sadd16(__sadd16(*acc, e), o);
+}
+
+/* The flat field of a 3 x 3 window of 3 channels (an RGB stem) wholly inside the input:
+ * its 27 bytes (three rows of 9, `row_bytes` apart) and the zero point as a 28th, built as
+ * the 7 words tt_qx_flat would gather, straight from unaligned loads, and unpacked; returns
+ * the field's sum. */
+static __attribute__((noinline)) int32_t tt_qx_rgb33(const int8_t *r0, int32_t row_bytes,
+                                                     int32_t zp, int32_t *col)
+{
+    const int8_t *r1 = r0 + row_bytes, *r2 = r1 + row_bytes;
+    const int32_t off = tt_pack_offset(zp);
+    uint16_t h;
+    memcpy(&h, r1 + 7, 2);
+    int32_t acc = 0;
+    tt_qx_word((uint32_t)tt_word(r0), off, col, &acc);
+    tt_qx_word((uint32_t)tt_word(r0 + 4), off, col + 4, &acc);
+    tt_qx_word((uint8_t)r0[8] | (uint32_t)tt_word(r1) << 8, off, col + 8, &acc);
+    tt_qx_word((uint32_t)tt_word(r1 + 3), off, col + 12, &acc);
+    tt_qx_word(h | (uint32_t)tt_word(r2) << 16, off, col + 16, &acc);
+    tt_qx_word((uint32_t)tt_word(r2 + 2), off, col + 20, &acc);
+    tt_qx_word((uint32_t)tt_word(r2 + 5) >> 8 | (uint32_t)zp << 24, off, col + 24, &acc);
+    return __smlad(acc, 0x00010001, 0);
+}
+
 /* Pixel (oy, ox)'s column words into the pixel-pair layout at `col` (words 2 apart; flat:
  * through the byte field `tmp`); returns the receptive field's sum.  Out of line: the main
  * loop keeps little state, so its frame and the callees' stay small. */
@@ -1408,6 +1457,10 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
     if (!flat && (p->in_c & 3) == 0 && (row_words & 3) == 0 && row_words <= 60 && x0 >= 0
         && x0 <= p->in_w - p->k_w && y0 >= 0 && y0 <= p->in_h - p->k_h) {
         return tt_qx_inside(in + (y0 * p->in_w + x0) * p->in_c, p, row_words, col);
+    }
+    if (flat && p->in_c == 3 && p->k_h == 3 && p->k_w == 3 && x0 >= 0 && x0 <= p->in_w - 3
+        && y0 >= 0 && y0 <= p->in_h - 3) {
+        return tt_qx_rgb33(in + (y0 * p->in_w + x0) * 3, p->in_w * 3, p->in_zp, col);
     }
     if (flat) {
         return tt_qx_flat(p, in, oy, ox, k4, tmp, col);

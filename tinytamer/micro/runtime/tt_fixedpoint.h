@@ -48,13 +48,21 @@ static inline int8_t tt_clamp(int32_t v, int32_t lo, int32_t hi)
     return (int8_t)v;
 }
 
+/* One side of a fused add: its table's entry, or mul * v + add (wrapping: the generator
+ * checked the result against the table for every code). */
+static inline int32_t tt_res_side(const int32_t *table, int32_t mul, int32_t add, int32_t v)
+{
+    return table != 0 ? table[v + 128] : (int32_t)((uint32_t)v * (uint32_t)mul + (uint32_t)add);
+}
+
 static inline int8_t tt_fuse(const tt_residual *r, int8_t other, int8_t conv)
 {
     if (r == 0) {
         return conv;
     }
     const tt_add_params *a = r->add;
-    const int32_t v = tt_requant_inline(r->t_conv[conv + 128] + r->t_other[other + 128],
+    const int32_t v = tt_requant_inline(tt_res_side(r->t_conv, r->c_mul, r->c_add, conv)
+                                            + tt_res_side(r->t_other, r->o_mul, r->o_add, other),
                                         a->out_multiplier, a->out_shift) + a->out_zp;
     return tt_clamp(v, a->act_min, a->act_max);
 }

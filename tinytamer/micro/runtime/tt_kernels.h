@@ -55,15 +55,18 @@ typedef struct {
 #define TT_RQ_GENERAL 0
 
 /* A residual add fused into a convolution: the conv's int8 result and the other input
- * (read from the output buffer, which the add overwrites in place) are rescaled through
- * 256-entry tables and summed exactly as tt_add_s8_lut does.  `rq`, where the generator
+ * (read from the output buffer, which the add overwrites in place) are rescaled and summed
+ * exactly as tt_add_s8_lut does.  Each side's rescale is a 256-entry table, or where the
+ * generator proved it affine over all 256 codes (the input of the larger scale always is:
+ * its multiplier is one half), no table (0) and mul * v + add.  `rq`, where the generator
  * proved the single-multiply form exact for the sum's requantization, is that form (the
- * "mm" kernel uses it), else 0. */
+ * "mm" kernels use it), else 0. */
 typedef struct tt_residual {
     const tt_add_params *add;
     const int32_t *t_conv;
     const int32_t *t_other;
     const tt_rq *rq;
+    int32_t c_mul, c_add, o_mul, o_add;
 } tt_residual;
 
 /* A layer's weights in a packed form (tinytamer/micro/weights.py): one row per output

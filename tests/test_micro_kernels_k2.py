@@ -1,0 +1,170 @@
+"""A residual add fused into a convolution keeps a 256-entry rescale table only for the side
+that needs one: the side of the larger scale (multiplier one half) is affine in the int8
+code and computed by one multiply-add, 1 KB less flash per add.  The affine form is checked
+against the table for every code; kernels stay bit-exact in both orientations (the conv's
+side computed: the fast quads entry; the other side computed: the any-mode path)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from tinytamer.micro import codegen, reference, toolchain, tuning
+from tinytamer.micro.builder import GraphBuilder
+from tinytamer.micro.ir import Conv2D
+from tinytamer.micro.ops.add import add_tables, affine_table
+from tinytamer.micro.session import Session
+
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
+
+
+def _block(seed: int, conv_scale: float, other_scale: float, relu: str | None = None):
+    """conv x -> conv -> conv y (scale conv_scale), y + x fused into y's conv -> conv."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((6, 5, 8), 0.02, 3)
+
+    def conv(x, scale, zp, relu, name):
+        w = rng.integers(-127, 128, (8, 8, 3, 3))
+        return b.conv(x, w, np.full(8, 0.004), None, scale, zp, padding=(1, 1), relu=relu, name=name)
+
+    x = conv(b.input, other_scale, 9, None, "c0")
+    y = conv(conv(x, 0.05, -128, "relu", "c1"), conv_scale, -4, None, "c2")
+    return b.graph(conv(b.add(y, x, 0.08, -3, relu=relu, name="add"), 0.05, 0, None, "c3"))
+
+
+def _add(g):
+    return next(op for op in g.ops if not isinstance(op, Conv2D))
+
+
+@pytest.mark.parametrize(("conv_scale", "other_scale"), [(0.07, 0.03), (0.03, 0.07), (0.05, 0.05)])
+def test_the_larger_scale_side_is_affine_for_every_code(conv_scale, other_scale):
+    g = _block(0, conv_scale, other_scale)
+    add = _add(g)
+    ta, tb = add_tables(add, g)  # ta: the conv's side (y is the add's first input)
+    larger, smaller = (ta, tb) if conv_scale >= other_scale else (tb, ta)
+    mul, off = affine_table(larger)
+    codes = np.arange(-128, 128, dtype=np.int64)
+    np.testing.assert_array_equal(codes * mul + off, larger)
+    assert mul == 1 << (add.left_shift - 1)  # multiplier one half: (c - zp) << (left_shift - 1)
+    if conv_scale != other_scale:
+        assert affine_table(smaller) is None  # a rounded rescale: it keeps its table
+
+
+def test_a_table_off_by_one_anywhere_is_not_affine():
+    codes = np.arange(-128, 128, dtype=np.int64)
+    for i in (0, 1, 128, 255):
+        t = codes * 8 + 5
+        t[i] += 1
+        assert affine_table(t) is None
+    # A wrapping product that equals the table in int32 is still exact for the kernel.
+    assert affine_table((codes * (1 << 24) + (1 << 31)) % (1 << 32) - (1 << 31)) is not None
+
+
+@pytest.mark.parametrize(("conv_scale", "other_scale"), [(0.07, 0.03), (0.03, 0.07)])
+def test_fused_add_emits_one_table(conv_scale, other_scale):
+    g = _block(1, conv_scale, other_scale)
+    src = codegen.generate(g, dsp=True).files["model.c"]
+    tables = [line for line in src.splitlines() if line.startswith("static const int32_t t") and "[256]" in line]
+    assert len(tables) == 1
+    conv_computed = conv_scale > other_scale
+    assert (".t_conv = 0" in src) == conv_computed and (".t_other = 0" in src) != conv_computed
+    # The fast quads entry takes the conv's side computed, the other from its table.
+    assert ("tt_conv2d_s8_qx_add(" in src) == conv_computed
+
+
+@arm
+@pytest.mark.parametrize(
+    ("conv_scale", "other_scale", "relu", "kernel"),
+    [
+        (0.07, 0.03, None, None),  # quads, fast add entry (mode 2)
+        (0.03, 0.07, None, None),  # quads, any-mode entry (the other side computed)
+        (0.07, 0.03, "relu", None),  # quads, narrower add clamps (mode 3)
+        (0.07, 0.03, None, "pairs"),
+        (0.03, 0.07, None, "int8"),  # the 2 x 2 kernel's output code
+        (0.07, 0.03, None, "direct"),  # portable kernel: tt_fuse
+        (0.03, 0.07, "relu", "direct"),
+    ],
+)
+def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other_scale, relu, kernel):
+    g = _block(2, conv_scale, other_scale, relu)
+    for op in g.ops:
+        if isinstance(op, Conv2D) and kernel is not None:
+            op.schedule = {"kernel": "direct"} if kernel == "direct" else {"kernel": "mm", "weights": kernel}
+    cm = codegen.generate(g, dsp=True)
+    rng = np.random.default_rng(3)
+    xs = rng.integers(-128, 128, (4, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
+    assert len(np.unique(want)) > 5
+    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
+        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
+        for v, ref in zip(xs, want, strict=True):
+            sess.write(t_in, v.reshape(-1))
+            sess.call("tt_model_run", t_in, t_out)
+            np.testing.assert_array_equal(sess.read(t_out), ref)
+
+
+def _stem(shape, stride, pad, in_zp, seed=0):
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder(shape, 0.02, in_zp)
+    w = rng.integers(-128, 128, (8, 3, 3, 3))
+    y = b.conv(
+        b.input,
+        w,
+        rng.uniform(0.002, 0.01, 8),
+        rng.normal(0, 1, 8),
+        0.05,
+        -7,
+        stride=(stride, stride),
+        padding=(pad, pad),
+        name="stem",
+    )
+    return b.graph(y)
+
+
+@arm
+@pytest.mark.parametrize(
+    ("shape", "stride", "pad", "in_zp"),
+    [
+        ((7, 5, 3), 1, 1, 3),  # edge windows (the general gather) and inside ones
+        ((9, 8, 3), 2, 1, -128),  # stride 2, the lowest zero point
+        ((3, 3, 3), 1, 0, 127),  # one window, the whole input: the highest zero point
+        ((4, 6, 3), 1, 0, 0),  # every window inside, rows 18 bytes apart (unaligned)
+    ],
+)
+def test_rgb_stem_gather_is_bit_exact(tmp_path, shape, stride, pad, in_zp):
+    g = _stem(shape, stride, pad, in_zp)
+    sched = {"kernel": "mm", "unroll": 4, "weights": "quads", "pack": "flat"}
+    # _measure checks the output bit for bit against the reference (several inputs).
+    ((cost, _),) = tuning._measure(g, g.ops[0], "cortex-m4", [sched], tmp_path)
+    assert cost > 0
+
+
+def _calls(tmp_path, g, function: str) -> int:
+    """How many times one inference enters ``function`` (the emulator's block counts at its
+    first address)."""
+    cm = codegen.generate(g, dsp=True)
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4")
+    nm = subprocess.run(["arm-none-eabi-nm", str(build.elf)], capture_output=True, text=True, check=True).stdout
+    addr = {line.split()[-1]: int(line.split()[0], 16) & ~1 for line in nm.splitlines()}.get(function)
+    if addr is None:
+        return 0
+    with Session("cortex-m4", elf=build.elf, count=True) as sess:
+        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
+        sess.write(t_in, np.zeros(cm.input_size, dtype=np.int8))
+        sess.call("tt_model_run", t_in, t_out)
+        return sum(n for (a, _), n in sess._counter.blocks.items() if a == addr)
+
+
+@arm
+def test_rgb_stem_gathers_inside_windows_directly(tmp_path):
+    """A 3 x 3 stem over 3 channels gathers each window wholly inside the input with
+    tt_qx_rgb33 (6 x 6, padding 1: the 4 x 4 inside ones), the edge ones as before; a layer
+    of another shape never enters it."""
+    g = _stem((6, 6, 3), 1, 1, 5)
+    g.ops[0].schedule = {"kernel": "mm", "weights": "quads", "pack": "flat"}
+    assert _calls(tmp_path / "stem", g, "tt_qx_rgb33") == 16
+    assert _calls(tmp_path / "other", _block(0, 0.07, 0.03), "tt_qx_rgb33") == 0
