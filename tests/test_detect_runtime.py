@@ -158,7 +158,7 @@ def test_keep_head_leaves_a_classifier_alone() -> None:
 
 def test_recipe_deploy_and_quantize_report_map(tmp_path: Path, run_stages: Callable[..., Any]) -> None:
     root = make_voc(tmp_path / "voc", n=10)
-    records, _ = run_stages(
+    records, rundir = run_stages(
         {
             "name": "det",
             "data": {"name": "voc", "root": str(root), "size": SIZE, "batch_size": 4, "options": {"test_percent": 40}},
@@ -178,6 +178,11 @@ def test_recipe_deploy_and_quantize_report_map(tmp_path: Path, run_stages: Calla
     assert dep["map50_95"] is not None and dep["accuracy_runtime"] == "torch"
     line = _record_line(record_type("deploy").model_validate(dep))
     assert "mAP@0.5" in line and "accuracy" not in line
+    # The evaluation draws the detector's predictions, and the run's report shows them.
+    assert (rundir.path / ev["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tinytamer.viz.report import write_report
+
+    assert "predictions on the test split" in write_report(rundir).read_text()
 
 
 def test_a_loader_without_images_is_refused(setup: tuple) -> None:

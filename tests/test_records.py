@@ -16,6 +16,7 @@ from tinytamer.records import (
     ChannelPruneRecord,
     DeployRecord,
     EmbeddingsRecord,
+    EvaluateRecord,
     FixedPointRecord,
     HaqRecord,
     LowRankRecord,
@@ -89,7 +90,9 @@ def _samples() -> list[Record]:
             test_acc=0.62,
         ),
         stage(StageRecord, 0, note="trained", warning="short"),
-        StageRecord(stage="evaluate", index=1, **FIGURES, split="val", loss=0.3, eval_samples=36, eval_total=360),
+        EvaluateRecord(
+            stage="evaluate", index=1, **FIGURES, split="val", loss=0.3, eval_samples=36, eval_total=360, plot="p.png"
+        ),
         stage(
             SensitivityRecord,
             2,

@@ -132,6 +132,13 @@ def record_type(stage: str) -> type[StageRecord]:
     return _STAGE_TYPES.get(stage, StageRecord)
 
 
+class EvaluateRecord(StageRecord):
+    STAGE: ClassVar[str | None] = "evaluate"
+    plot: str | None = Field(
+        None, description="a detector's predictions on the first images of the split, relative to the run folder"
+    )
+
+
 class SensitivityRecord(StageRecord):
     STAGE: ClassVar[str | None] = "sensitivity"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,3 +56,25 @@ def plot_predictions(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_split(model: Any, dataset: Any, class_names: Sequence[str], path: str | Path, *, n: int = 8) -> Path:
+    """The first ``n`` images of a detection split through ``model`` (PyTorch, eval mode) and
+    the shared decode + NMS, drawn with their ground truth by :func:`plot_predictions`."""
+    import torch
+
+    from tinytamer.detect.decode import Head, postprocess
+    from tinytamer.detect.evaluate import torch_runner, truths
+
+    head, run = Head.of(model), torch_runner(model.eval())
+    images: list[np.ndarray] = []
+    dets: list[Detections] = []
+    gts: list[GroundTruth] = []
+    for i in range(min(n, len(dataset))):
+        x, y = dataset[i]
+        x = torch.as_tensor(x)
+        dets += postprocess(run(x[None].numpy()), head, clip=int(x.shape[-1]))
+        gts += truths(torch.as_tensor(y)[None])
+        images.append(x.permute(1, 2, 0).numpy())
+    title = f"{len(images)} images, {x.shape[-1]} px (green: truth, red: score >= 0.3)"
+    return plot_predictions(images, dets, gts, class_names, path, title=title)

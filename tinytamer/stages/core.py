@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from tinytamer.recipe import Context, StageParams, register_stage
-from tinytamer.records import StageRecord
+from tinytamer.records import EvaluateRecord, StageRecord
 from tinytamer.train import SolverConfig
 
 
@@ -48,14 +48,23 @@ def evaluate_stage(model: nn.Module, ctx: Context, p: EvaluateParams) -> nn.Modu
 
         raise RecipeError(f"evaluate.split '{p.split}' of dataset '{ctx.recipe.data.name}' is empty")
     metrics = ctx.evaluate(model, p.split)
+    plot = None
+    if ctx.data.meta.task == "detection":  # the report shows what the detector saw
+        from tinytamer.detect.plot import plot_split
+
+        path = plot_split(
+            model, getattr(ctx.data, p.split), ctx.data.meta.class_names, ctx.stage_dir / "predictions.png"
+        )
+        plot = str(path.relative_to(ctx.rundir.path))
     ctx.log(
         ctx.record(
-            StageRecord,
+            EvaluateRecord,
             model,
             accuracy=metrics["accuracy"],
             split=p.split,
             loss=metrics["loss"],
             eval_samples=samples,
+            plot=plot,
             **{k: metrics[k] for k in ("map50", "map50_95") if k in metrics},  # detection
         )
     )

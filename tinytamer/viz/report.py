@@ -24,6 +24,7 @@ from tinytamer.fileio import atomic_path, write_atomic
 from tinytamer.records import (
     DeployRecord,
     EmbeddingsRecord,
+    EvaluateRecord,
     FixedPointRecord,
     HaqRecord,
     ProxylessRecord,
@@ -184,6 +185,15 @@ def _pruning(run: RunDir, stages: list[StageRecord]) -> str:
     return "".join(parts)
 
 
+def _detections(run: RunDir, stages: list[StageRecord]) -> str:
+    """The predictions an evaluated detector drew (ground truth beside them)."""
+    return "".join(
+        _img(_file(run, r.plot), f"stage {r.index}: predictions on the {r.split} split (mAP@0.5 {r.map50:.3f})")
+        for r in stages
+        if isinstance(r, EvaluateRecord) and r.plot and r.map50 is not None
+    )
+
+
 def _bits(run: RunDir, stages: list[StageRecord]) -> str:
     parts = []
     for r in stages:
@@ -323,6 +333,7 @@ def write_report(run: RunDir) -> Path:
             "Accuracy against size and cost",
             _img(figures.tradeoffs(stages), "every stage and target; red: the Pareto front"),
         ),
+        ("Detections", _detections(run, stages)),
         ("Pruning", _pruning(run, stages)),
         ("Bits per layer", _bits(run, stages)),
         ("On the micro target", _micro(stages)),
