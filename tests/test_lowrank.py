@@ -145,13 +145,27 @@ def test_structure_and_bn_folding(model, calib) -> None:
     assert head.kernel_size == (3, 3) and head.stride == (2, 2) and head.padding == (1, 1)
     assert head.bias is None
     assert tail.kernel_size == (1, 1) and (tail.in_channels, tail.out_channels) == (8, 32)
-    assert isinstance(new.bn1, nn.Identity) and isinstance(new.bn2, nn.Identity)
+    assert isinstance(new.bn1, nn.BatchNorm2d) and isinstance(new.bn2, nn.BatchNorm2d)  # kept after the pairs
     reps = {r.name: r for r in result.layers}
+    assert reps["conv1"].bn_kept and reps["conv2"].bn_kept and not reps["conv3"].bn_kept
     assert reps["conv1"].bn_folded == "bn1" and reps["conv1"].relu
     assert reps["conv2"].bn_folded == "bn2" and not reps["conv2"].relu  # the add comes first
     assert reps["conv3"].relu and reps["conv3"].bn_folded is None
     assert reps["shortcut"].rank is None and reps["fc"].rank is None
     assert isinstance(model.bn1, nn.BatchNorm2d) and isinstance(model.conv2, nn.Conv2d)  # input untouched
+
+
+@pytest.mark.parametrize("scheme", ["channel", "spatial"])
+def test_kept_bn_is_exactly_the_folded_solution(model, calib, scheme) -> None:
+    """Keeping the BN after the pair changes no output in eval mode, and only the BN-free
+    variant replaces the BNs by identities."""
+    ranks = {"conv1": 6, "conv2": 8, "conv3": 8}
+    kept = lowrank.decompose(model, calib, ranks=ranks, speedup=None, scheme=scheme).eval()
+    folded = lowrank.decompose(model, calib, ranks=ranks, speedup=None, scheme=scheme, keep_bn=False).eval()
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.bn2, nn.Identity)
+    assert isinstance(kept.bn1, nn.BatchNorm2d)
+    with torch.no_grad():
+        torch.testing.assert_close(kept(calib[0]), folded(calib[0]), rtol=1e-4, atol=1e-5)
 
 
 def test_asymmetric_nonlinear_beats_weight_svd_at_the_same_ranks(model, calib) -> None:

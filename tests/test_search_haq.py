@@ -207,3 +207,14 @@ def test_micro_flash_builds_once_per_weight_form_combination(democnn, layers, mo
     with tempfile.TemporaryDirectory() as tmp:
         gm = haq.quantize_policy(democnn, calib, layers, [b(7, 8), b(4, 8), b(8, 8)])
         assert build_program(gm, calib[0][:1], "cortex-m4", Path(tmp)).arm.flash_bytes == got
+
+
+def test_a_diverging_kmeans_fine_tune_is_an_error_not_a_one_class_model(democnn, layers) -> None:
+    """A NaN fine-tune used to come back as a model scoring one class (chance accuracy)."""
+    g = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(8, 1, 16, 16, generator=g) * 1e3, torch.randint(0, 10, (8,), generator=g))] * 4
+    bits = [haq.LayerBits(5, 8)] * len(layers)
+    with pytest.raises(CompressError, match="haq fine-tune: the loss is .* at step"):
+        haq.quantize_policy(
+            democnn, None, layers, bits, quantizer="kmeans", train_loader=loader, finetune_iters=4, finetune_lr=1e38
+        )

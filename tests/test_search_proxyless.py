@@ -179,6 +179,10 @@ def test_the_proxylessnas_stage_prices_ops_from_the_table_and_measures_its_netwo
     rec = read_records(rundir, ProxylessRecord)[-1]
     assert rec.metric == "est_cycles" and rec.latency_target == 6e5
     assert abs(rec.measured["est_cycles"] / rec.predicted["est_cycles"] - 1) < 0.05
+    # derived budget-aware: the predicted cost fits, the argmax path is recorded
+    assert all(rec.predicted[m] <= v for m, v in rec.budget.items())
+    assert rec.argmax_arch_indices is not None
+    assert (rec.arch_indices == rec.argmax_arch_indices) == (not rec.argmax_violations)
     # E[LAT]'s F(op): each option's share from the table; with what every network pays,
     # they add up to the table's prediction of a whole architecture.
     net = mbconv_space((1, 8, 8), 10, stem=8, stages=((8, 2, 1),), feat=16)

@@ -286,6 +286,13 @@ class ProxylessRecord(NasRecord):
     latency_target: float
     expected_latency: float = Field(description="E[LAT] of the final architecture parameters")
     gradient: str = Field(description="'binary' (BinaryConnect) or 'reinforce'")
+    argmax_arch_indices: list[int] | None = Field(
+        None, description="the most likely path (argmax alpha per edge), derived unless over budget"
+    )
+    argmax_violations: list[str] = Field(
+        default_factory=list,
+        description="the budget entries the most likely path exceeds on predicted cost (why it was replaced)",
+    )
 
 
 class TargetRecord(StageRecord):

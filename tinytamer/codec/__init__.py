@@ -5,7 +5,8 @@ included, via :mod:`tinytamer.codec.arch`) and every tensor of its state dict
 in the smallest exact coded form (:mod:`tinytamer.codec.encodings`): dense,
 sparse with relative indices, codebook (shared weights), codebook + Huffman,
 ternary, fixed point, and a quantized layer's integers with their per-channel
-scales (``qint``: a b-bit weight takes b bits).  ``load`` rebuilds a plain
+scales (``qint``: a b-bit weight takes b bits; the layer's ``w_scale`` buffer is a
+reference to those scales, not a second copy).  ``load`` rebuilds a plain
 ``nn.Module`` whose tensors equal the saved ones, so its outputs are identical.
 The size we report for a compressed model is this file's size on disk.
 
@@ -123,6 +124,13 @@ def _encode(name: str, t: Tensor, wanted: str, allow: Collection[str], scales: T
     raise CodecError(f"tensor '{name}' cannot be stored as {' or '.join(candidates)}: " + "; ".join(reasons))
 
 
+def _same_bits(t: Tensor, scales: Tensor) -> bool:
+    """Whether ``t`` is a float32 vector holding exactly the bits of ``scales`` (what 'qint' stored)."""
+    if t.dtype != torch.float32 or t.dim() != 1 or t.shape != scales.reshape(-1).shape:
+        return False
+    return torch.equal(t.view(torch.int32), scales.reshape(-1).contiguous().view(torch.int32))
+
+
 def save(
     model: nn.Module,
     path: str | Path,
@@ -152,6 +160,8 @@ def save(
         allowed.add("dense")  # the fallback every tensor has
     plain = plain_copy(model)
     scales = quant_scales(plain)
+    # scale buffer name -> the 'qint' weight whose bytes already hold those scales
+    in_qint: dict[str, tuple[str, Tensor]] = {}
     entries, parts, reports = [], [], []
     seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
     for name, t in plain.state_dict(keep_vars=False).items():
@@ -165,8 +175,19 @@ def save(
             parts.append([])
             reports.append(TensorReport(name, tuple(t.shape), dtype, "alias", 0, 0))
             continue
+        held = in_qint.get(name)
+        if held is not None and _same_bits(t, held[1]):
+            entries.append(
+                format.TensorEntry(name=name, shape=list(t.shape), dtype=dtype, encoding="dense", scales_of=held[0])
+            )
+            parts.append([])
+            reports.append(TensorReport(name, tuple(t.shape), dtype, "scales", t.numel() * t.element_size(), 0))
+            continue
         seen[key] = name
-        coded = _encode(name, t, _wanted(name, forced), allowed, scales.get(name))
+        scale_name, layer_scales = scales.get(name, (None, None))
+        coded = _encode(name, t, _wanted(name, forced), allowed, layer_scales)
+        if coded.encoding == "qint" and scale_name is not None:
+            in_qint[scale_name] = (name, layer_scales)
         entries.append(
             format.TensorEntry(
                 name=name, shape=list(t.shape), dtype=dtype, encoding=coded.encoding, params=coded.params
@@ -207,9 +228,18 @@ def load(path: str | Path, *, allow_modules: Iterable[str] = (), max_bytes: int 
     except CodecError as exc:
         raise CodecError(f"{path}: {exc}") from None
     state: dict[str, Tensor] = {}
+    stored = {entry.name: entry for entry in manifest.tensors}
     for entry in manifest.tensors:
         if entry.alias is not None:  # format.read checked it names an earlier stored tensor
             state[entry.name] = state[entry.alias]
+            continue
+        if entry.scales_of is not None:  # format.read checked it names an earlier 'qint' tensor
+            weight = stored[entry.scales_of]
+            try:
+                scales = coding.qint_scales(weight.params, format.tensor_parts(weight, payload), weight.shape)
+            except CodecError as exc:
+                raise CodecError(f"tensor '{entry.name}' in {path}: {exc}") from None
+            state[entry.name] = scales.reshape(entry.shape)
             continue
         try:
             state[entry.name] = coding.decode(
@@ -241,7 +271,7 @@ def info(path: str | Path) -> dict[str, Any]:
             "name": e.name,
             "shape": e.shape,
             "dtype": e.dtype,
-            "encoding": "alias" if e.alias else e.encoding,
+            "encoding": "alias" if e.alias else "scales" if e.scales_of else e.encoding,
             "bytes": e.nbytes,
             "params": e.params,
         }
@@ -254,7 +284,7 @@ def info(path: str | Path) -> dict[str, Any]:
         row["bytes"] += t["bytes"]
     return {
         "path": str(path),
-        "format_version": format.VERSION,
+        "format_version": manifest.version,
         "file_bytes": size,
         "payload_bytes": len(payload),
         "header_and_manifest_bytes": size - len(payload),

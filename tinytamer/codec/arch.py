@@ -9,7 +9,8 @@ parameters and buffers.  ``build`` recreates the tree with ``cls.__new__`` plus
 only classes under an allow-list of module prefixes (``torch.nn``, ``tinytamer``
 and whatever the caller adds, e.g. the user's model package) can be named.
 A description is untrusted data: ``build`` checks every entry (keys, names, value
-forms, nesting, shapes against the file's own tensors) before it allocates, and
+forms, nesting, shapes against the file's own tensors) before it allocates, holds
+every module to what a forward pass may allocate (:mod:`tinytamer.codec.limits`), and
 raises :class:`CodecError` naming the module.  Weights are then loaded by the
 caller (codec, run directory) from safetensors.
 """
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrize import is_parametrized
 
+from tinytamer.codec import limits
 from tinytamer.errors import CodecError, ModelError
 
 FORMAT = 1
@@ -193,6 +195,7 @@ class _Context:
         self.allow = allow
         self.tensors = tensors
         self.budget = MAX_ELEMENTS
+        self.growth = limits.Growth()
 
 
 def _fields(desc: dict[str, Any], key: str) -> dict[str, Any]:
@@ -334,13 +337,14 @@ def _build(desc: Any, ctx: _Context, path: str, depth: int) -> nn.Module:
     for k, child in children.items():
         module._modules[k] = None if child is None else _build(child, ctx, prefix + k, depth + 1)
     # A class that interprets its own recorded data (the quantized graph) checks it now,
-    # before anything can run.
+    # before anything can run; then every module is held to what a forward pass may allocate.
     check = getattr(cls, "validate_loaded", None)
-    if check is not None:
-        try:
+    try:
+        if check is not None:
             check(module)
-        except CodecError as exc:
-            raise CodecError(f"architecture entry for module '{where}': {exc}") from None
+        limits.check_module(module, ctx.growth)
+    except CodecError as exc:
+        raise CodecError(f"architecture entry for module '{where}': {exc}") from None
     return module
 
 

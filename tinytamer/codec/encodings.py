@@ -23,7 +23,8 @@ not apply to a tensor raises :class:`NotApplicable` with the reason.
   it is smaller - at the non-zero slots only, with relative positions as ``sparse``.
   The decoder computes ``float32(q) * s_c`` in float32, the layer's own arithmetic.
   It applies only where the caller passes the layer's scales (``codec.save`` does
-  for every quantized conv / linear).
+  for every quantized conv / linear); :func:`qint_scales` reads the scales alone (the
+  file stores the layer's ``w_scale`` buffer as a reference to them).
 
 Zeros are stored as zeros: a ``-0.0`` in a sparse or shared tensor comes back
 as ``+0.0`` (equal under ``torch.equal``, and in every product and sum).
@@ -398,16 +399,28 @@ def _qint_encode(t: Tensor, limit: int | None = None, scales: Tensor | None = No
     return Encoded("qint", params, [_raw(scales), b"", bitpack.pack(stored, bits)])
 
 
-def _qint_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
-    scale_part, pos_part, int_part = _parts(parts, 3)
+def _qint_channels(params: dict, scale_part: memoryview, shape: list[int], dtype: torch.dtype) -> int:
     if dtype != torch.float32 or not shape:
         raise CodecError(f"'qint' holds float32 tensors with output channels, not {dtype_name(dtype)} of shape {shape}")
-    numel, channels = math.prod(shape), shape[0]
+    channels = shape[0]
     if params.get("channels") != channels or len(scale_part) != 4 * channels:
         raise CodecError(
             f"it declares {str(params.get('channels'))[:40]} channels and holds {len(scale_part) // 4} scales "
             f"for the {channels} output channels of shape {shape}"
         )
+    return channels
+
+
+def qint_scales(params: dict[str, Any], parts: list[memoryview], shape: list[int]) -> Tensor:
+    """The float32 per-channel scales a ``qint`` tensor of ``shape`` holds; malformed data raises CodecError."""
+    scale_part = _parts(parts, 3)[0]
+    return _from_raw(scale_part, torch.float32, _qint_channels(params, scale_part, shape, torch.float32))
+
+
+def _qint_decode(params: dict, parts: list[memoryview], shape: list[int], dtype: torch.dtype) -> Tensor:
+    scale_part, pos_part, int_part = _parts(parts, 3)
+    channels = _qint_channels(params, scale_part, shape, dtype)
+    numel = math.prod(shape)
     bits = _int(params, "bits", *QINT_BITS)
     index_bits = _int(params, "index_bits", 0, MAX_INDEX_BITS)
     if not index_bits and len(pos_part):

@@ -34,7 +34,11 @@ from tinytamer.errors import CodecError
 from tinytamer.fileio import atomic_open
 
 MAGIC = b"\x89TTM\r\n\x1a\n"
-VERSION = 1
+# Version 2 stores a quantized layer's per-channel scales once: the ``w_scale`` buffer is an
+# entry with ``scales_of`` naming the layer's ``qint`` weight, whose own bytes hold them.
+# Version 1 files (scales stored twice) are still read.
+VERSION = 2
+READS = (1, 2)
 _HEADER = struct.Struct("<8sHII")
 # Decompressed; a bound against zlib bombs.  Parsed JSON takes up to ~8x its text as Python
 # objects (a list of floats), so a doctored manifest stays near 130 MB; real ones are < 200 KB
@@ -61,6 +65,7 @@ class TensorEntry(BaseModel):
     offset: Count = 0  # into the payload
     crc32: int = Field(default=0, strict=True, ge=0, lt=2**32)
     alias: str | None = None  # the same tensor as an earlier entry (tied weights)
+    scales_of: str | None = None  # the per-channel scales an earlier 'qint' entry holds (version 2)
 
     @property
     def nbytes(self) -> int:
@@ -76,6 +81,8 @@ class Manifest(BaseModel):
     tensors: list[TensorEntry]
     payload_bytes: Count
     meta: dict[str, Any] = Field(default_factory=dict)
+    # the header's format version, set by :func:`read` (never part of the JSON)
+    version: int = Field(default=VERSION, exclude=True)
 
 
 def write(path: str | Path, manifest: Manifest, parts: list[list[bytes]]) -> int:
@@ -122,8 +129,11 @@ def read(path: str | Path) -> tuple[Manifest, memoryview]:
     if bytes(data[: len(MAGIC)]) != MAGIC:
         raise CodecError(f"{path} is not a tinytamer compressed model file (wrong magic bytes)")
     _, version, body_len, body_crc = _HEADER.unpack_from(data)
-    if version != VERSION:
-        raise CodecError(f"file {path} was written by format version {version}; this tinytamer reads version {VERSION}")
+    if version not in READS:
+        raise CodecError(
+            f"file {path} was written by format version {version}; this tinytamer reads version {VERSION} "
+            f"(and {', '.join(str(v) for v in READS if v != VERSION)})"
+        )
     start = _HEADER.size + body_len
     if len(data) < start:
         raise _truncated(path, start, len(data), at_least=True)
@@ -131,6 +141,7 @@ def read(path: str | Path) -> tuple[Manifest, memoryview]:
     if zlib.crc32(body) != body_crc:
         raise CodecError(f"manifest of {path}: checksum mismatch (the file is corrupt)")
     manifest = _parse_manifest(path, body)
+    manifest.version = version
     _check_entries(path, manifest)
     expected = start + manifest.payload_bytes
     if len(data) != expected:
@@ -166,13 +177,18 @@ def _parse_manifest(path: Path, body: memoryview) -> Manifest:
 
 
 def _check_entries(path: Path, manifest: Manifest) -> None:
-    """Names unique; an alias names an earlier stored tensor of the same shape and dtype."""
+    """Names unique; an alias names an earlier stored tensor of the same shape and dtype; a
+    ``scales_of`` entry names an earlier ``qint`` tensor and is float32 with one value per
+    output channel of it."""
     stored: dict[str, TensorEntry] = {}
     seen: set[str] = set()
     for entry in manifest.tensors:
         if entry.name in seen:
             raise CodecError(f"manifest of {path} lists tensor '{entry.name}' twice")
         seen.add(entry.name)
+        if entry.scales_of is not None:
+            _check_scales(path, manifest.version, entry, stored.get(entry.scales_of))
+            continue
         if entry.alias is None:
             stored[entry.name] = entry
             continue
@@ -187,6 +203,19 @@ def _check_entries(path: Path, manifest: Manifest) -> None:
                 f"{entry.dtype} {entry.shape} (and {len(entry.parts)} parts) for "
                 f"its {target.dtype} {target.shape}"
             )
+
+
+def _check_scales(path: Path, version: int, entry: TensorEntry, target: TensorEntry | None) -> None:
+    where = f"tensor '{entry.name}' in {path}"
+    if version < 2:
+        raise CodecError(f"{where} refers to the scales of '{entry.scales_of}', which format version {version} lacks")
+    if target is None or target.encoding != "qint":
+        raise CodecError(f"{where} refers to the scales of '{entry.scales_of}', not a 'qint' tensor stored before it")
+    if entry.alias is not None or entry.parts or entry.dtype != "float32" or entry.shape != target.shape[:1]:
+        raise CodecError(
+            f"{where} holds the scales of '{entry.scales_of}' but declares {entry.dtype} {entry.shape} "
+            f"(and {len(entry.parts)} parts) for its {target.shape[:1]} float32 scales"
+        )
 
 
 def tensor_parts(entry: TensorEntry, payload: memoryview) -> list[memoryview]:

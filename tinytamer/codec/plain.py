@@ -54,13 +54,15 @@ def bake_quant_weight(module: QuantWeight) -> None:
         module.weight.copy_(module.int_weight().to(torch.float32) * module.w_scale.view(shape))
 
 
-def quant_scales(model: nn.Module) -> dict[str, Tensor]:
-    """State-dict name of every quantized layer's weight -> that layer's per-channel scales."""
-    return {
-        f"{name}.weight" if name else "weight": m.w_scale.detach()
-        for name, m in model.named_modules()
-        if isinstance(m, QuantWeight)
-    }
+def quant_scales(model: nn.Module) -> dict[str, tuple[str, Tensor]]:
+    """State-dict name of every quantized layer's weight -> the state-dict name and values of
+    that layer's per-channel scales."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantWeight):
+            prefix = f"{name}." if name else ""
+            out[f"{prefix}weight"] = (f"{prefix}w_scale", m.w_scale.detach())
+    return out
 
 
 def has_training_forms(model: nn.Module) -> bool:

@@ -41,7 +41,11 @@ of a residual block, whose output meets the shortcut before the ReLU), the respo
 is treated as linear: the asymmetric solution is then a single reduced-rank
 regression of ``y`` on ``W x_hat``.  A conv followed only by a BatchNorm is
 approximated on the BN's output: the BN (running statistics) is folded into the conv
-first and replaced by ``nn.Identity``, so the nonlinearity sees the responses we fit.
+first, so the nonlinearity sees the responses we fit.  The BN is then kept after the pair
+(``keep_bn``, the default): the pair's last conv is divided by the BN's scale, so that
+BN(pair(x)) is exactly the folded solution in eval mode, and fine-tuning still normalizes
+(a ResNet whose BNs are folded away diverges under SGD at usual learning rates).  With
+``keep_bn=False``, or where a BN channel has zero scale, the BN is replaced by ``nn.Identity``.
 
 ``method="svd"`` is the plain truncated SVD of the (BN-folded) weights, for comparison.
 Fully connected layers always use the truncated SVD of their weight matrix, split into
@@ -104,6 +108,7 @@ class LayerReport:
     rank: int | None = None  # None: left as it was (see ``skipped``)
     relu: bool = False  # the objective rectifies the responses (Sec. 3.2)
     bn_folded: str | None = None
+    bn_kept: bool = False  # the BN stays after the pair (its scale divided out of the last conv)
     error: float | None = None  # relative response error on the calibration samples
     skipped: str | None = None
     scheme: str = "channel"  # or "spatial" (k x 1 then 1 x k)
@@ -514,11 +519,30 @@ def _conv_pair(conv: nn.Conv2d, first: Tensor, second: Tensor, bias: Tensor) -> 
     )
     tail = nn.Conv2d(r, conv.out_channels, 1)
     like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
+    # Nothing nonlinear sits between the two convs, so each rank component can move a factor
+    # from one to the other.  The solvers leave them far apart (a BN-folded first factor,
+    # a tiny second one), which makes SGD on the pair diverge: give both the same norm.
+    balance = (second.norm(dim=0) / first.norm(dim=1).clamp_min(1e-30)).sqrt()
+    balance = torch.where(balance > 0, balance, torch.ones_like(balance))
+    first, second = first * balance[:, None], second / balance
     with torch.no_grad():
         head.weight.copy_(first.reshape(r, *conv.weight.shape[1:]).to(**like))
         tail.weight.copy_(second.reshape(conv.out_channels, r, 1, 1).to(**like))
         tail.bias.copy_(bias.to(**like))
     return nn.Sequential(head, tail).to(**like)
+
+
+def _unfold_bn(last: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+    """Divide the BN's eval-mode affine out of ``last`` (which holds the BN-folded solution), so
+    that ``bn(last(u))`` equals the folded ``last(u)``; False (``last`` untouched) where a
+    channel's scale is zero and no division exists."""
+    scale, shift = _bn_affine(bn)
+    if bool((scale == 0).any()) or last.bias is None:
+        return False
+    with torch.no_grad():
+        last.weight.div_(scale.view(-1, 1, 1, 1))
+        last.bias.copy_((last.bias - shift) / scale)
+    return True
 
 
 def _svd_split(w: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -656,6 +680,7 @@ def approximate(
     iters: int = 10,
     seed: int = 0,
     scheme: Scheme = "channel",
+    keep_bn: bool = True,
 ) -> LowRankResult:
     """Replace the selected conv / linear layers of a copy of ``model`` by low-rank pairs.
 
@@ -667,6 +692,7 @@ def approximate(
     left as they are and reported as skipped.  ``scheme``: ``"channel"`` (Zhang et al.,
     solved with ``method``) or ``"spatial"`` (Jaderberg's k x 1 then 1 x k, fitted to the
     weights) for every conv; a selector override ``{"scheme": ...}`` picks it per layer.
+    ``keep_bn``: keep a decomposed conv's BatchNorm after the pair (see the module docstring).
     The input model is not modified.
     """
     if method not in METHODS:
@@ -743,9 +769,12 @@ def approximate(
         if layer.kind == "linear":
             work.set_submodule(name, _linear_pair(layer.module, rank))
         else:
-            work.set_submodule(name, _decompose_conv(work, layer, rank, method, batches, iters, rep))
+            pair = _decompose_conv(work, layer, rank, method, batches, iters, rep)
             if layer.bn is not None:
-                work.set_submodule(layer.bn, nn.Identity())
+                rep.bn_kept = keep_bn and _unfold_bn(pair[-1], work.get_submodule(layer.bn))
+                if not rep.bn_kept:
+                    work.set_submodule(layer.bn, nn.Identity())
+            work.set_submodule(name, pair)
         rep.rank, rep.macs_after = rank, rank * layer.per_rank
         layer.y.clear()
     for rep in reports.values():
@@ -809,6 +838,7 @@ def decompose(
     iters: int = 10,
     seed: int = 0,
     scheme: Scheme = "channel",
+    keep_bn: bool = True,
 ) -> nn.Module:
     """:func:`approximate`, returning only the new model."""
     return approximate(
@@ -822,4 +852,5 @@ def decompose(
         iters=iters,
         seed=seed,
         scheme=scheme,
+        keep_bn=keep_bn,
     ).model

@@ -13,6 +13,10 @@ written from the integer graph that the micro path lowers the model to
 - an explicit padding that TFLite's SAME padding does not reproduce (PyTorch pads both
   sides alike, SAME puts the odd pixel after) becomes a PAD (PADV2 with -128 before a max
   pool) and a VALID op;
+- a channel gather (split, concatenation, shuffle: :mod:`tinytamer.micro.ops.gather`) is a
+  CONCATENATION of its inputs then a GATHER of the output channels; an input at another
+  quantization is first mapped through the op's own 256-entry table of output codes
+  (CAST to int32, ADD 128, GATHER from the table), so it is bit-exact with our kernel;
 - an average pool is a depthwise convolution with weights 1 and weight scale
   ``1 / (kh * kw)``: TFLite's int8 AVERAGE_POOL_2D cannot rescale, and pooling then
   requantizing (QUANTIZE) rounds twice where our kernel rounds once (measured: up to two
@@ -49,6 +53,7 @@ from tinytamer.fileio import write_atomic
 _OPS = {
     "ADD": 0,
     "AVERAGE_POOL_2D": 1,
+    "CONCATENATION": 2,
     "CONV_2D": 3,
     "DEPTHWISE_CONV_2D": 4,
     "FULLY_CONNECTED": 9,
@@ -56,6 +61,8 @@ _OPS = {
     "RESHAPE": 22,
     "SOFTMAX": 25,
     "PAD": 34,
+    "GATHER": 36,
+    "CAST": 53,
     "PADV2": 60,
     "QUANTIZE": 114,
 }
@@ -64,6 +71,7 @@ _OPS = {
 _VERSIONS = {
     "ADD": 2,
     "AVERAGE_POOL_2D": 2,
+    "CONCATENATION": 2,
     "CONV_2D": 3,
     "DEPTHWISE_CONV_2D": 3,
     "FULLY_CONNECTED": 12,
@@ -71,6 +79,8 @@ _VERSIONS = {
     "RESHAPE": 1,
     "SOFTMAX": 2,
     "PAD": 2,
+    "GATHER": 2,
+    "CAST": 1,
     "PADV2": 2,
     "QUANTIZE": 2,
 }
@@ -79,10 +89,13 @@ _OPTIONS = {
     "DepthwiseConv2DOptions": 2,
     "Pool2DOptions": 5,
     "FullyConnectedOptions": 8,
+    "ConcatenationOptions": 10,
     "SoftmaxOptions": 9,
     "AddOptions": 11,
     "ReshapeOptions": 17,
     "PadOptions": 22,
+    "GatherOptions": 23,
+    "CastOptions": 37,
     "PadV2Options": 43,
     "QuantizeOptions": 89,
 }
@@ -371,6 +384,9 @@ _OPTION_FIELDS: dict[str, dict[str, tuple[int, str]]] = {
     "SoftmaxOptions": {"beta": (0, "f32")},
     "AddOptions": {"activation": (0, "i8")},
     "ReshapeOptions": {"new_shape": (0, "i32s")},
+    "ConcatenationOptions": {"axis": (0, "i32"), "activation": (1, "i8")},
+    "GatherOptions": {"axis": (0, "i32"), "batch_dims": (1, "i32")},
+    "CastOptions": {"in_data_type": (0, "i8"), "out_data_type": (1, "i8")},
     "PadOptions": {},
     "PadV2Options": {},
     "QuantizeOptions": {},
@@ -427,6 +443,7 @@ class _Exporter:
             "Add": self.add,
             "Reshape": self.reshape,
             "Softmax": self.softmax,
+            "Gather": self.gather,
         }
         self.m.inputs = [self.act(g.input)]
         for op in g.ops:
@@ -637,6 +654,61 @@ class _Exporter:
             [self.act(op.output)],
             ("ReshapeOptions", {"new_shape": new_shape}),
         )
+
+    def gather(self, op: Any) -> None:
+        """A channel split / concatenation / shuffle: each input requantized to the output's
+        quantization (:meth:`_lookup`; copied where it already has it), the inputs
+        concatenated along the channels, and the output channels picked by a GATHER."""
+        t_out = self.g.tensors[op.output]
+        axis = len(t_out.shape)  # the channels: last axis of the batch-1 TFLite shape
+        in_c = [self.g.tensors[name].shape[-1] for name in op.inputs]
+        offset = np.cumsum([0, *in_c[:-1]])
+        index = np.empty(t_out.shape[-1], np.int32)
+        for k, i0, istep, o0, ostep, n in op.runs.tolist():
+            index[o0 + ostep * np.arange(n)] = offset[k] + i0 + istep * np.arange(n)
+        identity = len(index) == sum(in_c) and bool((index == np.arange(len(index))).all())
+        out = self.act(op.output)
+        last = identity and (len(op.inputs) > 1 or op.tables[0] is not None)
+        parts = [
+            self.act(name)
+            if table is None
+            else self._lookup(op, k, table, out if last and len(op.inputs) == 1 else None)
+            for k, (name, table) in enumerate(zip(op.inputs, op.tables, strict=True))
+        ]
+        if len(parts) == 1:
+            src = parts[0]
+        else:
+            src = (
+                out
+                if identity
+                else self.act(f"{op.name}/concat", (*t_out.shape[:-1], sum(in_c)), t_out.scale, t_out.zero_point)
+            )
+            self.m.op("CONCATENATION", parts, [src], ("ConcatenationOptions", {"axis": axis, "activation": 0}))
+        if last:
+            return
+        idx = self.m.tensor(f"{op.name}/channels", (len(index),), _INT32, data=index)
+        self.m.op("GATHER", [src, idx], [out], ("GatherOptions", {"axis": axis, "batch_dims": 0}))
+
+    def _lookup(self, op: Any, k: int, table: np.ndarray, out: int | None) -> int:
+        """Input ``k`` through its 256-entry table of output codes, exactly as our kernel:
+        CAST to int32, ADD 128, GATHER from the table (TFLite has no int8 lookup op, and its
+        int8 QUANTIZE rounds by its own multiplier)."""
+        t_in, t_out = self.g.tensors[op.inputs[k]], self.g.tensors[op.output]
+        shape = _shape(t_in.shape)
+        wide = self.m.tensor(f"{op.name}/in{k}/int32", shape, _INT32)
+        self.m.op(
+            "CAST", [self.act(op.inputs[k])], [wide], ("CastOptions", {"in_data_type": _INT8, "out_data_type": _INT32})
+        )
+        bias = self.m.tensor(f"{op.name}/in{k}/128", (), _INT32, data=np.array(128, np.int32))
+        codes = self.m.tensor(f"{op.name}/in{k}/codes", shape, _INT32)
+        self.m.op("ADD", [wide, bias], [codes], ("AddOptions", {"activation": 0}))
+        lut = self.m.tensor(
+            f"{op.name}/in{k}/table", (256,), _INT8, t_out.scale, t_out.zero_point, data=np.asarray(table, np.int8)
+        )
+        if out is None:
+            out = self.act(f"{op.name}/in{k}", t_in.shape, t_out.scale, t_out.zero_point)
+        self.m.op("GATHER", [lut, codes], [out], ("GatherOptions", {"axis": 0, "batch_dims": 0}))
+        return out
 
     def softmax(self, op: Any) -> None:
         t_out = self.g.tensors[op.output]

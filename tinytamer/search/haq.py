@@ -206,6 +206,11 @@ def _train_steps(model: nn.Module, loader: Iterable[Any], iters: int, lr: float)
     while done < iters:
         for x, y in loader:
             loss = nn.functional.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):  # a silent NaN model scores as one class, not as an error
+                raise CompressError(
+                    f"haq fine-tune: the loss is {float(loss.detach())} at step {done + 1} of {iters} (lr {lr:g}); "
+                    "lower the fine-tune learning rate"
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -243,7 +248,11 @@ def quantize_policy(
     kmeans_sel = sel.model_copy(update={"overrides": {k: {"bits": v["bits"]} for k, v in sel.overrides.items()}})
     share.kmeans(shared, select=kmeans_sel, seed=seed)
     _train_steps(shared, train_loader, finetune_iters, finetune_lr)
-    return share.finalize(shared).eval()
+    final = share.finalize(shared).eval()
+    bad = [n for n, t in final.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CompressError(f"haq: k-means sharing left non-finite values in {', '.join(bad)}")
+    return final
 
 
 # ----------------------------------------------------------------------------- resources

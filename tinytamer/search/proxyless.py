@@ -24,7 +24,13 @@ whose choices are :class:`~tinytamer.search.space.OpChoice` mixed edges:
    (:meth:`~tinytamer.search.budget.ArchCost.per_choice`); the loss is either
    ``CE x a (log E[LAT] / log T)^b`` (``mul``, a = 0.2, b = 0.3) or
    ``CE + lambda (E[LAT] - T) / T`` (``add``, lambda = 0.1), T the latency target.
-5. **Derive** the most likely path (argmax alpha per edge); the caller retrains it.
+5. **Derive** the most likely path (argmax alpha per edge); the caller retrains it.  The
+   loss steers only the latency entry, so :func:`derive_within` makes the step budget-aware
+   (our addition, not the paper's): the derived path is the most probable one (largest sum
+   of log p over the edges) whose cost predicted from the table fits *every* budget entry
+   (SRAM and flash included), searched among the ``width`` most probable paths
+   (:data:`BEAM_WIDTH` by default).  When the argmax path fits it is the one derived, as in
+   the paper.
 
 The search state (weights, alphas, both optimizers, the step, the REINFORCE baseline) is
 saved every ``checkpoint_every`` steps and at the end; a search started again with the same
@@ -34,7 +40,7 @@ file resumes from it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +51,7 @@ from torch import Tensor
 
 from tinytamer.errors import CorruptFileError, TamerError
 from tinytamer.fileio import atomic_path
+from tinytamer.search.budget import Budget
 from tinytamer.search.space import Arch, OpChoice, Supernet
 
 LossForm = Literal["mul", "add"]
@@ -93,6 +100,78 @@ class ProxylessResult:
     probs: list[list[float]]
     expected_latency: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+BEAM_WIDTH = 32  # paths priced by derive_within: each costs one prediction from the table
+
+
+def top_paths(logp: Sequence[Sequence[float]], width: int) -> list[tuple[float, Arch]]:
+    """The ``width`` most probable paths, most probable first, as (sum of log p, path).
+
+    A beam over the edges keeping the ``width`` best prefixes.  It is exact: the edges'
+    log-probabilities add independently, so a prefix of one of the ``width`` best paths is
+    one of the ``width`` best prefixes.  Ties go to the lower option index, as argmax does.
+    """
+    if width < 1:
+        raise ProxylessError(f"proxylessnas: the beam width must be at least 1, got {width}")
+    beam: list[tuple[float, Arch]] = [(0.0, ())]
+    for edge in logp:
+        grown = [(score + float(lp), (*path, i)) for score, path in beam for i, lp in enumerate(edge)]
+        beam = sorted(grown, key=lambda c: (-c[0], c[1]))[:width]
+    return beam
+
+
+@dataclass
+class Derived:
+    """The derived path, the argmax path, and why the argmax path was replaced (its
+    predicted budget violations, empty when it fits and is the one derived)."""
+
+    arch: Arch
+    argmax: Arch
+    argmax_violations: list[str]
+    priced: int
+
+
+def derive_within(
+    alphas: Sequence[Sequence[float]],
+    cost: Callable[[Arch], Mapping[str, float]],
+    budget: Budget,
+    *,
+    width: int = BEAM_WIDTH,
+) -> Derived:
+    """The most probable path whose predicted ``cost`` fits every entry of ``budget``,
+    among the ``width`` most probable (:func:`top_paths`); ProxylessError naming each
+    entry and the smallest predicted value found when none of them fits."""
+    logp = [F.log_softmax(torch.as_tensor(a, dtype=torch.float64), 0).tolist() for a in alphas]
+    paths = [path for _, path in top_paths(logp, width)]
+    argmax = paths[0]
+    smallest: dict[str, float] = {}
+    first: list[str] = []
+    for n, path in enumerate(paths, 1):
+        got = cost(path)
+        missing = [m for m in budget.limits if m not in got]
+        if missing:
+            raise ProxylessError(f"proxylessnas: the cost model does not predict {', '.join(missing)}")
+        over = budget.violations(got)
+        if n == 1:
+            first = over
+        if not over:
+            return Derived(path, argmax, first, n)
+        for m in budget.limits:
+            smallest[m] = min(smallest.get(m, math.inf), float(got[m]))
+    worst = [
+        f"{m} smallest predicted {smallest[m]:g} > limit {v:g}" for m, v in budget.limits.items() if smallest[m] > v
+    ]
+    why = (
+        "; ".join(worst)
+        or "no one of them meets all entries at once (smallest predicted: "
+        + ", ".join(f"{m} {smallest[m]:g} <= {v:g}" for m, v in budget.limits.items())
+        + ")"
+    )
+    raise ProxylessError(
+        f"proxylessnas: none of the {len(paths)} most probable architectures fits the budget "
+        f"{budget.to_dict()}: {why} (raise the limit, or widen the beam)"
+    )
 
 
 def _cycle(loader: Iterable[Any]) -> Iterator[Any]:

@@ -49,6 +49,9 @@ class LowRankParams(StageParams):
         description="channel (Zhang et al.: k x k conv then 1x1) or spatial (Jaderberg et al. 2014: "
         "k x 1 then 1 x k, fitted to the weights); per layer: select.overrides {scheme: spatial}",
     )
+    keep_bn: bool = Field(
+        True, description="keep a decomposed conv's BatchNorm after the pair (false: fold it in and drop it)"
+    )
     select: Selector | None = Field(None, description="layers to approximate (default: every conv / linear)")
     calib_batches: int = Field(8, ge=1, description="training batches used as calibration data")
     samples_per_batch: int = Field(512, ge=1, description="response positions sampled per batch")
@@ -73,6 +76,7 @@ def lowrank_stage(model: nn.Module, ctx: Context, p: LowRankParams) -> nn.Module
         iters=p.iters,
         seed=ctx.seed,
         scheme=p.scheme,
+        keep_bn=p.keep_bn,
     )
     approx = result.model
     extra: dict[str, Any] = {}

@@ -16,8 +16,14 @@ likely path, retrains it from scratch and measures it on the target.
 
 F(op) in E[LAT] is each candidate's share of ``metric`` from the cost table measured on the
 target (:meth:`tinytamer.search.budget.ArchCost.per_choice`).  Only that metric steers the
-search (as in the paper); the other budget entries (SRAM, flash) are measured and reported
-(``within_budget``, ``violations``), not enforced.  The stage's input model is not used.
+loss (as in the paper); the whole budget is enforced when the path is derived: the network
+is the most probable path whose *predicted* cost fits every entry (SRAM and flash included),
+among the ``beam_width`` most probable (:func:`tinytamer.search.proxyless.derive_within`).
+When the argmax path is over budget the record says so (``argmax_arch_indices``,
+``argmax_violations``), and when no path in the beam fits the stage fails naming the entry.
+The retrained network is then measured on the target; a measured violation is recorded
+(``within_budget``, ``violations``) and printed as a warning.  The stage's input model is
+not used.
 ``search.pt`` (weights, alphas, optimizers, step) makes an interrupted stage resume.
 """
 
@@ -30,6 +36,7 @@ from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from tinytamer.deploy import console_echo
 from tinytamer.errors import RecipeError
 from tinytamer.fileio import write_atomic
 from tinytamer.recipe import Context, register_stage
@@ -58,6 +65,11 @@ class ProxylessParams(SearchParams):
     lr: float = Field(0.05, gt=0, description="weight learning rate (SGD, Nesterov momentum 0.9)")
     arch_lr: float = Field(6e-3, gt=0, description="architecture learning rate (Adam, betas 0 and 0.999)")
     checkpoint_every: int = Field(100, ge=1, description="save the search state every N steps")
+    beam_width: int = Field(
+        proxyless.BEAM_WIDTH,
+        ge=1,
+        description="derive: the most probable paths searched for one whose predicted cost fits the budget",
+    )
 
 
 @register_stage("proxylessnas", ProxylessParams, help="ProxylessNAS search with the target's latency, Cai et al. 2019")
@@ -116,7 +128,18 @@ def proxylessnas_stage(model: nn.Module, ctx: Context, p: ProxylessParams) -> nn
         )
         + "\n",
     )
-    found, fields = finish(ctx, p, net, result.arch, costs)
+    derived = proxyless.derive_within(result.alphas, costs, budget, width=p.beam_width)
+    if derived.argmax_violations:
+        console_echo(
+            f"proxylessnas: the most likely path {list(derived.argmax)} is over budget on predicted cost "
+            f"({'; '.join(derived.argmax_violations)}); derived {list(derived.arch)}, the most likely one that fits"
+        )
+    found, fields = finish(ctx, p, net, derived.arch, costs)
+    if fields["violations"]:
+        console_echo(
+            f"WARNING proxylessnas: the retrained network is over budget on {p.target} as measured: "
+            f"{'; '.join(fields['violations'])}"
+        )
     ctx.log(
         ctx.record(
             ProxylessRecord,
@@ -129,6 +152,8 @@ def proxylessnas_stage(model: nn.Module, ctx: Context, p: ProxylessParams) -> nn
             latency_target=budget.limits[metric],
             expected_latency=result.expected_latency,
             gradient=p.gradient,
+            argmax_arch_indices=list(derived.argmax),
+            argmax_violations=derived.argmax_violations,
         )
     )
     return found
