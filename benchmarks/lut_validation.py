@@ -7,10 +7,13 @@ against the same figures measured, on random configurations never measured whole
 
 **cortex-m4** (the emulated core is deterministic: anything short of the goal is a bug).  A
 table over the bit space of a small CNN (``cost.space_configs(..., "bits")``: weights at
-2-8 bits, activations at 8 and 4 bits: fourteen builds), then N random mixed-precision
-configurations (weight and activation bits per layer, uniform in 2-8), each predicted from
-the table and measured on the emulated core under the board's memory profile.  Goal:
-estimated cycles 100% within +-2%.  Instructions, flash and SRAM are reported beside them.
+2-8 bits, activations at 8 and 4 bits: fourteen builds, plus the mixed builds that hold the
+keys those miss: a layer's requantization paths move with its input's activation bits),
+then N random mixed-precision configurations (weight and activation bits per layer, uniform
+in 2-8), each predicted from the table and measured on the emulated core under the board's
+memory profile.  Goal: estimated cycles 100% within +-2%; instructions and flash are
+expected exact (``exact``: the share predicted to the instruction / byte), SRAM is reported
+beside them.
 
 **onnxruntime** (fp32, one thread).  Bit widths do not move ONNX Runtime's latency (it runs
 every layer at one precision), so its configurations are architectures: a stem and three
@@ -21,14 +24,18 @@ from models other than those validated.  Each configuration's latency is the med
 ``--rounds`` rounds, each the fastest of 50 runs.  Goal: >= 95% within +-10%, Spearman's
 rank correlation >= 0.95.  The machine's noise is reported beside it: one configuration
 measured ``--noise`` times (the share of those measurements within +-10% of their median),
-and every configuration's spread across its rounds.  The prediction without the per-run
-overhead correction (the sum of the single-op models' times) is reported for comparison.
+and every configuration's spread across its rounds.  Two predictions are reported for
+comparison: without the per-run overhead correction (the sum of the single-op models'
+times), and with the ONNX Runtime layout reorders left in each entry
+(``latency_edges_kept``: single-op times net of the run's fixed cost, whole = a + b x their
+sum fitted on the cover models: the table's model before the reorders were separated).
 ``--space mbconv`` draws the configurations from the ProxylessNAS MBConv space of
 :mod:`tinytamer.search.spaces` instead (derived subnets: depthwise convolutions, ReLU6,
 residual adds).
 
-Duration on 2 idle cores (estimated from runs on a loaded machine): cortex-m4 about 20 min
-(fourteen builds, then about 5 s a configuration); onnxruntime about 15 min (about 70
+Duration on 2 idle cores (estimated from runs on a loaded machine): cortex-m4 about 25 min
+(fourteen builds and the mixed ones, their keys found by about 300 quantizations, then about
+5 s a configuration); onnxruntime about 15 min (about 70
 single-op models and 27 cover models, then about 3 s a configuration); ``--quick`` about 5
 min.  Timings on a loaded machine are flagged by ``save`` (clean=false): rerun them.
 """
@@ -44,6 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.progress import track
 from scipy.stats import spearmanr
@@ -55,10 +63,11 @@ from tinytamer.search import cost
 
 
 def score(pred: list[float], meas: list[float]) -> dict[str, float]:
-    """Share within +-2% / +-10%, the largest relative error, Spearman's rank correlation."""
+    """Share exact / within +-2% / +-10%, the largest relative error, Spearman's rank correlation."""
     err = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
     rho = spearmanr(pred, meas).statistic if len(set(meas)) > 1 else float("nan")
     return {
+        "exact": sum(p == m for p, m in zip(pred, meas, strict=True)) / len(err),
         "within_2pct": sum(e <= 0.02 for e in err) / len(err),
         "within_10pct": sum(e <= 0.10 for e in err) / len(err),
         "max_rel_err": max(err),
@@ -182,6 +191,12 @@ def time_rounds(tgt: Any, model: nn.Module, example: torch.Tensor, work: Path, r
     ]
 
 
+def edges_kept(table: cost.CostTable, keys: list[str]) -> float:
+    """The sum of these layers' entries with the layout reorders at their edges left in
+    (their single-op times net of the run's fixed cost only: the table before reorders)."""
+    return sum(sum(v for k, v in table.entries[key].items() if k.endswith("_ms")) for key in keys)
+
+
 def ort_part(n: int, seed: int, work: Path, quick: bool, rounds: int, noise_n: int, space_name: str) -> dict[str, Any]:
     from tinytamer.targets.base import get_target
 
@@ -199,6 +214,11 @@ def ort_part(n: int, seed: int, work: Path, quick: bool, rounds: int, noise_n: i
         [(f"cover{i}", lambda c=c: make(c)) for i, c in enumerate(covering)], "onnxruntime", path, example=example
     )
     build_s = time.time() - t0
+    # For comparison, the table before layout reorders were separated: entries with their
+    # edges left in, whole = a + b x their sum fitted over the same cover models.
+    xs = [edges_kept(table, [k for *_, k in cost.host_layers(make(c), example)]) for c in covering]
+    whole = {r["model"]: r["latency_ms"] + r["layers_latency_ms"] for r in table.overheads}
+    b, a = np.polyfit(xs, [whole[f"cover{i}"] for i in range(len(covering))], 1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for j, c in enumerate(track(picked, description="onnxruntime configurations")):
@@ -211,6 +231,7 @@ def ort_part(n: int, seed: int, work: Path, quick: bool, rounds: int, noise_n: i
                     "config": c,
                     "predicted_ms": pred.total["latency_ms"],
                     "uncorrected_sum_ms": raw,
+                    "edges_kept_ms": a + b * edges_kept(table, [la.key for la in pred.layers]),
                     "measured_ms": statistics.median(got),
                     "rounds_ms": got,
                 }
@@ -231,10 +252,13 @@ def ort_part(n: int, seed: int, work: Path, quick: bool, rounds: int, noise_n: i
         "table_layers": len(table.entries),
         "per_run_overhead_ms": table.per_run_overhead["latency_ms"],
         "per_model_overhead_ms": [r["latency_ms"] for r in table.overheads],
+        "per_model_reorders_ms": [r["boundary_ms"] for r in table.overheads],
+        "edges_kept_line": {"a_ms": float(a), "b": float(b)},
         "build_s": build_s,
         "summary": {
             "latency": score([r["predicted_ms"] for r in rows], meas),
             "latency_without_correction": score([r["uncorrected_sum_ms"] for r in rows], meas),
+            "latency_edges_kept": score([r["edges_kept_ms"] for r in rows], meas),
         },
         "noise": {
             "config": picked[0],
@@ -277,7 +301,7 @@ def main() -> None:
         r = ort_part(args.n, args.seed, work, args.quick, args.rounds, args.noise, args.space)
         r["seconds"] = time.time() - t0
         print("onnxruntime:", r["summary"], "noise:", {k: v for k, v in r["noise"].items() if k != "measurements_ms"})
-        save(f"lut_validation_onnxruntime_{args.space}" + suffix, r)
+        save(f"lut_validation_onnxruntime_{args.space}" + suffix, r, quick=args.quick)
 
 
 if __name__ == "__main__":
