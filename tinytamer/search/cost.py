@@ -679,9 +679,13 @@ def _attribute_flash(elf: Path, owner: dict[int, int]) -> _FlashMap:
     for p in pieces:
         sec, obj = p.name.split("@")
         layer_fn = re.fullmatch(r"\.text\.tt_layer_(\d+)", sec)
-        if obj != model_obj or (sec.startswith(".text.") and not layer_fn):
-            continue  # code outside the layers (tt_model_run): the call graph places it
-        m = layer_fn or re.fullmatch(r"\.rodata\.([a-z]+)(\d+)", sec)
+        if obj != model_obj or (sec.startswith(".text.") and not layer_fn) or sec == ".rodata":
+            # Code outside the layers (tt_model_run), and the compiler's unnamed constants
+            # (literal tables a function refers to): the call graph places them.
+            continue
+        # A constant is named by its kind, its op's index and, for a Gather's per-input
+        # tables, the input (``gt<i>_<k>``).
+        m = layer_fn or re.fullmatch(r"\.rodata\.([a-z]+)(\d+)(?:_\d+)?", sec)
         index = int(m.group(m.lastindex)) if m else None
         if index is None or index not in owner:
             raise TamerError(f"cost table: the generated model's section '{sec}' belongs to no layer")
@@ -931,7 +935,7 @@ def measure_host(
     target: Any,
     workdir: str | Path,
     only: set[str] | None = None,
-    repeats: int = 50,
+    repeats: int = 200,
     progress: Callable[[str], None] | None = None,
     per_run: float = 0.0,
 ) -> Measured:
