@@ -113,6 +113,14 @@ def load_record(threads: int | list[int] | None) -> dict[str, Any]:
     }
 
 
+def _command() -> str:
+    """The command line, its script named relative to the repository (``python -m`` gives an absolute path)."""
+    script = Path(sys.argv[0])
+    if script.is_absolute() and script.resolve().is_relative_to(REPO):
+        script = script.resolve().relative_to(REPO)
+    return " ".join([str(script), *sys.argv[1:]])
+
+
 def save(name: str, result: dict[str, Any], threads: int | list[int] | None = None, quick: bool = False) -> Path:
     """Write ``benchmarks/results/<name>.json`` atomically (one run: it replaces the file),
     with the machine and the load described.  ``threads``: what the run timed with (default:
@@ -122,7 +130,7 @@ def save(name: str, result: dict[str, Any], threads: int | list[int] | None = No
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{name}.json"
     load = load_record(threads if threads is not None else result.get("threads"))
-    payload = {"benchmark": name, "machine": machine(), "command": " ".join(sys.argv), **load, **result}
+    payload = {"benchmark": name, "machine": machine(), "command": _command(), **load, **result}
     write_atomic(out, json.dumps(payload, indent=2, default=float) + "\n")
     print(f"wrote {out.relative_to(REPO)}")
     if load["loaded"]:

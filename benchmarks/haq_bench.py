@@ -58,7 +58,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from benchmarks._common import WORK, save, shared_data  # noqa: E402
+from benchmarks._common import REPO, WORK, save, shared_data  # noqa: E402
 from tinytamer.checkpoint import load_checkpoint  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
 from tinytamer.errors import CompressError  # noqa: E402
@@ -87,13 +87,21 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     calib = [x for (x, _), _ in zip(train_loader, range(4), strict=False)]
     return {
         "model": model,
-        "baseline": str(path),
+        "baseline": _shown(path),
         "train": train_loader,
         "val": make_loader(val, 500, shuffle=False),
         "test": make_loader(test, 500, shuffle=False),
         "calib": calib,
         "layers": haq.layer_infos(model, calib[0]),
     }
+
+
+def _shown(path: Path) -> str:
+    """The checkpoint's path as a result records it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def top1(model: nn.Module, loader: Any) -> float:
