@@ -143,6 +143,7 @@ def run_haq(
             quantizer=quantizer,
             finetune_iters=args.finetune_iters,
             seed=seed,
+            search_acts=args.search_acts or None,
         )
         search_s = time.time() - t0
         acc = final(s, result.bits, quantizer, seed, args.final_iters)
@@ -255,6 +256,11 @@ def main() -> None:
     ap.add_argument("--val", type=int, help="validation samples carved from the training set")
     ap.add_argument("--test-limit", type=int, help="score the first N test samples only")
     ap.add_argument("--cycle-ratio", type=float, default=1.0, help="cycle budget: this x the int8 model's")
+    ap.add_argument(
+        "--search-acts",
+        action="store_true",
+        help="search activation bits too (default: held at 8, as no resource here prices them)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 3 episodes, short fine-tunes")
     args = ap.parse_args()

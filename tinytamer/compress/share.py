@@ -200,6 +200,12 @@ def codebook(module: nn.Module) -> nn.Parameter:
     return module.parametrizations.weight.original
 
 
+def cluster_sizes(module: nn.Module) -> Tensor:
+    """How many (unpruned) weights each centroid of a shared layer stands for."""
+    shared = module.parametrizations.weight[0]
+    return torch.bincount(shared.index[shared.mask], minlength=codebook(module).numel())
+
+
 def finalize(model: nn.Module) -> nn.Module:
     """Bake shared weights into plain parameters holding the centroid values (in place).
 

@@ -45,10 +45,11 @@ ONNX Runtime latency is not offered: its int8 kernels run every layer at 8 bits,
 latency does not respond to a bit policy.
 
 Activation bits change no flash or file size (the micro kernels keep int8 activations), so
-the budget wall lowers weight bits only, and activation bits are chosen for accuracy alone.
-They move cycles a little: below 8 bits a convolution clamps its output on a slower path
-(about 8% more instructions on a 3x3 convolution), which :func:`micro_cycles`, measured at
-8-bit activations, does not count (an under-estimate for such policies).
+the budget wall lowers weight bits only, and :func:`search` holds activations at 8 bits
+unless asked to search them (``search_acts``) or the resource prices them.  They move
+cycles a little: below 8 bits a convolution clamps its output on a slower path (about 8%
+more instructions on a 3x3 convolution), which :func:`micro_cycles`, measured at 8-bit
+activations, does not count (an under-estimate for policies that search them).
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ def quantize_policy(
 ) -> nn.Module:
     """``model`` quantized with the policy and fine-tuned (the input model is untouched):
     linear quantization (``compress.int8``, weights and activations, a converted GraphModule)
-    or k-means weight sharing (``compress.share``, weights only, finalized)."""
+    or k-means weight sharing (``compress.share``, weights only, centroids fine-tuned with
+    their cluster's mean gradient as HAQ's code does: :func:`mean_cluster_gradients`, finalized)."""
     from tinytamer.compress import int8, share
 
     torch.manual_seed(seed)
@@ -247,12 +249,29 @@ def quantize_policy(
     shared = copy.deepcopy(model)
     kmeans_sel = sel.model_copy(update={"overrides": {k: {"bits": v["bits"]} for k, v in sel.overrides.items()}})
     share.kmeans(shared, select=kmeans_sel, seed=seed)
+    mean_cluster_gradients(shared)
     _train_steps(shared, train_loader, finetune_iters, finetune_lr)
     final = share.finalize(shared).eval()
     bad = [n for n, t in final.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise CompressError(f"haq: k-means sharing left non-finite values in {', '.join(bad)}")
     return final
+
+
+def mean_cluster_gradients(model: nn.Module) -> None:
+    """Make each k-means centroid of ``model`` move by its cluster's *mean* weight gradient.
+
+    HAQ's released code fine-tunes a shared layer by an SGD step on every weight followed by
+    each cluster's mean (``kmeans_update_model``); with momentum and weight decay both linear,
+    that is SGD on the centroid with the cluster's mean gradient.  Deep Compression's eq. 3
+    (:mod:`tinytamer.compress.share`) sums the gradients instead: at 2 bits a LeNet-5 cluster
+    holds about 10^5 weights, and a step of 1e-3 on their sum diverges within a few steps.
+    """
+    from tinytamer.compress import share
+
+    for module in share.shared_layers(model).values():
+        sizes = share.cluster_sizes(module).clamp(min=1).to(share.codebook(module).dtype)
+        share.codebook(module).register_hook(lambda grad, sizes=sizes: grad / sizes)
 
 
 # ----------------------------------------------------------------------------- resources
@@ -497,9 +516,14 @@ def search(
     seed: int = 0,
     executor: Any = None,
     on_episode: Callable[[Episode], None] | None = None,
+    search_acts: bool | None = None,
 ) -> HaqResult:
     """Search per-layer bits under ``resource(bits) <= target`` for the best ``evaluate``
-    (validation accuracy) after a short fine-tune.  ``executor`` (a
+    (validation accuracy) after a short fine-tune.  Activation bits are searched when
+    ``search_acts`` says so; by default only where the resource prices them
+    (``resource.uses_act_bits``), else they stay at 8 bits, as in the paper's model-size
+    experiments, which quantize weights alone: bits that buy nothing on the budget can only
+    cost accuracy.  K-means sharing quantizes weights only.  ``executor`` (a
     :mod:`tinytamer.search.executor` executor) runs the candidate evaluations; None runs
     them here.  DDPG learns from one episode before the next, so candidates run one at a
     time either way."""
@@ -510,7 +534,9 @@ def search(
             f"haq: the {resource.name} budget of {target:g} {resource.unit} "
             f"cannot be met: {resource(lowest):g} at {MIN_BITS} bits everywhere"
         )
-    with_acts = quantizer == "linear"
+    if search_acts and quantizer != "linear":
+        raise CompressError("haq: search_acts needs the linear quantizer (k-means sharing quantizes weights only)")
+    with_acts = quantizer == "linear" and (resource.uses_act_bits if search_acts is None else search_acts)
     obs = observations(layers, with_acts)
     agent = DDPG(N_FEATURES, len(layers), seed, warmup=warmup)
     fp_accuracy = evaluate(model)

@@ -54,6 +54,11 @@ class HaqParams(StageParams):
     val_batches: int | None = Field(None, ge=1, description="validation batches scored per episode (default: all)")
     calib_batches: int = Field(8, ge=1, description="training batches to calibrate on")
     select: Selector | None = Field(None, description="layers searched (default: every conv / linear)")
+    search_acts: bool | None = Field(
+        None,
+        description="search activation bits too (default: only where the resource prices them; "
+        "none of flash, weight_flash, cycles, file_bytes does, so activations stay at 8 bits)",
+    )
 
 
 @register_stage("haq", HaqParams, help="HAQ mixed-precision search (DDPG, hardware in the loop), Wang et al. 2019")
@@ -107,6 +112,7 @@ def haq_stage(model: nn.Module, ctx: Context, p: HaqParams) -> nn.Module:
             select=p.select,
             seed=ctx.seed,
             on_episode=tick,
+            search_acts=p.search_acts,
         )
     qmodel = haq.quantize_policy(
         model,
