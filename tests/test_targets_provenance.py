@@ -182,3 +182,10 @@ def test_openvino_loader_does_not_import_torch():
     code = "import sys, tinytamer.targets.openvino; print('torch' in sys.modules, 'pydantic' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_a_measuring_child_that_hangs_is_stopped_with_a_named_error():
+    # The loader is called as loader(threads, **args): time.sleep(30) outlives the timeout.
+    spec = {"loader": "time:sleep", "args": {}}
+    with pytest.raises(TamerError, match=r"'time:sleep' .* did not finish within 1 s"):
+        base.run_probe(spec, [(1, 2)], ["float32"], 30, 1, 0, timeout_s=1.0)

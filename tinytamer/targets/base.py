@@ -420,13 +420,21 @@ def run_probe(
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
-        proc = subprocess.run(
-            [sys.executable, "-m", "tinytamer.targets._probe", str(job_file)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout_s,
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "tinytamer.targets._probe", str(job_file)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            # Seen with TVM when the core its thread pool pinned a worker to was saturated.
+            raise TamerError(
+                f"measuring '{spec['loader']}' in a child process did not finish within {timeout_s:g} s "
+                f"(pinned to cores {job['cpus']}); the child was stopped. Rerun on a less loaded machine, "
+                "or measure in process (isolate=False)"
+            ) from None
     if proc.returncode != 0:
         raise TamerError(
             f"measuring '{spec['loader']}' in a child process failed "
