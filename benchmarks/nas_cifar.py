@@ -60,6 +60,9 @@ a found MBConv network 0.3 s.  Estimates (not timings): ``baseline`` 846 steps x
 architectures (about 2 min, once) = 48 min; ``random-*`` retraining + deployment 6 min;
 ``proxyless-*`` 300 warm-up steps x 0.35 s + 1,200 x 0.95 s = 21 min, retraining +
 deployment 7 min, 7 covering architectures about 4 min = 32 min.
+Measured (wall clock, one core shared with a second benchmark, 1 thread): ``baseline`` 5 min,
+``spos-1x`` 80 min for 3 seeds (about 27 min a seed), ``random-1x`` 12 min; ``proxyless-1x``
+took over 45 min.  So ``spos-*`` takes longer than an hour on a busy core.
 """
 
 from __future__ import annotations
