@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -115,31 +116,8 @@ def test_two_episodes_on_digits_meet_the_budget_every_episode(digits_data, democ
     flash = haq.weight_flash(democnn, layers)
     target = 0.5 * flash([haq.LayerBits(8, 8)] * 3)
     seen = []
-    # Candidates go through the search executor (in process here).
-    with make_executor("local", progress=False) as ex:
-        result = haq.search(
-            democnn,
-            layers,
-            flash,
-            target,
-            evaluate=lambda m: evaluate(m, val)["accuracy"],
-            calib=[x[:32]],
-            train_loader=train,
-            episodes=2,
-            warmup=1,
-            finetune_iters=2,
-            seed=0,
-            executor=ex,
-            on_episode=seen.append,
-        )
-    assert len(result.history) == len(seen) == 2
-    assert all(e.resource <= target for e in result.history)
-    assert result.resource <= target and set(result.policy()) == {L.name for L in layers}
-    assert result.reward == pytest.approx(0.1 * (result.accuracy - result.fp_accuracy))
-    assert all(2 <= b.w <= 8 for b in result.bits)
-    # Flash does not price activation bits: they stay at 8 unless asked for.
-    assert all(b.a == 8 for e in result.history for b in e.bits)
-    asked = haq.search(
+    search = functools.partial(
+        haq.search,
         democnn,
         layers,
         flash,
@@ -147,25 +125,22 @@ def test_two_episodes_on_digits_meet_the_budget_every_episode(digits_data, democ
         evaluate=lambda m: evaluate(m, val)["accuracy"],
         calib=[x[:32]],
         train_loader=train,
-        episodes=1,
         warmup=1,
         seed=0,
-        search_acts=True,
     )
-    assert any(b.a < 8 for b in asked.bits)
+    # Candidates go through the search executor (in process here).
+    with make_executor("local", progress=False) as ex:
+        result = search(episodes=2, finetune_iters=2, executor=ex, on_episode=seen.append)
+    assert len(result.history) == len(seen) == 2
+    assert all(e.resource <= target for e in result.history)
+    assert result.resource <= target and set(result.policy()) == {L.name for L in layers}
+    assert result.reward == pytest.approx(0.1 * (result.accuracy - result.fp_accuracy))
+    assert all(2 <= b.w <= 8 for b in result.bits)
+    # Flash does not price activation bits: they stay at 8 unless asked for.
+    assert all(b.a == 8 for e in result.history for b in e.bits)
+    assert any(b.a < 8 for b in search(episodes=1, search_acts=True).bits)
     with pytest.raises(CompressError, match="search_acts needs the linear quantizer"):
-        haq.search(
-            democnn,
-            layers,
-            flash,
-            target,
-            evaluate=lambda m: 0.0,
-            calib=[x[:32]],
-            train_loader=train,
-            episodes=1,
-            quantizer="kmeans",
-            search_acts=True,
-        )
+        search(episodes=1, quantizer="kmeans", search_acts=True)
 
 
 def test_kmeans_centroids_move_by_their_clusters_mean_gradient() -> None:
