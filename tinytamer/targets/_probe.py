@@ -35,6 +35,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
+def _thread_cpus() -> list[int] | None:
+    """Every core any thread of this process may run on (runtimes may re-pin their workers)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = set(os.sched_getaffinity(0))
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return sorted(cores)
+    for tid in tids:
+        try:
+            cores |= os.sched_getaffinity(tid)
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(cores)
+
+
 def main(job_file: str) -> None:
     job = read_json(job_file, "probe job")
     pinned = job.get("cpus")
@@ -55,11 +72,17 @@ def main(job_file: str) -> None:
         "peak_rss_mb": _peak_rss_mb(),
         "baseline_rss_mb": baseline,
         "cpus": cpus,
-        "cpus_pinned": sorted(os.sched_getaffinity(0)) if pinned and hasattr(os, "sched_getaffinity") else None,
+        "cpus_pinned": sorted(pinned) if pinned and hasattr(os, "sched_getaffinity") else None,
+        "thread_cpus": _thread_cpus(),
         "versions": runtime_versions(),
     }
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Leave without running exit handlers: at exit TVM's thread-pool destructor joins a
+    # worker that, on a loaded machine, can spin in sched_yield for ever (seen: the result
+    # printed, then the child hung in ~ThreadGroup until its timeout).  Nothing is left to
+    # clean up here; the parent owns the job's folder.
+    os._exit(0)

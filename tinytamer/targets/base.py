@@ -62,11 +62,13 @@ class Cost:
 
     A timed Cost also says what made it: ``host`` (the CPU model, its vector and int8
     extensions, its core count: :func:`host_description`), ``cpus_pinned`` (the cores the
-    timing process was pinned to), ``runtime_versions`` (torch and every runtime that
-    process had loaded), the 1-minute load average before and after the timing, and
-    ``loaded``: true when either exceeded ``threads``, so other work competed for the
-    cores and the figure is not a clean one.  ``statistic`` says how the latency figures
-    were formed (one round, or several combined by :func:`combine_rounds`).
+    timing process was pinned to; ``extra["thread_cpus"]``: those any of its threads could
+    use after the timing, which a runtime that re-pins its workers widens),
+    ``runtime_versions`` (torch and every runtime that process had loaded), the 1-minute
+    load average before and after the timing, and ``loaded``: true when either exceeded
+    ``threads``, so other work competed for the cores and the figure is not a clean one.
+    ``statistic`` says how the latency figures were formed (one round, or several
+    combined by :func:`combine_rounds`).
     """
 
     target: str
@@ -347,6 +349,13 @@ class Deployed(ABC):
             cost.baseline_rss_mb = result["baseline_rss_mb"]
             cost.extra["measured_in"] = "child process"
             cost.cpus_pinned, cost.runtime_versions = result.get("cpus_pinned"), result.get("versions", {})
+            thread_cpus = cost.extra["thread_cpus"] = result.get("thread_cpus")
+            if thread_cpus and cost.cpus_pinned and not set(thread_cpus) <= set(cost.cpus_pinned):
+                warnings.warn(
+                    f"{self.target} {self.precision}: the runtime let threads run on cores {thread_cpus}, "
+                    f"beyond the cores {cost.cpus_pinned} the timing child was pinned to",
+                    stacklevel=2,
+                )
             cpus = result["cpus"]
             times = result["times_s"]
         else:
@@ -429,7 +438,7 @@ def run_probe(
                 timeout=timeout_s,
             )
         except subprocess.TimeoutExpired:
-            # Seen with TVM when the core its thread pool pinned a worker to was saturated.
+            # Seen with TVM on a saturated machine, before the child left without exit handlers.
             raise TamerError(
                 f"measuring '{spec['loader']}' in a child process did not finish within {timeout_s:g} s "
                 f"(pinned to cores {job['cpus']}); the child was stopped. Rerun on a less loaded machine, "
