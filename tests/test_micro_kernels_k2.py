@@ -107,6 +107,27 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
             np.testing.assert_array_equal(sess.read(t_out), ref)
 
 
+@arm
+def test_a_conv_reading_the_adds_other_input_is_not_fused(tmp_path):
+    """y = conv(x) + x: fused, the outputs would overwrite the x the conv still reads (every
+    kernel got a tenth of the outputs wrong before the planner refused it)."""
+    rng = np.random.default_rng(6)
+    b = GraphBuilder((6, 5, 8), 0.02, 3)
+    x = b.conv(b.input, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.03, 9, padding=(1, 1))
+    y = b.conv(x, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.07, -4, padding=(1, 1))
+    s = b.add(y, x, 0.08, -3, name="add")
+    g = b.graph(b.conv(s, rng.integers(-127, 128, (8, 8, 1, 1)), np.full(8, 0.004), None, 0.05, 0))
+    cm = codegen.generate(g, dsp=True)
+    assert ".res = &r" not in cm.files["model.c"]
+    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
+    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
+        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
+        for v in xs:
+            sess.write(t_in, v.reshape(-1))
+            sess.call("tt_model_run", t_in, t_out)
+            np.testing.assert_array_equal(sess.read(t_out), reference.run(g, v).reshape(-1))
+
+
 def _stem(shape, stride, pad, in_zp, seed=0):
     rng = np.random.default_rng(seed)
     b = GraphBuilder(shape, 0.02, in_zp)

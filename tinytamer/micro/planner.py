@@ -74,7 +74,8 @@ def find_fusions(g: Graph) -> dict[int, int]:
 
     The fused kernel adds each output to the other input in place, so the conv's own
     output never needs a buffer (the residual block's peak drops by one feature map).
-    Legal when the other input dies at the add and belongs to the arena.
+    Legal when the other input dies at the add, belongs to the arena and is not the
+    conv's own input.
     """
     base = base_of(g)
     last_use = _last_uses(g, base)
@@ -92,6 +93,8 @@ def find_fusions(g: Graph) -> dict[int, int]:
             or base[g.output] == add.output
             or other == g.input
             or last_use.get(other) != k + 1
+            # y = conv(x) + x: the outputs would overwrite the input the conv still reads.
+            or other in {base[t] for t in conv.inputs}
         ):
             continue
         fused[k] = k + 1

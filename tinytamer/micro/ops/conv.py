@@ -19,7 +19,10 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   or 2 (im2col: output pixels
   per im2col batch), ``pack`` "channel" (input channels rounded up to 4 at every kernel
   position; vector unpacking) or "flat" (the whole receptive field rounded up to 4 once;
-  scalar unpacking - less padding for 1- or 3-channel inputs);
+  scalar unpacking - less padding for 1- or 3-channel inputs), or "winograd"
+  (tt_conv2d_s8_wino, runtime/tt_winograd.c: F(2x2, 3x3) for 3 x 3, stride-1 layers with a
+  multiple of 4 input channels, :mod:`tinytamer.micro.winograd`; 2.25x fewer multiplies,
+  int16 transformed weights: 3.6x the int8 flash; offered last, for the tuner to weigh);
 - depthwise: ``kernel`` "direct" (tt_depthwise_s8) or "simd" (tt_depthwise_s8_dsp,
   runtime/tt_depthwise.c: 4 channels per SXTB16/SMLABB step; needs a multiple of 4
   channels; single-multiply requantization per channel, as for "mm");
@@ -43,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import fx, nn
 
-from tinytamer.micro import weights
+from tinytamer.micro import weights, winograd
 from tinytamer.micro.fixedpoint import FastRequant, fast_records
 from tinytamer.micro.ir import Graph, Op
 from tinytamer.micro.ops.add import add_fast_requant, add_params, add_tables, affine_table
@@ -93,6 +96,7 @@ _CONV_KNOBS = {
     "direct": ("kernel",),
     "packed": ("kernel",),
     "sparse": ("kernel",),
+    "winograd": ("kernel",),
 }
 
 
@@ -180,6 +184,7 @@ class ConvOp(DeviceOp):
         "tt_depthwise_packed.c",
         "tt_wpack.c",
         "tt_sparse.c",
+        "tt_winograd.c",
     )
     lowers_from = {nn.Conv2d: "from_module"}
 
@@ -250,8 +255,9 @@ class ConvOp(DeviceOp):
             return {"kernel": ["simd", "direct"] if simd else ["direct"]}
         if dsp and op.groups == 1:
             flat_first = op.weight.shape[3] % 4 != 0
+            wino = winograd.applies(op.weight.shape, op.stride, op.groups) and winograd.fits(op.weight, op.bias)
             return {
-                "kernel": ["mm", "im2col", "direct"],
+                "kernel": ["mm", "im2col", "direct", *(["winograd"] if wino else [])],
                 "unroll": [4, 2],
                 "weights": ["quads", "pairs", "int8", "int16"],
                 "cols": [2, 1],
@@ -275,6 +281,8 @@ class ConvOp(DeviceOp):
             return sp.words if sp.words is not None else sp.stream
         if s["kernel"] == "simd":
             return np.ascontiguousarray(op.weight[..., 0].transpose(1, 2, 0))  # [KH][KW][C]
+        if s["kernel"] == "winograd":
+            return winograd.weight_words(op.weight)
         if s["kernel"] not in ("im2col", "mm"):
             return op.weight
         # int8 packed in little-endian words, channel pairs interleaved word by word.
@@ -315,6 +323,8 @@ class ConvOp(DeviceOp):
             return max(k, 4 * ((k + 15) // 16 * 16)) if dsp and not op.depthwise else k
         if s["kernel"] == "sparse":
             return 2 * int(np.prod(op.weight.shape[1:]))  # one int16 patch
+        if s["kernel"] == "winograd":
+            return winograd.scratch_bytes(op.weight.shape[3])
         if s.get("kernel") not in ("im2col", "mm"):
             return 0
         _, kh, kw, ic = op.weight.shape
@@ -334,7 +344,7 @@ class ConvOp(DeviceOp):
             data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
         elif s["kernel"] == "sparse":
             data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
-        elif s["kernel"] == "mm":
+        elif s["kernel"] in ("mm", "winograd"):
             data = [c_weights(i, self.weight_array(op, site.dsp))]
             # tt_rq records: bias and the single-multiply requantization per channel.
             data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
@@ -364,7 +374,7 @@ class ConvOp(DeviceOp):
             act_max=op.act_max,
         )
         if site.fused_add is not None:
-            data.append(self._residual(g, op, site.fused_add, s["kernel"] == "mm"))
+            data.append(self._residual(g, op, site.fused_add, s["kernel"] in ("mm", "winograd")))
             fields["res"] = f"&r{site.fused_add}"
         data.append(c_struct("tt_conv_params", f"p{i}", fields))
         return data, self._call(op, s, site)
@@ -407,6 +417,11 @@ class ConvOp(DeviceOp):
             return f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch})"
         if s["kernel"] == "sparse":
             return f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, (int16_t *)(void *){scratch})"
+        if s["kernel"] == "winograd":
+            return (
+                f"tt_conv2d_s8_wino(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
+                f"{out}, (int16_t *)(void *){scratch})"
+            )
         if s["kernel"] == "mm" and s["weights"] == "quads":
             return (
                 f"{_quads_entry(op, site)}(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "

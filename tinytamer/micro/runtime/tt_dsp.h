@@ -92,4 +92,126 @@ static inline int8_t tt_out(int32_t acc, const int32_t *mult, const int32_t *shi
                     p->act_max);
 }
 
+/* The output stage of the "mm" kernels (tt_conv.c) and of tt_winograd.c: requantization,
+ * clamps and a fused residual add, by the layer's mode (tt_mm_mode). */
+
+/* Mode 4's fused add: both sides by table or affine form (tt_res_side), the sum in the
+ * single-multiply form where the generator proved it exact, else the general one. */
+static inline int8_t tt_fuse_mm(const tt_residual *res, int8_t other, int8_t conv)
+{
+    if (res->rq == 0) {
+        return tt_fuse(res, other, conv);
+    }
+    return tt_rq_out(tt_res_side(res->t_conv, res->c_mul, res->c_add, conv)
+                         + tt_res_side(res->t_other, res->o_mul, res->o_add, other),
+                     res->rq, res->add->act_min, res->add->act_max);
+}
+
+/* Requantize, clamp and store the 2 x 2 block of outputs of channels r[0], r[1].  `mode`
+ * (fixed per layer by tt_mm_mode): 0 the clamp is the whole int8 range (one SSAT); 1 a
+ * narrower activation range; 2 a fused residual add whose sum is requantized in
+ * single-multiply form too, the conv's side rescaled by its affine form and the other by
+ * its table, both clamps the whole int8 range; 3 the same with narrower clamps; 4 a fused
+ * add in any other form (tt_fuse).  Each channel's constants are loaded once
+ * for its two pixels. */
+static inline __attribute__((always_inline)) void
+tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, int8_t *o1,
+           int32_t a00, int32_t a01, int32_t a10, int32_t a11)
+{
+    const int32_t m0 = r[0].mult, e0 = r[0].rshift, f0 = r[0].offset;
+    const int32_t m1 = r[1].mult, e1 = r[1].rshift, f1 = r[1].offset;
+    int32_t t;
+    /* A channel in the general form (rare: see tt_rq_chan) leaves the straight-line path. */
+    if (__builtin_expect(e0 == TT_RQ_GENERAL, 0)) {
+        a00 = tt_rq_general(a00, r);
+        a01 = tt_rq_general(a01, r);
+    } else {
+        t = tt_smmulr((int32_t)((uint32_t)a00 << 1), m0);
+        a00 = (t + f0 + (t >> 31)) >> e0;
+        t = tt_smmulr((int32_t)((uint32_t)a01 << 1), m0);
+        a01 = (t + f0 + (t >> 31)) >> e0;
+    }
+    if (__builtin_expect(e1 == TT_RQ_GENERAL, 0)) {
+        a10 = tt_rq_general(a10, r + 1);
+        a11 = tt_rq_general(a11, r + 1);
+    } else {
+        t = tt_smmulr((int32_t)((uint32_t)a10 << 1), m1);
+        a10 = (t + f1 + (t >> 31)) >> e1;
+        t = tt_smmulr((int32_t)((uint32_t)a11 << 1), m1);
+        a11 = (t + f1 + (t >> 31)) >> e1;
+    }
+    if (mode == 0 || mode == 2) {
+        a00 = __ssat(a00, 8);
+        a01 = __ssat(a01, 8);
+        a10 = __ssat(a10, 8);
+        a11 = __ssat(a11, 8);
+    } else {
+        const int32_t lo = p->act_min, hi = p->act_max;
+        a00 = tt_clamp(a00, lo, hi);
+        a01 = tt_clamp(a01, lo, hi);
+        a10 = tt_clamp(a10, lo, hi);
+        a11 = tt_clamp(a11, lo, hi);
+    }
+    if (mode < 2) {
+        o0[0] = (int8_t)a00;
+        o1[0] = (int8_t)a01;
+        o0[1] = (int8_t)a10;
+        o1[1] = (int8_t)a11;
+        return;
+    }
+    const tt_residual *res = p->res;
+    if (mode == 4) {
+        o0[0] = tt_fuse_mm(res, o0[0], (int8_t)a00);
+        o1[0] = tt_fuse_mm(res, o1[0], (int8_t)a01);
+        o0[1] = tt_fuse_mm(res, o0[1], (int8_t)a10);
+        o1[1] = tt_fuse_mm(res, o1[1], (int8_t)a11);
+        return;
+    }
+    const tt_rq *q = res->rq;
+    const uint32_t cm = (uint32_t)res->c_mul, ca = (uint32_t)res->c_add;
+    const int32_t *to = res->t_other + 128;
+    a00 = tt_rq_apply((int32_t)((uint32_t)a00 * cm + ca) + to[o0[0]], q);
+    a01 = tt_rq_apply((int32_t)((uint32_t)a01 * cm + ca) + to[o1[0]], q);
+    a10 = tt_rq_apply((int32_t)((uint32_t)a10 * cm + ca) + to[o0[1]], q);
+    a11 = tt_rq_apply((int32_t)((uint32_t)a11 * cm + ca) + to[o1[1]], q);
+    if (mode == 2) {
+        o0[0] = (int8_t)__ssat(a00, 8);
+        o1[0] = (int8_t)__ssat(a01, 8);
+        o0[1] = (int8_t)__ssat(a10, 8);
+        o1[1] = (int8_t)__ssat(a11, 8);
+    } else {
+        const int32_t lo = res->add->act_min, hi = res->add->act_max;
+        o0[0] = tt_clamp(a00, lo, hi);
+        o1[0] = tt_clamp(a01, lo, hi);
+        o0[1] = tt_clamp(a10, lo, hi);
+        o1[1] = tt_clamp(a11, lo, hi);
+    }
+}
+
+static inline int32_t tt_mm_mode(const tt_conv_params *p)
+{
+    const int32_t full = p->act_min == -128 && p->act_max == 127;
+    const tt_residual *res = p->res;
+    if (res == 0) {
+        return full ? 0 : 1;
+    }
+    if (res->rq == 0 || res->t_conv != 0 || res->t_other == 0) {
+        return 4; /* modes 2 and 3 take the conv side affine, the other from its table */
+    }
+    return full && res->add->act_min == -128 && res->add->act_max == 127 ? 2 : 3;
+}
+
+/* One output through the same modes (the odd channel and odd pixel paths). */
+static inline void tt_mm_out1(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o,
+                       int32_t acc)
+{
+    const int8_t v = tt_rq_out(acc, r, p->act_min, p->act_max);
+    const tt_residual *res = p->res;
+    if (mode < 2) {
+        *o = v;
+    } else {
+        *o = tt_fuse_mm(res, *o, v);
+    }
+}
+
 #endif

@@ -176,6 +176,11 @@ void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int3
 void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                          const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                          int32_t unroll);
+/* Winograd F(2x2, 3x3) for 3 x 3, stride-1 layers with a multiple of 4 input channels
+ * (tt_winograd.c): weights transformed and stored as int16 pairs, `scratch` two tiles'
+ * transformed inputs (2 x 16 x in_c int16); the same output stage as the "mm" kernels. */
+void tt_conv2d_s8_wino(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                       const tt_rq *rq, int8_t *out, int16_t *scratch);
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, const tt_rq *rq);
