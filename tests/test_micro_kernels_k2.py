@@ -108,17 +108,24 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
 
 
 @arm
-def test_a_conv_reading_the_adds_other_input_is_not_fused(tmp_path):
-    """y = conv(x) + x: fused, the outputs would overwrite the x the conv still reads (every
-    kernel got a tenth of the outputs wrong before the planner refused it)."""
+@pytest.mark.parametrize(
+    ("k", "kernel", "fused"),
+    [(3, "mm", False), (1, "direct", False), (1, "mm", True)],
+)
+def test_a_conv_reading_the_adds_other_input_is_fused_only_where_safe(tmp_path, k, kernel, fused):
+    """y = conv(x) + x: fused, the outputs overwrite the x the conv still reads (a 3 x 3 conv
+    got a tenth of its outputs wrong on every kernel before the planner refused it).  A
+    pointwise conv whose kernel gathers each pixel's input first ("mm") may still fuse."""
     rng = np.random.default_rng(6)
     b = GraphBuilder((6, 5, 8), 0.02, 3)
     x = b.conv(b.input, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.03, 9, padding=(1, 1))
-    y = b.conv(x, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.07, -4, padding=(1, 1))
+    pad = (k // 2, k // 2)
+    y = b.conv(x, rng.integers(-127, 128, (8, 8, k, k)), np.full(8, 0.004), None, 0.07, -4, padding=pad, name="y")
     s = b.add(y, x, 0.08, -3, name="add")
     g = b.graph(b.conv(s, rng.integers(-127, 128, (8, 8, 1, 1)), np.full(8, 0.004), None, 0.05, 0))
+    next(op for op in g.ops if op.name == "y").schedule = {"kernel": kernel}
     cm = codegen.generate(g, dsp=True)
-    assert ".res = &r" not in cm.files["model.c"]
+    assert (".res = &r" in cm.files["model.c"]) == fused
     xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
     with Session("cortex-m4", cm, workdir=tmp_path) as sess:
         t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)

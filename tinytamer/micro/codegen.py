@@ -169,7 +169,7 @@ def generate(g: Graph, *, dsp: bool = False, fuse: bool = True, backend: CmsisBa
                 fallbacks[op.name] = why
         scratch.update(backend.scratch_sizes(g, sorted(taken)))
     # A backend's kernel cannot run our fused residual add: neither side of a fusion may be one.
-    fused = {c: a for c, a in (find_fusions(g) if fuse else {}).items() if c not in taken and a not in taken}
+    fused = {c: a for c, a in (find_fusions(g, dsp) if fuse else {}).items() if c not in taken and a not in taken}
     mp = plan(g, scratch, fused)
     data: list[str] = []
     funcs: list[str] = []

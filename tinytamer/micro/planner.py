@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinytamer.micro.ir import Graph
+from tinytamer.micro import schedule
+from tinytamer.micro.ir import Graph, Op
 from tinytamer.micro.ops import op_def
 
 ALIGN = 8
@@ -69,13 +70,15 @@ def _last_uses(g: Graph, base: dict[str, str]) -> dict[str, int]:
     return last_use
 
 
-def find_fusions(g: Graph) -> dict[int, int]:
+def find_fusions(g: Graph, dsp: bool = False) -> dict[int, int]:
     """Convolutions whose only consumer is the residual add right after them: {conv: add}.
 
     The fused kernel adds each output to the other input in place, so the conv's own
     output never needs a buffer (the residual block's peak drops by one feature map).
-    Legal when the other input dies at the add, belongs to the arena and is not the
-    conv's own input.
+    Legal when the other input dies at the add and belongs to the arena.  When it is also
+    the conv's own input (``y = conv(x) + x``), the outputs overwrite what the conv still
+    reads: legal only for a pointwise, stride-1 conv whose kernel (on a ``dsp`` build)
+    gathers each pixel's input before it writes that pixel's outputs ("mm", "im2col").
     """
     base = base_of(g)
     last_use = _last_uses(g, base)
@@ -93,12 +96,19 @@ def find_fusions(g: Graph) -> dict[int, int]:
             or base[g.output] == add.output
             or other == g.input
             or last_use.get(other) != k + 1
-            # y = conv(x) + x: the outputs would overwrite the input the conv still reads.
-            or other in {base[t] for t in conv.inputs}
+            or (other in {base[t] for t in conv.inputs} and not _gathers_first(conv, dsp))
         ):
             continue
         fused[k] = k + 1
     return fused
+
+
+def _gathers_first(conv: Op, dsp: bool) -> bool:
+    """Whether ``conv`` may write its outputs over its own input: each output pixel reads
+    only the same input pixel (1 x 1, stride 1, no padding) and the kernel copies that
+    pixel's input into its scratch before it writes any of the pixel's outputs."""
+    pointwise = conv.weight.shape[1:3] == (1, 1) and tuple(conv.stride) == (1, 1) and tuple(conv.padding) == (0, 0)
+    return pointwise and schedule.resolve(conv, dsp).get("kernel") in ("mm", "im2col")
 
 
 def plan(g: Graph, scratch_sizes: dict[int, int] | None = None, fused: dict[int, int] | None = None) -> MemoryPlan:

@@ -426,7 +426,7 @@ def micro_layers(g: Any, dsp: bool) -> list[tuple[int, str, str]]:
     from tinytamer.micro.ops import op_def
     from tinytamer.micro.planner import find_fusions
 
-    fused = find_fusions(g)
+    fused = find_fusions(g, dsp)
     skip = set(fused.values())
     out = []
     for i, op in enumerate(g.ops):
@@ -734,7 +734,7 @@ def measure_micro(
             "cost table: the generated layers differ from the keyed ones (micro_layers no longer mirrors codegen)"
         )
     owner = {i: i for i, _, _ in keyed}
-    owner.update({a: c for c, a in find_fusions(g).items()})
+    owner.update({a: c for c, a in find_fusions(g, dsp=True).items()})
     fm = _attribute_flash(prog.arm.elf, owner)
     if fm.total != prog.arm.flash_bytes:
         raise TamerError(
