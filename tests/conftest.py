@@ -73,3 +73,24 @@ def run_stages(tmp_path: Path) -> StageRunner:
         return recs, rundir
 
     return run_quietly
+
+
+@pytest.fixture
+def device_matches_reference(tmp_path: Path) -> Callable[..., None]:
+    """``device_matches_reference(cm, g, xs)``: run each input of ``xs`` through the generated
+    model ``cm`` on the emulated Cortex-M4 and assert its output equals the integer reference of
+    graph ``g`` bit for bit."""
+    import numpy as np
+
+    from tinytamer.micro import reference
+    from tinytamer.micro.session import Session
+
+    def check(cm: Any, g: Any, xs: Any) -> None:
+        with Session("cortex-m4", cm, workdir=tmp_path) as sess:
+            t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
+            for v in xs:
+                sess.write(t_in, v.reshape(-1))
+                sess.call("tt_model_run", t_in, t_out)
+                np.testing.assert_array_equal(sess.read(t_out), reference.run(g, v).reshape(-1))
+
+    return check

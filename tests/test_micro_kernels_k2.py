@@ -112,7 +112,7 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
     ("k", "kernel", "fused"),
     [(3, "mm", False), (1, "direct", False), (1, "mm", True)],
 )
-def test_a_conv_reading_the_adds_other_input_is_fused_only_where_safe(tmp_path, k, kernel, fused):
+def test_a_conv_reading_the_adds_other_input_is_fused_only_where_safe(device_matches_reference, k, kernel, fused):
     """y = conv(x) + x: fused, the outputs overwrite the x the conv still reads (a 3 x 3 conv
     got a tenth of its outputs wrong on every kernel before the planner refused it).  A
     pointwise conv whose kernel gathers each pixel's input first ("mm") may still fuse."""
@@ -126,13 +126,7 @@ def test_a_conv_reading_the_adds_other_input_is_fused_only_where_safe(tmp_path, 
     next(op for op in g.ops if op.name == "y").schedule = {"kernel": kernel}
     cm = codegen.generate(g, dsp=True)
     assert (".res = &r" in cm.files["model.c"]) == fused
-    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
-    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
-        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
-        for v in xs:
-            sess.write(t_in, v.reshape(-1))
-            sess.call("tt_model_run", t_in, t_out)
-            np.testing.assert_array_equal(sess.read(t_out), reference.run(g, v).reshape(-1))
+    device_matches_reference(cm, g, rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8))
 
 
 def _stem(shape, stride, pad, in_zp, seed=0):

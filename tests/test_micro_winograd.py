@@ -10,7 +10,6 @@ import pytest
 from tinytamer.micro import codegen, reference, schedule, toolchain, tuning, winograd
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Conv2D
-from tinytamer.micro.session import Session
 
 arm = pytest.mark.skipif(
     not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
@@ -119,17 +118,11 @@ def _block(conv_scale: float, other_scale: float, relu: str | None):
         (0.03, 0.07, None, 4),  # the conv's side by table: the any-form path
     ],
 )
-def test_fused_residual_adds_are_bit_exact(tmp_path, conv_scale, other_scale, relu, entry):
+def test_fused_residual_adds_are_bit_exact(device_matches_reference, conv_scale, other_scale, relu, entry):
     g = _block(conv_scale, other_scale, relu)
     cm = codegen.generate(g, dsp=True)
     src = cm.files["model.c"]
     assert src.count("tt_conv2d_s8_wino(") == 4 and ".res = &r" in src  # the add is fused
     xs = np.random.default_rng(5).integers(-128, 128, (4, *g.tensors[g.input].shape)).astype(np.int8)
-    want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
-    assert len(np.unique(want)) > 5
-    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
-        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
-        for v, ref in zip(xs, want, strict=True):
-            sess.write(t_in, v.reshape(-1))
-            sess.call("tt_model_run", t_in, t_out)
-            np.testing.assert_array_equal(sess.read(t_out), ref)
+    assert len(np.unique([reference.run(g, v) for v in xs])) > 5  # not a saturated output
+    device_matches_reference(cm, g, xs)

@@ -101,6 +101,18 @@ static inline __attribute__((always_inline)) void tt_wino_out(const int32_t *m, 
     y[3] = ((int32_t)(r1[1] - r1[2] - r1[3]) >> 2) + bias;
 }
 
+/* One word of each of the two tiles times one word of each of the two channels: four
+ * loads back to back (the Cortex-M4 pipelines them), then four SMLADs. */
+#define TT_WINO_STEP                                                                      \
+    "ldr %[x1], [%[va], %[off]]\n\t"                                                       \
+    "ldr %[p1], [%[w0], %[off]]\n\t"                                                       \
+    "ldr %[x0], [%[va]], #4\n\t"                                                           \
+    "ldr %[p0], [%[w0]], #4\n\t"                                                           \
+    "smlad %[a00], %[x0], %[p0], %[a00]\n\t"                                               \
+    "smlad %[a01], %[x1], %[p0], %[a01]\n\t"                                               \
+    "smlad %[a10], %[x0], %[p1], %[a10]\n\t"                                               \
+    "smlad %[a11], %[x1], %[p1], %[a11]\n\t"
+
 /* The 16 reductions of output channels u0 and u1 (their weight rows) over tiles va and vb:
  * 2 x 2 accumulators, each loaded word used twice (the "mm" kernels' blocking). */
 static inline __attribute__((always_inline)) void
@@ -115,25 +127,8 @@ tt_wino_mac(const int32_t *va, const int32_t *w0, int32_t words, int32_t *m)
         const int32_t *const end = va + words;
 #if defined(__OPTIMIZE__)
         int32_t x0, x1, p0, p1;
-        /* Four loads back to back (the Cortex-M4 pipelines them), then four SMLADs; words
-         * is even: two per pass. */
-        __asm__ volatile("1:\n\t"
-                         "ldr %[x1], [%[va], %[off]]\n\t"
-                         "ldr %[p1], [%[w0], %[off]]\n\t"
-                         "ldr %[x0], [%[va]], #4\n\t"
-                         "ldr %[p0], [%[w0]], #4\n\t"
-                         "smlad %[a00], %[x0], %[p0], %[a00]\n\t"
-                         "smlad %[a01], %[x1], %[p0], %[a01]\n\t"
-                         "smlad %[a10], %[x0], %[p1], %[a10]\n\t"
-                         "smlad %[a11], %[x1], %[p1], %[a11]\n\t"
-                         "ldr %[x1], [%[va], %[off]]\n\t"
-                         "ldr %[p1], [%[w0], %[off]]\n\t"
-                         "ldr %[x0], [%[va]], #4\n\t"
-                         "ldr %[p0], [%[w0]], #4\n\t"
-                         "smlad %[a00], %[x0], %[p0], %[a00]\n\t"
-                         "smlad %[a01], %[x1], %[p0], %[a01]\n\t"
-                         "smlad %[a10], %[x0], %[p1], %[a10]\n\t"
-                         "smlad %[a11], %[x1], %[p1], %[a11]\n\t"
+        /* words is even: two steps per pass. */
+        __asm__ volatile("1:\n\t" TT_WINO_STEP TT_WINO_STEP
                          "cmp %[va], %[end]\n\t"
                          "bne 1b\n\t"
                          : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
