@@ -94,10 +94,15 @@ def set_threads(threads: int, pin: bool = False) -> None:
     started later from a pinned thread inherit its single core: measured, every child
     that timed a model after a TVM compile in this process ran on one core.  So the
     calling thread's affinity is given back unless ``pin`` (the measuring child, which
-    runs TVM as it ships).
+    runs TVM as it ships).  TVM picks its workers' cores from all the machine's cores,
+    not from the process's affinity mask: measured, a child pinned to core 1 had its
+    one worker moved to core 0.  So a child pinned to fewer cores than the machine has
+    turns that binding off, and its workers stay on (and share) the cores it was given.
     """
     import tvm
 
+    if pin and hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
+        os.environ["TVM_BIND_THREADS"] = "0"
     with contextlib.nullcontext() if pin else keeping_cpus():
         tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
 
