@@ -24,8 +24,9 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   multiple of 4 input channels, :mod:`tinytamer.micro.winograd`; 2.25x fewer multiplies,
   int16 transformed weights: 3.6x the int8 flash; offered last, for the tuner to weigh);
 - depthwise: ``kernel`` "direct" (tt_depthwise_s8) or "simd" (tt_depthwise_s8_dsp,
-  runtime/tt_depthwise.c: 4 channels per SXTB16/SMLABB step; needs a multiple of 4
-  channels; single-multiply requantization per channel, as for "mm");
+  runtime/tt_depthwise.c: 4 channels per SXTB16/SMLABB step, weights [C/4][KH][KW][4] and
+  channel groups outermost, so one group's constants stay in a flash data cache; needs a
+  multiple of 4 channels; single-multiply requantization per channel, as for "mm");
 - a layer whose ``weight_form`` (:mod:`tinytamer.micro.weights`) is not int8 offers first
   ``kernel`` "packed" (tt_conv2d_s8_packed, runtime/tt_conv_packed.c, or
   tt_depthwise_s8_packed, runtime/tt_depthwise_packed.c): the weights stay packed in flash
@@ -280,7 +281,8 @@ class ConvOp(DeviceOp):
             sp = weights.pack(op.weight, op.weight_form)
             return sp.words if sp.words is not None else sp.stream
         if s["kernel"] == "simd":
-            return np.ascontiguousarray(op.weight[..., 0].transpose(1, 2, 0))  # [KH][KW][C]
+            c, kh, kw, _ = op.weight.shape  # [C/4][KH][KW][4]: one group's taps contiguous
+            return np.ascontiguousarray(op.weight[..., 0].reshape(c // 4, 4, kh, kw).transpose(0, 2, 3, 1))
         if s["kernel"] == "winograd":
             return winograd.weight_words(op.weight)
         if s["kernel"] not in ("im2col", "mm"):

@@ -1,5 +1,5 @@
 /* Depthwise convolution: the portable tt_depthwise_s8 and, on Cortex-M with the DSP
- * extension, tt_depthwise_s8_dsp (4 channels per SXTB16/SMLABB step). */
+ * extension, tt_depthwise_s8_dsp (4 channels per SXTB16/SMLABB step, channel groups outermost). */
 #include "tt_kernels.h"
 #include "tt_fixedpoint.h"
 
@@ -37,13 +37,13 @@ void tt_depthwise_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
 #include "tt_dsp.h"
 
-/* One kernel tap for 4 channels (then on to the next tap): 2 loads, SXTAB16 / SXTB16
- * unpacking, 4 MACs; 13 cycles by the Cortex-M4 TRM. */
+/* One kernel tap for 4 channels (then on to the next tap): 2 loads (the weights' with a
+ * post-increment: a group's taps are contiguous), SXTAB16 / SXTB16 unpacking, 4 MACs;
+ * 12 cycles by the Cortex-M4 TRM. */
 #define TT_DW_TAP                                       \
     "ldr %[x], [%[ip]]\n\t"                             \
-    "ldr %[v], [%[wp]]\n\t"                             \
+    "ldr %[v], [%[wp]], #4\n\t"                         \
     "add %[ip], %[ip], %[cn]\n\t"                       \
-    "add %[wp], %[wp], %[cn]\n\t"                       \
     "sxtab16 %[xe], %[off], %[x]\n\t"                   \
     "sxtab16 %[x], %[off], %[x], ror #8\n\t"            \
     "sxtb16 %[we], %[v]\n\t"                            \
@@ -66,40 +66,40 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
     /* rq: each channel's requantization record (tt_rq_chan), or 0 for the general form;
      * with the whole int8 range as the clamp, one SSAT clamps. */
     const int32_t full = p->act_min == -128 && p->act_max == 127;
-    /* w is [k_h][k_w][C]; C is a multiple of 4; four channels accumulate in registers. */
-    const int32_t c_n = p->in_c;
+    /* w is [C/4][k_h][k_w][4]: a group of 4 channels' taps are contiguous.  C is a multiple
+     * of 4.  Groups of 4 channels are the outer loop: one group's weights, biases and
+     * requantization records (a few dozen bytes) stay in a small flash data cache over
+     * every output pixel, where a pixel-major walk over all channels' (hundreds of bytes)
+     * would miss on each. */
+    const int32_t c_n = p->in_c, taps_n = p->k_h * p->k_w;
     const int32_t off = tt_pack_offset(p->in_zp);
-    for (int32_t oy = 0; oy < p->out_h; ++oy) {
-        const int32_t y0 = oy * p->stride_h - p->pad_h;
-        const int32_t ky0 = y0 < 0 ? -y0 : 0;
-        const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
-        for (int32_t ox = 0; ox < p->out_w; ++ox) {
-            const int32_t x0 = ox * p->stride_w - p->pad_w;
-            const int32_t kx0 = x0 < 0 ? -x0 : 0;
-            const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
-            int8_t *o = out + (oy * p->out_w + ox) * c_n;
-            /* The clipped window, walked with pointer steps (no index arithmetic inside). */
-            const int8_t *win_in = in + ((y0 + ky0) * p->in_w + x0 + kx0) * c_n;
-            const int8_t *win_w = w + (ky0 * p->k_w + kx0) * c_n;
-            const int32_t row_in = p->in_w * c_n, row_w = p->k_w * c_n;
-            const int32_t nky = ky1 - ky0, nkx = kx1 - kx0;
-            /* A whole 3 x 3 window (every interior pixel of the usual depthwise layer): its
-             * nine taps in one straight-line block; other rows of two or three taps in one
-             * block each.  Not in unoptimized builds: their frame pointer leaves too few
-             * registers for the blocks' operands. */
+    const int32_t row_in = p->in_w * c_n, row_w = p->k_w * 4;
+    for (int32_t c = 0; c < c_n; c += 4) {
+        const int8_t *w_c = w + c * taps_n;
+        const int32_t b0 = bias[c], b1 = bias[c + 1], b2 = bias[c + 2], b3 = bias[c + 3];
+        for (int32_t oy = 0; oy < p->out_h; ++oy) {
+            const int32_t y0 = oy * p->stride_h - p->pad_h;
+            const int32_t ky0 = y0 < 0 ? -y0 : 0;
+            const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
+            for (int32_t ox = 0; ox < p->out_w; ++ox) {
+                const int32_t x0 = ox * p->stride_w - p->pad_w;
+                const int32_t kx0 = x0 < 0 ? -x0 : 0;
+                const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+                int8_t *o = out + (oy * p->out_w + ox) * c_n + c;
+                /* The clipped window, walked with pointer steps (no index arithmetic inside). */
+                const int8_t *ip_row = in + ((y0 + ky0) * p->in_w + x0 + kx0) * c_n + c;
+                const int8_t *wp_row = w_c + (ky0 * p->k_w + kx0) * 4;
+                const int32_t nky = ky1 - ky0, nkx = kx1 - kx0;
+                int32_t a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+                /* A whole 3 x 3 window (every interior pixel of the usual depthwise layer):
+                 * its nine taps in one straight-line block; other rows of two or three taps
+                 * in one block each.  Not in unoptimized builds: their frame pointer leaves
+                 * too few registers for the blocks' operands. */
 #if defined(__OPTIMIZE__)
-            const int32_t full3x3 = nky == 3 && nkx == 3 && p->k_h == 3 && p->k_w == 3;
-            const int32_t rowd = row_in - 3 * c_n;
-            const int32_t taps = nkx == 3 ? 3 : (nkx == 2 ? 2 : 0);
-#else
-            const int32_t full3x3 = 0, taps = 0;
-#endif
-            for (int32_t c = 0; c < c_n; c += 4) {
-                int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
-                const int8_t *ip_row = win_in + c;
-                const int8_t *wp_row = win_w + c;
-#if defined(__OPTIMIZE__)
+                const int32_t full3x3 = nky == 3 && nkx == 3 && p->k_h == 3 && p->k_w == 3;
+                const int32_t taps = nkx == 3 ? 3 : (nkx == 2 ? 2 : 0);
                 if (full3x3) {
+                    const int32_t rowd = row_in - 3 * c_n;
                     int32_t x, v, xe, we;
                     __asm__ volatile(TT_DW_TAP TT_DW_TAP TT_DW_TAP
                                      "add %[ip], %[ip], %[rowd]\n\t"
@@ -112,6 +112,8 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                                      : [cn] "r"(c_n), [off] "r"(off), [rowd] "r"(rowd)
                                      : "memory");
                 }
+#else
+                const int32_t full3x3 = 0, taps = 0;
 #endif
                 for (int32_t ky = 0; ky < (full3x3 ? 0 : nky); ++ky) {
                     const int8_t *ip = ip_row;
@@ -137,26 +139,26 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                         a1 = __smlabb(xo, wo, a1);
                         a3 = __smlatt(xo, wo, a3);
                         ip += c_n;
-                        wp += c_n;
+                        wp += 4;
                     }
                     ip_row += row_in;
                     wp_row += row_w;
                 }
                 if (rq != 0 && full) {
-                    o[c] = (int8_t)__ssat(tt_rq_chan(a0, rq + c), 8);
-                    o[c + 1] = (int8_t)__ssat(tt_rq_chan(a1, rq + c + 1), 8);
-                    o[c + 2] = (int8_t)__ssat(tt_rq_chan(a2, rq + c + 2), 8);
-                    o[c + 3] = (int8_t)__ssat(tt_rq_chan(a3, rq + c + 3), 8);
+                    o[0] = (int8_t)__ssat(tt_rq_chan(a0, rq + c), 8);
+                    o[1] = (int8_t)__ssat(tt_rq_chan(a1, rq + c + 1), 8);
+                    o[2] = (int8_t)__ssat(tt_rq_chan(a2, rq + c + 2), 8);
+                    o[3] = (int8_t)__ssat(tt_rq_chan(a3, rq + c + 3), 8);
                 } else if (rq != 0) {
-                    o[c] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
-                    o[c + 1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
-                    o[c + 2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
-                    o[c + 3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
+                    o[0] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
+                    o[1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
+                    o[2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
+                    o[3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
                 } else {
-                    o[c] = tt_out(a0, mult, shift, c, p);
-                    o[c + 1] = tt_out(a1, mult, shift, c + 1, p);
-                    o[c + 2] = tt_out(a2, mult, shift, c + 2, p);
-                    o[c + 3] = tt_out(a3, mult, shift, c + 3, p);
+                    o[0] = tt_out(a0, mult, shift, c, p);
+                    o[1] = tt_out(a1, mult, shift, c + 1, p);
+                    o[2] = tt_out(a2, mult, shift, c + 2, p);
+                    o[3] = tt_out(a3, mult, shift, c + 3, p);
                 }
             }
         }
