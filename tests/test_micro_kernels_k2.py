@@ -15,6 +15,7 @@ from tinytamer.micro import codegen, reference, toolchain, tuning
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Conv2D
 from tinytamer.micro.ops.add import add_tables, affine_table
+from tinytamer.micro.planner import order_residual_branches
 from tinytamer.micro.session import Session
 
 arm = pytest.mark.skipif(
@@ -127,6 +128,51 @@ def test_a_conv_reading_the_adds_other_input_is_fused_only_where_safe(device_mat
     cm = codegen.generate(g, dsp=True)
     assert (".res = &r" in cm.files["model.c"]) == fused
     device_matches_reference(cm, g, rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8))
+
+
+def _downsample_block(main_scale: float, short_scale: float):
+    """x -> conv a -> conv b (main, scale main_scale); x -> 1x1 stride-2 shortcut (scale
+    short_scale), run after b as a model's forward lists it; b + shortcut -> conv."""
+    rng = np.random.default_rng(11)
+    b = GraphBuilder((8, 8, 8), 0.02, 3)
+    w = lambda o, i, k: rng.integers(-127, 128, (o, i, k, k))  # noqa: E731
+    scale = np.full(16, 0.004)
+    a = b.conv(b.input, w(16, 8, 3), scale, None, 0.05, -128, stride=(2, 2), padding=(1, 1), relu="relu", name="a")
+    m = b.conv(a, w(16, 16, 3), scale, None, main_scale, 2, padding=(1, 1), name="b")
+    sc = b.conv(b.input, w(16, 8, 1), scale, None, short_scale, -1, stride=(2, 2), name="shortcut")
+    s = b.add(m, sc, 0.09, -128, relu="relu", name="add")
+    return b.graph(b.conv(s, w(8, 16, 1), np.full(8, 0.004), None, 0.05, 0, name="head"))
+
+
+@pytest.mark.parametrize(("main_scale", "short_scale", "swapped"), [(0.08, 0.031, True), (0.031, 0.08, False)])
+def test_the_branch_fused_with_the_add_is_the_one_whose_side_is_affine(main_scale, short_scale, swapped):
+    """The add is fused into the conv that runs just before it; the fast output paths want
+    that conv's side affine (the larger scale).  Where the later branch is the smaller
+    scale, the two branches swap; the graph computes the same."""
+    g = _downsample_block(main_scale, short_scale)
+    xs = np.random.default_rng(0).integers(-128, 128, (3, 8, 8, 8)).astype(np.int8)
+    before = [reference.run(g, v) for v in xs]
+    assert order_residual_branches(g) == (["shortcut"] if swapped else [])
+    g.validate()
+    names = [op.name for op in g.ops]
+    assert names == (["a", "shortcut", "b", "add", "head"] if swapped else ["a", "b", "shortcut", "add", "head"])
+    fused_conv, add = g.ops[2], g.ops[3]
+    conv_t, other_t = add_tables(add, g)
+    if add.inputs[0] != fused_conv.output:
+        conv_t, other_t = other_t, conv_t
+    assert affine_table(conv_t) is not None and affine_table(other_t) is None
+    for v, want in zip(xs, before, strict=True):
+        np.testing.assert_array_equal(reference.run(g, v), want)
+
+
+@arm
+def test_swapped_branches_run_the_fast_fused_path_bit_exact(device_matches_reference):
+    g = _downsample_block(0.08, 0.031)
+    order_residual_branches(g)
+    cm = codegen.generate(g, dsp=True)
+    src = cm.files["model.c"]
+    assert ".res = &r3" in src and ".t_conv = 0" in src
+    device_matches_reference(cm, g, np.random.default_rng(1).integers(-128, 128, (3, 8, 8, 8)).astype(np.int8))
 
 
 def _stem(shape, stride, pad, in_zp, seed=0):

@@ -30,6 +30,7 @@ from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Graph
 from tinytamer.micro.ops import OPS, DeviceOp, op_def
 from tinytamer.micro.ops.base import Pending, Quant, ir_shape, node_shape
+from tinytamer.micro.planner import order_residual_branches
 from tinytamer.qgraph import ActQuant, QuantWeight
 
 # The convert map (TVM's create_convert_map): every pattern an op of the table lowers from
@@ -241,6 +242,8 @@ def lower(gm: fx.GraphModule, example_input: torch.Tensor) -> Graph:
         if hasattr(op, "weight_form") and op.name in w_bits:
             # Sparse kernels exist for fully connected and groups-1 convolution layers.
             op.weight_form = weights.choose(op.weight, w_bits[op.name], sparse=getattr(op, "groups", 1) == 1)
+    order_residual_branches(g)
+    g.validate()
     return g
 
 

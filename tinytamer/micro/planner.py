@@ -9,7 +9,9 @@ an input that dies at it.  Kernel scratch memory (im2col buffers) is a buffer
 that lives for its one op.  The graph's input and output buffers belong to
 the caller (``tt_model_run(in, out)``), not to the arena.  A convolution whose
 only consumer is the residual add after it can run fused with it
-(:func:`find_fusions`): its output then needs no buffer at all.
+(:func:`find_fusions`): its output then needs no buffer at all, and the lowering runs
+first the branch whose side of the add is the costlier one for a fused kernel
+(:func:`order_residual_branches`).
 """
 
 from __future__ import annotations
@@ -101,6 +103,38 @@ def find_fusions(g: Graph, dsp: bool = False) -> dict[int, int]:
             continue
         fused[k] = k + 1
     return fused
+
+
+def order_residual_branches(g: Graph) -> list[str]:
+    """Where both inputs of a residual add are convolutions that feed only it, run first
+    the one whose side of the add needs a rescale table, so that the one fused with the add
+    (the later one: :func:`find_fusions`) is the side whose rescale is affine.
+
+    The fused kernels' fast output paths compute the conv's side with one multiply-add and
+    read the other from its table; the opposite case takes the general path (measured on
+    the trained ResNet-8: a downsampling block's fused shortcut add cost 0.99 M cycles
+    against 0.54 M).  Swapping the two adjacent convolutions keeps the peak arena: either
+    way the block input, the first conv's output and one branch output are alive together.
+    Returns the names of the convolutions moved ahead, in ``g.ops`` order.
+    """
+    from tinytamer.micro.ops.add import add_tables, affine_table
+
+    moved = []
+    for k in range(1, len(g.ops) - 1):
+        first, conv, add = g.ops[k - 1], g.ops[k], g.ops[k + 1]
+        if not (op_def(add).residual and op_def(conv).fuses_following_add(conv)):
+            continue
+        if not (op_def(first).fuses_following_add(first) and {conv.output, first.output} == set(add.inputs)):
+            continue
+        if first.output in conv.inputs or len(g.consumers(conv.output)) != 1 or len(g.consumers(first.output)) != 1:
+            continue
+        t_first, t_conv = add_tables(add, g)
+        if add.inputs[0] == conv.output:
+            t_first, t_conv = t_conv, t_first
+        if affine_table(t_conv) is None and affine_table(t_first) is not None:
+            g.ops[k - 1], g.ops[k] = conv, first
+            moved.append(conv.name)
+    return moved
 
 
 def _gathers_first(conv: Op, dsp: bool) -> bool:

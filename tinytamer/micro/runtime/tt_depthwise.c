@@ -59,6 +59,29 @@ void tt_depthwise_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
         : [cn] "r"(c_n), [off] "r"(off)                                                    \
         : "memory"
 
+/* Requantize, clamp and store one pixel's 4 channels c..c+3. */
+static inline __attribute__((always_inline)) void
+tt_dw_store(const tt_conv_params *p, const tt_rq *rq, const int32_t *mult, const int32_t *shift,
+            int32_t full, int32_t c, int8_t *o, int32_t a0, int32_t a1, int32_t a2, int32_t a3)
+{
+    if (rq != 0 && full) {
+        o[0] = (int8_t)__ssat(tt_rq_chan(a0, rq + c), 8);
+        o[1] = (int8_t)__ssat(tt_rq_chan(a1, rq + c + 1), 8);
+        o[2] = (int8_t)__ssat(tt_rq_chan(a2, rq + c + 2), 8);
+        o[3] = (int8_t)__ssat(tt_rq_chan(a3, rq + c + 3), 8);
+    } else if (rq != 0) {
+        o[0] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
+        o[1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
+        o[2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
+        o[3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
+    } else {
+        o[0] = tt_out(a0, mult, shift, c, p);
+        o[1] = tt_out(a1, mult, shift, c + 1, p);
+        o[2] = tt_out(a2, mult, shift, c + 2, p);
+        o[3] = tt_out(a3, mult, shift, c + 3, p);
+    }
+}
+
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, const tt_rq *rq)
@@ -74,6 +97,12 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
     const int32_t c_n = p->in_c, taps_n = p->k_h * p->k_w;
     const int32_t off = tt_pack_offset(p->in_zp);
     const int32_t row_in = p->in_w * c_n, row_w = p->k_w * 4;
+#if defined(__OPTIMIZE__)
+    /* The output columns whose 3 x 3 window lies wholly inside the map's width: [lo, hi). */
+    const int32_t lo = (p->pad_w + p->stride_w - 1) / p->stride_w;
+    const int32_t hi = (p->in_w - 3 + p->pad_w) / p->stride_w + 1;
+    const int32_t step = p->stride_w * c_n;
+#endif
     for (int32_t c = 0; c < c_n; c += 4) {
         const int8_t *w_c = w + c * taps_n;
         const int32_t b0 = bias[c], b1 = bias[c + 1], b2 = bias[c + 2], b3 = bias[c + 3];
@@ -81,24 +110,20 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
             const int32_t y0 = oy * p->stride_h - p->pad_h;
             const int32_t ky0 = y0 < 0 ? -y0 : 0;
             const int32_t ky1 = y0 + p->k_h > p->in_h ? p->in_h - y0 : p->k_h;
-            for (int32_t ox = 0; ox < p->out_w; ++ox) {
-                const int32_t x0 = ox * p->stride_w - p->pad_w;
-                const int32_t kx0 = x0 < 0 ? -x0 : 0;
-                const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
-                int8_t *o = out + (oy * p->out_w + ox) * c_n + c;
-                /* The clipped window, walked with pointer steps (no index arithmetic inside). */
-                const int8_t *ip_row = in + ((y0 + ky0) * p->in_w + x0 + kx0) * c_n + c;
-                const int8_t *wp_row = w_c + (ky0 * p->k_w + kx0) * 4;
-                const int32_t nky = ky1 - ky0, nkx = kx1 - kx0;
-                int32_t a0 = b0, a1 = b1, a2 = b2, a3 = b3;
-                /* A whole 3 x 3 window (every interior pixel of the usual depthwise layer):
-                 * its nine taps in one straight-line block; other rows of two or three taps
-                 * in one block each.  Not in unoptimized builds: their frame pointer leaves
-                 * too few registers for the blocks' operands. */
+            int8_t *o = out + oy * p->out_w * c_n + c;
+            /* A row of whole 3 x 3 windows: its inside pixels skip the clipping below and run
+             * their nine taps as one straight-line block.  Not in unoptimized builds: their
+             * frame pointer leaves too few registers for the block's operands. */
 #if defined(__OPTIMIZE__)
-                const int32_t full3x3 = nky == 3 && nkx == 3 && p->k_h == 3 && p->k_w == 3;
-                const int32_t taps = nkx == 3 ? 3 : (nkx == 2 ? 2 : 0);
-                if (full3x3) {
+            const int32_t rows3 = p->k_h == 3 && p->k_w == 3 && ky0 == 0 && ky1 == 3;
+            const int32_t ip_y = y0 * row_in + c - p->pad_w * c_n; /* + ox * step: in the map */
+#endif
+            for (int32_t ox = 0; ox < p->out_w; ++ox, o += c_n) {
+                int32_t a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+#if defined(__OPTIMIZE__)
+                if (rows3 && ox >= lo && ox < hi) { /* a whole window: one nine-tap block */
+                    const int8_t *ip = in + ip_y + ox * step;
+                    const int8_t *wp = w_c;
                     const int32_t rowd = row_in - 3 * c_n;
                     int32_t x, v, xe, we;
                     __asm__ volatile(TT_DW_TAP TT_DW_TAP TT_DW_TAP
@@ -107,20 +132,32 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                                      "add %[ip], %[ip], %[rowd]\n\t"
                                      TT_DW_TAP TT_DW_TAP TT_DW_TAP
                                      : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),
-                                       [ip] "+r"(ip_row), [wp] "+r"(wp_row), [x] "=&r"(x),
-                                       [v] "=&r"(v), [xe] "=&r"(xe), [we] "=&r"(we)
+                                       [ip] "+r"(ip), [wp] "+r"(wp), [x] "=&r"(x), [v] "=&r"(v),
+                                       [xe] "=&r"(xe), [we] "=&r"(we)
                                      : [cn] "r"(c_n), [off] "r"(off), [rowd] "r"(rowd)
                                      : "memory");
+                    tt_dw_store(p, rq, mult, shift, full, c, o, a0, a1, a2, a3);
+                    continue;
                 }
-#else
-                const int32_t full3x3 = 0, taps = 0;
 #endif
-                for (int32_t ky = 0; ky < (full3x3 ? 0 : nky); ++ky) {
+                /* The clipped window, walked with pointer steps (no index arithmetic inside). */
+                const int32_t x0 = ox * p->stride_w - p->pad_w;
+                const int32_t kx0 = x0 < 0 ? -x0 : 0;
+                const int32_t kx1 = x0 + p->k_w > p->in_w ? p->in_w - x0 : p->k_w;
+                const int8_t *ip_row = in + ((y0 + ky0) * p->in_w + x0 + kx0) * c_n + c;
+                const int8_t *wp_row = w_c + (ky0 * p->k_w + kx0) * 4;
+                const int32_t nkx = kx1 - kx0;
+#if defined(__OPTIMIZE__)
+                const int32_t taps = nkx == 3 ? 3 : (nkx == 2 ? 2 : 0);
+#else
+                const int32_t taps = 0;
+#endif
+                for (int32_t ky = ky0; ky < ky1; ++ky) {
                     const int8_t *ip = ip_row;
                     const int8_t *wp = wp_row;
                     int32_t kx = taps;
 #if defined(__OPTIMIZE__)
-                    if (taps) { /* the window's edge rows: two or three taps at once */
+                    if (taps) { /* rows of two or three taps in one block each */
                         int32_t x, v, xe, we;
                         if (taps == 3) {
                             __asm__ volatile(TT_DW_TAP TT_DW_TAP TT_DW_TAP : TT_DW_OPERANDS);
@@ -144,22 +181,7 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                     ip_row += row_in;
                     wp_row += row_w;
                 }
-                if (rq != 0 && full) {
-                    o[0] = (int8_t)__ssat(tt_rq_chan(a0, rq + c), 8);
-                    o[1] = (int8_t)__ssat(tt_rq_chan(a1, rq + c + 1), 8);
-                    o[2] = (int8_t)__ssat(tt_rq_chan(a2, rq + c + 2), 8);
-                    o[3] = (int8_t)__ssat(tt_rq_chan(a3, rq + c + 3), 8);
-                } else if (rq != 0) {
-                    o[0] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
-                    o[1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
-                    o[2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
-                    o[3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
-                } else {
-                    o[0] = tt_out(a0, mult, shift, c, p);
-                    o[1] = tt_out(a1, mult, shift, c + 1, p);
-                    o[2] = tt_out(a2, mult, shift, c + 2, p);
-                    o[3] = tt_out(a3, mult, shift, c + 3, p);
-                }
+                tt_dw_store(p, rq, mult, shift, full, c, o, a0, a1, a2, a3);
             }
         }
     }
