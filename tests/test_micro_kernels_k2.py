@@ -16,6 +16,7 @@ from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Conv2D
 from tinytamer.micro.ops.add import add_tables, affine_table
 from tinytamer.micro.planner import order_residual_branches
+from tinytamer.micro.program import MicroProgram
 from tinytamer.micro.session import Session
 
 arm = pytest.mark.skipif(
@@ -82,8 +83,9 @@ def test_fused_add_emits_one_table(conv_scale, other_scale):
     ("conv_scale", "other_scale", "relu", "kernel"),
     [
         (0.07, 0.03, None, None),  # quads, fast add entry (mode 2)
-        (0.03, 0.07, None, None),  # quads, any-mode entry (the other side computed)
+        (0.03, 0.07, None, None),  # quads, mirrored entry (the other side computed: mode 5)
         (0.07, 0.03, "relu", None),  # quads, narrower add clamps (mode 3)
+        (0.03, 0.07, "relu", None),  # quads, mirrored entry, narrower clamps (mode 6)
         (0.07, 0.03, None, "pairs"),
         (0.03, 0.07, None, "int8"),  # the 2 x 2 kernel's output code
         (0.07, 0.03, None, "direct"),  # portable kernel: tt_fuse
@@ -106,6 +108,29 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
             sess.write(t_in, v.reshape(-1))
             sess.call("tt_model_run", t_in, t_out)
             np.testing.assert_array_equal(sess.read(t_out), ref)
+
+
+@arm
+@pytest.mark.parametrize("relu", [None, "relu"])
+def test_a_mirrored_fused_add_costs_about_what_the_usual_one_does(tmp_path, relu):
+    """The conv's side by its table and the other input's affine (modes 5 and 6) run their
+    own quads entry; the add costs at most 1.5x the instructions of the usual orientation
+    on top of the convolution (it cost 3.2x on the general path).  Exact counts, not time."""
+
+    def add_instructions(conv_scale, other_scale):
+        g = _block(2, conv_scale, other_scale, relu)
+        cm = codegen.generate(g, dsp=True)
+        d = tmp_path / f"{conv_scale}"
+        prog = MicroProgram(g, cm, "cortex-m4", d)
+        prog.arm = toolchain.arm_build(cm, d, "cortex-m4")
+        x = np.random.default_rng(0).integers(-128, 128, g.tensors[g.input].size).astype(np.int8)
+        layers = {r["layer"]: r["instructions"] for r in prog.profile(x, per_layer=True)["layers"]}
+        return cm.files["model.c"], layers["c2+add"] - layers["c1"]
+
+    src, mirrored = add_instructions(0.03, 0.07)
+    assert "tt_conv2d_s8_qx_mirror(" in src
+    _, usual = add_instructions(0.07, 0.03)
+    assert 0 < mirrored <= 1.5 * usual
 
 
 @arm

@@ -152,15 +152,11 @@ def _quads_entry(op: Conv2D, site: CallSite) -> str:
         return "tt_conv2d_s8_qx_plain" if full else "tt_conv2d_s8_qx"
     add = site.g.ops[site.fused_add]
     conv_table, other_table = _residual_tables(site.g, op, site.fused_add)
-    if (
-        full
-        and (add.act_min, add.act_max) == _FULL
-        and add_fast_requant(add, site.g) is not None
-        and conv_table is None
-        and other_table is not None
-    ):
-        return "tt_conv2d_s8_qx_add"
-    return "tt_conv2d_s8_qx"
+    if add_fast_requant(add, site.g) is None or (conv_table is None) == (other_table is None):
+        return "tt_conv2d_s8_qx"
+    if conv_table is not None:  # mirrored: modes 5 and 6
+        return "tt_conv2d_s8_qx_mirror"
+    return "tt_conv2d_s8_qx_add" if full and (add.act_min, add.act_max) == _FULL else "tt_conv2d_s8_qx"
 
 
 def _residual_tables(g: Graph, conv: Conv2D, a: int) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -810,21 +810,41 @@ tt_mx_rq(int32_t a, int32_t m, int32_t e, int32_t f, const tt_rq *r)
     return (t + f + (t >> 31)) >> e;
 }
 
-/* Clamp one requantized value and store it; in modes 2-4 (tt_mm_out4) the residual add
- * fused into the output, its tables and constants passed in registers. */
+/* Clamp one requantized value and store it; in modes 2-6 (tt_mm_out4) the residual add
+ * fused into the output, its table and constants passed in registers (tt_mx_add_setup). */
 static inline __attribute__((always_inline)) void
 tt_mx_store(int32_t mode, int8_t *o, int32_t v, int32_t lo, int32_t hi, const tt_residual *res,
             uint32_t cm, uint32_t ca, const int32_t *to, const tt_rq *q, int32_t lo2, int32_t hi2)
 {
-    v = (mode == 0 || mode == 2) ? __ssat(v, 8) : tt_clamp(v, lo, hi);
     if (mode < 2) {
-        *o = (int8_t)v;
-    } else if (mode == 4) {
+        *o = (int8_t)(mode == 0 ? __ssat(v, 8) : tt_clamp(v, lo, hi));
+        return;
+    }
+    v = (mode == 2 || mode == 5) ? __ssat(v, 8) : tt_clamp(v, lo, hi);
+    if (mode == 4) {
         *o = tt_fuse_mm(res, *o, (int8_t)v);
     } else {
-        /* The conv side's rescale is affine (one MLA), the other side's a table read. */
-        const int32_t s = tt_rq_apply((int32_t)((uint32_t)v * cm + ca) + to[*o], q);
-        *o = mode == 2 ? (int8_t)__ssat(s, 8) : tt_clamp(s, lo2, hi2);
+        /* One side's rescale is affine (one MLA), the other side's a table read: the conv's
+         * side affine in modes 2-3, the other input's in 5-6. */
+        const int32_t x = mode >= 5 ? *o : v, y = mode >= 5 ? v : *o;
+        const int32_t s = tt_rq_apply((int32_t)((uint32_t)x * cm + ca) + to[y], q);
+        *o = (mode == 2 || mode == 5) ? (int8_t)__ssat(s, 8) : tt_clamp(s, lo2, hi2);
+    }
+}
+
+/* The fused add's constants for tt_mx_store: the affine side's multiplier and offset, the
+ * other side's table. */
+static inline __attribute__((always_inline)) void
+tt_mx_add_setup(int32_t mode, const tt_residual *res, uint32_t *cm, uint32_t *ca, const int32_t **to)
+{
+    if (mode >= 5) {
+        *cm = (uint32_t)res->o_mul;
+        *ca = (uint32_t)res->o_add;
+        *to = res->t_conv + 128;
+    } else {
+        *cm = (uint32_t)res->c_mul;
+        *ca = (uint32_t)res->c_add;
+        *to = res->t_other + 128;
     }
 }
 
@@ -843,9 +863,7 @@ tt_mx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     const tt_rq *q = 0;
     int32_t lo2 = 0, hi2 = 0;
     if (mode >= 2) {
-        cm = (uint32_t)res->c_mul;
-        ca = (uint32_t)res->c_add;
-        to = res->t_other + 128;
+        tt_mx_add_setup(mode, res, &cm, &ca, &to);
         q = res->rq;
         lo2 = res->add->act_min;
         hi2 = res->add->act_max;
@@ -1040,9 +1058,7 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     const tt_rq *q = 0;
     int32_t lo2 = 0, hi2 = 0;
     if (mode >= 2) {
-        cm = (uint32_t)res->c_mul;
-        ca = (uint32_t)res->c_add;
-        to = res->t_other + 128;
+        tt_mx_add_setup(mode, res, &cm, &ca, &to);
         q = res->rq;
         lo2 = res->add->act_min;
         hi2 = res->add->act_max;
@@ -1190,9 +1206,20 @@ static __attribute__((noinline)) void tt_qx_block2(TT_QX_ARGS)
 {
     tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 2);
 }
+/* The mirrored fused adds (modes 5, 6), for the entry that links them. */
+static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
+{
+    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 5);
+}
+static __attribute__((noinline)) void tt_qx_block6(TT_QX_ARGS)
+{
+    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 6);
+}
 static __attribute__((noinline)) void tt_qx_blockn(TT_QX_ARGS, int32_t mode)
 {
-    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode);
+    /* Mirrored adds reaching the any-mode entry take the general form: this instance
+     * keeps no mirrored output code (its tests would cost every mode it runs). */
+    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode >= 5 ? 4 : mode);
 }
 
 /* The "flat" field of one pixel for tt_conv2d_s8_qx: its kh * kw * in_c values gathered
@@ -1352,12 +1379,13 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
     return tt_qx_im2col(p, in, oy, ox, k4, col);
 }
 
-/* The pixel loop; `mode` a constant 0 or 2 (the entry points of those modes link only their
- * block instance, so a model's flash holds the output code it runs) or -1: any mode, read
- * from the parameters. */
+/* The pixel loop; `entry` a constant: 0 or 2, that mode (the entry points of those modes
+ * link only their block instance, so a model's flash holds the output code it runs), 5 the
+ * mirrored fused adds (mode 5 or 6, read from the parameters), or -1: any mode, read from
+ * the parameters. */
 static inline __attribute__((always_inline)) void
 tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_rq *rq,
-          int8_t *out, int16_t *scratch, int32_t flat, int32_t unroll, int32_t mode)
+          int8_t *out, int16_t *scratch, int32_t flat, int32_t unroll, int32_t entry)
 {
     const int32_t icp = (p->in_c + 3) & ~3;
     const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
@@ -1369,7 +1397,7 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 2 * nw;
     int8_t *tmp = (int8_t *)(void *)(col + 2 * nw); /* flat: the field as bytes */
-    mode = mode >= 0 ? mode : tt_mm_mode(p);
+    const int32_t mode = entry == 0 || entry == 2 ? entry : tt_mm_mode(p);
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
@@ -1390,6 +1418,10 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
             tt_qx_block0(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
         } else if (mode == 2) {
             tt_qx_block2(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+        } else if (entry == 5 && mode == 5) {
+            tt_qx_block5(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+        } else if (entry == 5 && mode == 6) {
+            tt_qx_block6(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
         } else {
             tt_qx_blockn(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode);
         }
@@ -1408,6 +1440,13 @@ void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int3
                            int32_t unroll)
 {
     tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, 0);
+}
+
+void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                            int32_t unroll)
+{
+    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, 5);
 }
 
 void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,

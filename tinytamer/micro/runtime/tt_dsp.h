@@ -111,8 +111,9 @@ static inline int8_t tt_fuse_mm(const tt_residual *res, int8_t other, int8_t con
  * (fixed per layer by tt_mm_mode): 0 the clamp is the whole int8 range (one SSAT); 1 a
  * narrower activation range; 2 a fused residual add whose sum is requantized in
  * single-multiply form too, the conv's side rescaled by its affine form and the other by
- * its table, both clamps the whole int8 range; 3 the same with narrower clamps; 4 a fused
- * add in any other form (tt_fuse).  Each channel's constants are loaded once
+ * its table, both clamps the whole int8 range; 3 the same with narrower clamps; 5 and 6
+ * as 2 and 3 with the sides mirrored (the conv's side by its table, the other's affine);
+ * 4 a fused add in any other form (tt_fuse).  Each channel's constants are loaded once
  * for its two pixels. */
 static inline __attribute__((always_inline)) void
 tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, int8_t *o1,
@@ -140,7 +141,7 @@ tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, in
         t = tt_smmulr((int32_t)((uint32_t)a11 << 1), m1);
         a11 = (t + f1 + (t >> 31)) >> e1;
     }
-    if (mode == 0 || mode == 2) {
+    if (mode == 0 || mode == 2 || mode == 5) {
         a00 = __ssat(a00, 8);
         a01 = __ssat(a01, 8);
         a10 = __ssat(a10, 8);
@@ -168,13 +169,22 @@ tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, in
         return;
     }
     const tt_rq *q = res->rq;
-    const uint32_t cm = (uint32_t)res->c_mul, ca = (uint32_t)res->c_add;
-    const int32_t *to = res->t_other + 128;
-    a00 = tt_rq_apply((int32_t)((uint32_t)a00 * cm + ca) + to[o0[0]], q);
-    a01 = tt_rq_apply((int32_t)((uint32_t)a01 * cm + ca) + to[o1[0]], q);
-    a10 = tt_rq_apply((int32_t)((uint32_t)a10 * cm + ca) + to[o0[1]], q);
-    a11 = tt_rq_apply((int32_t)((uint32_t)a11 * cm + ca) + to[o1[1]], q);
-    if (mode == 2) {
+    if (mode >= 5) {
+        const uint32_t om = (uint32_t)res->o_mul, oa = (uint32_t)res->o_add;
+        const int32_t *tc = res->t_conv + 128;
+        a00 = tt_rq_apply(tc[a00] + (int32_t)((uint32_t)o0[0] * om + oa), q);
+        a01 = tt_rq_apply(tc[a01] + (int32_t)((uint32_t)o1[0] * om + oa), q);
+        a10 = tt_rq_apply(tc[a10] + (int32_t)((uint32_t)o0[1] * om + oa), q);
+        a11 = tt_rq_apply(tc[a11] + (int32_t)((uint32_t)o1[1] * om + oa), q);
+    } else {
+        const uint32_t cm = (uint32_t)res->c_mul, ca = (uint32_t)res->c_add;
+        const int32_t *to = res->t_other + 128;
+        a00 = tt_rq_apply((int32_t)((uint32_t)a00 * cm + ca) + to[o0[0]], q);
+        a01 = tt_rq_apply((int32_t)((uint32_t)a01 * cm + ca) + to[o1[0]], q);
+        a10 = tt_rq_apply((int32_t)((uint32_t)a10 * cm + ca) + to[o0[1]], q);
+        a11 = tt_rq_apply((int32_t)((uint32_t)a11 * cm + ca) + to[o1[1]], q);
+    }
+    if (mode == 2 || mode == 5) {
         o0[0] = (int8_t)__ssat(a00, 8);
         o1[0] = (int8_t)__ssat(a01, 8);
         o0[1] = (int8_t)__ssat(a10, 8);
@@ -195,10 +205,14 @@ static inline int32_t tt_mm_mode(const tt_conv_params *p)
     if (res == 0) {
         return full ? 0 : 1;
     }
-    if (res->rq == 0 || res->t_conv != 0 || res->t_other == 0) {
-        return 4; /* modes 2 and 3 take the conv side affine, the other from its table */
+    if (res->rq == 0 || (res->t_conv == 0) == (res->t_other == 0)) {
+        return 4; /* the fast modes take one side affine and the other from its table */
     }
-    return full && res->add->act_min == -128 && res->add->act_max == 127 ? 2 : 3;
+    const int32_t both = full && res->add->act_min == -128 && res->add->act_max == 127;
+    if (res->t_conv != 0) {
+        return both ? 5 : 6;
+    }
+    return both ? 2 : 3;
 }
 
 /* One output through the same modes (the odd channel and odd pixel paths). */

@@ -168,14 +168,18 @@ void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll);
 /* The same for one output mode each (tt_mm_mode in tt_conv.c): _plain the whole int8
- * range and no fused add, _add a fused add in single-multiply form with whole-range clamps.
- * A model links only the modes it runs. */
+ * range and no fused add, _add a fused add in single-multiply form with whole-range clamps,
+ * _mirror a fused add in single-multiply form whose conv side takes the table and the
+ * other side the affine rescale (any clamps).  A model links only the modes it runs. */
 void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                            int32_t unroll);
 void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                          const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                          int32_t unroll);
+void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                            int32_t unroll);
 /* Winograd F(2x2, 3x3) for 3 x 3, stride-1 layers with a multiple of 4 input channels
  * (tt_winograd.c): weights transformed and stored as int16 pairs, `scratch` two tiles'
  * transformed inputs (2 x 16 x in_c int16); the same output stage as the "mm" kernels. */
