@@ -194,6 +194,8 @@ LAYER_CASES = {
     "linear shape": ("fc", {"in_features": 10**6}, "in_features"),
     "norm features": ("bn", {"num_features": 7}, "num_features"),
     "custom int": ("shortcut", {"extra": 10**9}, "extra"),
+    # within MAX_INT, but padded as zero channels at run time: bounded by MAX_SIDE
+    "zero-pad shortcut channels": ("shortcut", {"extra": 60000}, "'extra'"),
 }
 
 

@@ -26,7 +26,8 @@ The limits, per spatial dimension:
 - a linear layer's, an embedding's and a normalization's declared sizes match
   their tensors;
 - every integer attribute of every module is at most :data:`MAX_INT` in size
-  (the classes outside ``torch.nn`` use theirs in code we cannot see);
+  (the classes outside ``torch.nn`` use theirs in code we cannot see); the zoo's
+  zero-pad shortcut strides by at most, and adds at most, :data:`MAX_SIDE` (channels);
 - over the whole model, the product of the upscaling factors (upsampling scale
   factors, transposed-convolution and pixel-shuffle strides) is at most
   :data:`MAX_UPSCALE`, and the sum of what the layers add to a side (padding
@@ -37,7 +38,7 @@ fixed size of at most :data:`MAX_SIDE`.  So whatever order a model applies them
 in, for an input whose spatial sides are at most ``S`` no activation of those
 layers has a side beyond ``MAX_UPSCALE x (max(S, MAX_SIDE) + MAX_GROWTH)``
 (40,960 for ``S`` up to 1024) and, because channel counts are those of the
-file's own weights, no more channels than the widest layer.  Zoo models stay far
+file's own weights, no more channels than the widest layer (plus what zero-pad shortcuts add).  Zoo models stay far
 inside: upscaling 1 (2 for YOLO-Fastest), growth under 10.  What a module class
 outside ``torch.nn`` does with its attributes in its own ``forward`` is bounded
 only by :data:`MAX_INT`.
@@ -54,6 +55,7 @@ from torch.nn.modules import conv, padding, pooling
 
 from tinytamer.errors import CodecError
 from tinytamer.qgraph import OPS, QuantizedGraph
+from tinytamer.zoo.cifar_resnet import ZeroPadShortcut
 
 MAX_SIDE = 1024
 MAX_UPSCALE = 32
@@ -257,6 +259,12 @@ def _pad_growth(pads: Sequence[int]) -> int:
     return max((max(0, a) + max(0, b) for a, b in zip(pads[::2], pads[1::2], strict=False)), default=0)
 
 
+def _zero_pad_shortcut(module: nn.Module, growth: Growth) -> None:
+    # Its forward pads `extra` zero channels: no weights of the file bound them.
+    _ints(module, "stride", 1, 1)
+    _ints(module, "extra", 1, 0)
+
+
 def _linear(module: nn.Linear, growth: Growth) -> None:
     weight = _tensor_shape(module, "weight")
     if weight is None or len(weight) != 2:
@@ -318,6 +326,7 @@ _RULES: tuple[tuple[type, Any], ...] = (
     (nn.PixelShuffle, _pixel_shuffle),
     (nn.Fold, _fold),
     (nn.Unfold, _unfold),
+    (ZeroPadShortcut, _zero_pad_shortcut),
 )
 
 
