@@ -61,15 +61,30 @@ def embed(model: nn.Module, ds) -> tuple[torch.Tensor, np.ndarray]:
     return torch.cat(outs), np.asarray(ds.labels)
 
 
-def probe(model: nn.Module, fsdd) -> float:
+def probe(model: nn.Module, fsdd) -> dict:
+    """A linear classifier (standardized inputs, logistic regression) on the frozen embeddings
+    of FSDD's training speakers, scored on its held-out speakers: on the float embeddings, on
+    the released 8-bit post-processing (PCA fitted here, released clip and codes), and on the
+    same with the PCA scaled to the clip range (``Postprocessor.fit(scale_to_clip=True)``).
+    ``nn.Flatten()`` as the model: the 96 x 64 log-mel input itself (the reference; float only)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     train_x, train_y = embed(model, fsdd.train)
     test_x, test_y = embed(model, fsdd.test)
-    post = Postprocessor.fit(train_x)
-    features = [post(x).float().numpy() / 255.0 for x in (train_x, test_x)]
-    clf = LogisticRegression(max_iter=2000).fit(features[0], train_y)
-    return float((clf.predict(features[1]) == test_y).mean())
+
+    def score(train_f: np.ndarray, test_f: np.ndarray) -> float:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(train_f, train_y)
+        return float((clf.predict(test_f) == test_y).mean())
+
+    out: dict = {"float_embedding": score(train_x.numpy(), test_x.numpy())}
+    for name, scaled in (("released_8bit", False), ("scaled_8bit", True)) if train_x.shape[1] == EMBEDDING else ():
+        post = Postprocessor.fit(train_x, scale_to_clip=scaled)
+        codes = [post(x).numpy() for x in (train_x, test_x)]
+        out[name] = score(*(c.astype(np.float32) for c in codes))
+        out[f"{name}_codes_at_the_clip"] = float(np.isin(codes[1], (0, 255)).mean())
+    return out
 
 
 def main() -> None:
@@ -91,8 +106,9 @@ def main() -> None:
             "pretraining": pre,
             "test": f"FSDD speakers never heard in training: {len(fsdd.test)} clips",
             "probe_train_clips": len(fsdd.train),
-            "probe_accuracy_trained_embedding": probe(model, fsdd),
-            "probe_accuracy_untrained_embedding": probe(untrained, fsdd),
+            "probe_trained_embedding": probe(model, fsdd),
+            "probe_untrained_embedding": probe(untrained, fsdd),
+            "probe_log_mel_input": probe(nn.Flatten(), fsdd)["float_embedding"],
         },
     )
 

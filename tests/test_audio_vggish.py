@@ -52,6 +52,16 @@ def test_postprocessor_clips_and_quantizes_to_8_bits() -> None:
     pca = (emb - fitted.means) @ fitted.eigenvectors.T
     var = pca.var(dim=0)
     assert torch.all(var[:-1] >= var[1:] - 1e-4) and abs(float(pca.mean())) < 1e-4
+    # A network of another scale: scaled, three standard deviations of the first component
+    # reach the clip; unscaled, most of its codes sit at the clip.
+    big = emb * 50.0
+    scaled = Postprocessor.fit(big, scale_to_clip=True)
+    first = ((big - scaled.means) @ scaled.eigenvectors.T)[:, 0]
+    assert abs(3.0 * float(first.std()) - 2.0) < 1e-3
+    assert (
+        float(torch.isin(Postprocessor.fit(big)(big)[:, 0], torch.tensor([0, 255], dtype=torch.uint8)).float().mean())
+        > 0.9
+    )
 
 
 def _save_pth(path: Path, obj: object) -> Path:

@@ -83,14 +83,25 @@ class Postprocessor(nn.Module):
         return torch.round((pca.clamp(-CLIP, CLIP) + CLIP) * (255.0 / (2 * CLIP))).to(torch.uint8)
 
     @classmethod
-    def fit(cls, embeddings: Tensor) -> Postprocessor:
+    def fit(cls, embeddings: Tensor, *, scale_to_clip: bool = False) -> Postprocessor:
         """PCA parameters estimated from ``embeddings`` (N x 128), as the released ones were from
-        AudioSet's: the mean and the covariance's eigenvectors as rows, by decreasing variance."""
+        AudioSet's: the mean and the covariance's eigenvectors as rows, by decreasing variance.
+
+        The released clip and 8-bit codes assume the released network's scale.  A network
+        trained here may have another: with ``scale_to_clip`` the eigenvectors are scaled by one
+        factor so that three standard deviations of the first component reach the clip (a
+        departure from the released parameters, which have no such factor)."""
         x = embeddings.double()
         means = x.mean(dim=0)
         cov = torch.cov((x - means).T)
         values, vectors = torch.linalg.eigh(cov)
-        return cls(vectors[:, torch.argsort(values, descending=True)].T.float(), means.float())
+        order = torch.argsort(values, descending=True)
+        rows = vectors[:, order].T
+        if scale_to_clip:
+            top = float(values[order[0]].clamp_min(0.0).sqrt())
+            if top > 0.0:
+                rows = rows * (CLIP / (3.0 * top))
+        return cls(rows.float(), means.float())
 
 
 @register_model("vggish", input_shape=(1, *INPUT_HW), num_classes=EMBEDDING)
