@@ -215,8 +215,10 @@ static inline int32_t tt_mm_mode(const tt_conv_params *p)
     return both ? 2 : 3;
 }
 
-/* One output through the same modes (the odd channel and odd pixel paths). */
-static inline void tt_mm_out1(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o,
+/* One output through the same modes (the odd channel and odd pixel paths).  Out of line:
+ * inlined at each of a kernel's edge paths it nearly doubled the quads blocks' code. */
+static __attribute__((noinline, unused)) void
+tt_mm_out1(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o,
                        int32_t acc)
 {
     const int8_t v = tt_rq_out(acc, r, p->act_min, p->act_max);
