@@ -193,3 +193,20 @@ def test_the_proxylessnas_stage_prices_ops_from_the_table_and_measures_its_netwo
     arch = net.sample(random.Random(1))
     total = fixed + sum(shares[c][a] for c, a in enumerate(arch))
     assert total == pytest.approx(costs(arch)["est_cycles"], rel=0.02)
+    # The floors: for a sum over layers, the cheapest choice per block is the cheapest
+    # architecture, and none priced from the table goes below it.
+    floors = costs.floors()
+    cheapest = tuple(min(range(len(o)), key=o.__getitem__) for o in shares)
+    assert floors["est_cycles"][0] == pytest.approx(costs(cheapest)["est_cycles"], rel=1e-9)
+    for seed in range(4):
+        got = costs(net.sample(random.Random(seed)))
+        assert all(got[m] >= floors[m][0] - 1e-6 for m in floors)
+    # A budget under a floor is refused before the supernet trains (no proxyless record),
+    # naming the resource, its floor and the limit; the table is the first run's.
+    from tinytamer.errors import RecipeError
+
+    sram = floors["sram_bytes"][0]
+    again = {**stage, "budget": {"cycles": 6e5, "sram": sram - 1}, "cost_table": str(costs.table)}
+    recipe = parse_recipe({"name": "p2", "data": {"limit": 300}, "stages": [{"proxylessnas": again}]})
+    with pytest.raises(RecipeError, match=rf"sram_bytes >= {sram:g} > limit {sram - 1:g} \(layer '"):
+        run(recipe, tmp_path / "p2", progress=False, echo=lambda _: None)

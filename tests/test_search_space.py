@@ -156,3 +156,15 @@ def test_bad_spaces_are_refused():
         make_space("nasnet", (3, 32, 32), 10)
     with pytest.raises(ModelError, match="needs a WidthChoice"):
         Chain([Unit(3, 4, 1, slim=True)])
+
+
+def test_a_strided_stem_halves_the_map_before_the_first_block():
+    for name in ("shufflenet", "mbconv"):
+        net = make_space(name, (3, 32, 32), 10, **SMALL, stem_stride=2).eval()
+        plain = net.derive(net.sample(random.Random(0))).eval()
+        assert plain.stem.conv.stride == (2, 2)
+        with torch.no_grad():
+            assert plain.stem(torch.zeros(1, 3, 32, 32)).shape[-2:] == (16, 16)
+            assert plain(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+        with pytest.raises(ModelError, match="stem_stride is 1 or 2, got 3"):
+            make_space(name, (3, 32, 32), 10, **SMALL, stem_stride=3)

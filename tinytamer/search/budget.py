@@ -175,12 +175,122 @@ class ArchCost:
                 out[c][arch[c]] = sum(la.metrics[metric] for la in pred.layers if _in_block(la.name, prefix))
         return out
 
+    def floors(self) -> dict[str, tuple[float, str]]:
+        """Lower bounds on what *every* architecture of the space is predicted to cost from
+        the table as it stands, where it proves one without measuring more:
+        {metric: (bound, what sets it)}.
+
+        - ``est_cycles`` and ``instructions`` (micro targets), in a space of op choices only:
+          the fixed layers plus each choice's cheapest option, each layer with its share of
+          the per-layer overhead: the exact minimum, as such a prediction is a sum over
+          layers and options of different choices do not interact.  Flash (kernel code is
+          shared) and host latency (a fitted line) are not sums, and get no floor.
+        - ``sram_bytes`` (micro targets): the int8 input and output of some convolution that
+          every architecture runs (see :func:`tensor_floor`), plus the table's stack.
+        """
+        metrics = self.metrics()
+        out: dict[str, tuple[float, str]] = {}
+        if all(isinstance(c, OpChoice) for _, c in self.net.choices()):
+            first = self.predict(cover_archs(self.net)[0])
+            for m in ("est_cycles", "instructions"):
+                if m in metrics:
+                    per_layer = first.overhead[m] / len(first.layers)
+                    options = [
+                        [share + per_layer * n for share, n in zip(shares, counts, strict=True)]
+                        for shares, counts in zip(self.per_choice(m), self._option_layers(), strict=True)
+                    ]
+                    fixed = first.total[m] - sum(options[c][a] for c, a in enumerate(cover_archs(self.net)[0]))
+                    out[m] = (fixed + sum(min(o) for o in options), "every choice at its cheapest option")
+        if "sram_bytes" in metrics:
+            stack = self.predict(cover_archs(self.net)[0]).overhead["sram_bytes"]
+            tensors, why = tensor_floor(self.net, self.example)
+            out["sram_bytes"] = (tensors + stack, f"{why}, plus {stack:g} B of stack")
+        return out
+
+    def _option_layers(self) -> list[list[int]]:
+        """[choice][option]: how many table layers the option puts in its block."""
+        out = [[0] * n for n in self.net.sizes()]
+        for arch in cover_archs(self.net):
+            names = [la.name for la in self.predict(arch).layers]
+            for c, (name, _) in enumerate(self.net.choices()):
+                prefix = _block_prefix(self.net, name)
+                out[c][arch[c]] = sum(_in_block(n, prefix) for n in names)
+        return out
+
+    def infeasible(self, budget: Budget) -> list[str]:
+        """The budget's limits that no architecture of the space can meet (empty: maybe all)."""
+        floors = self.floors()
+        return [
+            f"{m} >= {floors[m][0]:g} > limit {v:g} ({floors[m][1]})"
+            for m, v in budget.limits.items()
+            if m in floors and floors[m][0] > v
+        ]
+
     def fixed(self, metric: str) -> float:
         """The ``metric`` every architecture pays whatever its choices (first cover arch's
         total minus its choices' shares)."""
         arch = cover_archs(self.net)[0]
         shares = self.per_choice(metric)
         return self(arch)[metric] - sum(shares[c][a] for c, a in enumerate(arch))
+
+
+def tensor_floor(net: Supernet, example: torch.Tensor) -> tuple[int, str]:
+    """A lower bound on the int8 tensor bytes (arena, input and output) of every
+    architecture of ``net``, and the layer that sets it.
+
+    The micro planner never places a convolution's output over its own input, so each
+    convolution holds both at once: input plus output bytes (only the input for a pointwise
+    stride-1 convolution that keeps the shape: a fused residual add may write its output
+    over its input).  Width choices only add channels, so every one is taken at its narrowest; each
+    op choice contributes its best option's largest such layer (a zero option, nothing).
+    The bound is the largest over layers outside every op choice and over op choices.
+    """
+    choices = net.choices()
+    ops = [(i, name) for i, (name, c) in enumerate(choices) if isinstance(c, OpChoice)]
+    narrow = [min(range(len(c.options)), key=c.options.__getitem__) for _, c in choices]
+    per_op: dict[int, list[tuple[int, str]]] = {i: [] for i, _ in ops}
+    fixed: tuple[int, str] = (0, "")
+    for j in range(max((len(choices[i][1].options) for i, _ in ops), default=1)):
+        arch = list(narrow)
+        for i, _ in ops:
+            arch[i] = min(j, len(choices[i][1].options) - 1)
+        layers = _conv_tensor_bytes(net, tuple(arch), example)
+        for i, name in ops:
+            prefix = _block_prefix(net, name)
+            mine = [la for la in layers if _in_block(la[1], prefix)]
+            per_op[i].append(max(mine, default=(0, f"'{name}' option {choices[i][1].options[arch[i]]}")))
+        outside = [la for la in layers if not any(_in_block(la[1], _block_prefix(net, n)) for _, n in ops)]
+        fixed = max([fixed, *outside])
+    best = max([fixed, *(min(options) for options in per_op.values())])
+    return best[0], f"layer '{best[1]}' holds {best[0]:,} B of int8 tensors in every architecture"
+
+
+def _conv_tensor_bytes(net: Supernet, arch: Arch, example: torch.Tensor) -> list[tuple[int, str]]:
+    """(int8 bytes a convolution holds at once, its name) of each convolution of ``arch``."""
+    saved = [c.active for _, c in net.choices()]
+    try:
+        model = net.derive(arch).eval()
+    finally:
+        net.activate(saved)
+    found: list[tuple[int, str]] = []
+
+    def hook(name: str, conv: nn.Conv2d) -> Callable[..., None]:
+        def record(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            n_in, n_out = args[0][:1].numel(), out[:1].numel()
+            # Only y = conv(x) + x (pointwise, stride 1, same shape) may overwrite its input.
+            in_place = conv.kernel_size == (1, 1) and conv.stride == (1, 1) and n_in == n_out
+            found.append((n_in if in_place else n_in + n_out, name))
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n, m)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return found
 
 
 def _block_prefix(net: Supernet, name: str) -> str:

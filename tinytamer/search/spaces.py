@@ -13,7 +13,11 @@
 
 Both take the input shape, so one definition serves (3, 32, 32) images and (1, 49, 10)
 MFCC maps: a stride-1 stem, then stages that each start by halving the map (rounding up:
-49x10 becomes 25x5, 13x3, 7x2).  Every op a derived network holds - convolution, depthwise
+49x10 becomes 25x5, 13x3, 7x2).  ``stem_stride=2`` halves the map in the stem as well, as
+the papers' ImageNet networks do: the first blocks then run on a quarter of the pixels,
+which is what small SRAM budgets need (with a stride-1 stem, every architecture holds the
+first block's full-resolution tensors; :meth:`~tinytamer.search.budget.ArchCost.floors`).
+Every op a derived network holds - convolution, depthwise
 convolution, ReLU / ReLU6, residual add, channel split (a slice ``x[:, a:b]``), concatenation
 (``torch.cat``), channel shuffle (``nn.ChannelShuffle``), global average pool, linear -
 deploys on the micro devices (int8) and on every host target but ``litert``, whose
@@ -72,13 +76,15 @@ class Head(nn.Module):
         return self.fc(self.flatten(self.pool(self.conv(self.blocks(self.stem(x))))))
 
 
-def _check(input_shape: Sequence[int], stages: Stages, num_classes: int) -> None:
+def _check(input_shape: Sequence[int], stages: Stages, num_classes: int, stem_stride: int) -> None:
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise ModelError(f"a search space takes one sample's shape (C, H, W), got {tuple(input_shape)}")
     if num_classes < 2:
         raise ModelError(f"a search space needs at least 2 classes, got {num_classes}")
     if not stages or any(c < 1 or n < 1 or s not in (1, 2) for c, n, s in stages):
         raise ModelError(f"stages are (channels >= 1, blocks >= 1, stride 1 or 2), got {list(stages)}")
+    if stem_stride not in (1, 2):
+        raise ModelError(f"stem_stride is 1 or 2, got {stem_stride}")
 
 
 def _shuffle_branch(cin: int, cout: int, mid: int, op: str, stride: int, width: WidthChoice | None) -> Chain:
@@ -106,10 +112,11 @@ def shufflenet_space(
     stages: Stages = ((48, 3, 2), (96, 3, 2), (192, 2, 2)),
     feat: int = 256,
     width_ratios: Sequence[float] | None = None,
+    stem_stride: int = 1,
 ) -> Supernet:
     """The SPOS ShuffleNetV2 supernet: one :class:`OpChoice` of :data:`SHUFFLE_OPS` per unit
     (and a :class:`WidthChoice` per unit when ``width_ratios`` is given)."""
-    _check(input_shape, stages, num_classes)
+    _check(input_shape, stages, num_classes, stem_stride)
     if any(c % 2 for c, _, _ in stages):
         raise ModelError(
             f"ShuffleNetV2 units split their channels in halves: stage channels must be even, got {stages}"
@@ -137,7 +144,7 @@ def shufflenet_space(
                 cands[op] = ShuffleUnit(branch, proj, 0 if down else half, cin)
             blocks.append(OpChoice(cands))
             cin = cout
-    stem_unit = Unit(input_shape[0], stem, 3)
+    stem_unit = Unit(input_shape[0], stem, 3, stem_stride)
     return Supernet(Head(stem_unit, blocks, cin, feat, num_classes, nn.ReLU))
 
 
@@ -159,10 +166,11 @@ def mbconv_space(
     stem: int = 16,
     stages: Stages = ((24, 3, 2), (40, 3, 2), (80, 3, 2)),
     feat: int = 160,
+    stem_stride: int = 1,
 ) -> Supernet:
     """The ProxylessNAS MBConv supernet: one :class:`OpChoice` of :data:`MBCONV_OPS` per
     block, with ``zero`` (inside a :class:`Residual`) on every block that keeps its shape."""
-    _check(input_shape, stages, num_classes)
+    _check(input_shape, stages, num_classes, stem_stride)
     # The fixed first block of the paper's networks: depthwise 3x3 - 1x1 (expansion 1).
     first = Chain([Unit(stem, stem, 3, depthwise=True, act=nn.ReLU6), Unit(stem, stem, 1, act=None)])
     blocks: list[nn.Module] = [Residual(first)]
@@ -179,7 +187,7 @@ def mbconv_space(
             else:
                 blocks.append(OpChoice(cands))
             cin = cout
-    stem_unit = Unit(input_shape[0], stem, 3, act=nn.ReLU6)
+    stem_unit = Unit(input_shape[0], stem, 3, stem_stride, act=nn.ReLU6)
     return Supernet(Head(stem_unit, blocks, cin, feat, num_classes, nn.ReLU6))
 
 

@@ -37,7 +37,7 @@ class SearchParams(StageParams):
     )
     space_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="the space's own keys: stem, stages [[channels, blocks, stride], ...], feat; "
+        description="the space's own keys: stem, stem_stride (1 or 2), stages [[channels, blocks, stride], ...], feat; "
         "shufflenet: width_ratios (channel search)",
     )
     target: Literal["cortex-m4", "cortex-m7", "onnxruntime"] = Field(
@@ -87,6 +87,14 @@ def open_space(ctx: Context, p: SearchParams) -> tuple[Any, Budget, ArchCost, st
         costs.progress = lambda _name: bar.advance(task)
         costs.cover()
         costs.progress = None
+    # Refuse a budget no architecture can meet now, not after training the supernet.
+    short = costs.infeasible(budget)
+    if short:
+        raise RecipeError(
+            f"{ctx.stage_name}: no architecture of the '{p.space}' space can meet the budget on {p.target}: "
+            + "; ".join(short)
+            + " (raise the limit, or make the space smaller: space_options, e.g. stem_stride 2, fewer channels)"
+        )
     try:
         shown = str(table.resolve().relative_to(ctx.rundir.path.resolve()))
     except ValueError:
