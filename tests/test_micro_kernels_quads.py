@@ -138,18 +138,22 @@ def test_quads_kernel_is_faster_than_pairs_on_whole_quads(tmp_path):
 @pytest.mark.skipif(not toolchain.qemu_available(), reason="qemu-system-arm missing")
 def test_unoptimized_runtime_build_is_bit_exact(tmp_path):
     """At -O0 (a frame pointer: 13 free registers) the 13- and 14-register loops of the
-    pairs and quads kernels give way to C of the same arithmetic; both still run exactly."""
+    pairs, quads and Winograd kernels give way to C of the same arithmetic; all still run
+    exactly (and the Winograd transforms' C builds without optimization)."""
     rng = np.random.default_rng(2)
     b = GraphBuilder((5, 6, 8), 0.02, 3)
     x = b.conv(
         b.input, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.05, 1, padding=(1, 1), name="q"
     )
+    x = b.conv(x, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.05, 3, padding=(1, 1), name="w")
     y = b.conv(x, rng.integers(-127, 128, (6, 8, 3, 3)), np.full(6, 0.004), None, 0.05, -2, padding=(1, 1), name="p")
     g = b.graph(y)
-    g.ops[1].schedule = {"weights": "pairs"}
+    g.ops[1].schedule = {"kernel": "winograd"}
+    g.ops[2].schedule = {"weights": "pairs"}
     xs = rng.integers(-128, 128, (2, *g.tensors[g.input].shape)).astype(np.int8)
     want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
     cm = codegen.generate(g, dsp=True)
-    assert "tt_conv2d_s8_qx" in cm.files["model.c"] and "tt_conv2d_s8_mx(" in cm.files["model.c"]
+    src = cm.files["model.c"]
+    assert all(k in src for k in ("tt_conv2d_s8_qx", "tt_conv2d_s8_mx(", "tt_conv2d_s8_wino("))
     build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1), opt="-O0")
     np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)

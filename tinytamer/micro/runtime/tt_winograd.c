@@ -15,44 +15,40 @@
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
 #include "tt_dsp.h"
 
-/* The transformed channels c..c+3 of a tile whose 16 pixels are src (0: padding, only
- * where `edge`) into dst (v + c / 2): each column's row pass (B^T d) on the words as loaded,
- * then each row's column pass (t B) on the way out. */
-static inline __attribute__((always_inline)) void
-tt_wino_quad(const int8_t *const *src, int32_t c, int32_t nzp, int32_t words, int32_t *dst,
-             int32_t edge)
+/* The transformed channels c..c+3 of a tile wholly inside the input into dst (v + c / 2),
+ * its top-left pixel at `s` (channel c included), rows `row` bytes apart, pixels `in_c`.
+ * Two passes, each word loaded once: down each column, the rows of B^T d (d0 - d2,
+ * d1 + d2, d2 - d1, d1 - d3) for both lane sets ([c0|c2] and [c1|c3], minus the zero
+ * point) into t; then along each row of t, the same combination of its columns (t B). */
+static __attribute__((noinline)) void tt_wino_inside(const int8_t *s, int32_t row, int32_t in_c,
+                                                     int32_t nzp, int32_t words, int32_t *dst)
 {
-    int32_t t0[16], t1[16];
-    for (int32_t j = 0; j < 4; ++j) {
-        int32_t a[4], b[4];
-        for (int32_t i = 0; i < 4; ++i) {
-            const int8_t *s = src[4 * i + j];
-            if (edge && s == 0) {
-                a[i] = b[i] = 0;
-            } else {
-                const int32_t w = tt_word(s + c);
-                a[i] = __sxtab16(nzp, w);
-                b[i] = tt_sxtab16_ror8(nzp, w);
-            }
-        }
-        t0[j] = __ssub16(a[0], a[2]);
-        t0[4 + j] = __sadd16(a[1], a[2]);
-        t0[8 + j] = __ssub16(a[2], a[1]);
-        t0[12 + j] = __ssub16(a[1], a[3]);
-        t1[j] = __ssub16(b[0], b[2]);
-        t1[4 + j] = __sadd16(b[1], b[2]);
-        t1[8 + j] = __ssub16(b[2], b[1]);
-        t1[12 + j] = __ssub16(b[1], b[3]);
+    int32_t t[32]; /* t[8 r + 2 j + lane set] */
+    const int8_t *r1 = s + row, *r2 = r1 + row, *r3 = r2 + row;
+#pragma GCC unroll 4
+    for (int32_t j = 0; j < 4; ++j, s += in_c, r1 += in_c, r2 += in_c, r3 += in_c) {
+        const int32_t w0 = tt_word(s), w1 = tt_word(r1), w2 = tt_word(r2), w3 = tt_word(r3);
+        int32_t a0 = __sxtab16(nzp, w0), a1 = __sxtab16(nzp, w1), a2 = __sxtab16(nzp, w2);
+        int32_t a3 = __sxtab16(nzp, w3);
+        t[2 * j] = __ssub16(a0, a2);
+        t[8 + 2 * j] = __sadd16(a1, a2);
+        t[16 + 2 * j] = __ssub16(a2, a1);
+        t[24 + 2 * j] = __ssub16(a1, a3);
+        a0 = tt_sxtab16_ror8(nzp, w0), a1 = tt_sxtab16_ror8(nzp, w1);
+        a2 = tt_sxtab16_ror8(nzp, w2), a3 = tt_sxtab16_ror8(nzp, w3);
+        t[2 * j + 1] = __ssub16(a0, a2);
+        t[8 + 2 * j + 1] = __sadd16(a1, a2);
+        t[16 + 2 * j + 1] = __ssub16(a2, a1);
+        t[24 + 2 * j + 1] = __ssub16(a1, a3);
     }
-    for (int32_t i = 0; i < 16; i += 4, dst += 4 * words) {
-        dst[0] = __ssub16(t0[i], t0[i + 2]);
-        dst[1] = __ssub16(t1[i], t1[i + 2]);
-        dst[words] = __sadd16(t0[i + 1], t0[i + 2]);
-        dst[words + 1] = __sadd16(t1[i + 1], t1[i + 2]);
-        dst[2 * words] = __ssub16(t0[i + 2], t0[i + 1]);
-        dst[2 * words + 1] = __ssub16(t1[i + 2], t1[i + 1]);
-        dst[3 * words] = __ssub16(t0[i + 1], t0[i + 3]);
-        dst[3 * words + 1] = __ssub16(t1[i + 1], t1[i + 3]);
+#pragma GCC unroll 8
+    for (int32_t k = 0; k < 8; ++k) { /* output row k / 2, lane set k % 2 */
+        const int32_t *const u = t + 4 * k - 3 * (k & 1); /* t + 8 (k / 2) + k % 2 */
+        int32_t *const d = dst + 4 * words * (k >> 1) + (k & 1);
+        d[0] = __ssub16(u[0], u[4]);
+        d[words] = __sadd16(u[2], u[4]);
+        d[2 * words] = __ssub16(u[4], u[2]);
+        d[3 * words] = __ssub16(u[2], u[6]);
     }
 }
 
@@ -63,6 +59,15 @@ static void tt_wino_tile(const tt_conv_params *p, const int8_t *in, int32_t iy, 
 {
     const int32_t in_c = p->in_c, words = in_c / 2;
     const int32_t nzp = (int32_t)(((uint32_t)(-p->in_zp) & 0xffffu) * 0x10001u);
+    if (iy >= 0 && iy + 4 <= p->in_h && ix >= 0 && ix + 4 <= p->in_w) {
+        const int8_t *const s = in + (iy * p->in_w + ix) * in_c;
+        for (int32_t c = 0; c < in_c; c += 4) {
+            tt_wino_inside(s + c, p->in_w * in_c, in_c, nzp, words, v + c / 2);
+        }
+        return;
+    }
+    /* An edge tile: each quad's 16 words gathered into a box, the zero point's word where
+     * the pixel is padding (it transforms to 0), then transformed as an inside tile. */
     const int8_t *src[16];
     for (int32_t i = 0; i < 4; ++i) {
         const int32_t y = iy + i;
@@ -72,14 +77,13 @@ static void tt_wino_tile(const tt_conv_params *p, const int8_t *in, int32_t iy, 
             src[4 * i + j] = inside ? in + (y * p->in_w + x) * in_c : 0;
         }
     }
-    if (iy >= 0 && iy + 4 <= p->in_h && ix >= 0 && ix + 4 <= p->in_w) {
-        for (int32_t c = 0; c < in_c; c += 4) {
-            tt_wino_quad(src, c, nzp, words, v + c / 2, 0);
+    const int32_t zw = (int32_t)((uint32_t)(uint8_t)p->in_zp * 0x01010101u);
+    int32_t box[16];
+    for (int32_t c = 0; c < in_c; c += 4) {
+        for (int32_t k = 0; k < 16; ++k) {
+            box[k] = src[k] ? tt_word(src[k] + c) : zw;
         }
-    } else {
-        for (int32_t c = 0; c < in_c; c += 4) {
-            tt_wino_quad(src, c, nzp, words, v + c / 2, 1);
-        }
+        tt_wino_inside((const int8_t *)box, 16, 4, nzp, words, v + c / 2);
     }
 }
 
