@@ -11,7 +11,10 @@ way: ONNX Runtime static QDQ, OpenVINO through NNCF, ncnn / LiteRT from tinytame
 model), then time each deployed model in its own fresh child process pinned to its cores,
 at batch 1 and 32: every model ``--rounds`` times round-robin (load on a shared machine then
 hits every target alike), each round the median of ``--repeats`` runs after warm-up; the
-figure is the median of the rounds' medians, with the spread.  Speed-ups are against
+figure is the median of the rounds' medians, with the spread.  Before each timing the run
+waits (``--settle`` seconds at most) for the 1-minute load average, raised by the compiles
+and quantizations that prepared the model, to fall below the thread count; a timing taken
+above it is still marked loaded.  Speed-ups are against
 PyTorch fp32 eager measured in the same run and thread count.  TVM is left out by default
 (``benchmarks/targets_tvm.py`` tunes and times it; untuned it takes seconds a call at batch
 32); named in ``--targets`` it is built from its tuning database, else untuned and labelled.
@@ -132,6 +135,12 @@ def main() -> None:
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=120,
+        help="seconds to wait at most, before each timing, for the load average to fall below the threads",
+    )
     ap.add_argument("--eval", type=int, default=1000, help="test images scored through each runtime (trained models)")
     ap.add_argument(
         "--targets",
@@ -188,6 +197,8 @@ def main() -> None:
                 repeats=args.repeats,
                 warmup=5,
                 rounds=args.rounds,
+                settle_s=args.settle,
+                echo=print,
             )
             print(f"\n{model_name}, {threads} thread(s): {counts.macs / 1e6:.1f} MMACs")
             print(report.caption() + report.table())
@@ -198,6 +209,7 @@ def main() -> None:
             "threads": args.threads,
             "repeats": args.repeats,
             "rounds": args.rounds,
+            "settle_s": args.settle,
             "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "int8_min_top1_agree": args.int8_min_top1,
             "batches": args.batches,

@@ -12,7 +12,9 @@ on each target and precision (``tinytamer.compress.channel_rounding``: single-la
 timed on the target, the fastest count at or below the ratio's).  Each variant - dense
 included - is deployed to each target (parity checked on real CIFAR-10 images; int8
 calibrated on 128 real training images) and timed in a fresh child process pinned to its
-cores, ``--rounds`` times round-robin: the median of the rounds' medians, with the spread.
+cores, ``--rounds`` times round-robin: the median of the rounds' medians, with the spread
+(each timing waits, ``--settle`` seconds at most, for the load average to fall below the
+threads).
 Reported per variant: the MAC ratio, the latency ratio to the dense model on the same
 runtime, and ``efficiency`` = measured speed-up / MAC speed-up (1.0: latency falls as fast
 as the MACs; Torch-Pruning reports 0.57 on ResNet-50).  Weights are untrained (BN
@@ -39,7 +41,14 @@ from tinytamer.compress.channel import prune_channels  # noqa: E402
 from tinytamer.data import make_loader  # noqa: E402
 from tinytamer.deploy import int8_quantizer  # noqa: E402
 from tinytamer.targets import get_target, list_targets, onnxrt  # noqa: E402
-from tinytamer.targets.base import ONE_ROUND, ROUNDS, TOLERANCES, combine_rounds, host_description  # noqa: E402
+from tinytamer.targets.base import (  # noqa: E402
+    ONE_ROUND,
+    ROUNDS,
+    TOLERANCES,
+    combine_rounds,
+    host_description,
+    wait_for_quiet,
+)
 from tinytamer.zoo import count, create  # noqa: E402
 
 
@@ -65,6 +74,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--settle", type=float, default=120, help="seconds to wait at most, before each timing, for a quiet machine"
+    )
     ap.add_argument(
         "--round-to",
         nargs="+",
@@ -137,6 +149,7 @@ def main() -> None:
                     measured: dict[tuple[float, str], list] = {k: [] for k in deployed}
                     for _ in range(args.rounds):
                         for k, d in deployed.items():
+                            wait_for_quiet(args.threads, args.settle, print)
                             measured[k].append(d.measure(batch=b, threads=args.threads, repeats=args.repeats, warmup=5))
                     cost = {k: combine_rounds(v) for k, v in measured.items()}
                     base = cost[d0].latency_ms_median
@@ -176,6 +189,7 @@ def main() -> None:
             "threads": args.threads,
             "repeats": args.repeats,
             "rounds": args.rounds,
+            "settle_s": args.settle,
             "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "dense_macs": count(dense, (3, 32, 32)).macs,
             "dense_channels": dense_counts,

@@ -29,7 +29,14 @@ from tinytamer.errors import ModelError, TamerError
 from tinytamer.fileio import atomic_path, write_atomic
 from tinytamer.scoring import top1_hits
 from tinytamer.targets import Cost, Deployed, Target, get_target, list_targets
-from tinytamer.targets.base import ONE_ROUND, ROUNDS, combine_rounds, host_description, unavailable_reason
+from tinytamer.targets.base import (
+    ONE_ROUND,
+    ROUNDS,
+    combine_rounds,
+    host_description,
+    unavailable_reason,
+    wait_for_quiet,
+)
 from tinytamer.targets.options import compile_options
 
 
@@ -594,6 +601,7 @@ def bench(
     eval_limit: int | str | None = None,
     isolate: bool = True,
     rounds: int = 1,
+    settle_s: float = 0.0,
     target_options: dict[str, dict[str, Any]] | None = None,
     progress: bool = False,
     echo: Callable[[str], None] | None = None,
@@ -604,6 +612,8 @@ def bench(
     With ``rounds`` > 1 every model is measured that many times, round-robin, so that
     load from other processes on a shared machine hits every target alike, and the
     median of its rounds' medians is reported (:func:`tinytamer.targets.base.combine_rounds`).
+    ``settle_s`` > 0: before each timing, wait up to that long for the load average left by
+    the compiles to fall below ``threads`` (:func:`tinytamer.targets.base.wait_for_quiet`).
     TVM is not tuned unless ``target_options["tvm"]`` names ``trials``: its tuning database
     is used when it holds the model, else it is compiled untuned (labelled so, with a note
     saying how to tune).  A target that fails (export, parity, measuring) is
@@ -681,6 +691,7 @@ def bench(
             if test_loader is not None:
                 job.acc = runtime_accuracy(job.deployed, ready, test_loader, limits[name], progress=progress)
             for b in batches:
+                wait_for_quiet(threads, settle_s, say)
                 job.costs[b] = job.deployed.measure(
                     batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate
                 )
@@ -699,6 +710,7 @@ def bench(
             for b, cost in job.costs.items():
                 if cost.latency_ms_median is None:  # an estimate (micro): the same every round
                     continue
+                wait_for_quiet(threads, settle_s, say)
                 measured[(id(job), b)].append(
                     job.deployed.measure(batch=b, threads=threads, repeats=repeats, warmup=warmup, isolate=isolate)
                 )

@@ -201,6 +201,9 @@ class BenchParams(StageParams):
     max_acc_drop: float | None = Field(None, ge=0, description="accuracy a pick may lose (0.01 = one point)")
     isolate: bool = Field(True, description="measure in a child process (peak memory)")
     rounds: int = Field(1, ge=1, description="times each model is timed, round-robin; the median of rounds is reported")
+    settle_s: float = Field(
+        0.0, ge=0, description="before each timing, wait up to this long for the load average to fall below threads"
+    )
 
     @field_validator("targets")
     @classmethod
@@ -257,6 +260,7 @@ def bench_stage(model: nn.Module, ctx: Context, p: BenchParams) -> nn.Module:
         eval_limit=p.eval_limit,
         isolate=p.isolate,
         rounds=p.rounds,
+        settle_s=p.settle_s,
         target_options=p.target_options(),
         progress=ctx.progress,
         echo=console_echo,

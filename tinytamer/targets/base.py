@@ -232,6 +232,23 @@ def load_average() -> float | None:
         return None
 
 
+def wait_for_quiet(threads: int, limit_s: float, say: Callable[[str], None] | None = None) -> float | None:
+    """Wait, at most ``limit_s`` seconds, until the 1-minute load average is below
+    ``threads``: it lags a minute behind, so right after a compile or a quantization on every
+    core a timing would be marked loaded by the work that prepared it.  Returns the load
+    average it ended at (None where the system has none); ``say`` hears of any wait."""
+    load = load_average()
+    if load is None or load < threads or limit_s <= 0:
+        return load
+    if say is not None:
+        say(f"waiting up to {limit_s:.0f} s for the load average ({load:.2f}) to fall below {threads}")
+    end = time.monotonic() + limit_s
+    while load is not None and load >= threads and time.monotonic() < end:
+        time.sleep(min(2.0, max(0.0, end - time.monotonic())))
+        load = load_average()
+    return load
+
+
 def pin_cpus(threads: int) -> list[int] | None:
     """The cores a timing process with ``threads`` threads is pinned to: the first
     ``threads`` of those this process may use (all of them when it may use fewer)."""
