@@ -477,7 +477,7 @@ def test_deploy_set_takes_the_target_options(trained, tmp_path):
             "--run",
             str(trained),
             "--set",
-            "schedules=tuned",
+            "schedules=portable",
             "--set",
             "eval_limit=20",
             "--set",
@@ -497,7 +497,7 @@ def test_deploy_set_takes_the_target_options(trained, tmp_path):
     from tinytamer.rundir import RunDir
 
     rec = read_records(RunDir.open(tmp_path / "m"), DeployRecord)[0]
-    assert rec.options["schedules"] == "tuned" and rec.instructions > 0 and rec.flash_bytes > 0
+    assert rec.options["schedules"] == "portable" and rec.instructions > 0 and rec.flash_bytes > 0
 
 
 def test_evaluate_on_data_of_another_shape_is_one_clear_error(trained, tmp_path):

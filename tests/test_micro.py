@@ -137,7 +137,7 @@ def test_planner_reuses_memory_and_adds_in_place():
     g = random_graph(0, size=8, channels=4)
     p = plan(g)
     sizes = {t: g.tensors[t].size for t in g.tensors}
-    assert p.arena_size < sum(sizes.values()) - sizes[g.input] - sizes[g.output]
+    assert p.arena_size < sum(sizes.values()) - sizes[g.output]
     add = next(op for op in g.ops if isinstance(op, Add))
     assert p.location[add.output] in (p.location[add.inputs[0]], p.location[add.inputs[1]])
     # No two tensors alive at the same op overlap in the arena.
@@ -146,6 +146,22 @@ def test_planner_reuses_memory_and_adds_in_place():
         spans = sorted((b.offset, b.offset + b.size) for b in live)
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
     assert "peak at op" in p.report(g)
+
+
+def test_the_input_lives_in_the_arena_and_its_bytes_are_reused():
+    """The input is an arena buffer from the start to its last reader; later buffers may
+    take its bytes.  Left to the caller, it is not in the arena at all."""
+    g = random_graph(0, size=8, channels=4)
+    p = plan(g)
+    kind, off = p.location[g.input]
+    buf = next(b for b in p.buffers if b.name == g.input)
+    assert kind == "arena" and buf.offset == off and buf.first == 0
+    assert buf.last == max(i for i, op in enumerate(g.ops) if g.input in op.inputs)
+    later = [b for b in p.buffers if b.first > buf.last]
+    assert any(b.offset < off + buf.size and off < b.offset + b.size for b in later)
+    caller = plan(g, input_in_arena=False)
+    assert caller.location[g.input] == ("in", 0) and all(b.name != g.input for b in caller.buffers)
+    assert caller.arena_size <= p.arena_size
 
 
 @needs_gcc

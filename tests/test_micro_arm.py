@@ -39,6 +39,45 @@ def test_qemu_run_is_bit_exact(tmp_path, cpu):
     assert build.sram_bytes >= build.sections[".bss"] >= cm.plan.arena_size
 
 
+@qemu
+def test_the_runtime_is_compiled_once_and_the_image_is_the_same(tmp_path, monkeypatch):
+    """Kernel objects come from the cache on the second build; the image is byte for byte the
+    one a build that compiles everything makes; other flags make other objects."""
+    import subprocess
+
+    monkeypatch.setenv("TINYTAMER_CACHE", str(tmp_path / "cache"))
+    g, xs, want = _case(1, 2)
+    cm = codegen.generate(g, dsp=True)
+    first = toolchain.arm_build(cm, tmp_path / "a", inputs=xs.reshape(len(xs), -1))
+    objects = sorted((tmp_path / "cache" / "micro-objects").glob("*.o"))
+    assert len(objects) == len(toolchain.KERNEL_SOURCES)
+    stamps = [o.stat().st_mtime_ns for o in objects]
+    again = toolchain.arm_build(cm, tmp_path / "b", inputs=xs.reshape(len(xs), -1))
+    assert [o.stat().st_mtime_ns for o in objects] == stamps  # nothing recompiled
+    np.testing.assert_array_equal(toolchain.qemu_run(again, cm.output_size), want)
+    # The same image as one gcc command compiling every source itself.
+    c = toolchain.cpu("cortex-m4")
+    flags = [*c.flags, "-std=c99", "-O2", "-fno-strict-aliasing", "-ffunction-sections", "-fdata-sections"]
+    srcs = [tmp_path / "a" / "model.c", *(codegen.RUNTIME_DIR / s for s in toolchain.KERNEL_SOURCES)]
+    srcs += [codegen.RUNTIME_DIR / s for s in ("main_semihost.c", "startup_cm.c", "semihost.c")]
+    srcs.append(tmp_path / "a" / "inputs.c")
+    link = ["-nostartfiles", "--specs=nano.specs", "-T", str(codegen.RUNTIME_DIR / "cortexm.ld"), "-Wl,--gc-sections"]
+    whole = tmp_path / "whole.elf"
+    subprocess.run(
+        ["arm-none-eabi-gcc", *flags, "-DTT_DSP=1", f"-I{tmp_path / 'a'}", f"-I{codegen.RUNTIME_DIR}", *map(str, srcs)]
+        + [*link, "-o", str(whole)],
+        check=True,
+    )
+
+    def image(elf) -> bytes:  # what is loaded onto the part (the ELF also names its source paths)
+        subprocess.run(["arm-none-eabi-objcopy", "-O", "binary", str(elf), str(tmp_path / "x.bin")], check=True)
+        return (tmp_path / "x.bin").read_bytes()
+
+    assert image(first.elf) == image(again.elf) == image(whole)
+    toolchain.arm_build(codegen.generate(g, dsp=True), tmp_path / "c", opt="-O1")
+    assert len(list((tmp_path / "cache" / "micro-objects").glob("*.o"))) == 2 * len(toolchain.KERNEL_SOURCES)
+
+
 @arm
 @pytest.mark.parametrize("lazy", [False, True])
 def test_session_strict_and_lazy(tmp_path, lazy):

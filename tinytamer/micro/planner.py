@@ -6,8 +6,10 @@ largest first at the lowest offset that does not overlap any placed buffer
 whose lifetime overlaps (the greedy-by-size strategy of TensorFlow Lite
 Micro's ``GreedyMemoryPlanner``).  An elementwise ``Add`` writes in place over
 an input that dies at it.  Kernel scratch memory (im2col buffers) is a buffer
-that lives for its one op.  The graph's input and output buffers belong to
-the caller (``tt_model_run(in, out)``), not to the arena.  A convolution whose
+that lives for its one op.  The graph's input lives in the arena too (as TensorFlow Lite
+Micro and X-CUBE-AI place it): the caller writes it at ``tt_model_input()``, and its bytes
+are reused once the first layers have read it; the output buffer belongs to the caller
+(``tt_model_run(in, out)``).  A convolution whose
 only consumer is the residual add after it can run fused with it
 (:func:`find_fusions`): its output then needs no buffer at all, and the lowering runs
 first the branch whose side of the add is the costlier one for a fused kernel
@@ -145,15 +147,23 @@ def _gathers_first(conv: Op, dsp: bool) -> bool:
     return pointwise and schedule.resolve(conv, dsp).get("kernel") in ("mm", "im2col")
 
 
-def plan(g: Graph, scratch_sizes: dict[int, int] | None = None, fused: dict[int, int] | None = None) -> MemoryPlan:
+def plan(
+    g: Graph,
+    scratch_sizes: dict[int, int] | None = None,
+    fused: dict[int, int] | None = None,
+    *,
+    input_in_arena: bool = True,
+) -> MemoryPlan:
     """Plan the arena; ``scratch_sizes`` maps op index -> scratch bytes the op's kernel needs,
-    ``fused`` the conv -> add pairs of :func:`find_fusions` that run as one kernel."""
+    ``fused`` the conv -> add pairs of :func:`find_fusions` that run as one kernel;
+    ``input_in_arena`` False leaves the input in the caller's buffer (a program whose layers
+    are called one by one on a buffer of the caller's, as the tuner's benches are)."""
     scratch_sizes = scratch_sizes or {}
     base = base_of(g)
     out_base = base[g.output]
-    caller = {g.input: "in", out_base: "out"}
+    caller = {out_base: "out"} if input_in_arena else {g.input: "in", out_base: "out"}
     last_use = _last_uses(g, base)
-    first_def: dict[str, int] = {}
+    first_def: dict[str, int] = {g.input: 0} if input_in_arena else {}
     for i, op in enumerate(g.ops):
         if not op_def(op).aliases_input:
             first_def.setdefault(op.output, i)

@@ -23,7 +23,7 @@ from tinytamer.micro import codegen, reference, toolchain
 from tinytamer.micro.codegen import CModel
 from tinytamer.micro.ir import Graph
 from tinytamer.micro.lower import lower
-from tinytamer.micro.session import Session
+from tinytamer.micro.session import DeviceTensor, Session
 
 DEVICES = ("cortex-m4", "cortex-m7", "host")
 
@@ -80,8 +80,17 @@ class MicroProgram:
             raise ModelError(f"micro program for '{self.device}' has no Cortex-M build")
         return self.arm.elf
 
+    def input_buffer(self, sess: Session) -> DeviceTensor:
+        """Where an inference's input is written: its place in the arena
+        (``tt_model_input()``, passed as ``in``: nothing is copied), or a session buffer for a
+        program whose input is the caller's."""
+        n, off = self.cmodel.input_size, self.cmodel.input_offset
+        if off is None:
+            return sess.alloc(n)
+        return DeviceTensor(sess.symbols["tt_arena"] + off, n, np.dtype(np.int8), (n,))
+
     def run_in_session(self, sess: Session, q: np.ndarray) -> np.ndarray:
-        t_in = sess.alloc(self.cmodel.input_size)
+        t_in = self.input_buffer(sess)
         t_out = sess.alloc(self.cmodel.output_size)
         outs = []
         for row in q:
@@ -100,7 +109,7 @@ class MicroProgram:
         and per layer, the flash traffic behind them, and the inference's measured stack
         depth.  Layers run after the whole inference, so their caches start warm."""
         with Session(self.device, elf=self._elf(), count=True, profile=memory_profile) as sess:
-            t_in = sess.alloc(self.cmodel.input_size)
+            t_in = self.input_buffer(sess)
             t_out = sess.alloc(self.cmodel.output_size)
             sess.write(t_in, q_row)
             total = sess.call("tt_model_run", t_in, t_out)

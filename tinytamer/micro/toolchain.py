@@ -14,14 +14,18 @@ working directory, and one that starts with '-' as an option.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tinytamer.data.cache import cache_root
 from tinytamer.errors import BackendMissing, ModelError
 from tinytamer.micro.codegen import RUNTIME_DIR, CModel
 from tinytamer.micro.ops import kernel_files
@@ -88,12 +92,50 @@ def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-def _sources(cm: CModel, d: Path, main: str) -> list[str]:
-    """The model, the kernels, ``main`` and a kernel backend's sources (cmsis-nn)."""
+@functools.cache
+def _compiler_id(compiler: str) -> str:
+    proc = _run([compiler, "--version"], f"{compiler} --version", text=True)
+    return f"{compiler}\n{proc.stdout}"
+
+
+def runtime_objects(compiler: str, flags: list[str], names: list[str] | tuple[str, ...]) -> list[str]:
+    """The runtime's sources ``names`` compiled with ``compiler`` and ``flags``: object files
+    kept in the cache folder (``$TINYTAMER_CACHE/micro-objects``), keyed by the compiler, the
+    flags and the text of the source and of every runtime header.  A tuning run or a test
+    session makes hundreds of builds that differ only in the model; each then compiles only
+    the model.  Linked in the same order as the sources were, the image is the same."""
+    headers = hashlib.sha256()
+    for h in sorted(RUNTIME_DIR.glob("*.h")):
+        headers.update(h.name.encode() + b"\0" + h.read_bytes())
+    root = cache_root() / "micro-objects"
+    root.mkdir(exist_ok=True)
+    objects, missing = [], []
+    for name in names:
+        src = RUNTIME_DIR / name
+        key = hashlib.sha256("\0".join([_compiler_id(compiler), *flags, name]).encode())
+        key.update(src.read_bytes() + headers.digest())
+        obj = root / f"{src.stem}-{key.hexdigest()[:24]}.o"
+        objects.append(str(obj))
+        if not obj.is_file():
+            missing.append((src, obj))
+    if missing:
+        # Compiled in a private folder, then moved in whole: a concurrent build never links
+        # a half-written object.
+        with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
+            cmd = [compiler, *flags, f"-I{RUNTIME_DIR}", "-c", *(str(src) for src, _ in missing)]
+            _run(cmd, f"{Path(compiler).name} build of the runtime", cwd=tmp)
+            for src, obj in missing:
+                os.replace(Path(tmp) / f"{src.stem}.o", obj)
+    return objects
+
+
+def _sources(cm: CModel, d: Path, main: str, compiler: str, flags: list[str]) -> list[str]:
+    """The model, the kernels (compiled once, :func:`runtime_objects`), ``main`` and a kernel
+    backend's sources (cmsis-nn)."""
     cm.write(d)
     return [
         str(d / "model.c"),
-        *(str(RUNTIME_DIR / s) for s in KERNEL_SOURCES),
+        *runtime_objects(compiler, flags, KERNEL_SOURCES),
         str(RUNTIME_DIR / main),
         *(str(p) for p in cm.sources),
     ]
@@ -111,7 +153,8 @@ def host_build(cm: CModel, workdir: str | Path, *, sanitize: bool = False) -> Pa
     flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-fno-strict-aliasing"]
     if sanitize:
         flags += ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-    _run([gcc, *flags, *_includes(cm, d), *_sources(cm, d, "main_host.c"), "-o", str(exe)], "host gcc build")
+    srcs = _sources(cm, d, "main_host.c", gcc, flags)
+    _run([gcc, *flags, *_includes(cm, d), *srcs, "-o", str(exe)], "host gcc build")
     return exe
 
 
@@ -175,7 +218,7 @@ def arm_build(
         *(["-DTT_DSP=1"] if c.dsp else []),
     ]
     srcs = [
-        *_sources(cm, d, "main_semihost.c"),
+        *_sources(cm, d, "main_semihost.c", gcc, flags),
         str(RUNTIME_DIR / "startup_cm.c"),
         str(RUNTIME_DIR / "semihost.c"),
         str(d / "inputs.c"),

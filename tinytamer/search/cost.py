@@ -762,12 +762,11 @@ def measure_micro(
                 fm.reach[i],
             )
         )
-    io = cm.input_size + cm.output_size
     total = {
         "instructions": prof["instructions"],
         "est_cycles": prof["est_cycles"],
         "flash_bytes": prog.arm.flash_bytes,
-        "sram_bytes": cm.plan.arena_size + io + prof["stack_bytes"],
+        "sram_bytes": cm.plan.arena_size + cm.io_bytes + prof["stack_bytes"],
     }
     kernels = sorted({_kernel_id(key) for _, _, key in keyed})
     return Measured(total, layers, kernels, fm.sizes, prof["stack_bytes"], fm.runtime)
@@ -1161,11 +1160,11 @@ def _per_run(table: CostTable, target: Any, workdir: str | Path) -> float:
 
 
 def _planned_sram(g: Any) -> int:
-    """Arena + input + output bytes of the generated program (codegen's own plan)."""
+    """Arena (the input included) + output bytes of the generated program (codegen's own plan)."""
     from tinytamer.micro import codegen
 
     cm = codegen.generate(g, dsp=True)
-    return cm.plan.arena_size + cm.input_size + cm.output_size
+    return cm.plan.arena_size + cm.io_bytes
 
 
 def _require(measure_missing: bool, missing: set[str], target: str) -> None:

@@ -109,10 +109,9 @@ class MicroDeployed(Deployed):
         # Code + constants + .data's initial values, from the linked image (not the ELF
         # file, whose symbols and debug sections are no part of the model).
         cost.flash_bytes = p.arm.flash_bytes
-        # The buffers one inference holds at its peak: the activation arena, the input and
-        # output tensors and the stack depth measured in the run.
-        io = p.cmodel.input_size + p.cmodel.output_size
-        cost.sram_bytes = p.cmodel.plan.arena_size + io + prof["stack_bytes"]
+        # The buffers one inference holds at its peak: the activation arena (the input
+        # included), the output tensor and the stack depth measured in the run.
+        cost.sram_bytes = p.cmodel.plan.arena_size + p.cmodel.io_bytes + prof["stack_bytes"]
         cost.extra.update(
             {
                 "per_layer": prof["layers"],
@@ -125,9 +124,10 @@ class MicroDeployed(Deployed):
                 "fetch_misses": prof["fetch_misses"],
                 "data_misses": prof["data_misses"],
                 "stack_bytes": prof["stack_bytes"],
-                "io_bytes": io,
+                "io_bytes": p.cmodel.io_bytes,
+                "input_in_arena": p.cmodel.input_offset is not None,
                 "stack_reserved": p.arm.sections.get(".stack", 0),
-                "sram_note": "activation arena + input and output tensors + measured peak stack",
+                "sram_note": "activation arena (the input tensor included) + output tensor + measured peak stack",
                 "measured_in": "unicorn emulator, block hooks + capstone (+ flash memory hooks)",
             }
         )

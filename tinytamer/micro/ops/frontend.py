@@ -126,12 +126,14 @@ def build_spotter(program, workdir: str | Path) -> toolchain.ArmBuild:
     elf = d / f"spotter_{c.name}.elf"
     flags = [*c.flags, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"]
     flags += ["-fno-strict-aliasing", "-ffunction-sections", "-fdata-sections", *(["-DTT_DSP=1"] if c.dsp else [])]
-    runtime = [*toolchain.KERNEL_SOURCES, "tt_mfcc.c", "startup_cm.c", "semihost.c"]
-    srcs = [str(d / "model.c"), *(str(RUNTIME_DIR / s) for s in runtime), *map(str, program.cmodel.sources)]
+    gcc = toolchain.require("arm-none-eabi-gcc")
+    runtime = toolchain.runtime_objects(gcc, flags, [*toolchain.KERNEL_SOURCES, "tt_mfcc.c"])
+    startup = [str(RUNTIME_DIR / s) for s in ("startup_cm.c", "semihost.c")]
+    srcs = [str(d / "model.c"), *runtime, *startup, *map(str, program.cmodel.sources)]
     includes = [f"-I{p}" for p in (d, RUNTIME_DIR, *program.cmodel.include_dirs)]
     link = ["-nostartfiles", "--specs=nano.specs", "-T", str(RUNTIME_DIR / "cortexm.ld"), "-Wl,--gc-sections"]
     cmd = [
-        toolchain.require("arm-none-eabi-gcc"),
+        gcc,
         *flags,
         *includes,
         *srcs,
