@@ -138,6 +138,39 @@ def test_bench_marks_loaded_rows(tmp_path, monkeypatch):
     assert "(loaded)" in text and "not clean figures" in text and report.host["cpu"] in text
 
 
+def test_a_bench_waits_for_the_load_left_by_the_compiles(tmp_path, monkeypatch):
+    """settle_s: before a timing the bench waits (saying so) until the load average falls
+    below the threads, at most settle_s; the timing is then clean.  A load that stays up is
+    waited out only that long, and the row is still marked."""
+    from tinytamer.deploy import bench
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(base.time, "sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    # The load falls by 0.1 a second from 2.0; the timing itself reads it twice more.
+    monkeypatch.setattr(base, "load_average", lambda: max(0.2, 2.0 - 0.1 * clock["t"]))
+    said: list[str] = []
+    report = bench(
+        residual_model(),
+        tmp_path / "a",
+        example_input=torch.randn(1, 1, 8, 8),
+        targets=["torch"],
+        repeats=2,
+        warmup=0,
+        isolate=False,
+        threads=1,
+        settle_s=60,
+        echo=said.append,
+    )
+    assert any("waiting up to 60 s for the load average (2.00) to fall below 1" in s for s in said)
+    assert 10 <= clock["t"] <= 14 and not report.rows[0].loaded
+    assert base.wait_for_quiet(1, 60) < 1  # already quiet: no wait
+    clock["t"] = 0.0
+    monkeypatch.setattr(base, "load_average", lambda: 3.0)
+    assert base.wait_for_quiet(2, 30) == 3.0 and clock["t"] == pytest.approx(30)
+    assert base.wait_for_quiet(2, 0) == 3.0 and clock["t"] == pytest.approx(30)  # 0: never waits
+
+
 def test_bench_does_not_tune_tvm_unless_asked(monkeypatch):
     pytest.importorskip("tvm")
     from tinytamer import deploy
