@@ -79,12 +79,14 @@ def data_root(kind: str) -> str:
     return str(root / "mnist") if kind == "mnist" else str(root / "cifar10-jpg.tar.gz")
 
 
-def train(name: str, epochs: float | None) -> dict:
+def train(name: str, epochs: float | None, weight_decay: float | None = None) -> dict:
     setup = SETUPS[name]
     solver = dict(setup["solver"])
     if epochs is not None:
         solver.pop("max_iter", None)
         solver["epochs"] = epochs
+    if weight_decay is not None:
+        solver["weight_decay"] = weight_decay
     recipe = parse_recipe(
         {
             "name": f"baseline-{name}",
@@ -133,11 +135,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", choices=sorted(SETUPS))
     parser.add_argument("--epochs", type=float, default=None, help="override the training length")
+    parser.add_argument("--weight-decay", type=float, default=None, help="override the solver's weight decay")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.models:
-        r = train(name, args.epochs)
+        r = train(name, args.epochs, args.weight_decay)
         print(f"{name}: test error {r['test_error']:.2%} in {r['train_seconds']:.0f} s")
 
 
