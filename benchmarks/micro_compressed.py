@@ -179,7 +179,6 @@ def run(name: str, args: argparse.Namespace) -> dict:
             board, out.setdefault("stm32l4r5_errors", {})[variant] = None, str(e)
         host = prog.run_reference(q)
         dev = prog.run_device(q[:nd])
-        io = prog.cmodel.input_size + prog.cmodel.output_size
         flash = image_bytes(prog.arm.elf, g)
         rec = {
             "forms": chosen,
@@ -193,7 +192,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
             ),
             "dense_weights": sum(int(op.weight.size) for op in g.ops if hasattr(op, "weight_form")),
             "flash_bytes": prog.arm.flash_bytes,
-            "sram_bytes": prog.cmodel.plan.arena_size + io + max(p["stack_bytes"] for p in ideal),
+            "sram_bytes": prog.cmodel.sram_bytes(max(p["stack_bytes"] for p in ideal)),
             "instructions": int(np.mean([p["instructions"] for p in ideal])),
             "est_cycles_ideal": int(np.mean([p["est_cycles"] for p in ideal])),
             "est_cycles_stm32l4r5": None if board is None else int(np.mean(board)),

@@ -83,10 +83,8 @@ def measure(name: str, schedules: str) -> dict:
             rec["instructions"] = p["instructions"]
             if profile == "ideal":
                 rec["per_layer"] = p["layers"]
-                # Arena + input and output tensors + measured stack (Deployed.measure's figure).
-                rec["sram_bytes"] = (
-                    prog.cmodel.plan.arena_size + prog.cmodel.input_size + prog.cmodel.output_size + p["stack_bytes"]
-                )
+                # Arena (the input included) + output + measured stack (Deployed.measure's figure).
+                rec["sram_bytes"] = prog.cmodel.sram_bytes(p["stack_bytes"])
                 rec["stack_bytes"] = p["stack_bytes"]
         if kernels == "cmsis-nn":
             rec["cmsis_fallbacks"] = prog.cmodel.fallbacks

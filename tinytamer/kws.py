@@ -162,7 +162,7 @@ class DeviceSpotter:
                 "instructions": net.instructions,
                 "est_cycles": net.est_cycles,
                 "flash_bytes": net_flash,
-                "sram_bytes": cm.plan.arena_size + cm.io_bytes + net.stack_bytes,
+                "sram_bytes": cm.sram_bytes(net.stack_bytes),
                 "sram_note": "activation arena (the features included) + output tensor + measured peak stack",
             },
         }

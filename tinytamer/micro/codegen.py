@@ -56,6 +56,11 @@ class CModel:
         input unless it lives in the arena."""
         return self.output_size + (self.input_size if self.input_offset is None else 0)
 
+    def sram_bytes(self, stack_bytes: int) -> int:
+        """Peak SRAM of one inference: the arena (the input included, where it lives there),
+        the caller's buffers and ``stack_bytes`` of measured stack."""
+        return self.plan.arena_size + self.io_bytes + stack_bytes
+
     def write(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

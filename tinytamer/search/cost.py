@@ -766,7 +766,7 @@ def measure_micro(
         "instructions": prof["instructions"],
         "est_cycles": prof["est_cycles"],
         "flash_bytes": prog.arm.flash_bytes,
-        "sram_bytes": cm.plan.arena_size + cm.io_bytes + prof["stack_bytes"],
+        "sram_bytes": cm.sram_bytes(prof["stack_bytes"]),
     }
     kernels = sorted({_kernel_id(key) for _, _, key in keyed})
     return Measured(total, layers, kernels, fm.sizes, prof["stack_bytes"], fm.runtime)
@@ -1164,7 +1164,7 @@ def _planned_sram(g: Any) -> int:
     from tinytamer.micro import codegen
 
     cm = codegen.generate(g, dsp=True)
-    return cm.plan.arena_size + cm.io_bytes
+    return cm.sram_bytes(0)
 
 
 def _require(measure_missing: bool, missing: set[str], target: str) -> None:

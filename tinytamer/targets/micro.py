@@ -111,7 +111,7 @@ class MicroDeployed(Deployed):
         cost.flash_bytes = p.arm.flash_bytes
         # The buffers one inference holds at its peak: the activation arena (the input
         # included), the output tensor and the stack depth measured in the run.
-        cost.sram_bytes = p.cmodel.plan.arena_size + p.cmodel.io_bytes + prof["stack_bytes"]
+        cost.sram_bytes = p.cmodel.sram_bytes(prof["stack_bytes"])
         cost.extra.update(
             {
                 "per_layer": prof["layers"],
