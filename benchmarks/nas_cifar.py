@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._common import RESULTS, WORK, save, shared_data  # noqa: E402
+from benchmarks._common import RESULTS, WORK, machine, save, shared_data  # noqa: E402
 from tinytamer.errors import TamerError  # noqa: E402
 from tinytamer.recipe import parse_recipe, run  # noqa: E402
 from tinytamer.records import DeployRecord, NasRecord, read_records  # noqa: E402
@@ -459,7 +459,10 @@ def main() -> None:
     rows += [{"experiment": exp, **r} for r in new]
     order = {m: i for i, m in enumerate(("resnet8", "spos", "random", "proxylessnas"))}
     rows.sort(key=lambda r: (order[r["method"]], -(r["budget"] or 2), r["seed"]))
-    settings = {**old.get("settings", {}), exp: vars(args)}
+    # Experiments run at different times merge into one file: each keeps its own commit.
+    m = machine()
+    made = {"git": m["git"], "git_dirty": m["git_dirty"], "date": m["date"]}
+    settings = {**old.get("settings", {}), exp: {**vars(args), "machine": made}}
     out = save(
         "nas_cifar",
         {
