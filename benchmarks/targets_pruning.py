@@ -60,7 +60,17 @@ def measured_variant(
     path = cr.cache_root() / cr.table_name(target, precision, args.threads, args.batches[0], host_description()["cpu"])
     table = cr.LatencyTable.open(path, target, precision, args.threads, args.batches[0])
     timer = cr.target_timer(target, precision, args.threads, args.batches[0], repeats=args.repeats)
-    plan = cr.plan_channels(dense, example, timer, table, ratio=ratio, table_path=path, progress=True)
+    plan = cr.plan_channels(
+        dense,
+        example,
+        timer,
+        table,
+        ratio=ratio,
+        slack=args.slack,
+        headroom=args.headroom,
+        table_path=path,
+        progress=True,
+    )
     return prune_channels(dense, example, ratio=plan.ratios(), round_to=None).eval(), plan.to_dict()
 
 
@@ -85,6 +95,10 @@ def main() -> None:
         help="kept channels are multiples of this; several values: every ratio with each",
     )
     ap.add_argument("--measured", action="store_true", help="also: counts chosen by timing on each target")
+    ap.add_argument("--slack", type=float, default=0.25, help="--measured: candidates down to (1 - slack) x asked")
+    ap.add_argument(
+        "--headroom", type=float, default=0.0, help="--measured: candidates also up to (1 + headroom) x asked"
+    )
     ap.add_argument(
         "--quick", action="store_true", help="resnet8, 25 %%, int8, batch 1, 2 repeats, 1 round; benchmarks/work/quick"
     )
@@ -190,6 +204,8 @@ def main() -> None:
             "repeats": args.repeats,
             "rounds": args.rounds,
             "settle_s": args.settle,
+            "slack": args.slack,
+            "headroom": args.headroom,
             "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "dense_macs": count(dense, (3, 32, 32)).macs,
             "dense_channels": dense_counts,

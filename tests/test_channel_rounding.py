@@ -52,6 +52,23 @@ def test_candidates_are_at_or_below_the_requested_count():
     assert cr.candidates(30, 0.5) == [30, 28, 24, 16]
     assert cr.candidates(1, 0.5) == [1]
     assert all(c <= 53 for c in cr.candidates(53, 0.9))
+    # headroom: also the round-ups, within (1 + headroom) x asked and the layer's channels.
+    assert cr.candidates(12, 0.25, 0.34, 16) == [16, 12]
+    assert cr.candidates(12, 0.34, 0.34, 16) == [16, 12, 8]
+    assert cr.candidates(12, 0.25, 1.0, 14) == [12]  # 14 channels: no multiple above 12 fits
+    assert cr.candidates(24, 0.25, 0.5, 32) == [32, 24]
+    assert cr.candidates(26, 0.25, 0.1) == [28, 26, 24]
+
+
+def test_with_headroom_a_count_above_the_request_wins_when_it_is_faster():
+    """ratio 0.25 asks 24 of 32; with headroom the runtime's favourite 32 is timed, and wins."""
+    timer = FakeTarget({32: 1.0, 24: 1.5})
+    plan = cr.plan_channels(_net(), torch.randn(1, 3, 8, 8), timer, _table(), ratio=0.25, headroom=0.34)
+    assert {c.chosen for c in plan.layers.values()} == {32} and {o for _c, o, _s in timer.seen} == {32, 24}
+    plain = cr.plan_channels(_net(), torch.randn(1, 3, 8, 8), FakeTarget({24: 1.5}), _table(), ratio=0.25)
+    assert {c.chosen for c in plain.layers.values()} == {24}  # no headroom: the request is a floor
+    with pytest.raises(CompressError, match="headroom must be in"):
+        cr.plan_channels(_net(), torch.randn(1, 3, 8, 8), timer, _table(), ratio=0.25, headroom=2)
 
 
 @pytest.mark.parametrize("ms, chosen", [({26: 1.0, 24: 2.0}, 26), ({26: 2.0, 24: 1.0}, 24), ({26: 1.01, 24: 1.0}, 26)])

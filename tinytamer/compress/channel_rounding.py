@@ -14,7 +14,10 @@ it, in place of FLOPs or model size), this module measures:
    without rounding).
 2. Candidates at or below ``k`` (the requested ratio is a floor on what is removed): ``k``
    itself and ``k`` rounded down to multiples of 2, 4, 8, 16 and 32, none below
-   ``(1 - slack) * k``.
+   ``(1 - slack) * k``.  With ``headroom`` > 0 also ``k`` rounded *up* to those multiples,
+   none above ``(1 + headroom) * k`` nor the layer's channels: a runtime whose kernels work
+   in blocks of 16 channels may run 16 faster than 12, and a count the runtime likes can
+   then cost less time than the one asked for (the ratio is no longer a floor).
 3. Each candidate is timed on the target as a single-layer model (the layer with that many
    output channels, its input at the shape it has in the model, with its input channels
    thinned by the same ratio unless it reads the model input), at the deployment's
@@ -158,11 +161,17 @@ def layer_key(layer: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int
     return "|".join([*fields, f"bits={precision}"])
 
 
-def candidates(requested: int, slack: float) -> list[int]:
-    """Counts at or below ``requested`` to time: it and its round-downs to :data:`MULTIPLES`,
-    none below ``(1 - slack) * requested`` (and never below one)."""
+def candidates(requested: int, slack: float, headroom: float = 0.0, channels: int | None = None) -> list[int]:
+    """Counts to time: ``requested`` and its round-downs to :data:`MULTIPLES`, none below
+    ``(1 - slack) * requested`` (and never below one); with ``headroom`` > 0 also its
+    round-ups, none above ``(1 + headroom) * requested`` nor ``channels``."""
     floor = max(1, math.ceil((1.0 - slack) * requested))
     counts = {requested} | {requested - requested % m for m in MULTIPLES}
+    if headroom > 0:
+        ceiling = math.floor((1.0 + headroom) * requested)
+        if channels is not None:
+            ceiling = min(ceiling, channels)
+        counts |= {c for c in (-(-requested // m) * m for m in MULTIPLES) if c <= ceiling}
     return sorted((c for c in counts if c >= floor), reverse=True)
 
 
@@ -216,11 +225,13 @@ def plan_channels(
     select: Selector | dict | None = None,
     ignore: Sequence[str] | None = None,
     slack: float = 0.25,
+    headroom: float = 0.0,
     tie: float = 0.02,
     table_path: str | Path | None = None,
     progress: bool = False,
 ) -> ChannelPlan:
-    """Choose each prunable layer's kept channels by measured latency (module docstring).
+    """Choose each prunable layer's kept channels by measured latency (module docstring;
+    ``slack`` and ``headroom``: how far below and above the requested count candidates go).
 
     ``timer`` times one single-layer model (:func:`target_timer` builds one for a target);
     times already in ``table`` are reused and new ones added (and saved to ``table_path``
@@ -232,6 +243,8 @@ def plan_channels(
         raise CompressError(f"channel_prune: ratio must be in [0, 1), got {ratio}")
     if not 0.0 <= slack < 1.0:
         raise CompressError(f"channel_prune: rounding slack must be in [0, 1), got {slack}")
+    if not 0.0 <= headroom <= 1.0:
+        raise CompressError(f"channel_prune: rounding headroom must be in [0, 1], got {headroom}")
     model = copy.deepcopy(model).eval()
     ignore = [output_layer(model, example)] if ignore is None else list(ignore)
     layers = {
@@ -256,7 +269,7 @@ def plan_channels(
         shape = (table.batch, c_in, *x.shape[2:])
         requested = kept_channels(n, ratio, None)
         plan[name] = LayerChoice(n, requested, requested, {})
-        for count in candidates(requested, slack):
+        for count in candidates(requested, slack, headroom, n):
             single = _single_layer(layer, c_in, count)
             xs = torch.randn(shape, generator=torch.Generator().manual_seed(0))
             with torch.no_grad():

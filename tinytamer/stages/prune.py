@@ -236,6 +236,13 @@ class MeasuredRounding(StageParams):
     batch: int = Field(1, ge=1, description="batch size the target will run at")
     repeats: int = Field(30, ge=1, description="timed runs per candidate layer")
     slack: float = Field(0.25, ge=0, lt=1, description="candidates go down to (1 - slack) x the count the ratio keeps")
+    headroom: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="candidates also go up to (1 + headroom) x the count the ratio keeps "
+        "(0: the ratio is a floor on what is removed)",
+    )
     tie: float = Field(0.02, ge=0, description="a count within this fraction of the fastest, with more channels, wins")
     table: str | None = Field(
         None,
@@ -293,6 +300,7 @@ def _measured_ratios(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> t
         select=p.select,
         ignore=p.ignore,
         slack=r.slack,
+        headroom=r.headroom,
         tie=r.tie,
         table_path=path,
         progress=ctx.progress,
