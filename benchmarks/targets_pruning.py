@@ -71,7 +71,9 @@ def measured_variant(
         table_path=path,
         progress=True,
     )
-    return prune_channels(dense, example, ratio=plan.ratios(), round_to=None).eval(), plan.to_dict()
+    # The table is named within the cache folder: its absolute path is this machine's.
+    record = {**plan.to_dict(), "table": f"$TINYTAMER_CACHE/channels/{path.name}"}
+    return prune_channels(dense, example, ratio=plan.ratios(), round_to=None).eval(), record
 
 
 def main() -> None:
