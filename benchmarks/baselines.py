@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from benchmarks._common import WORK, save, shared_data  # noqa: E402
 from tinytamer.recipe import parse_recipe, run  # noqa: E402
@@ -79,7 +80,13 @@ def data_root(kind: str) -> str:
     return str(root / "mnist") if kind == "mnist" else str(root / "cifar10-jpg.tar.gz")
 
 
-def train(name: str, epochs: float | None, weight_decay: float | None = None) -> dict:
+def train(
+    name: str,
+    epochs: float | None,
+    weight_decay: float | None = None,
+    batch: int | None = None,
+    overrides: dict | None = None,
+) -> dict:
     setup = SETUPS[name]
     solver = dict(setup["solver"])
     if epochs is not None:
@@ -87,6 +94,8 @@ def train(name: str, epochs: float | None, weight_decay: float | None = None) ->
         solver["epochs"] = epochs
     if weight_decay is not None:
         solver["weight_decay"] = weight_decay
+    solver.update(overrides or {})
+    batch = batch or setup["batch"]
     recipe = parse_recipe(
         {
             "name": f"baseline-{name}",
@@ -94,7 +103,7 @@ def train(name: str, epochs: float | None, weight_decay: float | None = None) ->
             "data": {
                 "name": setup["data"],
                 "root": data_root(setup["data"]),
-                "batch_size": setup["batch"],
+                "batch_size": batch,
                 "augment": setup.get("augment", False),
                 "val_fraction": 0.0,
             },
@@ -119,7 +128,7 @@ def train(name: str, epochs: float | None, weight_decay: float | None = None) ->
         "macs": final["macs"],
         "train_seconds": round(seconds, 1),
         "solver": solver,
-        "batch_size": setup["batch"],
+        "batch_size": batch,
         "weights": str(out.relative_to(WORK.parents[1])),
         "reference": setup["reference"],
         "paper_error": setup.get("paper_error"),
@@ -136,11 +145,25 @@ def main() -> None:
     parser.add_argument("models", nargs="+", choices=sorted(SETUPS))
     parser.add_argument("--epochs", type=float, default=None, help="override the training length")
     parser.add_argument("--weight-decay", type=float, default=None, help="override the solver's weight decay")
+    parser.add_argument("--batch", type=int, default=None, help="override the mini-batch size")
+    parser.add_argument(
+        "--solver",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any solver key (value read as YAML), e.g. --solver swa=true --solver swa_lr=0.01",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    overrides = {}
+    for item in args.solver:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--solver takes KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
     torch.set_num_threads(args.threads)
     for name in args.models:
-        r = train(name, args.epochs, args.weight_decay)
+        r = train(name, args.epochs, args.weight_decay, args.batch, overrides)
         print(f"{name}: test error {r['test_error']:.2%} in {r['train_seconds']:.0f} s")
 
 
