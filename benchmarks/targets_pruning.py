@@ -9,8 +9,9 @@ The model is channel-pruned (``tinytamer.compress.channel.prune_channels``: L1 i
 per-layer ratio, classifier kept) at each ratio, its kept counts rounded down to multiples
 of each ``--round-to`` value and, with ``--measured``, chosen per layer by latency measured
 on each target and precision (``tinytamer.compress.channel_rounding``: single-layer models
-timed on the target, the fastest count at or below the ratio's).  Each variant - dense
-included - is deployed to each target (parity checked on real CIFAR-10 images; int8
+timed on the target, the fastest count at or below the ratio's; with ``--whole-model`` also
+those counts checked on whole pruned models, one layer or coupled group at a time).  Each
+variant - dense included - is deployed to each target (parity checked on real CIFAR-10 images; int8
 calibrated on 128 real training images) and timed in a fresh child process pinned to its
 cores, ``--rounds`` times round-robin: the median of the rounds' medians, with the spread
 (each timing waits, ``--settle`` seconds at most, for the load average to fall below the
@@ -52,10 +53,12 @@ from tinytamer.targets.base import (  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
 
 
-def measured_variant(
+def measured_variants(
     dense: torch.nn.Module, example: torch.Tensor, ratio: float, target: str, precision: str, args: argparse.Namespace
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model pruned at ``ratio`` with kept counts chosen by timing on ``target``."""
+) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
+    """The model pruned at ``ratio`` with kept counts chosen by timing single layers on
+    ``target`` ("measured") and, with ``--whole-model``, those counts then checked on whole
+    pruned models ("measured, whole models"), each with its plan."""
     cr = channel_rounding
     path = cr.cache_root() / cr.table_name(target, precision, args.threads, args.batches[0], host_description()["cpu"])
     table = cr.LatencyTable.open(path, target, precision, args.threads, args.batches[0])
@@ -71,9 +74,19 @@ def measured_variant(
         table_path=path,
         progress=True,
     )
+    plans = {"measured": plan}
+    if args.whole_model:
+        plans["measured, whole models"] = cr.refine_whole_model(
+            dense, example, plan, timer, batch=args.batches[0], progress=True
+        )
     # The table is named within the cache folder: its absolute path is this machine's.
-    record = {**plan.to_dict(), "table": f"$TINYTAMER_CACHE/channels/{path.name}"}
-    return prune_channels(dense, example, ratio=plan.ratios(), round_to=None).eval(), record
+    return {
+        name: (
+            prune_channels(dense, example, ratio=p.ratios(), round_to=None).eval(),
+            {**p.to_dict(), "table": f"$TINYTAMER_CACHE/channels/{path.name}"},
+        )
+        for name, p in plans.items()
+    }
 
 
 def main() -> None:
@@ -102,6 +115,11 @@ def main() -> None:
         "--headroom", type=float, default=0.0, help="--measured: candidates also up to (1 + headroom) x asked"
     )
     ap.add_argument(
+        "--whole-model",
+        action="store_true",
+        help="--measured: also the counts checked on whole pruned models (channel_rounding.refine_whole_model)",
+    )
+    ap.add_argument(
         "--quick", action="store_true", help="resnet8, 25 %%, int8, batch 1, 2 repeats, 1 round; benchmarks/work/quick"
     )
     ap.add_argument("--result", default=None, help="JSON name (default targets_pruning_<model>)")
@@ -115,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.model, args.ratios, args.precisions, args.batches = "resnet8", [0.25], ["int8"], [1]
-        args.repeats, args.rounds, args.measured = 2, 1, True
+        args.repeats, args.rounds, args.measured, args.whole_model = 2, 1, True, True
     targets = args.targets or [t for t in ("onnxruntime", "openvino") if t in list_targets(available_only=True)]
     TOLERANCES["int8"]["min_top1_agree"] = args.int8_min_top1
     onnxrt.MIN_KERNEL_TOP1_AGREE = args.int8_min_top1
@@ -139,9 +157,9 @@ def main() -> None:
                 variants = dict(ruled)
                 if args.measured:
                     for r in args.ratios:
-                        model, plan = measured_variant(dense, example, r, target, prec, args)
-                        variants[(r, "measured")] = model
-                        plans[f"{target} {prec} {r}"] = plan
+                        for name, (model, plan) in measured_variants(dense, example, r, target, prec, args).items():
+                            variants[(r, name)] = model
+                            plans[f"{target} {prec} {r} {name}"] = plan
                 extra = {"quantize": int8_quantizer} if getattr(tgt, "takes_quantizer", False) else {}
                 deployed = {
                     k: tgt.compile(
@@ -208,6 +226,7 @@ def main() -> None:
             "settle_s": args.settle,
             "slack": args.slack,
             "headroom": args.headroom,
+            "whole_model": args.whole_model,
             "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "dense_macs": count(dense, (3, 32, 32)).macs,
             "dense_channels": dense_counts,

@@ -121,6 +121,42 @@ def test_coupled_layers_keep_one_count_the_fastest_summed():
     assert channel_counts(pruned) == {"conv0": 24, "conv1": 24, "fc": 10}
 
 
+def test_whole_models_overrule_single_layer_times():
+    """Single layers favour 24 everywhere; the whole model runs fastest with the first conv at
+    26 and the second at 24 (a layout change between them, say): one sweep finds that."""
+    model, example = _net(), torch.randn(1, 3, 8, 8)
+    plan = cr.plan_channels(model, example, FakeTarget({26: 2.0, 24: 1.0}), _table(), ratio=0.2)
+    assert {c.chosen for c in plan.layers.values()} == {24}
+    seen: list[dict[str, int]] = []
+
+    def whole(module: nn.Module, x: torch.Tensor) -> float:
+        counts = channel_counts(module)
+        seen.append(counts)
+        assert x.shape == (4, 3, 8, 8) and counts["6"] == 10  # a whole model, at the batch asked
+        return {(26, 24): 1.0, (24, 24): 1.5, (26, 26): 1.6, (24, 26): 3.0}[counts["0"], counts["2"]]
+
+    refined = cr.refine_whole_model(model, example, plan, whole, batch=4)
+    assert {n: c.chosen for n, c in refined.layers.items()} == {"0": 26, "2": 24}
+    assert [(s.layers, s.latency_ms, s.chosen) for s in refined.whole_model] == [
+        (["0"], {26: 1.0, 24: 1.5}, 26),
+        (["2"], {26: 1.6, 24: 1.0}, 24),
+    ]
+    assert len(seen) == 3  # (26, 24) is timed once, reused by the second step
+    assert refined.to_dict()["whole_model"][0]["chosen"] == 26
+    pruned = prune_channels(model, example, ratio=refined.ratios(), round_to=None)
+    assert channel_counts(pruned) == {"0": 26, "2": 24, "6": 10}
+    with pytest.raises(CompressError, match="gave -1.0 ms"):
+        cr.refine_whole_model(model, example, plan, lambda m, x: -1.0)
+
+
+def test_a_coupled_group_moves_as_one_on_whole_models():
+    model, example = Residual().eval(), torch.randn(1, 3, 8, 8)
+    plan = cr.plan_channels(model, example, FakeTarget({26: 2.0, 24: 1.0}), _table(), ratio=0.2)
+    refined = cr.refine_whole_model(model, example, plan, lambda m, x: {26: 1.0, 24: 2.0}[channel_counts(m)["conv0"]])
+    assert [(sorted(s.layers), s.chosen) for s in refined.whole_model] == [(["conv0", "conv1"], 26)]
+    assert {c.chosen for c in refined.layers.values()} == {26}
+
+
 def test_the_table_is_cached_and_reused(tmp_path):
     path = tmp_path / "t.json"
     table = cr.LatencyTable.open(path, "fake", "int8", 2, 1)
@@ -178,6 +214,7 @@ def test_channel_prune_stage_takes_a_rounding_target(digits_recipe, run_stages, 
     rec = recs["channel_prune"]
     plan = json.loads(next(rundir.path.glob("stages/*_channel_prune/channel_rounding.json")).read_text())
     assert "measured on torch fp32" in rec["note"] and plan["layers"]
+    assert "checked on whole models" in rec["note"] and plan["whole_model"]  # the default
     for name, choice in plan["layers"].items():
         assert choice["chosen"] <= choice["requested"] and str(choice["chosen"]) in choice["latency_ms"]
         if name in rec["channels"]:  # what the pruned model has: never more than the ratio keeps

@@ -29,6 +29,12 @@ it, in place of FLOPs or model size), this module measures:
    over the group's layers are least.  Otherwise, per layer, the fastest candidate.  Either
    way a candidate within ``tie`` of the fastest with more channels is preferred (the same
    speed, more capacity).
+5. Optionally (:func:`refine_whole_model`), the choice is checked on *whole models*: a
+   single-layer model does not see what the whole model pays between layers (ONNX
+   Runtime's blocked layouts insert reorders where a count is not a multiple of its
+   block).  One sweep of coordinate descent: for each layer or coupled group in model
+   order, the whole pruned model is timed with that unit at each of its candidate counts,
+   the others at their current choice, and the fastest (``tie`` as above) is kept.
 
 The chosen counts become a per-layer ratio for :func:`channel.prune_channels`.
 """
@@ -50,7 +56,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from tinytamer.compress.channel import _PRUNABLE, kept_channels, output_layer
+from tinytamer.compress.channel import _PRUNABLE, channel_counts, kept_channels, output_layer, prune_channels
 from tinytamer.compress.selector import Selector
 from tinytamer.compress.selector import select as select_layers
 from tinytamer.errors import CompressError, CorruptFileError, ModelError
@@ -128,12 +134,25 @@ class LayerChoice:
 
 
 @dataclass
+class WholeModelStep:
+    """One step of :func:`refine_whole_model`: the layers set together, the whole model's
+    latency (ms) with them at each candidate count (the other layers as then chosen), and
+    the count kept."""
+
+    layers: list[str]
+    latency_ms: dict[int, float]
+    chosen: int
+
+
+@dataclass
 class ChannelPlan:
-    """The kept channels chosen per layer, and the table their times came from."""
+    """The kept channels chosen per layer, the table their times came from, and the
+    whole-model steps that refined them (empty when not refined)."""
 
     layers: dict[str, LayerChoice]
     table: str
     measured_now: int
+    whole_model: list[WholeModelStep] = field(default_factory=list)
 
     def ratios(self) -> dict[str, float]:
         """Per-layer pruning ratios that keep exactly the chosen counts (prune_channels with
@@ -145,6 +164,7 @@ class ChannelPlan:
             "table": self.table,
             "measured_now": self.measured_now,
             "layers": {n: asdict(c) for n, c in self.layers.items()},
+            "whole_model": [asdict(s) for s in self.whole_model],
         }
 
 
@@ -302,6 +322,61 @@ def plan_channels(
         if name not in grouped:
             choice.chosen = _fastest(choice.latency_ms, tie)
     return ChannelPlan(plan, str(table_path) if table_path is not None else "", len(todo))
+
+
+def refine_whole_model(
+    model: nn.Module,
+    example: Tensor,
+    plan: ChannelPlan,
+    timer: Timer,
+    *,
+    batch: int = 1,
+    tie: float = 0.02,
+    progress: bool = False,
+) -> ChannelPlan:
+    """Step 5 of the module docstring: ``plan``'s counts checked on whole pruned models
+    (``timer`` times one whole model on a ``batch``-sample input), one sweep over the
+    layers and coupled groups; returns a new plan with the counts kept and the steps."""
+    from rich.progress import Progress
+
+    units: list[list[str]] = []
+    for name, choice in plan.layers.items():
+        unit = [n for n in choice.group if n in plan.layers] or [name]
+        if unit not in units:
+            units.append(unit)
+    chosen = {n: c.chosen for n, c in plan.layers.items()}
+    x = torch.randn((batch, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
+    seen: dict[tuple[tuple[str, int], ...], float] = {}
+
+    def with_counts(counts: dict[str, int], steps: list[WholeModelStep]) -> ChannelPlan:
+        layers = {n: LayerChoice(**{**asdict(c), "chosen": counts[n]}) for n, c in plan.layers.items()}
+        return ChannelPlan(layers, plan.table, plan.measured_now, steps)
+
+    def time_counts(counts: dict[str, int]) -> float:
+        key = tuple(sorted(counts.items()))
+        if key not in seen:
+            pruned = prune_channels(model, example[:1], ratio=with_counts(counts, []).ratios(), round_to=None)
+            have = channel_counts(pruned)
+            wrong = {n: (have.get(n), k) for n, k in counts.items() if have.get(n) != k}
+            if wrong:
+                raise CompressError(f"channel_prune: pruning kept other counts than planned (have, planned): {wrong}")
+            ms = float(timer(pruned.eval(), x))
+            if not math.isfinite(ms) or ms <= 0:
+                raise CompressError(f"channel_prune: timing the whole model at {counts} gave {ms} ms")
+            seen[key] = ms
+        return seen[key]
+
+    steps: list[WholeModelStep] = []
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("timing whole pruned models", total=len(units))
+        for unit in units:
+            counts = sorted(plan.layers[unit[0]].latency_ms, reverse=True)
+            times = {k: time_counts({**chosen, **dict.fromkeys(unit, k)}) for k in counts}
+            best = _fastest(times, tie)
+            chosen.update(dict.fromkeys(unit, best))
+            steps.append(WholeModelStep(unit, times, best))
+            bar.advance(task)
+    return with_counts(chosen, steps)
 
 
 def _fastest(latency_ms: dict[int, float], tie: float) -> int:

@@ -244,6 +244,11 @@ class MeasuredRounding(StageParams):
         "(0: the ratio is a floor on what is removed)",
     )
     tie: float = Field(0.02, ge=0, description="a count within this fraction of the fastest, with more channels, wins")
+    whole_model: bool = Field(
+        True,
+        description="then check the counts on whole pruned models, one layer or coupled group at a time "
+        "(single layers miss the costs between layers, e.g. layout reorders)",
+    )
     table: str | None = Field(
         None,
         description="the latency table (JSON; default: one per target, precision, threads, batch "
@@ -305,11 +310,17 @@ def _measured_ratios(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> t
         table_path=path,
         progress=ctx.progress,
     )
+    if r.whole_model:
+        plan = cr.refine_whole_model(
+            model, ctx.example_input(batch=1), plan, timer, batch=r.batch, tie=r.tie, progress=ctx.progress
+        )
     out = ctx.stage_dir / "channel_rounding.json"
     write_atomic(out, json.dumps(plan.to_dict(), indent=1) + "\n")
     note = (
         f"kept channels chosen by latency measured on {r.target} {r.precision} ({r.threads} threads, "
-        f"batch {r.batch}; {plan.measured_now} single-layer timings new, table {path}); per layer: {out.name}"
+        f"batch {r.batch}; {plan.measured_now} single-layer timings new, table {path}"
+        f"{'; then checked on whole models, one layer or group at a time' if plan.whole_model else ''}); "
+        f"per layer: {out.name}"
     )
     return plan.ratios(), note
 
