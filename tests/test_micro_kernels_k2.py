@@ -186,17 +186,27 @@ def test_the_shortcut_runs_first_where_that_plans_the_smaller_arena(main_scale, 
         np.testing.assert_array_equal(reference.run(g, v), want)
 
 
-def test_branches_whose_order_plans_the_same_arena_keep_the_models_order():
-    """Both branches read the same tensor: either order keeps the same tensors alive."""
+@pytest.mark.parametrize(("s1", "s2", "swapped"), [(0.031, 0.08, False), (0.08, 0.031, True)])
+def test_where_both_orders_plan_the_same_arena_the_affine_side_is_fused(s1, s2, swapped):
+    """Both branches read the same tensor: either order keeps the same tensors alive.  The
+    later branch (fused with the add) is then the one whose side is affine (the larger
+    scale), so no mirrored fused kernel is needed."""
     rng = np.random.default_rng(3)
     b = GraphBuilder((8, 8, 8), 0.02, 3)
     w = rng.integers(-127, 128, (8, 8, 3, 3))
     a = b.conv(b.input, w, np.full(8, 0.004), None, 0.05, -128, padding=(1, 1), relu="relu", name="a")
-    y1 = b.conv(a, w, np.full(8, 0.004), None, 0.031, 2, padding=(1, 1), name="y1")
-    y2 = b.conv(a, w, np.full(8, 0.004), None, 0.08, -1, padding=(1, 1), name="y2")
+    y1 = b.conv(a, w, np.full(8, 0.004), None, s1, 2, padding=(1, 1), name="y1")
+    y2 = b.conv(a, w, np.full(8, 0.004), None, s2, -1, padding=(1, 1), name="y2")
     g = b.graph(b.add(y1, y2, 0.09, -128, relu="relu", name="add"))
-    assert order_residual_branches(g) == []
-    assert [op.name for op in g.ops] == ["a", "y1", "y2", "add"]
+    arena = _device_arena(g, True)
+    assert order_residual_branches(g) == (["y2"] if swapped else [])
+    assert [op.name for op in g.ops] == (["a", "y2", "y1", "add"] if swapped else ["a", "y1", "y2", "add"])
+    assert _device_arena(g, True) == arena
+    fused_conv, add = g.ops[2], g.ops[3]
+    conv_t, other_t = add_tables(add, g)
+    if add.inputs[0] != fused_conv.output:
+        conv_t, other_t = other_t, conv_t
+    assert affine_table(conv_t) is not None and affine_table(other_t) is None
 
 
 @arm

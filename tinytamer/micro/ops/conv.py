@@ -9,8 +9,8 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   and the general requantization) or "direct" (tt_conv2d_s8, portable loops, no scratch);
   ``unroll`` 4 or 2 (mm: groups of 4 inputs per inner-loop pass), ``weights`` "quads" (mm:
   tt_conv2d_s8_qx, 4 channels x 2 pixels per pass, the words of "pairs" with two channel
-  pairs interleaved, see :func:`_quads`; the 2 x 2 kernel's scratch; layers in the plain
-  output mode, no clamp and no fused add, always run 16 column words per pass, ``unroll``
+  pairs interleaved, see :func:`_quads`; the 2 x 2 kernel's scratch; layers whose outputs
+  need no clamp (alone or with a fused add) always run 16 column words per pass, ``unroll``
   sets the others'), "pairs" (mm:
   tt_conv2d_s8_mx, 2 channels x 3 pixels per pass, both channels' int8 weights in one word,
   see :func:`_pairs`; the int8 layout's flash, a third more scratch), "int8" (2 x 2

@@ -1053,16 +1053,6 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     const int32_t out_c = p->out_c;
     const int32_t lo = p->act_min, hi = p->act_max;
     const tt_residual *res = p->res;
-    const int32_t *to = 0;
-    uint32_t cm = 0, ca = 0;
-    const tt_rq *q = 0;
-    int32_t lo2 = 0, hi2 = 0;
-    if (mode >= 2) {
-        tt_mx_add_setup(mode, res, &cm, &ca, &to);
-        q = res->rq;
-        lo2 = res->add->act_min;
-        hi2 = res->add->act_max;
-    }
     const int32_t *wp = w;
     const tt_rq *r = rq;
     int8_t *o = o0;
@@ -1077,13 +1067,13 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         const int32_t *c = col;
 #if defined(__OPTIMIZE__)
         /* The first pass enters the unrolled loop `skip` bytes in (56 per step), so it runs
-         * the nw % steps steps left over.  Mode 0 (the plain convolutions, most of the
-         * cycles) always takes 16 steps per pass: fewer loop tests, and its one loop is all
-         * the flash it needs.  The other modes take 8 or 4 (`steps`, from the schedule's
-         * unroll). */
+         * the nw % steps steps left over.  Modes 0 and 2 (the plain convolutions and those
+         * with a fused add, nearly all the cycles) always take 16 steps per pass: fewer
+         * loop tests, and their one loop is all the flash they need.  The other modes take
+         * 8 or 4 (`steps`, from the schedule's unroll). */
         const int32_t *volatile end = col_end;
         int32_t va = skip, vc, x0, x1;
-        if (mode == 0) {
+        if (mode == 0 || mode == 2) {
             __asm__ volatile("adr.w %[x0], 1f\n\t"
                              "add %[x0], %[x0], %[va]\n\t"
                              "mov pc, %[x0]\n\t"
@@ -1140,6 +1130,18 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
             tt_mm_out1(mode, p, r + 2, o + 2, c0);
             tt_mm_out1(mode, p, r + 3, o + 3, d0);
             continue;
+        }
+        /* The fused add's constants, read here rather than kept across the loop: its asm
+         * takes every register but two. */
+        const int32_t *to = 0;
+        uint32_t cm = 0, ca = 0;
+        const tt_rq *q = 0;
+        int32_t lo2 = 0, hi2 = 0;
+        if (mode >= 2) {
+            tt_mx_add_setup(mode, res, &cm, &ca, &to);
+            q = res->rq;
+            lo2 = res->add->act_min;
+            hi2 = res->add->act_max;
         }
         int32_t m = r[0].mult, e = r[0].rshift, f = r[0].offset;
         a0 = tt_mx_rq(a0, m, e, f, r);
@@ -1392,7 +1394,7 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
     const int32_t steps = 2 * unroll; /* column words per pass of the modes other than 0 */
     const int32_t skip = 56 * ((steps - (nw & (steps - 1))) & (steps - 1));
-    const int32_t skip16 = 56 * ((16 - (nw & 15)) & 15); /* mode 0: 16 steps per pass */
+    const int32_t skip16 = 56 * ((16 - (nw & 15)) & 15); /* modes 0, 2: 16 steps per pass */
     const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 2 * nw;
@@ -1417,7 +1419,7 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
         if (mode == 0) {
             tt_qx_block0(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
         } else if (mode == 2) {
-            tt_qx_block2(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+            tt_qx_block2(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
         } else if (entry == 5 && mode == 5) {
             tt_qx_block5(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
         } else if (entry == 5 && mode == 6) {
