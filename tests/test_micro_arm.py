@@ -79,6 +79,20 @@ def test_the_runtime_is_compiled_once_and_the_image_is_the_same(tmp_path, monkey
 
 
 @arm
+@pytest.mark.parametrize("opt", ["-O0", "-O1", "-Os", "-O3"])
+def test_the_asm_kernels_compile_at_the_levels_the_firmware_readme_names(tmp_path, opt):
+    """The convolution's inline assembly takes 14 registers; GCC must find them at every
+    level a firmware build may use (not -Og: the README says so)."""
+    import subprocess
+
+    flags = [*toolchain.cpu("cortex-m4").flags, "-std=c99", opt, "-Wall", "-Werror", "-fno-strict-aliasing"]
+    src = codegen.RUNTIME_DIR / "tt_conv.c"
+    cmd = ["arm-none-eabi-gcc", *flags, "-DTT_DSP=1", f"-I{codegen.RUNTIME_DIR}", "-c", str(src)]
+    proc = subprocess.run([*cmd, "-o", str(tmp_path / "c.o")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@arm
 @pytest.mark.parametrize("lazy", [False, True])
 def test_session_strict_and_lazy(tmp_path, lazy):
     g, xs, want = _case(1, n=3)

@@ -297,7 +297,10 @@ def _readme(
         target = (
             f"`{device}`: the kernels use the Cortex-M DSP (SIMD) instructions, so the "
             "folder builds for a core that has them (Cortex-M4, M7, M33/M55 with DSP), "
-            f"with `-mcpu=` set to it. tinytamer built it with `{cpu_flags}`."
+            f"with `-mcpu=` set to it. tinytamer built it with `{cpu_flags}`. Optimize with "
+            "`-O1` or above (`-O2` is what tinytamer measures with), or `-O0` for debugging "
+            "(the kernels' portable C then runs): under `-Og` GCC cannot give the "
+            "convolution's inline assembly the 14 registers it takes."
         )
         host = [
             "On this computer (gcc). `example/host/model.c` is the same model over the "

@@ -1354,20 +1354,16 @@ static __attribute__((noinline)) int32_t tt_qx_rgb33(const int8_t *r0, int32_t r
 }
 
 /* Pixel (oy, ox)'s column words into the pixel-pair layout at `col` (words 2 apart; flat:
- * through the byte field `tmp`); returns the receptive field's sum.  Out of line: the main
- * loop keeps little state, so its frame and the callees' stay small. */
+ * through the byte field `tmp`); returns the receptive field's sum.  The interior pixels
+ * tt_qx_inside takes never come here (tt_qx_run calls it).  Out of line: the main loop
+ * keeps little state, so its frame and the callees' stay small. */
 static __attribute__((noinline)) int32_t
 tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t k4,
             int32_t flat, int8_t *tmp, int32_t *col)
 {
-    const int32_t row_words = p->k_w * p->in_c >> 2;
     const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
     /* Each branch ends in a call whose result is returned as is: tail calls, this frame
      * gone before the callee's. */
-    if (!flat && (p->in_c & 3) == 0 && (row_words & 3) == 0 && row_words <= 60 && x0 >= 0
-        && x0 <= p->in_w - p->k_w && y0 >= 0 && y0 <= p->in_h - p->k_h) {
-        return tt_qx_inside(in + (y0 * p->in_w + x0) * p->in_c, p, row_words, col);
-    }
     if (flat && p->in_c == 3 && p->k_h == 3 && p->k_w == 3 && x0 >= 0 && x0 <= p->in_w - 3
         && y0 >= 0 && y0 <= p->in_h - 3) {
         return tt_qx_rgb33(in + (y0 * p->in_w + x0) * 3, p->in_w * 3, p->in_zp, col);
@@ -1400,16 +1396,31 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     const int32_t *const col_end = col + 2 * nw;
     int8_t *tmp = (int8_t *)(void *)(col + 2 * nw); /* flat: the field as bytes */
     const int32_t mode = entry == 0 || entry == 2 ? entry : tt_mm_mode(p);
+    /* Interior pixels of a layer tt_qx_inside takes (tt_qx_pixel's first case) go to it
+     * straight from here: the dispatch costs as much as a quarter of the unpacking. */
+    const int32_t row_words = p->k_w * p->in_c >> 2;
+    const int32_t x_hi = p->in_w - p->k_w, y_hi = p->in_h - p->k_h; /* (unsigned: x0 >= 0 too) */
+    const int32_t inside = !flat && (p->in_c & 3) == 0 && (row_words & 3) == 0 && row_words <= 60
+                           && x_hi >= 0 && y_hi >= 0;
+    const int32_t sx = p->stride_w, sy = p->stride_h;
+    const int32_t row_bytes = p->in_w * p->in_c;
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
-        const int32_t f0 = tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col);
+        int32_t x0 = ox * sx - p->pad_w, y0 = oy * sy - p->pad_h;
+        const int32_t f0 = inside && (uint32_t)x0 <= (uint32_t)x_hi && (uint32_t)y0 <= (uint32_t)y_hi
+                               ? tt_qx_inside(in + y0 * row_bytes + x0 * p->in_c, p, row_words, col)
+                               : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col);
         /* A missing last pixel repeats the one before (its outputs are not stored). */
         if (n == 2 && ++ox == p->out_w) {
             ox = 0;
             ++oy;
         }
-        const int32_t f1 = tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + 1);
+        x0 = ox * sx - p->pad_w;
+        y0 = oy * sy - p->pad_h;
+        const int32_t f1 = inside && (uint32_t)x0 <= (uint32_t)x_hi && (uint32_t)y0 <= (uint32_t)y_hi
+                               ? tt_qx_inside(in + y0 * row_bytes + x0 * p->in_c, p, row_words, col + 1)
+                               : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + 1);
         const int32_t s0 = (int32_t)((uint32_t)f0 << 7), s1 = (int32_t)((uint32_t)f1 << 7);
         if (++ox == p->out_w) {
             ox = 0;
