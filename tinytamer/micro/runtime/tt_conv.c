@@ -832,11 +832,16 @@ tt_mx_store(int32_t mode, int8_t *o, int32_t v, int32_t lo, int32_t hi, const tt
     }
 }
 
-/* The fused add's constants for tt_mx_store: the affine side's multiplier and offset, the
- * other side's table. */
+/* The fused add's constants for tt_mx_store (modes 2-6; untouched in the others): the
+ * affine side's multiplier and offset, the other side's table, the sum's requantization
+ * and clamp. */
 static inline __attribute__((always_inline)) void
-tt_mx_add_setup(int32_t mode, const tt_residual *res, uint32_t *cm, uint32_t *ca, const int32_t **to)
+tt_mx_add_setup(int32_t mode, const tt_residual *res, uint32_t *cm, uint32_t *ca, const int32_t **to,
+                const tt_rq **q, int32_t *lo2, int32_t *hi2)
 {
+    if (mode < 2) {
+        return;
+    }
     if (mode >= 5) {
         *cm = (uint32_t)res->o_mul;
         *ca = (uint32_t)res->o_add;
@@ -846,6 +851,9 @@ tt_mx_add_setup(int32_t mode, const tt_residual *res, uint32_t *cm, uint32_t *ca
         *ca = (uint32_t)res->c_add;
         *to = res->t_other + 128;
     }
+    *q = res->rq;
+    *lo2 = res->add->act_min;
+    *hi2 = res->add->act_max;
 }
 
 /* Every output channel of the `n` (1-3) pixels whose columns are in `col` (pixel k's
@@ -862,12 +870,7 @@ tt_mx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     uint32_t cm = 0, ca = 0;
     const tt_rq *q = 0;
     int32_t lo2 = 0, hi2 = 0;
-    if (mode >= 2) {
-        tt_mx_add_setup(mode, res, &cm, &ca, &to);
-        q = res->rq;
-        lo2 = res->add->act_min;
-        hi2 = res->add->act_max;
-    }
+    tt_mx_add_setup(mode, res, &cm, &ca, &to, &q, &lo2, &hi2);
     const int32_t s0 = sx[0], s1 = sx[1], s2 = sx[2];
     const int32_t *wp = w;
     for (int32_t oc = 0; oc < out_c; oc += 2) {
@@ -1137,12 +1140,7 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         uint32_t cm = 0, ca = 0;
         const tt_rq *q = 0;
         int32_t lo2 = 0, hi2 = 0;
-        if (mode >= 2) {
-            tt_mx_add_setup(mode, res, &cm, &ca, &to);
-            q = res->rq;
-            lo2 = res->add->act_min;
-            hi2 = res->add->act_max;
-        }
+        tt_mx_add_setup(mode, res, &cm, &ca, &to, &q, &lo2, &hi2);
         int32_t m = r[0].mult, e = r[0].rshift, f = r[0].offset;
         a0 = tt_mx_rq(a0, m, e, f, r);
         a1 = tt_mx_rq(a1, m, e, f, r);
