@@ -12,8 +12,8 @@ are reused once the first layers have read it; the output buffer belongs to the 
 (``tt_model_run(in, out)``).  A convolution whose
 only consumer is the residual add after it can run fused with it
 (:func:`find_fusions`): its output then needs no buffer at all.  Where a residual add's
-two branches are convolutions, the lowering runs first the one whose order plans the
-smaller arena (:func:`order_residual_branches`).
+two branches are convolutions, the lowering chooses which runs first, by the fused
+kernel's form and then by the arena each order plans (:func:`order_residual_branches`).
 """
 
 from __future__ import annotations
@@ -109,19 +109,20 @@ def find_fusions(g: Graph, dsp: bool = False) -> dict[int, int]:
 
 def order_residual_branches(g: Graph, dsp: bool = True) -> list[str]:
     """Where both inputs of a residual add are convolutions that feed only it and run one
-    after the other, run first the one whose order plans the smaller arena.
+    after the other, choose which runs first.
 
-    In a downsampling block the 3 x 3 conv, run before the 1 x 1 shortcut, runs while the
-    block input (which the shortcut still reads), the first conv's output and its own
-    output are alive, with its im2col scratch on top; run after it, the block input is
-    already dead.  On ResNet-8 that is the model's peak: 33,920 B against 33,344 B with the
-    shortcut first.  Arenas are planned as the device build plans them (default schedules,
-    fused adds, the ``dsp`` kernels' scratch).  Where both orders plan the same arena, the
-    one fused with the add (the later one: :func:`find_fusions`) is the side whose rescale
-    is affine where only one side's is: the fused kernels' plain output paths compute the
-    conv's side with one multiply-add and read the other from its table, and a build whose
-    fused adds all take that form links no mirrored kernel (about 6 KB of flash less on
-    ResNet-8).  Returns the names of the convolutions moved ahead, in ``g.ops`` order.
+    The later one is fused with the add (:func:`find_fusions`).  The fused kernels' plain
+    output paths compute the conv's side of the add with one multiply-add and read the other
+    side from its table; with the sides the other way round they take mirrored paths, whose
+    kernel instance is more flash (about 6 KB on ResNet-8).  So where only one side's
+    rescale is affine, that side's conv runs last.  Otherwise the order that plans the
+    smaller arena runs (planned as the device build plans it: default schedules, fused
+    adds, the ``dsp`` kernels' scratch): in a downsampling block the 3 x 3 conv, run before
+    the 1 x 1 shortcut, runs while the block input (which the shortcut still reads), the
+    first conv's output and its own output are alive, with its im2col scratch on top; run
+    after it, the block input is already dead.  Where both orders plan the same arena the
+    model's order stays.  Returns the names of the convolutions moved ahead, in ``g.ops``
+    order.
     """
     from tinytamer.micro.ops.add import add_tables, affine_table
 
@@ -137,14 +138,17 @@ def order_residual_branches(g: Graph, dsp: bool = True) -> list[str]:
         t_first, t_conv = add_tables(add, g)
         if add.inputs[0] == conv.output:
             t_first, t_conv = t_conv, t_first
-        affine_later = affine_table(t_conv) is None and affine_table(t_first) is not None
-        before = _device_arena(g, dsp)
-        g.ops[k - 1], g.ops[k] = conv, first
-        after = _device_arena(g, dsp)
-        if after < before or (after == before and affine_later):
-            moved.append(conv.name)
+        affine_now, affine_swapped = affine_table(t_conv) is not None, affine_table(t_first) is not None
+        if affine_now != affine_swapped:
+            swap = affine_swapped
         else:
+            before = _device_arena(g, dsp)
+            g.ops[k - 1], g.ops[k] = conv, first
+            swap = _device_arena(g, dsp) < before
             g.ops[k - 1], g.ops[k] = first, conv
+        if swap:
+            g.ops[k - 1], g.ops[k] = conv, first
+            moved.append(conv.name)
     return moved
 
 

@@ -1429,10 +1429,12 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
             tt_qx_block0(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
         } else if (mode == 2) {
             tt_qx_block2(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
-        } else if (entry == 5 && mode == 5) {
-            tt_qx_block5(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
-        } else if (entry == 5 && mode == 6) {
-            tt_qx_block6(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+        } else if (entry == 5) { /* the generator takes this entry for modes 5 and 6 only */
+            if (mode == 5) {
+                tt_qx_block5(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+            } else {
+                tt_qx_block6(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+            }
         } else {
             tt_qx_blockn(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode);
         }
