@@ -1193,29 +1193,35 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
 
 /* The two usual modes (the whole int8 range, alone or with a fused add) have an instance
  * each with no tests in the output code; the others share one.  Out of line, so the
- * block's spills and the im2col's do not add up on the stack. */
+ * block's spills and the im2col's do not add up on the stack; one signature, so that the
+ * one pixel loop (tt_qx_run) calls whichever its entry point passes. */
 #define TT_QX_ARGS                                                                         \
     const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o,                 \
         const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps, int32_t s0, \
-        int32_t s1, int32_t n
+        int32_t s1, int32_t n, int32_t mode
+typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
 static __attribute__((noinline)) void tt_qx_block0(TT_QX_ARGS)
 {
+    (void)mode;
     tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 0);
 }
 static __attribute__((noinline)) void tt_qx_block2(TT_QX_ARGS)
 {
+    (void)mode;
     tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 2);
 }
 /* The mirrored fused adds (modes 5, 6), for the entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
 {
+    (void)mode;
     tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 5);
 }
 static __attribute__((noinline)) void tt_qx_block6(TT_QX_ARGS)
 {
+    (void)mode;
     tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 6);
 }
-static __attribute__((noinline)) void tt_qx_blockn(TT_QX_ARGS, int32_t mode)
+static __attribute__((noinline)) void tt_qx_blockn(TT_QX_ARGS)
 {
     /* Mirrored adds reaching the any-mode entry take the general form: this instance
      * keeps no mirrored output code (its tests would cost every mode it runs). */
@@ -1375,25 +1381,22 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
     return tt_qx_im2col(p, in, oy, ox, k4, col);
 }
 
-/* The pixel loop; `entry` a constant: 0 or 2, that mode (the entry points of those modes
- * link only their block instance, so a model's flash holds the output code it runs), 5 the
- * mirrored fused adds (mode 5 or 6, read from the parameters), or -1: any mode, read from
- * the parameters. */
-static inline __attribute__((always_inline)) void
+/* The pixel loop, one instance for every entry point: each pixel pair's columns, then
+ * `block` for every output channel, `steps` column words per pass of its loop (16 for
+ * modes 0 and 2, see tt_qx_block), `mode` as tt_mm_mode reads it. */
+static __attribute__((noinline)) void
 tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_rq *rq,
-          int8_t *out, int16_t *scratch, int32_t flat, int32_t unroll, int32_t entry)
+          int8_t *out, int16_t *scratch, int32_t flat, int32_t steps, tt_qx_block_fn block,
+          int32_t mode)
 {
     const int32_t icp = (p->in_c + 3) & ~3;
     const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
     const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
-    const int32_t steps = 2 * unroll; /* column words per pass of the modes other than 0 */
     const int32_t skip = 56 * ((steps - (nw & (steps - 1))) & (steps - 1));
-    const int32_t skip16 = 56 * ((16 - (nw & 15)) & 15); /* modes 0, 2: 16 steps per pass */
     const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 2 * nw;
     int8_t *tmp = (int8_t *)(void *)(col + 2 * nw); /* flat: the field as bytes */
-    const int32_t mode = entry == 0 || entry == 2 ? entry : tt_mm_mode(p);
     /* Interior pixels of a layer tt_qx_inside takes (tt_qx_pixel's first case) go to it
      * straight from here: the dispatch costs as much as a quarter of the unpacking. */
     const int32_t row_words = p->k_w * p->in_c >> 2;
@@ -1405,68 +1408,62 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
-        int32_t x0 = ox * sx - p->pad_w, y0 = oy * sy - p->pad_h;
-        const int32_t f0 = inside && (uint32_t)x0 <= (uint32_t)x_hi && (uint32_t)y0 <= (uint32_t)y_hi
-                               ? tt_qx_inside(in + y0 * row_bytes + x0 * p->in_c, p, row_words, col)
-                               : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col);
-        /* A missing last pixel repeats the one before (its outputs are not stored). */
-        if (n == 2 && ++ox == p->out_w) {
-            ox = 0;
-            ++oy;
-        }
-        x0 = ox * sx - p->pad_w;
-        y0 = oy * sy - p->pad_h;
-        const int32_t f1 = inside && (uint32_t)x0 <= (uint32_t)x_hi && (uint32_t)y0 <= (uint32_t)y_hi
-                               ? tt_qx_inside(in + y0 * row_bytes + x0 * p->in_c, p, row_words, col + 1)
-                               : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + 1);
-        const int32_t s0 = (int32_t)((uint32_t)f0 << 7), s1 = (int32_t)((uint32_t)f1 << 7);
-        if (++ox == p->out_w) {
-            ox = 0;
-            ++oy;
-        }
-        int8_t *o = out + pix * out_c;
-        if (mode == 0) {
-            tt_qx_block0(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
-        } else if (mode == 2) {
-            tt_qx_block2(p, w, rq, o, col, col_end, skip16, 16, s0, s1, n);
-        } else if (entry == 5) { /* the generator takes this entry for modes 5 and 6 only */
-            if (mode == 5) {
-                tt_qx_block5(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
-            } else {
-                tt_qx_block6(p, w, rq, o, col, col_end, skip, steps, s0, s1, n);
+        int32_t f[2];
+        /* One copy of the dispatch for both pixels (flash): not unrolled. */
+#pragma GCC unroll 1
+        for (int32_t k = 0; k < 2; ++k) {
+            const int32_t x0 = ox * sx - p->pad_w, y0 = oy * sy - p->pad_h;
+            f[k] = inside && (uint32_t)x0 <= (uint32_t)x_hi && (uint32_t)y0 <= (uint32_t)y_hi
+                       ? tt_qx_inside(in + y0 * row_bytes + x0 * p->in_c, p, row_words, col + k)
+                       : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + k);
+            /* A missing last pixel repeats the one before (its outputs are not stored). */
+            if ((k == 1 || n == 2) && ++ox == p->out_w) {
+                ox = 0;
+                ++oy;
             }
-        } else {
-            tt_qx_blockn(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode);
         }
+        block(p, w, rq, out + pix * out_c, col, col_end, skip, steps, (int32_t)((uint32_t)f[0] << 7),
+              (int32_t)((uint32_t)f[1] << 7), n, mode);
     }
 }
 
+/* The entry points: each passes the block instance of its output mode, so that a model's
+ * image links only the output code its layers run. */
 void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll)
 {
-    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, -1);
+    const int32_t mode = tt_mm_mode(p);
+    if (mode == 0 || mode == 2) {
+        tt_qx_run(p, in, w, rq, out, scratch, flat, 16, mode == 0 ? tt_qx_block0 : tt_qx_block2, mode);
+    } else {
+        tt_qx_run(p, in, w, rq, out, scratch, flat, 2 * unroll, tt_qx_blockn, mode);
+    }
 }
 
 void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                            int32_t unroll)
 {
-    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, 0);
+    (void)unroll;
+    tt_qx_run(p, in, w, rq, out, scratch, flat, 16, tt_qx_block0, 0);
 }
 
 void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                             const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                             int32_t unroll)
 {
-    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, 5);
+    /* The generator takes this entry for modes 5 and 6 only. */
+    const int32_t mode = tt_mm_mode(p);
+    tt_qx_run(p, in, w, rq, out, scratch, flat, 2 * unroll, mode == 5 ? tt_qx_block5 : tt_qx_block6, mode);
 }
 
 void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                          const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                          int32_t unroll)
 {
-    tt_qx_run(p, in, w, rq, out, scratch, flat, unroll, 2);
+    (void)unroll;
+    tt_qx_run(p, in, w, rq, out, scratch, flat, 16, tt_qx_block2, 2);
 }
 
 #endif
