@@ -1195,37 +1195,41 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
  * each with no tests in the output code; the others share one.  Out of line, so the
  * block's spills and the im2col's do not add up on the stack; one signature, so that the
  * one pixel loop (tt_qx_run) calls whichever its entry point passes. */
+/* `pass`: the block's loop and pixels in one argument, so that few go on the stack (the
+ * pixel loop's frame, under every block's, holds the outgoing ones): bytes skipped on
+ * entering the first pass (bits 0-9), column words per pass (10-14), pixels (15), output
+ * mode (16-18). */
+#define TT_QX_PASS(skip, steps, n, mode) ((skip) | (steps) << 10 | ((n) - 1) << 15 | (mode) << 16)
 #define TT_QX_ARGS                                                                         \
-    const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o,                 \
-        const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps, int32_t s0, \
-        int32_t s1, int32_t n, int32_t mode
+    const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o, const int32_t *col, \
+        const int32_t *col_end, int32_t s0, int32_t s1, int32_t pass
+#define TT_QX_BLOCK(mode)                                                                    \
+    tt_qx_block(p, w, rq, o, col, col_end, pass & 1023, (pass >> 10) & 31, s0, s1,          \
+                ((pass >> 15) & 1) + 1, (mode))
 typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
 static __attribute__((noinline)) void tt_qx_block0(TT_QX_ARGS)
 {
-    (void)mode;
-    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 0);
+    TT_QX_BLOCK(0);
 }
 static __attribute__((noinline)) void tt_qx_block2(TT_QX_ARGS)
 {
-    (void)mode;
-    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 2);
+    TT_QX_BLOCK(2);
 }
 /* The mirrored fused adds (modes 5, 6), for the entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
 {
-    (void)mode;
-    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 5);
+    TT_QX_BLOCK(5);
 }
 static __attribute__((noinline)) void tt_qx_block6(TT_QX_ARGS)
 {
-    (void)mode;
-    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, 6);
+    TT_QX_BLOCK(6);
 }
 static __attribute__((noinline)) void tt_qx_blockn(TT_QX_ARGS)
 {
     /* Mirrored adds reaching the any-mode entry take the general form: this instance
      * keeps no mirrored output code (its tests would cost every mode it runs). */
-    tt_qx_block(p, w, rq, o, col, col_end, skip, steps, s0, s1, n, mode >= 5 ? 4 : mode);
+    const int32_t mode = pass >> 16;
+    TT_QX_BLOCK(mode >= 5 ? 4 : mode);
 }
 
 /* The "flat" field of one pixel for tt_conv2d_s8_qx: its kh * kw * in_c values gathered
@@ -1384,15 +1388,19 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
 /* The pixel loop, one instance for every entry point: each pixel pair's columns, then
  * `block` for every output channel, `steps` column words per pass of its loop (16 for
  * modes 0 and 2, see tt_qx_block), `mode` as tt_mm_mode reads it. */
+#define TT_QX_HOW(flat, steps, mode) ((flat) | (steps) << 1 | (mode) << 8)
 static __attribute__((noinline)) void
 tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_rq *rq,
-          int8_t *out, int16_t *scratch, int32_t flat, int32_t steps, tt_qx_block_fn block,
-          int32_t mode)
+          int8_t *out, int16_t *scratch, tt_qx_block_fn block, int32_t how)
 {
+    /* `how`: flat | steps << 1 | mode << 8, so that the entry points, which take as many
+     * arguments, tail-call this function (no frame of theirs on the stack). */
+    const int32_t flat = how & 1, steps = (how >> 1) & 127, mode = how >> 8;
     const int32_t icp = (p->in_c + 3) & ~3;
     const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
     const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
     const int32_t skip = 56 * ((steps - (nw & (steps - 1))) & (steps - 1));
+    const int32_t pass = TT_QX_PASS(skip, steps, 1, mode); /* the pixels' bit added per pass */
     const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 2 * nw;
@@ -1400,30 +1408,34 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     /* Interior pixels of a layer tt_qx_inside takes (tt_qx_pixel's first case) go to it
      * straight from here: the dispatch costs as much as a quarter of the unpacking. */
     const int32_t row_words = p->k_w * p->in_c >> 2;
-    const int32_t x_hi = p->in_w - p->k_w, y_hi = p->in_h - p->k_h; /* (unsigned: x0 >= 0 too) */
     const int32_t inside = !flat && (p->in_c & 3) == 0 && (row_words & 3) == 0 && row_words <= 60
-                           && x_hi >= 0 && y_hi >= 0;
-    const int32_t sx = p->stride_w, sy = p->stride_h;
-    const int32_t row_bytes = p->in_w * p->in_c;
+                           && p->in_w >= p->k_w && p->in_h >= p->k_h;
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
-        int32_t f[2];
+        int32_t s0 = 0, s1 = 0;
         /* One copy of the dispatch for both pixels (flash): not unrolled. */
 #pragma GCC unroll 1
         for (int32_t k = 0; k < 2; ++k) {
-            const int32_t x0 = ox * sx - p->pad_w, y0 = oy * sy - p->pad_h;
-            f[k] = inside && (uint32_t)x0 <= (uint32_t)x_hi && (uint32_t)y0 <= (uint32_t)y_hi
-                       ? tt_qx_inside(in + y0 * row_bytes + x0 * p->in_c, p, row_words, col + k)
-                       : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + k);
+            /* Read from p, not kept: the frame of this loop is on the stack under every
+             * block's (unsigned compares: x0 >= 0 too). */
+            const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
+            const int32_t f = inside && (uint32_t)x0 <= (uint32_t)(p->in_w - p->k_w)
+                                      && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)
+                                  ? tt_qx_inside(in + (y0 * p->in_w + x0) * p->in_c, p, p->k_w * p->in_c >> 2,
+                                                 col + k)
+                                  : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + k);
+            s1 = (int32_t)((uint32_t)f << 7);
+            if (k == 0) {
+                s0 = s1;
+            }
             /* A missing last pixel repeats the one before (its outputs are not stored). */
             if ((k == 1 || n == 2) && ++ox == p->out_w) {
                 ox = 0;
                 ++oy;
             }
         }
-        block(p, w, rq, out + pix * out_c, col, col_end, skip, steps, (int32_t)((uint32_t)f[0] << 7),
-              (int32_t)((uint32_t)f[1] << 7), n, mode);
+        block(p, w, rq, out + pix * out_c, col, col_end, s0, s1, pass | (n - 1) << 15);
     }
 }
 
@@ -1435,9 +1447,9 @@ void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w
 {
     const int32_t mode = tt_mm_mode(p);
     if (mode == 0 || mode == 2) {
-        tt_qx_run(p, in, w, rq, out, scratch, flat, 16, mode == 0 ? tt_qx_block0 : tt_qx_block2, mode);
+        tt_qx_run(p, in, w, rq, out, scratch, mode == 0 ? tt_qx_block0 : tt_qx_block2, TT_QX_HOW(flat, 16, mode));
     } else {
-        tt_qx_run(p, in, w, rq, out, scratch, flat, 2 * unroll, tt_qx_blockn, mode);
+        tt_qx_run(p, in, w, rq, out, scratch, tt_qx_blockn, TT_QX_HOW(flat, 2 * unroll, mode));
     }
 }
 
@@ -1446,7 +1458,7 @@ void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int3
                            int32_t unroll)
 {
     (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, flat, 16, tt_qx_block0, 0);
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block0, TT_QX_HOW(flat, 16, 0));
 }
 
 void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int32_t *w,
@@ -1455,7 +1467,7 @@ void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int
 {
     /* The generator takes this entry for modes 5 and 6 only. */
     const int32_t mode = tt_mm_mode(p);
-    tt_qx_run(p, in, w, rq, out, scratch, flat, 2 * unroll, mode == 5 ? tt_qx_block5 : tt_qx_block6, mode);
+    tt_qx_run(p, in, w, rq, out, scratch, mode == 5 ? tt_qx_block5 : tt_qx_block6, TT_QX_HOW(flat, 2 * unroll, mode));
 }
 
 void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
@@ -1463,7 +1475,7 @@ void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_
                          int32_t unroll)
 {
     (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, flat, 16, tt_qx_block2, 2);
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block2, TT_QX_HOW(flat, 16, 2));
 }
 
 #endif
