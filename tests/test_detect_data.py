@@ -45,6 +45,28 @@ def make_voc(root: Path, n: int = 12, size: tuple[int, int] = (96, 64), seed: in
     return root
 
 
+def fitted_detector(root: Path, n: int, size: int = 64, steps: int = 30) -> tuple:
+    """A voc dataset of ``n`` images at ``size`` (half of them test) and a yolofastest fitted
+    ``steps`` Adam steps to its test images, so that mAP is no trivial 0: an untrained
+    detector's activations also shrink layer by layer to scales no int32 bias can follow."""
+    from tinytamer.data import make_loader
+    from tinytamer.detect.decode import Head
+    from tinytamer.detect.loss import DetectionLoss
+    from tinytamer.zoo import create
+
+    data = get_dataset("voc", make_voc(root, n=n), size=size, test_percent=50)
+    torch.manual_seed(0)
+    model = create("yolofastest", num_classes=2, input_size=size, anchors=[list(a) for a in data.meta.anchors])
+    loss_fn = DetectionLoss(Head.of(model))
+    x, y = next(iter(make_loader(data.test, len(data.test), shuffle=False)))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return data, model.eval()
+
+
 def _write(tmp_path: Path, text: str | bytes) -> Path:
     p = tmp_path / "a.xml"
     p.write_bytes(text if isinstance(text, bytes) else text.encode())

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_detect_data import make_voc
+from test_detect_data import fitted_detector
 
 from tinytamer.calib import Calibration
 from tinytamer.compress.int8 import quantize_ptq
-from tinytamer.data import get_dataset, make_loader
+from tinytamer.data import make_loader
 from tinytamer.deploy import deploy, for_target
 from tinytamer.detect import evaluate
 from tinytamer.detect.decode import Head, keep_head
-from tinytamer.detect.loss import DetectionLoss
 from tinytamer.detect.packed import SingleOutput
 from tinytamer.errors import ModelError
 from tinytamer.qgraph import QuantizedGraph
@@ -31,20 +30,7 @@ STEPS = 30
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    root = make_voc(tmp_path_factory.mktemp("voc") / "v", n=8)
-    data = get_dataset("voc", root, size=SIZE, test_percent=50)
-    torch.manual_seed(0)
-    model = create("yolofastest", num_classes=2, input_size=SIZE, anchors=[list(a) for a in data.meta.anchors])
-    # Trained a little (on the test images, so that mAP is no trivial 0): an untrained
-    # detector's activations shrink layer by layer to scales no int32 bias can follow.
-    loss_fn = DetectionLoss(Head.of(model))
-    x, y = next(iter(make_loader(data.test, len(data.test), shuffle=False)))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-    return data, model.eval()
+    return fitted_detector(tmp_path_factory.mktemp("voc") / "v", n=8, size=SIZE, steps=STEPS)
 
 
 def _calib(data) -> Calibration:

@@ -10,18 +10,17 @@ from typing import Any
 
 import pytest
 import torch
-from test_detect_data import make_voc
+from test_detect_data import fitted_detector, make_voc
 
 from tinytamer.calib import Calibration
 from tinytamer.checkpoint import load_checkpoint, save_checkpoint
 from tinytamer.cli import _record_line
 from tinytamer.compress.int8 import quantize, quantize_ptq
-from tinytamer.data import get_dataset, make_loader
+from tinytamer.data import make_loader
 from tinytamer.deploy import BenchReport, BenchRow, bench, deploy, runtime_accuracy, score_line
 from tinytamer.detect import evaluate, score
 from tinytamer.detect.decode import Head, keep_head
 from tinytamer.detect.evaluate import torch_runner
-from tinytamer.detect.loss import DetectionLoss
 from tinytamer.detect.packed import SingleOutput
 from tinytamer.errors import DataError
 from tinytamer.qgraph import QuantizedGraph
@@ -35,19 +34,7 @@ STEPS = 30
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    root = make_voc(tmp_path_factory.mktemp("voc") / "v", n=12)
-    data = get_dataset("voc", root, size=SIZE, test_percent=50)
-    torch.manual_seed(0)
-    model = create("yolofastest", num_classes=2, input_size=SIZE, anchors=[list(a) for a in data.meta.anchors])
-    # Fitted a little to the test images themselves, so that mAP is no trivial 0 to compare.
-    loss_fn = DetectionLoss(Head.of(model))
-    x, y = next(iter(make_loader(data.test, len(data.test), shuffle=False)))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-    return data, model.eval()
+    return fitted_detector(tmp_path_factory.mktemp("voc") / "v", n=12, size=SIZE, steps=STEPS)
 
 
 def _needs(target: str) -> None:
