@@ -114,7 +114,7 @@ def order_residual_branches(g: Graph, dsp: bool = True) -> list[str]:
     The later one is fused with the add (:func:`find_fusions`).  The fused kernels' plain
     output paths compute the conv's side of the add with one multiply-add and read the other
     side from its table; with the sides the other way round they take mirrored paths, whose
-    kernel instance is more flash (about 6 KB on ResNet-8).  So where only one side's
+    kernel instance is more flash (4.5 KB on ResNet-8).  So where only one side's
     rescale is affine, that side's conv runs last.  Otherwise the order that plans the
     smaller arena runs (planned as the device build plans it: default schedules, fused
     adds, the ``dsp`` kernels' scratch): in a downsampling block the 3 x 3 conv, run before
