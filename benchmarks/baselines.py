@@ -95,7 +95,7 @@ def train(
     if weight_decay is not None:
         solver["weight_decay"] = weight_decay
     solver.update(overrides or {})
-    batch = batch or setup["batch"]
+    batch = setup["batch"] if batch is None else batch  # the recipe refuses a bad one by name
     recipe = parse_recipe(
         {
             "name": f"baseline-{name}",

@@ -149,6 +149,22 @@ def test_whole_models_overrule_single_layer_times():
         cr.refine_whole_model(model, example, plan, lambda m, x: -1.0)
 
 
+def test_whole_models_are_pruned_as_the_stage_prunes_them():
+    """A layer the stage ignores keeps its channels in every whole model timed."""
+    model, example = _net(), torch.randn(1, 3, 8, 8)
+    ignore = ["2", "6"]
+    plan = cr.plan_channels(model, example, FakeTarget({26: 2.0, 24: 1.0}), _table(), ratio=0.2, ignore=ignore)
+    assert set(plan.layers) == {"0"}
+
+    def whole(module: nn.Module, x: torch.Tensor) -> float:
+        counts = channel_counts(module)
+        assert counts["2"] == 32 and counts["6"] == 10
+        return float(counts["0"])
+
+    refined = cr.refine_whole_model(model, example, plan, whole, ignore=ignore)
+    assert refined.layers["0"].chosen == 24 and refined.whole_model[0].latency_ms == {26: 26.0, 24: 24.0}
+
+
 def test_a_coupled_group_moves_as_one_on_whole_models():
     model, example = Residual().eval(), torch.randn(1, 3, 8, 8)
     plan = cr.plan_channels(model, example, FakeTarget({26: 2.0, 24: 1.0}), _table(), ratio=0.2)

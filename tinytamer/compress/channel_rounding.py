@@ -332,11 +332,15 @@ def refine_whole_model(
     *,
     batch: int = 1,
     tie: float = 0.02,
+    select: Selector | dict | None = None,
+    ignore: Sequence[str] | None = None,
     progress: bool = False,
 ) -> ChannelPlan:
     """Step 5 of the module docstring: ``plan``'s counts checked on whole pruned models
     (``timer`` times one whole model on a ``batch``-sample input), one sweep over the
-    layers and coupled groups; returns a new plan with the counts kept and the steps."""
+    layers and coupled groups; returns a new plan with the counts kept and the steps.
+    ``select`` and ``ignore`` as the plan and the final pruning take them, so that the
+    models timed are the ones that pruning will make."""
     from rich.progress import Progress
 
     units: list[list[str]] = []
@@ -355,7 +359,9 @@ def refine_whole_model(
     def time_counts(counts: dict[str, int]) -> float:
         key = tuple(sorted(counts.items()))
         if key not in seen:
-            pruned = prune_channels(model, example[:1], ratio=with_counts(counts, []).ratios(), round_to=None)
+            pruned = prune_channels(
+                model, example[:1], ratio=with_counts(counts, []).ratios(), round_to=None, select=select, ignore=ignore
+            )
             have = channel_counts(pruned)
             wrong = {n: (have.get(n), k) for n, k in counts.items() if have.get(n) != k}
             if wrong:

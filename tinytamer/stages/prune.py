@@ -312,7 +312,15 @@ def _measured_ratios(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> t
     )
     if r.whole_model:
         plan = cr.refine_whole_model(
-            model, ctx.example_input(batch=1), plan, timer, batch=r.batch, tie=r.tie, progress=ctx.progress
+            model,
+            ctx.example_input(batch=1),
+            plan,
+            timer,
+            batch=r.batch,
+            tie=r.tie,
+            select=p.select,
+            ignore=p.ignore,
+            progress=ctx.progress,
         )
     out = ctx.stage_dir / "channel_rounding.json"
     write_atomic(out, json.dumps(plan.to_dict(), indent=1) + "\n")
