@@ -1086,9 +1086,6 @@ def _class_sums(keys: Sequence[str], latencies: Sequence[float]) -> dict[str, fl
 
 
 MIN_CLASS_VALUES = 3  # distinct sums over the measured models a class needs to get its own factor
-# ... and its share of the models' layer time: a class of a few microseconds (pooling, the
-# classifier) would only fit the noise with a factor of its own.
-MIN_CLASS_SHARE = 0.05
 
 
 def _class_fit(
@@ -1097,9 +1094,8 @@ def _class_fit(
     """Host tables: ``whole - reorders = a + sum of b_c x (the class's layers) + b x (the
     other layers)`` by bounded least squares (b_c >= 0) over the measured models: ``(a,
     {class: b_c}, b)``, where ``b`` is the overhead line's and the classes are those whose
-    sums take at least MIN_CLASS_VALUES values over the models and hold at least
-    MIN_CLASS_SHARE of their layers' time, as many as the models leave two degrees of
-    freedom for, and linearly independent of each other and the constant.
+    sums take at least MIN_CLASS_VALUES values over the models, as many as the models leave
+    two degrees of freedom for, and linearly independent of each other and the constant.
     None without the line, or when no class qualifies (tables from before the classes were
     recorded included)."""
     pts = [r for r in recs if "class_latency_ms" in r and "layers_latency_ms" in r]
@@ -1110,12 +1106,7 @@ def _class_fit(
     b = line[1]
     values = {c: {round(r["class_latency_ms"].get(c, 0.0), 9) for r in pts} for r in pts for c in r["class_latency_ms"]}
     # The classes the models vary most first; each must add a dimension to the fit.
-    total = sum(r["layers_latency_ms"] for r in pts)
-    share = {c: sum(r["class_latency_ms"].get(c, 0.0) for r in pts) / total if total > 0 else 0.0 for c in values}
-    order = sorted(
-        (c for c, v in values.items() if len(v) >= MIN_CLASS_VALUES and share[c] >= MIN_CLASS_SHARE),
-        key=lambda c: (-len(values[c]), c),
-    )
+    order = sorted((c for c, v in values.items() if len(v) >= MIN_CLASS_VALUES), key=lambda c: (-len(values[c]), c))
     cols: list[str] = []
     for c in order[: max(len(pts) - 3, 0)]:
         trial = np.array([[1.0] + [r["class_latency_ms"].get(k, 0.0) for k in [*cols, c]] for r in pts])
