@@ -24,11 +24,9 @@ from models other than those validated.  Each configuration's latency is the med
 ``--rounds`` rounds, each the fastest of 50 runs.  Goal: >= 95% within +-10%, Spearman's
 rank correlation >= 0.95.  The machine's noise is reported beside it: one configuration
 measured ``--noise`` times (the share of those measurements within +-10% of their median),
-and every configuration's spread across its rounds.  Three predictions are reported for
+and every configuration's spread across its rounds.  Two predictions are reported for
 comparison: without the per-run overhead correction (the sum of the single-op models'
-times); with one factor for every layer (``latency_one_factor``: whole = reorders + a + b x
-the entries' sum fitted on the cover models, the table's model before classes of layers got
-factors of their own); and with the ONNX Runtime layout reorders left in each entry
+times), and with the ONNX Runtime layout reorders left in each entry
 (``latency_edges_kept``: single-op times net of the run's fixed cost, whole = a + b x their
 sum fitted on the cover models: the table's model before the reorders were separated).
 ``--space mbconv`` draws the configurations from the ProxylessNAS MBConv space of
@@ -231,11 +229,6 @@ def ort_part(n: int, seed: int, work: Path, quick: bool, rounds: int, noise_n: i
     xs = [edges_kept(table, [k for *_, k in cost.host_layers(make(c), example)]) for c in covering]
     whole = {r["model"]: r["latency_ms"] + r["layers_latency_ms"] for r in table.overheads}
     b, a = np.polyfit(xs, [whole[f"cover{i}"] for i in range(len(covering))], 1)
-    # For comparison, the table's model before layer classes got factors of their own: one
-    # line, whole = reorders + a + b x the sum of the entries.
-    line = cost._overhead_line(table.overheads)
-    if line is None:
-        raise SystemExit("the cover models leave no overhead line to fit")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for j, c in enumerate(track(picked, description="onnxruntime configurations")):
@@ -243,15 +236,12 @@ def ort_part(n: int, seed: int, work: Path, quick: bool, rounds: int, noise_n: i
             pred = cost.predict(model, "onnxruntime", table, example=example, measure_missing=False)
             got = time_rounds(tgt, model, example, Path(tmp) / f"c{j}", rounds)
             raw = sum(table.entries[la.key]["latency_ms_single"] for la in pred.layers)
-            entries = [table.entries[la.key] for la in pred.layers]
-            one_factor = cost._boundary_ms(entries) + line[0] + line[1] * sum(e["latency_ms"] for e in entries)
             rows.append(
                 {
                     "config": c,
                     "predicted_ms": pred.total["latency_ms"],
                     "uncorrected_sum_ms": raw,
                     "edges_kept_ms": a + b * edges_kept(table, [la.key for la in pred.layers]),
-                    "one_factor_ms": one_factor,
                     "measured_ms": statistics.median(got),
                     "rounds_ms": got,
                 }
@@ -274,15 +264,11 @@ def ort_part(n: int, seed: int, work: Path, quick: bool, rounds: int, noise_n: i
         "per_model_overhead_ms": [r["latency_ms"] for r in table.overheads],
         "per_model_reorders_ms": [r["boundary_ms"] for r in table.overheads],
         "edges_kept_line": {"a_ms": float(a), "b": float(b)},
-        "overhead_from": cost.predict(
-            make(picked[0]), "onnxruntime", table, example=example, measure_missing=False
-        ).overhead_from,
         "build_s": build_s,
         "summary": {
             "latency": score([r["predicted_ms"] for r in rows], meas),
             "latency_without_correction": score([r["uncorrected_sum_ms"] for r in rows], meas),
             "latency_edges_kept": score([r["edges_kept_ms"] for r in rows], meas),
-            "latency_one_factor": score([r["one_factor_ms"] for r in rows], meas),
         },
         "noise": {
             "config": picked[0],

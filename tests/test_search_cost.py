@@ -220,52 +220,6 @@ def test_host_overhead_line_is_fitted_once_three_models_are_measured():
     assert "median" in how and over["latency_ms"] == pytest.approx(statistics.median([0.0, -1.0]))
 
 
-def _conv_key(k: int, c: int, groups: int = 1) -> str:
-    return cost.make_key("conv2d+bn+relu", (c, 8, 8), (c, 8, 8), kernel=(k, k), stride=(1, 1), groups=groups)
-
-
-def test_host_layers_of_each_class_get_their_own_factor_where_the_models_vary_them():
-    """Whole = 0.2 + 0.5 x the 1 x 1 layers + 1.5 x the 3 x 3 ones (their entries' sums):
-    one factor for all cannot fit that, a factor per class predicts a new mix exactly."""
-    t = CostTable("onnxruntime")
-    k1 = [_conv_key(1, c) for c in (8, 16, 32, 64)]
-    k3 = [_conv_key(3, c) for c in (8, 16, 32, 64)]
-    dw = _conv_key(3, 16, groups=16)
-    for j, key in enumerate(k1 + k3):
-        t.entries[key] = {"latency_ms": 0.1 * (j + 1)}
-    t.entries[dw] = {"latency_ms": 0.05}
-    assert cost.host_class(k1[0]) == "conv2d+bn+relu|k=1x1|dw=0" and cost.host_class(dw).endswith("k=3x3|dw=1")
-
-    def measured(keys: list[str]) -> dict:
-        s1 = sum(t.entries[k]["latency_ms"] for k in keys if k in k1)
-        s3 = sum(t.entries[k]["latency_ms"] for k in keys if k in k3)
-        whole = 0.2 + 0.5 * s1 + 1.5 * s3 + t.entries[dw]["latency_ms"]
-        layers = s1 + s3 + t.entries[dw]["latency_ms"]
-        sums = cost._class_sums(keys, [t.entries[k]["latency_ms"] for k in keys])
-        return {
-            "layers": len(keys),
-            "layers_latency_ms": layers,
-            "latency_ms": whole - layers,
-            "class_latency_ms": sums,
-        }
-
-    models = [[k1[i], k3[j], dw] for i in range(4) for j in range(4) if (i + j) % 2 == 0]
-    t.overheads = [measured(m) for m in models]
-    new = [k1[1], k1[2], k3[0], dw]
-    layers_sum = sum(t.entries[k]["latency_ms"] for k in new)
-    over, how = cost._overhead(t, len(new), new, layers_sum=layers_sum)
-    truth = measured(new)
-    assert over["latency_ms"] + layers_sum == pytest.approx(truth["latency_ms"] + layers_sum, rel=1e-6)
-    assert "per-class factors" in how and "k=1x1|dw=0 0.5" in how and "k=3x3|dw=0 1.5" in how
-    # The depthwise layer is in every model at one cost: no factor of its own, the line's.
-    assert "dw=1" not in how.split("other layers")[0]
-    # Records from before the classes were kept: the line, as before.
-    for r in t.overheads:
-        del r["class_latency_ms"]
-    over, how = cost._overhead(t, len(new), new, layers_sum=layers_sum)
-    assert "per-class" not in how and "fitted on 8" in how
-
-
 def test_older_tables_are_refused_where_they_are_wrong(tmp_path):
     data = _table().to_dict()
     path = tmp_path / "old.json"

@@ -70,13 +70,7 @@ What a whole model costs beyond its layers and those reorders (the run's fixed c
 once; functional ops such as ``x + y`` and ``flatten`` that are no layer) is the rest of its
 per-model overhead, added once to a prediction: with three or more measured models, by a
 line fitted over them (whole - reorders = a + b x the sum of its layers; b is 1 where the
-entries add up in context, and is fitted rather than assumed), else their median.  Where the
-measured models vary a class of layers enough (a class: op, kernel and depthwise or not,
-:func:`host_class`), that class gets its own factor (whole - reorders = a + sum over classes
-of b_c x the class's layers, the other classes at the line's b): a single-op model misses
-the context of a whole one by a share that depends on the kind of layer (a 1 x 1
-convolution on a few channels is mostly fixed cost, a 5 x 5 one mostly arithmetic), which
-one b for all averages away.  See :func:`_class_fit`.
+entries add up in context, and is fitted rather than assumed), else their median.
 
 **Per-model overhead.** What a whole inference costs beyond its layers (the calls of
 ``tt_model_run``; on ONNX Runtime the run's fixed cost, see above) is measured per model: the
@@ -364,7 +358,6 @@ class CostTable:
         if "latency_ms" in m.total:  # the x of the overhead line and the reorders it leaves out
             rec["layers_latency_ms"] = sum(c["latency_ms"] for c in cost)
             rec["boundary_ms"] = _boundary_ms(cost)
-            rec["class_latency_ms"] = _class_sums([la.key for la in m.layers], [c["latency_ms"] for c in cost])
         self.overheads = [r for r in self.overheads if r.get("model") != name] + [rec]
         return new
 
@@ -1014,26 +1007,10 @@ def _overhead(
         # the rest (the run's fixed cost, functional ops) from the measured models.
         bound = _boundary_ms([table.entries[k] for k in keys])
         fit = _overhead_line(recs)
-        classes = _class_fit(recs, fit)
         if fit is None:
             # A run's fixed cost is paid once per model: the median measured, not scaled.
             out["latency_ms"] = bound + statistics.median(r["latency_ms"] - r.get("boundary_ms", 0.0) for r in recs)
             how = f"layout reorders {bound:.4g} ms + median rest of {len(recs)} measured model(s), once"
-        elif classes is not None:
-            a, factors, b = classes
-            sums = _class_sums(keys, [table.entries[k]["latency_ms"] for k in keys])
-            own = sum(sums.get(c, 0.0) for c in factors)
-            out["latency_ms"] = (
-                bound
-                + a
-                + sum((f - 1.0) * sums.get(c, 0.0) for c, f in factors.items())
-                + (b - 1.0) * (layers_sum - own)
-            )
-            shown = ", ".join(f"{c} {f:.3g}" for c, f in factors.items())
-            how = (
-                f"layout reorders {bound:.4g} ms + rest, whole = reorders + {a:.4g} ms + per-class factors "
-                f"({shown}; other layers {b:.3g}) x layers, fitted on {len(recs)} measured models"
-            )
         else:
             a, b = fit
             out["latency_ms"] = bound + a + (b - 1.0) * layers_sum
@@ -1069,64 +1046,6 @@ def _overhead_line(recs: list[dict[str, Any]]) -> tuple[float, float] | None:
         return None
     b, a = np.polyfit([x for x, _ in pts], [y for _, y in pts], 1)
     return (float(a), float(b)) if b > 0 else None  # a falling line is noise, not a cost
-
-
-def host_class(key: str) -> str:
-    """The class of a host layer that gets its own factor in :func:`_class_fit`: its op, its
-    kernel and whether it is depthwise (``conv2d+bn+relu|k=1x1|dw=0``)."""
-    f = parse_key(key)
-    return f"{f['op']}|k={f['k']}|dw={int(f['g'] not in ('-', '1'))}"
-
-
-def _class_sums(keys: Sequence[str], latencies: Sequence[float]) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    for key, ms in zip(keys, latencies, strict=True):
-        sums[host_class(key)] = sums.get(host_class(key), 0.0) + ms
-    return sums
-
-
-MIN_CLASS_VALUES = 3  # distinct sums over the measured models a class needs to get its own factor
-
-
-def _class_fit(
-    recs: list[dict[str, Any]], line: tuple[float, float] | None
-) -> tuple[float, dict[str, float], float] | None:
-    """Host tables: ``whole - reorders = a + sum of b_c x (the class's layers) + b x (the
-    other layers)`` by bounded least squares (b_c >= 0) over the measured models: ``(a,
-    {class: b_c}, b)``, where ``b`` is the overhead line's and the classes are those whose
-    sums take at least MIN_CLASS_VALUES values over the models, as many as the models leave
-    two degrees of freedom for, and linearly independent of each other and the constant.
-    None without the line, or when no class qualifies (tables from before the classes were
-    recorded included)."""
-    pts = [r for r in recs if "class_latency_ms" in r and "layers_latency_ms" in r]
-    if line is None or len(pts) < MIN_FIT_MODELS or len(pts) != len(recs):
-        return None
-    from scipy.optimize import lsq_linear
-
-    b = line[1]
-    values = {c: {round(r["class_latency_ms"].get(c, 0.0), 9) for r in pts} for r in pts for c in r["class_latency_ms"]}
-    # The classes the models vary most first; each must add a dimension to the fit.
-    order = sorted((c for c, v in values.items() if len(v) >= MIN_CLASS_VALUES), key=lambda c: (-len(values[c]), c))
-    cols: list[str] = []
-    for c in order[: max(len(pts) - 3, 0)]:
-        trial = np.array([[1.0] + [r["class_latency_ms"].get(k, 0.0) for k in [*cols, c]] for r in pts])
-        if np.linalg.matrix_rank(trial) == trial.shape[1]:
-            cols.append(c)
-    if not cols:
-        return None
-    x = np.array([[1.0] + [r["class_latency_ms"].get(c, 0.0) for c in cols] for r in pts])
-    # The other classes at the line's factor, moved to the left-hand side.
-    y = np.array(
-        [
-            r["layers_latency_ms"]
-            + r["latency_ms"]
-            - r.get("boundary_ms", 0.0)
-            - b * (r["layers_latency_ms"] - sum(r["class_latency_ms"].get(c, 0.0) for c in cols))
-            for r in pts
-        ]
-    )
-    fit = lsq_linear(x, y, bounds=([-np.inf] + [0.0] * len(cols), np.inf))
-    return float(fit.x[0]), {c: float(v) for c, v in zip(cols, fit.x[1:], strict=True)}, b
 
 
 def _boundary_ms(entries: Sequence[dict[str, Any]]) -> float:
