@@ -38,8 +38,8 @@ nothing.  The baseline is ``--baseline PATH``, else ``benchmarks/work/baselines/
 
 Defaults (``DEFAULTS``; the paper runs 600 episodes): LeNet-5 50 episodes (20 of them random
 warm-up), 50 fine-tune steps per candidate, 400 for each scored policy, learning rate 1e-3;
-ResNet-8 30 episodes, 20 and 300 steps at 1e-4 (1e-3 costs the int8 model itself 1.5 points
-in 300 steps).  Duration on 2 idle cores, estimated from smoke runs on a loaded machine
+ResNet-8 30 episodes, 20 and 300 steps at 1e-4 (in a by-hand check, 300 steps at 1e-3 cost
+the int8 model itself 1.5 points).  Duration on 2 idle cores, estimated from smoke runs on a loaded machine
 (not measured): about 45 min per experiment for LeNet-5 and 55 for ResNet-8; run one
 experiment per command (``--experiments flash``) to keep each under an hour.
 """
@@ -293,6 +293,8 @@ def main() -> None:
     if args.quick:
         args.seeds, args.episodes, args.warmup, args.finetune_iters, args.final_iters = 1, 3, 2, 2, 5
         args.val, args.test_limit = 500, args.test_limit or 500
+    if args.finetune_lr <= 0:
+        ap.error(f"--finetune-lr must be positive, not {args.finetune_lr:g}")
     torch.set_num_threads(args.threads)
     s = setup(args)
     result: dict[str, Any] = {
