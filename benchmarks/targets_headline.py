@@ -6,6 +6,8 @@
         --control --result targets_headline_r0.125     # the run in RESULTS.md
     python benchmarks/targets_headline.py --ratio 0.25 --rounding-target openvino \
         --rounding-precision int8 --finetune-epochs 6 --control   # counts measured on the target
+    python benchmarks/targets_headline.py --ratio 0.125 --rounding-target onnxruntime \
+        --slack 0.34 --headroom 0.34 --whole-model --finetune-epochs 3 --control  # checked on whole models
     python benchmarks/targets_headline.py --quick      # a check that it runs (untrained, minutes)
 
 The dense model is the trained baseline (``benchmarks/work/baselines/resnet8.safetensors``).
@@ -60,13 +62,27 @@ HOST_RUNTIMES = ("torch", "onnxruntime", "openvino", "ncnn")
 
 
 def measured_plan(dense: torch.nn.Module, example: torch.Tensor, args: argparse.Namespace) -> Any:
-    """Kept counts per layer chosen by timing single layers on ``--rounding-target``."""
+    """Kept counts per layer chosen by timing single layers on ``--rounding-target`` and,
+    with ``--whole-model``, then checked on whole pruned models (batch 1)."""
     cr = channel_rounding
     target, prec = args.rounding_target, args.rounding_precision
     path = cr.cache_root() / cr.table_name(target, prec, args.threads, 1, host_description()["cpu"])
     table = cr.LatencyTable.open(path, target, prec, args.threads, 1)
     timer = cr.target_timer(target, prec, args.threads, 1, repeats=args.repeats)
-    return cr.plan_channels(dense, example, timer, table, ratio=args.ratio, table_path=path, progress=True)
+    plan = cr.plan_channels(
+        dense,
+        example,
+        timer,
+        table,
+        ratio=args.ratio,
+        slack=args.slack,
+        headroom=args.headroom,
+        table_path=path,
+        progress=True,
+    )
+    if args.whole_model:
+        plan = cr.refine_whole_model(dense, example, plan, timer, batch=1, progress=True)
+    return plan
 
 
 def finetuned(path: Path, config: SolverConfig, loader, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -99,6 +115,11 @@ def main() -> None:
     )
     ap.add_argument("--rounding-target", default=None, help="choose kept counts by timing on this target")
     ap.add_argument("--rounding-precision", default="int8", help="precision the rounding target is timed at")
+    ap.add_argument("--slack", type=float, default=0.25, help="measured counts down to (1 - slack) x asked")
+    ap.add_argument("--headroom", type=float, default=0.0, help="measured counts also up to (1 + headroom) x asked")
+    ap.add_argument(
+        "--whole-model", action="store_true", help="check the measured counts on whole pruned models (batch 1)"
+    )
     ap.add_argument("--result", default="targets_headline", help="name of the JSON written under benchmarks/results/")
     ap.add_argument(
         "--quick", action="store_true", help="untrained ResNet-8 on 512 images, batch 1, 1 round; benchmarks/work/quick"
@@ -242,7 +263,14 @@ def main() -> None:
             "ratio": args.ratio,
             "round_to": round_to,
             "rounding_target": args.rounding_target and f"{args.rounding_target} {args.rounding_precision}",
-            "rounding_plan": plan.to_dict() if plan is not None else None,
+            # The table is named within the cache folder: its absolute path is this machine's.
+            "rounding_plan": (
+                {**plan.to_dict(), "table": f"$TINYTAMER_CACHE/channels/{Path(plan.table).name}"}
+                if plan is not None
+                else None
+            ),
+            "slack": args.slack if plan is not None else None,
+            "headroom": args.headroom if plan is not None else None,
             "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "finetune_epochs": args.finetune_epochs,
             "finetune_seconds": round(finetune_s, 1),
