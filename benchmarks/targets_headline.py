@@ -36,7 +36,7 @@ import copy
 import hashlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,9 @@ BASELINE = WORK / "baselines" / "resnet8.safetensors"
 HOST_RUNTIMES = ("torch", "onnxruntime", "openvino", "ncnn")
 
 
-def measured_plan(dense: torch.nn.Module, example: torch.Tensor, args: argparse.Namespace) -> Any:
+def measured_plan(
+    dense: torch.nn.Module, example: torch.Tensor, calib: Sequence[torch.Tensor], args: argparse.Namespace
+) -> Any:
     """Kept counts per layer chosen by timing single layers on ``--rounding-target`` and,
     with ``--whole-model``, then checked on whole pruned models (batch 1)."""
     cr = channel_rounding
@@ -81,7 +83,9 @@ def measured_plan(dense: torch.nn.Module, example: torch.Tensor, args: argparse.
         progress=True,
     )
     if args.whole_model:
-        plan = cr.refine_whole_model(dense, example, plan, timer, batch=1, progress=True)
+        # The trained model is calibrated and checked on real training samples.
+        model_timer = cr.target_timer(target, prec, args.threads, 1, repeats=args.repeats, calib=calib)
+        plan = cr.refine_whole_model(dense, example, plan, model_timer, batch=1, progress=True)
     return plan
 
 
@@ -157,7 +161,7 @@ def main() -> None:
     plan = None
     ratio, round_to = args.ratio, args.round_to
     if args.rounding_target:
-        plan = measured_plan(dense, example, args)
+        plan = measured_plan(dense, example, list(Calibration(train, limit=2)), args)
         ratio, round_to = plan.ratios(), None
     t0 = time.time()
     pruned = finetuned(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,13 @@ from tinytamer.zoo import count, create  # noqa: E402
 
 
 def measured_variants(
-    dense: torch.nn.Module, example: torch.Tensor, ratio: float, target: str, precision: str, args: argparse.Namespace
+    dense: torch.nn.Module,
+    example: torch.Tensor,
+    calib: Sequence[torch.Tensor],
+    ratio: float,
+    target: str,
+    precision: str,
+    args: argparse.Namespace,
 ) -> dict[str, tuple[torch.nn.Module, dict[str, Any]]]:
     """The model pruned at ``ratio`` with kept counts chosen by timing single layers on
     ``target`` ("measured") and, with ``--whole-model``, those counts then checked on whole
@@ -76,8 +83,12 @@ def measured_variants(
     )
     plans = {"measured": plan}
     if args.whole_model:
+        # Whole (possibly trained) models: calibrated and checked on real samples.
+        model_timer = cr.target_timer(
+            target, precision, args.threads, args.batches[0], repeats=args.repeats, calib=calib
+        )
         plans["measured, whole models"] = cr.refine_whole_model(
-            dense, example, plan, timer, batch=args.batches[0], progress=True
+            dense, example, plan, model_timer, batch=args.batches[0], progress=True
         )
     # The table is named within the cache folder: its absolute path is this machine's.
     return {
@@ -157,7 +168,9 @@ def main() -> None:
                 variants = dict(ruled)
                 if args.measured:
                     for r in args.ratios:
-                        for name, (model, plan) in measured_variants(dense, example, r, target, prec, args).items():
+                        for name, (model, plan) in measured_variants(
+                            dense, example, calib, r, target, prec, args
+                        ).items():
                             variants[(r, name)] = model
                             plans[f"{target} {prec} {r} {name}"] = plan
                 extra = {"quantize": int8_quantizer} if getattr(tgt, "takes_quantizer", False) else {}

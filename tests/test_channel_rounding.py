@@ -12,6 +12,7 @@ from torch import nn
 from tinytamer.compress import channel_rounding as cr
 from tinytamer.compress.channel import channel_counts, prune_channels
 from tinytamer.errors import CompressError, CorruptFileError, TamerError
+from tinytamer.targets.base import ParityError
 
 
 def _net() -> nn.Module:
@@ -244,3 +245,17 @@ def test_rounding_and_round_to_together_are_refused(digits_recipe, run_stages):
     stage = {"channel_prune": {"ratio": 0.3, "round_to": 4, "rounding": {"target": "torch"}}}
     with pytest.raises(RecipeError, match="round_to or rounding"):
         run_stages(digits_recipe("rounding-both", [stage], limit=200))
+
+
+def test_whole_models_are_timed_on_real_samples_when_given():
+    # A trained model's logits on noise can be near-tied (here 100 +- 0.1): int8 loses the
+    # difference and parity fails, so no time comes back; on real samples they separate.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.01] * 16, [-0.01] * 16]))
+        model[1].bias.fill_(100.0)
+    x = torch.randn(1, 1, 4, 4)
+    with pytest.raises(ParityError, match="top-1 agreement"):
+        cr.target_timer("onnxruntime", "int8", 1, 1, repeats=3)(model, x)
+    real = [torch.cat([torch.full((8, 1, 4, 4), 50.0), torch.full((8, 1, 4, 4), -50.0)])]
+    assert cr.target_timer("onnxruntime", "int8", 1, 1, repeats=3, calib=real)(model, x) > 0

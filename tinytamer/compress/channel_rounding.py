@@ -337,7 +337,8 @@ def refine_whole_model(
     progress: bool = False,
 ) -> ChannelPlan:
     """Step 5 of the module docstring: ``plan``'s counts checked on whole pruned models
-    (``timer`` times one whole model on a ``batch``-sample input), one sweep over the
+    (``timer`` times one whole model on a ``batch``-sample input; for a trained model, a
+    :func:`target_timer` given real ``calib`` samples), one sweep over the
     layers and coupled groups; returns a new plan with the counts kept and the steps.
     ``select`` and ``ignore`` as the plan and the final pruning take them, so that the
     models timed are the ones that pruning will make."""
@@ -424,9 +425,16 @@ def target_timer(
     *,
     repeats: int = 30,
     options: dict[str, Any] | None = None,
+    calib: Sequence[Any] | None = None,
 ) -> Timer:
-    """A :data:`Timer` that deploys each single-layer model to ``target`` and returns its
-    median latency (ms) over ``repeats`` timed runs, measured in this process."""
+    """A :data:`Timer` that deploys each model it is given to ``target`` and returns its
+    median latency (ms) over ``repeats`` timed runs, measured in this process.
+
+    ``calib``: samples of the timed models' input (batches as the targets take them) to
+    calibrate int8 on and to check parity on.  By default random normal samples of the
+    timed input's shape, which suits single-layer models; a trained *whole* model
+    (:func:`refine_whole_model`) needs real samples, or its near-tied logits on noise
+    fail int8 parity and no time comes back."""
     from tinytamer.targets import get_target
     from tinytamer.targets.base import unavailable_reason
 
@@ -445,9 +453,13 @@ def target_timer(
         extra["quantize"] = lambda m, batches, method: quantize_ptq(m, batches, method=method)
 
     def timer(module: nn.Module, x: Tensor) -> float:
-        calib = [torch.randn((8, *x.shape[1:]), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+        samples = (
+            list(calib)
+            if calib
+            else [torch.randn((8, *x.shape[1:]), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+        )
         with tempfile.TemporaryDirectory(prefix="tamer-channels-") as tmp:
-            deployed = tgt.compile(module, [x[:1]], tmp, precision=precision, calib=calib, threads=threads, **extra)
+            deployed = tgt.compile(module, [x[:1]], tmp, precision=precision, calib=samples, threads=threads, **extra)
             cost = deployed.measure(batch=batch, threads=threads, repeats=repeats, warmup=5, isolate=False)
         return float(cost.latency_ms_median)
 

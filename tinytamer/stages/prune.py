@@ -27,6 +27,7 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 from tinytamer import codec
+from tinytamer.calib import Calibration
 from tinytamer.compress import channel, prune, sensitivity
 from tinytamer.compress.selector import Selector
 from tinytamer.errors import RecipeError
@@ -311,11 +312,14 @@ def _measured_ratios(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> t
         progress=ctx.progress,
     )
     if r.whole_model:
+        # Whole trained models are calibrated and checked on real training samples.
+        calib = list(Calibration(ctx.train_loader(), limit=2))
+        model_timer = cr.target_timer(r.target, r.precision, r.threads, r.batch, repeats=r.repeats, calib=calib)
         plan = cr.refine_whole_model(
             model,
             ctx.example_input(batch=1),
             plan,
-            timer,
+            model_timer,
             batch=r.batch,
             tie=r.tie,
             select=p.select,
