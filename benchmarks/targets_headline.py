@@ -163,6 +163,8 @@ def main() -> None:
     if args.rounding_target:
         plan = measured_plan(dense, example, list(Calibration(train, limit=2)), args)
         ratio, round_to = plan.ratios(), None
+        # Timings can choose other counts on a rerun: the counts name the fine-tuned model.
+        tag += "-" + "_".join(str(c.chosen) for c in plan.layers.values())
     t0 = time.time()
     pruned = finetuned(
         work / f"pruned-{tag}.safetensors",
