@@ -196,7 +196,7 @@ def test_the_table_is_cached_and_reused(tmp_path):
     "text",
     [
         "[]",
-        '{"format": "tinytamer-channel-latency", "version": 1, "target": "fake", '
+        '{"format": "tinytamer-channel-latency", "version": 2, "target": "fake", '
         '"precision": "int8", "threads": 2, "batch": 1, "entries": {"k": -1}}',
     ],
 )
@@ -259,3 +259,14 @@ def test_whole_models_are_timed_on_real_samples_when_given():
         cr.target_timer("onnxruntime", "int8", 1, 1, repeats=3)(model, x)
     real = [torch.cat([torch.full((8, 1, 4, 4), 50.0), torch.full((8, 1, 4, 4), -50.0)])]
     assert cr.target_timer("onnxruntime", "int8", 1, 1, repeats=3, calib=real)(model, x) > 0
+
+
+def test_a_table_of_median_times_is_refused_by_version(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(
+        '{"format": "tinytamer-channel-latency", "version": 1, "target": "fake", '
+        '"precision": "int8", "threads": 2, "batch": 1, "entries": {"k": 1.0}}'
+    )
+    with pytest.raises(CompressError, match="old.json holds median times .*delete it"):
+        cr.LatencyTable.open(path, "fake", "int8", 2, 1)
+    assert cr.table_name("onnxruntime", "int8", 2, 1, "AMD EPYC").endswith(f"-v{cr.VERSION}.json")
