@@ -52,7 +52,7 @@ from tinytamer.compress.channel import prune_channels  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
 from tinytamer.deploy import int8_quantizer, runtime_accuracy  # noqa: E402
 from tinytamer.targets import get_target, list_targets  # noqa: E402
-from tinytamer.targets.base import ONE_ROUND, ROUNDS, combine_rounds, host_description  # noqa: E402
+from tinytamer.targets.base import ONE_ROUND, ROUNDS, combine_rounds  # noqa: E402
 from tinytamer.train import Solver, SolverConfig  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
 
@@ -66,27 +66,22 @@ def measured_plan(
 ) -> Any:
     """Kept counts per layer chosen by timing single layers on ``--rounding-target`` and,
     with ``--whole-model``, then checked on whole pruned models (batch 1)."""
-    cr = channel_rounding
-    target, prec = args.rounding_target, args.rounding_precision
-    path = cr.cache_root() / cr.table_name(target, prec, args.threads, 1, host_description()["cpu"])
-    table = cr.LatencyTable.open(path, target, prec, args.threads, 1)
-    timer = cr.target_timer(target, prec, args.threads, 1, repeats=args.repeats)
-    plan = cr.plan_channels(
+    single, whole, _ = channel_rounding.measure_plans(
         dense,
         example,
-        timer,
-        table,
+        args.rounding_target,
+        args.rounding_precision,
+        args.threads,
+        1,
         ratio=args.ratio,
+        repeats=args.repeats,
         slack=args.slack,
         headroom=args.headroom,
-        table_path=path,
+        whole_model=args.whole_model,
+        calib=calib,  # the trained model is calibrated and checked on real training samples
         progress=True,
     )
-    if args.whole_model:
-        # The trained model is calibrated and checked on real training samples.
-        model_timer = cr.target_timer(target, prec, args.threads, 1, repeats=args.repeats, calib=calib)
-        plan = cr.refine_whole_model(dense, example, plan, model_timer, batch=1, progress=True)
-    return plan
+    return whole if whole is not None else single
 
 
 def finetuned(path: Path, config: SolverConfig, loader, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:

@@ -48,7 +48,6 @@ from tinytamer.targets.base import (  # noqa: E402
     ROUNDS,
     TOLERANCES,
     combine_rounds,
-    host_description,
     wait_for_quiet,
 )
 from tinytamer.zoo import count, create  # noqa: E402
@@ -66,30 +65,22 @@ def measured_variants(
     """The model pruned at ``ratio`` with kept counts chosen by timing single layers on
     ``target`` ("measured") and, with ``--whole-model``, those counts then checked on whole
     pruned models ("measured, whole models"), each with its plan."""
-    cr = channel_rounding
-    path = cr.cache_root() / cr.table_name(target, precision, args.threads, args.batches[0], host_description()["cpu"])
-    table = cr.LatencyTable.open(path, target, precision, args.threads, args.batches[0])
-    timer = cr.target_timer(target, precision, args.threads, args.batches[0], repeats=args.repeats)
-    plan = cr.plan_channels(
+    single, whole, path = channel_rounding.measure_plans(
         dense,
         example,
-        timer,
-        table,
+        target,
+        precision,
+        args.threads,
+        args.batches[0],
         ratio=ratio,
+        repeats=args.repeats,
         slack=args.slack,
         headroom=args.headroom,
-        table_path=path,
+        whole_model=args.whole_model,
+        calib=calib,  # whole (possibly trained) models: calibrated and checked on real samples
         progress=True,
     )
-    plans = {"measured": plan}
-    if args.whole_model:
-        # Whole (possibly trained) models: calibrated and checked on real samples.
-        model_timer = cr.target_timer(
-            target, precision, args.threads, args.batches[0], repeats=args.repeats, calib=calib
-        )
-        plans["measured, whole models"] = cr.refine_whole_model(
-            dense, example, plan, model_timer, batch=args.batches[0], progress=True
-        )
+    plans = {"measured": single} if whole is None else {"measured": single, "measured, whole models": whole}
     # The table is named within the cache folder: its absolute path is this machine's.
     return {
         name: (

@@ -475,3 +475,59 @@ def target_timer(
         return float(cost.latency_ms_min)
 
     return timer
+
+
+def measure_plans(
+    model: nn.Module,
+    example: Tensor,
+    target: str,
+    precision: str,
+    threads: int,
+    batch: int,
+    *,
+    ratio: float,
+    repeats: int = 30,
+    slack: float = 0.25,
+    headroom: float = 0.0,
+    tie: float = 0.02,
+    select: Selector | dict | None = None,
+    ignore: Sequence[str] | None = None,
+    whole_model: bool = True,
+    calib: Sequence[Any] | None = None,
+    table_path: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[ChannelPlan, ChannelPlan | None, Path]:
+    """Steps 1-5 on a real target: the single-layer plan (times from the table at
+    ``table_path``, default the cache's for this target, precision, threads, batch and
+    CPU), the plan checked on whole models when ``whole_model`` (else None; ``calib``: real
+    samples for the whole models, see :func:`target_timer`), and the table's path."""
+    from tinytamer.targets.base import host_description
+
+    path = (
+        Path(table_path)
+        if table_path
+        else cache_root() / table_name(target, precision, threads, batch, host_description()["cpu"])
+    )
+    table = LatencyTable.open(path, target, precision, threads, batch)
+    timer = target_timer(target, precision, threads, batch, repeats=repeats)
+    plan = plan_channels(
+        model,
+        example,
+        timer,
+        table,
+        ratio=ratio,
+        select=select,
+        ignore=ignore,
+        slack=slack,
+        headroom=headroom,
+        tie=tie,
+        table_path=path,
+        progress=progress,
+    )
+    if not whole_model:
+        return plan, None, path
+    model_timer = target_timer(target, precision, threads, batch, repeats=repeats, calib=calib)
+    whole = refine_whole_model(
+        model, example, plan, model_timer, batch=batch, tie=tie, select=select, ignore=ignore, progress=progress
+    )
+    return plan, whole, path

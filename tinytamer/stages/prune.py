@@ -283,49 +283,34 @@ class ChannelPruneParams(StageParams):
 def _measured_ratios(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> tuple[dict[str, float], str]:
     """Per-layer ratios keeping the counts the rounding target runs fastest, and a note."""
     from tinytamer.compress import channel_rounding as cr
-    from tinytamer.targets.base import host_description
 
     r = p.rounding
     if p.global_pruning or not isinstance(p.ratio, float):
         raise RecipeError("channel_prune.rounding takes one float ratio per layer (not global, not a dict)")
     if "round_to" in p.model_fields_set:
         raise RecipeError("channel_prune: give round_to or rounding, not both (rounding chooses the counts)")
-    path = (
-        Path(r.table)
-        if r.table
-        else cr.cache_root() / cr.table_name(r.target, r.precision, r.threads, r.batch, host_description()["cpu"])
-    )
-    table = cr.LatencyTable.open(path, r.target, r.precision, r.threads, r.batch)
-    timer = cr.target_timer(r.target, r.precision, r.threads, r.batch, repeats=r.repeats)
-    plan = cr.plan_channels(
+    # Whole trained models are calibrated and checked on real training samples.
+    calib = list(Calibration(ctx.train_loader(), limit=2)) if r.whole_model else None
+    single, whole, path = cr.measure_plans(
         model,
         ctx.example_input(batch=1),
-        timer,
-        table,
+        r.target,
+        r.precision,
+        r.threads,
+        r.batch,
         ratio=p.ratio,
-        select=p.select,
-        ignore=p.ignore,
+        repeats=r.repeats,
         slack=r.slack,
         headroom=r.headroom,
         tie=r.tie,
-        table_path=path,
+        select=p.select,
+        ignore=p.ignore,
+        whole_model=r.whole_model,
+        calib=calib,
+        table_path=r.table,
         progress=ctx.progress,
     )
-    if r.whole_model:
-        # Whole trained models are calibrated and checked on real training samples.
-        calib = list(Calibration(ctx.train_loader(), limit=2))
-        model_timer = cr.target_timer(r.target, r.precision, r.threads, r.batch, repeats=r.repeats, calib=calib)
-        plan = cr.refine_whole_model(
-            model,
-            ctx.example_input(batch=1),
-            plan,
-            model_timer,
-            batch=r.batch,
-            tie=r.tie,
-            select=p.select,
-            ignore=p.ignore,
-            progress=ctx.progress,
-        )
+    plan = whole if whole is not None else single
     out = ctx.stage_dir / "channel_rounding.json"
     write_atomic(out, json.dumps(plan.to_dict(), indent=1) + "\n")
     note = (
