@@ -8,6 +8,7 @@
         --rounding-precision int8 --finetune-epochs 6 --control   # counts measured on the target
     python benchmarks/targets_headline.py --ratio 0.125 --rounding-target onnxruntime \
         --slack 0.34 --headroom 0.34 --whole-model --finetune-epochs 3 --control  # checked on whole models
+    python benchmarks/targets_headline.py ... --finetune-epochs 10 --distill --control   # dense model as teacher
     python benchmarks/targets_headline.py --quick      # a check that it runs (untrained, minutes)
 
 The dense model is the trained baseline (``benchmarks/work/baselines/resnet8.safetensors``).
@@ -54,6 +55,7 @@ from tinytamer.deploy import int8_quantizer, runtime_accuracy  # noqa: E402
 from tinytamer.targets import get_target, list_targets  # noqa: E402
 from tinytamer.targets.base import ONE_ROUND, ROUNDS, combine_rounds  # noqa: E402
 from tinytamer.train import Solver, SolverConfig  # noqa: E402
+from tinytamer.train.distill import Distillation, DistillParams  # noqa: E402
 from tinytamer.zoo import count, create  # noqa: E402
 
 BASELINE = WORK / "baselines" / "resnet8.safetensors"
@@ -84,13 +86,20 @@ def measured_plan(
     return whole if whole is not None else single
 
 
-def finetuned(path: Path, config: SolverConfig, loader, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """``make()`` fine-tuned with ``config`` on ``loader``, or the copy saved at ``path``."""
+def finetuned(
+    path: Path,
+    config: SolverConfig,
+    loader,
+    make: Callable[[], torch.nn.Module],
+    distill: Distillation | None = None,
+) -> torch.nn.Module:
+    """``make()`` fine-tuned with ``config`` on ``loader`` (learning from ``distill``'s
+    teacher if given), or the copy saved at ``path``."""
     if path.is_file():
         print(f"reusing {path.name}")
         return load_checkpoint(path).eval()
     model = make()
-    Solver(model, config, loader, progress=False).solve()
+    Solver(model, config, loader, progress=False, distill=distill).solve()
     save_checkpoint(model.eval(), path)
     return model
 
@@ -119,6 +128,9 @@ def main() -> None:
     ap.add_argument(
         "--whole-model", action="store_true", help="check the measured counts on whole pruned models (batch 1)"
     )
+    ap.add_argument("--distill", action="store_true", help="fine-tune with the dense baseline as teacher")
+    ap.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of the soft targets")
+    ap.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the soft term")
     ap.add_argument("--result", default="targets_headline", help="name of the JSON written under benchmarks/results/")
     ap.add_argument(
         "--quick", action="store_true", help="untrained ResNet-8 on 512 images, batch 1, 1 round; benchmarks/work/quick"
@@ -150,7 +162,13 @@ def main() -> None:
     # the baseline's digest is in the name so a retrained baseline is never paired with them.
     base_id = hashlib.sha256(BASELINE.read_bytes()).hexdigest()[:10] if not args.quick else "untrained"
     rounding = f"m{args.rounding_target}-{args.rounding_precision}" if args.rounding_target else f"rt{args.round_to}"
-    tag = f"{base_id}-r{args.ratio:g}-{rounding}-e{args.finetune_epochs:g}"
+    distill = (
+        Distillation(dense, DistillParams(temperature=args.distill_temperature, alpha=args.distill_alpha))
+        if args.distill
+        else None
+    )
+    taught = f"-kd{args.distill_temperature:g}a{args.distill_alpha:g}" if distill is not None else ""
+    tag = f"{base_id}-r{args.ratio:g}-{rounding}-e{args.finetune_epochs:g}{taught}"
     if args.quick:
         work = WORK / "quick" / "headline"
     plan = None
@@ -166,15 +184,17 @@ def main() -> None:
         config,
         train,
         lambda: prune_channels(dense, example, ratio=ratio, round_to=round_to),
+        distill,
     )
     finetune_s = time.time() - t0
     control_acc = None
     if args.control:
         control = finetuned(
-            work / f"control-{base_id}-e{args.finetune_epochs:g}.safetensors",
+            work / f"control-{base_id}-e{args.finetune_epochs:g}{taught}.safetensors",
             config,
             make_loader(data.train, 128, shuffle=True, seed=0),
             lambda: copy.deepcopy(dense),
+            distill,
         )
         control_acc = runtime_accuracy(
             get_target("torch").compile(control, [example], work / "control-torch"), control, test
@@ -274,6 +294,7 @@ def main() -> None:
             "headroom": args.headroom if plan is not None else None,
             "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "finetune_epochs": args.finetune_epochs,
+            "distill": distill.params.model_dump() if distill is not None else None,
             "finetune_seconds": round(finetune_s, 1),
             "macs_dense": count(dense, (3, 32, 32)).macs,
             "macs_pruned": count(pruned, (3, 32, 32)).macs,

@@ -574,21 +574,23 @@ class Context:
         hooks: Sequence[Any] = (),
         batch_size: int | None = None,
         name: str = "snapshots",
+        distill: Any = None,
     ) -> dict[str, Any]:
         """Train ``model`` in place with the Solver; every stage that trains calls this.
 
         ``config``: a SolverConfig or its dict; the recipe's seed applies unless it sets
         one.  Snapshots go to this stage's folder ``name`` (one per training of the stage),
         and training resumes from the newest there after an interruption.  ``hooks`` are
-        the method's ``tinytamer.train.solver.TrainHook`` objects.  Returns the Solver's
-        final record.
+        the method's ``tinytamer.train.solver.TrainHook`` objects; ``distill`` a
+        ``tinytamer.train.distill.Distillation`` (a teacher to learn from).  Returns the
+        Solver's final record.
         """
         from tinytamer.train import SolverConfig
         from tinytamer.train.solver import latest_snapshot
 
         given = config.model_dump(exclude_unset=True) if isinstance(config, SolverConfig) else config
         cfg = SolverConfig.model_validate({"seed": self.seed, **given})
-        solver = self.make_solver(model, cfg, hooks=hooks, batch_size=batch_size, name=name)
+        solver = self.make_solver(model, cfg, hooks=hooks, batch_size=batch_size, name=name, distill=distill)
         return solver.solve(resume=latest_snapshot(self.stage_dir / name))
 
     def make_solver(
@@ -599,6 +601,7 @@ class Context:
         hooks: Sequence[Any] = (),
         batch_size: int | None = None,
         name: str = "snapshots",
+        distill: Any = None,
     ) -> Any:
         """A Solver whose snapshots live in this stage's folder and whose records go to the log."""
         from tinytamer.train import Solver, SolverConfig
@@ -620,6 +623,7 @@ class Context:
             hooks=hooks,
             progress=self.progress,
             loss_fn=self.loss_fn(model),
+            distill=distill,
         )
 
     def log_training(self, record: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@
           finetune: {base_lr: 0.01, max_iter: 3000, weight_decay: 1e-4, regularization_type: L2}
       - channel_prune: {ratio: 0.5, round_to: 8, finetune: {base_lr: 0.01, epochs: 5}}
       - channel_prune: {ratio: 0.25, rounding: {target: onnxruntime, precision: int8}}
+      - channel_prune:                   # fine-tuned with the unpruned model as teacher
+          {ratio: 0.25, finetune: {base_lr: 0.01, epochs: 10}, distill: {temperature: 4, alpha: 0.9}}
 
 Every stage logs one record: accuracy, parameters, non-zeros, MACs, the bytes
 of the model written by the codec, and ``physical``: true when layers really
@@ -23,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 from tinytamer import codec
@@ -36,6 +38,7 @@ from tinytamer.recipe import Context, StageParams, register_stage
 from tinytamer.records import ChannelPruneRecord, PruneRecord, SensitivityRecord
 from tinytamer.train import SolverConfig
 from tinytamer.train import evaluate as evaluate_model
+from tinytamer.train.distill import Distillation, DistillParams
 
 
 def _save(ctx: Context, model: nn.Module) -> Path:
@@ -277,7 +280,16 @@ class ChannelPruneParams(StageParams):
         "float ratio only; replaces round_to)",
     )
     finetune: SolverConfig | None = Field(None, description="Solver settings for fine-tuning")
+    distill: DistillParams | None = Field(
+        None, description="fine-tune with the unpruned model as teacher (Hinton et al. 2015); needs finetune"
+    )
     batch_size: int | None = Field(None, gt=0, description="training mini-batch size (default: data.batch_size)")
+
+    @model_validator(mode="after")
+    def _distill_needs_finetune(self) -> ChannelPruneParams:
+        if self.distill is not None and self.finetune is None:
+            raise ValueError("distill teaches during fine-tuning: give finetune too")
+        return self
 
 
 def _measured_ratios(model: nn.Module, ctx: Context, p: ChannelPruneParams) -> tuple[dict[str, float], str]:
@@ -345,7 +357,12 @@ def channel_prune_stage(model: nn.Module, ctx: Context, p: ChannelPruneParams) -
     )
     if p.finetune is not None:
         extra["accuracy_before_finetune"] = ctx.evaluate(pruned)["accuracy"]
-        ctx.finetune(pruned, p.finetune, batch_size=p.batch_size)
+        teacher = Distillation(model, p.distill) if p.distill is not None else None
+        if teacher is not None:
+            d = p.distill
+            taught = f"fine-tuned with the unpruned model as teacher (T {d.temperature:g}, alpha {d.alpha:g})"
+            extra["note"] = f"{extra['note']}; {taught}" if "note" in extra else taught
+        ctx.finetune(pruned, p.finetune, batch_size=p.batch_size, distill=teacher)
     after = channel.channel_counts(pruned, p.select)
     path = _save(ctx, pruned)
     ctx.log(

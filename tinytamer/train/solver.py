@@ -36,6 +36,7 @@ from tinytamer.errors import DataError, ModelError, RecipeError, TrainError
 from tinytamer.scoring import top1_hits
 from tinytamer.train import distributed, snapshot
 from tinytamer.train.config import SolverConfig
+from tinytamer.train.distill import Distillation
 from tinytamer.train.lr import learning_rate
 from tinytamer.train.optim import build_optimizer, regularize
 from tinytamer.train.stream import BatchStream, loader_length
@@ -168,7 +169,9 @@ class Solver:
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel,
     the train loader is sharded with a DistributedSampler, and only rank 0 logs and
     writes snapshots.  ``after_step`` callbacks get (model, iterations done) after
-    every update; ``hooks`` are a method's :class:`TrainHook` objects.
+    every update; ``hooks`` are a method's :class:`TrainHook` objects.  With
+    ``distill`` the training loss is its objective on top of ``loss_fn`` (the teacher
+    sees the same augmented batch); tests still score ``loss_fn`` alone.
     """
 
     def __init__(
@@ -184,9 +187,11 @@ class Solver:
         hooks: Sequence[TrainHook] = (),
         progress: bool = True,
         loss_fn: Callable | None = None,
+        distill: Distillation | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         self.device = torch.device(device)
+        self.distill = distill.to(self.device) if distill is not None else None
         self.dist = distributed.setup(self.device)
         self.model = model.to(self.device)
         self.net = distributed.wrap_model(self.model, self.dist, self.device) if self.dist.enabled else self.model
@@ -260,6 +265,8 @@ class Solver:
             with sync:
                 out = self.net(x)
                 loss = self.loss_fn(out, y)
+                if self.distill is not None:
+                    loss = self.distill.loss(x, out, loss)
                 loss.backward()  # summed over the iter_size batches; divided after clipping
             loss_sum += float(loss.detach()) / cfg.iter_size
             c = _correct(out.detach() if isinstance(out, torch.Tensor) else out, y)
