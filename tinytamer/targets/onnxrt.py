@@ -44,8 +44,11 @@ BACKEND = Backend(
     "onnxruntime", ("onnxruntime", "onnxslim", "onnxscript"), "pip install onnxruntime onnxslim onnxscript"
 )
 
-# Fused int8 kernels must agree with the QDQ graph they implement on this many top-1s.
+# Fused int8 kernels must agree with the QDQ graph they implement on this many top-1s...
 MIN_KERNEL_TOP1_AGREE = 0.98
+# ...unless (7-bit weights) their outputs are within this share of its output range: then a
+# flip is rounding between near-tied outputs (see judge_int8_kernels).
+NEAR_TIE_REL_ERR = 0.02
 
 
 def host_has_vnni() -> bool:
@@ -189,50 +192,64 @@ def check_int8_kernels(deployed: OrtDeployed, inputs: Sequence[torch.Tensor], wh
     what is deployed.  They differ only by rounding unless a kernel saturates, which the
     float-model parity gate alone may let through on an easy input set.
     """
-    from tinytamer.targets.base import ParityError, check_parity
-
     arrays = [x.detach().numpy() for x in inputs]
     names = deployed.names
     ref = make_session(deployed.path, 1, optimize=False).run(None, dict(zip(names, arrays, strict=True)))
-    out = deployed(*arrays)
+    return judge_int8_kernels(ref, deployed(*arrays), deployed.info.get("weight_bits"), where)
+
+
+def judge_int8_kernels(
+    ref: Sequence[np.ndarray], out: Sequence[np.ndarray], weight_bits: int | None, where: str
+) -> dict[str, Any]:
+    """The kernel check on outputs: ``out`` of the fused kernels against ``ref`` of the QDQ model.
+
+    Both gates apply (top-1 agreement, relative error) except where the error itself rules
+    out a kernel fault: 7-bit weights cannot saturate, and outputs within
+    ``NEAR_TIE_REL_ERR`` of the QDQ model's can flip top-1 only where two outputs are that
+    close (a pruned model before fine-tuning has many such inputs).  Then the flips are
+    counted in the result (``top1_flips_near_ties``) instead of refusing the artifact."""
+    from tinytamer.targets.base import ParityError, check_parity
+
     max_rel_err = 0.1
+    rel = max(
+        float(np.abs(np.asarray(o, np.float64) - r).max(initial=0.0)) / max(float(np.abs(r).max(initial=0.0)), 1e-12)
+        for r, o in zip(ref, out, strict=True)
+    )
+    near_ties = weight_bits == 7 and rel <= NEAR_TIE_REL_ERR
+    top1 = 0.0 if near_ties else MIN_KERNEL_TOP1_AGREE
     try:
-        return check_parity(
+        result = check_parity(
             ref,
             out,
             precision="int8",
             where=where,
-            tolerances={"min_top1_agree": MIN_KERNEL_TOP1_AGREE, "max_rel_err": max_rel_err},
+            tolerances={"min_top1_agree": top1, "max_rel_err": max_rel_err},
             against="the unoptimised QDQ model",
         )
     except ParityError as exc:
-        rel = max(
-            float(np.abs(o - r).max(initial=0.0)) / max(float(np.abs(r).max(initial=0.0)), 1e-12)
-            for r, o in zip(ref, out, strict=True)
-        )
-        if deployed.info.get("weight_bits") == 8:
+        if weight_bits == 8:
             advice = (
                 "on x86 CPUs without VNNI, u8 x s8 kernels saturate with 8-bit weights: "
                 "compile with reduce_range=True (7-bit weights), or deploy our own int8 "
                 "parameters with exact_int8=True."
             )
-        elif rel <= max_rel_err:
-            # 7-bit weights cannot saturate, and the error is small: rounding flipped near ties.
+        elif weight_bits == 7:
             advice = (
-                f"the weights are 7-bit and the error is small (relative {rel:.3g}), so "
-                "this is rounding between the two flipping top-1 where outputs are nearly "
-                "tied (untrained or poorly separated models). Deploy our own int8 parameters "
-                "with exact_int8=True, or fp32."
-            )
-        else:
-            advice = (
-                f"the weights are 7-bit, which rules out saturation, yet the error is large "
-                f"(relative {rel:.3g}): an ONNX Runtime kernel problem. Deploy our own int8 "
+                f"the weights are 7-bit, which rules out saturation, yet the error (relative "
+                f"{rel:.3g}) is above the {NEAR_TIE_REL_ERR:g} that rounding between near-tied "
+                "outputs explains: an ONNX Runtime kernel problem. Deploy our own int8 "
                 "parameters with exact_int8=True, or fp32."
             )
+        else:
+            advice = f"relative error {rel:.3g}. Deploy our own int8 parameters with exact_int8=True, or fp32."
         raise ParityError(
             f"{exc} ONNX Runtime's fused int8 kernels disagree with the QDQ model they run; {advice}"
         ) from None
+    if near_ties:
+        result["top1_flips_near_ties"] = sum(
+            int(round((1 - o["top1_agree"]) * o["n"])) for o in result["outputs"] if "top1_agree" in o
+        )
+    return result
 
 
 class OrtTarget:
