@@ -9,6 +9,8 @@
     python benchmarks/targets_headline.py --ratio 0.125 --rounding-target onnxruntime \
         --slack 0.34 --headroom 0.34 --whole-model --finetune-epochs 3 --control  # checked on whole models
     python benchmarks/targets_headline.py ... --finetune-epochs 10 --distill --control   # dense model as teacher
+    python benchmarks/targets_headline.py --ratio 0.125 --plan-from targets_headline_r0.125_measured \
+        --finetune-epochs 10 --distill --control   # the same kept counts as an earlier run
     python benchmarks/targets_headline.py --quick      # a check that it runs (untrained, minutes)
 
 The dense model is the trained baseline (``benchmarks/work/baselines/resnet8.safetensors``).
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._common import WORK, save, shared_data  # noqa: E402
+from benchmarks._common import RESULTS, WORK, save, shared_data  # noqa: E402
 from tinytamer.calib import Calibration  # noqa: E402
 from tinytamer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from tinytamer.compress import channel_rounding  # noqa: E402
@@ -84,6 +87,26 @@ def measured_plan(
         progress=True,
     )
     return whole if whole is not None else single
+
+
+def reused_plan(dense: torch.nn.Module, name: str) -> channel_rounding.ChannelPlan:
+    """The kept counts of an earlier run's result ``name`` (its ``rounding_plan``), checked
+    against ``dense``: the same layers with the same channels, counts within them."""
+    path = RESULTS / f"{name}.json"
+    try:
+        saved = json.loads(path.read_text())["rounding_plan"]
+        layers = {n: channel_rounding.LayerChoice(**c) for n, c in saved["layers"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"--plan-from {name}: {path} holds no rounding plan ({exc})")
+    modules = dict(dense.named_modules())
+    for n, c in layers.items():
+        have = getattr(modules.get(n), "out_channels", None)
+        if have != c.channels or not isinstance(c.chosen, int) or not 0 < c.chosen <= c.channels:
+            sys.exit(
+                f"--plan-from {name}: layer {n!r} keeps {c.chosen!r} of {c.channels!r} channels; the model has {have}"
+            )
+    steps = [channel_rounding.WholeModelStep(**s) for s in saved.get("whole_model", [])]
+    return channel_rounding.ChannelPlan(layers, f"{saved['table']} (plan reused from {name})", 0, steps)
 
 
 def finetuned(
@@ -128,6 +151,9 @@ def main() -> None:
     ap.add_argument(
         "--whole-model", action="store_true", help="check the measured counts on whole pruned models (batch 1)"
     )
+    ap.add_argument(
+        "--plan-from", default=None, help="reuse the kept counts of an earlier result (its name), no timing"
+    )
     ap.add_argument("--distill", action="store_true", help="fine-tune with the dense baseline as teacher")
     ap.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of the soft targets")
     ap.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the soft term")
@@ -162,6 +188,7 @@ def main() -> None:
     # the baseline's digest is in the name so a retrained baseline is never paired with them.
     base_id = hashlib.sha256(BASELINE.read_bytes()).hexdigest()[:10] if not args.quick else "untrained"
     rounding = f"m{args.rounding_target}-{args.rounding_precision}" if args.rounding_target else f"rt{args.round_to}"
+    rounding = "plan" if args.plan_from else rounding
     distill = (
         Distillation(dense, DistillParams(temperature=args.distill_temperature, alpha=args.distill_alpha))
         if args.distill
@@ -173,7 +200,11 @@ def main() -> None:
         work = WORK / "quick" / "headline"
     plan = None
     ratio, round_to = args.ratio, args.round_to
-    if args.rounding_target:
+    if args.plan_from:
+        plan = reused_plan(dense, args.plan_from)
+        ratio, round_to = plan.ratios(), None
+        tag += "-" + "_".join(str(c.chosen) for c in plan.layers.values())
+    elif args.rounding_target:
         plan = measured_plan(dense, example, list(Calibration(train, limit=2)), args)
         ratio, round_to = plan.ratios(), None
         # Timings can choose other counts on a rerun: the counts name the fine-tuned model.
@@ -284,14 +315,17 @@ def main() -> None:
             "ratio": args.ratio,
             "round_to": round_to,
             "rounding_target": args.rounding_target and f"{args.rounding_target} {args.rounding_precision}",
+            "plan_from": args.plan_from,
             # The table is named within the cache folder: its absolute path is this machine's.
             "rounding_plan": (
                 {**plan.to_dict(), "table": f"$TINYTAMER_CACHE/channels/{Path(plan.table).name}"}
+                if plan is not None and not args.plan_from
+                else plan.to_dict()
                 if plan is not None
                 else None
             ),
-            "slack": args.slack if plan is not None else None,
-            "headroom": args.headroom if plan is not None else None,
+            "slack": args.slack if plan is not None and not args.plan_from else None,
+            "headroom": args.headroom if plan is not None and not args.plan_from else None,
             "statistic": ROUNDS if args.rounds > 1 else ONE_ROUND,
             "finetune_epochs": args.finetune_epochs,
             "distill": distill.params.model_dump() if distill is not None else None,
