@@ -176,6 +176,7 @@ def test_int8_kernel_disagreement_names_its_likely_cause(monkeypatch, bits, rel_
 def test_kernel_check_counts_near_tie_flips_and_refuses_real_errors():
     """7-bit weights with outputs within 2% of the QDQ model's: top-1 flips are rounding
     between near-tied logits (counted); a larger error, or 8-bit weights, is refused."""
+    from tinytamer.records import Parity
     from tinytamer.targets.base import ParityError
     from tinytamer.targets.onnxrt import judge_int8_kernels
 
@@ -187,6 +188,7 @@ def test_kernel_check_counts_near_tie_flips_and_refuses_real_errors():
     near[:4, 0] += 0.01  # ... and rounding flips four of them: agreement 0.9375
     rec = judge_int8_kernels([ref], [near], 7, "here")
     assert rec["outputs"][0]["top1_agree"] == 60 / 64 and rec["top1_flips_near_ties"] == 4
+    Parity.model_validate(rec)  # a deploy record can hold it
     with pytest.raises(ParityError, match="saturate"):
         judge_int8_kernels([ref], [near], 8, "here")
     far = near.copy()

@@ -84,6 +84,11 @@ class Parity(_Strict):
     float_top1_agree: float | None = Field(
         None, description="int8 from our scales: top-1 agreement with the float model"
     )
+    top1_flips_near_ties: int | None = Field(
+        None,
+        description="onnxruntime int8 kernels with 7-bit weights: top-1 flips accepted as rounding "
+        "(outputs within 2% of the QDQ graph's)",
+    )
 
 
 class StageRecord(Record):
