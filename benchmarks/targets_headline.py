@@ -154,6 +154,9 @@ def main() -> None:
     ap.add_argument(
         "--plan-from", default=None, help="reuse the kept counts of an earlier result (its name), no timing"
     )
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of the pruned model's fine-tune (the control keeps seed 0)"
+    )
     ap.add_argument("--distill", action="store_true", help="fine-tune with the dense baseline as teacher")
     ap.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of the soft targets")
     ap.add_argument("--distill-alpha", type=float, default=0.9, help="weight of the soft term")
@@ -210,9 +213,11 @@ def main() -> None:
         # Timings can choose other counts on a rerun: the counts name the fine-tuned model.
         tag += "-" + "_".join(str(c.chosen) for c in plan.layers.values())
     t0 = time.time()
+    if args.seed:
+        tag += f"-s{args.seed}"
     pruned = finetuned(
         work / f"pruned-{tag}.safetensors",
-        config,
+        config.model_copy(update={"seed": args.seed}),
         train,
         lambda: prune_channels(dense, example, ratio=ratio, round_to=round_to),
         distill,
@@ -316,6 +321,7 @@ def main() -> None:
             "round_to": round_to,
             "rounding_target": args.rounding_target and f"{args.rounding_target} {args.rounding_precision}",
             "plan_from": args.plan_from,
+            "seed": args.seed,
             # The table is named within the cache folder: its absolute path is this machine's.
             "rounding_plan": (
                 {**plan.to_dict(), "table": f"$TINYTAMER_CACHE/channels/{Path(plan.table).name}"}
