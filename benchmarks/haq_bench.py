@@ -3,6 +3,8 @@
     python benchmarks/haq_bench.py lenet5                          # all three experiments
     python benchmarks/haq_bench.py resnet8 --baseline path/to/resnet8.safetensors
     python benchmarks/haq_bench.py lenet5 --experiments flash --quick   # a smoke run
+    python benchmarks/haq_bench.py resnet8 --experiments flash --policies-from haq_resnet8 \
+        --final-iters 2000 --uniform 8     # no search: an earlier run's policies, fine-tuned longer
 
 Experiments (each a budget, a HAQ search per seed, then the chosen policy fine-tuned for
 ``--final-iters`` steps and scored on the test split; uniform policies get the same
@@ -33,8 +35,14 @@ The search scores candidates on a validation split the baseline never saw: the f
 ``--val`` images of the test set, which are then left out of every test figure (those are
 taken on the remaining test images: 8,000 for LeNet-5, 9,000 for ResNet-8).  A split
 carved from the training set scores 100% on LeNet-5 for nearly every policy, and ties rank
-nothing.  The baseline is ``--baseline PATH``, else ``benchmarks/work/baselines/<model>.safetensors``
-(``benchmarks/baselines.py``).  Result: ``benchmarks/results/haq_<model>.json``.
+nothing.  ``--policies-from RESULT`` skips the search and scores the policies an earlier
+result found (each with its seed), their cost measured again against the budget; with a longer
+``--final-iters`` it measures what the final fine-tune, not the search, leaves on the table
+(HAQ fine-tunes its chosen policy after the search).  It writes ``haq_<model>_final<N>.json``.
+``--uniform`` limits which uniform widths are fine-tuned beside it (the others are only
+priced, their goals not judged).  The baseline is ``--baseline PATH``, else
+``benchmarks/work/baselines/<model>.safetensors`` (``benchmarks/baselines.py``).
+Result: ``benchmarks/results/haq_<model>.json``.
 
 Defaults (``DEFAULTS``; the paper runs 600 episodes): LeNet-5 50 episodes (20 of them random
 warm-up), 50 fine-tune steps per candidate, 400 for each scored policy, learning rate 1e-3;
@@ -47,6 +55,7 @@ experiment per command (``--experiments flash``) to keep each under an hour.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -60,8 +69,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from benchmarks._common import REPO, WORK, save, shared_data  # noqa: E402
+from benchmarks._common import REPO, RESULTS, WORK, save, shared_data  # noqa: E402
 from tinytamer.checkpoint import load_checkpoint  # noqa: E402
+from tinytamer.compress.int8 import MAX_BITS, MIN_BITS  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
 from tinytamer.errors import CompressError  # noqa: E402
 from tinytamer.search import haq  # noqa: E402
@@ -144,10 +154,72 @@ def final(
     return top1(q, s["test"])
 
 
-def run_haq(
-    s: dict[str, Any], resource: haq.Resource, budget: float, quantizer: haq.Quantizer, args: argparse.Namespace
+def reused_policies(name: str, experiment: str, layers: list[haq.LayerInfo]) -> list[tuple[int, list[haq.LayerBits]]]:
+    """The (seed, policy) pairs that an earlier result ``name`` found in ``experiment``, checked
+    against ``layers``: the same layer names in the same order, whole bit widths in range."""
+    path = RESULTS / f"{name}.json"
+    where = f"--policies-from {name}: {path}"
+    try:
+        found = json.loads(path.read_text())["experiments"][experiment]["haq"]
+        pairs = [(int(r["seed"]), r["policy"]) for r in found]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"{where} holds no HAQ policies for experiment '{experiment}' ({exc!r})")
+    if not pairs:
+        sys.exit(f"{where}: experiment '{experiment}' found no policy")
+    names = [L.name for L in layers]
+    out = []
+    for seed, policy in pairs:
+        if not isinstance(policy, dict) or list(policy) != names:
+            got = list(policy) if isinstance(policy, dict) else type(policy).__name__
+            sys.exit(f"{where}: seed {seed}'s policy covers {got}, the model's layers are {names}")
+        bits = []
+        for layer, b in policy.items():
+            w, a = (b.get("w_bits"), b.get("a_bits")) if isinstance(b, dict) else (None, None)
+            if not all(isinstance(x, int) and not isinstance(x, bool) and MIN_BITS <= x <= MAX_BITS for x in (w, a)):
+                sys.exit(
+                    f"{where}: seed {seed}, layer {layer!r}: bits {b!r} are not whole widths in {MIN_BITS}-{MAX_BITS}"
+                )
+            bits.append(haq.LayerBits(w, a))
+        out.append((seed, bits))
+    return out
+
+
+def rescore_haq(
+    s: dict[str, Any],
+    resource: haq.Resource,
+    budget: float,
+    quantizer: haq.Quantizer,
+    args: argparse.Namespace,
+    experiment: str,
 ) -> list[dict[str, Any]]:
-    """One search per seed: the chosen policy, its cost, its test top-1 after the final fine-tune."""
+    """No search: the policies of ``--policies-from``, their cost measured again and the
+    budget checked, each fine-tuned for ``--final-iters`` steps with its seed and scored."""
+    out = []
+    for seed, bits in reused_policies(args.policies_from, experiment, s["layers"]):
+        cost = resource(bits)
+        if cost > budget:
+            sys.exit(
+                f"--policies-from {args.policies_from}: seed {seed}'s policy costs {cost:.0f} > budget {budget:.0f}"
+            )
+        acc = final(s, bits, quantizer, seed, args.final_iters, args.finetune_lr)
+        policy = {L.name: {"w_bits": b.w, "a_bits": b.a} for L, b in zip(s["layers"], bits, strict=True)}
+        out.append({"seed": seed, "policy": policy, "cost": cost, "test_top1": acc, "from": args.policies_from})
+        print(f"  haq seed {seed} (reused): cost {cost:.0f} <= {budget:.0f}, test top-1 {acc:.4f}", flush=True)
+    return out
+
+
+def run_haq(
+    s: dict[str, Any],
+    resource: haq.Resource,
+    budget: float,
+    quantizer: haq.Quantizer,
+    args: argparse.Namespace,
+    experiment: str,
+) -> list[dict[str, Any]]:
+    """One search per seed: the chosen policy, its cost, its test top-1 after the final
+    fine-tune (with ``--policies-from``, the earlier run's policies instead of a search)."""
+    if args.policies_from:
+        return rescore_haq(s, resource, budget, quantizer, args, experiment)
     out = []
     for seed in range(args.seeds):
         t0 = time.time()
@@ -191,9 +263,14 @@ def uniform(
     args: argparse.Namespace,
     quantizer: haq.Quantizer = "linear",
 ) -> dict[str, Any]:
-    """Each fixed policy's cost and its test top-1 (mean over the seeds' final fine-tunes)."""
+    """Each fixed policy's cost and its test top-1 (mean over the seeds' final fine-tunes);
+    a uniform width left out of ``--uniform`` is priced but not scored (its top-1 None)."""
     out = {}
     for name, bits in widths.items():
+        if name.startswith("uniform") and int(name.removeprefix("uniform")) not in args.uniform:
+            out[name] = {"cost": resource(bits), "test_top1": None, "mean_test_top1": None}
+            print(f"  {name}: cost {out[name]['cost']:.0f} (not scored: --uniform)", flush=True)
+            continue
         accs = [final(s, bits, quantizer, seed, args.final_iters, args.finetune_lr) for seed in range(args.seeds)]
         out[name] = {"cost": resource(bits), "test_top1": accs, "mean_test_top1": statistics.mean(accs)}
         print(f"  {name}: cost {out[name]['cost']:.0f}, test top-1 {out[name]['mean_test_top1']:.4f}", flush=True)
@@ -215,12 +292,15 @@ def flash_experiment(s: dict[str, Any], args: argparse.Namespace, work: Path) ->
     widths = {f"uniform{b}": [haq.LayerBits(b, 8)] * n for b in (8, 6, 4)}
     fixed = uniform(s, widths, res, args)
     budget = min(0.5 * fixed["uniform8"]["cost"], fixed["uniform4"]["cost"])
-    found = run_haq(s, res, budget, "linear", args)
+    found = run_haq(s, res, budget, "linear", args, "flash")
     out = summary(fixed, found, budget)
-    out["goal_within_1pt_of_int8_at_half_flash"] = out["haq_mean_test_top1"] >= out["uniform8_mean_test_top1"] - 0.01
+    int8, four = out["uniform8_mean_test_top1"], out["uniform4_mean_test_top1"]
+    # A goal whose uniform policy was not scored (--uniform) is not judged: None.
+    out["goal_within_1pt_of_int8_at_half_flash"] = None if int8 is None else out["haq_mean_test_top1"] >= int8 - 0.01
     out["goal_1pt_better_than_uniform4_at_equal_flash"] = (
-        out["haq_max_cost"] <= fixed["uniform4"]["cost"]
-        and out["haq_mean_test_top1"] >= out["uniform4_mean_test_top1"] + 0.01
+        None
+        if four is None
+        else out["haq_max_cost"] <= fixed["uniform4"]["cost"] and out["haq_mean_test_top1"] >= four + 0.01
     )
     return {"resource": res.name, "unit": res.unit, "source": res.source, "uniform": fixed, "haq": found, **out}
 
@@ -234,7 +314,7 @@ def cycles_experiment(s: dict[str, Any], args: argparse.Namespace, work: Path) -
     lowest = res([haq.LayerBits(2, 2)] * n)
     per_width = {b: res([haq.LayerBits(b, 8)] * n) for b in range(2, 9)}
     try:
-        found = run_haq(s, res, budget, "linear", args)
+        found = run_haq(s, res, budget, "linear", args, "cycles")
     except CompressError as exc:  # the kernels' cycles rule the budget out: say so, not crash
         found, out = [], {"budget": budget, "infeasible": str(exc)}
     else:
@@ -258,7 +338,7 @@ def size_experiment(s: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     dc = [haq.LayerBits(8 if c else 5, 8) for c in conv]
     fixed = uniform(s, {"deep_compression_8_5": dc}, res, args, "kmeans")
     budget = fixed["deep_compression_8_5"]["cost"]
-    found = run_haq(s, res, budget, "kmeans", args)
+    found = run_haq(s, res, budget, "kmeans", args, "size")
     out = summary(fixed, found, budget)
     out["haq_minus_deep_compression"] = out["haq_mean_test_top1"] - out["deep_compression_8_5_mean_test_top1"]
     return {"resource": res.name, "unit": res.unit, "source": res.source, "uniform": fixed, "haq": found, **out}
@@ -286,6 +366,16 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 3 episodes, short fine-tunes")
+    ap.add_argument(
+        "--uniform",
+        default="8,6,4",
+        help="uniform weight widths to fine-tune and score beside HAQ (comma-separated; the others are only priced)",
+    )
+    ap.add_argument(
+        "--policies-from",
+        metavar="RESULT",
+        help="no search: score the policies an earlier result (its name) found, e.g. with a longer --final-iters",
+    )
     args = ap.parse_args()
     for key, value in DEFAULTS[args.model].items():
         if getattr(args, key) is None:
@@ -293,10 +383,21 @@ def main() -> None:
     if args.quick:
         args.seeds, args.episodes, args.warmup, args.finetune_iters, args.final_iters = 1, 3, 2, 2, 5
         args.val, args.test_limit = 500, args.test_limit or 500
+    try:
+        args.uniform = sorted({int(b) for b in args.uniform.split(",") if b.strip()}, reverse=True)
+    except ValueError:
+        ap.error(f"--uniform takes comma-separated bit widths, not {args.uniform!r}")
+    if not set(args.uniform) <= {8, 6, 4}:
+        ap.error(
+            f"--uniform: widths {sorted(set(args.uniform) - {8, 6, 4})} are not among the uniform policies 8, 6, 4"
+        )
     if args.finetune_lr <= 0:
         ap.error(f"--finetune-lr must be positive, not {args.finetune_lr:g}")
     torch.set_num_threads(args.threads)
     s = setup(args)
+    if args.policies_from:  # refuse a file that does not fit before any fine-tune runs
+        for name in args.experiments.split(","):
+            reused_policies(args.policies_from, name, s["layers"])
     result: dict[str, Any] = {
         "model": args.model,
         "baseline": s["baseline"],
@@ -324,7 +425,8 @@ def main() -> None:
                 sys.exit(f"unknown experiment '{name}' (flash, cycles, size)")
             r["seconds"] = time.time() - t0
             result["experiments"][name] = r
-    save(f"haq_{args.model}" + ("_quick" if args.quick else ""), result)
+    name = f"haq_{args.model}" + (f"_final{args.final_iters}" if args.policies_from else "")
+    save(name + ("_quick" if args.quick else ""), result)
 
 
 if __name__ == "__main__":
