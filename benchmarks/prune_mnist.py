@@ -1,7 +1,7 @@
 """Magnitude pruning of LeNet-300-100 and LeNet-5 on MNIST (Han et al. 2015, Table 1).
 
     python benchmarks/prune_mnist.py                            # both models
-    python benchmarks/prune_mnist.py lenet300 --rounds 6 --retrain-iters 5000
+    python benchmarks/prune_mnist.py lenet300 --rounds 6 --retrain-iters 5000   # its default
 
 Han, Pool, Tran & Dally 2015, "Learning both Weights and Connections for
 Efficient Neural Networks", NIPS 2015.  Per model:
@@ -53,6 +53,10 @@ PAPER = {
     "lenet300": {"1": 0.92, "3": 0.91, "5": 0.74},
     "lenet5": {"features.0": 0.34, "features.2": 0.88, "classifier.1": 0.92, "classifier.3": 0.81},
 }
+# Retraining per round of the iterative schedule, per model: what reaches the paper's figure
+# here (LeNet-5 ended 0.03 points short after 6 x 5,000 in three schedules; 6 x 10,000 reached
+# it: see benchmarks/RESULTS.md).
+RETRAIN_ITERS = {"lenet300": 5000, "lenet5": 10000}
 PAPER_ERROR = {"lenet300": {"dense": 0.0164, "pruned": 0.0159}, "lenet5": {"dense": 0.0080, "pruned": 0.0077}}
 SHAPE = (1, 28, 28)
 SEEN = (
@@ -234,7 +238,12 @@ def main() -> None:
         help="iterative: the paper's prune-retrain rounds; agp: one gradual ramp",
     )
     parser.add_argument("--rounds", type=int, default=6, help="prune-retrain rounds (iterative)")
-    parser.add_argument("--retrain-iters", type=int, default=5000, help="retraining iterations per round (agp: in all)")
+    parser.add_argument(
+        "--retrain-iters",
+        type=int,
+        default=None,
+        help=f"retraining iterations per round (agp: in all); default per model: {RETRAIN_ITERS}",
+    )
     parser.add_argument("--retrain-lr", type=float, default=0.01)
     parser.add_argument(
         "--agp-fraction", type=float, default=0.6, help="agp: part of the retraining over which sparsity ramps up"
@@ -249,7 +258,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name in args.models:  # one file per model, so models can be rerun separately
-        save(f"prune_mnist_{name}", run(name, args))
+        model_args = copy.copy(args)
+        model_args.retrain_iters = args.retrain_iters or RETRAIN_ITERS[name]
+        save(f"prune_mnist_{name}", run(name, model_args))
 
 
 if __name__ == "__main__":
