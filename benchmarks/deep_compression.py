@@ -15,9 +15,9 @@ pipeline, through the recipe runner (the path of ``tamer run``):
    66% / 12% / 8% / 19%), iteratively: ``--rounds`` x (prune a step further,
    retrain ``--retrain-iters`` iterations with the masks held, learning rate
    decaying to zero in each round; by default 5,000 for LeNet-300-100 and 10,000 for
-   LeNet-5, what reached the paper's figures here: ``prune_mnist.RETRAIN_ITERS``).  ``--pruned`` starts from a model pruned this
-   way by ``benchmarks/prune_mnist.py`` instead (the same schedule, run once for both
-   benchmarks);
+   LeNet-5, what reached the paper's figures here: ``prune_mnist.RETRAIN_ITERS``).
+   ``--pruned`` starts from a model pruned this way by ``benchmarks/prune_mnist.py``
+   instead (the same schedule, run once for both benchmarks);
 3. trained quantization (Sec. 3): k-means weight sharing with the paper's bits
    per layer (Table 2: 6 bits for LeNet-300-100's fc layers; Table 3: 8 bits conv,
    5 bits fc for LeNet-5), zero being one of the ``2**bits`` values of a pruned
