@@ -351,7 +351,7 @@ def main() -> None:
             f"-> shared {s['shared']['bytes']} B -> huffman {s['huffman']['bytes']} B "
             f"({r['ratio']:.1f}x), error {r['final_error_from_file']:.2%} in {r['seconds']:.0f} s"
         )
-        save(f"deep_compression_{name}" + ("_quick" if args.quick else ""), r)
+        save(f"deep_compression_{name}" + ("_quick" if args.quick else ""), r, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,7 @@ def main() -> None:
         "float_map50_at_least_0.60": goal,
         "int8_within_2_points": None if int8 is None else bool(result["float"]["map50"] - int8 <= 0.02),
     }
-    save(name, result)
+    save(name, result, quick=args.quick)
     for k, v in result["runtimes"].items():
         print(
             f"{k:18s} mAP@0.5 {v.get('map50', float('nan')):.3f}  latency {v.get('latency_ms') or float('nan'):.2f} ms"

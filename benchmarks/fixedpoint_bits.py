@@ -203,6 +203,7 @@ def main() -> None:
             "table": table(results),
             "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data",
         },
+        quick=args.quick,
     )
 
 

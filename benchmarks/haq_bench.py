@@ -463,7 +463,7 @@ def main() -> None:
     name = f"haq_{args.model}" + (f"_final{args.final_iters}" if args.policies_from else "")
     if args.seed_list != list(range(args.seeds)):
         name += "_seeds" + "-".join(map(str, args.seed_list))
-    save(name + ("_quick" if args.quick else ""), result)
+    save(name + ("_quick" if args.quick else ""), result, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def main() -> None:
     out: dict = {"quick": args.quick, "settings": s, "frontend": FRONTEND}
     keywords_task(s, out)
     digits_task(s, out)
-    save("kws_quick" if args.quick else "kws", out)
+    save("kws_quick" if args.quick else "kws", out, quick=args.quick)
 
 
 if __name__ == "__main__":

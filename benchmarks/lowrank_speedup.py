@@ -270,6 +270,7 @@ def main() -> None:
             "rows": [r for v in results.values() for r in v["rows"]],
         },
         threads=args.threads,
+        quick=args.quick,
     )
 
 

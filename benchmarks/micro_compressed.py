@@ -43,7 +43,7 @@ Timing (both models, 2-core AMD EPYC shared with other jobs): ``--quick`` measur
 1,000 emulated images and two board-profile runs per variant (the ``stm32l4r5`` profile's
 per-load hook is the slow part: about 2-8 s per million instructions), an estimated 20-30 min
 (about an hour on a busy machine).
-Results: ``benchmarks/results/micro_compressed.json`` (``_quick`` for ``--quick``).
+Results: ``benchmarks/results/micro_compressed.json`` (``--quick``: under ``benchmarks/work/quick``).
 """
 
 from __future__ import annotations
@@ -254,6 +254,7 @@ def main() -> None:
     save(
         "micro_compressed" + ("_quick" if args.quick else ""),
         {"results": results, "markdown": markdown(results), "seconds": round(time.time() - start, 1)},
+        quick=args.quick,
     )
     print(markdown(results))
 

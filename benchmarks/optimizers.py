@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
-from benchmarks._common import RESULTS, save, shared_data  # noqa: E402
+from benchmarks._common import REPO, RESULTS, WORK, save, shared_data  # noqa: E402
 from tinytamer.data import get_dataset, make_loader  # noqa: E402
 from tinytamer.train import Solver, SolverConfig  # noqa: E402
 from tinytamer.zoo import create  # noqa: E402
@@ -130,8 +130,9 @@ def main() -> None:
         print(f"{run}: final test accuracy {out['test_acc']:.4f} ({curves[run]['train_seconds']:.0f} s)", flush=True)
 
     name = "optimizers_resnet8" + ("_quick" if args.quick else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(curves, RESULTS / f"{name}.png")
+    folder = WORK / "quick" if args.quick else RESULTS  # where save() puts the JSON
+    folder.mkdir(parents=True, exist_ok=True)
+    plot(curves, folder / f"{name}.png")
     summary = {run: c["final"] for run, c in curves.items()}
     if "sgd" in summary and "swa" in summary:
         summary["swa_minus_sgd_pt"] = 100 * (summary["swa"] - summary["sgd"])
@@ -144,11 +145,12 @@ def main() -> None:
             "test_images": n_test,
             "final_test_accuracy": summary,
             "curves": curves,
-            "plot": f"benchmarks/results/{name}.png",
+            "plot": str((folder / f"{name}.png").relative_to(REPO)),
             "paper": "Izmailov et al. 2018 (SWA), Table 1: SWA ahead of SGD at an equal number of epochs on CIFAR",
             "quick": args.quick,
         },
         threads=args.threads,
+        quick=args.quick,
     )
 
 

@@ -181,6 +181,7 @@ def main() -> None:
         "ttq_resnet20_quick" if args.quick else "ttq_resnet20",
         {**result, "quick": args.quick, "note": "CIFAR-10 is the JPEG re-encoding (~q75) of the shared data"},
         threads=args.threads,
+        quick=args.quick,
     )
 
 

@@ -110,6 +110,7 @@ def main() -> None:
             "probe_untrained_embedding": probe(untrained, fsdd),
             "probe_log_mel_input": probe(nn.Flatten(), fsdd)["float_embedding"],
         },
+        quick=args.quick,
     )
 
 
