@@ -226,6 +226,23 @@ def rescore_haq(
     return out
 
 
+def _progress(seed: int, episodes: int, t0: float, every: int = 10) -> Any:
+    """A log line every ``every`` episodes (a benchmark's output goes to a file, not a
+    terminal): the best validation top-1 so far and the time taken."""
+    best = [0.0]
+
+    def tick(e: haq.Episode) -> None:
+        best[0] = max(best[0], e.accuracy)
+        done = e.episode + 1
+        if done % every == 0 or done == episodes:
+            print(
+                f"    seed {seed}: episode {done}/{episodes}, best val top-1 {best[0]:.4f}, {time.time() - t0:.0f} s",
+                flush=True,
+            )
+
+    return tick
+
+
 def run_haq(
     s: dict[str, Any],
     resource: haq.Resource,
@@ -256,6 +273,7 @@ def run_haq(
             finetune_lr=args.finetune_lr,
             seed=seed,
             search_acts=args.search_acts or None,
+            on_episode=_progress(seed, args.episodes, t0),
         )
         search_s = time.time() - t0
         acc = final(s, result.bits, quantizer, seed, args.final_iters, args.finetune_lr)
