@@ -448,7 +448,12 @@ def main() -> None:
     s = setup(args)
     if args.policies_from:  # refuse a file that does not fit before any fine-tune runs
         for name in args.experiments.split(","):
-            reused_policies(args.policies_from, name, s["layers"])
+            seeds = [seed for seed, _ in reused_policies(args.policies_from, name, s["layers"])]
+            if not set(seeds) & set(args.seed_list):
+                sys.exit(
+                    f"--policies-from {args.policies_from}: experiment '{name}' holds seeds {seeds}, "
+                    f"none of --seed-list {args.seed_list}"
+                )
     result: dict[str, Any] = {
         "model": args.model,
         "baseline": s["baseline"],
