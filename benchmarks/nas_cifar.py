@@ -12,7 +12,8 @@ rows; the file is reread, merged and written atomically, and the plot redrawn):
 - ``baseline``: ResNet-8 trained with the retraining recipe (the same for every network)
   and deployed on ``cortex-m4`` (int8); its measured estimated cycles (board memory profile)
   and SRAM set the budgets, at 1x and 0.5x.
-- ``spos-1x``, ``spos-0.5x``: for each of ``--seeds`` seeds, the ``spos`` stage (ShuffleNetV2
+- ``spos-1x``, ``spos-0.5x``: for each of ``--seeds`` seeds (or of ``--seed-list``, so that
+  seeds run at once on separate cores: each run replaces only its own seeds' rows), the ``spos`` stage (ShuffleNetV2
   choice blocks): supernet trained with uniform single paths, evolution (population 50, top-k
   10, 25 mutations p=0.1, 25 crossovers, ``--generations``), candidates outside the budget
   predicted from the cost table rejected before scoring, BN recomputed per candidate on 10
@@ -72,8 +73,11 @@ took over 45 min.  So ``spos-*`` takes longer than an hour on a busy core.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +258,20 @@ def previous(quick: bool) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+@contextmanager
+def merge_lock(quick: bool) -> Iterator[None]:
+    """Hold an exclusive lock (a file in the work folder) while the results file is reread and
+    rewritten, so that two runs finishing at once do not drop each other's rows."""
+    path = (WORK / "quick" if quick else WORK) / "nas_cifar.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def baseline_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     base = next((r for r in rows if r["method"] == "resnet8"), None)
     if base is None:
@@ -300,7 +318,12 @@ def main() -> None:
         help="which part to run (see the docstring); probe: CPU seconds per step and per candidate",
     )
     ap.add_argument("--quick", action="store_true", help="a smoke run: 600 images, a few steps, one seed")
-    ap.add_argument("--seeds", type=int, default=3, help="spos-*: seeds, run one after the other")
+    ap.add_argument("--seeds", type=int, default=3, help="spos-*: seeds 0..N-1, run one after the other")
+    ap.add_argument(
+        "--seed-list",
+        help="spos-*: comma-separated seeds to run instead (e.g. '0' on one core and '1,2' on the other); "
+        "only their rows are replaced",
+    )
     ap.add_argument("--train-limit", type=int, default=TRAIN_LIMIT, help="training images used (10%% of them: val)")
     ap.add_argument("--test-limit", type=int, default=TEST_LIMIT, help="test images scored on the device (0: all)")
     ap.add_argument("--epochs", type=float, default=EPOCHS, help="retraining epochs (every network, one recipe)")
@@ -309,13 +332,23 @@ def main() -> None:
     ap.add_argument("--val-batches", type=int, default=VAL_BATCHES, help="spos: validation batches per candidate")
     ap.add_argument("--proxyless-iters", type=int, default=PROXYLESS_ITERS)
     args = ap.parse_args()
+    try:
+        seeds = (
+            sorted({int(b) for b in args.seed_list.split(",") if b.strip()})
+            if args.seed_list is not None
+            else list(range(args.seeds))
+        )
+    except ValueError:
+        ap.error(f"--seed-list takes comma-separated whole seeds, not {args.seed_list!r}")
+    if not seeds or min(seeds) < 0:
+        ap.error("--seed-list/--seeds: give at least one seed, none negative")
     torch.set_num_threads(1)
     if args.experiment == "probe":
         for key, value in probe().items():
             print(f"{key}: {value:.3f}")
         return
     if args.quick:
-        args.seeds, args.train_limit, args.test_limit = 1, 600, 200
+        seeds, args.train_limit, args.test_limit = seeds[:1], 600, 200
         args.epochs, args.supernet_epochs, args.generations, args.proxyless_iters = 0.5, 0.5, 1, 40
         args.val_batches = 2
     data = {
@@ -344,8 +377,7 @@ def main() -> None:
     )
     if args.experiment.endswith("-0.5x") and not args.quick:
         spos_space, mbconv_space = {**spos_space, **HALF_BUDGET_SPACE}, {**mbconv_space, **HALF_BUDGET_SPACE}
-    old = previous(args.quick)
-    rows = [r for r in old.get("rows", []) if r.get("experiment") != args.experiment]
+    rows = previous(args.quick).get("rows", [])
     exp = args.experiment
     new: list[dict[str, Any]] = []
 
@@ -356,7 +388,7 @@ def main() -> None:
     frac = {"1x": 1.0, "0.5x": 0.5}.get(exp.split("-")[1]) if "-" in exp else None
     if exp.startswith("spos-"):
         budget = budget_of(baseline_row(rows), frac)
-        for seed in range(args.seeds):
+        for seed in seeds:
             stage = {
                 "spos": {
                     "space": "shufflenet",
@@ -471,26 +503,37 @@ def main() -> None:
                     **device(dep),
                 }
             )
-    rows += [{"experiment": exp, **r} for r in new]
-    order = {m: i for i, m in enumerate(("resnet8", "spos", "random", "proxylessnas"))}
-    rows.sort(key=lambda r: (order[r["method"]], -(r["budget"] or 2), r["seed"]))
-    # Experiments run at different times merge into one file: each keeps its own commit.
     m = machine()
     made = {"git": m["git"], "git_dirty": m["git_dirty"], "date": m["date"]}
-    settings = {**old.get("settings", {}), exp: {**vars(args), "machine": made}}
-    out = save(
-        "nas_cifar",
-        {
-            "data": f"CIFAR-10 JPEG re-encoding: first {args.train_limit} training images (10% val), "
-            f"first {args.test_limit or 'all'} test images",
-            "settings": settings,
-            "retrain_solver": solver,
-            "rows": rows,
-            "summary": summarize(rows),
-        },
-        threads=1,
-        quick=args.quick,
-    )
+    # Experiments (and spos seeds) run at different times, or at once on different cores, merge
+    # into one file: it is reread under a lock, and only this run's rows are replaced.
+    with merge_lock(args.quick):
+        old = previous(args.quick)
+        mine = set(seeds) if exp.startswith("spos-") else None
+        rows = [
+            r
+            for r in old.get("rows", [])
+            if r.get("experiment") != exp or (mine is not None and r.get("seed") not in mine)
+        ]
+        # Each row keeps the commit and the settings that made it.
+        rows += [{"experiment": exp, **r, "made": made} for r in new]
+        order = {m: i for i, m in enumerate(("resnet8", "spos", "random", "proxylessnas"))}
+        rows.sort(key=lambda r: (order[r["method"]], -(r["budget"] or 2), r["seed"]))
+        run_settings = {**vars(args), "seed_list": seeds, "machine": made}
+        settings = {**old.get("settings", {}), exp: run_settings}
+        out = save(
+            "nas_cifar",
+            {
+                "data": f"CIFAR-10 JPEG re-encoding: first {args.train_limit} training images (10% val), "
+                f"first {args.test_limit or 'all'} test images",
+                "settings": settings,
+                "retrain_solver": solver,
+                "rows": rows,
+                "summary": summarize(rows),
+            },
+            threads=1,
+            quick=args.quick,
+        )
     plot(rows, out.with_suffix(".png") if args.quick else RESULTS / "nas_cifar.png")
     print("| method | budget | seed | device top-1 | cycles (M) | SRAM (B) | in budget | SPOS val / random val |")
     print("|---|---|---|---|---|---|---|---|")
