@@ -30,6 +30,10 @@ rows; the file is reread, merged and written atomically, and the plot redrawn):
   left out): at 1x the SRAM budget, not the cycles, decides which path is derived, so this
   shows where the latency loss itself lands against its target.
 
+``--tag NAME`` runs a variant (e.g. ``--arch-every 5 --arch-lr 1e-3``, the ProxylessNAS
+released code's architecture schedule) whose rows are kept as ``<experiment>@NAME`` beside the
+untagged ones, with their own run folders and their own summary entries.
+
 The spaces are sized by ``SPOS_SPACE`` and ``MBCONV_SPACE`` (``--quick``: tiny ones), with a
 stride-2 stem at 0.5x (``HALF_BUDGET_SPACE``); every run
 prices architectures from one cost table (``lut-cortex-m4.json`` in the work folder), so a
@@ -74,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -273,7 +278,7 @@ def merge_lock(quick: bool) -> Iterator[None]:
 
 
 def baseline_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    base = next((r for r in rows if r["method"] == "resnet8"), None)
+    base = next((r for r in rows if r["experiment"] == "baseline"), None)
     if base is None:
         sys.exit("nas_cifar: no ResNet-8 row in the results yet: run --experiment baseline first (it sets the budgets)")
     return base
@@ -284,14 +289,21 @@ def budget_of(base: dict[str, Any], frac: float) -> dict[str, float]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    base = next((r for r in rows if r["method"] == "resnet8"), None)
+    """The goals per budget, for the untagged rows and for each tagged variant apart."""
+    base = next((r for r in rows if r["experiment"] == "baseline"), None)
     summary = []
-    for frac in (1.0, 0.5):
-        sp = [r for r in rows if r["method"] == "spos" and r["budget"] == frac and "error" not in r]
-        px = [r for r in rows if r["method"] == "proxylessnas" and r["budget"] == frac and "error" not in r]
-        rn = [r for r in rows if r["method"] == "random" and r["budget"] == frac and "error" not in r]
+    for tag, frac in itertools.product(sorted({r["experiment"].partition("@")[2] for r in rows}), (1.0, 0.5)):
+        mine = [
+            r for r in rows if r["experiment"].partition("@")[2] == tag and r["budget"] == frac and "error" not in r
+        ]
+        sp = [r for r in mine if r["method"] == "spos"]
+        px = [r for r in mine if r["method"] == "proxylessnas"]
+        rn = [r for r in mine if r["method"] == "random"]
+        if not mine:
+            continue
         summary.append(
             {
+                "tag": tag or None,
                 "budget": frac,
                 # Goal: 0 violations on the measured target.
                 "violations": sum(not r["within_budget"] for r in sp + px + rn),
@@ -331,6 +343,20 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=GENERATIONS)
     ap.add_argument("--val-batches", type=int, default=VAL_BATCHES, help="spos: validation batches per candidate")
     ap.add_argument("--proxyless-iters", type=int, default=PROXYLESS_ITERS)
+    ap.add_argument(
+        "--arch-every",
+        type=int,
+        default=1,
+        help="proxyless-*: an architecture step after every N weight steps (the released code: 5)",
+    )
+    ap.add_argument(
+        "--arch-lr", type=float, default=6e-3, help="proxyless-*: Adam's architecture learning rate (released: 1e-3)"
+    )
+    ap.add_argument(
+        "--tag",
+        help="a variant's name (e.g. other settings): its rows are recorded as experiment '<experiment>@<tag>', "
+        "its runs in their own folders, beside the untagged rows",
+    )
     args = ap.parse_args()
     try:
         seeds = (
@@ -379,10 +405,12 @@ def main() -> None:
         spos_space, mbconv_space = {**spos_space, **HALF_BUDGET_SPACE}, {**mbconv_space, **HALF_BUDGET_SPACE}
     rows = previous(args.quick).get("rows", [])
     exp = args.experiment
+    # A tagged variant keeps its own rows and run folders.
+    label, suffix = (f"{exp}@{args.tag}", f"-{args.tag}") if args.tag else (exp, "")
     new: list[dict[str, Any]] = []
 
     if exp == "baseline":
-        _, base = one(recipe("resnet8", data, "resnet8", [{"train": solver}, deploy], 0), folder)
+        _, base = one(recipe("resnet8" + suffix, data, "resnet8", [{"train": solver}, deploy], 0), folder)
         new.append({"method": "resnet8", "budget": None, "seed": 0, **device(base)})
         print(f"resnet8: {base.est_cycles:,} cycles, {base.sram_bytes:,} B SRAM, device top-1 {base.accuracy:.2%}")
     frac = {"1x": 1.0, "0.5x": 0.5}.get(exp.split("-")[1]) if "-" in exp else None
@@ -405,7 +433,9 @@ def main() -> None:
                 }
             }
             try:
-                nas, dep = one(recipe(f"spos-{frac:g}x-s{seed}", data, "resnet8", [stage, deploy], seed), folder)
+                nas, dep = one(
+                    recipe(f"spos-{frac:g}x-s{seed}{suffix}", data, "resnet8", [stage, deploy], seed), folder
+                )
             except TamerError as exc:  # e.g. no architecture of the space within this budget
                 new.append({"method": "spos", "budget": frac, "seed": seed, "error": str(exc)})
                 continue
@@ -432,13 +462,14 @@ def main() -> None:
         # The random search's best in-budget architecture (SPOS seed 0's run, scored with the
         # same supernet), retrained from scratch with the same recipe and deployed alike.
         budget = budget_of(baseline_row(rows), frac)
-        src = next((r for r in rows if r["method"] == "spos" and r["budget"] == frac and r["seed"] == 0), None)
+        spos_label = f"spos-{frac:g}x" + (f"@{args.tag}" if args.tag else "")
+        src = next((r for r in rows if r["experiment"] == spos_label and r["seed"] == 0), None)
         if src is None or not src.get("random_arch_indices"):
-            sys.exit(f"nas_cifar: no spos-{frac:g}x seed-0 row with a random-search result: run spos-{frac:g}x first")
+            sys.exit(f"nas_cifar: no {spos_label} seed-0 row with a random-search result: run that experiment first")
         model = {"space": "shufflenet", "options": spos_space, "arch": src["random_arch_indices"]}
         rec = parse_recipe(
             {
-                "name": f"random-{frac:g}x",
+                "name": f"random-{frac:g}x{suffix}",
                 "seed": 0,
                 "data": data,
                 "model": {"name": "benchmarks.nas_cifar:derived", "kwargs": model},
@@ -478,11 +509,13 @@ def main() -> None:
                 "budget": budget,
                 "iters": args.proxyless_iters,
                 "warmup": args.proxyless_iters // 5,
+                "arch_every": args.arch_every,
+                "arch_lr": args.arch_lr,
                 "retrain": solver,
             }
         }
         try:
-            nas, dep = one(recipe(exp, data, "resnet8", [stage, deploy], 0), folder)
+            nas, dep = one(recipe(exp + suffix, data, "resnet8", [stage, deploy], 0), folder)
         except TamerError as exc:
             new.append({"method": "proxylessnas", "budget": frac, "seed": 0, "error": str(exc)})
         else:
@@ -513,14 +546,14 @@ def main() -> None:
         rows = [
             r
             for r in old.get("rows", [])
-            if r.get("experiment") != exp or (mine is not None and r.get("seed") not in mine)
+            if r.get("experiment") != label or (mine is not None and r.get("seed") not in mine)
         ]
         # Each row keeps the commit and the settings that made it.
-        rows += [{"experiment": exp, **r, "made": made} for r in new]
+        rows += [{"experiment": label, **r, "made": made} for r in new]
         order = {m: i for i, m in enumerate(("resnet8", "spos", "random", "proxylessnas"))}
         rows.sort(key=lambda r: (order[r["method"]], -(r["budget"] or 2), r["seed"]))
         run_settings = {**vars(args), "seed_list": seeds, "machine": made}
-        settings = {**old.get("settings", {}), exp: run_settings}
+        settings = {**old.get("settings", {}), label: run_settings}
         out = save(
             "nas_cifar",
             {
