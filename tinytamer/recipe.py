@@ -575,6 +575,7 @@ class Context:
         batch_size: int | None = None,
         name: str = "snapshots",
         distill: Any = None,
+        monitor: bool = True,
     ) -> dict[str, Any]:
         """Train ``model`` in place with the Solver; every stage that trains calls this.
 
@@ -582,15 +583,18 @@ class Context:
         one.  Snapshots go to this stage's folder ``name`` (one per training of the stage),
         and training resumes from the newest there after an interruption.  ``hooks`` are
         the method's ``tinytamer.train.solver.TrainHook`` objects; ``distill`` a
-        ``tinytamer.train.distill.Distillation`` (a teacher to learn from).  Returns the
-        Solver's final record.
+        ``tinytamer.train.distill.Distillation`` (a teacher to learn from); ``monitor=False``:
+        no held-out figures (for a model whose plain forward is not the thing to score, such
+        as a supernet).  Returns the Solver's final record.
         """
         from tinytamer.train import SolverConfig
         from tinytamer.train.solver import latest_snapshot
 
         given = config.model_dump(exclude_unset=True) if isinstance(config, SolverConfig) else config
         cfg = SolverConfig.model_validate({"seed": self.seed, **given})
-        solver = self.make_solver(model, cfg, hooks=hooks, batch_size=batch_size, name=name, distill=distill)
+        solver = self.make_solver(
+            model, cfg, hooks=hooks, batch_size=batch_size, name=name, distill=distill, monitor=monitor
+        )
         return solver.solve(resume=latest_snapshot(self.stage_dir / name))
 
     def make_solver(
@@ -602,6 +606,7 @@ class Context:
         batch_size: int | None = None,
         name: str = "snapshots",
         distill: Any = None,
+        monitor: bool = True,
     ) -> Any:
         """A Solver whose snapshots live in this stage's folder and whose records go to the log."""
         from tinytamer.train import Solver, SolverConfig
@@ -612,12 +617,12 @@ class Context:
             else SolverConfig.model_validate({"seed": self.seed, **(config or {})})
         )
         # Caffe tests on the held-out split during training; with no validation split, on test.
-        monitor = self.val_loader() if len(self.data.val) else self.test_loader()
+        held_out = (self.val_loader() if len(self.data.val) else self.test_loader()) if monitor else None
         return Solver(
             model,
             cfg,
             self.train_loader(batch_size),
-            monitor,
+            held_out,
             snapshot_dir=self.stage_dir / name,
             log=self.log_training,
             hooks=hooks,

@@ -55,7 +55,11 @@ class SposParams(SearchParams):
 @register_stage("spos", SposParams, help="SPOS architecture search under a target budget, Guo et al. 2020")
 def spos_stage(model: nn.Module, ctx: Context, p: SposParams) -> nn.Module:
     net, budget, costs, table_name = open_space(ctx, p)
-    ctx.finetune(net, solver_config(p.supernet), hooks=[spos.PathSampler(net, ctx.seed)], name="supernet")
+    # No held-out figure for the supernet: its shared BN statistics mix every path, so its plain
+    # forward scores near chance; each candidate is scored after its own BN recalibration.
+    ctx.finetune(
+        net, solver_config(p.supernet), hooks=[spos.PathSampler(net, ctx.seed)], name="supernet", monitor=False
+    )
     bn = [x for x, _ in _first(ctx.train_loader(), p.bn_batches)]
     val = _first(ctx.val_loader(), p.val_batches)
     scorer = spos.Scorer(net.eval(), bn, val)
