@@ -80,6 +80,7 @@ import argparse
 import fcntl
 import itertools
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -368,6 +369,9 @@ def main() -> None:
         ap.error(f"--seed-list takes comma-separated whole seeds, not {args.seed_list!r}")
     if not seeds or min(seeds) < 0:
         ap.error("--seed-list/--seeds: give at least one seed, none negative")
+    # The tag names run folders: letters, digits, '_' and '-' only (no path separators).
+    if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
+        ap.error(f"--tag takes letters, digits, '_' and '-' only, not {args.tag!r}")
     torch.set_num_threads(1)
     if args.experiment == "probe":
         for key, value in probe().items():
