@@ -91,10 +91,18 @@ _IT = re.compile(r"it[te]{0,3}")
 
 @dataclass(frozen=True)
 class BlockCost:
-    """Static cost of one straight-line block; the taken-branch penalty is added at run time."""
+    """Static cost of one straight-line block; the taken-branch penalty is added at run time.
+
+    ``first_ls`` / ``last_ls``: the block starts / ends with a single load or store.  The
+    emulator also ends blocks where no branch is (at a page boundary, for one), and a load
+    there still pipelines with the store or load before it: the session charges such a
+    fall-through as one straight line (``CycleTable.load_store_pipelined``).
+    """
 
     instructions: int
     cycles: int
+    first_ls: bool = False
+    last_ls: bool = False
 
 
 def _base(mnemonic: str) -> str:
@@ -135,7 +143,7 @@ class BlockCoster:
             return hit
         t = self.table
         n = cycles = 0
-        prev_ls = False
+        prev_ls = first_ls = False
         for insn in self.md.disasm(code, address):
             n += 1
             m = _base(insn.mnemonic)
@@ -155,7 +163,8 @@ class BlockCoster:
             else:
                 c, ls = t.alu, False
             cycles += c
+            first_ls = first_ls or (ls and n == 1)
             prev_ls = ls
-        bc = BlockCost(n, cycles)
+        bc = BlockCost(n, cycles, first_ls, prev_ls)
         self.cache[key] = bc
         return bc

@@ -36,6 +36,7 @@ gaps, so a legal run pays only unicorn's range test).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ import numpy as np
 from tinytamer.errors import BackendMissing, ModelError
 from tinytamer.micro import toolchain
 from tinytamer.micro.codegen import CModel
-from tinytamer.micro.cost import CYCLE_TABLES, BlockCoster
+from tinytamer.micro.cost import CYCLE_TABLES, BlockCost, BlockCoster, CycleTable
 from tinytamer.micro.profiles import MemoryModel, MemoryProfile, get_profile
 
 FLASH_BASE, FLASH_SIZE = 0x00000000, 4 << 20
@@ -93,8 +94,11 @@ class _Counter:
     """Per-call block execution counts; costs are summed once the call returns."""
 
     blocks: dict = field(default_factory=dict)
+    # Blocks entered by falling through from the previous one: (previous, block) -> count.
+    follows: dict = field(default_factory=dict)
     jumps: int = 0
     prev_end: int = -1
+    prev_key: tuple = ()
     memory: MemoryModel | None = None
 
 
@@ -279,7 +283,7 @@ class Session:
             uc.reg_write(reg, v)
         uc.reg_write(arm_const.UC_ARM_REG_SP, sp)
         uc.reg_write(arm_const.UC_ARM_REG_LR, RETURN_ADDR | 1)
-        c.blocks, c.jumps, c.prev_end = {}, 0, entry & ~1
+        c.blocks, c.follows, c.jumps, c.prev_end, c.prev_key = {}, {}, 0, entry & ~1, ()
         if c.memory is not None:
             c.memory.reset()
         # Paint the free stack so the call's deepest stack use can be read back after it.
@@ -301,14 +305,9 @@ class Session:
                 f"before returning (instruction limit {self.max_instructions})"
             )
         if self.count:
-            # A block that does not start where the previous one ended was reached by a
-            # taken branch (the entry itself is not); the final return is one more.
-            table = CYCLE_TABLES[self.cpu]
-            for (address, size), n in c.blocks.items():
-                bc = self._coster.cost(bytes(uc.mem_read(address, size)), address)
-                result.instructions += n * bc.instructions
-                result.est_cycles += n * bc.cycles
-            result.est_cycles += (c.jumps + 1) * table.branch_refill
+            result.instructions, result.est_cycles = _charge(
+                c, lambda a, n: self._coster.cost(bytes(uc.mem_read(a, n)), a), CYCLE_TABLES[self.cpu]
+            )
             result.core_cycles = result.est_cycles
             result.memory_profile = self.profile.name
             if c.memory is not None:
@@ -347,12 +346,36 @@ class Session:
         return hooks
 
 
+def _charge(c: _Counter, cost: Callable[[int, int], BlockCost], table: CycleTable) -> tuple[int, int]:
+    """Instructions and estimated core cycles of the blocks counted in ``c``; ``cost(address,
+    size)`` prices one block."""
+    instructions = cycles = 0
+    costs = {}
+    for (address, size), n in c.blocks.items():
+        bc = costs[address, size] = cost(address, size)
+        instructions += n * bc.instructions
+        cycles += n * bc.cycles
+    # A load or store that falls through from one block into the next pipelines as in
+    # straight-line code (see BlockCost).
+    saved = table.load_store - table.load_store_pipelined
+    for (before, after), n in c.follows.items():
+        if costs[before].last_ls and costs[after].first_ls:
+            cycles -= n * saved
+    # A block that does not start where the previous one ended was reached by a taken
+    # branch (the entry itself is not); the final return is one more.
+    return instructions, cycles + (c.jumps + 1) * table.branch_refill
+
+
 def _on_block(uc, address: int, size: int, c: _Counter) -> None:
     key = (address, size)
     c.blocks[key] = c.blocks.get(key, 0) + 1
     if address != c.prev_end:
         c.jumps += 1
+    elif c.prev_key:
+        edge = (c.prev_key, key)
+        c.follows[edge] = c.follows.get(edge, 0) + 1
     c.prev_end = address + size
+    c.prev_key = key
     if c.memory is not None:
         c.memory.fetch(address, size)
 
