@@ -20,9 +20,11 @@ rows; the file is reread, merged and written atomically, and the plot redrawn):
   training batches, scored on ``--val-batches`` validation batches; beside it the best of as
   many uniformly drawn in-budget architectures scored alike (``random_baseline``).  The best
   is retrained from scratch and deployed on ``cortex-m4``.
-- ``random-1x``, ``random-0.5x`` (after the spos experiment of that budget): the random
-  search's best architecture of SPOS seed 0 retrained from scratch with the same recipe and
-  deployed alike: its point on the plot beside SPOS.
+- ``random-1x``, ``random-0.5x`` (after the spos experiment of that budget): for each seed
+  (``--seeds`` / ``--seed-list``), the random search's best architecture of that SPOS seed
+  retrained from scratch with the same recipe and seed and deployed alike: its point on the
+  plot beside SPOS, and the summary's ``spos_minus_random_test`` (SPOS's retrained network
+  against its seed's random best, device top-1, mean over seeds).
 - ``proxyless-1x``, ``proxyless-0.5x``: the ``proxylessnas`` stage (MBConv candidates) with
   the budget's cycles as its latency target (loss ``mul``), derived within the whole budget,
   retrained and deployed alike.
@@ -289,6 +291,13 @@ def budget_of(base: dict[str, Any], frac: float) -> dict[str, float]:
     return {"cycles": frac * base["est_cycles"], "sram": frac * base["sram_bytes"]}
 
 
+def paired_gap(spos: list[dict[str, Any]], random: list[dict[str, Any]]) -> float | None:
+    """Mean over seeds of SPOS's device top-1 minus the same seed's random-search best's."""
+    by_seed = {r["seed"]: r["test_accuracy_device"] for r in random}
+    gaps = [r["test_accuracy_device"] - by_seed[r["seed"]] for r in spos if r["seed"] in by_seed]
+    return sum(gaps) / len(gaps) if gaps else None
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The goals per budget, for the untagged rows and for each tagged variant apart."""
     base = next((r for r in rows if r["experiment"] == "baseline"), None)
@@ -314,6 +323,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "spos_test_accuracy_mean": sum(r["test_accuracy_device"] for r in sp) / len(sp) if sp else None,
                 "random_test_accuracy": [r["test_accuracy_device"] for r in rn],
+                # The same goal on the retrained networks: SPOS's against its seed's random best
+                # (device top-1, mean over the seeds that have both).
+                "spos_minus_random_test": paired_gap(sp, rn),
                 "spos_cycles_over_resnet8": [r["est_cycles"] / base["est_cycles"] for r in sp] if base else None,
                 # Goal: the ProxylessNAS network's measured cycles within 10% of the target.
                 "proxyless_cycles_vs_target": [r["cycles_vs_target"] for r in px],
@@ -331,10 +343,10 @@ def main() -> None:
         help="which part to run (see the docstring); probe: CPU seconds per step and per candidate",
     )
     ap.add_argument("--quick", action="store_true", help="a smoke run: 600 images, a few steps, one seed")
-    ap.add_argument("--seeds", type=int, default=3, help="spos-*: seeds 0..N-1, run one after the other")
+    ap.add_argument("--seeds", type=int, default=3, help="spos-*, random-*: seeds 0..N-1, run one after the other")
     ap.add_argument(
         "--seed-list",
-        help="spos-*: comma-separated seeds to run instead (e.g. '0' on one core and '1,2' on the other); "
+        help="spos-*, random-*: comma-separated seeds to run instead (e.g. '0' on one core and '1,2' on the other); "
         "only their rows are replaced",
     )
     ap.add_argument("--train-limit", type=int, default=TRAIN_LIMIT, help="training images used (10%% of them: val)")
@@ -463,43 +475,47 @@ def main() -> None:
                 }
             )
     if exp.startswith("random-"):
-        # The random search's best in-budget architecture (SPOS seed 0's run, scored with the
-        # same supernet), retrained from scratch with the same recipe and deployed alike.
+        # Each SPOS seed's random-search best in-budget architecture (scored with that seed's
+        # supernet), retrained from scratch with the same recipe and seed and deployed alike:
+        # the retrained networks compare like for like.
         budget = budget_of(baseline_row(rows), frac)
         spos_label = f"spos-{frac:g}x" + (f"@{args.tag}" if args.tag else "")
-        src = next((r for r in rows if r["experiment"] == spos_label and r["seed"] == 0), None)
-        if src is None or not src.get("random_arch_indices"):
-            sys.exit(f"nas_cifar: no {spos_label} seed-0 row with a random-search result: run that experiment first")
-        model = {"space": "shufflenet", "options": spos_space, "arch": src["random_arch_indices"]}
-        rec = parse_recipe(
-            {
-                "name": f"random-{frac:g}x{suffix}",
-                "seed": 0,
-                "data": data,
-                "model": {"name": "benchmarks.nas_cifar:derived", "kwargs": model},
-                "stages": [{"train": solver}, deploy],
-            }
-        )
-        _, dep = one(rec, folder)
-        measured = {"est_cycles": dep.est_cycles, "sram_bytes": dep.sram_bytes}
-        over = [
-            f"{m} {measured[m]:g} > {v:g}"
-            for m, v in (("est_cycles", budget["cycles"]), ("sram_bytes", budget["sram"]))
-            if measured[m] > v
-        ]
-        new.append(
-            {
-                "method": "random",
-                "budget": frac,
-                "budget_cycles": budget["cycles"],
-                "seed": 0,
-                "val_accuracy_random": src["val_accuracy_random"],
-                "arch_indices": src["random_arch_indices"],
-                "within_budget": not over,
-                "violations": over,
-                **device(dep),
-            }
-        )
+        for seed in seeds:
+            src = next((r for r in rows if r["experiment"] == spos_label and r["seed"] == seed), None)
+            if src is None or not src.get("random_arch_indices"):
+                sys.exit(
+                    f"nas_cifar: no {spos_label} seed-{seed} row with a random-search result: run that experiment first"
+                )
+            model = {"space": "shufflenet", "options": spos_space, "arch": src["random_arch_indices"]}
+            rec = parse_recipe(
+                {
+                    "name": f"random-{frac:g}x-s{seed}{suffix}",
+                    "seed": seed,
+                    "data": data,
+                    "model": {"name": "benchmarks.nas_cifar:derived", "kwargs": model},
+                    "stages": [{"train": solver}, deploy],
+                }
+            )
+            _, dep = one(rec, folder)
+            measured = {"est_cycles": dep.est_cycles, "sram_bytes": dep.sram_bytes}
+            over = [
+                f"{m} {measured[m]:g} > {v:g}"
+                for m, v in (("est_cycles", budget["cycles"]), ("sram_bytes", budget["sram"]))
+                if measured[m] > v
+            ]
+            new.append(
+                {
+                    "method": "random",
+                    "budget": frac,
+                    "budget_cycles": budget["cycles"],
+                    "seed": seed,
+                    "val_accuracy_random": src["val_accuracy_random"],
+                    "arch_indices": src["random_arch_indices"],
+                    "within_budget": not over,
+                    "violations": over,
+                    **device(dep),
+                }
+            )
     if exp.startswith("proxyless-"):
         budget = budget_of(baseline_row(rows), frac)
         if exp.endswith("-cycles"):  # the cycle target alone: SRAM left out of the budget
@@ -546,7 +562,7 @@ def main() -> None:
     # into one file: it is reread under a lock, and only this run's rows are replaced.
     with merge_lock(args.quick):
         old = previous(args.quick)
-        mine = set(seeds) if exp.startswith("spos-") else None
+        mine = set(seeds) if exp.startswith(("spos-", "random-")) else None
         rows = [
             r
             for r in old.get("rows", [])
