@@ -12,7 +12,9 @@ MUL, MLA, MLS, SMULL/UMULL/SMLAL,     1 (the M4's single-cycle MAC unit)
 SMLAD/SMUAD/SMLABB... (DSP MACs)
 SDIV / UDIV                           12 (the table gives 2-12; we take the worst case)
 LDR/STR single (B/H/SB/SH/word)       2, or 1 right after another load/store
-                                      single (pipelined; TRM table footnote)
+                                      single (pipelined; TRM table footnote),
+                                      also across a block boundary that no
+                                      branch made (the session's fall-through)
 LDRD / STRD                           3 (1 + N, N = 2)
 LDM/STM/PUSH/POP of N registers       1 + N (+ P when it loads the PC)
 branch taken (B, BL, BX, BLX, CBZ,    1 + P, P = 2 pipeline refill cycles
