@@ -26,7 +26,8 @@ rows; the file is reread, merged and written atomically, and the plot redrawn):
   plot beside SPOS, and the summary's ``spos_minus_random_test`` (SPOS's retrained network
   against its seed's random best, device top-1, mean over seeds).
 - ``proxyless-1x``, ``proxyless-0.5x``: the ``proxylessnas`` stage (MBConv candidates) with
-  the budget's cycles as its latency target (loss ``mul``), derived within the whole budget,
+  the budget's cycles as its latency target (loss ``mul``; ``--proxyless-loss add`` or
+  ``hinge`` for the others, ``--proxyless-lam`` their lambda), derived within the whole budget,
   retrained and deployed alike.
 - ``proxyless-1x-cycles``: the same at 1x with the cycle target alone in the budget (SRAM
   left out): at 1x the SRAM budget, not the cycles, decides which path is derived, so this
@@ -366,6 +367,13 @@ def main() -> None:
         "--arch-lr", type=float, default=6e-3, help="proxyless-*: Adam's architecture learning rate (released: 1e-3)"
     )
     ap.add_argument(
+        "--proxyless-loss",
+        choices=("mul", "add", "hinge"),
+        default="mul",
+        help="proxyless-*: the latency loss (hinge: not the paper's, charges only latency above the target)",
+    )
+    ap.add_argument("--proxyless-lam", type=float, default=0.1, help="proxyless-*: lambda of the add and hinge losses")
+    ap.add_argument(
         "--tag",
         help="a variant's name (e.g. other settings): its rows are recorded as experiment '<experiment>@<tag>', "
         "its runs in their own folders, beside the untagged rows",
@@ -531,6 +539,8 @@ def main() -> None:
                 "warmup": args.proxyless_iters // 5,
                 "arch_every": args.arch_every,
                 "arch_lr": args.arch_lr,
+                "loss": args.proxyless_loss,
+                "lam": args.proxyless_lam,
                 "retrain": solver,
             }
         }

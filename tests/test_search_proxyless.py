@@ -83,6 +83,12 @@ def test_expected_latency_and_both_loss_forms():
     t = 100.0
     assert float(latency_loss(ce, lat, t, "mul")) == pytest.approx(2 * 0.2 * (math.log(125) / math.log(t)) ** 0.3)
     assert float(latency_loss(ce, lat, t, "add")) == pytest.approx(2 + 0.1 * 25 / 100)
+    assert float(latency_loss(ce, lat, t, "hinge")) == pytest.approx(2 + 0.1 * 25 / 100)
+    # Below the target the hinge charges nothing and gives latency no gradient.
+    under = torch.tensor(80.0, requires_grad=True)
+    loss = latency_loss(ce, under, t, "hinge")
+    loss.backward()
+    assert float(loss) == pytest.approx(2.0) and float(under.grad) == 0.0
     with pytest.raises(ProxylessError, match="unknown loss form"):
         latency_loss(ce, lat, t, "pow")
 

@@ -967,7 +967,11 @@ def search_proxylessnas(
     target: Annotated[str, typer.Option(help="cortex-m4, cortex-m7 or onnxruntime")] = "cortex-m4",
     space: Annotated[str, typer.Option(help="mbconv (ProxylessNAS candidates) or shufflenet")] = "mbconv",
     loss: Annotated[
-        str, typer.Option(help="latency loss: mul (CE x a (log LAT / log T)^b) or add (CE + l (LAT-T)/T)")
+        str,
+        typer.Option(
+            help="latency loss: mul (CE x a (log LAT / log T)^b), add (CE + l (LAT-T)/T) or hinge "
+            "(CE + l max(LAT-T, 0)/T: not the paper's, it stops rewarding latency below T)"
+        ),
     ] = ("mul"),
     gradient: Annotated[
         str, typer.Option(help="architecture gradient: binary (BinaryConnect) or reinforce")

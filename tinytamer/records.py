@@ -286,7 +286,7 @@ class ProxylessRecord(NasRecord):
 
     STAGE: ClassVar[str | None] = "proxylessnas"
 
-    loss: str = Field(description="the latency loss form: 'mul' or 'add'")
+    loss: str = Field(description="the latency loss form: 'mul', 'add' or 'hinge'")
     metric: str = Field(description="the cost-table metric in the loss")
     latency_target: float
     expected_latency: float = Field(description="E[LAT] of the final architecture parameters")

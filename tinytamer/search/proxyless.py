@@ -23,7 +23,11 @@ whose choices are :class:`~tinytamer.search.space.OpChoice` mixed edges:
    plus what every architecture pays, F from the cost table measured on the target
    (:meth:`~tinytamer.search.budget.ArchCost.per_choice`); the loss is either
    ``CE x a (log E[LAT] / log T)^b`` (``mul``, a = 0.2, b = 0.3) or
-   ``CE + lambda (E[LAT] - T) / T`` (``add``, lambda = 0.1), T the latency target.
+   ``CE + lambda (E[LAT] - T) / T`` (``add``, lambda = 0.1), T the latency target.  Both
+   keep rewarding latency below T, so the search may settle well under it.  ``hinge`` (our
+   option, not the paper's) is ``CE + lambda max(E[LAT] - T, 0) / T``: the hard-constraint
+   form of MnasNet's reward (Tan et al., CVPR 2019, Eq. 2 with alpha = 0, beta = -1), which
+   leaves the architecture to the cross-entropy below the target and pushes back above it.
 5. **Derive** the most likely path (argmax alpha per edge); the caller retrains it.  The
    loss steers only the latency entry, so :func:`derive_within` makes the step budget-aware
    (our addition, not the paper's): the derived path is the most probable one (largest sum
@@ -54,7 +58,7 @@ from tinytamer.fileio import atomic_path
 from tinytamer.search.budget import Budget
 from tinytamer.search.space import Arch, OpChoice, Supernet
 
-LossForm = Literal["mul", "add"]
+LossForm = Literal["mul", "add", "hinge"]
 Gradient = Literal["binary", "reinforce"]
 
 
@@ -85,12 +89,15 @@ def expected_latency(alphas: Sequence[Tensor], table: Sequence[Sequence[float]],
 
 
 def latency_loss(ce: Tensor, lat: Tensor, target: float, form: LossForm, *, a=0.2, b=0.3, lam=0.1) -> Tensor:
-    """The two published forms (Eq. 7 and the released code's ``mul#log`` / ``add#linear``)."""
+    """The two published forms (Eq. 7 and the released code's ``mul#log`` / ``add#linear``),
+    and ``hinge``, which charges only latency above the target (see the module docstring)."""
     if form == "mul":
         return ce * a * (torch.log(lat) / math.log(target)) ** b
     if form == "add":
         return ce + lam * (lat - target) / target
-    raise ProxylessError(f"proxylessnas: unknown loss form '{form}' (mul or add)")
+    if form == "hinge":
+        return ce + lam * torch.clamp(lat - target, min=0) / target
+    raise ProxylessError(f"proxylessnas: unknown loss form '{form}' (mul, add or hinge)")
 
 
 @dataclass

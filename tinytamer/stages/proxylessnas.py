@@ -10,6 +10,7 @@ likely path, retrains it from scratch and measures it on the target.
           target: cortex-m4
           budget: {cycles: 4.0e6}       # the latency target T of the loss (and a limit)
           loss: mul                     # CE x 0.2 (log E[LAT] / log T)^0.3; add: CE + 0.1 (E[LAT] - T) / T
+                                        # hinge (not the paper's): CE + 0.1 max(E[LAT] - T, 0) / T
           iters: 3000
           retrain: {max_iter: 3000, base_lr: 0.05, lr_policy: poly}
       - deploy: {target: cortex-m4}
@@ -50,12 +51,14 @@ class ProxylessParams(SearchParams):
     metric: str | None = Field(
         None, description="the budget entry that is the loss's latency target (default: cycles, else latency)"
     )
-    loss: Literal["mul", "add"] = Field(
-        "mul", description="mul: CE x alpha (log E[LAT] / log T)^beta; add: CE + lambda (E[LAT] - T) / T"
+    loss: Literal["mul", "add", "hinge"] = Field(
+        "mul",
+        description="mul: CE x alpha (log E[LAT] / log T)^beta; add: CE + lambda (E[LAT] - T) / T; "
+        "hinge (not the paper's: MnasNet's hard constraint): CE + lambda max(E[LAT] - T, 0) / T",
     )
     alpha: float = Field(0.2, gt=0, description="mul: the scale alpha")
     beta: float = Field(0.3, gt=0, description="mul: the exponent beta")
-    lam: float = Field(0.1, ge=0, description="add: lambda")
+    lam: float = Field(0.1, ge=0, description="add, hinge: lambda")
     gradient: Literal["binary", "reinforce"] = Field(
         "binary", description="architecture gradient: BinaryConnect with two sampled paths, or REINFORCE"
     )
