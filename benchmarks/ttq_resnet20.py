@@ -2,6 +2,7 @@
 
     python benchmarks/ttq_resnet20.py                 # float 20 epochs + TTQ 8 epochs
     python benchmarks/ttq_resnet20.py --float-control # + the float model fine-tuned 8 epochs
+    python benchmarks/ttq_resnet20.py --control-only  # only that control (results/ttq_resnet20_control.json)
     python benchmarks/ttq_resnet20.py --float path/to/resnet20.safetensors   # start from a trained float model
     python benchmarks/ttq_resnet20.py --quick         # smoke run (~2 min)
 
@@ -22,7 +23,8 @@ Here, with a budget that fits a 2-core machine:
    same augmentation, ``--ttq-optimizer`` Adam at lr ``--ttq-lr`` 1e-3 decayed linearly to 0,
    no weight decay: the scale gradients of eq. 7 are sums over a layer), then baked.
 3. ``--float-control``: the float model fine-tuned for the same TTQ epochs and schedule, to
-   show what the extra training alone buys.
+   show what the extra training alone buys; ``--control-only`` runs that control alone (for a
+   TTQ run already recorded) and writes ``ttq_resnet20_control.json``.
 
 Accuracy on the full CIFAR-10 test split (the JPEG re-encoding in the shared data folder,
 not directly comparable to published figures).  Storage is MEASURED: the ternary model is
@@ -116,6 +118,9 @@ def main() -> None:
     parser.add_argument("--ttq-lr", type=float, default=1e-3)
     parser.add_argument("--t", type=float, default=0.05, help="threshold factor (eq. 9)")
     parser.add_argument("--float-control", action="store_true", help="also fine-tune the float model as long")
+    parser.add_argument(
+        "--control-only", action="store_true", help="only that control: no TTQ (writes ttq_resnet20_control.json)"
+    )
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.02 + 0.02 epochs, 500 test images")
@@ -135,11 +140,19 @@ def main() -> None:
 
     result: dict[str, Any] = {"paper": PAPER, "float": {**float_info, "accuracy": float_acc}, "test_images": n_test}
     config = ttq_config(args.ttq_epochs, args.ttq_optimizer, args.ttq_lr)
-    if args.float_control:
+    if args.float_control or args.control_only:
         control = copy.deepcopy(model)
         seconds = train(control, config, make_loader(data.train, BATCH, shuffle=True, seed=1))
-        result["float_control"] = {"accuracy": evaluate(control, test_loader)["accuracy"], "train_seconds": seconds}
+        result["float_control"] = {
+            "accuracy": evaluate(control, test_loader)["accuracy"],
+            "train_seconds": seconds,
+            "schedule": config.model_dump(exclude_none=True),
+        }
         print(f"float, fine-tuned as long as TTQ: {result['float_control']['accuracy']:.4f}", flush=True)
+    if args.control_only:
+        name = "ttq_resnet20_control_quick" if args.quick else "ttq_resnet20_control"
+        save(name, {**result, "quick": args.quick}, threads=args.threads, quick=args.quick)
+        return
 
     tern = ttq.ternarize(copy.deepcopy(model), t=args.t)
     before = evaluate(tern, test_loader)["accuracy"]
