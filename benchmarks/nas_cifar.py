@@ -28,7 +28,8 @@ rows; the file is reread, merged and written atomically, and the plot redrawn):
 - ``proxyless-1x``, ``proxyless-0.5x``: the ``proxylessnas`` stage (MBConv candidates) with
   the budget's cycles as its latency target (loss ``mul``; ``--proxyless-loss add`` or
   ``hinge`` for the others, ``--proxyless-lam`` their lambda), derived within the whole budget,
-  retrained and deployed alike.
+  retrained and deployed alike. Seed 0 unless ``--seed-list`` names others (each seed: its
+  own search and retraining, its own row).
 - ``proxyless-1x-cycles``: the same at 1x with the cycle target alone in the budget (SRAM
   left out): at 1x the SRAM budget, not the cycles, decides which path is derived, so this
   shows where the latency loss itself lands against its target.
@@ -347,8 +348,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="spos-*, random-*: seeds 0..N-1, run one after the other")
     ap.add_argument(
         "--seed-list",
-        help="spos-*, random-*: comma-separated seeds to run instead (e.g. '0' on one core and '1,2' on the other); "
-        "only their rows are replaced",
+        help="spos-*, random-*, proxyless-* (seed 0 unless given): comma-separated seeds to run instead "
+        "(e.g. '0' on one core and '1,2' on the other); only their rows are replaced",
     )
     ap.add_argument("--train-limit", type=int, default=TRAIN_LIMIT, help="training images used (10%% of them: val)")
     ap.add_argument("--test-limit", type=int, default=TEST_LIMIT, help="test images scored on the device (0: all)")
@@ -544,35 +545,39 @@ def main() -> None:
                 "retrain": solver,
             }
         }
-        try:
-            nas, dep = one(recipe(exp + suffix, data, "resnet8", [stage, deploy], 0), folder)
-        except TamerError as exc:
-            new.append({"method": "proxylessnas", "budget": frac, "seed": 0, "error": str(exc)})
-        else:
-            new.append(
-                {
-                    "method": "proxylessnas",
-                    "budget": frac,
-                    "budget_cycles": budget["cycles"],
-                    "budget_entries": sorted(budget),
-                    "seed": 0,
-                    "arch": nas.arch,
-                    "arch_indices": nas.arch_indices,
-                    "argmax_violations": nas.argmax_violations,
-                    "predicted": nas.predicted,
-                    "measured": nas.measured,
-                    "within_budget": nas.within_budget,
-                    "cycles_vs_target": nas.measured["est_cycles"] / budget["cycles"] - 1,
-                    **device(dep),
-                }
-            )
+        # Seed 0 alone unless --seed-list names others (each seed: its own search and retraining).
+        for seed in seeds if args.seed_list is not None else [0]:
+            try:
+                nas, dep = one(
+                    recipe(exp + (f"-s{seed}" if seed else "") + suffix, data, "resnet8", [stage, deploy], seed), folder
+                )
+            except TamerError as exc:
+                new.append({"method": "proxylessnas", "budget": frac, "seed": seed, "error": str(exc)})
+            else:
+                new.append(
+                    {
+                        "method": "proxylessnas",
+                        "budget": frac,
+                        "budget_cycles": budget["cycles"],
+                        "budget_entries": sorted(budget),
+                        "seed": seed,
+                        "arch": nas.arch,
+                        "arch_indices": nas.arch_indices,
+                        "argmax_violations": nas.argmax_violations,
+                        "predicted": nas.predicted,
+                        "measured": nas.measured,
+                        "within_budget": nas.within_budget,
+                        "cycles_vs_target": nas.measured["est_cycles"] / budget["cycles"] - 1,
+                        **device(dep),
+                    }
+                )
     m = machine()
     made = {"git": m["git"], "git_dirty": m["git_dirty"], "date": m["date"]}
     # Experiments (and spos seeds) run at different times, or at once on different cores, merge
     # into one file: it is reread under a lock, and only this run's rows are replaced.
     with merge_lock(args.quick):
         old = previous(args.quick)
-        mine = set(seeds) if exp.startswith(("spos-", "random-")) else None
+        mine = set(seeds) if exp.startswith(("spos-", "random-")) or args.seed_list is not None else None
         rows = [
             r
             for r in old.get("rows", [])
