@@ -118,8 +118,18 @@ def test_dense_packed_dsp_is_bit_exact(tmp_path, form):
 )
 def test_conv_packed_dsp_is_bit_exact(tmp_path, form, shape, oc, k, groups):
     g = _conv(form, shape, oc, k, groups)
+    convs = [op for op in g.ops if getattr(op, "weight", np.zeros(0)).ndim == 4]
+    for op in convs:  # int4 convolutions default to the quads4 kernel: ask for this one
+        op.schedule = {"kernel": "packed"}
     assert "tt_conv2d_s8_packed(" in codegen.generate(g, dsp=True).files["model.c"]
     _check(g, tmp_path)
+    if form == "int4" and groups == 1:
+        # The default: the quads4 kernel, the add fused into the second convolution.
+        for op in convs:
+            op.schedule = {}
+        src = codegen.generate(g, dsp=True).files["model.c"]
+        assert "tt_conv2d_s4_qx(" in src and "tt_conv2d_s4_qx_" in src
+        _check(g, tmp_path / "quads4")
 
 
 @pytest.mark.parametrize("form", ["int4", "int2"])

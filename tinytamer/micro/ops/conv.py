@@ -11,7 +11,9 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   tt_conv2d_s8_qx, 4 channels x 2 pixels per pass, the words of "pairs" with two channel
   pairs interleaved, see :func:`_quads`; the 2 x 2 kernel's scratch; layers whose outputs
   need no clamp (alone or with a fused add) always run 16 column words per pass, ``unroll``
-  sets the others'), "pairs" (mm:
+  sets the others'), "quads4" (the same kernel over packed int4 weights, tt_conv2d_s4_qx*,
+  see :func:`_quads4`: offered first for a layer of the ``int4`` form whose sums allow it,
+  :func:`quads4_fits`; half the int8 flash), "pairs" (mm:
   tt_conv2d_s8_mx, 2 channels x 3 pixels per pass, both channels' int8 weights in one word,
   see :func:`_pairs`; the int8 layout's flash, a third more scratch), "int8" (2 x 2
   micro-kernel, int8 in flash, unpacked by SXTB16 in the loop) or "int16" (2 x 2,
@@ -140,13 +142,46 @@ def _quads(groups: np.ndarray, natural: bool) -> np.ndarray:
     return np.concatenate([head.reshape(-1), words[head.size :]])
 
 
+def _quads4(groups: np.ndarray, natural: bool) -> np.ndarray:
+    """The "quads4" layout of tt_conv2d_s4_qx* from int4 weights in groups of 4 inputs: per
+    whole quad and column word one word, whose bytes hold in their low nibble the byte of
+    the quads layout's first word (channels A, B) and in their high nibble that of its
+    second (C, D), both laid out for weights 16 w (bytes 16 w + 128 and 16 w: nibbles w + 8
+    and w & 15), which the kernel gets back with a shift and two masks.  The channels past
+    the last whole quad follow as int8 "pairs" words, as in :func:`_quads`."""
+    oc, k4, _ = groups.shape
+    quads, nw = oc // 4, 2 * k4
+    scaled = _pairs((groups[: 4 * quads].astype(np.int16) * 16).astype(np.int8), natural)
+    head = np.ascontiguousarray(scaled.reshape(quads, 2, nw).transpose(0, 2, 1))
+    b = head.view(np.uint8).reshape(quads, nw, 2, 4)
+    packed = np.ascontiguousarray((b[:, :, 0] >> 4) | (b[:, :, 1] & 0xF0)).reshape(-1).view("<i4")
+    tail = _pairs(groups[4 * quads :], natural) if oc % 4 else np.zeros(0, np.int32)
+    return np.concatenate([packed, tail]).astype(np.int32)
+
+
+def quads4_fits(op: Conv2D) -> bool:
+    """Whether tt_conv2d_s4_qx* can run the layer: int4 weights, and every channel's sum 16
+    times over (bias and products: inputs minus their zero point at most 255 in magnitude)
+    inside int32, so that the kernel's shift back is exact."""
+    w = op.weight.reshape(op.weight.shape[0], -1).astype(np.int64)
+    if w.size == 0 or w.min() < -8 or w.max() > 7:
+        return False
+    bound = np.abs(op.bias.astype(np.int64)) + 255 * np.abs(w).sum(axis=1)
+    return bool(16 * int(bound.max()) < 1 << 31)
+
+
 _FULL = (-128, 127)
 
 
-def _quads_entry(op: Conv2D, site: CallSite) -> str:
+def _quads_entry(op: Conv2D, site: CallSite, nib: bool = False) -> str:
     """The quads kernel's entry point for the layer's output mode (tt_mm_mode in
     runtime/tt_conv.c): one per common mode, so that the image links only the output code
-    its layers run; the other modes share the entry that reads the mode at run time."""
+    its layers run; the other modes share the entry that reads the mode at run time.
+    ``nib``: the quads4 entries (tt_conv2d_s4_qx*), whose any-mode entry also takes the
+    mirrored adds."""
+    if nib:
+        entry = _quads_entry(op, site)
+        return "tt_conv2d_s4_qx" if entry.endswith("_mirror") else entry.replace("_s8_", "_s4_")
     full = (op.act_min, op.act_max) == _FULL
     if site.fused_add is None:
         return "tt_conv2d_s8_qx_plain" if full else "tt_conv2d_s8_qx"
@@ -244,6 +279,12 @@ class ConvOp(DeviceOp):
             own = "sparse" if op.weight_form in weights.SPARSE_FORMS else "packed"
             if own == "packed" or op.groups == 1:  # the sparse kernel reads groups 1 only
                 knobs["kernel"] = [own, *knobs["kernel"]]
+            if op.weight_form == "int4" and "weights" in knobs and quads4_fits(op):
+                # The quads kernel over the int4 words (half the int8 flash, 17 cycles
+                # for 16 MACs where int8 takes 15): first, ahead of the row-unpacking
+                # packed kernel.
+                knobs["kernel"] = ["mm", *(k for k in knobs["kernel"] if k != "mm")]
+                knobs["weights"] = ["quads4", *knobs["weights"]]
         return knobs
 
     def _int8_space(self, op: Conv2D, dsp: bool) -> dict[str, list]:
@@ -294,9 +335,11 @@ class ConvOp(DeviceOp):
         # The column lanes per group of 4 inputs: [v0|v2][v1|v3] (SXTAB16 unpacking) or, for
         # the mm kernel's flat packing, [v0|v1][v2|v3] (natural int16 order; not for quads,
         # whose flat field is gathered as bytes and unpacked by SXTAB16).
-        natural = s["kernel"] == "mm" and s["pack"] == "flat" and s["weights"] != "quads"
+        natural = s["kernel"] == "mm" and s["pack"] == "flat" and s["weights"] not in ("quads", "quads4")
         if s.get("weights") == "pairs":
             return _pairs(groups, natural)
+        if s.get("weights") == "quads4":
+            return _quads4(groups, natural)
         if s.get("weights") == "quads":
             return _quads(groups, natural)
         if s.get("weights") == "int16":
@@ -331,7 +374,7 @@ class ConvOp(DeviceOp):
         # gathers one field in order: as int16, or as bytes for quads.
         gather = s["kernel"] == "mm" and s["pack"] == "flat"
         pixels = 3 if s.get("weights") == "pairs" else s.get("cols", 2)
-        return 2 * pixels * k + (((1 if s["weights"] == "quads" else 2) * k) if gather else 0)
+        return 2 * pixels * k + (((1 if s["weights"] in ("quads", "quads4") else 2) * k) if gather else 0)
 
     # ------------------------------------------------------------------ C
     def emit_c(self, op: Conv2D, site: CallSite) -> tuple[list[str], str]:
@@ -420,9 +463,10 @@ class ConvOp(DeviceOp):
                 f"tt_conv2d_s8_wino(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
                 f"{out}, (int16_t *)(void *){scratch})"
             )
-        if s["kernel"] == "mm" and s["weights"] == "quads":
+        if s["kernel"] == "mm" and s["weights"] in ("quads", "quads4"):
+            entry = _quads_entry(op, site, s["weights"] == "quads4")
             return (
-                f"{_quads_entry(op, site)}(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
+                f"{entry}(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
                 f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, {s['unroll']})"
             )
         if s["kernel"] == "mm" and s["weights"] == "pairs":

@@ -180,6 +180,18 @@ void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_
 void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                             const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                             int32_t unroll);
+/* The quads kernel over packed int4 weights ("quads4" layout, tinytamer/micro/ops/conv.py:
+ * one word per column word of a quad, nibbles scaled by 16 in registers), per output mode
+ * as above; mirrored fused adds go to tt_conv2d_s4_qx, which runs any mode. */
+void tt_conv2d_s4_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll);
+void tt_conv2d_s4_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                           const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                           int32_t unroll);
+void tt_conv2d_s4_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                         const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                         int32_t unroll);
 /* Winograd F(2x2, 3x3) for 3 x 3, stride-1 layers with a multiple of 4 input channels
  * (tt_winograd.c): weights transformed and stored as int16 pairs, `scratch` two tiles'
  * transformed inputs (2 x 16 x in_c int16); the same output stage as the "mm" kernels. */

@@ -1,0 +1,152 @@
+"""Packed int4 weights on the emulated Cortex-M4: int8, our two int4 convolution kernels and
+CMSIS-NN's s4 kernels, side by side.
+
+    python benchmarks/micro_int4.py [resnet8 dscnn lenet5]
+
+One run, one compiler and flag set (arm-none-eabi-gcc -O2 -mcpu=cortex-m4), one emulator
+(unicorn: exact instruction counts), one cycle table, the ``ideal`` and ``stm32l4r5`` memory
+profiles.  Per model, the same network quantized twice (int8 PTQ with 8-bit weights, and
+with 4-bit weights: every conv / dense layer then stores packed int4, two weights a byte):
+
+- ``int8``: tinytamer's default schedules on the 8-bit model (the reference point);
+- ``int4 quads4``: the default for int4 convolutions, the quads kernel reading the packed
+  words and scaling the nibbles in registers (tt_conv2d_s4_qx*, runtime/tt_conv.c);
+- ``int4 packed``: the same 4-bit graph with every int4 convolution on the row-unpacking
+  packed kernel (tt_conv2d_s8_packed, the default before quads4);
+- ``int4 cmsis-nn``: the 4-bit graph on CMSIS-NN (arm_convolve_s4 and its kin where CMSIS-NN
+  runs the op bit-exactly; the rest on ours, listed under ``cmsis_fallbacks``), the
+  unmodified tree in ../shared/peers/cmsis-nn.
+
+Weights are untrained (seeded initialisation, PTQ on random calibration inputs): instruction,
+cycle, flash and SRAM figures do not depend on weight values, and accuracy is not part of
+this table (the int4 rows of ``micro_compressed.py`` have it).  Every column is checked
+bit-exact against the integer reference of its graph.  Cycles are estimates (emulator counts
+under a cycle table), not board measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import WORK, save  # noqa: E402
+from benchmarks.micro_vs_cmsis import MODELS, PEER, PROFILES  # noqa: E402
+from tinytamer import zoo  # noqa: E402
+from tinytamer.compress.int8 import quantize_ptq  # noqa: E402
+from tinytamer.micro.lower import lower  # noqa: E402
+from tinytamer.micro.program import build_program  # noqa: E402
+
+COLUMNS = ("int8", "int4 quads4", "int4 packed", "int4 cmsis-nn")
+
+
+def _quantized(name: str, bits: int):
+    kw, shape = MODELS[name]
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    calib = [torch.randn(8, *shape, generator=gen) for _ in range(4)]
+    gm = quantize_ptq(zoo.create(name, **kw).eval(), calib, weight_bits=bits)
+    return gm, torch.randn(4, *shape, generator=gen)
+
+
+def _column(name: str, column: str) -> dict:
+    gm, x = _quantized(name, 8 if column == "int8" else 4)
+    g = lower(gm, x[:1])
+    forms = sorted({op.weight_form for op in g.ops if hasattr(op, "weight_form")})
+    if column == "int4 packed":
+        for op in g.ops:
+            if getattr(op, "weight_form", None) == "int4" and getattr(op, "weight", np.zeros(0)).ndim == 4:
+                op.schedule = {"kernel": "packed"}
+    kernels = "cmsis-nn" if column == "int4 cmsis-nn" else "tinytamer"
+    t0 = time.time()
+    prog = build_program(
+        gm,
+        x[:1],
+        "cortex-m4",
+        WORK / "micro_int4" / f"{name}-{column.replace(' ', '-')}",
+        graph=g,
+        kernels=kernels,
+        cmsis_nn_root=PEER,
+    )
+    q = prog.quantize_input(x.numpy())
+    rec: dict = {
+        "weight_forms": forms,
+        "bit_exact_vs_reference": bool(np.array_equal(prog.run_device(q), prog.run_reference(q))),
+        "flash_bytes": prog.arm.flash_bytes,
+        "conv_kernels": sorted(
+            {ln.split("(")[0].strip() for ln in prog.cmodel.files["model.c"].splitlines() if "tt_conv2d_" in ln}
+            | {ln.split("(")[0].strip() for ln in prog.cmodel.files["model.c"].splitlines() if "arm_convolve" in ln}
+        ),
+    }
+    for profile in PROFILES:
+        p = prog.profile(q[0], memory_profile=profile)
+        rec[f"est_cycles_{profile}"] = p["est_cycles"]
+        rec["instructions"] = p["instructions"]
+        rec["sram_bytes"] = prog.cmodel.sram_bytes(p["stack_bytes"])
+    if kernels == "cmsis-nn":
+        rec["cmsis_fallbacks"] = prog.cmodel.fallbacks
+    rec["build_and_profile_s"] = round(time.time() - t0, 1)
+    print(name, column, rec["est_cycles_ideal"], rec["est_cycles_stm32l4r5"], rec["flash_bytes"], flush=True)
+    return rec
+
+
+def measure(name: str) -> dict:
+    out: dict = {"model": name, "weights": "untrained (seeded init)"}
+    for column in COLUMNS:
+        out[column] = _column(name, column)
+    base = out["int8"]
+    out["ratio_over_int8"] = {
+        c: {
+            k: round(out[c][k] / base[k], 3)
+            for k in ("instructions", "est_cycles_ideal", "est_cycles_stm32l4r5", "flash_bytes", "sram_bytes")
+        }
+        for c in COLUMNS[1:]
+    }
+    return out
+
+
+def markdown(results: list[dict]) -> str:
+    rows = [
+        "| model | weights / kernels | instructions | est. cycles ideal (x int8) | est. cycles stm32l4r5 (x int8) "
+        "| flash B (x int8) | SRAM B | bit-exact |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        for c in COLUMNS:
+            v, ratio = r[c], r["ratio_over_int8"].get(c)
+
+            def x(k: str, v=v, ratio=ratio) -> str:
+                return f"{v[k]:,}" + (f" ({ratio[k]})" if ratio else "")
+
+            rows.append(
+                f"| {r['model']} | {c} | {v['instructions']:,} | {x('est_cycles_ideal')} | "
+                f"{x('est_cycles_stm32l4r5')} | {x('flash_bytes')} | {v['sram_bytes']:,} | "
+                f"{v['bit_exact_vs_reference']} |"
+            )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # Checked by hand: argparse tests an empty or default list against `choices` as one value.
+    ap.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
+    args = ap.parse_args()
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    if not (PEER / "Include" / "arm_nnfunctions.h").is_file():
+        sys.exit(f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)")
+    torch.set_num_threads(1)
+    results = [measure(m) for m in args.models or list(MODELS)]
+    save("micro_int4", {"threads": 1, "results": results, "table": markdown(results)})
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

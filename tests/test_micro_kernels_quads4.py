@@ -1,0 +1,164 @@
+"""The quads kernel over packed int4 weights ("quads4", tt_conv2d_s4_qx*): the layout in
+numpy (each word's nibbles give back 16 times the quads layout's two words), the bound
+that keeps the kernel's 16-times sums exact, the default for int4 convolutions, every
+edge shape and the extreme values bit-exact against the integer reference on the emulated
+Cortex-M4, and the unoptimized build (C instead of the asm) exact too."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tinytamer.micro import codegen, reference, schedule, toolchain, tuning
+from tinytamer.micro.builder import GraphBuilder
+from tinytamer.micro.ops.conv import quads4_fits
+from tinytamer.micro.session import Session
+
+arm = pytest.mark.skipif(
+    not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
+)
+
+
+def _int4_conv(rng, shape, oc, k, stride=1, pad=0, relu=None, lo=-8, hi=8):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    b = GraphBuilder(shape, 0.02, 3)
+    y = b.conv(
+        b.input,
+        rng.integers(lo, hi, (oc, shape[2], kh, kw)),
+        rng.uniform(0.002, 0.01, oc),
+        rng.normal(0, 1, oc),
+        0.05,
+        -7,
+        stride=(stride, stride),
+        padding=(ph, pw),
+        relu=relu,
+        name="c",
+    )
+    g = b.graph(y)
+    g.ops[0].weight_form = "int4"
+    return g
+
+
+@pytest.mark.parametrize(("oc", "pack"), [(4, "channel"), (8, "flat"), (7, "channel"), (13, "flat"), (2, "channel")])
+def test_quads4_words_unpack_to_16_times_the_quads_words(oc, pack):
+    g = _int4_conv(np.random.default_rng(oc), (4, 4, 5), oc, 3)
+    op = g.ops[0]
+    sched = {"kernel": "mm", "weights": "quads4", "pack": pack, "unroll": 4}
+    op.schedule = sched
+    got = schedule.weight_array(op, True).view(np.uint32)
+    op.schedule = {**sched, "weights": "quads"}
+    plain = schedule.weight_array(op, True)
+    # The int8 quads layout of the same weights times 16 (what the kernel multiplies by).
+    op.weight = (op.weight.astype(np.int16) * 16).astype(np.int8)
+    scaled = schedule.weight_array(op, True).view(np.uint32)
+    quads, nw = oc // 4, plain.size // -(-oc // 2)  # nw: words per channel pair
+    head = got[: quads * nw]
+    np.testing.assert_array_equal((head << 4) & 0xF0F0F0F0, scaled[: 2 * quads * nw : 2])
+    np.testing.assert_array_equal(head & 0xF0F0F0F0, scaled[1 : 2 * quads * nw : 2])
+    # The channels past the last whole quad: the int8 pairs words, unscaled.
+    np.testing.assert_array_equal(got[quads * nw :].view(np.int32), plain[2 * quads * nw :])
+
+
+def test_quads4_is_the_default_for_int4_convolutions_and_halves_the_weights():
+    g = _int4_conv(np.random.default_rng(0), (8, 8, 16), 16, 3, 1, 1)
+    op = g.ops[0]
+    op.schedule = {}
+    chosen = schedule.resolve(op, True)
+    assert chosen["kernel"] == "mm" and chosen["weights"] == "quads4"
+    q4 = tuning.const_bytes(g, 0, chosen)
+    q8 = tuning.const_bytes(g, 0, {**chosen, "weights": "quads"})
+    records = 16 * 4 * 4  # bias, mult, shift, offset per channel
+    assert q4 - records == (q8 - records) // 2 == 16 * 144 // 2
+    # An int8 layer is never offered the int4 layout.
+    op.weight_form = "int8"
+    assert "quads4" not in schedule.space(op, True)["weights"]
+
+
+def test_quads4_refuses_sums_that_16_times_over_leave_int32():
+    g = _int4_conv(np.random.default_rng(0), (4, 4, 8), 4, 3)
+    op = g.ops[0]
+    assert quads4_fits(op)
+    op.bias = op.bias.copy()
+    op.bias[2] = 1 << 27  # 16 x the bias alone reaches 2^31
+    assert not quads4_fits(op)
+    assert "quads4" not in schedule.space(op, True).get("weights", [])
+
+
+EDGE_SHAPES = [
+    # (input HWC, out channels, kernel, stride, padding, relu)
+    ((6, 6, 16), 16, 3, 1, 1, "relu"),  # 72 column words: whole unrolled passes
+    ((7, 5, 3), 16, 3, 1, 1, None),  # a 3-channel stem: 27 -> 28 values
+    ((9, 7, 5), 7, 3, 2, 1, None),  # odd channels in and out (a quad + 3), stride 2
+    ((5, 5, 8), 6, 1, 1, 0, "relu"),  # pointwise, a quad + a pair; 25 pixels: a last one
+    ((3, 3, 8), 5, 1, 1, 0, None),  # a quad + one channel paired with zeros
+    ((1, 1, 8), 2, 1, 1, 0, None),  # a single pixel, no whole quad
+    ((9, 8, 32), 12, 3, 2, 1, "relu"),  # stride 2: inside and edge windows
+]
+
+
+@arm
+@pytest.mark.parametrize("case", EDGE_SHAPES, ids=lambda c: "x".join(map(str, c[0])) + f"-{c[1]}")
+def test_quads4_kernel_edge_shapes_are_bit_exact(tmp_path, case):
+    shape, oc, k, stride, pad, relu = case
+    g = _int4_conv(np.random.default_rng(sum(shape) + oc), shape, oc, k, stride, pad, relu)
+    scheds = [
+        {"kernel": "mm", "unroll": u, "weights": "quads4", "pack": p}
+        for u, p in itertools.product([2, 4], ["channel", "flat"])
+    ]
+    # _measure checks every candidate's output bit for bit against the reference.
+    costs = tuning._measure(g, g.ops[0], "cortex-m4", scheds, tmp_path)
+    assert all(c > 0 for c, _ in costs)
+
+
+@arm
+def test_quads4_extreme_values_stay_exact(tmp_path):
+    """Every weight -8 against inputs 255 from the zero point, and large biases: the
+    16-times sums at their largest."""
+    b = GraphBuilder((6, 6, 64), 0.02, -128)
+    y = b.conv(b.input, np.full((8, 64, 3, 3), -8), np.full(8, 1e-4), np.full(8, 30.0), 0.5, 0, padding=(1, 1))
+    g = b.graph(y)
+    op = g.ops[0]
+    op.weight_form = "int4"
+    assert quads4_fits(op) and np.abs(op.bias).max() > 100_000
+    cm = codegen.generate(g, dsp=True)
+    assert "tt_conv2d_s4_qx" in cm.files["model.c"]
+    x = np.full(6 * 6 * 64, 127, np.int8)
+    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
+        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
+        sess.write(t_in, x)
+        sess.call("tt_model_run", t_in, t_out)
+        got = sess.read(t_out)
+    np.testing.assert_array_equal(got, reference.run(g, x.reshape(6, 6, 64)).reshape(-1))
+
+
+@arm
+def test_quads4_is_faster_than_the_packed_kernel(tmp_path):
+    g = _int4_conv(np.random.default_rng(5), (12, 12, 16), 16, 3, 1, 1)
+    q4 = {"kernel": "mm", "unroll": 4, "weights": "quads4", "pack": "channel"}
+    (c_q4, _), (c_packed, _), (c_q8, _) = tuning._measure(
+        g, g.ops[0], "cortex-m4", [q4, {"kernel": "packed"}, {**q4, "weights": "quads"}], tmp_path
+    )
+    assert c_q4 < c_packed
+    assert c_q4 < 1.25 * c_q8  # 17 cycles per 16 MACs in the loop against 15
+
+
+@arm
+@pytest.mark.skipif(not toolchain.qemu_available(), reason="qemu-system-arm missing")
+def test_unoptimized_quads4_build_is_bit_exact(tmp_path):
+    """At -O0 the asm gives way to C of the same arithmetic (the nibbles masked in C)."""
+    rng = np.random.default_rng(3)
+    b = GraphBuilder((5, 6, 8), 0.02, 3)
+    x = b.conv(b.input, rng.integers(-8, 8, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.05, 1, padding=(1, 1), name="a")
+    y = b.conv(x, rng.integers(-8, 8, (6, 8, 3, 3)), np.full(6, 0.004), None, 0.05, -2, padding=(1, 1), name="b")
+    g = b.graph(y)
+    for op in g.ops:
+        op.weight_form = "int4"
+    xs = rng.integers(-128, 128, (2, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
+    cm = codegen.generate(g, dsp=True)
+    assert "tt_conv2d_s4_qx" in cm.files["model.c"]
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1), opt="-O0")
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
