@@ -26,7 +26,6 @@ under a cycle table), not board measurements.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import WORK, save  # noqa: E402
-from benchmarks.micro_vs_cmsis import MODELS, PEER, PROFILES  # noqa: E402
+from benchmarks.micro_vs_cmsis import MODELS, PEER, PROFILES, chosen_models, model_parser  # noqa: E402
 from tinytamer import zoo  # noqa: E402
 from tinytamer.compress.int8 import quantize_ptq  # noqa: E402
 from tinytamer.micro.lower import lower  # noqa: E402
@@ -133,17 +132,8 @@ def markdown(results: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # Checked by hand: argparse tests an empty or default list against `choices` as one value.
-    ap.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
-    args = ap.parse_args()
-    unknown = sorted(set(args.models) - set(MODELS))
-    if unknown:
-        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
-    if not (PEER / "Include" / "arm_nnfunctions.h").is_file():
-        sys.exit(f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)")
-    torch.set_num_threads(1)
-    results = [measure(m) for m in args.models or list(MODELS)]
+    ap = model_parser(__doc__)
+    results = [measure(m) for m in chosen_models(ap, ap.parse_args().models)]
     save("micro_int4", {"threads": 1, "results": results, "table": markdown(results)})
     print(markdown(results))
 

@@ -131,10 +131,27 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a side-by-side benchmark: the models to run (default: all)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     # Checked by hand: argparse tests an empty or default list against `choices` as one value.
     ap.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
+    return ap
+
+
+def chosen_models(ap: argparse.ArgumentParser, models: list[str]) -> list[str]:
+    """The models asked for, checked, once the CMSIS-NN tree is found; one thread."""
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    if not (PEER / "Include" / "arm_nnfunctions.h").is_file():
+        sys.exit(f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)")
+    torch.set_num_threads(1)
+    return models or list(MODELS)
+
+
+def main() -> None:
+    ap = model_parser(__doc__)
     ap.add_argument(
         "--schedules",
         default="default",
@@ -142,13 +159,7 @@ def main() -> None:
         help="tinytamer's schedules (CMSIS-NN has none to tune)",
     )
     args = ap.parse_args()
-    unknown = sorted(set(args.models) - set(MODELS))
-    if unknown:
-        ap.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
-    if not (PEER / "Include" / "arm_nnfunctions.h").is_file():
-        sys.exit(f"no CMSIS-NN tree at {PEER} (see ../shared/peers/PEERS.md)")
-    torch.set_num_threads(1)
-    results = [measure(m, args.schedules) for m in args.models or list(MODELS)]
+    results = [measure(m, args.schedules) for m in chosen_models(ap, args.models)]
     suffix = "" if args.schedules == "default" else f"_{args.schedules}"
     save(
         f"micro_vs_cmsis{suffix}",

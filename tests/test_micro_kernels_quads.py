@@ -2,7 +2,10 @@
 "pairs" words of two channel pairs interleaved): the layout in numpy, its scratch (the 2 x 2
 kernel's, so peak SRAM is no worse than with it), every edge shape bit-exact against the
 integer reference on the emulated Cortex-M4, and the runtime's unoptimized build (no
-register-hungry asm) bit-exact too."""
+register-hungry asm) bit-exact too.  The same for "quads4", the kernel over packed int4
+weights (tt_conv2d_s4_qx*): its words' nibbles give back 16 times the quads words, the
+bound that keeps its 16-times sums exact, the default for int4 convolutions, the extreme
+values."""
 
 from __future__ import annotations
 
@@ -15,19 +18,22 @@ import torch
 from tinytamer.micro import codegen, reference, schedule, toolchain, tuning
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Conv2D
+from tinytamer.micro.ops.conv import quads4_fits
+from tinytamer.micro.session import Session
 
 arm = pytest.mark.skipif(
     not toolchain.arm_available(), reason="arm-none-eabi-gcc missing: run scripts/install-micro-toolchain.sh"
 )
 
 
-def _conv_graph(rng, shape, oc, k, stride=1, pad=0, relu=None):
+def _conv_graph(rng, shape, oc, k, stride=1, pad=0, relu=None, int4=False):
     kh, kw = (k, k) if isinstance(k, int) else k
     ph, pw = (pad, pad) if isinstance(pad, int) else pad
     b = GraphBuilder(shape, 0.02, 3)
+    lim = 8 if int4 else 128
     y = b.conv(
         b.input,
-        rng.integers(-128, 128, (oc, shape[2], kh, kw)),
+        rng.integers(-lim, lim, (oc, shape[2], kh, kw)),
         rng.uniform(0.002, 0.01, oc),
         rng.normal(0, 1, oc),
         0.05,
@@ -37,7 +43,10 @@ def _conv_graph(rng, shape, oc, k, stride=1, pad=0, relu=None):
         relu=relu,
         name="c",
     )
-    return b.graph(y)
+    g = b.graph(y)
+    if int4:
+        g.ops[0].weight_form = "int4"
+    return g
 
 
 @pytest.mark.parametrize("oc", [1, 2, 3, 4, 6, 7, 8, 13])
@@ -111,12 +120,13 @@ EDGE_SHAPES = [
 
 
 @arm
+@pytest.mark.parametrize("weights", ["quads", "quads4"])
 @pytest.mark.parametrize("case", EDGE_SHAPES, ids=lambda c: "x".join(map(str, c[0])) + f"-{c[1]}")
-def test_quads_kernel_edge_shapes_are_bit_exact(tmp_path, case):
+def test_quads_kernel_edge_shapes_are_bit_exact(tmp_path, case, weights):
     shape, oc, k, stride, pad, relu = case
-    g = _conv_graph(np.random.default_rng(sum(shape) + oc), shape, oc, k, stride, pad, relu)
+    g = _conv_graph(np.random.default_rng(sum(shape) + oc), shape, oc, k, stride, pad, relu, weights == "quads4")
     scheds = [
-        {"kernel": "mm", "unroll": u, "weights": "quads", "pack": p}
+        {"kernel": "mm", "unroll": u, "weights": weights, "pack": p}
         for u, p in itertools.product([2, 4], ["channel", "flat"])
     ]
     # _measure checks every candidate's output bit for bit against the reference.
@@ -138,22 +148,101 @@ def test_quads_kernel_is_faster_than_pairs_on_whole_quads(tmp_path):
 @pytest.mark.skipif(not toolchain.qemu_available(), reason="qemu-system-arm missing")
 def test_unoptimized_runtime_build_is_bit_exact(tmp_path):
     """At -O0 (a frame pointer: 13 free registers) the 13- and 14-register loops of the
-    pairs, quads and Winograd kernels give way to C of the same arithmetic; all still run
-    exactly (and the Winograd transforms' C builds without optimization)."""
+    pairs, quads, quads4 and Winograd kernels give way to C of the same arithmetic; all still
+    run exactly (and the Winograd transforms' C builds without optimization)."""
     rng = np.random.default_rng(2)
     b = GraphBuilder((5, 6, 8), 0.02, 3)
     x = b.conv(
         b.input, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.05, 1, padding=(1, 1), name="q"
     )
     x = b.conv(x, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.05, 3, padding=(1, 1), name="w")
-    y = b.conv(x, rng.integers(-127, 128, (6, 8, 3, 3)), np.full(6, 0.004), None, 0.05, -2, padding=(1, 1), name="p")
+    x = b.conv(x, rng.integers(-127, 128, (6, 8, 3, 3)), np.full(6, 0.004), None, 0.05, -2, padding=(1, 1), name="p")
+    y = b.conv(x, rng.integers(-8, 8, (7, 6, 3, 3)), np.full(7, 0.004), None, 0.05, 2, padding=(1, 1), name="n")
     g = b.graph(y)
     g.ops[1].schedule = {"kernel": "winograd"}
     g.ops[2].schedule = {"weights": "pairs"}
+    g.ops[3].weight_form = "int4"
     xs = rng.integers(-128, 128, (2, *g.tensors[g.input].shape)).astype(np.int8)
     want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
     cm = codegen.generate(g, dsp=True)
     src = cm.files["model.c"]
-    assert all(k in src for k in ("tt_conv2d_s8_qx", "tt_conv2d_s8_mx(", "tt_conv2d_s8_wino("))
+    assert all(k in src for k in ("tt_conv2d_s8_qx", "tt_conv2d_s8_mx(", "tt_conv2d_s8_wino(", "tt_conv2d_s4_qx"))
     build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1), opt="-O0")
     np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
+
+
+@pytest.mark.parametrize(("oc", "pack"), [(4, "channel"), (8, "flat"), (7, "channel"), (13, "flat"), (2, "channel")])
+def test_quads4_words_unpack_to_16_times_the_quads_words(oc, pack):
+    g = _conv_graph(np.random.default_rng(oc), (4, 4, 5), oc, 3, int4=True)
+    op = g.ops[0]
+    sched = {"kernel": "mm", "weights": "quads4", "pack": pack, "unroll": 4}
+    op.schedule = sched
+    got = schedule.weight_array(op, True).view(np.uint32)
+    op.schedule = {**sched, "weights": "quads"}
+    plain = schedule.weight_array(op, True)
+    # The int8 quads layout of the same weights times 16 (what the kernel multiplies by).
+    op.weight = (op.weight.astype(np.int16) * 16).astype(np.int8)
+    scaled = schedule.weight_array(op, True).view(np.uint32)
+    quads, nw = oc // 4, plain.size // -(-oc // 2)  # nw: words per channel pair
+    head = got[: quads * nw]
+    np.testing.assert_array_equal((head << 4) & 0xF0F0F0F0, scaled[: 2 * quads * nw : 2])
+    np.testing.assert_array_equal(head & 0xF0F0F0F0, scaled[1 : 2 * quads * nw : 2])
+    # The channels past the last whole quad: the int8 pairs words, unscaled.
+    np.testing.assert_array_equal(got[quads * nw :].view(np.int32), plain[2 * quads * nw :])
+
+
+def test_quads4_is_the_default_for_int4_convolutions_and_halves_the_weights():
+    g = _conv_graph(np.random.default_rng(0), (8, 8, 16), 16, 3, 1, 1, int4=True)
+    op = g.ops[0]
+    op.schedule = {}
+    chosen = schedule.resolve(op, True)
+    assert chosen["kernel"] == "mm" and chosen["weights"] == "quads4"
+    q4 = tuning.const_bytes(g, 0, chosen)
+    q8 = tuning.const_bytes(g, 0, {**chosen, "weights": "quads"})
+    records = 16 * 4 * 4  # bias, mult, shift, offset per channel
+    assert q4 - records == (q8 - records) // 2 == 16 * 144 // 2
+    # An int8 layer is never offered the int4 layout.
+    op.weight_form = "int8"
+    assert "quads4" not in schedule.space(op, True)["weights"]
+
+
+def test_quads4_refuses_sums_that_16_times_over_leave_int32():
+    g = _conv_graph(np.random.default_rng(0), (4, 4, 8), 4, 3, int4=True)
+    op = g.ops[0]
+    assert quads4_fits(op)
+    op.bias = op.bias.copy()
+    op.bias[2] = 1 << 27  # 16 x the bias alone reaches 2^31
+    assert not quads4_fits(op)
+    assert "quads4" not in schedule.space(op, True).get("weights", [])
+
+
+@arm
+def test_quads4_extreme_values_stay_exact(tmp_path):
+    """Every weight -8 against inputs 255 from the zero point, and large biases: the
+    16-times sums at their largest."""
+    b = GraphBuilder((6, 6, 64), 0.02, -128)
+    y = b.conv(b.input, np.full((8, 64, 3, 3), -8), np.full(8, 1e-4), np.full(8, 30.0), 0.5, 0, padding=(1, 1))
+    g = b.graph(y)
+    op = g.ops[0]
+    op.weight_form = "int4"
+    assert quads4_fits(op) and np.abs(op.bias).max() > 100_000
+    cm = codegen.generate(g, dsp=True)
+    assert "tt_conv2d_s4_qx" in cm.files["model.c"]
+    x = np.full(6 * 6 * 64, 127, np.int8)
+    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
+        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
+        sess.write(t_in, x)
+        sess.call("tt_model_run", t_in, t_out)
+        got = sess.read(t_out)
+    np.testing.assert_array_equal(got, reference.run(g, x.reshape(6, 6, 64)).reshape(-1))
+
+
+@arm
+def test_quads4_is_faster_than_the_packed_kernel(tmp_path):
+    g = _conv_graph(np.random.default_rng(5), (12, 12, 16), 16, 3, 1, 1, int4=True)
+    q4 = {"kernel": "mm", "unroll": 4, "weights": "quads4", "pack": "channel"}
+    (c_q4, _), (c_packed, _), (c_q8, _) = tuning._measure(
+        g, g.ops[0], "cortex-m4", [q4, {"kernel": "packed"}, {**q4, "weights": "quads"}], tmp_path
+    )
+    assert c_q4 < c_packed
+    assert c_q4 < 1.25 * c_q8  # 17 cycles per 16 MACs in the loop against 15
