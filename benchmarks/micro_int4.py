@@ -1,27 +1,29 @@
-"""Packed int4 weights on the emulated Cortex-M4: int8, our two int4 convolution kernels and
-CMSIS-NN's s4 kernels, side by side.
+"""Packed int4 / int2 weights on the emulated Cortex-M4: int8, our two packed convolution
+kernels and (int4) CMSIS-NN's s4 kernels, side by side.
 
-    python benchmarks/micro_int4.py [resnet8 dscnn lenet5]
+    python benchmarks/micro_int4.py [resnet8 dscnn lenet5] [--bits 4|2]
 
 One run, one compiler and flag set (arm-none-eabi-gcc -O2 -mcpu=cortex-m4), one emulator
 (unicorn: exact instruction counts), one cycle table, the ``ideal`` and ``stm32l4r5`` memory
 profiles.  Per model, the same network quantized twice (int8 PTQ with 8-bit weights, and
-with 4-bit weights: every conv / dense layer then stores packed int4, two weights a byte):
+with ``--bits``-bit weights: every conv / dense layer then stores packed int4 or int2, two
+or four weights a byte):
 
 - ``int8``: tinytamer's default schedules on the 8-bit model (the reference point);
-- ``int4 quads4``: the default for int4 convolutions, the quads kernel reading the packed
-  words and scaling the nibbles in registers (tt_conv2d_s4_qx*, runtime/tt_conv.c);
-- ``int4 packed``: the same 4-bit graph with every int4 convolution on the row-unpacking
-  packed kernel (tt_conv2d_s8_packed, the default before quads4);
-- ``int4 cmsis-nn``: the 4-bit graph on CMSIS-NN (arm_convolve_s4 and its kin where CMSIS-NN
-  runs the op bit-exactly; the rest on ours, listed under ``cmsis_fallbacks``), the
-  unmodified tree in ../shared/peers/cmsis-nn.
+- ``int4 quads4`` / ``int2 quads2``: the default for packed convolutions, the quads kernel
+  reading the packed words and scaling the fields in registers (tt_conv2d_s4_qx*,
+  tt_conv2d_s2_qx*, runtime/tt_conv.c);
+- ``int4 packed`` / ``int2 packed``: the same graph with every packed convolution on the
+  row-unpacking packed kernel (tt_conv2d_s8_packed, the default before);
+- ``int4 cmsis-nn`` (``--bits 4`` only: CMSIS-NN has no 2-bit kernels): the 4-bit graph on
+  CMSIS-NN (arm_convolve_s4 and its kin where CMSIS-NN runs the op bit-exactly; the rest on
+  ours, listed under ``cmsis_fallbacks``), the unmodified tree in ../shared/peers/cmsis-nn.
 
 Weights are untrained (seeded initialisation, PTQ on random calibration inputs): instruction,
 cycle, flash and SRAM figures do not depend on weight values, and accuracy is not part of
 this table (the int4 rows of ``micro_compressed.py`` have it).  Every column is checked
 bit-exact against the integer reference of its graph.  Cycles are estimates (emulator counts
-under a cycle table), not board measurements.
+under a cycle table), not board measurements.  Results: ``results/micro_int<bits>.json``.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ from benchmarks._common import WORK, save  # noqa: E402
 from benchmarks.micro_vs_cmsis import MODELS, PEER, PROFILES, chosen_models, model_parser  # noqa: E402
 from tinytamer import zoo  # noqa: E402
 from tinytamer.compress.int8 import quantize_ptq  # noqa: E402
+from tinytamer.micro import weights  # noqa: E402
 from tinytamer.micro.lower import lower  # noqa: E402
 from tinytamer.micro.program import build_program  # noqa: E402
 
-COLUMNS = ("int8", "int4 quads4", "int4 packed", "int4 cmsis-nn")
+
+def columns(bits: int) -> tuple[str, ...]:
+    return ("int8", f"int{bits} quads{bits}", f"int{bits} packed", *(["int4 cmsis-nn"] if bits == 4 else []))
 
 
 def _quantized(name: str, bits: int):
@@ -54,13 +59,19 @@ def _quantized(name: str, bits: int):
     return gm, torch.randn(4, *shape, generator=gen)
 
 
-def _column(name: str, column: str) -> dict:
-    gm, x = _quantized(name, 8 if column == "int8" else 4)
+def _column(name: str, column: str, bits: int) -> dict:
+    gm, x = _quantized(name, 8 if column == "int8" else bits)
     g = lower(gm, x[:1])
-    forms = sorted({op.weight_form for op in g.ops if hasattr(op, "weight_form")})
-    if column == "int4 packed":
+    if column != "int8":
+        # Every layer in the packed form of its width: at 2 bits lowering would store the
+        # layers whose weights are mostly zero sparse, which is not the kernel measured here.
         for op in g.ops:
-            if getattr(op, "weight_form", None) == "int4" and getattr(op, "weight", np.zeros(0)).ndim == 4:
+            if hasattr(op, "weight_form") and weights.FORMS[f"int{bits}"].fits(weights.as_rows(op.weight)):
+                op.weight_form = f"int{bits}"
+    forms = sorted({op.weight_form for op in g.ops if hasattr(op, "weight_form")})
+    if column.endswith(" packed"):
+        for op in g.ops:
+            if getattr(op, "weight_form", None) == f"int{bits}" and getattr(op, "weight", np.zeros(0)).ndim == 4:
                 op.schedule = {"kernel": "packed"}
     kernels = "cmsis-nn" if column == "int4 cmsis-nn" else "tinytamer"
     t0 = time.time()
@@ -95,17 +106,18 @@ def _column(name: str, column: str) -> dict:
     return rec
 
 
-def measure(name: str) -> dict:
-    out: dict = {"model": name, "weights": "untrained (seeded init)"}
-    for column in COLUMNS:
-        out[column] = _column(name, column)
+def measure(name: str, bits: int) -> dict:
+    out: dict = {"model": name, "weights": "untrained (seeded init)", "bits": bits}
+    cols = columns(bits)
+    for column in cols:
+        out[column] = _column(name, column, bits)
     base = out["int8"]
     out["ratio_over_int8"] = {
         c: {
             k: round(out[c][k] / base[k], 3)
             for k in ("instructions", "est_cycles_ideal", "est_cycles_stm32l4r5", "flash_bytes", "sram_bytes")
         }
-        for c in COLUMNS[1:]
+        for c in cols[1:]
     }
     return out
 
@@ -117,7 +129,7 @@ def markdown(results: list[dict]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        for c in COLUMNS:
+        for c in columns(r["bits"]):
             v, ratio = r[c], r["ratio_over_int8"].get(c)
 
             def x(k: str, v=v, ratio=ratio) -> str:
@@ -133,8 +145,10 @@ def markdown(results: list[dict]) -> str:
 
 def main() -> None:
     ap = model_parser(__doc__)
-    results = [measure(m) for m in chosen_models(ap, ap.parse_args().models)]
-    save("micro_int4", {"threads": 1, "results": results, "table": markdown(results)})
+    ap.add_argument("--bits", type=int, choices=(4, 2), default=4, help="the packed weights' width")
+    args = ap.parse_args()
+    results = [measure(m, args.bits) for m in chosen_models(ap, args.models)]
+    save(f"micro_int{args.bits}", {"threads": 1, "results": results, "table": markdown(results)})
     print(markdown(results))
 
 

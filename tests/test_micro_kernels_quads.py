@@ -18,7 +18,7 @@ import torch
 from tinytamer.micro import codegen, reference, schedule, toolchain, tuning
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Conv2D
-from tinytamer.micro.ops.conv import quads4_fits
+from tinytamer.micro.ops.conv import quads_packed_fits
 from tinytamer.micro.session import Session
 
 arm = pytest.mark.skipif(
@@ -26,11 +26,12 @@ arm = pytest.mark.skipif(
 )
 
 
-def _conv_graph(rng, shape, oc, k, stride=1, pad=0, relu=None, int4=False):
+def _conv_graph(rng, shape, oc, k, stride=1, pad=0, relu=None, bits=8):
+    """One convolution; ``bits`` 4 or 2: weights in that range, stored in the int4 / int2 form."""
     kh, kw = (k, k) if isinstance(k, int) else k
     ph, pw = (pad, pad) if isinstance(pad, int) else pad
     b = GraphBuilder(shape, 0.02, 3)
-    lim = 8 if int4 else 128
+    lim = 1 << (bits - 1)
     y = b.conv(
         b.input,
         rng.integers(-lim, lim, (oc, shape[2], kh, kw)),
@@ -44,8 +45,8 @@ def _conv_graph(rng, shape, oc, k, stride=1, pad=0, relu=None, int4=False):
         name="c",
     )
     g = b.graph(y)
-    if int4:
-        g.ops[0].weight_form = "int4"
+    if bits != 8:
+        g.ops[0].weight_form = f"int{bits}"
     return g
 
 
@@ -120,11 +121,12 @@ EDGE_SHAPES = [
 
 
 @arm
-@pytest.mark.parametrize("weights", ["quads", "quads4"])
+@pytest.mark.parametrize("weights", ["quads", "quads4", "quads2"])
 @pytest.mark.parametrize("case", EDGE_SHAPES, ids=lambda c: "x".join(map(str, c[0])) + f"-{c[1]}")
 def test_quads_kernel_edge_shapes_are_bit_exact(tmp_path, case, weights):
     shape, oc, k, stride, pad, relu = case
-    g = _conv_graph(np.random.default_rng(sum(shape) + oc), shape, oc, k, stride, pad, relu, weights == "quads4")
+    bits = {"quads4": 4, "quads2": 2}.get(weights, 8)
+    g = _conv_graph(np.random.default_rng(sum(shape) + oc), shape, oc, k, stride, pad, relu, bits)
     scheds = [
         {"kernel": "mm", "unroll": u, "weights": weights, "pack": p}
         for u, p in itertools.product([2, 4], ["channel", "flat"])
@@ -148,7 +150,7 @@ def test_quads_kernel_is_faster_than_pairs_on_whole_quads(tmp_path):
 @pytest.mark.skipif(not toolchain.qemu_available(), reason="qemu-system-arm missing")
 def test_unoptimized_runtime_build_is_bit_exact(tmp_path):
     """At -O0 (a frame pointer: 13 free registers) the 13- and 14-register loops of the
-    pairs, quads, quads4 and Winograd kernels give way to C of the same arithmetic; all still
+    pairs, quads, quads4, quads2 and Winograd kernels give way to C of the same arithmetic; all still
     run exactly (and the Winograd transforms' C builds without optimization)."""
     rng = np.random.default_rng(2)
     b = GraphBuilder((5, 6, 8), 0.02, 3)
@@ -157,77 +159,98 @@ def test_unoptimized_runtime_build_is_bit_exact(tmp_path):
     )
     x = b.conv(x, rng.integers(-127, 128, (8, 8, 3, 3)), np.full(8, 0.004), None, 0.05, 3, padding=(1, 1), name="w")
     x = b.conv(x, rng.integers(-127, 128, (6, 8, 3, 3)), np.full(6, 0.004), None, 0.05, -2, padding=(1, 1), name="p")
-    y = b.conv(x, rng.integers(-8, 8, (7, 6, 3, 3)), np.full(7, 0.004), None, 0.05, 2, padding=(1, 1), name="n")
+    x = b.conv(x, rng.integers(-8, 8, (7, 6, 3, 3)), np.full(7, 0.004), None, 0.05, 2, padding=(1, 1), name="n")
+    y = b.conv(x, rng.integers(-2, 2, (9, 7, 3, 3)), np.full(9, 0.004), None, 0.05, 0, padding=(1, 1), name="t")
     g = b.graph(y)
     g.ops[1].schedule = {"kernel": "winograd"}
     g.ops[2].schedule = {"weights": "pairs"}
     g.ops[3].weight_form = "int4"
+    g.ops[4].weight_form = "int2"
     xs = rng.integers(-128, 128, (2, *g.tensors[g.input].shape)).astype(np.int8)
     want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
     cm = codegen.generate(g, dsp=True)
     src = cm.files["model.c"]
-    assert all(k in src for k in ("tt_conv2d_s8_qx", "tt_conv2d_s8_mx(", "tt_conv2d_s8_wino(", "tt_conv2d_s4_qx"))
+    assert all(
+        k in src
+        for k in ("tt_conv2d_s8_qx", "tt_conv2d_s8_mx(", "tt_conv2d_s8_wino(", "tt_conv2d_s4_qx", "tt_conv2d_s2_qx")
+    )
     build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1), opt="-O0")
     np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
 
 
+PACKED = [("quads4", 4), ("quads2", 2)]
+
+
+@pytest.mark.parametrize(("layout", "bits"), PACKED)
 @pytest.mark.parametrize(("oc", "pack"), [(4, "channel"), (8, "flat"), (7, "channel"), (13, "flat"), (2, "channel")])
-def test_quads4_words_unpack_to_16_times_the_quads_words(oc, pack):
-    g = _conv_graph(np.random.default_rng(oc), (4, 4, 5), oc, 3, int4=True)
+def test_packed_quads_words_unpack_to_the_scaled_quads_words(oc, pack, layout, bits):
+    """Each packed word's fields, shifted and masked as the kernel does, are the quads
+    layout's words for the weights times 2^(8 - bits), in the loop's order (AB, CD of each
+    column word)."""
+    g = _conv_graph(np.random.default_rng(oc), (4, 4, 5), oc, 3, bits=bits)
     op = g.ops[0]
-    sched = {"kernel": "mm", "weights": "quads4", "pack": pack, "unroll": 4}
+    sched = {"kernel": "mm", "weights": layout, "pack": pack, "unroll": 4}
     op.schedule = sched
     got = schedule.weight_array(op, True).view(np.uint32)
     op.schedule = {**sched, "weights": "quads"}
     plain = schedule.weight_array(op, True)
-    # The int8 quads layout of the same weights times 16 (what the kernel multiplies by).
-    op.weight = (op.weight.astype(np.int16) * 16).astype(np.int8)
+    op.weight = (op.weight.astype(np.int16) << (8 - bits)).astype(np.int8)
     scaled = schedule.weight_array(op, True).view(np.uint32)
-    quads, nw = oc // 4, plain.size // -(-oc // 2)  # nw: words per channel pair
-    head = got[: quads * nw]
-    np.testing.assert_array_equal((head << 4) & 0xF0F0F0F0, scaled[: 2 * quads * nw : 2])
-    np.testing.assert_array_equal(head & 0xF0F0F0F0, scaled[1 : 2 * quads * nw : 2])
+    per, quads = 8 // bits, oc // 4
+    n = 2 * quads * (plain.size // -(-oc // 2))  # the whole quads' int8 words
+    head = got[: n // per]
+    mask = {4: 0xF0F0F0F0, 2: 0xC0C0C0C0}[bits]
+    for j in range(per):
+        np.testing.assert_array_equal((head << (8 - bits * (j + 1))) & mask, scaled[j:n:per])
     # The channels past the last whole quad: the int8 pairs words, unscaled.
-    np.testing.assert_array_equal(got[quads * nw :].view(np.int32), plain[2 * quads * nw :])
+    np.testing.assert_array_equal(got[n // per :].view(np.int32), plain[n:])
 
 
-def test_quads4_is_the_default_for_int4_convolutions_and_halves_the_weights():
-    g = _conv_graph(np.random.default_rng(0), (8, 8, 16), 16, 3, 1, 1, int4=True)
+@pytest.mark.parametrize(("layout", "bits"), PACKED)
+def test_packed_quads_are_the_default_and_shrink_the_weights(layout, bits):
+    g = _conv_graph(np.random.default_rng(0), (8, 8, 16), 16, 3, 1, 1, bits=bits)
     op = g.ops[0]
     op.schedule = {}
     chosen = schedule.resolve(op, True)
-    assert chosen["kernel"] == "mm" and chosen["weights"] == "quads4"
-    q4 = tuning.const_bytes(g, 0, chosen)
+    assert chosen["kernel"] == "mm" and chosen["weights"] == layout
+    packed = tuning.const_bytes(g, 0, chosen)
     q8 = tuning.const_bytes(g, 0, {**chosen, "weights": "quads"})
     records = 16 * 4 * 4  # bias, mult, shift, offset per channel
-    assert q4 - records == (q8 - records) // 2 == 16 * 144 // 2
-    # An int8 layer is never offered the int4 layout.
+    assert packed - records == (q8 - records) * bits // 8 == 16 * 144 * bits // 8
+    # An int8 layer is never offered the packed layouts.
     op.weight_form = "int8"
-    assert "quads4" not in schedule.space(op, True)["weights"]
+    assert not {"quads4", "quads2"} & set(schedule.space(op, True)["weights"])
 
 
-def test_quads4_refuses_sums_that_16_times_over_leave_int32():
-    g = _conv_graph(np.random.default_rng(0), (4, 4, 8), 4, 3, int4=True)
+@pytest.mark.parametrize(("layout", "bits"), PACKED)
+def test_packed_quads_refuse_sums_that_scaled_leave_int32(layout, bits):
+    g = _conv_graph(np.random.default_rng(0), (4, 4, 8), 4, 3, bits=bits)
     op = g.ops[0]
-    assert quads4_fits(op)
+    assert quads_packed_fits(op, bits)
     op.bias = op.bias.copy()
-    op.bias[2] = 1 << 27  # 16 x the bias alone reaches 2^31
-    assert not quads4_fits(op)
-    assert "quads4" not in schedule.space(op, True).get("weights", [])
+    op.bias[2] = 1 << (23 + bits)  # 2^(8 - bits) x the bias alone reaches 2^31
+    assert not quads_packed_fits(op, bits)
+    assert layout not in schedule.space(op, True).get("weights", [])
+    op.bias[2] = 0
+    op.weight = op.weight.copy()
+    op.weight[0, 0, 0, 0] = 1 << (bits - 1)  # out of the form's range
+    assert not quads_packed_fits(op, bits)
 
 
 @arm
-def test_quads4_extreme_values_stay_exact(tmp_path):
-    """Every weight -8 against inputs 255 from the zero point, and large biases: the
-    16-times sums at their largest."""
+@pytest.mark.parametrize("bits", [4, 2])
+def test_packed_quads_extreme_values_stay_exact(tmp_path, bits):
+    """Every weight at its most negative against inputs 255 from the zero point, and large
+    biases: the scaled sums at their largest."""
     b = GraphBuilder((6, 6, 64), 0.02, -128)
-    y = b.conv(b.input, np.full((8, 64, 3, 3), -8), np.full(8, 1e-4), np.full(8, 30.0), 0.5, 0, padding=(1, 1))
+    lo = -(1 << (bits - 1))
+    y = b.conv(b.input, np.full((8, 64, 3, 3), lo), np.full(8, 1e-4), np.full(8, 7.0), 0.5, 0, padding=(1, 1))
     g = b.graph(y)
     op = g.ops[0]
-    op.weight_form = "int4"
-    assert quads4_fits(op) and np.abs(op.bias).max() > 100_000
+    op.weight_form = f"int{bits}"
+    assert quads_packed_fits(op, bits) and np.abs(op.bias).max() > 100_000
     cm = codegen.generate(g, dsp=True)
-    assert "tt_conv2d_s4_qx" in cm.files["model.c"]
+    assert f"tt_conv2d_s{bits}_qx" in cm.files["model.c"]
     x = np.full(6 * 6 * 64, 127, np.int8)
     with Session("cortex-m4", cm, workdir=tmp_path) as sess:
         t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)
@@ -238,11 +261,12 @@ def test_quads4_extreme_values_stay_exact(tmp_path):
 
 
 @arm
-def test_quads4_is_faster_than_the_packed_kernel(tmp_path):
-    g = _conv_graph(np.random.default_rng(5), (12, 12, 16), 16, 3, 1, 1, int4=True)
-    q4 = {"kernel": "mm", "unroll": 4, "weights": "quads4", "pack": "channel"}
-    (c_q4, _), (c_packed, _), (c_q8, _) = tuning._measure(
-        g, g.ops[0], "cortex-m4", [q4, {"kernel": "packed"}, {**q4, "weights": "quads"}], tmp_path
+@pytest.mark.parametrize(("layout", "bits"), PACKED)
+def test_packed_quads_are_faster_than_the_packed_kernel(tmp_path, layout, bits):
+    g = _conv_graph(np.random.default_rng(5), (12, 12, 16), 16, 3, 1, 1, bits=bits)
+    sched = {"kernel": "mm", "unroll": 4, "weights": layout, "pack": "channel"}
+    (c_packed_quads, _), (c_packed, _), (c_q8, _) = tuning._measure(
+        g, g.ops[0], "cortex-m4", [sched, {"kernel": "packed"}, {**sched, "weights": "quads"}], tmp_path
     )
-    assert c_q4 < c_packed
-    assert c_q4 < 1.25 * c_q8  # 17 cycles per 16 MACs in the loop against 15
+    assert c_packed_quads < c_packed
+    assert c_packed_quads < 1.25 * c_q8  # 17 / 17.5 cycles per 16 MACs in the loop against 15

@@ -123,13 +123,14 @@ def test_conv_packed_dsp_is_bit_exact(tmp_path, form, shape, oc, k, groups):
         op.schedule = {"kernel": "packed"}
     assert "tt_conv2d_s8_packed(" in codegen.generate(g, dsp=True).files["model.c"]
     _check(g, tmp_path)
-    if form == "int4" and groups == 1:
-        # The default: the quads4 kernel, the add fused into the second convolution.
+    if form in ("int4", "int2") and groups == 1:
+        # The default: the quads4 / quads2 kernel, the add fused into the second convolution.
         for op in convs:
             op.schedule = {}
         src = codegen.generate(g, dsp=True).files["model.c"]
-        assert "tt_conv2d_s4_qx(" in src and "tt_conv2d_s4_qx_" in src
-        _check(g, tmp_path / "quads4")
+        entry = f"tt_conv2d_s{form[-1]}_qx"
+        assert f"{entry}(" in src and f"{entry}_" in src
+        _check(g, tmp_path / "quads")
 
 
 @pytest.mark.parametrize("form", ["int4", "int2"])

@@ -207,11 +207,11 @@ def test_lenet5_forms_on_cortex_m4_are_exact_and_shrink_flash(tmp_path):
         np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), _want(g, x))
         got[form] = _weight_bytes(build.elf)
         if form != "int8":
-            # The image holds exactly the packed bytes and codebooks (int4 convolutions: the
-            # quads4 words, their channels past the last whole 4 in int8).
+            # The image holds exactly the packed bytes and codebooks (int4 / int2
+            # convolutions: the quads4 / quads2 words, channels past the last whole 4 in int8).
             assert got[form] == sum(
                 schedule.weight_array(op, True).nbytes
-                if schedule.resolve(op, True).get("weights") == "quads4"
+                if schedule.resolve(op, True).get("weights") in ("quads4", "quads2")
                 else weights.pack(op.weight, form).flash_bytes
                 for op in g.ops
                 if hasattr(op, "weight_form")

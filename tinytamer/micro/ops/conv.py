@@ -11,9 +11,10 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   tt_conv2d_s8_qx, 4 channels x 2 pixels per pass, the words of "pairs" with two channel
   pairs interleaved, see :func:`_quads`; the 2 x 2 kernel's scratch; layers whose outputs
   need no clamp (alone or with a fused add) always run 16 column words per pass, ``unroll``
-  sets the others'), "quads4" (the same kernel over packed int4 weights, tt_conv2d_s4_qx*,
-  see :func:`_quads4`: offered first for a layer of the ``int4`` form whose sums allow it,
-  :func:`quads4_fits`; half the int8 flash), "pairs" (mm:
+  sets the others'), "quads4" / "quads2" (the same kernel over packed int4 / int2 weights,
+  tt_conv2d_s4_qx* / tt_conv2d_s2_qx*, see :func:`_quads_packed`: offered first for a layer
+  of the ``int4`` / ``int2`` form whose sums allow it, :func:`quads_packed_fits`; half / a
+  quarter of the int8 flash), "pairs" (mm:
   tt_conv2d_s8_mx, 2 channels x 3 pixels per pass, both channels' int8 weights in one word,
   see :func:`_pairs`; the int8 layout's flash, a third more scratch), "int8" (2 x 2
   micro-kernel, int8 in flash, unpacked by SXTB16 in the loop) or "int16" (2 x 2,
@@ -142,46 +143,57 @@ def _quads(groups: np.ndarray, natural: bool) -> np.ndarray:
     return np.concatenate([head.reshape(-1), words[head.size :]])
 
 
-def _quads4(groups: np.ndarray, natural: bool) -> np.ndarray:
-    """The "quads4" layout of tt_conv2d_s4_qx* from int4 weights in groups of 4 inputs: per
-    whole quad and column word one word, whose bytes hold in their low nibble the byte of
-    the quads layout's first word (channels A, B) and in their high nibble that of its
-    second (C, D), both laid out for weights 16 w (bytes 16 w + 128 and 16 w: nibbles w + 8
-    and w & 15), which the kernel gets back with a shift and two masks.  The channels past
-    the last whole quad follow as int8 "pairs" words, as in :func:`_quads`."""
+def _quads_packed(groups: np.ndarray, natural: bool, bits: int) -> np.ndarray:
+    """The "quads4" / "quads2" layouts of tt_conv2d_s4_qx* / tt_conv2d_s2_qx* from int4 /
+    int2 weights in groups of 4 inputs: the quads layout's words laid out for weights
+    ``2^(8 - bits) w`` (bytes ``2^(8 - bits) w + 128`` for the low channel of a pair,
+    ``2^(8 - bits) w`` for the high one: fields ``w + 2^(bits - 1)`` and ``w`` modulo
+    ``2^bits``, the top ``bits`` bits of those bytes), ``8 / bits`` consecutive words of a
+    quad in one: the j-th word's field at bits ``bits * j`` of each byte, which the kernel
+    gets back with a shift left by ``8 - bits * (j + 1)`` and a mask.  The channels past the
+    last whole quad follow as int8 "pairs" words, as in :func:`_quads`."""
     oc, k4, _ = groups.shape
-    quads, nw = oc // 4, 2 * k4
-    scaled = _pairs((groups[: 4 * quads].astype(np.int16) * 16).astype(np.int8), natural)
-    head = np.ascontiguousarray(scaled.reshape(quads, 2, nw).transpose(0, 2, 1))
-    b = head.view(np.uint8).reshape(quads, nw, 2, 4)
-    packed = np.ascontiguousarray((b[:, :, 0] >> 4) | (b[:, :, 1] & 0xF0)).reshape(-1).view("<i4")
+    quads, nw, per = oc // 4, 2 * k4, 8 // bits
+    scaled = _pairs((groups[: 4 * quads].astype(np.int16) << (8 - bits)).astype(np.int8), natural)
+    # [quad, column word, (AB, CD)] -> per quad the words in loop order: AB, CD of each step.
+    order = np.ascontiguousarray(scaled.reshape(quads, 2, nw).transpose(0, 2, 1)).reshape(quads, 2 * nw)
+    top = order.view(np.uint8).reshape(quads, nw * 2 // per, per, 4) >> (8 - bits)
+    packed = np.zeros(top.shape[:2] + (4,), np.uint8)
+    for k in range(per):
+        packed |= (top[:, :, k] << (bits * k)).astype(np.uint8)
     tail = _pairs(groups[4 * quads :], natural) if oc % 4 else np.zeros(0, np.int32)
-    return np.concatenate([packed, tail]).astype(np.int32)
+    return np.concatenate([packed.reshape(-1).view("<i4"), tail]).astype(np.int32)
 
 
-def quads4_fits(op: Conv2D) -> bool:
-    """Whether tt_conv2d_s4_qx* can run the layer: int4 weights, and every channel's sum 16
-    times over (bias and products: inputs minus their zero point at most 255 in magnitude)
-    inside int32, so that the kernel's shift back is exact."""
+def quads_packed_fits(op: Conv2D, bits: int) -> bool:
+    """Whether tt_conv2d_s{bits}_qx* can run the layer: ``bits``-bit weights, and every
+    channel's sum ``2^(8 - bits)`` times over (bias and products: inputs minus their zero
+    point at most 255 in magnitude) inside int32, so that the kernel's shift back is exact."""
     w = op.weight.reshape(op.weight.shape[0], -1).astype(np.int64)
-    if w.size == 0 or w.min() < -8 or w.max() > 7:
+    half = 1 << (bits - 1)
+    if w.size == 0 or w.min() < -half or w.max() >= half:
         return False
     bound = np.abs(op.bias.astype(np.int64)) + 255 * np.abs(w).sum(axis=1)
-    return bool(16 * int(bound.max()) < 1 << 31)
+    return bool(int(bound.max()) << (8 - bits) < 1 << 31)
+
+
+# The packed forms the quads kernel runs: form -> (its "weights" layout, bits).
+_QUADS_PACKED = {"int4": ("quads4", 4), "int2": ("quads2", 2)}
+_QUADS_LAYOUTS = ("quads", "quads4", "quads2")
 
 
 _FULL = (-128, 127)
 
 
-def _quads_entry(op: Conv2D, site: CallSite, nib: bool = False) -> str:
+def _quads_entry(op: Conv2D, site: CallSite, bits: int = 8) -> str:
     """The quads kernel's entry point for the layer's output mode (tt_mm_mode in
     runtime/tt_conv.c): one per common mode, so that the image links only the output code
     its layers run; the other modes share the entry that reads the mode at run time.
-    ``nib``: the quads4 entries (tt_conv2d_s4_qx*), whose any-mode entry also takes the
-    mirrored adds."""
-    if nib:
+    ``bits`` 4 / 2: the quads4 / quads2 entries (tt_conv2d_s4_qx*, tt_conv2d_s2_qx*), whose
+    any-mode entry also takes the mirrored adds."""
+    if bits != 8:
         entry = _quads_entry(op, site)
-        return "tt_conv2d_s4_qx" if entry.endswith("_mirror") else entry.replace("_s8_", "_s4_")
+        return f"tt_conv2d_s{bits}_qx" if entry.endswith("_mirror") else entry.replace("_s8_", f"_s{bits}_")
     full = (op.act_min, op.act_max) == _FULL
     if site.fused_add is None:
         return "tt_conv2d_s8_qx_plain" if full else "tt_conv2d_s8_qx"
@@ -279,12 +291,13 @@ class ConvOp(DeviceOp):
             own = "sparse" if op.weight_form in weights.SPARSE_FORMS else "packed"
             if own == "packed" or op.groups == 1:  # the sparse kernel reads groups 1 only
                 knobs["kernel"] = [own, *knobs["kernel"]]
-            if op.weight_form == "int4" and "weights" in knobs and quads4_fits(op):
-                # The quads kernel over the int4 words (half the int8 flash, 17 cycles
-                # for 16 MACs where int8 takes 15): first, ahead of the row-unpacking
-                # packed kernel.
+            layout, bits = _QUADS_PACKED.get(op.weight_form, (None, 0))
+            if layout and "weights" in knobs and quads_packed_fits(op, bits):
+                # The quads kernel over the packed words (half / a quarter of the int8
+                # flash, 17 / 17.5 cycles for 16 MACs where int8 takes 15): first, ahead of
+                # the row-unpacking packed kernel.
                 knobs["kernel"] = ["mm", *(k for k in knobs["kernel"] if k != "mm")]
-                knobs["weights"] = ["quads4", *knobs["weights"]]
+                knobs["weights"] = [layout, *knobs["weights"]]
         return knobs
 
     def _int8_space(self, op: Conv2D, dsp: bool) -> dict[str, list]:
@@ -335,11 +348,11 @@ class ConvOp(DeviceOp):
         # The column lanes per group of 4 inputs: [v0|v2][v1|v3] (SXTAB16 unpacking) or, for
         # the mm kernel's flat packing, [v0|v1][v2|v3] (natural int16 order; not for quads,
         # whose flat field is gathered as bytes and unpacked by SXTAB16).
-        natural = s["kernel"] == "mm" and s["pack"] == "flat" and s["weights"] not in ("quads", "quads4")
+        natural = s["kernel"] == "mm" and s["pack"] == "flat" and s["weights"] not in _QUADS_LAYOUTS
         if s.get("weights") == "pairs":
             return _pairs(groups, natural)
-        if s.get("weights") == "quads4":
-            return _quads4(groups, natural)
+        if s.get("weights") in ("quads4", "quads2"):
+            return _quads_packed(groups, natural, 4 if s["weights"] == "quads4" else 2)
         if s.get("weights") == "quads":
             return _quads(groups, natural)
         if s.get("weights") == "int16":
@@ -374,7 +387,7 @@ class ConvOp(DeviceOp):
         # gathers one field in order: as int16, or as bytes for quads.
         gather = s["kernel"] == "mm" and s["pack"] == "flat"
         pixels = 3 if s.get("weights") == "pairs" else s.get("cols", 2)
-        return 2 * pixels * k + (((1 if s["weights"] in ("quads", "quads4") else 2) * k) if gather else 0)
+        return 2 * pixels * k + (((1 if s["weights"] in _QUADS_LAYOUTS else 2) * k) if gather else 0)
 
     # ------------------------------------------------------------------ C
     def emit_c(self, op: Conv2D, site: CallSite) -> tuple[list[str], str]:
@@ -463,8 +476,8 @@ class ConvOp(DeviceOp):
                 f"tt_conv2d_s8_wino(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
                 f"{out}, (int16_t *)(void *){scratch})"
             )
-        if s["kernel"] == "mm" and s["weights"] in ("quads", "quads4"):
-            entry = _quads_entry(op, site, s["weights"] == "quads4")
+        if s["kernel"] == "mm" and s["weights"] in _QUADS_LAYOUTS:
+            entry = _quads_entry(op, site, {"quads4": 4, "quads2": 2}.get(s["weights"], 8))
             return (
                 f"{entry}(&p{i}, {x}, w{i}, (const tt_rq *)(const void *)q{i}, "
                 f"{out}, (int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, {s['unroll']})"

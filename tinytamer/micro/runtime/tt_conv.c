@@ -1021,11 +1021,8 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
  * (the 2 x 2 kernel's scratch), not 3.  Channels past the last whole quad (out_c % 4)
  * follow in the pairs layout and run 2 x 2 in C. */
 
-#define TT_QX_STEP                                  \
-    "ldr %[va], [%[wp]], #4\n\t"                    \
-    "ldr %[vc], [%[wp]], #4\n\t"                    \
-    "ldr %[x0], [%[cp]], #4\n\t"                    \
-    "ldr %[x1], [%[cp]], #4\n\t"                    \
+/* A step's multiplies: the column words x0, x1 against the quads words va, vc. */
+#define TT_QX_MACS                                  \
     "smlad %[a0], %[x0], %[va], %[a0]\n\t"          \
     "smlad %[a1], %[x1], %[va], %[a1]\n\t"          \
     "sxtb16 %[va], %[va], ror #8\n\t"               \
@@ -1036,6 +1033,13 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
     "sxtb16 %[vc], %[vc], ror #8\n\t"               \
     "smlad %[d0], %[x0], %[vc], %[d0]\n\t"          \
     "smlad %[d1], %[x1], %[vc], %[d1]\n\t"
+
+#define TT_QX_STEP                                  \
+    "ldr %[va], [%[wp]], #4\n\t"                    \
+    "ldr %[vc], [%[wp]], #4\n\t"                    \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    TT_QX_MACS
 
 #define TT_QX_STEP4 TT_QX_STEP TT_QX_STEP TT_QX_STEP TT_QX_STEP
 
@@ -1053,18 +1057,34 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
     "lsl.w %[va], %[vc], #4\n\t"                    \
     "and.w %[va], %[va], #0xF0F0F0F0\n\t"           \
     "and.w %[vc], %[vc], #0xF0F0F0F0\n\t"           \
-    "smlad %[a0], %[x0], %[va], %[a0]\n\t"          \
-    "smlad %[a1], %[x1], %[va], %[a1]\n\t"          \
-    "sxtb16 %[va], %[va], ror #8\n\t"               \
-    "smlad %[b0], %[x0], %[va], %[b0]\n\t"          \
-    "smlad %[b1], %[x1], %[va], %[b1]\n\t"          \
-    "smlad %[c0], %[x0], %[vc], %[c0]\n\t"          \
-    "smlad %[c1], %[x1], %[vc], %[c1]\n\t"          \
-    "sxtb16 %[vc], %[vc], ror #8\n\t"               \
-    "smlad %[d0], %[x0], %[vc], %[d0]\n\t"          \
-    "smlad %[d1], %[x1], %[vc], %[d1]\n\t"
+    TT_QX_MACS
 
 #define TT_QX4_STEP4 TT_QX4_STEP TT_QX4_STEP TT_QX4_STEP TT_QX4_STEP
+
+/* Two steps of the "quads2" loop (packed int2 weights, tt_conv2d_s2_qx*): one word holds
+ * two steps' four quads words at 2 bits, bits 2j and 2j + 1 of each byte the top bits of
+ * that byte of the j-th word (laid out for weights 64 w: bytes 64 w + 128 and 64 w, fields
+ * w + 2 and w & 3), got back with a shift and a mask each.  The word is loaded twice (no
+ * register is free to keep it): 35 cycles for 32 MACs, at a quarter of the flash; 132
+ * bytes per two steps (every instruction 32-bit). */
+#define TT_QX2_STEP2                                \
+    "ldr.w %[vc], [%[wp]]\n\t"                      \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "lsl.w %[va], %[vc], #6\n\t"                    \
+    "and.w %[va], %[va], #0xC0C0C0C0\n\t"           \
+    "lsl.w %[vc], %[vc], #4\n\t"                    \
+    "and.w %[vc], %[vc], #0xC0C0C0C0\n\t"           \
+    TT_QX_MACS                                      \
+    "ldr %[vc], [%[wp]], #4\n\t"                    \
+    "ldr %[x0], [%[cp]], #4\n\t"                    \
+    "ldr %[x1], [%[cp]], #4\n\t"                    \
+    "lsl.w %[va], %[vc], #2\n\t"                    \
+    "and.w %[va], %[va], #0xC0C0C0C0\n\t"           \
+    "and.w %[vc], %[vc], #0xC0C0C0C0\n\t"           \
+    TT_QX_MACS
+
+#define TT_QX2_STEP8 TT_QX2_STEP2 TT_QX2_STEP2 TT_QX2_STEP2 TT_QX2_STEP2
 
 /* Fourteen registers: the loop's end is read from the stack once per pass (the `m`
  * operand), which costs less than the register it would take from the step. */
@@ -1089,7 +1109,7 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
 static inline __attribute__((always_inline)) void
 tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o0,
             const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps,
-            int32_t s0, int32_t s1, int32_t n, int32_t mode, int32_t nib)
+            int32_t s0, int32_t s1, int32_t n, int32_t mode, int32_t bits)
 {
     const int32_t out_c = p->out_c;
     const int32_t lo = p->act_min, hi = p->act_max;
@@ -1099,9 +1119,10 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     int8_t *o = o0;
     int8_t *const quads_end = o0 + (out_c & ~3);
     for (; o != quads_end; o += 4, r += 4) {
-        /* quads4 (`nib`): the sums run 16 times the int8 ones, biases included; the pixel
-         * sums' term (128 sum x) is the same, the low channels' offset being 128 in both. */
-        const uint32_t sh = nib ? 4 : 0;
+        /* quads4 / quads2 (`bits` 4 / 2): the sums run 16 / 64 times the int8 ones, biases
+         * included; the pixel sums' term (128 sum x) is the same, the low channels' offset
+         * being 128 in every layout. */
+        const uint32_t sh = (uint32_t)(8 - bits) & 7u;
         const int32_t bb = (int32_t)((uint32_t)r[1].bias << sh), bd = (int32_t)((uint32_t)r[3].bias << sh);
         const uint32_t sa = ((uint32_t)r[0].bias << sh) + ((uint32_t)bb << 8);
         const uint32_t sc = ((uint32_t)r[2].bias << sh) + ((uint32_t)bd << 8);
@@ -1117,7 +1138,15 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
          * 8 or 4 (`steps`, from the schedule's unroll). */
         const int32_t *volatile end = col_end;
         int32_t va = skip, vc, x0, x1;
-        if (nib) {
+        if (bits == 2) {
+            if (mode == 0 || mode == 2) {
+                TT_QX_LOOP(TT_QX2_STEP8 TT_QX2_STEP8);
+            } else if (steps == 8) {
+                TT_QX_LOOP(TT_QX2_STEP8);
+            } else {
+                TT_QX_LOOP(TT_QX2_STEP2 TT_QX2_STEP2);
+            }
+        } else if (bits == 4) {
             if (mode == 0 || mode == 2) {
                 TT_QX_LOOP(TT_QX4_STEP4 TT_QX4_STEP4 TT_QX4_STEP4 TT_QX4_STEP4);
             } else if (steps == 8) {
@@ -1135,10 +1164,15 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
 #else /* unoptimized builds (a frame pointer: too few registers for the asm) */
         (void)skip;
         (void)steps;
-        for (; c != col_end; c += 2) {
-            const int32_t va = nib ? (int32_t)(((uint32_t)wp[0] << 4) & 0xF0F0F0F0u) : wp[0];
-            const int32_t vc = nib ? (int32_t)((uint32_t)wp[0] & 0xF0F0F0F0u) : wp[1];
-            wp += nib ? 1 : 2;
+        for (int32_t st = 0; c != col_end; c += 2, ++st) {
+            /* quads4 / quads2: this step's two words out of the packed word (the asm's
+             * shifts and masks); int8: two words. */
+            const uint32_t wd = (uint32_t)wp[0];
+            const int32_t hi = bits == 2 ? 2 * (st & 1) : 0; /* quads2: second step of a word */
+            const uint32_t mask = bits == 2 ? 0xC0C0C0C0u : 0xF0F0F0F0u;
+            const int32_t va = bits == 8 ? wp[0] : (int32_t)((wd << (bits == 2 ? 6 - 2 * hi : 4)) & mask);
+            const int32_t vc = bits == 8 ? wp[1] : (int32_t)((wd << (bits == 2 ? 4 - 2 * hi : 0)) & mask);
+            wp += bits == 8 ? 2 : bits == 4 ? 1 : (st & 1);
             a0 = __smlad(c[0], va, a0);
             a1 = __smlad(c[1], va, a1);
             b0 = __smlad(c[0], tt_sxtb16_ror8(va), b0);
@@ -1153,9 +1187,9 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
         c0 = (int32_t)((uint32_t)c0 - ((uint32_t)d0 << 8));
         c1 = (int32_t)((uint32_t)c1 - ((uint32_t)d1 << 8));
-        if (nib) { /* exact: every term was a multiple of 16 (the layout's bound keeps 16 x
-                    * the sum inside int32) */
-            a0 >>= 4, a1 >>= 4, b0 >>= 4, b1 >>= 4, c0 >>= 4, c1 >>= 4, d0 >>= 4, d1 >>= 4;
+        if (sh) { /* exact: every term was a multiple of 2^sh (the layout's bound keeps the
+                   * scaled sum inside int32) */
+            a0 >>= sh, a1 >>= sh, b0 >>= sh, b1 >>= sh, c0 >>= sh, c1 >>= sh, d0 >>= sh, d1 >>= sh;
         }
         if (__builtin_expect(n < 2, 0)) { /* the last pixel: one by one */
             tt_mm_out1(mode, p, r, o, a0);
@@ -1233,47 +1267,61 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
 #define TT_QX_ARGS                                                                         \
     const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o, const int32_t *col, \
         const int32_t *col_end, int32_t s0, int32_t s1, int32_t pass
-#define TT_QX_BLOCK(mode, nib)                                                               \
+#define TT_QX_BLOCK(mode, bits)                                                              \
     tt_qx_block(p, w, rq, o, col, col_end, pass & 1023, (pass >> 10) & 31, s0, s1,          \
-                ((pass >> 15) & 1) + 1, (mode), (nib))
+                ((pass >> 15) & 1) + 1, (mode), (bits))
 typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
 static __attribute__((noinline)) void tt_qx_block0(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(0, 0);
+    TT_QX_BLOCK(0, 8);
 }
 static __attribute__((noinline)) void tt_qx_block2(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(2, 0);
+    TT_QX_BLOCK(2, 8);
 }
 /* The mirrored fused adds (modes 5, 6), for the entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(5, 0);
+    TT_QX_BLOCK(5, 8);
 }
 static __attribute__((noinline)) void tt_qx_block6(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(6, 0);
+    TT_QX_BLOCK(6, 8);
 }
 static __attribute__((noinline)) void tt_qx_blockn(TT_QX_ARGS)
 {
     /* Mirrored adds reaching the any-mode entry take the general form: this instance
      * keeps no mirrored output code (its tests would cost every mode it runs). */
     const int32_t mode = pass >> 16;
-    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 0);
+    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 8);
 }
 /* The quads4 instances (packed int4 weights): the two usual modes, and any mode. */
 static __attribute__((noinline)) void tt_qx4_block0(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(0, 1);
+    TT_QX_BLOCK(0, 4);
 }
 static __attribute__((noinline)) void tt_qx4_block2(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(2, 1);
+    TT_QX_BLOCK(2, 4);
 }
 static __attribute__((noinline)) void tt_qx4_blockn(TT_QX_ARGS)
 {
     const int32_t mode = pass >> 16;
-    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 1);
+    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 4);
+}
+/* The quads2 instances (packed int2 weights), likewise. */
+static __attribute__((noinline)) void tt_qx2_block0(TT_QX_ARGS)
+{
+    TT_QX_BLOCK(0, 2);
+}
+static __attribute__((noinline)) void tt_qx2_block2(TT_QX_ARGS)
+{
+    TT_QX_BLOCK(2, 2);
+}
+static __attribute__((noinline)) void tt_qx2_blockn(TT_QX_ARGS)
+{
+    const int32_t mode = pass >> 16;
+    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 2);
 }
 
 /* The "flat" field of one pixel for tt_conv2d_s8_qx: its kh * kw * in_c values gathered
@@ -1431,19 +1479,21 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
 
 /* The pixel loop, one instance for every entry point: each pixel pair's columns, then
  * `block` for every output channel, `steps` column words per pass of its loop (16 for
- * modes 0 and 2, see tt_qx_block), `mode` as tt_mm_mode reads it, bit 12 set for the
- * quads4 blocks. */
+ * modes 0 and 2, see tt_qx_block), `mode` as tt_mm_mode reads it, bits 12-13 1 for the
+ * quads4 blocks, 2 for the quads2 blocks. */
 #define TT_QX_HOW(flat, steps, mode) ((flat) | (steps) << 1 | (mode) << 8)
-/* The same for the quads4 blocks (64-byte steps). */
+/* The same for the quads4 blocks (64-byte steps) and the quads2 blocks (132 bytes per two). */
 #define TT_QX4_HOW(flat, steps, mode) (TT_QX_HOW(flat, steps, mode) | 1 << 12)
+#define TT_QX2_HOW(flat, steps, mode) (TT_QX_HOW(flat, steps, mode) | 2 << 12)
 static __attribute__((noinline)) void
 tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_rq *rq,
           int8_t *out, int16_t *scratch, tt_qx_block_fn block, int32_t how)
 {
-    /* `how`: flat | steps << 1 | mode << 8 | quads4 << 12, so that the entry points, which take as many
+    /* `how`: flat | steps << 1 | mode << 8 | layout << 12, so that the entry points, which take as many
      * arguments, tail-call this function (no frame of theirs on the stack). */
     const int32_t flat = how & 1, steps = (how >> 1) & 127, mode = (how >> 8) & 15;
-    const int32_t step_bytes = how >> 12 ? 64 : 56; /* quads4 or quads */
+    /* quads, quads4, quads2 (whose steps come in pairs: the steps skipped are even) */
+    const int32_t step_bytes = (how >> 12) == 2 ? 66 : (how >> 12) == 1 ? 64 : 56;
     const int32_t icp = (p->in_c + 3) & ~3;
     const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
     const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
@@ -1549,6 +1599,30 @@ void tt_conv2d_s4_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      int32_t unroll)
 {
     tt_qx_run(p, in, w, rq, out, scratch, tt_qx4_blockn, TT_QX4_HOW(flat, 2 * unroll, tt_mm_mode(p)));
+}
+
+/* The quads2 entry points (packed int2 weights, TT_QX2_STEP2), as the quads4 ones. */
+void tt_conv2d_s2_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                           const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                           int32_t unroll)
+{
+    (void)unroll;
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx2_block0, TT_QX2_HOW(flat, 16, 0));
+}
+
+void tt_conv2d_s2_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                         const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                         int32_t unroll)
+{
+    (void)unroll;
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx2_block2, TT_QX2_HOW(flat, 16, 2));
+}
+
+void tt_conv2d_s2_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll)
+{
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx2_blockn, TT_QX2_HOW(flat, 2 * unroll, tt_mm_mode(p)));
 }
 
 #endif

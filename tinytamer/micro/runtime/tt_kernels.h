@@ -192,6 +192,16 @@ void tt_conv2d_s4_qx_plain(const tt_conv_params *p, const int8_t *in, const int3
 void tt_conv2d_s4_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                          const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                          int32_t unroll);
+/* The same over packed int2 weights ("quads2": one word per two column words of a quad). */
+void tt_conv2d_s2_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                     int32_t unroll);
+void tt_conv2d_s2_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                           const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                           int32_t unroll);
+void tt_conv2d_s2_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
+                         const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                         int32_t unroll);
 /* Winograd F(2x2, 3x3) for 3 x 3, stride-1 layers with a multiple of 4 input channels
  * (tt_winograd.c): weights transformed and stored as int16 pairs, `scratch` two tiles'
  * transformed inputs (2 x 16 x in_c int16); the same output stage as the "mm" kernels. */
