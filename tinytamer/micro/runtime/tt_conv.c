@@ -1271,15 +1271,27 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     tt_qx_block(p, w, rq, o, col, col_end, pass & 1023, (pass >> 10) & 31, s0, s1,          \
                 ((pass >> 15) & 1) + 1, (mode), (bits))
 typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
-static __attribute__((noinline)) void tt_qx_block0(TT_QX_ARGS)
-{
-    TT_QX_BLOCK(0, 8);
-}
-static __attribute__((noinline)) void tt_qx_block2(TT_QX_ARGS)
-{
-    TT_QX_BLOCK(2, 8);
-}
-/* The mirrored fused adds (modes 5, 6), for the entry that links them. */
+/* The plain (mode 0), fused-add (mode 2) and any-mode instances of a layout (`bits` 8: int8
+ * quads, 4: quads4, 2: quads2).  Mirrored adds reaching the any-mode instance take the
+ * general form: it keeps no mirrored output code (its tests would cost every mode it runs). */
+#define TT_QX_INSTANCES(prefix, bits)                                                      \
+    static __attribute__((noinline)) void prefix##_block0(TT_QX_ARGS)                      \
+    {                                                                                      \
+        TT_QX_BLOCK(0, bits);                                                              \
+    }                                                                                      \
+    static __attribute__((noinline)) void prefix##_block2(TT_QX_ARGS)                      \
+    {                                                                                      \
+        TT_QX_BLOCK(2, bits);                                                              \
+    }                                                                                      \
+    static __attribute__((noinline)) void prefix##_blockn(TT_QX_ARGS)                      \
+    {                                                                                      \
+        const int32_t mode = pass >> 16;                                                   \
+        TT_QX_BLOCK(mode >= 5 ? 4 : mode, bits);                                           \
+    }
+TT_QX_INSTANCES(tt_qx, 8)
+TT_QX_INSTANCES(tt_qx4, 4)
+TT_QX_INSTANCES(tt_qx2, 2)
+/* The mirrored fused adds (modes 5, 6), for the int8 entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
 {
     TT_QX_BLOCK(5, 8);
@@ -1287,41 +1299,6 @@ static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
 static __attribute__((noinline)) void tt_qx_block6(TT_QX_ARGS)
 {
     TT_QX_BLOCK(6, 8);
-}
-static __attribute__((noinline)) void tt_qx_blockn(TT_QX_ARGS)
-{
-    /* Mirrored adds reaching the any-mode entry take the general form: this instance
-     * keeps no mirrored output code (its tests would cost every mode it runs). */
-    const int32_t mode = pass >> 16;
-    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 8);
-}
-/* The quads4 instances (packed int4 weights): the two usual modes, and any mode. */
-static __attribute__((noinline)) void tt_qx4_block0(TT_QX_ARGS)
-{
-    TT_QX_BLOCK(0, 4);
-}
-static __attribute__((noinline)) void tt_qx4_block2(TT_QX_ARGS)
-{
-    TT_QX_BLOCK(2, 4);
-}
-static __attribute__((noinline)) void tt_qx4_blockn(TT_QX_ARGS)
-{
-    const int32_t mode = pass >> 16;
-    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 4);
-}
-/* The quads2 instances (packed int2 weights), likewise. */
-static __attribute__((noinline)) void tt_qx2_block0(TT_QX_ARGS)
-{
-    TT_QX_BLOCK(0, 2);
-}
-static __attribute__((noinline)) void tt_qx2_block2(TT_QX_ARGS)
-{
-    TT_QX_BLOCK(2, 2);
-}
-static __attribute__((noinline)) void tt_qx2_blockn(TT_QX_ARGS)
-{
-    const int32_t mode = pass >> 16;
-    TT_QX_BLOCK(mode >= 5 ? 4 : mode, 2);
 }
 
 /* The "flat" field of one pixel for tt_conv2d_s8_qx: its kh * kw * in_c values gathered
@@ -1576,53 +1553,31 @@ void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_
     tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block2, TT_QX_HOW(flat, 16, 2));
 }
 
-/* The quads4 entry points (packed int4 weights, TT_QX4_STEP): as tt_conv2d_s8_qx_plain,
+/* The quads4 / quads2 entry points (packed int4 / int2 weights): as tt_conv2d_s8_qx_plain,
  * _add and tt_conv2d_s8_qx; mirrored fused adds take the general form. */
-void tt_conv2d_s4_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                           const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                           int32_t unroll)
-{
-    (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx4_block0, TT_QX4_HOW(flat, 16, 0));
-}
-
-void tt_conv2d_s4_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                         const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                         int32_t unroll)
-{
-    (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx4_block2, TT_QX4_HOW(flat, 16, 2));
-}
-
-void tt_conv2d_s4_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                     int32_t unroll)
-{
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx4_blockn, TT_QX4_HOW(flat, 2 * unroll, tt_mm_mode(p)));
-}
-
-/* The quads2 entry points (packed int2 weights, TT_QX2_STEP2), as the quads4 ones. */
-void tt_conv2d_s2_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                           const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                           int32_t unroll)
-{
-    (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx2_block0, TT_QX2_HOW(flat, 16, 0));
-}
-
-void tt_conv2d_s2_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                         const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                         int32_t unroll)
-{
-    (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx2_block2, TT_QX2_HOW(flat, 16, 2));
-}
-
-void tt_conv2d_s2_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                     const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                     int32_t unroll)
-{
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx2_blockn, TT_QX2_HOW(flat, 2 * unroll, tt_mm_mode(p)));
-}
+#define TT_QX_ENTRIES(bits, prefix, HOW)                                                    \
+    void tt_conv2d_s##bits##_qx_plain(const tt_conv_params *p, const int8_t *in,             \
+                                      const int32_t *w, const tt_rq *rq, int8_t *out,       \
+                                      int16_t *scratch, int32_t flat, int32_t unroll)      \
+    {                                                                                      \
+        (void)unroll;                                                                      \
+        tt_qx_run(p, in, w, rq, out, scratch, prefix##_block0, HOW(flat, 16, 0));         \
+    }                                                                                      \
+    void tt_conv2d_s##bits##_qx_add(const tt_conv_params *p, const int8_t *in,               \
+                                    const int32_t *w, const tt_rq *rq, int8_t *out,         \
+                                    int16_t *scratch, int32_t flat, int32_t unroll)        \
+    {                                                                                      \
+        (void)unroll;                                                                      \
+        tt_qx_run(p, in, w, rq, out, scratch, prefix##_block2, HOW(flat, 16, 2));         \
+    }                                                                                      \
+    void tt_conv2d_s##bits##_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w, \
+                                const tt_rq *rq, int8_t *out, int16_t *scratch,             \
+                                int32_t flat, int32_t unroll)                               \
+    {                                                                                      \
+        tt_qx_run(p, in, w, rq, out, scratch, prefix##_blockn,                             \
+                  HOW(flat, 2 * unroll, tt_mm_mode(p)));                                   \
+    }
+TT_QX_ENTRIES(4, tt_qx4, TT_QX4_HOW)
+TT_QX_ENTRIES(2, tt_qx2, TT_QX2_HOW)
 
 #endif
