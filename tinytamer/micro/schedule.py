@@ -19,7 +19,7 @@ from tinytamer.micro.fixedpoint import RQ_MAX_RSHIFT
 from tinytamer.micro.ir import Graph, Op
 from tinytamer.micro.ops import op_def
 from tinytamer.micro.ops.add import add_fast_requant, add_tables
-from tinytamer.micro.ops.conv import fast_requant, requant_plan
+from tinytamer.micro.ops.conv import fast_requant, packed_groups, requant_plan
 
 __all__ = [
     "RQ_MAX_RSHIFT",
@@ -56,13 +56,16 @@ def scratch_bytes(g: Graph, op: Op, dsp: bool) -> int:
 
 
 def requant_fallback(g: Graph, dsp: bool) -> dict[str, int]:
-    """{layer: channels} of the layers whose fast kernel ("mm", "simd") requantizes some
-    channels in the general form (a multiplier of 0.5 or more, or too small for the
-    single-multiply form and not constant): the per-channel fallback, which costs cycles
-    and is reported, never silent."""
+    """{layer: channels} of the layers whose fast kernel ("mm", "simd", and the packed
+    depthwise kernel's SIMD groups) requantizes some channels in the general form (a
+    multiplier of 0.5 or more, or too small for the single-multiply form and not constant):
+    the per-channel fallback, which costs cycles and is reported, never silent."""
     out = {}
     for op in g.ops:
-        if getattr(op, "weight", None) is None or op_def(op).resolve(op, dsp).get("kernel") not in ("mm", "simd"):
+        if getattr(op, "weight", None) is None:
+            continue
+        kernel = op_def(op).resolve(op, dsp).get("kernel")
+        if kernel not in ("mm", "simd") and not (kernel == "packed" and packed_groups(op, dsp)):
             continue
         n = requant_plan(op, g.tensors[op.output].zero_point).general
         if n:

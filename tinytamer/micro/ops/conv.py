@@ -33,7 +33,9 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
 - a layer whose ``weight_form`` (:mod:`tinytamer.micro.weights`) is not int8 offers first
   ``kernel`` "packed" (tt_conv2d_s8_packed, runtime/tt_conv_packed.c, or
   tt_depthwise_s8_packed, runtime/tt_depthwise_packed.c): the weights stay packed in flash
-  and each output channel's row is unpacked into the arena once per inference;
+  and each output channel's row is unpacked into the arena once per inference (depthwise,
+  DSP, a multiple of 4 channels: each group of 4 channels' rows into the "simd" layout,
+  then the "simd" kernel's group loop runs on them: int8's cycles at the packed flash);
 - a convolution (groups 1) whose ``weight_form`` is sparse or sparse_shared offers first
   ``kernel`` "sparse" (tt_conv2d_s8_sparse, runtime/tt_sparse.c): per output pixel its patch
   is unpacked once to int16 and each channel's stored non-zeros are multiplied, the zeros
@@ -175,6 +177,12 @@ def quads_packed_fits(op: Conv2D, bits: int) -> bool:
         return False
     bound = np.abs(op.bias.astype(np.int64)) + 255 * np.abs(w).sum(axis=1)
     return bool(int(bound.max()) << (8 - bits) < 1 << 31)
+
+
+def packed_groups(op: Conv2D, dsp: bool) -> bool:
+    """Whether tt_depthwise_s8_packed unpacks groups of 4 channels for the SIMD depthwise
+    group kernel (DSP builds, a multiple of 4 channels), which reads the records ``q``."""
+    return dsp and op.depthwise and op.weight.shape[0] % 4 == 0
 
 
 # The packed forms the quads kernel runs: form -> (its "weights" layout, bits).
@@ -373,6 +381,8 @@ class ConvOp(DeviceOp):
         s = self.resolve(op, dsp)
         if s["kernel"] == "packed":
             k = int(np.prod(op.weight.shape[1:]))
+            if packed_groups(op, dsp):
+                return 5 * k  # one group of 4 channels' rows, [KH][KW][4], and one row
             # One unpacked row; DSP (not depthwise): two int16 receptive fields instead.
             return max(k, 4 * ((k + 15) // 16 * 16)) if dsp and not op.depthwise else k
         if s["kernel"] == "sparse":
@@ -396,6 +406,9 @@ class ConvOp(DeviceOp):
         t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
         if s["kernel"] == "packed":
             data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
+            if packed_groups(op, site.dsp):
+                # The SIMD depthwise group kernel's single-multiply requantization.
+                data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         elif s["kernel"] == "sparse":
             data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
         elif s["kernel"] in ("mm", "winograd"):
@@ -467,8 +480,11 @@ class ConvOp(DeviceOp):
         i, x, out, scratch = site.i, site.args[0], site.out, site.scratch
         consts = f"w{i}, b{i}, m{i}, s{i}"
         if s["kernel"] == "packed":
-            kernel = "tt_depthwise_s8_packed" if op.depthwise else "tt_conv2d_s8_packed"
-            return f"{kernel}(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch})"
+            call = f"(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch}"
+            if not op.depthwise:
+                return f"tt_conv2d_s8_packed{call})"
+            rq = f"(const tt_rq *)(const void *)q{i}" if packed_groups(op, site.dsp) else "0"
+            return f"tt_depthwise_s8_packed{call}, {rq})"
         if s["kernel"] == "sparse":
             return f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, (int16_t *)(void *){scratch})"
         if s["kernel"] == "winograd":

@@ -1,5 +1,6 @@
 /* Depthwise convolution: the portable tt_depthwise_s8 and, on Cortex-M with the DSP
- * extension, tt_depthwise_s8_dsp (4 channels per SXTB16/SMLABB step, channel groups outermost). */
+ * extension, tt_depthwise_s8_dsp (4 channels per SXTB16/SMLABB step, channel groups outermost,
+ * each group run by tt_depthwise_s8_group, which the packed-weight kernel also calls). */
 #include "tt_kernels.h"
 #include "tt_fixedpoint.h"
 
@@ -82,19 +83,15 @@ tt_dw_store(const tt_conv_params *p, const tt_rq *rq, const int32_t *mult, const
     }
 }
 
-void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
-                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                         int8_t *out, const tt_rq *rq)
+/* Channels c..c+3 over every output pixel; w_c holds their taps, [k_h][k_w][4]. */
+void tt_depthwise_s8_group(const tt_conv_params *p, const int8_t *in, const int8_t *w_c,
+                           int32_t c, const int32_t *bias, const int32_t *mult,
+                           const int32_t *shift, int8_t *out, const tt_rq *rq)
 {
     /* rq: each channel's requantization record (tt_rq_chan), or 0 for the general form;
      * with the whole int8 range as the clamp, one SSAT clamps. */
     const int32_t full = p->act_min == -128 && p->act_max == 127;
-    /* w is [C/4][k_h][k_w][4]: a group of 4 channels' taps are contiguous.  C is a multiple
-     * of 4.  Groups of 4 channels are the outer loop: one group's weights, biases and
-     * requantization records (a few dozen bytes) stay in a small flash data cache over
-     * every output pixel, where a pixel-major walk over all channels' (hundreds of bytes)
-     * would miss on each. */
-    const int32_t c_n = p->in_c, taps_n = p->k_h * p->k_w;
+    const int32_t c_n = p->in_c;
     const int32_t off = tt_pack_offset(p->in_zp);
     const int32_t row_in = p->in_w * c_n, row_w = p->k_w * 4;
 #if defined(__OPTIMIZE__)
@@ -103,8 +100,7 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
     const int32_t hi = (p->in_w - 3 + p->pad_w) / p->stride_w + 1;
     const int32_t step = p->stride_w * c_n;
 #endif
-    for (int32_t c = 0; c < c_n; c += 4) {
-        const int8_t *w_c = w + c * taps_n;
+    {
         const int32_t b0 = bias[c], b1 = bias[c + 1], b2 = bias[c + 2], b3 = bias[c + 3];
         for (int32_t oy = 0; oy < p->out_h; ++oy) {
             const int32_t y0 = oy * p->stride_h - p->pad_h;
@@ -184,6 +180,21 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
                 tt_dw_store(p, rq, mult, shift, full, c, o, a0, a1, a2, a3);
             }
         }
+    }
+}
+
+void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
+                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                         int8_t *out, const tt_rq *rq)
+{
+    /* w is [C/4][k_h][k_w][4]: a group of 4 channels' taps are contiguous.  C is a multiple
+     * of 4.  Groups of 4 channels are the outer loop: one group's weights, biases and
+     * requantization records (a few dozen bytes) stay in a small flash data cache over
+     * every output pixel, where a pixel-major walk over all channels' (hundreds of bytes)
+     * would miss on each. */
+    const int32_t taps_n = p->k_h * p->k_w;
+    for (int32_t c = 0; c < p->in_c; c += 4) {
+        tt_depthwise_s8_group(p, in, w + c * taps_n, c, bias, mult, shift, out, rq);
     }
 }
 
