@@ -14,7 +14,9 @@ or four weights a byte):
   reading the packed words and scaling the fields in registers (tt_conv2d_s4_qx*,
   tt_conv2d_s2_qx*, runtime/tt_conv.c);
 - ``int4 packed`` / ``int2 packed``: the same graph with every packed convolution on the
-  row-unpacking packed kernel (tt_conv2d_s8_packed, the default before);
+  row-unpacking packed kernel (tt_conv2d_s8_packed, the default before); depthwise layers
+  have one packed kernel (tt_depthwise_s8_packed, groups of 4 channels unpacked for the SIMD
+  group kernel) and run it in both columns;
 - ``int4 cmsis-nn`` (``--bits 4`` only: CMSIS-NN has no 2-bit kernels): the 4-bit graph on
   CMSIS-NN (arm_convolve_s4 and its kin where CMSIS-NN runs the op bit-exactly; the rest on
   ours, listed under ``cmsis_fallbacks``), the unmodified tree in ../shared/peers/cmsis-nn.
