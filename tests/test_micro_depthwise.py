@@ -122,7 +122,7 @@ def test_packed_portable_path_for_channels_not_a_multiple_of_4(device_matches_re
 def test_packed_forms_cost_about_what_int8_costs(tmp_path):
     """DS-CNN's depthwise shape (25 x 5 x 64, 3 x 3): the group kernel's cycles plus one
     unpacking per group of 4 channels.  Figures (cortex-m4 cycle table, ideal memory):
-    int8 "simd" 595,238 est. cycles; int4 614,546, int2 613,970, shared 607,826 (1.02-1.03x);
+    int8 "simd" 581,291 est. cycles; int4 600,512, int2 599,936, shared 593,792 (1.02-1.03x);
     the portable packed loop this replaced took 4.4x int8 (int2 2,616,130)."""
     cycles = {}
     for form in ("int8", "int4", "int2", "shared"):

@@ -415,11 +415,12 @@ class ConvOp(DeviceOp):
             data = [c_weights(i, self.weight_array(op, site.dsp))]
             # tt_rq records: bias and the single-multiply requantization per channel.
             data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
+        elif s["kernel"] == "simd":
+            # The depthwise SIMD kernel: biases and single-multiply requantization in records.
+            data = [c_weights(i, self.weight_array(op, site.dsp))]
+            data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         else:
             data = [c_weights(i, self.weight_array(op, site.dsp)), *c_requant(i, op)]
-            if s["kernel"] == "simd":
-                # The depthwise SIMD kernel's single-multiply requantization.
-                data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         (h, w, c), (oh, ow, oc) = t_in.shape, t_out.shape
         fields = dict(
             in_h=h,
@@ -515,7 +516,7 @@ class ConvOp(DeviceOp):
                 f"(int16_t *)(void *){scratch}, {s['cols']}, {int(s['pack'] == 'flat')})"
             )
         if s["kernel"] == "simd":
-            return f"tt_depthwise_s8_dsp(&p{i}, {x}, {consts}, {out}, (const tt_rq *)(const void *)q{i})"
+            return f"tt_depthwise_s8_dsp(&p{i}, {x}, w{i}, {out}, (const tt_rq *)(const void *)q{i})"
         kernel = "tt_depthwise_s8" if op.depthwise else "tt_conv2d_s8"
         return f"{kernel}(&p{i}, {x}, {consts}, {out})"
 

@@ -60,36 +60,45 @@ void tt_depthwise_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
         : [cn] "r"(c_n), [off] "r"(off)                                                    \
         : "memory"
 
-/* Requantize, clamp and store one pixel's 4 channels c..c+3. */
-static inline __attribute__((always_inline)) void
-tt_dw_store(const tt_conv_params *p, const tt_rq *rq, const int32_t *mult, const int32_t *shift,
-            int32_t full, int32_t c, int8_t *o, int32_t a0, int32_t a1, int32_t a2, int32_t a3)
+/* A channel in the general form (rare: see tt_rq_chan), out of line: inlined, its 64-bit
+ * arithmetic would repeat at each of the stores below, in flash. */
+static __attribute__((noinline, cold)) int32_t tt_dw_general(int32_t a, const tt_rq *r)
 {
-    if (rq != 0 && full) {
-        o[0] = (int8_t)__ssat(tt_rq_chan(a0, rq + c), 8);
-        o[1] = (int8_t)__ssat(tt_rq_chan(a1, rq + c + 1), 8);
-        o[2] = (int8_t)__ssat(tt_rq_chan(a2, rq + c + 2), 8);
-        o[3] = (int8_t)__ssat(tt_rq_chan(a3, rq + c + 3), 8);
-    } else if (rq != 0) {
-        o[0] = tt_rq_out(a0, rq + c, p->act_min, p->act_max);
-        o[1] = tt_rq_out(a1, rq + c + 1, p->act_min, p->act_max);
-        o[2] = tt_rq_out(a2, rq + c + 2, p->act_min, p->act_max);
-        o[3] = tt_rq_out(a3, rq + c + 3, p->act_min, p->act_max);
+    return tt_rq_general(a, r);
+}
+
+static inline __attribute__((always_inline)) int32_t tt_dw_rq(int32_t a, const tt_rq *r)
+{
+    if (__builtin_expect(r->rshift == TT_RQ_GENERAL, 0)) {
+        return tt_dw_general(a, r);
+    }
+    return tt_rq_apply(a, r);
+}
+
+/* Requantize, clamp and store one pixel's 4 channels (their records rq[0..3]). */
+static inline __attribute__((always_inline)) void
+tt_dw_store(const tt_conv_params *p, const tt_rq *rq, int32_t full, int8_t *o, int32_t a0,
+            int32_t a1, int32_t a2, int32_t a3)
+{
+    if (full) {
+        o[0] = (int8_t)__ssat(tt_dw_rq(a0, rq), 8);
+        o[1] = (int8_t)__ssat(tt_dw_rq(a1, rq + 1), 8);
+        o[2] = (int8_t)__ssat(tt_dw_rq(a2, rq + 2), 8);
+        o[3] = (int8_t)__ssat(tt_dw_rq(a3, rq + 3), 8);
     } else {
-        o[0] = tt_out(a0, mult, shift, c, p);
-        o[1] = tt_out(a1, mult, shift, c + 1, p);
-        o[2] = tt_out(a2, mult, shift, c + 2, p);
-        o[3] = tt_out(a3, mult, shift, c + 3, p);
+        o[0] = tt_clamp(tt_dw_rq(a0, rq), p->act_min, p->act_max);
+        o[1] = tt_clamp(tt_dw_rq(a1, rq + 1), p->act_min, p->act_max);
+        o[2] = tt_clamp(tt_dw_rq(a2, rq + 2), p->act_min, p->act_max);
+        o[3] = tt_clamp(tt_dw_rq(a3, rq + 3), p->act_min, p->act_max);
     }
 }
 
 /* Channels c..c+3 over every output pixel; w_c holds their taps, [k_h][k_w][4]. */
 void tt_depthwise_s8_group(const tt_conv_params *p, const int8_t *in, const int8_t *w_c,
-                           int32_t c, const int32_t *bias, const int32_t *mult,
-                           const int32_t *shift, int8_t *out, const tt_rq *rq)
+                           int32_t c, int8_t *out, const tt_rq *rq)
 {
-    /* rq: each channel's requantization record (tt_rq_chan), or 0 for the general form;
-     * with the whole int8 range as the clamp, one SSAT clamps. */
+    /* rq: every channel's bias and requantization record (tt_rq_chan); with the whole
+     * int8 range as the clamp, one SSAT clamps. */
     const int32_t full = p->act_min == -128 && p->act_max == 127;
     const int32_t c_n = p->in_c;
     const int32_t off = tt_pack_offset(p->in_zp);
@@ -101,7 +110,8 @@ void tt_depthwise_s8_group(const tt_conv_params *p, const int8_t *in, const int8
     const int32_t step = p->stride_w * c_n;
 #endif
     {
-        const int32_t b0 = bias[c], b1 = bias[c + 1], b2 = bias[c + 2], b3 = bias[c + 3];
+        const tt_rq *const r = rq + c;
+        const int32_t b0 = r[0].bias, b1 = r[1].bias, b2 = r[2].bias, b3 = r[3].bias;
         for (int32_t oy = 0; oy < p->out_h; ++oy) {
             const int32_t y0 = oy * p->stride_h - p->pad_h;
             const int32_t ky0 = y0 < 0 ? -y0 : 0;
@@ -132,7 +142,7 @@ void tt_depthwise_s8_group(const tt_conv_params *p, const int8_t *in, const int8
                                        [xe] "=&r"(xe), [we] "=&r"(we)
                                      : [cn] "r"(c_n), [off] "r"(off), [rowd] "r"(rowd)
                                      : "memory");
-                    tt_dw_store(p, rq, mult, shift, full, c, o, a0, a1, a2, a3);
+                    tt_dw_store(p, r, full, o, a0, a1, a2, a3);
                     continue;
                 }
 #endif
@@ -177,14 +187,13 @@ void tt_depthwise_s8_group(const tt_conv_params *p, const int8_t *in, const int8
                     ip_row += row_in;
                     wp_row += row_w;
                 }
-                tt_dw_store(p, rq, mult, shift, full, c, o, a0, a1, a2, a3);
+                tt_dw_store(p, r, full, o, a0, a1, a2, a3);
             }
         }
     }
 }
 
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
-                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, const tt_rq *rq)
 {
     /* w is [C/4][k_h][k_w][4]: a group of 4 channels' taps are contiguous.  C is a multiple
@@ -194,7 +203,7 @@ void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t
      * would miss on each. */
     const int32_t taps_n = p->k_h * p->k_w;
     for (int32_t c = 0; c < p->in_c; c += 4) {
-        tt_depthwise_s8_group(p, in, w + c * taps_n, c, bias, mult, shift, out, rq);
+        tt_depthwise_s8_group(p, in, w + c * taps_n, c, out, rq);
     }
 }
 

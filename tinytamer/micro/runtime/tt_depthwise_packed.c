@@ -23,7 +23,7 @@ void tt_depthwise_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_
                     scratch[4 * t + k] = row[t];
                 }
             }
-            tt_depthwise_s8_group(p, in, scratch, c, bias, mult, shift, out, rq);
+            tt_depthwise_s8_group(p, in, scratch, c, out, rq);
         }
         return;
     }

@@ -211,12 +211,12 @@ void tt_conv2d_s2_qx_add(const tt_conv_params *p, const int8_t *in, const int32_
  * transformed inputs (2 x 16 x in_c int16); the same output stage as the "mm" kernels. */
 void tt_conv2d_s8_wino(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                        const tt_rq *rq, int8_t *out, int16_t *scratch);
+/* Depthwise, 4 channels per step (tt_depthwise.c): weights [C/4][k_h][k_w][4], each
+ * channel's bias and requantization in its tt_rq record. */
 void tt_depthwise_s8_dsp(const tt_conv_params *p, const int8_t *in, const int8_t *w,
-                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, const tt_rq *rq);
 void tt_depthwise_s8_group(const tt_conv_params *p, const int8_t *in, const int8_t *w_c,
-                           int32_t c, const int32_t *bias, const int32_t *mult,
-                           const int32_t *shift, int8_t *out, const tt_rq *rq);
+                           int32_t c, int8_t *out, const tt_rq *rq);
 void tt_dense_s8_dsp(const tt_dense_params *p, const int8_t *in, const int8_t *w,
                      const int32_t *bias, const int32_t *mult, const int32_t *shift,
                      int8_t *out, int16_t *scratch);
