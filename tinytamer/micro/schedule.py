@@ -56,8 +56,8 @@ def scratch_bytes(g: Graph, op: Op, dsp: bool) -> int:
 
 
 def requant_fallback(g: Graph, dsp: bool) -> dict[str, int]:
-    """{layer: channels} of the layers whose fast kernel ("mm", "simd", and the packed
-    depthwise kernel's SIMD groups) requantizes some channels in the general form (a
+    """{layer: channels} of the layers whose fast kernel ("mm", "simd", "blocks", and the
+    packed depthwise kernel's SIMD groups) requantizes some channels in the general form (a
     multiplier of 0.5 or more, or too small for the single-multiply form and not constant):
     the per-channel fallback, which costs cycles and is reported, never silent."""
     out = {}
@@ -65,7 +65,7 @@ def requant_fallback(g: Graph, dsp: bool) -> dict[str, int]:
         if getattr(op, "weight", None) is None:
             continue
         kernel = op_def(op).resolve(op, dsp).get("kernel")
-        if kernel not in ("mm", "simd") and not (kernel == "packed" and packed_groups(op, dsp)):
+        if kernel not in ("mm", "simd", "blocks") and not (kernel == "packed" and packed_groups(op, dsp)):
             continue
         n = requant_plan(op, g.tensors[op.output].zero_point).general
         if n:

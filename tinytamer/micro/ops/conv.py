@@ -36,6 +36,10 @@ Kernels and knobs (the op's ``schedule``; an empty one means the build's default
   and each output channel's row is unpacked into the arena once per inference (depthwise,
   DSP, a multiple of 4 channels: each group of 4 channels' rows into the "simd" layout,
   then the "simd" kernel's group loop runs on them: int8's cycles at the packed flash);
+- a convolution (groups 1, DSP) in the ``shared`` form offers first ``kernel`` "blocks"
+  (tt_conv2d_s8_qxb, runtime/tt_conv.c): ``block`` (8, 4 or 16) output channels' rows at a
+  time unpacked into the int8 "quads" layout in the arena, then the quads kernel over every
+  pixel for them (``pack`` and ``unroll`` as for "mm"); the columns are rebuilt per block;
 - a convolution (groups 1) whose ``weight_form`` is sparse or sparse_shared offers first
   ``kernel`` "sparse" (tt_conv2d_s8_sparse, runtime/tt_sparse.c): per output pixel its patch
   is unpacked once to int16 and each channel's stored non-zeros are multiplied, the zeros
@@ -101,6 +105,7 @@ _CONV_KNOBS = {
     "im2col": ("kernel", "cols", "pack"),
     "direct": ("kernel",),
     "packed": ("kernel",),
+    "blocks": ("kernel", "unroll", "pack", "block"),
     "sparse": ("kernel",),
     "winograd": ("kernel",),
 }
@@ -299,6 +304,12 @@ class ConvOp(DeviceOp):
             own = "sparse" if op.weight_form in weights.SPARSE_FORMS else "packed"
             if own == "packed" or op.groups == 1:  # the sparse kernel reads groups 1 only
                 knobs["kernel"] = [own, *knobs["kernel"]]
+            if op.weight_form == "shared" and "weights" in knobs:
+                # Shared weights unpacked block by block into the int8 quads layout: the
+                # quads kernel's cycles plus a column rebuild per block, for block x the
+                # padded row in arena; first, ahead of the row-by-row packed kernel.
+                knobs["kernel"] = ["blocks", *knobs["kernel"]]
+                knobs["block"] = [8, 4, 16]
             layout, bits = _QUADS_PACKED.get(op.weight_form, (None, 0))
             if layout and "weights" in knobs and quads_packed_fits(op, bits):
                 # The quads kernel over the packed words (half / a quarter of the int8
@@ -333,7 +344,7 @@ class ConvOp(DeviceOp):
     def weight_array(self, op: Conv2D, dsp: bool) -> np.ndarray:
         """The weights in the layout the chosen kernel reads."""
         s = self.resolve(op, dsp)
-        if s["kernel"] == "packed":
+        if s["kernel"] in ("packed", "blocks"):
             return weights.pack(op.weight, op.weight_form).data
         if s["kernel"] == "sparse":
             sp = weights.pack(op.weight, op.weight_form)
@@ -389,10 +400,13 @@ class ConvOp(DeviceOp):
             return 2 * int(np.prod(op.weight.shape[1:]))  # one int16 patch
         if s["kernel"] == "winograd":
             return winograd.scratch_bytes(op.weight.shape[3])
-        if s.get("kernel") not in ("im2col", "mm"):
+        if s.get("kernel") not in ("im2col", "mm", "blocks"):
             return 0
         _, kh, kw, ic = op.weight.shape
         k = round4(kh * kw * ic) if s["pack"] == "flat" else kh * kw * round4(ic)
+        if s["kernel"] == "blocks":
+            # `block` rows in the quads layout, one unpacked row, the quads kernel's columns.
+            return (s["block"] + 1) * k + 4 * k + (k if s["pack"] == "flat" else 0)
         # int16 columns for 1 or 2 pixels (3 for the pairs kernel); mm's flat packing also
         # gathers one field in order: as int16, or as bytes for quads.
         gather = s["kernel"] == "mm" and s["pack"] == "flat"
@@ -411,6 +425,9 @@ class ConvOp(DeviceOp):
                 data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         elif s["kernel"] == "sparse":
             data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
+        elif s["kernel"] == "blocks":
+            data = weights.c_packed(i, weights.pack(op.weight, op.weight_form))
+            data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
         elif s["kernel"] in ("mm", "winograd"):
             data = [c_weights(i, self.weight_array(op, site.dsp))]
             # tt_rq records: bias and the single-multiply requantization per channel.
@@ -442,7 +459,7 @@ class ConvOp(DeviceOp):
             act_max=op.act_max,
         )
         if site.fused_add is not None:
-            data.append(self._residual(g, op, site.fused_add, s["kernel"] in ("mm", "winograd")))
+            data.append(self._residual(g, op, site.fused_add, s["kernel"] in ("mm", "winograd", "blocks")))
             fields["res"] = f"&r{site.fused_add}"
         data.append(c_struct("tt_conv_params", f"p{i}", fields))
         return data, self._call(op, s, site)
@@ -486,6 +503,11 @@ class ConvOp(DeviceOp):
                 return f"tt_conv2d_s8_packed{call})"
             rq = f"(const tt_rq *)(const void *)q{i}" if packed_groups(op, site.dsp) else "0"
             return f"tt_depthwise_s8_packed{call}, {rq})"
+        if s["kernel"] == "blocks":
+            return (
+                f"tt_conv2d_s8_qxb(&p{i}, {x}, &pw{i}, (const tt_rq *)(const void *)q{i}, {out}, "
+                f"(int16_t *)(void *){scratch}, {int(s['pack'] == 'flat')}, {s['unroll']}, {s['block']})"
+            )
         if s["kernel"] == "sparse":
             return f"tt_conv2d_s8_sparse(&p{i}, {x}, &sw{i}, b{i}, m{i}, s{i}, {out}, (int16_t *)(void *){scratch})"
         if s["kernel"] == "winograd":

@@ -1105,11 +1105,12 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      : TT_QX_OPERANDS : [end] "m"(end) : "cc", "memory")
 
 /* Every output channel of the `n` (1 or 2) pixels whose columns are in `col` (pixel k's
- * `128 sum x` in s0, s1); `mode` as for tt_mm_out4. */
+ * `128 sum x` in s0, s1; the second pixel's outputs `stride` bytes after the first's);
+ * `mode` as for tt_mm_out4. */
 static inline __attribute__((always_inline)) void
 tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o0,
             const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps,
-            int32_t s0, int32_t s1, int32_t n, int32_t mode, int32_t bits)
+            int32_t s0, int32_t s1, int32_t n, int32_t mode, int32_t bits, int32_t stride)
 {
     const int32_t out_c = p->out_c;
     const int32_t lo = p->act_min, hi = p->act_max;
@@ -1221,10 +1222,10 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         tt_mx_store(mode, o + 1, b0, lo, hi, res, cm, ca, to, q, lo2, hi2);
         tt_mx_store(mode, o + 2, c0, lo, hi, res, cm, ca, to, q, lo2, hi2);
         tt_mx_store(mode, o + 3, d0, lo, hi, res, cm, ca, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c, a1, lo, hi, res, cm, ca, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c + 1, b1, lo, hi, res, cm, ca, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c + 2, c1, lo, hi, res, cm, ca, to, q, lo2, hi2);
-        tt_mx_store(mode, o + out_c + 3, d1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + stride, a1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + stride + 1, b1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + stride + 2, c1, lo, hi, res, cm, ca, to, q, lo2, hi2);
+        tt_mx_store(mode, o + stride + 3, d1, lo, hi, res, cm, ca, to, q, lo2, hi2);
     }
     /* The last out_c % 4 channels: pairs words, an odd last channel paired with zeros. */
     for (int32_t oc = out_c & ~3; oc < out_c; oc += 2, r += 2, o += 2) {
@@ -1244,12 +1245,12 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
         tt_mm_out1(mode, p, r, o, a0);
         if (n == 2) {
-            tt_mm_out1(mode, p, r, o + out_c, a1);
+            tt_mm_out1(mode, p, r, o + stride, a1);
         }
         if (two) {
             tt_mm_out1(mode, p, r + 1, o + 1, b0);
             if (n == 2) {
-                tt_mm_out1(mode, p, r + 1, o + out_c + 1, b1);
+                tt_mm_out1(mode, p, r + 1, o + stride + 1, b1);
             }
         }
     }
@@ -1262,14 +1263,15 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
 /* `pass`: the block's loop and pixels in one argument, so that few go on the stack (the
  * pixel loop's frame, under every block's, holds the outgoing ones): bytes skipped on
  * entering the first pass (bits 0-9), column words per pass (10-14), pixels (15), output
- * mode (16-18). */
+ * mode (16-18), bytes from one output pixel to the next (19-31: out_c, or the whole
+ * layer's channels where a call computes a block of them, tt_conv2d_s8_qxb). */
 #define TT_QX_PASS(skip, steps, n, mode) ((skip) | (steps) << 10 | ((n) - 1) << 15 | (mode) << 16)
 #define TT_QX_ARGS                                                                         \
     const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o, const int32_t *col, \
         const int32_t *col_end, int32_t s0, int32_t s1, int32_t pass
 #define TT_QX_BLOCK(mode, bits)                                                              \
     tt_qx_block(p, w, rq, o, col, col_end, pass & 1023, (pass >> 10) & 31, s0, s1,          \
-                ((pass >> 15) & 1) + 1, (mode), (bits))
+                ((pass >> 15) & 1) + 1, (mode), (bits), (int32_t)((uint32_t)pass >> 19))
 typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
 /* The plain (mode 0), fused-add (mode 2) and any-mode instances of a layout (`bits` 8: int8
  * quads, 4: quads4, 2: quads2).  Mirrored adds reaching the any-mode instance take the
@@ -1285,7 +1287,7 @@ typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
     }                                                                                      \
     static __attribute__((noinline)) void prefix##_blockn(TT_QX_ARGS)                      \
     {                                                                                      \
-        const int32_t mode = pass >> 16;                                                   \
+        const int32_t mode = (pass >> 16) & 7;                                             \
         TT_QX_BLOCK(mode >= 5 ? 4 : mode, bits);                                           \
     }
 TT_QX_INSTANCES(tt_qx, 8)
@@ -1466,17 +1468,21 @@ static __attribute__((noinline)) void
 tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_rq *rq,
           int8_t *out, int16_t *scratch, tt_qx_block_fn block, int32_t how)
 {
-    /* `how`: flat | steps << 1 | mode << 8 | layout << 12, so that the entry points, which take as many
-     * arguments, tail-call this function (no frame of theirs on the stack). */
+    /* `how`: flat | steps << 1 | mode << 8 | layout << 12 | pixel stride << 16, so that the
+     * entry points, which take as many arguments, tail-call this function (no frame of
+     * theirs on the stack). */
     const int32_t flat = how & 1, steps = (how >> 1) & 127, mode = (how >> 8) & 15;
+    /* bits 16-31: bytes between output pixels where a call computes a block of channels */
+    const int32_t stride = (how >> 16) != 0 ? (int32_t)((uint32_t)how >> 16) : p->out_c;
     /* quads, quads4, quads2 (whose steps come in pairs: the steps skipped are even) */
     const int32_t step_bytes = (how >> 12) == 2 ? 66 : (how >> 12) == 1 ? 64 : 56;
     const int32_t icp = (p->in_c + 3) & ~3;
     const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
     const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
     const int32_t skip = step_bytes * ((steps - (nw & (steps - 1))) & (steps - 1));
-    const int32_t pass = TT_QX_PASS(skip, steps, 1, mode); /* the pixels' bit added per pass */
-    const int32_t n_pix = p->out_h * p->out_w, out_c = p->out_c;
+    /* the pixels' bit added per pass */
+    const int32_t pass = TT_QX_PASS(skip, steps, 1, mode) | (int32_t)((uint32_t)stride << 19);
+    const int32_t n_pix = p->out_h * p->out_w;
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 2 * nw;
     int8_t *tmp = (int8_t *)(void *)(col + 2 * nw); /* flat: the field as bytes */
@@ -1510,7 +1516,7 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
                 ++oy;
             }
         }
-        block(p, w, rq, out + pix * out_c, col, col_end, s0, s1, pass | (n - 1) << 15);
+        block(p, w, rq, out + pix * stride, col, col_end, s0, s1, pass | (n - 1) << 15);
     }
 }
 
@@ -1551,6 +1557,78 @@ void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_
 {
     (void)unroll;
     tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block2, TT_QX_HOW(flat, 16, 2));
+}
+
+/* Channels c0..c0+nb-1 of a packed layer (shared, int4, int2) into the int8 quads layout
+ * at `wb` (tinytamer/micro/ops/conv.py _quads: per quad of channels and column word j, the
+ * pairs words AB_j, CD_j, each [A_lo + 128, B_lo, A_hi + 128, B_hi] with (lo, hi) the
+ * SXTAB16 lanes of input group j / 2; the nb % 4 channels left as pairs words after, an odd
+ * last one paired with zeros).  Each channel's row is unpacked once into `row` (kp bytes),
+ * padded to kp: after its last input (flat) or after each kernel position's in_c (channel
+ * packing, icp inputs a position). */
+static void tt_qxb_pack(const tt_wpack *w, int32_t c0, int32_t nb, const tt_conv_params *p,
+                        int32_t flat, int32_t kp, int8_t *row, uint8_t *wb)
+{
+    const int32_t ic = p->in_c, icp = (ic + 3) & ~3, taps = p->k_h * p->k_w, nw = kp >> 1;
+    const int32_t quads = nb & ~3;
+    for (int32_t t = 0; t < nb; ++t) {
+        tt_wpack_row(w, c0 + t, row);
+        if (flat) {
+            for (int32_t e = taps * ic; e < kp; ++e) {
+                row[e] = 0;
+            }
+        } else if (icp != ic) { /* spread the positions icp apart, from the last one down */
+            for (int32_t pos = taps - 1; pos >= 0; --pos) {
+                for (int32_t ci = icp - 1; ci >= 0; --ci) {
+                    row[pos * icp + ci] = ci < ic ? row[pos * ic + ci] : 0;
+                }
+            }
+        }
+        /* Where channel t's bytes go: its quad's words (AB, CD of each column word), or
+         * its tail pair's words; byte 0 / 2 for a pair's first channel (+ 128), 1 / 3 for
+         * its second. */
+        const int32_t first = (t & 1) == 0, add = first ? 128 : 0;
+        uint8_t *d = t < quads ? wb + (t & ~3) * kp + 4 * ((t >> 1) & 1)
+                               : wb + quads * kp + ((t - quads) >> 1) * 2 * kp;
+        const int32_t step = t < quads ? 8 : 4;
+        d += first ? 0 : 1;
+        for (int32_t j = 0; j < nw; ++j, d += step) {
+            const int32_t e = 4 * (j >> 1) + (j & 1);
+            d[0] = (uint8_t)(row[e] + add);
+            d[2] = (uint8_t)(row[e + 2] + add);
+        }
+        if (t == nb - 1 && t >= quads && first) { /* an odd last channel: a zero partner */
+            uint8_t *z = wb + quads * kp + ((t - quads) >> 1) * 2 * kp + 1;
+            for (int32_t j = 0; j < nw; ++j, z += 4) {
+                z[0] = 0;
+                z[2] = 0;
+            }
+        }
+    }
+}
+
+/* A packed convolution (shared, int4, int2) on the quads kernel: the weights of `block`
+ * channels at a time unpacked into the int8 quads layout in the arena (`scratch`: block *
+ * kp bytes, then one row of kp, then the quads kernel's columns), then every output pixel
+ * for those channels; the columns are rebuilt for each block, the weights unpacked once. */
+void tt_conv2d_s8_qxb(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
+                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                      int32_t unroll, int32_t block)
+{
+    const int32_t oc_n = p->out_c, taps = p->k_h * p->k_w;
+    const int32_t kp = flat ? (taps * p->in_c + 3) & ~3 : taps * ((p->in_c + 3) & ~3);
+    uint8_t *const wb = (uint8_t *)(void *)scratch;
+    int8_t *const row = (int8_t *)(wb + block * kp);
+    int16_t *const col = (int16_t *)(void *)(row + kp);
+    const int32_t mode = tt_mm_mode(p);
+    const tt_qx_block_fn fn = mode == 0 ? tt_qx_block0 : mode == 2 ? tt_qx_block2 : tt_qx_blockn;
+    const int32_t how = TT_QX_HOW(flat, mode == 0 || mode == 2 ? 16 : 2 * unroll, mode) | oc_n << 16;
+    tt_conv_params q = *p;
+    for (int32_t c0 = 0; c0 < oc_n; c0 += block) {
+        q.out_c = oc_n - c0 < block ? oc_n - c0 : block;
+        tt_qxb_pack(w, c0, q.out_c, p, flat, kp, row, wb);
+        tt_qx_run(&q, in, (const int32_t *)(const void *)wb, rq + c0, out + c0, col, fn, how);
+    }
 }
 
 /* The quads4 / quads2 entry points (packed int4 / int2 weights): as tt_conv2d_s8_qx_plain,

@@ -181,6 +181,11 @@ void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int3
 void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                          const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                          int32_t unroll);
+/* A packed convolution (shared, int4, int2) on the quads kernel, `block` output channels'
+ * weights at a time unpacked into its int8 layout in `scratch` (tt_conv.c). */
+void tt_conv2d_s8_qxb(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
+                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
+                      int32_t unroll, int32_t block);
 void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                             const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                             int32_t unroll);
