@@ -107,6 +107,31 @@ def test_fallback_is_per_channel_and_reported():
     assert schedule.requant_fallback(g, True) == {}  # the general kernels: nothing to report
 
 
+def test_packed_forms_report_their_fast_kernels_fallback():
+    """A shared pointwise convolution ("blocks"), an int4 depthwise one (the packed kernel's
+    SIMD groups) and a packed fully connected layer (general requantization: nothing to
+    report) side by side: each fast kernel's general channels are reported, the others
+    are skipped."""
+    g = _layer_graph()
+    rng = np.random.default_rng(2)
+    pw, dw = g.ops
+    pw.weight = rng.choice(rng.integers(-127, 128, 16), pw.weight.shape)
+    pw.weight[6] = 0
+    pw.weight_form = "shared"
+    dw.weight = rng.integers(-8, 8, dw.weight.shape)
+    dw.weight[5] = 0
+    dw.weight_form = "int4"
+    assert schedule.resolve(pw, True)["kernel"] == "blocks"
+    assert schedule.resolve(dw, True)["kernel"] == "packed"
+    assert schedule.requant_fallback(g, True) == {"pw": 3, "dw": 3}
+    b = GraphBuilder((37,), 0.02, 3)
+    fc = b.dense(b.input, rng.integers(-8, 8, (5, 37)), np.full(5, 0.002), np.zeros(5), 0.1, 1)
+    gf = b.graph(fc)
+    gf.ops[0].weight_form = "int4"
+    assert schedule.resolve(gf.ops[0], True)["kernel"] == "packed"
+    assert schedule.requant_fallback(gf, True) == {}
+
+
 @qemu
 @pytest.mark.parametrize("weights", ["int8", "int16"])
 def test_fast_kernels_are_bit_exact_with_every_record_kind(tmp_path, weights):

@@ -184,10 +184,11 @@ def quads_packed_fits(op: Conv2D, bits: int) -> bool:
     return bool(int(bound.max()) << (8 - bits) < 1 << 31)
 
 
-def packed_groups(op: Conv2D, dsp: bool) -> bool:
-    """Whether tt_depthwise_s8_packed unpacks groups of 4 channels for the SIMD depthwise
-    group kernel (DSP builds, a multiple of 4 channels), which reads the records ``q``."""
-    return dsp and op.depthwise and op.weight.shape[0] % 4 == 0
+def packed_groups(op: Op, dsp: bool) -> bool:
+    """Whether ``op`` is a depthwise convolution that tt_depthwise_s8_packed runs in groups of
+    4 channels on the SIMD depthwise group kernel (DSP builds, a multiple of 4 channels),
+    which reads the records ``q``."""
+    return dsp and isinstance(op, Conv2D) and op.depthwise and op.weight.shape[0] % 4 == 0
 
 
 # The packed forms the quads kernel runs: form -> (its "weights" layout, bits).
