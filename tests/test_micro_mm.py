@@ -155,7 +155,8 @@ def test_every_mm_schedule_is_bit_exact(tmp_path, unroll, weights, pack):
             src = cm.files["model.c"]
             assert "(const tt_rq *)(const void *)qa" in src  # add_full: single-multiply form
             assert src.count("(const tt_rq *)(const void *)qa") == 1  # add_general: general
-            assert "m0, s0, (tt_arena + " in src and "(const tt_rq *)(const void *)q0)" in src
+            # the depthwise SIMD kernel: weights, output and its records, no b/m/s arrays
+            assert "w0, (tt_arena + " in src and "(const tt_rq *)(const void *)q0)" in src
         build = toolchain.arm_build(cm, tmp_path / f"g{k}", "cortex-m4", inputs=xs.reshape(len(xs), -1))
         np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
 
