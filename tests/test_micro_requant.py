@@ -160,3 +160,69 @@ def test_a_deploy_warns_of_each_layer_with_general_channels():
         f"target 'cortex-m4': layer '{n}' requantizes 3 channel" for n in ("pw", "dw")
     ]
     assert _requant_fallback("micro-host", SimpleNamespace(graph=_layer_graph(), device="host")) == {}
+
+
+def _quads_graph(general: bool, seed: int = 3):
+    """Two pointwise convolutions on the quads kernel, the second with a residual add fused
+    into it (the plain and the fused-add entry's modes), and either every channel in the
+    single-multiply form or three of eight in the general form; a head after the add."""
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder((5, 5, 8), 0.02, 3)
+    x = b.conv(b.input, rng.integers(-127, 128, (8, 8, 1, 1)), np.full(8, 0.002), rng.normal(0, 1, 8), 0.03, -4)
+    y = b.conv(x, rng.integers(-127, 128, (8, 8, 1, 1)), np.full(8, 0.002), rng.normal(0, 1, 8), 0.04, 1, name="c2")
+    z = b.add(y, x, 0.05, 2)
+    g = b.graph(b.conv(z, rng.integers(-127, 128, (4, 8, 1, 1)), np.full(4, 0.002), None, 0.1, 0, name="head"))
+    if general:
+        for op in g.ops[:2]:
+            real = [0.75, 0.004, 1.6, 0.005, 0.5, 0.006, 0.002, 0.005]
+            m, s = zip(*(quantize_multiplier(r) for r in real), strict=True)
+            op.multiplier[:] = m
+            op.shift[:] = s
+    for op in g.ops[:2]:
+        op.schedule = {"kernel": "mm", "weights": "quads"}
+    return g
+
+
+@qemu
+@pytest.mark.parametrize("general", [False, True])
+def test_quads_layers_with_general_channels_take_the_any_mode_entry(tmp_path, general):
+    """The plain and fused-add entries' output code holds only the single-multiply form; a
+    layer with a channel in the general form goes to the entry that has it, bit-exact."""
+    g = _quads_graph(general)
+    assert [schedule.requant_plan(op, g.tensors[op.output].zero_point).general > 0 for op in g.ops[:2]] == [general] * 2
+    rng = np.random.default_rng(4)
+    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, x).reshape(-1) for x in xs])
+    assert len(np.unique(want)) > 5
+    cm = codegen.generate(g, dsp=True)
+    src = cm.files["model.c"]
+    if general:
+        assert src.count("tt_conv2d_s8_qx(") == 2 and "tt_conv2d_s8_qx_add(" not in src
+    else:
+        assert "tt_conv2d_s8_qx_plain(" in src and "tt_conv2d_s8_qx_add(" in src
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
+
+
+@qemu
+def test_shared_blocks_with_general_channels_are_bit_exact(tmp_path):
+    """The "blocks" kernel (shared weights unpacked onto the quads kernel) checks the records
+    at run time: a layer with general channels takes the any-mode instance."""
+    g = _layer_graph()
+    rng = np.random.default_rng(2)
+    pw = g.ops[0]
+    pw.weight = rng.choice(np.r_[rng.integers(-127, 128, 13), -1, 0, 1], pw.weight.shape)
+    # The general channels (multipliers 0.75, 1.6, 0.5) get small sums and biases, so that
+    # their outputs do not all saturate (where the single-multiply form would agree by chance).
+    pw.weight[[0, 1, 4]] = rng.choice([-1, 0, 1], pw.weight[[0, 1, 4]].shape)
+    pw.bias[[0, 1, 4]] = [5, -7, 3]
+    pw.weight[6] = 0
+    pw.weight_form = "shared"
+    assert schedule.resolve(pw, True)["kernel"] == "blocks"
+    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, x).reshape(-1) for x in xs])
+    assert len(np.unique(want)) > 5
+    cm = codegen.generate(g, dsp=True)
+    assert "tt_conv2d_s8_qxb(" in cm.files["model.c"]
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)

@@ -1104,13 +1104,91 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      "bne 1b\n\t"                                                         \
                      : TT_QX_OPERANDS : [end] "m"(end) : "cc", "memory")
 
+/* One channel's two sums (X0, X1) requantized in the single-multiply form of its record at
+ * byte OFF of `r` (tt_mx_rq), saturated to int8. */
+#define TT_QX_RQ2(X0, X1, OFF)                                                             \
+    "ldr %[m], [%[r], #" #OFF " + 4]\n\t"                                                 \
+    "ldr %[e], [%[r], #" #OFF " + 8]\n\t"                                                 \
+    "ldr %[f], [%[r], #" #OFF " + 12]\n\t"                                                \
+    "lsl %[" #X0 "], %[" #X0 "], #1\n\t"                                                  \
+    "lsl %[" #X1 "], %[" #X1 "], #1\n\t"                                                  \
+    "smmulr %[" #X0 "], %[" #X0 "], %[m]\n\t"                                             \
+    "smmulr %[" #X1 "], %[" #X1 "], %[m]\n\t"                                             \
+    "add %[t], %[f], %[" #X0 "]\n\t"                                                      \
+    "add %[" #X0 "], %[t], %[" #X0 "], asr #31\n\t"                                       \
+    "add %[t], %[f], %[" #X1 "]\n\t"                                                      \
+    "add %[" #X1 "], %[t], %[" #X1 "], asr #31\n\t"                                       \
+    "asr %[" #X0 "], %[" #X0 "], %[e]\n\t"                                                \
+    "asr %[" #X1 "], %[" #X1 "], %[e]\n\t"                                                \
+    "ssat %[" #X0 "], #8, %[" #X0 "]\n\t"                                                 \
+    "ssat %[" #X1 "], #8, %[" #X1 "]\n\t"
+
+/* Byte K of the word at `o` (the fused add's other input, int8) summed with byte K of `v`
+ * (the convolution's output) as tt_mx_store does in mode 2, saturated, into byte K of Y. */
+#define TT_QX_ADD1(K, ROR)                                                                 \
+    "sxtb %[x], %[v]" ROR "\n\t"                                                          \
+    "sxtb %[t], %[y]" ROR "\n\t"                                                          \
+    "ldr %[t], [%[to], %[t], lsl #2]\n\t"                                                 \
+    "mla %[x], %[x], %[cm], %[t]\n\t"                                                     \
+    "add %[x], %[x], %[ca]\n\t"                                                           \
+    "lsl %[x], %[x], #1\n\t"                                                              \
+    "smmulr %[x], %[x], %[qm]\n\t"                                                        \
+    "add %[t], %[qf], %[x]\n\t"                                                           \
+    "add %[t], %[t], %[x], asr #31\n\t"                                                   \
+    "asr %[t], %[t], %[qe]\n\t"                                                           \
+    "ssat %[t], #8, %[t]\n\t"                                                             \
+    "bfi %[y], %[t], #" #K ", #8\n\t"
+
+/* A quad's 8 outputs in the two usual modes (0: stored; 2: summed with the fused add's
+ * other input in place, tt_mx_store), for the int8 quads instances, whose layers hold no
+ * channel in the general form (ops/conv.py routes those to the any-mode entry): each
+ * pixel's four values packed in one word, so that a word is read and written per pixel,
+ * and the add's constants stay in registers. */
+static inline __attribute__((always_inline)) void
+tt_qx_out(int32_t mode, const tt_rq *r, int8_t *o, int32_t stride, const tt_residual *res, int32_t a0,
+          int32_t a1, int32_t b0, int32_t b1, int32_t c0, int32_t c1, int32_t d0, int32_t d1)
+{
+    int32_t m, e, f, t;
+    __asm__("" TT_QX_RQ2(a0, a1, 0) TT_QX_RQ2(b0, b1, 16) TT_QX_RQ2(c0, c1, 32) TT_QX_RQ2(d0, d1, 48)
+            "bfi %[a0], %[b0], #8, #8\n\t"
+            "bfi %[a1], %[b1], #8, #8\n\t"
+            "bfi %[a0], %[c0], #16, #8\n\t"
+            "bfi %[a1], %[c1], #16, #8\n\t"
+            "bfi %[a0], %[d0], #24, #8\n\t"
+            "bfi %[a1], %[d1], #24, #8\n\t"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [c0] "+r"(c0),
+              [c1] "+r"(c1), [d0] "+r"(d0), [d1] "+r"(d1), [m] "=&r"(m), [e] "=&r"(e),
+              [f] "=&r"(f), [t] "=&r"(t)
+            : [r] "r"(r), "m"(*(const int32_t(*)[16])(const void *)r));
+    if (mode == 2) {
+        const uint32_t cm = (uint32_t)res->c_mul, ca = (uint32_t)res->c_add;
+        const int32_t *const to = res->t_other + 128;
+        const tt_rq *const q = res->rq;
+        const int32_t qm = q->mult, qe = q->rshift, qf = q->offset;
+        int8_t *op = o;
+        for (int32_t k = 0; k < 2; ++k, op += stride) {
+            int32_t y = tt_word(op), x;
+            const int32_t v = k == 0 ? a0 : a1;
+            __asm__("" TT_QX_ADD1(0, "") TT_QX_ADD1(8, ", ror #8") TT_QX_ADD1(16, ", ror #16") TT_QX_ADD1(24, ", ror #24")
+                    : [y] "+&r"(y), [x] "=&r"(x), [t] "=&r"(t)
+                    : [v] "r"(v), [to] "r"(to), [cm] "r"(cm), [ca] "r"(ca), [qm] "r"(qm),
+                      [qe] "r"(qe), [qf] "r"(qf), "m"(*(const int32_t(*)[256])(const void *)(to - 128)));
+            tt_store_word(op, y);
+        }
+    } else {
+        tt_store_word(o, a0);
+        tt_store_word(o + stride, a1);
+    }
+}
+
 /* Every output channel of the `n` (1 or 2) pixels whose columns are in `col` (pixel k's
  * `128 sum x` in s0, s1; the second pixel's outputs `stride` bytes after the first's);
  * `mode` as for tt_mm_out4. */
 static inline __attribute__((always_inline)) void
 tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o0,
             const int32_t *col, const int32_t *col_end, int32_t skip, int32_t steps,
-            int32_t s0, int32_t s1, int32_t n, int32_t mode, int32_t bits, int32_t stride)
+            int32_t s0, int32_t s1, int32_t n, int32_t mode, int32_t bits, int32_t stride,
+            int32_t fast)
 {
     const int32_t out_c = p->out_c;
     const int32_t lo = p->act_min, hi = p->act_max;
@@ -1156,7 +1234,8 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
                 TT_QX_LOOP(TT_QX4_STEP4);
             }
         } else if (mode == 0 || mode == 2) {
-            TT_QX_LOOP(TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4);
+            TT_QX_LOOP(TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4
+                           TT_QX_STEP4 TT_QX_STEP4);
         } else if (steps == 8) {
             TT_QX_LOOP(TT_QX_STEP4 TT_QX_STEP4);
         } else {
@@ -1199,6 +1278,12 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
             tt_mm_out1(mode, p, r + 3, o + 3, d0);
             continue;
         }
+#if defined(__OPTIMIZE__)
+        if (fast) {
+            tt_qx_out(mode, r, o, stride, res, a0, a1, b0, b1, c0, c1, d0, d1);
+            continue;
+        }
+#endif
         /* The fused add's constants, read here rather than kept across the loop: its asm
          * takes every register but two. */
         const int32_t *to = 0;
@@ -1256,39 +1341,44 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     }
 }
 
-/* The two usual modes (the whole int8 range, alone or with a fused add) have an instance
- * each with no tests in the output code; the others share one.  Out of line, so the
+/* The two usual modes (the whole int8 range, alone or with a fused add) share an instance
+ * whose output code is one asm block per mode; the others share one.  Out of line, so the
  * block's spills and the im2col's do not add up on the stack; one signature, so that the
  * one pixel loop (tt_qx_run) calls whichever its entry point passes. */
 /* `pass`: the block's loop and pixels in one argument, so that few go on the stack (the
- * pixel loop's frame, under every block's, holds the outgoing ones): bytes skipped on
- * entering the first pass (bits 0-9), column words per pass (10-14), pixels (15), output
- * mode (16-18), bytes from one output pixel to the next (19-31: out_c, or the whole
+ * pixel loop's frame, under every block's, holds the outgoing ones): steps skipped on
+ * entering the first pass (bits 0-5), column words per pass (6-11), pixels (12), output
+ * mode (13-15), bytes from one output pixel to the next (16-31: out_c, or the whole
  * layer's channels where a call computes a block of them, tt_conv2d_s8_qxb). */
-#define TT_QX_PASS(skip, steps, n, mode) ((skip) | (steps) << 10 | ((n) - 1) << 15 | (mode) << 16)
+#define TT_QX_PASS(skip, steps, n, mode) ((skip) | (steps) << 6 | ((n) - 1) << 12 | (mode) << 13)
+/* Bytes of code per step of the loop of each layout (quads2: 132 per two steps, and the
+ * steps skipped are even). */
+#define TT_QX_STEP_BYTES(bits) ((bits) == 2 ? 66 : (bits) == 4 ? 64 : 56)
 #define TT_QX_ARGS                                                                         \
     const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *o, const int32_t *col, \
         const int32_t *col_end, int32_t s0, int32_t s1, int32_t pass
-#define TT_QX_BLOCK(mode, bits)                                                              \
-    tt_qx_block(p, w, rq, o, col, col_end, pass & 1023, (pass >> 10) & 31, s0, s1,          \
-                ((pass >> 15) & 1) + 1, (mode), (bits), (int32_t)((uint32_t)pass >> 19))
+#define TT_QX_BLOCK(mode, bits, fast)                                                        \
+    tt_qx_block(p, w, rq, o, col, col_end, (pass & 63) * TT_QX_STEP_BYTES(bits), (pass >> 6) & 63, \
+                s0, s1, ((pass >> 12) & 1) + 1, (mode), (bits), (int32_t)((uint32_t)pass >> 16), (fast))
 typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
-/* The plain (mode 0), fused-add (mode 2) and any-mode instances of a layout (`bits` 8: int8
- * quads, 4: quads4, 2: quads2).  Mirrored adds reaching the any-mode instance take the
- * general form: it keeps no mirrored output code (its tests would cost every mode it runs). */
+/* The two usual modes' instance of a layout (`bits` 8: int8 quads, 4: quads4, 2: quads2):
+ * modes 0 and 2 (plain, fused add), whose output code is one asm block each (tt_qx_out)
+ * and takes only layers with no channel in the general form; and the any-mode instance,
+ * which takes every layer.  Mirrored adds reaching the any-mode instance take the general
+ * form: it keeps no mirrored output code (its tests would cost every mode it runs). */
 #define TT_QX_INSTANCES(prefix, bits)                                                      \
-    static __attribute__((noinline)) void prefix##_block0(TT_QX_ARGS)                      \
+    static __attribute__((noinline)) void prefix##_block02(TT_QX_ARGS)                     \
     {                                                                                      \
-        TT_QX_BLOCK(0, bits);                                                              \
-    }                                                                                      \
-    static __attribute__((noinline)) void prefix##_block2(TT_QX_ARGS)                      \
-    {                                                                                      \
-        TT_QX_BLOCK(2, bits);                                                              \
+        const int32_t mode = (pass >> 13) & 7;                                             \
+        if (mode != 0 && mode != 2) {                                                      \
+            __builtin_unreachable(); /* the entry points pass no other */                  \
+        }                                                                                  \
+        TT_QX_BLOCK(mode, bits, 1);                                                        \
     }                                                                                      \
     static __attribute__((noinline)) void prefix##_blockn(TT_QX_ARGS)                      \
     {                                                                                      \
-        const int32_t mode = (pass >> 16) & 7;                                             \
-        TT_QX_BLOCK(mode >= 5 ? 4 : mode, bits);                                           \
+        const int32_t mode = (pass >> 13) & 7;                                             \
+        TT_QX_BLOCK(mode >= 5 ? 4 : mode, bits, 0);                                        \
     }
 TT_QX_INSTANCES(tt_qx, 8)
 TT_QX_INSTANCES(tt_qx4, 4)
@@ -1296,11 +1386,11 @@ TT_QX_INSTANCES(tt_qx2, 2)
 /* The mirrored fused adds (modes 5, 6), for the int8 entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(5, 8);
+    TT_QX_BLOCK(5, 8, 0);
 }
 static __attribute__((noinline)) void tt_qx_block6(TT_QX_ARGS)
 {
-    TT_QX_BLOCK(6, 8);
+    TT_QX_BLOCK(6, 8, 0);
 }
 
 /* The "flat" field of one pixel for tt_conv2d_s8_qx: its kh * kw * in_c values gathered
@@ -1461,6 +1551,9 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
  * modes 0 and 2, see tt_qx_block), `mode` as tt_mm_mode reads it, bits 12-13 1 for the
  * quads4 blocks, 2 for the quads2 blocks. */
 #define TT_QX_HOW(flat, steps, mode) ((flat) | (steps) << 1 | (mode) << 8)
+/* Column words per pass: in modes 0 and 2 those of tt_qx_block's loop for them (int8 32,
+ * quads4 and quads2 16), else twice the schedule's unroll. */
+#define TT_QX_STEPS(mode, unroll, big) ((mode) == 0 || (mode) == 2 ? (big) : 2 * (unroll))
 /* The same for the quads4 blocks (64-byte steps) and the quads2 blocks (132 bytes per two). */
 #define TT_QX4_HOW(flat, steps, mode) (TT_QX_HOW(flat, steps, mode) | 1 << 12)
 #define TT_QX2_HOW(flat, steps, mode) (TT_QX_HOW(flat, steps, mode) | 2 << 12)
@@ -1475,13 +1568,12 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     /* bits 16-31: bytes between output pixels where a call computes a block of channels */
     const int32_t stride = (how >> 16) != 0 ? (int32_t)((uint32_t)how >> 16) : p->out_c;
     /* quads, quads4, quads2 (whose steps come in pairs: the steps skipped are even) */
-    const int32_t step_bytes = (how >> 12) == 2 ? 66 : (how >> 12) == 1 ? 64 : 56;
     const int32_t icp = (p->in_c + 3) & ~3;
     const int32_t k4 = flat ? (p->k_h * p->k_w * p->in_c + 3) / 4 : p->k_h * p->k_w * icp / 4;
     const int32_t nw = 2 * k4; /* column words (pairs of inputs) per pixel */
-    const int32_t skip = step_bytes * ((steps - (nw & (steps - 1))) & (steps - 1));
+    const int32_t skip = (steps - (nw & (steps - 1))) & (steps - 1); /* steps, not bytes */
     /* the pixels' bit added per pass */
-    const int32_t pass = TT_QX_PASS(skip, steps, 1, mode) | (int32_t)((uint32_t)stride << 19);
+    const int32_t pass = TT_QX_PASS(skip, steps, 1, mode) | (int32_t)((uint32_t)stride << 16);
     const int32_t n_pix = p->out_h * p->out_w;
     int32_t *col = (int32_t *)(void *)scratch;
     const int32_t *const col_end = col + 2 * nw;
@@ -1516,7 +1608,7 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
                 ++oy;
             }
         }
-        block(p, w, rq, out + pix * stride, col, col_end, s0, s1, pass | (n - 1) << 15);
+        block(p, w, rq, out + pix * stride, col, col_end, s0, s1, pass | (n - 1) << 12);
     }
 }
 
@@ -1527,11 +1619,7 @@ void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      int32_t unroll)
 {
     const int32_t mode = tt_mm_mode(p);
-    if (mode == 0 || mode == 2) {
-        tt_qx_run(p, in, w, rq, out, scratch, mode == 0 ? tt_qx_block0 : tt_qx_block2, TT_QX_HOW(flat, 16, mode));
-    } else {
-        tt_qx_run(p, in, w, rq, out, scratch, tt_qx_blockn, TT_QX_HOW(flat, 2 * unroll, mode));
-    }
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_blockn, TT_QX_HOW(flat, TT_QX_STEPS(mode, unroll, 32), mode));
 }
 
 void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
@@ -1539,7 +1627,7 @@ void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int3
                            int32_t unroll)
 {
     (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block0, TT_QX_HOW(flat, 16, 0));
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block02, TT_QX_HOW(flat, 32, 0));
 }
 
 void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int32_t *w,
@@ -1556,7 +1644,7 @@ void tt_conv2d_s8_qx_add(const tt_conv_params *p, const int8_t *in, const int32_
                          int32_t unroll)
 {
     (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block2, TT_QX_HOW(flat, 16, 2));
+    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block02, TT_QX_HOW(flat, 32, 2));
 }
 
 /* Channels c0..c0+nb-1 of a packed layer (shared, int4, int2) into the int8 quads layout
@@ -1607,6 +1695,18 @@ static void tt_qxb_pack(const tt_wpack *w, int32_t c0, int32_t nb, const tt_conv
     }
 }
 
+/* Whether any of the n records is in the general form (the instance for modes 0 and 2
+ * takes none). */
+static int32_t tt_rq_any_general(const tt_rq *rq, int32_t n)
+{
+    for (int32_t i = 0; i < n; ++i) {
+        if (rq[i].rshift == TT_RQ_GENERAL) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* A packed convolution (shared, int4, int2) on the quads kernel: the weights of `block`
  * channels at a time unpacked into the int8 quads layout in the arena (`scratch`: block *
  * kp bytes, then one row of kp, then the quads kernel's columns), then every output pixel
@@ -1621,8 +1721,8 @@ void tt_conv2d_s8_qxb(const tt_conv_params *p, const int8_t *in, const tt_wpack 
     int8_t *const row = (int8_t *)(wb + block * kp);
     int16_t *const col = (int16_t *)(void *)(row + kp);
     const int32_t mode = tt_mm_mode(p);
-    const tt_qx_block_fn fn = mode == 0 ? tt_qx_block0 : mode == 2 ? tt_qx_block2 : tt_qx_blockn;
-    const int32_t how = TT_QX_HOW(flat, mode == 0 || mode == 2 ? 16 : 2 * unroll, mode) | oc_n << 16;
+    const tt_qx_block_fn fn = (mode == 0 || mode == 2) && !tt_rq_any_general(rq, oc_n) ? tt_qx_block02 : tt_qx_blockn;
+    const int32_t how = TT_QX_HOW(flat, TT_QX_STEPS(mode, unroll, 32), mode) | oc_n << 16;
     tt_conv_params q = *p;
     for (int32_t c0 = 0; c0 < oc_n; c0 += block) {
         q.out_c = oc_n - c0 < block ? oc_n - c0 : block;
@@ -1639,21 +1739,22 @@ void tt_conv2d_s8_qxb(const tt_conv_params *p, const int8_t *in, const tt_wpack 
                                       int16_t *scratch, int32_t flat, int32_t unroll)      \
     {                                                                                      \
         (void)unroll;                                                                      \
-        tt_qx_run(p, in, w, rq, out, scratch, prefix##_block0, HOW(flat, 16, 0));         \
+        tt_qx_run(p, in, w, rq, out, scratch, prefix##_block02, HOW(flat, 16, 0));        \
     }                                                                                      \
     void tt_conv2d_s##bits##_qx_add(const tt_conv_params *p, const int8_t *in,               \
                                     const int32_t *w, const tt_rq *rq, int8_t *out,         \
                                     int16_t *scratch, int32_t flat, int32_t unroll)        \
     {                                                                                      \
         (void)unroll;                                                                      \
-        tt_qx_run(p, in, w, rq, out, scratch, prefix##_block2, HOW(flat, 16, 2));         \
+        tt_qx_run(p, in, w, rq, out, scratch, prefix##_block02, HOW(flat, 16, 2));        \
     }                                                                                      \
     void tt_conv2d_s##bits##_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w, \
                                 const tt_rq *rq, int8_t *out, int16_t *scratch,             \
                                 int32_t flat, int32_t unroll)                               \
     {                                                                                      \
+        const int32_t mode = tt_mm_mode(p);                                                \
         tt_qx_run(p, in, w, rq, out, scratch, prefix##_blockn,                             \
-                  HOW(flat, 2 * unroll, tt_mm_mode(p)));                                   \
+                  HOW(flat, TT_QX_STEPS(mode, unroll, 16), mode));                         \
     }
 TT_QX_ENTRIES(4, tt_qx4, TT_QX4_HOW)
 TT_QX_ENTRIES(2, tt_qx2, TT_QX2_HOW)

@@ -25,6 +25,11 @@ static inline int32_t tt_word(const int8_t *p)
     return v;
 }
 
+static inline void tt_store_word(int8_t *p, int32_t v)
+{
+    memcpy(p, &v, 4); /* one STR, as tt_word */
+}
+
 /* SXTB16 / SXTAB16 with the operand rotated by 8 (one instruction, as the ISA allows). */
 static inline int32_t tt_sxtb16_ror8(int32_t x)
 {
