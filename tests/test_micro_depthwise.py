@@ -104,7 +104,8 @@ def test_unoptimized_build_is_bit_exact(tmp_path):
 def test_packed_forms_run_the_group_kernel_bit_exact(device_matches_reference, form, shape, k, stride, pad, relu):
     g, xs = _dw(shape, k, stride, pad, relu, seed=1, form=form)
     src = codegen.generate(g, dsp=True).files["model.c"]
-    assert "tt_depthwise_s8_packed(" in src and "(const tt_rq *)(const void *)q0)" in src
+    assert "tt_depthwise_s8_packed_groups(" in src and "(const tt_rq *)(const void *)q0)" in src
+    assert "static const int32_t b0[" not in src  # the records hold the bias: no b / m / s
     device_matches_reference(codegen.generate(g, dsp=True), g, xs)
 
 
@@ -113,8 +114,7 @@ def test_packed_portable_path_for_channels_not_a_multiple_of_4(device_matches_re
     """6 channels: no whole groups, so the packed kernel walks channel rows in C."""
     g, xs = _dw((5, 5, 6), (3, 3), (1, 1), (1, 1), "relu", seed=2, form="int4")
     src = codegen.generate(g, dsp=True).files["model.c"]
-    call = next(line for line in src.splitlines() if "tt_depthwise_s8_packed(" in line)
-    assert call.rstrip().endswith(", 0);"), call  # no records: the portable loop
+    assert "tt_depthwise_s8_packed(" in src and "_groups(" not in src  # the portable loop
     device_matches_reference(codegen.generate(g, dsp=True), g, xs)
 
 

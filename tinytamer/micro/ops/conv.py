@@ -185,9 +185,9 @@ def quads_packed_fits(op: Conv2D, bits: int) -> bool:
 
 
 def packed_groups(op: Op, dsp: bool) -> bool:
-    """Whether ``op`` is a depthwise convolution that tt_depthwise_s8_packed runs in groups of
-    4 channels on the SIMD depthwise group kernel (DSP builds, a multiple of 4 channels),
-    which reads the records ``q``."""
+    """Whether ``op`` is a depthwise convolution that tt_depthwise_s8_packed_groups runs in
+    groups of 4 channels on the SIMD depthwise group kernel (DSP builds, a multiple of 4
+    channels), which reads the records ``q`` and no bias / multiplier / shift arrays."""
     return dsp and isinstance(op, Conv2D) and op.depthwise and op.weight.shape[0] % 4 == 0
 
 
@@ -424,10 +424,12 @@ class ConvOp(DeviceOp):
         s = self.resolve(op, site.dsp)
         t_in, t_out = g.tensors[op.inputs[0]], g.tensors[op.output]
         if s["kernel"] == "packed":
-            data = [*weights.c_packed(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
+            data = weights.c_packed(i, weights.pack(op.weight, op.weight_form))
             if packed_groups(op, site.dsp):
-                # The SIMD depthwise group kernel's single-multiply requantization.
+                # The SIMD depthwise group kernel reads only its tt_rq records.
                 data.append(c_array(f"q{i}", "int32_t", fast_requant(op, t_out.zero_point)))
+            else:
+                data.extend(c_requant(i, op))
         elif s["kernel"] == "sparse":
             data = [*weights.c_sparse(i, weights.pack(op.weight, op.weight_form)), *c_requant(i, op)]
         elif s["kernel"] == "blocks":
@@ -503,11 +505,13 @@ class ConvOp(DeviceOp):
         i, x, out, scratch = site.i, site.args[0], site.out, site.scratch
         consts = f"w{i}, b{i}, m{i}, s{i}"
         if s["kernel"] == "packed":
-            call = f"(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch}"
-            if not op.depthwise:
-                return f"tt_conv2d_s8_packed{call})"
-            rq = f"(const tt_rq *)(const void *)q{i}" if packed_groups(op, site.dsp) else "0"
-            return f"tt_depthwise_s8_packed{call}, {rq})"
+            if packed_groups(op, site.dsp):
+                return (
+                    f"tt_depthwise_s8_packed_groups(&p{i}, {x}, &pw{i}, {out}, "
+                    f"(int8_t *)(void *){scratch}, (const tt_rq *)(const void *)q{i})"
+                )
+            call = f"(&p{i}, {x}, &pw{i}, b{i}, m{i}, s{i}, {out}, (int8_t *)(void *){scratch})"
+            return f"tt_conv2d_s8_packed{call}" if not op.depthwise else f"tt_depthwise_s8_packed{call}"
         if s["kernel"] == "blocks":
             return (
                 f"tt_conv2d_s8_qxb(&p{i}, {x}, &pw{i}, (const tt_rq *)(const void *)q{i}, {out}, "

@@ -1,34 +1,37 @@
 /* Depthwise convolution over packed weights (int4, int2, shared).  Portable: per channel,
  * its k_h x k_w row is unpacked once into the arena, then every output pixel of that
  * channel is computed with tt_depthwise_s8's integer arithmetic.  With the DSP extension
- * and a multiple of 4 channels: per group of 4 channels, their rows are unpacked once into
- * the SIMD kernel's [k_h][k_w][4] layout and tt_depthwise_s8_group runs the group, so the
- * packed weights cost what int8 ones do, less a few cycles per group for the unpacking. */
+ * and a multiple of 4 channels (tt_depthwise_s8_packed_groups): per group of 4 channels,
+ * their rows are unpacked once into the SIMD kernel's [k_h][k_w][4] layout and
+ * tt_depthwise_s8_group runs the group with the layer's tt_rq records, so the packed weights
+ * cost what int8 ones do, less a few cycles per group for the unpacking, and the layer
+ * needs no bias / multiplier / shift arrays besides the records. */
 #include "tt_kernels.h"
 #include "tt_fixedpoint.h"
 
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
+void tt_depthwise_s8_packed_groups(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
+                                   int8_t *out, int8_t *scratch, const tt_rq *rq)
+{
+    const int32_t taps = p->k_h * p->k_w;
+    int8_t *const row = scratch + 4 * taps;
+    for (int32_t c = 0; c < p->in_c; c += 4) {
+        for (int32_t k = 0; k < 4; ++k) {
+            tt_wpack_row(w, c + k, row);
+            for (int32_t t = 0; t < taps; ++t) {
+                scratch[4 * t + k] = row[t];
+            }
+        }
+        tt_depthwise_s8_group(p, in, scratch, c, out, rq);
+    }
+}
+#endif
+
 void tt_depthwise_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
                             const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                            int8_t *out, int8_t *scratch, const tt_rq *rq)
+                            int8_t *out, int8_t *scratch)
 {
     const int32_t c_n = p->in_c;
-#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
-    if ((c_n & 3) == 0) {
-        const int32_t taps = p->k_h * p->k_w;
-        int8_t *const row = scratch + 4 * taps;
-        for (int32_t c = 0; c < c_n; c += 4) {
-            for (int32_t k = 0; k < 4; ++k) {
-                tt_wpack_row(w, c + k, row);
-                for (int32_t t = 0; t < taps; ++t) {
-                    scratch[4 * t + k] = row[t];
-                }
-            }
-            tt_depthwise_s8_group(p, in, scratch, c, out, rq);
-        }
-        return;
-    }
-#endif
-    (void)rq;
     for (int32_t c = 0; c < c_n; ++c) {
         tt_wpack_row(w, c, scratch);
         for (int32_t oy = 0; oy < p->out_h; ++oy) {

@@ -135,16 +135,18 @@ void tt_conv2d_s8_sparse(const tt_conv_params *p, const int8_t *in, const tt_spa
  * the dense and convolution kernels read int4 / int2 rows a word at a time in registers
  * (tt_dsp_unpack.h); their scratch then holds the input (dense: 2 * round16(in_n) bytes) or
  * two receptive fields (convolution: 4 * round16(k_h * k_w * in_c / groups) bytes) as int16;
- * the depthwise kernel, for a multiple of 4 channels, unpacks one group of 4 channels' rows
- * at a time into the [k_h][k_w][4] layout (5 * k_h * k_w bytes of scratch: the group and
- * one row) and runs tt_depthwise_s8_group on it with the records `rq` (0: the general form;
- * ignored by the portable build). */
+ * the depthwise kernel's DSP entry (tt_depthwise_s8_packed_groups, a multiple of 4
+ * channels) unpacks one group of 4 channels' rows at a time into the [k_h][k_w][4] layout
+ * (5 * k_h * k_w bytes of scratch: the group and one row) and runs tt_depthwise_s8_group on
+ * it with the records `rq`. */
 void tt_conv2d_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
                          const int32_t *bias, const int32_t *mult, const int32_t *shift,
                          int8_t *out, int8_t *scratch);
 void tt_depthwise_s8_packed(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
                             const int32_t *bias, const int32_t *mult, const int32_t *shift,
-                            int8_t *out, int8_t *scratch, const tt_rq *rq);
+                            int8_t *out, int8_t *scratch);
+void tt_depthwise_s8_packed_groups(const tt_conv_params *p, const int8_t *in, const tt_wpack *w,
+                                   int8_t *out, int8_t *scratch, const tt_rq *rq);
 void tt_dense_s8_packed(const tt_dense_params *p, const int8_t *in, const tt_wpack *w,
                         const int32_t *bias, const int32_t *mult, const int32_t *shift,
                         int8_t *out, int8_t *scratch);
