@@ -1197,6 +1197,10 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     const tt_rq *r = rq;
     int8_t *o = o0;
     int8_t *const quads_end = o0 + (out_c & ~3);
+#if defined(__OPTIMIZE__)
+    /* The loop's end, read from memory once per pass (no register is free); stored once. */
+    const int32_t *volatile end = col_end;
+#endif
     for (; o != quads_end; o += 4, r += 4) {
         /* quads4 / quads2 (`bits` 4 / 2): the sums run 16 / 64 times the int8 ones, biases
          * included; the pixel sums' term (128 sum x) is the same, the low channels' offset
@@ -1212,10 +1216,9 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
 #if defined(__OPTIMIZE__)
         /* The first pass enters the unrolled loop `skip` bytes in (56 per step), so it runs
          * the nw % steps steps left over.  Modes 0 and 2 (the plain convolutions and those
-         * with a fused add, nearly all the cycles) always take 16 steps per pass: fewer
-         * loop tests, and their one loop is all the flash they need.  The other modes take
-         * 8 or 4 (`steps`, from the schedule's unroll). */
-        const int32_t *volatile end = col_end;
+         * with a fused add, nearly all the cycles) always take 32 steps per pass in int8
+         * and 16 in quads4 / quads2: fewer loop tests, and their one loop is all the flash
+         * they need.  The other modes take 8 or 4 (`steps`, from the schedule's unroll). */
         int32_t va = skip, vc, x0, x1;
         if (bits == 2) {
             if (mode == 0 || mode == 2) {
