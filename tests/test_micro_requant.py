@@ -162,14 +162,16 @@ def test_a_deploy_warns_of_each_layer_with_general_channels():
     assert _requant_fallback("micro-host", SimpleNamespace(graph=_layer_graph(), device="host")) == {}
 
 
-def _quads_graph(general: bool, seed: int = 3):
-    """Two pointwise convolutions on the quads kernel, the second with a residual add fused
-    into it (the plain and the fused-add entry's modes), and either every channel in the
-    single-multiply form or three of eight in the general form; a head after the add."""
+def _quads_graph(general: bool, weights: str = "quads", seed: int = 3):
+    """Two pointwise convolutions on the quads kernel (``weights``: its int8, quads4 or
+    quads2 layout), the second with a residual add fused into it (the plain and the
+    fused-add entry's modes), and either every channel in the single-multiply form or three
+    of eight in the general form; a head after the add."""
     rng = np.random.default_rng(seed)
+    hi = {"quads": 128, "quads4": 8, "quads2": 2}[weights]
     b = GraphBuilder((5, 5, 8), 0.02, 3)
-    x = b.conv(b.input, rng.integers(-127, 128, (8, 8, 1, 1)), np.full(8, 0.002), rng.normal(0, 1, 8), 0.03, -4)
-    y = b.conv(x, rng.integers(-127, 128, (8, 8, 1, 1)), np.full(8, 0.002), rng.normal(0, 1, 8), 0.04, 1, name="c2")
+    x = b.conv(b.input, rng.integers(-hi, hi, (8, 8, 1, 1)), np.full(8, 0.002), rng.normal(0, 1, 8), 0.03, -4)
+    y = b.conv(x, rng.integers(-hi, hi, (8, 8, 1, 1)), np.full(8, 0.002), rng.normal(0, 1, 8), 0.04, 1, name="c2")
     z = b.add(y, x, 0.05, 2)
     g = b.graph(b.conv(z, rng.integers(-127, 128, (4, 8, 1, 1)), np.full(4, 0.002), None, 0.1, 0, name="head"))
     if general:
@@ -178,17 +180,23 @@ def _quads_graph(general: bool, seed: int = 3):
             m, s = zip(*(quantize_multiplier(r) for r in real), strict=True)
             op.multiplier[:] = m
             op.shift[:] = s
+            # Small biases, so that the general channels' outputs do not all saturate.
+            op.bias[:] = np.clip(op.bias, -60, 60)
     for op in g.ops[:2]:
-        op.schedule = {"kernel": "mm", "weights": "quads"}
+        op.weight_form = {"quads": "int8", "quads4": "int4", "quads2": "int2"}[weights]
+        op.schedule = {"kernel": "mm", "weights": weights}
     return g
 
 
 @qemu
+@pytest.mark.parametrize("weights", ["quads", "quads4", "quads2"])
 @pytest.mark.parametrize("general", [False, True])
-def test_quads_layers_with_general_channels_take_the_any_mode_entry(tmp_path, general):
-    """The plain and fused-add entries' output code holds only the single-multiply form; a
-    layer with a channel in the general form goes to the entry that has it, bit-exact."""
-    g = _quads_graph(general)
+def test_quads_layers_with_general_channels_take_the_any_mode_entry(tmp_path, general, weights):
+    """The plain and fused-add entries' output code (assembly, every layout) holds only the
+    single-multiply form; a layer with a channel in the general form goes to the entry that
+    has it, bit-exact."""
+    g = _quads_graph(general, weights)
+    s8 = {"quads": "s8", "quads4": "s4", "quads2": "s2"}[weights]
     assert [schedule.requant_plan(op, g.tensors[op.output].zero_point).general > 0 for op in g.ops[:2]] == [general] * 2
     rng = np.random.default_rng(4)
     xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
@@ -197,9 +205,9 @@ def test_quads_layers_with_general_channels_take_the_any_mode_entry(tmp_path, ge
     cm = codegen.generate(g, dsp=True)
     src = cm.files["model.c"]
     if general:
-        assert src.count("tt_conv2d_s8_qx(") == 2 and "tt_conv2d_s8_qx_add(" not in src
+        assert src.count(f"tt_conv2d_{s8}_qx(") == 2 and f"tt_conv2d_{s8}_qx_add(" not in src
     else:
-        assert "tt_conv2d_s8_qx_plain(" in src and "tt_conv2d_s8_qx_add(" in src
+        assert f"tt_conv2d_{s8}_qx_plain(" in src and f"tt_conv2d_{s8}_qx_add(" in src
     build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
     np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
 
