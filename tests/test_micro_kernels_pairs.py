@@ -152,11 +152,8 @@ def test_pairs_and_depthwise_in_a_model_are_bit_exact(tmp_path, layout):
     assert len(np.unique(want)) > 5
     cm = codegen.generate(g, dsp=True)
     src = cm.files["model.c"]
-    # The quads kernel has one entry point per output mode (plain, fused add, either of those
-    # with general-form channels, any other).
-    kernels = (
-        ["tt_conv2d_s8_mx("] if layout == "pairs" else [f"tt_conv2d_s8_qx{m}(" for m in ("", "_plain", "_add", "_g")]
-    )
+    # The quads kernel has one entry point per output mode (plain, fused add, any other).
+    kernels = ["tt_conv2d_s8_mx("] if layout == "pairs" else [f"tt_conv2d_s8_qx{m}(" for m in ("", "_plain", "_add")]
     assert sum(src.count(k) for k in kernels) == 5 and src.count("tt_depthwise_s8_dsp(") == 3
     with Session("cortex-m4", cm, workdir=tmp_path) as sess:
         t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size)

@@ -191,10 +191,10 @@ def _quads_graph(general: bool, weights: str = "quads", seed: int = 3):
 @qemu
 @pytest.mark.parametrize("weights", ["quads", "quads4", "quads2"])
 @pytest.mark.parametrize("general", [False, True])
-def test_quads_layers_with_general_channels_take_the_general_entry(tmp_path, general, weights):
+def test_quads_layers_with_general_channels_take_the_any_mode_entry(tmp_path, general, weights):
     """The plain and fused-add entries' output code (assembly, every layout) holds only the
-    single-multiply form; a layer with a channel in the general form goes to the _g entry,
-    whose quads with such a channel take it, bit-exact."""
+    single-multiply form; a layer with a channel in the general form goes to the entry that
+    has it, bit-exact."""
     g = _quads_graph(general, weights)
     s8 = {"quads": "s8", "quads4": "s4", "quads2": "s2"}[weights]
     assert [schedule.requant_plan(op, g.tensors[op.output].zero_point).general > 0 for op in g.ops[:2]] == [general] * 2
@@ -205,7 +205,7 @@ def test_quads_layers_with_general_channels_take_the_general_entry(tmp_path, gen
     cm = codegen.generate(g, dsp=True)
     src = cm.files["model.c"]
     if general:
-        assert src.count(f"tt_conv2d_{s8}_qx_g(") == 2 and f"tt_conv2d_{s8}_qx_add(" not in src
+        assert src.count(f"tt_conv2d_{s8}_qx(") == 2 and f"tt_conv2d_{s8}_qx_add(" not in src
     else:
         assert f"tt_conv2d_{s8}_qx_plain(" in src and f"tt_conv2d_{s8}_qx_add(" in src
     build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
@@ -214,8 +214,8 @@ def test_quads_layers_with_general_channels_take_the_general_entry(tmp_path, gen
 
 @qemu
 def test_shared_blocks_with_general_channels_are_bit_exact(tmp_path):
-    """The "blocks" kernel (shared weights unpacked onto the quads kernel) tests each quad's
-    records: a quad with a general channel takes the general form, bit-exact."""
+    """The "blocks" kernel (shared weights unpacked onto the quads kernel) checks the records
+    at run time: a layer with general channels takes the any-mode instance."""
     g = _layer_graph()
     rng = np.random.default_rng(2)
     pw = g.ops[0]

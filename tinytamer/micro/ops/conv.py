@@ -202,28 +202,16 @@ _FULL = (-128, 127)
 def _quads_entry(op: Conv2D, site: CallSite, bits: int = 8) -> str:
     """The quads kernel's entry point for the layer's output mode (tt_mm_mode in
     runtime/tt_conv.c): one per common mode, so that the image links only the output code
-    its layers run; the other modes share the entry that reads the mode at run time.  The
-    plain and fused-add modes of a layer with a channel in the general form take the _g
-    entry (the common modes' assembly output, with the general form for the quads that
-    need it).
+    its layers run; the other modes share the entry that reads the mode at run time, and so
+    does a layer with a channel in the general form (the common modes' output code has none).
     ``bits`` 4 / 2: the quads4 / quads2 entries (tt_conv2d_s4_qx*, tt_conv2d_s2_qx*), whose
     any-mode entry also takes the mirrored adds."""
     if bits != 8:
         entry = _quads_entry(op, site)
         return f"tt_conv2d_s{bits}_qx" if entry.endswith("_mirror") else entry.replace("_s8_", f"_s{bits}_")
-    entry = _quads_mode_entry(op, site)
-    if (
-        entry in ("tt_conv2d_s8_qx_plain", "tt_conv2d_s8_qx_add")
-        and requant_plan(op, site.g.tensors[op.output].zero_point).general
-    ):
-        # Those two entries' output code has no general form in it; _g tests each quad.
-        return "tt_conv2d_s8_qx_g"
-    return entry
-
-
-def _quads_mode_entry(op: Conv2D, site: CallSite) -> str:
-    """The int8 quads entry of the layer's output mode, as if no channel took the general
-    requantization form."""
+    if requant_plan(op, site.g.tensors[op.output].zero_point).general:
+        # The plain and fused-add entries' output code has no general form in it.
+        return "tt_conv2d_s8_qx"
     full = (op.act_min, op.act_max) == _FULL
     if site.fused_add is None:
         return "tt_conv2d_s8_qx_plain" if full else "tt_conv2d_s8_qx"

@@ -1283,23 +1283,7 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         }
 #if defined(__OPTIMIZE__)
         if (fast) {
-            /* fast 2: a layer with channels in the general form; a quad holding one goes
-             * output by output through the form each channel's record names. */
-            if (fast == 2
-                && __builtin_expect((r[0].rshift == TT_RQ_GENERAL) | (r[1].rshift == TT_RQ_GENERAL)
-                                        | (r[2].rshift == TT_RQ_GENERAL) | (r[3].rshift == TT_RQ_GENERAL),
-                                    0)) {
-                tt_mm_out1(mode, p, r, o, a0);
-                tt_mm_out1(mode, p, r + 1, o + 1, b0);
-                tt_mm_out1(mode, p, r + 2, o + 2, c0);
-                tt_mm_out1(mode, p, r + 3, o + 3, d0);
-                tt_mm_out1(mode, p, r, o + stride, a1);
-                tt_mm_out1(mode, p, r + 1, o + stride + 1, b1);
-                tt_mm_out1(mode, p, r + 2, o + stride + 2, c1);
-                tt_mm_out1(mode, p, r + 3, o + stride + 3, d1);
-            } else {
-                tt_qx_out(mode, r, o, stride, res, a0, a1, b0, b1, c0, c1, d0, d1);
-            }
+            tt_qx_out(mode, r, o, stride, res, a0, a1, b0, b1, c0, c1, d0, d1);
             continue;
         }
 #endif
@@ -1380,11 +1364,10 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     tt_qx_block(p, w, rq, o, col, col_end, (pass & 63) * TT_QX_STEP_BYTES(bits), (pass >> 6) & 63, \
                 s0, s1, ((pass >> 12) & 1) + 1, (mode), (bits), (int32_t)((uint32_t)pass >> 16), (fast))
 typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
-/* The two usual modes' instances of a layout (`bits` 8: int8 quads, 4: quads4, 2: quads2):
- * modes 0 and 2 (plain, fused add), whose output code is one asm block each (tt_qx_out),
- * for layers with no channel in the general form (block02) and for layers with some
- * (block02g: a quad holding one takes the general path output by output); and the any-mode
- * instance.  Mirrored adds reaching the any-mode instance take the general
+/* The two usual modes' instance of a layout (`bits` 8: int8 quads, 4: quads4, 2: quads2):
+ * modes 0 and 2 (plain, fused add), whose output code is one asm block each (tt_qx_out)
+ * and takes only layers with no channel in the general form; and the any-mode instance,
+ * which takes every layer.  Mirrored adds reaching the any-mode instance take the general
  * form: it keeps no mirrored output code (its tests would cost every mode it runs). */
 #define TT_QX_INSTANCES(prefix, bits)                                                      \
     static __attribute__((noinline)) void prefix##_block02(TT_QX_ARGS)                     \
@@ -1394,14 +1377,6 @@ typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
             __builtin_unreachable(); /* the entry points pass no other */                  \
         }                                                                                  \
         TT_QX_BLOCK(mode, bits, 1);                                                        \
-    }                                                                                      \
-    static __attribute__((noinline, unused)) void prefix##_block02g(TT_QX_ARGS)            \
-    {                                                                                      \
-        const int32_t mode = (pass >> 13) & 7;                                             \
-        if (mode != 0 && mode != 2) {                                                      \
-            __builtin_unreachable(); /* the entry points pass no other */                  \
-        }                                                                                  \
-        TT_QX_BLOCK(mode, bits, 2);                                                        \
     }                                                                                      \
     static __attribute__((noinline)) void prefix##_blockn(TT_QX_ARGS)                      \
     {                                                                                      \
@@ -1650,15 +1625,6 @@ void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w
     tt_qx_run(p, in, w, rq, out, scratch, tt_qx_blockn, TT_QX_HOW(flat, TT_QX_STEPS(mode, unroll, 32), mode));
 }
 
-/* Modes 0 and 2 in a layer with channels in the general form (chosen by the generator). */
-void tt_conv2d_s8_qx_g(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                       const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                       int32_t unroll)
-{
-    (void)unroll;
-    tt_qx_run(p, in, w, rq, out, scratch, tt_qx_block02g, TT_QX_HOW(flat, 32, tt_mm_mode(p)));
-}
-
 void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                            int32_t unroll)
@@ -1732,6 +1698,18 @@ static void tt_qxb_pack(const tt_wpack *w, int32_t c0, int32_t nb, const tt_conv
     }
 }
 
+/* Whether any of the n records is in the general form (the instance for modes 0 and 2
+ * takes none). */
+static int32_t tt_rq_any_general(const tt_rq *rq, int32_t n)
+{
+    for (int32_t i = 0; i < n; ++i) {
+        if (rq[i].rshift == TT_RQ_GENERAL) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* A packed convolution (shared, int4, int2) on the quads kernel: the weights of `block`
  * channels at a time unpacked into the int8 quads layout in the arena (`scratch`: block *
  * kp bytes, then one row of kp, then the quads kernel's columns), then every output pixel
@@ -1746,9 +1724,7 @@ void tt_conv2d_s8_qxb(const tt_conv_params *p, const int8_t *in, const tt_wpack 
     int8_t *const row = (int8_t *)(wb + block * kp);
     int16_t *const col = (int16_t *)(void *)(row + kp);
     const int32_t mode = tt_mm_mode(p);
-    /* One instance for modes 0 and 2 whatever the records (the image links one): block02g,
-     * whose test for general channels costs a few cycles a quad. */
-    const tt_qx_block_fn fn = mode == 0 || mode == 2 ? tt_qx_block02g : tt_qx_blockn;
+    const tt_qx_block_fn fn = (mode == 0 || mode == 2) && !tt_rq_any_general(rq, oc_n) ? tt_qx_block02 : tt_qx_blockn;
     const int32_t how = TT_QX_HOW(flat, TT_QX_STEPS(mode, unroll, 32), mode) | oc_n << 16;
     tt_conv_params q = *p;
     for (int32_t c0 = 0; c0 < oc_n; c0 += block) {
@@ -1774,13 +1750,6 @@ void tt_conv2d_s8_qxb(const tt_conv_params *p, const int8_t *in, const tt_wpack 
     {                                                                                      \
         (void)unroll;                                                                      \
         tt_qx_run(p, in, w, rq, out, scratch, prefix##_block02, HOW(flat, 16, 2));        \
-    }                                                                                      \
-    void tt_conv2d_s##bits##_qx_g(const tt_conv_params *p, const int8_t *in,                 \
-                                  const int32_t *w, const tt_rq *rq, int8_t *out,           \
-                                  int16_t *scratch, int32_t flat, int32_t unroll)          \
-    {                                                                                      \
-        (void)unroll;                                                                      \
-        tt_qx_run(p, in, w, rq, out, scratch, prefix##_block02g, HOW(flat, 16, tt_mm_mode(p))); \
     }                                                                                      \
     void tt_conv2d_s##bits##_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w, \
                                 const tt_rq *rq, int8_t *out, int16_t *scratch,             \

@@ -175,12 +175,8 @@ void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      int32_t unroll);
 /* The same for one output mode each (tt_mm_mode in tt_conv.c): _plain the whole int8
  * range and no fused add, _add a fused add in single-multiply form with whole-range clamps,
- * _g either of those two in a layer with channels in the general requantization form,
  * _mirror a fused add in single-multiply form whose conv side takes the table and the
  * other side the affine rescale (any clamps).  A model links only the modes it runs. */
-void tt_conv2d_s8_qx_g(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                       const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                       int32_t unroll);
 void tt_conv2d_s8_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                            int32_t unroll);
@@ -201,9 +197,6 @@ void tt_conv2d_s8_qx_mirror(const tt_conv_params *p, const int8_t *in, const int
 void tt_conv2d_s4_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll);
-void tt_conv2d_s4_qx_g(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                       const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                       int32_t unroll);
 void tt_conv2d_s4_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                            int32_t unroll);
@@ -214,9 +207,6 @@ void tt_conv2d_s4_qx_add(const tt_conv_params *p, const int8_t *in, const int32_
 void tt_conv2d_s2_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll);
-void tt_conv2d_s2_qx_g(const tt_conv_params *p, const int8_t *in, const int32_t *w,
-                       const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
-                       int32_t unroll);
 void tt_conv2d_s2_qx_plain(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                            const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                            int32_t unroll);
