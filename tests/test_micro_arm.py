@@ -39,6 +39,26 @@ def test_qemu_run_is_bit_exact(tmp_path, cpu):
     assert build.sram_bytes >= build.sections[".bss"] >= cm.plan.arena_size
 
 
+@arm
+def test_an_image_built_to_be_measured_holds_no_test_input(tmp_path):
+    """Flash is the model's and the runtime's: without inputs the image embeds one byte of
+    test data, and with n inputs exactly n times the input's bytes more."""
+    from elftools.elf.elffile import ELFFile
+
+    g, xs, _ = _case(n=3)
+    cm = codegen.generate(g, dsp=True)
+
+    def inputs_bytes(build) -> int:
+        with open(build.elf, "rb") as f:
+            sym = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("tt_inputs")
+        return sym[0]["st_size"]
+
+    bare = toolchain.arm_build(cm, tmp_path / "bare", "cortex-m4")
+    fed = toolchain.arm_build(cm, tmp_path / "fed", "cortex-m4", inputs=xs.reshape(len(xs), -1))
+    assert inputs_bytes(bare) == 1
+    assert inputs_bytes(fed) == 3 * cm.input_size
+
+
 @qemu
 def test_the_runtime_is_compiled_once_and_the_image_is_the_same(tmp_path, monkeypatch):
     """Kernel objects come from the cache on the second build; the image is byte for byte the
