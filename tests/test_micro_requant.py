@@ -72,6 +72,18 @@ def test_every_channel_record_equals_the_reference(zp):
         )
 
 
+def _bit_exact_on_qemu(tmp_path, g, rng: np.random.Generator) -> str:
+    """Three random inputs through the ARM build of ``g`` on QEMU, equal to the integer
+    reference (whose outputs must vary); returns the generated model.c."""
+    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
+    want = np.stack([reference.run(g, x).reshape(-1) for x in xs])
+    assert len(np.unique(want)) > 5
+    cm = codegen.generate(g, dsp=True)
+    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
+    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
+    return cm.files["model.c"]
+
+
 def _layer_graph(seed: int = 0):
     """A pointwise ("mm") and a depthwise ("simd") convolution whose channels take every
     record kind: multipliers >= 0.5, tiny ones, an all-zero channel with a huge bias."""
@@ -137,15 +149,8 @@ def test_packed_forms_report_their_fast_kernels_fallback():
 def test_fast_kernels_are_bit_exact_with_every_record_kind(tmp_path, weights):
     g = _layer_graph()
     g.ops[0].schedule = {"kernel": "mm", "weights": weights}
-    rng = np.random.default_rng(1)
-    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
-    want = np.stack([reference.run(g, x).reshape(-1) for x in xs])
-    assert len(np.unique(want)) > 5
-    cm = codegen.generate(g, dsp=True)
-    src = cm.files["model.c"]
+    src = _bit_exact_on_qemu(tmp_path, g, np.random.default_rng(1))
     assert "tt_conv2d_s8_mm(" in src and "tt_depthwise_s8_dsp(" in src
-    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
-    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
 
 
 def test_a_deploy_warns_of_each_layer_with_general_channels():
@@ -198,18 +203,11 @@ def test_quads_layers_with_general_channels_take_the_any_mode_entry(tmp_path, ge
     g = _quads_graph(general, weights)
     s8 = {"quads": "s8", "quads4": "s4", "quads2": "s2"}[weights]
     assert [schedule.requant_plan(op, g.tensors[op.output].zero_point).general > 0 for op in g.ops[:2]] == [general] * 2
-    rng = np.random.default_rng(4)
-    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
-    want = np.stack([reference.run(g, x).reshape(-1) for x in xs])
-    assert len(np.unique(want)) > 5
-    cm = codegen.generate(g, dsp=True)
-    src = cm.files["model.c"]
+    src = _bit_exact_on_qemu(tmp_path, g, np.random.default_rng(4))
     if general:
         assert src.count(f"tt_conv2d_{s8}_qx(") == 2 and f"tt_conv2d_{s8}_qx_add(" not in src
     else:
         assert f"tt_conv2d_{s8}_qx_plain(" in src and f"tt_conv2d_{s8}_qx_add(" in src
-    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
-    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
 
 
 @qemu
@@ -227,10 +225,4 @@ def test_shared_blocks_with_general_channels_are_bit_exact(tmp_path):
     pw.weight[6] = 0
     pw.weight_form = "shared"
     assert schedule.resolve(pw, True)["kernel"] == "blocks"
-    xs = rng.integers(-128, 128, (3, *g.tensors[g.input].shape)).astype(np.int8)
-    want = np.stack([reference.run(g, x).reshape(-1) for x in xs])
-    assert len(np.unique(want)) > 5
-    cm = codegen.generate(g, dsp=True)
-    assert "tt_conv2d_s8_qxb(" in cm.files["model.c"]
-    build = toolchain.arm_build(cm, tmp_path, "cortex-m4", inputs=xs.reshape(len(xs), -1))
-    np.testing.assert_array_equal(toolchain.qemu_run(build, cm.output_size), want)
+    assert "tt_conv2d_s8_qxb(" in _bit_exact_on_qemu(tmp_path, g, rng)
