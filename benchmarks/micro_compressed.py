@@ -13,9 +13,12 @@ Models:
   k-means shared with centroid fine-tuning), the final file ``huffman.tt`` that
   ``benchmarks/deep_compression.py`` writes into its run folder
   ``benchmarks/work/runs/deep-compression-<model>/`` (its accuracy is the one that
-  benchmark reports); int8 PTQ.  When that file is missing, a full run first runs
-  ``benchmarks/deep_compression.py <model>`` (its own pruning schedule; ``--quick`` stops
-  instead of retraining).
+  benchmark reports); int8 PTQ, each shared layer (at most 256 distinct weights) on one
+  grid (``per_channel: false``), so its centroids map to one integer codebook as the
+  paper's one codebook per layer (``--per-channel-shared``: per-channel scales, which give
+  each class of channel scales its own codebook and a codebook number per row).  When that
+  file is missing, a full run first runs ``benchmarks/deep_compression.py <model>`` (its own
+  pruning schedule; ``--quick`` stops instead of retraining).
 
 Variants (one integer graph each, the weight form set per layer):
 - ``dense int8``: int8 weights;
@@ -49,6 +52,7 @@ Results: ``benchmarks/results/micro_compressed.json`` (``--quick``: under ``benc
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -90,6 +94,15 @@ def retrained(name: str, quick: bool) -> Path:
         subprocess.run(cmd, check=True)
         found = sorted(run.glob("stages/*/huffman.tt"))
     return found[-1]
+
+
+def shared_layers(model: torch.nn.Module) -> list[str]:
+    """The conv / linear layers whose weights hold at most 256 distinct values (k-means shared)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear) and torch.unique(m.weight.detach()).numel() <= 256
+    ]
 
 
 def forms(g, variant: str) -> dict[str, str]:
@@ -152,7 +165,9 @@ def run(name: str, args: argparse.Namespace) -> dict:
     ys = np.array([int(data.test[i][1]) for i in range(n)])
     nd, nb = min(args.device_samples, n), min(args.board_samples, n)
     gms = {"dense int8": quantize_ptq(m, calib), "int4": quantize_ptq(m, calib, weight_bits=4)}
-    gms["shared"] = gms["sparse"] = gms["combined"] = quantize_ptq(c, calib)
+    one_grid = [] if args.per_channel_shared else shared_layers(c)
+    grid = {f"^{re.escape(n)}$": {"per_channel": False} for n in one_grid}
+    gms["shared"] = gms["sparse"] = gms["combined"] = quantize_ptq(c, calib, select={"overrides": grid})
     with torch.no_grad():
         out: dict = {
             "model": name,
@@ -162,6 +177,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
             "board_samples": nb,
             "fp32_accuracy": float((m(xs).argmax(1).numpy() == ys).mean()),
             "compressed_fp32_accuracy": float((c(xs).argmax(1).numpy() == ys).mean()),
+            "per_tensor_layers": one_grid,
             "variants": {},
         }
     for variant in VARIANTS:
@@ -242,6 +258,11 @@ def main() -> None:
     ap.add_argument("--device-samples", type=int, default=1000, help="of those, through the emulator")
     ap.add_argument("--board-samples", type=int, default=2, help="of those, profiled for cycles")
     ap.add_argument("--quick", action="store_true", help="1,000 / 20 / 1 images; never retrains")
+    ap.add_argument(
+        "--per-channel-shared",
+        action="store_true",
+        help="quantize the compressed model's shared layers with per-channel scales (default: one scale per layer)",
+    )
     args = ap.parse_args()
     for name in args.models:
         if name not in ("lenet300", "lenet5"):

@@ -252,6 +252,35 @@ def test_mixed_bits_via_overrides(trained: nn.Module, digits: tuple) -> None:
     assert vals.unique().numel() <= 16
 
 
+def test_per_tensor_weight_scale_via_overrides(trained: nn.Module, digits: tuple, tmp_path) -> None:
+    from tinytamer.checkpoint import load_checkpoint, save_checkpoint
+
+    x, _ = digits
+    q = int8.quantize_ptq(trained, [x[:200]], select={"overrides": {"^fc$": {"per_channel": False}}})
+    fc, conv1 = q.get_submodule("fc"), q.get_submodule("conv1")
+    assert (fc.w_per_channel, conv1.w_per_channel) == (False, True)
+    # One grid for the layer: every channel's scale is the layer's max |w| / 127.
+    want = trained.fc.weight.detach().abs().max() / 127
+    assert torch.allclose(fc.w_scale, want.expand_as(fc.w_scale))
+    assert int(fc.int_weight().abs().max()) == 127
+    assert len(set(conv1.w_scale.tolist())) > 1
+    # The flag is recorded and survives a checkpoint, so QAT on the reloaded model keeps it.
+    params = int8.quant_params(q)
+    assert [v["w_per_channel"] for v in params.values() if v["kind"] == "linear"] == [False]
+    loaded = load_checkpoint(save_checkpoint(QuantizedGraph(q), tmp_path / "q.safetensors"))
+    assert loaded.get_submodule("fc").w_per_channel is False
+    with torch.no_grad():
+        assert torch.equal(loaded(x[:20]), q(x[:20]))
+
+
+def test_unknown_or_bad_override_keys_are_errors(trained: nn.Module) -> None:
+    ex = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(RecipeError, match=r"overrides\['fc'\].*per_chanel"):
+        int8.prepare(trained, ex, select={"overrides": {"fc": {"per_chanel": False}}})
+    with pytest.raises(RecipeError, match="layer 'fc' per_channel"):
+        int8.prepare(trained, ex, select={"overrides": {"fc": {"per_channel": "no"}}})
+
+
 def test_bad_bits_and_selection_errors(trained: nn.Module) -> None:
     ex = torch.zeros(1, 1, 8, 8)
     with pytest.raises(RecipeError, match="bit width"):

@@ -72,6 +72,27 @@ def test_every_channel_record_equals_the_reference(zp):
         )
 
 
+@pytest.mark.parametrize("zp", [-128, 0, 127])
+def test_the_sum_sign_rounding_of_the_quads_output_equals_the_records(zp):
+    """The quads kernel's assembly output (TT_QX_RQ2, TT_QX_ADD1) adds the offset inside
+    SMMLAR and takes the rounding's sign term from the doubled sum, not from the product:
+    equal to tt_rq_chan on every single-multiply and constant record, small negative sums
+    (products that round to 0) included."""
+    rq, *_ = _records(zp)
+    rng = np.random.default_rng(7)
+    acc = np.concatenate([np.arange(-4096, 4097), rng.integers(-(1 << 29), 1 << 29, 20000)])
+    checked = 0
+    for rec in rq.records:
+        _, m, e, off = (int(v) for v in rec)
+        if e == RQ_GENERAL:
+            continue
+        two = 2 * acc
+        smmlar = (two * m + (off << 32) + (1 << 31)) >> 32
+        np.testing.assert_array_equal((smmlar + (two >> 31)) >> e, apply_records(acc, rec), err_msg=str(rec))
+        checked += 1
+    assert checked == len(CHANNELS) - 4
+
+
 def _bit_exact_on_qemu(tmp_path, g, rng: np.random.Generator) -> str:
     """Three random inputs through the ARM build of ``g`` on QEMU, equal to the integer
     reference (whose outputs must vary); returns the generated model.c."""

@@ -168,6 +168,33 @@ def test_lowering_picks_the_form_from_w_bits():
     assert forms == {"0": "int4", "3": "int2"}
 
 
+def test_a_layer_wide_grid_gives_a_shared_layer_one_codebook():
+    from tinytamer.compress.int8 import quantize_ptq
+
+    # A k-means-shared layer: every weight one of 8 values, each row's largest different,
+    # so per-channel scales map the same centroids to different integers in each row.
+    rng = np.random.default_rng(5)
+    centroids = np.linspace(-1.0, 1.0, 8)
+    w = centroids[rng.integers(0, 8, (24, 64))]
+    w[np.arange(24), 0] = centroids[rng.integers(4, 8, 24)]
+    w[np.arange(24), 1] = -w[np.arange(24), 0]
+    w[:, 2:] = np.clip(w[:, 2:], -np.abs(w[:, :1]), np.abs(w[:, :1]))
+    model = nn.Sequential(nn.Linear(64, 24))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor(w, dtype=torch.float32))
+    calib = [torch.randn(8, 64)]
+    books = {}
+    for per_channel in (True, False):
+        gm = quantize_ptq(model, calib, select={"overrides": {"0": {"per_channel": per_channel}}})
+        rows = gm.get_submodule("0").int_weight().numpy()
+        packed = weights.pack(rows, "shared")
+        np.testing.assert_array_equal(packed.unpack(), rows)
+        books[per_channel] = (len(packed.codebook), packed.groups is None, packed.flash_bytes)
+    assert books[True][0] > 1 and not books[True][1]  # several codebooks and a byte per row
+    assert books[False][:2] == (1, True)  # one codebook, no row numbers
+    assert books[False][2] < books[True][2]
+
+
 # ----------------------------------------------------------------------------- kernels
 
 

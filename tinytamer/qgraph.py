@@ -56,9 +56,15 @@ def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: in
     return out
 
 
-def weight_scale(w: Tensor, bits: int) -> Tensor:
-    """Symmetric per-output-channel scale ``max|w_c| / (2^(bits-1) - 1)`` (all-zero channels: 1)."""
+def weight_scale(w: Tensor, bits: int, per_channel: bool = True) -> Tensor:
+    """Symmetric per-output-channel scale ``max|w_c| / (2^(bits-1) - 1)`` (all-zero channels: 1).
+
+    ``per_channel=False``: every channel gets the layer's scale ``max|w| / (2^(bits-1) - 1)``
+    (one grid for the layer: a k-means-shared layer's centroids then map to one set of
+    integers, one codebook on the device instead of one per class of channel scales)."""
     amax = w.detach().abs().flatten(1).amax(dim=1)
+    if not per_channel:
+        amax = amax.amax().expand_as(amax)
     scale = amax / (2 ** (bits - 1) - 1)
     return torch.where(amax > 0, scale, torch.ones_like(scale)).float()
 
@@ -75,10 +81,14 @@ class QuantWeight:
     w_scale: Tensor
     w_bits: int
     training: bool
+    # False: one scale for the whole layer (``weight_scale``); a class default, so that files
+    # written before the attribute existed load as the per-channel layers they were.
+    w_per_channel: bool = True
 
-    def _init_quant(self, bits: int) -> None:
+    def _init_quant(self, bits: int, per_channel: bool = True) -> None:
         self.w_bits = bits
-        self.register_buffer("w_scale", weight_scale(self.weight, bits))  # type: ignore[attr-defined]
+        self.w_per_channel = per_channel
+        self.register_buffer("w_scale", weight_scale(self.weight, bits, per_channel))  # type: ignore[attr-defined]
 
     @property
     def w_qmax(self) -> int:
@@ -86,7 +96,7 @@ class QuantWeight:
 
     def refresh_scale(self) -> None:
         """Set ``w_scale`` from the current weights."""
-        self.w_scale.copy_(weight_scale(self.weight, self.w_bits))
+        self.w_scale.copy_(weight_scale(self.weight, self.w_bits, self.w_per_channel))
 
     def quant_weight(self) -> Tensor:
         if self.training:

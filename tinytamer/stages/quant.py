@@ -35,7 +35,12 @@ class QuantizeParams(StageParams):
     percentile: float = Field(
         99.99, gt=50, le=100, description="percentile calibration: the range's percentile of |activation|"
     )
-    weight_bits: int = Field(8, ge=2, le=8, description="weight bits (per layer: select.overrides {bits: n})")
+    weight_bits: int = Field(
+        8,
+        ge=2,
+        le=8,
+        description="weight bits (per layer: select.overrides {bits: n}; {per_channel: false}: one scale per layer)",
+    )
     act_bits: int = Field(8, ge=2, le=8, description="activation bits (per layer: select.overrides {act_bits: n})")
     select: Selector | None = Field(None, description="layers to quantize (default: every conv / linear)")
     calib_batches: int = Field(8, ge=1, description="training batches to calibrate on")

@@ -40,7 +40,7 @@ def quant_params(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
 
     Activations: ``{"kind": "act", "module", "input", "scale", "zero_point", "bits", "qmin",
     "qmax"}`` (``input`` is the node whose output it quantizes).  Layers: ``{"kind": "conv" |
-    "linear", "module", "w_bits", "w_scale": [...], "has_bias"}``.
+    "linear", "module", "w_bits", "w_per_channel", "w_scale": [...], "has_bias"}``.
     """
     out: dict[str, dict[str, Any]] = {}
     for node in gm.graph.nodes:
@@ -62,6 +62,7 @@ def quant_params(gm: fx.GraphModule) -> dict[str, dict[str, Any]]:
                 "kind": "conv" if isinstance(mod, nn.Conv2d) else "linear",
                 "module": node.target,
                 "w_bits": mod.w_bits,
+                "w_per_channel": mod.w_per_channel,
                 "w_scale": [float(s) for s in mod.w_scale],
                 "has_bias": mod.bias is not None,
             }

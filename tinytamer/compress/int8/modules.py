@@ -1,7 +1,8 @@
 """The fake-quantization modules: quantized conv / linear layers and activation points.
 
 Weights are symmetric per output channel with zero point 0 and the narrow range
-[-(2^(b-1)-1), 2^(b-1)-1] (Krishnamoorthi 2018, per-channel weight quantization);
+[-(2^(b-1)-1), 2^(b-1)-1] (Krishnamoorthi 2018, per-channel weight quantization), or with
+one scale for the whole layer where a selector override asks ``per_channel: false``;
 activations asymmetric per tensor (Jacob et al. 2018, eq. 1), observed during
 calibration, tracked by a moving min / max during QAT, frozen after ``convert``.
 The straight-through estimator (gradient 1 inside the clamp range) is
@@ -50,12 +51,12 @@ def _copy_params(q: QuantWeight, layer: nn.Module) -> None:
 class QuantConv2d(QuantWeight, nn.Conv2d):
     """A Conv2d whose forward uses per-channel symmetric fake-quantized weights and a float bias."""
 
-    def __init__(self, *args: Any, w_bits: int = 8, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, w_bits: int = 8, w_per_channel: bool = True, **kwargs: Any) -> None:
         nn.Conv2d.__init__(self, *args, **kwargs)
-        self._init_quant(w_bits)
+        self._init_quant(w_bits, w_per_channel)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bits: int) -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, bits: int, per_channel: bool = True) -> QuantConv2d:
         q = cls(
             conv.in_channels,
             conv.out_channels,
@@ -69,6 +70,7 @@ class QuantConv2d(QuantWeight, nn.Conv2d):
             device=conv.weight.device,
             dtype=conv.weight.dtype,
             w_bits=bits,
+            w_per_channel=per_channel,
         )
         _copy_params(q, conv)
         return q
@@ -77,18 +79,19 @@ class QuantConv2d(QuantWeight, nn.Conv2d):
         return self._conv_forward(x, self.quant_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}"
+        grid = "" if self.w_per_channel else ", per-tensor scale"
+        return f"{super().extra_repr()}, w_bits={self.w_bits}{grid}"
 
 
 class QuantLinear(QuantWeight, nn.Linear):
     """A Linear whose forward uses per-channel symmetric fake-quantized weights and a float bias."""
 
-    def __init__(self, *args: Any, w_bits: int = 8, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, w_bits: int = 8, w_per_channel: bool = True, **kwargs: Any) -> None:
         nn.Linear.__init__(self, *args, **kwargs)
-        self._init_quant(w_bits)
+        self._init_quant(w_bits, w_per_channel)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, bits: int) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, bits: int, per_channel: bool = True) -> QuantLinear:
         q = cls(
             linear.in_features,
             linear.out_features,
@@ -96,6 +99,7 @@ class QuantLinear(QuantWeight, nn.Linear):
             device=linear.weight.device,
             dtype=linear.weight.dtype,
             w_bits=bits,
+            w_per_channel=per_channel,
         )
         _copy_params(q, linear)
         return q
@@ -104,7 +108,8 @@ class QuantLinear(QuantWeight, nn.Linear):
         return F.linear(x, self.quant_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w_bits={self.w_bits}"
+        grid = "" if self.w_per_channel else ", per-tensor scale"
+        return f"{super().extra_repr()}, w_bits={self.w_bits}{grid}"
 
 
 class FakeQuantAct(ActQuant):

@@ -24,7 +24,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from tinytamer.compress.int8.modules import FakeQuantAct, QuantConv2d, QuantLinear, check_bits
 from tinytamer.compress.selector import Selector, layer_params, parse, select_plain
-from tinytamer.errors import ModelError
+from tinytamer.errors import ModelError, RecipeError
 
 # ----------------------------------------------------------------------------- graph capture
 
@@ -203,7 +203,9 @@ def prepare(
     """Fold BN, swap the selected conv / linear layers for quantized ones, insert FakeQuantAct.
 
     The returned GraphModule observes activations until :func:`calibrate` sets
-    their ranges.  Per-layer ``{"bits": n, "act_bits": n}`` come from ``select.overrides``.
+    their ranges.  Per-layer ``{"bits": n, "act_bits": n, "per_channel": false}`` come from
+    ``select.overrides`` (``per_channel: false``: one weight scale for the layer, see
+    :func:`tinytamer.qgraph.weight_scale`).
     """
     sel = parse(select)
     check_bits(weight_bits, "weight_bits")
@@ -220,11 +222,16 @@ def prepare(
                 f"run through {type(model).__name__}: {exc}"
             ) from exc
 
-    defaults = {"bits": weight_bits, "act_bits": act_bits}
+    defaults = {"bits": weight_bits, "act_bits": act_bits, "per_channel": True}
+    _check_overrides(sel, defaults)
     for name, layer in select_plain(gm, sel, "int8 quantization"):
-        bits = check_bits(layer_params(sel, name, defaults)["bits"], f"layer '{name}' bits")
+        params = layer_params(sel, name, defaults)
+        bits = check_bits(params["bits"], f"layer '{name}' bits")
+        per_channel = params["per_channel"]
+        if not isinstance(per_channel, bool):
+            raise RecipeError(f"layer '{name}' per_channel: must be true or false, got {per_channel!r}")
         qcls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        gm.set_submodule(name, qcls.from_float(layer, bits))
+        gm.set_submodule(name, qcls.from_float(layer, bits, per_channel))
 
     for after, owner in _quant_points(gm):
         owner_name = _owner_name(owner)
@@ -239,6 +246,17 @@ def prepare(
     gm.recompile()
     gm.train(was_training)
     return gm
+
+
+def _check_overrides(sel: Selector, defaults: dict[str, object]) -> None:
+    """A per-layer key int8 quantization does not know is a mistake, not something to ignore."""
+    for pattern, values in sel.overrides.items():
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise RecipeError(
+                f"select.overrides['{pattern}']: unknown key(s) {unknown} for int8 quantization; "
+                f"known: {sorted(defaults)}"
+            )
 
 
 def _unique_name(gm: nn.Module, base: str) -> str:

@@ -806,8 +806,7 @@ tt_mx_rq(int32_t a, int32_t m, int32_t e, int32_t f, const tt_rq *r)
     if (__builtin_expect(e == TT_RQ_GENERAL, 0)) {
         return tt_rq_general_cold(a, r);
     }
-    const int32_t t = tt_smmulr((int32_t)((uint32_t)a << 1), m);
-    return (t + f + (t >> 31)) >> e;
+    return tt_rq_fast(a, m, e, f);
 }
 
 /* Clamp one requantized value and store it; in modes 2-6 (tt_mm_out4) the residual add
@@ -1105,18 +1104,20 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      : TT_QX_OPERANDS : [end] "m"(end) : "cc", "memory")
 
 /* One channel's two sums (X0, X1) requantized in the single-multiply form of its record at
- * byte OFF of `r` (tt_mx_rq), saturated to int8. */
+ * byte OFF of `r` (tt_mx_rq), saturated to int8.  SMMLAR adds the offset to SMMULR's
+ * product in the same instruction; the rounding's sign term then comes from the doubled sum
+ * instead of the product.  The two differ only where the product rounds to 0 from a
+ * negative sum, and there (f - 1) >> e equals f >> e: the offset is 2^(e-1) + zp 2^e with
+ * e >= 1 (fixedpoint.fast_records), a constant channel's 2v + 1 with e = 1. */
 #define TT_QX_RQ2(X0, X1, OFF)                                                             \
     "ldr %[m], [%[r], #" #OFF " + 4]\n\t"                                                 \
     "ldr %[e], [%[r], #" #OFF " + 8]\n\t"                                                 \
     "ldr %[f], [%[r], #" #OFF " + 12]\n\t"                                                \
     "lsl %[" #X0 "], %[" #X0 "], #1\n\t"                                                  \
     "lsl %[" #X1 "], %[" #X1 "], #1\n\t"                                                  \
-    "smmulr %[" #X0 "], %[" #X0 "], %[m]\n\t"                                             \
-    "smmulr %[" #X1 "], %[" #X1 "], %[m]\n\t"                                             \
-    "add %[t], %[f], %[" #X0 "]\n\t"                                                      \
+    "smmlar %[t], %[" #X0 "], %[m], %[f]\n\t"                                             \
     "add %[" #X0 "], %[t], %[" #X0 "], asr #31\n\t"                                       \
-    "add %[t], %[f], %[" #X1 "]\n\t"                                                      \
+    "smmlar %[t], %[" #X1 "], %[m], %[f]\n\t"                                             \
     "add %[" #X1 "], %[t], %[" #X1 "], asr #31\n\t"                                       \
     "asr %[" #X0 "], %[" #X0 "], %[e]\n\t"                                                \
     "asr %[" #X1 "], %[" #X1 "], %[e]\n\t"                                                \
@@ -1132,8 +1133,7 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
     "mla %[x], %[x], %[cm], %[t]\n\t"                                                     \
     "add %[x], %[x], %[ca]\n\t"                                                           \
     "lsl %[x], %[x], #1\n\t"                                                              \
-    "smmulr %[x], %[x], %[qm]\n\t"                                                        \
-    "add %[t], %[qf], %[x]\n\t"                                                           \
+    "smmlar %[t], %[x], %[qm], %[qf]\n\t"                                                 \
     "add %[t], %[t], %[x], asr #31\n\t"                                                   \
     "asr %[t], %[t], %[qe]\n\t"                                                           \
     "ssat %[t], #8, %[t]\n\t"                                                             \

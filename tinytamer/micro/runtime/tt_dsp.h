@@ -45,22 +45,26 @@ static inline int32_t tt_sxtab16_ror8(int32_t a, int32_t x)
     return r;
 }
 
-static inline int32_t tt_smmulr(int32_t a, int32_t b)
+/* SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and the zero point of a record in
+ * the single-multiply form (m, e, f) in four instructions.  SMMULR(2 acc, m) = floor((2 acc
+ * m + 2^31) / 2^32) = floor((acc m + 2^30) / 2^31), SRDHM's value t, when 2 acc fits in
+ * int32 (the generator bounds |acc| < 2^30); (t + 2^(e-1) - [t < 0]) >> e rounds half away
+ * from zero for e >= 1 (the generator requires e >= 1); adding out_zp * 2^e before the
+ * shift adds out_zp after it.  SMMLAR adds that offset f to the product in the same
+ * instruction, and the sign term comes from the sum instead of t: they differ only where t
+ * rounds to 0 from a negative sum, and there (f - 1) >> e = f >> e (f = 2^(e-1) + zp 2^e,
+ * or a constant channel's 2v + 1 with e = 1). */
+static inline int32_t tt_rq_fast(int32_t acc, int32_t m, int32_t e, int32_t f)
 {
-    int32_t r;
-    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
-    return r;
+    const int32_t a2 = (int32_t)((uint32_t)acc << 1);
+    int32_t t;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(t) : "r"(a2), "r"(m), "r"(f));
+    return (t + (a2 >> 31)) >> e;
 }
 
-/* SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and the zero point in four
- * instructions.  SMMULR(2 acc, m) = floor((2 acc m + 2^31) / 2^32) = floor((acc m + 2^30) /
- * 2^31), SRDHM's value, when 2 acc fits in int32 (the generator bounds |acc| < 2^30);
- * (t + 2^(e-1) - [t < 0]) >> e rounds half away from zero for e >= 1 (the generator
- * requires e >= 1); adding out_zp * 2^e before the shift adds out_zp after it. */
 static inline int32_t tt_rq_apply(int32_t acc, const tt_rq *r)
 {
-    const int32_t t = tt_smmulr((int32_t)((uint32_t)acc << 1), r->mult);
-    return (t + r->offset + (t >> 31)) >> r->rshift;
+    return tt_rq_fast(acc, r->mult, r->rshift, r->offset);
 }
 
 /* A channel marked TT_RQ_GENERAL (a multiplier of 0.5 or more, or one too small for the
@@ -126,25 +130,20 @@ tt_mm_out4(int32_t mode, const tt_conv_params *p, const tt_rq *r, int8_t *o0, in
 {
     const int32_t m0 = r[0].mult, e0 = r[0].rshift, f0 = r[0].offset;
     const int32_t m1 = r[1].mult, e1 = r[1].rshift, f1 = r[1].offset;
-    int32_t t;
     /* A channel in the general form (rare: see tt_rq_chan) leaves the straight-line path. */
     if (__builtin_expect(e0 == TT_RQ_GENERAL, 0)) {
         a00 = tt_rq_general(a00, r);
         a01 = tt_rq_general(a01, r);
     } else {
-        t = tt_smmulr((int32_t)((uint32_t)a00 << 1), m0);
-        a00 = (t + f0 + (t >> 31)) >> e0;
-        t = tt_smmulr((int32_t)((uint32_t)a01 << 1), m0);
-        a01 = (t + f0 + (t >> 31)) >> e0;
+        a00 = tt_rq_fast(a00, m0, e0, f0);
+        a01 = tt_rq_fast(a01, m0, e0, f0);
     }
     if (__builtin_expect(e1 == TT_RQ_GENERAL, 0)) {
         a10 = tt_rq_general(a10, r + 1);
         a11 = tt_rq_general(a11, r + 1);
     } else {
-        t = tt_smmulr((int32_t)((uint32_t)a10 << 1), m1);
-        a10 = (t + f1 + (t >> 31)) >> e1;
-        t = tt_smmulr((int32_t)((uint32_t)a11 << 1), m1);
-        a11 = (t + f1 + (t >> 31)) >> e1;
+        a10 = tt_rq_fast(a10, m1, e1, f1);
+        a11 = tt_rq_fast(a11, m1, e1, f1);
     }
     if (mode == 0 || mode == 2 || mode == 5) {
         a00 = __ssat(a00, 8);
