@@ -13,10 +13,11 @@ Models:
   k-means shared with centroid fine-tuning), the final file ``huffman.tt`` that
   ``benchmarks/deep_compression.py`` writes into its run folder
   ``benchmarks/work/runs/deep-compression-<model>/`` (its accuracy is the one that
-  benchmark reports); int8 PTQ, each shared layer (at most 256 distinct weights) on one
-  grid (``per_channel: false``), so its centroids map to one integer codebook as the
-  paper's one codebook per layer (``--per-channel-shared``: per-channel scales, which give
-  each class of channel scales its own codebook and a codebook number per row).  When that
+  benchmark reports); int8 PTQ, each shared layer with one weight scale
+  (``compress.int8.one_scale_overrides``, as ``tamer deploy`` quantizes), so its centroids
+  map to one integer codebook, as the paper keeps one codebook per layer
+  (``--per-channel-shared``: per-channel scales, which give each class of channel scales
+  its own codebook and a codebook number per row).  When that
   file is missing, a full run first runs ``benchmarks/deep_compression.py <model>`` (its own
   pruning schedule; ``--quick`` stops instead of retraining).
 
@@ -52,7 +53,6 @@ Results: ``benchmarks/results/micro_compressed.json`` (``--quick``: under ``benc
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import REPO, WORK, save, shared_data  # noqa: E402
 from tinytamer import codec, zoo  # noqa: E402
 from tinytamer.checkpoint import load_weights  # noqa: E402
-from tinytamer.compress.int8 import quantize_ptq  # noqa: E402
+from tinytamer.compress.int8 import one_scale_overrides, quantize_ptq  # noqa: E402
 from tinytamer.data import get_dataset  # noqa: E402
 from tinytamer.errors import ModelError  # noqa: E402
 from tinytamer.micro import weights  # noqa: E402
@@ -94,15 +94,6 @@ def retrained(name: str, quick: bool) -> Path:
         subprocess.run(cmd, check=True)
         found = sorted(run.glob("stages/*/huffman.tt"))
     return found[-1]
-
-
-def shared_layers(model: torch.nn.Module) -> list[str]:
-    """The conv / linear layers whose weights hold at most 256 distinct values (k-means shared)."""
-    return [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear) and torch.unique(m.weight.detach()).numel() <= 256
-    ]
 
 
 def forms(g, variant: str) -> dict[str, str]:
@@ -165,8 +156,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     ys = np.array([int(data.test[i][1]) for i in range(n)])
     nd, nb = min(args.device_samples, n), min(args.board_samples, n)
     gms = {"dense int8": quantize_ptq(m, calib), "int4": quantize_ptq(m, calib, weight_bits=4)}
-    one_grid = [] if args.per_channel_shared else shared_layers(c)
-    grid = {f"^{re.escape(n)}$": {"per_channel": False} for n in one_grid}
+    grid = {} if args.per_channel_shared else one_scale_overrides(c)
     gms["shared"] = gms["sparse"] = gms["combined"] = quantize_ptq(c, calib, select={"overrides": grid})
     with torch.no_grad():
         out: dict = {
@@ -177,7 +167,9 @@ def run(name: str, args: argparse.Namespace) -> dict:
             "board_samples": nb,
             "fp32_accuracy": float((m(xs).argmax(1).numpy() == ys).mean()),
             "compressed_fp32_accuracy": float((c(xs).argmax(1).numpy() == ys).mean()),
-            "per_tensor_layers": one_grid,
+            "per_tensor_layers": sorted(
+                name for name, m in gms["combined"].named_modules() if getattr(m, "w_per_channel", True) is False
+            ),
             "variants": {},
         }
     for variant in VARIANTS:

@@ -273,6 +273,28 @@ def test_per_tensor_weight_scale_via_overrides(trained: nn.Module, digits: tuple
         assert torch.equal(loaded(x[:20]), q(x[:20]))
 
 
+def test_one_scale_overrides_find_the_shared_layers(trained: nn.Module, digits: tuple) -> None:
+    import copy
+
+    from tinytamer.compress import share
+
+    x, _ = digits
+    model = copy.deepcopy(trained)
+    # conv1 is k-means shared but a BatchNorm follows it: folded, each channel has its own
+    # 16 values (128 in all), so only fc (shared, nothing folded in) gets one scale.
+    share.finalize(share.kmeans(model, select={"names": ["conv1", "fc"]}, conv_bits=4, linear_bits=4))
+    overrides = int8.one_scale_overrides(model)
+    assert overrides == {"^fc$": {"per_channel": False}}
+    assert int8.one_scale_overrides(trained) == {}
+    q = int8.quantize_ptq(model, [x[:64]], select={"overrides": overrides})
+    assert (q.get_submodule("fc").w_per_channel, q.get_submodule("conv1").w_per_channel) == (False, True)
+    # One scale: the layer's 16 float values stay 16 integers, where per-channel scales
+    # give each class of channels its own.
+    assert q.get_submodule("fc").int_weight().unique().numel() <= 16
+    per_channel = int8.quantize_ptq(model, [x[:64]]).get_submodule("fc").int_weight()
+    assert per_channel.unique().numel() > 16
+
+
 def test_unknown_or_bad_override_keys_are_errors(trained: nn.Module) -> None:
     ex = torch.zeros(1, 1, 8, 8)
     with pytest.raises(RecipeError, match=r"overrides\['fc'\].*per_chanel"):

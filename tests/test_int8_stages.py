@@ -17,6 +17,32 @@ from tinytamer.recipe import parse_recipe
 TRAIN = {"train": {"base_lr": 0.05, "max_iter": 80, "display": 0}}
 
 
+def test_quantize_stage_gives_shared_layers_one_scale(digits_recipe, run_stages) -> None:
+    recs, rundir = run_stages(
+        digits_recipe(
+            "quant-one-scale",
+            [
+                TRAIN,
+                {"kmeans_share": {"conv_bits": 4, "linear_bits": 4}},
+                {
+                    "quantize": {
+                        "calib_batches": 2,
+                        "shared_one_scale": True,
+                        "select": {"overrides": {"classifier": {"bits": 6}}},
+                    }
+                },
+            ],
+        )
+    )
+    q = recs["quantize"]
+    assert "classifier.1" in q["one_scale_layers"]
+    # The user's override for the layer still holds beside the added one scale.
+    assert q["weight_bits"]["classifier.1"] == 6
+    gm = as_graph_module(load_checkpoint(rundir.path / rundir.completed()[-1]["checkpoint"]))
+    fc = gm.get_submodule("classifier.1")
+    assert fc.w_per_channel is False and len(set(fc.w_scale.tolist())) == 1
+
+
 def test_quantize_ptq_and_qat_stages(tmp_path, digits_recipe, run_stages) -> None:
     recs, rundir = run_stages(
         digits_recipe(

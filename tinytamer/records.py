@@ -192,6 +192,9 @@ class QuantizeRecord(StageRecord):
     quant_params: str = Field(description="the scales / zero points file, relative to the run")
     weight_bits: dict[str, int]
     act_points: int = Field(description="quantized activation points")
+    one_scale_layers: list[str] = Field(
+        default_factory=list, description="layers quantized with one weight scale (per_channel: false)"
+    )
 
 
 class FixedPointRecord(StageRecord):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from tinytamer.calib import Calibration
 from tinytamer.compress import fixedpoint, int8, ttq
-from tinytamer.compress.selector import Selector
+from tinytamer.compress.selector import Selector, layer_params, parse
 from tinytamer.detect.decode import keep_head
 from tinytamer.fileio import write_atomic
 from tinytamer.qgraph import QuantizedGraph, as_graph_module
@@ -43,10 +44,27 @@ class QuantizeParams(StageParams):
     )
     act_bits: int = Field(8, ge=2, le=8, description="activation bits (per layer: select.overrides {act_bits: n})")
     select: Selector | None = Field(None, description="layers to quantize (default: every conv / linear)")
+    shared_one_scale: bool = Field(
+        False,
+        description="one weight scale for each layer whose weights are shared (k-means, ternary): "
+        "one integer codebook per layer on the device (compress.int8.one_scale_overrides)",
+    )
     calib_batches: int = Field(8, ge=1, description="training batches to calibrate on")
     finetune: SolverConfig | None = Field(
         None, description="QAT training (Solver settings); default 1 epoch of SGD at lr 1e-3"
     )
+
+
+def _with_one_scale(model: nn.Module, select: Selector | None) -> Selector:
+    """``select`` with ``per_channel: false`` added to each shared layer's own overrides (an
+    exact-name entry first, holding whatever the user's first matching entry gives it)."""
+    sel = parse(select)
+    shared = {
+        f"^{re.escape(name)}$": {**layer_params(sel, name, {}), "per_channel": False}
+        for name in int8.one_scale_layers(model)
+    }
+    rest = {k: v for k, v in sel.overrides.items() if k not in shared}
+    return sel.model_copy(update={"overrides": {**shared, **rest}})
 
 
 @register_stage("quantize", QuantizeParams, help="int8 / mixed-precision quantization: post-training (ptq) or QAT")
@@ -56,7 +74,7 @@ def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Modu
         int8.quantize(
             model,
             Calibration(ctx.train_loader(), limit=p.calib_batches),
-            select=p.select,
+            select=_with_one_scale(model, p.select) if p.shared_one_scale else p.select,
             method=p.method,
             calibration=p.calibration,
             percentile=p.percentile,
@@ -77,6 +95,7 @@ def quantize_stage(model: nn.Module, ctx: Context, p: QuantizeParams) -> nn.Modu
             quant_params=str(path.relative_to(ctx.rundir.path)),
             weight_bits={v["module"]: v["w_bits"] for v in params.values() if v["kind"] != "act"},
             act_points=sum(v["kind"] == "act" for v in params.values()),
+            one_scale_layers=[v["module"] for v in params.values() if v.get("w_per_channel") is False],
         )
     )
     return qmodel

@@ -44,7 +44,9 @@ point is explicit, so an integer runtime can read its parameters directly:
 
 Per-layer bit widths come from the layer selector's overrides: ``{"bits": n}``
 sets a layer's weight bits and ``{"act_bits": n}`` the bits of the activation
-that the layer produces (the FakeQuantAct that follows it).  The activation
+that the layer produces (the FakeQuantAct that follows it); ``{"per_channel": false}``
+gives the layer one weight scale (:func:`one_scale_overrides` asks it for every layer whose
+weights are shared: a k-means codebook then maps to one set of integers).  The activation
 after a non-layer op (add, pool, ...) takes overrides keyed by its graph node
 name (e.g. ``add_1``).
 
@@ -56,9 +58,11 @@ checkpoints and ``.tt`` files save: plain data over a closed table of operations
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+import torch
 from torch import fx, nn
 
 from tinytamer.calib import Calibration, as_calibration
@@ -95,6 +99,8 @@ __all__ = [
     "fuse_bn",
     "prepare",
     "prepare_qat",
+    "one_scale_layers",
+    "one_scale_overrides",
     "quant_params",
     "quantize",
     "quantize_ptq",
@@ -163,3 +169,35 @@ def quantize_ptq(
         weight_bits=weight_bits,
         act_bits=act_bits,
     )
+
+
+# A layer whose weights take at most this many distinct values, fewer than twice as many as
+# its most varied channel (its channels draw from one common set, as k-means sharing or
+# ternarization leave them; a shared conv with a BatchNorm folded in has a set per channel),
+# is a shared one.
+SHARED_VALUES = 256
+
+
+def one_scale_layers(model: nn.Module) -> list[str]:
+    """The conv / linear layers whose weights, after BN folding, are shared
+    (:data:`SHARED_VALUES`): those to quantize with one weight scale.
+
+    Per-channel scales map one shared value to a different integer in each class of channel
+    scales (a channel's scale follows its largest value), so a layer with one codebook
+    in float would need several in integers; with one scale for the layer it keeps one.
+    The grid is fine beside the codebook's spacing (127 steps to the largest value)."""
+    out = []
+    for name, m in fuse_bn(model).named_modules():
+        w = getattr(m, "weight", None)
+        if not (isinstance(m, nn.Conv2d | nn.Linear) and isinstance(w, torch.Tensor)):
+            continue
+        rows = w.detach().flatten(1)
+        values = torch.unique(rows).numel()
+        if values <= SHARED_VALUES and values < 2 * max(torch.unique(r).numel() for r in rows):
+            out.append(name)
+    return out
+
+
+def one_scale_overrides(model: nn.Module) -> dict[str, dict[str, bool]]:
+    """Selector overrides ``{"per_channel": False}`` for :func:`one_scale_layers`."""
+    return {f"^{re.escape(name)}$": {"per_channel": False} for name in one_scale_layers(model)}
