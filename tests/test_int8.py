@@ -295,6 +295,18 @@ def test_one_scale_overrides_find_the_shared_layers(trained: nn.Module, digits: 
     assert per_channel.unique().numel() > 16
 
 
+def test_the_deploy_quantizer_gives_shared_layers_one_scale(trained: nn.Module, digits: tuple) -> None:
+    import copy
+
+    from tinytamer.compress import share
+    from tinytamer.deploy import int8_quantizer
+
+    x, _ = digits
+    model = share.finalize(share.kmeans(copy.deepcopy(trained), select={"names": ["fc"]}, linear_bits=4))
+    q = int8_quantizer(model, [x[:64]], "minmax")
+    assert (q.get_submodule("fc").w_per_channel, q.get_submodule("conv0").w_per_channel) == (False, True)
+
+
 def test_unknown_or_bad_override_keys_are_errors(trained: nn.Module) -> None:
     ex = torch.zeros(1, 1, 8, 8)
     with pytest.raises(RecipeError, match=r"overrides\['fc'\].*per_chanel"):

@@ -211,6 +211,33 @@ def test_packed_kernels_match_the_reference_on_the_host(tmp_path, form, make):
     np.testing.assert_array_equal(toolchain.host_run(exe, x, cm.output_size), _want(g, x))
 
 
+@needs_arm
+def test_a_codebook_form_is_kept_only_where_it_pays_for_its_kernels(tmp_path):
+    from tinytamer.compress.int8 import quantize_ptq
+    from tinytamer.micro.program import build_program
+
+    # A small shared conv (its codebook saves about 100 B, its blocks kernel costs kilobytes)
+    # before a large shared fully connected layer (the packed kernel pays for itself).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 256))
+    with torch.no_grad():
+        for layer, k in ((model[0], 4), (model[3], 16)):
+            w = layer.weight
+            values = torch.linspace(-1, 1, k) * w.abs().max()
+            w.copy_(values[torch.randint(0, k, w.shape)])
+    calib = [torch.randn(8, 1, 8, 8)]
+    gm = quantize_ptq(model, calib, select={"overrides": {".": {"per_channel": False}}})
+    chosen = {op.name: op.weight_form for op in lower(gm, calib[0][:1]).ops if hasattr(op, "weight_form")}
+    assert chosen == {"0": "shared", "3": "shared"}
+    prog = build_program(gm, calib[0][:1], "cortex-m4", tmp_path)
+    assert prog.info["codebook_forms_reverted"] == {"shared Conv2D": ["0"]}
+    forms = {op.name: op.weight_form for op in prog.graph.ops if hasattr(op, "weight_form")}
+    assert forms == {"0": "int8", "3": "shared"}
+    assert not (tmp_path / "codebook-forms").exists()
+    x = prog.quantize_input(calib[0][:2].numpy())
+    np.testing.assert_array_equal(prog.run_device(x), prog.run_reference(x))
+
+
 def _weight_bytes(elf) -> int:
     """Bytes of the weight arrays (w<i>, packed wd<i> and codebooks wc<i>) in the linked ELF."""
     nm = subprocess.run(

@@ -42,11 +42,13 @@ from tinytamer.targets.options import compile_options
 
 def int8_quantizer(model: nn.Module, batches: list[torch.Tensor], method: str) -> nn.Module:
     """The quantizer the int8-only targets are given: tinytamer's post-training int8
-    quantization (``compress.int8``) with ``method``'s activation ranges.  Targets sit below
-    ``compress`` and never import it; this module knows both."""
-    from tinytamer.compress.int8 import quantize_ptq
+    quantization (``compress.int8``) with ``method``'s activation ranges, and one weight
+    scale for each layer whose weights are shared (``compress.int8.one_scale_layers``: a
+    k-means layer keeps one codebook in integers, which the Cortex-M path stores once).
+    Targets sit below ``compress`` and never import it; this module knows both."""
+    from tinytamer.compress.int8 import one_scale_overrides, quantize_ptq
 
-    return quantize_ptq(model, batches, method=method)
+    return quantize_ptq(model, batches, method=method, select={"overrides": one_scale_overrides(model)})
 
 
 def _with_quantizer(tgt: Target, options: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ back to the PyTorch layout.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +20,12 @@ import torch
 from torch import fx
 
 from tinytamer.errors import ModelError
-from tinytamer.micro import codegen, reference, toolchain
+from tinytamer.micro import codegen, reference, toolchain, weights
 from tinytamer.micro.codegen import CModel
 from tinytamer.micro.ir import Graph
 from tinytamer.micro.lower import lower
 from tinytamer.micro.session import DeviceTensor, Session
+from tinytamer.qgraph import QuantWeight
 
 DEVICES = ("cortex-m4", "cortex-m7", "host")
 
@@ -170,6 +172,9 @@ def build_program(
 
         backend = cmsis.backend(cmsis_nn_root, dsp=device != "host")  # the tree is checked first
     g = graph if graph is not None else lower(gm, example_input)
+    d = Path(workdir)
+    # Forms a caller set on its own graph stay as they are; lowering's choice is checked.
+    reverted = {} if graph is not None or device == "host" else _codebooks_that_pay(g, gm, device, d, backend)
     tuning_report = None
     if schedules == "portable":
         for op in g.ops:
@@ -179,7 +184,6 @@ def build_program(
 
         tuning_report = tune(g, device, log=tuning_log, profile=memory_profile, flash_budget=flash_budget)
     cm = codegen.generate(g, dsp=device != "host", backend=backend)
-    d = Path(workdir)
     cm.write(d / "src")
     prog = MicroProgram(g, cm, device, d)
     if device == "host":
@@ -193,4 +197,43 @@ def build_program(
         prog.info["kernel_fallbacks"] = cm.fallbacks
     if tuning_report is not None:
         prog.info["tuning"] = tuning_report
+    if reverted:
+        prog.info["codebook_forms_reverted"] = reverted
     return prog
+
+
+def _codebooks_that_pay(g: Graph, gm: fx.GraphModule, device: str, workdir: Path, backend: object) -> dict:
+    """Keep each family of layers in a codebook form (the form and the kind of op: what
+    decides the kernels they link) only where the linked image is smaller with it than with
+    the family's layers in their plain forms: a codebook saves weight bytes but links kernels
+    of its own (the shared convolution's are about 6 KB), which a small layer's saving may
+    not pay for.  Measured by linking each variant (one build, plus one per family);
+    returns the layers put back in their plain forms, by family."""
+    families: dict[str, list] = {}
+    for op in g.ops:
+        if getattr(op, "weight_form", None) in weights.CODEBOOK_FORMS:
+            kind = type(op).__name__ if getattr(op, "groups", 1) == 1 else f"grouped {type(op).__name__}"
+            families.setdefault(f"{op.weight_form} {kind}", []).append(op)
+    if not families:
+        return {}
+    w_bits = {name: m.w_bits for name, m in gm.named_modules() if isinstance(m, QuantWeight)}
+    builds = workdir / "codebook-forms"
+
+    def flash(tag: str) -> int:
+        cm = codegen.generate(g, dsp=True, backend=backend)
+        return toolchain.arm_build(cm, builds / tag, device).flash_bytes
+
+    best, reverted = flash("chosen"), {}
+    for i, (family, ops) in enumerate(families.items()):
+        chosen = [op.weight_form for op in ops]
+        for op in ops:
+            sparse = getattr(op, "groups", 1) == 1
+            op.weight_form = weights.choose(op.weight, w_bits.get(op.name), sparse=sparse, codebooks=False)
+        size = flash(f"plain-{i}")
+        if size < best:
+            best, reverted[family] = size, [op.name for op in ops]
+        else:
+            for op, form in zip(ops, chosen, strict=True):
+                op.weight_form = form
+    shutil.rmtree(builds, ignore_errors=True)  # the trial builds, inside this build's folder
+    return reverted

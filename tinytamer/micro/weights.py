@@ -428,16 +428,20 @@ FORMS: dict[str, WeightForm] = {
 
 # The forms the "sparse" kernels read; the others, except int8, the "packed" kernels.
 SPARSE_FORMS = ("sparse", "sparse_shared")
+# The forms with an index codebook, which choose() takes for the flash of the weights alone.
+CODEBOOK_FORMS = ("shared", "sparse_shared")
 
 
-def choose(weight: np.ndarray, w_bits: int | None, sparse: bool = True) -> str:
+def choose(weight: np.ndarray, w_bits: int | None, sparse: bool = True, codebooks: bool = True) -> str:
     """The form of a layer's int8 weights (``sparse``: whether its op has sparse kernels).
 
     The plain form its ``w_bits`` allows (int2, int4, else int8); ``sparse`` where the layer
-    is that sparse (smaller and faster, :data:`SPARSE_MAX_DENSITY`); then ``shared`` (where
-    its values are shared) or, for a sparse layer, ``sparse_shared`` (its relative indices
-    alone are smaller than the words), each taken only when it saves at least
-    :data:`MIN_SAVING` of the form chosen so far: flash first, at some cost in cycles."""
+    is that sparse (smaller and faster, :data:`SPARSE_MAX_DENSITY`); then, unless
+    ``codebooks`` is False, ``shared`` (where its values are shared) or, for a sparse layer,
+    ``sparse_shared`` (its relative indices alone are smaller than the words), each taken
+    only when it saves at least :data:`MIN_SAVING` of the form chosen so far: flash first,
+    at some cost in cycles.  Whether a codebook form also pays for the kernel code it links
+    is a whole-image question (``program.build_program`` measures it)."""
     rows = as_rows(weight)
     plain = "int8"
     for name in ("int2", "int4"):
@@ -447,7 +451,7 @@ def choose(weight: np.ndarray, w_bits: int | None, sparse: bool = True) -> str:
     form, best = plain, FORMS[plain].flash_bytes(rows)
     if sparse and FORMS["sparse"].fits(rows) and (size := FORMS["sparse"].flash_bytes(rows)) <= best:
         form, best = "sparse", size
-    for name in ("shared", "sparse_shared") if sparse else ("shared",):
+    for name in (("shared", "sparse_shared") if sparse else ("shared",)) if codebooks else ():
         if not FORMS[name].fits(rows):
             continue
         if (size := FORMS[name].flash_bytes(rows)) <= (1 - MIN_SAVING) * best:

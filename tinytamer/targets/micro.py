@@ -268,6 +268,8 @@ class MicroTarget:
             "bit_exact_inputs": len(q),
             "memory_plan": program.info,
             "requant_fallback": _requant_fallback(self.name, program),
+            # Layers quantized with one weight scale (shared weights: one codebook each).
+            "one_scale_layers": sorted(n for n, m in gm.named_modules() if getattr(m, "w_per_channel", True) is False),
         }
         if not np.array_equal(want, got):
             raise ParityError(
