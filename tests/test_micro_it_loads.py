@@ -124,6 +124,7 @@ def test_loads_in_it_blocks_are_counted_exactly(it_elf):
 
 def _shared_5bit_program(tmp_path, cpu: str):
     from tinytamer.compress.int8 import quantize_ptq
+    from tinytamer.micro.lower import lower
     from tinytamer.micro.program import build_program
 
     torch.manual_seed(0)
@@ -139,7 +140,10 @@ def _shared_5bit_program(tmp_path, cpu: str):
     ).eval()
     calib = [torch.randn(8, 1, 12, 12) for _ in range(2)]
     gm = quantize_ptq(m, calib, weight_bits=5)
-    prog = build_program(gm, calib[0][:1], cpu, tmp_path)
+    # The forms lowering picks, kept as they are (a graph passed in is not re-weighed
+    # against the kernel code it links): the shared kernels are what this checks.
+    g = lower(gm, calib[0][:1])
+    prog = build_program(gm, calib[0][:1], cpu, tmp_path, graph=g)
     return prog, prog.quantize_input(calib[1][:2].numpy())
 
 

@@ -799,14 +799,17 @@ static __attribute__((noinline, cold)) int32_t tt_rq_general_cold(int32_t a, con
     return tt_rq_general(a, r);
 }
 
-/* One channel's requantization with its record's fields already in registers. */
+/* One channel's requantization with its record's fields already in registers.  SMMULR and
+ * the adds in C, not tt_rq_fast: with SMMLAR's third operand GCC -Os keeps one more value
+ * live across the quads loop that inlines this, and the loop's 14 registers no longer fit. */
 static inline __attribute__((always_inline)) int32_t
 tt_mx_rq(int32_t a, int32_t m, int32_t e, int32_t f, const tt_rq *r)
 {
     if (__builtin_expect(e == TT_RQ_GENERAL, 0)) {
         return tt_rq_general_cold(a, r);
     }
-    return tt_rq_fast(a, m, e, f);
+    const int32_t t = tt_smmulr((int32_t)((uint32_t)a << 1), m);
+    return (t + f + (t >> 31)) >> e;
 }
 
 /* Clamp one requantized value and store it; in modes 2-6 (tt_mm_out4) the residual add

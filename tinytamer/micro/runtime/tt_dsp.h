@@ -54,6 +54,13 @@ static inline int32_t tt_sxtab16_ror8(int32_t a, int32_t x)
  * instruction, and the sign term comes from the sum instead of t: they differ only where t
  * rounds to 0 from a negative sum, and there (f - 1) >> e = f >> e (f = 2^(e-1) + zp 2^e,
  * or a constant channel's 2v + 1 with e = 1). */
+static inline int32_t tt_smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
 static inline int32_t tt_rq_fast(int32_t acc, int32_t m, int32_t e, int32_t f)
 {
     const int32_t a2 = (int32_t)((uint32_t)acc << 1);
