@@ -171,8 +171,8 @@ def quantize_ptq(
     )
 
 
-# A layer whose weights take at most this many distinct values, fewer than twice as many as
-# its most varied channel (its channels draw from one common set, as k-means sharing or
+# A layer whose weights take at most this many distinct values, each value on average in at
+# least two channels (its channels draw from one common set, as k-means sharing or
 # ternarization leave them; a shared conv with a BatchNorm folded in has a set per channel),
 # is a shared one.
 SHARED_VALUES = 256
@@ -193,7 +193,7 @@ def one_scale_layers(model: nn.Module) -> list[str]:
             continue
         rows = w.detach().flatten(1)
         values = torch.unique(rows).numel()
-        if values <= SHARED_VALUES and values < 2 * max(torch.unique(r).numel() for r in rows):
+        if values <= SHARED_VALUES and 2 * values <= sum(torch.unique(r).numel() for r in rows):
             out.append(name)
     return out
 
