@@ -73,6 +73,7 @@ from tinytamer.errors import ModelError  # noqa: E402
 from tinytamer.micro import weights  # noqa: E402
 from tinytamer.micro.lower import lower  # noqa: E402
 from tinytamer.micro.program import build_program  # noqa: E402
+from tinytamer.qgraph import one_scale_layers  # noqa: E402
 
 VARIANTS = ("dense int8", "int4", "shared", "sparse", "combined")
 # The C arrays of op <i>'s weights in each form (tinytamer.micro.ops, weights.c_packed /
@@ -167,9 +168,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
             "board_samples": nb,
             "fp32_accuracy": float((m(xs).argmax(1).numpy() == ys).mean()),
             "compressed_fp32_accuracy": float((c(xs).argmax(1).numpy() == ys).mean()),
-            "per_tensor_layers": sorted(
-                name for name, m in gms["combined"].named_modules() if getattr(m, "w_per_channel", True) is False
-            ),
+            "per_tensor_layers": one_scale_layers(gms["combined"]),
             "variants": {},
         }
     for variant in VARIANTS:

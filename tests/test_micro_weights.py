@@ -233,7 +233,7 @@ def test_a_codebook_form_is_kept_only_where_it_pays_for_its_kernels(tmp_path):
     assert prog.info["codebook_forms_reverted"] == {"shared Conv2D": ["0"]}
     forms = {op.name: op.weight_form for op in prog.graph.ops if hasattr(op, "weight_form")}
     assert forms == {"0": "int8", "3": "shared"}
-    assert not (tmp_path / "codebook-forms").exists()
+    assert not list(tmp_path.glob("codebook-forms*"))
     x = prog.quantize_input(calib[0][:2].numpy())
     np.testing.assert_array_equal(prog.run_device(x), prog.run_reference(x))
 

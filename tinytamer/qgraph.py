@@ -112,6 +112,12 @@ class QuantWeight:
         return q.clamp(-self.w_qmax, self.w_qmax).to(torch.int8)
 
 
+def one_scale_layers(model: nn.Module) -> list[str]:
+    """The quantized layers of ``model`` with one weight scale for the layer (``per_channel:
+    false``), by name."""
+    return sorted(n for n, m in model.named_modules() if isinstance(m, QuantWeight) and m.w_per_channel is False)
+
+
 class ActQuant(nn.Module):
     """Base of every per-tensor activation quantization point of a quantized graph.
 

@@ -12,6 +12,7 @@ back to the PyTorch layout.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +218,9 @@ def _codebooks_that_pay(g: Graph, gm: fx.GraphModule, device: str, workdir: Path
     if not families:
         return {}
     w_bits = {name: m.w_bits for name, m in gm.named_modules() if isinstance(m, QuantWeight)}
-    builds = workdir / "codebook-forms"
+    workdir.mkdir(parents=True, exist_ok=True)
+    # A fresh folder of its own, so that removing the trial builds removes nothing else.
+    builds = Path(tempfile.mkdtemp(prefix="codebook-forms-", dir=workdir))
 
     def flash(tag: str) -> int:
         cm = codegen.generate(g, dsp=True, backend=backend)

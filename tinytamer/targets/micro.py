@@ -36,7 +36,7 @@ from tinytamer.micro.firmware import write_firmware
 from tinytamer.micro.profiles import BOARD, PROFILES, get_profile
 from tinytamer.micro.program import MicroProgram, build_program
 from tinytamer.micro.tuning import default_flash_budget, tuning_table
-from tinytamer.qgraph import as_graph_module, is_quantized
+from tinytamer.qgraph import as_graph_module, is_quantized, one_scale_layers
 from tinytamer.targets._torchutil import Batch, as_inputs, parity_inputs, require_calib, verify
 from tinytamer.targets.base import Cost, Deployed, ParityError, Quantizer, register_target
 from tinytamer.targets.options import TargetOptions
@@ -269,7 +269,7 @@ class MicroTarget:
             "memory_plan": program.info,
             "requant_fallback": _requant_fallback(self.name, program),
             # Layers quantized with one weight scale (shared weights: one codebook each).
-            "one_scale_layers": sorted(n for n, m in gm.named_modules() if getattr(m, "w_per_channel", True) is False),
+            "one_scale_layers": one_scale_layers(gm),
         }
         if not np.array_equal(want, got):
             raise ParityError(
