@@ -117,6 +117,8 @@ EDGE_SHAPES = [
     ((3, 3, 128), 4, 3, 1, 1, None),  # 96-word rows: the unpacker's sum folds mid-row
     ((9, 8, 32), 12, 3, 2, 1, "relu"),  # stride 2: inside and edge windows, 24-word rows
     ((5, 6, 16), 4, (2, 3), 1, 0, None),  # no padding: every window inside
+    ((6, 10, 48), 4, 3, 1, 1, None),  # pixel pairs unpacked together, 12-word pixels
+    ((7, 12, 16), 8, 5, 2, 2, "relu"),  # pairs whose 5-wide windows share 3 pixels
 ]
 
 

@@ -679,6 +679,102 @@ static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, in
     return col;
 }
 
+/* Half a pass of tt_qx_pair_in's shared run: input words 2H and 2H + 1 of the pass, each
+ * stored in both pixels' lanes (byte offsets: the group of word j at 16 j, its odd word 8 further). */
+#define TT_UNPACK2_HALF(ACC, H)                                                               \
+    "ldr %[v0], [%[ip]], #4\n\t"                                                          \
+    "ldr %[v1], [%[ip]], #4\n\t"                                                          \
+    "sxtab16 %[e0], %[off], %[v0]\n\t"                                                    \
+    "sxtab16 %[v0], %[off], %[v0], ror #8\n\t"                                            \
+    "sxtab16 %[e1], %[off], %[v1]\n\t"                                                    \
+    "sxtab16 %[v1], %[off], %[v1], ror #8\n\t"                                            \
+    "str %[e0], [%[d0], #32 * " #H "]\n\t"                                                \
+    "str %[v0], [%[d0], #32 * " #H " + 8]\n\t"                                            \
+    "str %[e1], [%[d0], #32 * " #H " + 16]\n\t"                                           \
+    "str %[v1], [%[d0], #32 * " #H " + 24]\n\t"                                           \
+    "str %[e0], [%[d1], #32 * " #H "]\n\t"                                                \
+    "str %[v0], [%[d1], #32 * " #H " + 8]\n\t"                                            \
+    "str %[e1], [%[d1], #32 * " #H " + 16]\n\t"                                           \
+    "str %[v1], [%[d1], #32 * " #H " + 24]\n\t"                                           \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[e0]\n\t"                                                    \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[v0]\n\t"                                                    \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[e1]\n\t"                                                    \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[v1]\n\t"
+
+/* Half a pass of tt_qx_pair_in's one-pixel runs: input words 2H and 2H + 1 of the pass into
+ * the lanes at D, their sum added to ACC. */
+#define TT_UNPACK1_HALF(D, ACC, H)                                                         \
+    "ldr %[v0], [%[ip]], #4\n\t"                                                          \
+    "ldr %[v1], [%[ip]], #4\n\t"                                                          \
+    "sxtab16 %[e0], %[off], %[v0]\n\t"                                                    \
+    "sxtab16 %[v0], %[off], %[v0], ror #8\n\t"                                            \
+    "sxtab16 %[e1], %[off], %[v1]\n\t"                                                    \
+    "sxtab16 %[v1], %[off], %[v1], ror #8\n\t"                                            \
+    "str %[e0], [%[" #D "], #32 * " #H "]\n\t"                                            \
+    "str %[v0], [%[" #D "], #32 * " #H " + 8]\n\t"                                        \
+    "str %[e1], [%[" #D "], #32 * " #H " + 16]\n\t"                                       \
+    "str %[v1], [%[" #D "], #32 * " #H " + 24]\n\t"                                       \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[e0]\n\t"                                          \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[v0]\n\t"                                          \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[e1]\n\t"                                          \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[v1]\n\t"
+
+/* The per-layer constants of tt_qx_pair_in. */
+typedef struct {
+    int32_t own, shared; /* bytes of a kernel row's pixels in one window only / in both */
+    int32_t skip;        /* bytes from a row's span's end to the next row's start */
+    int32_t k_h, off;
+} tt_qx_pairs;
+
+#if defined(__OPTIMIZE__)
+/* tt_qx_pair for a pair whose windows lie inside the input, in a layer whose in_c is a
+ * multiple of 16 and whose kernel row holds at most 60 words (a pixel's lane sums fit
+ * int16): per kernel row one asm block of three runs, pixel 0's own pixels into its lanes,
+ * the shared ones into both pixels' lanes, pixel 1's own into its lanes.  `ip`: the first
+ * row's span.  The runs' ends are read from the stack (eleven registers). */
+static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const tt_qx_pairs *q,
+                                                       int32_t *col, int32_t *s1)
+{
+    int32_t *d0 = col, *d1 = col + 1, a = 0, b = 0;
+    const int32_t own = q->own, shared = q->shared, off = q->off;
+    for (int32_t ky = q->k_h; ky > 0; --ky) {
+        const int8_t *const end_shared = ip + own + shared, *const end_row = end_shared + own;
+        const int8_t *end = ip + own;
+        int32_t v0, v1, e0, e1, acc0 = 0, acc1;
+        __asm__ volatile("1:\n\t" TT_UNPACK1_HALF(d0, acc0, 0) TT_UNPACK1_HALF(d0, acc0, 1)
+                         "add %[d0], %[d0], #64\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "bne 1b\n\t"
+                         "mov %[acc1], %[acc0]\n\t" /* pixel 0's own sum, for now */
+                         "ldr %[end], %[es]\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "beq 3f\n"
+                         "2:\n\t" TT_UNPACK2_HALF(acc0, 0) TT_UNPACK2_HALF(acc0, 1)
+                         "add %[d0], %[d0], #64\n\t"
+                         "add %[d1], %[d1], #64\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "bne 2b\n"
+                         "3:\n\t"
+                         "ssub16 %[acc1], %[acc0], %[acc1]\n\t" /* the shared pixels' sum */
+                         "ldr %[end], %[er]\n"
+                         "4:\n\t" TT_UNPACK1_HALF(d1, acc1, 0) TT_UNPACK1_HALF(d1, acc1, 1)
+                         "add %[d1], %[d1], #64\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "bne 4b\n\t"
+                         : [ip] "+r"(ip), [d0] "+r"(d0), [d1] "+r"(d1), [end] "+r"(end),
+                           [acc0] "+r"(acc0), [acc1] "=&r"(acc1), [v0] "=&r"(v0), [v1] "=&r"(v1),
+                           [e0] "=&r"(e0), [e1] "=&r"(e1)
+                         : [off] "r"(off), [es] "m"(end_shared), [er] "m"(end_row)
+                         : "cc", "memory");
+        a = __smlad(acc0, 0x00010001, a);
+        b = __smlad(acc1, 0x00010001, b);
+        ip += q->skip;
+    }
+    *s1 = b;
+    return a;
+}
+#endif
+
 /* tt_im2col_rows into the pixel-triple (`triple`) or pixel-pair layout; returns the
  * receptive field's sum. */
 static inline __attribute__((always_inline)) int32_t
@@ -1589,10 +1685,34 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     const int32_t row_words = p->k_w * p->in_c >> 2;
     const int32_t inside = !flat && (p->in_c & 3) == 0 && (row_words & 3) == 0 && row_words <= 60
                            && p->in_w >= p->k_w && p->in_h >= p->k_h;
+#if defined(__OPTIMIZE__)
+    /* Pairs of pixels whose windows overlap inside the input (tt_qx_pair_in): both columns
+     * at once, each input pixel the two windows share unpacked once.  Where out_w is even
+     * the pairs of a row stay in it. */
+    const int32_t span = p->k_w + p->stride_w, shared = p->k_w - p->stride_w;
+    const tt_qx_pairs q = {p->stride_w * p->in_c, shared * p->in_c, (p->in_w - span) * p->in_c,
+                           p->k_h, tt_pack_offset(p->in_zp)};
+    const int32_t pairs = !flat && (p->in_c & 15) == 0 && p->k_w * p->in_c <= 240 && shared > 0
+                          && (p->out_w & 1) == 0;
+#endif
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
         int32_t s0 = 0, s1 = 0;
+#if defined(__OPTIMIZE__)
+        const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
+        if (pairs && (uint32_t)x0 <= (uint32_t)(p->in_w - span)
+            && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)) {
+            s0 = (int32_t)((uint32_t)tt_qx_pair_in(in + (y0 * p->in_w + x0) * p->in_c, &q, col, &s1) << 7);
+            s1 = (int32_t)((uint32_t)s1 << 7);
+            if ((ox += 2) == p->out_w) {
+                ox = 0;
+                ++oy;
+            }
+            block(p, w, rq, out + pix * stride, col, col_end, s0, s1, pass | 1 << 12);
+            continue;
+        }
+#endif
         /* One copy of the dispatch for both pixels (flash): not unrolled. */
 #pragma GCC unroll 1
         for (int32_t k = 0; k < 2; ++k) {
