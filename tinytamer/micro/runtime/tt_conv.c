@@ -1626,19 +1626,14 @@ static __attribute__((noinline)) int32_t tt_qx_rgb33(const int8_t *r0, int32_t r
 
 /* Pixel (oy, ox)'s column words into the pixel-pair layout at `col` (words 2 apart; flat:
  * through the byte field `tmp`); returns the receptive field's sum.  The interior pixels
- * tt_qx_inside takes never come here (tt_qx_run calls it).  Out of line: the main loop
+ * tt_qx_inside and tt_qx_rgb33 take never come here (tt_qx_run calls them).  Out of line: the main loop
  * keeps little state, so its frame and the callees' stay small. */
 static __attribute__((noinline)) int32_t
 tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t k4,
             int32_t flat, int8_t *tmp, int32_t *col)
 {
-    const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
     /* Each branch ends in a call whose result is returned as is: tail calls, this frame
      * gone before the callee's. */
-    if (flat && p->in_c == 3 && p->k_h == 3 && p->k_w == 3 && x0 >= 0 && x0 <= p->in_w - 3
-        && y0 >= 0 && y0 <= p->in_h - 3) {
-        return tt_qx_rgb33(in + (y0 * p->in_w + x0) * 3, p->in_w * 3, p->in_zp, col);
-    }
     if (flat) {
         return tt_qx_flat(p, in, oy, ox, k4, tmp, col);
     }
@@ -1685,6 +1680,8 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     const int32_t row_words = p->k_w * p->in_c >> 2;
     const int32_t inside = !flat && (p->in_c & 3) == 0 && (row_words & 3) == 0 && row_words <= 60
                            && p->in_w >= p->k_w && p->in_h >= p->k_h;
+    /* and interior pixels of an RGB 3 x 3 stem to tt_qx_rgb33 */
+    const int32_t rgb = flat && p->in_c == 3 && p->k_h == 3 && p->k_w == 3;
 #if defined(__OPTIMIZE__)
     /* Pairs of pixels whose windows overlap inside the input (tt_qx_pair_in): both columns
      * at once, each input pixel the two windows share unpacked once.  Where out_w is even
@@ -1719,10 +1716,13 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
             /* Read from p, not kept: the frame of this loop is on the stack under every
              * block's (unsigned compares: x0 >= 0 too). */
             const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
-            const int32_t f = inside && (uint32_t)x0 <= (uint32_t)(p->in_w - p->k_w)
-                                      && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)
+            const int32_t in_window = (uint32_t)x0 <= (uint32_t)(p->in_w - p->k_w)
+                                      && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h);
+            const int32_t f = inside && in_window
                                   ? tt_qx_inside(in + (y0 * p->in_w + x0) * p->in_c, p, p->k_w * p->in_c >> 2,
                                                  col + k)
+                              : rgb && in_window
+                                  ? tt_qx_rgb33(in + (y0 * p->in_w + x0) * 3, p->in_w * 3, p->in_zp, col + k)
                                   : tt_qx_pixel(p, in, oy, ox, k4, flat, tmp, col + k);
             s1 = (int32_t)((uint32_t)f << 7);
             if (k == 0) {
