@@ -119,6 +119,8 @@ EDGE_SHAPES = [
     ((5, 6, 16), 4, (2, 3), 1, 0, None),  # no padding: every window inside
     ((6, 10, 48), 4, 3, 1, 1, None),  # pixel pairs unpacked together, 12-word pixels
     ((7, 12, 16), 8, 5, 2, 2, "relu"),  # pairs whose 5-wide windows share 3 pixels
+    ((5, 7, 8), 4, 3, 1, 1, None),  # 8 channels, an odd width: edge pixels one by one
+    ((6, 8, 20), 4, 3, 1, 1, None),  # 20 channels: the pairs' runs end in single words
 ]
 
 

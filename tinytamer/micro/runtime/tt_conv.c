@@ -679,8 +679,9 @@ static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, in
     return col;
 }
 
-/* Half a pass of tt_qx_pair_in's shared run: input words 2H and 2H + 1 of the pass, each
- * stored in both pixels' lanes (byte offsets: the group of word j at 16 j, its odd word 8 further). */
+/* Half a pass of the pixel-pair builders' shared run (tt_qx_pair_in, tt_qx_pair_edge): input
+ * words 2H and 2H + 1 of the pass, each stored in both pixels' lanes (byte offsets: the group
+ * of word j at 16 j, its odd word 8 further), their sum added to ACC. */
 #define TT_UNPACK2_HALF(ACC, H)                                                               \
     "ldr %[v0], [%[ip]], #4\n\t"                                                          \
     "ldr %[v1], [%[ip]], #4\n\t"                                                          \
@@ -701,8 +702,8 @@ static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, in
     "sadd16 %[" #ACC "], %[" #ACC "], %[e1]\n\t"                                                    \
     "sadd16 %[" #ACC "], %[" #ACC "], %[v1]\n\t"
 
-/* Half a pass of tt_qx_pair_in's one-pixel runs: input words 2H and 2H + 1 of the pass into
- * the lanes at D, their sum added to ACC. */
+/* Half a pass of the pixel-pair builders' one-pixel runs: input words 2H and 2H + 1 of the
+ * pass into the lanes at D, their sum added to ACC. */
 #define TT_UNPACK1_HALF(D, ACC, H)                                                         \
     "ldr %[v0], [%[ip]], #4\n\t"                                                          \
     "ldr %[v1], [%[ip]], #4\n\t"                                                          \
@@ -719,19 +720,50 @@ static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, in
     "sadd16 %[" #ACC "], %[" #ACC "], %[e1]\n\t"                                          \
     "sadd16 %[" #ACC "], %[" #ACC "], %[v1]\n\t"
 
-/* The per-layer constants of tt_qx_pair_in. */
+/* The per-layer constants of tt_qx_pair_in and tt_qx_pair_edge.  A kernel row's two windows
+ * (pixel 1's stride_w pixels right of pixel 0's) cover `span` input pixels: each window's own
+ * (stride_w pixels, `own` bytes) and the k_w - stride_w both share (`shared` bytes). */
 typedef struct {
-    int32_t own, shared; /* bytes of a kernel row's pixels in one window only / in both */
-    int32_t skip;        /* bytes from a row's span's end to the next row's start */
+    int32_t own, shared;
+    int32_t skip; /* bytes from a row's span's end to the next row's start */
     int32_t k_h, off;
+    int32_t c, span, in_w, in_h; /* in_c, pixels, the input's width and height */
+    int32_t row_words;           /* a kernel row of both pixels' columns */
 } tt_qx_pairs;
 
+/* One input word of tt_qx_pair_edge's runs whose length is not a multiple of 16 bytes: into
+ * the lanes at D (DUAL: and at d1 too), its sum added to ACC. */
+#define TT_UNPACK_WORD(D, ACC, DUAL)                                                       \
+    "ldr %[v0], [%[ip]], #4\n\t"                                                          \
+    "sxtab16 %[e0], %[off], %[v0]\n\t"                                                    \
+    "sxtab16 %[v0], %[off], %[v0], ror #8\n\t"                                            \
+    "str %[e0], [%[" #D "]]\n\t"                                                          \
+    "str %[v0], [%[" #D "], #8]\n\t" DUAL                                                 \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[e0]\n\t"                                          \
+    "sadd16 %[" #ACC "], %[" #ACC "], %[v0]\n\t"                                          \
+    "add %[" #D "], %[" #D "], #16\n\t"
+#define TT_UNPACK_WORD_D1                                                                  \
+    "str %[e0], [%[d1]]\n\t"                                                              \
+    "str %[v0], [%[d1], #8]\n\t"                                                          \
+    "add %[d1], %[d1], #16\n\t"
+/* A run's words past a multiple of 16 bytes before the end, one by one (label L), then
+ * on to label N. */
+#define TT_RUN_HEAD(L, N, WORD)                                                            \
+    #L ":\n\t"                                                                            \
+    "sub %[v0], %[end], %[ip]\n\t"                                                        \
+    "tst %[v0], #15\n\t"                                                                  \
+    "beq " #N "f\n\t" WORD "b " #L "b\n"                                                  \
+    #N ":\n\t"
+
 #if defined(__OPTIMIZE__)
-/* tt_qx_pair for a pair whose windows lie inside the input, in a layer whose in_c is a
- * multiple of 16 and whose kernel row holds at most 60 words (a pixel's lane sums fit
- * int16): per kernel row one asm block of three runs, pixel 0's own pixels into its lanes,
- * the shared ones into both pixels' lanes, pixel 1's own into its lanes.  `ip`: the first
- * row's span.  The runs' ends are read from the stack (eleven registers). */
+/* The columns of both pixels of a pair (tt_qx_run: adjacent pixels of one output row whose
+ * windows overlap) whose windows lie inside the input, in a layer whose in_c is a multiple of
+ * 16 and whose kernel row holds at most 60 words (a pixel's lane sums fit int16): per kernel
+ * row one asm block of three runs, pixel 0's own pixels into its lanes, the shared ones into
+ * both pixels' lanes (one unpacking and one sum for the two), pixel 1's own into its lanes.
+ * A 3 x 3 stride-1 pair unpacks 4 input pixels per row instead of 6.  `ip`: the first row's
+ * span.  The runs' ends are read from the stack: eleven registers.  Returns pixel 0's field
+ * sum, pixel 1's in *s1. */
 static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const tt_qx_pairs *q,
                                                        int32_t *col, int32_t *s1)
 {
@@ -773,6 +805,74 @@ static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const t
     *s1 = b;
     return a;
 }
+
+/* tt_qx_pair_in for a pair whose windows reach into the padding (windows at x0, x0 +
+ * stride_w of input row y0), or for any pair of a layer whose in_c is a multiple of 4 but not
+ * of 16: padding rows as zeros, and up to stride_w padding pixels at either end of a row's
+ * span (pixel 0's own on the left, pixel 1's on the right; tt_qx_run sends wider padding
+ * elsewhere) as zero lanes around the same three runs, either one-pixel run possibly empty;
+ * each run's words past a multiple of 16 bytes one by one, then whole passes. */
+static __attribute__((noinline)) int32_t tt_qx_pair_edge(const int8_t *in, const tt_qx_pairs *q,
+                                                         int32_t x0, int32_t y0, int32_t *col,
+                                                         int32_t *s1)
+{
+    const int32_t c = q->c, off = q->off;
+    const int32_t zl = x0 < 0 ? -x0 : 0, zr = x0 + q->span > q->in_w ? x0 + q->span - q->in_w : 0;
+    const int32_t run_a = q->own - zl * c, run_c = q->own - zr * c;
+    int32_t a = 0, b = 0;
+    for (int32_t ky = 0, iy = y0; ky < q->k_h; ++ky, ++iy, col += q->row_words) {
+        if ((uint32_t)iy >= (uint32_t)q->in_h) {
+            for (int32_t i = 0; i < q->row_words; ++i) {
+                col[i] = 0;
+            }
+            continue;
+        }
+        const int8_t *ip = in + (iy * q->in_w + x0 + zl) * c;
+        int32_t *d0 = tt_zero_run(zl * c >> 2, col, 4, 2), *d1 = col + 1;
+        const int8_t *const end_shared = ip + run_a + q->shared, *const end_row = end_shared + run_c;
+        const int8_t *end = ip + run_a;
+        int32_t v0, v1, e0, e1, acc0 = 0, acc1;
+        __asm__ volatile(TT_RUN_HEAD(7, 8, TT_UNPACK_WORD(d0, acc0, ""))
+                         "cmp %[ip], %[end]\n\t"
+                         "beq 5f\n"
+                         "1:\n\t" TT_UNPACK1_HALF(d0, acc0, 0) TT_UNPACK1_HALF(d0, acc0, 1)
+                         "add %[d0], %[d0], #64\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "bne 1b\n"
+                         "5:\n\t"
+                         "mov %[acc1], %[acc0]\n\t"
+                         "ldr %[end], %[es]\n\t"
+                         TT_RUN_HEAD(9, 10, TT_UNPACK_WORD(d0, acc0, TT_UNPACK_WORD_D1))
+                         "cmp %[ip], %[end]\n\t"
+                         "beq 11f\n"
+                         "2:\n\t" TT_UNPACK2_HALF(acc0, 0) TT_UNPACK2_HALF(acc0, 1)
+                         "add %[d0], %[d0], #64\n\t"
+                         "add %[d1], %[d1], #64\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "bne 2b\n"
+                         "11:\n\t"
+                         "ssub16 %[acc1], %[acc0], %[acc1]\n\t"
+                         "ldr %[end], %[er]\n\t"
+                         TT_RUN_HEAD(12, 13, TT_UNPACK_WORD(d1, acc1, ""))
+                         "cmp %[ip], %[end]\n\t"
+                         "beq 6f\n"
+                         "4:\n\t" TT_UNPACK1_HALF(d1, acc1, 0) TT_UNPACK1_HALF(d1, acc1, 1)
+                         "add %[d1], %[d1], #64\n\t"
+                         "cmp %[ip], %[end]\n\t"
+                         "bne 4b\n"
+                         "6:\n\t"
+                         : [ip] "+r"(ip), [d0] "+r"(d0), [d1] "+r"(d1), [end] "+r"(end),
+                           [acc0] "+r"(acc0), [acc1] "=&r"(acc1), [v0] "=&r"(v0), [v1] "=&r"(v1),
+                           [e0] "=&r"(e0), [e1] "=&r"(e1)
+                         : [off] "r"(off), [es] "m"(end_shared), [er] "m"(end_row)
+                         : "cc", "memory");
+        tt_zero_run(zr * c >> 2, d1, 4, 2);
+        a = __smlad(acc0, 0x00010001, a);
+        b = __smlad(acc1, 0x00010001, b);
+    }
+    *s1 = b;
+    return a;
+}
 #endif
 
 /* tt_im2col_rows into the pixel-triple (`triple`) or pixel-pair layout; returns the
@@ -806,17 +906,11 @@ tt_mx_rows(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, in
     return sum;
 }
 
-/* tt_mx_rows out of line, one copy per layout: small stack frames. */
+/* tt_mx_rows out of line for the pixel-triple layout (tt_conv2d_s8_mx): a small stack frame. */
 static __attribute__((noinline)) int32_t tt_mx_rows3(const tt_conv_params *p, const int8_t *in,
                                                      int32_t oy, int32_t ox, int32_t *col)
 {
     return tt_mx_rows(p, in, oy, ox, col, 1);
-}
-
-static __attribute__((noinline)) int32_t tt_mx_rows2(const tt_conv_params *p, const int8_t *in,
-                                                     int32_t oy, int32_t ox, int32_t *col)
-{
-    return tt_mx_rows(p, in, oy, ox, col, 0);
 }
 
 /* tt_im2col_flat_nat into a column layout (a group's words `odd` apart, groups `step`
@@ -1637,9 +1731,9 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
     if (flat) {
         return tt_qx_flat(p, in, oy, ox, k4, tmp, col);
     }
-    if ((p->in_c & 3) == 0) {
-        return tt_mx_rows2(p, in, oy, ox, col);
-    }
+    /* Channels a multiple of 4 come here only in layers tt_qx_pair_* cannot take (odd
+     * widths, wide padding): the general im2col serves them, and the image keeps no
+     * separate unpacker for them. */
     return tt_qx_im2col(p, in, oy, ox, k4, col);
 }
 
@@ -1683,14 +1777,16 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     /* and interior pixels of an RGB 3 x 3 stem to tt_qx_rgb33 */
     const int32_t rgb = flat && p->in_c == 3 && p->k_h == 3 && p->k_w == 3;
 #if defined(__OPTIMIZE__)
-    /* Pairs of pixels whose windows overlap inside the input (tt_qx_pair_in): both columns
-     * at once, each input pixel the two windows share unpacked once.  Where out_w is even
-     * the pairs of a row stay in it. */
+    /* Pairs of pixels whose windows overlap (tt_qx_pair_in inside the input, tt_qx_pair_edge
+     * where they reach into the padding): both columns at once, each input pixel the two
+     * windows share unpacked once.  Where out_w is even the pairs of a row stay in it. */
     const int32_t span = p->k_w + p->stride_w, shared = p->k_w - p->stride_w;
     const tt_qx_pairs q = {p->stride_w * p->in_c, shared * p->in_c, (p->in_w - span) * p->in_c,
-                           p->k_h, tt_pack_offset(p->in_zp)};
-    const int32_t pairs = !flat && (p->in_c & 15) == 0 && p->k_w * p->in_c <= 240 && shared > 0
+                           p->k_h, tt_pack_offset(p->in_zp), p->in_c, span, p->in_w, p->in_h,
+                           p->k_w * p->in_c};
+    const int32_t pairs = !flat && (p->in_c & 3) == 0 && p->k_w * p->in_c <= 240 && shared > 0
                           && (p->out_w & 1) == 0;
+    const int32_t pairs_in = (p->in_c & 15) == 0; /* its runs whole 16-byte passes */
 #endif
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
@@ -1698,9 +1794,13 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
         int32_t s0 = 0, s1 = 0;
 #if defined(__OPTIMIZE__)
         const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
-        if (pairs && (uint32_t)x0 <= (uint32_t)(p->in_w - span)
-            && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)) {
-            s0 = (int32_t)((uint32_t)tt_qx_pair_in(in + (y0 * p->in_w + x0) * p->in_c, &q, col, &s1) << 7);
+        /* at most stride_w pixels of padding at either end of the span (tt_qx_pair_edge) */
+        if (pairs && x0 >= -p->stride_w && x0 + span <= p->in_w + p->stride_w) {
+            s0 = pairs_in && (uint32_t)x0 <= (uint32_t)(p->in_w - span)
+                         && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)
+                     ? tt_qx_pair_in(in + (y0 * p->in_w + x0) * p->in_c, &q, col, &s1)
+                     : tt_qx_pair_edge(in, &q, x0, y0, col, &s1);
+            s0 = (int32_t)((uint32_t)s0 << 7);
             s1 = (int32_t)((uint32_t)s1 << 7);
             if ((ox += 2) == p->out_w) {
                 ox = 0;
