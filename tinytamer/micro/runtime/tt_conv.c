@@ -720,17 +720,6 @@ static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, in
     "sadd16 %[" #ACC "], %[" #ACC "], %[e1]\n\t"                                          \
     "sadd16 %[" #ACC "], %[" #ACC "], %[v1]\n\t"
 
-/* The per-layer constants of tt_qx_pair_in and tt_qx_pair_edge.  A kernel row's two windows
- * (pixel 1's stride_w pixels right of pixel 0's) cover `span` input pixels: each window's own
- * (stride_w pixels, `own` bytes) and the k_w - stride_w both share (`shared` bytes). */
-typedef struct {
-    int32_t own, shared;
-    int32_t skip; /* bytes from a row's span's end to the next row's start */
-    int32_t k_h, off;
-    int32_t c, span, in_w, in_h; /* in_c, pixels, the input's width and height */
-    int32_t row_words;           /* a kernel row of both pixels' columns */
-} tt_qx_pairs;
-
 /* One input word of tt_qx_pair_edge's runs whose length is not a multiple of 16 bytes: into
  * the lanes at D (DUAL: and at d1 too), its sum added to ACC. */
 #define TT_UNPACK_WORD(D, ACC, DUAL)                                                       \
@@ -764,12 +753,14 @@ typedef struct {
  * A 3 x 3 stride-1 pair unpacks 4 input pixels per row instead of 6.  `ip`: the first row's
  * span.  The runs' ends are read from the stack: eleven registers.  Returns pixel 0's field
  * sum, pixel 1's in *s1. */
-static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const tt_qx_pairs *q,
+static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const tt_conv_params *p,
                                                        int32_t *col, int32_t *s1)
 {
     int32_t *d0 = col, *d1 = col + 1, a = 0, b = 0;
-    const int32_t own = q->own, shared = q->shared, off = q->off;
-    for (int32_t ky = q->k_h; ky > 0; --ky) {
+    /* a kernel row's two windows: each one's own stride_w pixels, the k_w - stride_w shared */
+    const int32_t c = p->in_c, own = p->stride_w * c, shared = p->k_w * c - own;
+    const int32_t skip = p->in_w * c - own - shared - own, off = tt_pack_offset(p->in_zp);
+    for (int32_t ky = p->k_h; ky > 0; --ky) {
         const int8_t *const end_shared = ip + own + shared, *const end_row = end_shared + own;
         const int8_t *end = ip + own;
         int32_t v0, v1, e0, e1, acc0 = 0, acc1;
@@ -800,7 +791,7 @@ static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const t
                          : "cc", "memory");
         a = __smlad(acc0, 0x00010001, a);
         b = __smlad(acc1, 0x00010001, b);
-        ip += q->skip;
+        ip += skip;
     }
     *s1 = b;
     return a;
@@ -812,24 +803,26 @@ static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const t
  * span (pixel 0's own on the left, pixel 1's on the right; tt_qx_run sends wider padding
  * elsewhere) as zero lanes around the same three runs, either one-pixel run possibly empty;
  * each run's words past a multiple of 16 bytes one by one, then whole passes. */
-static __attribute__((noinline)) int32_t tt_qx_pair_edge(const int8_t *in, const tt_qx_pairs *q,
+static __attribute__((noinline)) int32_t tt_qx_pair_edge(const int8_t *in, const tt_conv_params *p,
                                                          int32_t x0, int32_t y0, int32_t *col,
                                                          int32_t *s1)
 {
-    const int32_t c = q->c, off = q->off;
-    const int32_t zl = x0 < 0 ? -x0 : 0, zr = x0 + q->span > q->in_w ? x0 + q->span - q->in_w : 0;
-    const int32_t run_a = q->own - zl * c, run_c = q->own - zr * c;
+    const int32_t c = p->in_c, off = tt_pack_offset(p->in_zp), in_w = p->in_w;
+    const int32_t own = p->stride_w * c, shared = p->k_w * c - own, span = p->k_w + p->stride_w;
+    const int32_t row_words = p->k_w * c; /* a kernel row of both pixels' columns */
+    const int32_t zl = x0 < 0 ? -x0 : 0, zr = x0 + span > in_w ? x0 + span - in_w : 0;
+    const int32_t run_a = own - zl * c, run_c = own - zr * c;
     int32_t a = 0, b = 0;
-    for (int32_t ky = 0, iy = y0; ky < q->k_h; ++ky, ++iy, col += q->row_words) {
-        if ((uint32_t)iy >= (uint32_t)q->in_h) {
-            for (int32_t i = 0; i < q->row_words; ++i) {
+    for (int32_t ky = 0, iy = y0; ky < p->k_h; ++ky, ++iy, col += row_words) {
+        if ((uint32_t)iy >= (uint32_t)p->in_h) {
+            for (int32_t i = 0; i < row_words; ++i) {
                 col[i] = 0;
             }
             continue;
         }
-        const int8_t *ip = in + (iy * q->in_w + x0 + zl) * c;
+        const int8_t *ip = in + (iy * in_w + x0 + zl) * c;
         int32_t *d0 = tt_zero_run(zl * c >> 2, col, 4, 2), *d1 = col + 1;
-        const int8_t *const end_shared = ip + run_a + q->shared, *const end_row = end_shared + run_c;
+        const int8_t *const end_shared = ip + run_a + shared, *const end_row = end_shared + run_c;
         const int8_t *end = ip + run_a;
         int32_t v0, v1, e0, e1, acc0 = 0, acc1;
         __asm__ volatile(TT_RUN_HEAD(7, 8, TT_UNPACK_WORD(d0, acc0, ""))
@@ -1296,6 +1289,44 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
                      "bne 1b\n\t"                                                         \
                      : TT_QX_OPERANDS : [end] "m"(end) : "cc", "memory")
 
+/* TT_QX_LOOP for the int8 layout with the quad's set-up in the same asm: the four channels'
+ * biases (sa = bias A + 256 bias B, sc likewise, b and d the high channels' own) less the
+ * pixels' 128 sum x, the column pointer and the entry offset read from memory by nine loads
+ * in a row (the compiled set-up loaded the pixel sums twice each, its registers all taken by
+ * the loop's operands). */
+#define TT_QX_LOOP_INIT(BODY)                                                              \
+    __asm__ volatile("ldr %[x0], %[rq]\n\t"                                               \
+                     "ldr %[a0], [%[x0]]\n\t"                                             \
+                     "ldr %[b0], [%[x0], #16]\n\t"                                        \
+                     "ldr %[c0], [%[x0], #32]\n\t"                                        \
+                     "ldr %[d0], [%[x0], #48]\n\t"                                        \
+                     "ldr %[va], %[s0]\n\t"                                               \
+                     "ldr %[vc], %[s1]\n\t"                                               \
+                     "ldr %[cp], %[col]\n\t"                                              \
+                     "ldr %[x1], %[skip]\n\t"                                             \
+                     "add %[a0], %[a0], %[b0], lsl #8\n\t"                                \
+                     "add %[c0], %[c0], %[d0], lsl #8\n\t"                                \
+                     "mov %[b1], %[b0]\n\t"                                               \
+                     "mov %[d1], %[d0]\n\t"                                               \
+                     "sub %[a1], %[a0], %[vc]\n\t"                                        \
+                     "sub %[a0], %[a0], %[va]\n\t"                                        \
+                     "sub %[c1], %[c0], %[vc]\n\t"                                        \
+                     "sub %[c0], %[c0], %[va]\n\t"                                        \
+                     "adr.w %[x0], 1f\n\t"                                                \
+                     "add %[x0], %[x0], %[x1]\n\t"                                        \
+                     "mov pc, %[x0]\n\t"                                                  \
+                     ".p2align 2\n"                                                       \
+                     "1:\n\t" BODY "ldr %[x0], %[end]\n\t"                               \
+                     "cmp %[cp], %[x0]\n\t"                                               \
+                     "bne 1b\n\t"                                                         \
+                     : [a0] "=&r"(a0), [a1] "=&r"(a1), [b0] "=&r"(b0), [b1] "=&r"(b1),    \
+                       [c0] "=&r"(c0), [c1] "=&r"(c1), [d0] "=&r"(d0), [d1] "=&r"(d1),    \
+                       [cp] "=&r"(c), [wp] "+r"(wp), [va] "=&r"(va), [vc] "=&r"(vc),      \
+                       [x0] "=&r"(x0), [x1] "=&r"(x1)                                     \
+                     : [end] "m"(end), [rq] "m"(r), [s0] "m"(s0), [s1] "m"(s1),           \
+                       [col] "m"(col), [skip] "m"(skip)                                   \
+                     : "cc", "memory")
+
 /* One channel's two sums (X0, X1) requantized in the single-multiply form of its record at
  * byte OFF of `r` (tt_mx_rq), saturated to int8.  SMMLAR adds the offset to SMMULR's
  * product in the same instruction; the rounding's sign term then comes from the doubled sum
@@ -1430,8 +1461,8 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
                 TT_QX_LOOP(TT_QX4_STEP4);
             }
         } else if (mode == 0 || mode == 2) {
-            TT_QX_LOOP(TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4
-                           TT_QX_STEP4 TT_QX_STEP4);
+            TT_QX_LOOP_INIT(TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4
+                                TT_QX_STEP4 TT_QX_STEP4);
         } else if (steps == 8) {
             TT_QX_LOOP(TT_QX_STEP4 TT_QX_STEP4);
         } else {
@@ -1780,26 +1811,24 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     /* Pairs of pixels whose windows overlap (tt_qx_pair_in inside the input, tt_qx_pair_edge
      * where they reach into the padding): both columns at once, each input pixel the two
      * windows share unpacked once.  Where out_w is even the pairs of a row stay in it. */
-    const int32_t span = p->k_w + p->stride_w, shared = p->k_w - p->stride_w;
-    const tt_qx_pairs q = {p->stride_w * p->in_c, shared * p->in_c, (p->in_w - span) * p->in_c,
-                           p->k_h, tt_pack_offset(p->in_zp), p->in_c, span, p->in_w, p->in_h,
-                           p->k_w * p->in_c};
-    const int32_t pairs = !flat && (p->in_c & 3) == 0 && p->k_w * p->in_c <= 240 && shared > 0
+    const int32_t pairs = !flat && (p->in_c & 3) == 0 && p->k_w * p->in_c <= 240 && p->k_w > p->stride_w
                           && (p->out_w & 1) == 0;
-    const int32_t pairs_in = (p->in_c & 15) == 0; /* its runs whole 16-byte passes */
 #endif
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
         int32_t s0 = 0, s1 = 0;
 #if defined(__OPTIMIZE__)
-        const int32_t x0 = ox * p->stride_w - p->pad_w, y0 = oy * p->stride_h - p->pad_h;
-        /* at most stride_w pixels of padding at either end of the span (tt_qx_pair_edge) */
+        /* at most stride_w pixels of padding at either end of the span (tt_qx_pair_edge);
+         * read from p, not kept, as below */
+        const int32_t x0 = ox * p->stride_w - p->pad_w, span = p->k_w + p->stride_w;
         if (pairs && x0 >= -p->stride_w && x0 + span <= p->in_w + p->stride_w) {
-            s0 = pairs_in && (uint32_t)x0 <= (uint32_t)(p->in_w - span)
+            const int32_t y0 = oy * p->stride_h - p->pad_h;
+            /* tt_qx_pair_in: runs of whole 16-byte passes */
+            s0 = (p->in_c & 15) == 0 && (uint32_t)x0 <= (uint32_t)(p->in_w - span)
                          && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)
-                     ? tt_qx_pair_in(in + (y0 * p->in_w + x0) * p->in_c, &q, col, &s1)
-                     : tt_qx_pair_edge(in, &q, x0, y0, col, &s1);
+                     ? tt_qx_pair_in(in + (y0 * p->in_w + x0) * p->in_c, p, col, &s1)
+                     : tt_qx_pair_edge(in, p, x0, y0, col, &s1);
             s0 = (int32_t)((uint32_t)s0 << 7);
             s1 = (int32_t)((uint32_t)s1 << 7);
             if ((ox += 2) == p->out_w) {
