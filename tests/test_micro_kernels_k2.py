@@ -294,3 +294,31 @@ def test_rgb_stem_gathers_inside_windows_directly(tmp_path):
     g.ops[0].schedule = {"kernel": "mm", "weights": "quads", "pack": "flat"}
     assert _calls(tmp_path / "stem", g, "tt_qx_rgb33") == 16
     assert _calls(tmp_path / "other", _block(0, 0.07, 0.03), "tt_qx_rgb33") == 0
+
+
+@pytest.mark.parametrize(("main_scale", "short_scale"), [(0.08, 0.031), (0.031, 0.08)])
+def test_the_affine_sides_constant_is_folded_into_the_other_sides_table(main_scale, short_scale):
+    """Where one side of a fused add keeps a table, the other side's constant term lives in
+    that table (its add is 0): every kernel sums the sides, so for every pair of int8 codes
+    the sum is the unfolded one, in the kernels' wrapping int32 arithmetic."""
+    from tinytamer.micro.ops.conv import _residual_affine, _residual_tables
+
+    g = _downsample_block(main_scale, short_scale)
+    order_residual_branches(g)
+    conv, add = g.ops[2], g.ops[3]
+    conv_t, other_t = add_tables(add, g)
+    if add.inputs[0] != conv.output:
+        conv_t, other_t = other_t, conv_t
+    tables, affine = _residual_tables(g, conv, 3), _residual_affine(g, conv, 3)
+    kept = 0 if tables[0] is not None else 1
+    mul, off = affine[1 - kept]
+    assert off == 0 and affine[kept] is None and tables[1 - kept] is None
+    full_kept, full_affine = (conv_t, other_t) if kept == 0 else (other_t, conv_t)
+    codes = np.arange(-128, 128, dtype=np.int64)
+
+    def wrap(v):
+        return (v + (1 << 31)) % (1 << 32) - (1 << 31)
+
+    want = wrap(full_kept.astype(np.int64)[:, None] + full_affine.astype(np.int64)[None, :])
+    got = wrap(tables[kept].astype(np.int64)[:, None] + codes[None, :] * mul + off)
+    np.testing.assert_array_equal(got, want)

@@ -228,13 +228,42 @@ def _residual_tables(g: Graph, conv: Conv2D, a: int) -> tuple[np.ndarray | None,
     """The rescale tables of the add (op ``a``) fused into ``conv``, conv's side first; a
     side whose table is affine (:func:`affine_table`) has none: the kernel computes it with
     one multiply-add, 1 KB less flash.  Where both are, the conv's side is computed and the
-    other keeps its table (the form the fast kernel entry runs)."""
+    other keeps its table (the form the fast kernel entry runs).  Where one side keeps a
+    table, the other side's constant term is folded into it (:func:`_residual_affine` gives
+    that side's add as 0): every kernel sums the two sides, so the sum is the same, and the
+    fast entry's output code saves an add per value."""
     add = g.ops[a]
     ta, tb = add_tables(add, g)
     conv_t, other_t = (ta, tb) if add.inputs[0] == conv.output else (tb, ta)
     if affine_table(conv_t) is not None:
-        return None, other_t
-    return conv_t, (None if affine_table(other_t) is not None else other_t)
+        return None, _fold(other_t, affine_table(conv_t)[1])
+    if affine_table(other_t) is not None:
+        return _fold(conv_t, affine_table(other_t)[1]), None
+    return conv_t, other_t
+
+
+def _fold(table: np.ndarray, add: int) -> np.ndarray:
+    """``table + add`` in wrapping int32 arithmetic, as the kernels sum them."""
+    return ((table.astype(np.int64) + add + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
+
+
+def _residual_affine(g: Graph, conv: Conv2D, a: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(mul, add) of each side of the add ``a`` fused into ``conv`` that :func:`_residual_tables`
+    leaves without a table, conv's side first (None for a side with a table); the add is 0
+    where the other side's table took it in."""
+    add = g.ops[a]
+    ta, tb = add_tables(add, g)
+    full = (ta, tb) if add.inputs[0] == conv.output else (tb, ta)
+    tables = _residual_tables(g, conv, a)
+    one_table = (tables[0] is None) != (tables[1] is None)
+    out = []
+    for t, kept in zip(full, tables, strict=True):
+        if kept is not None:
+            out.append(None)
+            continue
+        mul, off = affine_table(t)
+        out.append((mul, 0 if one_table else off))
+    return out[0], out[1]
 
 
 class ConvOp(DeviceOp):
@@ -475,17 +504,11 @@ class ConvOp(DeviceOp):
     def _residual(g: Graph, conv: Conv2D, a: int, mm: bool) -> str:
         """Tables and parameters of the add (op ``a``) fused into ``conv``."""
         add = g.ops[a]
-        ta, tb = add_tables(add, g)
-        sides = zip(
-            ("c", "o"),
-            (ta, tb) if add.inputs[0] == conv.output else (tb, ta),
-            _residual_tables(g, conv, a),
-            strict=True,
-        )
+        sides = zip(("c", "o"), _residual_tables(g, conv, a), _residual_affine(g, conv, a), strict=True)
         data, refs, lines = [], [], []
-        for side, full, table in sides:
+        for side, table, affine in sides:
             if table is None:
-                mul, off = affine_table(full)
+                mul, off = affine
                 refs.append("0")
                 lines += [f".{side}_mul = {mul}", f".{side}_add = {off}"]
             else:
