@@ -114,8 +114,10 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
 @pytest.mark.parametrize("relu", [None, "relu"])
 def test_a_mirrored_fused_add_costs_about_what_the_usual_one_does(tmp_path, relu):
     """The conv's side by its table and the other input's affine (modes 5 and 6) run their
-    own quads entry; the add costs at most 1.5x the instructions of the usual orientation
-    on top of the convolution (it cost 3.2x on the general path).  Exact counts, not time."""
+    own quads entry; the add costs at most 1.75x the instructions of the usual orientation
+    on top of the convolution (it cost 3.2x on the general path; 1.28x before the usual
+    orientation's constant term moved into its table, one add less per value there, which
+    the mirrored C output stage does not save).  Exact counts, not time."""
 
     def add_instructions(conv_scale, other_scale):
         g = _block(2, conv_scale, other_scale, relu)
@@ -133,7 +135,7 @@ def test_a_mirrored_fused_add_costs_about_what_the_usual_one_does(tmp_path, relu
     # The mirrored entry links its own block instances, not the any-mode one (4 KB more).
     assert "tt_qx_blockn" not in linked and ({"tt_qx_block5", "tt_qx_block6"} & linked)
     _, usual, _ = add_instructions(0.07, 0.03)
-    assert 0 < mirrored <= 1.5 * usual
+    assert 0 < mirrored <= 1.75 * usual
 
 
 @arm
