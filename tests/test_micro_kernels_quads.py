@@ -18,7 +18,7 @@ import torch
 from tinytamer.micro import codegen, reference, schedule, toolchain, tuning
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Conv2D
-from tinytamer.micro.ops.conv import quads_packed_fits
+from tinytamer.micro.ops.conv import quads_packed_fits, quads_pairs
 from tinytamer.micro.session import Session
 
 arm = pytest.mark.skipif(
@@ -85,6 +85,46 @@ def test_quads_take_the_2x2_kernels_scratch():
     assert sizes["pairs"] == 3 * 2 * 288
     op.schedule = {}
     assert schedule.resolve(op, True)["weights"] == "quads"
+
+
+@pytest.mark.parametrize(
+    ("shape", "k", "stride", "pad", "pack", "want"),
+    [
+        ((6, 6, 16), 3, 1, 1, "channel", True),  # 3 x 3 windows overlap by 2 pixels per row
+        ((9, 8, 32), 3, 2, 1, "channel", True),  # stride 2: by one
+        ((6, 8, 20), 3, 1, 1, "channel", True),  # channels a multiple of 4, not of 16
+        ((5, 5, 8), 1, 1, 0, "channel", False),  # pointwise: nothing shared
+        ((5, 7, 8), 3, 1, 1, "channel", False),  # an odd width: pairs would straddle rows
+        ((3, 3, 128), 3, 1, 1, "channel", False),  # a 384-byte kernel row: lane sums overflow
+        ((7, 5, 3), 3, 1, 1, "flat", False),  # a stem's flat field
+    ],
+)
+def test_only_layers_whose_pixel_pairs_share_input_name_the_pair_builders(shape, k, stride, pad, pack, want):
+    """The generator names ``&tt_qx_pairs`` in a layer's parameters exactly where the quads
+    kernel builds its pixel pairs together; an image whose layers name none links no pair
+    builder (the flash it saves: about 1.2 KB)."""
+    g = _conv_graph(np.random.default_rng(0), shape, 8, k, stride, pad)
+    op = g.ops[0]
+    op.schedule = {"kernel": "mm", "weights": "quads", "pack": pack}
+    out_w = g.tensors[op.output].shape[1]
+    assert quads_pairs(op, schedule.resolve(op, True), out_w) is want
+    src = codegen.generate(g, dsp=True).files["model.c"]
+    assert ("&tt_qx_pairs" in src) is want
+
+
+@arm
+@pytest.mark.parametrize("pairs", [True, False])
+def test_the_pair_builders_are_linked_only_where_named(tmp_path, pairs):
+    import subprocess
+
+    shape, k = ((6, 6, 16), 3) if pairs else ((5, 5, 8), 1)
+    g = _conv_graph(np.random.default_rng(0), shape, 8, k, 1, 1 if pairs else 0)
+    cm = codegen.generate(g, dsp=True)
+    elf = toolchain.arm_build(cm, tmp_path, "cortex-m4").elf
+    nm = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    linked = {ln.split()[-1].split(".")[0] for ln in nm.splitlines()}
+    assert ({"tt_qx_pairs", "tt_qx_pair_in", "tt_qx_pair_edge"} <= linked) is pairs
+    assert ("tt_qx_pair_in" in linked) is pairs
 
 
 def test_resnet8_peak_sram_is_the_2x2_kernels():

@@ -866,6 +866,21 @@ static __attribute__((noinline)) int32_t tt_qx_pair_edge(const int8_t *in, const
     *s1 = b;
     return a;
 }
+
+/* tt_conv_params.pairs: named in a layer's parameters only where the generator found its
+ * pairs of pixels sharing input (ops/conv.py, quads_pairs), so that an image whose layers
+ * have none links neither builder. */
+struct tt_qx_pair_fns {
+    int32_t (*inside)(const int8_t *ip, const tt_conv_params *p, int32_t *col, int32_t *s1);
+    int32_t (*edge)(const int8_t *in, const tt_conv_params *p, int32_t x0, int32_t y0, int32_t *col,
+                    int32_t *s1);
+};
+const struct tt_qx_pair_fns tt_qx_pairs = {tt_qx_pair_in, tt_qx_pair_edge};
+#else
+struct tt_qx_pair_fns {
+    int32_t unused; /* unoptimised builds: no pair builders (their asm needs the registers) */
+};
+const struct tt_qx_pair_fns tt_qx_pairs = {0};
 #endif
 
 /* tt_im2col_rows into the pixel-triple (`triple`) or pixel-pair layout; returns the
@@ -1813,8 +1828,9 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
     /* Pairs of pixels whose windows overlap (tt_qx_pair_in inside the input, tt_qx_pair_edge
      * where they reach into the padding): both columns at once, each input pixel the two
      * windows share unpacked once.  Where out_w is even the pairs of a row stay in it. */
-    const int32_t pairs = !flat && (p->in_c & 3) == 0 && p->k_w * p->in_c <= 240 && p->k_w > p->stride_w
-                          && (p->out_w & 1) == 0;
+    const struct tt_qx_pair_fns *const pf = p->pairs;
+    const int32_t pairs = pf != 0 && !flat && (p->in_c & 3) == 0 && p->k_w * p->in_c <= 240
+                          && p->k_w > p->stride_w && (p->out_w & 1) == 0;
 #endif
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
@@ -1829,8 +1845,8 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
             /* tt_qx_pair_in: runs of whole 16-byte passes */
             s0 = (p->in_c & 15) == 0 && (uint32_t)x0 <= (uint32_t)(p->in_w - span)
                          && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)
-                     ? tt_qx_pair_in(in + (y0 * p->in_w + x0) * p->in_c, p, col, &s1)
-                     : tt_qx_pair_edge(in, p, x0, y0, col, &s1);
+                     ? pf->inside(in + (y0 * p->in_w + x0) * p->in_c, p, col, &s1)
+                     : pf->edge(in, p, x0, y0, col, &s1);
             s0 = (int32_t)((uint32_t)s0 << 7);
             s1 = (int32_t)((uint32_t)s1 << 7);
             if ((ox += 2) == p->out_w) {

@@ -18,6 +18,10 @@ typedef struct {
     int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w, groups;
     int32_t in_zp, out_zp, act_min, act_max;
     const struct tt_residual *res; /* a residual add fused into the output, or 0 */
+    /* the quads kernels' pixel-pair column builders (&tt_qx_pairs, tt_conv.c) where the
+     * layer's pairs of pixels share input (the generator decides), or 0: an image links
+     * them only where a layer names them */
+    const struct tt_qx_pair_fns *pairs;
 } tt_conv_params;
 
 typedef struct {
@@ -168,6 +172,8 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
 void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll);
+/* The pixel-pair column builders of the quads kernels (tt_conv_params.pairs). */
+extern const struct tt_qx_pair_fns tt_qx_pairs;
 /* The same words, 4 output channels x 2 pixels per pass, two channel pairs' words
  * interleaved ("quads" layout, tinytamer/micro/ops/conv.py): the 2 x 2 kernel's scratch. */
 void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
