@@ -679,46 +679,49 @@ static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, in
     return col;
 }
 
-/* Half a pass of the pixel-pair builders' shared run (tt_qx_pair_in, tt_qx_pair_edge): input
- * words 2H and 2H + 1 of the pass, each stored in both pixels' lanes (byte offsets: the group
- * of word j at 16 j, its odd word 8 further), their sum added to ACC. */
-#define TT_UNPACK2_HALF(ACC, H)                                                               \
+/* Half a pass of the pixel-pair builders' runs: input words 2H and 2H + 1 of the pass
+ * unpacked (TT_UNPACK_HALF_LOAD), stored at D (byte offsets: the group of word j at 16 j, its
+ * odd word 8 further), their sum added to ACC.  TT_UNPACK1_HALF: one pixel's lanes;
+ * TT_UNPACK2_HALF: the shared run, each word stored in both pixels' lanes (d0 and d1). */
+#define TT_UNPACK_HALF_LOAD                                                                \
     "ldr %[v0], [%[ip]], #4\n\t"                                                          \
     "ldr %[v1], [%[ip]], #4\n\t"                                                          \
     "sxtab16 %[e0], %[off], %[v0]\n\t"                                                    \
     "sxtab16 %[v0], %[off], %[v0], ror #8\n\t"                                            \
     "sxtab16 %[e1], %[off], %[v1]\n\t"                                                    \
-    "sxtab16 %[v1], %[off], %[v1], ror #8\n\t"                                            \
-    "str %[e0], [%[d0], #32 * " #H "]\n\t"                                                \
-    "str %[v0], [%[d0], #32 * " #H " + 8]\n\t"                                            \
-    "str %[e1], [%[d0], #32 * " #H " + 16]\n\t"                                           \
-    "str %[v1], [%[d0], #32 * " #H " + 24]\n\t"                                           \
-    "str %[e0], [%[d1], #32 * " #H "]\n\t"                                                \
-    "str %[v0], [%[d1], #32 * " #H " + 8]\n\t"                                            \
-    "str %[e1], [%[d1], #32 * " #H " + 16]\n\t"                                           \
-    "str %[v1], [%[d1], #32 * " #H " + 24]\n\t"                                           \
-    "sadd16 %[" #ACC "], %[" #ACC "], %[e0]\n\t"                                                    \
-    "sadd16 %[" #ACC "], %[" #ACC "], %[v0]\n\t"                                                    \
-    "sadd16 %[" #ACC "], %[" #ACC "], %[e1]\n\t"                                                    \
-    "sadd16 %[" #ACC "], %[" #ACC "], %[v1]\n\t"
-
-/* Half a pass of the pixel-pair builders' one-pixel runs: input words 2H and 2H + 1 of the
- * pass into the lanes at D, their sum added to ACC. */
-#define TT_UNPACK1_HALF(D, ACC, H)                                                         \
-    "ldr %[v0], [%[ip]], #4\n\t"                                                          \
-    "ldr %[v1], [%[ip]], #4\n\t"                                                          \
-    "sxtab16 %[e0], %[off], %[v0]\n\t"                                                    \
-    "sxtab16 %[v0], %[off], %[v0], ror #8\n\t"                                            \
-    "sxtab16 %[e1], %[off], %[v1]\n\t"                                                    \
-    "sxtab16 %[v1], %[off], %[v1], ror #8\n\t"                                            \
+    "sxtab16 %[v1], %[off], %[v1], ror #8\n\t"
+#define TT_UNPACK_HALF_STORE(D, H)                                                         \
     "str %[e0], [%[" #D "], #32 * " #H "]\n\t"                                            \
     "str %[v0], [%[" #D "], #32 * " #H " + 8]\n\t"                                        \
     "str %[e1], [%[" #D "], #32 * " #H " + 16]\n\t"                                       \
-    "str %[v1], [%[" #D "], #32 * " #H " + 24]\n\t"                                       \
+    "str %[v1], [%[" #D "], #32 * " #H " + 24]\n\t"
+#define TT_UNPACK_HALF_SUM(ACC)                                                            \
     "sadd16 %[" #ACC "], %[" #ACC "], %[e0]\n\t"                                          \
     "sadd16 %[" #ACC "], %[" #ACC "], %[v0]\n\t"                                          \
     "sadd16 %[" #ACC "], %[" #ACC "], %[e1]\n\t"                                          \
     "sadd16 %[" #ACC "], %[" #ACC "], %[v1]\n\t"
+#define TT_UNPACK1_HALF(D, ACC, H) TT_UNPACK_HALF_LOAD TT_UNPACK_HALF_STORE(D, H) TT_UNPACK_HALF_SUM(ACC)
+#define TT_UNPACK2_HALF(ACC, H)                                                            \
+    TT_UNPACK_HALF_LOAD TT_UNPACK_HALF_STORE(d0, H) TT_UNPACK_HALF_STORE(d1, H) TT_UNPACK_HALF_SUM(ACC)
+
+/* The pixel-pair builders' loops over whole passes (label L): pixel 0's own run, the shared
+ * run, pixel 1's own run; and the operands their asm shares. */
+#define TT_PAIR_RUN1(L, D, ACC)                                                            \
+    #L ":\n\t" TT_UNPACK1_HALF(D, ACC, 0) TT_UNPACK1_HALF(D, ACC, 1)                      \
+    "add %[" #D "], %[" #D "], #64\n\t"                                                   \
+    "cmp %[ip], %[end]\n\t"                                                               \
+    "bne " #L "b\n"
+#define TT_PAIR_RUN2(L)                                                                    \
+    #L ":\n\t" TT_UNPACK2_HALF(acc0, 0) TT_UNPACK2_HALF(acc0, 1)                           \
+    "add %[d0], %[d0], #64\n\t"                                                           \
+    "add %[d1], %[d1], #64\n\t"                                                           \
+    "cmp %[ip], %[end]\n\t"                                                               \
+    "bne " #L "b\n"
+#define TT_PAIR_OPERANDS                                                                   \
+    : [ip] "+r"(ip), [d0] "+r"(d0), [d1] "+r"(d1), [end] "+r"(end), [acc0] "+r"(acc0),     \
+      [acc1] "=&r"(acc1), [v0] "=&r"(v0), [v1] "=&r"(v1), [e0] "=&r"(e0), [e1] "=&r"(e1)   \
+    : [off] "r"(off), [es] "m"(end_shared), [er] "m"(end_row)                              \
+    : "cc", "memory"
 
 /* One input word of tt_qx_pair_edge's runs whose length is not a multiple of 16 bytes: into
  * the lanes at D (DUAL: and at d1 too), its sum added to ACC. */
@@ -764,31 +767,14 @@ static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const t
         const int8_t *const end_shared = ip + own + shared, *const end_row = end_shared + own;
         const int8_t *end = ip + own;
         int32_t v0, v1, e0, e1, acc0 = 0, acc1;
-        __asm__ volatile("1:\n\t" TT_UNPACK1_HALF(d0, acc0, 0) TT_UNPACK1_HALF(d0, acc0, 1)
-                         "add %[d0], %[d0], #64\n\t"
-                         "cmp %[ip], %[end]\n\t"
-                         "bne 1b\n\t"
+        __asm__ volatile(TT_PAIR_RUN1(1, d0, acc0)
                          "mov %[acc1], %[acc0]\n\t" /* pixel 0's own sum, for now */
-                         "ldr %[end], %[es]\n\t"
-                         "cmp %[ip], %[end]\n\t"
-                         "beq 3f\n"
-                         "2:\n\t" TT_UNPACK2_HALF(acc0, 0) TT_UNPACK2_HALF(acc0, 1)
-                         "add %[d0], %[d0], #64\n\t"
-                         "add %[d1], %[d1], #64\n\t"
-                         "cmp %[ip], %[end]\n\t"
-                         "bne 2b\n"
-                         "3:\n\t"
+                         "ldr %[end], %[es]\n"
+                         TT_PAIR_RUN2(2)
                          "ssub16 %[acc1], %[acc0], %[acc1]\n\t" /* the shared pixels' sum */
                          "ldr %[end], %[er]\n"
-                         "4:\n\t" TT_UNPACK1_HALF(d1, acc1, 0) TT_UNPACK1_HALF(d1, acc1, 1)
-                         "add %[d1], %[d1], #64\n\t"
-                         "cmp %[ip], %[end]\n\t"
-                         "bne 4b\n\t"
-                         : [ip] "+r"(ip), [d0] "+r"(d0), [d1] "+r"(d1), [end] "+r"(end),
-                           [acc0] "+r"(acc0), [acc1] "=&r"(acc1), [v0] "=&r"(v0), [v1] "=&r"(v1),
-                           [e0] "=&r"(e0), [e1] "=&r"(e1)
-                         : [off] "r"(off), [es] "m"(end_shared), [er] "m"(end_row)
-                         : "cc", "memory");
+                         TT_PAIR_RUN1(4, d1, acc1)
+                         TT_PAIR_OPERANDS);
         a = __smlad(acc0, 0x00010001, a);
         b = __smlad(acc1, 0x00010001, b);
         ip += skip;
@@ -828,37 +814,23 @@ static __attribute__((noinline)) int32_t tt_qx_pair_edge(const int8_t *in, const
         __asm__ volatile(TT_RUN_HEAD(7, 8, TT_UNPACK_WORD(d0, acc0, ""))
                          "cmp %[ip], %[end]\n\t"
                          "beq 5f\n"
-                         "1:\n\t" TT_UNPACK1_HALF(d0, acc0, 0) TT_UNPACK1_HALF(d0, acc0, 1)
-                         "add %[d0], %[d0], #64\n\t"
-                         "cmp %[ip], %[end]\n\t"
-                         "bne 1b\n"
+                         TT_PAIR_RUN1(1, d0, acc0)
                          "5:\n\t"
                          "mov %[acc1], %[acc0]\n\t"
                          "ldr %[end], %[es]\n\t"
                          TT_RUN_HEAD(9, 10, TT_UNPACK_WORD(d0, acc0, TT_UNPACK_WORD_D1))
                          "cmp %[ip], %[end]\n\t"
                          "beq 11f\n"
-                         "2:\n\t" TT_UNPACK2_HALF(acc0, 0) TT_UNPACK2_HALF(acc0, 1)
-                         "add %[d0], %[d0], #64\n\t"
-                         "add %[d1], %[d1], #64\n\t"
-                         "cmp %[ip], %[end]\n\t"
-                         "bne 2b\n"
+                         TT_PAIR_RUN2(2)
                          "11:\n\t"
                          "ssub16 %[acc1], %[acc0], %[acc1]\n\t"
                          "ldr %[end], %[er]\n\t"
                          TT_RUN_HEAD(12, 13, TT_UNPACK_WORD(d1, acc1, ""))
                          "cmp %[ip], %[end]\n\t"
                          "beq 6f\n"
-                         "4:\n\t" TT_UNPACK1_HALF(d1, acc1, 0) TT_UNPACK1_HALF(d1, acc1, 1)
-                         "add %[d1], %[d1], #64\n\t"
-                         "cmp %[ip], %[end]\n\t"
-                         "bne 4b\n"
+                         TT_PAIR_RUN1(4, d1, acc1)
                          "6:\n\t"
-                         : [ip] "+r"(ip), [d0] "+r"(d0), [d1] "+r"(d1), [end] "+r"(end),
-                           [acc0] "+r"(acc0), [acc1] "=&r"(acc1), [v0] "=&r"(v0), [v1] "=&r"(v1),
-                           [e0] "=&r"(e0), [e1] "=&r"(e1)
-                         : [off] "r"(off), [es] "m"(end_shared), [er] "m"(end_row)
-                         : "cc", "memory");
+                         TT_PAIR_OPERANDS);
         tt_zero_run(zr * c >> 2, d1, 4, 2);
         a = __smlad(acc0, 0x00010001, a);
         b = __smlad(acc1, 0x00010001, b);
