@@ -303,7 +303,7 @@ def test_the_affine_sides_constant_is_folded_into_the_other_sides_table(main_sca
     """Where one side of a fused add keeps a table, the other side's constant term lives in
     that table (its add is 0): every kernel sums the sides, so for every pair of int8 codes
     the sum is the unfolded one, in the kernels' wrapping int32 arithmetic."""
-    from tinytamer.micro.ops.conv import _residual_affine, _residual_tables
+    from tinytamer.micro.ops.conv import _residual_sides
 
     g = _downsample_block(main_scale, short_scale)
     order_residual_branches(g)
@@ -311,7 +311,8 @@ def test_the_affine_sides_constant_is_folded_into_the_other_sides_table(main_sca
     conv_t, other_t = add_tables(add, g)
     if add.inputs[0] != conv.output:
         conv_t, other_t = other_t, conv_t
-    tables, affine = _residual_tables(g, conv, 3), _residual_affine(g, conv, 3)
+    sides = _residual_sides(g, conv, 3)
+    tables, affine = (sides[0][0], sides[1][0]), (sides[0][1], sides[1][1])
     kept = 0 if tables[0] is not None else 1
     mul, off = affine[1 - kept]
     assert off == 0 and affine[kept] is None and tables[1 - kept] is None

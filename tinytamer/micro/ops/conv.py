@@ -236,46 +236,37 @@ def _quads_entry(op: Conv2D, site: CallSite, bits: int = 8) -> str:
     return "tt_conv2d_s8_qx_add" if full and (add.act_min, add.act_max) == _FULL else "tt_conv2d_s8_qx"
 
 
-def _residual_tables(g: Graph, conv: Conv2D, a: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The rescale tables of the add (op ``a``) fused into ``conv``, conv's side first; a
-    side whose table is affine (:func:`affine_table`) has none: the kernel computes it with
-    one multiply-add, 1 KB less flash.  Where both are, the conv's side is computed and the
-    other keeps its table (the form the fast kernel entry runs).  Where one side keeps a
-    table, the other side's constant term is folded into it (:func:`_residual_affine` gives
-    that side's add as 0): every kernel sums the two sides, so the sum is the same, and the
-    fast entry's output code saves an add per value."""
+def _residual_sides(
+    g: Graph, conv: Conv2D, a: int
+) -> tuple[tuple[np.ndarray | None, tuple[int, int] | None], tuple[np.ndarray | None, tuple[int, int] | None]]:
+    """Each side of the add (op ``a``) fused into ``conv``, conv's side first: its rescale
+    table, or None and the (mul, add) the kernel computes it with where the table is affine
+    (:func:`affine_table`): one multiply-add, 1 KB less flash.  Where both are, the conv's side
+    is computed and the other keeps its table (the form the fast kernel entry runs).  Where
+    one side keeps a table, the other side's constant term is folded into it (that side's
+    add is 0): every kernel sums the two sides, so the sum is the same, and the fast entry's
+    output code saves an add per value."""
     add = g.ops[a]
     ta, tb = add_tables(add, g)
     conv_t, other_t = (ta, tb) if add.inputs[0] == conv.output else (tb, ta)
-    if affine_table(conv_t) is not None:
-        return None, _fold(other_t, affine_table(conv_t)[1])
-    if affine_table(other_t) is not None:
-        return _fold(conv_t, affine_table(other_t)[1]), None
+    conv_a = affine_table(conv_t)
+    other_a = None if conv_a is not None else affine_table(other_t)
+    if conv_a is not None:
+        return (None, (conv_a[0], 0)), (_fold(other_t, conv_a[1]), None)
+    if other_a is not None:
+        return (_fold(conv_t, other_a[1]), None), (None, (other_a[0], 0))
+    return (conv_t, None), (other_t, None)
+
+
+def _residual_tables(g: Graph, conv: Conv2D, a: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The tables of :func:`_residual_sides`, conv's side first (None for an affine side)."""
+    (conv_t, _), (other_t, _) = _residual_sides(g, conv, a)
     return conv_t, other_t
 
 
 def _fold(table: np.ndarray, add: int) -> np.ndarray:
     """``table + add`` in wrapping int32 arithmetic, as the kernels sum them."""
     return ((table.astype(np.int64) + add + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
-
-
-def _residual_affine(g: Graph, conv: Conv2D, a: int) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """(mul, add) of each side of the add ``a`` fused into ``conv`` that :func:`_residual_tables`
-    leaves without a table, conv's side first (None for a side with a table); the add is 0
-    where the other side's table took it in."""
-    add = g.ops[a]
-    ta, tb = add_tables(add, g)
-    full = (ta, tb) if add.inputs[0] == conv.output else (tb, ta)
-    tables = _residual_tables(g, conv, a)
-    one_table = (tables[0] is None) != (tables[1] is None)
-    out = []
-    for t, kept in zip(full, tables, strict=True):
-        if kept is not None:
-            out.append(None)
-            continue
-        mul, off = affine_table(t)
-        out.append((mul, 0 if one_table else off))
-    return out[0], out[1]
 
 
 class ConvOp(DeviceOp):
@@ -518,9 +509,8 @@ class ConvOp(DeviceOp):
     def _residual(g: Graph, conv: Conv2D, a: int, mm: bool) -> str:
         """Tables and parameters of the add (op ``a``) fused into ``conv``."""
         add = g.ops[a]
-        sides = zip(("c", "o"), _residual_tables(g, conv, a), _residual_affine(g, conv, a), strict=True)
         data, refs, lines = [], [], []
-        for side, table, affine in sides:
+        for side, (table, affine) in zip(("c", "o"), _residual_sides(g, conv, a), strict=True):
             if table is None:
                 mul, off = affine
                 refs.append("0")
