@@ -855,13 +855,12 @@ struct tt_qx_pair_fns {
 const struct tt_qx_pair_fns tt_qx_pairs = {0};
 #endif
 
-/* tt_im2col_rows into the pixel-triple (`triple`) or pixel-pair layout; returns the
- * receptive field's sum. */
-static inline __attribute__((always_inline)) int32_t
-tt_mx_rows(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t *col,
-           int32_t triple)
+/* tt_im2col_rows into the pixel-triple layout of tt_conv2d_s8_mx (a group's words 3 apart,
+ * groups 6 apart); returns the receptive field's sum.  Out of line: a small stack frame. */
+static __attribute__((noinline)) int32_t tt_mx_rows3(const tt_conv_params *p, const int8_t *in,
+                                                     int32_t oy, int32_t ox, int32_t *col)
 {
-    const int32_t odd = triple ? 3 : 2, step = triple ? 6 : 4;
+    const int32_t odd = 3, step = 6;
     const int32_t off = tt_pack_offset(p->in_zp);
     const int32_t c4 = p->in_c >> 2;
     const int32_t x0 = ox * p->stride_w - p->pad_w;
@@ -880,18 +879,12 @@ tt_mx_rows(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, in
             continue;
         }
         col = tt_zero_run(before, col, step, odd);
-        col = tt_mx_unpack(ip, run, off, col, &sum, triple);
+        col = tt_mx_unpack(ip, run, off, col, &sum, 1);
         col = tt_zero_run(after, col, step, odd);
     }
     return sum;
 }
 
-/* tt_mx_rows out of line for the pixel-triple layout (tt_conv2d_s8_mx): a small stack frame. */
-static __attribute__((noinline)) int32_t tt_mx_rows3(const tt_conv_params *p, const int8_t *in,
-                                                     int32_t oy, int32_t ox, int32_t *col)
-{
-    return tt_mx_rows(p, in, oy, ox, col, 1);
-}
 
 /* tt_im2col_flat_nat into a column layout (a group's words `odd` apart, groups `step`
  * apart); returns the receptive field's sum. */
