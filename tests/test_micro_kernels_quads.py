@@ -106,8 +106,8 @@ def test_only_layers_whose_pixel_pairs_share_input_name_the_pair_builders(shape,
     g = _conv_graph(np.random.default_rng(0), shape, 8, k, stride, pad)
     op = g.ops[0]
     op.schedule = {"kernel": "mm", "weights": "quads", "pack": pack}
-    out_w = g.tensors[op.output].shape[1]
-    assert quads_pairs(op, schedule.resolve(op, True), out_w) is want
+    in_w, out_w = g.tensors[op.inputs[0]].shape[1], g.tensors[op.output].shape[1]
+    assert quads_pairs(op, schedule.resolve(op, True), in_w, out_w) is want
     src = codegen.generate(g, dsp=True).files["model.c"]
     assert ("&tt_qx_pairs" in src) is want
 

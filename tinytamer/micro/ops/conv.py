@@ -199,16 +199,21 @@ _QUADS_LAYOUTS = ("quads", "quads4", "quads2")
 _FULL = (-128, 127)
 
 
-def quads_pairs(op: Conv2D, s: dict, out_w: int) -> bool:
+def quads_pairs(op: Conv2D, s: dict, in_w: int, out_w: int) -> bool:
     """Whether the layer's quads kernel builds its pixel pairs' columns together
-    (``tt_conv_params.pairs``, tt_qx_run in runtime/tt_conv.c, which tests the same): the
-    quads layouts or the shared-weight blocks, channels gathered per pixel in groups of 4, a
-    kernel row of at most 240 bytes (a pixel's lane sums fit int16), windows that overlap
-    (k_w > stride_w) and an even output width (a pair stays in its row).  Only such layers
-    name the builders, so an image without them links neither."""
+    (``tt_conv_params.pairs``; tt_qx_run in runtime/tt_conv.c takes every pixel in pairs
+    where a layer names them, trusting what this tests): the quads layouts or the
+    shared-weight blocks, channels gathered per pixel in groups of 4, a kernel row of at
+    most 240 bytes (a pixel's lane sums fit int16), windows that overlap (k_w > stride_w),
+    an even output width (a pair stays in its row), and no pair's span reaching more than
+    stride_w pixels into the padding on either side (tt_qx_pair_edge's bound).  Only such
+    layers name the builders, so an image without them links neither."""
     quads = (s["kernel"] == "mm" and s.get("weights") in _QUADS_LAYOUTS) or s["kernel"] == "blocks"
     _, _, kw, ic = op.weight.shape
-    return quads and s.get("pack") != "flat" and ic % 4 == 0 and kw * ic <= 240 and kw > op.stride[1] and out_w % 2 == 0
+    sw, pw = op.stride[1], op.padding[1]
+    right = (out_w - 2) * sw - pw + kw + sw  # the last pair's span ends here
+    edges = pw <= sw and right <= in_w + sw
+    return quads and s.get("pack") != "flat" and ic % 4 == 0 and kw * ic <= 240 and kw > sw and out_w % 2 == 0 and edges
 
 
 def _quads_entry(op: Conv2D, site: CallSite, bits: int = 8) -> str:
@@ -500,7 +505,7 @@ class ConvOp(DeviceOp):
         if site.fused_add is not None:
             data.append(self._residual(g, op, site.fused_add, s["kernel"] in ("mm", "winograd", "blocks")))
             fields["res"] = f"&r{site.fused_add}"
-        if quads_pairs(op, s, ow):
+        if quads_pairs(op, s, w, ow):
             fields["pairs"] = "&tt_qx_pairs"
         data.append(c_struct("tt_conv_params", f"p{i}", fields))
         return data, self._call(op, s, site)

@@ -759,26 +759,41 @@ static inline int32_t *tt_mx_unpack(const int8_t *ip, int32_t n, int32_t off, in
 static __attribute__((noinline)) int32_t tt_qx_pair_in(const int8_t *ip, const tt_conv_params *p,
                                                        int32_t *col, int32_t *s1)
 {
-    int32_t *d0 = col, *d1 = col + 1, a = 0, b = 0;
+    int32_t *d0 = col, *d1 = col + 1, a = 0, b = 0, ky = p->k_h;
     /* a kernel row's two windows: each one's own stride_w pixels, the k_w - stride_w shared */
     const int32_t c = p->in_c, own = p->stride_w * c, shared = p->k_w * c - own;
     const int32_t skip = p->in_w * c - own - shared - own, off = tt_pack_offset(p->in_zp);
-    for (int32_t ky = p->k_h; ky > 0; --ky) {
-        const int8_t *const end_shared = ip + own + shared, *const end_row = end_shared + own;
-        const int8_t *end = ip + own;
-        int32_t v0, v1, e0, e1, acc0 = 0, acc1;
-        __asm__ volatile(TT_PAIR_RUN1(1, d0, acc0)
-                         "mov %[acc1], %[acc0]\n\t" /* pixel 0's own sum, for now */
-                         "ldr %[end], %[es]\n"
-                         TT_PAIR_RUN2(2)
-                         "ssub16 %[acc1], %[acc0], %[acc1]\n\t" /* the shared pixels' sum */
-                         "ldr %[end], %[er]\n"
-                         TT_PAIR_RUN1(4, d1, acc1)
-                         TT_PAIR_OPERANDS);
-        a = __smlad(acc0, 0x00010001, a);
-        b = __smlad(acc1, 0x00010001, b);
-        ip += skip;
-    }
+    const int8_t *end;
+    int32_t v0, v1, e0, e1, acc0, acc1;
+    /* Every kernel row in one asm block (label 9), each run's end from its length (ip is at
+     * the run's start), the rows' lane sums folded into a and b after each row. */
+    __asm__ volatile("9:\n\t"
+                     "ldr %[end], %[own]\n\t"
+                     "add %[end], %[ip], %[end]\n\t"
+                     "mov %[acc0], #0\n"
+                     TT_PAIR_RUN1(1, d0, acc0)
+                     "mov %[acc1], %[acc0]\n\t" /* pixel 0's own sum, for now */
+                     "ldr %[end], %[shared]\n\t"
+                     "add %[end], %[ip], %[end]\n"
+                     TT_PAIR_RUN2(2)
+                     "ssub16 %[acc1], %[acc0], %[acc1]\n\t" /* the shared pixels' sum */
+                     "ldr %[end], %[own]\n\t"
+                     "add %[end], %[ip], %[end]\n"
+                     TT_PAIR_RUN1(4, d1, acc1)
+                     "mov %[v0], #0x10001\n\t"
+                     "smlad %[a], %[acc0], %[v0], %[a]\n\t"
+                     "smlad %[b], %[acc1], %[v0], %[b]\n\t"
+                     "ldr %[v0], %[skip]\n\t"
+                     "add %[ip], %[ip], %[v0]\n\t"
+                     "ldr %[v0], %[ky]\n\t"
+                     "subs %[v0], %[v0], #1\n\t"
+                     "str %[v0], %[ky]\n\t"
+                     "bne 9b\n\t"
+                     : [ip] "+r"(ip), [d0] "+r"(d0), [d1] "+r"(d1), [end] "=&r"(end),
+                       [acc0] "=&r"(acc0), [acc1] "=&r"(acc1), [v0] "=&r"(v0), [v1] "=&r"(v1),
+                       [e0] "=&r"(e0), [e1] "=&r"(e1), [a] "+r"(a), [b] "+r"(b), [ky] "+m"(ky)
+                     : [off] "r"(off), [own] "m"(own), [shared] "m"(shared), [skip] "m"(skip)
+                     : "cc", "memory");
     *s1 = b;
     return a;
 }
@@ -1387,6 +1402,156 @@ tt_qx_out(int32_t mode, const tt_rq *r, int8_t *o, int32_t stride, const tt_resi
     }
 }
 
+#if defined(__OPTIMIZE__)
+/* tt_qx_quads8's requantization of one channel's two sums (X0, X1), as TT_QX_RQ2 with its
+ * registers: the record at byte OFF of cp, multiplier va, shift vc, offset x0, scratch x1. */
+#define TT_QX8_RQ2(X0, X1, OFF)                                                            \
+    "ldr %[va], [%[cp], #" #OFF " + 4]\n\t"                                               \
+    "ldr %[vc], [%[cp], #" #OFF " + 8]\n\t"                                               \
+    "ldr %[x0], [%[cp], #" #OFF " + 12]\n\t"                                              \
+    "lsl %[" #X0 "], %[" #X0 "], #1\n\t"                                                  \
+    "lsl %[" #X1 "], %[" #X1 "], #1\n\t"                                                  \
+    "smmlar %[x1], %[" #X0 "], %[va], %[x0]\n\t"                                          \
+    "add %[" #X0 "], %[x1], %[" #X0 "], asr #31\n\t"                                      \
+    "smmlar %[x1], %[" #X1 "], %[va], %[x0]\n\t"                                          \
+    "add %[" #X1 "], %[x1], %[" #X1 "], asr #31\n\t"                                      \
+    "asr %[" #X0 "], %[" #X0 "], %[vc]\n\t"                                               \
+    "asr %[" #X1 "], %[" #X1 "], %[vc]\n\t"                                               \
+    "ssat %[" #X0 "], #8, %[" #X0 "]\n\t"                                                 \
+    "ssat %[" #X1 "], #8, %[" #X1 "]\n\t"
+/* tt_qx_quads8's fused add of byte K, as TT_QX_ADD1 with its registers: the output word V,
+ * the other input's word va, multiplier b0, table b1, the sum's record c0 / c1 / d0,
+ * scratch d1 and vc. */
+#define TT_QX8_ADD1(V, K, ROR)                                                             \
+    "sxtb %[d1], %[" #V "]" ROR "\n\t"                                                    \
+    "sxtb %[vc], %[va]" ROR "\n\t"                                                        \
+    "ldr %[vc], [%[b1], %[vc], lsl #2]\n\t"                                               \
+    "mla %[d1], %[d1], %[b0], %[vc]\n\t"                                                  \
+    "lsl %[d1], %[d1], #1\n\t"                                                            \
+    "smmlar %[vc], %[d1], %[c0], %[d0]\n\t"                                               \
+    "add %[vc], %[vc], %[d1], asr #31\n\t"                                                \
+    "asr %[vc], %[vc], %[c1]\n\t"                                                         \
+    "ssat %[vc], #8, %[vc]\n\t"                                                           \
+    "bfi %[va], %[vc], #" #K ", #8\n\t"
+/* One pixel's fused add (TT_QX8_ADD1 x 4): the word at x0 read, summed, written. */
+#define TT_QX8_ADD(V)                                                                      \
+    "ldr %[va], [%[x0]]\n\t" TT_QX8_ADD1(V, 0, "") TT_QX8_ADD1(V, 8, ", ror #8")            \
+        TT_QX8_ADD1(V, 16, ", ror #16") TT_QX8_ADD1(V, 24, ", ror #24")                   \
+    "str %[va], [%[x0]]\n\t"
+
+/* One output of the int8 instance for modes 0 and 2 outside its quads (the last out_c % 4
+ * channels): the record's single-multiply form (the instance takes no other), then in mode
+ * 2 the fused add as tt_mx_store computes it (its conv side's offset is 0, ops/conv.py). */
+static __attribute__((noinline)) void tt_qx_fast1(int32_t mode, const tt_rq *r, int8_t *o, int32_t a,
+                                                  const tt_residual *res)
+{
+    int32_t v = __ssat(tt_rq_apply(a, r), 8);
+    if (mode == 2) {
+        v = __ssat(tt_rq_apply((int32_t)((uint32_t)v * (uint32_t)res->c_mul) + res->t_other[128 + *o], res->rq), 8);
+    }
+    *o = (int8_t)v;
+}
+
+/* Every whole quad of output channels of the int8 instance for modes 0 and 2 (tt_qx_out's
+ * output code), in one asm block: the loop over quads too, so that nothing passes through C
+ * between a quad's sums, its outputs and the next quad's biases (no register moves, no
+ * reloads of the loop's pointers).  State between quads lives in memory operands: the
+ * records `r` and outputs `o` (advanced), their end `qend`, the pixels' sums s0 / s1, the
+ * columns and their end, the loop's entry offset; `stride` 0 where the second pixel is
+ * missing (its outputs computed, not stored); `ak`, the fused add's constants (cm, table +
+ * 128, the sum's multiplier, shift and offset), or 0 in mode 0.  Returns the weights after
+ * the quads (the tail channels follow them). */
+static inline __attribute__((always_inline)) const int32_t *
+tt_qx_quads8(const int32_t *wp, const tt_rq **rp, int8_t **op, int8_t *qend, int32_t stride,
+             const int32_t *col, const int32_t *cend, int32_t skip, int32_t s0,
+             int32_t s1, const int32_t *ak)
+{
+    const tt_rq *r = *rp;
+    int8_t *o = *op;
+    const int32_t *c;
+    int32_t a0, a1, b0, b1, c0, c1, d0, d1, va, vc, x0, x1;
+    __asm__ volatile("0:\n\t"
+                     "ldr %[x0], %[rq]\n\t"
+                     "ldr %[a0], [%[x0]]\n\t"
+                     "ldr %[b0], [%[x0], #16]\n\t"
+                     "ldr %[c0], [%[x0], #32]\n\t"
+                     "ldr %[d0], [%[x0], #48]\n\t"
+                     "ldr %[va], %[s0]\n\t"
+                     "ldr %[vc], %[s1]\n\t"
+                     "ldr %[cp], %[col]\n\t"
+                     "ldr %[x1], %[skip]\n\t"
+                     "add %[a0], %[a0], %[b0], lsl #8\n\t"
+                     "add %[c0], %[c0], %[d0], lsl #8\n\t"
+                     "mov %[b1], %[b0]\n\t"
+                     "mov %[d1], %[d0]\n\t"
+                     "sub %[a1], %[a0], %[vc]\n\t"
+                     "sub %[a0], %[a0], %[va]\n\t"
+                     "sub %[c1], %[c0], %[vc]\n\t"
+                     "sub %[c0], %[c0], %[va]\n\t"
+                     "adr.w %[x0], 1f\n\t"
+                     "add %[x0], %[x0], %[x1]\n\t"
+                     "mov pc, %[x0]\n\t"
+                     ".p2align 2\n"
+                     "1:\n\t" TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4
+                         TT_QX_STEP4 TT_QX_STEP4
+                     "ldr %[x0], %[end]\n\t"
+                     "cmp %[cp], %[x0]\n\t"
+                     "bne 1b\n\t"
+                     "sub %[a0], %[a0], %[b0], lsl #8\n\t"
+                     "sub %[a1], %[a1], %[b1], lsl #8\n\t"
+                     "sub %[c0], %[c0], %[d0], lsl #8\n\t"
+                     "sub %[c1], %[c1], %[d1], lsl #8\n\t"
+                     "ldr %[cp], %[rq]\n\t"
+                     TT_QX8_RQ2(a0, a1, 0) TT_QX8_RQ2(b0, b1, 16) TT_QX8_RQ2(c0, c1, 32) TT_QX8_RQ2(d0, d1, 48)
+                     "bfi %[a0], %[b0], #8, #8\n\t"
+                     "bfi %[a1], %[b1], #8, #8\n\t"
+                     "bfi %[a0], %[c0], #16, #8\n\t"
+                     "bfi %[a1], %[c1], #16, #8\n\t"
+                     "bfi %[a0], %[d0], #24, #8\n\t"
+                     "bfi %[a1], %[d1], #24, #8\n\t"
+                     "add %[cp], %[cp], #64\n\t"
+                     "str %[cp], %[rq]\n\t"
+                     "ldr %[x0], %[o]\n\t"
+                     "ldr %[x1], %[stride]\n\t"
+                     "ldr %[cp], %[ak]\n\t"
+                     "cmp %[cp], #0\n\t"
+                     "bne 5f\n\t"
+                     "str %[a0], [%[x0]]\n\t"
+                     "cmp %[x1], #0\n\t"
+                     "beq 6f\n\t"
+                     "str %[a1], [%[x0], %[x1]]\n\t"
+                     "b 6f\n"
+                     "5:\n\t"
+                     "ldr %[b0], [%[cp]]\n\t"
+                     "ldr %[b1], [%[cp], #4]\n\t"
+                     "ldr %[c0], [%[cp], #8]\n\t"
+                     "ldr %[c1], [%[cp], #12]\n\t"
+                     "ldr %[d0], [%[cp], #16]\n\t"
+                     TT_QX8_ADD(a0)
+                     "cmp %[x1], #0\n\t"
+                     "beq 6f\n\t"
+                     "add %[x0], %[x0], %[x1]\n\t"
+                     TT_QX8_ADD(a1)
+                     "sub %[x0], %[x0], %[x1]\n"
+                     "6:\n\t"
+                     "add %[x0], %[x0], #4\n\t"
+                     "str %[x0], %[o]\n\t"
+                     "ldr %[x1], %[qend]\n\t"
+                     "cmp %[x0], %[x1]\n\t"
+                     "bne 0b\n\t"
+                     : [a0] "=&r"(a0), [a1] "=&r"(a1), [b0] "=&r"(b0), [b1] "=&r"(b1),
+                       [c0] "=&r"(c0), [c1] "=&r"(c1), [d0] "=&r"(d0), [d1] "=&r"(d1),
+                       [cp] "=&r"(c), [wp] "+r"(wp), [va] "=&r"(va), [vc] "=&r"(vc),
+                       [x0] "=&r"(x0), [x1] "=&r"(x1), [rq] "+m"(r), [o] "+m"(o)
+                     : [end] "m"(cend), [s0] "m"(s0), [s1] "m"(s1), [col] "m"(col),
+                       [skip] "m"(skip), [stride] "m"(stride), [ak] "m"(ak), [qend] "m"(qend)
+                     : "cc", "memory");
+    *rp = r;
+    *op = o;
+    return wp;
+}
+#endif
+
 /* Every output channel of the `n` (1 or 2) pixels whose columns are in `col` (pixel k's
  * `128 sum x` in s0, s1; the second pixel's outputs `stride` bytes after the first's);
  * `mode` as for tt_mm_out4. */
@@ -1407,7 +1572,25 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     /* The loop's end, read from memory once per pass (no register is free); stored once. */
     const int32_t *volatile end = col_end;
 #endif
-    for (; o != quads_end; o += 4, r += 4) {
+    int32_t done = 0; /* the quads, by tt_qx_quads8 */
+#if defined(__OPTIMIZE__)
+    if (bits == 8 && fast) { /* the fast instances take modes 0 and 2 only */
+        if (o != quads_end) {
+            int32_t ak[5];
+            if (mode == 2) {
+                ak[0] = res->c_mul;
+                ak[1] = (int32_t)(uintptr_t)(res->t_other + 128);
+                ak[2] = res->rq->mult;
+                ak[3] = res->rq->rshift;
+                ak[4] = res->rq->offset;
+            }
+            wp = tt_qx_quads8(wp, &r, &o, quads_end, n == 2 ? stride : 0, col, col_end, skip, s0, s1,
+                              mode == 2 ? ak : 0);
+        }
+        done = 1;
+    }
+#endif
+    for (; !done && o != quads_end; o += 4, r += 4) {
         /* quads4 / quads2 (`bits` 4 / 2): the sums run 16 / 64 times the int8 ones, biases
          * included; the pixel sums' term (128 sum x) is the same, the low channels' offset
          * being 128 in every layout. */
@@ -1537,6 +1720,21 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         }
         a0 = (int32_t)((uint32_t)a0 - ((uint32_t)b0 << 8));
         a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
+#if defined(__OPTIMIZE__)
+        if (bits == 8 && fast) { /* modes 0 and 2, fast records only: no tt_mm_out1 linked */
+            tt_qx_fast1(mode, r, o, a0, res);
+            if (n == 2) {
+                tt_qx_fast1(mode, r, o + stride, a1, res);
+            }
+            if (two) {
+                tt_qx_fast1(mode, r + 1, o + 1, b0, res);
+                if (n == 2) {
+                    tt_qx_fast1(mode, r + 1, o + stride + 1, b1, res);
+                }
+            }
+            continue;
+        }
+#endif
         tt_mm_out1(mode, p, r, o, a0);
         if (n == 2) {
             tt_mm_out1(mode, p, r, o + stride, a1);
@@ -1794,34 +1992,35 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
      * where they reach into the padding): both columns at once, each input pixel the two
      * windows share unpacked once.  Where out_w is even the pairs of a row stay in it. */
     const struct tt_qx_pair_fns *const pf = p->pairs;
-    const int32_t pairs = pf != 0 && !flat && (p->in_c & 3) == 0 && p->k_w * p->in_c <= 240
-                          && p->k_w > p->stride_w && (p->out_w & 1) == 0;
+    /* The generator names the builders (p->pairs) only in layers whose pairs they can take
+     * (ops/conv.py, quads_pairs): channels in groups of 4, a kernel row of at most 240
+     * bytes, windows that overlap, an even out_w (the pairs of a row stay in it), and no
+     * pair reaching more than stride_w pixels into the padding on either side. */
+    if (pf != 0) {
+        const int32_t span = p->k_w + p->stride_w, x_last = (p->out_w - 2) * p->stride_w - p->pad_w;
+        /* Row by row, a pair at a time: the pairs inside the input (tt_qx_pair_in: in_c a
+         * multiple of 16, the row's windows inside) lie between two bounds of x0. */
+        const int32_t in_w = p->in_w, c = p->in_c, x_step = 2 * p->stride_w, ip_step = x_step * c;
+        const int32_t x_in = in_w - span; /* the last x0 inside */
+        int8_t *o = out;
+        for (int32_t y0 = -p->pad_h, oy = p->out_h; oy > 0; --oy, y0 += p->stride_h) {
+            const int32_t row_in = (c & 15) == 0 && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h);
+            const int8_t *ip = in + (y0 * in_w - p->pad_w) * c;
+            for (int32_t x0 = -p->pad_w; x0 <= x_last; x0 += x_step, ip += ip_step, o += 2 * stride) {
+                int32_t s1;
+                const int32_t s0 = row_in && (uint32_t)x0 <= (uint32_t)x_in ? pf->inside(ip, p, col, &s1)
+                                                                           : pf->edge(in, p, x0, y0, col, &s1);
+                block(p, w, rq, o, col, col_end, (int32_t)((uint32_t)s0 << 7), (int32_t)((uint32_t)s1 << 7),
+                      pass | 1 << 12);
+            }
+        }
+        return;
+    }
 #endif
     int32_t oy = 0, ox = 0; /* of pixel `pix`, kept without division */
     for (int32_t pix = 0; pix < n_pix; pix += 2) {
         const int32_t n = n_pix - pix < 2 ? 1 : 2;
         int32_t s0 = 0, s1 = 0;
-#if defined(__OPTIMIZE__)
-        /* at most stride_w pixels of padding at either end of the span (tt_qx_pair_edge);
-         * read from p, not kept, as below */
-        const int32_t x0 = ox * p->stride_w - p->pad_w, span = p->k_w + p->stride_w;
-        if (pairs && x0 >= -p->stride_w && x0 + span <= p->in_w + p->stride_w) {
-            const int32_t y0 = oy * p->stride_h - p->pad_h;
-            /* tt_qx_pair_in: runs of whole 16-byte passes */
-            s0 = (p->in_c & 15) == 0 && (uint32_t)x0 <= (uint32_t)(p->in_w - span)
-                         && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h)
-                     ? pf->inside(in + (y0 * p->in_w + x0) * p->in_c, p, col, &s1)
-                     : pf->edge(in, p, x0, y0, col, &s1);
-            s0 = (int32_t)((uint32_t)s0 << 7);
-            s1 = (int32_t)((uint32_t)s1 << 7);
-            if ((ox += 2) == p->out_w) {
-                ox = 0;
-                ++oy;
-            }
-            block(p, w, rq, out + pix * stride, col, col_end, s0, s1, pass | 1 << 12);
-            continue;
-        }
-#endif
         /* One copy of the dispatch for both pixels (flash): not unrolled. */
 #pragma GCC unroll 1
         for (int32_t k = 0; k < 2; ++k) {
