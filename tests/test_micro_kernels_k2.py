@@ -114,10 +114,12 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
 @pytest.mark.parametrize("relu", [None, "relu"])
 def test_a_mirrored_fused_add_costs_about_what_the_usual_one_does(tmp_path, relu):
     """The conv's side by its table and the other input's affine (modes 5 and 6) run their
-    own quads entry; the add costs at most 1.75x the instructions of the usual orientation
-    on top of the convolution (it cost 3.2x on the general path; 1.28x before the usual
+    own quads entry; the add costs at most 2x the instructions of the usual orientation on
+    top of the convolution (it cost 3.2x on the general path; 1.28x before the usual
     orientation's constant term moved into its table, one add less per value there, which
-    the mirrored C output stage does not save).  Exact counts, not time."""
+    the mirrored C output stage does not save; 1.86x since the usual orientation's instance
+    is written whole in asm, with no C between a quad's sums and its outputs).  Exact
+    counts, not time."""
 
     def add_instructions(conv_scale, other_scale):
         g = _block(2, conv_scale, other_scale, relu)
@@ -135,7 +137,7 @@ def test_a_mirrored_fused_add_costs_about_what_the_usual_one_does(tmp_path, relu
     # The mirrored entry links its own block instances, not the any-mode one (4 KB more).
     assert "tt_qx_blockn" not in linked and ({"tt_qx_block5", "tt_qx_block6"} & linked)
     _, usual, _ = add_instructions(0.07, 0.03)
-    assert 0 < mirrored <= 1.75 * usual
+    assert 0 < mirrored <= 2 * usual
 
 
 @arm

@@ -18,7 +18,7 @@ import torch
 from tinytamer.micro import codegen, reference, schedule, toolchain, tuning
 from tinytamer.micro.builder import GraphBuilder
 from tinytamer.micro.ir import Conv2D
-from tinytamer.micro.ops.conv import quads_packed_fits, quads_pairs
+from tinytamer.micro.ops.conv import pair_builders, quads_packed_fits
 from tinytamer.micro.session import Session
 
 arm = pytest.mark.skipif(
@@ -90,26 +90,31 @@ def test_quads_take_the_2x2_kernels_scratch():
 @pytest.mark.parametrize(
     ("shape", "k", "stride", "pad", "pack", "want"),
     [
-        ((6, 6, 16), 3, 1, 1, "channel", True),  # 3 x 3 windows overlap by 2 pixels per row
-        ((9, 8, 32), 3, 2, 1, "channel", True),  # stride 2: by one
-        ((6, 8, 20), 3, 1, 1, "channel", True),  # channels a multiple of 4, not of 16
-        ((5, 5, 8), 1, 1, 0, "channel", False),  # pointwise: nothing shared
-        ((5, 7, 8), 3, 1, 1, "channel", False),  # an odd width: pairs would straddle rows
-        ((3, 3, 128), 3, 1, 1, "channel", False),  # a 384-byte kernel row: lane sums overflow
-        ((7, 5, 3), 3, 1, 1, "flat", False),  # a stem's flat field
+        ((6, 6, 16), 3, 1, 1, "channel", "tt_qx_pairs"),  # 3 x 3 windows overlap by 2 pixels per row
+        ((9, 8, 32), 3, 2, 1, "channel", "tt_qx_pairs"),  # stride 2: by one
+        ((6, 8, 20), 3, 1, 1, "channel", "tt_qx_pairs"),  # channels a multiple of 4, not of 16
+        ((5, 5, 8), 1, 1, 0, "channel", None),  # pointwise: nothing shared
+        ((5, 7, 8), 3, 1, 1, "channel", None),  # an odd width: pairs would straddle rows
+        ((3, 3, 128), 3, 1, 1, "channel", None),  # a 384-byte kernel row: lane sums overflow
+        ((6, 6, 8), 5, 1, 2, "channel", None),  # windows 2 pixels into the padding, stride 1
+        ((6, 6, 3), 3, 1, 1, "flat", "tt_qx_rgb_pairs"),  # an RGB 3 x 3 stem's flat fields
+        ((7, 5, 3), 3, 1, 1, "flat", None),  # the same with an odd width
+        ((6, 6, 4), 3, 1, 1, "flat", None),  # another flat field
     ],
 )
 def test_only_layers_whose_pixel_pairs_share_input_name_the_pair_builders(shape, k, stride, pad, pack, want):
-    """The generator names ``&tt_qx_pairs`` in a layer's parameters exactly where the quads
-    kernel builds its pixel pairs together; an image whose layers name none links no pair
-    builder (1.4 KB less flash on DS-CNN, whose layers have none)."""
+    """The generator names a pair builders struct in a layer's parameters exactly where the
+    quads kernel builds its pixels' columns in pairs (the runtime takes every pixel of such a
+    layer in pairs, trusting it); an image whose layers name none links no pair builder (1.4
+    KB less flash on DS-CNN, whose layers have none)."""
     g = _conv_graph(np.random.default_rng(0), shape, 8, k, stride, pad)
     op = g.ops[0]
     op.schedule = {"kernel": "mm", "weights": "quads", "pack": pack}
     in_w, out_w = g.tensors[op.inputs[0]].shape[1], g.tensors[op.output].shape[1]
-    assert quads_pairs(op, schedule.resolve(op, True), in_w, out_w) is want
+    assert pair_builders(op, schedule.resolve(op, True), in_w, out_w) == want
     src = codegen.generate(g, dsp=True).files["model.c"]
-    assert ("&tt_qx_pairs" in src) is want
+    for name in ("tt_qx_pairs", "tt_qx_rgb_pairs"):
+        assert (f"&{name}" in src) is (name == want)
 
 
 @arm

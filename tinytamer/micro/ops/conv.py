@@ -199,21 +199,26 @@ _QUADS_LAYOUTS = ("quads", "quads4", "quads2")
 _FULL = (-128, 127)
 
 
-def quads_pairs(op: Conv2D, s: dict, in_w: int, out_w: int) -> bool:
-    """Whether the layer's quads kernel builds its pixel pairs' columns together
-    (``tt_conv_params.pairs``; tt_qx_run in runtime/tt_conv.c takes every pixel in pairs
-    where a layer names them, trusting what this tests): the quads layouts or the
-    shared-weight blocks, channels gathered per pixel in groups of 4, a kernel row of at
-    most 240 bytes (a pixel's lane sums fit int16), windows that overlap (k_w > stride_w),
-    an even output width (a pair stays in its row), and no pair's span reaching more than
-    stride_w pixels into the padding on either side (tt_qx_pair_edge's bound).  Only such
-    layers name the builders, so an image without them links neither."""
+def pair_builders(op: Conv2D, s: dict, in_w: int, out_w: int) -> str | None:
+    """The pixel-pair column builders the layer's quads kernel takes (``tt_conv_params.pairs``;
+    tt_qx_run in runtime/tt_conv.c takes every pixel in pairs where a layer names them,
+    trusting what this tests), or None.  Both need the quads layouts or the shared-weight
+    blocks and an even output width (a pair stays in its row).  ``tt_qx_pairs``: channels
+    gathered per pixel in groups of 4, a kernel row of at most 240 bytes (a pixel's lane sums
+    fit int16), windows that overlap (k_w > stride_w), and no pair's span reaching more than
+    stride_w pixels into the padding on either side (tt_qx_pair_edge's bound).
+    ``tt_qx_rgb_pairs``: an RGB 3 x 3 stem's flat fields.  Only such layers name builders,
+    so an image without them links none."""
     quads = (s["kernel"] == "mm" and s.get("weights") in _QUADS_LAYOUTS) or s["kernel"] == "blocks"
-    _, _, kw, ic = op.weight.shape
+    _, kh, kw, ic = op.weight.shape
+    if not quads or out_w % 2:
+        return None
+    if s.get("pack") == "flat":
+        return "tt_qx_rgb_pairs" if (ic, kh, kw) == (3, 3, 3) else None
     sw, pw = op.stride[1], op.padding[1]
     right = (out_w - 2) * sw - pw + kw + sw  # the last pair's span ends here
-    edges = pw <= sw and right <= in_w + sw
-    return quads and s.get("pack") != "flat" and ic % 4 == 0 and kw * ic <= 240 and kw > sw and out_w % 2 == 0 and edges
+    fits = ic % 4 == 0 and kw * ic <= 240 and kw > sw and pw <= sw and right <= in_w + sw
+    return "tt_qx_pairs" if fits else None
 
 
 def _quads_entry(op: Conv2D, site: CallSite, bits: int = 8) -> str:
@@ -505,8 +510,9 @@ class ConvOp(DeviceOp):
         if site.fused_add is not None:
             data.append(self._residual(g, op, site.fused_add, s["kernel"] in ("mm", "winograd", "blocks")))
             fields["res"] = f"&r{site.fused_add}"
-        if quads_pairs(op, s, w, ow):
-            fields["pairs"] = "&tt_qx_pairs"
+        builders = pair_builders(op, s, w, ow)
+        if builders is not None:
+            fields["pairs"] = f"&{builders}"
         data.append(c_struct("tt_conv_params", f"p{i}", fields))
         return data, self._call(op, s, site)
 

@@ -8,6 +8,8 @@
  * TRM's timings (consecutive loads pipeline), optionally int16 weights pre-expanded in
  * flash, and SRDHM + RoundingDivideByPOT folded into one SMMULR and three ALU operations.
  * Both DSP variants share one im2col, so they stay in this one file. */
+#include <stddef.h>
+
 #include "tt_kernels.h"
 #include "tt_fixedpoint.h"
 
@@ -1201,25 +1203,31 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
  * (the 2 x 2 kernel's scratch), not 3.  Channels past the last whole quad (out_c % 4)
  * follow in the pairs layout and run 2 x 2 in C. */
 
-/* A step's multiplies: the column words x0, x1 against the quads words va, vc. */
-#define TT_QX_MACS                                  \
-    "smlad %[a0], %[x0], %[va], %[a0]\n\t"          \
-    "smlad %[a1], %[x1], %[va], %[a1]\n\t"          \
-    "sxtb16 %[va], %[va], ror #8\n\t"               \
-    "smlad %[b0], %[x0], %[va], %[b0]\n\t"          \
-    "smlad %[b1], %[x1], %[va], %[b1]\n\t"          \
-    "smlad %[c0], %[x0], %[vc], %[c0]\n\t"          \
-    "smlad %[c1], %[x1], %[vc], %[c1]\n\t"          \
-    "sxtb16 %[vc], %[vc], ror #8\n\t"               \
-    "smlad %[d0], %[x0], %[vc], %[d0]\n\t"          \
-    "smlad %[d1], %[x1], %[vc], %[d1]\n\t"
-
-#define TT_QX_STEP                                  \
-    "ldr %[va], [%[wp]], #4\n\t"                    \
-    "ldr %[vc], [%[wp]], #4\n\t"                    \
-    "ldr %[x0], [%[cp]], #4\n\t"                    \
-    "ldr %[x1], [%[cp]], #4\n\t"                    \
-    TT_QX_MACS
+/* A step's multiplies: the column words X0, X1 against the quads words VA, VC.  The
+ * registers are arguments (the inline asm's operand names, or tt_qx_block02's registers):
+ * one definition for both. */
+#define TT_QX_MACS_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1)                       \
+    "smlad " A0 ", " X0 ", " VA ", " A0 "\n\t"                                            \
+    "smlad " A1 ", " X1 ", " VA ", " A1 "\n\t"                                            \
+    "sxtb16 " VA ", " VA ", ror #8\n\t"                                                   \
+    "smlad " B0 ", " X0 ", " VA ", " B0 "\n\t"                                            \
+    "smlad " B1 ", " X1 ", " VA ", " B1 "\n\t"                                            \
+    "smlad " C0 ", " X0 ", " VC ", " C0 "\n\t"                                            \
+    "smlad " C1 ", " X1 ", " VC ", " C1 "\n\t"                                            \
+    "sxtb16 " VC ", " VC ", ror #8\n\t"                                                   \
+    "smlad " D0 ", " X0 ", " VC ", " D0 "\n\t"                                            \
+    "smlad " D1 ", " X1 ", " VC ", " D1 "\n\t"
+/* A step: two quads words from WP, the two pixels' column words from CP, their multiplies. */
+#define TT_QX_STEP_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1, WP, CP)               \
+    "ldr " VA ", [" WP "], #4\n\t"                                                        \
+    "ldr " VC ", [" WP "], #4\n\t"                                                        \
+    "ldr " X0 ", [" CP "], #4\n\t"                                                        \
+    "ldr " X1 ", [" CP "], #4\n\t" TT_QX_MACS_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1)
+#define TT_QX_EXPAND(M, ...) M(__VA_ARGS__)
+#define TT_QX_NAMES                                                                        \
+    "%[a0]", "%[a1]", "%[b0]", "%[b1]", "%[c0]", "%[c1]", "%[d0]", "%[d1]", "%[va]", "%[vc]", "%[x0]", "%[x1]"
+#define TT_QX_MACS TT_QX_EXPAND(TT_QX_MACS_R, TT_QX_NAMES)
+#define TT_QX_STEP TT_QX_EXPAND(TT_QX_STEP_R, TT_QX_NAMES, "%[wp]", "%[cp]")
 
 #define TT_QX_STEP4 TT_QX_STEP TT_QX_STEP TT_QX_STEP TT_QX_STEP
 
@@ -1403,42 +1411,6 @@ tt_qx_out(int32_t mode, const tt_rq *r, int8_t *o, int32_t stride, const tt_resi
 }
 
 #if defined(__OPTIMIZE__)
-/* tt_qx_quads8's requantization of one channel's two sums (X0, X1), as TT_QX_RQ2 with its
- * registers: the record at byte OFF of cp, multiplier va, shift vc, offset x0, scratch x1. */
-#define TT_QX8_RQ2(X0, X1, OFF)                                                            \
-    "ldr %[va], [%[cp], #" #OFF " + 4]\n\t"                                               \
-    "ldr %[vc], [%[cp], #" #OFF " + 8]\n\t"                                               \
-    "ldr %[x0], [%[cp], #" #OFF " + 12]\n\t"                                              \
-    "lsl %[" #X0 "], %[" #X0 "], #1\n\t"                                                  \
-    "lsl %[" #X1 "], %[" #X1 "], #1\n\t"                                                  \
-    "smmlar %[x1], %[" #X0 "], %[va], %[x0]\n\t"                                          \
-    "add %[" #X0 "], %[x1], %[" #X0 "], asr #31\n\t"                                      \
-    "smmlar %[x1], %[" #X1 "], %[va], %[x0]\n\t"                                          \
-    "add %[" #X1 "], %[x1], %[" #X1 "], asr #31\n\t"                                      \
-    "asr %[" #X0 "], %[" #X0 "], %[vc]\n\t"                                               \
-    "asr %[" #X1 "], %[" #X1 "], %[vc]\n\t"                                               \
-    "ssat %[" #X0 "], #8, %[" #X0 "]\n\t"                                                 \
-    "ssat %[" #X1 "], #8, %[" #X1 "]\n\t"
-/* tt_qx_quads8's fused add of byte K, as TT_QX_ADD1 with its registers: the output word V,
- * the other input's word va, multiplier b0, table b1, the sum's record c0 / c1 / d0,
- * scratch d1 and vc. */
-#define TT_QX8_ADD1(V, K, ROR)                                                             \
-    "sxtb %[d1], %[" #V "]" ROR "\n\t"                                                    \
-    "sxtb %[vc], %[va]" ROR "\n\t"                                                        \
-    "ldr %[vc], [%[b1], %[vc], lsl #2]\n\t"                                               \
-    "mla %[d1], %[d1], %[b0], %[vc]\n\t"                                                  \
-    "lsl %[d1], %[d1], #1\n\t"                                                            \
-    "smmlar %[vc], %[d1], %[c0], %[d0]\n\t"                                               \
-    "add %[vc], %[vc], %[d1], asr #31\n\t"                                                \
-    "asr %[vc], %[vc], %[c1]\n\t"                                                         \
-    "ssat %[vc], #8, %[vc]\n\t"                                                           \
-    "bfi %[va], %[vc], #" #K ", #8\n\t"
-/* One pixel's fused add (TT_QX8_ADD1 x 4): the word at x0 read, summed, written. */
-#define TT_QX8_ADD(V)                                                                      \
-    "ldr %[va], [%[x0]]\n\t" TT_QX8_ADD1(V, 0, "") TT_QX8_ADD1(V, 8, ", ror #8")            \
-        TT_QX8_ADD1(V, 16, ", ror #16") TT_QX8_ADD1(V, 24, ", ror #24")                   \
-    "str %[va], [%[x0]]\n\t"
-
 /* One output of the int8 instance for modes 0 and 2 outside its quads (the last out_c % 4
  * channels): the record's single-multiply form (the instance takes no other), then in mode
  * 2 the fused add as tt_mx_store computes it (its conv side's offset is 0, ops/conv.py). */
@@ -1451,106 +1423,60 @@ static __attribute__((noinline)) void tt_qx_fast1(int32_t mode, const tt_rq *r, 
     }
     *o = (int8_t)v;
 }
-
-/* Every whole quad of output channels of the int8 instance for modes 0 and 2 (tt_qx_out's
- * output code), in one asm block: the loop over quads too, so that nothing passes through C
- * between a quad's sums, its outputs and the next quad's biases (no register moves, no
- * reloads of the loop's pointers).  State between quads lives in memory operands: the
- * records `r` and outputs `o` (advanced), their end `qend`, the pixels' sums s0 / s1, the
- * columns and their end, the loop's entry offset; `stride` 0 where the second pixel is
- * missing (its outputs computed, not stored); `ak`, the fused add's constants (cm, table +
- * 128, the sum's multiplier, shift and offset), or 0 in mode 0.  Returns the weights after
- * the quads (the tail channels follow them). */
-static inline __attribute__((always_inline)) const int32_t *
-tt_qx_quads8(const int32_t *wp, const tt_rq **rp, int8_t **op, int8_t *qend, int32_t stride,
-             const int32_t *col, const int32_t *cend, int32_t skip, int32_t s0,
-             int32_t s1, const int32_t *ak)
-{
-    const tt_rq *r = *rp;
-    int8_t *o = *op;
-    const int32_t *c;
-    int32_t a0, a1, b0, b1, c0, c1, d0, d1, va, vc, x0, x1;
-    __asm__ volatile("0:\n\t"
-                     "ldr %[x0], %[rq]\n\t"
-                     "ldr %[a0], [%[x0]]\n\t"
-                     "ldr %[b0], [%[x0], #16]\n\t"
-                     "ldr %[c0], [%[x0], #32]\n\t"
-                     "ldr %[d0], [%[x0], #48]\n\t"
-                     "ldr %[va], %[s0]\n\t"
-                     "ldr %[vc], %[s1]\n\t"
-                     "ldr %[cp], %[col]\n\t"
-                     "ldr %[x1], %[skip]\n\t"
-                     "add %[a0], %[a0], %[b0], lsl #8\n\t"
-                     "add %[c0], %[c0], %[d0], lsl #8\n\t"
-                     "mov %[b1], %[b0]\n\t"
-                     "mov %[d1], %[d0]\n\t"
-                     "sub %[a1], %[a0], %[vc]\n\t"
-                     "sub %[a0], %[a0], %[va]\n\t"
-                     "sub %[c1], %[c0], %[vc]\n\t"
-                     "sub %[c0], %[c0], %[va]\n\t"
-                     "adr.w %[x0], 1f\n\t"
-                     "add %[x0], %[x0], %[x1]\n\t"
-                     "mov pc, %[x0]\n\t"
-                     ".p2align 2\n"
-                     "1:\n\t" TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4 TT_QX_STEP4
-                         TT_QX_STEP4 TT_QX_STEP4
-                     "ldr %[x0], %[end]\n\t"
-                     "cmp %[cp], %[x0]\n\t"
-                     "bne 1b\n\t"
-                     "sub %[a0], %[a0], %[b0], lsl #8\n\t"
-                     "sub %[a1], %[a1], %[b1], lsl #8\n\t"
-                     "sub %[c0], %[c0], %[d0], lsl #8\n\t"
-                     "sub %[c1], %[c1], %[d1], lsl #8\n\t"
-                     "ldr %[cp], %[rq]\n\t"
-                     TT_QX8_RQ2(a0, a1, 0) TT_QX8_RQ2(b0, b1, 16) TT_QX8_RQ2(c0, c1, 32) TT_QX8_RQ2(d0, d1, 48)
-                     "bfi %[a0], %[b0], #8, #8\n\t"
-                     "bfi %[a1], %[b1], #8, #8\n\t"
-                     "bfi %[a0], %[c0], #16, #8\n\t"
-                     "bfi %[a1], %[c1], #16, #8\n\t"
-                     "bfi %[a0], %[d0], #24, #8\n\t"
-                     "bfi %[a1], %[d1], #24, #8\n\t"
-                     "add %[cp], %[cp], #64\n\t"
-                     "str %[cp], %[rq]\n\t"
-                     "ldr %[x0], %[o]\n\t"
-                     "ldr %[x1], %[stride]\n\t"
-                     "ldr %[cp], %[ak]\n\t"
-                     "cmp %[cp], #0\n\t"
-                     "bne 5f\n\t"
-                     "str %[a0], [%[x0]]\n\t"
-                     "cmp %[x1], #0\n\t"
-                     "beq 6f\n\t"
-                     "str %[a1], [%[x0], %[x1]]\n\t"
-                     "b 6f\n"
-                     "5:\n\t"
-                     "ldr %[b0], [%[cp]]\n\t"
-                     "ldr %[b1], [%[cp], #4]\n\t"
-                     "ldr %[c0], [%[cp], #8]\n\t"
-                     "ldr %[c1], [%[cp], #12]\n\t"
-                     "ldr %[d0], [%[cp], #16]\n\t"
-                     TT_QX8_ADD(a0)
-                     "cmp %[x1], #0\n\t"
-                     "beq 6f\n\t"
-                     "add %[x0], %[x0], %[x1]\n\t"
-                     TT_QX8_ADD(a1)
-                     "sub %[x0], %[x0], %[x1]\n"
-                     "6:\n\t"
-                     "add %[x0], %[x0], #4\n\t"
-                     "str %[x0], %[o]\n\t"
-                     "ldr %[x1], %[qend]\n\t"
-                     "cmp %[x0], %[x1]\n\t"
-                     "bne 0b\n\t"
-                     : [a0] "=&r"(a0), [a1] "=&r"(a1), [b0] "=&r"(b0), [b1] "=&r"(b1),
-                       [c0] "=&r"(c0), [c1] "=&r"(c1), [d0] "=&r"(d0), [d1] "=&r"(d1),
-                       [cp] "=&r"(c), [wp] "+r"(wp), [va] "=&r"(va), [vc] "=&r"(vc),
-                       [x0] "=&r"(x0), [x1] "=&r"(x1), [rq] "+m"(r), [o] "+m"(o)
-                     : [end] "m"(cend), [s0] "m"(s0), [s1] "m"(s1), [col] "m"(col),
-                       [skip] "m"(skip), [stride] "m"(stride), [ak] "m"(ak), [qend] "m"(qend)
-                     : "cc", "memory");
-    *rp = r;
-    *op = o;
-    return wp;
-}
 #endif
+
+/* The last out_c % 4 channels of a block (weights, records and outputs from the last whole
+ * quad's on): pairs words, an odd last channel paired with zeros.  `fast`: tt_qx_block02's
+ * layers (modes 0 and 2, single-multiply records only), whose outputs take tt_qx_fast1. */
+static inline __attribute__((always_inline)) void
+tt_qx_tail(const tt_conv_params *p, const int32_t *wp, const tt_rq *r, int8_t *o, const int32_t *col,
+           const int32_t *col_end, int32_t s0, int32_t s1, int32_t n, int32_t mode, int32_t stride,
+           int32_t fast)
+{
+    const int32_t out_c = p->out_c;
+    for (int32_t oc = out_c & ~3; oc < out_c; oc += 2, r += 2, o += 2) {
+        const int32_t two = oc + 1 < out_c;
+        const int32_t bb = two ? r[1].bias : 0;
+        const uint32_t sa = (uint32_t)r[0].bias + ((uint32_t)bb << 8);
+        int32_t a0 = (int32_t)(sa - (uint32_t)s0), a1 = (int32_t)(sa - (uint32_t)s1);
+        int32_t b0 = bb, b1 = bb;
+        for (const int32_t *c = col; c != col_end; c += 2) {
+            const int32_t v = *wp++, vb = tt_sxtb16_ror8(v);
+            a0 = __smlad(c[0], v, a0);
+            a1 = __smlad(c[1], v, a1);
+            b0 = __smlad(c[0], vb, b0);
+            b1 = __smlad(c[1], vb, b1);
+        }
+        a0 = (int32_t)((uint32_t)a0 - ((uint32_t)b0 << 8));
+        a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
+#if defined(__OPTIMIZE__)
+        if (fast) { /* no tt_mm_out1 linked */
+            const tt_residual *const res = p->res;
+            tt_qx_fast1(mode, r, o, a0, res);
+            if (n == 2) {
+                tt_qx_fast1(mode, r, o + stride, a1, res);
+            }
+            if (two) {
+                tt_qx_fast1(mode, r + 1, o + 1, b0, res);
+                if (n == 2) {
+                    tt_qx_fast1(mode, r + 1, o + stride + 1, b1, res);
+                }
+            }
+            continue;
+        }
+#endif
+        tt_mm_out1(mode, p, r, o, a0);
+        if (n == 2) {
+            tt_mm_out1(mode, p, r, o + stride, a1);
+        }
+        if (two) {
+            tt_mm_out1(mode, p, r + 1, o + 1, b0);
+            if (n == 2) {
+                tt_mm_out1(mode, p, r + 1, o + stride + 1, b1);
+            }
+        }
+    }
+}
 
 /* Every output channel of the `n` (1 or 2) pixels whose columns are in `col` (pixel k's
  * `128 sum x` in s0, s1; the second pixel's outputs `stride` bytes after the first's);
@@ -1572,25 +1498,7 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
     /* The loop's end, read from memory once per pass (no register is free); stored once. */
     const int32_t *volatile end = col_end;
 #endif
-    int32_t done = 0; /* the quads, by tt_qx_quads8 */
-#if defined(__OPTIMIZE__)
-    if (bits == 8 && fast) { /* the fast instances take modes 0 and 2 only */
-        if (o != quads_end) {
-            int32_t ak[5];
-            if (mode == 2) {
-                ak[0] = res->c_mul;
-                ak[1] = (int32_t)(uintptr_t)(res->t_other + 128);
-                ak[2] = res->rq->mult;
-                ak[3] = res->rq->rshift;
-                ak[4] = res->rq->offset;
-            }
-            wp = tt_qx_quads8(wp, &r, &o, quads_end, n == 2 ? stride : 0, col, col_end, skip, s0, s1,
-                              mode == 2 ? ak : 0);
-        }
-        done = 1;
-    }
-#endif
-    for (; !done && o != quads_end; o += 4, r += 4) {
+    for (; o != quads_end; o += 4, r += 4) {
         /* quads4 / quads2 (`bits` 4 / 2): the sums run 16 / 64 times the int8 ones, biases
          * included; the pixel sums' term (128 sum x) is the same, the low channels' offset
          * being 128 in every layout. */
@@ -1704,48 +1612,7 @@ tt_qx_block(const tt_conv_params *p, const int32_t *w, const tt_rq *rq, int8_t *
         tt_mx_store(mode, o + stride + 2, c1, lo, hi, res, cm, ca, to, q, lo2, hi2);
         tt_mx_store(mode, o + stride + 3, d1, lo, hi, res, cm, ca, to, q, lo2, hi2);
     }
-    /* The last out_c % 4 channels: pairs words, an odd last channel paired with zeros. */
-    for (int32_t oc = out_c & ~3; oc < out_c; oc += 2, r += 2, o += 2) {
-        const int32_t two = oc + 1 < out_c;
-        const int32_t bb = two ? r[1].bias : 0;
-        const uint32_t sa = (uint32_t)r[0].bias + ((uint32_t)bb << 8);
-        int32_t a0 = (int32_t)(sa - (uint32_t)s0), a1 = (int32_t)(sa - (uint32_t)s1);
-        int32_t b0 = bb, b1 = bb;
-        for (const int32_t *c = col; c != col_end; c += 2) {
-            const int32_t v = *wp++, vb = tt_sxtb16_ror8(v);
-            a0 = __smlad(c[0], v, a0);
-            a1 = __smlad(c[1], v, a1);
-            b0 = __smlad(c[0], vb, b0);
-            b1 = __smlad(c[1], vb, b1);
-        }
-        a0 = (int32_t)((uint32_t)a0 - ((uint32_t)b0 << 8));
-        a1 = (int32_t)((uint32_t)a1 - ((uint32_t)b1 << 8));
-#if defined(__OPTIMIZE__)
-        if (bits == 8 && fast) { /* modes 0 and 2, fast records only: no tt_mm_out1 linked */
-            tt_qx_fast1(mode, r, o, a0, res);
-            if (n == 2) {
-                tt_qx_fast1(mode, r, o + stride, a1, res);
-            }
-            if (two) {
-                tt_qx_fast1(mode, r + 1, o + 1, b0, res);
-                if (n == 2) {
-                    tt_qx_fast1(mode, r + 1, o + stride + 1, b1, res);
-                }
-            }
-            continue;
-        }
-#endif
-        tt_mm_out1(mode, p, r, o, a0);
-        if (n == 2) {
-            tt_mm_out1(mode, p, r, o + stride, a1);
-        }
-        if (two) {
-            tt_mm_out1(mode, p, r + 1, o + 1, b0);
-            if (n == 2) {
-                tt_mm_out1(mode, p, r + 1, o + stride + 1, b1);
-            }
-        }
-    }
+    tt_qx_tail(p, wp, r, o, col, col_end, s0, s1, n, mode, stride, 0);
 }
 
 /* The two usual modes (the whole int8 range, alone or with a fused add) share an instance
@@ -1773,7 +1640,7 @@ typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
  * and takes only layers with no channel in the general form; and the any-mode instance,
  * which takes every layer.  Mirrored adds reaching the any-mode instance take the general
  * form: it keeps no mirrored output code (its tests would cost every mode it runs). */
-#define TT_QX_INSTANCES(prefix, bits)                                                      \
+#define TT_QX_INSTANCE02(prefix, bits)                                                     \
     static __attribute__((noinline)) void prefix##_block02(TT_QX_ARGS)                     \
     {                                                                                      \
         const int32_t mode = (pass >> 13) & 7;                                             \
@@ -1781,15 +1648,216 @@ typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
             __builtin_unreachable(); /* the entry points pass no other */                  \
         }                                                                                  \
         TT_QX_BLOCK(mode, bits, 1);                                                        \
-    }                                                                                      \
+    }
+#define TT_QX_INSTANCEN(prefix, bits)                                                      \
     static __attribute__((noinline)) void prefix##_blockn(TT_QX_ARGS)                      \
     {                                                                                      \
         const int32_t mode = (pass >> 13) & 7;                                             \
         TT_QX_BLOCK(mode >= 5 ? 4 : mode, bits, 0);                                        \
     }
-TT_QX_INSTANCES(tt_qx, 8)
-TT_QX_INSTANCES(tt_qx4, 4)
-TT_QX_INSTANCES(tt_qx2, 2)
+TT_QX_INSTANCEN(tt_qx, 8)
+TT_QX_INSTANCE02(tt_qx4, 4)
+TT_QX_INSTANCEN(tt_qx4, 4)
+TT_QX_INSTANCE02(tt_qx2, 2)
+TT_QX_INSTANCEN(tt_qx2, 2)
+#if defined(__OPTIMIZE__)
+/* The int8 instance for modes 0 and 2 (nearly all the cycles of a default build), written
+ * whole in asm: its call, its quads and their outputs.  Compiled from C, the block's entry
+ * spent about 100 cycles a pixel pair copying its arguments into the frame the quads' asm
+ * reads them from; here the quads read the arguments where the caller left them.  Each
+ * quad: its biases and the pixels' sums (tt_qx_block), the unrolled loop entered `skip`
+ * bytes in, the sums' requantization (TT_QX_RQ2), the four outputs of each pixel packed in
+ * a word and stored, or summed with the fused add's other input in place (TT_QX_ADD1);
+ * the second pixel's outputs not stored where it is missing.  The last out_c % 4 channels
+ * are tt_qx_fast_tail's.  Registers: a0..d1 r0, r3-r9; va, vc r10, r11; x0, x1 r12, lr;
+ * weights r1, columns r2.  Frame (bytes from sp): 0 records, 4 outputs, 8 their end, 12 the
+ * loop's entry address, 16 the second pixel's offset (0: missing), 20 the fused add (or 0),
+ * 24 p; the saved registers; 64 on the stack arguments (col, col_end, s0, s1, pass).
+ * The loop's entry is computed once a call, and a plain quad's end is its own (no branch). */
+#define Q_A0 "r0"
+#define Q_A1 "r3"
+#define Q_B0 "r4"
+#define Q_B1 "r5"
+#define Q_C0 "r6"
+#define Q_C1 "r7"
+#define Q_D0 "r8"
+#define Q_D1 "r9"
+#define Q_VA "r10"
+#define Q_VC "r11"
+#define Q_X0 "r12"
+#define Q_X1 "lr"
+#define Q_STEP TT_QX_STEP_R(Q_A0, Q_A1, Q_B0, Q_B1, Q_C0, Q_C1, Q_D0, Q_D1, Q_VA, Q_VC, Q_X0, Q_X1, "r1", "r2")
+#define Q_STEP4 Q_STEP Q_STEP Q_STEP Q_STEP
+/* One channel's two sums (X0, X1) requantized from its record at byte OFF of r2: multiplier
+ * va, shift vc, offset x0, scratch x1 (as TT_QX_RQ2). */
+#define Q_RQ2(X0, X1, OFF)                                                                 \
+    "ldr " Q_VA ", [r2, #" #OFF " + 4]\n\t"                                               \
+    "ldr " Q_VC ", [r2, #" #OFF " + 8]\n\t"                                               \
+    "ldr " Q_X0 ", [r2, #" #OFF " + 12]\n\t"                                              \
+    "lsl " X0 ", " X0 ", #1\n\t"                                                          \
+    "lsl " X1 ", " X1 ", #1\n\t"                                                          \
+    "smmlar " Q_X1 ", " X0 ", " Q_VA ", " Q_X0 "\n\t"                                     \
+    "add " X0 ", " Q_X1 ", " X0 ", asr #31\n\t"                                           \
+    "smmlar " Q_X1 ", " X1 ", " Q_VA ", " Q_X0 "\n\t"                                     \
+    "add " X1 ", " Q_X1 ", " X1 ", asr #31\n\t"                                           \
+    "asr " X0 ", " X0 ", " Q_VC "\n\t"                                                    \
+    "asr " X1 ", " X1 ", " Q_VC "\n\t"                                                    \
+    "ssat " X0 ", #8, " X0 "\n\t"                                                         \
+    "ssat " X1 ", #8, " X1 "\n\t"
+/* Byte K of the output word V summed with byte K of the other input's word (va), as
+ * TT_QX_ADD1: multiplier b0, table b1, the sum's record c0 / c1 / d0, scratch d1 and vc. */
+#define Q_ADD1(V, K, ROR)                                                                  \
+    "sxtb " Q_D1 ", " V ROR "\n\t"                                                        \
+    "sxtb " Q_VC ", " Q_VA ROR "\n\t"                                                     \
+    "ldr " Q_VC ", [" Q_B1 ", " Q_VC ", lsl #2]\n\t"                                      \
+    "mla " Q_D1 ", " Q_D1 ", " Q_B0 ", " Q_VC "\n\t"                                      \
+    "lsl " Q_D1 ", " Q_D1 ", #1\n\t"                                                      \
+    "smmlar " Q_VC ", " Q_D1 ", " Q_C0 ", " Q_D0 "\n\t"                                   \
+    "add " Q_VC ", " Q_VC ", " Q_D1 ", asr #31\n\t"                                       \
+    "asr " Q_VC ", " Q_VC ", " Q_C1 "\n\t"                                                \
+    "ssat " Q_VC ", #8, " Q_VC "\n\t"                                                     \
+    "bfi " Q_VA ", " Q_VC ", #" #K ", #8\n\t"
+/* One pixel's fused add: the word at x0 read, its four bytes summed, written back. */
+#define Q_ADD(V)                                                                           \
+    "ldr " Q_VA ", [" Q_X0 "]\n\t" Q_ADD1(V, 0, "") Q_ADD1(V, 8, ", ror #8")               \
+        Q_ADD1(V, 16, ", ror #16") Q_ADD1(V, 24, ", ror #24") "str " Q_VA ", [" Q_X0 "]\n\t"
+_Static_assert(offsetof(tt_conv_params, out_c) == 20 && offsetof(tt_conv_params, res) == 68,
+               "tt_qx_block02 reads these offsets");
+_Static_assert(offsetof(tt_residual, t_other) == 8 && offsetof(tt_residual, rq) == 12
+                   && offsetof(tt_residual, c_mul) == 16 && sizeof(tt_rq) == 16,
+               "tt_qx_block02 reads these offsets");
+
+/* tt_qx_block02's last out_c % 4 channels (its arguments: the weights, records and outputs
+ * after the quads). */
+static __attribute__((used, noinline)) void tt_qx_fast_tail(TT_QX_ARGS)
+{
+    tt_qx_tail(p, w, rq, o, col, col_end, s0, s1, ((pass >> 12) & 1) + 1, (pass >> 13) & 7,
+               (int32_t)((uint32_t)pass >> 16), 1);
+}
+
+static __attribute__((naked, noinline)) void tt_qx_block02(TT_QX_ARGS)
+{
+    __asm__("push {r4-r11, lr}\n\t"
+            "sub sp, sp, #28\n\t"
+            "str r0, [sp, #24]\n\t"
+            "str r2, [sp, #0]\n\t"
+            "str r3, [sp, #4]\n\t"
+            "ldr r4, [sp, #80]\n\t" /* pass */
+            "ldr r5, [r0, #20]\n\t" /* out_c */
+            "bic r5, r5, #3\n\t"
+            "add r5, r3, r5\n\t"
+            "str r5, [sp, #8]\n\t"
+            "and r6, r4, #63\n\t" /* steps skipped, 56 bytes each: the loop's entry */
+            "rsb r6, r6, r6, lsl #3\n\t"
+            "adr.w r7, 1f\n\t"
+            "add r6, r7, r6, lsl #3\n\t"
+            "str r6, [sp, #12]\n\t"
+            "lsr r7, r4, #16\n\t"
+            "tst r4, #4096\n\t"
+            "it eq\n\t"
+            "moveq r7, #0\n\t"
+            "str r7, [sp, #16]\n\t"
+            "ubfx r8, r4, #13, #3\n\t"
+            "ldr r9, [r0, #68]\n\t"
+            "cmp r8, #2\n\t"
+            "it ne\n\t"
+            "movne r9, #0\n\t"
+            "str r9, [sp, #20]\n\t"
+            "cmp r3, r5\n\t"
+            "beq 7f\n"
+            "0:\n\t"
+            "ldr r12, [sp, #0]\n\t"
+            "ldr " Q_A0 ", [r12]\n\t"
+            "ldr " Q_B0 ", [r12, #16]\n\t"
+            "ldr " Q_C0 ", [r12, #32]\n\t"
+            "ldr " Q_D0 ", [r12, #48]\n\t"
+            "ldr " Q_VA ", [sp, #72]\n\t"
+            "ldr " Q_VC ", [sp, #76]\n\t"
+            "ldr r2, [sp, #64]\n\t"
+            "ldr " Q_X0 ", [sp, #12]\n\t"
+            "add " Q_A0 ", " Q_A0 ", " Q_B0 ", lsl #8\n\t"
+            "add " Q_C0 ", " Q_C0 ", " Q_D0 ", lsl #8\n\t"
+            "mov " Q_B1 ", " Q_B0 "\n\t"
+            "mov " Q_D1 ", " Q_D0 "\n\t"
+            "sub " Q_A1 ", " Q_A0 ", " Q_VC "\n\t"
+            "sub " Q_A0 ", " Q_A0 ", " Q_VA "\n\t"
+            "sub " Q_C1 ", " Q_C0 ", " Q_VC "\n\t"
+            "sub " Q_C0 ", " Q_C0 ", " Q_VA "\n\t"
+            "mov pc, " Q_X0 "\n\t"
+            ".p2align 2\n"
+            "1:\n\t" Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4
+            "ldr " Q_X0 ", [sp, #68]\n\t"
+            "cmp r2, " Q_X0 "\n\t"
+            "bne 1b\n\t"
+            "sub " Q_A0 ", " Q_A0 ", " Q_B0 ", lsl #8\n\t"
+            "sub " Q_A1 ", " Q_A1 ", " Q_B1 ", lsl #8\n\t"
+            "sub " Q_C0 ", " Q_C0 ", " Q_D0 ", lsl #8\n\t"
+            "sub " Q_C1 ", " Q_C1 ", " Q_D1 ", lsl #8\n\t"
+            "ldr r2, [sp, #0]\n\t"
+            Q_RQ2(Q_A0, Q_A1, 0) Q_RQ2(Q_B0, Q_B1, 16) Q_RQ2(Q_C0, Q_C1, 32) Q_RQ2(Q_D0, Q_D1, 48)
+            "bfi " Q_A0 ", " Q_B0 ", #8, #8\n\t"
+            "bfi " Q_A1 ", " Q_B1 ", #8, #8\n\t"
+            "bfi " Q_A0 ", " Q_C0 ", #16, #8\n\t"
+            "bfi " Q_A1 ", " Q_C1 ", #16, #8\n\t"
+            "bfi " Q_A0 ", " Q_D0 ", #24, #8\n\t"
+            "bfi " Q_A1 ", " Q_D1 ", #24, #8\n\t"
+            "add r2, r2, #64\n\t"
+            "str r2, [sp, #0]\n\t"
+            "ldr " Q_X0 ", [sp, #4]\n\t"
+            "ldr " Q_X1 ", [sp, #16]\n\t"
+            "ldr r2, [sp, #20]\n\t"
+            "cmp r2, #0\n\t"
+            "bne 5f\n\t"
+            "str " Q_A0 ", [" Q_X0 "]\n\t"
+            "cmp " Q_X1 ", #0\n\t"
+            "it ne\n\t"
+            "strne " Q_A1 ", [" Q_X0 ", " Q_X1 "]\n\t"
+            "add " Q_X0 ", " Q_X0 ", #4\n\t" /* the loop's end here too: no branch to it */
+            "str " Q_X0 ", [sp, #4]\n\t"
+            "ldr " Q_X1 ", [sp, #8]\n\t"
+            "cmp " Q_X0 ", " Q_X1 "\n\t"
+            "bne 0b\n\t"
+            "b 7f\n"
+            "5:\n\t"
+            "ldr " Q_B0 ", [r2, #16]\n\t" /* c_mul */
+            "ldr " Q_B1 ", [r2, #8]\n\t"  /* t_other */
+            "ldr r2, [r2, #12]\n\t"       /* the sum's record */
+            "add " Q_B1 ", " Q_B1 ", #512\n\t"
+            "ldr " Q_C0 ", [r2, #4]\n\t"
+            "ldr " Q_C1 ", [r2, #8]\n\t"
+            "ldr " Q_D0 ", [r2, #12]\n\t"
+            Q_ADD(Q_A0)
+            "cmp " Q_X1 ", #0\n\t"
+            "beq 6f\n\t"
+            "add " Q_X0 ", " Q_X0 ", " Q_X1 "\n\t"
+            Q_ADD(Q_A1)
+            "sub " Q_X0 ", " Q_X0 ", " Q_X1 "\n"
+            "6:\n\t"
+            "add " Q_X0 ", " Q_X0 ", #4\n\t"
+            "str " Q_X0 ", [sp, #4]\n\t"
+            "ldr " Q_X1 ", [sp, #8]\n\t"
+            "cmp " Q_X0 ", " Q_X1 "\n\t"
+            "bne 0b\n"
+            "7:\n\t"
+            "ldr r0, [sp, #24]\n\t"
+            "ldr r4, [r0, #20]\n\t"
+            "tst r4, #3\n\t"
+            "beq 8f\n\t"
+            "sub sp, sp, #24\n\t" /* the tail's stack arguments, sp kept 8-byte aligned */
+            "add r12, sp, #88\n\t"
+            "ldm r12, {r4-r8}\n\t"
+            "stm sp, {r4-r8}\n\t"
+            "ldr r2, [sp, #24]\n\t"
+            "ldr r3, [sp, #28]\n\t"
+            "bl tt_qx_fast_tail\n\t"
+            "add sp, sp, #24\n"
+            "8:\n\t"
+            "add sp, sp, #28\n\t"
+            "pop {r4-r11, pc}\n\t");
+}
+#else
+TT_QX_INSTANCE02(tt_qx, 8)
+#endif
 /* The mirrored fused adds (modes 5, 6), for the int8 entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
 {
@@ -1948,6 +2016,41 @@ tt_qx_pixel(const tt_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, i
     return tt_qx_im2col(p, in, oy, ox, k4, col);
 }
 
+#if defined(__OPTIMIZE__)
+/* The pixel-pair builders of an RGB 3 x 3 stem (flat fields, tt_qx_run's rows of pairs):
+ * tt_qx_rgb33 for a window inside the input, tt_qx_flat for one that reaches into the
+ * padding. */
+static int32_t tt_qx_rgb_pair_in(const int8_t *ip, const tt_conv_params *p, int32_t *col, int32_t *s1)
+{
+    const int32_t row_bytes = 3 * p->in_w;
+    *s1 = tt_qx_rgb33(ip + 3 * p->stride_w, row_bytes, p->in_zp, col + 1);
+    return tt_qx_rgb33(ip, row_bytes, p->in_zp, col);
+}
+
+static int32_t tt_qx_rgb_pair_edge(const int8_t *in, const tt_conv_params *p, int32_t x0, int32_t y0,
+                                   int32_t *col, int32_t *s1)
+{
+    const int32_t k4 = (p->k_h * p->k_w * 3 + 3) / 4, in_w = p->in_w;
+    const int32_t ox = (x0 + p->pad_w) / p->stride_w, oy = (y0 + p->pad_h) / p->stride_h;
+    const int32_t rows_in = (uint32_t)y0 <= (uint32_t)(p->in_h - 3);
+    int8_t *const tmp = (int8_t *)(void *)(col + 4 * k4); /* after both columns, as tt_qx_run */
+    int32_t s[2];
+#pragma GCC unroll 1
+    for (int32_t k = 0; k < 2; ++k) {
+        const int32_t x = x0 + k * p->stride_w;
+        s[k] = rows_in && (uint32_t)x <= (uint32_t)(in_w - 3)
+                   ? tt_qx_rgb33(in + (y0 * in_w + x) * 3, 3 * in_w, p->in_zp, col + k)
+                   : tt_qx_flat(p, in, oy, ox + k, k4, tmp, col + k);
+    }
+    *s1 = s[1];
+    return s[0];
+}
+
+const struct tt_qx_pair_fns tt_qx_rgb_pairs = {tt_qx_rgb_pair_in, tt_qx_rgb_pair_edge};
+#else
+const struct tt_qx_pair_fns tt_qx_rgb_pairs = {0};
+#endif
+
 /* The pixel loop, one instance for every entry point: each pixel pair's columns, then
  * `block` for every output channel, `steps` column words per pass of its loop (16 for
  * modes 0 and 2, see tt_qx_block), `mode` as tt_mm_mode reads it, bits 12-13 1 for the
@@ -1992,19 +2095,21 @@ tt_qx_run(const tt_conv_params *p, const int8_t *in, const int32_t *w, const tt_
      * where they reach into the padding): both columns at once, each input pixel the two
      * windows share unpacked once.  Where out_w is even the pairs of a row stay in it. */
     const struct tt_qx_pair_fns *const pf = p->pairs;
-    /* The generator names the builders (p->pairs) only in layers whose pairs they can take
-     * (ops/conv.py, quads_pairs): channels in groups of 4, a kernel row of at most 240
-     * bytes, windows that overlap, an even out_w (the pairs of a row stay in it), and no
-     * pair reaching more than stride_w pixels into the padding on either side. */
+    /* The generator names builders (p->pairs) only in layers whose pairs they can take
+     * (ops/conv.py, pair_builders): &tt_qx_pairs where channels come in groups of 4, a
+     * kernel row holds at most 240 bytes, windows overlap and no pair reaches more than
+     * stride_w pixels into the padding on either side; &tt_qx_rgb_pairs in RGB 3 x 3 stems;
+     * both only where out_w is even (the pairs of a row stay in it). */
     if (pf != 0) {
         const int32_t span = p->k_w + p->stride_w, x_last = (p->out_w - 2) * p->stride_w - p->pad_w;
         /* Row by row, a pair at a time: the pairs inside the input (tt_qx_pair_in: in_c a
-         * multiple of 16, the row's windows inside) lie between two bounds of x0. */
+         * multiple of 16; tt_qx_rgb_pair_in: 3 channels; the row's windows inside) lie
+         * between two bounds of x0. */
         const int32_t in_w = p->in_w, c = p->in_c, x_step = 2 * p->stride_w, ip_step = x_step * c;
         const int32_t x_in = in_w - span; /* the last x0 inside */
         int8_t *o = out;
         for (int32_t y0 = -p->pad_h, oy = p->out_h; oy > 0; --oy, y0 += p->stride_h) {
-            const int32_t row_in = (c & 15) == 0 && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h);
+            const int32_t row_in = ((c & 15) == 0 || c == 3) && (uint32_t)y0 <= (uint32_t)(p->in_h - p->k_h);
             const int8_t *ip = in + (y0 * in_w - p->pad_w) * c;
             for (int32_t x0 = -p->pad_w; x0 <= x_last; x0 += x_step, ip += ip_step, o += 2 * stride) {
                 int32_t s1;

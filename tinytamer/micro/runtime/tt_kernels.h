@@ -172,8 +172,10 @@ void tt_conv2d_s8_mm(const tt_conv_params *p, const int8_t *in, const int32_t *w
 void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
                      const tt_rq *rq, int8_t *out, int16_t *scratch, int32_t flat,
                      int32_t unroll);
-/* The pixel-pair column builders of the quads kernels (tt_conv_params.pairs). */
+/* The pixel-pair column builders of the quads kernels (tt_conv_params.pairs): channels in
+ * groups of 4, and RGB 3 x 3 stems (flat fields). */
 extern const struct tt_qx_pair_fns tt_qx_pairs;
+extern const struct tt_qx_pair_fns tt_qx_rgb_pairs;
 /* The same words, 4 output channels x 2 pixels per pass, two channel pairs' words
  * interleaved ("quads" layout, tinytamer/micro/ops/conv.py): the 2 x 2 kernel's scratch. */
 void tt_conv2d_s8_qx(const tt_conv_params *p, const int8_t *in, const int32_t *w,
