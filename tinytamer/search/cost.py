@@ -718,13 +718,17 @@ def measure_micro(
     """Build ``gm`` for ``device`` and measure it: whole model and every layer.
 
     The whole-model figures are those :meth:`MicroDeployed.measure` reports (a first
-    inference; flash from the linked image; arena + I/O + measured stack).
+    inference; flash from the linked image; arena + I/O + measured stack).  The layers are
+    built in the forms lowering chooses, as :func:`predict` keys them: a deploy may then put
+    a codebook form back where its kernels cost more flash than its weights save
+    (``build_program``), which a table measuring each form as lowered does not do.
     """
     from tinytamer.micro import schedule
+    from tinytamer.micro.lower import lower
     from tinytamer.micro.planner import find_fusions
     from tinytamer.micro.program import build_program
 
-    prog = build_program(gm, example[:1], device, workdir)
+    prog = build_program(gm, example[:1], device, workdir, graph=lower(gm, example[:1]))
     q = prog.quantize_input(example[:1].detach().numpy().astype(np.float32))
     prof = prog.profile(q[0], memory_profile=memory_profile)
     g, cm = prog.graph, prog.cmodel
