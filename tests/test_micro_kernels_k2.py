@@ -111,6 +111,49 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
 
 
 @arm
+@pytest.mark.parametrize(
+    ("shape", "c"),
+    [
+        ((6, 6, 8), 6),  # pixel pairs row by row; 2 channels past the last whole quad
+        ((5, 5, 8), 7),  # an odd width (one pixel at a time), a missing last pixel, 3 past
+        ((4, 6, 8), 2),  # no whole quad at all
+        ((3, 5, 8), 12),  # three quads, a missing last pixel
+    ],
+)
+def test_the_assembly_block_instance_is_bit_exact_at_its_edges(tmp_path, shape, c):
+    """The int8 block instance for plain and fused-add layers (tt_qx_block02, assembly):
+    the last out_c % 4 channels (in C, the fused add included), the second pixel of the
+    last pair missing (its outputs not stored, in place of the add's other input too), and
+    layers with no whole quad, on the fast entries (`_plain`, `_add`)."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder(shape, 0.02, 3)
+
+    def conv(x, cin, scale, zp, relu, name):
+        w = rng.integers(-127, 128, (c, cin, 3, 3))
+        bias = rng.integers(-300, 300, c).astype(np.float64) * 0.0001
+        return b.conv(x, w, np.full(c, 0.004), bias, scale, zp, padding=(1, 1), relu=relu, name=name)
+
+    x = conv(b.input, shape[2], 0.03, 9, None, "c0")
+    y = conv(conv(x, c, 0.05, -128, "relu", "c1"), c, 0.07, -4, None, "c2")
+    g = b.graph(conv(b.add(y, x, 0.08, -3, name="add"), c, 0.05, 0, None, "c3"))
+    cm = codegen.generate(g, dsp=True)
+    assert "tt_conv2d_s8_qx_add(" in cm.files["model.c"] and "tt_conv2d_s8_qx_plain(" in cm.files["model.c"]
+    xs = rng.integers(-128, 128, (3, *shape)).astype(np.int8)
+    want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
+    assert len(np.unique(want)) > 5
+    guard = np.full(16, 0x5A, np.uint8).view(np.int8)  # after the output: a missing pixel's bytes
+    with Session("cortex-m4", cm, workdir=tmp_path) as sess:
+        t_in, t_out = sess.alloc(cm.input_size), sess.alloc(cm.output_size + guard.size)
+        for v, ref in zip(xs, want, strict=True):
+            sess.write(t_in, v.reshape(-1))
+            sess.write(t_out, np.concatenate([np.zeros(cm.output_size, np.int8), guard]))
+            sess.call("tt_model_run", t_in, t_out)
+            got = sess.read(t_out)
+            np.testing.assert_array_equal(got[: cm.output_size], ref)
+            np.testing.assert_array_equal(got[cm.output_size :], guard)
+
+
+@arm
 @pytest.mark.parametrize("relu", [None, "relu"])
 def test_a_mirrored_fused_add_costs_about_what_the_usual_one_does(tmp_path, relu):
     """The conv's side by its table and the other input's affine (modes 5 and 6) run their
