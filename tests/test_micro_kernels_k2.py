@@ -111,6 +111,7 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
 
 
 @arm
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize(
     ("shape", "c"),
     [
@@ -120,24 +121,29 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
         ((3, 5, 8), 12),  # three quads, a missing last pixel
     ],
 )
-def test_the_assembly_block_instance_is_bit_exact_at_its_edges(tmp_path, shape, c):
-    """The int8 block instance for plain and fused-add layers (tt_qx_block02, assembly):
-    the last out_c % 4 channels (in C, the fused add included), the second pixel of the
-    last pair missing (its outputs not stored, in place of the add's other input too), and
-    layers with no whole quad, on the fast entries (`_plain`, `_add`)."""
+def test_the_assembly_block_instances_are_bit_exact_at_their_edges(tmp_path, shape, c, bits):
+    """The int8 and quads4 block instances for plain and fused-add layers (tt_qx_block02,
+    tt_qx4_block02, assembly): the last out_c % 4 channels (in C, the fused add included),
+    the second pixel of the last pair missing (its outputs not stored, in place of the add's
+    other input too), and layers with no whole quad, on the fast entries (`_plain`, `_add`)."""
     rng = np.random.default_rng(5)
     b = GraphBuilder(shape, 0.02, 3)
+    lim = 1 << (bits - 1)
 
     def conv(x, cin, scale, zp, relu, name):
-        w = rng.integers(-127, 128, (c, cin, 3, 3))
+        w = rng.integers(-lim + 1, lim, (c, cin, 3, 3))
         bias = rng.integers(-300, 300, c).astype(np.float64) * 0.0001
-        return b.conv(x, w, np.full(c, 0.004), bias, scale, zp, padding=(1, 1), relu=relu, name=name)
+        return b.conv(x, w, np.full(c, 0.5 / lim), bias, scale, zp, padding=(1, 1), relu=relu, name=name)
 
     x = conv(b.input, shape[2], 0.03, 9, None, "c0")
     y = conv(conv(x, c, 0.05, -128, "relu", "c1"), c, 0.07, -4, None, "c2")
     g = b.graph(conv(b.add(y, x, 0.08, -3, name="add"), c, 0.05, 0, None, "c3"))
+    for op in g.ops:
+        if isinstance(op, Conv2D):
+            op.weight_form = f"int{bits}"
     cm = codegen.generate(g, dsp=True)
-    assert "tt_conv2d_s8_qx_add(" in cm.files["model.c"] and "tt_conv2d_s8_qx_plain(" in cm.files["model.c"]
+    src = cm.files["model.c"]
+    assert f"tt_conv2d_s{bits}_qx_add(" in src and f"tt_conv2d_s{bits}_qx_plain(" in src
     xs = rng.integers(-128, 128, (3, *shape)).astype(np.int8)
     want = np.stack([reference.run(g, v).reshape(-1) for v in xs])
     assert len(np.unique(want)) > 5

@@ -1238,15 +1238,14 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
  * instructions (every one 32-bit, so that a step stays 64 bytes for the computed entry)
  * replace a load: 17 cycles for 16 MACs, at half the flash; the sums come out 16 times
  * the int8 ones and are shifted back exactly after the loop. */
-#define TT_QX4_STEP                                 \
-    "ldr %[vc], [%[wp]], #4\n\t"                    \
-    "ldr %[x0], [%[cp]], #4\n\t"                    \
-    "ldr %[x1], [%[cp]], #4\n\t"                    \
-    "lsl.w %[va], %[vc], #4\n\t"                    \
-    "and.w %[va], %[va], #0xF0F0F0F0\n\t"           \
-    "and.w %[vc], %[vc], #0xF0F0F0F0\n\t"           \
-    TT_QX_MACS
-
+#define TT_QX4_STEP_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1, WP, CP)              \
+    "ldr " VC ", [" WP "], #4\n\t"                                                        \
+    "ldr " X0 ", [" CP "], #4\n\t"                                                        \
+    "ldr " X1 ", [" CP "], #4\n\t"                                                        \
+    "lsl.w " VA ", " VC ", #4\n\t"                                                        \
+    "and.w " VA ", " VA ", #0xF0F0F0F0\n\t"                                               \
+    "and.w " VC ", " VC ", #0xF0F0F0F0\n\t" TT_QX_MACS_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1)
+#define TT_QX4_STEP TT_QX_EXPAND(TT_QX4_STEP_R, TT_QX_NAMES, "%[wp]", "%[cp]")
 #define TT_QX4_STEP4 TT_QX4_STEP TT_QX4_STEP TT_QX4_STEP TT_QX4_STEP
 
 /* Two steps of the "quads2" loop (packed int2 weights, tt_conv2d_s2_qx*): one word holds
@@ -1656,7 +1655,6 @@ typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
         TT_QX_BLOCK(mode >= 5 ? 4 : mode, bits, 0);                                        \
     }
 TT_QX_INSTANCEN(tt_qx, 8)
-TT_QX_INSTANCE02(tt_qx4, 4)
 TT_QX_INSTANCEN(tt_qx4, 4)
 TT_QX_INSTANCE02(tt_qx2, 2)
 TT_QX_INSTANCEN(tt_qx2, 2)
@@ -1735,128 +1733,154 @@ static __attribute__((used, noinline)) void tt_qx_fast_tail(TT_QX_ARGS)
                (int32_t)((uint32_t)pass >> 16), 1);
 }
 
+/* tt_qx_block02's and tt_qx4_block02's asm: ENTRY makes r6 (the steps skipped) the loop's
+ * entry address (r7 free), SHIFT_IN scales a quad's biases as the layout scales its sums,
+ * BODY is one pass of the unrolled loop, SHIFT_OUT scales the sums back (exact). */
+#define TT_QX_FAST_ASM(ENTRY, SHIFT_IN, BODY, SHIFT_OUT) \
+    "push {r4-r11, lr}\n\t" \
+    "sub sp, sp, #28\n\t" \
+    "str r0, [sp, #24]\n\t" \
+    "str r2, [sp, #0]\n\t" \
+    "str r3, [sp, #4]\n\t" \
+    "ldr r4, [sp, #80]\n\t" /* pass */ \
+    "ldr r5, [r0, #20]\n\t" /* out_c */ \
+    "bic r5, r5, #3\n\t" \
+    "add r5, r3, r5\n\t" \
+    "str r5, [sp, #8]\n\t" \
+    "and r6, r4, #63\n\t" /* steps skipped: the loop's entry */ \
+    ENTRY \
+    "str r6, [sp, #12]\n\t" \
+    "lsr r7, r4, #16\n\t" \
+    "tst r4, #4096\n\t" \
+    "it eq\n\t" \
+    "moveq r7, #0\n\t" \
+    "str r7, [sp, #16]\n\t" \
+    "ubfx r8, r4, #13, #3\n\t" \
+    "ldr r9, [r0, #68]\n\t" \
+    "cmp r8, #2\n\t" \
+    "it ne\n\t" \
+    "movne r9, #0\n\t" \
+    "str r9, [sp, #20]\n\t" \
+    "cmp r3, r5\n\t" \
+    "beq 7f\n" \
+    "0:\n\t" \
+    "ldr r12, [sp, #0]\n\t" \
+    "ldr " Q_A0 ", [r12]\n\t" \
+    "ldr " Q_B0 ", [r12, #16]\n\t" \
+    "ldr " Q_C0 ", [r12, #32]\n\t" \
+    "ldr " Q_D0 ", [r12, #48]\n\t" \
+    "ldr " Q_VA ", [sp, #72]\n\t" \
+    "ldr " Q_VC ", [sp, #76]\n\t" \
+    "ldr r2, [sp, #64]\n\t" \
+    "ldr " Q_X0 ", [sp, #12]\n\t" SHIFT_IN \
+    "add " Q_A0 ", " Q_A0 ", " Q_B0 ", lsl #8\n\t" \
+    "add " Q_C0 ", " Q_C0 ", " Q_D0 ", lsl #8\n\t" \
+    "mov " Q_B1 ", " Q_B0 "\n\t" \
+    "mov " Q_D1 ", " Q_D0 "\n\t" \
+    "sub " Q_A1 ", " Q_A0 ", " Q_VC "\n\t" \
+    "sub " Q_A0 ", " Q_A0 ", " Q_VA "\n\t" \
+    "sub " Q_C1 ", " Q_C0 ", " Q_VC "\n\t" \
+    "sub " Q_C0 ", " Q_C0 ", " Q_VA "\n\t" \
+    "mov pc, " Q_X0 "\n\t" \
+    ".p2align 2\n" \
+    "1:\n\t" BODY \
+    "ldr " Q_X0 ", [sp, #68]\n\t" \
+    "cmp r2, " Q_X0 "\n\t" \
+    "bne 1b\n\t" \
+    "sub " Q_A0 ", " Q_A0 ", " Q_B0 ", lsl #8\n\t" \
+    "sub " Q_A1 ", " Q_A1 ", " Q_B1 ", lsl #8\n\t" \
+    "sub " Q_C0 ", " Q_C0 ", " Q_D0 ", lsl #8\n\t" \
+    "sub " Q_C1 ", " Q_C1 ", " Q_D1 ", lsl #8\n\t" SHIFT_OUT \
+    "ldr r2, [sp, #0]\n\t" \
+    Q_RQ2(Q_A0, Q_A1, 0) Q_RQ2(Q_B0, Q_B1, 16) Q_RQ2(Q_C0, Q_C1, 32) Q_RQ2(Q_D0, Q_D1, 48) \
+    "bfi " Q_A0 ", " Q_B0 ", #8, #8\n\t" \
+    "bfi " Q_A1 ", " Q_B1 ", #8, #8\n\t" \
+    "bfi " Q_A0 ", " Q_C0 ", #16, #8\n\t" \
+    "bfi " Q_A1 ", " Q_C1 ", #16, #8\n\t" \
+    "bfi " Q_A0 ", " Q_D0 ", #24, #8\n\t" \
+    "bfi " Q_A1 ", " Q_D1 ", #24, #8\n\t" \
+    "add r2, r2, #64\n\t" \
+    "str r2, [sp, #0]\n\t" \
+    "ldr " Q_X0 ", [sp, #4]\n\t" \
+    "ldr " Q_X1 ", [sp, #16]\n\t" \
+    "ldr r2, [sp, #20]\n\t" \
+    "cmp r2, #0\n\t" \
+    "bne 5f\n\t" \
+    "str " Q_A0 ", [" Q_X0 "]\n\t" \
+    "cmp " Q_X1 ", #0\n\t" \
+    "it ne\n\t" \
+    "strne " Q_A1 ", [" Q_X0 ", " Q_X1 "]\n\t" \
+    "add " Q_X0 ", " Q_X0 ", #4\n\t" /* the loop's end here too: no branch to it */ \
+    "str " Q_X0 ", [sp, #4]\n\t" \
+    "ldr " Q_X1 ", [sp, #8]\n\t" \
+    "cmp " Q_X0 ", " Q_X1 "\n\t" \
+    "bne 0b\n\t" \
+    "b 7f\n" \
+    "5:\n\t" \
+    "ldr " Q_B0 ", [r2, #16]\n\t" /* c_mul */ \
+    "ldr " Q_B1 ", [r2, #8]\n\t"  /* t_other */ \
+    "ldr r2, [r2, #12]\n\t"       /* the sum's record */ \
+    "add " Q_B1 ", " Q_B1 ", #512\n\t" \
+    "ldr " Q_C0 ", [r2, #4]\n\t" \
+    "ldr " Q_C1 ", [r2, #8]\n\t" \
+    "ldr " Q_D0 ", [r2, #12]\n\t" \
+    Q_ADD(Q_A0) \
+    "cmp " Q_X1 ", #0\n\t" \
+    "beq 6f\n\t" \
+    "add " Q_X0 ", " Q_X0 ", " Q_X1 "\n\t" \
+    Q_ADD(Q_A1) \
+    "sub " Q_X0 ", " Q_X0 ", " Q_X1 "\n" \
+    "6:\n\t" \
+    "add " Q_X0 ", " Q_X0 ", #4\n\t" \
+    "str " Q_X0 ", [sp, #4]\n\t" \
+    "ldr " Q_X1 ", [sp, #8]\n\t" \
+    "cmp " Q_X0 ", " Q_X1 "\n\t" \
+    "bne 0b\n" \
+    "7:\n\t" \
+    "ldr r0, [sp, #24]\n\t" \
+    "ldr r4, [r0, #20]\n\t" \
+    "tst r4, #3\n\t" \
+    "beq 8f\n\t" \
+    "sub sp, sp, #24\n\t" /* the tail's stack arguments, sp kept 8-byte aligned */ \
+    "add r12, sp, #88\n\t" \
+    "ldm r12, {r4-r8}\n\t" \
+    "stm sp, {r4-r8}\n\t" \
+    "ldr r2, [sp, #24]\n\t" \
+    "ldr r3, [sp, #28]\n\t" \
+    "bl tt_qx_fast_tail\n\t" \
+    "add sp, sp, #24\n" \
+    "8:\n\t" \
+    "add sp, sp, #28\n\t" \
+    "pop {r4-r11, pc}\n\t"
+
 static __attribute__((naked, noinline)) void tt_qx_block02(TT_QX_ARGS)
 {
-    __asm__("push {r4-r11, lr}\n\t"
-            "sub sp, sp, #28\n\t"
-            "str r0, [sp, #24]\n\t"
-            "str r2, [sp, #0]\n\t"
-            "str r3, [sp, #4]\n\t"
-            "ldr r4, [sp, #80]\n\t" /* pass */
-            "ldr r5, [r0, #20]\n\t" /* out_c */
-            "bic r5, r5, #3\n\t"
-            "add r5, r3, r5\n\t"
-            "str r5, [sp, #8]\n\t"
-            "and r6, r4, #63\n\t" /* steps skipped, 56 bytes each: the loop's entry */
-            "rsb r6, r6, r6, lsl #3\n\t"
-            "adr.w r7, 1f\n\t"
-            "add r6, r7, r6, lsl #3\n\t"
-            "str r6, [sp, #12]\n\t"
-            "lsr r7, r4, #16\n\t"
-            "tst r4, #4096\n\t"
-            "it eq\n\t"
-            "moveq r7, #0\n\t"
-            "str r7, [sp, #16]\n\t"
-            "ubfx r8, r4, #13, #3\n\t"
-            "ldr r9, [r0, #68]\n\t"
-            "cmp r8, #2\n\t"
-            "it ne\n\t"
-            "movne r9, #0\n\t"
-            "str r9, [sp, #20]\n\t"
-            "cmp r3, r5\n\t"
-            "beq 7f\n"
-            "0:\n\t"
-            "ldr r12, [sp, #0]\n\t"
-            "ldr " Q_A0 ", [r12]\n\t"
-            "ldr " Q_B0 ", [r12, #16]\n\t"
-            "ldr " Q_C0 ", [r12, #32]\n\t"
-            "ldr " Q_D0 ", [r12, #48]\n\t"
-            "ldr " Q_VA ", [sp, #72]\n\t"
-            "ldr " Q_VC ", [sp, #76]\n\t"
-            "ldr r2, [sp, #64]\n\t"
-            "ldr " Q_X0 ", [sp, #12]\n\t"
-            "add " Q_A0 ", " Q_A0 ", " Q_B0 ", lsl #8\n\t"
-            "add " Q_C0 ", " Q_C0 ", " Q_D0 ", lsl #8\n\t"
-            "mov " Q_B1 ", " Q_B0 "\n\t"
-            "mov " Q_D1 ", " Q_D0 "\n\t"
-            "sub " Q_A1 ", " Q_A0 ", " Q_VC "\n\t"
-            "sub " Q_A0 ", " Q_A0 ", " Q_VA "\n\t"
-            "sub " Q_C1 ", " Q_C0 ", " Q_VC "\n\t"
-            "sub " Q_C0 ", " Q_C0 ", " Q_VA "\n\t"
-            "mov pc, " Q_X0 "\n\t"
-            ".p2align 2\n"
-            "1:\n\t" Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4
-            "ldr " Q_X0 ", [sp, #68]\n\t"
-            "cmp r2, " Q_X0 "\n\t"
-            "bne 1b\n\t"
-            "sub " Q_A0 ", " Q_A0 ", " Q_B0 ", lsl #8\n\t"
-            "sub " Q_A1 ", " Q_A1 ", " Q_B1 ", lsl #8\n\t"
-            "sub " Q_C0 ", " Q_C0 ", " Q_D0 ", lsl #8\n\t"
-            "sub " Q_C1 ", " Q_C1 ", " Q_D1 ", lsl #8\n\t"
-            "ldr r2, [sp, #0]\n\t"
-            Q_RQ2(Q_A0, Q_A1, 0) Q_RQ2(Q_B0, Q_B1, 16) Q_RQ2(Q_C0, Q_C1, 32) Q_RQ2(Q_D0, Q_D1, 48)
-            "bfi " Q_A0 ", " Q_B0 ", #8, #8\n\t"
-            "bfi " Q_A1 ", " Q_B1 ", #8, #8\n\t"
-            "bfi " Q_A0 ", " Q_C0 ", #16, #8\n\t"
-            "bfi " Q_A1 ", " Q_C1 ", #16, #8\n\t"
-            "bfi " Q_A0 ", " Q_D0 ", #24, #8\n\t"
-            "bfi " Q_A1 ", " Q_D1 ", #24, #8\n\t"
-            "add r2, r2, #64\n\t"
-            "str r2, [sp, #0]\n\t"
-            "ldr " Q_X0 ", [sp, #4]\n\t"
-            "ldr " Q_X1 ", [sp, #16]\n\t"
-            "ldr r2, [sp, #20]\n\t"
-            "cmp r2, #0\n\t"
-            "bne 5f\n\t"
-            "str " Q_A0 ", [" Q_X0 "]\n\t"
-            "cmp " Q_X1 ", #0\n\t"
-            "it ne\n\t"
-            "strne " Q_A1 ", [" Q_X0 ", " Q_X1 "]\n\t"
-            "add " Q_X0 ", " Q_X0 ", #4\n\t" /* the loop's end here too: no branch to it */
-            "str " Q_X0 ", [sp, #4]\n\t"
-            "ldr " Q_X1 ", [sp, #8]\n\t"
-            "cmp " Q_X0 ", " Q_X1 "\n\t"
-            "bne 0b\n\t"
-            "b 7f\n"
-            "5:\n\t"
-            "ldr " Q_B0 ", [r2, #16]\n\t" /* c_mul */
-            "ldr " Q_B1 ", [r2, #8]\n\t"  /* t_other */
-            "ldr r2, [r2, #12]\n\t"       /* the sum's record */
-            "add " Q_B1 ", " Q_B1 ", #512\n\t"
-            "ldr " Q_C0 ", [r2, #4]\n\t"
-            "ldr " Q_C1 ", [r2, #8]\n\t"
-            "ldr " Q_D0 ", [r2, #12]\n\t"
-            Q_ADD(Q_A0)
-            "cmp " Q_X1 ", #0\n\t"
-            "beq 6f\n\t"
-            "add " Q_X0 ", " Q_X0 ", " Q_X1 "\n\t"
-            Q_ADD(Q_A1)
-            "sub " Q_X0 ", " Q_X0 ", " Q_X1 "\n"
-            "6:\n\t"
-            "add " Q_X0 ", " Q_X0 ", #4\n\t"
-            "str " Q_X0 ", [sp, #4]\n\t"
-            "ldr " Q_X1 ", [sp, #8]\n\t"
-            "cmp " Q_X0 ", " Q_X1 "\n\t"
-            "bne 0b\n"
-            "7:\n\t"
-            "ldr r0, [sp, #24]\n\t"
-            "ldr r4, [r0, #20]\n\t"
-            "tst r4, #3\n\t"
-            "beq 8f\n\t"
-            "sub sp, sp, #24\n\t" /* the tail's stack arguments, sp kept 8-byte aligned */
-            "add r12, sp, #88\n\t"
-            "ldm r12, {r4-r8}\n\t"
-            "stm sp, {r4-r8}\n\t"
-            "ldr r2, [sp, #24]\n\t"
-            "ldr r3, [sp, #28]\n\t"
-            "bl tt_qx_fast_tail\n\t"
-            "add sp, sp, #24\n"
-            "8:\n\t"
-            "add sp, sp, #28\n\t"
-            "pop {r4-r11, pc}\n\t");
+    __asm__(TT_QX_FAST_ASM("rsb r6, r6, r6, lsl #3\n\t" /* 56 bytes a step */
+                           "adr.w r7, 1f\n\t"
+                           "add r6, r7, r6, lsl #3\n\t",
+                           "", Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4, ""));
+}
+
+/* The same for the quads4 layout (tt_conv2d_s4_qx_plain, _add): 16 steps a pass, 64 bytes
+ * each; the sums run 16 times the int8 ones, biases included (tt_qx_block). */
+#define Q4_STEP TT_QX4_STEP_R(Q_A0, Q_A1, Q_B0, Q_B1, Q_C0, Q_C1, Q_D0, Q_D1, Q_VA, Q_VC, Q_X0, Q_X1, "r1", "r2")
+#define Q4_STEP4 Q4_STEP Q4_STEP Q4_STEP Q4_STEP
+#define Q_SHIFT(OP)                                                                        \
+    OP " " Q_A0 ", " Q_A0 ", #4\n\t" OP " " Q_B0 ", " Q_B0 ", #4\n\t"                      \
+    OP " " Q_C0 ", " Q_C0 ", #4\n\t" OP " " Q_D0 ", " Q_D0 ", #4\n\t"
+static __attribute__((naked, noinline)) void tt_qx4_block02(TT_QX_ARGS)
+{
+    __asm__(TT_QX_FAST_ASM("adr.w r7, 1f\n\t"
+                           "add r6, r7, r6, lsl #6\n\t",
+                           Q_SHIFT("lsl"), Q4_STEP4 Q4_STEP4 Q4_STEP4 Q4_STEP4,
+                           Q_SHIFT("asr") "asr " Q_A1 ", " Q_A1 ", #4\n\t"
+                           "asr " Q_B1 ", " Q_B1 ", #4\n\t"
+                           "asr " Q_C1 ", " Q_C1 ", #4\n\t"
+                           "asr " Q_D1 ", " Q_D1 ", #4\n\t"));
 }
 #else
 TT_QX_INSTANCE02(tt_qx, 8)
+TT_QX_INSTANCE02(tt_qx4, 4)
 #endif
 /* The mirrored fused adds (modes 5, 6), for the int8 entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
