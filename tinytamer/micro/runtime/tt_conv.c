@@ -1254,22 +1254,21 @@ void tt_conv2d_s8_mx(const tt_conv_params *p, const int8_t *in, const int32_t *w
  * w + 2 and w & 3), got back with a shift and a mask each.  The word is loaded twice (no
  * register is free to keep it): 35 cycles for 32 MACs, at a quarter of the flash; 132
  * bytes per two steps (every instruction 32-bit). */
-#define TT_QX2_STEP2                                \
-    "ldr.w %[vc], [%[wp]]\n\t"                      \
-    "ldr %[x0], [%[cp]], #4\n\t"                    \
-    "ldr %[x1], [%[cp]], #4\n\t"                    \
-    "lsl.w %[va], %[vc], #6\n\t"                    \
-    "and.w %[va], %[va], #0xC0C0C0C0\n\t"           \
-    "lsl.w %[vc], %[vc], #4\n\t"                    \
-    "and.w %[vc], %[vc], #0xC0C0C0C0\n\t"           \
-    TT_QX_MACS                                      \
-    "ldr %[vc], [%[wp]], #4\n\t"                    \
-    "ldr %[x0], [%[cp]], #4\n\t"                    \
-    "ldr %[x1], [%[cp]], #4\n\t"                    \
-    "lsl.w %[va], %[vc], #2\n\t"                    \
-    "and.w %[va], %[va], #0xC0C0C0C0\n\t"           \
-    "and.w %[vc], %[vc], #0xC0C0C0C0\n\t"           \
-    TT_QX_MACS
+#define TT_QX2_STEP2_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1, WP, CP)             \
+    "ldr.w " VC ", [" WP "]\n\t"                                                          \
+    "ldr " X0 ", [" CP "], #4\n\t"                                                        \
+    "ldr " X1 ", [" CP "], #4\n\t"                                                        \
+    "lsl.w " VA ", " VC ", #6\n\t"                                                        \
+    "and.w " VA ", " VA ", #0xC0C0C0C0\n\t"                                               \
+    "lsl.w " VC ", " VC ", #4\n\t"                                                        \
+    "and.w " VC ", " VC ", #0xC0C0C0C0\n\t" TT_QX_MACS_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1) \
+    "ldr " VC ", [" WP "], #4\n\t"                                                        \
+    "ldr " X0 ", [" CP "], #4\n\t"                                                        \
+    "ldr " X1 ", [" CP "], #4\n\t"                                                        \
+    "lsl.w " VA ", " VC ", #2\n\t"                                                        \
+    "and.w " VA ", " VA ", #0xC0C0C0C0\n\t"                                               \
+    "and.w " VC ", " VC ", #0xC0C0C0C0\n\t" TT_QX_MACS_R(A0, A1, B0, B1, C0, C1, D0, D1, VA, VC, X0, X1)
+#define TT_QX2_STEP2 TT_QX_EXPAND(TT_QX2_STEP2_R, TT_QX_NAMES, "%[wp]", "%[cp]")
 
 #define TT_QX2_STEP8 TT_QX2_STEP2 TT_QX2_STEP2 TT_QX2_STEP2 TT_QX2_STEP2
 
@@ -1656,7 +1655,6 @@ typedef void (*tt_qx_block_fn)(TT_QX_ARGS);
     }
 TT_QX_INSTANCEN(tt_qx, 8)
 TT_QX_INSTANCEN(tt_qx4, 4)
-TT_QX_INSTANCE02(tt_qx2, 2)
 TT_QX_INSTANCEN(tt_qx2, 2)
 #if defined(__OPTIMIZE__)
 /* The int8 instance for modes 0 and 2 (nearly all the cycles of a default build), written
@@ -1861,26 +1859,37 @@ static __attribute__((naked, noinline)) void tt_qx_block02(TT_QX_ARGS)
                            "", Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4 Q_STEP4, ""));
 }
 
-/* The same for the quads4 layout (tt_conv2d_s4_qx_plain, _add): 16 steps a pass, 64 bytes
- * each; the sums run 16 times the int8 ones, biases included (tt_qx_block). */
+/* The same for the quads4 and quads2 layouts (tt_conv2d_s4_qx_plain, _add and the s2 ones):
+ * 16 steps a pass, 64 bytes a step (quads2: 132 a pair of steps, and the steps skipped are
+ * even); the sums run 16 / 64 times the int8 ones, biases included (tt_qx_block). */
 #define Q4_STEP TT_QX4_STEP_R(Q_A0, Q_A1, Q_B0, Q_B1, Q_C0, Q_C1, Q_D0, Q_D1, Q_VA, Q_VC, Q_X0, Q_X1, "r1", "r2")
 #define Q4_STEP4 Q4_STEP Q4_STEP Q4_STEP Q4_STEP
-#define Q_SHIFT(OP)                                                                        \
-    OP " " Q_A0 ", " Q_A0 ", #4\n\t" OP " " Q_B0 ", " Q_B0 ", #4\n\t"                      \
-    OP " " Q_C0 ", " Q_C0 ", #4\n\t" OP " " Q_D0 ", " Q_D0 ", #4\n\t"
+#define Q2_STEP2 TT_QX2_STEP2_R(Q_A0, Q_A1, Q_B0, Q_B1, Q_C0, Q_C1, Q_D0, Q_D1, Q_VA, Q_VC, Q_X0, Q_X1, "r1", "r2")
+#define Q2_STEP8 Q2_STEP2 Q2_STEP2 Q2_STEP2 Q2_STEP2
+/* OP (lsl, asr) by N bits on four registers: a quad's biases on entry, its sums after. */
+#define Q_SHIFT4(OP, N, R0, R1, R2, R3)                                                    \
+    OP " " R0 ", " R0 ", #" N "\n\t" OP " " R1 ", " R1 ", #" N "\n\t" OP " " R2 ", " R2     \
+       ", #" N "\n\t" OP " " R3 ", " R3 ", #" N "\n\t"
+#define Q_SHIFT_IN(N) Q_SHIFT4("lsl", N, Q_A0, Q_B0, Q_C0, Q_D0)
+#define Q_SHIFT_OUT(N) Q_SHIFT4("asr", N, Q_A0, Q_B0, Q_C0, Q_D0) Q_SHIFT4("asr", N, Q_A1, Q_B1, Q_C1, Q_D1)
 static __attribute__((naked, noinline)) void tt_qx4_block02(TT_QX_ARGS)
 {
     __asm__(TT_QX_FAST_ASM("adr.w r7, 1f\n\t"
                            "add r6, r7, r6, lsl #6\n\t",
-                           Q_SHIFT("lsl"), Q4_STEP4 Q4_STEP4 Q4_STEP4 Q4_STEP4,
-                           Q_SHIFT("asr") "asr " Q_A1 ", " Q_A1 ", #4\n\t"
-                           "asr " Q_B1 ", " Q_B1 ", #4\n\t"
-                           "asr " Q_C1 ", " Q_C1 ", #4\n\t"
-                           "asr " Q_D1 ", " Q_D1 ", #4\n\t"));
+                           Q_SHIFT_IN("4"), Q4_STEP4 Q4_STEP4 Q4_STEP4 Q4_STEP4, Q_SHIFT_OUT("4")));
+}
+static __attribute__((naked, noinline)) void tt_qx2_block02(TT_QX_ARGS)
+{
+    __asm__(TT_QX_FAST_ASM("lsl r7, r6, #6\n\t" /* 66 bytes a step */
+                           "add r6, r7, r6, lsl #1\n\t"
+                           "adr.w r7, 1f\n\t"
+                           "add r6, r7, r6\n\t",
+                           Q_SHIFT_IN("6"), Q2_STEP8 Q2_STEP8, Q_SHIFT_OUT("6")));
 }
 #else
 TT_QX_INSTANCE02(tt_qx, 8)
 TT_QX_INSTANCE02(tt_qx4, 4)
+TT_QX_INSTANCE02(tt_qx2, 2)
 #endif
 /* The mirrored fused adds (modes 5, 6), for the int8 entry that links them. */
 static __attribute__((noinline)) void tt_qx_block5(TT_QX_ARGS)
