@@ -123,9 +123,10 @@ def test_fused_add_is_bit_exact_in_both_orientations(tmp_path, conv_scale, other
 )
 def test_the_assembly_block_instances_are_bit_exact_at_their_edges(tmp_path, shape, c, bits):
     """The int8, quads4 and quads2 block instances for plain and fused-add layers
-    (tt_qx_block02, tt_qx4_block02, tt_qx2_block02, assembly): the last out_c % 4 channels (in C, the fused add included),
-    the second pixel of the last pair missing (its outputs not stored, in place of the add's
-    other input too), and layers with no whole quad, on the fast entries (`_plain`, `_add`)."""
+    (tt_qx_block02, tt_qx4_block02, tt_qx2_block02, assembly): the last out_c % 4 channels
+    (in C, the fused add included), the second pixel of the last pair missing (its outputs
+    not stored, in place of the add's other input too), and layers with no whole quad, on
+    the fast entries (`_plain`, `_add`)."""
     rng = np.random.default_rng(5)
     b = GraphBuilder(shape, 0.02, 3)
     lim = 1 << (bits - 1)
