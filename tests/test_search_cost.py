@@ -21,18 +21,18 @@ needs_arm = pytest.mark.skipif(
 )
 
 
-def _model():
+def _model(c: int = 4):
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
+        nn.Conv2d(1, c, 3, padding=1),
+        nn.BatchNorm2d(c),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 3, padding=1, groups=4),
+        nn.Conv2d(c, 2 * c, 3, padding=1, groups=4),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(8, 5),
+        nn.Linear(2 * c, 5),
     ).eval()
 
 
@@ -171,30 +171,19 @@ def test_predict_matches_the_measured_cortex_m4_counts(tmp_path):
 
 
 def test_a_codebook_layer_is_measured_in_the_form_predict_keys(tmp_path):
-    """A 5-bit grouped convolution lowers to a codebook form whose kernels a deploy of this
-    small model would not link (``build_program`` puts it back to int8); the table measures
-    it as lowered, so the layer predict keys is the one measured, not a KeyError."""
+    """A 5-bit grouped convolution (8 -> 16 channels) lowers to a codebook form whose kernels
+    a deploy of this small model would not link (``build_program`` puts it back to int8);
+    the table measures it as lowered, so the layer predict keys is the one measured, not a
+    KeyError."""
     from tinytamer.compress.int8 import quantize_ptq
-
-    def model():
-        torch.manual_seed(0)
-        return nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1, groups=4),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(16, 5),
-        ).eval()
 
     calib = _calib()
     example = calib[0][:1]
     path = tmp_path / "lut.json"
-    cost.build([("w8", lambda: quantize_ptq(model(), calib))], "cortex-m4", path, example=example)
-    five = quantize_ptq(model(), calib, select={"overrides": {"2": {"bits": 5}}})
+    cost.build([("w8", lambda: quantize_ptq(_model(8), calib))], "cortex-m4", path, example=example)
+    five = quantize_ptq(_model(8), calib, select={"overrides": {"4": {"bits": 5}}})
     pred = cost.predict(five, "cortex-m4", path, example=example, name="five")
-    assert "2" in pred.fresh and "bits=shared5" in next(la.key for la in pred.layers if la.name == "2")
+    assert "4" in pred.fresh and "bits=shared5" in next(la.key for la in pred.layers if la.name == "4")
     got = cost.measure_micro(five, example, "cortex-m4", tmp_path / "m", "stm32l4r5")
     assert [la.key for la in got.layers] == [la.key for la in pred.layers]
 
