@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tinytamer.errors import DataError, RecipeError, TamerError
 from tinytamer.train import Solver, SolverConfig, evaluate
+from tinytamer.train.solver import channels_last
 
 
 def _data(n=48, d=6, classes=3, seed=0, dtype=torch.float32):
@@ -127,6 +128,85 @@ def test_interrupted_run_resumed_from_snapshot_matches_uninterrupted(tmp_path, e
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert (tmp_path / "b" / "iter_12.pt").is_file()
+
+
+def _convnet(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+
+
+def _images(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, 6, 6, generator=g)
+    return TensorDataset(x, (x.mean((2, 3)) @ torch.randn(2, 3, generator=g)).argmax(1))
+
+
+def test_memory_format_auto_means_channels_last_for_2d_convolutions_on_cpu():
+    cpu = torch.device("cpu")
+    assert channels_last(_convnet(), "auto", cpu)
+    assert not channels_last(_mlp(), "auto", cpu)  # nothing 4-d to lay out
+    assert not channels_last(_convnet(), "auto", torch.device("cuda"))  # not measured there: not assumed
+    assert not channels_last(_convnet(), "contiguous", cpu)
+    assert channels_last(_mlp(), "channels_last", cpu)
+
+
+def test_a_convolutional_model_trains_channels_last_and_is_handed_back_contiguous():
+    ds = _images()
+    seen = []
+
+    def watch(model, it):
+        w = model[0].weight
+        seen.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+
+    cfg = dict(max_iter=6, base_lr=0.05, momentum=0.9, weight_decay=1e-3)
+    fast, plain = _convnet(), _convnet()
+    Solver(fast, SolverConfig(**cfg), DataLoader(ds, batch_size=8), progress=False, after_step=[watch]).solve()
+    plain_cfg = SolverConfig(memory_format="contiguous", **cfg)
+    Solver(plain, plain_cfg, DataLoader(ds, batch_size=8), progress=False).solve()
+    assert seen == [True] * 6
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert a.is_contiguous(), name
+        # the same training; only the convolutions' summation order differs
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+
+    def stop(model, it):
+        raise _Stop
+
+    broken = _convnet()
+    with pytest.raises(_Stop):
+        Solver(broken, SolverConfig(**cfg), DataLoader(ds, batch_size=8), progress=False, after_step=[stop]).solve()
+    assert all(t.is_contiguous() for t in broken.state_dict().values())  # also when training fails
+
+
+def test_a_channels_last_run_resumed_from_snapshot_matches_uninterrupted(tmp_path):
+    ds = _images(n=40)
+    cfg = SolverConfig(max_iter=8, base_lr=0.05, snapshot=4, weight_decay=1e-3, seed=5)
+
+    def loader():
+        return DataLoader(ds, batch_size=8, shuffle=True)
+
+    def interrupt(model, it):
+        if it == 6:
+            raise _Stop
+
+    full = _convnet()
+    Solver(full, cfg, loader(), snapshot_dir=tmp_path / "a", progress=False).solve()
+    with pytest.raises(_Stop):
+        Solver(_convnet(), cfg, loader(), snapshot_dir=tmp_path / "b", progress=False, after_step=[interrupt]).solve()
+    resumed = _convnet(seed=9)
+    Solver(resumed, cfg, loader(), snapshot_dir=tmp_path / "b", progress=False).solve(
+        resume=tmp_path / "b" / "iter_4.pt"
+    )
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_swa_averages_weights_and_recomputes_bn_statistics():

@@ -47,6 +47,14 @@ logger = logging.getLogger(__name__)
 DIVERGENCE_FACTOR = 1000.0
 
 
+def channels_last(model: nn.Module, memory_format: str, device: torch.device) -> bool:
+    """Whether ``model`` trains with channels_last weights under ``memory_format`` (auto:
+    on CPU when it has a 2-d convolution; on other devices only when asked)."""
+    if memory_format != "auto":
+        return memory_format == "channels_last"
+    return device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def _split(batch: Any, where: str) -> tuple[Any, Any]:
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
         raise DataError(f"{where}: a batch must be (inputs, targets), got {type(batch).__name__}")
@@ -193,27 +201,30 @@ class Solver:
         self.device = torch.device(device)
         self.distill = distill.to(self.device) if distill is not None else None
         self.dist = distributed.setup(self.device)
-        self.model = model.to(self.device)
-        self.net = distributed.wrap_model(self.model, self.dist, self.device) if self.dist.enabled else self.model
         if self.dist.enabled:
             train_loader = distributed.shard_loader(train_loader, self.dist, config.seed)
-        self.train_loader = train_loader
-        self.test_loader = test_loader
         self.cfg = config.resolved(loader_length(train_loader))
         if self.cfg.swa and self.cfg.swa_start + self.cfg.swa_freq > self.cfg.max_iter:
             raise RecipeError(
                 f"solver config: swa_start ({self.cfg.swa_start}) + swa_freq ({self.cfg.swa_freq})"
                 f" is beyond max_iter ({self.cfg.max_iter}): nothing would be averaged"
             )
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ModelError("the model has no trainable parameters")
+        self.model = model.to(self.device)
+        self.channels_last = channels_last(self.model, self.cfg.memory_format, self.device)
+        if self.channels_last:  # before DDP wraps it: its gradient buckets follow the layout
+            self.model.to(memory_format=torch.channels_last)
+        self.net = distributed.wrap_model(self.model, self.dist, self.device) if self.dist.enabled else self.model
+        self.train_loader = train_loader
+        self.test_loader = test_loader
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self.log = log
         self.hooks = list(hooks)
         self.after_step = [*after_step, *(h.after_step for h in self.hooks)]
         self.progress = progress
         self.loss_fn = loss_fn or F.cross_entropy
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ModelError("the model has no trainable parameters")
         self.optimizer = build_optimizer(params, self.cfg)
         self.stream = BatchStream(train_loader, self.cfg.seed)
         self.swa_model = AveragedModel(self.model) if self.cfg.swa else None
@@ -403,8 +414,16 @@ class Solver:
 
         The record holds iter, epoch, lr, train_loss, train_acc, test_loss, test_acc,
         images_per_s, snapshot (path or None) and loss/accuracy: the test metrics when
-        a test loader was given, else the last train metrics.
+        a test loader was given, else the last train metrics.  The model is contiguous
+        again when this returns or raises, whatever layout it trained in.
         """
+        try:
+            return self._solve(resume)
+        finally:
+            if self.channels_last:
+                self.model.to(memory_format=torch.contiguous_format)
+
+    def _solve(self, resume: Path | None) -> dict:
         cfg = self.cfg
         if resume is not None:
             self._restore(Path(resume))
