@@ -50,7 +50,14 @@ RUNS = ("sgd", "swa", "ranger", "yellowfin")
 
 def config(run: str, epochs: float, per_epoch: int, args: argparse.Namespace) -> SolverConfig:
     common: dict[str, Any] = dict(
-        epochs=epochs, lr_policy="poly", power=1.0, weight_decay=5e-4, momentum=0.9, test_interval=per_epoch, display=0
+        epochs=epochs,
+        lr_policy="poly",
+        power=1.0,
+        weight_decay=5e-4,
+        momentum=0.9,
+        test_interval=per_epoch,
+        display=0,
+        memory_format=args.memory_format,
     )
     if run == "swa":
         start = int(args.swa_start * epochs) * per_epoch
@@ -93,6 +100,12 @@ def main() -> None:
     parser.add_argument("--ranger-lr", type=float, default=3e-3)
     parser.add_argument("--test-limit", type=int, default=None, help="first N test images (default: all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--memory-format",
+        choices=("auto", "channels_last", "contiguous"),
+        default="auto",
+        help="the Solver's layout of 4-d weights (other than auto: named in the result file)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short epochs of 20 batches, 500 test images")
     args = parser.parse_args()
     unknown = sorted(set(args.runs) - set(RUNS))
@@ -131,7 +144,8 @@ def main() -> None:
 
     # A budget other than the default keeps its own file, so the 10-epoch record stays.
     budget = "" if args.quick or args.epochs == 10.0 else f"_e{args.epochs:g}"
-    name = "optimizers_resnet8" + ("_quick" if args.quick else "") + budget
+    layout = "" if args.memory_format == "auto" else f"_{args.memory_format}"
+    name = "optimizers_resnet8" + ("_quick" if args.quick else "") + budget + layout
     folder = WORK / "quick" if args.quick else RESULTS  # where save() puts the JSON
     folder.mkdir(parents=True, exist_ok=True)
     plot(curves, folder / f"{name}.png")
