@@ -102,9 +102,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--memory-format",
-        choices=("auto", "channels_last", "contiguous"),
-        default="auto",
-        help="the Solver's layout of 4-d weights (other than auto: named in the result file)",
+        choices=("contiguous", "channels_last"),
+        default="contiguous",
+        help="the Solver's layout of 4-d weights (channels_last: named in the result file)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short epochs of 20 batches, 500 test images")
     args = parser.parse_args()
@@ -144,7 +144,7 @@ def main() -> None:
 
     # A budget other than the default keeps its own file, so the 10-epoch record stays.
     budget = "" if args.quick or args.epochs == 10.0 else f"_e{args.epochs:g}"
-    layout = "" if args.memory_format == "auto" else f"_{args.memory_format}"
+    layout = "" if args.memory_format == "contiguous" else f"_{args.memory_format}"
     name = "optimizers_resnet8" + ("_quick" if args.quick else "") + budget + layout
     folder = WORK / "quick" if args.quick else RESULTS  # where save() puts the JSON
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,13 @@
     python benchmarks/train_speed.py resnet8 --threads 1
     python benchmarks/train_speed.py --quick              # smoke run
 
-The Solver's ``memory_format: auto`` trains a model with 2-d convolutions channels_last on
-CPU (oneDNN's convolutions run fastest in that layout) and hands it back contiguous.  This
-measures what that buys, per model, with the whole training step (data loader and its
-augmentation, forward, backward, SGD update) timed by wall clock over ``--iters`` updates.
-The layouts alternate round by round from the same initial weights (the median of
-``--rounds`` rounds is reported, with the spread), each after a short warm-up solve.
+The Solver's ``memory_format: channels_last`` trains a model's 4-d weights (and so its
+activations) in the layout oneDNN's CPU convolutions run fastest, and hands the model back
+contiguous.  This measures what that buys, per model, with the whole training step (data
+loader and its augmentation, forward, backward, SGD update) timed by wall clock over
+``--iters`` updates.  The layouts alternate round by round from the same initial weights
+(the median of ``--rounds`` rounds is reported, with the spread), each after a short
+warm-up solve.
 
 Agreement: the layouts compute the same function.  On one training batch the loss
 gradient of every parameter is computed in float32 in each layout and in float64

@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tinytamer.errors import DataError, RecipeError, TamerError
 from tinytamer.train import Solver, SolverConfig, evaluate
-from tinytamer.train.solver import channels_last
 
 
 def _data(n=48, d=6, classes=3, seed=0, dtype=torch.float32):
@@ -149,15 +148,6 @@ def _images(n=32, seed=0):
     return TensorDataset(x, (x.mean((2, 3)) @ torch.randn(2, 3, generator=g)).argmax(1))
 
 
-def test_memory_format_auto_means_channels_last_for_2d_convolutions_on_cpu():
-    cpu = torch.device("cpu")
-    assert channels_last(_convnet(), "auto", cpu)
-    assert not channels_last(_mlp(), "auto", cpu)  # nothing 4-d to lay out
-    assert not channels_last(_convnet(), "auto", torch.device("cuda"))  # not measured there: not assumed
-    assert not channels_last(_convnet(), "contiguous", cpu)
-    assert channels_last(_mlp(), "channels_last", cpu)
-
-
 def test_a_convolutional_model_trains_channels_last_and_is_handed_back_contiguous():
     ds = _images()
     seen = []
@@ -168,9 +158,9 @@ def test_a_convolutional_model_trains_channels_last_and_is_handed_back_contiguou
 
     cfg = dict(max_iter=6, base_lr=0.05, momentum=0.9, weight_decay=1e-3)
     fast, plain = _convnet(), _convnet()
-    Solver(fast, SolverConfig(**cfg), DataLoader(ds, batch_size=8), progress=False, after_step=[watch]).solve()
-    plain_cfg = SolverConfig(memory_format="contiguous", **cfg)
-    Solver(plain, plain_cfg, DataLoader(ds, batch_size=8), progress=False).solve()
+    fast_cfg = SolverConfig(memory_format="channels_last", **cfg)
+    Solver(fast, fast_cfg, DataLoader(ds, batch_size=8), progress=False, after_step=[watch]).solve()
+    Solver(plain, SolverConfig(**cfg), DataLoader(ds, batch_size=8), progress=False).solve()
     assert seen == [True] * 6
     for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
         assert a.is_contiguous(), name
@@ -182,13 +172,13 @@ def test_a_convolutional_model_trains_channels_last_and_is_handed_back_contiguou
 
     broken = _convnet()
     with pytest.raises(_Stop):
-        Solver(broken, SolverConfig(**cfg), DataLoader(ds, batch_size=8), progress=False, after_step=[stop]).solve()
+        Solver(broken, fast_cfg, DataLoader(ds, batch_size=8), progress=False, after_step=[stop]).solve()
     assert all(t.is_contiguous() for t in broken.state_dict().values())  # also when training fails
 
 
 def test_a_channels_last_run_resumed_from_snapshot_matches_uninterrupted(tmp_path):
     ds = _images(n=40)
-    cfg = SolverConfig(max_iter=8, base_lr=0.05, snapshot=4, weight_decay=1e-3, seed=5)
+    cfg = SolverConfig(max_iter=8, base_lr=0.05, snapshot=4, weight_decay=1e-3, seed=5, memory_format="channels_last")
 
     def loader():
         return DataLoader(ds, batch_size=8, shuffle=True)

@@ -60,11 +60,11 @@ class SolverConfig(pydantic.BaseModel, extra="forbid"):
         None, gt=0, description="scale gradients down to this global L2 norm when above it"
     )
     seed: int = Field(0, description="seeds dropout/global RNGs and the loader's shuffle order")
-    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
-        "auto",
-        description="layout of 4-d weights while training (auto: channels_last on CPU when the model "
-        "has a 2-d convolution, the layout oneDNN's convolutions run fastest); the model is handed "
-        "back contiguous",
+    memory_format: Literal["contiguous", "channels_last"] = Field(
+        "contiguous",
+        description="layout of 4-d weights while training: channels_last runs oneDNN's CPU convolutions "
+        "faster (ResNet-8 about 1.4x), but PyTorch's channels_last BatchNorm gathers batch statistics "
+        "less exactly; the model is handed back contiguous",
     )
 
     @pydantic.model_validator(mode="after")

@@ -47,14 +47,6 @@ logger = logging.getLogger(__name__)
 DIVERGENCE_FACTOR = 1000.0
 
 
-def channels_last(model: nn.Module, memory_format: str, device: torch.device) -> bool:
-    """Whether ``model`` trains with channels_last weights under ``memory_format`` (auto:
-    on CPU when it has a 2-d convolution; on other devices only when asked)."""
-    if memory_format != "auto":
-        return memory_format == "channels_last"
-    return device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
 def _split(batch: Any, where: str) -> tuple[Any, Any]:
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
         raise DataError(f"{where}: a batch must be (inputs, targets), got {type(batch).__name__}")
@@ -213,7 +205,7 @@ class Solver:
         if not params:
             raise ModelError("the model has no trainable parameters")
         self.model = model.to(self.device)
-        self.channels_last = channels_last(self.model, self.cfg.memory_format, self.device)
+        self.channels_last = self.cfg.memory_format == "channels_last"
         if self.channels_last:  # before DDP wraps it: its gradient buckets follow the layout
             self.model.to(memory_format=torch.channels_last)
         self.net = distributed.wrap_model(self.model, self.dist, self.device) if self.dist.enabled else self.model
