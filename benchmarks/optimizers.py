@@ -22,7 +22,8 @@ Izmailov et al. 2018 (Table 1) report SWA ahead of conventional SGD training at 
 number of epochs on CIFAR-10 and CIFAR-100; the result states our difference at this budget.
 CIFAR-10 is the JPEG re-encoding in the shared data folder.  Results:
 ``benchmarks/results/optimizers_resnet8.json`` and the plot ``optimizers_resnet8.png``
-(test accuracy per epoch); a budget other than 10 epochs writes ``optimizers_resnet8_e<N>``.
+(test accuracy per epoch); a budget other than 10 epochs, a subset of the runs and the
+channels_last layout are named in the file (``optimizers_resnet8_e30_sgd-swa_channels_last``).
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def main() -> None:
     # A budget other than the default keeps its own file, so the 10-epoch record stays.
     budget = "" if args.quick or args.epochs == 10.0 else f"_e{args.epochs:g}"
     layout = "" if args.memory_format == "contiguous" else f"_{args.memory_format}"
-    name = "optimizers_resnet8" + ("_quick" if args.quick else "") + budget + layout
+    subset = "" if sorted(args.runs) == sorted(RUNS) else "_" + "-".join(args.runs)
+    name = "optimizers_resnet8" + ("_quick" if args.quick else "") + budget + subset + layout
     folder = WORK / "quick" if args.quick else RESULTS  # where save() puts the JSON
     folder.mkdir(parents=True, exist_ok=True)
     plot(curves, folder / f"{name}.png")
