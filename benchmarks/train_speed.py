@@ -1,6 +1,6 @@
 """Training throughput of the Solver: 4-d weights channels_last against contiguous, on this CPU.
 
-    python benchmarks/train_speed.py                      # all models, 2 threads (~8 min)
+    python benchmarks/train_speed.py                      # all models, 2 threads (~6 min)
     python benchmarks/train_speed.py resnet8 --threads 1
     python benchmarks/train_speed.py --quick              # smoke run
 
@@ -18,7 +18,7 @@ gradient of every parameter is computed in float32 in each layout and in float64
 reference gradient, is recorded, and channels_last must stay within 5e-2 of it or the run
 fails (a layout that computed something else is off by order 1).  The two layouts are not
 equally exact: PyTorch's channels_last BatchNorm on CPU gathers its batch statistics less
-precisely (ResNet-8 at initialization: 1.1e-2 against 2.4e-4 contiguous), and BatchNorm's
+precisely (ResNet-8 at initialization, 2 threads: 2.7e-3 against 2.4e-4 contiguous), and BatchNorm's
 backward, which subtracts nearly equal sums, carries that to the early layers' gradients.
 What that costs a trained model is measured by training it both ways
 (``optimizers.py sgd --memory-format ...``, RESULTS.md).  Dropout is off for this check:
