@@ -201,8 +201,7 @@ class Solver:
                 f"solver config: swa_start ({self.cfg.swa_start}) + swa_freq ({self.cfg.swa_freq})"
                 f" is beyond max_iter ({self.cfg.max_iter}): nothing would be averaged"
             )
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in model.parameters()):  # refused before the model is moved
             raise ModelError("the model has no trainable parameters")
         self.model = model.to(self.device)
         self.channels_last = self.cfg.memory_format == "channels_last"
@@ -217,7 +216,7 @@ class Solver:
         self.after_step = [*after_step, *(h.after_step for h in self.hooks)]
         self.progress = progress
         self.loss_fn = loss_fn or F.cross_entropy
-        self.optimizer = build_optimizer(params, self.cfg)
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.cfg)
         self.stream = BatchStream(train_loader, self.cfg.seed)
         self.swa_model = AveragedModel(self.model) if self.cfg.swa else None
         self.swa_scheduler: SWALR | None = None
